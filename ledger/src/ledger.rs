@@ -1,0 +1,1163 @@
+//! The sharded ledger: where batches of events are applied.
+//!
+//! Accounts live in account shards and transfers in transfer shards, each shard behind its own
+//! `parking_lot::Mutex`, placed by a fixed hash of the id. `apply` works in two phases:
+//!
+//! 1. Lock, in ascending order, the transfer shards of every transfer id and pending id in the
+//!    batch; then, knowing the accounts of any pending transfer being posted or voided, lock the
+//!    account shards of every account the batch touches, again in ascending order. Every caller
+//!    takes transfer shards before account shards and each kind in ascending order, so two
+//!    batches can never wait on each other in a cycle.
+//! 2. Apply the events in order, then release everything.
+//!
+//! That is strict two-phase locking, so concurrent batches behave as if they ran one after the
+//! other, each at some instant between its call and its return: batches on disjoint shards run
+//! in parallel, conflicting ones in the order they took their first common lock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::account::{Account, AccountFlags, Balances, NewAccount};
+use crate::currency::Currency;
+use crate::digest::{Digest, EntryHasher, shard_of};
+use crate::event::{Event, Op};
+use crate::outcome::Outcome;
+use crate::transfer::{Expired, Transfer, TransferKind, TransferRecord, TransferState};
+use crate::types::{AccountId, Amount, Timestamp, TransferId};
+
+type Hasher = foldhash::fast::RandomState;
+
+/// The most shards a ledger can have (the lock set of a batch is a bitset of this size).
+pub const SHARDS_MAX: usize = 1024;
+
+/// Sizes and bounds. Every collection the ledger keeps is bounded by one of these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Number of account shards and of transfer shards: a power of two, at most `SHARDS_MAX`.
+    pub shards: usize,
+    /// Accounts the ledger will hold. Each shard holds at most `ceil(accounts_max / shards)`;
+    /// past that, creation is refused with `AccountLimitReached`.
+    pub accounts_max: u64,
+    /// Transfers (applied or declined) remembered for idempotency. Each transfer shard keeps at
+    /// most `ceil(transfers_remembered_max / shards)` records; past that, the oldest resolved
+    /// ones are forgotten (see `docs/ARCHITECTURE.md`, "Idempotency horizon").
+    pub transfers_remembered_max: u64,
+    /// Live holds. Each transfer shard keeps at most `ceil(pending_max / shards)`; past that, a
+    /// new hold is refused with `PendingLimitReached`.
+    pub pending_max: u64,
+    /// Events in one batch.
+    pub batch_len_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            shards: 64,
+            accounts_max: 10_000_000,
+            transfers_remembered_max: 10_000_000,
+            pending_max: 1_000_000,
+            batch_len_max: 8_190,
+        }
+    }
+}
+
+/// A configuration the ledger cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("shards must be a power of two between 1 and {SHARDS_MAX}, not {0}")]
+    Shards(usize),
+    #[error("{name} must be at least 1")]
+    Zero { name: &'static str },
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.shards.is_power_of_two() || self.shards > SHARDS_MAX {
+            return Err(ConfigError::Shards(self.shards));
+        }
+        for (name, value) in [
+            ("accounts_max", self.accounts_max),
+            ("transfers_remembered_max", self.transfers_remembered_max),
+            ("pending_max", self.pending_max),
+            ("batch_len_max", self.batch_len_max as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        Ok(())
+    }
+
+    fn per_shard(&self, total: u64) -> u64 {
+        total.div_ceil(self.shards as u64)
+    }
+}
+
+/// A batch the ledger refused as a whole; nothing in it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {len} events is over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// Per-currency sums over all accounts. Double entry means, at every instant a reader can see,
+/// `debits_posted == credits_posted` and `debits_pending == credits_pending`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub accounts: u64,
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+}
+
+impl Totals {
+    pub fn is_balanced(&self) -> bool {
+        self.debits_pending == self.credits_pending && self.debits_posted == self.credits_posted
+    }
+}
+
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub accounts: u64,
+    pub transfers_remembered: u64,
+    pub pending_live: u64,
+    /// Resolved transfers forgotten because the idempotency bound was reached.
+    pub transfers_forgotten: u64,
+    /// Batches and expiry passes applied (the ledger's logical clock).
+    pub sequence: u64,
+}
+
+#[derive(Default)]
+struct AccountShard {
+    accounts: HashMap<AccountId, Account, Hasher>,
+}
+
+#[derive(Default)]
+struct TransferShard {
+    records: HashMap<TransferId, TransferRecord, Hasher>,
+    /// Ids in the order they were remembered: the eviction order.
+    order: VecDeque<TransferId>,
+    /// Live holds with an expiry, by expiry.
+    expiries: BTreeSet<(Timestamp, TransferId)>,
+    pending_live: u64,
+    forgotten: u64,
+}
+
+/// The ledger. `Sync`: share it between threads behind an `Arc`.
+pub struct Ledger {
+    config: Config,
+    mask: usize,
+    accounts_per_shard: u64,
+    remembered_per_shard: u64,
+    pending_per_shard: u64,
+    account_shards: Box<[Mutex<AccountShard>]>,
+    transfer_shards: Box<[Mutex<TransferShard>]>,
+    sequence: AtomicU64,
+}
+
+/// A set of shard indexes, iterated in ascending order.
+struct ShardSet([u64; SHARDS_MAX / 64]);
+
+impl ShardSet {
+    fn new() -> Self {
+        ShardSet([0; SHARDS_MAX / 64])
+    }
+
+    fn insert(&mut self, shard: usize) {
+        self.0[shard / 64] |= 1 << (shard % 64);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + bit)
+            })
+        })
+    }
+}
+
+impl Ledger {
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let shards = config.shards;
+        Ok(Ledger {
+            mask: shards - 1,
+            accounts_per_shard: config.per_shard(config.accounts_max),
+            remembered_per_shard: config.per_shard(config.transfers_remembered_max),
+            pending_per_shard: config.per_shard(config.pending_max),
+            account_shards: (0..shards).map(|_| Mutex::default()).collect(),
+            transfer_shards: (0..shards).map(|_| Mutex::default()).collect(),
+            sequence: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn account_shard(&self, id: AccountId) -> usize {
+        shard_of(id.0, self.mask)
+    }
+
+    fn transfer_shard(&self, id: TransferId) -> usize {
+        shard_of(id.0, self.mask)
+    }
+
+    /// Applies a batch at time `now` and returns one outcome per event, in order.
+    pub fn apply(&self, events: &[Event], now: Timestamp) -> Result<Vec<Outcome>, BatchError> {
+        self.apply_with(events, now, |_, _| ())
+            .map(|(outcomes, ())| outcomes)
+    }
+
+    /// Like `apply`, and calls `applied(sequence, outcomes)` while the batch's locks are still
+    /// held. Batches that conflict get increasing sequence numbers in the order they took
+    /// effect, so a log appended to from `applied` replays to the same state.
+    pub fn apply_with<R>(
+        &self,
+        events: &[Event],
+        now: Timestamp,
+        applied: impl FnOnce(u64, &[Outcome]) -> R,
+    ) -> Result<(Vec<Outcome>, R), BatchError> {
+        if events.len() > self.config.batch_len_max {
+            return Err(BatchError::TooLarge {
+                len: events.len(),
+                max: self.config.batch_len_max,
+            });
+        }
+        let mut locked = self.lock_for(events);
+        let outcomes = locked.apply_events(events, now);
+        locked.forget_beyond_bound();
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let r = applied(sequence, &outcomes);
+        drop(locked);
+        Ok((outcomes, r))
+    }
+
+    /// Voids every hold whose expiry is at or before `now` and returns them in (expiry, id)
+    /// order, for the caller to log.
+    pub fn expire(&self, now: Timestamp) -> Vec<Expired> {
+        self.expire_with(now, |_, _| ()).0
+    }
+
+    /// Like `expire`, and calls `applied(sequence, expired)` while every lock is held.
+    pub fn expire_with<R>(
+        &self,
+        now: Timestamp,
+        applied: impl FnOnce(u64, &[Expired]) -> R,
+    ) -> (Vec<Expired>, R) {
+        let mut locked = self.lock_all();
+        let expired = locked.expire(now);
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let r = applied(sequence, &expired);
+        drop(locked);
+        (expired, r)
+    }
+
+    /// The earliest expiry of any live hold, if there is one.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.transfer_shards
+            .iter()
+            .filter_map(|s| s.lock().expiries.first().map(|&(at, _)| at))
+            .min()
+    }
+
+    pub fn account(&self, id: AccountId) -> Option<Account> {
+        self.account_shards[self.account_shard(id)]
+            .lock()
+            .accounts
+            .get(&id)
+            .copied()
+    }
+
+    pub fn transfer(&self, id: TransferId) -> Option<TransferRecord> {
+        self.transfer_shards[self.transfer_shard(id)]
+            .lock()
+            .records
+            .get(&id)
+            .copied()
+    }
+
+    /// Per-currency totals, read under all account locks (a consistent cut).
+    pub fn totals(&self) -> BTreeMap<Currency, Totals> {
+        let guards: Vec<_> = self.account_shards.iter().map(|s| s.lock()).collect();
+        let mut totals: BTreeMap<Currency, Totals> = BTreeMap::new();
+        for account in guards.iter().flat_map(|g| g.accounts.values()) {
+            let t = totals.entry(account.currency).or_default();
+            let b = &account.balances;
+            // Every unit in a balance came from a u64 transfer amount, so no sum of them can
+            // reach 2^128 before 2^64 transfers have been applied.
+            t.accounts += 1;
+            t.debits_pending = t.debits_pending.wrapping_add(b.debits_pending);
+            t.debits_posted = t.debits_posted.wrapping_add(b.debits_posted);
+            t.credits_pending = t.credits_pending.wrapping_add(b.credits_pending);
+            t.credits_posted = t.credits_posted.wrapping_add(b.credits_posted);
+        }
+        totals
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for shard in self.account_shards.iter() {
+            stats.accounts += shard.lock().accounts.len() as u64;
+        }
+        for shard in self.transfer_shards.iter() {
+            let shard = shard.lock();
+            stats.transfers_remembered += shard.records.len() as u64;
+            stats.pending_live += shard.pending_live;
+            stats.transfers_forgotten += shard.forgotten;
+        }
+        stats.sequence = self.sequence.load(Ordering::Relaxed);
+        stats
+    }
+
+    /// The state digest, read under every lock. Covers accounts, remembered transfers with
+    /// their place in the eviction order, and the counters recovery must reproduce.
+    pub fn digest(&self) -> Digest {
+        let locked = self.lock_all();
+        let mut sum = 0u128;
+        for shard in locked.accounts.iter().flatten() {
+            for a in shard.accounts.values() {
+                sum = sum.wrapping_add(hash_account(a));
+            }
+        }
+        for (index, shard) in locked.transfers.iter().flatten().enumerate() {
+            for (position, id) in shard.order.iter().enumerate() {
+                let record = shard
+                    .records
+                    .get(id)
+                    .expect("order lists only remembered ids");
+                sum = sum.wrapping_add(hash_record(record, position as u64));
+            }
+            let mut h = EntryHasher::new(3);
+            h.word(index as u64)
+                .word(shard.pending_live)
+                .word(shard.forgotten);
+            sum = sum.wrapping_add(h.finish());
+        }
+        Digest(sum)
+    }
+
+    fn lock_all(&self) -> Locked<'_> {
+        Locked {
+            ledger: self,
+            transfers: self
+                .transfer_shards
+                .iter()
+                .map(|s| Some(s.lock()))
+                .collect(),
+            accounts: self.account_shards.iter().map(|s| Some(s.lock())).collect(),
+        }
+    }
+
+    fn lock_for(&self, events: &[Event]) -> Locked<'_> {
+        let mut transfer_set = ShardSet::new();
+        for event in events {
+            if let Op::Transfer(t) = &event.op {
+                transfer_set.insert(self.transfer_shard(t.id));
+                if let Some(pending_id) = t.kind.pending_id() {
+                    transfer_set.insert(self.transfer_shard(pending_id));
+                }
+            }
+        }
+        let mut transfers: Vec<Option<MutexGuard<'_, TransferShard>>> =
+            (0..self.config.shards).map(|_| None).collect();
+        for shard in transfer_set.iter() {
+            transfers[shard] = Some(self.transfer_shards[shard].lock());
+        }
+
+        let mut account_set = ShardSet::new();
+        // Pending transfers created by this batch, for posts and voids that inherit accounts.
+        let mut batch_pending: Option<HashMap<TransferId, Vec<(AccountId, AccountId)>>> = None;
+        for event in events {
+            match &event.op {
+                Op::CreateAccount(a) => account_set.insert(self.account_shard(a.id)),
+                Op::SetAccountClosed { id, .. } => account_set.insert(self.account_shard(*id)),
+                Op::Transfer(t) => {
+                    account_set.insert(self.account_shard(t.debit_account_id));
+                    account_set.insert(self.account_shard(t.credit_account_id));
+                    let Some(pending_id) = t.kind.pending_id() else {
+                        continue;
+                    };
+                    let stored = transfers[self.transfer_shard(pending_id)]
+                        .as_ref()
+                        .expect("pending shard locked above")
+                        .records
+                        .get(&pending_id)
+                        .map(|r| (r.debit_account_id, r.credit_account_id));
+                    if let Some((debit, credit)) = stored {
+                        account_set.insert(self.account_shard(debit));
+                        account_set.insert(self.account_shard(credit));
+                        continue;
+                    }
+                    let in_batch = batch_pending.get_or_insert_with(|| {
+                        let mut map: HashMap<TransferId, Vec<(AccountId, AccountId)>> =
+                            HashMap::new();
+                        for e in events {
+                            if let Op::Transfer(p) = &e.op
+                                && matches!(p.kind, TransferKind::Pending { .. })
+                            {
+                                map.entry(p.id)
+                                    .or_default()
+                                    .push((p.debit_account_id, p.credit_account_id));
+                            }
+                        }
+                        map
+                    });
+                    for &(debit, credit) in in_batch.get(&pending_id).into_iter().flatten() {
+                        account_set.insert(self.account_shard(debit));
+                        account_set.insert(self.account_shard(credit));
+                    }
+                }
+            }
+        }
+        let mut accounts: Vec<Option<MutexGuard<'_, AccountShard>>> =
+            (0..self.config.shards).map(|_| None).collect();
+        for shard in account_set.iter() {
+            accounts[shard] = Some(self.account_shards[shard].lock());
+        }
+        Locked {
+            ledger: self,
+            transfers,
+            accounts,
+        }
+    }
+}
+
+fn hash_account(a: &Account) -> u128 {
+    let b = &a.balances;
+    EntryHasher::new(1)
+        .wide(a.id.0)
+        .word(u64::from(a.currency.numeric()))
+        .word(a.owner.0)
+        .word(u64::from(a.flags.bits()))
+        .wide(b.debits_pending)
+        .wide(b.debits_posted)
+        .wide(b.credits_pending)
+        .wide(b.credits_posted)
+        .finish()
+}
+
+fn hash_record(r: &TransferRecord, position: u64) -> u128 {
+    let e = &r.event;
+    let mut h = EntryHasher::new(2);
+    h.word(position)
+        .wide(e.id.0)
+        .wide(e.debit_account_id.0)
+        .wide(e.credit_account_id.0)
+        .word(e.amount.0)
+        .word(u64::from(e.currency.numeric()))
+        .word(u64::from(e.code));
+    match e.kind {
+        TransferKind::Single => h.word(0),
+        TransferKind::Pending { expires_at } => h.word(1).word(expires_at.0),
+        TransferKind::Post { pending_id } => h.word(2).wide(pending_id.0),
+        TransferKind::Void { pending_id } => h.word(3).wide(pending_id.0),
+    };
+    h.wide(r.debit_account_id.0)
+        .wide(r.credit_account_id.0)
+        .word(r.created_at.0);
+    match r.state {
+        TransferState::Posted => h.word(10),
+        TransferState::Pending => h.word(11),
+        TransferState::PendingPosted { by, amount } => h.word(12).wide(by.0).word(amount.0),
+        TransferState::PendingVoided { by } => h.word(13).wide(by.0),
+        TransferState::PendingExpired => h.word(14),
+        TransferState::Voided => h.word(15),
+        TransferState::Declined(outcome) => h.word(16).word(u64::from(outcome.code())),
+    };
+    h.finish()
+}
+
+/// How to take back one change of a linked chain that failed later on.
+enum Undo {
+    AccountCreated(AccountId),
+    AccountChanged(Account),
+    TransferInserted(TransferId),
+    PendingChanged { id: TransferId, old: TransferState },
+}
+
+/// The shards a batch holds, and the application logic that runs under them.
+struct Locked<'a> {
+    ledger: &'a Ledger,
+    transfers: Vec<Option<MutexGuard<'a, TransferShard>>>,
+    accounts: Vec<Option<MutexGuard<'a, AccountShard>>>,
+}
+
+/// Validation that needs nothing but the event itself (and `now`).
+fn check_transfer_fields(t: &Transfer, now: Timestamp) -> Result<(), Outcome> {
+    if t.id.0 == 0 {
+        return Err(Outcome::IdMustNotBeZero);
+    }
+    if t.id.0 == u128::MAX {
+        return Err(Outcome::IdMustNotBeIntMax);
+    }
+    let resolves = match t.kind {
+        TransferKind::Post { pending_id } | TransferKind::Void { pending_id } => {
+            if pending_id.0 == 0 {
+                return Err(Outcome::PendingIdMustNotBeZero);
+            }
+            if pending_id.0 == u128::MAX {
+                return Err(Outcome::PendingIdMustNotBeIntMax);
+            }
+            if pending_id == t.id {
+                return Err(Outcome::PendingIdMustBeDifferent);
+            }
+            true
+        }
+        TransferKind::Pending { expires_at } => {
+            if expires_at != Timestamp::NEVER && expires_at <= now {
+                return Err(Outcome::ExpiryMustBeInTheFuture);
+            }
+            false
+        }
+        TransferKind::Single => false,
+    };
+    // Posts and voids may leave the accounts zero to mean "those of the pending transfer".
+    let (debit, credit) = (t.debit_account_id.0, t.credit_account_id.0);
+    if debit == 0 && !resolves {
+        return Err(Outcome::DebitAccountIdMustNotBeZero);
+    }
+    if debit == u128::MAX {
+        return Err(Outcome::DebitAccountIdMustNotBeIntMax);
+    }
+    if credit == 0 && !resolves {
+        return Err(Outcome::CreditAccountIdMustNotBeZero);
+    }
+    if credit == u128::MAX {
+        return Err(Outcome::CreditAccountIdMustNotBeIntMax);
+    }
+    if debit == credit && debit != 0 {
+        return Err(Outcome::AccountsMustBeDifferent);
+    }
+    let zero_allowed = matches!(t.kind, TransferKind::Void { .. });
+    if t.amount.0 == 0 && !zero_allowed {
+        return Err(Outcome::AmountMustNotBeZero);
+    }
+    Ok(())
+}
+
+fn check_account_fields(a: &NewAccount) -> Result<(), Outcome> {
+    if a.id.0 == 0 {
+        return Err(Outcome::IdMustNotBeZero);
+    }
+    if a.id.0 == u128::MAX {
+        return Err(Outcome::IdMustNotBeIntMax);
+    }
+    if a.flags
+        .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+        && a.flags
+            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+    {
+        return Err(Outcome::FlagsAreMutuallyExclusive);
+    }
+    if !a.owner.is_valid() {
+        return Err(Outcome::OwnerMustNotBeZero);
+    }
+    Ok(())
+}
+
+impl Locked<'_> {
+    fn transfer_shard(&mut self, id: TransferId) -> &mut TransferShard {
+        let index = self.ledger.transfer_shard(id);
+        self.transfers[index]
+            .as_deref_mut()
+            .expect("the batch locked every transfer shard it touches")
+    }
+
+    fn account_shard(&mut self, id: AccountId) -> &mut AccountShard {
+        let index = self.ledger.account_shard(id);
+        self.accounts[index]
+            .as_deref_mut()
+            .expect("the batch locked every account shard it touches")
+    }
+
+    fn account(&mut self, id: AccountId) -> Option<Account> {
+        self.account_shard(id).accounts.get(&id).copied()
+    }
+
+    fn store_account(&mut self, account: Account, undo: Option<&mut Vec<Undo>>) {
+        let slot = self
+            .account_shard(account.id)
+            .accounts
+            .get_mut(&account.id)
+            .expect("only existing accounts are updated");
+        if let Some(undo) = undo {
+            undo.push(Undo::AccountChanged(*slot));
+        }
+        *slot = account;
+    }
+
+    fn apply_events(&mut self, events: &[Event], now: Timestamp) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Ok; events.len()];
+        let mut undo = Vec::new();
+        let mut start = 0;
+        while start < events.len() {
+            let end = events[start..]
+                .iter()
+                .position(|e| !e.linked)
+                .map_or(events.len(), |offset| start + offset + 1);
+            let chain = &events[start..end];
+            let results = &mut outcomes[start..end];
+            if chain.last().is_some_and(|e| e.linked) {
+                results.fill(Outcome::LinkedEventFailed);
+                if let Some(last) = results.last_mut() {
+                    *last = Outcome::LinkedEventChainOpen;
+                }
+            } else if chain.len() == 1 {
+                results[0] = self.apply_event(&chain[0], now, None);
+                self.remember_declined(&chain[0], results[0], now);
+            } else {
+                self.apply_chain(chain, results, now, &mut undo);
+            }
+            start = end;
+        }
+        outcomes
+    }
+
+    fn apply_chain(
+        &mut self,
+        chain: &[Event],
+        results: &mut [Outcome],
+        now: Timestamp,
+        undo: &mut Vec<Undo>,
+    ) {
+        undo.clear();
+        let mut failed = None;
+        for (i, event) in chain.iter().enumerate() {
+            let outcome = self.apply_event(event, now, Some(undo));
+            results[i] = outcome;
+            if !outcome.is_success() {
+                failed = Some(i);
+                break;
+            }
+        }
+        let Some(failed) = failed else {
+            return;
+        };
+        while let Some(change) = undo.pop() {
+            self.undo(change);
+        }
+        let transient = results[failed].is_transient();
+        for (i, event) in chain.iter().enumerate() {
+            if i != failed {
+                // A member remembered from an earlier submission keeps its original outcome, so
+                // a resubmitted chain gets exactly the answers it got the first time.
+                results[i] = match self.remembered_outcome(event) {
+                    Some(original) => original,
+                    None => Outcome::LinkedEventFailed,
+                };
+            }
+            if !transient {
+                self.remember_declined(event, results[i], now);
+            }
+        }
+    }
+
+    /// The outcome an earlier, identical submission of `event` got, if it is remembered.
+    fn remembered_outcome(&mut self, event: &Event) -> Option<Outcome> {
+        let Op::Transfer(t) = &event.op else {
+            return None;
+        };
+        match self.transfer_shard(t.id).records.get(&t.id) {
+            Some(record) if record.event == *t => Some(record.original_outcome()),
+            _ => None,
+        }
+    }
+
+    /// Remembers a declined transfer so that a resubmission gets the same answer.
+    fn remember_declined(&mut self, event: &Event, outcome: Outcome, now: Timestamp) {
+        let Op::Transfer(t) = &event.op else {
+            return;
+        };
+        if outcome.is_success()
+            || outcome.is_transient()
+            || !t.id.is_valid()
+            || matches!(
+                outcome,
+                Outcome::ExistsWithDifferentFields | Outcome::LinkedEventChainOpen
+            )
+        {
+            return;
+        }
+        let shard = self.transfer_shard(t.id);
+        if shard.records.contains_key(&t.id) {
+            return;
+        }
+        shard.records.insert(
+            t.id,
+            TransferRecord {
+                event: *t,
+                debit_account_id: t.debit_account_id,
+                credit_account_id: t.credit_account_id,
+                state: TransferState::Declined(outcome),
+                created_at: now,
+            },
+        );
+        shard.order.push_back(t.id);
+    }
+
+    fn apply_event(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Outcome {
+        let result = match &event.op {
+            Op::CreateAccount(a) => self.create_account(a, undo),
+            Op::SetAccountClosed { id, closed } => self.set_closed(*id, *closed, undo),
+            Op::Transfer(t) => self.transfer(t, now, undo),
+        };
+        match result {
+            Ok(()) => Outcome::Ok,
+            Err(outcome) => outcome,
+        }
+    }
+
+    fn create_account(
+        &mut self,
+        new: &NewAccount,
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), Outcome> {
+        check_account_fields(new)?;
+        let limit = self.ledger.accounts_per_shard;
+        let shard = self.account_shard(new.id);
+        if let Some(existing) = shard.accounts.get(&new.id) {
+            let same = existing.currency == new.currency
+                && existing.owner == new.owner
+                && existing.flags == new.flags;
+            return Err(if same {
+                Outcome::Exists
+            } else {
+                Outcome::ExistsWithDifferentFields
+            });
+        }
+        if shard.accounts.len() as u64 >= limit {
+            return Err(Outcome::AccountLimitReached);
+        }
+        shard.accounts.insert(new.id, Account::open(new));
+        if let Some(undo) = undo {
+            undo.push(Undo::AccountCreated(new.id));
+        }
+        Ok(())
+    }
+
+    fn set_closed(
+        &mut self,
+        id: AccountId,
+        closed: bool,
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), Outcome> {
+        if id.0 == 0 {
+            return Err(Outcome::IdMustNotBeZero);
+        }
+        if id.0 == u128::MAX {
+            return Err(Outcome::IdMustNotBeIntMax);
+        }
+        let mut account = self.account(id).ok_or(Outcome::AccountNotFound)?;
+        account.flags = if closed {
+            account.flags.union(AccountFlags::CLOSED)
+        } else {
+            account.flags.without(AccountFlags::CLOSED)
+        };
+        self.store_account(account, undo);
+        Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        t: &Transfer,
+        now: Timestamp,
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), Outcome> {
+        check_transfer_fields(t, now)?;
+        if let Some(record) = self.transfer_shard(t.id).records.get(&t.id) {
+            return Err(if record.event == *t {
+                record.original_outcome()
+            } else {
+                Outcome::ExistsWithDifferentFields
+            });
+        }
+        match t.kind {
+            TransferKind::Single | TransferKind::Pending { .. } => {
+                self.create_transfer(t, now, undo)
+            }
+            TransferKind::Post { pending_id } | TransferKind::Void { pending_id } => {
+                self.resolve_pending(t, pending_id, now, undo)
+            }
+        }
+    }
+
+    fn create_transfer(
+        &mut self,
+        t: &Transfer,
+        now: Timestamp,
+        mut undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), Outcome> {
+        let mut debit = self
+            .account(t.debit_account_id)
+            .ok_or(Outcome::DebitAccountNotFound)?;
+        let mut credit = self
+            .account(t.credit_account_id)
+            .ok_or(Outcome::CreditAccountNotFound)?;
+        if debit.currency != credit.currency {
+            return Err(Outcome::AccountsMustHaveTheSameCurrency);
+        }
+        if t.currency != debit.currency {
+            return Err(Outcome::CurrencyMustMatchAccounts);
+        }
+        if debit.is_closed() {
+            return Err(Outcome::DebitAccountClosed);
+        }
+        if credit.is_closed() {
+            return Err(Outcome::CreditAccountClosed);
+        }
+        let pending = matches!(t.kind, TransferKind::Pending { .. });
+        let amount = u128::from(t.amount.0);
+        let (d, c) = (&debit.balances, &credit.balances);
+        let new_debit = if pending {
+            d.debits_pending
+                .checked_add(amount)
+                .ok_or(Outcome::OverflowsDebitsPending)?
+        } else {
+            d.debits_posted
+                .checked_add(amount)
+                .ok_or(Outcome::OverflowsDebitsPosted)?
+        };
+        let new_credit = if pending {
+            c.credits_pending
+                .checked_add(amount)
+                .ok_or(Outcome::OverflowsCreditsPending)?
+        } else {
+            c.credits_posted
+                .checked_add(amount)
+                .ok_or(Outcome::OverflowsCreditsPosted)?
+        };
+        let debits = d
+            .debits_pending
+            .checked_add(d.debits_posted)
+            .and_then(|x| x.checked_add(amount))
+            .ok_or(Outcome::OverflowsDebits)?;
+        let credits = c
+            .credits_pending
+            .checked_add(c.credits_posted)
+            .and_then(|x| x.checked_add(amount))
+            .ok_or(Outcome::OverflowsCredits)?;
+        if debit
+            .flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && debits > d.credits_posted
+        {
+            return Err(Outcome::ExceedsCredits);
+        }
+        if credit
+            .flags
+            .contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+            && credits > c.debits_posted
+        {
+            return Err(Outcome::ExceedsDebits);
+        }
+        let pending_limit = self.ledger.pending_per_shard;
+        if pending && self.transfer_shard(t.id).pending_live >= pending_limit {
+            return Err(Outcome::PendingLimitReached);
+        }
+
+        if pending {
+            debit.balances.debits_pending = new_debit;
+            credit.balances.credits_pending = new_credit;
+        } else {
+            debit.balances.debits_posted = new_debit;
+            credit.balances.credits_posted = new_credit;
+        }
+        self.store_account(debit, undo.as_deref_mut());
+        self.store_account(credit, undo.as_deref_mut());
+        let shard = self.transfer_shard(t.id);
+        let state = if let TransferKind::Pending { expires_at } = t.kind {
+            shard.pending_live += 1;
+            if expires_at != Timestamp::NEVER {
+                shard.expiries.insert((expires_at, t.id));
+            }
+            TransferState::Pending
+        } else {
+            TransferState::Posted
+        };
+        shard.records.insert(
+            t.id,
+            TransferRecord {
+                event: *t,
+                debit_account_id: t.debit_account_id,
+                credit_account_id: t.credit_account_id,
+                state,
+                created_at: now,
+            },
+        );
+        shard.order.push_back(t.id);
+        if let Some(undo) = undo {
+            undo.push(Undo::TransferInserted(t.id));
+        }
+        Ok(())
+    }
+
+    fn resolve_pending(
+        &mut self,
+        t: &Transfer,
+        pending_id: TransferId,
+        now: Timestamp,
+        mut undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), Outcome> {
+        let post = matches!(t.kind, TransferKind::Post { .. });
+        let pending = match self.transfer_shard(pending_id).records.get(&pending_id) {
+            None => return Err(Outcome::PendingTransferNotFound),
+            Some(r) if matches!(r.state, TransferState::Declined(_)) => {
+                return Err(Outcome::PendingTransferNotFound);
+            }
+            Some(r) => *r,
+        };
+        let TransferKind::Pending { expires_at } = pending.event.kind else {
+            return Err(Outcome::PendingTransferNotPending);
+        };
+        if t.debit_account_id.0 != 0 && t.debit_account_id != pending.debit_account_id {
+            return Err(Outcome::PendingTransferHasDifferentDebitAccount);
+        }
+        if t.credit_account_id.0 != 0 && t.credit_account_id != pending.credit_account_id {
+            return Err(Outcome::PendingTransferHasDifferentCreditAccount);
+        }
+        if t.currency != pending.event.currency {
+            return Err(Outcome::PendingTransferHasDifferentCurrency);
+        }
+        match pending.state {
+            TransferState::Pending => {}
+            TransferState::PendingPosted { .. } => {
+                return Err(Outcome::PendingTransferAlreadyPosted);
+            }
+            TransferState::PendingVoided { .. } => {
+                return Err(Outcome::PendingTransferAlreadyVoided);
+            }
+            TransferState::PendingExpired => return Err(Outcome::PendingTransferExpired),
+            TransferState::Posted | TransferState::Voided | TransferState::Declined(_) => {
+                unreachable!("a pending transfer is never in state {:?}", pending.state)
+            }
+        }
+        if expires_at != Timestamp::NEVER && expires_at <= now {
+            return Err(Outcome::PendingTransferExpired);
+        }
+        let held = pending.event.amount;
+        if post && t.amount > held {
+            return Err(Outcome::ExceedsPendingTransferAmount);
+        }
+        if !post && t.amount != Amount::ZERO && t.amount != held {
+            return Err(Outcome::PendingTransferHasDifferentAmount);
+        }
+        let mut debit = self
+            .account(pending.debit_account_id)
+            .expect("accounts of a live hold exist");
+        let mut credit = self
+            .account(pending.credit_account_id)
+            .expect("accounts of a live hold exist");
+        if post && debit.is_closed() {
+            return Err(Outcome::DebitAccountClosed);
+        }
+        if post && credit.is_closed() {
+            return Err(Outcome::CreditAccountClosed);
+        }
+        let moved = if post { u128::from(t.amount.0) } else { 0 };
+        let new_debits_posted = debit
+            .balances
+            .debits_posted
+            .checked_add(moved)
+            .ok_or(Outcome::OverflowsDebitsPosted)?;
+        let new_credits_posted = credit
+            .balances
+            .credits_posted
+            .checked_add(moved)
+            .ok_or(Outcome::OverflowsCreditsPosted)?;
+
+        release_hold(&mut debit.balances, &mut credit.balances, held);
+        debit.balances.debits_posted = new_debits_posted;
+        credit.balances.credits_posted = new_credits_posted;
+        self.store_account(debit, undo.as_deref_mut());
+        self.store_account(credit, undo.as_deref_mut());
+
+        let new_state = if post {
+            TransferState::PendingPosted {
+                by: t.id,
+                amount: t.amount,
+            }
+        } else {
+            TransferState::PendingVoided { by: t.id }
+        };
+        let shard = self.transfer_shard(pending_id);
+        shard.pending_live -= 1;
+        if expires_at != Timestamp::NEVER {
+            shard.expiries.remove(&(expires_at, pending_id));
+        }
+        shard
+            .records
+            .get_mut(&pending_id)
+            .expect("read above")
+            .state = new_state;
+        if let Some(undo) = undo.as_deref_mut() {
+            undo.push(Undo::PendingChanged {
+                id: pending_id,
+                old: TransferState::Pending,
+            });
+        }
+
+        let shard = self.transfer_shard(t.id);
+        shard.records.insert(
+            t.id,
+            TransferRecord {
+                event: *t,
+                debit_account_id: pending.debit_account_id,
+                credit_account_id: pending.credit_account_id,
+                state: if post {
+                    TransferState::Posted
+                } else {
+                    TransferState::Voided
+                },
+                created_at: now,
+            },
+        );
+        shard.order.push_back(t.id);
+        if let Some(undo) = undo {
+            undo.push(Undo::TransferInserted(t.id));
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self, change: Undo) {
+        match change {
+            Undo::AccountCreated(id) => {
+                self.account_shard(id).accounts.remove(&id);
+            }
+            Undo::AccountChanged(old) => {
+                *self
+                    .account_shard(old.id)
+                    .accounts
+                    .get_mut(&old.id)
+                    .expect("undone in reverse order") = old;
+            }
+            Undo::TransferInserted(id) => {
+                let shard = self.transfer_shard(id);
+                let record = shard.records.remove(&id).expect("undone in reverse order");
+                let last = shard.order.pop_back();
+                assert_eq!(last, Some(id), "undone in reverse order");
+                if let (TransferState::Pending, TransferKind::Pending { expires_at }) =
+                    (record.state, record.event.kind)
+                {
+                    shard.pending_live -= 1;
+                    shard.expiries.remove(&(expires_at, id));
+                }
+            }
+            Undo::PendingChanged { id, old } => {
+                let shard = self.transfer_shard(id);
+                let record = shard.records.get_mut(&id).expect("undone in reverse order");
+                assert_eq!(old, TransferState::Pending);
+                record.state = old;
+                if let TransferKind::Pending { expires_at } = record.event.kind {
+                    shard.pending_live += 1;
+                    if expires_at != Timestamp::NEVER {
+                        shard.expiries.insert((expires_at, id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Timestamp) -> Vec<Expired> {
+        let mut due: Vec<(Timestamp, TransferId)> = Vec::new();
+        for shard in self.transfers.iter().flatten() {
+            due.extend(
+                shard
+                    .expiries
+                    .range(..=(now, TransferId(u128::MAX)))
+                    .copied(),
+            );
+        }
+        due.sort_unstable();
+        let mut expired = Vec::with_capacity(due.len());
+        for (expires_at, id) in due {
+            let shard = self.transfer_shard(id);
+            shard.expiries.remove(&(expires_at, id));
+            shard.pending_live -= 1;
+            let record = shard
+                .records
+                .get_mut(&id)
+                .expect("every expiry has its hold");
+            assert_eq!(record.state, TransferState::Pending);
+            record.state = TransferState::PendingExpired;
+            let record = *record;
+            let mut debit = self
+                .account(record.debit_account_id)
+                .expect("accounts of a live hold exist");
+            let mut credit = self
+                .account(record.credit_account_id)
+                .expect("accounts of a live hold exist");
+            release_hold(
+                &mut debit.balances,
+                &mut credit.balances,
+                record.event.amount,
+            );
+            self.store_account(debit, None);
+            self.store_account(credit, None);
+            expired.push(Expired {
+                id,
+                debit_account_id: record.debit_account_id,
+                credit_account_id: record.credit_account_id,
+                amount: record.event.amount,
+                currency: record.event.currency,
+                expires_at,
+            });
+        }
+        expired
+    }
+
+    /// Forgets the oldest resolved transfers of every shard over its bound. Live holds are
+    /// never forgotten; they are bounded by `pending_max` instead.
+    fn forget_beyond_bound(&mut self) {
+        let bound = self.ledger.remembered_per_shard as usize;
+        for shard in self.transfers.iter_mut().flatten() {
+            let mut budget = shard.order.len();
+            while shard.records.len() > bound && budget > 0 {
+                budget -= 1;
+                let Some(id) = shard.order.pop_front() else {
+                    break;
+                };
+                let live = shard
+                    .records
+                    .get(&id)
+                    .is_some_and(|r| r.state == TransferState::Pending);
+                if live {
+                    shard.order.push_back(id);
+                } else {
+                    shard.records.remove(&id);
+                    shard.forgotten += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Releases a hold of `held` from both sides. A live hold is always covered by the pending
+/// balances it added to, so this cannot underflow.
+fn release_hold(debit: &mut Balances, credit: &mut Balances, held: Amount) {
+    let held = u128::from(held.0);
+    debit.debits_pending = debit
+        .debits_pending
+        .checked_sub(held)
+        .expect("a live hold is covered by debits_pending");
+    credit.credits_pending = credit
+        .credits_pending
+        .checked_sub(held)
+        .expect("a live hold is covered by credits_pending");
+}
