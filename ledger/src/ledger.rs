@@ -494,8 +494,8 @@ struct Locked<'a> {
     accounts: Vec<Option<MutexGuard<'a, AccountShard>>>,
 }
 
-/// Validation that needs nothing but the event itself (and `now`).
-fn check_transfer_fields(t: &Transfer, now: Timestamp) -> Result<(), Outcome> {
+/// Validation that needs nothing but the event itself.
+fn check_transfer_fields(t: &Transfer) -> Result<(), Outcome> {
     if t.id.0 == 0 {
         return Err(Outcome::IdMustNotBeZero);
     }
@@ -515,13 +515,7 @@ fn check_transfer_fields(t: &Transfer, now: Timestamp) -> Result<(), Outcome> {
             }
             true
         }
-        TransferKind::Pending { expires_at } => {
-            if expires_at != Timestamp::NEVER && expires_at <= now {
-                return Err(Outcome::ExpiryMustBeInTheFuture);
-            }
-            false
-        }
-        TransferKind::Single => false,
+        TransferKind::Pending { .. } | TransferKind::Single => false,
     };
     // Posts and voids may leave the accounts zero to mean "those of the pending transfer".
     let (debit, credit) = (t.debit_account_id.0, t.credit_account_id.0);
@@ -648,7 +642,6 @@ impl Locked<'_> {
         while let Some(change) = undo.pop() {
             self.undo(change);
         }
-        let transient = results[failed].is_transient();
         for (i, event) in chain.iter().enumerate() {
             if i != failed {
                 // A member remembered from an earlier submission keeps its original outcome, so
@@ -658,8 +651,11 @@ impl Locked<'_> {
                     None => Outcome::LinkedEventFailed,
                 };
             }
-            if !transient {
-                self.remember_declined(event, results[i], now);
+        }
+        // Only once every answer is settled: a member must not see another one's decline.
+        if !results[failed].is_transient() {
+            for (event, &outcome) in chain.iter().zip(results.iter()) {
+                self.remember_declined(event, outcome, now);
             }
         }
     }
@@ -780,13 +776,21 @@ impl Locked<'_> {
         now: Timestamp,
         undo: Option<&mut Vec<Undo>>,
     ) -> Result<(), Outcome> {
-        check_transfer_fields(t, now)?;
+        check_transfer_fields(t)?;
         if let Some(record) = self.transfer_shard(t.id).records.get(&t.id) {
             return Err(if record.event == *t {
                 record.original_outcome()
             } else {
                 Outcome::ExistsWithDifferentFields
             });
+        }
+        // After the idempotency check, so that a retry of a hold gets its original answer
+        // even once the hold's expiry has passed.
+        if let TransferKind::Pending { expires_at } = t.kind
+            && expires_at != Timestamp::NEVER
+            && expires_at <= now
+        {
+            return Err(Outcome::ExpiryMustBeInTheFuture);
         }
         match t.kind {
             TransferKind::Single | TransferKind::Pending { .. } => {

@@ -1,8 +1,8 @@
 //! The result of every event, one variant per reason.
 //!
 //! When several reasons apply, the ledger reports the first in declaration order: batch
-//! structure, then the event's own fields, then idempotency (`Exists*`), then what the event
-//! refers to (accounts, the pending transfer), then balances, then capacity. The order is part
+//! structure, then the event's own fields, then idempotency (`Exists*`), then the event against
+//! the current state: time, the accounts (accounts, the pending transfer), then balances, then capacity. The order is part
 //! of the contract: a client that sends the same bad event always gets the same answer.
 
 /// What happened to one event.
@@ -10,73 +10,73 @@
 #[repr(u8)]
 pub enum Outcome {
     /// Applied.
-    Ok = 0,
+    Ok,
 
     // --- batch structure ---
     /// Another event of this linked chain failed, so this one was not applied.
-    LinkedEventFailed = 1,
+    LinkedEventFailed,
     /// The batch ended inside a linked chain (the last event has `linked` set).
-    LinkedEventChainOpen = 2,
+    LinkedEventChainOpen,
 
     // --- the event's own fields ---
-    IdMustNotBeZero = 3,
-    IdMustNotBeIntMax = 4,
+    IdMustNotBeZero,
+    IdMustNotBeIntMax,
     /// An account cannot both forbid debits over credits and credits over debits.
-    FlagsAreMutuallyExclusive = 5,
-    OwnerMustNotBeZero = 6,
-    PendingIdMustBeZero = 7,
-    PendingIdMustNotBeZero = 8,
-    PendingIdMustNotBeIntMax = 9,
-    PendingIdMustBeDifferent = 10,
-    /// A hold's expiry is at or before the `now` it was submitted with.
-    ExpiryMustBeInTheFuture = 11,
-    DebitAccountIdMustNotBeZero = 12,
-    DebitAccountIdMustNotBeIntMax = 13,
-    CreditAccountIdMustNotBeZero = 14,
-    CreditAccountIdMustNotBeIntMax = 15,
-    AccountsMustBeDifferent = 16,
-    AmountMustNotBeZero = 17,
+    FlagsAreMutuallyExclusive,
+    OwnerMustNotBeZero,
+    PendingIdMustBeZero,
+    PendingIdMustNotBeZero,
+    PendingIdMustNotBeIntMax,
+    PendingIdMustBeDifferent,
+    DebitAccountIdMustNotBeZero,
+    DebitAccountIdMustNotBeIntMax,
+    CreditAccountIdMustNotBeZero,
+    CreditAccountIdMustNotBeIntMax,
+    AccountsMustBeDifferent,
+    AmountMustNotBeZero,
 
     // --- idempotency ---
     /// Already applied with the same fields: nothing changed this time.
-    Exists = 18,
+    Exists,
     /// The id is taken by an event with other fields (ISO 8583 code 94).
-    ExistsWithDifferentFields = 19,
+    ExistsWithDifferentFields,
 
-    // --- what the event refers to ---
-    AccountNotFound = 20,
-    DebitAccountNotFound = 21,
-    CreditAccountNotFound = 22,
-    AccountsMustHaveTheSameCurrency = 23,
-    CurrencyMustMatchAccounts = 24,
-    PendingTransferNotFound = 25,
-    PendingTransferNotPending = 26,
-    PendingTransferHasDifferentDebitAccount = 27,
-    PendingTransferHasDifferentCreditAccount = 28,
-    PendingTransferHasDifferentCurrency = 29,
-    PendingTransferAlreadyPosted = 30,
-    PendingTransferAlreadyVoided = 31,
-    PendingTransferExpired = 32,
-    ExceedsPendingTransferAmount = 33,
-    PendingTransferHasDifferentAmount = 34,
-    DebitAccountClosed = 35,
-    CreditAccountClosed = 36,
+    // --- the event against the current state (time, accounts, the pending transfer) ---
+    /// A hold's expiry is at or before the `now` it was submitted with.
+    ExpiryMustBeInTheFuture,
+    AccountNotFound,
+    DebitAccountNotFound,
+    CreditAccountNotFound,
+    AccountsMustHaveTheSameCurrency,
+    CurrencyMustMatchAccounts,
+    PendingTransferNotFound,
+    PendingTransferNotPending,
+    PendingTransferHasDifferentDebitAccount,
+    PendingTransferHasDifferentCreditAccount,
+    PendingTransferHasDifferentCurrency,
+    PendingTransferAlreadyPosted,
+    PendingTransferAlreadyVoided,
+    PendingTransferExpired,
+    ExceedsPendingTransferAmount,
+    PendingTransferHasDifferentAmount,
+    DebitAccountClosed,
+    CreditAccountClosed,
 
     // --- balances ---
-    OverflowsDebitsPending = 37,
-    OverflowsCreditsPending = 38,
-    OverflowsDebitsPosted = 39,
-    OverflowsCreditsPosted = 40,
-    OverflowsDebits = 41,
-    OverflowsCredits = 42,
+    OverflowsDebitsPending,
+    OverflowsCreditsPending,
+    OverflowsDebitsPosted,
+    OverflowsCreditsPosted,
+    OverflowsDebits,
+    OverflowsCredits,
     /// The debit account forbids debits over credits, and this one would exceed them.
-    ExceedsCredits = 43,
+    ExceedsCredits,
     /// The credit account forbids credits over debits, and this one would exceed them.
-    ExceedsDebits = 44,
+    ExceedsDebits,
 
     // --- capacity (transient: never remembered, a retry may succeed) ---
-    AccountLimitReached = 45,
-    PendingLimitReached = 46,
+    AccountLimitReached,
+    PendingLimitReached,
 }
 
 impl Outcome {
@@ -93,7 +93,6 @@ impl Outcome {
         Outcome::PendingIdMustNotBeZero,
         Outcome::PendingIdMustNotBeIntMax,
         Outcome::PendingIdMustBeDifferent,
-        Outcome::ExpiryMustBeInTheFuture,
         Outcome::DebitAccountIdMustNotBeZero,
         Outcome::DebitAccountIdMustNotBeIntMax,
         Outcome::CreditAccountIdMustNotBeZero,
@@ -102,6 +101,7 @@ impl Outcome {
         Outcome::AmountMustNotBeZero,
         Outcome::Exists,
         Outcome::ExistsWithDifferentFields,
+        Outcome::ExpiryMustBeInTheFuture,
         Outcome::AccountNotFound,
         Outcome::DebitAccountNotFound,
         Outcome::CreditAccountNotFound,
