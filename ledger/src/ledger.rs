@@ -14,7 +14,7 @@
 //! other, each at some instant between its call and its return: batches on disjoint shards run
 //! in parallel, conflicting ones in the order they took their first common lock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -24,6 +24,7 @@ use crate::currency::Currency;
 use crate::digest::{Digest, EntryHasher, shard_of};
 use crate::event::{Event, Op};
 use crate::outcome::Outcome;
+use crate::store::TransferShard;
 use crate::transfer::{Expired, Transfer, TransferKind, TransferRecord, TransferState};
 use crate::types::{AccountId, Amount, Timestamp, TransferId};
 
@@ -134,17 +135,6 @@ pub struct Stats {
 #[derive(Default)]
 struct AccountShard {
     accounts: HashMap<AccountId, Account, Hasher>,
-}
-
-#[derive(Default)]
-struct TransferShard {
-    records: HashMap<TransferId, TransferRecord, Hasher>,
-    /// Ids in the order they were remembered: the eviction order.
-    order: VecDeque<TransferId>,
-    /// Live holds with an expiry, by expiry.
-    expiries: BTreeSet<(Timestamp, TransferId)>,
-    pending_live: u64,
-    forgotten: u64,
 }
 
 /// The ledger. `Sync`: share it between threads behind an `Arc`.
@@ -281,11 +271,7 @@ impl Ledger {
     }
 
     pub fn transfer(&self, id: TransferId) -> Option<TransferRecord> {
-        self.transfer_shards[self.transfer_shard(id)]
-            .lock()
-            .records
-            .get(&id)
-            .copied()
+        self.transfer_shards[self.transfer_shard(id)].lock().get(id)
     }
 
     /// Per-currency totals, read under all account locks (a consistent cut).
@@ -313,7 +299,7 @@ impl Ledger {
         }
         for shard in self.transfer_shards.iter() {
             let shard = shard.lock();
-            stats.transfers_remembered += shard.records.len() as u64;
+            stats.transfers_remembered += shard.len() as u64;
             stats.pending_live += shard.pending_live;
             stats.transfers_forgotten += shard.forgotten;
         }
@@ -332,12 +318,8 @@ impl Ledger {
             }
         }
         for (index, shard) in locked.transfers.iter().flatten().enumerate() {
-            for (position, id) in shard.order.iter().enumerate() {
-                let record = shard
-                    .records
-                    .get(id)
-                    .expect("order lists only remembered ids");
-                sum = sum.wrapping_add(hash_record(record, position as u64));
+            for (position, record) in shard.iter().enumerate() {
+                sum = sum.wrapping_add(hash_record(&record, position as u64));
             }
             let mut h = EntryHasher::new(3);
             h.word(index as u64)
@@ -392,8 +374,7 @@ impl Ledger {
                     let stored = transfers[self.transfer_shard(pending_id)]
                         .as_ref()
                         .expect("pending shard locked above")
-                        .records
-                        .get(&pending_id)
+                        .get(pending_id)
                         .map(|r| (r.debit_account_id, r.credit_account_id));
                     if let Some((debit, credit)) = stored {
                         account_set.insert(self.account_shard(debit));
@@ -580,6 +561,30 @@ impl Locked<'_> {
         self.account_shard(id).accounts.get(&id).copied()
     }
 
+    /// Both accounts of a transfer, mutable at once: one lookup each, wherever they live.
+    fn account_pair(
+        &mut self,
+        a: AccountId,
+        b: AccountId,
+    ) -> (Option<&mut Account>, Option<&mut Account>) {
+        assert_ne!(a, b, "a transfer's accounts are different (validated)");
+        let (ia, ib) = (self.ledger.account_shard(a), self.ledger.account_shard(b));
+        let locked = "the batch locked every account shard it touches";
+        if ia == ib {
+            let shard = self.accounts[ia].as_deref_mut().expect(locked);
+            let [x, y] = shard.accounts.get_disjoint_mut([&a, &b]);
+            return (x, y);
+        }
+        let (left, right) = self.accounts.split_at_mut(ia.max(ib));
+        let low = left[ia.min(ib)].as_deref_mut().expect(locked);
+        let high = right[0].as_deref_mut().expect(locked);
+        if ia < ib {
+            (low.accounts.get_mut(&a), high.accounts.get_mut(&b))
+        } else {
+            (high.accounts.get_mut(&a), low.accounts.get_mut(&b))
+        }
+    }
+
     fn store_account(&mut self, account: Account, undo: Option<&mut Vec<Undo>>) {
         let slot = self
             .account_shard(account.id)
@@ -665,7 +670,7 @@ impl Locked<'_> {
         let Op::Transfer(t) = &event.op else {
             return None;
         };
-        match self.transfer_shard(t.id).records.get(&t.id) {
+        match self.transfer_shard(t.id).get(t.id) {
             Some(record) if record.event == *t => Some(record.original_outcome()),
             _ => None,
         }
@@ -687,20 +692,16 @@ impl Locked<'_> {
             return;
         }
         let shard = self.transfer_shard(t.id);
-        if shard.records.contains_key(&t.id) {
+        if shard.contains(t.id) {
             return;
         }
-        shard.records.insert(
-            t.id,
-            TransferRecord {
-                event: *t,
-                debit_account_id: t.debit_account_id,
-                credit_account_id: t.credit_account_id,
-                state: TransferState::Declined(outcome),
-                created_at: now,
-            },
-        );
-        shard.order.push_back(t.id);
+        shard.push(&TransferRecord {
+            event: *t,
+            debit_account_id: t.debit_account_id,
+            credit_account_id: t.credit_account_id,
+            state: TransferState::Declined(outcome),
+            created_at: now,
+        });
     }
 
     fn apply_event(
@@ -777,12 +778,8 @@ impl Locked<'_> {
         undo: Option<&mut Vec<Undo>>,
     ) -> Result<(), Outcome> {
         check_transfer_fields(t)?;
-        if let Some(record) = self.transfer_shard(t.id).records.get(&t.id) {
-            return Err(if record.event == *t {
-                record.original_outcome()
-            } else {
-                Outcome::ExistsWithDifferentFields
-            });
+        if let Some(outcome) = self.transfer_shard(t.id).resubmission(t) {
+            return Err(outcome);
         }
         // After the idempotency check, so that a retry of a hold gets its original answer
         // even once the hold's expiry has passed.
@@ -808,12 +805,12 @@ impl Locked<'_> {
         now: Timestamp,
         mut undo: Option<&mut Vec<Undo>>,
     ) -> Result<(), Outcome> {
-        let mut debit = self
-            .account(t.debit_account_id)
-            .ok_or(Outcome::DebitAccountNotFound)?;
-        let mut credit = self
-            .account(t.credit_account_id)
-            .ok_or(Outcome::CreditAccountNotFound)?;
+        let pending = matches!(t.kind, TransferKind::Pending { .. });
+        let pending_full =
+            pending && self.transfer_shard(t.id).pending_live >= self.ledger.pending_per_shard;
+        let (debit, credit) = self.account_pair(t.debit_account_id, t.credit_account_id);
+        let debit = debit.ok_or(Outcome::DebitAccountNotFound)?;
+        let credit = credit.ok_or(Outcome::CreditAccountNotFound)?;
         if debit.currency != credit.currency {
             return Err(Outcome::AccountsMustHaveTheSameCurrency);
         }
@@ -826,7 +823,6 @@ impl Locked<'_> {
         if credit.is_closed() {
             return Err(Outcome::CreditAccountClosed);
         }
-        let pending = matches!(t.kind, TransferKind::Pending { .. });
         let amount = u128::from(t.amount.0);
         let (d, c) = (&debit.balances, &credit.balances);
         let new_debit = if pending {
@@ -871,11 +867,14 @@ impl Locked<'_> {
         {
             return Err(Outcome::ExceedsDebits);
         }
-        let pending_limit = self.ledger.pending_per_shard;
-        if pending && self.transfer_shard(t.id).pending_live >= pending_limit {
+        if pending_full {
             return Err(Outcome::PendingLimitReached);
         }
 
+        if let Some(undo) = undo.as_deref_mut() {
+            undo.push(Undo::AccountChanged(*debit));
+            undo.push(Undo::AccountChanged(*credit));
+        }
         if pending {
             debit.balances.debits_pending = new_debit;
             credit.balances.credits_pending = new_credit;
@@ -883,8 +882,6 @@ impl Locked<'_> {
             debit.balances.debits_posted = new_debit;
             credit.balances.credits_posted = new_credit;
         }
-        self.store_account(debit, undo.as_deref_mut());
-        self.store_account(credit, undo.as_deref_mut());
         let shard = self.transfer_shard(t.id);
         let state = if let TransferKind::Pending { expires_at } = t.kind {
             shard.pending_live += 1;
@@ -895,17 +892,13 @@ impl Locked<'_> {
         } else {
             TransferState::Posted
         };
-        shard.records.insert(
-            t.id,
-            TransferRecord {
-                event: *t,
-                debit_account_id: t.debit_account_id,
-                credit_account_id: t.credit_account_id,
-                state,
-                created_at: now,
-            },
-        );
-        shard.order.push_back(t.id);
+        shard.push(&TransferRecord {
+            event: *t,
+            debit_account_id: t.debit_account_id,
+            credit_account_id: t.credit_account_id,
+            state,
+            created_at: now,
+        });
         if let Some(undo) = undo {
             undo.push(Undo::TransferInserted(t.id));
         }
@@ -920,12 +913,12 @@ impl Locked<'_> {
         mut undo: Option<&mut Vec<Undo>>,
     ) -> Result<(), Outcome> {
         let post = matches!(t.kind, TransferKind::Post { .. });
-        let pending = match self.transfer_shard(pending_id).records.get(&pending_id) {
+        let pending = match self.transfer_shard(pending_id).get(pending_id) {
             None => return Err(Outcome::PendingTransferNotFound),
             Some(r) if matches!(r.state, TransferState::Declined(_)) => {
                 return Err(Outcome::PendingTransferNotFound);
             }
-            Some(r) => *r,
+            Some(r) => r,
         };
         let TransferKind::Pending { expires_at } = pending.event.kind else {
             return Err(Outcome::PendingTransferNotPending);
@@ -1005,11 +998,7 @@ impl Locked<'_> {
         if expires_at != Timestamp::NEVER {
             shard.expiries.remove(&(expires_at, pending_id));
         }
-        shard
-            .records
-            .get_mut(&pending_id)
-            .expect("read above")
-            .state = new_state;
+        shard.set_state(pending_id, new_state);
         if let Some(undo) = undo.as_deref_mut() {
             undo.push(Undo::PendingChanged {
                 id: pending_id,
@@ -1018,21 +1007,17 @@ impl Locked<'_> {
         }
 
         let shard = self.transfer_shard(t.id);
-        shard.records.insert(
-            t.id,
-            TransferRecord {
-                event: *t,
-                debit_account_id: pending.debit_account_id,
-                credit_account_id: pending.credit_account_id,
-                state: if post {
-                    TransferState::Posted
-                } else {
-                    TransferState::Voided
-                },
-                created_at: now,
+        shard.push(&TransferRecord {
+            event: *t,
+            debit_account_id: pending.debit_account_id,
+            credit_account_id: pending.credit_account_id,
+            state: if post {
+                TransferState::Posted
+            } else {
+                TransferState::Voided
             },
-        );
-        shard.order.push_back(t.id);
+            created_at: now,
+        });
         if let Some(undo) = undo {
             undo.push(Undo::TransferInserted(t.id));
         }
@@ -1053,9 +1038,7 @@ impl Locked<'_> {
             }
             Undo::TransferInserted(id) => {
                 let shard = self.transfer_shard(id);
-                let record = shard.records.remove(&id).expect("undone in reverse order");
-                let last = shard.order.pop_back();
-                assert_eq!(last, Some(id), "undone in reverse order");
+                let record = shard.pop_newest(id);
                 if let (TransferState::Pending, TransferKind::Pending { expires_at }) =
                     (record.state, record.event.kind)
                 {
@@ -1065,9 +1048,9 @@ impl Locked<'_> {
             }
             Undo::PendingChanged { id, old } => {
                 let shard = self.transfer_shard(id);
-                let record = shard.records.get_mut(&id).expect("undone in reverse order");
+                let record = shard.get(id).expect("undone in reverse order");
                 assert_eq!(old, TransferState::Pending);
-                record.state = old;
+                shard.set_state(id, old);
                 if let TransferKind::Pending { expires_at } = record.event.kind {
                     shard.pending_live += 1;
                     if expires_at != Timestamp::NEVER {
@@ -1094,13 +1077,9 @@ impl Locked<'_> {
             let shard = self.transfer_shard(id);
             shard.expiries.remove(&(expires_at, id));
             shard.pending_live -= 1;
-            let record = shard
-                .records
-                .get_mut(&id)
-                .expect("every expiry has its hold");
+            let record = shard.get(id).expect("every expiry has its hold");
             assert_eq!(record.state, TransferState::Pending);
-            record.state = TransferState::PendingExpired;
-            let record = *record;
+            shard.set_state(id, TransferState::PendingExpired);
             let mut debit = self
                 .account(record.debit_account_id)
                 .expect("accounts of a live hold exist");
@@ -1131,23 +1110,7 @@ impl Locked<'_> {
     fn forget_beyond_bound(&mut self) {
         let bound = self.ledger.remembered_per_shard as usize;
         for shard in self.transfers.iter_mut().flatten() {
-            let mut budget = shard.order.len();
-            while shard.records.len() > bound && budget > 0 {
-                budget -= 1;
-                let Some(id) = shard.order.pop_front() else {
-                    break;
-                };
-                let live = shard
-                    .records
-                    .get(&id)
-                    .is_some_and(|r| r.state == TransferState::Pending);
-                if live {
-                    shard.order.push_back(id);
-                } else {
-                    shard.records.remove(&id);
-                    shard.forgotten += 1;
-                }
-            }
+            shard.forget_beyond(bound);
         }
     }
 }

@@ -10,6 +10,7 @@ mod digest;
 mod event;
 mod ledger;
 mod outcome;
+mod store;
 mod transfer;
 mod types;
 

@@ -1,0 +1,297 @@
+//! Where a transfer shard keeps its remembered transfers, compactly.
+//!
+//! Records sit in a ring in the order they were remembered (which is also the order they are
+//! forgotten in), packed into 104 bytes with no 16-byte alignment padding; a hash map takes an
+//! id to its place in the ring. Appending is a sequential write, and the map's entries are
+//! 24 bytes, so remembering ten million transfers costs well under 200 bytes each.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::currency::Currency;
+use crate::outcome::Outcome;
+use crate::transfer::{Transfer, TransferKind, TransferRecord, TransferState};
+use crate::types::{AccountId, Amount, Timestamp, TransferId};
+
+type Hasher = foldhash::fast::RandomState;
+
+/// A u128 id as two words: 8-byte alignment keeps map entries and slots free of padding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key([u64; 2]);
+
+impl Key {
+    fn of(id: u128) -> Self {
+        Key([id as u64, (id >> 64) as u64])
+    }
+
+    fn get(self) -> u128 {
+        u128::from(self.0[0]) | (u128::from(self.0[1]) << 64)
+    }
+}
+
+const KIND_SINGLE: u8 = 0;
+const KIND_PENDING: u8 = 1;
+const KIND_POST: u8 = 2;
+const KIND_VOID: u8 = 3;
+
+const STATE_POSTED: u8 = 0;
+const STATE_PENDING: u8 = 1;
+const STATE_PENDING_POSTED: u8 = 2;
+const STATE_PENDING_VOIDED: u8 = 3;
+const STATE_PENDING_EXPIRED: u8 = 4;
+const STATE_VOIDED: u8 = 5;
+const STATE_DECLINED: u8 = 6;
+
+/// The event named no debit (credit) account: the stored one was resolved from the hold.
+const BIT_DEBIT_INHERITED: u8 = 1;
+const BIT_CREDIT_INHERITED: u8 = 2;
+
+/// One remembered transfer, packed.
+#[derive(Clone, Copy)]
+struct Slot {
+    id: Key,
+    /// Resolved accounts (for posts and voids that named none, those of the hold).
+    debit: Key,
+    credit: Key,
+    /// Post/void: the hold. A resolved hold: the post or void that resolved it.
+    link: Key,
+    amount: u64,
+    /// Pending: its expiry. A hold resolved by a post: the amount posted.
+    expires_at: u64,
+    posted: u64,
+    created_at: u64,
+    currency: u16,
+    code: u16,
+    kind: u8,
+    state: u8,
+    outcome: u8,
+    bits: u8,
+}
+
+impl Slot {
+    fn pack(r: &TransferRecord) -> Slot {
+        let e = &r.event;
+        let (kind, link, expires_at) = match e.kind {
+            TransferKind::Single => (KIND_SINGLE, 0, 0),
+            TransferKind::Pending { expires_at } => (KIND_PENDING, 0, expires_at.0),
+            TransferKind::Post { pending_id } => (KIND_POST, pending_id.0, 0),
+            TransferKind::Void { pending_id } => (KIND_VOID, pending_id.0, 0),
+        };
+        let mut slot = Slot {
+            id: Key::of(e.id.0),
+            debit: Key::of(r.debit_account_id.0),
+            credit: Key::of(r.credit_account_id.0),
+            link: Key::of(link),
+            amount: e.amount.0,
+            expires_at,
+            posted: 0,
+            created_at: r.created_at.0,
+            currency: e.currency.numeric(),
+            code: e.code,
+            kind,
+            state: STATE_POSTED,
+            outcome: 0,
+            bits: 0,
+        };
+        if e.debit_account_id.0 == 0 && r.debit_account_id.0 != 0 {
+            slot.bits |= BIT_DEBIT_INHERITED;
+        }
+        if e.credit_account_id.0 == 0 && r.credit_account_id.0 != 0 {
+            slot.bits |= BIT_CREDIT_INHERITED;
+        }
+        slot.set_state(r.state);
+        slot
+    }
+
+    fn set_state(&mut self, state: TransferState) {
+        self.state = match state {
+            TransferState::Posted => STATE_POSTED,
+            TransferState::Pending => STATE_PENDING,
+            TransferState::PendingPosted { by, amount } => {
+                self.link = Key::of(by.0);
+                self.posted = amount.0;
+                STATE_PENDING_POSTED
+            }
+            TransferState::PendingVoided { by } => {
+                self.link = Key::of(by.0);
+                STATE_PENDING_VOIDED
+            }
+            TransferState::PendingExpired => STATE_PENDING_EXPIRED,
+            TransferState::Voided => STATE_VOIDED,
+            TransferState::Declined(outcome) => {
+                self.outcome = outcome.code();
+                STATE_DECLINED
+            }
+        };
+        if self.kind == KIND_PENDING
+            && !matches!(
+                state,
+                TransferState::PendingPosted { .. } | TransferState::PendingVoided { .. }
+            )
+        {
+            self.link = Key::of(0);
+            self.posted = 0;
+        }
+    }
+
+    fn unpack(&self) -> TransferRecord {
+        let link = TransferId(self.link.get());
+        let kind = match self.kind {
+            KIND_SINGLE => TransferKind::Single,
+            KIND_PENDING => TransferKind::Pending {
+                expires_at: Timestamp(self.expires_at),
+            },
+            KIND_POST => TransferKind::Post { pending_id: link },
+            _ => TransferKind::Void { pending_id: link },
+        };
+        let state = match self.state {
+            STATE_POSTED => TransferState::Posted,
+            STATE_PENDING => TransferState::Pending,
+            STATE_PENDING_POSTED => TransferState::PendingPosted {
+                by: link,
+                amount: Amount(self.posted),
+            },
+            STATE_PENDING_VOIDED => TransferState::PendingVoided { by: link },
+            STATE_PENDING_EXPIRED => TransferState::PendingExpired,
+            STATE_VOIDED => TransferState::Voided,
+            _ => TransferState::Declined(
+                Outcome::from_code(self.outcome).expect("packed from an Outcome"),
+            ),
+        };
+        let debit = AccountId(self.debit.get());
+        let credit = AccountId(self.credit.get());
+        TransferRecord {
+            event: Transfer {
+                id: TransferId(self.id.get()),
+                debit_account_id: if self.bits & BIT_DEBIT_INHERITED != 0 {
+                    AccountId(0)
+                } else {
+                    debit
+                },
+                credit_account_id: if self.bits & BIT_CREDIT_INHERITED != 0 {
+                    AccountId(0)
+                } else {
+                    credit
+                },
+                amount: Amount(self.amount),
+                currency: Currency::from_numeric(self.currency).expect("packed from a Currency"),
+                kind,
+                code: self.code,
+            },
+            debit_account_id: debit,
+            credit_account_id: credit,
+            state,
+            created_at: Timestamp(self.created_at),
+        }
+    }
+}
+
+/// One transfer shard's state.
+#[derive(Default)]
+pub(crate) struct TransferShard {
+    /// Id to position; a position is `base` plus the index in `slots`.
+    index: HashMap<Key, u64, Hasher>,
+    slots: VecDeque<Slot>,
+    base: u64,
+    /// Live holds with an expiry, by expiry.
+    pub(crate) expiries: BTreeSet<(Timestamp, TransferId)>,
+    pub(crate) pending_live: u64,
+    pub(crate) forgotten: u64,
+}
+
+impl TransferShard {
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot(&self, id: TransferId) -> Option<&Slot> {
+        let position = *self.index.get(&Key::of(id.0))?;
+        self.slots.get((position - self.base) as usize)
+    }
+
+    pub(crate) fn get(&self, id: TransferId) -> Option<TransferRecord> {
+        self.slot(id).map(Slot::unpack)
+    }
+
+    pub(crate) fn contains(&self, id: TransferId) -> bool {
+        self.index.contains_key(&Key::of(id.0))
+    }
+
+    /// The outcome a resubmission of `t` gets, if `t.id` is remembered: its original outcome
+    /// if the fields are the same, `ExistsWithDifferentFields` if not.
+    pub(crate) fn resubmission(&self, t: &Transfer) -> Option<Outcome> {
+        let slot = self.slot(t.id)?;
+        let record = slot.unpack();
+        Some(if record.event == *t {
+            record.original_outcome()
+        } else {
+            Outcome::ExistsWithDifferentFields
+        })
+    }
+
+    pub(crate) fn push(&mut self, record: &TransferRecord) {
+        let position = self.base + self.slots.len() as u64;
+        let previous = self.index.insert(Key::of(record.event.id.0), position);
+        assert!(
+            previous.is_none(),
+            "a remembered id is never remembered twice"
+        );
+        self.slots.push_back(Slot::pack(record));
+    }
+
+    pub(crate) fn set_state(&mut self, id: TransferId, state: TransferState) {
+        let position = *self
+            .index
+            .get(&Key::of(id.0))
+            .expect("state of a remembered id");
+        let slot = self
+            .slots
+            .get_mut((position - self.base) as usize)
+            .expect("index and ring agree");
+        slot.set_state(state);
+    }
+
+    /// Takes back the newest record, which must be `id` (undo runs in reverse order).
+    pub(crate) fn pop_newest(&mut self, id: TransferId) -> TransferRecord {
+        let slot = self.slots.pop_back().expect("undone in reverse order");
+        assert!(slot.id == Key::of(id.0), "undone in reverse order");
+        self.index.remove(&slot.id);
+        slot.unpack()
+    }
+
+    /// Forgets the oldest records that are not live holds until at most `bound` remain (or
+    /// only live holds are left). A live hold met on the way moves to the newest end.
+    pub(crate) fn forget_beyond(&mut self, bound: usize) {
+        let mut budget = self.slots.len();
+        while self.slots.len() > bound && budget > 0 {
+            budget -= 1;
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            if slot.state == STATE_PENDING {
+                let position = self.base + self.slots.len() as u64;
+                self.index.insert(slot.id, position);
+                self.slots.push_back(slot);
+            } else {
+                self.index.remove(&slot.id);
+                self.forgotten += 1;
+            }
+        }
+    }
+
+    /// Every record, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = TransferRecord> + '_ {
+        self.slots.iter().map(Slot::unpack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_compact() {
+        assert_eq!(std::mem::size_of::<Slot>(), 104);
+        assert_eq!(std::mem::align_of::<Slot>(), 8);
+    }
+}
