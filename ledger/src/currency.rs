@@ -267,6 +267,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(proptest_config!("ledger_currency.txt"))]
+
         #[test]
         fn minor_units_round_trip(minor in any::<u64>(), index in 0..TABLE.len()) {
             let currency = Currency(TABLE[index].1);

@@ -24,7 +24,7 @@ use crate::currency::Currency;
 use crate::digest::{Digest, EntryHasher, shard_of};
 use crate::event::{Event, Op};
 use crate::outcome::Outcome;
-use crate::store::TransferShard;
+use crate::store::{ShardCopy, TransferShard};
 use crate::transfer::{Expired, Transfer, TransferKind, TransferRecord, TransferState};
 use crate::types::{AccountId, Amount, Timestamp, TransferId};
 
@@ -328,6 +328,80 @@ impl Ledger {
             sum = sum.wrapping_add(h.finish());
         }
         Digest(sum)
+    }
+
+    /// The state, copied under every lock, for a snapshot.
+    pub(crate) fn copy_state(&self) -> (u64, Vec<Vec<Account>>, Vec<ShardCopy>) {
+        let locked = self.lock_all();
+        let sequence = self.sequence.load(Ordering::Relaxed);
+        let accounts = locked
+            .accounts
+            .iter()
+            .flatten()
+            .map(|shard| shard.accounts.values().copied().collect())
+            .collect();
+        let transfers = locked
+            .transfers
+            .iter()
+            .flatten()
+            .map(|s| s.copy())
+            .collect();
+        (sequence, accounts, transfers)
+    }
+
+    /// Restoring a snapshot: puts accounts back.
+    pub(crate) fn load_accounts(&self, accounts: &[Account]) -> Result<(), String> {
+        for account in accounts {
+            let mut shard = self.account_shards[self.account_shard(account.id)].lock();
+            if shard.accounts.len() as u64 >= self.accounts_per_shard {
+                return Err(format!(
+                    "account {} is over the configured accounts_max of {}",
+                    account.id, self.config.accounts_max
+                ));
+            }
+            if shard.accounts.insert(account.id, *account).is_some() {
+                return Err(format!("account {} appears twice", account.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Restoring a snapshot: appends one shard's records, oldest first.
+    pub(crate) fn load_transfers(
+        &self,
+        shard_index: usize,
+        records: &[TransferRecord],
+        forgotten: u64,
+    ) -> Result<(), String> {
+        let mut shard = self
+            .transfer_shards
+            .get(shard_index)
+            .ok_or_else(|| format!("transfer shard {shard_index} does not exist"))?
+            .lock();
+        for record in records {
+            let id = record.event.id;
+            if self.transfer_shard(id) != shard_index {
+                return Err(format!("transfer {id} is not in shard {shard_index}"));
+            }
+            if shard.contains(id) {
+                return Err(format!("transfer {id} appears twice"));
+            }
+            if let (TransferState::Pending, TransferKind::Pending { expires_at }) =
+                (record.state, record.event.kind)
+            {
+                shard.pending_live += 1;
+                if expires_at != Timestamp::NEVER {
+                    shard.expiries.insert((expires_at, id));
+                }
+            }
+            shard.push(record);
+        }
+        shard.forgotten += forgotten;
+        Ok(())
+    }
+
+    pub(crate) fn set_sequence(&self, sequence: u64) {
+        self.sequence.store(sequence, Ordering::Relaxed);
     }
 
     fn lock_all(&self) -> Locked<'_> {

@@ -4,12 +4,36 @@
 //! at, outcomes come out, and the same batches in the same order always give the same state
 //! (checked by `Ledger::digest`). Persistence, networking and time belong to the caller.
 
+/// Property-test settings: failures persist in the top-level `proptest-regressions/`, and
+/// `PROPTEST_CASES` raises the case count from a default that fits CI on two cores.
+#[cfg(test)]
+macro_rules! proptest_config {
+    ($file:literal) => {
+        proptest::prelude::ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(256),
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../proptest-regressions/",
+                    $file
+                )),
+            )),
+            ..proptest::prelude::ProptestConfig::default()
+        }
+    };
+}
+
 mod account;
 mod currency;
 mod digest;
 mod event;
 mod ledger;
 mod outcome;
+mod record;
+mod snapshot;
 mod store;
 mod transfer;
 mod types;
@@ -20,5 +44,7 @@ pub use digest::Digest;
 pub use event::{Event, Op};
 pub use ledger::{BatchError, Config, ConfigError, Ledger, SHARDS_MAX, Stats, Totals};
 pub use outcome::Outcome;
+pub use record::{LogRecord, RecordError};
+pub use snapshot::{Capture, SnapshotError};
 pub use transfer::{Expired, Transfer, TransferKind, TransferRecord, TransferState};
 pub use types::{AccountId, Amount, ParticipantId, Timestamp, TransferId};

@@ -285,6 +285,36 @@ impl TransferShard {
     }
 }
 
+/// A copy of one shard's records, taken under its lock for a snapshot.
+pub(crate) struct ShardCopy {
+    slots: Vec<Slot>,
+    pub(crate) forgotten: u64,
+}
+
+impl ShardCopy {
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn records(&self) -> impl Iterator<Item = TransferRecord> + '_ {
+        self.slots.iter().map(Slot::unpack)
+    }
+}
+
+impl TransferShard {
+    /// Two memcpys: the pause a snapshot costs this shard.
+    pub(crate) fn copy(&self) -> ShardCopy {
+        let (front, back) = self.slots.as_slices();
+        let mut slots = Vec::with_capacity(self.slots.len());
+        slots.extend_from_slice(front);
+        slots.extend_from_slice(back);
+        ShardCopy {
+            slots,
+            forgotten: self.forgotten,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
