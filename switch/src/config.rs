@@ -1,0 +1,517 @@
+//! The switch's configuration: TOML, every key optional, unknown keys refused by name.
+//!
+//! `DEFAULT_CONFIG` is the documented default; `switch config default` prints it, and a test
+//! checks that it parses to exactly `Config::default()`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ledger::{AccountId, ParticipantId};
+use serde::Deserialize;
+
+use crate::routing::{Route, RouteError, RouteTable};
+
+/// The default configuration, with a comment on every key.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub ledger: LedgerConfig,
+    pub wal: Wal,
+    pub snapshot: Snapshot,
+    pub authorization: Authorization,
+    pub metrics: Metrics,
+    pub log: Log,
+    pub identities: Vec<Identity>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A certificate generated at first start and kept in the data directory; client
+    /// certificates optional.
+    SelfSigned,
+    /// Certificate and key from files; client certificates required and verified (mutual TLS).
+    Files,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub mode: TlsMode,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    /// In `self-signed` mode, who a client without a certificate acts as. Development only.
+    pub anonymous_participant: Option<u64>,
+    pub anonymous_is_admin: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub frame_bytes_max: u32,
+    pub batch_len_max: u16,
+    pub connections_max: u32,
+    pub streams_per_connection_max: u32,
+    pub in_flight_per_connection_max: u32,
+    pub queue_depth_max: u32,
+    pub malformed_frames_max: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    pub shards: usize,
+    pub accounts_max: u64,
+    pub transfers_remembered_max: u64,
+    pub pending_max: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// fdatasync before any answer leaves (the default and the only safe choice).
+    Fsync,
+    /// No fdatasync: acknowledged work can be lost on a crash. For benchmarks only.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Wal {
+    pub durability: Durability,
+    pub segment_bytes_max: u64,
+    pub group_bytes_max: u64,
+    pub queue_depth_max: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Snapshot {
+    /// Log records between snapshots; 0 turns snapshots off.
+    pub every_records: u64,
+    pub keep: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Authorization {
+    /// Expiry of a hold whose request does not say.
+    pub default_expiry_seconds: u32,
+    /// The longest expiry a request may ask for.
+    pub expiry_seconds_max: u32,
+    /// How often holds that are due are expired.
+    pub expiry_tick_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Prometheus `/metrics`, `/healthz` and `/readyz`; keep it on loopback.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `switch=debug,info`.
+    pub level: String,
+}
+
+/// A client certificate and who it is.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// SHA-256 of the certificate (DER), hex, colons optional.
+    pub fingerprint_sha256: String,
+    pub participant: u64,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// One routing-table row as written in TOML (account ids are strings: TOML integers are 64-bit).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub issuer: u64,
+    #[serde(default)]
+    pub pooled_account: Option<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            mode: TlsMode::SelfSigned,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            anonymous_participant: Some(1),
+            anonymous_is_admin: true,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_bytes_max: 1 << 20,
+            batch_len_max: 8190,
+            connections_max: 1024,
+            streams_per_connection_max: 64,
+            in_flight_per_connection_max: 65_536,
+            queue_depth_max: 262_144,
+            malformed_frames_max: 3,
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        let l = ledger::Config::default();
+        LedgerConfig {
+            shards: l.shards,
+            accounts_max: l.accounts_max,
+            transfers_remembered_max: l.transfers_remembered_max,
+            pending_max: l.pending_max,
+        }
+    }
+}
+
+impl Default for Wal {
+    fn default() -> Self {
+        Wal {
+            durability: Durability::Fsync,
+            segment_bytes_max: 256 << 20,
+            group_bytes_max: 8 << 20,
+            queue_depth_max: 4096,
+        }
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            every_records: 100_000,
+            keep: 2,
+        }
+    }
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Authorization {
+            default_expiry_seconds: 7 * 24 * 3600,
+            expiry_seconds_max: 30 * 24 * 3600,
+            expiry_tick_ms: 1000,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, saying where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+    #[error("{origin}: routes: {source}")]
+    Routes { origin: String, source: RouteError },
+}
+
+/// Parses an account id written as decimal or `0x` hex.
+pub fn parse_u128(text: &str) -> Option<u128> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u128::from_str_radix(&hex.replace('_', ""), 16).ok(),
+        None => text.replace('_', "").parse().ok(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            // toml's message names the key and shows the line.
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        self.ledger_config()
+            .validate()
+            .map_err(|e| invalid("ledger", e.to_string()))?;
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.frame_bytes_max", u64::from(l.frame_bytes_max)),
+            ("limits.batch_len_max", u64::from(l.batch_len_max)),
+            ("limits.connections_max", u64::from(l.connections_max)),
+            (
+                "limits.streams_per_connection_max",
+                u64::from(l.streams_per_connection_max),
+            ),
+            (
+                "limits.in_flight_per_connection_max",
+                u64::from(l.in_flight_per_connection_max),
+            ),
+            ("limits.queue_depth_max", u64::from(l.queue_depth_max)),
+            ("wal.segment_bytes_max", self.wal.segment_bytes_max),
+            ("wal.group_bytes_max", self.wal.group_bytes_max),
+            ("wal.queue_depth_max", u64::from(self.wal.queue_depth_max)),
+            ("snapshot.keep", u64::from(self.snapshot.keep)),
+            (
+                "authorization.default_expiry_seconds",
+                u64::from(self.authorization.default_expiry_seconds),
+            ),
+            (
+                "authorization.expiry_tick_ms",
+                u64::from(self.authorization.expiry_tick_ms),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".to_string()));
+            }
+        }
+        if l.frame_bytes_max < 64 {
+            return Err(invalid(
+                "limits.frame_bytes_max",
+                "must be at least 64 bytes".to_string(),
+            ));
+        }
+        if self.authorization.default_expiry_seconds > self.authorization.expiry_seconds_max {
+            return Err(invalid(
+                "authorization.default_expiry_seconds",
+                "must not exceed authorization.expiry_seconds_max".to_string(),
+            ));
+        }
+        if self.tls.mode == TlsMode::Files {
+            for (key, value) in [
+                ("tls.cert_file", &self.tls.cert_file),
+                ("tls.key_file", &self.tls.key_file),
+                ("tls.client_ca_file", &self.tls.client_ca_file),
+            ] {
+                if value.is_none() {
+                    return Err(invalid(
+                        key,
+                        "is required when tls.mode = \"files\"".to_string(),
+                    ));
+                }
+            }
+        }
+        if matches!(self.tls.anonymous_participant, Some(0)) {
+            return Err(invalid(
+                "tls.anonymous_participant",
+                "must not be 0".to_string(),
+            ));
+        }
+        for identity in &self.identities {
+            if parse_fingerprint(&identity.fingerprint_sha256).is_none() {
+                return Err(invalid(
+                    "identities.fingerprint_sha256",
+                    format!("{:?} is not 32 bytes of hex", identity.fingerprint_sha256),
+                ));
+            }
+            if identity.participant == 0 {
+                return Err(invalid(
+                    "identities.participant",
+                    "must not be 0".to_string(),
+                ));
+            }
+        }
+        self.route_table(origin)?;
+        Ok(())
+    }
+
+    pub fn ledger_config(&self) -> ledger::Config {
+        ledger::Config {
+            shards: self.ledger.shards,
+            accounts_max: self.ledger.accounts_max,
+            transfers_remembered_max: self.ledger.transfers_remembered_max,
+            pending_max: self.ledger.pending_max,
+            batch_len_max: ledger::Config::default()
+                .batch_len_max
+                .max(usize::from(self.limits.batch_len_max)),
+        }
+    }
+
+    /// The routing table this configuration describes.
+    pub fn route_table(&self, origin: &str) -> Result<RouteTable, ConfigError> {
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (index, r) in self.routes.iter().enumerate() {
+            let pooled_account = match &r.pooled_account {
+                None => None,
+                Some(text) => Some(AccountId(parse_u128(text).ok_or_else(|| {
+                    ConfigError::Routes {
+                        origin: origin.to_string(),
+                        source: RouteError::BadAccount { index, account: 0 },
+                    }
+                })?)),
+            };
+            routes.push(Route {
+                prefix: r.prefix.clone(),
+                issuer: ParticipantId(r.issuer),
+                pooled_account,
+            });
+        }
+        RouteTable::new(routes).map_err(|source| ConfigError::Routes {
+            origin: origin.to_string(),
+            source,
+        })
+    }
+}
+
+/// Parses a SHA-256 fingerprint written as hex, with or without colons.
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_default_is_the_default() {
+        let parsed = Config::parse(DEFAULT_CONFIG, "default.toml").expect("default parses");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(
+            Config::parse("", "empty").expect("empty parses"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::parse("[limits]\nframe_byte_max = 10\n", "x.toml")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("frame_byte_max"), "{err}");
+        assert!(err.starts_with("x.toml"), "{err}");
+        let err = Config::parse("[nonsense]\n", "x.toml")
+            .expect_err("unknown section")
+            .to_string();
+        assert!(err.contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[limits]\nqueue_depth_max = 0\n", "limits.queue_depth_max"),
+            ("[ledger]\nshards = 3\n", "ledger"),
+            ("[tls]\nmode = \"files\"\n", "tls.cert_file"),
+            (
+                "[authorization]\ndefault_expiry_seconds = 99999999\n",
+                "authorization.default_expiry_seconds",
+            ),
+            (
+                "[[identities]]\nfingerprint_sha256 = \"abc\"\nparticipant = 1\n",
+                "identities.fingerprint_sha256",
+            ),
+        ] {
+            let err = Config::parse(text, "x.toml").expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = Config::parse("[wal]\ndurability = \"sometimes\"\n", "x.toml")
+            .expect_err("bad enum")
+            .to_string();
+        assert!(err.contains("durability"), "{err}");
+        let err = Config::parse(
+            "[[routes]]\nprefix = \"62\"\nissuer = 1\n[[routes]]\nprefix = \"62\"\nissuer = 2\n",
+            "x.toml",
+        )
+        .expect_err("duplicate route")
+        .to_string();
+        assert!(err.contains("route 1") && err.contains("62"), "{err}");
+    }
+
+    #[test]
+    fn ids_and_fingerprints_parse() {
+        assert_eq!(parse_u128("0x10"), Some(16));
+        assert_eq!(parse_u128("1_000"), Some(1000));
+        assert_eq!(parse_u128("x"), None);
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_fingerprint(&hex), Some([0xab; 32]));
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_fingerprint(&colons), Some([0xab; 32]));
+        assert_eq!(parse_fingerprint("ab"), None);
+    }
+}
