@@ -24,3 +24,4 @@ macro_rules! proptest_config {
 
 pub mod config;
 pub mod routing;
+pub mod tls;
