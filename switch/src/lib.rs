@@ -22,6 +22,9 @@ macro_rules! proptest_config {
     };
 }
 
+pub mod codes;
 pub mod config;
+pub mod core;
+pub mod journal;
 pub mod routing;
 pub mod tls;

@@ -255,9 +255,11 @@ pub fn server_crypto(
             for cert in read_certs(ca)? {
                 roots.add(cert)?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
             builder.with_client_cert_verifier(verifier)
         }
         _ => builder.with_no_client_auth(),
@@ -284,21 +286,22 @@ pub fn client_crypto(
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match trust {
-        Trust::Fingerprint(fingerprint) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServer {
-                fingerprint: *fingerprint,
-                provider,
-            })),
-        Trust::Roots(certs) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certs {
-                roots.add(cert.clone())?;
+    let builder =
+        match trust {
+            Trust::Fingerprint(fingerprint) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                    fingerprint: *fingerprint,
+                    provider,
+                })),
+            Trust::Roots(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certs {
+                    roots.add(cert.clone())?;
+                }
+                builder.with_root_certificates(roots)
             }
-            builder.with_root_certificates(roots)
-        }
-    };
+        };
     let mut crypto = match client {
         Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
         None => builder.with_no_client_auth(),

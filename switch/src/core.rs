@@ -1,0 +1,1193 @@
+//! The switch's state machine: authorization lifecycle, participants, the number directory and
+//! request idempotency, on top of the ledger. No I/O and no clock, like the ledger: the server
+//! hands it batches of requests with `now` and logs what it returns.
+//!
+//! A batch runs in *waves*: consecutive requests that concern different transfers share one
+//! `Ledger::apply`, so a busy switch takes the ledger's locks once per wave rather than once per
+//! request. A request that concerns a transfer already in the wave (a capture of an
+//! authorization in the same batch, say) closes the wave first, so every decision sees the
+//! state left by everything before it, exactly as if requests ran one by one.
+//!
+//! What is logged is the `Command`, the request after routing: a reload of the routing table
+//! cannot change what replaying the log does.
+
+// A decline travels as `Err(Response)`: built once per request, it is cheaper moved than boxed.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use ledger::{
+    Account, AccountFlags, AccountId, Amount, Balances, Currency, Event, Ledger, NewAccount, Op,
+    Outcome, ParticipantId, Timestamp, Transfer, TransferId, TransferKind,
+};
+
+use crate::codes::{Code, Reason, code_for};
+use crate::journal::{NAME_LEN_MAX, fingerprint};
+use crate::routing::{RouteTable, is_valid_number};
+use crate::tls::Identity;
+
+/// A client-chosen request id; also the ledger id of the transfer the request makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u128);
+
+/// Accounts the switch makes for itself have ids with these top 32 bits; clients may not.
+pub const SYSTEM_ACCOUNT_PREFIX: u32 = 0xffff_fff0;
+
+/// The account a participant's deposits in `currency` are drawn from.
+pub fn funding_account(participant: ParticipantId, currency: Currency) -> AccountId {
+    AccountId(
+        (u128::from(SYSTEM_ACCOUNT_PREFIX) << 96)
+            | (u128::from(participant.0) << 16)
+            | u128::from(currency.numeric()),
+    )
+}
+
+fn is_system_account(id: AccountId) -> bool {
+    (id.0 >> 96) as u32 == SYSTEM_ACCOUNT_PREFIX
+}
+
+/// What a balance inquiry is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Number(String),
+    Account(AccountId),
+}
+
+/// A request as the switch understands it, before routing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Request {
+    CreateParticipant {
+        participant: ParticipantId,
+        name: String,
+        roles: u8,
+    },
+    CreateAccount {
+        account: AccountId,
+        owner: ParticipantId,
+        currency: Currency,
+        flags: AccountFlags,
+        number: Option<String>,
+    },
+    Fund {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+    },
+    SetLimits {
+        participant: ParticipantId,
+        currency: Currency,
+        net_debit_cap: Amount,
+    },
+    Authorize {
+        number: String,
+        merchant: AccountId,
+        amount: Amount,
+        currency: Currency,
+        expiry_seconds: u32,
+    },
+    Capture {
+        authorization: RequestId,
+        /// 0: the whole held amount.
+        amount: Amount,
+    },
+    Reverse {
+        authorization: RequestId,
+    },
+    Sale {
+        number: String,
+        merchant: AccountId,
+        amount: Amount,
+        currency: Currency,
+    },
+    Refund {
+        original: RequestId,
+        amount: Amount,
+        currency: Currency,
+    },
+    BalanceInquiry {
+        target: Target,
+    },
+    TransferStatus {
+        of: RequestId,
+    },
+    Echo {
+        payload: Vec<u8>,
+    },
+}
+
+/// A state-changing request after routing: what the core executes and what the log holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    CreateParticipant {
+        participant: ParticipantId,
+        name: String,
+        roles: u8,
+    },
+    CreateAccount {
+        account: AccountId,
+        owner: ParticipantId,
+        currency: Currency,
+        flags: AccountFlags,
+        number: Option<String>,
+    },
+    Fund {
+        account: AccountId,
+        amount: Amount,
+        currency: Currency,
+    },
+    SetLimits {
+        participant: ParticipantId,
+        currency: Currency,
+        net_debit_cap: Amount,
+    },
+    Authorize {
+        card: AccountId,
+        merchant: AccountId,
+        amount: Amount,
+        currency: Currency,
+        expires_at: Timestamp,
+    },
+    Capture {
+        authorization: RequestId,
+        amount: Amount,
+    },
+    Reverse {
+        authorization: RequestId,
+    },
+    Sale {
+        card: AccountId,
+        merchant: AccountId,
+        amount: Amount,
+        currency: Currency,
+    },
+    Refund {
+        original: RequestId,
+        amount: Amount,
+        currency: Currency,
+    },
+}
+
+impl Command {
+    fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateParticipant { .. }
+                | Command::CreateAccount { .. }
+                | Command::Fund { .. }
+                | Command::SetLimits { .. }
+        )
+    }
+
+    /// The earlier request this one acts on, if any.
+    fn original(&self) -> Option<RequestId> {
+        match self {
+            Command::Capture { authorization, .. } | Command::Reverse { authorization } => {
+                Some(*authorization)
+            }
+            Command::Refund { original, .. } => Some(*original),
+            _ => None,
+        }
+    }
+}
+
+/// Where an authorization or sale stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Held,
+    Captured,
+    Reversed,
+    Expired,
+    Sold,
+}
+
+/// What a transfer-status response says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Status {
+    pub stage: Stage,
+    pub currency: Currency,
+    pub amount: Amount,
+    pub captured: Amount,
+    pub refunded: Amount,
+}
+
+/// The part of a response that depends on the request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Body {
+    None,
+    /// The ledger transfer made (its id is the request id) and the amount held or moved.
+    Transfer {
+        transfer: TransferId,
+        amount: Amount,
+    },
+    Balance {
+        account: AccountId,
+        currency: Currency,
+        balances: Balances,
+    },
+    Status(Status),
+    Echo(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Response {
+    pub id: RequestId,
+    pub code: Code,
+    pub reason: Reason,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn new(id: RequestId, code: Code, reason: Reason) -> Self {
+        Response {
+            id,
+            code,
+            reason,
+            body: Body::None,
+        }
+    }
+
+    fn approved(id: RequestId, body: Body) -> Self {
+        Response {
+            id,
+            code: Code::Approved,
+            reason: Reason::NONE,
+            body,
+        }
+    }
+
+    fn from_outcome(id: RequestId, outcome: Outcome) -> Self {
+        Response::new(id, code_for(outcome), Reason::ledger(outcome))
+    }
+}
+
+/// One request in a batch, with who sent it.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub id: RequestId,
+    pub who: Identity,
+    pub request: Request,
+}
+
+/// One logged command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub id: RequestId,
+    pub who: Identity,
+    /// Of the request as sent (see `journal::fingerprint`): a repeat must match it.
+    pub fingerprint: u64,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    pub default_expiry_seconds: u32,
+    pub expiry_seconds_max: u32,
+    /// Requests whose responses (and authorizations and sales) are remembered; past this,
+    /// the oldest resolved ones are forgotten.
+    pub requests_remembered_max: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            default_expiry_seconds: 7 * 24 * 3600,
+            expiry_seconds_max: 30 * 24 * 3600,
+            requests_remembered_max: 10_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Participant {
+    name: String,
+    roles: u8,
+}
+
+/// An authorization or sale, remembered for capture, reversal, refund and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Original {
+    acquirer: ParticipantId,
+    card: AccountId,
+    merchant: AccountId,
+    currency: Currency,
+    amount: Amount,
+    captured: Amount,
+    refunded: Amount,
+    stage: Stage,
+}
+
+/// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
+struct Remembered<V> {
+    map: HashMap<u128, V>,
+    order: VecDeque<u128>,
+    max: usize,
+}
+
+impl<V> Remembered<V> {
+    fn new(max: usize) -> Self {
+        Remembered {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn insert(&mut self, key: u128, value: V, keep: impl Fn(&V) -> bool) {
+        if self.map.insert(key, value).is_none() {
+            self.order.push_back(key);
+        }
+        let mut budget = self.order.len();
+        while self.map.len() > self.max && budget > 0 {
+            budget -= 1;
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&oldest).is_some_and(&keep) {
+                self.order.push_back(oldest);
+            } else {
+                self.map.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// What to do with a command's ledger outcomes once its wave is applied.
+#[derive(Clone, Copy, Debug)]
+enum Finish {
+    CreateAccount,
+    Fund,
+    Authorize(Original),
+    Capture(RequestId, Amount),
+    Reverse(RequestId),
+    Sale(Original),
+    Refund(RequestId, Amount),
+}
+
+struct Planned {
+    slot: usize,
+    id: RequestId,
+    fingerprint: u64,
+    events: std::ops::Range<usize>,
+    finish: Finish,
+    number: Option<(String, AccountId)>,
+}
+
+#[derive(Default)]
+struct Wave {
+    events: Vec<Event>,
+    planned: Vec<Planned>,
+    keys: HashSet<u128>,
+}
+
+/// The state machine.
+pub struct Core {
+    ledger: Arc<Ledger>,
+    config: CoreConfig,
+    routes: Arc<RouteTable>,
+    participants: HashMap<ParticipantId, Participant>,
+    limits: HashMap<(ParticipantId, Currency), Amount>,
+    directory: HashMap<String, AccountId>,
+    originals: Remembered<Original>,
+    early_reversals: Remembered<()>,
+    responses: Remembered<(u64, Response)>,
+}
+
+/// The result of a batch: a response per item, and the commands to log (empty if nothing
+/// changed). Responses may leave only once the log holds the commands.
+pub struct Executed {
+    pub responses: Vec<Response>,
+    pub logged: Vec<Logged>,
+}
+
+impl Core {
+    pub fn new(ledger: Arc<Ledger>, config: CoreConfig, routes: Arc<RouteTable>) -> Self {
+        let max = config.requests_remembered_max.max(1);
+        Core {
+            ledger,
+            routes,
+            participants: HashMap::new(),
+            limits: HashMap::new(),
+            directory: HashMap::new(),
+            originals: Remembered::new(max),
+            early_reversals: Remembered::new(max),
+            responses: Remembered::new(max),
+            config,
+        }
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Swaps in a new routing table; requests already executed are unaffected.
+    pub fn set_routes(&mut self, routes: Arc<RouteTable>) {
+        self.routes = routes;
+    }
+
+    pub fn net_debit_cap(&self, participant: ParticipantId, currency: Currency) -> Option<Amount> {
+        self.limits.get(&(participant, currency)).copied()
+    }
+
+    /// Executes a batch of live requests at `now`.
+    pub fn execute(&mut self, items: Vec<Item>, now: Timestamp) -> Executed {
+        let mut out: Vec<Option<Response>> = vec![None; items.len()];
+        let mut logged = Vec::new();
+        let mut wave = Wave::default();
+        for (slot, item) in items.into_iter().enumerate() {
+            let Item { id, who, request } = item;
+            let fingerprint = fingerprint(who, &request);
+            let command = match request {
+                Request::BalanceInquiry { target } => {
+                    self.flush(&mut wave, now, &mut out);
+                    out[slot] = Some(self.balance(id, who, &target));
+                    continue;
+                }
+                Request::TransferStatus { of } => {
+                    self.flush(&mut wave, now, &mut out);
+                    out[slot] = Some(self.status(id, who, of));
+                    continue;
+                }
+                Request::Echo { payload } => {
+                    out[slot] = Some(Response::approved(id, Body::Echo(payload)));
+                    continue;
+                }
+                request => match self.resolve(id, request, now) {
+                    Ok(command) => command,
+                    Err(response) => {
+                        out[slot] = Some(response);
+                        continue;
+                    }
+                },
+            };
+            if self.submit(
+                &mut wave,
+                slot,
+                id,
+                who,
+                fingerprint,
+                &command,
+                now,
+                &mut out,
+            ) {
+                logged.push(Logged {
+                    id,
+                    who,
+                    fingerprint,
+                    command,
+                });
+            }
+        }
+        self.flush(&mut wave, now, &mut out);
+        let responses = out
+            .into_iter()
+            .map(|r| r.expect("every item is answered"))
+            .collect();
+        Executed { responses, logged }
+    }
+
+    /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
+    pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
+        let mut out: Vec<Option<Response>> = vec![None; commands.len()];
+        let mut wave = Wave::default();
+        for (slot, c) in commands.iter().enumerate() {
+            self.submit(
+                &mut wave,
+                slot,
+                c.id,
+                c.who,
+                c.fingerprint,
+                &c.command,
+                now,
+                &mut out,
+            );
+        }
+        self.flush(&mut wave, now, &mut out);
+    }
+
+    /// Expires due holds through the ledger; true if anything expired (and must be logged).
+    pub fn expire(&mut self, now: Timestamp) -> bool {
+        if self.ledger.next_expiry().is_none_or(|at| at > now) {
+            return false;
+        }
+        let expired = self.ledger.expire(now);
+        for e in &expired {
+            if let Some(original) = self.originals.map.get_mut(&e.id.0) {
+                original.stage = Stage::Expired;
+            }
+        }
+        !expired.is_empty()
+    }
+
+    /// Routing and field checks that need no state change: number to account, expiry.
+    fn resolve(
+        &self,
+        id: RequestId,
+        request: Request,
+        now: Timestamp,
+    ) -> Result<Command, Response> {
+        let reject = |code, reason| Err(Response::new(id, code, reason));
+        Ok(match request {
+            Request::Authorize {
+                number,
+                merchant,
+                amount,
+                currency,
+                expiry_seconds,
+            } => {
+                let card = self.route(id, &number)?;
+                let seconds = match expiry_seconds {
+                    0 => self.config.default_expiry_seconds,
+                    s if s > self.config.expiry_seconds_max => {
+                        return reject(Code::InvalidTransaction, Reason::EXPIRY_TOO_LONG);
+                    }
+                    s => s,
+                };
+                let expires_at =
+                    Timestamp(now.0.saturating_add(u64::from(seconds) * 1_000_000_000));
+                Command::Authorize {
+                    card,
+                    merchant,
+                    amount,
+                    currency,
+                    expires_at,
+                }
+            }
+            Request::Sale {
+                number,
+                merchant,
+                amount,
+                currency,
+            } => Command::Sale {
+                card: self.route(id, &number)?,
+                merchant,
+                amount,
+                currency,
+            },
+            Request::CreateParticipant { name, .. } if name.len() > NAME_LEN_MAX => {
+                return reject(Code::InvalidTransaction, Reason::NONE);
+            }
+            Request::CreateAccount {
+                number: Some(number),
+                ..
+            } if !is_valid_number(&number) => {
+                return reject(Code::InvalidAccount, Reason::UNKNOWN_NUMBER);
+            }
+            Request::CreateParticipant {
+                participant,
+                name,
+                roles,
+            } => Command::CreateParticipant {
+                participant,
+                name,
+                roles,
+            },
+            Request::CreateAccount {
+                account,
+                owner,
+                currency,
+                flags,
+                number,
+            } => Command::CreateAccount {
+                account,
+                owner,
+                currency,
+                flags,
+                number,
+            },
+            Request::Fund {
+                account,
+                amount,
+                currency,
+            } => Command::Fund {
+                account,
+                amount,
+                currency,
+            },
+            Request::SetLimits {
+                participant,
+                currency,
+                net_debit_cap,
+            } => Command::SetLimits {
+                participant,
+                currency,
+                net_debit_cap,
+            },
+            Request::Capture {
+                authorization,
+                amount,
+            } => Command::Capture {
+                authorization,
+                amount,
+            },
+            Request::Reverse { authorization } => Command::Reverse { authorization },
+            Request::Refund {
+                original,
+                amount,
+                currency,
+            } => Command::Refund {
+                original,
+                amount,
+                currency,
+            },
+            Request::BalanceInquiry { .. }
+            | Request::TransferStatus { .. }
+            | Request::Echo { .. } => {
+                unreachable!("queries are answered before resolution")
+            }
+        })
+    }
+
+    /// A card or wallet number to its account: 92 without a route, 14 without an account.
+    fn route(&self, id: RequestId, number: &str) -> Result<AccountId, Response> {
+        if !is_valid_number(number) {
+            return Err(Response::new(
+                id,
+                Code::InvalidAccount,
+                Reason::UNKNOWN_NUMBER,
+            ));
+        }
+        let Some(route) = self.routes.route(number) else {
+            return Err(Response::new(id, Code::CannotRoute, Reason::NO_ROUTE));
+        };
+        let account = route
+            .pooled_account
+            .or_else(|| self.directory.get(number).copied())
+            .ok_or_else(|| Response::new(id, Code::InvalidAccount, Reason::UNKNOWN_NUMBER))?;
+        match self.ledger.account(account) {
+            Some(a) if a.owner == route.issuer => Ok(account),
+            Some(_) => Err(Response::new(id, Code::CannotRoute, Reason::NO_ROUTE)),
+            None => Err(Response::new(
+                id,
+                Code::InvalidAccount,
+                Reason::UNKNOWN_NUMBER,
+            )),
+        }
+    }
+
+    /// Plans one command into the wave (or answers it at once). Returns whether it is new
+    /// (and so must be logged); a repeat of a remembered request id is answered from memory.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        wave: &mut Wave,
+        slot: usize,
+        id: RequestId,
+        who: Identity,
+        fingerprint: u64,
+        command: &Command,
+        now: Timestamp,
+        out: &mut [Option<Response>],
+    ) -> bool {
+        let conflict = wave.keys.contains(&id.0)
+            || command.original().is_some_and(|o| wave.keys.contains(&o.0))
+            || command.is_admin()
+            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
+        if conflict {
+            self.flush(wave, now, out);
+        }
+        if let Some((original_fingerprint, response)) = self.responses.map.get(&id.0) {
+            out[slot] = Some(if *original_fingerprint == fingerprint {
+                response.clone()
+            } else {
+                Response::new(
+                    id,
+                    Code::Duplicate,
+                    Reason::ledger(Outcome::ExistsWithDifferentFields),
+                )
+            });
+            return false;
+        }
+        match self.plan(id, who, command) {
+            Err(response) => {
+                self.remember(id, fingerprint, &response);
+                out[slot] = Some(response);
+            }
+            Ok((events, finish, number)) => {
+                let start = wave.events.len();
+                let n = events.len();
+                for (i, op) in events.into_iter().enumerate() {
+                    wave.events.push(Event {
+                        op,
+                        linked: i + 1 < n,
+                    });
+                }
+                wave.keys.insert(id.0);
+                if let Some(original) = command.original() {
+                    wave.keys.insert(original.0);
+                }
+                wave.planned.push(Planned {
+                    slot,
+                    id,
+                    fingerprint,
+                    events: start..wave.events.len(),
+                    finish,
+                    number,
+                });
+                if command.is_admin() {
+                    self.flush(wave, now, out);
+                }
+            }
+        }
+        true
+    }
+
+    fn remember(&mut self, id: RequestId, fingerprint: u64, response: &Response) {
+        self.responses
+            .insert(id.0, (fingerprint, response.clone()), |_| false);
+    }
+
+    fn owns(&self, who: Identity, account: &Account) -> bool {
+        who.admin || account.owner == who.participant
+    }
+
+    /// Decides a command against the state: ledger events to apply, or an answer now.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &mut self,
+        id: RequestId,
+        who: Identity,
+        command: &Command,
+    ) -> Result<(Vec<Op>, Finish, Option<(String, AccountId)>), Response> {
+        let reject = |code, reason| Err(Response::new(id, code, reason));
+        if command.is_admin() && !who.admin {
+            return reject(Code::NotPermitted, Reason::NOT_ADMIN);
+        }
+        let transfer = |debit, credit, amount, currency, kind| {
+            Op::Transfer(Transfer {
+                id: TransferId(id.0),
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                currency,
+                kind,
+                code: 0,
+            })
+        };
+        match command {
+            Command::CreateParticipant {
+                participant,
+                name,
+                roles,
+            } => {
+                if !participant.is_valid() {
+                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                }
+                let new = Participant {
+                    name: name.clone(),
+                    roles: *roles,
+                };
+                match self.participants.get(participant) {
+                    Some(existing) if *existing == new => {}
+                    Some(_) => return reject(Code::Duplicate, Reason::NONE),
+                    None => {
+                        self.participants.insert(*participant, new);
+                    }
+                }
+                Err(Response::approved(id, Body::None))
+            }
+            Command::SetLimits {
+                participant,
+                currency,
+                net_debit_cap,
+            } => {
+                if !self.participants.contains_key(participant) {
+                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                }
+                self.limits
+                    .insert((*participant, *currency), *net_debit_cap);
+                Err(Response::approved(id, Body::None))
+            }
+            Command::CreateAccount {
+                account,
+                owner,
+                currency,
+                flags,
+                number,
+            } => {
+                if !self.participants.contains_key(owner) {
+                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                }
+                if is_system_account(*account) {
+                    return reject(Code::InvalidAccount, Reason::NONE);
+                }
+                let number = match number {
+                    None => None,
+                    Some(n) if !is_valid_number(n) => {
+                        return reject(Code::InvalidAccount, Reason::UNKNOWN_NUMBER);
+                    }
+                    Some(n) => match self.directory.get(n) {
+                        Some(existing) if existing != account => {
+                            return reject(Code::InvalidTransaction, Reason::NUMBER_TAKEN);
+                        }
+                        _ => Some((n.clone(), *account)),
+                    },
+                };
+                let op = Op::CreateAccount(NewAccount {
+                    id: *account,
+                    currency: *currency,
+                    owner: *owner,
+                    flags: *flags,
+                });
+                Ok((vec![op], Finish::CreateAccount, number))
+            }
+            Command::Fund {
+                account,
+                amount,
+                currency,
+            } => {
+                let Some(target) = self.ledger.account(*account) else {
+                    return reject(Code::InvalidAccount, Reason::NONE);
+                };
+                let funding = funding_account(target.owner, *currency);
+                let mut ops = Vec::with_capacity(2);
+                if self.ledger.account(funding).is_none() {
+                    ops.push(Op::CreateAccount(NewAccount {
+                        id: funding,
+                        currency: *currency,
+                        owner: target.owner,
+                        flags: AccountFlags::empty(),
+                    }));
+                }
+                ops.push(transfer(
+                    funding,
+                    *account,
+                    *amount,
+                    *currency,
+                    TransferKind::Single,
+                ));
+                Ok((ops, Finish::Fund, None))
+            }
+            Command::Authorize {
+                card,
+                merchant,
+                amount,
+                currency,
+                expires_at,
+            } => {
+                let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
+                if self.early_reversals.map.contains_key(&id.0) {
+                    return reject(
+                        Code::InvalidTransaction,
+                        Reason::REVERSED_BEFORE_AUTHORIZATION,
+                    );
+                }
+                let op = transfer(
+                    *card,
+                    *merchant,
+                    *amount,
+                    *currency,
+                    TransferKind::Pending {
+                        expires_at: *expires_at,
+                    },
+                );
+                Ok((
+                    vec![op],
+                    Finish::Authorize(Original {
+                        stage: Stage::Held,
+                        ..original
+                    }),
+                    None,
+                ))
+            }
+            Command::Sale {
+                card,
+                merchant,
+                amount,
+                currency,
+            } => {
+                let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
+                let op = transfer(*card, *merchant, *amount, *currency, TransferKind::Single);
+                Ok((
+                    vec![op],
+                    Finish::Sale(Original {
+                        stage: Stage::Sold,
+                        captured: *amount,
+                        ..original
+                    }),
+                    None,
+                ))
+            }
+            Command::Capture {
+                authorization,
+                amount,
+            } => {
+                let original = self.original_of(id, who, *authorization)?;
+                match original.stage {
+                    Stage::Held => {}
+                    Stage::Captured => {
+                        return reject(Code::InvalidTransaction, Reason::ALREADY_CAPTURED);
+                    }
+                    Stage::Sold => return reject(Code::InvalidTransaction, Reason::NONE),
+                    Stage::Reversed => {
+                        return reject(
+                            Code::InvalidTransaction,
+                            Reason::ledger(Outcome::PendingTransferAlreadyVoided),
+                        );
+                    }
+                    Stage::Expired => {
+                        return reject(
+                            Code::InvalidTransaction,
+                            Reason::ledger(Outcome::PendingTransferExpired),
+                        );
+                    }
+                }
+                let amount = if *amount == Amount::ZERO {
+                    original.amount
+                } else {
+                    *amount
+                };
+                let op = transfer(
+                    AccountId(0),
+                    AccountId(0),
+                    amount,
+                    original.currency,
+                    TransferKind::Post {
+                        pending_id: TransferId(authorization.0),
+                    },
+                );
+                Ok((vec![op], Finish::Capture(*authorization, amount), None))
+            }
+            Command::Reverse { authorization } => {
+                let Some(original) = self.originals.map.get(&authorization.0).copied() else {
+                    // Before (or without) its authorization: remember it, so that a late
+                    // authorization with that id is declined instead of held.
+                    self.early_reversals.insert(authorization.0, (), |_| false);
+                    return Err(Response::new(
+                        id,
+                        Code::Approved,
+                        Reason::REVERSED_BEFORE_AUTHORIZATION,
+                    ));
+                };
+                if !(who.admin || original.acquirer == who.participant) {
+                    return reject(Code::NotPermitted, Reason::NOT_OWNER);
+                }
+                match original.stage {
+                    Stage::Held => {}
+                    // The hold is already gone: what the reversal asks for is true.
+                    Stage::Reversed | Stage::Expired => {
+                        return Err(Response::approved(id, Body::None));
+                    }
+                    Stage::Captured | Stage::Sold => {
+                        return reject(Code::InvalidTransaction, Reason::ALREADY_CAPTURED);
+                    }
+                }
+                let op = transfer(
+                    AccountId(0),
+                    AccountId(0),
+                    Amount::ZERO,
+                    original.currency,
+                    TransferKind::Void {
+                        pending_id: TransferId(authorization.0),
+                    },
+                );
+                Ok((vec![op], Finish::Reverse(*authorization), None))
+            }
+            Command::Refund {
+                original: original_id,
+                amount,
+                currency,
+            } => {
+                let original = self.original_of(id, who, *original_id)?;
+                if !matches!(original.stage, Stage::Captured | Stage::Sold) {
+                    return reject(Code::InvalidTransaction, Reason::NOT_CAPTURED);
+                }
+                if *currency != original.currency {
+                    return reject(Code::InvalidTransaction, Reason::CURRENCY_MISMATCH);
+                }
+                let refundable = original.captured.0 - original.refunded.0;
+                if *amount == Amount::ZERO || amount.0 > refundable {
+                    return reject(Code::InvalidAmount, Reason::REFUND_EXCEEDS_CAPTURED);
+                }
+                let op = transfer(
+                    original.merchant,
+                    original.card,
+                    *amount,
+                    *currency,
+                    TransferKind::Single,
+                );
+                Ok((vec![op], Finish::Refund(*original_id, *amount), None))
+            }
+        }
+    }
+
+    /// Checks for a new authorization or sale: the merchant is the acquirer's.
+    fn acquire(
+        &self,
+        id: RequestId,
+        who: Identity,
+        card: AccountId,
+        merchant: AccountId,
+        amount: Amount,
+        currency: Currency,
+    ) -> Result<Original, Response> {
+        let Some(m) = self.ledger.account(merchant) else {
+            return Err(Response::new(
+                id,
+                Code::InvalidAccount,
+                Reason::ledger(Outcome::CreditAccountNotFound),
+            ));
+        };
+        if !self.owns(who, &m) {
+            return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
+        }
+        Ok(Original {
+            acquirer: m.owner,
+            card,
+            merchant,
+            currency,
+            amount,
+            captured: Amount::ZERO,
+            refunded: Amount::ZERO,
+            stage: Stage::Held,
+        })
+    }
+
+    fn original_of(
+        &self,
+        id: RequestId,
+        who: Identity,
+        of: RequestId,
+    ) -> Result<Original, Response> {
+        let original = self.originals.map.get(&of.0).copied().ok_or_else(|| {
+            Response::new(id, Code::InvalidTransaction, Reason::ORIGINAL_NOT_FOUND)
+        })?;
+        if !(who.admin || original.acquirer == who.participant) {
+            return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
+        }
+        Ok(original)
+    }
+
+    /// Applies the wave's events in one ledger batch and answers its requests.
+    fn flush(&mut self, wave: &mut Wave, now: Timestamp, out: &mut [Option<Response>]) {
+        if wave.planned.is_empty() {
+            return;
+        }
+        let outcomes = match self.ledger.apply(&wave.events, now) {
+            Ok(outcomes) => outcomes,
+            // Waves are cut below the ledger's batch limit (see `submit`).
+            Err(e) => unreachable!("wave over the ledger's batch limit: {e}"),
+        };
+        for planned in wave.planned.drain(..) {
+            let results = &outcomes[planned.events.clone()];
+            // The member that decided the chain: the first failure, or the last success.
+            let outcome = results
+                .iter()
+                .copied()
+                .find(|o| !o.is_success() && *o != Outcome::LinkedEventFailed)
+                .unwrap_or_else(|| *results.last().expect("a planned command has events"));
+            let response = self.finish(planned.id, planned.finish, outcome, planned.number);
+            self.remember(planned.id, planned.fingerprint, &response);
+            out[planned.slot] = Some(response);
+        }
+        wave.events.clear();
+        wave.keys.clear();
+    }
+
+    fn finish(
+        &mut self,
+        id: RequestId,
+        finish: Finish,
+        outcome: Outcome,
+        number: Option<(String, AccountId)>,
+    ) -> Response {
+        if !outcome.is_success() {
+            return Response::from_outcome(id, outcome);
+        }
+        let transfer = TransferId(id.0);
+        match finish {
+            Finish::CreateAccount => {
+                if let Some((number, account)) = number {
+                    self.directory.insert(number, account);
+                }
+                Response::approved(id, Body::None)
+            }
+            Finish::Fund => Response::approved(
+                id,
+                Body::Transfer {
+                    transfer,
+                    amount: self
+                        .ledger
+                        .transfer(transfer)
+                        .map_or(Amount::ZERO, |r| r.event.amount),
+                },
+            ),
+            Finish::Authorize(original) | Finish::Sale(original) => {
+                self.originals
+                    .insert(id.0, original, |o| o.stage == Stage::Held);
+                Response::approved(
+                    id,
+                    Body::Transfer {
+                        transfer,
+                        amount: original.amount,
+                    },
+                )
+            }
+            Finish::Capture(authorization, amount) => {
+                if let Some(o) = self.originals.map.get_mut(&authorization.0) {
+                    o.stage = Stage::Captured;
+                    o.captured = amount;
+                }
+                Response::approved(id, Body::Transfer { transfer, amount })
+            }
+            Finish::Reverse(authorization) => {
+                let amount = match self.originals.map.get_mut(&authorization.0) {
+                    Some(o) => {
+                        o.stage = Stage::Reversed;
+                        o.amount
+                    }
+                    None => Amount::ZERO,
+                };
+                Response::approved(id, Body::Transfer { transfer, amount })
+            }
+            Finish::Refund(original, amount) => {
+                if let Some(o) = self.originals.map.get_mut(&original.0) {
+                    o.refunded = Amount(o.refunded.0 + amount.0);
+                }
+                Response::approved(id, Body::Transfer { transfer, amount })
+            }
+        }
+    }
+
+    fn balance(&self, id: RequestId, who: Identity, target: &Target) -> Response {
+        let account = match target {
+            Target::Account(account) => *account,
+            Target::Number(number) => match self.route(id, number) {
+                Ok(account) => account,
+                Err(response) => return response,
+            },
+        };
+        let Some(a) = self.ledger.account(account) else {
+            return Response::new(id, Code::InvalidAccount, Reason::NONE);
+        };
+        // By number: anyone the card is presented to may ask (an ATM's acquirer). By account
+        // id: only its owner.
+        if matches!(target, Target::Account(_)) && !self.owns(who, &a) {
+            return Response::new(id, Code::NotPermitted, Reason::NOT_OWNER);
+        }
+        Response::approved(
+            id,
+            Body::Balance {
+                account,
+                currency: a.currency,
+                balances: a.balances,
+            },
+        )
+    }
+
+    fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {
+        match self.original_of(id, who, of) {
+            Ok(o) => Response::approved(
+                id,
+                Body::Status(Status {
+                    stage: o.stage,
+                    currency: o.currency,
+                    amount: o.amount,
+                    captured: o.captured,
+                    refunded: o.refunded,
+                }),
+            ),
+            Err(response) => response,
+        }
+    }
+}

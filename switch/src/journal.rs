@@ -1,0 +1,533 @@
+//! The switch's log records: the commands it executed, with who sent them and `now`.
+//!
+//! Replaying them through `Core::replay` rebuilds the ledger and the switch's own state (the
+//! number directory, participants, authorizations, remembered responses). Layouts are in
+//! `docs/WAL-FORMAT.md` ("Switch payloads"); integers are little-endian.
+
+use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
+
+use crate::core::{Command, Logged, Request, RequestId, Target};
+use crate::tls::Identity;
+
+/// One switch log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwitchRecord {
+    Batch {
+        now: Timestamp,
+        commands: Vec<Logged>,
+    },
+    Expire {
+        now: Timestamp,
+    },
+}
+
+const RECORD_BATCH: u8 = 0x81;
+const RECORD_EXPIRE: u8 = 0x82;
+
+const C_CREATE_PARTICIPANT: u8 = 1;
+const C_CREATE_ACCOUNT: u8 = 2;
+const C_FUND: u8 = 3;
+const C_SET_LIMITS: u8 = 4;
+const C_AUTHORIZE: u8 = 5;
+const C_CAPTURE: u8 = 6;
+const C_REVERSE: u8 = 7;
+const C_SALE: u8 = 8;
+const C_REFUND: u8 = 9;
+
+/// Longest participant name and card number carried.
+pub const NAME_LEN_MAX: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    #[error("switch record offset {offset}: ends inside {what}")]
+    Truncated { offset: usize, what: &'static str },
+    #[error("switch record offset {offset}: bad {what} ({value})")]
+    Bad {
+        offset: usize,
+        what: &'static str,
+        value: u128,
+    },
+    #[error("switch record offset {offset}: {extra} bytes after the record")]
+    Trailing { offset: usize, extra: usize },
+}
+
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    // `Core::resolve` refuses longer strings, so nothing is ever cut here.
+    assert!(
+        s.len() <= NAME_LEN_MAX,
+        "string of {} bytes in a command",
+        s.len()
+    );
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
+    match command {
+        Command::CreateParticipant {
+            participant,
+            name,
+            roles,
+        } => {
+            out.push(C_CREATE_PARTICIPANT);
+            out.extend_from_slice(&participant.0.to_le_bytes());
+            put_str(name, out);
+            out.push(*roles);
+        }
+        Command::CreateAccount {
+            account,
+            owner,
+            currency,
+            flags,
+            number,
+        } => {
+            out.push(C_CREATE_ACCOUNT);
+            out.extend_from_slice(&account.0.to_le_bytes());
+            out.extend_from_slice(&owner.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&flags.bits().to_le_bytes());
+            put_str(number.as_deref().unwrap_or(""), out);
+        }
+        Command::Fund {
+            account,
+            amount,
+            currency,
+        } => {
+            out.push(C_FUND);
+            out.extend_from_slice(&account.0.to_le_bytes());
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Command::SetLimits {
+            participant,
+            currency,
+            net_debit_cap,
+        } => {
+            out.push(C_SET_LIMITS);
+            out.extend_from_slice(&participant.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
+        }
+        Command::Authorize {
+            card,
+            merchant,
+            amount,
+            currency,
+            expires_at,
+        } => {
+            out.push(C_AUTHORIZE);
+            out.extend_from_slice(&card.0.to_le_bytes());
+            out.extend_from_slice(&merchant.0.to_le_bytes());
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&expires_at.0.to_le_bytes());
+        }
+        Command::Capture {
+            authorization,
+            amount,
+        } => {
+            out.push(C_CAPTURE);
+            out.extend_from_slice(&authorization.0.to_le_bytes());
+            out.extend_from_slice(&amount.0.to_le_bytes());
+        }
+        Command::Reverse { authorization } => {
+            out.push(C_REVERSE);
+            out.extend_from_slice(&authorization.0.to_le_bytes());
+        }
+        Command::Sale {
+            card,
+            merchant,
+            amount,
+            currency,
+        } => {
+            out.push(C_SALE);
+            out.extend_from_slice(&card.0.to_le_bytes());
+            out.extend_from_slice(&merchant.0.to_le_bytes());
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Command::Refund {
+            original,
+            amount,
+            currency,
+        } => {
+            out.push(C_REFUND);
+            out.extend_from_slice(&original.0.to_le_bytes());
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+    }
+}
+
+/// A canonical encoding of a request as the client sent it (before routing), for the
+/// fingerprint that tells a repeat from a different request with the same id.
+pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
+    let put_u128 = |v: u128, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
+    let put_bytes = |b: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    match request {
+        Request::CreateParticipant {
+            participant,
+            name,
+            roles,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&participant.0.to_le_bytes());
+            put_bytes(name.as_bytes(), out);
+            out.push(*roles);
+        }
+        Request::CreateAccount {
+            account,
+            owner,
+            currency,
+            flags,
+            number,
+        } => {
+            out.push(2);
+            put_u128(account.0, out);
+            out.extend_from_slice(&owner.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&flags.bits().to_le_bytes());
+            put_bytes(number.as_deref().unwrap_or("").as_bytes(), out);
+        }
+        Request::Fund {
+            account,
+            amount,
+            currency,
+        } => {
+            out.push(3);
+            put_u128(account.0, out);
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Request::SetLimits {
+            participant,
+            currency,
+            net_debit_cap,
+        } => {
+            out.push(4);
+            out.extend_from_slice(&participant.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
+        }
+        Request::Authorize {
+            number,
+            merchant,
+            amount,
+            currency,
+            expiry_seconds,
+        } => {
+            out.push(5);
+            put_bytes(number.as_bytes(), out);
+            put_u128(merchant.0, out);
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            out.extend_from_slice(&expiry_seconds.to_le_bytes());
+        }
+        Request::Capture {
+            authorization,
+            amount,
+        } => {
+            out.push(6);
+            put_u128(authorization.0, out);
+            out.extend_from_slice(&amount.0.to_le_bytes());
+        }
+        Request::Reverse { authorization } => {
+            out.push(7);
+            put_u128(authorization.0, out);
+        }
+        Request::Sale {
+            number,
+            merchant,
+            amount,
+            currency,
+        } => {
+            out.push(8);
+            put_bytes(number.as_bytes(), out);
+            put_u128(merchant.0, out);
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Request::Refund {
+            original,
+            amount,
+            currency,
+        } => {
+            out.push(9);
+            put_u128(original.0, out);
+            out.extend_from_slice(&amount.0.to_le_bytes());
+            out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Request::BalanceInquiry { target } => {
+            out.push(10);
+            match target {
+                Target::Number(n) => {
+                    out.push(0);
+                    put_bytes(n.as_bytes(), out);
+                }
+                Target::Account(a) => {
+                    out.push(1);
+                    put_u128(a.0, out);
+                }
+            }
+        }
+        Request::TransferStatus { of } => {
+            out.push(11);
+            put_u128(of.0, out);
+        }
+        Request::Echo { payload } => {
+            out.push(12);
+            put_bytes(payload, out);
+        }
+    }
+}
+
+/// A 64-bit FNV-1a hash of who sent a request and its canonical encoding.
+pub fn fingerprint(who: Identity, request: &Request) -> u64 {
+    let mut bytes = Vec::with_capacity(96);
+    bytes.extend_from_slice(&who.participant.0.to_le_bytes());
+    bytes.push(u8::from(who.admin));
+    encode_request(request, &mut bytes);
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl SwitchRecord {
+    pub fn encode_batch(now: Timestamp, commands: &[Logged], out: &mut Vec<u8>) {
+        out.push(RECORD_BATCH);
+        out.extend_from_slice(&now.0.to_le_bytes());
+        out.extend_from_slice(&(commands.len() as u32).to_le_bytes());
+        for c in commands {
+            out.extend_from_slice(&c.id.0.to_le_bytes());
+            out.extend_from_slice(&c.who.participant.0.to_le_bytes());
+            out.push(u8::from(c.who.admin));
+            out.extend_from_slice(&c.fingerprint.to_le_bytes());
+            encode_command(&c.command, out);
+        }
+    }
+
+    pub fn encode_expire(now: Timestamp, out: &mut Vec<u8>) {
+        out.push(RECORD_EXPIRE);
+        out.extend_from_slice(&now.0.to_le_bytes());
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            SwitchRecord::Batch { now, commands } => Self::encode_batch(*now, commands, out),
+            SwitchRecord::Expire { now } => Self::encode_expire(*now, out),
+        }
+    }
+
+    /// Decodes a whole payload; never panics.
+    pub fn decode(payload: &[u8]) -> Result<SwitchRecord, JournalError> {
+        let mut r = Reader {
+            buf: payload,
+            at: 0,
+        };
+        let at = r.at;
+        let record = match r.u8("record type")? {
+            RECORD_BATCH => {
+                let now = Timestamp(r.u64("now")?);
+                let count_at = r.at;
+                let count = r.u32("command count")?;
+                // The smallest command (a reversal) takes 50 bytes: bound the allocation.
+                if (count as usize).saturating_mul(50) > payload.len() {
+                    return Err(JournalError::Bad {
+                        offset: count_at,
+                        what: "command count",
+                        value: u128::from(count),
+                    });
+                }
+                let mut commands = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let id = RequestId(r.u128("request id")?);
+                    let participant = ParticipantId(r.u64("participant")?);
+                    let admin = r.bool("admin")?;
+                    let fingerprint = r.u64("fingerprint")?;
+                    let command = decode_command(&mut r)?;
+                    commands.push(Logged {
+                        id,
+                        who: Identity { participant, admin },
+                        fingerprint,
+                        command,
+                    });
+                }
+                SwitchRecord::Batch { now, commands }
+            }
+            RECORD_EXPIRE => SwitchRecord::Expire {
+                now: Timestamp(r.u64("now")?),
+            },
+            tag => {
+                return Err(JournalError::Bad {
+                    offset: at,
+                    what: "record type",
+                    value: u128::from(tag),
+                });
+            }
+        };
+        if r.at != payload.len() {
+            return Err(JournalError::Trailing {
+                offset: r.at,
+                extra: payload.len() - r.at,
+            });
+        }
+        Ok(record)
+    }
+}
+
+fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
+    let at = r.at;
+    Ok(match r.u8("command")? {
+        C_CREATE_PARTICIPANT => Command::CreateParticipant {
+            participant: ParticipantId(r.u64("participant")?),
+            name: r.string("name")?,
+            roles: r.u8("roles")?,
+        },
+        C_CREATE_ACCOUNT => {
+            let account = AccountId(r.u128("account")?);
+            let owner = ParticipantId(r.u64("owner")?);
+            let currency = r.currency()?;
+            let flags_at = r.at;
+            let bits = r.u16("flags")?;
+            let flags = AccountFlags::from_bits(bits).ok_or(JournalError::Bad {
+                offset: flags_at,
+                what: "account flags",
+                value: u128::from(bits),
+            })?;
+            let number = r.string("number")?;
+            Command::CreateAccount {
+                account,
+                owner,
+                currency,
+                flags,
+                number: (!number.is_empty()).then_some(number),
+            }
+        }
+        C_FUND => Command::Fund {
+            account: AccountId(r.u128("account")?),
+            amount: Amount(r.u64("amount")?),
+            currency: r.currency()?,
+        },
+        C_SET_LIMITS => Command::SetLimits {
+            participant: ParticipantId(r.u64("participant")?),
+            currency: r.currency()?,
+            net_debit_cap: Amount(r.u64("net debit cap")?),
+        },
+        C_AUTHORIZE => Command::Authorize {
+            card: AccountId(r.u128("card account")?),
+            merchant: AccountId(r.u128("merchant account")?),
+            amount: Amount(r.u64("amount")?),
+            currency: r.currency()?,
+            expires_at: Timestamp(r.u64("expiry")?),
+        },
+        C_CAPTURE => Command::Capture {
+            authorization: RequestId(r.u128("authorization")?),
+            amount: Amount(r.u64("amount")?),
+        },
+        C_REVERSE => Command::Reverse {
+            authorization: RequestId(r.u128("authorization")?),
+        },
+        C_SALE => Command::Sale {
+            card: AccountId(r.u128("card account")?),
+            merchant: AccountId(r.u128("merchant account")?),
+            amount: Amount(r.u64("amount")?),
+            currency: r.currency()?,
+        },
+        C_REFUND => Command::Refund {
+            original: RequestId(r.u128("original")?),
+            amount: Amount(r.u64("amount")?),
+            currency: r.currency()?,
+        },
+        tag => {
+            return Err(JournalError::Bad {
+                offset: at,
+                what: "command",
+                value: u128::from(tag),
+            });
+        }
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], JournalError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or(JournalError::Truncated {
+                offset: self.at,
+                what,
+            })?;
+        let slice = &self.buf[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], JournalError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, JournalError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, JournalError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, JournalError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, JournalError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn u128(&mut self, what: &'static str) -> Result<u128, JournalError> {
+        Ok(u128::from_le_bytes(self.array(what)?))
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, JournalError> {
+        let at = self.at;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(JournalError::Bad {
+                offset: at,
+                what,
+                value: u128::from(v),
+            }),
+        }
+    }
+
+    fn currency(&mut self) -> Result<Currency, JournalError> {
+        let at = self.at;
+        let numeric = self.u16("currency")?;
+        Currency::from_numeric(numeric).ok_or(JournalError::Bad {
+            offset: at,
+            what: "currency",
+            value: u128::from(numeric),
+        })
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, JournalError> {
+        let len = usize::from(self.u8(what)?);
+        let at = self.at;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| JournalError::Bad {
+            offset: at,
+            what,
+            value: len as u128,
+        })
+    }
+}

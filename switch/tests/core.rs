@@ -1,0 +1,642 @@
+//! The switch state machine without a network: every decline code, idempotent repeats, and
+//! a property test that balances equal what the approved responses add up to, and that
+//! replaying the journal rebuilds the same state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, ParticipantId, Timestamp};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use switch::codes::{Code, Reason};
+use switch::core::{Body, Core, CoreConfig, Item, Request, RequestId, Stage, Target};
+use switch::journal::SwitchRecord;
+use switch::routing::{Route, RouteTable};
+use switch::tls::Identity;
+
+const ADMIN: Identity = Identity {
+    participant: ParticipantId(1),
+    admin: true,
+};
+const ISSUER: ParticipantId = ParticipantId(2);
+const ACQUIRER: Identity = Identity {
+    participant: ParticipantId(3),
+    admin: false,
+};
+const OTHER_ACQUIRER: Identity = Identity {
+    participant: ParticipantId(4),
+    admin: false,
+};
+const CARDS: u128 = 4;
+const MERCHANTS: u128 = 2;
+const FUNDED: u64 = 10_000;
+
+fn card_number(i: u128) -> String {
+    format!("62000000000000{i:02}")
+}
+fn card(i: u128) -> AccountId {
+    AccountId(100 + i)
+}
+fn merchant(i: u128) -> AccountId {
+    AccountId(200 + i)
+}
+
+/// A core, and the journal of everything it executed.
+struct Harness {
+    core: Core,
+    journal: Vec<Vec<u8>>,
+    next_id: u128,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    fn with(ledger_config: Config) -> Self {
+        let ledger = Arc::new(Ledger::new(ledger_config).expect("valid"));
+        let routes = RouteTable::new(vec![Route {
+            prefix: "62".into(),
+            issuer: ISSUER,
+            pooled_account: None,
+        }])
+        .expect("valid routes");
+        let core = Core::new(ledger, CoreConfig::default(), Arc::new(routes));
+        let mut h = Harness {
+            core,
+            journal: Vec::new(),
+            next_id: 1_000,
+        };
+        let mut setup = Vec::new();
+        for (p, name) in [(2, "issuer"), (3, "acquirer"), (4, "other acquirer")] {
+            setup.push(Request::CreateParticipant {
+                participant: ParticipantId(p),
+                name: name.into(),
+                roles: 3,
+            });
+        }
+        for i in 1..=CARDS {
+            setup.push(Request::CreateAccount {
+                account: card(i),
+                owner: ISSUER,
+                currency: Currency::CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: Some(card_number(i)),
+            });
+            setup.push(Request::Fund {
+                account: card(i),
+                amount: Amount(FUNDED),
+                currency: Currency::CNY,
+            });
+        }
+        for i in 1..=MERCHANTS {
+            setup.push(Request::CreateAccount {
+                account: merchant(i),
+                owner: ACQUIRER.participant,
+                currency: Currency::CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: None,
+            });
+        }
+        for r in setup {
+            let (code, _) = h.one(ADMIN, r.clone(), Timestamp(1));
+            assert_eq!(code, Code::Approved, "{r:?}");
+        }
+        h
+    }
+
+    fn id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    fn run(&mut self, items: Vec<Item>, now: Timestamp) -> Vec<switch::core::Response> {
+        let executed = self.core.execute(items, now);
+        if !executed.logged.is_empty() {
+            let mut bytes = Vec::new();
+            SwitchRecord::encode_batch(now, &executed.logged, &mut bytes);
+            self.journal.push(bytes);
+        }
+        executed.responses
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        if self.core.expire(now) {
+            let mut bytes = Vec::new();
+            SwitchRecord::encode_expire(now, &mut bytes);
+            self.journal.push(bytes);
+        }
+    }
+
+    fn one(&mut self, who: Identity, request: Request, now: Timestamp) -> (Code, Reason) {
+        let id = self.id();
+        self.one_with(id, who, request, now)
+    }
+
+    fn one_with(
+        &mut self,
+        id: RequestId,
+        who: Identity,
+        request: Request,
+        now: Timestamp,
+    ) -> (Code, Reason) {
+        let r = self.run(vec![Item { id, who, request }], now).remove(0);
+        assert_eq!(r.id, id);
+        (r.code, r.reason)
+    }
+
+    fn balance(&self, account: AccountId) -> ledger::Balances {
+        self.core
+            .ledger()
+            .account(account)
+            .expect("exists")
+            .balances
+    }
+
+    /// A fresh core fed the journal: must end in the same state.
+    fn replayed(&self) -> Core {
+        let ledger = Arc::new(Ledger::new(self.core.ledger().config().clone()).expect("valid"));
+        let mut core = Core::new(
+            ledger,
+            CoreConfig::default(),
+            Arc::new(RouteTable::default()),
+        );
+        for bytes in &self.journal {
+            match SwitchRecord::decode(bytes).expect("journal decodes") {
+                SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+                SwitchRecord::Expire { now } => {
+                    core.expire(now);
+                }
+            }
+        }
+        core
+    }
+}
+
+fn authorize(number: &str, m: u128, amount: u64) -> Request {
+    Request::Authorize {
+        number: number.into(),
+        merchant: merchant(m),
+        amount: Amount(amount),
+        currency: Currency::CNY,
+        expiry_seconds: 60,
+    }
+}
+
+const NOW: Timestamp = Timestamp(1_000_000_000);
+
+#[test]
+fn every_decline_code_is_reachable_and_right() {
+    let mut h = Harness::new();
+    let c1 = card_number(1);
+    // 92: no route; 14: routed but no such card.
+    assert_eq!(
+        h.one(ACQUIRER, authorize("4111111111111111", 1, 10), NOW).0,
+        Code::CannotRoute
+    );
+    assert_eq!(
+        h.one(ACQUIRER, authorize("6299999999999999", 1, 10), NOW).0,
+        Code::InvalidAccount
+    );
+    assert_eq!(
+        h.one(ACQUIRER, authorize("62ab", 1, 10), NOW).0,
+        Code::InvalidAccount
+    );
+    // 51: more than the card holds.
+    assert_eq!(
+        h.one(ACQUIRER, authorize(&c1, 1, FUNDED + 1), NOW).0,
+        Code::InsufficientFunds
+    );
+    // 57: another acquirer's merchant; an admin operation without being admin.
+    assert_eq!(
+        h.one(OTHER_ACQUIRER, authorize(&c1, 1, 10), NOW).0,
+        Code::NotPermitted
+    );
+    let fund = Request::Fund {
+        account: card(1),
+        amount: Amount(5),
+        currency: Currency::CNY,
+    };
+    assert_eq!(
+        h.one(ACQUIRER, fund, NOW),
+        (Code::NotPermitted, Reason::NOT_ADMIN)
+    );
+    // 13: zero amount.
+    assert_eq!(
+        h.one(ACQUIRER, authorize(&c1, 1, 0), NOW).0,
+        Code::InvalidAmount
+    );
+    // 12: expiry beyond the maximum; a currency the accounts are not in.
+    let too_long = Request::Authorize {
+        number: c1.clone(),
+        merchant: merchant(1),
+        amount: Amount(10),
+        currency: Currency::CNY,
+        expiry_seconds: u32::MAX,
+    };
+    assert_eq!(
+        h.one(ACQUIRER, too_long, NOW),
+        (Code::InvalidTransaction, Reason::EXPIRY_TOO_LONG)
+    );
+    let usd = Request::Sale {
+        number: c1.clone(),
+        merchant: merchant(1),
+        amount: Amount(1),
+        currency: Currency::USD,
+    };
+    assert_eq!(h.one(ACQUIRER, usd, NOW).0, Code::InvalidTransaction);
+
+    // An approved authorization, then a capture of more than was held: 13.
+    let auth = h.id();
+    assert_eq!(
+        h.one_with(auth, ACQUIRER, authorize(&c1, 1, 300), NOW).0,
+        Code::Approved
+    );
+    let over = Request::Capture {
+        authorization: auth,
+        amount: Amount(301),
+    };
+    assert_eq!(h.one(ACQUIRER, over, NOW).0, Code::InvalidAmount);
+    // 57: someone else capturing it.
+    let steal = Request::Capture {
+        authorization: auth,
+        amount: Amount(1),
+    };
+    assert_eq!(h.one(OTHER_ACQUIRER, steal, NOW).0, Code::NotPermitted);
+    // 94: the same request id with other fields.
+    assert_eq!(
+        h.one_with(auth, ACQUIRER, authorize(&c1, 1, 301), NOW).0,
+        Code::Duplicate
+    );
+    // A partial capture releases the rest; refunds never exceed what was captured (13).
+    let capture = Request::Capture {
+        authorization: auth,
+        amount: Amount(200),
+    };
+    assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::Approved);
+    let b = h.balance(card(1));
+    assert_eq!((b.debits_pending, b.debits_posted), (0, 200));
+    let refund = |amount| Request::Refund {
+        original: auth,
+        amount: Amount(amount),
+        currency: Currency::CNY,
+    };
+    assert_eq!(h.one(ACQUIRER, refund(150), NOW).0, Code::Approved);
+    assert_eq!(
+        h.one(ACQUIRER, refund(51), NOW),
+        (Code::InvalidAmount, Reason::REFUND_EXCEEDS_CAPTURED)
+    );
+    assert_eq!(h.one(ACQUIRER, refund(50), NOW).0, Code::Approved);
+    // Capturing again: 12.
+    let again = Request::Capture {
+        authorization: auth,
+        amount: Amount(1),
+    };
+    assert_eq!(
+        h.one(ACQUIRER, again, NOW),
+        (Code::InvalidTransaction, Reason::ALREADY_CAPTURED)
+    );
+
+    // A reversal that arrives before its authorization: the late authorization is declined.
+    let late = h.id();
+    let reverse = Request::Reverse {
+        authorization: late,
+    };
+    assert_eq!(h.one(ACQUIRER, reverse, NOW).0, Code::Approved);
+    assert_eq!(
+        h.one_with(late, ACQUIRER, authorize(&c1, 1, 10), NOW),
+        (
+            Code::InvalidTransaction,
+            Reason::REVERSED_BEFORE_AUTHORIZATION
+        )
+    );
+    assert_eq!(h.balance(card(1)).debits_pending, 0, "nothing held");
+}
+
+#[test]
+fn busy_when_the_ledger_is_full_of_holds() {
+    let mut h = Harness::with(Config {
+        shards: 1,
+        pending_max: 1,
+        ..Config::default()
+    });
+    let c1 = card_number(1);
+    assert_eq!(h.one(ACQUIRER, authorize(&c1, 1, 1), NOW).0, Code::Approved);
+    assert_eq!(h.one(ACQUIRER, authorize(&c1, 1, 1), NOW).0, Code::Busy);
+}
+
+#[test]
+fn repeats_get_the_original_response_and_change_nothing() {
+    let mut h = Harness::new();
+    let c1 = card_number(1);
+    let id = h.id();
+    let first = h.one_with(id, ACQUIRER, authorize(&c1, 1, FUNDED + 5), NOW);
+    assert_eq!(first.0, Code::InsufficientFunds);
+    h.one(
+        ADMIN,
+        Request::Fund {
+            account: card(1),
+            amount: Amount(100),
+            currency: Currency::CNY,
+        },
+        NOW,
+    );
+    // Funds arrived, but the same request keeps its original answer.
+    assert_eq!(
+        h.one_with(id, ACQUIRER, authorize(&c1, 1, FUNDED + 5), NOW),
+        first
+    );
+    let ok = h.id();
+    let approved = h.one_with(ok, ACQUIRER, authorize(&c1, 1, 7), NOW);
+    let held = h.balance(card(1)).debits_pending;
+    assert_eq!(
+        h.one_with(ok, ACQUIRER, authorize(&c1, 1, 7), NOW),
+        approved
+    );
+    assert_eq!(h.balance(card(1)).debits_pending, held, "held once");
+    // The same, in one batch: a capture of an authorization in the same batch sees it.
+    let (a, c) = (h.id(), h.id());
+    let rs = h.run(
+        vec![
+            Item {
+                id: a,
+                who: ACQUIRER,
+                request: authorize(&c1, 2, 9),
+            },
+            Item {
+                id: c,
+                who: ACQUIRER,
+                request: Request::Capture {
+                    authorization: a,
+                    amount: Amount::ZERO,
+                },
+            },
+            Item {
+                id: a,
+                who: ACQUIRER,
+                request: authorize(&c1, 2, 9),
+            },
+        ],
+        NOW,
+    );
+    let codes: Vec<Code> = rs.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [Code::Approved; 3]);
+    assert_eq!(
+        rs[1].body,
+        Body::Transfer {
+            transfer: ledger::TransferId(c.0),
+            amount: Amount(9)
+        }
+    );
+}
+
+#[test]
+fn holds_expire_on_the_tick_and_status_says_so() {
+    let mut h = Harness::new();
+    let id = h.id();
+    assert_eq!(
+        h.one_with(id, ACQUIRER, authorize(&card_number(2), 1, 40), NOW)
+            .0,
+        Code::Approved
+    );
+    h.expire(Timestamp(NOW.0 + 59_000_000_000));
+    assert_eq!(h.balance(card(2)).debits_pending, 40, "not yet due");
+    h.expire(Timestamp(NOW.0 + 60_000_000_000));
+    assert_eq!(h.balance(card(2)).debits_pending, 0);
+    let status = h.run(
+        vec![Item {
+            id: h_id(),
+            who: ACQUIRER,
+            request: Request::TransferStatus { of: id },
+        }],
+        NOW,
+    );
+    match &status[0].body {
+        Body::Status(s) => assert_eq!(s.stage, Stage::Expired),
+        other => panic!("{other:?}"),
+    }
+    let capture = Request::Capture {
+        authorization: id,
+        amount: Amount::ZERO,
+    };
+    assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::InvalidTransaction);
+    // A balance inquiry by number works for the acquirer; by account id only for the owner.
+    let by_number = Request::BalanceInquiry {
+        target: Target::Number(card_number(2)),
+    };
+    assert_eq!(h.one(ACQUIRER, by_number, NOW).0, Code::Approved);
+    let by_account = Request::BalanceInquiry {
+        target: Target::Account(card(2)),
+    };
+    assert_eq!(h.one(ACQUIRER, by_account, NOW).0, Code::NotPermitted);
+}
+
+fn h_id() -> RequestId {
+    RequestId(u128::MAX - 7)
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Authorize {
+        card: u128,
+        merchant: u128,
+        amount: u64,
+    },
+    Capture {
+        nth: usize,
+        amount: u64,
+    },
+    Reverse {
+        nth: usize,
+    },
+    Sale {
+        card: u128,
+        merchant: u128,
+        amount: u64,
+    },
+    Refund {
+        nth: usize,
+        amount: u64,
+    },
+    Repeat {
+        nth: usize,
+    },
+    Tick {
+        seconds: u64,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (1..=CARDS, 1..=MERCHANTS, 1u64..4_000).prop_map(|(card, merchant, amount)| Action::Authorize { card, merchant, amount }),
+        3 => (any::<usize>(), 0u64..4_000).prop_map(|(nth, amount)| Action::Capture { nth, amount }),
+        2 => any::<usize>().prop_map(|nth| Action::Reverse { nth }),
+        3 => (1..=CARDS, 1..=MERCHANTS, 1u64..3_000).prop_map(|(card, merchant, amount)| Action::Sale { card, merchant, amount }),
+        2 => (any::<usize>(), 1u64..2_000).prop_map(|(nth, amount)| Action::Refund { nth, amount }),
+        2 => any::<usize>().prop_map(|nth| Action::Repeat { nth }),
+        1 => (1u64..90).prop_map(|seconds| Action::Tick { seconds }),
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proptest-regressions/switch_core.txt"
+        )))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Like Jepsen's bank test: what the approved responses say happened is what the ledger
+    /// holds, money is conserved, and the journal replays to the same state.
+    #[test]
+    fn balances_follow_the_approved_responses(batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25)) {
+        let mut h = Harness::new();
+        let mut now = NOW;
+        // Per account: (debits_pending, debits_posted, credits_pending, credits_posted) deltas.
+        let mut expected: HashMap<AccountId, [i128; 4]> = HashMap::new();
+        let mut auths: Vec<(RequestId, u128, u128, u64)> = Vec::new();
+        let mut sold: Vec<RequestId> = Vec::new();
+        let mut sent: Vec<Item> = Vec::new();
+        let mut answers: HashMap<RequestId, switch::core::Response> = HashMap::new();
+        let mut holds: HashMap<RequestId, (u128, u128, u64, Timestamp)> = HashMap::new();
+        let mut captured: HashMap<RequestId, (u128, u128, u64)> = HashMap::new();
+        for batch in batches {
+            let mut items = Vec::new();
+            for action in batch {
+                let id = h.id();
+                let request = match action {
+                    Action::Authorize { card, merchant, amount } => {
+                        auths.push((id, card, merchant, amount));
+                        authorize(&card_number(card), merchant, amount)
+                    }
+                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture {
+                        authorization: auths[nth % auths.len()].0,
+                        amount: Amount(amount),
+                    },
+                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse { authorization: auths[nth % auths.len()].0 },
+                    Action::Sale { card, merchant, amount } => {
+                        sold.push(id);
+                        Request::Sale { number: card_number(card), merchant: merchant_of(merchant), amount: Amount(amount), currency: Currency::CNY }
+                    }
+                    Action::Refund { nth, amount } if !sold.is_empty() || !auths.is_empty() => {
+                        let originals: Vec<RequestId> = sold.iter().copied().chain(auths.iter().map(|a| a.0)).collect();
+                        Request::Refund { original: originals[nth % originals.len()], amount: Amount(amount), currency: Currency::CNY }
+                    }
+                    Action::Repeat { nth } if !sent.is_empty() => {
+                        let item = sent[nth % sent.len()].clone();
+                        items.push(item);
+                        continue;
+                    }
+                    Action::Tick { seconds } => {
+                        now = Timestamp(now.0 + seconds * 1_000_000_000);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                items.push(Item { id, who: ACQUIRER, request });
+            }
+            // Holds due by `now` expire before the batch, as the server's tick would.
+            h.expire(now);
+            for (id, (c, m, amount, at)) in holds.clone() {
+                if at <= now {
+                    holds.remove(&id);
+                    add(&mut expected, card_id(c), 0, -(amount as i128));
+                    add(&mut expected, merchant(m), 2, -(amount as i128));
+                }
+            }
+            let responses = h.run(items.clone(), now);
+            prop_assert_eq!(responses.len(), items.len());
+            for (item, response) in items.iter().zip(&responses) {
+                prop_assert_eq!(response.id, item.id);
+                if let Some(first) = answers.get(&item.id) {
+                    // A repeat: the original answer, and no effect.
+                    prop_assert_eq!(first, response, "repeat of {:?}", item);
+                    continue;
+                }
+                answers.insert(item.id, response.clone());
+                sent.push(item.clone());
+                if response.code != Code::Approved {
+                    continue;
+                }
+                match &item.request {
+                    Request::Authorize { amount, expiry_seconds, merchant: m, number, .. } => {
+                        let c = card_of(number);
+                        let mi = m.0 - 200;
+                        add(&mut expected, card_id(c), 0, amount.0 as i128);
+                        add(&mut expected, *m, 2, amount.0 as i128);
+                        holds.insert(item.id, (c, mi, amount.0, Timestamp(now.0 + u64::from(*expiry_seconds) * 1_000_000_000)));
+                    }
+                    Request::Capture { authorization, .. } => {
+                        let (c, mi, held, _) = holds.remove(authorization).expect("capture of a live hold");
+                        let Body::Transfer { amount, .. } = response.body else { panic!("capture body") };
+                        add(&mut expected, card_id(c), 0, -(held as i128));
+                        add(&mut expected, merchant(mi), 2, -(held as i128));
+                        add(&mut expected, card_id(c), 1, amount.0 as i128);
+                        add(&mut expected, merchant(mi), 3, amount.0 as i128);
+                        captured.insert(*authorization, (c, mi, amount.0));
+                    }
+                    Request::Reverse { authorization } => {
+                        if let Some((c, mi, held, _)) = holds.remove(authorization) {
+                            add(&mut expected, card_id(c), 0, -(held as i128));
+                            add(&mut expected, merchant(mi), 2, -(held as i128));
+                        }
+                    }
+                    Request::Sale { number, merchant: m, amount, .. } => {
+                        let c = card_of(number);
+                        add(&mut expected, card_id(c), 1, amount.0 as i128);
+                        add(&mut expected, *m, 3, amount.0 as i128);
+                        captured.insert(item.id, (c, m.0 - 200, amount.0));
+                    }
+                    Request::Refund { original, amount, .. } => {
+                        let (c, mi, _) = *captured.get(original).expect("refund of a capture or sale");
+                        add(&mut expected, merchant(mi), 1, amount.0 as i128);
+                        add(&mut expected, card_id(c), 3, amount.0 as i128);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (account, delta) in &expected {
+            let b = h.balance(*account);
+            let base = if account.0 >= 200 { [0i128; 4] } else { [0, 0, 0, FUNDED as i128] };
+            let got = [b.debits_pending as i128, b.debits_posted as i128, b.credits_pending as i128, b.credits_posted as i128];
+            let want: Vec<i128> = base.iter().zip(delta).map(|(a, d)| a + d).collect();
+            prop_assert_eq!(got.to_vec(), want, "account {:?}", account);
+        }
+        for (_, totals) in h.core.ledger().totals() {
+            prop_assert!(totals.is_balanced());
+        }
+        let replayed = h.replayed();
+        prop_assert_eq!(replayed.ledger().digest(), h.core.ledger().digest());
+    }
+}
+
+fn merchant_of(i: u128) -> AccountId {
+    merchant(i)
+}
+
+fn card_id(i: u128) -> AccountId {
+    card(i)
+}
+
+fn card_of(number: &str) -> u128 {
+    number[14..].parse().expect("test card number")
+}
+
+fn add(
+    expected: &mut HashMap<AccountId, [i128; 4]>,
+    account: AccountId,
+    column: usize,
+    amount: i128,
+) {
+    expected.entry(account).or_default()[column] += amount;
+}
