@@ -1,1 +1,3 @@
 //! Switch library.
+
+pub mod wire;
