@@ -341,8 +341,9 @@ impl Reason {
     pub const WINDOW_NOT_FOUND: Reason = Reason(24);
     pub const ROUTES_INVALID: Reason = Reason(25);
     pub const INTERNAL: Reason = Reason(26);
+    pub const RESPONSE_TOO_LARGE: Reason = Reason(27);
 
-    const NAMES: [&'static str; 27] = [
+    const NAMES: [&'static str; 28] = [
         "none",
         "unknown number",
         "no route",
@@ -370,6 +371,7 @@ impl Reason {
         "window not found",
         "routes invalid",
         "internal",
+        "response too large",
     ];
 
     /// The listed name of this reason, if it has one.
