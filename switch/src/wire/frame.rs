@@ -76,6 +76,18 @@ impl Frame {
     }
 }
 
+impl WireError {
+    /// The error frame that reports this error to the peer: its code, the rejected frame's
+    /// correlation id (0 if unread), and this error's description as the message.
+    pub fn to_frame(&self) -> Frame {
+        Frame::Error {
+            correlation_id: self.correlation_id.unwrap_or(0),
+            code: self.code(),
+            message: ErrorMessage::truncated(&self.to_string()),
+        }
+    }
+}
+
 /// Appends a request-batch frame to `out` and returns its length. On error `out` is left as
 /// it was.
 pub fn encode_request_frame(

@@ -3,7 +3,7 @@
 use crate::wire::cursor::{Reader, Writer};
 use crate::wire::error::{WireError, WireErrorKind};
 use crate::wire::types::{
-    AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, EchoPayload,
+    AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, EchoPayload, FieldError,
     ParticipantId, ParticipantName, RequestId, Roles, WindowId,
 };
 
@@ -328,8 +328,7 @@ impl Request {
                 participant: ParticipantId(r.u64("participant_id")?),
                 roles: Roles(r.u8("roles")?),
                 name: r.bytes_u8("name_len", "name", ParticipantName::LEN_MAX, |bytes| {
-                    let name = std::str::from_utf8(bytes)
-                        .map_err(|_| crate::wire::types::FieldError::InvalidUtf8)?;
+                    let name = std::str::from_utf8(bytes).map_err(|_| FieldError::InvalidUtf8)?;
                     ParticipantName::new(name)
                 })?,
             },
