@@ -28,3 +28,4 @@ pub mod core;
 pub mod journal;
 pub mod routing;
 pub mod tls;
+pub mod wire;
