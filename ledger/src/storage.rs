@@ -75,10 +75,16 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Uses `dir`, creating it (and its parents) if it does not exist.
+    /// Uses `dir`, creating it (and its parents) if it does not exist; a directory it creates
+    /// is made durable in its parent.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         Ok(FileStorage { dir })
     }
 
@@ -213,15 +219,18 @@ pub const SIM_SECTOR_BYTES: u64 = 4096;
 /// - `fail_next_sync` makes the next sync (file or directory) fail with an I/O error, like EIO.
 /// - `set_capacity_bytes` bounds the total size of the files: an append that would pass it fails
 ///   with `io::ErrorKind::StorageFull` and writes nothing.
-/// - Handles opened before a crash are dead: every call on them fails.
+/// - A crash ends the process that used the storage: the storage handle and open files it had
+///   fail every call from then on, and `crash` returns the handle the restarted process uses.
 #[derive(Clone, Default)]
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    /// The life of the process this handle belongs to; a crash ends it.
+    epoch: u64,
 }
 
 #[derive(Default)]
 struct SimState {
-    /// Bumped by every crash; handles of an older epoch are dead.
+    /// Bumped by every crash; storage handles and files of an older epoch are dead.
     epoch: u64,
     next_inode: u64,
     inodes: HashMap<u64, Inode>,
@@ -281,7 +290,7 @@ fn not_found(name: &str) -> io::Error {
 }
 
 fn stale() -> io::Error {
-    io::Error::other("file handle from before a simulated crash")
+    io::Error::other("storage handle from before a simulated crash: its process is dead")
 }
 
 impl SimState {
@@ -395,15 +404,36 @@ impl SimStorage {
     }
 
     /// Loses every change not made durable: unsynced appends and truncations, and directory
-    /// changes since the last `sync_dir`. Handles opened before are dead afterwards.
-    pub fn crash(&self) {
-        self.state.lock().crash(None);
+    /// changes since the last `sync_dir`. Every handle from before (this one, its clones, open
+    /// files) is dead afterwards, as if its process had died; use the returned one.
+    #[must_use = "the old handle is dead; use the returned one"]
+    pub fn crash(&self) -> SimStorage {
+        self.restart(None)
     }
 
     /// Like `crash`, but for each file a random prefix of its unsynced appends (decided by
     /// `seed`) survives, the last surviving one possibly torn as `tear` says.
-    pub fn crash_torn(&self, seed: u64, tear: Tear) {
-        self.state.lock().crash(Some((SplitMix(seed), tear)));
+    #[must_use = "the old handle is dead; use the returned one"]
+    pub fn crash_torn(&self, seed: u64, tear: Tear) -> SimStorage {
+        self.restart(Some((SplitMix(seed), tear)))
+    }
+
+    fn restart(&self, tear: Option<(SplitMix, Tear)>) -> SimStorage {
+        let mut state = self.state.lock();
+        state.crash(tear);
+        SimStorage {
+            state: Arc::clone(&self.state),
+            epoch: state.epoch,
+        }
+    }
+
+    /// The state, if this handle's process is still alive.
+    fn live(&self) -> io::Result<parking_lot::MutexGuard<'_, SimState>> {
+        let state = self.state.lock();
+        if state.epoch != self.epoch {
+            return Err(stale());
+        }
+        Ok(state)
     }
 
     /// Flips bit `bit` (0..8) of the byte at `offset`, in memory and on disk alike.
@@ -494,11 +524,10 @@ impl SimStorage {
         }
     }
 
-    fn handle(&self, id: u64, epoch: u64) -> SimAppend {
+    fn handle(&self, id: u64) -> SimAppend {
         SimAppend {
             storage: self.clone(),
             inode: id,
-            epoch,
         }
     }
 }
@@ -507,28 +536,16 @@ impl SimStorage {
 pub struct SimAppend {
     storage: SimStorage,
     inode: u64,
-    epoch: u64,
-}
-
-impl SimAppend {
-    fn live<'a>(&self, state: &'a mut SimState) -> io::Result<&'a mut SimState> {
-        if state.epoch != self.epoch {
-            return Err(stale());
-        }
-        Ok(state)
-    }
 }
 
 impl AppendFile for SimAppend {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.storage.state.lock();
-        self.live(&mut state)?.append(self.inode, bytes)
+        self.storage.live()?.append(self.inode, bytes)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.storage.sleep_sync_latency();
-        let mut state = self.storage.state.lock();
-        self.live(&mut state)?.sync_inode(self.inode)
+        self.storage.live()?.sync_inode(self.inode)
     }
 }
 
@@ -536,12 +553,12 @@ impl Storage for SimStorage {
     type Append = SimAppend;
 
     fn list(&self) -> io::Result<Vec<String>> {
-        Ok(self.state.lock().names.keys().cloned().collect())
+        Ok(self.live()?.names.keys().cloned().collect())
     }
 
     fn create(&self, name: &str) -> io::Result<SimAppend> {
         check_name(name)?;
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = match state.names.get(name) {
             Some(&id) => {
                 let inode = state.inode(id);
@@ -557,30 +574,29 @@ impl Storage for SimStorage {
                 id
             }
         };
-        let epoch = state.epoch;
-        Ok(self.handle(id, epoch))
+        Ok(self.handle(id))
     }
 
     fn open_append(&self, name: &str) -> io::Result<SimAppend> {
-        let state = self.state.lock();
+        let state = self.live()?;
         let id = state.inode_of(name)?;
-        Ok(self.handle(id, state.epoch))
+        Ok(self.handle(id))
     }
 
     fn len_bytes(&self, name: &str) -> io::Result<u64> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
         Ok(state.inode(id).data.len() as u64)
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
         Ok(state.inode(id).data.clone())
     }
 
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
         let data = &state.inode(id).data;
         let start = usize::try_from(offset)
@@ -592,7 +608,7 @@ impl Storage for SimStorage {
     }
 
     fn truncate(&self, name: &str, len_bytes: u64) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
         let inode = state.inode(id);
         let change = Change::SetLen(len_bytes);
@@ -603,7 +619,7 @@ impl Storage for SimStorage {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         check_name(to)?;
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(from)?;
         state.names.remove(from);
         state.names.insert(to.to_owned(), id);
@@ -611,7 +627,7 @@ impl Storage for SimStorage {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         state.inode_of(name)?;
         state.names.remove(name);
         Ok(())
@@ -619,13 +635,13 @@ impl Storage for SimStorage {
 
     fn sync(&self, name: &str) -> io::Result<()> {
         self.sleep_sync_latency();
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
         state.sync_inode(id)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.live()?;
         state.take_sync_failure()?;
         state.durable_names = state.names.clone();
         state.dir_syncs += 1;
@@ -655,7 +671,7 @@ mod tests {
         file.append(b" lost").expect("append");
         assert_eq!(storage.read("a").expect("read"), b"durable lost");
         storage.truncate("a", 3).expect("truncate");
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.read("a").expect("read"), b"durable");
         assert!(
             file.append(b"x").is_err(),
@@ -683,14 +699,14 @@ mod tests {
         storage.rename("kept", "renamed").expect("rename");
         storage.remove("removed").expect("remove");
         assert_eq!(storage.list().expect("list"), ["new", "renamed"]);
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.list().expect("list"), ["kept", "removed"]);
         assert_eq!(storage.read("kept").expect("read"), b"k");
         assert_eq!(storage.read("removed").expect("read"), b"r");
 
         storage.rename("kept", "renamed").expect("rename");
         storage.sync_dir().expect("sync_dir");
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.list().expect("list"), ["removed", "renamed"]);
         assert_eq!(storage.read("renamed").expect("read"), b"k");
     }
@@ -704,7 +720,7 @@ mod tests {
                 file.sync_data().expect("sync");
                 storage.sync_dir().expect("sync_dir");
                 append(&storage, "f", writes);
-                storage.crash_torn(seed, tear);
+                let storage = storage.crash_torn(seed, tear);
                 storage.read("f").expect("read")
             })
             .collect()
@@ -737,7 +753,7 @@ mod tests {
         for data in &outcomes {
             assert!(
                 data.len() == 6
-                    || data.len() as u64 % SIM_SECTOR_BYTES == 0
+                    || (data.len() as u64).is_multiple_of(SIM_SECTOR_BYTES)
                     || data.len() == 6 + big.len()
             );
             lengths.insert(data.len());
@@ -765,7 +781,7 @@ mod tests {
         assert!(storage.flip_bit("f", 0, 8).is_err(), "no bit 8");
         assert_eq!(storage.read("f").expect("read"), [0, 8, 0, 0, 0, 0, 1, 0]);
         file.sync_data().expect("sync");
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.read("f").expect("read"), [0, 8, 0, 0, 0, 0, 1, 0]);
     }
 
@@ -777,14 +793,14 @@ mod tests {
         file.append(b"data").expect("append");
         storage.fail_next_sync();
         assert!(file.sync_data().is_err());
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.read("f").expect("read"), b"");
         let mut file = storage.open_append("f").expect("reopen");
         file.append(b"again").expect("append");
         file.sync_data().expect("the failure was for one sync only");
         storage.fail_next_sync();
         assert!(storage.sync_dir().is_err(), "directory syncs fail too");
-        storage.crash();
+        let storage = storage.crash();
         assert_eq!(storage.read("f").expect("read"), b"again");
     }
 
