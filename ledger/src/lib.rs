@@ -13,6 +13,7 @@ mod outcome;
 pub mod storage;
 mod transfer;
 mod types;
+pub mod wal;
 
 pub use account::{Account, AccountFlags, Balances, NewAccount};
 pub use currency::{AmountError, Currency, balance_to_decimal};

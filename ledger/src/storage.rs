@@ -58,6 +58,27 @@ pub trait AppendFile: Send + 'static {
     fn sync_data(&mut self) -> io::Result<()>;
 }
 
+/// An I/O error, with the file and what was being done to it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {action} failed: {source}")]
+pub struct StorageError {
+    /// The file name, or "directory" for the directory itself.
+    pub file: String,
+    pub action: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StorageError {
+    pub(crate) fn new(file: &str, action: &'static str, source: io::Error) -> Self {
+        StorageError {
+            file: file.to_owned(),
+            action,
+            source,
+        }
+    }
+}
+
 fn check_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
         return Err(io::Error::new(
