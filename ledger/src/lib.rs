@@ -10,6 +10,7 @@ mod digest;
 mod event;
 mod ledger;
 mod outcome;
+pub mod snapshot_file;
 pub mod storage;
 mod transfer;
 mod types;
