@@ -23,6 +23,7 @@ macro_rules! proptest_config {
     };
 }
 
+mod fixtures;
 mod snapshots;
 mod support;
 mod wal_recovery;
