@@ -24,6 +24,7 @@ macro_rules! proptest_config {
 }
 
 mod fixtures;
+mod kill;
 mod snapshots;
 mod support;
 mod wal_recovery;
