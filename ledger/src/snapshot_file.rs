@@ -280,6 +280,20 @@ mod tests {
         }
     }
 
+    /// The example in `docs/WAL-FORMAT.md`: sequence 7, payload "state".
+    #[test]
+    fn encoding_matches_the_documented_example() {
+        let hex: String = encode_header(7, b"state")
+            .iter()
+            .chain(b"state")
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "4c454447534e4150010000000700000000000000050000000000000030f343ba7374617465"
+        );
+    }
+
     #[test]
     fn names_round_trip() {
         assert_eq!(snapshot_file_name(5), "00000000000000000005.snap");

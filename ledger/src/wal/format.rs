@@ -271,6 +271,26 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The example in `docs/WAL-FORMAT.md`: segment 1, one record (sequence 1, payload "abc").
+    #[test]
+    fn encoding_matches_the_documented_example() {
+        let header = SegmentHeader {
+            segment: 1,
+            first_sequence: 1,
+        };
+        assert_eq!(
+            hex(&header.encode()),
+            "4c4544475257414c0100000001000000000000000100000000000000bc7f1a64"
+        );
+        let mut record = Vec::new();
+        encode_record(&mut record, 1, 1, b"abc");
+        assert_eq!(hex(&record), "030000000100000000000000d2251d5b616263");
+    }
+
     #[test]
     fn segment_names_round_trip_and_reject_lookalikes() {
         assert_eq!(segment_file_name(42), "00000000000000000042.wal");
