@@ -34,9 +34,12 @@ mod ledger;
 mod outcome;
 mod record;
 mod snapshot;
+pub mod snapshot_file;
+pub mod storage;
 mod store;
 mod transfer;
 mod types;
+pub mod wal;
 
 pub use account::{Account, AccountFlags, Balances, NewAccount};
 pub use currency::{AmountError, Currency, balance_to_decimal};

@@ -1,0 +1,310 @@
+//! Snapshot files: opaque payloads (the ledger's encoded state) stored whole and checksummed.
+//!
+//! A snapshot is written to a temporary name, made durable, renamed into place and the
+//! directory synced, so a crash leaves either the old set of snapshots or the new one, never a
+//! half-written file under a snapshot name. Loading takes the newest snapshot that is valid and
+//! reports every newer one it had to reject. Layout: `docs/WAL-FORMAT.md`, "Snapshot files".
+
+use std::fmt;
+
+use crate::storage::{AppendFile, Storage, StorageError};
+
+/// First bytes of every snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LEDGSNAP";
+/// The snapshot file format this build writes and reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Bytes of the snapshot file header.
+pub const SNAPSHOT_HEADER_LEN: usize = 32;
+/// How many snapshots to keep unless configured otherwise: the newest, and one to fall back on.
+pub const SNAPSHOT_KEEP_DEFAULT: usize = 2;
+
+const SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".snap.tmp";
+const DIGITS: usize = 20;
+
+/// The file name of the snapshot at `sequence`: `{sequence:020}.snap`.
+pub fn snapshot_file_name(sequence: u64) -> String {
+    format!("{sequence:020}{SUFFIX}")
+}
+
+fn parse_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The sequence number of a snapshot file name, or `None` if `name` is not one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    parse_name(name, SUFFIX)
+}
+
+/// A snapshot read back whole and verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub file: String,
+    /// The last log sequence the snapshot covers.
+    pub sequence: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Why a snapshot file was not believed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotCorruption {
+    #[error("file is {len_bytes} bytes, shorter than the {SNAPSHOT_HEADER_LEN}-byte header")]
+    HeaderTruncated { len_bytes: u64 },
+    #[error("not a snapshot file (bad magic)")]
+    BadMagic,
+    #[error(
+        "snapshot format version {version} is not supported (this build reads {SNAPSHOT_FORMAT_VERSION})"
+    )]
+    UnsupportedVersion { version: u32 },
+    #[error("header says sequence {in_header}, not the file's number")]
+    Sequence { in_header: u64 },
+    #[error("header says {payload_len_bytes} payload bytes but the file holds {actual_bytes}")]
+    Length {
+        payload_len_bytes: u64,
+        actual_bytes: u64,
+    },
+    #[error("checksum mismatch")]
+    Checksum,
+}
+
+/// A snapshot file passed over while loading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub file: String,
+    pub reason: SnapshotCorruption,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "snapshot {}: {}", self.file, self.reason)
+    }
+}
+
+/// What `load_newest` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The newest valid snapshot, if there is one.
+    pub snapshot: Option<Snapshot>,
+    /// Newer snapshot files that were not valid, newest first. Log them.
+    pub rejected: Vec<Rejected>,
+}
+
+/// What `write` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub file: String,
+    /// Older snapshot files (and leftover temporary files) removed.
+    pub removed: Vec<String>,
+    /// The oldest snapshot still kept: log segments it needs must stay (see
+    /// `wal::delete_covered`).
+    pub oldest_kept_sequence: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("snapshots to keep must be at least 1")]
+    KeepZero,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn encode_header(sequence: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut header = [0u8; SNAPSHOT_HEADER_LEN];
+    header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&sequence.to_le_bytes());
+    header[20..28].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..28]), payload);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Checks a whole snapshot file named for `sequence`; returns its payload.
+fn decode(bytes: &[u8], sequence: u64) -> Result<&[u8], SnapshotCorruption> {
+    let Some((header, payload)) = bytes.split_first_chunk::<SNAPSHOT_HEADER_LEN>() else {
+        return Err(SnapshotCorruption::HeaderTruncated {
+            len_bytes: bytes.len() as u64,
+        });
+    };
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    if header[0..8] != SNAPSHOT_MAGIC {
+        return Err(SnapshotCorruption::BadMagic);
+    }
+    let payload_len_bytes = u64_at(20);
+    if payload_len_bytes != payload.len() as u64 {
+        return Err(SnapshotCorruption::Length {
+            payload_len_bytes,
+            actual_bytes: payload.len() as u64,
+        });
+    }
+    if crc32c::crc32c_append(crc32c::crc32c(&header[0..28]), payload) != u32_at(28) {
+        return Err(SnapshotCorruption::Checksum);
+    }
+    let version = u32_at(8);
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(SnapshotCorruption::UnsupportedVersion { version });
+    }
+    let in_header = u64_at(12);
+    if in_header != sequence {
+        return Err(SnapshotCorruption::Sequence { in_header });
+    }
+    Ok(payload)
+}
+
+/// Writes the snapshot covering the log up to `sequence`, durably, then keeps only the newest
+/// `keep` snapshots (`SNAPSHOT_KEEP_DEFAULT` is a good choice).
+pub fn write<S: Storage>(
+    storage: &S,
+    sequence: u64,
+    payload: &[u8],
+    keep: usize,
+) -> Result<Written, SnapshotFileError> {
+    if keep == 0 {
+        return Err(SnapshotFileError::KeepZero);
+    }
+    let file = snapshot_file_name(sequence);
+    let temp = format!("{sequence:020}{TEMP_SUFFIX}");
+    let err = |name: &str, action: &'static str| {
+        let name = name.to_owned();
+        move |e| StorageError::new(&name, action, e)
+    };
+    let mut out = storage.create(&temp).map_err(err(&temp, "create"))?;
+    out.append(&encode_header(sequence, payload))
+        .map_err(err(&temp, "write"))?;
+    out.append(payload).map_err(err(&temp, "write"))?;
+    out.sync_data().map_err(err(&temp, "fdatasync"))?;
+    drop(out);
+    storage.rename(&temp, &file).map_err(err(&temp, "rename"))?;
+    storage.sync_dir().map_err(err("directory", "fsync"))?;
+    let (removed, oldest_kept_sequence) = prune(storage, keep)?;
+    Ok(Written {
+        file,
+        removed,
+        oldest_kept_sequence: oldest_kept_sequence.unwrap_or(sequence),
+    })
+}
+
+/// Removes all but the newest `keep` snapshot files, and leftover temporary files. Returns
+/// what it removed and the oldest sequence kept.
+fn prune<S: Storage>(storage: &S, keep: usize) -> Result<(Vec<String>, Option<u64>), StorageError> {
+    let names = storage
+        .list()
+        .map_err(|e| StorageError::new("directory", "list", e))?;
+    let mut snapshots: Vec<u64> = names
+        .iter()
+        .filter_map(|name| parse_snapshot_file_name(name))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    let mut doomed: Vec<String> = names
+        .iter()
+        .filter(|name| parse_name(name, TEMP_SUFFIX).is_some())
+        .cloned()
+        .collect();
+    doomed.extend(snapshots.iter().skip(keep).map(|&s| snapshot_file_name(s)));
+    for name in &doomed {
+        storage
+            .remove(name)
+            .map_err(|e| StorageError::new(name, "remove", e))?;
+    }
+    if !doomed.is_empty() {
+        storage
+            .sync_dir()
+            .map_err(|e| StorageError::new("directory", "fsync", e))?;
+    }
+    Ok((doomed, snapshots.iter().take(keep).min().copied()))
+}
+
+/// Loads the newest valid snapshot, passing over (and reporting) newer invalid ones.
+/// I/O errors are errors; invalid contents are rejections.
+pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
+    let mut snapshots: Vec<u64> = storage
+        .list()
+        .map_err(|e| StorageError::new("directory", "list", e))?
+        .iter()
+        .filter_map(|name| parse_snapshot_file_name(name))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    let mut rejected = Vec::new();
+    for sequence in snapshots {
+        let file = snapshot_file_name(sequence);
+        let bytes = storage
+            .read(&file)
+            .map_err(|e| StorageError::new(&file, "read", e))?;
+        match decode(&bytes, sequence) {
+            Ok(payload) => {
+                let payload = payload.to_vec();
+                return Ok(Loaded {
+                    snapshot: Some(Snapshot {
+                        file,
+                        sequence,
+                        payload,
+                    }),
+                    rejected,
+                });
+            }
+            Err(reason) => rejected.push(Rejected { file, reason }),
+        }
+    }
+    Ok(Loaded {
+        snapshot: None,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_bit_flip_is_rejected() {
+        let payload = b"state of the ledger".to_vec();
+        let mut bytes = encode_header(9, &payload).to_vec();
+        bytes.extend_from_slice(&payload);
+        assert_eq!(decode(&bytes, 9), Ok(&payload[..]));
+        assert_eq!(
+            decode(&bytes, 10),
+            Err(SnapshotCorruption::Sequence { in_header: 9 })
+        );
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&flipped, 9).is_err(), "bit {bit}");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], 9).is_err(), "length {len}");
+        }
+    }
+
+    /// The example in `docs/WAL-FORMAT.md`: sequence 7, payload "state".
+    #[test]
+    fn encoding_matches_the_documented_example() {
+        let hex: String = encode_header(7, b"state")
+            .iter()
+            .chain(b"state")
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "4c454447534e4150010000000700000000000000050000000000000030f343ba7374617465"
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(snapshot_file_name(5), "00000000000000000005.snap");
+        assert_eq!(
+            parse_snapshot_file_name("00000000000000000005.snap"),
+            Some(5)
+        );
+        assert_eq!(
+            parse_snapshot_file_name("00000000000000000005.snap.tmp"),
+            None
+        );
+        assert_eq!(parse_snapshot_file_name("5.snap"), None);
+    }
+}

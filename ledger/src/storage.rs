@@ -1,0 +1,901 @@
+//! One directory of files, behind a trait, so that the log and the snapshots can run on a real
+//! disk (`FileStorage`) or in memory (`SimStorage`), where tests crash, tear, corrupt and fill
+//! the disk at will.
+//!
+//! The trait is deliberately small and speaks only of what the log needs: whole files that
+//! grow by appending, are read back, truncated, renamed and removed. Durability is explicit:
+//! nothing is durable until `sync`/`AppendFile::sync_data` (file contents) or `sync_dir`
+//! (creations, renames and removals) has returned `Ok`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// A directory of files.
+///
+/// Names are plain file names (no separators, not `.` or `..`). Methods that name a missing file
+/// fail with `io::ErrorKind::NotFound`.
+pub trait Storage: Send + Sync + 'static {
+    /// A file open for appending.
+    type Append: AppendFile;
+
+    /// Names of the regular files in the directory, sorted.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates `name`, empty, truncating it if it exists. The new name is durable only after
+    /// `sync_dir`.
+    fn create(&self, name: &str) -> io::Result<Self::Append>;
+    /// Opens an existing file for appending at its end.
+    fn open_append(&self, name: &str) -> io::Result<Self::Append>;
+    /// The file's length in bytes.
+    fn len_bytes(&self, name: &str) -> io::Result<u64>;
+    /// The whole file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Reads into `buf` from `offset`; returns how many bytes were read, fewer than `buf.len()`
+    /// only at the end of the file.
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Cuts (or extends with zeros) the file to `len_bytes`; durable after `sync`.
+    fn truncate(&self, name: &str, len_bytes: u64) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` if it exists; durable after `sync_dir`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes the file; durable after `sync_dir`.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes the file's contents durable (fdatasync).
+    fn sync(&self, name: &str) -> io::Result<()>;
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// A file open for appending.
+pub trait AppendFile: Send + 'static {
+    /// Appends all of `bytes` (the write may be torn by a crash until `sync_data` returns).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable (fdatasync).
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// An I/O error, with the file and what was being done to it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {action} failed: {source}")]
+pub struct StorageError {
+    /// The file name, or "directory" for the directory itself.
+    pub file: String,
+    pub action: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StorageError {
+    pub(crate) fn new(file: &str, action: &'static str, source: io::Error) -> Self {
+        StorageError {
+            file: file.to_owned(),
+            action,
+            source,
+        }
+    }
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a plain file name: {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A real directory.
+#[derive(Clone, Debug)]
+pub struct FileStorage {
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Uses `dir`, creating it (and its parents) if it does not exist; a directory it creates
+    /// is made durable in its parent.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(FileStorage { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.dir.join(name))
+    }
+}
+
+/// A real file open for appending.
+#[derive(Debug)]
+pub struct FileAppend {
+    file: File,
+}
+
+impl AppendFile for FileAppend {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Storage for FileStorage {
+    type Append = FileAppend;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            // A name that is not UTF-8 is nothing this crate wrote.
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create(&self, name: &str) -> io::Result<FileAppend> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path(name)?)?;
+        Ok(FileAppend { file })
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<FileAppend> {
+        let file = OpenOptions::new().append(true).open(self.path(name)?)?;
+        Ok(FileAppend { file })
+    }
+
+    fn len_bytes(&self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(name)?)?.len())
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name)?)
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut file = File::open(self.path(name)?)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+
+    fn truncate(&self, name: &str, len_bytes: u64) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.path(name)?)?
+            .set_len(len_bytes)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from)?, self.path(to)?)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path(name)?)
+    }
+
+    fn sync(&self, name: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.path(name)?)?
+            .sync_data()
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// How a crash tears the last write that partly reached the disk (see `SimStorage::crash_torn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tear {
+    /// A prefix of the write survives, cut at any byte.
+    Byte,
+    /// A prefix of the write survives, cut at a 4 KiB boundary of the file.
+    Sector,
+}
+
+/// Sector size used by `Tear::Sector`.
+pub const SIM_SECTOR_BYTES: u64 = 4096;
+
+/// An in-memory directory that fails the way disks do, for tests.
+///
+/// Every clone shares one state. The model:
+/// - File contents become durable at `sync`/`sync_data`; directory entries (create, rename,
+///   remove) at `sync_dir`. `crash` reverts everything that was not made durable, and
+///   `crash_torn` lets a random prefix of the unsynced appends survive, the last of them torn.
+/// - `flip_bit` corrupts a byte both in memory and "on disk".
+/// - `fail_next_sync` makes the next sync (file or directory) fail with an I/O error, like EIO.
+/// - `set_capacity_bytes` bounds the total size of the files: an append that would pass it fails
+///   with `io::ErrorKind::StorageFull` and writes nothing.
+/// - A crash ends the process that used the storage: the storage handle and open files it had
+///   fail every call from then on, and `crash` returns the handle the restarted process uses.
+#[derive(Clone, Default)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+    /// The life of the process this handle belongs to; a crash ends it.
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct SimState {
+    /// Bumped by every crash; storage handles and files of an older epoch are dead.
+    epoch: u64,
+    next_inode: u64,
+    inodes: HashMap<u64, Inode>,
+    /// The directory as the running program sees it.
+    names: BTreeMap<String, u64>,
+    /// The directory as of the last successful `sync_dir`.
+    durable_names: BTreeMap<String, u64>,
+    capacity_bytes: Option<u64>,
+    fail_next_sync: bool,
+    sync_latency: Duration,
+    syncs: u64,
+    dir_syncs: u64,
+}
+
+#[derive(Default)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    /// Changes since the last sync, in order: applying them to `durable` gives `data`.
+    unsynced: Vec<Change>,
+}
+
+enum Change {
+    Append(Vec<u8>),
+    SetLen(u64),
+}
+
+impl Change {
+    fn apply(&self, data: &mut Vec<u8>) {
+        match self {
+            Change::Append(bytes) => data.extend_from_slice(bytes),
+            Change::SetLen(len) => data.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+        }
+    }
+}
+
+/// splitmix64: enough randomness for deterministic tearing, without a dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` for tests; `n > 0`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no such file: {name}"))
+}
+
+fn stale() -> io::Error {
+    io::Error::other("storage handle from before a simulated crash: its process is dead")
+}
+
+impl SimState {
+    fn inode_of(&self, name: &str) -> io::Result<u64> {
+        check_name(name)?;
+        self.names.get(name).copied().ok_or_else(|| not_found(name))
+    }
+
+    fn inode(&mut self, id: u64) -> &mut Inode {
+        self.inodes
+            .get_mut(&id)
+            .expect("every inode named or held open is in the table until a crash")
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.names
+            .values()
+            .filter_map(|id| self.inodes.get(id))
+            .map(|inode| inode.data.len() as u64)
+            .sum()
+    }
+
+    fn take_sync_failure(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::other(
+                "input/output error (simulated sync failure)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn sync_inode(&mut self, id: u64) -> io::Result<()> {
+        self.take_sync_failure()?;
+        let inode = self.inode(id);
+        for change in std::mem::take(&mut inode.unsynced) {
+            change.apply(&mut inode.durable);
+        }
+        debug_assert_eq!(inode.durable, inode.data);
+        self.syncs += 1;
+        Ok(())
+    }
+
+    fn append(&mut self, id: u64, bytes: &[u8]) -> io::Result<()> {
+        if let Some(capacity) = self.capacity_bytes {
+            let used = self.used_bytes();
+            if used.saturating_add(bytes.len() as u64) > capacity {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "no space left on device (simulated: {used} of {capacity} bytes used, \
+                         {} more asked)",
+                        bytes.len()
+                    ),
+                ));
+            }
+        }
+        let inode = self.inode(id);
+        inode.data.extend_from_slice(bytes);
+        inode.unsynced.push(Change::Append(bytes.to_vec()));
+        Ok(())
+    }
+
+    /// Reverts to the durable state; `rng` (if any) lets part of the unsynced changes survive.
+    fn crash(&mut self, mut tear: Option<(SplitMix, Tear)>) {
+        self.epoch += 1;
+        self.names = self.durable_names.clone();
+        let live: Vec<u64> = self.names.values().copied().collect();
+        self.inodes.retain(|id, _| live.contains(id));
+        // Walk files in name order so that the same seed always tears the same way.
+        for id in live {
+            let inode = self.inodes.get_mut(&id).expect("live inodes were kept");
+            let mut data = std::mem::take(&mut inode.durable);
+            let unsynced = std::mem::take(&mut inode.unsynced);
+            if let Some((rng, how)) = tear.as_mut() {
+                let kept = rng.below(unsynced.len() as u64 + 1) as usize;
+                for change in &unsynced[..kept] {
+                    change.apply(&mut data);
+                }
+                if let Some(Change::Append(bytes)) = unsynced.get(kept) {
+                    let start = data.len() as u64;
+                    let end = start + bytes.len() as u64;
+                    let cut = match how {
+                        Tear::Byte => start + rng.below(bytes.len() as u64),
+                        Tear::Sector => {
+                            // Sector boundaries strictly inside the write, or its start.
+                            let first = start.div_ceil(SIM_SECTOR_BYTES).max(1) * SIM_SECTOR_BYTES;
+                            let boundaries = if first < end {
+                                (end - 1 - first) / SIM_SECTOR_BYTES + 1
+                            } else {
+                                0
+                            };
+                            match rng.below(boundaries + 1) {
+                                0 => start,
+                                i => first + (i - 1) * SIM_SECTOR_BYTES,
+                            }
+                        }
+                    };
+                    let kept_bytes = usize::try_from(cut - start).expect("cut is inside the write");
+                    data.extend_from_slice(&bytes[..kept_bytes]);
+                }
+            }
+            inode.data = data.clone();
+            inode.durable = data;
+        }
+    }
+}
+
+impl SimStorage {
+    pub fn new() -> Self {
+        SimStorage::default()
+    }
+
+    /// Loses every change not made durable: unsynced appends and truncations, and directory
+    /// changes since the last `sync_dir`. Every handle from before (this one, its clones, open
+    /// files) is dead afterwards, as if its process had died; use the returned one.
+    #[must_use = "the old handle is dead; use the returned one"]
+    pub fn crash(&self) -> SimStorage {
+        self.restart(None)
+    }
+
+    /// Like `crash`, but for each file a random prefix of its unsynced appends (decided by
+    /// `seed`) survives, the last surviving one possibly torn as `tear` says.
+    #[must_use = "the old handle is dead; use the returned one"]
+    pub fn crash_torn(&self, seed: u64, tear: Tear) -> SimStorage {
+        self.restart(Some((SplitMix(seed), tear)))
+    }
+
+    fn restart(&self, tear: Option<(SplitMix, Tear)>) -> SimStorage {
+        let mut state = self.state.lock();
+        state.crash(tear);
+        SimStorage {
+            state: Arc::clone(&self.state),
+            epoch: state.epoch,
+        }
+    }
+
+    /// The state, if this handle's process is still alive.
+    fn live(&self) -> io::Result<parking_lot::MutexGuard<'_, SimState>> {
+        let state = self.state.lock();
+        if state.epoch != self.epoch {
+            return Err(stale());
+        }
+        Ok(state)
+    }
+
+    /// Flips bit `bit` (0..8) of the byte at `offset`, in memory and on disk alike.
+    pub fn flip_bit(&self, name: &str, offset: u64, bit: u8) -> io::Result<()> {
+        if bit >= 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bit {bit} is not in 0..8"),
+            ));
+        }
+        let mut state = self.state.lock();
+        let id = state.inode_of(name)?;
+        let inode = state.inode(id);
+        let mask = 1u8 << bit;
+        let at = usize::try_from(offset).ok();
+        let byte = at.and_then(|at| inode.data.get_mut(at)).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is past the end of {name}"),
+            )
+        })?;
+        *byte ^= mask;
+        if let Some(byte) = at.and_then(|at| inode.durable.get_mut(at)) {
+            *byte ^= mask;
+        }
+        // The byte may also sit in an append that is not durable yet: flip it there too, so
+        // that a later sync or torn crash still yields the corrupted byte.
+        let mut position = inode.durable.len() as u64;
+        for change in &mut inode.unsynced {
+            match change {
+                Change::Append(bytes) => {
+                    let end = position + bytes.len() as u64;
+                    if (position..end).contains(&offset) {
+                        let at = usize::try_from(offset - position).expect("inside this append");
+                        bytes[at] ^= mask;
+                    }
+                    position = end;
+                }
+                Change::SetLen(len) => position = *len,
+            }
+        }
+        let mut replayed = inode.durable.clone();
+        for change in &inode.unsynced {
+            change.apply(&mut replayed);
+        }
+        if replayed != inode.data {
+            // Only when the byte came from zero-filling: describe the pending state plainly.
+            inode.unsynced = vec![Change::SetLen(0), Change::Append(inode.data.clone())];
+        }
+        Ok(())
+    }
+
+    /// The next sync (of a file or of the directory) fails with an I/O error and makes nothing
+    /// durable.
+    pub fn fail_next_sync(&self) {
+        self.state.lock().fail_next_sync = true;
+    }
+
+    /// Bounds the total size of the files; `None` removes the bound.
+    pub fn set_capacity_bytes(&self, capacity_bytes: Option<u64>) {
+        self.state.lock().capacity_bytes = capacity_bytes;
+    }
+
+    /// Every file sync takes this long, like a disk would (the lock is not held meanwhile).
+    pub fn set_sync_latency(&self, latency: Duration) {
+        self.state.lock().sync_latency = latency;
+    }
+
+    /// Total size of the files in the directory.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used_bytes()
+    }
+
+    /// Successful file syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Successful directory syncs so far.
+    pub fn dir_sync_count(&self) -> u64 {
+        self.state.lock().dir_syncs
+    }
+
+    fn sleep_sync_latency(&self) {
+        let latency = self.state.lock().sync_latency;
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+    }
+
+    fn handle(&self, id: u64) -> SimAppend {
+        SimAppend {
+            storage: self.clone(),
+            inode: id,
+        }
+    }
+}
+
+/// A `SimStorage` file open for appending.
+pub struct SimAppend {
+    storage: SimStorage,
+    inode: u64,
+}
+
+impl AppendFile for SimAppend {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.storage.live()?.append(self.inode, bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.storage.sleep_sync_latency();
+        self.storage.live()?.sync_inode(self.inode)
+    }
+}
+
+impl Storage for SimStorage {
+    type Append = SimAppend;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.live()?.names.keys().cloned().collect())
+    }
+
+    fn create(&self, name: &str) -> io::Result<SimAppend> {
+        check_name(name)?;
+        let mut state = self.live()?;
+        let id = match state.names.get(name) {
+            Some(&id) => {
+                let inode = state.inode(id);
+                inode.data.clear();
+                inode.unsynced.push(Change::SetLen(0));
+                id
+            }
+            None => {
+                let id = state.next_inode;
+                state.next_inode += 1;
+                state.inodes.insert(id, Inode::default());
+                state.names.insert(name.to_owned(), id);
+                id
+            }
+        };
+        Ok(self.handle(id))
+    }
+
+    fn open_append(&self, name: &str) -> io::Result<SimAppend> {
+        let state = self.live()?;
+        let id = state.inode_of(name)?;
+        Ok(self.handle(id))
+    }
+
+    fn len_bytes(&self, name: &str) -> io::Result<u64> {
+        let mut state = self.live()?;
+        let id = state.inode_of(name)?;
+        Ok(state.inode(id).data.len() as u64)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut state = self.live()?;
+        let id = state.inode_of(name)?;
+        Ok(state.inode(id).data.clone())
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut state = self.live()?;
+        let id = state.inode_of(name)?;
+        let data = &state.inode(id).data;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    fn truncate(&self, name: &str, len_bytes: u64) -> io::Result<()> {
+        let mut state = self.live()?;
+        let id = state.inode_of(name)?;
+        let inode = state.inode(id);
+        let change = Change::SetLen(len_bytes);
+        change.apply(&mut inode.data);
+        inode.unsynced.push(change);
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        check_name(to)?;
+        let mut state = self.live()?;
+        let id = state.inode_of(from)?;
+        state.names.remove(from);
+        state.names.insert(to.to_owned(), id);
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let mut state = self.live()?;
+        state.inode_of(name)?;
+        state.names.remove(name);
+        Ok(())
+    }
+
+    fn sync(&self, name: &str) -> io::Result<()> {
+        self.sleep_sync_latency();
+        let mut state = self.live()?;
+        let id = state.inode_of(name)?;
+        state.sync_inode(id)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        let mut state = self.live()?;
+        state.take_sync_failure()?;
+        state.durable_names = state.names.clone();
+        state.dir_syncs += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(storage: &SimStorage, name: &str, writes: &[&[u8]]) -> SimAppend {
+        let mut file = storage.open_append(name).expect("file exists");
+        for bytes in writes {
+            file.append(bytes).expect("append");
+        }
+        file
+    }
+
+    #[test]
+    fn crash_loses_unsynced_writes_and_keeps_synced_ones() {
+        let storage = SimStorage::new();
+        let mut file = storage.create("a").expect("create");
+        storage.sync_dir().expect("sync_dir");
+        file.append(b"durable").expect("append");
+        file.sync_data().expect("sync");
+        file.append(b" lost").expect("append");
+        assert_eq!(storage.read("a").expect("read"), b"durable lost");
+        storage.truncate("a", 3).expect("truncate");
+        let storage = storage.crash();
+        assert_eq!(storage.read("a").expect("read"), b"durable");
+        assert!(
+            file.append(b"x").is_err(),
+            "a handle from before the crash is dead"
+        );
+        assert!(file.sync_data().is_err());
+        assert_eq!(storage.sync_count(), 1);
+    }
+
+    #[test]
+    fn crash_reverts_directory_changes_since_the_last_sync_dir() {
+        let storage = SimStorage::new();
+        let mut kept = storage.create("kept").expect("create");
+        kept.append(b"k").expect("append");
+        kept.sync_data().expect("sync");
+        let mut gone = storage.create("removed").expect("create");
+        gone.append(b"r").expect("append");
+        gone.sync_data().expect("sync");
+        storage.sync_dir().expect("sync_dir");
+
+        // Made durable as data, but never as a name.
+        let mut new = storage.create("new").expect("create");
+        new.append(b"n").expect("append");
+        new.sync_data().expect("sync");
+        storage.rename("kept", "renamed").expect("rename");
+        storage.remove("removed").expect("remove");
+        assert_eq!(storage.list().expect("list"), ["new", "renamed"]);
+        let storage = storage.crash();
+        assert_eq!(storage.list().expect("list"), ["kept", "removed"]);
+        assert_eq!(storage.read("kept").expect("read"), b"k");
+        assert_eq!(storage.read("removed").expect("read"), b"r");
+
+        storage.rename("kept", "renamed").expect("rename");
+        storage.sync_dir().expect("sync_dir");
+        let storage = storage.crash();
+        assert_eq!(storage.list().expect("list"), ["removed", "renamed"]);
+        assert_eq!(storage.read("renamed").expect("read"), b"k");
+    }
+
+    fn torn_outcomes(tear: Tear, writes: &[&[u8]]) -> Vec<Vec<u8>> {
+        (0..200)
+            .map(|seed| {
+                let storage = SimStorage::new();
+                let mut file = storage.create("f").expect("create");
+                file.append(b"synced").expect("append");
+                file.sync_data().expect("sync");
+                storage.sync_dir().expect("sync_dir");
+                append(&storage, "f", writes);
+                let storage = storage.crash_torn(seed, tear);
+                storage.read("f").expect("read")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn byte_tear_keeps_a_prefix_cut_anywhere_and_is_deterministic() {
+        let first = [b'a'; 10];
+        let second = [b'b'; 10];
+        let outcomes = torn_outcomes(Tear::Byte, &[&first, &second]);
+        assert_eq!(outcomes, torn_outcomes(Tear::Byte, &[&first, &second]));
+        let mut full: Vec<u8> = b"synced".to_vec();
+        full.extend_from_slice(&first);
+        full.extend_from_slice(&second);
+        let mut lengths = std::collections::BTreeSet::new();
+        for data in &outcomes {
+            assert!(full.starts_with(data), "a prefix of what was written");
+            assert!(data.len() >= 6, "synced bytes survive");
+            lengths.insert(data.len());
+        }
+        // Every length from "nothing unsynced survived" to "everything did" shows up.
+        assert_eq!(lengths, (6..=26).collect());
+    }
+
+    #[test]
+    fn sector_tear_cuts_only_at_sector_boundaries() {
+        let big = vec![7u8; 3 * SIM_SECTOR_BYTES as usize];
+        let outcomes = torn_outcomes(Tear::Sector, &[&big]);
+        let mut lengths = std::collections::BTreeSet::new();
+        for data in &outcomes {
+            assert!(
+                data.len() == 6
+                    || (data.len() as u64).is_multiple_of(SIM_SECTOR_BYTES)
+                    || data.len() == 6 + big.len()
+            );
+            lengths.insert(data.len());
+        }
+        let sector = SIM_SECTOR_BYTES as usize;
+        assert_eq!(
+            lengths,
+            [6, sector, 2 * sector, 3 * sector, 6 + big.len()]
+                .into_iter()
+                .collect()
+        );
+    }
+
+    #[test]
+    fn flip_bit_corrupts_durable_and_pending_bytes() {
+        let storage = SimStorage::new();
+        let mut file = storage.create("f").expect("create");
+        storage.sync_dir().expect("sync_dir");
+        file.append(&[0u8; 4]).expect("append");
+        file.sync_data().expect("sync");
+        file.append(&[0u8; 4]).expect("append");
+        storage.flip_bit("f", 1, 3).expect("flip durable byte");
+        storage.flip_bit("f", 6, 0).expect("flip pending byte");
+        assert!(storage.flip_bit("f", 8, 0).is_err(), "past the end");
+        assert!(storage.flip_bit("f", 0, 8).is_err(), "no bit 8");
+        assert_eq!(storage.read("f").expect("read"), [0, 8, 0, 0, 0, 0, 1, 0]);
+        file.sync_data().expect("sync");
+        let storage = storage.crash();
+        assert_eq!(storage.read("f").expect("read"), [0, 8, 0, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn failed_sync_makes_nothing_durable_and_fails_once() {
+        let storage = SimStorage::new();
+        let mut file = storage.create("f").expect("create");
+        storage.sync_dir().expect("sync_dir");
+        file.append(b"data").expect("append");
+        storage.fail_next_sync();
+        assert!(file.sync_data().is_err());
+        let storage = storage.crash();
+        assert_eq!(storage.read("f").expect("read"), b"");
+        let mut file = storage.open_append("f").expect("reopen");
+        file.append(b"again").expect("append");
+        file.sync_data().expect("the failure was for one sync only");
+        storage.fail_next_sync();
+        assert!(storage.sync_dir().is_err(), "directory syncs fail too");
+        let storage = storage.crash();
+        assert_eq!(storage.read("f").expect("read"), b"again");
+    }
+
+    #[test]
+    fn out_of_space_writes_nothing() {
+        let storage = SimStorage::new();
+        storage.set_capacity_bytes(Some(10));
+        let mut file = storage.create("f").expect("create");
+        file.append(b"12345678").expect("fits");
+        let err = file.append(b"abc").expect_err("over capacity");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(storage.read("f").expect("read"), b"12345678");
+        assert_eq!(storage.used_bytes(), 8);
+        file.append(b"ab").expect("exactly full");
+        storage.remove("f").expect("remove");
+        let mut other = storage.create("g").expect("create");
+        other.append(b"0123456789").expect("space was freed");
+        storage.set_capacity_bytes(None);
+        other.append(&[0; 100]).expect("unbounded");
+    }
+
+    #[test]
+    fn reads_and_names() {
+        let storage = SimStorage::new();
+        append_via_create(&storage, "f", b"0123456789");
+        let mut buf = [0u8; 4];
+        assert_eq!(storage.read_at("f", 8, &mut buf).expect("read"), 2);
+        assert_eq!(&buf[..2], b"89");
+        assert_eq!(storage.read_at("f", 20, &mut buf).expect("read"), 0);
+        assert_eq!(storage.len_bytes("f").expect("len"), 10);
+        assert_eq!(
+            storage.read("missing").expect_err("missing").kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            storage.create("a/b").err().map(|e| e.kind()),
+            Some(io::ErrorKind::InvalidInput)
+        );
+        storage.create("f").expect("create truncates");
+        assert_eq!(storage.read("f").expect("read"), b"");
+    }
+
+    fn append_via_create(storage: &impl Storage, name: &str, bytes: &[u8]) {
+        let mut file = storage.create(name).expect("create");
+        file.append(bytes).expect("append");
+        file.sync_data().expect("sync");
+    }
+
+    #[test]
+    fn file_storage_does_what_the_trait_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FileStorage::open(dir.path().join("wal")).expect("open");
+        append_via_create(&storage, "b", b"0123456789");
+        append_via_create(&storage, "a", b"x");
+        std::fs::create_dir(storage.dir().join("subdir")).expect("mkdir");
+        assert_eq!(storage.list().expect("list"), ["a", "b"]);
+        let mut file = storage.open_append("b").expect("open");
+        file.append(b"ab").expect("append");
+        file.sync_data().expect("sync");
+        assert_eq!(storage.read("b").expect("read"), b"0123456789ab");
+        let mut buf = [0u8; 4];
+        assert_eq!(storage.read_at("b", 10, &mut buf).expect("read"), 2);
+        assert_eq!(&buf[..2], b"ab");
+        storage.truncate("b", 3).expect("truncate");
+        storage.sync("b").expect("sync");
+        assert_eq!(storage.len_bytes("b").expect("len"), 3);
+        storage.rename("b", "c").expect("rename");
+        storage.remove("a").expect("remove");
+        storage.sync_dir().expect("sync_dir");
+        assert_eq!(storage.list().expect("list"), ["c"]);
+        assert_eq!(storage.read("c").expect("read"), b"012");
+        assert_eq!(
+            storage.read("../c").expect_err("not a plain name").kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+}

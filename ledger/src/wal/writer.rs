@@ -1,0 +1,439 @@
+//! Group commit: one writer thread takes whatever was submitted since its last write, appends
+//! it with one write, makes it durable with one fdatasync, and only then acknowledges each record.
+//! It batches at its own pace: while one group syncs, the next accumulates. There are no timers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::format::{
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN, SegmentHeader, encode_record, segment_file_name,
+};
+use super::recovery::Resume;
+use super::{Durability, OpenError, StorageError, WalError, WalOptions};
+use crate::storage::{AppendFile, Storage};
+
+/// Told once whether a record is durable: `Ok(sequence)` after the fdatasync that covers it,
+/// or `Err` if it never will be. Runs on the writer thread (the next group waits for it), so it
+/// must be quick and must not panic; it must not take locks that a submitter holds while
+/// calling `Permit::submit`.
+pub type OnDurable = Box<dyn FnOnce(Result<u64, WalError>) + Send>;
+
+struct Entry {
+    sequence: u64,
+    payload: Vec<u8>,
+    on_durable: OnDurable,
+}
+
+struct Shared {
+    queue_depth_max: usize,
+    /// Reserved slots: permits not yet submitted plus entries not yet answered.
+    queued: AtomicUsize,
+    /// Set once, by the first fatal error; from then on nothing is acknowledged.
+    failure: OnceLock<Arc<str>>,
+    /// Sequence assignment and the push to the writer happen under one lock, so that sequence
+    /// order is submission order is write order.
+    submitter: Mutex<Submitter>,
+    record_size_max_bytes: u32,
+}
+
+struct Submitter {
+    next_sequence: u64,
+    /// `None` once the log is closing.
+    sender: Option<Sender<Entry>>,
+}
+
+impl Shared {
+    /// Records the first fatal error and returns the one in force.
+    fn fail(&self, reason: String) -> Arc<str> {
+        let _ = self.failure.set(reason.into());
+        self.failure
+            .get()
+            .expect("the failure was just set, or already was")
+            .clone()
+    }
+
+    fn failed(&self) -> Option<WalError> {
+        self.failure.get().map(|reason| WalError::Failed {
+            reason: reason.clone(),
+        })
+    }
+
+    fn release(&self, slots: usize) {
+        let before = self.queued.fetch_sub(slots, Ordering::AcqRel);
+        assert!(
+            before >= slots,
+            "released more queue slots than were reserved"
+        );
+    }
+}
+
+/// The write-ahead log, open for appending. Dropping it (or `close`) waits until everything
+/// submitted has been answered.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    durability: Durability,
+}
+
+/// The right to submit one record, obtained from `Wal::reserve`. Dropping it unused gives the
+/// slot back.
+#[must_use = "a permit holds a queue slot until it is submitted or dropped"]
+pub struct Permit<'a> {
+    wal: &'a Wal,
+    submitted: bool,
+}
+
+impl Wal {
+    /// Starts a new segment where `resume` (from `recover`) says and the writer thread.
+    /// With `Durability::None`, log `Durability::warning` where an operator sees it.
+    pub fn open<S: Storage>(
+        storage: S,
+        options: WalOptions,
+        resume: Resume,
+    ) -> Result<Wal, OpenError> {
+        options.validate()?;
+        let segment = Segment::create(&storage, resume.next_segment(), resume.next_sequence())?;
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            queue_depth_max: options.queue_depth_max,
+            queued: AtomicUsize::new(0),
+            failure: OnceLock::new(),
+            submitter: Mutex::new(Submitter {
+                next_sequence: resume.next_sequence(),
+                sender: Some(sender),
+            }),
+            record_size_max_bytes: options.record_size_max_bytes,
+        });
+        let durability = options.durability;
+        let writer = Writer {
+            storage,
+            shared: Arc::clone(&shared),
+            receiver,
+            segment,
+            next_sequence: resume.next_sequence(),
+            buf: Vec::new(),
+            group: Vec::new(),
+            carry: None,
+            options,
+        };
+        let writer = std::thread::Builder::new()
+            .name("wal-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::new("writer thread", "spawn", e))?;
+        Ok(Wal {
+            shared,
+            writer: Some(writer),
+            durability,
+        })
+    }
+
+    /// Reserves a slot for one record, or says at once why not: `QueueFull` (nothing was
+    /// reserved; answer "busy") or `Failed`. Never blocks. Reserve before changing anything
+    /// that the record will describe, because `Permit::submit` cannot refuse.
+    pub fn reserve(&self) -> Result<Permit<'_>, WalError> {
+        if let Some(failed) = self.shared.failed() {
+            return Err(failed);
+        }
+        let max = self.shared.queue_depth_max;
+        self.shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued < max).then_some(queued + 1)
+            })
+            .map_err(|_| WalError::QueueFull)?;
+        Ok(Permit {
+            wal: self,
+            submitted: false,
+        })
+    }
+
+    /// Appends one record and waits until it is durable. For tests and tools; a server uses
+    /// `reserve` and `Permit::submit`.
+    pub fn append(&self, payload: Vec<u8>) -> Result<u64, WalError> {
+        let permit = self.reserve()?;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        permit.submit(
+            payload,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap_or_else(|_| {
+            Err(WalError::Failed {
+                reason: "WAL writer stopped without answering".into(),
+            })
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Payloads larger than this make the log fail; check before applying what they describe.
+    pub fn record_size_max_bytes(&self) -> u32 {
+        self.shared.record_size_max_bytes
+    }
+
+    /// Waits until everything submitted has been answered, stops the writer, and reports the
+    /// failure the log ended with, if any.
+    pub fn close(mut self) -> Result<(), WalError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), WalError> {
+        // Dropping the sender lets the writer drain the queue and stop.
+        self.shared.submitter.lock().sender = None;
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            self.shared.fail("WAL writer thread panicked".to_owned());
+        }
+        match self.shared.failed() {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl Permit<'_> {
+    /// Queues `payload` as the next record and returns its sequence number; `on_durable` is
+    /// called once with the outcome. Cheap and non-blocking: call it under the locks that
+    /// ordered the change, so that sequence order is the order the changes were applied in.
+    ///
+    /// A payload over `record_size_max_bytes` cannot be logged, yet whatever it describes
+    /// may already be applied, so it makes the log fail: this and every later submission get
+    /// `WalError::Failed`.
+    pub fn submit(mut self, payload: Vec<u8>, on_durable: OnDurable) -> u64 {
+        self.submitted = true;
+        let shared = &self.wal.shared;
+        let max = shared.record_size_max_bytes;
+        if payload.len() > max as usize {
+            shared.fail(format!(
+                "a record of {} bytes was submitted, over the maximum of {max} bytes",
+                payload.len()
+            ));
+        }
+        let mut submitter = shared.submitter.lock();
+        let sequence = submitter.next_sequence;
+        submitter.next_sequence += 1;
+        let entry = Entry {
+            sequence,
+            payload,
+            on_durable,
+        };
+        let unsent = match &submitter.sender {
+            Some(sender) => sender.send(entry).err().map(|e| e.into_inner()),
+            None => Some(entry),
+        };
+        drop(submitter);
+        if let Some(entry) = unsent {
+            // Only if the writer thread died (a callback panicked): nobody else will answer.
+            let reason = shared.fail("WAL writer thread is gone".to_owned());
+            shared.release(1);
+            (entry.on_durable)(Err(WalError::Failed { reason }));
+        }
+        sequence
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.submitted {
+            self.wal.shared.release(1);
+        }
+    }
+}
+
+/// The segment being appended to.
+struct Segment<A> {
+    number: u64,
+    name: String,
+    file: A,
+    len_bytes: u64,
+    records: u64,
+}
+
+impl<A: AppendFile> Segment<A> {
+    /// Creates segment `number` holding only its header, durably (in every durability mode:
+    /// see `Writer::rotate`).
+    fn create<S: Storage<Append = A>>(
+        storage: &S,
+        number: u64,
+        first_sequence: u64,
+    ) -> Result<Self, StorageError> {
+        let name = segment_file_name(number);
+        let err = |action: &'static str| {
+            let name = &name;
+            move |e| StorageError::new(name, action, e)
+        };
+        let mut file = storage.create(&name).map_err(err("create"))?;
+        let header = SegmentHeader {
+            segment: number,
+            first_sequence,
+        };
+        file.append(&header.encode()).map_err(err("write header"))?;
+        file.sync_data().map_err(err("fdatasync"))?;
+        storage
+            .sync_dir()
+            .map_err(|e| StorageError::new("directory", "fsync", e))?;
+        Ok(Segment {
+            len_bytes: SEGMENT_HEADER_LEN as u64,
+            name,
+            number,
+            file,
+            records: 0,
+        })
+    }
+}
+
+struct Writer<S: Storage> {
+    storage: S,
+    options: WalOptions,
+    shared: Arc<Shared>,
+    receiver: Receiver<Entry>,
+    segment: Segment<S::Append>,
+    next_sequence: u64,
+    /// The group's bytes, reused from group to group.
+    buf: Vec<u8>,
+    group: Vec<Entry>,
+    /// The entry that did not fit into the last group.
+    carry: Option<Entry>,
+}
+
+impl<S: Storage> Writer<S> {
+    fn run(mut self) {
+        loop {
+            let first = match self.carry.take() {
+                Some(entry) => entry,
+                None => match self.receiver.recv() {
+                    Ok(entry) => entry,
+                    // Closed, and everything queued has been answered.
+                    Err(_) => return,
+                },
+            };
+            self.collect(first);
+            // Checked after collecting: an oversized submission sets the failure before it is
+            // queued, so it is never written and nothing after it is acknowledged.
+            let outcome = match self.shared.failure.get() {
+                Some(reason) => Err(reason.clone()),
+                None => self
+                    .write_group()
+                    .map_err(|reason| self.shared.fail(reason)),
+            };
+            let mut group = std::mem::take(&mut self.group);
+            self.shared.release(group.len());
+            for entry in group.drain(..) {
+                let result = match &outcome {
+                    Ok(()) => Ok(entry.sequence),
+                    Err(reason) => Err(WalError::Failed {
+                        reason: reason.clone(),
+                    }),
+                };
+                (entry.on_durable)(result);
+            }
+            self.group = group;
+        }
+    }
+
+    /// Takes `first` and whatever else is queued, within the group bounds.
+    fn collect(&mut self, first: Entry) {
+        let mut size_bytes = first.payload.len();
+        self.group.push(first);
+        while self.group.len() < self.options.group_records_max {
+            let Ok(entry) = self.receiver.try_recv() else {
+                break;
+            };
+            size_bytes = size_bytes.saturating_add(entry.payload.len());
+            if size_bytes > self.options.group_size_max_bytes {
+                self.carry = Some(entry);
+                break;
+            }
+            self.group.push(entry);
+        }
+    }
+
+    /// Writes the group and syncs it. An error is fatal: after a failed write or fdatasync the
+    /// file's state is unknown (Linux may drop the dirty pages and report success next time),
+    /// so nothing is retried and nothing more is acknowledged.
+    fn write_group(&mut self) -> Result<(), String> {
+        self.buf.clear();
+        for i in 0..self.group.len() {
+            let sequence = self.group[i].sequence;
+            let len = self.group[i].payload.len();
+            assert_eq!(
+                sequence, self.next_sequence,
+                "records reach the writer in sequence order"
+            );
+            debug_assert!(len <= self.options.record_size_max_bytes as usize);
+            let record_bytes = (RECORD_HEADER_LEN + len) as u64;
+            if self.segment.records > 0
+                && self.segment.len_bytes + record_bytes > self.options.segment_size_max_bytes
+            {
+                self.rotate()?;
+            }
+            encode_record(
+                &mut self.buf,
+                self.segment.number,
+                sequence,
+                &self.group[i].payload,
+            );
+            self.segment.len_bytes += record_bytes;
+            self.segment.records += 1;
+            self.next_sequence += 1;
+        }
+        self.flush()?;
+        if self.options.durability == Durability::Fsync {
+            self.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the current segment durable and starts the next one. This syncs even with
+    /// `Durability::None`: recovery relies on every segment but the last being whole (only the
+    /// last may have a torn tail), and one sync per segment costs a benchmark nothing.
+    fn rotate(&mut self) -> Result<(), String> {
+        self.flush()?;
+        self.sync_data()?;
+        let number = self
+            .segment
+            .number
+            .checked_add(1)
+            .ok_or_else(|| "WAL segment numbers exhausted".to_owned())?;
+        self.segment = Segment::create(&self.storage, number, self.next_sequence)
+            .map_err(|e| format!("WAL segment {e}"))?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.segment.file.append(&self.buf);
+        self.buf.clear();
+        result.map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::StorageFull {
+                "out of space"
+            } else {
+                "write failed"
+            };
+            format!("WAL segment {}: {what}: {e}", self.segment.name)
+        })
+    }
+
+    fn sync_data(&mut self) -> Result<(), String> {
+        self.segment
+            .file
+            .sync_data()
+            .map_err(|e| format!("WAL segment {}: fdatasync failed: {e}", self.segment.name))
+    }
+}
