@@ -88,7 +88,7 @@ pub enum Request {
     },
     Capture {
         authorization: RequestId,
-        /// 0: the whole held amount.
+        /// 1 up to the held amount; the rest of the hold is released.
         amount: Amount,
     },
     Reverse {
@@ -204,6 +204,8 @@ pub enum Stage {
 /// What a transfer-status response says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Status {
+    /// The ledger transfer of the authorization or sale (its request id).
+    pub transfer: TransferId,
     pub stage: Stage,
     pub currency: Currency,
     pub amount: Amount,
@@ -219,6 +221,7 @@ pub enum Body {
     Transfer {
         transfer: TransferId,
         amount: Amount,
+        currency: Currency,
     },
     Balance {
         account: AccountId,
@@ -257,7 +260,8 @@ impl Response {
     }
 
     fn from_outcome(id: RequestId, outcome: Outcome) -> Self {
-        Response::new(id, code_for(outcome), Reason::ledger(outcome))
+        let (code, reason) = code_for(outcome);
+        Response::new(id, code, reason)
     }
 }
 
@@ -361,7 +365,7 @@ enum Finish {
     Capture(RequestId, Amount),
     Reverse(RequestId),
     Sale(Original),
-    Refund(RequestId, Amount),
+    Refund(RequestId, Amount, Currency),
 }
 
 struct Planned {
@@ -436,6 +440,14 @@ impl Core {
         let mut wave = Wave::default();
         for (slot, item) in items.into_iter().enumerate() {
             let Item { id, who, request } = item;
+            if id.0 == 0 || id.0 == u128::MAX {
+                out[slot] = Some(Response::new(
+                    id,
+                    Code::InvalidTransaction,
+                    Reason::INVALID_ID,
+                ));
+                continue;
+            }
             let fingerprint = fingerprint(who, &request);
             let command = match request {
                 Request::BalanceInquiry { target } => {
@@ -539,7 +551,7 @@ impl Core {
                 let seconds = match expiry_seconds {
                     0 => self.config.default_expiry_seconds,
                     s if s > self.config.expiry_seconds_max => {
-                        return reject(Code::InvalidTransaction, Reason::EXPIRY_TOO_LONG);
+                        return reject(Code::InvalidTransaction, Reason::NONE);
                     }
                     s => s,
                 };
@@ -571,7 +583,7 @@ impl Core {
                 number: Some(number),
                 ..
             } if !is_valid_number(&number) => {
-                return reject(Code::InvalidAccount, Reason::UNKNOWN_NUMBER);
+                return reject(Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER);
             }
             Request::CreateParticipant {
                 participant,
@@ -643,7 +655,7 @@ impl Core {
         if !is_valid_number(number) {
             return Err(Response::new(
                 id,
-                Code::InvalidAccount,
+                Code::InvalidCardOrAccount,
                 Reason::UNKNOWN_NUMBER,
             ));
         }
@@ -653,13 +665,13 @@ impl Core {
         let account = route
             .pooled_account
             .or_else(|| self.directory.get(number).copied())
-            .ok_or_else(|| Response::new(id, Code::InvalidAccount, Reason::UNKNOWN_NUMBER))?;
+            .ok_or_else(|| Response::new(id, Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER))?;
         match self.ledger.account(account) {
             Some(a) if a.owner == route.issuer => Ok(account),
             Some(_) => Err(Response::new(id, Code::CannotRoute, Reason::NO_ROUTE)),
             None => Err(Response::new(
                 id,
-                Code::InvalidAccount,
+                Code::InvalidCardOrAccount,
                 Reason::UNKNOWN_NUMBER,
             )),
         }
@@ -690,11 +702,7 @@ impl Core {
             out[slot] = Some(if *original_fingerprint == fingerprint {
                 response.clone()
             } else {
-                Response::new(
-                    id,
-                    Code::Duplicate,
-                    Reason::ledger(Outcome::ExistsWithDifferentFields),
-                )
+                Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
             });
             return false;
         }
@@ -733,6 +741,10 @@ impl Core {
     }
 
     fn remember(&mut self, id: RequestId, fingerprint: u64, response: &Response) {
+        // Nothing was done: a retry with the same id is executed normally.
+        if matches!(response.code, Code::SystemBusy | Code::SystemMalfunction) {
+            return;
+        }
         self.responses
             .insert(id.0, (fingerprint, response.clone()), |_| false);
     }
@@ -751,7 +763,7 @@ impl Core {
     ) -> Result<(Vec<Op>, Finish, Option<(String, AccountId)>), Response> {
         let reject = |code, reason| Err(Response::new(id, code, reason));
         if command.is_admin() && !who.admin {
-            return reject(Code::NotPermitted, Reason::NOT_ADMIN);
+            return reject(Code::NotPermitted, Reason::ADMIN_REQUIRED);
         }
         let transfer = |debit, credit, amount, currency, kind| {
             Op::Transfer(Transfer {
@@ -771,7 +783,7 @@ impl Core {
                 roles,
             } => {
                 if !participant.is_valid() {
-                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
                 let new = Participant {
                     name: name.clone(),
@@ -779,7 +791,7 @@ impl Core {
                 };
                 match self.participants.get(participant) {
                     Some(existing) if *existing == new => {}
-                    Some(_) => return reject(Code::Duplicate, Reason::NONE),
+                    Some(_) => return reject(Code::DuplicateWithOtherFields, Reason::ID_REUSED),
                     None => {
                         self.participants.insert(*participant, new);
                     }
@@ -792,7 +804,7 @@ impl Core {
                 net_debit_cap,
             } => {
                 if !self.participants.contains_key(participant) {
-                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
                 self.limits
                     .insert((*participant, *currency), *net_debit_cap);
@@ -806,19 +818,19 @@ impl Core {
                 number,
             } => {
                 if !self.participants.contains_key(owner) {
-                    return reject(Code::InvalidTransaction, Reason::PARTICIPANT_NOT_FOUND);
+                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
                 if is_system_account(*account) {
-                    return reject(Code::InvalidAccount, Reason::NONE);
+                    return reject(Code::InvalidCardOrAccount, Reason::NONE);
                 }
                 let number = match number {
                     None => None,
                     Some(n) if !is_valid_number(n) => {
-                        return reject(Code::InvalidAccount, Reason::UNKNOWN_NUMBER);
+                        return reject(Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER);
                     }
                     Some(n) => match self.directory.get(n) {
                         Some(existing) if existing != account => {
-                            return reject(Code::InvalidTransaction, Reason::NUMBER_TAKEN);
+                            return reject(Code::InvalidTransaction, Reason::ALREADY_EXISTS);
                         }
                         _ => Some((n.clone(), *account)),
                     },
@@ -837,7 +849,7 @@ impl Core {
                 currency,
             } => {
                 let Some(target) = self.ledger.account(*account) else {
-                    return reject(Code::InvalidAccount, Reason::NONE);
+                    return reject(Code::InvalidCardOrAccount, Reason::NONE);
                 };
                 let funding = funding_account(target.owner, *currency);
                 let mut ops = Vec::with_capacity(2);
@@ -867,10 +879,7 @@ impl Core {
             } => {
                 let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
                 if self.early_reversals.map.contains_key(&id.0) {
-                    return reject(
-                        Code::InvalidTransaction,
-                        Reason::REVERSED_BEFORE_AUTHORIZATION,
-                    );
+                    return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                 }
                 let op = transfer(
                     *card,
@@ -916,27 +925,17 @@ impl Core {
                 match original.stage {
                     Stage::Held => {}
                     Stage::Captured => {
-                        return reject(Code::InvalidTransaction, Reason::ALREADY_CAPTURED);
+                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED);
                     }
                     Stage::Sold => return reject(Code::InvalidTransaction, Reason::NONE),
                     Stage::Reversed => {
-                        return reject(
-                            Code::InvalidTransaction,
-                            Reason::ledger(Outcome::PendingTransferAlreadyVoided),
-                        );
+                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                     }
                     Stage::Expired => {
-                        return reject(
-                            Code::InvalidTransaction,
-                            Reason::ledger(Outcome::PendingTransferExpired),
-                        );
+                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED);
                     }
                 }
-                let amount = if *amount == Amount::ZERO {
-                    original.amount
-                } else {
-                    *amount
-                };
+                let amount = *amount;
                 let op = transfer(
                     AccountId(0),
                     AccountId(0),
@@ -956,7 +955,7 @@ impl Core {
                     return Err(Response::new(
                         id,
                         Code::Approved,
-                        Reason::REVERSED_BEFORE_AUTHORIZATION,
+                        Reason::AUTHORIZATION_REVERSED,
                     ));
                 };
                 if !(who.admin || original.acquirer == who.participant) {
@@ -969,7 +968,7 @@ impl Core {
                         return Err(Response::approved(id, Body::None));
                     }
                     Stage::Captured | Stage::Sold => {
-                        return reject(Code::InvalidTransaction, Reason::ALREADY_CAPTURED);
+                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED);
                     }
                 }
                 let op = transfer(
@@ -990,14 +989,14 @@ impl Core {
             } => {
                 let original = self.original_of(id, who, *original_id)?;
                 if !matches!(original.stage, Stage::Captured | Stage::Sold) {
-                    return reject(Code::InvalidTransaction, Reason::NOT_CAPTURED);
+                    return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_NOT_FOUND);
                 }
                 if *currency != original.currency {
                     return reject(Code::InvalidTransaction, Reason::CURRENCY_MISMATCH);
                 }
                 let refundable = original.captured.0 - original.refunded.0;
                 if *amount == Amount::ZERO || amount.0 > refundable {
-                    return reject(Code::InvalidAmount, Reason::REFUND_EXCEEDS_CAPTURED);
+                    return reject(Code::InvalidAmount, Reason::EXCEEDS_REFUNDABLE);
                 }
                 let op = transfer(
                     original.merchant,
@@ -1006,7 +1005,11 @@ impl Core {
                     *currency,
                     TransferKind::Single,
                 );
-                Ok((vec![op], Finish::Refund(*original_id, *amount), None))
+                Ok((
+                    vec![op],
+                    Finish::Refund(*original_id, *amount, *currency),
+                    None,
+                ))
             }
         }
     }
@@ -1024,8 +1027,8 @@ impl Core {
         let Some(m) = self.ledger.account(merchant) else {
             return Err(Response::new(
                 id,
-                Code::InvalidAccount,
-                Reason::ledger(Outcome::CreditAccountNotFound),
+                Code::InvalidCardOrAccount,
+                Reason::ACCOUNT_NOT_FOUND,
             ));
         };
         if !self.owns(who, &m) {
@@ -1050,7 +1053,11 @@ impl Core {
         of: RequestId,
     ) -> Result<Original, Response> {
         let original = self.originals.map.get(&of.0).copied().ok_or_else(|| {
-            Response::new(id, Code::InvalidTransaction, Reason::ORIGINAL_NOT_FOUND)
+            Response::new(
+                id,
+                Code::InvalidTransaction,
+                Reason::AUTHORIZATION_NOT_FOUND,
+            )
         })?;
         if !(who.admin || original.acquirer == who.participant) {
             return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
@@ -1095,6 +1102,16 @@ impl Core {
             return Response::from_outcome(id, outcome);
         }
         let transfer = TransferId(id.0);
+        let moved = |amount: Amount, currency: Currency| {
+            Response::approved(
+                id,
+                Body::Transfer {
+                    transfer,
+                    amount,
+                    currency,
+                },
+            )
+        };
         match finish {
             Finish::CreateAccount => {
                 if let Some((number, account)) = number {
@@ -1102,49 +1119,41 @@ impl Core {
                 }
                 Response::approved(id, Body::None)
             }
-            Finish::Fund => Response::approved(
-                id,
-                Body::Transfer {
-                    transfer,
-                    amount: self
-                        .ledger
-                        .transfer(transfer)
-                        .map_or(Amount::ZERO, |r| r.event.amount),
-                },
-            ),
+            Finish::Fund => match self.ledger.transfer(transfer) {
+                Some(r) => moved(r.event.amount, r.event.currency),
+                None => Response::approved(id, Body::None),
+            },
             Finish::Authorize(original) | Finish::Sale(original) => {
                 self.originals
                     .insert(id.0, original, |o| o.stage == Stage::Held);
-                Response::approved(
-                    id,
-                    Body::Transfer {
-                        transfer,
-                        amount: original.amount,
-                    },
-                )
+                moved(original.amount, original.currency)
             }
             Finish::Capture(authorization, amount) => {
-                if let Some(o) = self.originals.map.get_mut(&authorization.0) {
-                    o.stage = Stage::Captured;
-                    o.captured = amount;
-                }
-                Response::approved(id, Body::Transfer { transfer, amount })
+                let o = self
+                    .originals
+                    .map
+                    .get_mut(&authorization.0)
+                    .expect("a live hold's authorization is never forgotten");
+                o.stage = Stage::Captured;
+                o.captured = amount;
+                let currency = o.currency;
+                moved(amount, currency)
             }
             Finish::Reverse(authorization) => {
-                let amount = match self.originals.map.get_mut(&authorization.0) {
-                    Some(o) => {
-                        o.stage = Stage::Reversed;
-                        o.amount
-                    }
-                    None => Amount::ZERO,
-                };
-                Response::approved(id, Body::Transfer { transfer, amount })
+                let o = self
+                    .originals
+                    .map
+                    .get_mut(&authorization.0)
+                    .expect("a live hold's authorization is never forgotten");
+                o.stage = Stage::Reversed;
+                let (amount, currency) = (o.amount, o.currency);
+                moved(amount, currency)
             }
-            Finish::Refund(original, amount) => {
+            Finish::Refund(original, amount, currency) => {
                 if let Some(o) = self.originals.map.get_mut(&original.0) {
                     o.refunded = Amount(o.refunded.0 + amount.0);
                 }
-                Response::approved(id, Body::Transfer { transfer, amount })
+                moved(amount, currency)
             }
         }
     }
@@ -1158,11 +1167,10 @@ impl Core {
             },
         };
         let Some(a) = self.ledger.account(account) else {
-            return Response::new(id, Code::InvalidAccount, Reason::NONE);
+            return Response::new(id, Code::InvalidCardOrAccount, Reason::NONE);
         };
-        // By number: anyone the card is presented to may ask (an ATM's acquirer). By account
-        // id: only its owner.
-        if matches!(target, Target::Account(_)) && !self.owns(who, &a) {
+        // Only the owner may ask (by number, that is the issuer the number routes to).
+        if !self.owns(who, &a) {
             return Response::new(id, Code::NotPermitted, Reason::NOT_OWNER);
         }
         Response::approved(
@@ -1175,19 +1183,48 @@ impl Core {
         )
     }
 
+    /// What became of an earlier request. Anything the sender may not see is "not found"
+    /// (an approved answer with no status), so that request ids do not leak.
     fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {
-        match self.original_of(id, who, of) {
-            Ok(o) => Response::approved(
+        let not_found = Response::approved(id, Body::None);
+        if let Some(o) = self.originals.map.get(&of.0) {
+            if !(who.admin || o.acquirer == who.participant) {
+                return not_found;
+            }
+            return Response::approved(
                 id,
                 Body::Status(Status {
+                    transfer: TransferId(of.0),
                     stage: o.stage,
                     currency: o.currency,
                     amount: o.amount,
                     captured: o.captured,
                     refunded: o.refunded,
                 }),
-            ),
-            Err(response) => response,
+            );
         }
+        // Funds and refunds: posted transfers, visible to the owner of the debited account.
+        let Some(record) = self.ledger.transfer(TransferId(of.0)) else {
+            return not_found;
+        };
+        let visible = who.admin
+            || self
+                .ledger
+                .account(record.debit_account_id)
+                .is_some_and(|a| a.owner == who.participant);
+        if !visible || record.state != ledger::TransferState::Posted {
+            return not_found;
+        }
+        Response::approved(
+            id,
+            Body::Status(Status {
+                transfer: TransferId(of.0),
+                stage: Stage::Sold,
+                currency: record.event.currency,
+                amount: record.event.amount,
+                captured: Amount::ZERO,
+                refunded: Amount::ZERO,
+            }),
+        )
     }
 }

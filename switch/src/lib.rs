@@ -22,10 +22,13 @@ macro_rules! proptest_config {
     };
 }
 
+pub mod client;
 pub mod codes;
 pub mod config;
 pub mod core;
 pub mod journal;
 pub mod routing;
+pub mod server;
 pub mod tls;
+pub mod translate;
 pub mod wire;

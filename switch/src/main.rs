@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
+            let path = config.clone();
             let loaded = match &config {
                 Some(path) => Config::load(path),
                 None => Config::parse(DEFAULT_CONFIG, "embedded default"),
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
                 }
             };
             switch::server::init_logging(&config.log);
-            match switch::server::run(config) {
+            match switch::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

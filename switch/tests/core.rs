@@ -196,11 +196,11 @@ fn every_decline_code_is_reachable_and_right() {
     );
     assert_eq!(
         h.one(ACQUIRER, authorize("6299999999999999", 1, 10), NOW).0,
-        Code::InvalidAccount
+        Code::InvalidCardOrAccount
     );
     assert_eq!(
         h.one(ACQUIRER, authorize("62ab", 1, 10), NOW).0,
-        Code::InvalidAccount
+        Code::InvalidCardOrAccount
     );
     // 51: more than the card holds.
     assert_eq!(
@@ -219,7 +219,7 @@ fn every_decline_code_is_reachable_and_right() {
     };
     assert_eq!(
         h.one(ACQUIRER, fund, NOW),
-        (Code::NotPermitted, Reason::NOT_ADMIN)
+        (Code::NotPermitted, Reason::ADMIN_REQUIRED)
     );
     // 13: zero amount.
     assert_eq!(
@@ -236,7 +236,7 @@ fn every_decline_code_is_reachable_and_right() {
     };
     assert_eq!(
         h.one(ACQUIRER, too_long, NOW),
-        (Code::InvalidTransaction, Reason::EXPIRY_TOO_LONG)
+        (Code::InvalidTransaction, Reason::NONE)
     );
     let usd = Request::Sale {
         number: c1.clone(),
@@ -266,7 +266,7 @@ fn every_decline_code_is_reachable_and_right() {
     // 94: the same request id with other fields.
     assert_eq!(
         h.one_with(auth, ACQUIRER, authorize(&c1, 1, 301), NOW).0,
-        Code::Duplicate
+        Code::DuplicateWithOtherFields
     );
     // A partial capture releases the rest; refunds never exceed what was captured (13).
     let capture = Request::Capture {
@@ -284,7 +284,7 @@ fn every_decline_code_is_reachable_and_right() {
     assert_eq!(h.one(ACQUIRER, refund(150), NOW).0, Code::Approved);
     assert_eq!(
         h.one(ACQUIRER, refund(51), NOW),
-        (Code::InvalidAmount, Reason::REFUND_EXCEEDS_CAPTURED)
+        (Code::InvalidAmount, Reason::EXCEEDS_REFUNDABLE)
     );
     assert_eq!(h.one(ACQUIRER, refund(50), NOW).0, Code::Approved);
     // Capturing again: 12.
@@ -294,7 +294,7 @@ fn every_decline_code_is_reachable_and_right() {
     };
     assert_eq!(
         h.one(ACQUIRER, again, NOW),
-        (Code::InvalidTransaction, Reason::ALREADY_CAPTURED)
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED)
     );
 
     // A reversal that arrives before its authorization: the late authorization is declined.
@@ -305,10 +305,7 @@ fn every_decline_code_is_reachable_and_right() {
     assert_eq!(h.one(ACQUIRER, reverse, NOW).0, Code::Approved);
     assert_eq!(
         h.one_with(late, ACQUIRER, authorize(&c1, 1, 10), NOW),
-        (
-            Code::InvalidTransaction,
-            Reason::REVERSED_BEFORE_AUTHORIZATION
-        )
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED)
     );
     assert_eq!(h.balance(card(1)).debits_pending, 0, "nothing held");
 }
@@ -322,7 +319,10 @@ fn busy_when_the_ledger_is_full_of_holds() {
     });
     let c1 = card_number(1);
     assert_eq!(h.one(ACQUIRER, authorize(&c1, 1, 1), NOW).0, Code::Approved);
-    assert_eq!(h.one(ACQUIRER, authorize(&c1, 1, 1), NOW).0, Code::Busy);
+    assert_eq!(
+        h.one(ACQUIRER, authorize(&c1, 1, 1), NOW).0,
+        Code::SystemBusy
+    );
 }
 
 #[test]
@@ -368,7 +368,7 @@ fn repeats_get_the_original_response_and_change_nothing() {
                 who: ACQUIRER,
                 request: Request::Capture {
                     authorization: a,
-                    amount: Amount::ZERO,
+                    amount: Amount(9),
                 },
             },
             Item {
@@ -385,7 +385,8 @@ fn repeats_get_the_original_response_and_change_nothing() {
         rs[1].body,
         Body::Transfer {
             transfer: ledger::TransferId(c.0),
-            amount: Amount(9)
+            amount: Amount(9),
+            currency: Currency::CNY,
         }
     );
 }
@@ -417,14 +418,22 @@ fn holds_expire_on_the_tick_and_status_says_so() {
     }
     let capture = Request::Capture {
         authorization: id,
-        amount: Amount::ZERO,
+        amount: Amount(40),
     };
     assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::InvalidTransaction);
-    // A balance inquiry by number works for the acquirer; by account id only for the owner.
+    // Balance inquiries are for the owner only (by number: the issuer it routes to).
     let by_number = Request::BalanceInquiry {
         target: Target::Number(card_number(2)),
     };
-    assert_eq!(h.one(ACQUIRER, by_number, NOW).0, Code::Approved);
+    assert_eq!(
+        h.one(ACQUIRER, by_number.clone(), NOW).0,
+        Code::NotPermitted
+    );
+    let issuer = Identity {
+        participant: ISSUER,
+        admin: false,
+    };
+    assert_eq!(h.one(issuer, by_number, NOW).0, Code::Approved);
     let by_account = Request::BalanceInquiry {
         target: Target::Account(card(2)),
     };

@@ -34,7 +34,10 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
                     }
                 }
             };
-            if tokio::time::timeout(Duration::from_secs(5), read).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .is_err()
+            {
                 return;
             }
             let line = head.split(|&b| b == b'\r').next().unwrap_or_default();

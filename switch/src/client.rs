@@ -1,0 +1,174 @@
+//! A pipelining client for the protocol, used by loadgen and the tests.
+//!
+//! One `Client` is one QUIC connection; `Client::stream` opens a long-lived bidirectional
+//! stream on which any number of request frames may be in flight at once. Responses are
+//! matched to requests by correlation id, so they may arrive in any order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::tls::{self, ServerIdentity, Trust};
+use crate::wire;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("encode: {0}")]
+    Encode(#[from] wire::EncodeError),
+    #[error("the server answered with an error frame: {code:?}: {message}")]
+    ErrorFrame {
+        code: wire::ErrorCode,
+        message: String,
+    },
+    #[error("the stream closed before the answer arrived")]
+    Closed,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connection to a switch.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<wire::Response>, ClientError>>>>>;
+
+/// One pipelined stream.
+#[derive(Clone)]
+pub struct Stream {
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    pending: Pending,
+    next: Arc<AtomicU64>,
+}
+
+impl Client {
+    /// Connects to `addr`, trusting the server as `trust` says and presenting `identity`.
+    pub async fn connect(
+        addr: SocketAddr,
+        trust: &Trust,
+        identity: Option<ServerIdentity>,
+    ) -> Result<Client, ClientError> {
+        let crypto = tls::client_crypto(trust, identity)?;
+        let config = tls::quinn_client_config(crypto)?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::1]:0".parse().expect("literal")
+        } else {
+            "127.0.0.1:0".parse().expect("literal")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config);
+        let connection = endpoint.connect(addr, "localhost")?.await?;
+        Ok(Client {
+            endpoint,
+            connection,
+        })
+    }
+
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// Opens a stream and starts reading its responses.
+    pub async fn stream(&self) -> Result<Stream, ClientError> {
+        let (send, mut recv) = self.connection.open_bi().await?;
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            let limits = wire::Limits {
+                frame_len_max: u32::MAX,
+                batch_len_max: u16::MAX,
+            };
+            loop {
+                let n = match recv.read(&mut chunk).await {
+                    Ok(Some(n)) => n,
+                    _ => break,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut consumed = 0;
+                while let Ok(Some((frame, used))) = wire::decode_frame(&buf[consumed..], &limits) {
+                    consumed += used;
+                    let (id, result) = match frame {
+                        wire::Frame::Responses {
+                            correlation_id,
+                            responses,
+                        } => (correlation_id, Ok(responses)),
+                        wire::Frame::Error {
+                            correlation_id,
+                            code,
+                            message,
+                        } => (
+                            correlation_id,
+                            Err(ClientError::ErrorFrame {
+                                code,
+                                message: message.as_str().to_string(),
+                            }),
+                        ),
+                        wire::Frame::Requests { .. } => continue,
+                    };
+                    if let Some(tx) = reader_pending.lock().remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                buf.drain(..consumed);
+            }
+            // Whatever is still waiting will never be answered on this stream.
+            reader_pending.lock().clear();
+        });
+        Ok(Stream {
+            send: Arc::new(tokio::sync::Mutex::new(send)),
+            pending,
+            next: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+impl Stream {
+    /// Sends a batch and waits for its responses (other calls may be in flight meanwhile).
+    pub async fn call(
+        &self,
+        requests: &[wire::Request],
+    ) -> Result<Vec<wire::Response>, ClientError> {
+        let mut frame = Vec::new();
+        let correlation_id = self.next.fetch_add(1, Ordering::Relaxed);
+        wire::encode_request_frame(correlation_id, requests, &mut frame)?;
+        self.call_raw(correlation_id, &frame).await
+    }
+
+    /// Sends bytes as they are (tests use it for malformed frames) and waits for the answer to
+    /// `correlation_id`.
+    pub async fn call_raw(
+        &self,
+        correlation_id: u64,
+        bytes: &[u8],
+    ) -> Result<Vec<wire::Response>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(correlation_id, tx);
+        self.send.lock().await.write_all(bytes).await?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// The next correlation id this stream would use.
+    pub fn reserve_correlation_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}

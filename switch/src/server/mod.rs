@@ -1,0 +1,253 @@
+//! The server: QUIC endpoint, connection tasks, the ledger stage, metrics and shutdown.
+//!
+//! ```text
+//! connection tasks ──(bounded queue; full → 91)──▶ ledger stage ──▶ journal (fsync) ──▶ answers
+//! ```
+//!
+//! Connection tasks decode frames, translate them and queue them. The ledger stage is one
+//! thread: it takes everything queued (up to a batch) whenever the previous append is durable,
+//! executes it in the core, appends the commands to the journal, waits until they are on
+//! disk, and only then answers. While it waits, requests pile up, so the next batch is larger:
+//! the batch grows with the load, and there is no timer to add latency when load is low.
+
+pub mod connection;
+pub mod http;
+pub mod stage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::RwLock;
+
+use crate::config::{Config, LogFormat, TlsMode};
+use crate::core::{Core, CoreConfig};
+use crate::routing::RouteTable;
+use crate::tls::{self, Fingerprint, Identities, ServerIdentity};
+
+/// Sets up `tracing` as the configuration says; `RUST_LOG` overrides the level.
+pub fn init_logging(log: &crate::config::Log) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A running switch.
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The server certificate's fingerprint, for clients that pin it.
+    pub fingerprint: Option<Fingerprint>,
+    shutdown: Arc<tokio::sync::Notify>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains what is in flight, syncs the journal and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.notify_one();
+        self.done.await.context("server task")?
+    }
+}
+
+/// Runs the switch until SIGTERM or SIGINT, then shuts down cleanly.
+pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switch-io")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let running = start(config, config_path).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, draining requests in flight");
+        running.shutdown().await
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Recovers state, binds the endpoints and starts serving. Returns once traffic is accepted.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0,
+        ])
+        .context("metrics buckets")?
+        .build_recorder();
+    let metrics_handle = metrics.handle();
+    // A second server in one process (tests) keeps the first recorder; that is fine.
+    let _ = metrics::set_global_recorder(metrics);
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_listener = http::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("binding metrics address {}", config.metrics.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    tokio::spawn(http::serve(http_listener, metrics_handle, ready.clone()));
+
+    let routes = Arc::new(RwLock::new(Arc::new(config.route_table("configuration")?)));
+    let ledger = Arc::new(ledger::Ledger::new(config.ledger_config())?);
+    let core = Core::new(
+        ledger,
+        CoreConfig {
+            default_expiry_seconds: config.authorization.default_expiry_seconds,
+            expiry_seconds_max: config.authorization.expiry_seconds_max,
+            requests_remembered_max: usize::try_from(config.ledger.transfers_remembered_max)
+                .unwrap_or(usize::MAX),
+        },
+        routes.read().clone(),
+    );
+    let stage = stage::Stage::recover(core, &config).context("recovering state")?;
+
+    let (identity, fingerprint) = match config.tls.mode {
+        TlsMode::SelfSigned => {
+            let (identity, generated) = ServerIdentity::self_signed(&data_dir.join("tls"))?;
+            let fingerprint = identity.fingerprint();
+            if let Some(f) = fingerprint {
+                tracing::info!(
+                    generated,
+                    "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
+                     this fingerprint (loadgen --fingerprint {f})"
+                );
+            }
+            (identity, fingerprint)
+        }
+        TlsMode::Files => {
+            let identity = ServerIdentity::from_pem_files(
+                config.tls.cert_file.as_deref().unwrap_or(&PathBuf::new()),
+                config.tls.key_file.as_deref().unwrap_or(&PathBuf::new()),
+            )?;
+            let fingerprint = identity.fingerprint();
+            (identity, fingerprint)
+        }
+    };
+    let identities = Identities::new(&config);
+    if let Some(anonymous) = identities.anonymous() {
+        tracing::warn!(
+            participant = anonymous.participant.0,
+            admin = anonymous.admin,
+            "clients without a certificate are accepted as this participant: for development only"
+        );
+    }
+    let crypto = tls::server_crypto(&config, identity)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(config.limits.streams_per_connection_max.into())
+        .max_concurrent_uni_streams(0u8.into())
+        .max_idle_timeout(Some(
+            Duration::from_secs(60).try_into().context("idle timeout")?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(15)));
+    server_config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server_config, config.server.listen)
+        .with_context(|| format!("binding QUIC address {}", config.server.listen))?;
+    let quic_addr = endpoint.local_addr()?;
+
+    let (queue, stage_thread) = stage.spawn(config.clone(), routes.clone());
+    ready.store(true, Ordering::Release);
+    tracing::info!(%quic_addr, %http_addr, alpn = "pswitch/1", "switch is serving");
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let shared = Arc::new(connection::Shared::new(
+        config.clone(),
+        identities,
+        queue,
+        routes,
+        config_path,
+    ));
+    let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
+    #[cfg(unix)]
+    {
+        // SIGHUP reloads the routing table from the configuration file, without a restart.
+        let shared = shared.clone();
+        if let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    let _ = shared.reload_routes();
+                }
+            });
+        }
+    }
+    let done = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.notified().await;
+            ready.store(false, Ordering::Release);
+            // No new connections; connections already open may finish what they sent.
+            endpoint.set_server_config(None);
+            accept.abort();
+            shared.begin_drain();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while shared.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            shared.close_queue();
+            let result = tokio::task::spawn_blocking(move || stage_thread.join())
+                .await
+                .context("joining the ledger stage")?
+                .map_err(|_| anyhow::anyhow!("the ledger stage panicked"))?;
+            endpoint.close(
+                quinn::VarInt::from_u32(crate::wire::AppErrorCode::ShuttingDown.as_u32()),
+                b"shutting down",
+            );
+            endpoint.wait_idle().await;
+            result
+        })
+    };
+    Ok(Running {
+        quic_addr,
+        http_addr,
+        fingerprint,
+        shutdown,
+        done,
+    })
+}
+
+/// The routing table from the configuration file at `path`, for a reload.
+pub fn reload_routes(path: Option<&std::path::Path>) -> anyhow::Result<RouteTable> {
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    Ok(config.route_table("configuration")?)
+}

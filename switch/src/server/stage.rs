@@ -1,0 +1,349 @@
+//! The ledger stage: one thread that owns the core, batches what is queued, logs it, and
+//! answers only what is durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use ledger::Timestamp;
+use ledger::storage::FileStorage;
+use ledger::wal::{self, Durability, RecoverOptions, Wal, WalOptions};
+use parking_lot::RwLock;
+
+use crate::codes::{Code, Reason};
+use crate::config::{self, Config};
+use crate::core::{Core, Item};
+use crate::journal::SwitchRecord;
+use crate::routing::RouteTable;
+use crate::translate;
+use crate::wire;
+
+/// A frame's worth of requests, waiting for the stage.
+pub struct Job {
+    pub items: Vec<Item>,
+    /// The wire operation of each item, to shape its response.
+    pub ops: Vec<wire::Op>,
+    /// Where the responses go, in item order.
+    pub reply: tokio::sync::oneshot::Sender<Vec<wire::Response>>,
+    pub received: Instant,
+}
+
+/// The queue in front of the stage, bounded in requests (not frames).
+#[derive(Clone)]
+pub struct Queue {
+    tx: Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    queued_max: usize,
+    failed: Arc<AtomicBool>,
+}
+
+impl Queue {
+    /// Queues a job, or gives it back when the queue is full or the stage has failed.
+    pub fn try_push(&self, job: Job) -> Result<(), (Job, Reason)> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err((job, Reason::STORAGE_FAILURE));
+        }
+        let n = job.items.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.queued_max {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            metrics::counter!("switch_queue_full_total").increment(1);
+            return Err((job, Reason::OVERLOADED));
+        }
+        metrics::gauge!("switch_queue_depth_requests").set((before + n) as f64);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                Err((job, Reason::OVERLOADED))
+            }
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// The recovered state and the open journal, ready to run.
+pub struct Stage {
+    core: Core,
+    wal: Wal,
+    durability: Durability,
+}
+
+/// The wall clock as a ledger timestamp, never going backwards within the process.
+struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    fn now(&mut self) -> Timestamp {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.last = self.last.max(wall);
+        Timestamp(self.last)
+    }
+}
+
+pub(crate) fn wal_options(config: &Config) -> WalOptions {
+    WalOptions {
+        segment_size_max_bytes: config.wal.segment_bytes_max,
+        group_size_max_bytes: usize::try_from(config.wal.group_bytes_max).unwrap_or(usize::MAX),
+        queue_depth_max: config.wal.queue_depth_max as usize,
+        durability: match config.wal.durability {
+            config::Durability::Fsync => Durability::Fsync,
+            config::Durability::None => Durability::None,
+        },
+        ..WalOptions::default()
+    }
+}
+
+impl Stage {
+    /// Replays the journal in `data_dir/wal` into `core` and opens it for appending.
+    pub fn recover(mut core: Core, config: &Config) -> anyhow::Result<Stage> {
+        let dir = config.server.data_dir.join("wal");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let storage =
+            FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let options = wal_options(config);
+        let started = Instant::now();
+        let recovered = wal::recover(
+            &storage,
+            &RecoverOptions {
+                record_size_max_bytes: options.record_size_max_bytes,
+                ..RecoverOptions::default()
+            },
+            |_sequence, payload| -> Result<(), crate::journal::JournalError> {
+                match SwitchRecord::decode(payload)? {
+                    SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+                    SwitchRecord::Expire { now } => {
+                        core.expire(now);
+                    }
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(truncation) = &recovered.truncation {
+            tracing::warn!("{truncation}");
+        }
+        tracing::info!(
+            records = recovered.records_applied,
+            segments = recovered.segments_read,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            digest = %core.ledger().digest(),
+            "recovered from the write-ahead log"
+        );
+        let durability = options.durability;
+        if let Some(warning) = durability.warning() {
+            tracing::warn!("{warning}");
+        }
+        let wal =
+            Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
+        Ok(Stage {
+            core,
+            wal,
+            durability,
+        })
+    }
+
+    /// Starts the stage thread. It ends when every `Queue` clone is dropped and the queue is
+    /// empty, after syncing the journal.
+    pub fn spawn(
+        self,
+        config: Arc<Config>,
+        routes: Arc<RwLock<Arc<RouteTable>>>,
+    ) -> (Queue, JoinHandle<anyhow::Result<()>>) {
+        // The channel holds frames; the request count is bounded separately by `queued`.
+        let (tx, rx) = crossbeam_channel::bounded(config.limits.queue_depth_max as usize);
+        let queue = Queue {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            queued_max: config.limits.queue_depth_max as usize,
+            failed: Arc::new(AtomicBool::new(false)),
+        };
+        let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
+        let handle = std::thread::Builder::new()
+            .name("ledger-stage".into())
+            .spawn(move || self.run(rx, queued, failed, config, routes))
+            .expect("spawning the ledger stage thread");
+        (queue, handle)
+    }
+
+    fn run(
+        mut self,
+        rx: Receiver<Job>,
+        queued: Arc<AtomicUsize>,
+        failed: Arc<AtomicBool>,
+        config: Arc<Config>,
+        routes: Arc<RwLock<Arc<RouteTable>>>,
+    ) -> anyhow::Result<()> {
+        let tick = Duration::from_millis(u64::from(config.authorization.expiry_tick_ms));
+        let batch_max = usize::from(config.limits.batch_len_max).max(1);
+        let mut clock = Clock { last: 0 };
+        let mut last_expiry = Instant::now();
+        let _ = self.durability;
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if last_expiry.elapsed() >= tick || first.is_none() {
+                last_expiry = Instant::now();
+                let now = clock.now();
+                if self.core.expire(now) {
+                    let mut payload = Vec::with_capacity(9);
+                    SwitchRecord::encode_expire(now, &mut payload);
+                    if let Err(e) = self.append(payload) {
+                        failed.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                }
+            }
+            let Some(first) = first else {
+                continue;
+            };
+            let mut jobs = vec![first];
+            let mut count = jobs[0].items.len();
+            while count < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        count += job.items.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            queued.fetch_sub(count, Ordering::AcqRel);
+            metrics::histogram!("switch_batch_requests").record(count as f64);
+            self.core.set_routes(routes.read().clone());
+            if let Err(e) = self.execute(jobs, clock.now()) {
+                failed.store(true, Ordering::Release);
+                // Everything still queued gets 96: nothing more will be acknowledged.
+                while let Ok(job) = rx.try_recv() {
+                    answer_all(job, Code::SystemMalfunction, Reason::STORAGE_FAILURE);
+                }
+                return Err(e);
+            }
+        }
+        self.wal
+            .close()
+            .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
+        tracing::info!(digest = %self.core.ledger().digest(), "ledger stage stopped; journal synced");
+        Ok(())
+    }
+
+    fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let result = self.wal.append(payload);
+        metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
+        result.map(|_| ()).map_err(|e| {
+            anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {e}")
+        })
+    }
+
+    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> anyhow::Result<()> {
+        let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
+        let mut shapes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            shapes.push((job.ops, job.reply, job.received));
+            items.extend(job.items);
+        }
+        let executed = self.core.execute(items, now);
+        if !executed.logged.is_empty() {
+            let mut payload = Vec::with_capacity(64 * executed.logged.len());
+            SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
+            if let Err(e) = self.append(payload) {
+                let mut ids = executed.responses.iter();
+                for (ops, reply, _) in shapes {
+                    let responses: Vec<wire::Response> = ops
+                        .iter()
+                        .zip(ids.by_ref())
+                        .map(|(op, r)| {
+                            wire::Response::declined(
+                                wire::RequestId(r.id.0),
+                                *op,
+                                Code::SystemMalfunction,
+                                Reason::STORAGE_FAILURE,
+                            )
+                        })
+                        .collect();
+                    let _ = reply.send(responses);
+                }
+                return Err(e);
+            }
+        }
+        let mut responses = executed.responses.into_iter();
+        for (ops, reply, received) in shapes {
+            let wire_responses: Vec<wire::Response> = ops
+                .iter()
+                .zip(responses.by_ref())
+                .map(|(op, r)| {
+                    metrics::counter!(
+                        "switch_requests_total",
+                        "op" => op_name(*op),
+                        "code" => r.code.as_u8().to_string()
+                    )
+                    .increment(1);
+                    translate::response(*op, &r)
+                })
+                .collect();
+            metrics::histogram!("switch_request_seconds").record(received.elapsed().as_secs_f64());
+            let _ = reply.send(wire_responses);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn op_name(op: wire::Op) -> &'static str {
+    match op {
+        wire::Op::CreateParticipant => "create_participant",
+        wire::Op::CreateAccount => "create_account",
+        wire::Op::Fund => "fund",
+        wire::Op::SetLimits => "set_limits",
+        wire::Op::ReloadRoutes => "reload_routes",
+        wire::Op::Authorize => "authorize",
+        wire::Op::Capture => "capture",
+        wire::Op::Reverse => "reverse",
+        wire::Op::Sale => "sale",
+        wire::Op::Refund => "refund",
+        wire::Op::BalanceInquiry => "balance_inquiry",
+        wire::Op::TransferStatus => "transfer_status",
+        wire::Op::CloseWindow => "close_window",
+        wire::Op::ListWindows => "list_windows",
+        wire::Op::WindowReport => "window_report",
+        wire::Op::Echo => "echo",
+    }
+}
+
+/// Encodes and sends a response frame; a client that went away is not an error.
+pub(crate) fn send(
+    reply: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    correlation_id: u64,
+    responses: &[wire::Response],
+) {
+    let mut frame = Vec::with_capacity(64 * responses.len());
+    match wire::encode_response_frame(correlation_id, responses, &mut frame) {
+        Ok(_) => {
+            let _ = reply.send(frame);
+        }
+        Err(e) => tracing::error!("encoding a response frame: {e}"),
+    }
+}
+
+/// Answers every request of a job with one code (busy, shutting down, failed storage).
+pub(crate) fn answer_all(job: Job, code: Code, reason: Reason) {
+    let responses: Vec<wire::Response> = job
+        .ops
+        .iter()
+        .zip(&job.items)
+        .map(|(op, item)| wire::Response::declined(wire::RequestId(item.id.0), *op, code, reason))
+        .collect();
+    let _ = job.reply.send(responses);
+}

@@ -1,0 +1,228 @@
+//! Between the wire and the core: the one place where protocol messages become requests the
+//! switch understands, and responses become protocol messages.
+
+use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, TransferId};
+
+use crate::codes::{Code, Reason};
+use crate::core::{self, Body, Request, RequestId, Stage, Target};
+use crate::wire;
+
+/// A wire request that needs no trip to the ledger stage is answered here.
+pub enum Translated {
+    Core(Request),
+    ReloadRoutes,
+    Answer(wire::Response),
+}
+
+fn currency(
+    id: wire::RequestId,
+    op: wire::Op,
+    c: wire::Currency,
+) -> Result<Currency, wire::Response> {
+    Currency::from_numeric(c.0).ok_or_else(|| {
+        wire::Response::declined(id, op, Code::InvalidTransaction, Reason::UNKNOWN_CURRENCY)
+    })
+}
+
+/// A wire request as a core request (or an immediate answer).
+pub fn request(r: &wire::Request) -> Translated {
+    let id = r.id;
+    let op = r.operation.op();
+    let decline = |code, reason| Translated::Answer(wire::Response::declined(id, op, code, reason));
+    macro_rules! currency {
+        ($c:expr) => {
+            match currency(id, op, $c) {
+                Ok(c) => c,
+                Err(answer) => return Translated::Answer(answer),
+            }
+        };
+    }
+    let number = |n: &wire::CardNumber| n.as_str().to_string();
+    Translated::Core(match &r.operation {
+        wire::Operation::CreateParticipant {
+            participant,
+            roles,
+            name,
+        } => Request::CreateParticipant {
+            participant: ParticipantId(participant.0),
+            name: name.as_str().to_string(),
+            roles: roles.0,
+        },
+        wire::Operation::CreateAccount {
+            account,
+            owner,
+            currency,
+            flags,
+            number: n,
+        } => {
+            let Some(flags) = AccountFlags::from_bits(flags.0) else {
+                return decline(Code::InvalidTransaction, Reason::RESERVED_BITS);
+            };
+            Request::CreateAccount {
+                account: AccountId(account.0),
+                owner: ParticipantId(owner.0),
+                currency: currency!(*currency),
+                flags,
+                number: (!n.is_empty()).then(|| number(n)),
+            }
+        }
+        wire::Operation::Fund {
+            account,
+            amount,
+            currency,
+        } => Request::Fund {
+            account: AccountId(account.0),
+            amount: Amount(amount.0),
+            currency: currency!(*currency),
+        },
+        wire::Operation::SetLimits {
+            participant,
+            currency,
+            net_debit_cap,
+        } => Request::SetLimits {
+            participant: ParticipantId(participant.0),
+            currency: currency!(*currency),
+            net_debit_cap: Amount(net_debit_cap.0),
+        },
+        wire::Operation::ReloadRoutes => return Translated::ReloadRoutes,
+        wire::Operation::Authorize {
+            number: n,
+            merchant,
+            amount,
+            currency,
+            expiry_secs,
+        } => Request::Authorize {
+            number: number(n),
+            merchant: AccountId(merchant.0),
+            amount: Amount(amount.0),
+            currency: currency!(*currency),
+            expiry_seconds: *expiry_secs,
+        },
+        wire::Operation::Capture {
+            authorization,
+            amount,
+        } => Request::Capture {
+            authorization: RequestId(authorization.0),
+            amount: Amount(amount.0),
+        },
+        wire::Operation::Reverse { authorization } => Request::Reverse {
+            authorization: RequestId(authorization.0),
+        },
+        wire::Operation::Sale {
+            number: n,
+            merchant,
+            amount,
+            currency,
+        } => Request::Sale {
+            number: number(n),
+            merchant: AccountId(merchant.0),
+            amount: Amount(amount.0),
+            currency: currency!(*currency),
+        },
+        wire::Operation::Refund {
+            original,
+            amount,
+            currency,
+        } => Request::Refund {
+            original: RequestId(original.0),
+            amount: Amount(amount.0),
+            currency: currency!(*currency),
+        },
+        wire::Operation::BalanceInquiry { target } => Request::BalanceInquiry {
+            target: match target {
+                wire::BalanceTarget::Account(a) => Target::Account(AccountId(a.0)),
+                wire::BalanceTarget::Number(n) => Target::Number(number(n)),
+            },
+        },
+        wire::Operation::TransferStatus { lookup } => Request::TransferStatus {
+            of: RequestId(lookup.0),
+        },
+        wire::Operation::Echo { payload } => Request::Echo {
+            payload: payload.as_bytes().to_vec(),
+        },
+        wire::Operation::CloseWindow
+        | wire::Operation::ListWindows
+        | wire::Operation::WindowReport { .. } => {
+            // Clearing windows are not served by this version of the switch.
+            return decline(Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND);
+        }
+    })
+}
+
+fn movement(transfer: TransferId, amount: Amount, currency: Currency) -> wire::Movement {
+    wire::Movement {
+        transfer: wire::TransferId(transfer.0),
+        amount: wire::Amount(amount.0),
+        currency: wire::Currency(currency.numeric()),
+    }
+}
+
+/// A core response as a wire response to operation `op`.
+pub fn response(op: wire::Op, r: &core::Response) -> wire::Response {
+    let id = wire::RequestId(r.id.0);
+    if r.code != Code::Approved {
+        return wire::Response::declined(id, op, r.code, r.reason);
+    }
+    let mut out = wire::Response {
+        request_id: id,
+        code: r.code,
+        reason: r.reason,
+        body: wire::ResponseBody::empty(op),
+    };
+    match (&r.body, &mut out.body) {
+        (
+            Body::Transfer {
+                transfer,
+                amount,
+                currency,
+            },
+            wire::ResponseBody::Fund(m)
+            | wire::ResponseBody::Authorize(m)
+            | wire::ResponseBody::Capture(m)
+            | wire::ResponseBody::Reverse(m)
+            | wire::ResponseBody::Sale(m)
+            | wire::ResponseBody::Refund(m),
+        ) => *m = movement(*transfer, *amount, *currency),
+        (
+            Body::Balance {
+                account,
+                currency,
+                balances,
+            },
+            wire::ResponseBody::BalanceInquiry(b),
+        ) => {
+            let signed = |v: u128| i128::try_from(v).unwrap_or(i128::MAX);
+            let ledger =
+                signed(balances.credits_posted).saturating_sub(signed(balances.debits_posted));
+            *b = wire::Balance {
+                account: wire::AccountId(account.0),
+                currency: wire::Currency(currency.numeric()),
+                available: ledger.saturating_sub(signed(balances.debits_pending)),
+                ledger,
+            };
+        }
+        (Body::Status(s), wire::ResponseBody::TransferStatus(w)) => {
+            *w = wire::Status {
+                state: match s.stage {
+                    Stage::Held => wire::TransferState::Pending,
+                    Stage::Captured => wire::TransferState::Captured,
+                    Stage::Reversed => wire::TransferState::Reversed,
+                    Stage::Expired => wire::TransferState::Expired,
+                    Stage::Sold => wire::TransferState::Posted,
+                },
+                currency: wire::Currency(s.currency.numeric()),
+                transfer: wire::TransferId(s.transfer.0),
+                amount: wire::Amount(s.amount.0),
+                captured: wire::Amount(s.captured.0),
+                refunded: wire::Amount(s.refunded.0),
+            };
+        }
+        (Body::Echo(payload), wire::ResponseBody::Echo(p)) => {
+            if let Ok(e) = wire::EchoPayload::new(payload.clone()) {
+                *p = e;
+            }
+        }
+        _ => {}
+    }
+    out
+}

@@ -1,0 +1,523 @@
+//! The switch over real QUIC on loopback: the lifecycle, restarts, overload, malformed input
+//! and mutual TLS.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use switch::client::{Client, Stream};
+use switch::config::{Config, Identity as IdentityConfig, RouteConfig, TlsMode};
+use switch::server::{self, Running};
+use switch::tls::{Fingerprint, ServerIdentity, Trust};
+use switch::wire::{
+    self, AccountFlags, AccountId, Amount, CardNumber, Currency, Op, Operation, ParticipantId,
+    ParticipantName, Reason, Request, RequestId, ResponseBody, ResponseCode as Code, Roles,
+};
+
+const CNY: Currency = Currency(156);
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("literal");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
+    config.server.data_dir = dir.to_path_buf();
+    config.routes = vec![RouteConfig {
+        prefix: "62".into(),
+        issuer: 2,
+        pooled_account: None,
+    }];
+    config
+}
+
+async fn start(config: Config) -> Running {
+    tokio::time::timeout(LIMIT, server::start(config, None))
+        .await
+        .expect("start in time")
+        .expect("server starts")
+}
+
+async fn connect(
+    running: &Running,
+    identity: Option<ServerIdentity>,
+) -> Result<Client, switch::client::ClientError> {
+    let trust = Trust::Fingerprint(running.fingerprint.expect("a certificate"));
+    tokio::time::timeout(LIMIT, Client::connect(running.quic_addr, &trust, identity))
+        .await
+        .expect("connect in time")
+}
+
+fn req(id: u128, operation: Operation) -> Request {
+    Request {
+        id: RequestId(id),
+        operation,
+    }
+}
+
+fn number(n: &str) -> CardNumber {
+    CardNumber::new(n).expect("digits")
+}
+
+async fn call(stream: &Stream, requests: &[Request]) -> Vec<wire::Response> {
+    tokio::time::timeout(LIMIT, stream.call(requests))
+        .await
+        .expect("answered in time")
+        .expect("answered")
+}
+
+async fn one(stream: &Stream, request: Request) -> wire::Response {
+    call(stream, &[request]).await.remove(0)
+}
+
+/// Participants 2 (issuer, card 62..01 funded with 1000.00) and 3 (acquirer, merchant 300).
+async fn setup(stream: &Stream) {
+    let requests = vec![
+        req(
+            1,
+            Operation::CreateParticipant {
+                participant: ParticipantId(2),
+                roles: Roles::ISSUER,
+                name: ParticipantName::new("issuer").expect("short"),
+            },
+        ),
+        req(
+            2,
+            Operation::CreateParticipant {
+                participant: ParticipantId(3),
+                roles: Roles::ACQUIRER,
+                name: ParticipantName::new("acquirer").expect("short"),
+            },
+        ),
+        req(
+            3,
+            Operation::CreateAccount {
+                account: AccountId(100),
+                owner: ParticipantId(2),
+                currency: CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: number("6200000000000001"),
+            },
+        ),
+        req(
+            4,
+            Operation::CreateAccount {
+                account: AccountId(300),
+                owner: ParticipantId(3),
+                currency: CNY,
+                flags: AccountFlags(0),
+                number: CardNumber::EMPTY,
+            },
+        ),
+        req(
+            5,
+            Operation::Fund {
+                account: AccountId(100),
+                amount: Amount(100_000),
+                currency: CNY,
+            },
+        ),
+    ];
+    for r in call(stream, &requests).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+}
+
+fn authorize(id: u128, amount: u64) -> Request {
+    req(
+        id,
+        Operation::Authorize {
+            number: number("6200000000000001"),
+            merchant: AccountId(300),
+            amount: Amount(amount),
+            currency: CNY,
+            expiry_secs: 0,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_over_quic_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    let client = connect(&running, None)
+        .await
+        .expect("anonymous admin in self-signed mode");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+
+    let approved = one(&stream, authorize(10, 25_000)).await;
+    assert_eq!(approved.code, Code::Approved);
+    let ResponseBody::Authorize(held) = approved.body else {
+        panic!("{approved:?}")
+    };
+    assert_eq!(held.amount, Amount(25_000));
+    // Pipelined: many frames in flight on one stream, answered by correlation id.
+    let calls: Vec<_> = (0..50u128)
+        .map(|i| {
+            let stream = stream.clone();
+            tokio::spawn(async move { one(&stream, authorize(1_000 + i, 10)).await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("task").code, Code::Approved);
+    }
+    let capture = one(
+        &stream,
+        req(
+            11,
+            Operation::Capture {
+                authorization: RequestId(10),
+                amount: Amount(20_000),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(capture.code, Code::Approved);
+    let declined = one(&stream, authorize(12, 10_000_000)).await;
+    assert_eq!(declined.code, Code::InsufficientFunds);
+    assert_eq!(
+        one(
+            &stream,
+            req(
+                13,
+                Operation::Authorize {
+                    number: number("4111111111111111"),
+                    merchant: AccountId(300),
+                    amount: Amount(1),
+                    currency: CNY,
+                    expiry_secs: 0
+                }
+            )
+        )
+        .await
+        .code,
+        Code::CannotRoute
+    );
+    assert_eq!(
+        one(
+            &stream,
+            req(
+                14,
+                Operation::Authorize {
+                    number: number("6299999999999999"),
+                    merchant: AccountId(300),
+                    amount: Amount(1),
+                    currency: CNY,
+                    expiry_secs: 0
+                }
+            )
+        )
+        .await
+        .code,
+        Code::InvalidCardOrAccount
+    );
+    assert_eq!(
+        one(&stream, authorize(10, 1)).await.code,
+        Code::DuplicateWithOtherFields
+    );
+    let balance = one(
+        &stream,
+        req(
+            15,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(before) = balance.body else {
+        panic!("{balance:?}")
+    };
+    assert_eq!(before.ledger, 100_000 - 20_000);
+    assert_eq!(before.available, 100_000 - 20_000 - 50 * 10);
+    let echo = one(
+        &stream,
+        req(
+            16,
+            Operation::Echo {
+                payload: wire::EchoPayload::new(b"ping".to_vec()).expect("short"),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        echo.body,
+        ResponseBody::Echo(wire::EchoPayload::new(b"ping".to_vec()).expect("short"))
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+
+    // Same data directory: every acknowledged result is still there.
+    let running = start(config(dir.path())).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    assert_eq!(
+        one(&stream, authorize(10, 25_000)).await,
+        approved,
+        "a repeat gets the original answer"
+    );
+    assert_eq!(one(&stream, authorize(12, 10_000_000)).await, declined);
+    assert_eq!(
+        one(
+            &stream,
+            req(
+                11,
+                Operation::Capture {
+                    authorization: RequestId(10),
+                    amount: Amount(20_000)
+                }
+            )
+        )
+        .await,
+        capture
+    );
+    let balance = one(
+        &stream,
+        req(
+            17,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(after) = balance.body else {
+        panic!("{balance:?}")
+    };
+    assert_eq!(after, before);
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_answered_busy_and_malformed_input_is_survived() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.in_flight_per_connection_max = 5;
+    config.limits.malformed_frames_max = 2;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    // Six requests in one frame while five may be in flight: all six are answered 91 at once
+    // and none is executed; five fit.
+    let batch: Vec<Request> = (0..6u128).map(|i| authorize(50 + i, 1)).collect();
+    let busy = call(&stream, &batch).await;
+    assert!(
+        busy.iter()
+            .all(|r| r.code == Code::SystemBusy && r.reason == Reason::OVERLOADED),
+        "{busy:?}"
+    );
+    let codes: Vec<Code> = call(&stream, &batch[..5])
+        .await
+        .iter()
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(codes, [Code::Approved; 5]);
+    // 91 is not remembered: the sixth id goes through once there is room.
+    let codes: Vec<Code> = call(&stream, &batch[5..])
+        .await
+        .iter()
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(codes, [Code::Approved]);
+
+    // A frame with an unknown operation: an error frame, and the stream goes on.
+    let bad = one_raw_error(&stream).await;
+    assert!(
+        matches!(
+            bad,
+            switch::client::ClientError::ErrorFrame {
+                code: wire::ErrorCode::UnknownOp,
+                ..
+            }
+        ),
+        "{bad:?}"
+    );
+    assert_eq!(one(&stream, authorize(60, 1)).await.code, Code::Approved);
+
+    // Garbage on another connection gets it closed; this one keeps working.
+    let rogue = connect(&running, None).await.expect("connect");
+    let rogue_stream = rogue.stream().await.expect("stream");
+    for _ in 0..4 {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            rogue_stream.call_raw(0, &[0xff; 64]),
+        )
+        .await;
+    }
+    assert_eq!(one(&stream, authorize(61, 1)).await.code, Code::Approved);
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
+async fn one_raw_error(stream: &Stream) -> switch::client::ClientError {
+    let mut frame = Vec::new();
+    let id = stream.reserve_correlation_id();
+    wire::encode_request_frame(id, &[authorize(70, 1)], &mut frame).expect("encodes");
+    // The first operation byte sits after the 16-byte header and the 2-byte count.
+    frame[18] = 0x7f;
+    tokio::time::timeout(LIMIT, stream.call_raw(id, &frame))
+        .await
+        .expect("answered in time")
+        .expect_err("an error frame")
+}
+
+struct Pki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+}
+
+fn pki() -> Pki {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("self-signed CA");
+    Pki {
+        ca_pem: cert.pem(),
+        ca: rcgen::Issuer::new(params, key),
+    }
+}
+
+fn leaf(pki: &Pki, name: &str, client: bool) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    (params.signed_by(&key, &pki.ca).expect("signed"), key)
+}
+
+fn identity(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> ServerIdentity {
+    ServerIdentity {
+        chain: vec![cert.der().clone()],
+        key: rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_strangers_and_confines_participants() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = pki();
+    let stranger_pki = pki_stranger();
+    let (server_cert, server_key) = leaf(&pki, "localhost", false);
+    let (admin_cert, admin_key) = leaf(&pki, "admin", true);
+    let (acquirer_cert, acquirer_key) = leaf(&pki, "acquirer", true);
+    let (other_cert, other_key) = leaf(&pki, "other", true);
+    let (unknown_cert, unknown_key) = leaf(&pki, "unknown", true);
+    let (wrong_ca_cert, wrong_ca_key) = leaf(&stranger_pki, "admin", true);
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path
+    };
+    let mut config = config(&dir.path().join("data"));
+    config.tls.mode = TlsMode::Files;
+    config.tls.cert_file = Some(write("server.pem", server_cert.pem()));
+    config.tls.key_file = Some(write("server.key", server_key.serialize_pem()));
+    config.tls.client_ca_file = Some(write("ca.pem", pki.ca_pem.clone()));
+    let fp = |c: &rcgen::Certificate| Fingerprint::of(c.der()).to_string();
+    config.identities = vec![
+        IdentityConfig {
+            fingerprint_sha256: fp(&admin_cert),
+            participant: 1,
+            admin: true,
+        },
+        IdentityConfig {
+            fingerprint_sha256: fp(&acquirer_cert),
+            participant: 3,
+            admin: false,
+        },
+        IdentityConfig {
+            fingerprint_sha256: fp(&other_cert),
+            participant: 4,
+            admin: false,
+        },
+    ];
+    let running = start(config).await;
+
+    let admin = connect(&running, Some(identity(&admin_cert, &admin_key)))
+        .await
+        .expect("admin connects");
+    let admin_stream = admin.stream().await.expect("stream");
+    setup(&admin_stream).await;
+
+    // No certificate, a certificate from another CA, a valid certificate that maps to no
+    // participant: never served. (In TLS 1.3 the client may finish its side of the handshake
+    // before the server refuses its certificate, so "refused" means no request is answered.)
+    for (what, client_identity) in [
+        ("no certificate", None),
+        ("another CA", Some(identity(&wrong_ca_cert, &wrong_ca_key))),
+        (
+            "unmapped certificate",
+            Some(identity(&unknown_cert, &unknown_key)),
+        ),
+    ] {
+        assert!(
+            refused(&running, client_identity).await,
+            "{what} was served"
+        );
+    }
+
+    // The acquirer may use its own merchant; another participant may not (57), nor may it
+    // act as admin.
+    let acquirer = connect(&running, Some(identity(&acquirer_cert, &acquirer_key)))
+        .await
+        .expect("connect");
+    let acquirer_stream = acquirer.stream().await.expect("stream");
+    assert_eq!(
+        one(&acquirer_stream, authorize(81, 100)).await.code,
+        Code::Approved
+    );
+    let other = connect(&running, Some(identity(&other_cert, &other_key)))
+        .await
+        .expect("connect");
+    let other_stream = other.stream().await.expect("stream");
+    assert_eq!(
+        one(&other_stream, authorize(82, 100)).await.code,
+        Code::NotPermitted
+    );
+    let capture = req(
+        83,
+        Operation::Capture {
+            authorization: RequestId(81),
+            amount: Amount(1),
+        },
+    );
+    assert_eq!(one(&other_stream, capture).await.code, Code::NotPermitted);
+    let fund = req(
+        84,
+        Operation::Fund {
+            account: AccountId(100),
+            amount: Amount(1),
+            currency: CNY,
+        },
+    );
+    let refused = one(&other_stream, fund).await;
+    assert_eq!(
+        (refused.code, refused.reason),
+        (Code::NotPermitted, Reason::ADMIN_REQUIRED)
+    );
+    assert_eq!(refused.body, wire::ResponseBody::empty(Op::Fund));
+    running.shutdown().await.expect("clean shutdown");
+}
+
+async fn refused(running: &Running, client_identity: Option<ServerIdentity>) -> bool {
+    let Ok(client) = connect(running, client_identity).await else {
+        return true;
+    };
+    let served = match client.stream().await {
+        Ok(s) => tokio::time::timeout(Duration::from_secs(5), s.call(&[authorize(80, 1)])).await,
+        Err(_) => return true,
+    };
+    !matches!(served, Ok(Ok(_)))
+}
+
+fn pki_stranger() -> Pki {
+    pki()
+}
+
+#[allow(dead_code)]
+fn unused(_: SocketAddr) {}
