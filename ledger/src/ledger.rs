@@ -330,9 +330,14 @@ impl Ledger {
         Digest(sum)
     }
 
-    /// The state, copied under every lock, for a snapshot.
-    pub(crate) fn copy_state(&self) -> (u64, Vec<Vec<Account>>, Vec<ShardCopy>) {
+    /// The state, copied under every lock, for a snapshot; `also` runs under the locks too.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn copy_state<R>(
+        &self,
+        also: impl FnOnce() -> R,
+    ) -> (u64, Vec<Vec<Account>>, Vec<ShardCopy>, R) {
         let locked = self.lock_all();
+        let r = also();
         let sequence = self.sequence.load(Ordering::Relaxed);
         let accounts = locked
             .accounts
@@ -346,7 +351,7 @@ impl Ledger {
             .flatten()
             .map(|s| s.copy())
             .collect();
-        (sequence, accounts, transfers)
+        (sequence, accounts, transfers, r)
     }
 
     /// Restoring a snapshot: puts accounts back.

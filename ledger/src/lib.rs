@@ -1,8 +1,10 @@
 //! The ledger: a sharded, double-entry state machine.
 //!
-//! It does no I/O and never reads a clock: batches of events go in with the time they happen
-//! at, outcomes come out, and the same batches in the same order always give the same state
-//! (checked by `Ledger::digest`). Persistence, networking and time belong to the caller.
+//! The state machine (`Ledger`) does no I/O and never reads a clock: batches of events go in
+//! with the time they happen at, outcomes come out, and the same batches in the same order
+//! always give the same state (checked by `Ledger::digest`). Persistence lives beside it, behind
+//! the `storage::Storage` trait: the write-ahead log (`wal`), snapshot files (`snapshot_file`),
+//! and `durable::DurableLedger`, which ties them to the state machine.
 
 /// Property-test settings: failures persist in the top-level `proptest-regressions/`, and
 /// `PROPTEST_CASES` raises the case count from a default that fits CI on two cores.
@@ -29,6 +31,7 @@ macro_rules! proptest_config {
 mod account;
 mod currency;
 mod digest;
+pub mod durable;
 mod event;
 mod ledger;
 mod outcome;
@@ -44,6 +47,7 @@ pub mod wal;
 pub use account::{Account, AccountFlags, Balances, NewAccount};
 pub use currency::{AmountError, Currency, balance_to_decimal};
 pub use digest::Digest;
+pub use durable::{DurableError, DurableLedger, DurableOptions, Recovery};
 pub use event::{Event, Op};
 pub use ledger::{BatchError, Config, ConfigError, Ledger, SHARDS_MAX, Stats, Totals};
 pub use outcome::Outcome;

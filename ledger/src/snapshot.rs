@@ -158,13 +158,22 @@ impl Ledger {
     /// Copies the state under every lock. The pause is a copy of each shard's memory; the
     /// encoding happens later, in `Capture::encode`, without any lock.
     pub fn capture(&self) -> Capture {
-        let (sequence, accounts, transfers) = self.copy_state();
-        Capture {
-            sequence,
-            shards: self.config().shards as u32,
-            accounts,
-            transfers,
-        }
+        self.capture_then(|| ()).0
+    }
+
+    /// `capture`, also running `also` under the locks (to read what the state corresponds to,
+    /// such as the last log sequence submitted).
+    pub fn capture_then<R>(&self, also: impl FnOnce() -> R) -> (Capture, R) {
+        let (sequence, accounts, transfers, r) = self.copy_state(also);
+        (
+            Capture {
+                sequence,
+                shards: self.config().shards as u32,
+                accounts,
+                transfers,
+            },
+            r,
+        )
     }
 
     /// Rebuilds a ledger from an encoded capture.
