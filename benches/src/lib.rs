@@ -1,1 +1,261 @@
-//! Workload generators shared by the benchmarks.
+//! The workloads of `../shared/BENCH-WORKLOADS.md`, which are TigerBeetle's own benchmark
+//! workloads (`src/tigerbeetle/benchmark_load.zig`), generated ahead of time so that generation
+//! is never what is measured.
+//!
+//! - 10,000 accounts in one currency, no balance-limit flags, created first;
+//! - single-phase transfers with unique, increasing ids;
+//! - amount: 1 + a sample of an exponential distribution with mean 10,000 (minor units);
+//! - uniform: debit and credit drawn uniformly from all accounts; if equal, credit is the next;
+//! - zipfian: debit and credit drawn from a Zipf distribution with exponent 0.99 (YCSB's θ),
+//!   with account ranks shuffled so that hot accounts are spread over the id space;
+//! - hot: 10 hot accounts; half the transfers debit a uniformly chosen hot one; every other
+//!   debit and every credit is uniform over the remaining 9,990.
+
+use ledger::{
+    AccountFlags, AccountId, Amount, Currency, Event, NewAccount, ParticipantId, Transfer,
+    TransferId, TransferKind,
+};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp, Zipf};
+
+pub const ACCOUNTS: u64 = 10_000;
+pub const HOT_ACCOUNTS: u64 = 10;
+pub const ZIPF_EXPONENT: f64 = 0.99;
+pub const AMOUNT_MEAN: f64 = 10_000.0;
+pub const CURRENCY: Currency = Currency::USD;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Uniform,
+    Zipfian,
+    Hot,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Uniform, Workload::Zipfian, Workload::Hot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Uniform => "uniform",
+            Workload::Zipfian => "zipfian",
+            Workload::Hot => "hot",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// Account ids are 1..=ACCOUNTS.
+pub fn account_id(index: u64) -> AccountId {
+    AccountId(u128::from(index) + 1)
+}
+
+/// The account-creation batches (at most `batch_len` events each).
+pub fn account_batches(batch_len: usize) -> Vec<Vec<Event>> {
+    let events: Vec<Event> = (0..ACCOUNTS)
+        .map(|i| {
+            Event::from(NewAccount {
+                id: account_id(i),
+                currency: CURRENCY,
+                owner: ParticipantId(1),
+                flags: AccountFlags::empty(),
+            })
+        })
+        .collect();
+    events
+        .chunks(batch_len.max(1))
+        .map(<[Event]>::to_vec)
+        .collect()
+}
+
+/// Draws (debit, credit) account indexes for one workload.
+pub struct Picker {
+    workload: Workload,
+    zipf: Zipf<f64>,
+    /// Zipf rank (1-based) to account index: a seeded shuffle.
+    ranks: Vec<u64>,
+}
+
+impl Picker {
+    pub fn new(workload: Workload, rng: &mut StdRng) -> Picker {
+        let mut ranks: Vec<u64> = (0..ACCOUNTS).collect();
+        ranks.shuffle(rng);
+        Picker {
+            workload,
+            zipf: Zipf::new(ACCOUNTS, ZIPF_EXPONENT).expect("valid Zipf parameters"),
+            ranks,
+        }
+    }
+
+    pub fn pick(&self, rng: &mut StdRng) -> (u64, u64) {
+        match self.workload {
+            Workload::Uniform => {
+                let debit = rng.gen_range(0..ACCOUNTS);
+                let mut credit = rng.gen_range(0..ACCOUNTS);
+                if credit == debit {
+                    credit = (debit + 1) % ACCOUNTS;
+                }
+                (debit, credit)
+            }
+            Workload::Zipfian => {
+                let mut draw = || self.ranks[self.zipf.sample(rng) as usize - 1];
+                let debit = draw();
+                let mut credit = draw();
+                if credit == debit {
+                    credit = (debit + 1) % ACCOUNTS;
+                }
+                (debit, credit)
+            }
+            Workload::Hot => {
+                let cold = || HOT_ACCOUNTS..ACCOUNTS;
+                let debit = if rng.gen_bool(0.5) {
+                    rng.gen_range(0..HOT_ACCOUNTS)
+                } else {
+                    rng.gen_range(cold())
+                };
+                let mut credit = rng.gen_range(cold());
+                if credit == debit {
+                    credit = if credit + 1 == ACCOUNTS {
+                        HOT_ACCOUNTS
+                    } else {
+                        credit + 1
+                    };
+                }
+                (debit, credit)
+            }
+        }
+    }
+}
+
+/// `transfers` transfers in batches of `batch_len`, ids from `first_id` up.
+pub fn transfer_batches(
+    workload: Workload,
+    transfers: u64,
+    batch_len: usize,
+    first_id: u128,
+    seed: u64,
+) -> Vec<Vec<Event>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let picker = Picker::new(workload, &mut rng);
+    let exp = Exp::new(1.0 / AMOUNT_MEAN).expect("positive rate");
+    let batch_len = batch_len.max(1);
+    let mut batches = Vec::with_capacity((transfers as usize).div_ceil(batch_len));
+    let mut batch = Vec::with_capacity(batch_len);
+    for i in 0..transfers {
+        let (debit, credit) = picker.pick(&mut rng);
+        let amount = 1 + exp.sample(&mut rng) as u64;
+        batch.push(Event::from(Transfer {
+            id: TransferId(first_id + u128::from(i)),
+            debit_account_id: account_id(debit),
+            credit_account_id: account_id(credit),
+            amount: Amount(amount),
+            currency: CURRENCY,
+            kind: TransferKind::Single,
+            code: 0,
+        }));
+        if batch.len() == batch_len {
+            batches.push(std::mem::replace(&mut batch, Vec::with_capacity(batch_len)));
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Peak and current resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn transfers(workload: Workload, n: u64) -> Vec<Transfer> {
+        transfer_batches(workload, n, 1000, 1, 7)
+            .into_iter()
+            .flatten()
+            .map(|e| match e.op {
+                ledger::Op::Transfer(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn common_rules_hold_for_every_workload() {
+        for workload in Workload::ALL {
+            let ts = transfers(workload, 50_000);
+            assert_eq!(ts.len(), 50_000);
+            assert!(ts.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+            assert!(ts.iter().all(|t| t.debit_account_id != t.credit_account_id));
+            assert!(
+                ts.iter()
+                    .all(|t| (1..=u128::from(ACCOUNTS)).contains(&t.debit_account_id.0))
+            );
+            assert!(ts.iter().all(|t| t.amount.0 >= 1));
+            let mean = ts.iter().map(|t| t.amount.0 as f64).sum::<f64>() / ts.len() as f64;
+            assert!(
+                (mean - 10_001.0).abs() < 300.0,
+                "{workload:?} mean amount {mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn hot_sends_half_the_debits_to_ten_accounts_and_no_credits() {
+        let ts = transfers(Workload::Hot, 50_000);
+        let hot = |id: AccountId| id.0 <= u128::from(HOT_ACCOUNTS);
+        let share = ts.iter().filter(|t| hot(t.debit_account_id)).count() as f64 / ts.len() as f64;
+        assert!((share - 0.5).abs() < 0.02, "hot debit share {share}");
+        assert!(ts.iter().all(|t| !hot(t.credit_account_id)));
+    }
+
+    #[test]
+    fn zipfian_is_skewed_and_spread_over_the_id_space() {
+        let ts = transfers(Workload::Zipfian, 50_000);
+        let mut counts: HashMap<u128, u64> = HashMap::new();
+        for t in &ts {
+            *counts.entry(t.debit_account_id.0).or_default() += 1;
+        }
+        let mut by_count: Vec<(u128, u64)> = counts.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1));
+        let top10: u64 = by_count.iter().take(10).map(|c| c.1).sum();
+        // With exponent 0.99 over 10,000 ranks the top ten take about a quarter of the draws.
+        let share = top10 as f64 / ts.len() as f64;
+        assert!((0.18..0.35).contains(&share), "top-ten share {share}");
+        // Shuffled ranks: the hottest accounts are not simply the lowest ids.
+        assert!(
+            by_count.iter().take(10).any(|c| c.0 > 100),
+            "{:?}",
+            &by_count[..10]
+        );
+        let uniform = transfers(Workload::Uniform, 50_000);
+        let max_uniform = uniform
+            .iter()
+            .fold(HashMap::<u128, u64>::new(), |mut m, t| {
+                *m.entry(t.debit_account_id.0).or_default() += 1;
+                m
+            })
+            .into_values()
+            .max()
+            .unwrap_or(0);
+        assert!(by_count[0].1 > 10 * max_uniform);
+    }
+}
