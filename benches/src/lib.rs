@@ -235,7 +235,7 @@ mod tests {
             *counts.entry(t.debit_account_id.0).or_default() += 1;
         }
         let mut by_count: Vec<(u128, u64)> = counts.into_iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(&a.1));
+        by_count.sort_by_key(|c| std::cmp::Reverse(c.1));
         let top10: u64 = by_count.iter().take(10).map(|c| c.1).sum();
         // With exponent 0.99 over 10,000 ranks the top ten take about a quarter of the draws.
         let share = top10 as f64 / ts.len() as f64;
