@@ -218,6 +218,21 @@ fn main() -> anyhow::Result<()> {
         peak_rss >> 20
     );
 
+    // The snapshot pause: how long every lock is held while the state is copied.
+    let t = Instant::now();
+    let capture = ledger.capture();
+    let pause = t.elapsed();
+    let t = Instant::now();
+    let mut bytes = Vec::new();
+    capture.encode(&mut bytes);
+    println!(
+        "snapshot: pause (copy under all locks) {:.1} ms, encode {:.1} ms off the locks, {} MiB",
+        pause.as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0,
+        bytes.len() >> 20
+    );
+    drop((capture, bytes));
+
     if let Some((d, options)) = durable {
         let digest = ledger.digest();
         drop(ledger);
