@@ -94,7 +94,7 @@ fn child(dir: &str, cycle: u64) {
                         )
                         .ok();
                     batch_no += 1;
-                    if thread == 0 && batch_no % 200 == 0 {
+                    if thread == 0 && batch_no.is_multiple_of(200) {
                         durable.snapshot().expect("snapshot");
                     }
                 }
