@@ -229,6 +229,10 @@ impl Ledger {
         let outcomes = locked.apply_events(events, now);
         locked.forget_beyond_bound();
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        // One shard a batch grows ahead of need (see `TransferShard::grow_ahead`).
+        if let Some(shard) = locked.transfers[sequence as usize & self.mask].as_deref_mut() {
+            shard.grow_ahead();
+        }
         let r = applied(sequence, &outcomes);
         drop(locked);
         Ok((outcomes, r))
