@@ -14,7 +14,7 @@
 // A decline travels as `Err(Response)`: built once per request, it is cheaper moved than boxed.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ledger::{
@@ -23,6 +23,10 @@ use ledger::{
 };
 
 use crate::codes::{Code, Reason, code_for};
+
+// Keys are client-chosen: a seeded hasher, and a fast one (this is the hot path).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use crate::journal::{NAME_LEN_MAX, fingerprint};
 use crate::routing::{RouteTable, is_valid_number};
 use crate::tls::Identity;
@@ -323,34 +327,71 @@ struct Original {
 
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
 struct Remembered<V> {
-    map: HashMap<u128, V>,
+    /// Split into parts so that no single hash map grows huge: a map doubles by copying
+    /// itself, and one of millions of entries would stall the ledger stage for that long.
+    parts: Vec<HashMap<u128, V>>,
     order: VecDeque<u128>,
+    len: usize,
     max: usize,
 }
+
+const REMEMBERED_PARTS: usize = 64;
 
 impl<V> Remembered<V> {
     fn new(max: usize) -> Self {
         Remembered {
-            map: HashMap::new(),
+            parts: (0..REMEMBERED_PARTS).map(|_| HashMap::default()).collect(),
             order: VecDeque::new(),
+            len: 0,
             max,
         }
     }
 
+    fn part(&self, key: u128) -> usize {
+        // Request ids are client-chosen; mix before picking a part.
+        let folded = (key as u64) ^ ((key >> 64) as u64);
+        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+    }
+
+    fn get(&self, key: &u128) -> Option<&V> {
+        self.parts[self.part(*key)].get(key)
+    }
+
+    fn get_mut(&mut self, key: &u128) -> Option<&mut V> {
+        let part = self.part(*key);
+        self.parts[part].get_mut(key)
+    }
+
+    fn contains_key(&self, key: &u128) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Grows part `n` ahead of need once it is three-quarters full, so that the parts, which
+    /// fill evenly, do not all double (copying everything) in the same batch.
+    fn grow_ahead(&mut self, n: usize) {
+        let part = &mut self.parts[n % REMEMBERED_PARTS];
+        if part.len() * 4 > part.capacity() * 3 {
+            part.reserve(part.capacity());
+        }
+    }
+
     fn insert(&mut self, key: u128, value: V, keep: impl Fn(&V) -> bool) {
-        if self.map.insert(key, value).is_none() {
+        let part = self.part(key);
+        if self.parts[part].insert(key, value).is_none() {
             self.order.push_back(key);
+            self.len += 1;
         }
         let mut budget = self.order.len();
-        while self.map.len() > self.max && budget > 0 {
+        while self.len > self.max && budget > 0 {
             budget -= 1;
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&oldest).is_some_and(&keep) {
+            let part = self.part(oldest);
+            if self.parts[part].get(&oldest).is_some_and(&keep) {
                 self.order.push_back(oldest);
-            } else {
-                self.map.remove(&oldest);
+            } else if self.parts[part].remove(&oldest).is_some() {
+                self.len -= 1;
             }
         }
     }
@@ -395,6 +436,8 @@ pub struct Core {
     originals: Remembered<Original>,
     early_reversals: Remembered<()>,
     responses: Remembered<(u64, Response)>,
+    /// Batches executed, to take turns growing the remembered maps.
+    batches: usize,
 }
 
 /// The result of a batch: a response per item, and the commands to log (empty if nothing
@@ -410,12 +453,13 @@ impl Core {
         Core {
             ledger,
             routes,
-            participants: HashMap::new(),
-            limits: HashMap::new(),
-            directory: HashMap::new(),
+            participants: HashMap::default(),
+            limits: HashMap::default(),
+            directory: HashMap::default(),
             originals: Remembered::new(max),
             early_reversals: Remembered::new(max),
             responses: Remembered::new(max),
+            batches: 0,
             config,
         }
     }
@@ -491,11 +535,18 @@ impl Core {
             }
         }
         self.flush(&mut wave, now, &mut out);
+        self.grow_ahead();
         let responses = out
             .into_iter()
             .map(|r| r.expect("every item is answered"))
             .collect();
         Executed { responses, logged }
+    }
+
+    fn grow_ahead(&mut self) {
+        self.batches = self.batches.wrapping_add(1);
+        self.originals.grow_ahead(self.batches);
+        self.responses.grow_ahead(self.batches);
     }
 
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
@@ -524,7 +575,7 @@ impl Core {
         }
         let expired = self.ledger.expire(now);
         for e in &expired {
-            if let Some(original) = self.originals.map.get_mut(&e.id.0) {
+            if let Some(original) = self.originals.get_mut(&e.id.0) {
                 original.stage = Stage::Expired;
             }
         }
@@ -698,7 +749,7 @@ impl Core {
         if conflict {
             self.flush(wave, now, out);
         }
-        if let Some((original_fingerprint, response)) = self.responses.map.get(&id.0) {
+        if let Some((original_fingerprint, response)) = self.responses.get(&id.0) {
             out[slot] = Some(if *original_fingerprint == fingerprint {
                 response.clone()
             } else {
@@ -878,7 +929,7 @@ impl Core {
                 expires_at,
             } => {
                 let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
-                if self.early_reversals.map.contains_key(&id.0) {
+                if self.early_reversals.contains_key(&id.0) {
                     return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                 }
                 let op = transfer(
@@ -948,7 +999,7 @@ impl Core {
                 Ok((vec![op], Finish::Capture(*authorization, amount), None))
             }
             Command::Reverse { authorization } => {
-                let Some(original) = self.originals.map.get(&authorization.0).copied() else {
+                let Some(original) = self.originals.get(&authorization.0).copied() else {
                     // Before (or without) its authorization: remember it, so that a late
                     // authorization with that id is declined instead of held.
                     self.early_reversals.insert(authorization.0, (), |_| false);
@@ -1052,7 +1103,7 @@ impl Core {
         who: Identity,
         of: RequestId,
     ) -> Result<Original, Response> {
-        let original = self.originals.map.get(&of.0).copied().ok_or_else(|| {
+        let original = self.originals.get(&of.0).copied().ok_or_else(|| {
             Response::new(
                 id,
                 Code::InvalidTransaction,
@@ -1131,7 +1182,6 @@ impl Core {
             Finish::Capture(authorization, amount) => {
                 let o = self
                     .originals
-                    .map
                     .get_mut(&authorization.0)
                     .expect("a live hold's authorization is never forgotten");
                 o.stage = Stage::Captured;
@@ -1142,7 +1192,6 @@ impl Core {
             Finish::Reverse(authorization) => {
                 let o = self
                     .originals
-                    .map
                     .get_mut(&authorization.0)
                     .expect("a live hold's authorization is never forgotten");
                 o.stage = Stage::Reversed;
@@ -1150,7 +1199,7 @@ impl Core {
                 moved(amount, currency)
             }
             Finish::Refund(original, amount, currency) => {
-                if let Some(o) = self.originals.map.get_mut(&original.0) {
+                if let Some(o) = self.originals.get_mut(&original.0) {
                     o.refunded = Amount(o.refunded.0 + amount.0);
                 }
                 moved(amount, currency)
@@ -1187,7 +1236,7 @@ impl Core {
     /// (an approved answer with no status), so that request ids do not leak.
     fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {
         let not_found = Response::approved(id, Body::None);
-        if let Some(o) = self.originals.map.get(&of.0) {
+        if let Some(o) = self.originals.get(&of.0) {
             if !(who.admin || o.acquirer == who.participant) {
                 return not_found;
             }
