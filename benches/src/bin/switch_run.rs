@@ -1,0 +1,282 @@
+//! End to end over QUIC on loopback: an in-process switch (fsync on, on a temporary directory)
+//! and a pipelining client in the same process, sharing this machine's cores.
+//!
+//! `--mode max`: each of `--streams` streams keeps `--depth` frames of `--frame` authorizations
+//! in flight for `--seconds`; reports authorizations/s and frame round-trip percentiles.
+//! `--mode rate --rate R`: open loop at R authorizations/s (frames sent on schedule whatever the
+//! latency, latency measured from the intended send time), for the latency at a given load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use switch::client::{Client, Stream};
+use switch::config::{Config, RouteConfig};
+use switch::tls::Trust;
+use switch::wire::{
+    AccountFlags, AccountId, Amount, CardNumber, Currency, Operation, ParticipantId,
+    ParticipantName, Request, RequestId, ResponseCode, Roles,
+};
+
+const CNY: Currency = Currency(156);
+const CARDS: u64 = 1_000;
+const MERCHANTS: u64 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Max,
+    Rate,
+}
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, value_enum, default_value = "max")]
+    mode: Mode,
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Frames in flight per stream (max mode).
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Authorizations per frame.
+    #[arg(long, default_value_t = 64)]
+    frame: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Authorizations per second (rate mode).
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Log without fdatasync (not durable; report separately).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+fn card(i: u64) -> String {
+    format!("62{:014}", i)
+}
+
+fn authorize(id: u128) -> Request {
+    Request {
+        id: RequestId(id),
+        operation: Operation::Authorize {
+            number: CardNumber::new(&card((id as u64) % CARDS)).expect("digits"),
+            merchant: AccountId(1_000_000 + u128::from((id as u64) % MERCHANTS)),
+            amount: Amount(1),
+            currency: CNY,
+            expiry_secs: 3600,
+        },
+    }
+}
+
+async fn setup(stream: &Stream) -> anyhow::Result<()> {
+    let mut requests = vec![
+        Request {
+            id: RequestId(1),
+            operation: Operation::CreateParticipant {
+                participant: ParticipantId(2),
+                roles: Roles::ISSUER,
+                name: ParticipantName::new("issuer")?,
+            },
+        },
+        Request {
+            id: RequestId(2),
+            operation: Operation::CreateParticipant {
+                participant: ParticipantId(3),
+                roles: Roles::ACQUIRER,
+                name: ParticipantName::new("acquirer")?,
+            },
+        },
+    ];
+    let mut id = 10u128;
+    for i in 0..CARDS {
+        id += 1;
+        requests.push(Request {
+            id: RequestId(id),
+            operation: Operation::CreateAccount {
+                account: AccountId(10_000 + u128::from(i)),
+                owner: ParticipantId(2),
+                currency: CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: CardNumber::new(&card(i))?,
+            },
+        });
+        id += 1;
+        requests.push(Request {
+            id: RequestId(id),
+            operation: Operation::Fund {
+                account: AccountId(10_000 + u128::from(i)),
+                amount: Amount(1 << 40),
+                currency: CNY,
+            },
+        });
+    }
+    for m in 0..MERCHANTS {
+        id += 1;
+        requests.push(Request {
+            id: RequestId(id),
+            operation: Operation::CreateAccount {
+                account: AccountId(1_000_000 + u128::from(m)),
+                owner: ParticipantId(3),
+                currency: CNY,
+                flags: AccountFlags(0),
+                number: CardNumber::EMPTY,
+            },
+        });
+    }
+    for chunk in requests.chunks(1000) {
+        for r in stream.call(chunk).await? {
+            anyhow::ensure!(r.code == ResponseCode::Approved, "setup: {r:?}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.metrics.listen = "127.0.0.1:0".parse()?;
+    config.server.data_dir = dir.path().to_path_buf();
+    config.ledger.pending_max = 50_000_000;
+    config.ledger.transfers_remembered_max = 50_000_000;
+    config.limits.in_flight_per_connection_max = 1 << 20;
+    if args.no_fsync {
+        config.wal.durability = switch::config::Durability::None;
+    }
+    config.routes = vec![RouteConfig {
+        prefix: "62".into(),
+        issuer: 2,
+        pooled_account: None,
+    }];
+    let running = switch::server::start(config, None).await?;
+    let trust = Trust::Fingerprint(running.fingerprint.context("fingerprint")?);
+    let client = Client::connect(running.quic_addr, &trust, None).await?;
+    let first = client.stream().await?;
+    setup(&first).await?;
+
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let approved = Arc::new(AtomicU64::new(0));
+    let declined = Arc::new(AtomicU64::new(0));
+    let next_id = Arc::new(AtomicU64::new(1 << 20));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let lanes = match args.mode {
+        Mode::Max => args.streams * args.depth,
+        Mode::Rate => args.streams,
+    };
+    // Open loop: each lane sends a frame every `interval`, on schedule.
+    let interval =
+        Duration::from_secs_f64(args.frame as f64 * lanes as f64 / args.rate.max(1) as f64);
+    let mut streams = Vec::with_capacity(args.streams);
+    for _ in 0..args.streams.max(1) {
+        streams.push(client.stream().await?);
+    }
+    for lane in 0..lanes {
+        // Lanes share the streams: with `depth` lanes per stream, that many frames are in
+        // flight on each stream at once (pipelining).
+        let stream = streams[lane % streams.len()].clone();
+        let (latency, approved, declined, next_id) = (
+            latency.clone(),
+            approved.clone(),
+            declined.clone(),
+            next_id.clone(),
+        );
+        let mode = args.mode;
+        let frame = args.frame;
+        tasks.push(tokio::spawn(async move {
+            let mut intended = Instant::now() + interval.mul_f64(lane as f64 / lanes as f64);
+            let mut calls = Vec::new();
+            while Instant::now() < deadline {
+                let base = next_id.fetch_add(frame as u64, Ordering::Relaxed);
+                let requests: Vec<Request> = (0..frame as u64)
+                    .map(|i| authorize(u128::from(base + i)))
+                    .collect();
+                let record = {
+                    let (latency, approved, declined) =
+                        (latency.clone(), approved.clone(), declined.clone());
+                    move |sent: Instant, responses: Vec<switch::wire::Response>| {
+                        latency
+                            .lock()
+                            .saturating_record(sent.elapsed().as_micros() as u64);
+                        let ok = responses
+                            .iter()
+                            .filter(|r| r.code == ResponseCode::Approved)
+                            .count();
+                        approved.fetch_add(ok as u64, Ordering::Relaxed);
+                        declined.fetch_add((responses.len() - ok) as u64, Ordering::Relaxed);
+                    }
+                };
+                if mode == Mode::Rate {
+                    // Open loop: send on schedule whatever the latency; time from the schedule.
+                    tokio::time::sleep_until(intended.into()).await;
+                    let stream = stream.clone();
+                    let sent = intended;
+                    calls.push(tokio::spawn(async move {
+                        if let Ok(responses) = stream.call(&requests).await {
+                            record(sent, responses);
+                        }
+                    }));
+                    intended += interval;
+                } else {
+                    let sent = Instant::now();
+                    let Ok(responses) = stream.call(&requests).await else {
+                        break;
+                    };
+                    record(sent, responses);
+                }
+            }
+            for call in calls {
+                let _ = call.await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = latency.lock().clone();
+    let (approved, declined) = (
+        approved.load(Ordering::Relaxed),
+        declined.load(Ordering::Relaxed),
+    );
+    println!(
+        "mode={:?} streams={} depth={} frame={} fsync={} target_rate={}",
+        args.mode,
+        args.streams,
+        args.depth,
+        args.frame,
+        !args.no_fsync,
+        if args.mode == Mode::Rate {
+            args.rate.to_string()
+        } else {
+            "-".into()
+        }
+    );
+    println!(
+        "authorizations/s={:.0} approved={} declined={} frame_rtt_ms p50={:.2} p99={:.2} max={:.2}",
+        approved as f64 / elapsed,
+        approved,
+        declined,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    client.close().await;
+    running.shutdown().await?;
+    Ok(())
+}
