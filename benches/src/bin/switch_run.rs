@@ -276,6 +276,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+    if std::env::var_os("SWITCH_RUN_METRICS").is_some() {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(running.http_addr)?;
+        http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
+        let mut text = String::new();
+        http.read_to_string(&mut text)?;
+        for line in text.lines().filter(|l| l.starts_with("switch_request_seconds") || l.starts_with("switch_batch")) {
+            println!("{line}");
+        }
+    }
     client.close().await;
     running.shutdown().await?;
     Ok(())

@@ -199,7 +199,15 @@ async fn serve_stream(
                 Ok(None) => break,
                 Ok(Some((frame, used))) => {
                     consumed += used;
-                    handle_frame(frame, &shared, &state, &reply).await;
+                    // Each frame runs in its own task, so the stream keeps being read while
+                    // earlier frames wait for the ledger stage: that is what pipelining is.
+                    // The per-connection in-flight limit bounds how many there are.
+                    tokio::spawn(handle_frame(
+                        frame,
+                        shared.clone(),
+                        state.clone(),
+                        reply.clone(),
+                    ));
                 }
                 Err(e) => {
                     metrics::counter!("switch_malformed_frames_total").increment(1);
@@ -244,9 +252,9 @@ async fn serve_stream(
 
 async fn handle_frame(
     frame: wire::Frame,
-    shared: &Arc<Shared>,
-    state: &Arc<ConnectionState>,
-    reply: &mpsc::UnboundedSender<Vec<u8>>,
+    shared: Arc<Shared>,
+    state: Arc<ConnectionState>,
+    reply: mpsc::UnboundedSender<Vec<u8>>,
 ) {
     let (correlation_id, requests) = match frame {
         wire::Frame::Requests {
@@ -343,7 +351,7 @@ async fn handle_frame(
         .fetch_sub(answered_here as u32, Ordering::AcqRel);
     if items.is_empty() {
         let responses: Vec<wire::Response> = answers.into_iter().flatten().collect();
-        stage::send(reply, correlation_id, &responses);
+        stage::send(&reply, correlation_id, &responses);
         return;
     }
     // The stage answers its part on an inner channel; the frame's answer is assembled here,
@@ -392,5 +400,5 @@ async fn handle_frame(
             })
         })
         .collect();
-    stage::send(reply, correlation_id, &responses);
+    stage::send(&reply, correlation_id, &responses);
 }
