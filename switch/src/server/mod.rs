@@ -109,6 +109,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             0.25, 0.5, 1.0,
         ])
         .context("metrics buckets")?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("switch_batch_requests".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+                4096.0, 8192.0,
+            ],
+        )
+        .context("metrics buckets")?
         .build_recorder();
     let metrics_handle = metrics.handle();
     // A second server in one process (tests) keeps the first recorder; that is fine.
