@@ -519,5 +519,191 @@ fn pki_stranger() -> Pki {
     pki()
 }
 
-#[allow(dead_code)]
-fn unused(_: SocketAddr) {}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("http write");
+    let mut text = String::new();
+    tokio::time::timeout(LIMIT, stream.read_to_string(&mut text))
+        .await
+        .expect("http answer in time")
+        .expect("http read");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_over_quic_and_is_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    assert!(
+        http_get(running.http_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        http_get(running.http_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+
+    let sale = one(
+        &stream,
+        req(
+            20,
+            Operation::Sale {
+                number: number("6200000000000001"),
+                merchant: AccountId(300),
+                amount: Amount(5_000),
+                currency: CNY,
+            },
+        ),
+    )
+    .await;
+    assert_eq!(sale.code, Code::Approved, "{sale:?}");
+    let refund = |id, amount| {
+        req(
+            id,
+            Operation::Refund {
+                original: RequestId(20),
+                amount: Amount(amount),
+                currency: CNY,
+            },
+        )
+    };
+    assert_eq!(one(&stream, refund(21, 3_000)).await.code, Code::Approved);
+    let over = one(&stream, refund(22, 2_001)).await;
+    assert_eq!(
+        (over.code, over.reason),
+        (Code::InvalidAmount, Reason::EXCEEDS_REFUNDABLE)
+    );
+
+    assert_eq!(one(&stream, authorize(23, 700)).await.code, Code::Approved);
+    let reverse = one(
+        &stream,
+        req(
+            24,
+            Operation::Reverse {
+                authorization: RequestId(23),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(reverse.code, Code::Approved);
+    let ResponseBody::Reverse(released) = reverse.body else {
+        panic!("{reverse:?}")
+    };
+    assert_eq!(released.amount, Amount(700));
+    let capture_reversed = one(
+        &stream,
+        req(
+            25,
+            Operation::Capture {
+                authorization: RequestId(23),
+                amount: Amount(1),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        (capture_reversed.code, capture_reversed.reason),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED)
+    );
+
+    let status = one(
+        &stream,
+        req(
+            26,
+            Operation::TransferStatus {
+                lookup: RequestId(20),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::TransferStatus(s) = status.body else {
+        panic!("{status:?}")
+    };
+    assert_eq!(
+        (s.state, s.amount, s.refunded),
+        (wire::TransferState::Posted, Amount(5_000), Amount(3_000))
+    );
+    let unknown = one(
+        &stream,
+        req(
+            27,
+            Operation::TransferStatus {
+                lookup: RequestId(999_999),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::TransferStatus(s) = unknown.body else {
+        panic!("{unknown:?}")
+    };
+    assert_eq!(
+        (unknown.code, s.state),
+        (Code::Approved, wire::TransferState::NotFound)
+    );
+
+    let by_number = one(
+        &stream,
+        req(
+            28,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Number(number("6200000000000001")),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(b) = by_number.body else {
+        panic!("{by_number:?}")
+    };
+    assert_eq!(
+        (b.account, b.ledger),
+        (AccountId(100), 100_000 - 5_000 + 3_000)
+    );
+
+    let limits = one(
+        &stream,
+        req(
+            29,
+            Operation::SetLimits {
+                participant: ParticipantId(2),
+                currency: CNY,
+                net_debit_cap: Amount(1_000_000),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(limits.code, Code::Approved);
+    let reload = one(&stream, req(30, Operation::ReloadRoutes)).await;
+    assert_eq!(
+        reload.body,
+        ResponseBody::ReloadRoutes { route_count: 0 },
+        "no config file: the default table"
+    );
+    let window = one(&stream, req(31, Operation::CloseWindow)).await;
+    assert_eq!(
+        window.code,
+        Code::InvalidTransaction,
+        "clearing is not served yet"
+    );
+
+    let metrics = http_get(running.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("switch_requests_total{op=\"sale\",code=\"0\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switch_wal_append_seconds"), "{metrics}");
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}

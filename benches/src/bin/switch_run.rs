@@ -282,7 +282,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
         let mut text = String::new();
         http.read_to_string(&mut text)?;
-        for line in text.lines().filter(|l| l.starts_with("switch_request_seconds") || l.starts_with("switch_batch")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("switch_request_seconds") || l.starts_with("switch_batch"))
+        {
             println!("{line}");
         }
     }

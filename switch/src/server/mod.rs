@@ -112,8 +112,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("switch_batch_requests".into()),
             &[
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
-                4096.0, 8192.0,
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+                8192.0,
             ],
         )
         .context("metrics buckets")?
