@@ -519,7 +519,6 @@ fn pki_stranger() -> Pki {
     pki()
 }
 
-
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
