@@ -706,3 +706,94 @@ async fn every_operation_answers_over_quic_and_is_counted() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stage_queue_is_answered_busy_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.queue_depth_max = 3;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    // Setup one request at a time: each fits the tiny queue.
+    let setup_requests = vec![
+        req(
+            1,
+            Operation::CreateParticipant {
+                participant: ParticipantId(3),
+                roles: Roles::ACQUIRER,
+                name: ParticipantName::new("acquirer").expect("short"),
+            },
+        ),
+        req(
+            2,
+            Operation::CreateParticipant {
+                participant: ParticipantId(2),
+                roles: Roles::ISSUER,
+                name: ParticipantName::new("issuer").expect("short"),
+            },
+        ),
+        req(
+            3,
+            Operation::CreateAccount {
+                account: AccountId(100),
+                owner: ParticipantId(2),
+                currency: CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: number("6200000000000001"),
+            },
+        ),
+        req(
+            4,
+            Operation::CreateAccount {
+                account: AccountId(300),
+                owner: ParticipantId(3),
+                currency: CNY,
+                flags: AccountFlags(0),
+                number: CardNumber::EMPTY,
+            },
+        ),
+        req(
+            5,
+            Operation::Fund {
+                account: AccountId(100),
+                amount: Amount(1_000),
+                currency: CNY,
+            },
+        ),
+    ];
+    for r in setup_requests {
+        assert_eq!(one(&stream, r).await.code, Code::Approved);
+    }
+    // Four requests cannot fit a queue of three: all four are answered 91, none executed.
+    let batch: Vec<Request> = (0..4u128).map(|i| authorize(40 + i, 1)).collect();
+    let busy = call(&stream, &batch).await;
+    assert!(
+        busy.iter()
+            .all(|r| (r.code, r.reason) == (Code::SystemBusy, Reason::OVERLOADED)),
+        "{busy:?}"
+    );
+    let balance = one(
+        &stream,
+        req(
+            50,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(b) = balance.body else {
+        panic!("{balance:?}")
+    };
+    assert_eq!(b.available, 1_000, "nothing was held");
+    // Three fit, and the refused ids are not remembered: they go through now.
+    let codes: Vec<Code> = call(&stream, &batch[..3])
+        .await
+        .iter()
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(codes, [Code::Approved; 3]);
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}

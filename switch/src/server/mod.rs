@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 
 use crate::config::{Config, LogFormat, TlsMode};
@@ -39,6 +40,37 @@ pub fn init_logging(log: &crate::config::Log) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The process's metrics recorder, installed once. Servers in one process (tests) share it.
+fn metrics_recorder() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0,
+                ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full("switch_batch_requests".into()),
+                        &[
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                            2048.0, 4096.0, 8192.0,
+                        ],
+                    )
+                })
+                .expect("the bucket lists above are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if something else installed a recorder first; then /metrics is empty.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
 }
 
 /// A running switch.
@@ -103,24 +135,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0,
-        ])
-        .context("metrics buckets")?
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("switch_batch_requests".into()),
-            &[
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
-                8192.0,
-            ],
-        )
-        .context("metrics buckets")?
-        .build_recorder();
-    let metrics_handle = metrics.handle();
-    // A second server in one process (tests) keeps the first recorder; that is fine.
-    let _ = metrics::set_global_recorder(metrics);
+    let metrics_handle = metrics_recorder();
     let ready = Arc::new(AtomicBool::new(false));
     let http_listener = http::bind(config.metrics.listen)
         .await
