@@ -28,6 +28,9 @@ pub struct DurableOptions {
     pub snapshots_keep: usize,
     /// What to do about corruption that is not a torn tail (see `wal::OnCorruption`).
     pub on_corruption: OnCorruption,
+    /// `maybe_snapshot` writes a snapshot once this many log records were submitted since the
+    /// last one; 0 leaves snapshots to explicit `snapshot` calls.
+    pub snapshot_every_records: u64,
 }
 
 impl Default for DurableOptions {
@@ -36,6 +39,7 @@ impl Default for DurableOptions {
             wal: WalOptions::default(),
             snapshots_keep: SNAPSHOT_KEEP_DEFAULT,
             on_corruption: OnCorruption::Refuse,
+            snapshot_every_records: 0,
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct DurableLedger<S: Storage + Clone> {
     options: DurableOptions,
     /// The sequence of the last record submitted; read under all ledger locks by `snapshot`.
     last_submitted: Arc<AtomicU64>,
+    /// The sequence the newest snapshot covers.
+    last_snapshot: AtomicU64,
+    /// One snapshot at a time: writing one prunes older files, another's temporary included.
+    snapshotting: parking_lot::Mutex<()>,
 }
 
 impl<S: Storage + Clone> DurableLedger<S> {
@@ -121,6 +129,7 @@ impl<S: Storage + Clone> DurableLedger<S> {
             .unwrap_or(0)
             .max(snapshot.as_ref().map_or(0, |s| s.1));
         let wal = Wal::open(storage.clone(), options.wal.clone(), recovered.resume)?;
+        let snapshot_sequence = snapshot.as_ref().map_or(0, |s| s.1);
         let recovery = Recovery {
             snapshot,
             rejected_snapshots: loaded.rejected,
@@ -135,6 +144,8 @@ impl<S: Storage + Clone> DurableLedger<S> {
                 storage,
                 options,
                 last_submitted: Arc::new(AtomicU64::new(last)),
+                last_snapshot: AtomicU64::new(snapshot_sequence),
+                snapshotting: parking_lot::Mutex::new(()),
             },
             recovery,
         ))
@@ -234,6 +245,11 @@ impl<S: Storage + Clone> DurableLedger<S> {
     /// needs. The ledger is locked only while its state is copied (see `Ledger::capture`).
     /// Returns the snapshot's sequence.
     pub fn snapshot(&self) -> Result<u64, DurableError> {
+        let _writing = self.snapshotting.lock();
+        self.write_snapshot()
+    }
+
+    fn write_snapshot(&self) -> Result<u64, DurableError> {
         let capture = self
             .ledger
             .capture_then(|| self.last_submitted.load(Ordering::Acquire));
@@ -247,7 +263,25 @@ impl<S: Storage + Clone> DurableLedger<S> {
             self.options.snapshots_keep,
         )?;
         wal::delete_covered(&self.storage, written.oldest_kept_sequence)?;
+        self.last_snapshot.fetch_max(sequence, Ordering::AcqRel);
         Ok(sequence)
+    }
+
+    /// Writes a snapshot if `snapshot_every_records` records were submitted since the last
+    /// one (and no other caller is writing one). Call it from wherever pausing is acceptable;
+    /// the pause is `Ledger::capture`'s (see BENCHMARKS.md). Returns the snapshot's sequence.
+    pub fn maybe_snapshot(&self) -> Result<Option<u64>, DurableError> {
+        let every = self.options.snapshot_every_records;
+        let due = every > 0
+            && self.last_submitted.load(Ordering::Acquire)
+                >= self.last_snapshot.load(Ordering::Acquire) + every;
+        if !due {
+            return Ok(None);
+        }
+        let Some(_writing) = self.snapshotting.try_lock() else {
+            return Ok(None);
+        };
+        self.write_snapshot().map(Some)
     }
 
     /// Drains the log and syncs it.

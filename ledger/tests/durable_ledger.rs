@@ -140,6 +140,7 @@ fn options() -> DurableOptions {
             segment_size_max_bytes: 4096,
             ..WalOptions::default()
         },
+        snapshot_every_records: 7,
         ..DurableOptions::default()
     }
 }
@@ -181,6 +182,8 @@ proptest! {
                     let events = events(batch, &mut next_id, now);
                     let got = durable.apply_blocking(&events, now).expect("durable");
                     prop_assert_eq!(got, reference.apply(&events, now).expect("applies"));
+                    // The configured cadence: a snapshot every 7 records.
+                    durable.maybe_snapshot().expect("snapshot written when due");
                 }
                 Step::Expire => {
                     let got = durable.expire_blocking(now).expect("durable");
@@ -263,4 +266,38 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_older_one() {
         "{recovery:?}"
     );
     assert_eq!(recovered.ledger().digest(), expected);
+}
+
+#[test]
+fn snapshots_follow_the_configured_cadence() {
+    let config = Config {
+        shards: 2,
+        ..Config::default()
+    };
+    let storage = SimStorage::new();
+    let (durable, _) =
+        DurableLedger::open(storage.clone(), config.clone(), options()).expect("opens");
+    durable
+        .apply_blocking(&setup(), Timestamp(1))
+        .expect("durable");
+    let mut next_id = 1_000;
+    let mut taken = Vec::new();
+    for i in 0..20u64 {
+        let batch = events(&[(1, 2, 5, 0, false)], &mut next_id, Timestamp(2 + i));
+        durable
+            .apply_blocking(&batch, Timestamp(2 + i))
+            .expect("durable");
+        if let Some(sequence) = durable.maybe_snapshot().expect("snapshot") {
+            taken.push(sequence);
+        }
+    }
+    // Records 1 (setup) and 2..=21: due at 7, 14, 21.
+    assert_eq!(taken, [7, 14, 21]);
+    let digest = durable.ledger().digest();
+    durable.close().expect("closes");
+    let (recovered, recovery) =
+        DurableLedger::open(storage.crash(), config, options()).expect("recovers");
+    assert_eq!(recovery.snapshot.map(|s| s.1), Some(21));
+    assert_eq!(recovery.records_replayed, 0);
+    assert_eq!(recovered.ledger().digest(), digest);
 }
