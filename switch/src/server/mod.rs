@@ -33,9 +33,13 @@ use crate::tls::{self, Fingerprint, Identities, ServerIdentity};
 pub fn init_logging(log: &crate::config::Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    use std::io::IsTerminal;
+    // Logs go to standard error; colour only when a person is watching.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -165,7 +169,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
                 tracing::info!(
                     generated,
                     "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
-                     this fingerprint (loadgen --fingerprint {f})"
+                     this fingerprint"
                 );
             }
             (identity, fingerprint)
