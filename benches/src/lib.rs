@@ -6,7 +6,7 @@
 //! - single-phase transfers with unique, increasing ids;
 //! - amount: 1 + a sample of an exponential distribution with mean 10,000 (minor units);
 //! - uniform: debit and credit drawn uniformly from all accounts; if equal, credit is the next;
-//! - zipfian: debit and credit drawn from a Zipf distribution with exponent 0.99 (YCSB's θ),
+//! - zipfian: debit and credit drawn by YCSB's zipfian generator with θ = 0.99 (`zipf.rs`),
 //!   with account ranks shuffled so that hot accounts are spread over the id space;
 //! - hot: 10 hot accounts; half the transfers debit a uniformly chosen hot one; every other
 //!   debit and every credit is uniform over the remaining 9,990.
@@ -16,9 +16,12 @@ use ledger::{
     TransferId, TransferKind,
 };
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp, Zipf};
+use rand_distr::{Distribution, Exp};
+
+pub mod zipf;
+
+use zipf::ZipfianShuffled;
 
 pub const ACCOUNTS: u64 = 10_000;
 pub const HOT_ACCOUNTS: u64 = 10;
@@ -75,19 +78,15 @@ pub fn account_batches(batch_len: usize) -> Vec<Vec<Event>> {
 /// Draws (debit, credit) account indexes for one workload.
 pub struct Picker {
     workload: Workload,
-    zipf: Zipf<f64>,
-    /// Zipf rank (1-based) to account index: a seeded shuffle.
-    ranks: Vec<u64>,
+    /// YCSB's zipfian generator (Gray et al.), ranks shuffled over the accounts.
+    zipf: ZipfianShuffled,
 }
 
 impl Picker {
     pub fn new(workload: Workload, rng: &mut StdRng) -> Picker {
-        let mut ranks: Vec<u64> = (0..ACCOUNTS).collect();
-        ranks.shuffle(rng);
         Picker {
             workload,
-            zipf: Zipf::new(ACCOUNTS, ZIPF_EXPONENT).expect("valid Zipf parameters"),
-            ranks,
+            zipf: ZipfianShuffled::new(ACCOUNTS, ZIPF_EXPONENT, rng),
         }
     }
 
@@ -102,9 +101,8 @@ impl Picker {
                 (debit, credit)
             }
             Workload::Zipfian => {
-                let mut draw = || self.ranks[self.zipf.sample(rng) as usize - 1];
-                let debit = draw();
-                let mut credit = draw();
+                let debit = self.zipf.next(rng);
+                let mut credit = self.zipf.next(rng);
                 if credit == debit {
                     credit = (debit + 1) % ACCOUNTS;
                 }
