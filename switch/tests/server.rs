@@ -70,8 +70,8 @@ async fn one(stream: &Stream, request: Request) -> wire::Response {
 }
 
 /// Participants 2 (issuer, card 62..01 funded with 1000.00) and 3 (acquirer, merchant 300).
-async fn setup(stream: &Stream) {
-    let requests = vec![
+fn setup_requests() -> Vec<Request> {
+    vec![
         req(
             1,
             Operation::CreateParticipant {
@@ -116,8 +116,11 @@ async fn setup(stream: &Stream) {
                 currency: CNY,
             },
         ),
-    ];
-    for r in call(stream, &requests).await {
+    ]
+}
+
+async fn setup(stream: &Stream) {
+    for r in call(stream, &setup_requests()).await {
         assert_eq!(r.code, Code::Approved, "{r:?}");
     }
 }
@@ -716,53 +719,7 @@ async fn a_full_stage_queue_is_answered_busy_at_once() {
     let client = connect(&running, None).await.expect("connect");
     let stream = client.stream().await.expect("stream");
     // Setup one request at a time: each fits the tiny queue.
-    let setup_requests = vec![
-        req(
-            1,
-            Operation::CreateParticipant {
-                participant: ParticipantId(3),
-                roles: Roles::ACQUIRER,
-                name: ParticipantName::new("acquirer").expect("short"),
-            },
-        ),
-        req(
-            2,
-            Operation::CreateParticipant {
-                participant: ParticipantId(2),
-                roles: Roles::ISSUER,
-                name: ParticipantName::new("issuer").expect("short"),
-            },
-        ),
-        req(
-            3,
-            Operation::CreateAccount {
-                account: AccountId(100),
-                owner: ParticipantId(2),
-                currency: CNY,
-                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
-                number: number("6200000000000001"),
-            },
-        ),
-        req(
-            4,
-            Operation::CreateAccount {
-                account: AccountId(300),
-                owner: ParticipantId(3),
-                currency: CNY,
-                flags: AccountFlags(0),
-                number: CardNumber::EMPTY,
-            },
-        ),
-        req(
-            5,
-            Operation::Fund {
-                account: AccountId(100),
-                amount: Amount(1_000),
-                currency: CNY,
-            },
-        ),
-    ];
-    for r in setup_requests {
+    for r in setup_requests() {
         assert_eq!(one(&stream, r).await.code, Code::Approved);
     }
     // Four requests cannot fit a queue of three: all four are answered 91, none executed.
@@ -786,7 +743,7 @@ async fn a_full_stage_queue_is_answered_busy_at_once() {
     let ResponseBody::BalanceInquiry(b) = balance.body else {
         panic!("{balance:?}")
     };
-    assert_eq!(b.available, 1_000, "nothing was held");
+    assert_eq!(b.available, 100_000, "nothing was held");
     // Three fit, and the refused ids are not remembered: they go through now.
     let codes: Vec<Code> = call(&stream, &batch[..3])
         .await
