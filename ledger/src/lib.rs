@@ -29,6 +29,7 @@ macro_rules! proptest_config {
 }
 
 mod account;
+pub mod clearing;
 mod currency;
 mod digest;
 pub mod durable;

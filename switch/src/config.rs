@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ledger::clearing::{FeeRate, FeeSchedule};
 use ledger::{AccountId, ParticipantId};
+use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::routing::{Route, RouteError, RouteTable};
@@ -26,6 +28,7 @@ pub struct Config {
     pub authorization: Authorization,
     pub metrics: Metrics,
     pub log: Log,
+    pub clearing: Clearing,
     pub identities: Vec<Identity>,
     pub routes: Vec<RouteConfig>,
 }
@@ -137,6 +140,70 @@ pub struct Log {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `switch=debug,info`.
     pub level: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Clearing {
+    /// Close the open window every this many seconds; 0 closes only on request.
+    pub close_every_seconds: u64,
+    /// Settlement reports are written here; empty means `<data_dir>/reports`.
+    pub report_dir: PathBuf,
+    /// Closed windows kept in memory for ListWindows and WindowReport.
+    pub windows_kept: u32,
+    pub fees: Fees,
+}
+
+/// Fee rates as decimal strings ("0.55" percent, "0.10" in major units per transaction).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fees {
+    pub purchase_percent: String,
+    pub purchase_fixed: String,
+    pub refund_percent: String,
+    pub refund_fixed: String,
+    pub issuer: Vec<IssuerFees>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFees {
+    pub participant: u64,
+    #[serde(default = "zero")]
+    pub purchase_percent: String,
+    #[serde(default = "zero")]
+    pub purchase_fixed: String,
+    #[serde(default = "zero")]
+    pub refund_percent: String,
+    #[serde(default = "zero")]
+    pub refund_fixed: String,
+}
+
+fn zero() -> String {
+    "0".to_string()
+}
+
+impl Default for Clearing {
+    fn default() -> Self {
+        Clearing {
+            close_every_seconds: 0,
+            report_dir: PathBuf::new(),
+            windows_kept: 1024,
+            fees: Fees::default(),
+        }
+    }
+}
+
+impl Default for Fees {
+    fn default() -> Self {
+        Fees {
+            purchase_percent: zero(),
+            purchase_fixed: zero(),
+            refund_percent: zero(),
+            refund_fixed: zero(),
+            issuer: Vec::new(),
+        }
+    }
 }
 
 /// A client certificate and who it is.
@@ -390,8 +457,101 @@ impl Config {
                 ));
             }
         }
+        if self.clearing.windows_kept == 0 {
+            return Err(invalid(
+                "clearing.windows_kept",
+                "must be at least 1".to_string(),
+            ));
+        }
+        self.fee_schedule(origin)?;
         self.route_table(origin)?;
         Ok(())
+    }
+
+    /// Where settlement reports go.
+    pub fn report_dir(&self) -> PathBuf {
+        if self.clearing.report_dir.as_os_str().is_empty() {
+            self.server.data_dir.join("reports")
+        } else {
+            self.clearing.report_dir.clone()
+        }
+    }
+
+    /// The fee schedule, its decimals parsed exactly (at most 10 decimals, not negative,
+    /// percentages at most 100).
+    pub fn fee_schedule(&self, origin: &str) -> Result<FeeSchedule, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message,
+        };
+        let parse = |key: &'static str, text: &str, percent: bool| {
+            let value = Decimal::from_str_exact(text.trim())
+                .map_err(|e| invalid(key, format!("{text:?} is not a decimal: {e}")))?;
+            if value.is_sign_negative() && !value.is_zero() {
+                return Err(invalid(key, format!("{text} must not be negative")));
+            }
+            if value.scale() > 10 {
+                return Err(invalid(key, format!("{text} has more than 10 decimals")));
+            }
+            if percent && value > Decimal::ONE_HUNDRED {
+                return Err(invalid(key, format!("{text} is over 100 percent")));
+            }
+            Ok(value)
+        };
+        let f = &self.clearing.fees;
+        let rate = |kp, p: &str, kf, x: &str| -> Result<FeeRate, ConfigError> {
+            Ok(FeeRate {
+                percent: parse(kp, p, true)?,
+                fixed: parse(kf, x, false)?,
+            })
+        };
+        let mut schedule = FeeSchedule {
+            purchase: rate(
+                "clearing.fees.purchase_percent",
+                &f.purchase_percent,
+                "clearing.fees.purchase_fixed",
+                &f.purchase_fixed,
+            )?,
+            refund: rate(
+                "clearing.fees.refund_percent",
+                &f.refund_percent,
+                "clearing.fees.refund_fixed",
+                &f.refund_fixed,
+            )?,
+            by_issuer: Default::default(),
+        };
+        for i in &f.issuer {
+            if i.participant == 0 {
+                return Err(invalid(
+                    "clearing.fees.issuer.participant",
+                    "must not be 0".to_string(),
+                ));
+            }
+            let purchase = rate(
+                "clearing.fees.issuer.purchase_percent",
+                &i.purchase_percent,
+                "clearing.fees.issuer.purchase_fixed",
+                &i.purchase_fixed,
+            )?;
+            let refund = rate(
+                "clearing.fees.issuer.refund_percent",
+                &i.refund_percent,
+                "clearing.fees.issuer.refund_fixed",
+                &i.refund_fixed,
+            )?;
+            if schedule
+                .by_issuer
+                .insert(ParticipantId(i.participant), (purchase, refund))
+                .is_some()
+            {
+                return Err(invalid(
+                    "clearing.fees.issuer.participant",
+                    format!("participant {} is listed twice", i.participant),
+                ));
+            }
+        }
+        Ok(schedule)
     }
 
     pub fn ledger_config(&self) -> ledger::Config {

@@ -22,6 +22,9 @@ use ledger::{
     Outcome, ParticipantId, Timestamp, Transfer, TransferId, TransferKind,
 };
 
+use ledger::clearing::{FeeSchedule, Kind, Settlement};
+
+use crate::clearing::{Clearing, Window, is_system_id, settlement_account, settlement_transfer_id};
 use crate::codes::{Code, Reason, code_for};
 
 // Keys are client-chosen: a seeded hasher, and a fast one (this is the hot path).
@@ -36,7 +39,16 @@ use crate::tls::Identity;
 pub struct RequestId(pub u128);
 
 /// Accounts the switch makes for itself have ids with these top 32 bits; clients may not.
-pub const SYSTEM_ACCOUNT_PREFIX: u32 = 0xffff_fff0;
+pub const SYSTEM_ACCOUNT_PREFIX: u32 = crate::clearing::SYSTEM_PREFIX;
+
+/// Windows a ListWindows result holds at most (the protocol's limit).
+pub const WINDOWS_LISTED_MAX: usize = 1024;
+
+/// Who the switch itself acts as (scheduled closes); no client can be participant 0.
+pub const SYSTEM: Identity = Identity {
+    participant: ParticipantId(0),
+    admin: true,
+};
 
 /// The account a participant's deposits in `currency` are drawn from.
 pub fn funding_account(participant: ParticipantId, currency: Currency) -> AccountId {
@@ -115,6 +127,14 @@ pub enum Request {
     TransferStatus {
         of: RequestId,
     },
+    /// 0 closes whichever window is open.
+    CloseWindow {
+        window: u64,
+    },
+    ListWindows,
+    WindowReport {
+        window: u64,
+    },
     Echo {
         payload: Vec<u8>,
     },
@@ -170,6 +190,11 @@ pub enum Command {
         amount: Amount,
         currency: Currency,
     },
+    /// Closes `window` (resolved: never 0) with the fee schedule in force when it was asked.
+    CloseWindow {
+        window: u64,
+        fees: Arc<FeeSchedule>,
+    },
 }
 
 impl Command {
@@ -180,6 +205,7 @@ impl Command {
                 | Command::CreateAccount { .. }
                 | Command::Fund { .. }
                 | Command::SetLimits { .. }
+                | Command::CloseWindow { .. }
         )
     }
 
@@ -234,6 +260,11 @@ pub enum Body {
     },
     Status(Status),
     Echo(Vec<u8>),
+    /// The window a CloseWindow closed.
+    WindowClosed(u64),
+    /// Newest first, the open window included.
+    Windows(Vec<Window>),
+    WindowReport(Window),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -294,6 +325,10 @@ pub struct CoreConfig {
     /// Requests whose responses (and authorizations and sales) are remembered; past this,
     /// the oldest resolved ones are forgotten.
     pub requests_remembered_max: usize,
+    /// The fee schedule closes use (logged with each close).
+    pub fees: Arc<FeeSchedule>,
+    /// Closed windows kept for ListWindows and WindowReport.
+    pub windows_kept: usize,
 }
 
 impl Default for CoreConfig {
@@ -302,6 +337,8 @@ impl Default for CoreConfig {
             default_expiry_seconds: 7 * 24 * 3600,
             expiry_seconds_max: 30 * 24 * 3600,
             requests_remembered_max: 10_000_000,
+            fees: Arc::default(),
+            windows_kept: 1024,
         }
     }
 }
@@ -316,6 +353,7 @@ struct Participant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Original {
     acquirer: ParticipantId,
+    issuer: ParticipantId,
     card: AccountId,
     merchant: AccountId,
     currency: Currency,
@@ -406,7 +444,8 @@ enum Finish {
     Capture(RequestId, Amount),
     Reverse(RequestId),
     Sale(Original),
-    Refund(RequestId, Amount, Currency),
+    Refund(RequestId, Original, Amount, Currency),
+    CloseWindow,
 }
 
 struct Planned {
@@ -436,6 +475,9 @@ pub struct Core {
     originals: Remembered<Original>,
     early_reversals: Remembered<()>,
     responses: Remembered<(u64, Response)>,
+    clearing: Clearing,
+    /// The settlement of a close in the wave being applied.
+    closing: Option<(Settlement, Arc<FeeSchedule>)>,
     /// Batches executed, to take turns growing the remembered maps.
     batches: usize,
 }
@@ -459,6 +501,8 @@ impl Core {
             originals: Remembered::new(max),
             early_reversals: Remembered::new(max),
             responses: Remembered::new(max),
+            clearing: Clearing::new(config.windows_kept),
+            closing: None,
             batches: 0,
             config,
         }
@@ -477,14 +521,34 @@ impl Core {
         self.limits.get(&(participant, currency)).copied()
     }
 
+    pub fn clearing(&self) -> &Clearing {
+        &self.clearing
+    }
+
+    /// Closed windows whose reports are to be written (each is handed out once).
+    pub fn take_reports(&mut self) -> Vec<Arc<crate::clearing::WindowDetails>> {
+        std::mem::take(&mut self.clearing.reports)
+    }
+
+    /// The switch's own close of the open window, for a schedule: an item to execute.
+    pub fn scheduled_close(&self) -> Item {
+        let window = self.clearing.open.id;
+        Item {
+            id: RequestId(crate::clearing::scheduled_close_id(window)),
+            who: SYSTEM,
+            request: Request::CloseWindow { window },
+        }
+    }
+
     /// Executes a batch of live requests at `now`.
     pub fn execute(&mut self, items: Vec<Item>, now: Timestamp) -> Executed {
+        self.clearing.start(now);
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = Wave::default();
         for (slot, item) in items.into_iter().enumerate() {
             let Item { id, who, request } = item;
-            if id.0 == 0 || id.0 == u128::MAX {
+            if id.0 == 0 || id.0 == u128::MAX || (is_system_id(id.0) && who != SYSTEM) {
                 out[slot] = Some(Response::new(
                     id,
                     Code::InvalidTransaction,
@@ -506,6 +570,16 @@ impl Core {
                 }
                 Request::Echo { payload } => {
                     out[slot] = Some(Response::approved(id, Body::Echo(payload)));
+                    continue;
+                }
+                Request::ListWindows => {
+                    self.flush(&mut wave, now, &mut out);
+                    out[slot] = Some(self.list_windows(id, who));
+                    continue;
+                }
+                Request::WindowReport { window } => {
+                    self.flush(&mut wave, now, &mut out);
+                    out[slot] = Some(self.window_report(id, who, window));
                     continue;
                 }
                 request => match self.resolve(id, request, now) {
@@ -551,6 +625,7 @@ impl Core {
 
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
+        self.clearing.start(now);
         let mut out: Vec<Option<Response>> = vec![None; commands.len()];
         let mut wave = Wave::default();
         for (slot, c) in commands.iter().enumerate() {
@@ -576,6 +651,11 @@ impl Core {
         let expired = self.ledger.expire(now);
         for e in &expired {
             if let Some(original) = self.originals.get_mut(&e.id.0) {
+                if original.stage == Stage::Held {
+                    let (issuer, currency, amount) =
+                        (original.issuer, original.currency, original.amount);
+                    self.clearing.release(issuer, currency, amount.0);
+                }
                 original.stage = Stage::Expired;
             }
         }
@@ -684,6 +764,14 @@ impl Core {
                 amount,
             },
             Request::Reverse { authorization } => Command::Reverse { authorization },
+            Request::CloseWindow { window } => Command::CloseWindow {
+                window: if window == 0 {
+                    self.clearing.open.id
+                } else {
+                    window
+                },
+                fees: self.config.fees.clone(),
+            },
             Request::Refund {
                 original,
                 amount,
@@ -695,6 +783,8 @@ impl Core {
             },
             Request::BalanceInquiry { .. }
             | Request::TransferStatus { .. }
+            | Request::ListWindows
+            | Request::WindowReport { .. }
             | Request::Echo { .. } => {
                 unreachable!("queries are answered before resolution")
             }
@@ -757,7 +847,7 @@ impl Core {
             });
             return false;
         }
-        match self.plan(id, who, command) {
+        match self.plan(id, who, command, now) {
             Err(response) => {
                 self.remember(id, fingerprint, &response);
                 out[slot] = Some(response);
@@ -811,6 +901,7 @@ impl Core {
         id: RequestId,
         who: Identity,
         command: &Command,
+        now: Timestamp,
     ) -> Result<(Vec<Op>, Finish, Option<(String, AccountId)>), Response> {
         let reject = |code, reason| Err(Response::new(id, code, reason));
         if command.is_admin() && !who.admin {
@@ -932,6 +1023,7 @@ impl Core {
                 if self.early_reversals.contains_key(&id.0) {
                     return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                 }
+                self.reserve(id, &original)?;
                 let op = transfer(
                     *card,
                     *merchant,
@@ -957,6 +1049,7 @@ impl Core {
                 currency,
             } => {
                 let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
+                self.reserve(id, &original)?;
                 let op = transfer(*card, *merchant, *amount, *currency, TransferKind::Single);
                 Ok((
                     vec![op],
@@ -1058,10 +1151,152 @@ impl Core {
                 );
                 Ok((
                     vec![op],
-                    Finish::Refund(*original_id, *amount, *currency),
+                    Finish::Refund(*original_id, original, *amount, *currency),
                     None,
                 ))
             }
+            Command::CloseWindow { window, fees } => self.plan_close(id, *window, fees, now),
+        }
+    }
+
+    /// Nets the open window into settlement transfers (one linked chain, creating settlement
+    /// accounts as needed), or answers at once: a closed window is already settled.
+    #[allow(clippy::type_complexity)]
+    fn plan_close(
+        &mut self,
+        id: RequestId,
+        window: u64,
+        fees: &Arc<FeeSchedule>,
+        now: Timestamp,
+    ) -> Result<(Vec<Op>, Finish, Option<(String, AccountId)>), Response> {
+        let open = self.clearing.open.id;
+        if window > open {
+            return Err(Response::new(
+                id,
+                Code::InvalidTransaction,
+                Reason::WINDOW_NOT_FOUND,
+            ));
+        }
+        if window < open {
+            return Err(Response::approved(id, Body::WindowClosed(window)));
+        }
+        let settlement = self.clearing.settle(fees).map_err(|e| {
+            tracing::error!(window, "clearing: {e}");
+            Response::new(id, Code::SystemMalfunction, Reason::INTERNAL)
+        })?;
+        let mut ops = Vec::new();
+        let mut created = HashSet::default();
+        for (index, t) in settlement.transfers.iter().enumerate() {
+            let from = settlement_account(t.from, t.currency);
+            let to = settlement_account(t.to, t.currency);
+            for (account, owner) in [(from, t.from), (to, t.to)] {
+                if self.ledger.account(account).is_none() && created.insert(account.0) {
+                    ops.push(Op::CreateAccount(NewAccount {
+                        id: account,
+                        currency: t.currency,
+                        owner,
+                        flags: AccountFlags::empty(),
+                    }));
+                }
+            }
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            ops.push(Op::Transfer(Transfer {
+                id: TransferId(settlement_transfer_id(window, index)),
+                debit_account_id: from,
+                credit_account_id: to,
+                amount: Amount(t.amount),
+                currency: t.currency,
+                kind: TransferKind::Single,
+                code: 0,
+            }));
+        }
+        if ops.len() > self.ledger.config().batch_len_max {
+            tracing::error!(
+                window,
+                events = ops.len(),
+                "clearing: the settlement does not fit in one ledger batch"
+            );
+            return Err(Response::new(id, Code::SystemMalfunction, Reason::INTERNAL));
+        }
+        if ops.is_empty() {
+            self.clearing.close(now, settlement, fees.clone());
+            return Err(Response::approved(id, Body::WindowClosed(window)));
+        }
+        self.closing = Some((settlement, fees.clone()));
+        Ok((ops, Finish::CloseWindow, None))
+    }
+
+    /// Counts a new authorization or sale against its issuer's net debit cap: declined 61 if
+    /// what the issuer owes in the open window, plus its live holds, plus this would exceed
+    /// it; otherwise reserved until the ledger decides.
+    fn reserve(&mut self, id: RequestId, original: &Original) -> Result<(), Response> {
+        let cap = self
+            .limits
+            .get(&(original.issuer, original.currency))
+            .copied()
+            .unwrap_or(Amount::ZERO);
+        if cap != Amount::ZERO {
+            let exposure = self.clearing.exposure(original.issuer, original.currency);
+            let after = exposure
+                .total()
+                .saturating_add(i128::from(original.amount.0));
+            if after > i128::from(cap.0) {
+                return Err(Response::new(id, Code::ExceedsLimit, Reason::NET_DEBIT_CAP));
+            }
+        }
+        self.clearing
+            .hold(original.issuer, original.currency, original.amount.0);
+        Ok(())
+    }
+
+    /// Reads back from the ledger what a capture, sale or refund moved, for reconciliation.
+    fn record_moved(&mut self, id: RequestId, kind: Kind) {
+        let Some(record) = self.ledger.transfer(TransferId(id.0)) else {
+            return;
+        };
+        let owner = |account| self.ledger.account(account).map(|a| a.owner);
+        if let (Some(debited), Some(credited)) = (
+            owner(record.debit_account_id),
+            owner(record.credit_account_id),
+        ) {
+            self.clearing.moved(
+                kind,
+                debited,
+                credited,
+                record.event.currency,
+                record.event.amount.0,
+            );
+        }
+    }
+
+    fn list_windows(&self, id: RequestId, who: Identity) -> Response {
+        if !who.admin {
+            return Response::new(id, Code::NotPermitted, Reason::ADMIN_REQUIRED);
+        }
+        let mut windows = vec![self.clearing.open_view()];
+        windows.extend(
+            self.clearing
+                .closed
+                .iter()
+                .rev()
+                .take(WINDOWS_LISTED_MAX - 1)
+                .cloned(),
+        );
+        Response::approved(id, Body::Windows(windows))
+    }
+
+    fn window_report(&self, id: RequestId, who: Identity, window: u64) -> Response {
+        if !who.admin {
+            return Response::new(id, Code::NotPermitted, Reason::ADMIN_REQUIRED);
+        }
+        let found = if window == self.clearing.open.id {
+            Some(self.clearing.open_view())
+        } else {
+            self.clearing.find(window).cloned()
+        };
+        match found {
+            Some(w) => Response::approved(id, Body::WindowReport(w)),
+            None => Response::new(id, Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND),
         }
     }
 
@@ -1085,8 +1320,16 @@ impl Core {
         if !self.owns(who, &m) {
             return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
         }
+        let Some(c) = self.ledger.account(card) else {
+            return Err(Response::new(
+                id,
+                Code::InvalidCardOrAccount,
+                Reason::ACCOUNT_NOT_FOUND,
+            ));
+        };
         Ok(Original {
             acquirer: m.owner,
+            issuer: c.owner,
             card,
             merchant,
             currency,
@@ -1134,7 +1377,7 @@ impl Core {
                 .copied()
                 .find(|o| !o.is_success() && *o != Outcome::LinkedEventFailed)
                 .unwrap_or_else(|| *results.last().expect("a planned command has events"));
-            let response = self.finish(planned.id, planned.finish, outcome, planned.number);
+            let response = self.finish(planned.id, planned.finish, outcome, planned.number, now);
             self.remember(planned.id, planned.fingerprint, &response);
             out[planned.slot] = Some(response);
         }
@@ -1148,8 +1391,20 @@ impl Core {
         finish: Finish,
         outcome: Outcome,
         number: Option<(String, AccountId)>,
+        now: Timestamp,
     ) -> Response {
         if !outcome.is_success() {
+            match finish {
+                // The reservation against the net debit cap goes with the request.
+                Finish::Authorize(o) | Finish::Sale(o) => {
+                    self.clearing.release(o.issuer, o.currency, o.amount.0)
+                }
+                Finish::CloseWindow => {
+                    self.closing = None;
+                    tracing::error!(?outcome, "clearing: the settlement batch failed");
+                }
+                _ => {}
+            }
             return Response::from_outcome(id, outcome);
         }
         let transfer = TransferId(id.0);
@@ -1174,10 +1429,27 @@ impl Core {
                 Some(r) => moved(r.event.amount, r.event.currency),
                 None => Response::approved(id, Body::None),
             },
-            Finish::Authorize(original) | Finish::Sale(original) => {
+            Finish::Authorize(original) => {
                 self.originals
                     .insert(id.0, original, |o| o.stage == Stage::Held);
                 moved(original.amount, original.currency)
+            }
+            Finish::Sale(original) => {
+                self.originals
+                    .insert(id.0, original, |o| o.stage == Stage::Held);
+                let (o, amount) = (original, original.amount);
+                self.clearing.release(o.issuer, o.currency, amount.0);
+                self.clearing
+                    .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, amount.0);
+                self.record_moved(id, Kind::Purchase);
+                moved(amount, o.currency)
+            }
+            Finish::CloseWindow => {
+                let window = self.clearing.open.id;
+                if let Some((settlement, fees)) = self.closing.take() {
+                    self.clearing.close(now, settlement, fees);
+                }
+                Response::approved(id, Body::WindowClosed(window))
             }
             Finish::Capture(authorization, amount) => {
                 let o = self
@@ -1186,8 +1458,12 @@ impl Core {
                     .expect("a live hold's authorization is never forgotten");
                 o.stage = Stage::Captured;
                 o.captured = amount;
-                let currency = o.currency;
-                moved(amount, currency)
+                let o = *o;
+                self.clearing.release(o.issuer, o.currency, o.amount.0);
+                self.clearing
+                    .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, amount.0);
+                self.record_moved(id, Kind::Purchase);
+                moved(amount, o.currency)
             }
             Finish::Reverse(authorization) => {
                 let o = self
@@ -1195,13 +1471,17 @@ impl Core {
                     .get_mut(&authorization.0)
                     .expect("a live hold's authorization is never forgotten");
                 o.stage = Stage::Reversed;
-                let (amount, currency) = (o.amount, o.currency);
+                let (amount, currency, issuer) = (o.amount, o.currency, o.issuer);
+                self.clearing.release(issuer, currency, amount.0);
                 moved(amount, currency)
             }
-            Finish::Refund(original, amount, currency) => {
+            Finish::Refund(original, o, amount, currency) => {
                 if let Some(o) = self.originals.get_mut(&original.0) {
                     o.refunded = Amount(o.refunded.0 + amount.0);
                 }
+                self.clearing
+                    .clear(Kind::Refund, o.acquirer, o.issuer, currency, amount.0);
+                self.record_moved(id, Kind::Refund);
                 moved(amount, currency)
             }
         }

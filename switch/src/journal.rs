@@ -4,7 +4,11 @@
 //! number directory, participants, authorizations, remembered responses). Layouts are in
 //! `docs/WAL-FORMAT.md` ("Switch payloads"); integers are little-endian.
 
+use std::sync::Arc;
+
+use ledger::clearing::{FeeRate, FeeSchedule};
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
+use rust_decimal::Decimal;
 
 use crate::core::{Command, Logged, Request, RequestId, Target};
 use crate::tls::Identity;
@@ -33,6 +37,10 @@ const C_CAPTURE: u8 = 6;
 const C_REVERSE: u8 = 7;
 const C_SALE: u8 = 8;
 const C_REFUND: u8 = 9;
+const C_CLOSE_WINDOW: u8 = 10;
+
+/// Fee-schedule entries a close carries at most (one per issuer).
+pub const FEE_ENTRIES_MAX: usize = 65_536;
 
 /// Longest participant name and card number carried.
 pub const NAME_LEN_MAX: usize = 64;
@@ -155,6 +163,22 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&original.0.to_le_bytes());
             out.extend_from_slice(&amount.0.to_le_bytes());
             out.extend_from_slice(&currency.numeric().to_le_bytes());
+        }
+        Command::CloseWindow { window, fees } => {
+            out.push(C_CLOSE_WINDOW);
+            out.extend_from_slice(&window.to_le_bytes());
+            let rate = |r: &FeeRate, out: &mut Vec<u8>| {
+                out.extend_from_slice(&r.percent.serialize());
+                out.extend_from_slice(&r.fixed.serialize());
+            };
+            rate(&fees.purchase, out);
+            rate(&fees.refund, out);
+            out.extend_from_slice(&(fees.by_issuer.len() as u32).to_le_bytes());
+            for (issuer, (purchase, refund)) in &fees.by_issuer {
+                out.extend_from_slice(&issuer.0.to_le_bytes());
+                rate(purchase, out);
+                rate(refund, out);
+            }
         }
     }
 }
@@ -280,6 +304,15 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
         Request::Echo { payload } => {
             out.push(12);
             put_bytes(payload, out);
+        }
+        Request::CloseWindow { window } => {
+            out.push(13);
+            out.extend_from_slice(&window.to_le_bytes());
+        }
+        Request::ListWindows => out.push(14),
+        Request::WindowReport { window } => {
+            out.push(15);
+            out.extend_from_slice(&window.to_le_bytes());
         }
     }
 }
@@ -441,6 +474,34 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
             amount: Amount(r.u64("amount")?),
             currency: r.currency()?,
         },
+        C_CLOSE_WINDOW => {
+            let window = r.u64("window")?;
+            let purchase = r.rate()?;
+            let refund = r.rate()?;
+            let count_at = r.at;
+            let count = r.u32("fee entries")? as usize;
+            if count > FEE_ENTRIES_MAX {
+                return Err(JournalError::Bad {
+                    offset: count_at,
+                    what: "fee entries",
+                    value: count as u128,
+                });
+            }
+            let mut by_issuer = std::collections::BTreeMap::new();
+            for _ in 0..count {
+                let issuer = ParticipantId(r.u64("fee issuer")?);
+                let rates = (r.rate()?, r.rate()?);
+                by_issuer.insert(issuer, rates);
+            }
+            Command::CloseWindow {
+                window,
+                fees: Arc::new(FeeSchedule {
+                    purchase,
+                    refund,
+                    by_issuer,
+                }),
+            }
+        }
         tag => {
             return Err(JournalError::Bad {
                 offset: at,
@@ -517,6 +578,30 @@ impl Reader<'_> {
             offset: at,
             what: "currency",
             value: u128::from(numeric),
+        })
+    }
+
+    fn decimal(&mut self, what: &'static str) -> Result<Decimal, JournalError> {
+        let at = self.at;
+        let bytes: [u8; 16] = self.array(what)?;
+        // Only what `Decimal::serialize` writes: flags with a scale of at most 28 and no
+        // other bits.
+        let flags = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let scale = (flags >> 16) & 0xff;
+        if flags & !0x80ff_0000 != 0 || scale > 28 {
+            return Err(JournalError::Bad {
+                offset: at,
+                what,
+                value: u128::from(flags),
+            });
+        }
+        Ok(Decimal::deserialize(bytes))
+    }
+
+    fn rate(&mut self) -> Result<FeeRate, JournalError> {
+        Ok(FeeRate {
+            percent: self.decimal("fee percent")?,
+            fixed: self.decimal("fee fixed part")?,
         })
     }
 

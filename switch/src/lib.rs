@@ -22,11 +22,13 @@ macro_rules! proptest_config {
     };
 }
 
+pub mod clearing;
 pub mod client;
 pub mod codes;
 pub mod config;
 pub mod core;
 pub mod journal;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod tls;

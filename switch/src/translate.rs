@@ -140,12 +140,9 @@ pub fn request(r: &wire::Request) -> Translated {
         wire::Operation::Echo { payload } => Request::Echo {
             payload: payload.as_bytes().to_vec(),
         },
-        wire::Operation::CloseWindow
-        | wire::Operation::ListWindows
-        | wire::Operation::WindowReport { .. } => {
-            // Clearing windows are not served by this version of the switch.
-            return decline(Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND);
-        }
+        wire::Operation::CloseWindow { window } => Request::CloseWindow { window: window.0 },
+        wire::Operation::ListWindows => Request::ListWindows,
+        wire::Operation::WindowReport { window } => Request::WindowReport { window: window.0 },
     })
 }
 
@@ -154,6 +151,20 @@ fn movement(transfer: TransferId, amount: Amount, currency: Currency) -> wire::M
         transfer: wire::TransferId(transfer.0),
         amount: wire::Amount(amount.0),
         currency: wire::Currency(currency.numeric()),
+    }
+}
+
+fn window_record(w: &crate::clearing::Window) -> wire::WindowRecord {
+    wire::WindowRecord {
+        window: wire::WindowId(w.id),
+        state: if w.open {
+            wire::WindowState::Open
+        } else {
+            wire::WindowState::Closed
+        },
+        opened_at: wire::Timestamp(w.opened_at.0),
+        closed_at: wire::Timestamp(w.closed_at.0),
+        transfer_count: w.transfer_count,
     }
 }
 
@@ -215,6 +226,26 @@ pub fn response(op: wire::Op, r: &core::Response) -> wire::Response {
                 amount: wire::Amount(s.amount.0),
                 captured: wire::Amount(s.captured.0),
                 refunded: wire::Amount(s.refunded.0),
+            };
+        }
+        (Body::WindowClosed(window), wire::ResponseBody::CloseWindow { window: w }) => {
+            *w = wire::WindowId(*window);
+        }
+        (Body::Windows(windows), wire::ResponseBody::ListWindows(list)) => {
+            *list = windows.iter().map(window_record).collect();
+        }
+        (Body::WindowReport(window), wire::ResponseBody::WindowReport(report)) => {
+            *report = wire::WindowReport {
+                window: window_record(window),
+                positions: window
+                    .positions
+                    .iter()
+                    .map(|&(participant, currency, net)| wire::NetPosition {
+                        participant: wire::ParticipantId(participant.0),
+                        currency: wire::Currency(currency.numeric()),
+                        net,
+                    })
+                    .collect(),
             };
         }
         (Body::Echo(payload), wire::ResponseBody::Echo(p)) => {

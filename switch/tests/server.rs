@@ -693,12 +693,79 @@ async fn every_operation_answers_over_quic_and_is_counted() {
         ResponseBody::ReloadRoutes { route_count: 0 },
         "no config file: the default table"
     );
-    let window = one(&stream, req(31, Operation::CloseWindow)).await;
+    let close = |id, window| {
+        req(
+            id,
+            Operation::CloseWindow {
+                window: wire::WindowId(window),
+            },
+        )
+    };
+    let closed = one(&stream, close(31, 0)).await;
     assert_eq!(
-        window.code,
-        Code::InvalidTransaction,
-        "clearing is not served yet"
+        (closed.code, closed.body),
+        (
+            Code::Approved,
+            ResponseBody::CloseWindow {
+                window: wire::WindowId(1)
+            }
+        )
     );
+    // Closing it again, under a new request id, changes nothing.
+    let again = one(&stream, close(32, 1)).await;
+    assert_eq!(again.code, Code::Approved);
+    let beyond = one(&stream, close(33, 9)).await;
+    assert_eq!(
+        (beyond.code, beyond.reason),
+        (Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND)
+    );
+    let list = one(&stream, req(34, Operation::ListWindows)).await;
+    let ResponseBody::ListWindows(windows) = list.body else {
+        panic!("{list:?}")
+    };
+    let states: Vec<(u64, wire::WindowState)> =
+        windows.iter().map(|w| (w.window.0, w.state)).collect();
+    assert_eq!(
+        states,
+        vec![(2, wire::WindowState::Open), (1, wire::WindowState::Closed)]
+    );
+    let report = one(
+        &stream,
+        req(
+            35,
+            Operation::WindowReport {
+                window: wire::WindowId(1),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::WindowReport(report) = report.body else {
+        panic!("{report:?}")
+    };
+    // The sale (5 000) less its refund (3 000) moved 2 000 between the two participants.
+    assert!(report.window.transfer_count >= 2, "{report:?}");
+    assert_eq!(
+        report.positions.iter().map(|p| p.net).sum::<i128>(),
+        0,
+        "{report:?}"
+    );
+    let reports = dir.path().join("reports");
+    for _ in 0..100 {
+        if reports.join("window-000001-settlement.json").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for name in [
+        "window-000001-settlement.csv",
+        "window-000001-settlement.json",
+        "window-000001-reconciliation.csv",
+    ] {
+        assert!(reports.join(name).exists(), "{name} not written");
+    }
+    let json = std::fs::read_to_string(reports.join("window-000001-settlement.json"))
+        .expect("settlement report");
+    assert!(json.contains("\"reconciled\": true"), "{json}");
 
     let metrics = http_get(running.http_addr, "/metrics").await;
     assert!(

@@ -168,7 +168,9 @@ fn operation() -> impl Strategy<Value = Operation> {
         ]
         .prop_map(|target| Operation::BalanceInquiry { target }),
         request_id().prop_map(|lookup| Operation::TransferStatus { lookup }),
-        Just(Operation::CloseWindow),
+        any::<u64>().prop_map(|window| Operation::CloseWindow {
+            window: WindowId(window),
+        }),
         Just(Operation::ListWindows),
         any::<u64>().prop_map(|window| Operation::WindowReport {
             window: WindowId(window)

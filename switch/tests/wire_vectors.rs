@@ -222,7 +222,13 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         ),
         (
             "request-close-window",
-            one_request(14, 0x0301, Operation::CloseWindow),
+            one_request(
+                14,
+                0x0301,
+                Operation::CloseWindow {
+                    window: WindowId(0),
+                },
+            ),
         ),
         (
             "request-list-windows",

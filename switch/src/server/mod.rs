@@ -156,6 +156,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             expiry_seconds_max: config.authorization.expiry_seconds_max,
             requests_remembered_max: usize::try_from(config.ledger.transfers_remembered_max)
                 .unwrap_or(usize::MAX),
+            fees: Arc::new(config.fee_schedule("configuration")?),
+            windows_kept: config.clearing.windows_kept as usize,
         },
         routes.read().clone(),
     );

@@ -13,6 +13,7 @@ use ledger::storage::FileStorage;
 use ledger::wal::{self, Durability, RecoverOptions, Wal, WalOptions};
 use parking_lot::RwLock;
 
+use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
 use crate::config::{self, Config};
 use crate::core::{Core, Item};
@@ -129,6 +130,11 @@ impl Stage {
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Windows closed in the log whose reports a crash kept from being written.
+        let report_dir = config.report_dir();
+        for details in core.take_reports() {
+            write_report(&report_dir, &details);
+        }
         if let Some(truncation) = &recovered.truncation {
             tracing::warn!("{truncation}");
         }
@@ -188,6 +194,22 @@ impl Stage {
         let mut clock = Clock { last: 0 };
         let mut last_expiry = Instant::now();
         let _ = self.durability;
+        let close_every_ns = config
+            .clearing
+            .close_every_seconds
+            .saturating_mul(1_000_000_000);
+        // Reports are written off the stage thread; closes are rare, so the channel is small.
+        let (report_tx, report_rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
+        let report_dir = config.report_dir();
+        let reporter = std::thread::Builder::new()
+            .name("clearing-reports".into())
+            .spawn(move || {
+                for details in report_rx {
+                    write_report(&report_dir, &details);
+                }
+            })
+            .context("spawning the report writer")?;
+
         loop {
             let first = match rx.recv_timeout(tick) {
                 Ok(job) => Some(job),
@@ -197,6 +219,12 @@ impl Stage {
             if last_expiry.elapsed() >= tick || first.is_none() {
                 last_expiry = Instant::now();
                 let now = clock.now();
+                if self.core.clearing().due(now, close_every_ns)
+                    && let Err(e) = self.close_on_schedule(now, &report_tx)
+                {
+                    failed.store(true, Ordering::Release);
+                    return Err(e);
+                }
                 if self.core.expire(now) {
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
@@ -223,7 +251,11 @@ impl Stage {
             queued.fetch_sub(count, Ordering::AcqRel);
             metrics::histogram!("switch_batch_requests").record(count as f64);
             self.core.set_routes(routes.read().clone());
-            if let Err(e) = self.execute(jobs, clock.now()) {
+            let result = self.execute(jobs, clock.now());
+            if result.is_ok() {
+                self.hand_reports(&report_tx);
+            }
+            if let Err(e) = result {
                 failed.store(true, Ordering::Release);
                 // Everything still queued gets 96: nothing more will be acknowledged.
                 while let Ok(job) = rx.try_recv() {
@@ -232,11 +264,53 @@ impl Stage {
                 return Err(e);
             }
         }
+        self.hand_reports(&report_tx);
+        drop(report_tx);
+        let _ = reporter.join();
         self.wal
             .close()
             .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
         tracing::info!(digest = %self.core.ledger().digest(), "ledger stage stopped; journal synced");
         Ok(())
+    }
+
+    /// Closes the open clearing window on the switch's own schedule, logged like any request.
+    fn close_on_schedule(
+        &mut self,
+        now: Timestamp,
+        report_tx: &Sender<Arc<WindowDetails>>,
+    ) -> anyhow::Result<()> {
+        let item = self.core.scheduled_close();
+        let window = self.core.clearing().open.id;
+        let executed = self.core.execute(vec![item], now);
+        if !executed.logged.is_empty() {
+            let mut payload = Vec::with_capacity(256);
+            SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
+            self.append(payload)?;
+        }
+        match executed.responses.first() {
+            Some(r) if r.code == Code::Approved => {
+                tracing::info!(window, "clearing window closed on schedule");
+            }
+            Some(r) => tracing::error!(
+                window,
+                code = r.code.as_u8(),
+                reason = r.reason.0,
+                "the scheduled close of a clearing window failed; it stays open"
+            ),
+            None => {}
+        }
+        self.hand_reports(report_tx);
+        Ok(())
+    }
+
+    /// Gives the reports of windows closed (and now durable) to the report writer.
+    fn hand_reports(&mut self, report_tx: &Sender<Arc<WindowDetails>>) {
+        for details in self.core.take_reports() {
+            if report_tx.send(details).is_err() {
+                tracing::error!("the report writer has stopped; reports are not being written");
+            }
+        }
     }
 
     fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
@@ -298,6 +372,17 @@ impl Stage {
             let _ = reply.send(wire_responses);
         }
         Ok(())
+    }
+}
+
+fn write_report(dir: &std::path::Path, details: &WindowDetails) {
+    if let Err(e) = crate::report::write(dir, details) {
+        metrics::counter!("switch_clearing_report_failures_total").increment(1);
+        tracing::error!(
+            window = details.window.id,
+            dir = %dir.display(),
+            "writing the settlement reports failed: {e}"
+        );
     }
 }
 

@@ -147,7 +147,11 @@ pub enum Operation {
     TransferStatus {
         lookup: RequestId,
     },
-    CloseWindow,
+    /// Closes `window` if it is the open one; 0 means whichever is open. Closing a window that
+    /// is already closed changes nothing.
+    CloseWindow {
+        window: WindowId,
+    },
     ListWindows,
     WindowReport {
         window: WindowId,
@@ -175,7 +179,7 @@ impl Operation {
             Operation::Refund { .. } => Op::Refund,
             Operation::BalanceInquiry { .. } => Op::BalanceInquiry,
             Operation::TransferStatus { .. } => Op::TransferStatus,
-            Operation::CloseWindow => Op::CloseWindow,
+            Operation::CloseWindow { .. } => Op::CloseWindow,
             Operation::ListWindows => Op::ListWindows,
             Operation::WindowReport { .. } => Op::WindowReport,
             Operation::Echo { .. } => Op::Echo,
@@ -192,7 +196,8 @@ impl Request {
                 Operation::CreateAccount { number, .. } => 16 + 8 + 2 + 2 + 1 + number.len(),
                 Operation::Fund { .. } => 16 + 8 + 2,
                 Operation::SetLimits { .. } => 8 + 2 + 8,
-                Operation::ReloadRoutes | Operation::CloseWindow | Operation::ListWindows => 0,
+                Operation::ReloadRoutes | Operation::ListWindows => 0,
+                Operation::CloseWindow { .. } => 8,
                 Operation::Authorize { number, .. } => 16 + 8 + 2 + 4 + 1 + number.len(),
                 Operation::Capture { .. } => 16 + 8,
                 Operation::Reverse { .. } | Operation::TransferStatus { .. } => 16,
@@ -251,7 +256,7 @@ impl Request {
                 w.u16("currency", currency.0);
                 w.u64("net_debit_cap", net_debit_cap.0);
             }
-            Operation::ReloadRoutes | Operation::CloseWindow | Operation::ListWindows => {}
+            Operation::ReloadRoutes | Operation::ListWindows => {}
             Operation::Authorize {
                 number,
                 merchant,
@@ -308,7 +313,7 @@ impl Request {
             Operation::TransferStatus { lookup } => {
                 w.u128("lookup_id", lookup.0);
             }
-            Operation::WindowReport { window } => {
+            Operation::WindowReport { window } | Operation::CloseWindow { window } => {
                 w.u64("window_id", window.0);
             }
             Operation::Echo { payload } => {
@@ -390,7 +395,9 @@ impl Request {
             Op::TransferStatus => Operation::TransferStatus {
                 lookup: RequestId(r.u128("lookup_id")?),
             },
-            Op::CloseWindow => Operation::CloseWindow,
+            Op::CloseWindow => Operation::CloseWindow {
+                window: WindowId(r.u64("window_id")?),
+            },
             Op::ListWindows => Operation::ListWindows,
             Op::WindowReport => Operation::WindowReport {
                 window: WindowId(r.u64("window_id")?),
