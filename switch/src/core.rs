@@ -542,7 +542,6 @@ impl Core {
 
     /// Executes a batch of live requests at `now`.
     pub fn execute(&mut self, items: Vec<Item>, now: Timestamp) -> Executed {
-        self.clearing.start(now);
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = Wave::default();
@@ -625,7 +624,6 @@ impl Core {
 
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
-        self.clearing.start(now);
         let mut out: Vec<Option<Response>> = vec![None; commands.len()];
         let mut wave = Wave::default();
         for (slot, c) in commands.iter().enumerate() {
@@ -847,6 +845,8 @@ impl Core {
             });
             return false;
         }
+        // The first window opens with the first command logged (so replay agrees).
+        self.clearing.start(now);
         match self.plan(id, who, command, now) {
             Err(response) => {
                 self.remember(id, fingerprint, &response);

@@ -22,6 +22,7 @@ macro_rules! proptest_config {
     };
 }
 
+pub mod admin;
 pub mod clearing;
 pub mod client;
 pub mod codes;

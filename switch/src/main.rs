@@ -24,6 +24,64 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Clearing windows of a running switch: close, list, show, and its report files.
+    Clearing(ClearingArgs),
+}
+
+#[derive(clap::Args)]
+struct ClearingArgs {
+    /// The switch's configuration (its address, data and report directories); without it
+    /// the embedded default.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The switch's QUIC address, if not the configuration's.
+    #[arg(long, global = true)]
+    target: Option<std::net::SocketAddr>,
+    /// Trust the switch by its certificate's SHA-256 fingerprint (default: the self-signed
+    /// certificate in the data directory).
+    #[arg(long, global = true)]
+    fingerprint: Option<String>,
+    /// Trust the switch by this CA certificate (PEM).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) of the admin identity, when the switch requires one.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    action: ClearingCommand,
+}
+
+#[derive(Subcommand)]
+enum ClearingCommand {
+    /// Close the open window (or `--window N`; closing a closed window changes nothing).
+    Close {
+        #[arg(long, default_value_t = 0)]
+        window: u64,
+    },
+    /// List windows, newest first.
+    List,
+    /// Show a window and its net positions.
+    Show { window: u64 },
+    /// Print a closed window's report file (settlement CSV or JSON, or reconciliation CSV).
+    Report {
+        window: u64,
+        #[arg(long, value_enum, default_value = "json")]
+        format: switch::admin::ReportFile,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    let loaded = match config {
+        Some(path) => Config::load(path),
+        None => Config::parse(DEFAULT_CONFIG, "embedded default"),
+    };
+    loaded.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Subcommand)]
@@ -51,18 +109,41 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Clearing(args) => {
+            let config = match load(args.config.as_ref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let action = match args.action {
+                ClearingCommand::Close { window } => switch::admin::Action::Close { window },
+                ClearingCommand::List => switch::admin::Action::List,
+                ClearingCommand::Show { window } => switch::admin::Action::Show { window },
+                ClearingCommand::Report { window, format } => switch::admin::Action::Report {
+                    window,
+                    file: format,
+                },
+            };
+            let target = switch::admin::Target {
+                config,
+                address: args.target,
+                fingerprint: args.fingerprint,
+                ca_file: args.ca,
+                cert_file: args.cert,
+                key_file: args.key,
+            };
+            match switch::admin::run(target, action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switch clearing: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let path = config.clone();
-            let loaded = match &config {
-                Some(path) => Config::load(path),
-                None => Config::parse(DEFAULT_CONFIG, "embedded default"),
-            };
-            let config = match loaded {
+            let config = match load(config.as_ref()) {
                 Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             switch::server::init_logging(&config.log);
             match switch::server::run(config, path) {

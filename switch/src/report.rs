@@ -32,7 +32,7 @@ pub fn paths(dir: &Path, window: u64) -> [PathBuf; 3] {
     ]
 }
 
-fn unsigned(minor: u128, currency: Currency) -> String {
+pub fn unsigned(minor: u128, currency: Currency) -> String {
     match balance_to_decimal(minor, currency) {
         Ok(d) => d.to_string(),
         // Beyond a decimal's 96 bits: print minor units, marked, rather than round.
@@ -40,7 +40,7 @@ fn unsigned(minor: u128, currency: Currency) -> String {
     }
 }
 
-fn signed(minor: i128, currency: Currency) -> String {
+pub fn signed(minor: i128, currency: Currency) -> String {
     let magnitude = unsigned(minor.unsigned_abs(), currency);
     if minor < 0 {
         format!("-{magnitude}")

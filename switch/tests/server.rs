@@ -821,3 +821,70 @@ async fn a_full_stage_queue_is_answered_busy_at_once() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// `switch clearing …` against a running switch: close, list, show, and the report files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clearing_cli_closes_lists_shows_and_prints_reports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    let config_file = dir.path().join("switch.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[server]\ndata_dir = {:?}\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("config file");
+    let target = running.quic_addr.to_string();
+    let fingerprint = running.fingerprint.expect("a certificate").to_string();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_switch"))
+            .arg("clearing")
+            .args(["--config", config_file.to_str().expect("utf-8 path")])
+            .args(["--target", &target, "--fingerprint", &fingerprint])
+            .args(args)
+            .output()
+            .expect("runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let cli = |args: &'static [&'static str]| {
+        let cli = &cli;
+        async move { tokio::task::block_in_place(|| cli(args)) }
+    };
+    let (ok, out, err) = cli(&["close"]).await;
+    assert!(ok && out.contains("window 1 closed"), "{out}{err}");
+    let (ok, out, err) = cli(&["close", "--window", "5"]).await;
+    assert!(!ok && err.contains("window not found"), "{out}{err}");
+    let (ok, out, _) = cli(&["list"]).await;
+    assert!(ok, "{out}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].contains("open") && rows[1].contains("closed"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&["show", "1"]).await;
+    assert!(ok && out.contains("window 1 (closed)"), "{out}");
+    for _ in 0..100 {
+        if switch::report::paths(&dir.path().join("reports"), 1)
+            .iter()
+            .all(|p| p.exists())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ok, out, err) = cli(&["report", "1"]).await;
+    assert!(ok && out.contains("\"window\": 1"), "{out}{err}");
+    let (ok, out, err) = cli(&["report", "1", "--format", "reconciliation"]).await;
+    assert!(
+        ok && out.starts_with("currency,acquirer,issuer"),
+        "{out}{err}"
+    );
+    running.shutdown().await.expect("clean shutdown");
+}

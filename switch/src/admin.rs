@@ -1,0 +1,198 @@
+//! `switch clearing …`: an admin client for a running switch's clearing windows.
+//!
+//! Closing, listing and showing windows go through the protocol (CloseWindow, ListWindows,
+//! WindowReport), as the admin identity; the report files are read from the report directory
+//! of the configuration, on the machine the switch writes them on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use ledger::{Currency, Timestamp};
+
+use crate::client::Client;
+use crate::config::{Config, TlsMode, parse_fingerprint};
+use crate::report;
+use crate::tls::{Fingerprint, ServerIdentity, Trust};
+use crate::wire::{self, Operation, ResponseBody, ResponseCode, WindowId, WindowState};
+
+/// How to reach and trust the switch, and who to be.
+pub struct Target {
+    pub config: Config,
+    pub address: Option<SocketAddr>,
+    pub fingerprint: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+pub enum Action {
+    Close { window: u64 },
+    List,
+    Show { window: u64 },
+    Report { window: u64, file: ReportFile },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFile {
+    Csv,
+    Json,
+    Reconciliation,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one clearing command, printing its result; the error says what went wrong.
+pub fn run(target: Target, action: Action) -> anyhow::Result<()> {
+    if let Action::Report { window, file } = action {
+        let paths = report::paths(&target.config.report_dir(), window);
+        let path = &paths[file as usize];
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        print!("{text}");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        tokio::time::timeout(TIMEOUT, call(target, action))
+            .await
+            .context("the switch did not answer in time")?
+    })
+}
+
+fn request_id() -> u128 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // Never in the range the switch keeps for itself (top 32 bits 0xffff_fff0).
+    (nanos & ((1u128 << 96) - 1)) | (u128::from(std::process::id()) << 96)
+}
+
+async fn call(target: Target, action: Action) -> anyhow::Result<()> {
+    let config = &target.config;
+    let address = target.address.unwrap_or_else(|| {
+        let mut a = config.server.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a
+    });
+    let trust = if let Some(text) = &target.fingerprint {
+        Trust::Fingerprint(Fingerprint(
+            parse_fingerprint(text).context("--fingerprint is not 32 bytes of hex")?,
+        ))
+    } else if let Some(ca) = &target.ca_file {
+        Trust::Roots(crate::tls::read_certs(ca)?)
+    } else if config.tls.mode == TlsMode::SelfSigned {
+        let cert = config.server.data_dir.join("tls").join("server-cert.der");
+        let der = std::fs::read(&cert).with_context(|| {
+            format!(
+                "reading {} (give --fingerprint or --ca for a switch elsewhere)",
+                cert.display()
+            )
+        })?;
+        Trust::Fingerprint(Fingerprint::of(&der.into()))
+    } else {
+        bail!("give --ca (or --fingerprint) to trust the switch");
+    };
+    let identity = match (&target.cert_file, &target.key_file) {
+        (Some(cert), Some(key)) => Some(ServerIdentity::from_pem_files(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    };
+    let client = Client::connect(address, &trust, identity)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let stream = client.stream().await?;
+    let operation = match action {
+        Action::Close { window } => Operation::CloseWindow {
+            window: WindowId(window),
+        },
+        Action::List => Operation::ListWindows,
+        Action::Show { window } => Operation::WindowReport {
+            window: WindowId(window),
+        },
+        Action::Report { .. } => unreachable!("answered from the files"),
+    };
+    let responses = stream
+        .call(&[wire::Request {
+            id: wire::RequestId(request_id()),
+            operation,
+        }])
+        .await?;
+    client.close().await;
+    let response = responses
+        .into_iter()
+        .next()
+        .context("the switch sent no answer")?;
+    if response.code != ResponseCode::Approved {
+        bail!(
+            "declined: code {:02} ({:?}), reason {}",
+            response.code.as_u8(),
+            response.code,
+            response.reason.name().unwrap_or("unknown")
+        );
+    }
+    match response.body {
+        ResponseBody::CloseWindow { window } => println!("window {} closed", window.0),
+        ResponseBody::ListWindows(windows) => {
+            println!(
+                "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
+                "window", "state", "opened", "closed", "transfers"
+            );
+            for w in windows {
+                let open = w.state == WindowState::Open;
+                println!(
+                    "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
+                    w.window.0,
+                    if open { "open" } else { "closed" },
+                    report::rfc3339(Timestamp(w.opened_at.0)),
+                    if open {
+                        String::from("-")
+                    } else {
+                        report::rfc3339(Timestamp(w.closed_at.0))
+                    },
+                    w.transfer_count
+                );
+            }
+        }
+        ResponseBody::WindowReport(r) => {
+            let w = r.window;
+            println!(
+                "window {} ({}), opened {}, {} transfers",
+                w.window.0,
+                if w.state == WindowState::Open {
+                    "open"
+                } else {
+                    "closed"
+                },
+                report::rfc3339(Timestamp(w.opened_at.0)),
+                w.transfer_count
+            );
+            if w.state == WindowState::Closed {
+                println!("closed {}", report::rfc3339(Timestamp(w.closed_at.0)));
+            }
+            println!("{:>12}  {:<8}  {:>24}", "participant", "currency", "net");
+            for p in r.positions {
+                match Currency::from_numeric(p.currency.0) {
+                    Some(c) => println!(
+                        "{:>12}  {:<8}  {:>24}",
+                        p.participant.0,
+                        c.code(),
+                        report::signed(p.net, c)
+                    ),
+                    None => println!(
+                        "{:>12}  {:<8}  {:>24}",
+                        p.participant.0, p.currency.0, p.net
+                    ),
+                }
+            }
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    Ok(())
+}
