@@ -1,8 +1,7 @@
 //! `switch clearing …`: an admin client for a running switch's clearing windows.
 //!
-//! Closing, listing and showing windows go through the protocol (CloseWindow, ListWindows,
-//! WindowReport), as the admin identity; the report files are read from the report directory
-//! of the configuration, on the machine the switch writes them on.
+//! Everything goes through the protocol as the admin identity: CloseWindow, ListWindows,
+//! WindowReport, and ReportFile, which downloads a report file in chunks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,14 +44,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs one clearing command, printing its result; the error says what went wrong.
 pub fn run(target: Target, action: Action) -> anyhow::Result<()> {
-    if let Action::Report { window, file } = action {
-        let paths = report::paths(&target.config.report_dir(), window);
-        let path = &paths[file as usize];
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        print!("{text}");
-        return Ok(());
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -108,6 +99,14 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {address}"))?;
     let stream = client.stream().await?;
+    if let Action::Report { window, file } = action {
+        let bytes = download(&stream, window, file as u8 + 1).await;
+        client.close().await;
+        let bytes = bytes?;
+        use std::io::Write as _;
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
     let operation = match action {
         Action::Close { window } => Operation::CloseWindow {
             window: WindowId(window),
@@ -116,7 +115,7 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         Action::Show { window } => Operation::WindowReport {
             window: WindowId(window),
         },
-        Action::Report { .. } => unreachable!("answered from the files"),
+        Action::Report { .. } => unreachable!("downloaded above"),
     };
     let responses = stream
         .call(&[wire::Request {
@@ -195,4 +194,56 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         other => bail!("unexpected answer: {other:?}"),
     }
     Ok(())
+}
+
+/// Largest report file downloaded.
+const REPORT_BYTES_MAX: u64 = 1 << 30;
+
+/// Downloads a whole report file, chunk by chunk.
+async fn download(
+    stream: &crate::client::Stream,
+    window: u64,
+    file: u8,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let responses = stream
+            .call(&[wire::Request {
+                id: wire::RequestId(request_id()),
+                operation: Operation::ReportFile {
+                    window: WindowId(window),
+                    file,
+                    offset: out.len() as u64,
+                },
+            }])
+            .await?;
+        let response = responses
+            .into_iter()
+            .next()
+            .context("the switch sent no answer")?;
+        if response.code != ResponseCode::Approved {
+            bail!(
+                "declined: code {:02} ({:?}), reason {}",
+                response.code.as_u8(),
+                response.code,
+                response.reason.name().unwrap_or("unknown")
+            );
+        }
+        let ResponseBody::ReportFile { total_len, chunk } = response.body else {
+            bail!("unexpected answer: {:?}", response.body);
+        };
+        if total_len > REPORT_BYTES_MAX {
+            bail!("the report is {total_len} bytes, over {REPORT_BYTES_MAX}");
+        }
+        out.extend_from_slice(chunk.as_bytes());
+        if out.len() as u64 >= total_len {
+            return Ok(out);
+        }
+        if chunk.as_bytes().is_empty() {
+            bail!(
+                "the switch sent an empty chunk at {} of {total_len} bytes",
+                out.len()
+            );
+        }
+    }
 }

@@ -11,6 +11,12 @@ use crate::wire;
 pub enum Translated {
     Core(Request),
     ReloadRoutes,
+    /// Served from the report files by the connection, not the core.
+    ReportFile {
+        window: u64,
+        file: u8,
+        offset: u64,
+    },
     Answer(wire::Response),
 }
 
@@ -143,6 +149,17 @@ pub fn request(r: &wire::Request) -> Translated {
         wire::Operation::CloseWindow { window } => Request::CloseWindow { window: window.0 },
         wire::Operation::ListWindows => Request::ListWindows,
         wire::Operation::WindowReport { window } => Request::WindowReport { window: window.0 },
+        wire::Operation::ReportFile {
+            window,
+            file,
+            offset,
+        } => {
+            return Translated::ReportFile {
+                window: window.0,
+                file: *file,
+                offset: *offset,
+            };
+        }
     })
 }
 

@@ -826,7 +826,10 @@ async fn a_full_stage_queue_is_answered_busy_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clearing_cli_closes_lists_shows_and_prints_reports() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let running = start(config(dir.path())).await;
+    let mut config = config(dir.path());
+    // Small frames: a report comes down in many pieces.
+    config.limits.frame_bytes_max = 200;
+    let running = start(config).await;
     let config_file = dir.path().join("switch.toml");
     std::fs::write(
         &config_file,
@@ -879,12 +882,23 @@ async fn the_clearing_cli_closes_lists_shows_and_prints_reports() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (ok, out, err) = cli(&["report", "1"]).await;
-    assert!(ok && out.contains("\"window\": 1"), "{out}{err}");
-    let (ok, out, err) = cli(&["report", "1", "--format", "reconciliation"]).await;
-    assert!(
-        ok && out.starts_with("currency,acquirer,issuer"),
-        "{out}{err}"
-    );
+    let [csv, json, reconciliation] = switch::report::paths(&dir.path().join("reports"), 1);
+    let json_path = json.clone();
+    for (args, path) in [
+        (&["report", "1"][..], json.clone()),
+        (&["report", "1", "--format", "csv"][..], csv),
+        (
+            &["report", "1", "--format", "reconciliation"][..],
+            reconciliation,
+        ),
+    ] {
+        let (ok, out, err) = cli(args).await;
+        let on_disk = std::fs::read_to_string(&path).expect("report file");
+        assert!(ok && out == on_disk, "{args:?}: {out}{err}");
+    }
+    let json = std::fs::read_to_string(&json_path).expect("report file");
+    assert!(json.len() > 3 * 136, "the JSON comes in several pieces");
+    let (ok, _, err) = cli(&["report", "7"]).await;
+    assert!(!ok && err.contains("window not found"), "{err}");
     running.shutdown().await.expect("clean shutdown");
 }

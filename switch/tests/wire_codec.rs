@@ -7,9 +7,9 @@ use proptest::test_runner::FileFailurePersistence;
 use switch::wire::{
     AccountFlags, AccountId, Amount, Balance, BalanceTarget, CardNumber, Currency, EchoPayload,
     ErrorCode, ErrorMessage, Frame, HEADER_LEN, Limits, Movement, NetPosition, Operation,
-    ParticipantId, ParticipantName, Reason, Request, RequestId, Response, ResponseBody,
-    ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId, WindowRecord,
-    WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
+    ParticipantId, ParticipantName, Reason, ReportChunk, Request, RequestId, Response,
+    ResponseBody, ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId,
+    WindowRecord, WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
 };
 
 /// Cases per property: `PROPTEST_CASES`, or a default that keeps a 2-core CI run short.
@@ -172,6 +172,13 @@ fn operation() -> impl Strategy<Value = Operation> {
             window: WindowId(window),
         }),
         Just(Operation::ListWindows),
+        (any::<u64>(), any::<u8>(), any::<u64>()).prop_map(|(window, file, offset)| {
+            Operation::ReportFile {
+                window: WindowId(window),
+                file,
+                offset,
+            }
+        }),
         any::<u64>().prop_map(|window| Operation::WindowReport {
             window: WindowId(window)
         }),
@@ -248,6 +255,14 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                     refunded,
                 })
             }),
+        (any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+            |(total_len, bytes)| {
+                ResponseBody::ReportFile {
+                    total_len,
+                    chunk: ReportChunk::new(bytes).expect("short"),
+                }
+            }
+        ),
         any::<u64>().prop_map(|window| ResponseBody::CloseWindow {
             window: WindowId(window)
         }),

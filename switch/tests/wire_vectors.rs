@@ -15,9 +15,9 @@ use std::fmt::Write as _;
 use switch::wire::{
     AccountFlags, AccountId, Amount, Balance, BalanceTarget, CardNumber, Currency, EchoPayload,
     ErrorCode, ErrorMessage, Frame, FrameKind, Limits, Movement, NetPosition, Op, Operation,
-    ParticipantId, ParticipantName, Reason, Request, RequestId, Response, ResponseBody,
-    ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId, WindowRecord,
-    WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
+    ParticipantId, ParticipantName, Reason, ReportChunk, Request, RequestId, Response,
+    ResponseBody, ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId,
+    WindowRecord, WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
 };
 
 const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
@@ -245,6 +245,18 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             ),
         ),
         (
+            "request-report-file",
+            one_request(
+                16,
+                0x0304,
+                Operation::ReportFile {
+                    window: WindowId(41),
+                    file: 2,
+                    offset: 0,
+                },
+            ),
+        ),
+        (
             "request-echo",
             one_request(
                 17,
@@ -414,6 +426,17 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                         },
                     ],
                 }),
+            ),
+        ),
+        (
+            "response-report-file",
+            one_response(
+                16,
+                0x0304,
+                ResponseBody::ReportFile {
+                    total_len: 5,
+                    chunk: ReportChunk::new(*b"{\n  \"").expect("short"),
+                },
             ),
         ),
         (

@@ -342,6 +342,22 @@ async fn handle_frame(
                     }
                 });
             }
+            Translated::ReportFile {
+                window,
+                file,
+                offset,
+            } => {
+                answers[i] = Some(if !state.who.admin {
+                    wire::Response::declined(
+                        r.id,
+                        wire::Op::ReportFile,
+                        Code::NotPermitted,
+                        Reason::ADMIN_REQUIRED,
+                    )
+                } else {
+                    report_file(&shared.config, r.id, window, file, offset).await
+                });
+            }
             Translated::Answer(response) => answers[i] = Some(response),
         }
     }
@@ -401,4 +417,51 @@ async fn handle_frame(
         })
         .collect();
     stage::send(&reply, correlation_id, &responses);
+}
+
+/// A piece of a closed window's report file, read from the report directory.
+async fn report_file(
+    config: &crate::config::Config,
+    id: wire::RequestId,
+    window: u64,
+    file: u8,
+    offset: u64,
+) -> wire::Response {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let declined = |code, reason| wire::Response::declined(id, wire::Op::ReportFile, code, reason);
+    let paths = crate::report::paths(&config.report_dir(), window);
+    let Some(path) = usize::from(file).checked_sub(1).and_then(|i| paths.get(i)) else {
+        return declined(Code::InvalidTransaction, Reason::NONE);
+    };
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return declined(Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND);
+    };
+    let Ok(total_len) = f.metadata().await.map(|m| m.len()) else {
+        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
+    };
+    if offset > total_len {
+        return declined(Code::InvalidAmount, Reason::NONE);
+    }
+    // A chunk and its frame stay within the frame limit the switch keeps.
+    let room = (config.limits.frame_bytes_max as usize).saturating_sub(64);
+    let want = wire::ReportChunk::LEN_MAX
+        .min(room)
+        .min(usize::try_from(total_len - offset).unwrap_or(usize::MAX));
+    let mut buf = vec![0u8; want];
+    let read = async {
+        f.seek(std::io::SeekFrom::Start(offset)).await?;
+        f.read_exact(&mut buf).await
+    };
+    if read.await.is_err() {
+        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
+    }
+    match wire::ReportChunk::new(buf) {
+        Ok(chunk) => wire::Response {
+            request_id: id,
+            code: Code::Approved,
+            reason: Reason::NONE,
+            body: wire::ResponseBody::ReportFile { total_len, chunk },
+        },
+        Err(_) => declined(Code::SystemMalfunction, Reason::INTERNAL),
+    }
 }

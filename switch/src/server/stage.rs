@@ -403,6 +403,7 @@ pub(crate) fn op_name(op: wire::Op) -> &'static str {
         wire::Op::CloseWindow => "close_window",
         wire::Op::ListWindows => "list_windows",
         wire::Op::WindowReport => "window_report",
+        wire::Op::ReportFile => "report_file",
         wire::Op::Echo => "echo",
     }
 }

@@ -31,8 +31,8 @@ pub use response::{
 };
 pub use types::{
     AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, EchoPayload,
-    ErrorMessage, FieldError, ParticipantId, ParticipantName, Reason, RequestId, ResponseCode,
-    Roles, Timestamp, TransferId, TransferState, WindowId, WindowState,
+    ErrorMessage, FieldError, ParticipantId, ParticipantName, Reason, ReportChunk, RequestId,
+    ResponseCode, Roles, Timestamp, TransferId, TransferState, WindowId, WindowState,
 };
 
 /// The ALPN protocol id a client offers and the server requires.

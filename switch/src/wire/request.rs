@@ -26,11 +26,12 @@ pub enum Op {
     CloseWindow = 0x20,
     ListWindows = 0x21,
     WindowReport = 0x22,
+    ReportFile = 0x23,
     Echo = 0x30,
 }
 
 impl Op {
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::CreateParticipant,
         Op::CreateAccount,
         Op::Fund,
@@ -46,6 +47,7 @@ impl Op {
         Op::CloseWindow,
         Op::ListWindows,
         Op::WindowReport,
+        Op::ReportFile,
         Op::Echo,
     ];
 
@@ -69,6 +71,7 @@ impl Op {
                 | Op::CloseWindow
                 | Op::ListWindows
                 | Op::WindowReport
+                | Op::ReportFile
         )
     }
 }
@@ -156,6 +159,13 @@ pub enum Operation {
     WindowReport {
         window: WindowId,
     },
+    /// Up to `ReportChunk::LEN_MAX` bytes of a closed window's report file from `offset`.
+    ReportFile {
+        window: WindowId,
+        /// 1 settlement CSV, 2 settlement JSON, 3 reconciliation CSV.
+        file: u8,
+        offset: u64,
+    },
     Echo {
         payload: EchoPayload,
     },
@@ -182,6 +192,7 @@ impl Operation {
             Operation::CloseWindow { .. } => Op::CloseWindow,
             Operation::ListWindows => Op::ListWindows,
             Operation::WindowReport { .. } => Op::WindowReport,
+            Operation::ReportFile { .. } => Op::ReportFile,
             Operation::Echo { .. } => Op::Echo,
         }
     }
@@ -208,6 +219,7 @@ impl Request {
                     BalanceTarget::Number(number) => 1 + 1 + number.len(),
                 },
                 Operation::WindowReport { .. } => 8,
+                Operation::ReportFile { .. } => 8 + 1 + 8,
                 Operation::Echo { payload } => 2 + payload.as_bytes().len(),
             }
     }
@@ -316,6 +328,15 @@ impl Request {
             Operation::WindowReport { window } | Operation::CloseWindow { window } => {
                 w.u64("window_id", window.0);
             }
+            Operation::ReportFile {
+                window,
+                file,
+                offset,
+            } => {
+                w.u64("window_id", window.0);
+                w.u8("file", *file);
+                w.u64("offset", *offset);
+            }
             Operation::Echo { payload } => {
                 w.bytes_u16("payload_len", "payload", payload.as_bytes());
             }
@@ -401,6 +422,11 @@ impl Request {
             Op::ListWindows => Operation::ListWindows,
             Op::WindowReport => Operation::WindowReport {
                 window: WindowId(r.u64("window_id")?),
+            },
+            Op::ReportFile => Operation::ReportFile {
+                window: WindowId(r.u64("window_id")?),
+                file: r.u8("file")?,
+                offset: r.u64("offset")?,
             },
             Op::Echo => Operation::Echo {
                 payload: r.bytes_u16("payload_len", "payload", EchoPayload::LEN_MAX, |bytes| {

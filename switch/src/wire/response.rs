@@ -4,8 +4,8 @@ use crate::wire::cursor::{Reader, Writer};
 use crate::wire::error::{EncodeError, WireError, WireErrorKind};
 use crate::wire::request::Op;
 use crate::wire::types::{
-    AccountId, Amount, Currency, EchoPayload, ParticipantId, Reason, RequestId, ResponseCode,
-    Timestamp, TransferId, TransferState, WindowId, WindowState,
+    AccountId, Amount, Currency, EchoPayload, ParticipantId, Reason, ReportChunk, RequestId,
+    ResponseCode, Timestamp, TransferId, TransferState, WindowId, WindowState,
 };
 
 /// The result of one operation.
@@ -27,7 +27,9 @@ pub enum ResponseBody {
     CreateAccount,
     Fund(Movement),
     SetLimits,
-    ReloadRoutes { route_count: u32 },
+    ReloadRoutes {
+        route_count: u32,
+    },
     Authorize(Movement),
     Capture(Movement),
     Reverse(Movement),
@@ -35,9 +37,16 @@ pub enum ResponseBody {
     Refund(Movement),
     BalanceInquiry(Balance),
     TransferStatus(Status),
-    CloseWindow { window: WindowId },
+    CloseWindow {
+        window: WindowId,
+    },
     ListWindows(Vec<WindowRecord>),
     WindowReport(WindowReport),
+    ReportFile {
+        /// The whole file's length in bytes.
+        total_len: u64,
+        chunk: ReportChunk,
+    },
     Echo(EchoPayload),
 }
 
@@ -127,6 +136,7 @@ impl ResponseBody {
             ResponseBody::CloseWindow { .. } => Op::CloseWindow,
             ResponseBody::ListWindows(_) => Op::ListWindows,
             ResponseBody::WindowReport(_) => Op::WindowReport,
+            ResponseBody::ReportFile { .. } => Op::ReportFile,
             ResponseBody::Echo(_) => Op::Echo,
         }
     }
@@ -168,6 +178,10 @@ impl ResponseBody {
                 },
                 positions: Vec::new(),
             }),
+            Op::ReportFile => ResponseBody::ReportFile {
+                total_len: 0,
+                chunk: ReportChunk::default(),
+            },
             Op::Echo => ResponseBody::Echo(EchoPayload::default()),
         }
     }
@@ -205,6 +219,7 @@ impl Response {
                 ResponseBody::WindowReport(report) => {
                     WINDOW_RECORD_LEN + 2 + report.positions.len() * NET_POSITION_LEN
                 }
+                ResponseBody::ReportFile { chunk, .. } => 8 + 2 + chunk.as_bytes().len(),
                 ResponseBody::Echo(payload) => 2 + payload.as_bytes().len(),
             }
     }
@@ -261,6 +276,10 @@ impl Response {
                     w.u16("currency", position.currency.0);
                     w.i128("net", position.net);
                 }
+            }
+            ResponseBody::ReportFile { total_len, chunk } => {
+                w.u64("total_len", *total_len);
+                w.bytes_u16("chunk_len", "chunk", chunk.as_bytes());
             }
             ResponseBody::Echo(payload) => {
                 w.bytes_u16("payload_len", "payload", payload.as_bytes());
@@ -328,6 +347,10 @@ impl Response {
                 }
                 ResponseBody::WindowReport(WindowReport { window, positions })
             }
+            Op::ReportFile => ResponseBody::ReportFile {
+                total_len: r.u64("total_len")?,
+                chunk: r.bytes_u16("chunk_len", "chunk", ReportChunk::LEN_MAX, ReportChunk::new)?,
+            },
             Op::Echo => ResponseBody::Echo(r.bytes_u16(
                 "payload_len",
                 "payload",

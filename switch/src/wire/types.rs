@@ -216,6 +216,24 @@ impl EchoPayload {
     }
 }
 
+/// A piece of a report file: at most 32 768 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReportChunk(Vec<u8>);
+
+impl ReportChunk {
+    pub const LEN_MAX: usize = 32_768;
+
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, FieldError> {
+        let bytes = bytes.into();
+        check_len(bytes.len(), Self::LEN_MAX)?;
+        Ok(Self(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The human-readable part of an error frame: at most 255 bytes of UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ErrorMessage(String);
