@@ -117,26 +117,9 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         },
         Action::Report { .. } => unreachable!("downloaded above"),
     };
-    let responses = stream
-        .call(&[wire::Request {
-            id: wire::RequestId(request_id()),
-            operation,
-        }])
-        .await?;
+    let body = ask(&stream, operation).await;
     client.close().await;
-    let response = responses
-        .into_iter()
-        .next()
-        .context("the switch sent no answer")?;
-    if response.code != ResponseCode::Approved {
-        bail!(
-            "declined: code {:02} ({:?}), reason {}",
-            response.code.as_u8(),
-            response.code,
-            response.reason.name().unwrap_or("unknown")
-        );
-    }
-    match response.body {
+    match body? {
         ResponseBody::CloseWindow { window } => println!("window {} closed", window.0),
         ResponseBody::ListWindows(windows) => {
             println!(
@@ -207,30 +190,17 @@ async fn download(
 ) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let responses = stream
-            .call(&[wire::Request {
-                id: wire::RequestId(request_id()),
-                operation: Operation::ReportFile {
-                    window: WindowId(window),
-                    file,
-                    offset: out.len() as u64,
-                },
-            }])
-            .await?;
-        let response = responses
-            .into_iter()
-            .next()
-            .context("the switch sent no answer")?;
-        if response.code != ResponseCode::Approved {
-            bail!(
-                "declined: code {:02} ({:?}), reason {}",
-                response.code.as_u8(),
-                response.code,
-                response.reason.name().unwrap_or("unknown")
-            );
-        }
-        let ResponseBody::ReportFile { total_len, chunk } = response.body else {
-            bail!("unexpected answer: {:?}", response.body);
+        let body = ask(
+            stream,
+            Operation::ReportFile {
+                window: WindowId(window),
+                file,
+                offset: out.len() as u64,
+            },
+        )
+        .await?;
+        let ResponseBody::ReportFile { total_len, chunk } = body else {
+            bail!("unexpected answer: {body:?}");
         };
         if total_len > REPORT_BYTES_MAX {
             bail!("the report is {total_len} bytes, over {REPORT_BYTES_MAX}");
@@ -246,4 +216,27 @@ async fn download(
             );
         }
     }
+}
+
+/// Sends one operation and returns its result, or says why it was declined.
+async fn ask(stream: &crate::client::Stream, operation: Operation) -> anyhow::Result<ResponseBody> {
+    let responses = stream
+        .call(&[wire::Request {
+            id: wire::RequestId(request_id()),
+            operation,
+        }])
+        .await?;
+    let response = responses
+        .into_iter()
+        .next()
+        .context("the switch sent no answer")?;
+    if response.code != ResponseCode::Approved {
+        bail!(
+            "declined: code {:02} ({:?}), reason {}",
+            response.code.as_u8(),
+            response.code,
+            response.reason.name().unwrap_or("unknown")
+        );
+    }
+    Ok(response.body)
 }
