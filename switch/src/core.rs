@@ -423,6 +423,17 @@ struct Wave {
     events: Vec<Event>,
     planned: Vec<Planned>,
     keys: HashSet<u128>,
+    /// Repeats of a request planned in this wave, answered once it is applied.
+    repeats: Vec<Repeat>,
+}
+
+/// A repeat waiting for the answer to the request it repeats.
+struct Repeat {
+    slot: usize,
+    id: RequestId,
+    fingerprint: u64,
+    /// The slot of the request it repeats.
+    of: usize,
 }
 
 /// The state machine.
@@ -742,13 +753,8 @@ impl Core {
         now: Timestamp,
         out: &mut [Option<Response>],
     ) -> bool {
-        let conflict = wave.keys.contains(&id.0)
-            || command.original().is_some_and(|o| wave.keys.contains(&o.0))
-            || command.is_admin()
-            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
-        if conflict {
-            self.flush(wave, now, out);
-        }
+        // A repeat is answered without closing the wave: it is not logged, so a replay would
+        // not close it there either, and must build the same state (forgetting order too).
         if let Some((original_fingerprint, response)) = self.responses.get(&id.0) {
             out[slot] = Some(if *original_fingerprint == fingerprint {
                 response.clone()
@@ -756,6 +762,24 @@ impl Core {
                 Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
             });
             return false;
+        }
+        if wave.keys.contains(&id.0)
+            && let Some(planned) = wave.planned.iter().find(|p| p.id == id)
+        {
+            wave.repeats.push(Repeat {
+                slot,
+                id,
+                fingerprint,
+                of: planned.slot,
+            });
+            return false;
+        }
+        let conflict = command.original().is_some_and(|o| wave.keys.contains(&o.0))
+            || wave.keys.contains(&id.0)
+            || command.is_admin()
+            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
+        if conflict {
+            self.flush(wave, now, out);
         }
         match self.plan(id, who, command) {
             Err(response) => {
@@ -1137,6 +1161,20 @@ impl Core {
             let response = self.finish(planned.id, planned.finish, outcome, planned.number);
             self.remember(planned.id, planned.fingerprint, &response);
             out[planned.slot] = Some(response);
+        }
+        for repeat in wave.repeats.drain(..) {
+            out[repeat.slot] = Some(match self.responses.get(&repeat.id.0) {
+                Some((fingerprint, response)) if *fingerprint == repeat.fingerprint => {
+                    response.clone()
+                }
+                Some(_) => {
+                    Response::new(repeat.id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
+                }
+                // Not remembered (busy): nothing was done, and the repeat hears the same.
+                None => out[repeat.of]
+                    .clone()
+                    .expect("the repeated request was answered"),
+            });
         }
         wave.events.clear();
         wave.keys.clear();
