@@ -1315,3 +1315,27 @@ impl Core {
         )
     }
 }
+
+// Snapshots of the switch: the layout and its encoding are in `core/snapshot.rs`. Core state
+// added above must be added there too (`snapshot::capture` and `snapshot::restore` name every
+// field of `Core`, so the compiler points at both).
+pub mod snapshot;
+
+impl Core {
+    /// The core's own state (the ledger's is `Ledger::capture`), encoded for a snapshot. Call
+    /// it between batches: the state must be exactly what the log holds.
+    pub fn capture(&self) -> snapshot::CoreCapture {
+        snapshot::capture(self)
+    }
+
+    /// Rebuilds a core, its ledger included, from a snapshot payload (`snapshot::Capture`);
+    /// returns it with the last log sequence the snapshot covers, which must equal
+    /// `file_sequence`.
+    pub fn restore(
+        bytes: &[u8],
+        file_sequence: u64,
+        config: snapshot::RestoreConfig,
+    ) -> Result<(Core, u64), snapshot::SnapshotError> {
+        snapshot::restore(bytes, file_sequence, config)
+    }
+}
