@@ -162,6 +162,17 @@ pub struct RestoreConfig {
     pub routes: Arc<RouteTable>,
 }
 
+impl RestoreConfig {
+    /// The configuration `core` was made with (a fresh core, before recovery).
+    pub fn like(core: &Core) -> RestoreConfig {
+        RestoreConfig {
+            ledger: core.ledger.config().clone(),
+            core: core.config.clone(),
+            routes: core.routes.clone(),
+        }
+    }
+}
+
 /// Rebuilds the switch from a payload that `Capture::encode` wrote; returns the core and the
 /// last log sequence it covers. `file_sequence` is the sequence the file says it covers.
 pub fn restore(

@@ -15,9 +15,11 @@ use parking_lot::RwLock;
 
 use crate::codes::{Code, Reason};
 use crate::config::{self, Config};
+use crate::core::snapshot::RestoreConfig;
 use crate::core::{Core, Item};
 use crate::journal::SwitchRecord;
 use crate::routing::RouteTable;
+use crate::server::snapshots::Snapshots;
 use crate::translate;
 use crate::wire;
 
@@ -73,6 +75,7 @@ pub struct Stage {
     core: Core,
     wal: Wal,
     durability: Durability,
+    snapshots: Snapshots,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -104,18 +107,29 @@ pub(crate) fn wal_options(config: &Config) -> WalOptions {
 }
 
 impl Stage {
-    /// Replays the journal in `data_dir/wal` into `core` and opens it for appending.
-    pub fn recover(mut core: Core, config: &Config) -> anyhow::Result<Stage> {
+    /// Loads the newest usable snapshot in `data_dir/snapshots` (if any; `core` is the fresh
+    /// state otherwise), replays the journal in `data_dir/wal` after it, and opens the journal
+    /// for appending.
+    pub fn recover(core: Core, config: &Config) -> anyhow::Result<Stage> {
         let dir = config.server.data_dir.join("wal");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
             FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         let options = wal_options(config);
         let started = Instant::now();
+        let mut snapshots = Snapshots::open(config, storage.clone())?;
+        let (loaded, passed_over) = snapshots
+            .load(|| RestoreConfig::like(&core))
+            .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
+        let (mut core, after_sequence, snapshot_file) = match loaded {
+            Some(l) => (l.core, l.sequence, Some(l.file)),
+            None => (core, 0, None),
+        };
         let recovered = wal::recover(
             &storage,
             &RecoverOptions {
                 record_size_max_bytes: options.record_size_max_bytes,
+                after_sequence,
                 ..RecoverOptions::default()
             },
             |_sequence, payload| -> Result<(), crate::journal::JournalError> {
@@ -128,16 +142,25 @@ impl Stage {
                 Ok(())
             },
         )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| {
+            if passed_over.is_empty() {
+                anyhow::anyhow!("{e}")
+            } else {
+                anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
+            }
+        })?;
+        snapshots.recovered(recovered.last_sequence.unwrap_or(0));
         if let Some(truncation) = &recovered.truncation {
             tracing::warn!("{truncation}");
         }
         tracing::info!(
+            snapshot = snapshot_file.as_deref().unwrap_or("none"),
+            after_sequence,
             records = recovered.records_applied,
             segments = recovered.segments_read,
             elapsed_ms = started.elapsed().as_millis() as u64,
             digest = %core.ledger().digest(),
-            "recovered from the write-ahead log"
+            "recovered from the snapshot and the write-ahead log after it"
         );
         let durability = options.durability;
         if let Some(warning) = durability.warning() {
@@ -149,6 +172,7 @@ impl Stage {
             core,
             wal,
             durability,
+            snapshots,
         })
     }
 
@@ -207,6 +231,7 @@ impl Stage {
                 }
             }
             let Some(first) = first else {
+                self.snapshots.maybe_start(&self.core);
                 continue;
             };
             let mut jobs = vec![first];
@@ -231,7 +256,9 @@ impl Stage {
                 }
                 return Err(e);
             }
+            self.snapshots.maybe_start(&self.core);
         }
+        self.snapshots.finish(&self.core);
         self.wal
             .close()
             .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
@@ -241,11 +268,14 @@ impl Stage {
 
     fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
         let started = Instant::now();
+        let len = payload.len();
         let result = self.wal.append(payload);
         metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
-        result.map(|_| ()).map_err(|e| {
+        let sequence = result.map_err(|e| {
             anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {e}")
-        })
+        })?;
+        self.snapshots.appended(sequence, len);
+        Ok(())
     }
 
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> anyhow::Result<()> {
