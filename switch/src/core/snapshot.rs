@@ -54,7 +54,12 @@ pub mod section {
         }
     }
 
-    /// Every section this build requires, ascending.
+    /// Every section this build reads, ascending. A section added later goes here and, if
+    /// snapshots written before it must stay readable (they must: the log they cover may be
+    /// gone), is read as empty when missing rather than added to `REQUIRED`.
+    pub(super) const KNOWN: [u16; 7] = REQUIRED;
+
+    /// Sections a snapshot must have.
     pub(super) const REQUIRED: [u16; 7] = [
         LEDGER,
         PARTICIPANTS,
@@ -205,7 +210,7 @@ pub fn restore(
         let len = r.u64("section length")?;
         let len = usize::try_from(len)
             .map_err(|_| r.bad(at, format!("section length {len} is too large")))?;
-        if !section::REQUIRED.contains(&tag) {
+        if !section::KNOWN.contains(&tag) {
             return Err(r.bad(
                 at,
                 format!("unknown section tag {tag} (written by a newer build?)"),
@@ -224,29 +229,30 @@ pub fn restore(
             format!("{} bytes after the last section", bytes.len() - r.at),
         ));
     }
-    if sections.len() != section::REQUIRED.len() {
-        let missing: Vec<&str> = section::REQUIRED
-            .iter()
-            .filter(|t| !sections.iter().any(|(tag, _, _)| tag == *t))
-            .map(|t| section::name(*t))
-            .collect();
+    let missing: Vec<&str> = section::REQUIRED
+        .iter()
+        .filter(|t| !sections.iter().any(|(tag, _, _)| tag == *t))
+        .map(|t| section::name(*t))
+        .collect();
+    if !missing.is_empty() {
         return Err(r.bad(
             count_at,
             format!("sections missing: {}", missing.join(", ")),
         ));
     }
-    let section = |tag: u16| {
-        let (_, at, body) = sections
+    // A section added later is read with `optional(tag)`, as empty when it is `None`.
+    let optional = |tag: u16| {
+        sections
             .iter()
             .find(|(t, _, _)| *t == tag)
-            .expect("every required section is present");
-        Reader {
-            buf: body,
-            at: 0,
-            base: *at,
-            section: Some(tag),
-        }
+            .map(|(_, at, body)| Reader {
+                buf: body,
+                at: 0,
+                base: *at,
+                section: Some(tag),
+            })
     };
+    let section = |tag: u16| optional(tag).expect("every required section is present");
     let ledger_section = section(section::LEDGER);
     let ledger = Ledger::restore(config.ledger, ledger_section.buf).map_err(|source| {
         SnapshotError::Ledger {
