@@ -830,13 +830,24 @@ async fn restarts_from_snapshots_after_the_log_was_pruned() {
         "covered segments were removed: {segments:?}"
     );
 
-    for round in ["from the newest snapshot", "past a corrupt newest snapshot"] {
+    for round in [
+        "from the newest snapshot",
+        "past a corrupt newest snapshot",
+        "past a snapshot that does not restore",
+    ] {
         if round == "past a corrupt newest snapshot" {
             let newest = dir.path().join("snapshots").join(&snapshots[1]);
             let mut bytes = std::fs::read(&newest).expect("read snapshot");
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x40;
             std::fs::write(&newest, bytes).expect("corrupt snapshot");
+        }
+        if round == "past a snapshot that does not restore" {
+            // A sound file (its checksum holds) whose payload is no switch snapshot.
+            let storage = ledger::storage::FileStorage::open(dir.path().join("snapshots"))
+                .expect("snapshot directory");
+            ledger::snapshot_file::write(&storage, 1 << 40, b"not a switch snapshot", 3)
+                .expect("write snapshot");
         }
         let running = start(config.clone()).await;
         let client = connect(&running, None).await.expect("connect");
