@@ -219,9 +219,8 @@ fn prune<S: Storage>(storage: &S, keep: usize) -> Result<(Vec<String>, Option<u6
     Ok((doomed, snapshots.iter().take(keep).min().copied()))
 }
 
-/// Loads the newest valid snapshot, passing over (and reporting) newer invalid ones.
-/// I/O errors are errors; invalid contents are rejections.
-pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
+/// Sequences of the snapshot files present, newest first.
+pub fn list<S: Storage>(storage: &S) -> Result<Vec<u64>, StorageError> {
     let mut snapshots: Vec<u64> = storage
         .list()
         .map_err(|e| StorageError::new("directory", "list", e))?
@@ -229,25 +228,45 @@ pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
         .filter_map(|name| parse_snapshot_file_name(name))
         .collect();
     snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(snapshots)
+}
+
+/// Reads and verifies the snapshot at `sequence`. I/O errors are errors; invalid contents are
+/// a rejection naming the file.
+pub fn read<S: Storage>(
+    storage: &S,
+    sequence: u64,
+) -> Result<Result<Snapshot, Rejected>, StorageError> {
+    let file = snapshot_file_name(sequence);
+    let bytes = storage
+        .read(&file)
+        .map_err(|e| StorageError::new(&file, "read", e))?;
+    Ok(match decode(&bytes, sequence) {
+        Ok(payload) => {
+            let payload = payload.to_vec();
+            Ok(Snapshot {
+                file,
+                sequence,
+                payload,
+            })
+        }
+        Err(reason) => Err(Rejected { file, reason }),
+    })
+}
+
+/// Loads the newest valid snapshot, passing over (and reporting) newer invalid ones.
+/// I/O errors are errors; invalid contents are rejections.
+pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
     let mut rejected = Vec::new();
-    for sequence in snapshots {
-        let file = snapshot_file_name(sequence);
-        let bytes = storage
-            .read(&file)
-            .map_err(|e| StorageError::new(&file, "read", e))?;
-        match decode(&bytes, sequence) {
-            Ok(payload) => {
-                let payload = payload.to_vec();
+    for sequence in list(storage)? {
+        match read(storage, sequence)? {
+            Ok(snapshot) => {
                 return Ok(Loaded {
-                    snapshot: Some(Snapshot {
-                        file,
-                        sequence,
-                        payload,
-                    }),
+                    snapshot: Some(snapshot),
                     rejected,
                 });
             }
-            Err(reason) => rejected.push(Rejected { file, reason }),
+            Err(r) => rejected.push(r),
         }
     }
     Ok(Loaded {

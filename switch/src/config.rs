@@ -104,9 +104,16 @@ pub struct Wal {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Snapshot {
-    /// Log records between snapshots; 0 turns snapshots off.
+    /// A snapshot is taken once this many log records were appended since the last; 0: never
+    /// on this count.
     pub every_records: u64,
+    /// A snapshot is taken once this many log bytes were appended since the last; 0: never on
+    /// this count.
+    pub every_wal_bytes: u64,
+    /// Snapshot files kept (at least 1); log segments are kept back to the oldest.
     pub keep: u32,
+    /// Take a snapshot at a clean shutdown, so that the next start replays nothing.
+    pub on_shutdown: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -289,8 +296,10 @@ impl Default for Wal {
 impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
-            every_records: 100_000,
+            every_records: 0,
+            every_wal_bytes: 1 << 30,
             keep: 2,
+            on_shutdown: true,
         }
     }
 }

@@ -462,6 +462,17 @@ struct Wave {
     events: Vec<Event>,
     planned: Vec<Planned>,
     keys: HashSet<u128>,
+    /// Repeats of a request planned in this wave, answered once it is applied.
+    repeats: Vec<Repeat>,
+}
+
+/// A repeat waiting for the answer to the request it repeats.
+struct Repeat {
+    slot: usize,
+    id: RequestId,
+    fingerprint: u64,
+    /// The slot of the request it repeats.
+    of: usize,
 }
 
 /// The state machine.
@@ -830,13 +841,8 @@ impl Core {
         now: Timestamp,
         out: &mut [Option<Response>],
     ) -> bool {
-        let conflict = wave.keys.contains(&id.0)
-            || command.original().is_some_and(|o| wave.keys.contains(&o.0))
-            || command.is_admin()
-            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
-        if conflict {
-            self.flush(wave, now, out);
-        }
+        // A repeat is answered without closing the wave: it is not logged, so a replay would
+        // not close it there either, and must build the same state (forgetting order too).
         if let Some((original_fingerprint, response)) = self.responses.get(&id.0) {
             out[slot] = Some(if *original_fingerprint == fingerprint {
                 response.clone()
@@ -844,6 +850,24 @@ impl Core {
                 Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
             });
             return false;
+        }
+        if wave.keys.contains(&id.0)
+            && let Some(planned) = wave.planned.iter().find(|p| p.id == id)
+        {
+            wave.repeats.push(Repeat {
+                slot,
+                id,
+                fingerprint,
+                of: planned.slot,
+            });
+            return false;
+        }
+        let conflict = command.original().is_some_and(|o| wave.keys.contains(&o.0))
+            || wave.keys.contains(&id.0)
+            || command.is_admin()
+            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
+        if conflict {
+            self.flush(wave, now, out);
         }
         // The first window opens with the first command logged (so replay agrees).
         self.clearing.start(now);
@@ -1381,6 +1405,20 @@ impl Core {
             self.remember(planned.id, planned.fingerprint, &response);
             out[planned.slot] = Some(response);
         }
+        for repeat in wave.repeats.drain(..) {
+            out[repeat.slot] = Some(match self.responses.get(&repeat.id.0) {
+                Some((fingerprint, response)) if *fingerprint == repeat.fingerprint => {
+                    response.clone()
+                }
+                Some(_) => {
+                    Response::new(repeat.id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
+                }
+                // Not remembered (busy): nothing was done, and the repeat hears the same.
+                None => out[repeat.of]
+                    .clone()
+                    .expect("the repeated request was answered"),
+            });
+        }
         wave.events.clear();
         wave.keys.clear();
     }
@@ -1555,5 +1593,29 @@ impl Core {
                 refunded: Amount::ZERO,
             }),
         )
+    }
+}
+
+// Snapshots of the switch: the layout and its encoding are in `core/snapshot.rs`. Core state
+// added above must be added there too (`snapshot::capture` and `snapshot::restore` name every
+// field of `Core`, so the compiler points at both).
+pub mod snapshot;
+
+impl Core {
+    /// The core's own state (the ledger's is `Ledger::capture`), encoded for a snapshot. Call
+    /// it between batches: the state must be exactly what the log holds.
+    pub fn capture(&self) -> snapshot::CoreCapture {
+        snapshot::capture(self)
+    }
+
+    /// Rebuilds a core, its ledger included, from a snapshot payload (`snapshot::Capture`);
+    /// returns it with the last log sequence the snapshot covers, which must equal
+    /// `file_sequence`.
+    pub fn restore(
+        bytes: &[u8],
+        file_sequence: u64,
+        config: snapshot::RestoreConfig,
+    ) -> Result<(Core, u64), snapshot::SnapshotError> {
+        snapshot::restore(bytes, file_sequence, config)
     }
 }

@@ -902,3 +902,110 @@ async fn the_clearing_cli_closes_lists_shows_and_prints_reports() {
     assert!(!ok && err.contains("window not found"), "{err}");
     running.shutdown().await.expect("clean shutdown");
 }
+
+fn files(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn available(stream: &Stream, id: u128) -> i128 {
+    let balance = one(
+        stream,
+        req(
+            id,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(b) = balance.body else {
+        panic!("{balance:?}")
+    };
+    b.available
+}
+
+/// Snapshots taken on the cadence and at shutdown let the oldest log segments go; a restart
+/// from them (and from the older snapshot, when the newest is corrupt) gives every answer
+/// again and the same balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_from_snapshots_after_the_log_was_pruned() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.snapshot.every_records = 10;
+    config.wal.segment_bytes_max = 2048;
+    let running = start(config.clone()).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    // One record per request: many records, many segments, several snapshots.
+    let mut sent = Vec::new();
+    for i in 0..120u128 {
+        let request = match i % 4 {
+            3 => req(
+                2_000 + i,
+                Operation::Capture {
+                    authorization: RequestId(2_000 + i - 1),
+                    amount: Amount(3),
+                },
+            ),
+            2 => req(
+                2_000 + i,
+                Operation::Reverse {
+                    authorization: RequestId(2_000 + i - 2),
+                },
+            ),
+            _ => authorize(2_000 + i, 5 + i as u64),
+        };
+        let answer = one(&stream, request.clone()).await;
+        sent.push((request, answer));
+    }
+    let before = available(&stream, 9_000).await;
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+
+    let snapshots = files(&dir.path().join("snapshots"), ".snap");
+    assert_eq!(snapshots.len(), 2, "the newest two are kept: {snapshots:?}");
+    let segments = files(&dir.path().join("wal"), ".wal");
+    assert_ne!(
+        segments.first().map(String::as_str),
+        Some("00000000000000000001.wal"),
+        "covered segments were removed: {segments:?}"
+    );
+
+    for round in [
+        "from the newest snapshot",
+        "past a corrupt newest snapshot",
+        "past a snapshot that does not restore",
+    ] {
+        if round == "past a corrupt newest snapshot" {
+            let newest = dir.path().join("snapshots").join(&snapshots[1]);
+            let mut bytes = std::fs::read(&newest).expect("read snapshot");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(&newest, bytes).expect("corrupt snapshot");
+        }
+        if round == "past a snapshot that does not restore" {
+            // A sound file (its checksum holds) whose payload is no switch snapshot.
+            let storage = ledger::storage::FileStorage::open(dir.path().join("snapshots"))
+                .expect("snapshot directory");
+            ledger::snapshot_file::write(&storage, 1 << 40, b"not a switch snapshot", 3)
+                .expect("write snapshot");
+        }
+        let running = start(config.clone()).await;
+        let client = connect(&running, None).await.expect("connect");
+        let stream = client.stream().await.expect("stream");
+        assert_eq!(available(&stream, 9_001).await, before, "{round}");
+        for (request, answer) in &sent {
+            assert_eq!(&one(&stream, request.clone()).await, answer, "{round}");
+        }
+        assert_eq!(available(&stream, 9_002).await, before, "{round}");
+        client.close().await;
+        running.shutdown().await.expect("clean shutdown");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod snapshots;
 pub mod stage;
 
 use std::net::SocketAddr;

@@ -16,9 +16,11 @@ use parking_lot::RwLock;
 use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
 use crate::config::{self, Config};
+use crate::core::snapshot::RestoreConfig;
 use crate::core::{Core, Item};
 use crate::journal::SwitchRecord;
 use crate::routing::RouteTable;
+use crate::server::snapshots::Snapshots;
 use crate::translate;
 use crate::wire;
 
@@ -74,6 +76,7 @@ pub struct Stage {
     core: Core,
     wal: Wal,
     durability: Durability,
+    snapshots: Snapshots,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -105,18 +108,29 @@ pub(crate) fn wal_options(config: &Config) -> WalOptions {
 }
 
 impl Stage {
-    /// Replays the journal in `data_dir/wal` into `core` and opens it for appending.
-    pub fn recover(mut core: Core, config: &Config) -> anyhow::Result<Stage> {
+    /// Loads the newest usable snapshot in `data_dir/snapshots` (if any; `core` is the fresh
+    /// state otherwise), replays the journal in `data_dir/wal` after it, and opens the journal
+    /// for appending.
+    pub fn recover(core: Core, config: &Config) -> anyhow::Result<Stage> {
         let dir = config.server.data_dir.join("wal");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
             FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         let options = wal_options(config);
         let started = Instant::now();
+        let mut snapshots = Snapshots::open(config, storage.clone())?;
+        let (loaded, passed_over) = snapshots
+            .load(|| RestoreConfig::like(&core))
+            .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
+        let (mut core, after_sequence, snapshot_file) = match loaded {
+            Some(l) => (l.core, l.sequence, Some(l.file)),
+            None => (core, 0, None),
+        };
         let recovered = wal::recover(
             &storage,
             &RecoverOptions {
                 record_size_max_bytes: options.record_size_max_bytes,
+                after_sequence,
                 ..RecoverOptions::default()
             },
             |_sequence, payload| -> Result<(), crate::journal::JournalError> {
@@ -129,7 +143,14 @@ impl Stage {
                 Ok(())
             },
         )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| {
+            if passed_over.is_empty() {
+                anyhow::anyhow!("{e}")
+            } else {
+                anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
+            }
+        })?;
+        snapshots.recovered(recovered.last_sequence.unwrap_or(0));
         // Windows closed in the log whose reports a crash kept from being written.
         let report_dir = config.report_dir();
         for details in core.take_reports() {
@@ -139,11 +160,13 @@ impl Stage {
             tracing::warn!("{truncation}");
         }
         tracing::info!(
+            snapshot = snapshot_file.as_deref().unwrap_or("none"),
+            after_sequence,
             records = recovered.records_applied,
             segments = recovered.segments_read,
             elapsed_ms = started.elapsed().as_millis() as u64,
             digest = %core.ledger().digest(),
-            "recovered from the write-ahead log"
+            "recovered from the snapshot and the write-ahead log after it"
         );
         let durability = options.durability;
         if let Some(warning) = durability.warning() {
@@ -155,6 +178,7 @@ impl Stage {
             core,
             wal,
             durability,
+            snapshots,
         })
     }
 
@@ -201,11 +225,16 @@ impl Stage {
         // Reports are written off the stage thread; closes are rare, so the channel is small.
         let (report_tx, report_rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
         let report_dir = config.report_dir();
+        // Reports handed over and not yet written. A snapshot waits for none: reports are
+        // not in it, and the log that could rebuild them goes once it is written.
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let written = unwritten.clone();
         let reporter = std::thread::Builder::new()
             .name("clearing-reports".into())
             .spawn(move || {
                 for details in report_rx {
                     write_report(&report_dir, &details);
+                    written.fetch_sub(1, Ordering::AcqRel);
                 }
             })
             .context("spawning the report writer")?;
@@ -220,7 +249,7 @@ impl Stage {
                 last_expiry = Instant::now();
                 let now = clock.now();
                 if self.core.clearing().due(now, close_every_ns)
-                    && let Err(e) = self.close_on_schedule(now, &report_tx)
+                    && let Err(e) = self.close_on_schedule(now, &report_tx, &unwritten)
                 {
                     failed.store(true, Ordering::Release);
                     return Err(e);
@@ -235,6 +264,9 @@ impl Stage {
                 }
             }
             let Some(first) = first else {
+                if unwritten.load(Ordering::Acquire) == 0 {
+                    self.snapshots.maybe_start(&self.core);
+                }
                 continue;
             };
             let mut jobs = vec![first];
@@ -253,7 +285,7 @@ impl Stage {
             self.core.set_routes(routes.read().clone());
             let result = self.execute(jobs, clock.now());
             if result.is_ok() {
-                self.hand_reports(&report_tx);
+                self.hand_reports(&report_tx, &unwritten);
             }
             if let Err(e) = result {
                 failed.store(true, Ordering::Release);
@@ -263,10 +295,14 @@ impl Stage {
                 }
                 return Err(e);
             }
+            if unwritten.load(Ordering::Acquire) == 0 {
+                self.snapshots.maybe_start(&self.core);
+            }
         }
-        self.hand_reports(&report_tx);
+        self.hand_reports(&report_tx, &unwritten);
         drop(report_tx);
         let _ = reporter.join();
+        self.snapshots.finish(&self.core);
         self.wal
             .close()
             .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
@@ -279,6 +315,7 @@ impl Stage {
         &mut self,
         now: Timestamp,
         report_tx: &Sender<Arc<WindowDetails>>,
+        unwritten: &AtomicUsize,
     ) -> anyhow::Result<()> {
         let item = self.core.scheduled_close();
         let window = self.core.clearing().open.id;
@@ -300,14 +337,16 @@ impl Stage {
             ),
             None => {}
         }
-        self.hand_reports(report_tx);
+        self.hand_reports(report_tx, unwritten);
         Ok(())
     }
 
     /// Gives the reports of windows closed (and now durable) to the report writer.
-    fn hand_reports(&mut self, report_tx: &Sender<Arc<WindowDetails>>) {
+    fn hand_reports(&mut self, report_tx: &Sender<Arc<WindowDetails>>, unwritten: &AtomicUsize) {
         for details in self.core.take_reports() {
+            unwritten.fetch_add(1, Ordering::AcqRel);
             if report_tx.send(details).is_err() {
+                unwritten.fetch_sub(1, Ordering::AcqRel);
                 tracing::error!("the report writer has stopped; reports are not being written");
             }
         }
@@ -315,11 +354,14 @@ impl Stage {
 
     fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
         let started = Instant::now();
+        let len = payload.len();
         let result = self.wal.append(payload);
         metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
-        result.map(|_| ()).map_err(|e| {
+        let sequence = result.map_err(|e| {
             anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {e}")
-        })
+        })?;
+        self.snapshots.appended(sequence, len);
+        Ok(())
     }
 
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> anyhow::Result<()> {
