@@ -24,8 +24,9 @@
 //! | `CHAOS_REPORT` | none | where to write the JSON report |
 //!
 //! A cycle: load runs (authorize, full and partial capture, reverse, sale, refund, batches
-//! of several operations in one frame, a capture racing a reverse, declines of every kind),
-//! the switch is killed with requests in flight, restarted, and then, in this order:
+//! of several operations in one frame, a capture racing a reverse, holds of a second or two
+//! that the switch expires by itself, declines of every kind), the switch is killed with
+//! requests in flight, restarted, and then, in this order:
 //!
 //! 1. Read-only, before anything is re-sent: the TransferStatus of every operation that makes
 //!    a transfer and was acknowledged this cycle (and a sample of older ones) must match the
@@ -33,7 +34,10 @@
 //!    way; and every account's balance must equal the model computed from the acknowledged
 //!    answers plus the in-flight requests found applied. A missing acknowledged operation is
 //!    *lost*; anything else that does not match (a hold nobody asked for, half of an
-//!    operation, money made or destroyed) is a *mismatch*.
+//!    operation, money made or destroyed, a hold expired early or live again after it was
+//!    seen expired) is a *mismatch*. An expiring hold counts as held while its status says
+//!    pending; the statuses of those holds are read again after the balances, and the pass is
+//!    repeated if one expired meanwhile.
 //! 2. Every in-flight request is sent again; its answer is its definitive outcome, and must
 //!    agree with step 1 (a request found applied must be answered as approved).
 //! 3. Every acknowledged request of this cycle (and a sample of older ones) is sent again and
@@ -259,6 +263,7 @@ fn write_config(dir: &Path) -> PathBuf {
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
          [log]\nlevel = \"info\"\n\n\
+         [authorization]\nexpiry_tick_ms = 100\n\n\
          [[routes]]\nprefix = \"62\"\nissuer = {ISSUER}\n",
         data = data.display().to_string(),
     );
@@ -305,6 +310,7 @@ struct Entry {
     response: Option<Response>,
     /// The cycle in which it was first sent (0: before the first kill).
     cycle: u32,
+    sent_at: Instant,
 }
 
 #[derive(Default)]
@@ -327,6 +333,7 @@ impl Journal {
                 request: request.clone(),
                 response: None,
                 cycle,
+                sent_at: Instant::now(),
             },
         );
         self.order.push(id);
@@ -522,11 +529,12 @@ impl Worker {
     async fn flow(&mut self) -> Option<()> {
         let (card, merchant) = (self.card(), self.merchant());
         match self.rng.gen_range(0..100) {
-            0..=34 => self.authorization(card, merchant).await,
-            35..=59 => self.sale(card, merchant).await,
-            60..=74 => self.burst().await,
-            75..=89 => self.race(card, merchant).await,
-            90..=94 => {
+            0..=31 => self.authorization(card, merchant).await,
+            32..=55 => self.sale(card, merchant).await,
+            56..=69 => self.burst().await,
+            70..=83 => self.race(card, merchant).await,
+            84..=91 => self.expiring(card, merchant).await,
+            92..=96 => {
                 // Declined before the ledger: no route (92), no account (14).
                 let number = if self.rng.gen_bool(0.5) {
                     "4111111111111111"
@@ -586,6 +594,33 @@ impl Worker {
             }
         }
         Some(())
+    }
+
+    /// A hold of a second or two, left to expire, or captured or reversed around the time it
+    /// expires (either may win; the answer says which).
+    async fn expiring(&mut self, card: CardNumber, merchant: AccountId) -> Option<()> {
+        let mut auth = authorize(&mut self.rng, card, merchant);
+        if let Operation::Authorize { expiry_secs, .. } = &mut auth.operation {
+            *expiry_secs = self.rng.gen_range(1..=2);
+        }
+        let (id, held) = (auth.id, amount_of(&auth));
+        if self.one(auth).await?.code != Code::Approved || self.rng.gen_bool(0.5) {
+            return Some(());
+        }
+        let wait = Duration::from_millis(self.rng.gen_range(500..2500));
+        let until = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < until {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let then = if self.rng.gen_bool(0.5) {
+            capture(&mut self.rng, id, held)
+        } else {
+            reverse(&mut self.rng, id)
+        };
+        self.one(then).await.map(|_| ())
     }
 
     /// One or two refunds of `original`, sometimes one too many (declined 13).
@@ -709,6 +744,25 @@ fn mismatch(id: Option<u128>, what: String) -> Problem {
 struct Observed {
     status: HashMap<u128, Status>,
     balances: HashMap<AccountId, (i128, i128)>,
+    /// Holds seen expired by an earlier pass: expiry is for good, also across a restart.
+    known_expired: HashSet<u128>,
+    /// Every expiring hold was due well before this pass: none may still be pending.
+    all_due: bool,
+}
+
+fn expiry_secs_of(request: &Request) -> u32 {
+    match request.operation {
+        Operation::Authorize { expiry_secs, .. } => expiry_secs,
+        _ => 0,
+    }
+}
+
+/// Whether the hold of authorization `id` may be gone by expiry: in that case, whether it
+/// is live is read from its status, never assumed.
+fn expires(journal: &Journal, id: u128) -> bool {
+    journal
+        .get(id)
+        .is_some_and(|e| expiry_secs_of(&e.request) > 0)
 }
 
 /// An authorization or sale and what happened to it, as the journal says.
@@ -725,6 +779,9 @@ struct Original {
     captured: Option<(u128, u64)>,
     reversed: Option<u128>,
     refunded: u64,
+    /// A hold that expires by itself (0: the server's default of days, never in a run).
+    expiry_secs: u32,
+    sent_at: Option<Instant>,
 }
 
 /// Did a request take effect, and with what amount? From its answer if it has one; else
@@ -899,6 +956,8 @@ fn check(journal: &Journal, observed: &Observed, problems: &mut Vec<Problem>) ->
                             amount: a.0,
                             applied: amount.is_some(),
                             acknowledged,
+                            expiry_secs: expiry_secs_of(&entry.request),
+                            sent_at: Some(entry.sent_at),
                             ..Original::default()
                         },
                     );
@@ -974,9 +1033,53 @@ fn check(journal: &Journal, observed: &Observed, problems: &mut Vec<Problem>) ->
     }
 
     // Holds: approved authorizations neither captured nor reversed.
+    // Holds that expire by themselves are live as long as their status says so.
     let mut held: HashMap<AccountId, i128> = HashMap::new();
-    for o in originals.values() {
-        if o.applied && !o.is_sale && o.captured.is_none() && o.reversed.is_none() {
+    for (id, o) in &originals {
+        if !o.applied || o.is_sale || o.captured.is_some() || o.reversed.is_some() {
+            continue;
+        }
+        let live = if o.expiry_secs == 0 {
+            true
+        } else {
+            let known_expired = observed.known_expired.contains(id);
+            match observed.status.get(id).map(|s| s.state) {
+                Some(TransferState::Expired) => {
+                    let due = Duration::from_secs(u64::from(o.expiry_secs));
+                    if o.sent_at.is_some_and(|t| t.elapsed() < due) {
+                        problems.push(mismatch(
+                            Some(*id),
+                            format!("{id:#x} expired before its {}s were up", o.expiry_secs),
+                        ));
+                    }
+                    false
+                }
+                Some(TransferState::Pending) if known_expired => {
+                    problems.push(mismatch(
+                        Some(*id),
+                        format!("{id:#x} was seen expired, and is held again"),
+                    ));
+                    true
+                }
+                Some(TransferState::Pending) if observed.all_due => {
+                    problems.push(mismatch(
+                        Some(*id),
+                        format!("{id:#x} is still held, long after its {}s", o.expiry_secs),
+                    ));
+                    true
+                }
+                Some(_) => true,
+                None if known_expired => false,
+                None => {
+                    problems.push(mismatch(
+                        Some(*id),
+                        format!("no status read for the expiring hold {id:#x}"),
+                    ));
+                    true
+                }
+            }
+        };
+        if live {
             *held.entry(card_account(o.card)).or_default() += i128::from(o.amount);
         }
     }
@@ -1100,6 +1203,14 @@ fn expected_status(
                 status(TransferState::Captured, o.amount, c, o.refunded)
             } else if o.reversed.is_some() {
                 status(TransferState::Reversed, o.amount, 0, 0)
+            } else if o.expiry_secs > 0
+                && observed
+                    .status
+                    .get(&id)
+                    .is_some_and(|s| s.state == TransferState::Expired)
+            {
+                // Whether it was due is checked with the balances.
+                status(TransferState::Expired, o.amount, 0, 0)
             } else {
                 status(TransferState::Pending, o.amount, 0, 0)
             }
@@ -1151,9 +1262,13 @@ async fn call_all(streams: &[Stream], requests: &[Request]) -> Result<Vec<Respon
     Ok(out)
 }
 
-/// Reads the status of `ids` and the balance of every account; changes nothing.
-async fn observe(streams: &[Stream], rng: &mut StdRng, ids: &[u128]) -> Result<Observed, String> {
-    let mut observed = Observed::default();
+/// Reads the status of `ids`; changes nothing.
+async fn observe_statuses(
+    streams: &[Stream],
+    rng: &mut StdRng,
+    ids: &[u128],
+) -> Result<HashMap<u128, Status>, String> {
+    let mut out = HashMap::with_capacity(ids.len());
     let queries: Vec<Request> = ids
         .iter()
         .map(|id| Request {
@@ -1166,11 +1281,20 @@ async fn observe(streams: &[Stream], rng: &mut StdRng, ids: &[u128]) -> Result<O
     for (id, answer) in ids.iter().zip(call_all(streams, &queries).await?) {
         match answer.body {
             ResponseBody::TransferStatus(s) if answer.code == Code::Approved => {
-                observed.status.insert(*id, s);
+                out.insert(*id, s);
             }
             _ => return Err(format!("status of {id:#x}: {answer:?}")),
         }
     }
+    Ok(out)
+}
+
+/// Reads the status of `ids` and the balance of every account; changes nothing.
+async fn observe(streams: &[Stream], rng: &mut StdRng, ids: &[u128]) -> Result<Observed, String> {
+    let mut observed = Observed {
+        status: observe_statuses(streams, rng, ids).await?,
+        ..Observed::default()
+    };
     let accounts = all_accounts();
     let queries: Vec<Request> = accounts
         .iter()
@@ -1215,6 +1339,8 @@ struct Report {
     /// restarts found a torn record at its end.
     replay_ms: Vec<f64>,
     torn_tails_trimmed: u64,
+    /// Authorizations seen expired by the switch itself.
+    holds_expired: u64,
     wal_bytes: u64,
     problems: Vec<String>,
 }
@@ -1278,6 +1404,7 @@ impl Report {
             ("ready_ms", json_times(&self.ready_ms)),
             ("replay_ms", json_times(&self.replay_ms)),
             ("torn_tails_trimmed", self.torn_tails_trimmed.to_string()),
+            ("holds_expired", self.holds_expired.to_string()),
             ("wal_bytes", self.wal_bytes.to_string()),
             ("problems", format!("[{}]", problems.join(", "))),
         ];
@@ -1320,8 +1447,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "chaos: torn log tails trimmed at restarts: {}; write-ahead log {} bytes at the end",
-            self.torn_tails_trimmed, self.wal_bytes
+            "chaos: torn log tails trimmed at restarts: {}; holds expired: {}; write-ahead log {} \
+             bytes at the end",
+            self.torn_tails_trimmed, self.holds_expired, self.wal_bytes
         );
         s
     }
@@ -1369,6 +1497,8 @@ struct Run {
     problems: Vec<Problem>,
     config: PathBuf,
     log: PathBuf,
+    /// Authorizations seen expired.
+    expired: HashSet<u128>,
 }
 
 impl Run {
@@ -1511,24 +1641,66 @@ impl Run {
         recent
     }
 
+    /// The ids to read for a check of `of`: what they act on, and every hold that may have
+    /// expired since it was last read.
+    fn status_ids(&self, of: &[u128], also: &[u128]) -> Vec<u128> {
+        let journal = self.shared.journal.lock();
+        let mut ids = status_ids_for(&journal, of);
+        ids.extend(status_ids_for(&journal, also));
+        ids.extend(
+            journal
+                .order
+                .iter()
+                .copied()
+                .filter(|id| expires(&journal, *id) && !self.expired.contains(id)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// A read-only pass. Holds may expire while it runs, so the statuses of the expiring ones
+    /// are read again after the balances; the pass is repeated until they stood still.
     async fn observe(&mut self, streams: &[Stream], ids: &[u128]) -> Result<Observed, String> {
-        self.report.statuses_checked += ids.len() as u64;
-        observe(streams, &mut self.rng, ids).await
+        let volatile: Vec<u128> = {
+            let journal = self.shared.journal.lock();
+            ids.iter()
+                .copied()
+                .filter(|id| expires(&journal, *id))
+                .collect()
+        };
+        for _ in 0..10 {
+            self.report.statuses_checked += ids.len() as u64;
+            let mut observed = observe(streams, &mut self.rng, ids).await?;
+            let again = observe_statuses(streams, &mut self.rng, &volatile).await?;
+            let still = volatile.iter().all(|id| {
+                observed.status.get(id).map(|s| s.state) == again.get(id).map(|s| s.state)
+            });
+            if still {
+                observed.known_expired = self.expired.clone();
+                return Ok(observed);
+            }
+        }
+        Err("holds kept expiring during ten read-only passes".to_string())
+    }
+
+    /// Remembers the holds a pass saw expired.
+    fn note_expired(&mut self, observed: &Observed) {
+        self.expired.extend(
+            observed
+                .status
+                .iter()
+                .filter(|(_, s)| s.state == TransferState::Expired)
+                .map(|(id, _)| *id),
+        );
     }
 
     /// Steps 1 to 4 of the module comment, after a restart.
     async fn verify(&mut self, streams: &[Stream], cycle: u32, all: bool) -> Result<(), String> {
         let check = self.check_set(cycle, all);
         // 1. Read-only.
-        let (unknown, ids) = {
-            let journal = self.shared.journal.lock();
-            let unknown = journal.unknown();
-            let mut ids = status_ids_for(&journal, &unknown);
-            ids.extend(status_ids_for(&journal, &check));
-            ids.sort_unstable();
-            ids.dedup();
-            (unknown, ids)
-        };
+        let unknown = self.shared.journal.lock().unknown();
+        let ids = self.status_ids(&unknown, &check);
         let observed = self.observe(streams, &ids).await?;
         let applied = {
             let journal = self.shared.journal.lock();
@@ -1541,6 +1713,7 @@ impl Run {
             )
         };
         self.report.in_flight_found_applied += applied.len() as u64;
+        self.note_expired(&observed);
 
         // 2. The unknown, sent again: their definitive outcomes.
         let requests: Vec<Request> = {
@@ -1616,18 +1789,32 @@ impl Run {
             }
         }
 
-        // 4. Everything definitive now: statuses and balances again.
-        let ids = {
-            let journal = self.shared.journal.lock();
-            let mut ids = status_ids_for(&journal, &unknown);
-            ids.extend(status_ids_for(&journal, &check));
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let observed = self.observe(streams, &ids).await?;
+        // 4. Everything definitive now: statuses and balances again. At the end, first let
+        // every expiring hold fall due, with time to spare for the switch's expiry pass.
+        if all {
+            let due = {
+                let journal = self.shared.journal.lock();
+                journal
+                    .order
+                    .iter()
+                    .filter_map(|id| journal.get(*id))
+                    .filter(|e| expiry_secs_of(&e.request) > 0)
+                    .map(|e| {
+                        let secs = Duration::from_secs(u64::from(expiry_secs_of(&e.request)));
+                        secs.saturating_sub(e.sent_at.elapsed())
+                    })
+                    .max()
+                    .unwrap_or_default()
+            };
+            tokio::time::sleep(due + Duration::from_millis(1000)).await;
+        }
+        let ids = self.status_ids(&unknown, &check);
+        let mut observed = self.observe(streams, &ids).await?;
+        observed.all_due = all;
         let journal = self.shared.journal.lock();
         let still = check_into(&journal, &observed, &mut self.problems, cycle, "after");
+        drop(journal);
+        self.note_expired(&observed);
         if !still.is_empty() {
             self.problems.push(mismatch(
                 None,
@@ -1682,12 +1869,14 @@ async fn acknowledged_operations_survive_kill_9_under_load() {
         problems: Vec::new(),
         config,
         log: dir.path().join("switch.log"),
+        expired: HashSet::new(),
     };
     let started = Instant::now();
     let result = drive(&mut run, started).await;
     run.report.seconds = started.elapsed().as_secs_f64();
     run.report.wal_bytes = dir_bytes(&dir.path().join("data").join("wal"));
     (run.report.torn_tails_trimmed, run.report.replay_ms) = recoveries_logged(&run.log);
+    run.report.holds_expired = run.expired.len() as u64;
     {
         let journal = run.shared.journal.lock();
         run.report.sent = journal.order.len() as u64;
