@@ -20,13 +20,16 @@
 //! | `CHAOS_KILL_MS` | 1000 | the kill comes at a random moment 1/10 to all of this after load starts |
 //! | `CHAOS_WORKERS` | 24 | concurrent flows, pipelined over 4 streams of one connection |
 //! | `CHAOS_SAMPLE` | 2000 | older operations re-checked per cycle (all are checked at the end) |
+//! | `CHAOS_START_KILL` | 0.25 | probability that a restart is killed again while it starts |
 //! | `CHAOS_SEED` | random | seeds the choices of the load (timing still varies); printed |
 //! | `CHAOS_REPORT` | none | where to write the JSON report |
 //!
 //! A cycle: load runs (authorize, full and partial capture, reverse, sale, refund, batches
 //! of several operations in one frame, a capture racing a reverse, holds of a second or two
 //! that the switch expires by itself, declines of every kind), the switch is killed with
-//! requests in flight, restarted, and then, in this order:
+//! requests in flight, restarted (a quarter of the restarts are themselves killed at a random
+//! moment of the start, mostly while the log is replayed, and started again), and then, in
+//! this order:
 //!
 //! 1. Read-only, before anything is re-sent: the TransferStatus of every operation that makes
 //!    a transfer and was acknowledged this cycle (and a sample of older ones) must match the
@@ -123,6 +126,8 @@ struct Settings {
     kill_ms_max: u64,
     workers: usize,
     sample: usize,
+    /// Probability that a restart is itself killed at a random moment of its start.
+    start_kill: f64,
     seed: u64,
     report: Option<PathBuf>,
 }
@@ -145,6 +150,7 @@ impl Settings {
             kill_ms_max: env_or::<u64>("CHAOS_KILL_MS", 1000).max(10),
             workers: env_or::<usize>("CHAOS_WORKERS", 24).max(1),
             sample: env_or("CHAOS_SAMPLE", 2000),
+            start_kill: env_or::<f64>("CHAOS_START_KILL", 0.25).clamp(0.0, 1.0),
             seed: env_or("CHAOS_SEED", rand::thread_rng().r#gen()),
             report: std::env::var_os("CHAOS_REPORT").map(PathBuf::from),
         }
@@ -172,6 +178,39 @@ impl Drop for SwitchProcess {
 impl SwitchProcess {
     /// Starts the binary and waits for its `ready` line (recovery done, addresses bound).
     fn spawn(config: &Path, log: &Path) -> Result<SwitchProcess, String> {
+        let (mut process, ready) = SwitchProcess::start(config, log)?;
+        let line = match ready.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let exit = process.child.try_wait().ok().flatten();
+                return Err(format!(
+                    "the switch printed no ready line within {START_TIMEOUT:?} (exit: {exit:?}); \
+                     log:\n{}",
+                    log_tail(log, 30)
+                ));
+            }
+        };
+        let (quic, fingerprint) =
+            parse_ready(&line).ok_or_else(|| format!("unreadable ready line {line:?}"))?;
+        process.quic = quic;
+        process.fingerprint = fingerprint;
+        Ok(process)
+    }
+
+    /// Starts the binary and kills it `after` that long, whether or not it is ready by then.
+    /// True if it was killed before it was ready: while it recovered.
+    fn spawn_and_kill(config: &Path, log: &Path, after: Duration) -> Result<bool, String> {
+        let (mut process, ready) = SwitchProcess::start(config, log)?;
+        let early = ready.recv_timeout(after).is_err();
+        process.kill()?;
+        Ok(early)
+    }
+
+    /// Starts the binary; the receiver gets its `ready` line.
+    fn start(
+        config: &Path,
+        log: &Path,
+    ) -> Result<(SwitchProcess, std::sync::mpsc::Receiver<String>), String> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -192,7 +231,7 @@ impl SwitchProcess {
             return Err("no stdout pipe".to_string());
         };
         // The guard exists from here on: an early return kills the child.
-        let mut process = SwitchProcess {
+        let process = SwitchProcess {
             child,
             quic: SocketAddr::from(([127, 0, 0, 1], 0)),
             fingerprint: Fingerprint([0; 32]),
@@ -205,22 +244,7 @@ impl SwitchProcess {
                 }
             }
         });
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let exit = process.child.try_wait().ok().flatten();
-                return Err(format!(
-                    "the switch printed no ready line within {START_TIMEOUT:?} (exit: {exit:?}); \
-                     log:\n{}",
-                    log_tail(log, 30)
-                ));
-            }
-        };
-        let (quic, fingerprint) =
-            parse_ready(&line).ok_or_else(|| format!("unreadable ready line {line:?}"))?;
-        process.quic = quic;
-        process.fingerprint = fingerprint;
-        Ok(process)
+        Ok((process, rx))
     }
 
     fn kill(&mut self) -> Result<(), String> {
@@ -1335,10 +1359,13 @@ struct Report {
     /// Spawn to the `ready` line, and spawn to the first answered request, per restart.
     ready_ms: Vec<f64>,
     recovery_ms: Vec<f64>,
-    /// From the switch's log: the time each restart spent replaying the log, and how many
-    /// restarts found a torn record at its end.
+    /// From the switch's log: the time each start spent replaying the log (those killed while
+    /// starting included, if they got that far), and how many found a torn record at its end.
     replay_ms: Vec<f64>,
     torn_tails_trimmed: u64,
+    /// Extra kills during a start, and how many of them came before the switch was ready.
+    start_kills: u64,
+    start_kills_before_ready: u64,
     /// Authorizations seen expired by the switch itself.
     holds_expired: u64,
     wal_bytes: u64,
@@ -1404,6 +1431,11 @@ impl Report {
             ("ready_ms", json_times(&self.ready_ms)),
             ("replay_ms", json_times(&self.replay_ms)),
             ("torn_tails_trimmed", self.torn_tails_trimmed.to_string()),
+            ("start_kills", self.start_kills.to_string()),
+            (
+                "start_kills_before_ready",
+                self.start_kills_before_ready.to_string(),
+            ),
             ("holds_expired", self.holds_expired.to_string()),
             ("wal_bytes", self.wal_bytes.to_string()),
             ("problems", format!("[{}]", problems.join(", "))),
@@ -1434,6 +1466,11 @@ impl Report {
             self.in_flight_found_applied,
             self.repeats_checked,
             self.statuses_checked
+        );
+        let _ = writeln!(
+            s,
+            "chaos: restarts also killed while starting: {} ({} before ready)",
+            self.start_kills, self.start_kills_before_ready
         );
         let _ = writeln!(
             s,
@@ -1515,6 +1552,28 @@ impl Run {
             .recovery_ms
             .push(started.elapsed().as_secs_f64() * 1e3);
         Ok((process, client, streams))
+    }
+
+    /// Starts the switch and kills it again at a random moment up to its last recovery time:
+    /// mostly while it replays its log and opens a new segment.
+    async fn kill_while_starting(&mut self) -> Result<(), String> {
+        let last_ms = self
+            .report
+            .ready_ms
+            .last()
+            .copied()
+            .unwrap_or(100.0)
+            .max(10.0);
+        let after = Duration::from_secs_f64(self.rng.gen_range(0.0..last_ms) / 1e3);
+        let (config, log) = (self.config.clone(), self.log.clone());
+        let early = tokio::task::spawn_blocking(move || {
+            SwitchProcess::spawn_and_kill(&config, &log, after)
+        })
+        .await
+        .map_err(|e| format!("{e}"))??;
+        self.report.start_kills += 1;
+        self.report.start_kills_before_ready += u64::from(early);
+        Ok(())
     }
 
     async fn setup(&mut self, streams: &[Stream]) -> Result<(), String> {
@@ -1942,12 +2001,22 @@ async fn drive(run: &mut Run, started: Instant) -> Result<(), String> {
             .await?;
         run.report.in_flight_at_kill.push(in_flight);
         drop(process);
+        if run.rng.gen_bool(run.settings.start_kill) {
+            run.kill_while_starting().await?;
+        }
         let (p, c, s) = run.spawn().await?;
         (process, client, streams) = (p, c, s);
         run.report.cycles = cycle;
         let last = cycle == run.settings.cycles
             || started.elapsed() >= Duration::from_secs(run.settings.seconds);
         run.verify(&streams, cycle, last).await?;
+        let acknowledged = run.shared.journal.lock().acknowledged_live;
+        eprintln!(
+            "chaos: cycle {cycle}: {in_flight} in flight at the kill, recovered in {:.1} ms, \
+             {acknowledged} acknowledged so far, {} problems",
+            run.report.recovery_ms.last().copied().unwrap_or_default(),
+            run.problems.len()
+        );
         if !run.problems.is_empty() || last {
             break;
         }
