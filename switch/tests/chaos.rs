@@ -1115,19 +1115,7 @@ fn check(journal: &Journal, observed: &Observed, problems: &mut Vec<Problem>) ->
         };
         let expected = expected_status(*id, entry, originals.get(id), journal, observed);
         let Some(expected) = expected else { continue };
-        let comparable = |s: &Status| {
-            (
-                s.state,
-                s.amount,
-                // A sale's status reports its amount as captured; only compare for holds.
-                if s.state == TransferState::Posted {
-                    Amount(0)
-                } else {
-                    s.captured
-                },
-                s.refunded,
-            )
-        };
+        let comparable = |s: &Status| (s.state, s.amount, s.captured, s.refunded);
         if comparable(seen) != comparable(&expected) {
             let what = format!(
                 "{id:#x} ({:?}): the switch says (state, amount, captured, refunded) = {:?}, \
