@@ -28,7 +28,8 @@ export CHAOS_CYCLES="$cycles"
 export CHAOS_REPORT="$report"
 export CHAOS_SECONDS="${CHAOS_SECONDS:-3600}"
 
-echo "chaos.sh: $cycles cycles, release build; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "chaos.sh: $cycles cycles, release build; $(nproc) cores, load average $load"
 status=0
 cargo test --release -p switch --test chaos -- --nocapture --test-threads=1 || status=$?
 echo "chaos.sh: report in $report"

@@ -17,16 +17,16 @@
 //! |---|---|---|
 //! | `CHAOS_CYCLES` | 3 | kill-and-restart cycles |
 //! | `CHAOS_SECONDS` | 900 | wall-clock bound: no cycle starts after it |
-//! | `CHAOS_KILL_MS` | 1000 | the kill comes at a random moment 1/10 to all of this after load starts |
+//! | `CHAOS_KILL_MS` | 1000 | the kill comes 1/10 to all of this many ms after load starts |
 //! | `CHAOS_WORKERS` | 24 | concurrent flows, pipelined over 4 streams of one connection |
 //! | `CHAOS_SAMPLE` | 2000 | older operations re-checked per cycle (all are checked at the end) |
 //! | `CHAOS_START_KILL` | 0.25 | probability that a restart is killed again while it starts |
 //! | `CHAOS_SEED` | random | seeds the choices of the load (timing still varies); printed |
 //! | `CHAOS_REPORT` | none | where to write the JSON report |
 //!
-//! A cycle: load runs (authorize, full and partial capture, reverse, sale, refund, batches
-//! of several operations in one frame, a capture racing a reverse, holds of a second or two
-//! that the switch expires by itself, declines of every kind), the switch is killed with
+//! A cycle: load runs (authorize, full and partial capture, reverse, sale, refund, top-ups,
+//! batches of several operations in one frame, a capture racing a reverse, holds of a second
+//! or two that the switch expires by itself, declines of every kind), the switch is killed with
 //! requests in flight, restarted (a quarter of the restarts are themselves killed at a random
 //! moment of the start, mostly while the log is replayed, and started again), and then, in
 //! this order:
@@ -557,7 +557,20 @@ impl Worker {
             32..=55 => self.sale(card, merchant).await,
             56..=69 => self.burst().await,
             70..=83 => self.race(card, merchant).await,
-            84..=91 => self.expiring(card, merchant).await,
+            84..=89 => self.expiring(card, merchant).await,
+            90..=91 => {
+                // An admin operation among the payments: a top-up from the issuer's funds.
+                let account = card_account(self.rng.gen_range(0..CARDS));
+                let request = Request {
+                    id: fresh_id(&mut self.rng),
+                    operation: Operation::Fund {
+                        account,
+                        amount: Amount(self.rng.gen_range(1..=AMOUNT_MAX)),
+                        currency: CNY,
+                    },
+                };
+                self.one(request).await.map(|_| ())
+            }
             92..=96 => {
                 // Declined before the ledger: no route (92), no account (14).
                 let number = if self.rng.gen_bool(0.5) {
