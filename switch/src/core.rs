@@ -1565,7 +1565,13 @@ impl Core {
                     stage: o.stage,
                     currency: o.currency,
                     amount: o.amount,
-                    captured: o.captured,
+                    // A sale keeps its amount as `captured` (what refunds may take back), but
+                    // the protocol reports captures of authorizations only.
+                    captured: if o.stage == Stage::Sold {
+                        Amount::ZERO
+                    } else {
+                        o.captured
+                    },
                     refunded: o.refunded,
                 }),
             );

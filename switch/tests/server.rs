@@ -635,8 +635,14 @@ async fn every_operation_answers_over_quic_and_is_counted() {
         panic!("{status:?}")
     };
     assert_eq!(
-        (s.state, s.amount, s.refunded),
-        (wire::TransferState::Posted, Amount(5_000), Amount(3_000))
+        (s.state, s.amount, s.captured, s.refunded),
+        (
+            wire::TransferState::Posted,
+            Amount(5_000),
+            Amount(0),
+            Amount(3_000)
+        ),
+        "a sale reports nothing captured (PROTOCOL.md 5.4)"
     );
     let unknown = one(
         &stream,

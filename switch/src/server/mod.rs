@@ -89,6 +89,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// `ready quic=ADDR http=ADDR fingerprint=HEX` (`fingerprint=none` without a certificate
+    /// fingerprint), as `switch serve` prints it once it is serving.
+    pub fn ready_line(&self) -> String {
+        let fingerprint = self
+            .fingerprint
+            .map_or_else(|| "none".to_string(), |f| f.to_string());
+        format!(
+            "ready quic={} http={} fingerprint={fingerprint}",
+            self.quic_addr, self.http_addr
+        )
+    }
+
     /// Stops accepting, drains what is in flight, syncs the journal and returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.notify_one();
@@ -105,6 +117,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let running = start(config, config_path).await?;
+        // The one line on standard output (logs go to standard error), for supervisors and
+        // tests: recovery is done, and these are the addresses actually bound (port 0 in the
+        // configuration lets the system choose).
+        println!("{}", running.ready_line());
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining requests in flight");
         running.shutdown().await
