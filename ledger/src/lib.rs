@@ -33,6 +33,8 @@ mod currency;
 mod digest;
 pub mod durable;
 mod event;
+#[doc(hidden)]
+pub mod fuzz_check;
 mod ledger;
 mod outcome;
 mod record;
