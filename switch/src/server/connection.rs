@@ -371,12 +371,7 @@ async fn handle_frame(
         None => Err((job, Reason::OVERLOADED)),
     };
     if let Err((job, reason)) = pushed {
-        let code = if reason == Reason::STORAGE_FAILURE {
-            Code::SystemMalfunction
-        } else {
-            Code::SystemBusy
-        };
-        stage::answer_all(job, code, reason);
+        stage::answer_all(job, stage::refusal_code(reason), reason);
     }
     // The stage drops the sender only if it stopped without answering: 96 below.
     let stage_responses = inner_rx.await.unwrap_or_default();

@@ -2,15 +2,15 @@
 //! answers only what is durable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ledger::Timestamp;
-use ledger::storage::FileStorage;
-use ledger::wal::{self, Durability, RecoverOptions, Wal, WalOptions};
+use ledger::storage::{FileStorage, Storage};
+use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
 use parking_lot::RwLock;
 
 use crate::codes::{Code, Reason};
@@ -37,14 +37,16 @@ pub struct Queue {
     tx: Sender<Job>,
     queued: Arc<AtomicUsize>,
     queued_max: usize,
-    failed: Arc<AtomicBool>,
+    /// 0 while the log works; once it has failed, the reason every request gets from then on
+    /// (`Reason::STORAGE_FULL` or `Reason::STORAGE_FAILURE`).
+    failed: Arc<AtomicU8>,
 }
 
 impl Queue {
     /// Queues a job, or gives it back when the queue is full or the stage has failed.
     pub fn try_push(&self, job: Job) -> Result<(), (Job, Reason)> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err((job, Reason::STORAGE_FAILURE));
+        if let Some(reason) = self.failure() {
+            return Err((job, reason));
         }
         let n = job.items.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
@@ -66,6 +68,38 @@ impl Queue {
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
+
+    /// Why the stage stopped acknowledging, once its log has failed.
+    pub fn failure(&self) -> Option<Reason> {
+        match self.failed.load(Ordering::Acquire) {
+            0 => None,
+            reason => Some(Reason(reason)),
+        }
+    }
+
+    /// The flag behind `failure`, for `/readyz`.
+    pub(crate) fn failed_flag(&self) -> Arc<AtomicU8> {
+        self.failed.clone()
+    }
+}
+
+/// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
+/// operator frees space and restarts succeeds), any other log failure 96.
+pub fn refusal_code(reason: Reason) -> Code {
+    if reason == Reason::STORAGE_FAILURE || reason == Reason::INTERNAL {
+        Code::SystemMalfunction
+    } else {
+        Code::SystemBusy
+    }
+}
+
+/// Why a log failure stops acknowledgements, as the reason every request gets from then on.
+fn failure_reason(error: &WalError) -> Reason {
+    if error.is_out_of_space() {
+        Reason::STORAGE_FULL
+    } else {
+        Reason::STORAGE_FAILURE
+    }
 }
 
 /// The recovered state and the open journal, ready to run.
@@ -73,6 +107,8 @@ pub struct Stage {
     core: Core,
     wal: Wal,
     durability: Durability,
+    /// Shared with the `Queue` (see there); set before any request hears of a failure.
+    failed: Arc<AtomicU8>,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -105,11 +141,21 @@ pub(crate) fn wal_options(config: &Config) -> WalOptions {
 
 impl Stage {
     /// Replays the journal in `data_dir/wal` into `core` and opens it for appending.
-    pub fn recover(mut core: Core, config: &Config) -> anyhow::Result<Stage> {
+    pub fn recover(core: Core, config: &Config) -> anyhow::Result<Stage> {
         let dir = config.server.data_dir.join("wal");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
             FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        Self::recover_on(core, config, storage)
+    }
+
+    /// Replays the journal in `storage` into `core` and opens it for appending (tests run the
+    /// stage on a simulated disk this way).
+    pub fn recover_on<S: Storage>(
+        mut core: Core,
+        config: &Config,
+        storage: S,
+    ) -> anyhow::Result<Stage> {
         let options = wal_options(config);
         let started = Instant::now();
         let recovered = wal::recover(
@@ -149,6 +195,7 @@ impl Stage {
             core,
             wal,
             durability,
+            failed: Arc::new(AtomicU8::new(0)),
         })
     }
 
@@ -165,8 +212,9 @@ impl Stage {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             queued_max: config.limits.queue_depth_max as usize,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: self.failed.clone(),
         };
+        metrics::gauge!("switch_storage_failed").set(0.0);
         let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
@@ -179,7 +227,7 @@ impl Stage {
         mut self,
         rx: Receiver<Job>,
         queued: Arc<AtomicUsize>,
-        failed: Arc<AtomicBool>,
+        failed: Arc<AtomicU8>,
         config: Arc<Config>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> anyhow::Result<()> {
@@ -201,8 +249,7 @@ impl Stage {
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
                     if let Err(e) = self.append(payload) {
-                        failed.store(true, Ordering::Release);
-                        return Err(e);
+                        return Err(fail_stop(&e, &rx, &queued, &failed));
                     }
                 }
             }
@@ -224,12 +271,7 @@ impl Stage {
             metrics::histogram!("switch_batch_requests").record(count as f64);
             self.core.set_routes(routes.read().clone());
             if let Err(e) = self.execute(jobs, clock.now()) {
-                failed.store(true, Ordering::Release);
-                // Everything still queued gets 96: nothing more will be acknowledged.
-                while let Ok(job) = rx.try_recv() {
-                    answer_all(job, Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-                }
-                return Err(e);
+                return Err(fail_stop(&e, &rx, &queued, &failed));
             }
         }
         self.wal
@@ -239,16 +281,14 @@ impl Stage {
         Ok(())
     }
 
-    fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+    fn append(&mut self, payload: Vec<u8>) -> Result<(), WalError> {
         let started = Instant::now();
         let result = self.wal.append(payload);
         metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
-        result.map(|_| ()).map_err(|e| {
-            anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {e}")
-        })
+        result.map(|_| ())
     }
 
-    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> anyhow::Result<()> {
+    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> Result<(), WalError> {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut shapes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -260,6 +300,10 @@ impl Stage {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
             SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
             if let Err(e) = self.append(payload) {
+                // The core applied the batch, the log does not hold it: none of it is answered
+                // as done, and the stage stops acknowledging (see `fail_stop`).
+                let reason = failure_reason(&e);
+                self.failed.store(reason.0, Ordering::Release);
                 let mut ids = executed.responses.iter();
                 for (ops, reply, _) in shapes {
                     let responses: Vec<wire::Response> = ops
@@ -269,8 +313,8 @@ impl Stage {
                             wire::Response::declined(
                                 wire::RequestId(r.id.0),
                                 *op,
-                                Code::SystemMalfunction,
-                                Reason::STORAGE_FAILURE,
+                                refusal_code(reason),
+                                reason,
                             )
                         })
                         .collect();
@@ -299,6 +343,40 @@ impl Stage {
         }
         Ok(())
     }
+}
+
+/// After a log failure: the in-memory state is ahead of the log (the failed batch was applied
+/// but is not durable), and a failed fdatasync cannot be retried safely on Linux (the kernel
+/// may have dropped the dirty pages and report success next time). So the stage stops
+/// acknowledging for good: it says so in the log, the metrics and `/readyz`, and answers
+/// every request from then on with the failure's code until the switch shuts down. A restart
+/// on the same directory recovers everything that was acknowledged.
+fn fail_stop(
+    error: &WalError,
+    rx: &Receiver<Job>,
+    queued: &AtomicUsize,
+    failed: &AtomicU8,
+) -> anyhow::Error {
+    let reason = failure_reason(error);
+    failed.store(reason.0, Ordering::Release);
+    let cause = if reason == Reason::STORAGE_FULL {
+        "out_of_space"
+    } else {
+        "io_error"
+    };
+    metrics::gauge!("switch_storage_failed").set(1.0);
+    metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
+    tracing::error!(
+        cause,
+        "write-ahead log failed; no further acknowledgements until a restart recovers the \
+         log: {error}"
+    );
+    // Until every sender is gone (shutdown), whatever arrives is answered at once.
+    for job in rx.iter() {
+        queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+        answer_all(job, refusal_code(reason), reason);
+    }
+    anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
 }
 
 pub(crate) fn op_name(op: wire::Op) -> &'static str {
