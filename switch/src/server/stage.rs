@@ -402,14 +402,18 @@ pub(crate) fn op_name(op: wire::Op) -> &'static str {
 
 /// Encodes and sends a response frame; a client that went away is not an error.
 pub(crate) fn send(
-    reply: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    reply: &super::connection::Reply,
     correlation_id: u64,
     responses: &[wire::Response],
+    budget: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut frame = Vec::with_capacity(64 * responses.len());
     match wire::encode_response_frame(correlation_id, responses, &mut frame) {
         Ok(_) => {
-            let _ = reply.send(frame);
+            let _ = reply.send(super::connection::Outgoing {
+                frame,
+                budget: Some(budget),
+            });
         }
         Err(e) => tracing::error!("encoding a response frame: {e}"),
     }
