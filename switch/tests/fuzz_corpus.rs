@@ -258,3 +258,34 @@ fn committed_corpora_pass_their_checks() {
         }
     }
 }
+
+#[test]
+fn a_journal_string_longer_than_the_writer_writes_is_refused() {
+    // Found by the switch_record fuzz target: the decoder took names of up to 255 bytes, which
+    // the encoder refuses (it writes at most `NAME_LEN_MAX`), so a decoded record could not be
+    // written again.
+    let mut bytes = Vec::new();
+    SwitchRecord::Batch {
+        now: Timestamp(1),
+        commands: vec![logged(
+            1,
+            1,
+            true,
+            Command::CreateParticipant {
+                participant: ParticipantId(7),
+                name: "n".repeat(switch::journal::NAME_LEN_MAX),
+                roles: 3,
+            },
+        )],
+    }
+    .encode(&mut bytes);
+    assert!(SwitchRecord::decode(&bytes).is_ok(), "the longest name is fine");
+    // One byte more: the length byte (after 1+8+4 record bytes, 16+8+1+8 command header,
+    // 1 command tag and 8 participant bytes) and one more character.
+    let len_at = 1 + 8 + 4 + 16 + 8 + 1 + 8 + 1 + 8;
+    assert_eq!(usize::from(bytes[len_at]), switch::journal::NAME_LEN_MAX);
+    bytes[len_at] += 1;
+    bytes.insert(len_at + 1, b'n');
+    assert!(SwitchRecord::decode(&bytes).is_err());
+    fuzz_check::switch_record(&bytes);
+}
