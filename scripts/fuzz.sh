@@ -5,9 +5,10 @@
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo +nightly install cargo-fuzz --locked`).
 # Each target starts from its committed corpus in fuzz/corpus/<target>; new inputs found are
-# written to a scratch copy, not to the committed corpus (minimise and commit them by hand:
-# `cargo +nightly fuzz cmin -s none <target>`). A crash stops the script with a non-zero exit
-# and leaves the input in fuzz/artifacts/<target>/.
+# written to a scratch directory, not to the committed corpus. With FUZZ_MERGE=1, the inputs
+# that add coverage are merged into the committed corpus afterwards (libFuzzer -merge=1), ready
+# to commit. A crash stops the script with a non-zero exit and leaves the input in
+# fuzz/artifacts/<target>/; add it to the corpus once fixed, so that `cargo test` replays it.
 #
 # The targets are built without a sanitizer (`-s none`): the workspace forbids unsafe code,
 # so what the fuzzer hunts is panics, overflows (debug assertions are on) and broken
@@ -41,4 +42,9 @@ for target in "${targets[@]}"; do
         exit "$status"
     fi
     printf '=== %s: %s executions, 0 crashes\n' "$target" "${execs:-?}"
+    if [ "${FUZZ_MERGE:-0}" = 1 ]; then
+        cargo +nightly fuzz run -s none "$target" "corpus/$target" "$scratch/$target" -- \
+            -merge=1 -max_len=65536 >"$log" 2>&1 || { tail -n 20 "$log"; exit 1; }
+        printf '=== %s: corpus now %s files\n' "$target" "$(ls "corpus/$target" | wc -l)"
+    fi
 done

@@ -279,7 +279,10 @@ fn a_journal_string_longer_than_the_writer_writes_is_refused() {
         )],
     }
     .encode(&mut bytes);
-    assert!(SwitchRecord::decode(&bytes).is_ok(), "the longest name is fine");
+    assert!(
+        SwitchRecord::decode(&bytes).is_ok(),
+        "the longest name is fine"
+    );
     // One byte more: the length byte (after 1+8+4 record bytes, 16+8+1+8 command header,
     // 1 command tag and 8 participant bytes) and one more character.
     let len_at = 1 + 8 + 4 + 16 + 8 + 1 + 8 + 1 + 8;
