@@ -34,6 +34,8 @@ mod currency;
 mod digest;
 pub mod durable;
 mod event;
+#[doc(hidden)]
+pub mod fuzz_check;
 mod ledger;
 mod outcome;
 mod record;

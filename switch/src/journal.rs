@@ -606,7 +606,16 @@ impl Reader<'_> {
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, JournalError> {
+        let len_at = self.at;
         let len = usize::from(self.u8(what)?);
+        // The writer never writes longer (`put_str`): a longer one is not a record of ours.
+        if len > NAME_LEN_MAX {
+            return Err(JournalError::Bad {
+                offset: len_at,
+                what,
+                value: len as u128,
+            });
+        }
         let at = self.at;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| JournalError::Bad {

@@ -28,6 +28,8 @@ pub mod client;
 pub mod codes;
 pub mod config;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzz_check;
 pub mod journal;
 pub mod report;
 pub mod routing;

@@ -142,6 +142,18 @@ pub enum WalError {
     Failed { reason: Arc<str> },
 }
 
+impl WalError {
+    /// Whether the log failed because the disk was full (a write or a new segment got ENOSPC),
+    /// as opposed to any other I/O error. Both are fatal to this writer; the difference is
+    /// what an operator does next: free space and restart, or replace the disk.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            WalError::QueueFull => false,
+            WalError::Failed { reason } => reason.contains(writer::OUT_OF_SPACE),
+        }
+    }
+}
+
 /// Options out of their allowed range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {

@@ -22,6 +22,17 @@ use crate::storage::{AppendFile, Storage};
 /// calling `Permit::submit`.
 pub type OnDurable = Box<dyn FnOnce(Result<u64, WalError>) + Send>;
 
+/// In a failure's reason exactly when the disk was full (`WalError::is_out_of_space`).
+pub(super) const OUT_OF_SPACE: &str = "out of space";
+
+fn io_failure(e: &std::io::Error, otherwise: &'static str) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        OUT_OF_SPACE
+    } else {
+        otherwise
+    }
+}
+
 struct Entry {
     sequence: u64,
     payload: Vec<u8>,
@@ -409,8 +420,10 @@ impl<S: Storage> Writer<S> {
             .number
             .checked_add(1)
             .ok_or_else(|| "WAL segment numbers exhausted".to_owned())?;
-        self.segment = Segment::create(&self.storage, number, self.next_sequence)
-            .map_err(|e| format!("WAL segment {e}"))?;
+        self.segment = Segment::create(&self.storage, number, self.next_sequence).map_err(|e| {
+            let what = io_failure(&e.source, "failed");
+            format!("WAL segment {e} ({what})")
+        })?;
         Ok(())
     }
 
@@ -421,19 +434,15 @@ impl<S: Storage> Writer<S> {
         let result = self.segment.file.append(&self.buf);
         self.buf.clear();
         result.map_err(|e| {
-            let what = if e.kind() == std::io::ErrorKind::StorageFull {
-                "out of space"
-            } else {
-                "write failed"
-            };
+            let what = io_failure(&e, "write failed");
             format!("WAL segment {}: {what}: {e}", self.segment.name)
         })
     }
 
     fn sync_data(&mut self) -> Result<(), String> {
-        self.segment
-            .file
-            .sync_data()
-            .map_err(|e| format!("WAL segment {}: fdatasync failed: {e}", self.segment.name))
+        self.segment.file.sync_data().map_err(|e| {
+            let what = io_failure(&e, "fdatasync failed");
+            format!("WAL segment {}: {what}: {e}", self.segment.name)
+        })
     }
 }

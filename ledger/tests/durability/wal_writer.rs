@@ -163,8 +163,9 @@ fn a_failed_fsync_is_fatal_and_nothing_after_it_is_acknowledged() {
     wait_for(&outcomes, 5);
     for (key, result) in outcomes.lock().iter() {
         match result {
-            Err(WalError::Failed { reason }) => {
-                assert!(reason.contains("fdatasync failed"), "{key}: {reason}")
+            Err(error @ WalError::Failed { reason }) => {
+                assert!(reason.contains("fdatasync failed"), "{key}: {reason}");
+                assert!(!error.is_out_of_space(), "an I/O error is not a full disk");
             }
             other => panic!("record {key} answered {other:?}"),
         }
@@ -198,6 +199,7 @@ fn running_out_of_space_fails_the_group_with_a_clear_error() {
         .values()
         .find_map(|r| r.clone().err())
         .expect("some record failed");
+    assert!(first_error.is_out_of_space(), "{first_error:?}");
     let WalError::Failed { reason } = first_error else {
         panic!("not a failure: {first_error:?}");
     };

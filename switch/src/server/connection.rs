@@ -5,6 +5,12 @@
 //! from the length prefix), operations per frame, and requests in flight per connection (past
 //! it, requests are answered 91 at once). Malformed frames get an error frame naming the
 //! problem; past `malformed_frames_max` the connection is closed with `ProtocolViolation`.
+//!
+//! A client that stops reading its answers must not make the server buffer them without
+//! bound: every frame read holds its length in bytes of the connection's unwritten budget
+//! (`UNWRITTEN_FRAMES_PER_CONNECTION` frames' worth of `frame_bytes_max`) until its answer has
+//! been written to the stream. When the budget is spent, the connection's streams stop being
+//! read, and QUIC flow control stops the client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -12,7 +18,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::stage::{self, Job, Queue};
 use crate::codes::{Code, Reason};
@@ -22,6 +28,27 @@ use crate::routing::RouteTable;
 use crate::tls::{Identities, Identity};
 use crate::translate::{self, Translated};
 use crate::wire;
+
+/// A connection may have this many largest frames read but not yet answered on the wire.
+const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
+/// What a frame costs beyond its bytes (its task, decoded requests, answer): charged so that
+/// many tiny frames cannot hold more memory than a few large ones.
+const FRAME_OVERHEAD_BYTES: usize = 1024;
+
+/// The connection's unwritten budget, in bytes.
+fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
+    (frame_bytes_max as usize + FRAME_OVERHEAD_BYTES) * UNWRITTEN_FRAMES_PER_CONNECTION
+}
+
+/// An encoded frame on its way to the client, holding its share of the connection's unwritten
+/// budget until it is written.
+pub(crate) struct Outgoing {
+    pub frame: Vec<u8>,
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a stream's answers go.
+pub(crate) type Reply = mpsc::UnboundedSender<Outgoing>;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -99,16 +126,19 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         }
+        // The slot is taken before the handshake, so that handshakes in progress count too and
+        // a burst of them cannot pass the limit.
+        shared.connections.fetch_add(1, Ordering::AcqRel);
         let shared = shared.clone();
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(e) => {
                     tracing::debug!("handshake failed: {e}");
+                    shared.connections.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
             };
-            shared.connections.fetch_add(1, Ordering::AcqRel);
             metrics::gauge!("switch_connections").increment(1.0);
             serve_connection(connection, shared.clone()).await;
             shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -129,6 +159,8 @@ struct ConnectionState {
     who: Identity,
     in_flight: AtomicU32,
     violations: AtomicU32,
+    /// Bytes of frames read whose answers are not yet written (see the module comment).
+    unwritten: Arc<Semaphore>,
 }
 
 async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
@@ -144,6 +176,9 @@ async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
         who,
         in_flight: AtomicU32::new(0),
         violations: AtomicU32::new(0),
+        unwritten: Arc::new(Semaphore::new(unwritten_budget_bytes(
+            shared.config.limits.frame_bytes_max,
+        ))),
     });
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -167,12 +202,14 @@ async fn serve_stream(
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
 ) {
-    let (reply, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (reply, mut replies) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = replies.recv().await {
+        while let Some(Outgoing { frame, budget }) = replies.recv().await {
             if send.write_all(&frame).await.is_err() {
                 return;
             }
+            // Written: its share of the budget goes back.
+            drop(budget);
         }
         let _ = send.finish();
     });
@@ -199,6 +236,12 @@ async fn serve_stream(
                 Ok(None) => break,
                 Ok(Some((frame, used))) => {
                     consumed += used;
+                    // Waits, and so stops reading, while the connection's answers are not
+                    // being taken off. `used` is at most `frame_bytes_max`, within the budget.
+                    let cost = u32::try_from(used + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
+                        break 'read;
+                    };
                     // Each frame runs in its own task, so the stream keeps being read while
                     // earlier frames wait for the ledger stage: that is what pipelining is.
                     // The per-connection in-flight limit bounds how many there are.
@@ -207,6 +250,7 @@ async fn serve_stream(
                         shared.clone(),
                         state.clone(),
                         reply.clone(),
+                        budget,
                     ));
                 }
                 Err(e) => {
@@ -219,7 +263,10 @@ async fn serve_stream(
                         &message,
                         &mut frame,
                     );
-                    let _ = reply.send(frame);
+                    let _ = reply.send(Outgoing {
+                        frame,
+                        budget: None,
+                    });
                     let violations = state.violations.fetch_add(1, Ordering::AcqRel) + 1;
                     if violations > shared.config.limits.malformed_frames_max {
                         connection.close(
@@ -254,7 +301,8 @@ async fn handle_frame(
     frame: wire::Frame,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
-    reply: mpsc::UnboundedSender<Vec<u8>>,
+    reply: Reply,
+    budget: OwnedSemaphorePermit,
 ) {
     let (correlation_id, requests) = match frame {
         wire::Frame::Requests {
@@ -270,7 +318,10 @@ async fn handle_frame(
                 &message,
                 &mut out,
             );
-            let _ = reply.send(out);
+            let _ = reply.send(Outgoing {
+                frame: out,
+                budget: Some(budget),
+            });
             return;
         }
     };
@@ -367,7 +418,7 @@ async fn handle_frame(
         .fetch_sub(answered_here as u32, Ordering::AcqRel);
     if items.is_empty() {
         let responses: Vec<wire::Response> = answers.into_iter().flatten().collect();
-        stage::send(&reply, correlation_id, &responses);
+        stage::send(&reply, correlation_id, &responses, budget);
         return;
     }
     // The stage answers its part on an inner channel; the frame's answer is assembled here,
@@ -387,12 +438,7 @@ async fn handle_frame(
         None => Err((job, Reason::OVERLOADED)),
     };
     if let Err((job, reason)) = pushed {
-        let code = if reason == Reason::STORAGE_FAILURE {
-            Code::SystemMalfunction
-        } else {
-            Code::SystemBusy
-        };
-        stage::answer_all(job, code, reason);
+        stage::answer_all(job, stage::refusal_code(reason), reason);
     }
     // The stage drops the sender only if it stopped without answering: 96 below.
     let stage_responses = inner_rx.await.unwrap_or_default();
@@ -416,7 +462,7 @@ async fn handle_frame(
             })
         })
         .collect();
-    stage::send(&reply, correlation_id, &responses);
+    stage::send(&reply, correlation_id, &responses, budget);
 }
 
 /// A piece of a closed window's report file, read from the report directory.

@@ -1,12 +1,12 @@
 //! The operator's HTTP endpoint: Prometheus `/metrics`, `/healthz` (the process is up) and
-//! `/readyz` (recovery finished and the switch is taking traffic).
+//! `/readyz` (recovery finished, the switch is taking traffic, and its log has not failed).
 //!
 //! Deliberately tiny: GET only, one request per connection, request head capped at 8 KiB, so
 //! nothing a scraper sends can make it allocate without bound.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,14 +15,21 @@ use tokio::net::TcpListener;
 
 const HEAD_BYTES_MAX: usize = 8 * 1024;
 
-/// Serves until the listener fails; `ready` flips `/readyz` to 200.
-pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<AtomicBool>) {
+/// Serves until the listener fails; `ready` flips `/readyz` to 200, a non-zero `failed` (the
+/// ledger stage's log failed) back to 503 for good.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    failed: Arc<AtomicU8>,
+) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let failed = failed.clone();
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(512);
             let mut buf = [0u8; 1024];
@@ -47,6 +54,12 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, ready: Arc<
             let (status, content_type, body) = match (method, path) {
                 ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
                 ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+                ("GET", "/readyz") if failed.load(Ordering::Acquire) != 0 => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "storage failed: not acknowledging; restart after fixing the disk\n"
+                        .to_string(),
+                ),
                 ("GET", "/readyz") if ready.load(Ordering::Acquire) => {
                     ("200 OK", "text/plain", "ready\n".to_string())
                 }

@@ -25,6 +25,8 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 
+use ledger::storage::{FileStorage, Storage};
+
 use crate::config::{Config, LogFormat, TlsMode};
 use crate::core::{Core, CoreConfig};
 use crate::routing::RouteTable;
@@ -151,6 +153,24 @@ async fn wait_for_signal() {
 
 /// Recovers state, binds the endpoints and starts serving. Returns once traffic is accepted.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
+    start_on(config, config_path, None::<FileStorage>).await
+}
+
+/// `start`, with the log on `storage` instead of `data_dir/wal` (tests use a simulated disk
+/// that fails on demand). The TLS material still lives in `data_dir`.
+pub async fn start_with_storage<S: Storage + Clone>(
+    config: Config,
+    config_path: Option<PathBuf>,
+    storage: S,
+) -> anyhow::Result<Running> {
+    start_on(config, config_path, Some(storage)).await
+}
+
+async fn start_on<S: Storage + Clone>(
+    config: Config,
+    config_path: Option<PathBuf>,
+    storage: Option<S>,
+) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -162,7 +182,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .await
         .with_context(|| format!("binding metrics address {}", config.metrics.listen))?;
     let http_addr = http_listener.local_addr()?;
-    tokio::spawn(http::serve(http_listener, metrics_handle, ready.clone()));
 
     let routes = Arc::new(RwLock::new(Arc::new(config.route_table("configuration")?)));
     let ledger = Arc::new(ledger::Ledger::new(config.ledger_config())?);
@@ -178,7 +197,11 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         },
         routes.read().clone(),
     );
-    let stage = stage::Stage::recover(core, &config).context("recovering state")?;
+    let stage = match storage {
+        Some(storage) => stage::Stage::recover_on(core, &config, storage),
+        None => stage::Stage::recover(core, &config),
+    }
+    .context("recovering state")?;
 
     let (identity, fingerprint) = match config.tls.mode {
         TlsMode::SelfSigned => {
@@ -228,6 +251,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let quic_addr = endpoint.local_addr()?;
 
     let (queue, stage_thread) = stage.spawn(config.clone(), routes.clone());
+    tokio::spawn(http::serve(
+        http_listener,
+        metrics_handle,
+        ready.clone(),
+        queue.failed_flag(),
+    ));
     ready.store(true, Ordering::Release);
     tracing::info!(%quic_addr, %http_addr, alpn = "pswitch/1", "switch is serving");
 

@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ledger::snapshot_file::{self, SNAPSHOT_KEEP_DEFAULT};
+use std::sync::Arc;
+
 use ledger::storage::FileStorage;
 use ledger::wal;
 
@@ -41,9 +43,12 @@ struct Written {
     segments_removed: usize,
 }
 
+/// Removes the log segments wholly covered by a sequence; returns how many.
+type Prune = Arc<dyn Fn(u64) -> Result<usize, ledger::storage::StorageError> + Send + Sync>;
+
 pub struct Snapshots {
     storage: FileStorage,
-    wal_storage: FileStorage,
+    prune: Prune,
     every_records: u64,
     every_wal_bytes: u64,
     keep: usize,
@@ -59,14 +64,20 @@ pub struct Snapshots {
 
 impl Snapshots {
     /// Opens `data_dir/snapshots` beside the log's storage.
-    pub fn open(config: &Config, wal_storage: FileStorage) -> anyhow::Result<Snapshots> {
+    pub fn open<S: ledger::storage::Storage + Clone>(
+        config: &Config,
+        wal_storage: S,
+    ) -> anyhow::Result<Snapshots> {
+        let prune: Prune = Arc::new(move |sequence| {
+            wal::delete_covered(&wal_storage, sequence).map(|removed| removed.len())
+        });
         let dir = config.server.data_dir.join("snapshots");
         let storage =
             FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         let s = &config.snapshot;
         Ok(Snapshots {
             storage,
-            wal_storage,
+            prune,
             every_records: s.every_records,
             every_wal_bytes: s.every_wal_bytes,
             keep: usize::try_from(s.keep)
@@ -196,11 +207,10 @@ impl Snapshots {
         );
         self.records_since = 0;
         self.bytes_since = 0;
-        let (storage, wal_storage, keep) =
-            (self.storage.clone(), self.wal_storage.clone(), self.keep);
+        let (storage, prune, keep) = (self.storage.clone(), self.prune.clone(), self.keep);
         let spawned = std::thread::Builder::new()
             .name("switch-snapshot".into())
-            .spawn(move || write(capture, &storage, &wal_storage, keep));
+            .spawn(move || write(capture, &storage, &prune, keep));
         match spawned {
             Ok(handle) => {
                 self.covered = sequence;
@@ -221,7 +231,7 @@ impl Snapshots {
             return;
         }
         let capture = Capture::take(core, self.appended);
-        match write(capture, &self.storage, &self.wal_storage, self.keep) {
+        match write(capture, &self.storage, &self.prune, self.keep) {
             Ok(w) => {
                 self.covered = w.sequence;
                 report(&w);
@@ -256,7 +266,7 @@ fn report(w: &Written) {
 fn write(
     capture: Capture,
     storage: &FileStorage,
-    wal_storage: &FileStorage,
+    prune: &Prune,
     keep: usize,
 ) -> anyhow::Result<Written> {
     let sequence = capture.sequence();
@@ -266,14 +276,14 @@ fn write(
     let started = Instant::now();
     let written = snapshot_file::write(storage, sequence, &payload, keep)
         .with_context(|| format!("snapshot at sequence {sequence}"))?;
-    let removed = wal::delete_covered(wal_storage, written.oldest_kept_sequence)
-        .context("removing log segments the snapshots cover")?;
+    let removed =
+        prune(written.oldest_kept_sequence).context("removing log segments the snapshots cover")?;
     Ok(Written {
         sequence,
         file: written.file,
         bytes: payload.len(),
         encode_ms,
         write_ms: started.elapsed().as_millis() as u64,
-        segments_removed: removed.len(),
+        segments_removed: removed,
     })
 }

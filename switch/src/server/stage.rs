@@ -2,15 +2,15 @@
 //! answers only what is durable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ledger::Timestamp;
-use ledger::storage::FileStorage;
-use ledger::wal::{self, Durability, RecoverOptions, Wal, WalOptions};
+use ledger::storage::{FileStorage, Storage};
+use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
 use parking_lot::RwLock;
 
 use crate::clearing::WindowDetails;
@@ -40,14 +40,16 @@ pub struct Queue {
     tx: Sender<Job>,
     queued: Arc<AtomicUsize>,
     queued_max: usize,
-    failed: Arc<AtomicBool>,
+    /// 0 while the log works; once it has failed, the reason every request gets from then on
+    /// (`Reason::STORAGE_FULL` or `Reason::STORAGE_FAILURE`).
+    failed: Arc<AtomicU8>,
 }
 
 impl Queue {
     /// Queues a job, or gives it back when the queue is full or the stage has failed.
     pub fn try_push(&self, job: Job) -> Result<(), (Job, Reason)> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err((job, Reason::STORAGE_FAILURE));
+        if let Some(reason) = self.failure() {
+            return Err((job, reason));
         }
         let n = job.items.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
@@ -69,6 +71,38 @@ impl Queue {
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
+
+    /// Why the stage stopped acknowledging, once its log has failed.
+    pub fn failure(&self) -> Option<Reason> {
+        match self.failed.load(Ordering::Acquire) {
+            0 => None,
+            reason => Some(Reason(reason)),
+        }
+    }
+
+    /// The flag behind `failure`, for `/readyz`.
+    pub(crate) fn failed_flag(&self) -> Arc<AtomicU8> {
+        self.failed.clone()
+    }
+}
+
+/// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
+/// operator frees space and restarts succeeds), any other log failure 96.
+pub fn refusal_code(reason: Reason) -> Code {
+    if reason == Reason::STORAGE_FAILURE || reason == Reason::INTERNAL {
+        Code::SystemMalfunction
+    } else {
+        Code::SystemBusy
+    }
+}
+
+/// Why a log failure stops acknowledgements, as the reason every request gets from then on.
+fn failure_reason(error: &WalError) -> Reason {
+    if error.is_out_of_space() {
+        Reason::STORAGE_FULL
+    } else {
+        Reason::STORAGE_FAILURE
+    }
 }
 
 /// The recovered state and the open journal, ready to run.
@@ -77,6 +111,8 @@ pub struct Stage {
     wal: Wal,
     durability: Durability,
     snapshots: Snapshots,
+    /// Shared with the `Queue` (see there); set before any request hears of a failure.
+    failed: Arc<AtomicU8>,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -116,6 +152,16 @@ impl Stage {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
             FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        Self::recover_on(core, config, storage)
+    }
+
+    /// Replays the journal in `storage` into `core` and opens it for appending (tests run the
+    /// stage on a simulated disk this way).
+    pub fn recover_on<S: Storage + Clone>(
+        core: Core,
+        config: &Config,
+        storage: S,
+    ) -> anyhow::Result<Stage> {
         let options = wal_options(config);
         let started = Instant::now();
         let mut snapshots = Snapshots::open(config, storage.clone())?;
@@ -179,6 +225,7 @@ impl Stage {
             wal,
             durability,
             snapshots,
+            failed: Arc::new(AtomicU8::new(0)),
         })
     }
 
@@ -195,8 +242,9 @@ impl Stage {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             queued_max: config.limits.queue_depth_max as usize,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: self.failed.clone(),
         };
+        metrics::gauge!("switch_storage_failed").set(0.0);
         let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
@@ -209,7 +257,7 @@ impl Stage {
         mut self,
         rx: Receiver<Job>,
         queued: Arc<AtomicUsize>,
-        failed: Arc<AtomicBool>,
+        failed: Arc<AtomicU8>,
         config: Arc<Config>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> anyhow::Result<()> {
@@ -251,15 +299,13 @@ impl Stage {
                 if self.core.clearing().due(now, close_every_ns)
                     && let Err(e) = self.close_on_schedule(now, &report_tx, &unwritten)
                 {
-                    failed.store(true, Ordering::Release);
-                    return Err(e);
+                    return Err(fail_stop(&e, &rx, &queued, &failed));
                 }
                 if self.core.expire(now) {
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
                     if let Err(e) = self.append(payload) {
-                        failed.store(true, Ordering::Release);
-                        return Err(e);
+                        return Err(fail_stop(&e, &rx, &queued, &failed));
                     }
                 }
             }
@@ -283,18 +329,10 @@ impl Stage {
             queued.fetch_sub(count, Ordering::AcqRel);
             metrics::histogram!("switch_batch_requests").record(count as f64);
             self.core.set_routes(routes.read().clone());
-            let result = self.execute(jobs, clock.now());
-            if result.is_ok() {
-                self.hand_reports(&report_tx, &unwritten);
+            if let Err(e) = self.execute(jobs, clock.now()) {
+                return Err(fail_stop(&e, &rx, &queued, &failed));
             }
-            if let Err(e) = result {
-                failed.store(true, Ordering::Release);
-                // Everything still queued gets 96: nothing more will be acknowledged.
-                while let Ok(job) = rx.try_recv() {
-                    answer_all(job, Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-                }
-                return Err(e);
-            }
+            self.hand_reports(&report_tx, &unwritten);
             if unwritten.load(Ordering::Acquire) == 0 {
                 self.snapshots.maybe_start(&self.core);
             }
@@ -316,7 +354,7 @@ impl Stage {
         now: Timestamp,
         report_tx: &Sender<Arc<WindowDetails>>,
         unwritten: &AtomicUsize,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WalError> {
         let item = self.core.scheduled_close();
         let window = self.core.clearing().open.id;
         let executed = self.core.execute(vec![item], now);
@@ -352,19 +390,17 @@ impl Stage {
         }
     }
 
-    fn append(&mut self, payload: Vec<u8>) -> anyhow::Result<()> {
+    fn append(&mut self, payload: Vec<u8>) -> Result<(), WalError> {
         let started = Instant::now();
         let len = payload.len();
         let result = self.wal.append(payload);
         metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
-        let sequence = result.map_err(|e| {
-            anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {e}")
-        })?;
+        let sequence = result?;
         self.snapshots.appended(sequence, len);
         Ok(())
     }
 
-    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> anyhow::Result<()> {
+    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> Result<(), WalError> {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut shapes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -376,6 +412,10 @@ impl Stage {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
             SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
             if let Err(e) = self.append(payload) {
+                // The core applied the batch, the log does not hold it: none of it is answered
+                // as done, and the stage stops acknowledging (see `fail_stop`).
+                let reason = failure_reason(&e);
+                self.failed.store(reason.0, Ordering::Release);
                 let mut ids = executed.responses.iter();
                 for (ops, reply, _) in shapes {
                     let responses: Vec<wire::Response> = ops
@@ -385,8 +425,8 @@ impl Stage {
                             wire::Response::declined(
                                 wire::RequestId(r.id.0),
                                 *op,
-                                Code::SystemMalfunction,
-                                Reason::STORAGE_FAILURE,
+                                refusal_code(reason),
+                                reason,
                             )
                         })
                         .collect();
@@ -428,6 +468,40 @@ fn write_report(dir: &std::path::Path, details: &WindowDetails) {
     }
 }
 
+/// After a log failure: the in-memory state is ahead of the log (the failed batch was applied
+/// but is not durable), and a failed fdatasync cannot be retried safely on Linux (the kernel
+/// may have dropped the dirty pages and report success next time). So the stage stops
+/// acknowledging for good: it says so in the log, the metrics and `/readyz`, and answers
+/// every request from then on with the failure's code until the switch shuts down. A restart
+/// on the same directory recovers everything that was acknowledged.
+fn fail_stop(
+    error: &WalError,
+    rx: &Receiver<Job>,
+    queued: &AtomicUsize,
+    failed: &AtomicU8,
+) -> anyhow::Error {
+    let reason = failure_reason(error);
+    failed.store(reason.0, Ordering::Release);
+    let cause = if reason == Reason::STORAGE_FULL {
+        "out_of_space"
+    } else {
+        "io_error"
+    };
+    metrics::gauge!("switch_storage_failed").set(1.0);
+    metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
+    tracing::error!(
+        cause,
+        "write-ahead log failed; no further acknowledgements until a restart recovers the \
+         log: {error}"
+    );
+    // Until every sender is gone (shutdown), whatever arrives is answered at once.
+    for job in rx.iter() {
+        queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+        answer_all(job, refusal_code(reason), reason);
+    }
+    anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
+}
+
 pub(crate) fn op_name(op: wire::Op) -> &'static str {
     match op {
         wire::Op::CreateParticipant => "create_participant",
@@ -452,14 +526,18 @@ pub(crate) fn op_name(op: wire::Op) -> &'static str {
 
 /// Encodes and sends a response frame; a client that went away is not an error.
 pub(crate) fn send(
-    reply: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    reply: &super::connection::Reply,
     correlation_id: u64,
     responses: &[wire::Response],
+    budget: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut frame = Vec::with_capacity(64 * responses.len());
     match wire::encode_response_frame(correlation_id, responses, &mut frame) {
         Ok(_) => {
-            let _ = reply.send(frame);
+            let _ = reply.send(super::connection::Outgoing {
+                frame,
+                budget: Some(budget),
+            });
         }
         Err(e) => tracing::error!("encoding a response frame: {e}"),
     }

@@ -360,8 +360,11 @@ impl Reason {
     pub const ROUTES_INVALID: Reason = Reason(25);
     pub const INTERNAL: Reason = Reason(26);
     pub const RESPONSE_TOO_LARGE: Reason = Reason(27);
+    /// The log's disk is full: nothing more is acknowledged until space is freed and the
+    /// switch restarted; a retry with the same request id is then safe.
+    pub const STORAGE_FULL: Reason = Reason(28);
 
-    const NAMES: [&'static str; 28] = [
+    const NAMES: [&'static str; 29] = [
         "none",
         "unknown number",
         "no route",
@@ -390,6 +393,7 @@ impl Reason {
         "routes invalid",
         "internal",
         "response too large",
+        "storage full",
     ];
 
     /// The listed name of this reason, if it has one.

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `ledger::fuzz_check::snapshot` for the properties checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ledger::fuzz_check::snapshot(data));

@@ -1,0 +1,80 @@
+//! The properties the fuzz targets (`fuzz/`) check, shared with the stable-toolchain test that
+//! replays the committed corpora (`tests/fuzz_corpus.rs`).
+//!
+//! Each function takes arbitrary bytes and panics only when a property is broken: a decoder
+//! panicked, accepted something it cannot re-encode, or re-encoded it to something that reads
+//! back differently. Anything a peer or a file can send must give a value or a typed error.
+
+use crate::journal::SwitchRecord;
+use crate::translate;
+use crate::wire::{self, Frame, Limits};
+
+/// Limits small enough that the fuzzer reaches them.
+const SMALL: Limits = Limits {
+    frame_len_max: 512,
+    batch_len_max: 4,
+};
+
+/// A stream of frames, read as the server reads a stream: frame after frame from the start,
+/// under the default and under small limits. Every frame that decodes re-encodes to bytes that
+/// decode to the same frame; every prefix of it is "not yet"; its requests translate without
+/// panicking.
+pub fn wire_frames(data: &[u8]) {
+    for limits in [Limits::DEFAULT, SMALL] {
+        let mut rest = data;
+        // A bound on frames per input: each is at least a header long anyway.
+        for _ in 0..64 {
+            let Ok(Some((frame, used))) = wire::decode_frame(rest, &limits) else {
+                break;
+            };
+            assert!(
+                (wire::HEADER_LEN..=rest.len()).contains(&used),
+                "consumed {used} of {} bytes",
+                rest.len()
+            );
+            assert!(
+                used <= limits.frame_len_max as usize,
+                "a frame over the limit"
+            );
+            check_frame(&frame, &rest[..used], &limits);
+            rest = &rest[used..];
+        }
+    }
+}
+
+fn check_frame(frame: &Frame, bytes: &[u8], limits: &Limits) {
+    let mut encoded = Vec::with_capacity(bytes.len());
+    let len = wire::encode_frame(frame, &mut encoded).expect("a decoded frame encodes");
+    assert_eq!(len, encoded.len());
+    let again = wire::decode_frame(&encoded, limits).expect("a re-encoded frame decodes");
+    assert_eq!(
+        again,
+        Some((frame.clone(), encoded.len())),
+        "a frame changed through encode and decode"
+    );
+    // A reader that has only part of a valid frame must wait for the rest, not reject it.
+    let prefixes = (0..bytes.len().min(wire::HEADER_LEN + 8)).chain([bytes.len() - 1]);
+    for cut in prefixes {
+        assert_eq!(
+            wire::decode_frame(&bytes[..cut], limits),
+            Ok(None),
+            "a {cut}-byte prefix of a valid frame was not 'not yet'"
+        );
+    }
+    if let Frame::Requests { requests, .. } = frame {
+        for request in requests {
+            let _ = translate::request(request);
+        }
+    }
+}
+
+/// A switch log payload: whatever decodes re-encodes to bytes that decode to the same record.
+pub fn switch_record(data: &[u8]) {
+    let Ok(record) = SwitchRecord::decode(data) else {
+        return;
+    };
+    let mut encoded = Vec::with_capacity(data.len());
+    record.encode(&mut encoded);
+    let again = SwitchRecord::decode(&encoded).expect("a re-encoded record decodes");
+    assert_eq!(record, again, "a record changed through encode and decode");
+}

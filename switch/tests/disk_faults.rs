@@ -1,0 +1,421 @@
+//! Disk faults under a running switch: a failed fdatasync and a full disk, on the simulated
+//! disk and on a real (tmpfs) file system that fills up.
+//!
+//! What must hold: nothing that is not durable is acknowledged; a failure is answered 96 (I/O
+//! error) or 91 (disk full) from then on and reported in `/readyz` and `/metrics`; the log on
+//! disk stays recoverable; and a restart on the same log (with space back) recovers every
+//! acknowledged request, so that a client's retry of a refused one then succeeds.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ledger::storage::SimStorage;
+use switch::client::{Client, Stream};
+use switch::config::{Config, RouteConfig};
+use switch::server::{self, Running};
+use switch::tls::Trust;
+use switch::wire::{
+    self, AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, Operation,
+    ParticipantId, ParticipantName, Reason, Request, RequestId, ResponseBody, ResponseCode as Code,
+    Roles,
+};
+
+const CNY: Currency = Currency(156);
+const LIMIT: Duration = Duration::from_secs(30);
+const FUNDED: u64 = 1_000_000;
+
+fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("literal");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
+    config.server.data_dir = dir.to_path_buf();
+    config.routes = vec![RouteConfig {
+        prefix: "62".into(),
+        issuer: 2,
+        pooled_account: None,
+    }];
+    config
+}
+
+async fn start_sim(dir: &Path, storage: &SimStorage) -> Running {
+    tokio::time::timeout(
+        LIMIT,
+        server::start_with_storage(config(dir), None, storage.clone()),
+    )
+    .await
+    .expect("start in time")
+    .expect("the switch starts and recovers its log")
+}
+
+async fn start_files(dir: &Path) -> Running {
+    tokio::time::timeout(LIMIT, server::start(config(dir), None))
+        .await
+        .expect("start in time")
+        .expect("the switch starts and recovers its log")
+}
+
+async fn connect(running: &Running) -> (Client, Stream) {
+    let trust = Trust::Fingerprint(running.fingerprint.expect("a certificate"));
+    let client = tokio::time::timeout(LIMIT, Client::connect(running.quic_addr, &trust, None))
+        .await
+        .expect("connect in time")
+        .expect("connects");
+    let stream = client.stream().await.expect("a stream");
+    (client, stream)
+}
+
+fn req(id: u128, operation: Operation) -> Request {
+    Request {
+        id: RequestId(id),
+        operation,
+    }
+}
+
+async fn one(stream: &Stream, request: Request) -> wire::Response {
+    tokio::time::timeout(LIMIT, stream.call(&[request]))
+        .await
+        .expect("answered in time")
+        .expect("answered")
+        .remove(0)
+}
+
+fn setup_requests() -> Vec<Request> {
+    vec![
+        req(
+            1,
+            Operation::CreateParticipant {
+                participant: ParticipantId(2),
+                roles: Roles::ISSUER,
+                name: ParticipantName::new("issuer").expect("short"),
+            },
+        ),
+        req(
+            2,
+            Operation::CreateParticipant {
+                participant: ParticipantId(3),
+                roles: Roles::ACQUIRER,
+                name: ParticipantName::new("acquirer").expect("short"),
+            },
+        ),
+        req(
+            3,
+            Operation::CreateAccount {
+                account: AccountId(100),
+                owner: ParticipantId(2),
+                currency: CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: CardNumber::new("6200000000000001").expect("digits"),
+            },
+        ),
+        req(
+            4,
+            Operation::CreateAccount {
+                account: AccountId(300),
+                owner: ParticipantId(3),
+                currency: CNY,
+                flags: AccountFlags(0),
+                number: CardNumber::EMPTY,
+            },
+        ),
+        req(
+            5,
+            Operation::Fund {
+                account: AccountId(100),
+                amount: Amount(FUNDED),
+                currency: CNY,
+            },
+        ),
+    ]
+}
+
+async fn setup(stream: &Stream) {
+    for r in setup_requests() {
+        let answer = one(stream, r).await;
+        assert_eq!(answer.code, Code::Approved, "{answer:?}");
+    }
+}
+
+/// A one-unit sale from card account 100 to merchant 300: each approved one moves exactly 1.
+fn sale(id: u128) -> Request {
+    req(
+        id,
+        Operation::Sale {
+            number: CardNumber::new("6200000000000001").expect("digits"),
+            merchant: AccountId(300),
+            amount: Amount(1),
+            currency: CNY,
+        },
+    )
+}
+
+async fn card_balance(stream: &Stream) -> i128 {
+    let answer = one(
+        stream,
+        req(
+            u128::MAX - 1,
+            Operation::BalanceInquiry {
+                target: BalanceTarget::Account(AccountId(100)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(balance) = answer.body else {
+        panic!("{answer:?}")
+    };
+    balance.ledger
+}
+
+/// A plain HTTP GET against the metrics endpoint: (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(LIMIT))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+/// Sends one-unit sales from id `first` until one is refused (or `max` were approved); returns
+/// the ids approved and the refusal.
+async fn sell_until_refused(
+    stream: &Stream,
+    first: u128,
+    max: u128,
+) -> (Vec<u128>, Option<wire::Response>) {
+    let mut approved = Vec::new();
+    for id in first..first + max {
+        let answer = one(stream, sale(id)).await;
+        if answer.code != Code::Approved {
+            return (approved, Some(answer));
+        }
+        approved.push(id);
+    }
+    (approved, None)
+}
+
+/// After a restart: every acknowledged sale is there (its retry is a repeat, the balance
+/// counts it), the refused one was not applied (its retry is applied now), and the log
+/// takes new writes again.
+async fn check_recovered(stream: &Stream, approved: &[u128], refused: u128) {
+    assert_eq!(
+        card_balance(stream).await,
+        i128::from(FUNDED) - approved.len() as i128,
+        "every acknowledged sale, and nothing else, survived"
+    );
+    for &id in approved {
+        let answer = one(stream, sale(id)).await;
+        assert_eq!(answer.code, Code::Approved, "repeat of {id}: {answer:?}");
+    }
+    assert_eq!(
+        card_balance(stream).await,
+        i128::from(FUNDED) - approved.len() as i128,
+        "repeats of acknowledged sales moved nothing"
+    );
+    let retry = one(stream, sale(refused)).await;
+    assert_eq!(
+        retry.code,
+        Code::Approved,
+        "the refused sale, retried: {retry:?}"
+    );
+    assert_eq!(
+        card_balance(stream).await,
+        i128::from(FUNDED) - approved.len() as i128 - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_stops_acknowledgements_and_a_restart_recovers_what_was_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = SimStorage::new();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    setup(&stream).await;
+    let (approved, refusal) = sell_until_refused(&stream, 1_000, 20).await;
+    assert_eq!(
+        approved.len(),
+        20,
+        "a healthy disk acknowledges: {refusal:?}"
+    );
+
+    storage.fail_next_sync();
+    let failed = one(&stream, sale(2_000)).await;
+    assert_eq!(failed.code, Code::SystemMalfunction, "{failed:?}");
+    assert_eq!(failed.reason, Reason::STORAGE_FAILURE);
+    // Fail-stop: the next sync would succeed, yet nothing more is acknowledged.
+    for id in 2_001..2_005 {
+        let answer = one(&stream, sale(id)).await;
+        assert_eq!(answer.code, Code::SystemMalfunction, "{answer:?}");
+        assert_eq!(answer.reason, Reason::STORAGE_FAILURE);
+    }
+    let (status, body) = http_get(running.http_addr, "/readyz");
+    assert!(
+        status.contains("503"),
+        "/readyz after a failed fsync: {status} {body}"
+    );
+    assert!(body.contains("storage failed"), "{body}");
+    let (_, metrics) = http_get(running.http_addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switch_storage_failures_total{cause=\"io_error\"}")),
+        "the failure is counted in /metrics"
+    );
+    client.close().await;
+    let stopped = running.shutdown().await;
+    assert!(stopped.is_err(), "shutdown reports the log failure");
+
+    // The process is gone; the disk keeps what was synced.
+    let storage = storage.crash();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    check_recovered(&stream, &approved, 2_000).await;
+    let (status, _) = http_get(running.http_addr, "/readyz");
+    assert!(
+        status.contains("200"),
+        "ready again after the restart: {status}"
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_simulated_disk_answers_91_and_space_back_with_a_restart_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = SimStorage::new();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    setup(&stream).await;
+    // Room for a few sale records (about 100 bytes each with their headers), not for 50.
+    storage.set_capacity_bytes(Some(storage.used_bytes() + 1_000));
+    let (approved, refusal) = sell_until_refused(&stream, 1_000, 50).await;
+    let refusal = refusal.expect("the disk fills up");
+    assert!(!approved.is_empty(), "some sales fit");
+    assert_eq!(refusal.code, Code::SystemBusy, "{refusal:?}");
+    assert_eq!(refusal.reason, Reason::STORAGE_FULL);
+    let refused = approved.last().map_or(1_000, |last| last + 1);
+    // Space back is not enough while this process runs: its memory is ahead of its log.
+    storage.set_capacity_bytes(None);
+    let answer = one(&stream, sale(5_000)).await;
+    assert_eq!(answer.code, Code::SystemBusy, "{answer:?}");
+    assert_eq!(answer.reason, Reason::STORAGE_FULL);
+    let (status, _) = http_get(running.http_addr, "/readyz");
+    assert!(status.contains("503"), "{status}");
+    client.close().await;
+    assert!(running.shutdown().await.is_err());
+
+    let storage = storage.crash();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    check_recovered(&stream, &approved, refused).await;
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
+/// A tmpfs of a few pages mounted for the test and unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_bytes: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).map_err(|e| format!("mkdir: {e}"))?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily if a plain unmount is refused: a failed test may leave a server with files
+        // open there, and the mount must not outlive the test either way.
+        let unmounted = [&["umount"][..], &["umount", "-l"][..]].iter().any(|args| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .arg(&self.path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !unmounted {
+            eprintln!("could not unmount {}", self.path.display());
+        }
+    }
+}
+
+/// Fills the file system holding `path` until a write fails with ENOSPC.
+fn fill(path: &Path) -> std::fs::File {
+    let mut file = std::fs::File::create(path).expect("filler file");
+    let block = vec![0xa5u8; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_file_system_answers_91_and_recovers_once_space_is_back() {
+    let mount = match Tmpfs::mount(4 << 20) {
+        Ok(mount) => mount,
+        Err(reason) => {
+            eprintln!("skipped: cannot mount a small tmpfs here ({reason})");
+            return;
+        }
+    };
+    let data = mount.path.join("data");
+    let running = start_files(&data).await;
+    let (client, stream) = connect(&running).await;
+    setup(&stream).await;
+    let filler_path = mount.path.join("filler");
+    let filler = fill(&filler_path);
+    // The segment's last page has room for a few records; then the disk is full.
+    let (approved, refusal) = sell_until_refused(&stream, 1_000, 2_000).await;
+    let refusal = refusal.expect("the file system fills up");
+    assert_eq!(refusal.code, Code::SystemBusy, "{refusal:?}");
+    assert_eq!(refusal.reason, Reason::STORAGE_FULL);
+    let refused = approved.last().map_or(1_000, |last| last + 1);
+    let (status, _) = http_get(running.http_addr, "/readyz");
+    assert!(status.contains("503"), "{status}");
+    client.close().await;
+    assert!(
+        running.shutdown().await.is_err(),
+        "shutdown reports the full disk"
+    );
+
+    // Space back, restart on the same directory: the log recovers (a torn tail is trimmed,
+    // nothing is refused as corrupt) with every acknowledged sale.
+    drop(filler);
+    std::fs::remove_file(&filler_path).expect("remove the filler");
+    let running = start_files(&data).await;
+    let (client, stream) = connect(&running).await;
+    check_recovered(&stream, &approved, refused).await;
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
