@@ -5,7 +5,8 @@
 //! - `mix`: what is sent (payment flows, Zipf skew, hot merchant, amounts);
 //! - `model` and `verify`: the expected effect of every acknowledged operation, and its
 //!   comparison with what the switch reports at the end;
-//! - `stats`: measurements;
+//! - `stats`, `report`, `chart`: measurements, the terminal table and JSON, the PNG/SVG chart;
+//! - `run`: the engine (spawn or connect, setup, profiles, verification);
 //! - `zipf`: YCSB's zipfian generator, shared with the benchmarks.
 
 /// Property-test settings: failures persist in the top-level `proptest-regressions/`, and
@@ -30,9 +31,13 @@ macro_rules! proptest_config {
     };
 }
 
+pub mod chart;
 pub mod config;
+pub mod cpu;
 pub mod mix;
 pub mod model;
+pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod stats;
 pub mod verify;
