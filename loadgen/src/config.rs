@@ -272,6 +272,9 @@ pub struct Faults {
     /// The model ignores the effect of the n-th approved sale (0-based), as if its answer
     /// had been lost.
     pub drop_sale_effect: Option<u64>,
+    /// The answer to the n-th frame (0-based) is thrown away, as if it had timed out, so
+    /// that its requests must be resolved by asking again.
+    pub lose_frame: Option<u64>,
 }
 
 /// Everything a run needs, resolved and checked.
@@ -480,8 +483,6 @@ impl Options {
             mix: MixConfig {
                 weights: c.mix,
                 partial_capture: share("partial-capture", c.partial_capture)?,
-                customers: c.customers,
-                merchants: c.merchants,
                 zipf_theta: c.zipf,
                 hot_merchant_share: share("hot-merchant", c.hot_merchant)?,
                 amount_min: amount_min.0,

@@ -199,8 +199,6 @@ pub struct Draw {
 pub struct MixConfig {
     pub weights: Weights,
     pub partial_capture: f64,
-    pub customers: u64,
-    pub merchants: u64,
     pub zipf_theta: f64,
     pub hot_merchant_share: f64,
     pub amount_min: u64,
@@ -208,13 +206,19 @@ pub struct MixConfig {
 }
 
 impl Mix {
-    pub fn new<R: Rng + ?Sized>(config: &MixConfig, rng: &mut R) -> Mix {
+    /// Draws over `customers` customers and `merchants` merchants.
+    pub fn new<R: Rng + ?Sized>(
+        config: &MixConfig,
+        customers: u64,
+        merchants: u64,
+        rng: &mut R,
+    ) -> Mix {
         assert!(config.amount_min >= 1 && config.amount_min <= config.amount_max);
         Mix {
             weights: config.weights,
             partial_capture: config.partial_capture.clamp(0.0, 1.0),
-            customers: Picker::new(config.customers, config.zipf_theta, rng),
-            merchants: Picker::new(config.merchants, config.zipf_theta, rng),
+            customers: Picker::new(customers, config.zipf_theta, rng),
+            merchants: Picker::new(merchants, config.zipf_theta, rng),
             hot_merchant_share: config.hot_merchant_share.clamp(0.0, 1.0),
             amount_min: config.amount_min,
             amount_max: config.amount_max,
@@ -274,8 +278,6 @@ mod tests {
         MixConfig {
             weights: Weights::default(),
             partial_capture: 0.3,
-            customers: 1000,
-            merchants: 100,
             zipf_theta: 0.99,
             hot_merchant_share: 0.0,
             amount_min: 100,
@@ -299,7 +301,7 @@ mod tests {
         let mut c = config();
         c.weights = "sale=3,balance=1".parse().expect("valid");
         let mut rng = StdRng::seed_from_u64(1);
-        let mix = Mix::new(&c, &mut rng);
+        let mix = Mix::new(&c, 1000, 100, &mut rng);
         let n = 40_000;
         let sales = (0..n).filter(|_| mix.flow(&mut rng) == Flow::Sale).count();
         let share = sales as f64 / n as f64;
@@ -312,7 +314,7 @@ mod tests {
         c.hot_merchant_share = 0.5;
         c.zipf_theta = 0.0;
         let mut rng = StdRng::seed_from_u64(2);
-        let mix = Mix::new(&c, &mut rng);
+        let mix = Mix::new(&c, 1000, 100, &mut rng);
         let draws: Vec<Draw> = (0..20_000).map(|_| mix.draw(&mut rng)).collect();
         let hot = draws.iter().filter(|d| d.merchant == 0).count() as f64 / draws.len() as f64;
         // Half by the option, and 1/100 of the other half by chance.
@@ -330,7 +332,7 @@ mod tests {
     #[test]
     fn partial_captures_happen_at_the_configured_share() {
         let mut rng = StdRng::seed_from_u64(3);
-        let mix = Mix::new(&config(), &mut rng);
+        let mix = Mix::new(&config(), 1000, 100, &mut rng);
         let partial = (0..10_000)
             .filter(|_| mix.capture_amount(1000, &mut rng) < 1000)
             .count();

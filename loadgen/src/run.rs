@@ -266,6 +266,8 @@ struct Shared {
     /// The run's number in its card numbers.
     card_run: u64,
     next_id: AtomicU64,
+    /// Frames answered so far (for `Faults::lose_frame`).
+    frames: AtomicU64,
     follow_ups_max: usize,
     state: Mutex<State>,
     measure: Mutex<Measure>,
@@ -410,6 +412,12 @@ impl Shared {
     /// Applies a frame's answers (or its failure) to the model and the measurements.
     fn process(&self, sent: Vec<Sent>, result: Result<Vec<Response>, String>, measured: bool) {
         let now = Instant::now();
+        let frame = self.frames.fetch_add(1, Ordering::Relaxed);
+        let result = if self.options.faults.lose_frame == Some(frame) {
+            Err("answer lost (fault injected)".to_string())
+        } else {
+            result
+        };
         let mut state = self.state.lock();
         let mut measure = self.measure.lock();
         let origin = measure.origin;
@@ -661,7 +669,7 @@ impl Session {
             clients.push(client);
         }
         let mut rng = StdRng::seed_from_u64(options.seed);
-        let mix = Mix::new(&options.mix, &mut rng);
+        let mix = Mix::new(&options.mix, options.customers, options.merchants, &mut rng);
         let run_tag = rng.gen_range(1..u64::MAX);
         let account_tag_bits: u32 = rng.gen_range(1..u32::MAX);
         let follow_ups_max = options.lanes() * options.depth * options.batch_max
@@ -673,6 +681,7 @@ impl Session {
             account_tag: u128::from(account_tag_bits) << 40,
             card_run: u64::from(account_tag_bits) % 1_000_000,
             next_id: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
             follow_ups_max,
             state: Mutex::new(State {
                 model: Model::new(options.customers as usize, options.merchants as usize),
