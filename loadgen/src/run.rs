@@ -1383,6 +1383,10 @@ async fn open_lane(
     let at = |t: f64| start + Duration::from_secs_f64(t);
     let mut intended = Vec::with_capacity(batch_max);
     while let Some((_, t)) = cursor.peek(&schedule) {
+        if shared.state.lock().unknown.len() > UNKNOWN_MAX {
+            // The switch has stopped answering; what was sent is resolved at the end.
+            break;
+        }
         tokio::time::sleep_until(at(t).into()).await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
