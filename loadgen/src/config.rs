@@ -151,8 +151,9 @@ pub struct Common {
     /// Merchant accounts.
     #[arg(long, global = true, default_value_t = 100)]
     pub merchants: u64,
-    /// Money put in each customer account at setup, in major units.
-    #[arg(long, global = true, default_value = "100000.00")]
+    /// Money put in each customer account at setup, in major units. Enough that the hottest
+    /// customers of a long zipfian run are not declined for funds.
+    #[arg(long, global = true, default_value = "100000000.00")]
     pub fund: Decimal,
     /// ISO 4217 currency of every account.
     #[arg(long, global = true, default_value = "CNY")]
@@ -369,8 +370,10 @@ impl Options {
         if c.customers == 0 || c.merchants == 0 {
             bail!("--customers and --merchants must be at least 1");
         }
-        if c.customers > 100_000_000 || c.merchants > 100_000_000 {
-            bail!("at most 100,000,000 customers and merchants");
+        if c.customers > 10_000_000 || c.merchants > 10_000_000 {
+            bail!(
+                "at most 10,000,000 customers and merchants (the switch's default account limit)"
+            );
         }
         if c.card_prefix.is_empty()
             || c.card_prefix.len() > 4
@@ -515,7 +518,7 @@ mod tests {
         let o = parse(&["--spawn", "festival"]).expect("valid");
         assert!(matches!(o.target, Target::Spawn { .. }));
         assert!(matches!(o.profile, Profile::Festival { peak: None, .. }));
-        assert_eq!(o.fund, Amount(10_000_000));
+        assert_eq!(o.fund, Amount(10_000_000_000));
         // Common flags may also follow the profile.
         let o = parse(&["constant", "--rate", "5", "--spawn", "--customers", "7"]).expect("ok");
         assert_eq!(o.customers, 7);

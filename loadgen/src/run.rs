@@ -263,8 +263,8 @@ struct Shared {
     run_tag: u64,
     /// Bits 40.. of every account id of this run.
     account_tag: u128,
-    /// The run's number in its card numbers.
-    card_run: u64,
+    /// Every customer's card number, made once (setup and every payment use them).
+    cards: Vec<CardNumber>,
     next_id: AtomicU64,
     /// Frames answered so far (for `Faults::lose_frame`).
     frames: AtomicU64,
@@ -287,8 +287,7 @@ impl Shared {
     }
 
     fn card(&self, i: u32) -> CardNumber {
-        let digits = format!("{}{:06}{:09}", self.options.card_prefix, self.card_run, i);
-        CardNumber::new(&digits).expect("at most 4 + 15 digits, checked in the options")
+        self.cards[i as usize]
     }
 
     fn funding_account(&self) -> AccountId {
@@ -679,7 +678,14 @@ impl Session {
             wire_currency: Currency(options.currency.numeric()),
             run_tag,
             account_tag: u128::from(account_tag_bits) << 40,
-            card_run: u64::from(account_tag_bits) % 1_000_000,
+            cards: (0..options.customers)
+                .map(|i| {
+                    // Prefix, the run's number, the customer: at most 4 + 6 + 9 digits.
+                    let run = u64::from(account_tag_bits) % 1_000_000;
+                    let digits = format!("{}{run:06}{i:09}", options.card_prefix);
+                    CardNumber::new(&digits).expect("digits only, at most 19, checked in options")
+                })
+                .collect(),
             next_id: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             follow_ups_max,
