@@ -1123,6 +1123,7 @@ impl Session {
                     )
                 };
                 bar.set_message(line);
+                bar.tick();
             }
             bar.finish_and_clear();
         })
