@@ -203,3 +203,68 @@ fn holds_left_to_expire_are_seen_expired() {
             .all(|a| a.state == loadgen::model::AuthState::Expired)
     );
 }
+
+#[test]
+fn a_target_is_trusted_by_its_fingerprint_and_only_by_it() {
+    let spawned = Spawned::start(&options(constant(1.0, 1.0))).expect("the switch starts");
+    let hex = |bytes: &[u8; 32]| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let remote = |fingerprint: &str| {
+        let cli = <loadgen::config::Cli as clap::Parser>::parse_from([
+            "loadgen",
+            "--target",
+            &spawned.addr.to_string(),
+            "--fingerprint",
+            fingerprint,
+            "--customers",
+            "20",
+            "--merchants",
+            "2",
+            "--connections",
+            "1",
+            "--streams",
+            "1",
+            "--expire-secs",
+            "1",
+            "--quiet",
+            "constant",
+            "--rate",
+            "100",
+            "--duration",
+            "0.5",
+        ]);
+        loadgen::config::Options::from_cli(cli).expect("valid")
+    };
+    let right = remote(&hex(&spawned.fingerprint));
+    let mut wrong_bytes = spawned.fingerprint;
+    wrong_bytes[0] ^= 1;
+    let wrong = remote(&hex(&wrong_bytes));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let endpoint = loadgen::run::Endpoint::remote(&wrong).expect("an endpoint");
+            assert!(Session::connect(wrong, &endpoint).await.is_err());
+            let endpoint = loadgen::run::Endpoint::remote(&right).expect("an endpoint");
+            let mut session = Session::connect(right, &endpoint).await.expect("connects");
+            session.setup().await.expect("setup");
+            session.run_profile().await.expect("runs");
+            let v = session.verify().await.expect("verifies");
+            assert!(v.passed, "{:#?}", v.mismatches);
+            assert!(v.authorizations_checked + v.sales_checked > 0);
+            session.close().await;
+        })
+        .await
+        .expect("in time")
+    });
+    drop(runtime);
+    spawned.stop().expect("stops");
+}
