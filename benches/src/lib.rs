@@ -6,7 +6,7 @@
 //! - single-phase transfers with unique, increasing ids;
 //! - amount: 1 + a sample of an exponential distribution with mean 10,000 (minor units);
 //! - uniform: debit and credit drawn uniformly from all accounts; if equal, credit is the next;
-//! - zipfian: debit and credit drawn by YCSB's zipfian generator with θ = 0.99 (`zipf.rs`),
+//! - zipfian: debit and credit drawn by YCSB's zipfian generator with θ = 0.99 (`loadgen/src/zipf.rs`),
 //!   with account ranks shuffled so that hot accounts are spread over the id space;
 //! - hot: 10 hot accounts; half the transfers debit a uniformly chosen hot one; every other
 //!   debit and every credit is uniform over the remaining 9,990.
@@ -19,7 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
 
-pub mod zipf;
+/// YCSB's zipfian generator lives in `loadgen`, which draws its customers and merchants with it.
+pub use loadgen::zipf;
 
 use zipf::ZipfianShuffled;
 

@@ -1,10 +1,44 @@
-//! `loadgen`: the festival-peak load generator. Not built yet; until it is,
-//! `cargo run --release -p benches --bin switch_run` drives a switch end to end.
+//! `loadgen`: a thin shell over the library. Exit code 0: the run passed verification (or
+//! skipped it); 1: verification failed; 2: the run could not be made.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "loadgen: not implemented yet; for an end-to-end run use \
-         `cargo run --release -p benches --bin switch_run -- --help`"
-    );
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use loadgen::config::{Cli, Options};
+
+fn main() -> ExitCode {
+    let options = match Options::from_cli(Cli::parse()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = options.out.clone();
+    let outcome = match loadgen::run::run(options) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", outcome.report.table());
+    if let Some(dir) = out {
+        match outcome.report.write(&dir) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if outcome.report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

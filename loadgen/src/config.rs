@@ -1,0 +1,563 @@
+//! The command line, and the options a run is made of.
+//!
+//! Amounts are typed as decimals in the currency's major unit (`--fund 5000.00`) and become
+//! integer minor units here, refusing extra precision instead of rounding.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ledger::{Amount, Currency};
+use rust_decimal::Decimal;
+
+use crate::mix::{MixConfig, Weights};
+use crate::schedule::Festival;
+
+/// A festival-peak load generator for the switch that verifies every cent.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub profile: ProfileCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ProfileCommand {
+    /// A constant rate for a duration (open loop).
+    Constant {
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Baseline, ramp, the midnight spike to the peak, a plateau and the decay (open loop).
+    Festival(FestivalArgs),
+    /// Closed loop: every lane keeps `--depth` frames in flight, to find saturation.
+    Max {
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Raises a constant rate step by step until p99 breaks the SLO; reports the highest rate
+    /// that held it.
+    Step {
+        /// First rate (requests per second).
+        #[arg(long, default_value_t = 1000.0)]
+        start: f64,
+        /// Added at each step.
+        #[arg(long, default_value_t = 1000.0)]
+        increment: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5.0)]
+        step_secs: f64,
+        /// p99 latency objective, milliseconds.
+        #[arg(long, default_value_t = 5.0)]
+        slo_p99_ms: f64,
+        /// Stop after this many steps even if the SLO still holds.
+        #[arg(long, default_value_t = 50)]
+        steps_max: u32,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FestivalArgs {
+    /// Peak rate (requests per second), or `auto`: a short closed-loop calibration measures
+    /// what this machine holds and the peak is `--peak-fraction` of it.
+    #[arg(long, default_value = "auto")]
+    pub peak: String,
+    /// With `--peak auto`: the share of the measured saturation rate to peak at.
+    #[arg(long, default_value_t = 0.8)]
+    pub peak_fraction: f64,
+    /// With `--peak auto`: seconds of calibration.
+    #[arg(long, default_value_t = 3.0)]
+    pub calibrate_secs: f64,
+    /// Baseline rate as a share of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub baseline: f64,
+    /// Rate reached by the ramp, just before the spike, as a share of the peak.
+    #[arg(long, default_value_t = 0.3)]
+    pub pre_spike: f64,
+    #[arg(long, default_value_t = 5.0)]
+    pub baseline_secs: f64,
+    #[arg(long, default_value_t = 5.0)]
+    pub ramp_secs: f64,
+    /// Seconds from the pre-spike rate to the peak (the midnight spike).
+    #[arg(long, default_value_t = 1.0)]
+    pub spike_secs: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub plateau_secs: f64,
+    /// Seconds from the peak back to the baseline.
+    #[arg(long, default_value_t = 10.0)]
+    pub decay_secs: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Start an in-process switch on a temporary data directory and run against it.
+    #[arg(long, global = true, conflicts_with = "target")]
+    pub spawn: bool,
+    /// With --spawn: the switch's configuration file (listen addresses, data directory and the
+    /// loadgen route are set by loadgen).
+    #[arg(long, global = true)]
+    pub spawn_config: Option<PathBuf>,
+    /// With --spawn: log without fdatasync (not durable; for comparison only).
+    #[arg(long, global = true)]
+    pub spawn_no_fsync: bool,
+    /// The switch's QUIC address.
+    #[arg(long, global = true)]
+    pub target: Option<SocketAddr>,
+    /// Trust the switch's certificate by its SHA-256 fingerprint (`ab:cd:…`), as it logs it.
+    #[arg(long, global = true)]
+    pub fingerprint: Option<String>,
+    /// Trust the switch's certificate if it chains to a CA in this PEM file.
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a switch that requires one; it must map to an admin
+    /// identity, since setup creates participants and accounts.
+    #[arg(long, global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// QUIC connections.
+    #[arg(long, global = true, default_value_t = 2)]
+    pub connections: usize,
+    /// Streams per connection; each is one lane.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub streams: usize,
+    /// Frames in flight per stream (pipelining depth).
+    #[arg(long, global = true, default_value_t = 8)]
+    pub depth: usize,
+    /// Most requests in one frame: requests due at the same moment share a frame.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub batch_max: usize,
+    /// Seconds to wait for an answer before the request counts as unanswered.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub timeout_secs: f64,
+    /// Worker threads of loadgen's own runtime (the spawned switch has its own).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Customer accounts (cards).
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub customers: u64,
+    /// Merchant accounts.
+    #[arg(long, global = true, default_value_t = 100)]
+    pub merchants: u64,
+    /// Money put in each customer account at setup, in major units. Enough that the hottest
+    /// customers of a long zipfian run are not declined for funds.
+    #[arg(long, global = true, default_value = "100000000.00")]
+    pub fund: Decimal,
+    /// ISO 4217 currency of every account.
+    #[arg(long, global = true, default_value = "CNY")]
+    pub currency: String,
+    /// Smallest payment, in major units.
+    #[arg(long, global = true, default_value = "1.00")]
+    pub amount_min: Decimal,
+    /// Largest payment, in major units.
+    #[arg(long, global = true, default_value = "500.00")]
+    pub amount_max: Decimal,
+    /// Requests per frame during setup.
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub setup_batch: usize,
+    /// The issuer participant (the switch's route for `--card-prefix` must name it).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub issuer: u64,
+    /// The acquirer participant that owns the merchants.
+    #[arg(long, global = true, default_value_t = 3)]
+    pub acquirer: u64,
+    /// Card numbers start with this prefix, routed to `--issuer`.
+    #[arg(long, global = true, default_value = "62")]
+    pub card_prefix: String,
+
+    /// Flow weights, e.g. `auth_capture=35,auth_reverse=5,auth_expire=5,sale=35,refund=10,balance=10`.
+    #[arg(long, global = true, default_value_t = Weights::default())]
+    pub mix: Weights,
+    /// Share of captures that take less than was authorized.
+    #[arg(long, global = true, default_value_t = 0.3)]
+    pub partial_capture: f64,
+    /// Zipf skew over customers and merchants (YCSB's θ, in (0, 1)); 0 for uniform.
+    #[arg(long, global = true, default_value_t = 0.99)]
+    pub zipf: f64,
+    /// Share of all payments that go to one hot merchant (0 for none).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub hot_merchant: f64,
+    /// Expiry of the holds that are left to expire, seconds.
+    #[arg(long, global = true, default_value_t = 2)]
+    pub expire_secs: u32,
+    /// Expiry of the holds that are captured or reversed, seconds.
+    #[arg(long, global = true, default_value_t = 3600)]
+    pub hold_secs: u32,
+
+    /// Directory for report.json, chart.png and chart.svg.
+    #[arg(long, global = true, default_value = "loadgen-report")]
+    pub out: PathBuf,
+    /// Skip the end-of-run verification.
+    #[arg(long, global = true)]
+    pub no_verify: bool,
+    /// No live progress.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// Seed of every random choice (a fixed seed repeats the same workload).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+}
+
+/// Where the switch is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Spawn {
+        config: Option<PathBuf>,
+        no_fsync: bool,
+    },
+    Remote {
+        addr: SocketAddr,
+        trust: TrustSource,
+        client: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum TrustSource {
+    Fingerprint([u8; 32]),
+    CaFile(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub enum Profile {
+    Constant {
+        rate: f64,
+        duration_secs: f64,
+    },
+    Festival {
+        /// `None`: calibrate.
+        peak: Option<f64>,
+        peak_fraction: f64,
+        calibrate_secs: f64,
+        /// The shape, with rates as shares of the peak.
+        shape: Festival,
+    },
+    Max {
+        duration_secs: f64,
+    },
+    Step {
+        start: f64,
+        increment: f64,
+        step_secs: f64,
+        slo_p99_ms: f64,
+        steps_max: u32,
+    },
+}
+
+impl Profile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Profile::Constant { .. } => "constant",
+            Profile::Festival { .. } => "festival",
+            Profile::Max { .. } => "max",
+            Profile::Step { .. } => "step",
+        }
+    }
+}
+
+/// Deliberate faults, for tests that show the verifier can fail.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The model ignores the effect of the n-th approved sale (0-based), as if its answer
+    /// had been lost.
+    pub drop_sale_effect: Option<u64>,
+    /// The answer to the n-th frame (0-based) is thrown away, as if it had timed out, so
+    /// that its requests must be resolved by asking again.
+    pub lose_frame: Option<u64>,
+}
+
+/// Everything a run needs, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: Target,
+    pub connections: usize,
+    pub streams: usize,
+    pub depth: usize,
+    pub batch_max: usize,
+    pub timeout: Duration,
+    pub threads: usize,
+    pub customers: u64,
+    pub merchants: u64,
+    pub currency: Currency,
+    pub fund: Amount,
+    pub setup_batch: usize,
+    pub issuer: u64,
+    pub acquirer: u64,
+    pub card_prefix: String,
+    pub mix: MixConfig,
+    pub expire_secs: u32,
+    pub hold_secs: u32,
+    pub profile: Profile,
+    pub out: Option<PathBuf>,
+    pub verify: bool,
+    pub progress: bool,
+    pub seed: u64,
+    pub faults: Faults,
+}
+
+fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
+    if !value.is_finite() || value <= 0.0 {
+        bail!("--{name} must be a number above 0, not {value}");
+    }
+    Ok(value)
+}
+
+fn share(name: &str, value: f64) -> anyhow::Result<f64> {
+    if !(0.0..=1.0).contains(&value) {
+        bail!("--{name} must be between 0 and 1, not {value}");
+    }
+    Ok(value)
+}
+
+fn minor(name: &str, value: Decimal, currency: Currency) -> anyhow::Result<Amount> {
+    Amount::from_decimal(value, currency).with_context(|| format!("--{name}"))
+}
+
+impl Options {
+    /// Options with small defaults against a spawned switch (tests start here).
+    pub fn spawn_defaults(profile: Profile) -> Options {
+        let cli = Cli::parse_from(["loadgen", "--spawn", "max"]);
+        let mut options = Options::from_cli(cli).expect("the defaults are valid");
+        options.profile = profile;
+        options
+    }
+
+    pub fn from_cli(cli: Cli) -> anyhow::Result<Options> {
+        let c = cli.common;
+        let currency = Currency::from_code(&c.currency)
+            .with_context(|| format!("--currency {}: not a known ISO 4217 code", c.currency))?;
+        let target = match (c.spawn, c.target) {
+            (true, _) => Target::Spawn {
+                config: c.spawn_config,
+                no_fsync: c.spawn_no_fsync,
+            },
+            (false, Some(addr)) => {
+                let trust = match (c.fingerprint, c.ca_file) {
+                    (Some(f), None) => TrustSource::Fingerprint(
+                        switch::config::parse_fingerprint(&f).with_context(|| {
+                            format!("--fingerprint {f}: expected 32 hex bytes separated by colons")
+                        })?,
+                    ),
+                    (None, Some(path)) => TrustSource::CaFile(path),
+                    _ => bail!("--target needs exactly one of --fingerprint and --ca-file"),
+                };
+                Target::Remote {
+                    addr,
+                    trust,
+                    client: c.client_cert.zip(c.client_key),
+                }
+            }
+            (false, None) => bail!("say where the switch is: --spawn, or --target ADDR"),
+        };
+        let amount_min = minor("amount-min", c.amount_min, currency)?;
+        let amount_max = minor("amount-max", c.amount_max, currency)?;
+        if amount_min.0 == 0 || amount_min > amount_max {
+            bail!("payments need 0 < --amount-min <= --amount-max");
+        }
+        let fund = minor("fund", c.fund, currency)?;
+        if c.customers == 0 || c.merchants == 0 {
+            bail!("--customers and --merchants must be at least 1");
+        }
+        if c.customers > 10_000_000 || c.merchants > 10_000_000 {
+            bail!(
+                "at most 10,000,000 customers and merchants (the switch's default account limit)"
+            );
+        }
+        if c.card_prefix.is_empty()
+            || c.card_prefix.len() > 4
+            || !c.card_prefix.bytes().all(|b| b.is_ascii_digit())
+        {
+            bail!("--card-prefix must be 1 to 4 digits");
+        }
+        if c.zipf != 0.0 && !(c.zipf > 0.0 && c.zipf < 1.0) {
+            bail!("--zipf must be 0 (uniform) or in (0, 1), not {}", c.zipf);
+        }
+        for (name, v) in [
+            ("connections", c.connections),
+            ("streams", c.streams),
+            ("depth", c.depth),
+            ("batch-max", c.batch_max),
+            ("setup-batch", c.setup_batch),
+            ("threads", c.threads),
+        ] {
+            if v == 0 {
+                bail!("--{name} must be at least 1");
+            }
+        }
+        if c.batch_max > 8190 || c.setup_batch > 8190 {
+            bail!("--batch-max and --setup-batch are at most 8190 (the switch's frame limit)");
+        }
+        if c.expire_secs == 0 || c.hold_secs == 0 {
+            bail!("--expire-secs and --hold-secs must be at least 1");
+        }
+        let profile = match cli.profile {
+            ProfileCommand::Constant { rate, duration } => Profile::Constant {
+                rate: positive("rate", rate)?,
+                duration_secs: positive("duration", duration)?,
+            },
+            ProfileCommand::Max { duration } => Profile::Max {
+                duration_secs: positive("duration", duration)?,
+            },
+            ProfileCommand::Step {
+                start,
+                increment,
+                step_secs,
+                slo_p99_ms,
+                steps_max,
+            } => Profile::Step {
+                start: positive("start", start)?,
+                increment: positive("increment", increment)?,
+                step_secs: positive("step-secs", step_secs)?,
+                slo_p99_ms: positive("slo-p99-ms", slo_p99_ms)?,
+                steps_max: steps_max.max(1),
+            },
+            ProfileCommand::Festival(f) => {
+                let peak = if f.peak == "auto" {
+                    None
+                } else {
+                    Some(positive(
+                        "peak",
+                        f64::from_str(&f.peak)
+                            .with_context(|| format!("--peak {}: a rate or `auto`", f.peak))?,
+                    )?)
+                };
+                for (name, v) in [
+                    ("baseline-secs", f.baseline_secs),
+                    ("ramp-secs", f.ramp_secs),
+                    ("spike-secs", f.spike_secs),
+                    ("plateau-secs", f.plateau_secs),
+                    ("decay-secs", f.decay_secs),
+                ] {
+                    if !v.is_finite() || v < 0.0 {
+                        bail!("--{name} must be at least 0, not {v}");
+                    }
+                }
+                Profile::Festival {
+                    peak,
+                    peak_fraction: positive("peak-fraction", f.peak_fraction)?,
+                    calibrate_secs: positive("calibrate-secs", f.calibrate_secs)?,
+                    shape: Festival {
+                        peak: 1.0,
+                        baseline: share("baseline", f.baseline)?,
+                        pre_spike: share("pre-spike", f.pre_spike)?,
+                        baseline_secs: f.baseline_secs,
+                        ramp_secs: f.ramp_secs,
+                        spike_secs: f.spike_secs,
+                        plateau_secs: f.plateau_secs,
+                        decay_secs: f.decay_secs,
+                    },
+                }
+            }
+        };
+        let seed = c.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+        Ok(Options {
+            target,
+            connections: c.connections,
+            streams: c.streams,
+            depth: c.depth,
+            batch_max: c.batch_max,
+            timeout: Duration::from_secs_f64(positive("timeout-secs", c.timeout_secs)?),
+            threads: c.threads,
+            customers: c.customers,
+            merchants: c.merchants,
+            currency,
+            fund,
+            setup_batch: c.setup_batch,
+            issuer: c.issuer,
+            acquirer: c.acquirer,
+            card_prefix: c.card_prefix,
+            mix: MixConfig {
+                weights: c.mix,
+                partial_capture: share("partial-capture", c.partial_capture)?,
+                zipf_theta: c.zipf,
+                hot_merchant_share: share("hot-merchant", c.hot_merchant)?,
+                amount_min: amount_min.0,
+                amount_max: amount_max.0,
+            },
+            expire_secs: c.expire_secs,
+            hold_secs: c.hold_secs,
+            profile,
+            out: Some(c.out),
+            verify: !c.no_verify,
+            progress: !c.quiet,
+            seed,
+            faults: Faults::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Options> {
+        let mut all = vec!["loadgen"];
+        all.extend_from_slice(args);
+        Options::from_cli(Cli::try_parse_from(all)?)
+    }
+
+    #[test]
+    fn spawn_festival_is_the_whole_command() {
+        let o = parse(&["--spawn", "festival"]).expect("valid");
+        assert!(matches!(o.target, Target::Spawn { .. }));
+        assert!(matches!(o.profile, Profile::Festival { peak: None, .. }));
+        assert_eq!(o.fund, Amount(10_000_000_000));
+        // Common flags may also follow the profile.
+        let o = parse(&["constant", "--rate", "5", "--spawn", "--customers", "7"]).expect("ok");
+        assert_eq!(o.customers, 7);
+    }
+
+    #[test]
+    fn amounts_are_exact_or_refused() {
+        let o = parse(&["--spawn", "--amount-min", "0.01", "max"]).expect("valid");
+        assert_eq!(o.mix.amount_min, 1);
+        assert!(parse(&["--spawn", "--amount-min", "0.001", "max"]).is_err());
+        let o = parse(&[
+            "--spawn",
+            "--currency",
+            "JPY",
+            "--amount-min",
+            "1",
+            "--amount-max",
+            "9",
+            "--fund",
+            "100",
+            "max",
+        ])
+        .expect("valid");
+        assert_eq!((o.mix.amount_max, o.fund), (9, Amount(100)));
+        assert!(parse(&["--spawn", "--currency", "XXX", "max"]).is_err());
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_flag_named() {
+        let e = parse(&["max"]).expect_err("refused").to_string();
+        assert!(e.contains("--spawn"), "{e}");
+        let e = parse(&["--target", "127.0.0.1:4433", "max"])
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("--fingerprint"), "{e}");
+        assert!(parse(&["--spawn", "constant", "--rate", "0"]).is_err());
+        assert!(parse(&["--spawn", "--zipf", "1.5", "max"]).is_err());
+        assert!(parse(&["--spawn", "--mix", "sale=0", "max"]).is_err());
+        assert!(parse(&["--spawn", "festival", "--peak", "fast"]).is_err());
+        assert!(parse(&["--spawn", "--depth", "0", "max"]).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! The report: a terminal table per operation, a JSON file, and the data the chart draws.
+//!
+//! Money in the report is decimal strings in the currency's major unit; rates and latencies
+//! are floats (requests per second, milliseconds).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::{Options, Target};
+use crate::cpu;
+use crate::mix::OpKind;
+use crate::run::ProfileResult;
+use crate::stats::Stats;
+use crate::verify::{Verification, money};
+
+/// One operation's line.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpReport {
+    pub op: &'static str,
+    pub count: u64,
+    pub approved: u64,
+    /// Declines by two-digit ISO code.
+    pub declined: BTreeMap<String, u64>,
+    /// No usable answer (time-out, connection lost, unexpected answer).
+    pub errors: u64,
+    /// Answers per second over the measured time.
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One second of the time series.
+#[derive(Clone, Debug, Serialize)]
+pub struct SecondReport {
+    pub second: u64,
+    /// Open loop: the schedule's rate in this second; closed loop: null.
+    pub target_rate: Option<f64>,
+    /// Answers read in this second.
+    pub achieved_rate: f64,
+    pub errors: u64,
+    /// Latency of the requests intended in this second.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+/// How much CPU loadgen itself spent per request, against the switch it spawned.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfCost {
+    pub requests: u64,
+    pub loadgen_cpu_secs: f64,
+    pub loadgen_cpu_us_per_request: f64,
+    /// Only with `--spawn` (the switch's threads are then in this process).
+    pub switch_cpu_secs: Option<f64>,
+    pub switch_cpu_us_per_request: Option<f64>,
+}
+
+/// Everything a run reports (the JSON file's schema).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub profile: ProfileResult,
+    pub target: String,
+    pub connections: usize,
+    pub streams_per_connection: usize,
+    pub depth: usize,
+    pub batch_max: usize,
+    pub customers: u64,
+    pub merchants: u64,
+    pub currency: String,
+    pub fund_per_customer: String,
+    pub mix: String,
+    pub zipf_theta: f64,
+    pub hot_merchant_share: f64,
+    pub seed: u64,
+    pub totals: OpReport,
+    pub ops: Vec<OpReport>,
+    pub series: Vec<SecondReport>,
+    pub self_cost: Option<SelfCost>,
+    /// Follow-ups that found the bounded queue full (should be 0).
+    pub follow_ups_dropped: u64,
+    /// `null` when verification was skipped.
+    pub verification: Option<Verification>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f64) -> OpReport {
+    let mut h = crate::stats::OpStats::default().latency_us;
+    let (mut count, mut approved, mut errors) = (0, 0, 0);
+    let mut declined = BTreeMap::new();
+    for o in ops {
+        h.add(&o.latency_us).ok();
+        count += o.count;
+        approved += o.approved;
+        errors += o.errors;
+        for (code, n) in &o.declined {
+            *declined.entry(format!("{code:02}")).or_default() += n;
+        }
+    }
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(q))
+        }
+    };
+    OpReport {
+        op: name,
+        count,
+        approved,
+        declined,
+        errors,
+        rate: (count - errors) as f64 / elapsed_secs.max(1e-9),
+        p50_ms: q(0.5),
+        p90_ms: q(0.9),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        max_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
+    }
+}
+
+impl Report {
+    pub fn new(
+        options: &Options,
+        profile: ProfileResult,
+        stats: &Stats,
+        verification: Option<Verification>,
+        cpu: Option<cpu::Split>,
+        spawned: bool,
+        follow_ups_dropped: u64,
+    ) -> Report {
+        let elapsed = profile.elapsed_secs;
+        let ops: Vec<OpReport> = OpKind::ALL
+            .iter()
+            .map(|&k| op_report(k.name(), &[&stats.ops[k.index()]], elapsed))
+            .collect();
+        let all: Vec<&crate::stats::OpStats> = stats.ops.iter().collect();
+        let totals = op_report("all", &all, elapsed);
+        let open_loop = !profile.target_per_second.is_empty();
+        let series = stats
+            .seconds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let h = &s.latency_us;
+                let q = |q: f64| (!h.is_empty()).then(|| ms(h.value_at_quantile(q)));
+                SecondReport {
+                    second: i as u64,
+                    target_rate: open_loop
+                        .then(|| profile.target_per_second.get(i).copied().unwrap_or(0.0)),
+                    achieved_rate: s.answered as f64,
+                    errors: s.errors,
+                    p50_ms: q(0.5),
+                    p99_ms: q(0.99),
+                    p999_ms: q(0.999),
+                    max_ms: (!h.is_empty()).then(|| ms(h.max())),
+                }
+            })
+            .collect();
+        let requests = stats.answered_total();
+        let self_cost = cpu.map(|c| {
+            let per = |ns: u64| ns as f64 / 1000.0 / requests.max(1) as f64;
+            SelfCost {
+                requests,
+                loadgen_cpu_secs: c.loadgen_ns as f64 / 1e9,
+                loadgen_cpu_us_per_request: per(c.loadgen_ns),
+                switch_cpu_secs: spawned.then(|| c.other_ns as f64 / 1e9),
+                switch_cpu_us_per_request: spawned.then(|| per(c.other_ns)),
+            }
+        });
+        Report {
+            profile,
+            target: match &options.target {
+                Target::Spawn { no_fsync, .. } => format!(
+                    "in-process switch ({})",
+                    if *no_fsync { "no fsync" } else { "fsync" }
+                ),
+                Target::Remote { addr, .. } => addr.to_string(),
+            },
+            connections: options.connections,
+            streams_per_connection: options.streams,
+            depth: options.depth,
+            batch_max: options.batch_max,
+            customers: options.customers,
+            merchants: options.merchants,
+            currency: options.currency.code().to_string(),
+            fund_per_customer: money(i128::from(options.fund.0), options.currency),
+            mix: options.mix.weights.to_string(),
+            zipf_theta: options.mix.zipf_theta,
+            hot_merchant_share: options.mix.hot_merchant_share,
+            seed: options.seed,
+            totals,
+            ops,
+            series,
+            self_cost,
+            follow_ups_dropped,
+            verification,
+        }
+    }
+
+    /// Passed verification, or skipped it.
+    pub fn passed(&self) -> bool {
+        self.verification.as_ref().is_none_or(|v| v.passed)
+    }
+
+    /// The terminal summary.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let p = &self.profile;
+        let _ = writeln!(
+            out,
+            "profile {} against {}: {:.1} s, {} lanes x depth {} (frames of at most {})",
+            p.profile,
+            self.target,
+            p.elapsed_secs,
+            self.connections * self.streams_per_connection,
+            self.depth,
+            self.batch_max
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:>9} {:>9} {:<22} {:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "operation",
+            "count",
+            "approved",
+            "declined by code",
+            "errors",
+            "rate/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms"
+        );
+        for o in self.ops.iter().chain(std::iter::once(&self.totals)) {
+            if o.count == 0 {
+                continue;
+            }
+            let declined: Vec<String> =
+                o.declined.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+            let declined = if declined.is_empty() {
+                "-".to_string()
+            } else {
+                declined.join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:>9} {:>9} {:<22} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                o.op,
+                o.count,
+                o.approved,
+                declined,
+                o.errors,
+                o.rate,
+                o.p50_ms,
+                o.p90_ms,
+                o.p99_ms,
+                o.p999_ms,
+                o.max_ms
+            );
+        }
+        if let Some(r) = p.calibration_rate {
+            let _ = writeln!(out, "\ncalibration (closed loop): {r:.0} requests/s");
+        }
+        if let Some(f) = &p.festival {
+            let _ = writeln!(
+                out,
+                "festival: baseline {:.0}/s for {} s, ramp to {:.0}/s over {} s, spike to peak {:.0}/s in {} s, plateau {} s, decay {} s",
+                f.baseline,
+                f.baseline_secs,
+                f.pre_spike,
+                f.ramp_secs,
+                f.peak,
+                f.spike_secs,
+                f.plateau_secs,
+                f.decay_secs
+            );
+        }
+        if let Some(r) = p.saturation_rate {
+            let _ = writeln!(out, "\nsaturation (closed loop): {r:.0} requests/s");
+        }
+        if !p.steps.is_empty() {
+            let _ = writeln!(out, "\nstep      rate/s   p99 ms  errors  held");
+            for (i, s) in p.steps.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:>9.0} {:>8.2} {:>7}  {}",
+                    i + 1,
+                    s.rate,
+                    s.p99_ms,
+                    s.errors,
+                    if s.held { "yes" } else { "NO" }
+                );
+            }
+            match p.highest_rate_held {
+                Some(r) => {
+                    let _ = writeln!(out, "highest rate that held the SLO: {r:.0} requests/s");
+                }
+                None => {
+                    let _ = writeln!(out, "no rate held the SLO");
+                }
+            }
+        }
+        if let Some(c) = &self.self_cost {
+            let _ = write!(
+                out,
+                "\nloadgen CPU: {:.2} s, {:.2} us per request",
+                c.loadgen_cpu_secs, c.loadgen_cpu_us_per_request
+            );
+            if let (Some(s), Some(per)) = (c.switch_cpu_secs, c.switch_cpu_us_per_request) {
+                let _ = write!(out, "; switch CPU: {s:.2} s, {per:.2} us per request");
+            }
+            let _ = writeln!(out);
+        }
+        match &self.verification {
+            None => {
+                let _ = writeln!(out, "\nverification skipped");
+            }
+            Some(v) => {
+                let _ = writeln!(
+                    out,
+                    "\nverification {}: {} accounts, {} authorizations, {} sales checked; funded {}; all balances sum to {}; {} unanswered; {} holds reversed at cleanup",
+                    if v.passed { "PASSED" } else { "FAILED" },
+                    v.accounts_checked,
+                    v.authorizations_checked,
+                    v.sales_checked,
+                    v.funded,
+                    v.sum_of_balances,
+                    v.unanswered,
+                    v.cleanup_reversals
+                );
+                const SHOWN_MAX: usize = 50;
+                for m in v.mismatches.iter().take(SHOWN_MAX) {
+                    let _ = writeln!(out, "  mismatch: {m}");
+                }
+                if v.mismatches.len() > SHOWN_MAX {
+                    let _ = writeln!(
+                        out,
+                        "  … and {} more (all in report.json)",
+                        v.mismatches.len() - SHOWN_MAX
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `report.json`, `chart.png` and `chart.svg` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = dir.join("report.json");
+        let text = serde_json::to_string_pretty(self).context("encoding the report")?;
+        std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+        let mut paths = vec![json];
+        paths.extend(crate::chart::draw(self, dir)?);
+        Ok(paths)
+    }
+}

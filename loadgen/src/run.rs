@@ -1,0 +1,1522 @@
+//! The engine: connect (or spawn a switch), set up accounts, drive a profile, verify.
+//!
+//! ```text
+//! lanes (one per stream) ──frames of due requests──▶ switch
+//!      ▲                                                │
+//!      └── follow-ups (capture, reverse, refund) ◀── answers ──▶ model + stats
+//! ```
+//!
+//! Open loop: each lane owns every `lanes`-th request of the schedule and sends, at each
+//! wake-up, everything due by then (at most `batch_max`) as one frame; a frame needs one of the
+//! lane's `depth` permits, so requests in flight are bounded, and a request delayed by a full
+//! pipeline is still timed from its intended send time. A due slot carries a waiting follow-up
+//! if there is one, otherwise a new flow: the schedule is in requests, whatever they are.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use switch::client::{Client, Stream};
+use switch::config::{Config, Durability, RouteConfig, TlsMode};
+use switch::tls::{ServerIdentity, Trust};
+use switch::wire::{
+    AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, Operation, ParticipantId,
+    ParticipantName, Request, RequestId, Response, ResponseBody, ResponseCode, Roles,
+    TransferState,
+};
+use tokio::sync::Semaphore;
+
+use crate::config::{Options, Profile, Target, TrustSource};
+use crate::cpu;
+use crate::mix::{Flow, Mix, OpKind};
+use crate::model::Model;
+use crate::schedule::{Festival, LaneCursor, Schedule};
+use crate::stats::Stats;
+use crate::verify::{self, Observed, Seen, SeenStatus, Verification};
+
+/// How many times a follow-up answered "busy" (91/96) is sent again before it is left to
+/// the end-of-run cleanup.
+const FOLLOW_UP_TRIES_MAX: u8 = 5;
+/// Rounds of asking again for requests that got no answer.
+const RESOLVE_ROUNDS_MAX: u32 = 3;
+/// Requests with no answer kept for resolution; past this the run stops, since the switch is
+/// clearly not answering.
+const UNKNOWN_MAX: usize = 1_000_000;
+
+/// A switch started in this process on a temporary data directory.
+pub struct Spawned {
+    runtime: tokio::runtime::Runtime,
+    running: Option<switch::server::Running>,
+    pub addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// Starts the switch on its own runtime (its threads are named `switch-io`, loadgen's
+    /// `loadgen`, so each side's CPU time can be told apart). Call outside any async context.
+    pub fn start(options: &Options) -> anyhow::Result<Spawned> {
+        let (config_path, no_fsync) = match &options.target {
+            Target::Spawn { config, no_fsync } => (config.clone(), *no_fsync),
+            Target::Remote { .. } => bail!("not a spawn target"),
+        };
+        let mut config = match &config_path {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("loadgen-switch-")
+            .tempdir()
+            .context("creating a temporary data directory")?;
+        config.server.listen = "127.0.0.1:0".parse().context("literal")?;
+        config.metrics.listen = "127.0.0.1:0".parse().context("literal")?;
+        config.server.data_dir = dir.path().to_path_buf();
+        config.tls.mode = TlsMode::SelfSigned;
+        config.tls.anonymous_participant = Some(1);
+        config.tls.anonymous_is_admin = true;
+        let in_flight = options.connections_in_flight_max();
+        config.limits.in_flight_per_connection_max =
+            config.limits.in_flight_per_connection_max.max(in_flight);
+        if no_fsync {
+            config.wal.durability = Durability::None;
+        }
+        config.routes.push(RouteConfig {
+            prefix: options.card_prefix.clone(),
+            issuer: options.issuer,
+            pooled_account: None,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("switch-io")
+            .build()
+            .context("starting the switch's runtime")?;
+        let running = runtime.block_on(switch::server::start(config, None))?;
+        let fingerprint = running
+            .fingerprint
+            .context("the spawned switch has no certificate fingerprint")?;
+        Ok(Spawned {
+            addr: running.quic_addr,
+            fingerprint: fingerprint.0,
+            running: Some(running),
+            runtime,
+            _dir: dir,
+        })
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            trust: Trust::Fingerprint(switch::tls::Fingerprint(self.fingerprint)),
+            client: None,
+        }
+    }
+
+    /// Shuts the switch down cleanly. Call outside any async context.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        match self.running.take() {
+            Some(running) => self.runtime.block_on(running.shutdown()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How to reach a switch.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub trust: Trust,
+    /// Client certificate and key (PEM files).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Endpoint {
+    pub fn remote(options: &Options) -> anyhow::Result<Endpoint> {
+        let Target::Remote {
+            addr,
+            trust,
+            client,
+        } = &options.target
+        else {
+            bail!("not a remote target");
+        };
+        let trust = match trust {
+            TrustSource::Fingerprint(f) => Trust::Fingerprint(switch::tls::Fingerprint(*f)),
+            TrustSource::CaFile(path) => Trust::Roots(switch::tls::read_certs(path)?),
+        };
+        Ok(Endpoint {
+            addr: *addr,
+            trust,
+            client: client.clone(),
+        })
+    }
+
+    fn identity(&self) -> anyhow::Result<Option<ServerIdentity>> {
+        self.client
+            .as_ref()
+            .map(|(cert, key)| ServerIdentity::from_pem_files(cert, key))
+            .transpose()
+            .context("client certificate")
+    }
+}
+
+impl Options {
+    pub fn lanes(&self) -> usize {
+        self.connections * self.streams
+    }
+
+    /// Requests one connection may have in flight.
+    pub fn connections_in_flight_max(&self) -> u32 {
+        let n = self.streams * self.depth * self.batch_max.max(self.setup_batch);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// One step of a flow, with what the model needs to apply its answer.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Authorize {
+        flow: Flow,
+        customer: u32,
+        merchant: u32,
+        amount: u64,
+    },
+    Capture {
+        auth: u128,
+        amount: u64,
+    },
+    Reverse {
+        auth: u128,
+    },
+    Sale {
+        flow: Flow,
+        customer: u32,
+        merchant: u32,
+        amount: u64,
+    },
+    Refund {
+        sale: u128,
+        amount: u64,
+    },
+    Balance {
+        customer: u32,
+    },
+}
+
+impl Step {
+    fn op(&self) -> OpKind {
+        match self {
+            Step::Authorize { .. } => OpKind::Authorize,
+            Step::Capture { .. } => OpKind::Capture,
+            Step::Reverse { .. } => OpKind::Reverse,
+            Step::Sale { .. } => OpKind::Sale,
+            Step::Refund { .. } => OpKind::Refund,
+            Step::Balance { .. } => OpKind::Balance,
+        }
+    }
+}
+
+/// A request on its way, and when it was meant to leave.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    id: u128,
+    step: Step,
+    intended: Instant,
+    tries: u8,
+}
+
+/// A follow-up waiting for a slot.
+#[derive(Clone, Copy, Debug)]
+struct FollowUp {
+    id: u128,
+    step: Step,
+    tries: u8,
+}
+
+struct State {
+    model: Model,
+    follow_ups: VecDeque<FollowUp>,
+    /// Requests with no definitive answer yet.
+    unknown: Vec<Sent>,
+    rng: StdRng,
+    sales_approved: u64,
+    follow_ups_dropped: u64,
+}
+
+struct Measure {
+    stats: Stats,
+    origin: Instant,
+}
+
+struct Shared {
+    options: Arc<Options>,
+    mix: Mix,
+    wire_currency: Currency,
+    /// High 64 bits of every request id of this run.
+    run_tag: u64,
+    /// Bits 40.. of every account id of this run.
+    account_tag: u128,
+    /// Every customer's card number, made once (setup and every payment use them).
+    cards: Vec<CardNumber>,
+    next_id: AtomicU64,
+    /// Frames answered so far (for `Faults::lose_frame`).
+    frames: AtomicU64,
+    follow_ups_max: usize,
+    state: Mutex<State>,
+    measure: Mutex<Measure>,
+}
+
+impl Shared {
+    fn next_id(&self) -> u128 {
+        (u128::from(self.run_tag) << 64) | u128::from(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn customer_account(&self, i: u32) -> AccountId {
+        AccountId(self.account_tag | (1 << 32) | u128::from(i))
+    }
+
+    fn merchant_account(&self, i: u32) -> AccountId {
+        AccountId(self.account_tag | (2 << 32) | u128::from(i))
+    }
+
+    fn card(&self, i: u32) -> CardNumber {
+        self.cards[i as usize]
+    }
+
+    fn funding_account(&self) -> AccountId {
+        let ledger_id = switch::core::funding_account(
+            ledger::ParticipantId(self.options.issuer),
+            self.options.currency,
+        );
+        AccountId(ledger_id.0)
+    }
+
+    fn request(&self, id: u128, step: &Step) -> Request {
+        let currency = self.wire_currency;
+        let operation = match *step {
+            Step::Authorize {
+                flow,
+                customer,
+                merchant,
+                amount,
+            } => Operation::Authorize {
+                number: self.card(customer),
+                merchant: self.merchant_account(merchant),
+                amount: Amount(amount),
+                currency,
+                expiry_secs: if flow == Flow::AuthExpire {
+                    self.options.expire_secs
+                } else {
+                    self.options.hold_secs
+                },
+            },
+            Step::Capture { auth, amount } => Operation::Capture {
+                authorization: RequestId(auth),
+                amount: Amount(amount),
+            },
+            Step::Reverse { auth } => Operation::Reverse {
+                authorization: RequestId(auth),
+            },
+            Step::Sale {
+                customer,
+                merchant,
+                amount,
+                ..
+            } => Operation::Sale {
+                number: self.card(customer),
+                merchant: self.merchant_account(merchant),
+                amount: Amount(amount),
+                currency,
+            },
+            Step::Refund { sale, amount } => Operation::Refund {
+                original: RequestId(sale),
+                amount: Amount(amount),
+                currency,
+            },
+            Step::Balance { customer } => Operation::BalanceInquiry {
+                target: BalanceTarget::Account(self.customer_account(customer)),
+            },
+        };
+        Request {
+            id: RequestId(id),
+            operation,
+        }
+    }
+
+    /// A new flow's first step.
+    fn new_flow(&self, rng: &mut StdRng) -> Step {
+        let d = self.mix.draw(rng);
+        let (customer, merchant) = (d.customer as u32, d.merchant as u32);
+        match d.flow {
+            Flow::AuthCapture | Flow::AuthReverse | Flow::AuthExpire => Step::Authorize {
+                flow: d.flow,
+                customer,
+                merchant,
+                amount: d.amount,
+            },
+            Flow::Sale | Flow::Refund => Step::Sale {
+                flow: d.flow,
+                customer,
+                merchant,
+                amount: d.amount,
+            },
+            Flow::Balance => Step::Balance { customer },
+        }
+    }
+
+    /// One frame for the slots intended at `intended`: waiting follow-ups first, then new flows.
+    fn build(&self, intended: &[Instant], rng: &mut StdRng) -> (Vec<Sent>, Vec<Request>) {
+        let mut sent = Vec::with_capacity(intended.len());
+        {
+            let mut state = self.state.lock();
+            for &at in intended {
+                let Some(f) = state.follow_ups.pop_front() else {
+                    break;
+                };
+                sent.push(Sent {
+                    id: f.id,
+                    step: f.step,
+                    intended: at,
+                    tries: f.tries,
+                });
+            }
+        }
+        for &at in &intended[sent.len()..] {
+            sent.push(Sent {
+                id: self.next_id(),
+                step: self.new_flow(rng),
+                intended: at,
+                tries: 0,
+            });
+        }
+        let requests = sent.iter().map(|s| self.request(s.id, &s.step)).collect();
+        (sent, requests)
+    }
+
+    fn scheduled(&self, intended: &[Instant]) {
+        let mut m = self.measure.lock();
+        let origin = m.origin;
+        for &at in intended {
+            m.stats.scheduled(at.saturating_duration_since(origin), 1);
+        }
+    }
+
+    /// Applies a frame's answers (or its failure) to the model and the measurements.
+    fn process(&self, sent: Vec<Sent>, result: Result<Vec<Response>, String>, measured: bool) {
+        let now = Instant::now();
+        let frame = self.frames.fetch_add(1, Ordering::Relaxed);
+        let result = if self.options.faults.lose_frame == Some(frame) {
+            Err("answer lost (fault injected)".to_string())
+        } else {
+            result
+        };
+        let mut state = self.state.lock();
+        let mut measure = self.measure.lock();
+        let origin = measure.origin;
+        let at = |i: Instant| i.saturating_duration_since(origin);
+        let responses = match result {
+            Ok(r) if r.len() == sent.len() => r,
+            _ => {
+                for s in sent {
+                    if measured {
+                        measure.stats.error(s.step.op(), at(now));
+                    }
+                    self.unknown(&mut state, s);
+                }
+                return;
+            }
+        };
+        for (s, r) in sent.into_iter().zip(responses) {
+            let verdict = if r.request_id.0 == s.id {
+                self.answer(&mut state, &s, &r)
+            } else {
+                Err(())
+            };
+            match verdict {
+                Ok(declined) if measured => {
+                    measure
+                        .stats
+                        .answered(s.step.op(), declined, at(s.intended), at(now))
+                }
+                Ok(_) => {}
+                Err(()) => {
+                    if measured {
+                        measure.stats.error(s.step.op(), at(now));
+                    }
+                    self.unknown(&mut state, s);
+                }
+            }
+        }
+    }
+
+    fn unknown(&self, state: &mut State, s: Sent) {
+        // Balance inquiries change nothing: no need to learn their outcome.
+        if !matches!(s.step, Step::Balance { .. }) {
+            state.unknown.push(s);
+        }
+    }
+
+    fn follow_up(&self, state: &mut State, step: Step, id: u128, tries: u8) {
+        if state.follow_ups.len() >= self.follow_ups_max {
+            // Cannot happen while slots prefer follow-ups (at most one per request in flight);
+            // if it does, the hold is reversed at the end and the report says so.
+            state.follow_ups_dropped += 1;
+            return;
+        }
+        state.follow_ups.push_back(FollowUp { id, step, tries });
+    }
+
+    /// A definitive answer: `Ok(None)` approved, `Ok(Some(code))` declined, `Err` unusable.
+    fn answer(&self, state: &mut State, s: &Sent, r: &Response) -> Result<Option<u8>, ()> {
+        match r.code {
+            ResponseCode::Approved => {}
+            ResponseCode::SystemBusy | ResponseCode::SystemMalfunction => {
+                // Not executed and not remembered: a follow-up may simply go again.
+                if matches!(
+                    s.step,
+                    Step::Capture { .. } | Step::Reverse { .. } | Step::Refund { .. }
+                ) && s.tries < FOLLOW_UP_TRIES_MAX
+                {
+                    self.follow_up(state, s.step, s.id, s.tries + 1);
+                }
+                return Ok(Some(r.code.as_u8()));
+            }
+            code => return Ok(Some(code.as_u8())),
+        }
+        let moved = |body: &ResponseBody| match body {
+            ResponseBody::Authorize(m)
+            | ResponseBody::Capture(m)
+            | ResponseBody::Reverse(m)
+            | ResponseBody::Sale(m)
+            | ResponseBody::Refund(m) => Some(m.amount.0),
+            _ => None,
+        };
+        let amount = moved(&r.body);
+        let model = &mut state.model;
+        match (s.step, &r.body) {
+            (
+                Step::Authorize {
+                    flow,
+                    customer,
+                    merchant,
+                    amount: asked,
+                },
+                ResponseBody::Authorize(_),
+            ) => {
+                if amount != Some(asked) {
+                    model.violations.push(format!(
+                        "authorization {:#x}: asked to hold {asked}, approved holding {amount:?}",
+                        s.id
+                    ));
+                }
+                model.authorized(s.id, customer, merchant, asked, flow);
+                let next = match flow {
+                    Flow::AuthCapture => Some(Step::Capture {
+                        auth: s.id,
+                        amount: self.mix.capture_amount(asked, &mut state.rng),
+                    }),
+                    Flow::AuthReverse => Some(Step::Reverse { auth: s.id }),
+                    _ => None,
+                };
+                if let Some(step) = next {
+                    let id = self.next_id();
+                    self.follow_up(state, step, id, 0);
+                }
+            }
+            (
+                Step::Capture {
+                    auth,
+                    amount: asked,
+                },
+                ResponseBody::Capture(_),
+            ) => {
+                if amount != Some(asked) {
+                    model.violations.push(format!(
+                        "capture {:#x}: asked for {asked}, approved {amount:?}",
+                        s.id
+                    ));
+                }
+                model.captured(auth, asked);
+            }
+            (Step::Reverse { auth }, ResponseBody::Reverse(_)) => {
+                if amount == Some(0) {
+                    // Approved with nothing released: the hold had already gone (expired).
+                    model.expired(auth);
+                } else {
+                    model.reversed(auth);
+                }
+            }
+            (
+                Step::Sale {
+                    flow,
+                    customer,
+                    merchant,
+                    amount: asked,
+                },
+                ResponseBody::Sale(_),
+            ) => {
+                let n = state.sales_approved;
+                state.sales_approved += 1;
+                if self.options.faults.drop_sale_effect == Some(n) {
+                    return Ok(None);
+                }
+                let model = &mut state.model;
+                if amount != Some(asked) {
+                    model.violations.push(format!(
+                        "sale {:#x}: asked for {asked}, approved {amount:?}",
+                        s.id
+                    ));
+                }
+                model.sold(s.id, customer, merchant, asked);
+                if flow == Flow::Refund {
+                    let step = Step::Refund {
+                        sale: s.id,
+                        amount: self.mix.refund_amount(asked, &mut state.rng),
+                    };
+                    let id = self.next_id();
+                    self.follow_up(state, step, id, 0);
+                }
+            }
+            (
+                Step::Refund {
+                    sale,
+                    amount: asked,
+                },
+                ResponseBody::Refund(_),
+            ) => {
+                if amount != Some(asked) {
+                    model.violations.push(format!(
+                        "refund {:#x}: asked for {asked}, approved {amount:?}",
+                        s.id
+                    ));
+                }
+                model.refunded(sale, asked);
+            }
+            (Step::Balance { .. }, ResponseBody::BalanceInquiry(_)) => {}
+            _ => return Err(()),
+        }
+        Ok(None)
+    }
+}
+
+/// What a profile found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProfileResult {
+    pub profile: String,
+    /// Seconds of load (excluding setup and verification).
+    pub elapsed_secs: f64,
+    /// Closed loop (`max`, festival calibration): answers per second.
+    pub saturation_rate: Option<f64>,
+    /// Festival: the peak the curve was drawn to, and the calibration it came from.
+    pub festival: Option<Festival>,
+    pub calibration_rate: Option<f64>,
+    /// Step: each rate tried, and the highest that held the SLO.
+    pub steps: Vec<StepResult>,
+    pub highest_rate_held: Option<f64>,
+    /// Target rate per second (open loop), from the schedule(s) run.
+    pub target_per_second: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepResult {
+    pub rate: f64,
+    pub p99_ms: f64,
+    pub answered: u64,
+    pub errors: u64,
+    pub held: bool,
+}
+
+/// A connected run: setup, profile, verification, each callable on its own (tests tamper in
+/// between).
+pub struct Session {
+    options: Arc<Options>,
+    clients: Vec<Client>,
+    lanes: Vec<Stream>,
+    shared: Arc<Shared>,
+    setup_done: bool,
+    cpu_at_start: Option<cpu::Split>,
+}
+
+fn call_error(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Session {
+    pub async fn connect(options: Options, endpoint: &Endpoint) -> anyhow::Result<Session> {
+        let options = Arc::new(options);
+        let mut clients = Vec::with_capacity(options.connections);
+        let mut lanes = Vec::with_capacity(options.lanes());
+        for _ in 0..options.connections {
+            let identity = endpoint.identity()?;
+            let client = tokio::time::timeout(
+                options.timeout,
+                Client::connect(endpoint.addr, &endpoint.trust, identity),
+            )
+            .await
+            .with_context(|| format!("connecting to {}: timed out", endpoint.addr))?
+            .with_context(|| format!("connecting to {}", endpoint.addr))?;
+            for _ in 0..options.streams {
+                lanes.push(client.stream().await.context("opening a stream")?);
+            }
+            clients.push(client);
+        }
+        let mut rng = StdRng::seed_from_u64(options.seed);
+        let mix = Mix::new(&options.mix, options.customers, options.merchants, &mut rng);
+        let run_tag = rng.gen_range(1..u64::MAX);
+        let account_tag_bits: u32 = rng.gen_range(1..u32::MAX);
+        let follow_ups_max = options.lanes() * options.depth * options.batch_max
+            + options.setup_batch * RESOLVE_ROUNDS_MAX as usize;
+        let shared = Arc::new(Shared {
+            mix,
+            wire_currency: Currency(options.currency.numeric()),
+            run_tag,
+            account_tag: u128::from(account_tag_bits) << 40,
+            cards: (0..options.customers)
+                .map(|i| {
+                    // Prefix, the run's number, the customer: at most 4 + 6 + 9 digits.
+                    let run = u64::from(account_tag_bits) % 1_000_000;
+                    let digits = format!("{}{run:06}{i:09}", options.card_prefix);
+                    CardNumber::new(&digits).expect("digits only, at most 19, checked in options")
+                })
+                .collect(),
+            next_id: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
+            follow_ups_max,
+            state: Mutex::new(State {
+                model: Model::new(options.customers as usize, options.merchants as usize),
+                follow_ups: VecDeque::new(),
+                unknown: Vec::new(),
+                rng: StdRng::seed_from_u64(rng.r#gen()),
+                sales_approved: 0,
+                follow_ups_dropped: 0,
+            }),
+            measure: Mutex::new(Measure {
+                stats: Stats::default(),
+                origin: Instant::now(),
+            }),
+            options: options.clone(),
+        });
+        Ok(Session {
+            options,
+            clients,
+            lanes,
+            shared,
+            setup_done: false,
+            cpu_at_start: None,
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub fn customer_account(&self, i: u32) -> AccountId {
+        self.shared.customer_account(i)
+    }
+
+    pub fn merchant_account(&self, i: u32) -> AccountId {
+        self.shared.merchant_account(i)
+    }
+
+    pub fn card(&self, i: u32) -> CardNumber {
+        self.shared.card(i)
+    }
+
+    /// A fresh request id of this run.
+    pub fn next_request_id(&self) -> RequestId {
+        RequestId(self.shared.next_id())
+    }
+
+    /// Sends requests outside the model (tests use it to tamper with balances).
+    pub async fn call_unmodelled(&self, requests: &[Request]) -> anyhow::Result<Vec<Response>> {
+        self.call(requests).await
+    }
+
+    async fn call(&self, requests: &[Request]) -> anyhow::Result<Vec<Response>> {
+        let stream = &self.lanes[0];
+        tokio::time::timeout(self.options.timeout, stream.call(requests))
+            .await
+            .context("timed out")?
+            .map_err(anyhow::Error::from)
+    }
+
+    /// Creates the participants, customer and merchant accounts, and funds the customers.
+    pub async fn setup(&mut self) -> anyhow::Result<()> {
+        let o = self.options.clone();
+        let s = self.shared.clone();
+        let wire_currency = s.wire_currency;
+        let mut requests = Vec::new();
+        for (participant, roles, name) in [
+            (o.issuer, Roles::ISSUER, "loadgen issuer"),
+            (o.acquirer, Roles::ACQUIRER, "loadgen acquirer"),
+        ] {
+            requests.push(Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::CreateParticipant {
+                    participant: ParticipantId(participant),
+                    roles,
+                    name: ParticipantName::new(name).context("participant name")?,
+                },
+            });
+        }
+        for i in 0..o.customers as u32 {
+            requests.push(Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::CreateAccount {
+                    account: s.customer_account(i),
+                    owner: ParticipantId(o.issuer),
+                    currency: wire_currency,
+                    flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                    number: s.card(i),
+                },
+            });
+        }
+        for i in 0..o.merchants as u32 {
+            requests.push(Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::CreateAccount {
+                    account: s.merchant_account(i),
+                    owner: ParticipantId(o.acquirer),
+                    currency: wire_currency,
+                    flags: AccountFlags(0),
+                    number: CardNumber::EMPTY,
+                },
+            });
+        }
+        let funds_from = requests.len();
+        for i in 0..o.customers as u32 {
+            requests.push(Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::Fund {
+                    account: s.customer_account(i),
+                    amount: Amount(o.fund.0),
+                    currency: wire_currency,
+                },
+            });
+        }
+        let bar = progress_bar(o.progress, requests.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("setup {bar:40} {pos}/{len} requests {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        // Participants and accounts must exist before what refers to them: one batch at a
+        // time, in order; the two participants go alone.
+        let mut at = 0;
+        while at < requests.len() {
+            let end = if at < 2 {
+                2
+            } else if at < funds_from {
+                (at + o.setup_batch).min(funds_from)
+            } else {
+                (at + o.setup_batch).min(requests.len())
+            };
+            let chunk = &requests[at..end];
+            let answers = self
+                .call(chunk)
+                .await
+                .with_context(|| format!("setup: requests {at}..{end}"))?;
+            if answers.len() != chunk.len() {
+                bail!(
+                    "setup: {} answers to {} requests",
+                    answers.len(),
+                    chunk.len()
+                );
+            }
+            for (request, answer) in chunk.iter().zip(&answers) {
+                if answer.code != ResponseCode::Approved {
+                    bail!(
+                        "setup: {:?} was answered {:?} (reason {}); a --target switch needs a \
+                         route for --card-prefix {} to --issuer {}, and loadgen must act as an \
+                         admin",
+                        request.operation,
+                        answer.code,
+                        answer.reason.0,
+                        o.card_prefix,
+                        o.issuer
+                    );
+                }
+                if let Operation::Fund {
+                    account, amount, ..
+                } = &request.operation
+                {
+                    let i = (account.0 & 0xffff_ffff) as u32;
+                    s.state.lock().model.funded(i, amount.0);
+                }
+            }
+            bar.inc(chunk.len() as u64);
+            at = end;
+        }
+        bar.finish_and_clear();
+        self.setup_done = true;
+        Ok(())
+    }
+
+    /// Starts measuring from now (drops whatever was measured before).
+    fn reset_measure(&self) {
+        let mut m = self.shared.measure.lock();
+        m.stats = Stats::default();
+        m.origin = Instant::now();
+    }
+
+    /// Runs the configured profile.
+    pub async fn run_profile(&mut self) -> anyhow::Result<ProfileResult> {
+        if !self.setup_done {
+            self.setup().await?;
+        }
+        let mut result = ProfileResult {
+            profile: self.options.profile.name().to_string(),
+            ..ProfileResult::default()
+        };
+        let profile = self.options.profile.clone();
+        match profile {
+            Profile::Constant {
+                rate,
+                duration_secs,
+            } => {
+                let schedule = Schedule::constant(rate, duration_secs)?;
+                self.reset_measure();
+                self.cpu_at_start = cpu::split();
+                let started = Instant::now();
+                self.open_loop(&schedule, 0.0).await?;
+                result.elapsed_secs = started.elapsed().as_secs_f64();
+                result.target_per_second = per_second(&schedule);
+            }
+            Profile::Max { duration_secs } => {
+                self.reset_measure();
+                self.cpu_at_start = cpu::split();
+                let (rate, elapsed) = self.closed_loop(duration_secs).await?;
+                result.saturation_rate = Some(rate);
+                result.elapsed_secs = elapsed;
+            }
+            Profile::Festival {
+                peak,
+                peak_fraction,
+                calibrate_secs,
+                shape,
+            } => {
+                let peak = match peak {
+                    Some(p) => p,
+                    None => {
+                        self.reset_measure();
+                        let (rate, _) = self.closed_loop(calibrate_secs).await?;
+                        result.calibration_rate = Some(rate);
+                        (rate * peak_fraction).max(1.0)
+                    }
+                };
+                let festival = Festival {
+                    peak,
+                    baseline: peak * shape.baseline,
+                    pre_spike: peak * shape.pre_spike,
+                    ..shape
+                };
+                let schedule = festival.schedule()?;
+                self.reset_measure();
+                self.cpu_at_start = cpu::split();
+                let started = Instant::now();
+                self.open_loop(&schedule, 0.0).await?;
+                result.elapsed_secs = started.elapsed().as_secs_f64();
+                result.target_per_second = per_second(&schedule);
+                result.festival = Some(festival);
+            }
+            Profile::Step {
+                start,
+                increment,
+                step_secs,
+                slo_p99_ms,
+                steps_max,
+            } => {
+                self.reset_measure();
+                self.cpu_at_start = cpu::split();
+                let started = Instant::now();
+                for k in 0..steps_max {
+                    let rate = start + increment * f64::from(k);
+                    let schedule = Schedule::constant(rate, step_secs)?;
+                    self.shared.measure.lock().stats.begin_phase();
+                    let offset = started.elapsed().as_secs_f64();
+                    self.open_loop(&schedule, offset).await?;
+                    let (p99_ms, answered, errors) = {
+                        let m = self.shared.measure.lock();
+                        (
+                            m.stats.phase_latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+                            m.stats.phase_answered,
+                            m.stats.phase_errors,
+                        )
+                    };
+                    let held = p99_ms <= slo_p99_ms && errors == 0;
+                    let gap = (started.elapsed().as_secs_f64() - offset - step_secs).max(0.0);
+                    result.target_per_second.extend(per_second(&schedule));
+                    // The drain after a step sends nothing on schedule.
+                    result
+                        .target_per_second
+                        .extend(std::iter::repeat_n(0.0, gap as usize));
+                    result.steps.push(StepResult {
+                        rate,
+                        p99_ms,
+                        answered,
+                        errors,
+                        held,
+                    });
+                    if !held {
+                        break;
+                    }
+                    result.highest_rate_held = Some(rate);
+                }
+                result.elapsed_secs = started.elapsed().as_secs_f64();
+            }
+        }
+        Ok(result)
+    }
+
+    /// Sends `schedule` open loop; returns when every request of it (and every follow-up) has
+    /// been answered or given up on. `offset_secs`: where the schedule starts on the time
+    /// series.
+    async fn open_loop(&self, schedule: &Schedule, offset_secs: f64) -> anyhow::Result<()> {
+        let schedule = Arc::new(schedule.clone());
+        let lanes = self.lanes.len();
+        let start = Instant::now() + Duration::from_millis(20);
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = self.progress(Some((schedule.clone(), start, offset_secs)), done.clone());
+        let mut tasks = Vec::with_capacity(lanes);
+        for (lane, stream) in self.lanes.iter().enumerate() {
+            let shared = self.shared.clone();
+            let stream = stream.clone();
+            let schedule = schedule.clone();
+            let seed = self.options.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(lane as u64 + 1));
+            tasks.push(tokio::spawn(open_lane(
+                shared,
+                stream,
+                schedule,
+                LaneCursor::new(lane as u64, lanes as u64),
+                start,
+                seed,
+            )));
+        }
+        for t in tasks {
+            t.await.context("a lane failed")?;
+        }
+        self.drain().await;
+        done.store(true, Ordering::Release);
+        let _ = ticker.await;
+        Ok(())
+    }
+
+    /// Closed loop for `secs`: every lane keeps `depth` frames of `batch_max` in flight.
+    /// Returns answers per second and the elapsed time.
+    async fn closed_loop(&self, secs: f64) -> anyhow::Result<(f64, f64)> {
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = self.progress(None, done.clone());
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(secs);
+        let before = self.shared.measure.lock().stats.answered_total();
+        let mut tasks = Vec::new();
+        for (lane, stream) in self.lanes.iter().enumerate() {
+            for d in 0..self.options.depth {
+                let shared = self.shared.clone();
+                let stream = stream.clone();
+                let seed = self.options.seed
+                    ^ (0x9e37_79b9_7f4a_7c15u64
+                        .wrapping_mul((lane * self.options.depth + d) as u64 + 1));
+                tasks.push(tokio::spawn(closed_worker(shared, stream, deadline, seed)));
+            }
+        }
+        for t in tasks {
+            t.await.context("a closed-loop worker failed")?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let answered = self.shared.measure.lock().stats.answered_total() - before;
+        self.drain().await;
+        done.store(true, Ordering::Release);
+        let _ = ticker.await;
+        Ok((answered as f64 / elapsed.max(1e-9), elapsed))
+    }
+
+    /// Sends waiting follow-ups until none is left, as fast as the pipelines allow.
+    async fn drain(&self) {
+        loop {
+            let mut tasks = Vec::new();
+            for stream in &self.lanes {
+                for _ in 0..self.options.depth {
+                    let n = {
+                        let state = self.shared.state.lock();
+                        state.follow_ups.len().min(self.options.batch_max)
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    let intended = vec![now; n];
+                    let mut rng = StdRng::seed_from_u64(0);
+                    let (sent, requests) = self.shared.build(&intended, &mut rng);
+                    // Only follow-ups: `build` takes them first and there were `n`.
+                    self.shared.scheduled(&intended);
+                    let shared = self.shared.clone();
+                    let stream = stream.clone();
+                    let timeout = self.options.timeout;
+                    tasks.push(tokio::spawn(async move {
+                        let result = tokio::time::timeout(timeout, stream.call(&requests))
+                            .await
+                            .map_err(call_error)
+                            .and_then(|r| r.map_err(call_error));
+                        shared.process(sent, result, true);
+                    }));
+                }
+            }
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Live progress until `done`; the target rate comes from the schedule, if any.
+    fn progress(
+        &self,
+        schedule: Option<(Arc<Schedule>, Instant, f64)>,
+        done: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let shared = self.shared.clone();
+        let enabled = self.options.progress;
+        tokio::spawn(async move {
+            let bar = progress_spinner(enabled);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            while !done.load(Ordering::Acquire) {
+                tick.tick().await;
+                let line = {
+                    let m = shared.measure.lock();
+                    let elapsed = m.origin.elapsed().as_secs_f64();
+                    let last = (elapsed as usize).checked_sub(1);
+                    let second = last.and_then(|i| m.stats.seconds.get(i));
+                    let achieved = second.map_or(0, |s| s.answered);
+                    let (p50, p99) = second.map_or((0.0, 0.0), |s| {
+                        (
+                            s.latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+                            s.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+                        )
+                    });
+                    let target = match &schedule {
+                        Some((s, start, _)) => {
+                            let t = start.elapsed().as_secs_f64();
+                            format!("{:.0}/s", s.rate_at(t))
+                        }
+                        None => "max".to_string(),
+                    };
+                    let codes: Vec<String> = m
+                        .stats
+                        .by_code()
+                        .into_iter()
+                        .map(|(c, n)| format!("{c}:{n}"))
+                        .collect();
+                    format!(
+                        "{elapsed:6.1}s  target {target}  achieved {achieved}/s  p50 {p50:.2} ms  \
+                         p99 {p99:.2} ms  answered {}  declined/errors [{}]",
+                        m.stats.answered_total(),
+                        codes.join(" ")
+                    )
+                };
+                bar.set_message(line);
+                bar.tick();
+            }
+            bar.finish_and_clear();
+        })
+    }
+
+    /// Learns the outcome of every unanswered request, ends holds that their flow left live,
+    /// waits for the holds meant to expire, reads every account and status back, and compares.
+    pub async fn verify(&self) -> anyhow::Result<Verification> {
+        let unanswered = self.resolve_unknown().await;
+        let cleanup_reversals = self.cleanup().await;
+        self.await_expiry().await;
+        let observed = self.observe().await;
+        let state = self.shared.state.lock();
+        let mut v = verify::compare(&state.model, &observed, self.options.currency, &unanswered);
+        v.cleanup_reversals = cleanup_reversals;
+        Ok(v)
+    }
+
+    /// Asks again, with the same request ids, for every request that got no answer: a repeat
+    /// returns the original answer, or executes the request now if it never arrived.
+    async fn resolve_unknown(&self) -> Vec<String> {
+        for _ in 0..RESOLVE_ROUNDS_MAX {
+            self.drain().await;
+            let unknown = std::mem::take(&mut self.shared.state.lock().unknown);
+            if unknown.is_empty() {
+                break;
+            }
+            for chunk in unknown.chunks(self.options.setup_batch) {
+                let requests: Vec<Request> = chunk
+                    .iter()
+                    .map(|s| self.shared.request(s.id, &s.step))
+                    .collect();
+                let result = self.call(&requests).await.map_err(call_error);
+                self.shared.process(chunk.to_vec(), result, false);
+            }
+        }
+        self.drain().await;
+        let state = self.shared.state.lock();
+        state
+            .unknown
+            .iter()
+            .map(|s| format!("{:?} request {:#x}", s.step.op(), s.id))
+            .collect()
+    }
+
+    /// Reverses holds that should have been captured or reversed but are still live (their
+    /// follow-up was declined or never answered). Returns how many.
+    async fn cleanup(&self) -> u64 {
+        let live: Vec<u128> = {
+            let state = self.shared.state.lock();
+            state
+                .model
+                .live_holds()
+                .filter(|(_, a)| a.flow != Flow::AuthExpire)
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for chunk in live.chunks(self.options.setup_batch) {
+            let sent: Vec<Sent> = chunk
+                .iter()
+                .map(|&auth| Sent {
+                    id: self.shared.next_id(),
+                    step: Step::Reverse { auth },
+                    intended: Instant::now(),
+                    tries: FOLLOW_UP_TRIES_MAX,
+                })
+                .collect();
+            let requests: Vec<Request> = sent
+                .iter()
+                .map(|s| self.shared.request(s.id, &s.step))
+                .collect();
+            let result = self.call(&requests).await.map_err(call_error);
+            self.shared.process(sent, result, false);
+        }
+        live.len() as u64
+    }
+
+    /// Polls the status of holds left to expire until the switch has expired them all, for at
+    /// most their expiry plus a margin for the switch's expiry tick.
+    async fn await_expiry(&self) {
+        let deadline = Instant::now()
+            + Duration::from_secs(u64::from(self.options.expire_secs))
+            + Duration::from_secs(10);
+        loop {
+            let pending: Vec<u128> = {
+                let state = self.shared.state.lock();
+                state
+                    .model
+                    .live_holds()
+                    .filter(|(_, a)| a.flow == Flow::AuthExpire)
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            if pending.is_empty() || Instant::now() > deadline {
+                return;
+            }
+            let statuses = self.statuses(&pending).await;
+            {
+                let mut state = self.shared.state.lock();
+                for (id, status) in statuses {
+                    if status == Some(SeenStatus::Expired) {
+                        state.model.expired(id);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn statuses(&self, ids: &[u128]) -> HashMap<u128, Option<SeenStatus>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(self.options.setup_batch) {
+            let requests: Vec<Request> = chunk
+                .iter()
+                .map(|&id| Request {
+                    id: RequestId(self.shared.next_id()),
+                    operation: Operation::TransferStatus {
+                        lookup: RequestId(id),
+                    },
+                })
+                .collect();
+            let answers = self.call(&requests).await.ok();
+            for (i, &id) in chunk.iter().enumerate() {
+                let seen = answers.as_ref().and_then(|a| a.get(i)).and_then(|r| {
+                    match (&r.code, &r.body) {
+                        (ResponseCode::Approved, ResponseBody::TransferStatus(s)) => {
+                            Some(match s.state {
+                                TransferState::NotFound => SeenStatus::NotFound,
+                                TransferState::Pending => SeenStatus::Pending,
+                                TransferState::Captured => SeenStatus::Captured {
+                                    captured: s.captured.0,
+                                    refunded: s.refunded.0,
+                                },
+                                TransferState::Reversed => SeenStatus::Reversed,
+                                TransferState::Expired => SeenStatus::Expired,
+                                TransferState::Posted => SeenStatus::Posted {
+                                    amount: s.amount.0,
+                                    refunded: s.refunded.0,
+                                },
+                                TransferState::Declined => SeenStatus::Declined,
+                            })
+                        }
+                        _ => None,
+                    }
+                });
+                out.insert(id, seen);
+            }
+        }
+        out
+    }
+
+    async fn balances(&self, accounts: &[AccountId]) -> Vec<Option<Seen>> {
+        let mut out = Vec::with_capacity(accounts.len());
+        for chunk in accounts.chunks(self.options.setup_batch) {
+            let requests: Vec<Request> = chunk
+                .iter()
+                .map(|&a| Request {
+                    id: RequestId(self.shared.next_id()),
+                    operation: Operation::BalanceInquiry {
+                        target: BalanceTarget::Account(a),
+                    },
+                })
+                .collect();
+            let answers = self.call(&requests).await.ok();
+            for (i, account) in chunk.iter().enumerate() {
+                out.push(answers.as_ref().and_then(|a| a.get(i)).and_then(|r| {
+                    match (&r.code, &r.body) {
+                        (ResponseCode::Approved, ResponseBody::BalanceInquiry(b))
+                            if b.account == *account =>
+                        {
+                            Some(Seen {
+                                ledger: b.ledger,
+                                available: b.available,
+                            })
+                        }
+                        _ => None,
+                    }
+                }));
+            }
+        }
+        out
+    }
+
+    /// Reads back every account and the status of every authorization and sale.
+    pub async fn observe(&self) -> Observed {
+        let customers: Vec<AccountId> = (0..self.options.customers as u32)
+            .map(|i| self.shared.customer_account(i))
+            .collect();
+        let merchants: Vec<AccountId> = (0..self.options.merchants as u32)
+            .map(|i| self.shared.merchant_account(i))
+            .collect();
+        let ids: Vec<u128> = {
+            let state = self.shared.state.lock();
+            state
+                .model
+                .auths
+                .keys()
+                .chain(state.model.sales.keys())
+                .copied()
+                .collect()
+        };
+        Observed {
+            customers: self.balances(&customers).await,
+            merchants: self.balances(&merchants).await,
+            funding: self
+                .balances(&[self.shared.funding_account()])
+                .await
+                .pop()
+                .flatten(),
+            statuses: self.statuses(&ids).await,
+        }
+    }
+
+    /// The model as it stands (tests compare tampered observations with it).
+    pub fn model(&self) -> Model {
+        self.shared.state.lock().model.clone()
+    }
+
+    /// The measurements so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.measure.lock().stats.clone()
+    }
+
+    /// Follow-ups that could not be queued (should be 0).
+    pub fn follow_ups_dropped(&self) -> u64 {
+        self.shared.state.lock().follow_ups_dropped
+    }
+
+    /// CPU time of loadgen's threads and of the others since the profile began.
+    pub fn cpu_since_start(&self) -> Option<cpu::Split> {
+        let (a, b) = (self.cpu_at_start?, cpu::split()?);
+        Some(b.since(a))
+    }
+
+    pub async fn close(self) {
+        drop(self.lanes);
+        for c in self.clients {
+            c.close().await;
+        }
+    }
+}
+
+/// The target rate in each whole second of a schedule.
+fn per_second(schedule: &Schedule) -> Vec<f64> {
+    let seconds = schedule.duration_secs().ceil() as usize;
+    (0..seconds)
+        .map(|s| schedule.integral(s as f64 + 1.0) - schedule.integral(s as f64))
+        .collect()
+}
+
+async fn open_lane(
+    shared: Arc<Shared>,
+    stream: Stream,
+    schedule: Arc<Schedule>,
+    mut cursor: LaneCursor,
+    start: Instant,
+    seed: u64,
+) {
+    let depth = shared.options.depth;
+    let batch_max = shared.options.batch_max;
+    let timeout = shared.options.timeout;
+    let permits = Arc::new(Semaphore::new(depth));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let at = |t: f64| start + Duration::from_secs_f64(t);
+    let mut intended = Vec::with_capacity(batch_max);
+    while let Some((_, t)) = cursor.peek(&schedule) {
+        if shared.state.lock().unknown.len() > UNKNOWN_MAX {
+            // The switch has stopped answering; what was sent is resolved at the end.
+            break;
+        }
+        tokio::time::sleep_until(at(t).into()).await;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything due by now goes in this frame (intended times are kept, so the wait for
+        // a permit shows in the latency instead of hiding it).
+        let now = Instant::now();
+        intended.clear();
+        while let Some((_, t)) = cursor.peek(&schedule) {
+            let due = at(t);
+            if due > now || intended.len() == batch_max {
+                break;
+            }
+            intended.push(due);
+            cursor.advance();
+        }
+        let (sent, requests) = shared.build(&intended, &mut rng);
+        shared.scheduled(&intended);
+        let shared = shared.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(timeout, stream.call(&requests))
+                .await
+                .map_err(call_error)
+                .and_then(|r| r.map_err(call_error));
+            shared.process(sent, result, true);
+            drop(permit);
+        });
+    }
+    // Every frame of this lane is answered once all permits are back.
+    let _ = permits.acquire_many(depth as u32).await;
+}
+
+async fn closed_worker(shared: Arc<Shared>, stream: Stream, deadline: Instant, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shared.options.batch_max;
+    let timeout = shared.options.timeout;
+    while Instant::now() < deadline {
+        let intended = vec![Instant::now(); n];
+        let (sent, requests) = shared.build(&intended, &mut rng);
+        shared.scheduled(&intended);
+        let result = tokio::time::timeout(timeout, stream.call(&requests))
+            .await
+            .map_err(call_error)
+            .and_then(|r| r.map_err(call_error));
+        let failed = result.is_err();
+        shared.process(sent, result, true);
+        if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {
+            return;
+        }
+    }
+}
+
+fn progress_bar(enabled: bool, len: u64) -> ProgressBar {
+    if enabled {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden())
+    }
+}
+
+fn progress_spinner(enabled: bool) -> ProgressBar {
+    let bar = if enabled {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
+}
+
+/// What a whole run produced.
+pub struct Outcome {
+    pub report: crate::report::Report,
+}
+
+/// The whole run, as the binary does it: spawn or connect, set up, drive the profile, verify,
+/// report. Call outside any async context.
+pub fn run(options: Options) -> anyhow::Result<Outcome> {
+    let spawned = match options.target {
+        Target::Spawn { .. } => Some(Spawned::start(&options)?),
+        Target::Remote { .. } => None,
+    };
+    let endpoint = match &spawned {
+        Some(s) => s.endpoint(),
+        None => Endpoint::remote(&options)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.threads)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .context("starting loadgen's runtime")?;
+    let spawned_flag = spawned.is_some();
+    let result = runtime.block_on(async {
+        let mut session = Session::connect(options.clone(), &endpoint).await?;
+        session.setup().await?;
+        let profile = session.run_profile().await?;
+        let cpu = session.cpu_since_start();
+        let stats = session.stats();
+        let verification = if options.verify {
+            Some(session.verify().await?)
+        } else {
+            None
+        };
+        let dropped = session.follow_ups_dropped();
+        session.close().await;
+        anyhow::Ok(crate::report::Report::new(
+            &options,
+            profile,
+            &stats,
+            verification,
+            cpu,
+            spawned_flag,
+            dropped,
+        ))
+    });
+    drop(runtime);
+    if let Some(s) = spawned {
+        s.stop()?;
+    }
+    Ok(Outcome { report: result? })
+}

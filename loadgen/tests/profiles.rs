@@ -1,0 +1,110 @@
+//! Whole runs as the binary makes them (spawn, setup, profile, verify, report), kept to a few
+//! seconds each: the festival curve and the step search end to end, and the report's files.
+
+use loadgen::config::{Options, Profile};
+use loadgen::schedule::Festival;
+
+fn options(profile: Profile) -> Options {
+    let mut o = Options::spawn_defaults(profile);
+    o.customers = 30;
+    o.merchants = 3;
+    o.connections = 1;
+    o.streams = 2;
+    o.depth = 4;
+    o.batch_max = 16;
+    o.expire_secs = 1;
+    o.progress = false;
+    o.out = None;
+    o.seed = 11;
+    o
+}
+
+#[test]
+fn a_short_festival_follows_its_curve_and_writes_its_report() {
+    let shape = Festival {
+        peak: 1.0,
+        baseline: 0.2,
+        pre_spike: 0.4,
+        baseline_secs: 0.5,
+        ramp_secs: 0.5,
+        spike_secs: 0.2,
+        plateau_secs: 1.0,
+        decay_secs: 0.8,
+    };
+    let outcome = loadgen::run::run(options(Profile::Festival {
+        peak: Some(400.0),
+        peak_fraction: 0.8,
+        calibrate_secs: 1.0,
+        shape,
+    }))
+    .expect("the run completes");
+    let r = &outcome.report;
+    assert!(r.passed(), "{}", r.table());
+    let f = r.profile.festival.as_ref().expect("a festival");
+    assert_eq!((f.peak, f.baseline, f.pre_spike), (400.0, 80.0, 160.0));
+    // 0.5·80 + 0.5·120 + 0.2·280 + 1·400 + 0.8·240 = 748 requests scheduled, all answered.
+    let scheduled: f64 = r.profile.target_per_second.iter().sum();
+    assert!((scheduled - 748.0).abs() < 1e-6, "{scheduled}");
+    assert!(r.totals.count >= 748, "{}", r.totals.count);
+    assert_eq!(r.totals.errors, 0);
+    assert!(r.series.iter().all(|s| s.target_rate.is_some()));
+    let table = r.table();
+    assert!(table.contains("verification PASSED"), "{table}");
+    assert!(table.contains("authorize"), "{table}");
+
+    let dir = tempfile::tempdir().expect("a directory");
+    let paths = r.write(dir.path()).expect("written");
+    assert_eq!(paths.len(), 3);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&paths[0]).expect("json")).expect("valid JSON");
+    assert_eq!(json["verification"]["passed"], true);
+    assert_eq!(json["profile"]["profile"], "festival");
+    assert!(json["ops"].as_array().is_some_and(|ops| ops.len() == 6));
+    let png = std::fs::read(&paths[1]).expect("png");
+    assert!(png.starts_with(b"\x89PNG"));
+    let svg = std::fs::read_to_string(&paths[2]).expect("svg");
+    assert!(svg.contains("<svg") && svg.contains("throughput"));
+}
+
+#[test]
+fn step_stops_where_the_slo_breaks() {
+    // An SLO no run can meet: the first step breaks it, and no rate held.
+    let outcome = loadgen::run::run(options(Profile::Step {
+        start: 100.0,
+        increment: 100.0,
+        step_secs: 0.5,
+        slo_p99_ms: 0.000_1,
+        steps_max: 5,
+    }))
+    .expect("the run completes");
+    let p = &outcome.report.profile;
+    assert_eq!(p.steps.len(), 1, "{:?}", p.steps);
+    assert!(!p.steps[0].held);
+    assert_eq!(p.highest_rate_held, None);
+    assert!(outcome.report.passed());
+
+    // A generous SLO holds at every step, up to the limit on steps.
+    let outcome = loadgen::run::run(options(Profile::Step {
+        start: 50.0,
+        increment: 50.0,
+        step_secs: 0.5,
+        slo_p99_ms: 60_000.0,
+        steps_max: 2,
+    }))
+    .expect("the run completes");
+    let p = &outcome.report.profile;
+    assert_eq!(p.steps.len(), 2, "{:?}", p.steps);
+    assert_eq!(p.highest_rate_held, Some(100.0));
+}
+
+#[test]
+fn max_finds_a_saturation_rate() {
+    let outcome =
+        loadgen::run::run(options(Profile::Max { duration_secs: 1.0 })).expect("the run completes");
+    let r = &outcome.report;
+    assert!(r.passed(), "{}", r.table());
+    assert!(r.profile.saturation_rate.is_some_and(|x| x > 0.0));
+    assert!(r.series.iter().all(|s| s.target_rate.is_none()));
+    let cost = r.self_cost.as_ref().expect("measured on Linux");
+    assert!(cost.loadgen_cpu_us_per_request > 0.0);
+}
