@@ -1015,3 +1015,67 @@ async fn restarts_from_snapshots_after_the_log_was_pruned() {
         running.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// `[clearing] close_every_seconds`: the switch closes windows on its own, logged like any
+/// close, with their reports, and a restart keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_close_on_the_configured_schedule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.clearing.close_every_seconds = 1;
+    config.authorization.expiry_tick_ms = 50;
+    let running = start(config.clone()).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    let list = |id| req(id, Operation::ListWindows);
+    let closed = |body: &ResponseBody| match body {
+        ResponseBody::ListWindows(windows) => windows
+            .iter()
+            .filter(|w| w.state == wire::WindowState::Closed)
+            .count(),
+        other => panic!("{other:?}"),
+    };
+    let mut seen = 0;
+    for i in 0..100 {
+        seen = closed(&one(&stream, list(50_000 + i)).await.body);
+        if seen >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen >= 2,
+        "two windows closed on schedule within 10 s, saw {seen}"
+    );
+    let reports = dir.path().join("reports");
+    for _ in 0..100 {
+        if switch::report::paths(&reports, 1)
+            .iter()
+            .all(|p| p.exists())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        switch::report::paths(&reports, 1)
+            .iter()
+            .all(|p| p.exists()),
+        "reports of window 1"
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+    // After a restart the closed windows are still there (the schedule may have closed more).
+    config.clearing.close_every_seconds = 0;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    let after = closed(&one(&stream, list(60_000)).await.body);
+    assert!(
+        after >= seen,
+        "{after} closed windows after the restart, {seen} before"
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
