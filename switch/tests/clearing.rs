@@ -658,6 +658,29 @@ fn the_net_debit_cap_declines_61_counts_holds_and_changes_at_once() {
 }
 
 #[test]
+fn clients_may_not_use_the_ids_the_switch_keeps_for_itself() {
+    let mut h = Harness::new();
+    let now = Timestamp(2 * SECOND);
+    // The id of the first settlement transfer of window 1, and of the scheduled close of 1.
+    for id in [
+        switch::clearing::settlement_transfer_id(1, 0),
+        switch::clearing::scheduled_close_id(1),
+    ] {
+        let r = h.one_with(
+            RequestId(id),
+            ADMIN,
+            Request::CloseWindow { window: 0 },
+            now,
+        );
+        assert_eq!(
+            (r.code, r.reason),
+            (Code::InvalidTransaction, Reason::INVALID_ID)
+        );
+    }
+    assert_eq!(h.core.clearing().open.id, 1, "nothing closed");
+}
+
+#[test]
 fn reservations_within_one_batch_never_pass_the_cap() {
     let mut h = Harness::new();
     let now = Timestamp(2 * SECOND);
