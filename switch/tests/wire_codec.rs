@@ -381,7 +381,7 @@ proptest! {
         prop_assert_eq!(&joined, &bytes);
         for field in &fields {
             prop_assert!(
-                !field.bytes.is_empty() || matches!(field.name, "name" | "number" | "payload" | "message"),
+                !field.bytes.is_empty() || matches!(field.name, "name" | "number" | "payload" | "message" | "chunk"),
                 "empty field {}", field.name
             );
         }
