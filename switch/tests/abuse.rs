@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{CNY, req, setup_requests};
 use switch::client::{Client, Stream};
 use switch::config::{Config, RouteConfig};
 use switch::server::{self, Running};
 use switch::tls::Trust;
 use switch::wire::{
-    self, AccountFlags, AccountId, Amount, AppErrorCode, CardNumber, Currency, EchoPayload,
-    ErrorCode, Frame, Limits, Operation, ParticipantId, ParticipantName, Request, RequestId,
-    ResponseCode as Code, Roles,
+    self, AccountId, Amount, AppErrorCode, CardNumber, EchoPayload, ErrorCode, Frame, Limits,
+    Operation, Request, ResponseCode as Code,
 };
 
-const CNY: Currency = Currency(156);
 const LIMIT: Duration = Duration::from_secs(30);
 /// The longest a well-behaved request may wait for its answer while the abuse goes on.
 const ANSWER_MAX: Duration = Duration::from_secs(3);
@@ -65,62 +65,6 @@ async fn connect(running: &Running) -> Result<Client, switch::client::ClientErro
         Ok(result) => result,
         Err(_) => panic!("connecting took longer than {LIMIT:?}"),
     }
-}
-
-fn req(id: u128, operation: Operation) -> Request {
-    Request {
-        id: RequestId(id),
-        operation,
-    }
-}
-
-fn setup_requests() -> Vec<Request> {
-    vec![
-        req(
-            1,
-            Operation::CreateParticipant {
-                participant: ParticipantId(2),
-                roles: Roles::ISSUER,
-                name: ParticipantName::new("issuer").expect("short"),
-            },
-        ),
-        req(
-            2,
-            Operation::CreateParticipant {
-                participant: ParticipantId(3),
-                roles: Roles::ACQUIRER,
-                name: ParticipantName::new("acquirer").expect("short"),
-            },
-        ),
-        req(
-            3,
-            Operation::CreateAccount {
-                account: AccountId(100),
-                owner: ParticipantId(2),
-                currency: CNY,
-                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
-                number: CardNumber::new("6200000000000001").expect("digits"),
-            },
-        ),
-        req(
-            4,
-            Operation::CreateAccount {
-                account: AccountId(300),
-                owner: ParticipantId(3),
-                currency: CNY,
-                flags: AccountFlags(0),
-                number: CardNumber::EMPTY,
-            },
-        ),
-        req(
-            5,
-            Operation::Fund {
-                account: AccountId(100),
-                amount: Amount(1_000_000_000),
-                currency: CNY,
-            },
-        ),
-    ]
 }
 
 fn sale(id: u128) -> Request {
@@ -268,7 +212,7 @@ async fn abusive_clients_are_cut_off_and_well_behaved_ones_keep_being_served() {
         .await
         .expect("the well-behaved client connects");
     let stream = good.stream().await.expect("a stream");
-    for r in setup_requests() {
+    for r in setup_requests(1_000_000_000) {
         let answer = stream.call(&[r]).await.expect("answered");
         assert_eq!(answer[0].code, Code::Approved, "{answer:?}");
     }

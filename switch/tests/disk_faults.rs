@@ -12,17 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ledger::storage::SimStorage;
+mod common;
+use common::{CNY, req, setup_requests};
 use switch::client::{Client, Stream};
 use switch::config::{Config, RouteConfig};
 use switch::server::{self, Running};
 use switch::tls::Trust;
 use switch::wire::{
-    self, AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, Operation,
-    ParticipantId, ParticipantName, Reason, Request, RequestId, ResponseBody, ResponseCode as Code,
-    Roles,
+    self, AccountId, Amount, BalanceTarget, CardNumber, Operation, Reason, Request, ResponseBody,
+    ResponseCode as Code,
 };
 
-const CNY: Currency = Currency(156);
 const LIMIT: Duration = Duration::from_secs(30);
 const FUNDED: u64 = 1_000_000;
 
@@ -66,13 +66,6 @@ async fn connect(running: &Running) -> (Client, Stream) {
     (client, stream)
 }
 
-fn req(id: u128, operation: Operation) -> Request {
-    Request {
-        id: RequestId(id),
-        operation,
-    }
-}
-
 async fn one(stream: &Stream, request: Request) -> wire::Response {
     tokio::time::timeout(LIMIT, stream.call(&[request]))
         .await
@@ -81,57 +74,8 @@ async fn one(stream: &Stream, request: Request) -> wire::Response {
         .remove(0)
 }
 
-fn setup_requests() -> Vec<Request> {
-    vec![
-        req(
-            1,
-            Operation::CreateParticipant {
-                participant: ParticipantId(2),
-                roles: Roles::ISSUER,
-                name: ParticipantName::new("issuer").expect("short"),
-            },
-        ),
-        req(
-            2,
-            Operation::CreateParticipant {
-                participant: ParticipantId(3),
-                roles: Roles::ACQUIRER,
-                name: ParticipantName::new("acquirer").expect("short"),
-            },
-        ),
-        req(
-            3,
-            Operation::CreateAccount {
-                account: AccountId(100),
-                owner: ParticipantId(2),
-                currency: CNY,
-                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
-                number: CardNumber::new("6200000000000001").expect("digits"),
-            },
-        ),
-        req(
-            4,
-            Operation::CreateAccount {
-                account: AccountId(300),
-                owner: ParticipantId(3),
-                currency: CNY,
-                flags: AccountFlags(0),
-                number: CardNumber::EMPTY,
-            },
-        ),
-        req(
-            5,
-            Operation::Fund {
-                account: AccountId(100),
-                amount: Amount(FUNDED),
-                currency: CNY,
-            },
-        ),
-    ]
-}
-
 async fn setup(stream: &Stream) {
-    for r in setup_requests() {
+    for r in setup_requests(FUNDED) {
         let answer = one(stream, r).await;
         assert_eq!(answer.code, Code::Approved, "{answer:?}");
     }

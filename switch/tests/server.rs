@@ -5,16 +5,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+use common::{CNY, req, setup_requests};
 use switch::client::{Client, Stream};
 use switch::config::{Config, Identity as IdentityConfig, RouteConfig, TlsMode};
 use switch::server::{self, Running};
 use switch::tls::{Fingerprint, ServerIdentity, Trust};
 use switch::wire::{
-    self, AccountFlags, AccountId, Amount, CardNumber, Currency, Op, Operation, ParticipantId,
-    ParticipantName, Reason, Request, RequestId, ResponseBody, ResponseCode as Code, Roles,
+    self, AccountId, Amount, CardNumber, Op, Operation, ParticipantId, Reason, Request, RequestId,
+    ResponseBody, ResponseCode as Code,
 };
 
-const CNY: Currency = Currency(156);
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(dir: &Path) -> Config {
@@ -47,13 +48,6 @@ async fn connect(
         .expect("connect in time")
 }
 
-fn req(id: u128, operation: Operation) -> Request {
-    Request {
-        id: RequestId(id),
-        operation,
-    }
-}
-
 fn number(n: &str) -> CardNumber {
     CardNumber::new(n).expect("digits")
 }
@@ -69,58 +63,8 @@ async fn one(stream: &Stream, request: Request) -> wire::Response {
     call(stream, &[request]).await.remove(0)
 }
 
-/// Participants 2 (issuer, card 62..01 funded with 1000.00) and 3 (acquirer, merchant 300).
-fn setup_requests() -> Vec<Request> {
-    vec![
-        req(
-            1,
-            Operation::CreateParticipant {
-                participant: ParticipantId(2),
-                roles: Roles::ISSUER,
-                name: ParticipantName::new("issuer").expect("short"),
-            },
-        ),
-        req(
-            2,
-            Operation::CreateParticipant {
-                participant: ParticipantId(3),
-                roles: Roles::ACQUIRER,
-                name: ParticipantName::new("acquirer").expect("short"),
-            },
-        ),
-        req(
-            3,
-            Operation::CreateAccount {
-                account: AccountId(100),
-                owner: ParticipantId(2),
-                currency: CNY,
-                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
-                number: number("6200000000000001"),
-            },
-        ),
-        req(
-            4,
-            Operation::CreateAccount {
-                account: AccountId(300),
-                owner: ParticipantId(3),
-                currency: CNY,
-                flags: AccountFlags(0),
-                number: CardNumber::EMPTY,
-            },
-        ),
-        req(
-            5,
-            Operation::Fund {
-                account: AccountId(100),
-                amount: Amount(100_000),
-                currency: CNY,
-            },
-        ),
-    ]
-}
-
 async fn setup(stream: &Stream) {
-    for r in call(stream, &setup_requests()).await {
+    for r in call(stream, &setup_requests(100_000)).await {
         assert_eq!(r.code, Code::Approved, "{r:?}");
     }
 }
@@ -792,7 +736,7 @@ async fn a_full_stage_queue_is_answered_busy_at_once() {
     let client = connect(&running, None).await.expect("connect");
     let stream = client.stream().await.expect("stream");
     // Setup one request at a time: each fits the tiny queue.
-    for r in setup_requests() {
+    for r in setup_requests(100_000) {
         assert_eq!(one(&stream, r).await.code, Code::Approved);
     }
     // Four requests cannot fit a queue of three: all four are answered 91, none executed.
