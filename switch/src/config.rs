@@ -288,7 +288,7 @@ impl Default for Wal {
             durability: Durability::Fsync,
             segment_bytes_max: 256 << 20,
             group_bytes_max: 8 << 20,
-            queue_depth_max: 4096,
+            queue_depth_max: 8,
         }
     }
 }

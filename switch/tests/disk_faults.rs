@@ -363,3 +363,64 @@ async fn a_real_full_file_system_answers_91_and_recovers_once_space_is_back() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// The stage applies the next batch while the log syncs the last. What a later batch read
+/// from an earlier one (a balance, a repeat's remembered answer) must not leave before the
+/// earlier batch is durable: if that sync fails, the reads are refused too, never answered
+/// with a state the log does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_read_from_a_batch_leaves_before_the_batch_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = SimStorage::new();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    setup(&stream).await;
+    assert_eq!(card_balance(&stream).await, i128::from(FUNDED));
+
+    storage.set_sync_latency(Duration::from_millis(600));
+    let pending_sale = tokio::spawn({
+        let stream = stream.clone();
+        async move { one(&stream, sale(7)).await }
+    });
+    // The sale is applied and its record is syncing; these run in later stage batches.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reads = tokio::spawn({
+        let stream = stream.clone();
+        async move {
+            let balance = one(
+                &stream,
+                req(
+                    u128::MAX - 2,
+                    Operation::BalanceInquiry {
+                        target: BalanceTarget::Account(AccountId(100)),
+                    },
+                ),
+            );
+            let repeat = one(&stream, sale(7));
+            tokio::join!(balance, repeat)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    storage.fail_next_sync();
+
+    let sold = pending_sale.await.expect("the sale task");
+    assert_eq!(sold.code, Code::SystemMalfunction, "{sold:?}");
+    let (balance, repeat) = reads.await.expect("the reads");
+    for answer in [&balance, &repeat] {
+        assert_eq!(
+            answer.code,
+            Code::SystemMalfunction,
+            "a read of the undurable sale was answered: {answer:?}"
+        );
+        assert_eq!(answer.reason, Reason::STORAGE_FAILURE);
+    }
+    client.close().await;
+    assert!(running.shutdown().await.is_err(), "the log failed");
+
+    let storage = storage.crash();
+    let running = start_sim(dir.path(), &storage).await;
+    let (client, stream) = connect(&running).await;
+    check_recovered(&stream, &[], 7).await;
+    client.close().await;
+    running.shutdown().await.expect("a clean shutdown");
+}

@@ -169,6 +169,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    // From the moment the frame actually left (the timer that wakes a lane is coarse, about
+    // 1 ms, so the schedule-based figure includes the client's own lateness).
+    let service = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let approved = Arc::new(AtomicU64::new(0));
     let declined = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(1 << 20));
@@ -190,8 +195,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Lanes share the streams: with `depth` lanes per stream, that many frames are in
         // flight on each stream at once (pipelining).
         let stream = streams[lane % streams.len()].clone();
-        let (latency, approved, declined, next_id) = (
+        let (latency, service, approved, declined, next_id) = (
             latency.clone(),
+            service.clone(),
             approved.clone(),
             declined.clone(),
             next_id.clone(),
@@ -207,12 +213,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .map(|i| authorize(u128::from(base + i)))
                     .collect();
                 let record = {
-                    let (latency, approved, declined) =
-                        (latency.clone(), approved.clone(), declined.clone());
-                    move |sent: Instant, responses: Vec<switch::wire::Response>| {
+                    let (latency, service, approved, declined) = (
+                        latency.clone(),
+                        service.clone(),
+                        approved.clone(),
+                        declined.clone(),
+                    );
+                    move |sent: Instant, left: Instant, responses: Vec<switch::wire::Response>| {
                         latency
                             .lock()
                             .saturating_record(sent.elapsed().as_micros() as u64);
+                        service
+                            .lock()
+                            .saturating_record(left.elapsed().as_micros() as u64);
                         let ok = responses
                             .iter()
                             .filter(|r| r.code == ResponseCode::Approved)
@@ -227,8 +240,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let stream = stream.clone();
                     let sent = intended;
                     calls.push(tokio::spawn(async move {
+                        let left = Instant::now();
                         if let Ok(responses) = stream.call(&requests).await {
-                            record(sent, responses);
+                            record(sent, left, responses);
                         }
                     }));
                     intended += interval;
@@ -237,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     let Ok(responses) = stream.call(&requests).await else {
                         break;
                     };
-                    record(sent, responses);
+                    record(sent, sent, responses);
                 }
             }
             for call in calls {
@@ -250,6 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let h = latency.lock().clone();
+    let service = service.lock().clone();
     let (approved, declined) = (
         approved.load(Ordering::Relaxed),
         declined.load(Ordering::Relaxed),
@@ -276,16 +291,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+    if args.mode == Mode::Rate {
+        println!(
+            "from_send_ms p50={:.2} p99={:.2} max={:.2}",
+            service.value_at_quantile(0.5) as f64 / 1000.0,
+            service.value_at_quantile(0.99) as f64 / 1000.0,
+            service.max() as f64 / 1000.0
+        );
+    }
     if std::env::var_os("SWITCH_RUN_METRICS").is_some() {
         use std::io::{Read, Write};
         let mut http = std::net::TcpStream::connect(running.http_addr)?;
         http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
         let mut text = String::new();
         http.read_to_string(&mut text)?;
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("switch_request_seconds") || l.starts_with("switch_batch"))
-        {
+        for line in text.lines().filter(|l| {
+            l.starts_with("switch_request_seconds")
+                || l.starts_with("switch_batch")
+                || l.starts_with("switch_wal_append_seconds")
+        }) {
             println!("{line}");
         }
     }

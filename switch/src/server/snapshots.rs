@@ -163,6 +163,12 @@ impl Snapshots {
 
     /// Between batches: reports a finished write, and starts a snapshot if one is due and
     /// none is being written.
+    /// Whether a snapshot is due and none is being written (reports a finished write).
+    pub fn wants_start(&mut self) -> bool {
+        self.reap(false);
+        self.in_flight.is_none() && self.due() && self.appended > self.covered
+    }
+
     pub fn maybe_start(&mut self, core: &Core) {
         self.reap(false);
         if self.in_flight.is_none() && self.due() && self.appended > self.covered {

@@ -1,6 +1,7 @@
 //! The ledger stage: one thread that owns the core, batches what is queued, logs it, and
 //! answers only what is durable.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -11,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use ledger::Timestamp;
 use ledger::storage::{FileStorage, Storage};
 use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
@@ -113,6 +114,162 @@ pub struct Stage {
     snapshots: Snapshots,
     /// Shared with the `Queue` (see there); set before any request hears of a failure.
     failed: Arc<AtomicU8>,
+    /// Batches applied and logged, answered as the log makes them durable.
+    pipeline: Arc<Pipeline>,
+    /// The sequence of the last record handed to the log.
+    submitted: u64,
+    /// Records handed to the log and not yet durable, at most (`[wal] queue_depth_max`).
+    in_flight_max: u64,
+}
+
+/// The answers to one stage batch, sent once every record up to `after` is durable.
+struct Answer {
+    after: u64,
+    shapes: Vec<(Vec<wire::Op>, Reply, Instant)>,
+    responses: Vec<crate::core::Response>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Vec<wire::Response>>;
+
+/// Between the ledger stage and the log writer: the stage applies the next batch while the
+/// log syncs the last, and no answer leaves before the records it depends on are durable.
+/// A batch that logged nothing (declines, inquiries, repeats) may still have read what an
+/// earlier, not yet durable batch did, so it waits for that batch's record too.
+struct Pipeline {
+    state: Mutex<PipelineState>,
+    progressed: Condvar,
+}
+
+struct PipelineState {
+    /// Every record up to this sequence is durable.
+    durable: u64,
+    /// The log's failure, once it has failed: nothing more is answered as done.
+    failure: Option<WalError>,
+    /// In `after` order (the stage adds them in log order).
+    waiting: VecDeque<Answer>,
+}
+
+impl Pipeline {
+    fn new(durable: u64) -> Self {
+        Pipeline {
+            state: Mutex::new(PipelineState {
+                durable,
+                failure: None,
+                waiting: VecDeque::new(),
+            }),
+            progressed: Condvar::new(),
+        }
+    }
+
+    /// The log's verdict on record `sequence` (runs on the log writer's thread, in sequence
+    /// order): answers what it made durable, or, on a failure, refuses everything waiting.
+    fn done(&self, result: Result<u64, WalError>, failed: &AtomicU8) {
+        let (ready, refusal) = {
+            let mut state = self.state.lock();
+            match result {
+                Ok(sequence) => state.durable = state.durable.max(sequence),
+                Err(e) => {
+                    if state.failure.is_none() {
+                        // Before any client hears of it (`/readyz`, `Queue::failure`).
+                        report_failure(&e, failed);
+                        state.failure = Some(e);
+                    }
+                }
+            }
+            let refusal = state.failure.as_ref().map(failure_reason);
+            let durable = state.durable;
+            let n = if refusal.is_some() {
+                state.waiting.len()
+            } else {
+                state
+                    .waiting
+                    .iter()
+                    .take_while(|a| a.after <= durable)
+                    .count()
+            };
+            (state.waiting.drain(..n).collect::<Vec<_>>(), refusal)
+        };
+        self.progressed.notify_all();
+        for answer in ready {
+            answer.send(refusal);
+        }
+    }
+
+    /// Sends `answer` now if what it depends on is durable, or leaves it for `done`.
+    fn answer(&self, answer: Answer) {
+        let mut state = self.state.lock();
+        if let Some(e) = &state.failure {
+            let reason = failure_reason(e);
+            drop(state);
+            answer.send(Some(reason));
+        } else if answer.after <= state.durable {
+            drop(state);
+            answer.send(None);
+        } else {
+            state.waiting.push_back(answer);
+        }
+    }
+
+    /// Waits until every record up to `sequence` is durable, or the log has failed.
+    fn wait_durable(&self, sequence: u64) -> Result<(), WalError> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(e) = &state.failure {
+                return Err(e.clone());
+            }
+            if state.durable >= sequence {
+                return Ok(());
+            }
+            self.progressed.wait(&mut state);
+        }
+    }
+
+    fn failure(&self) -> Option<WalError> {
+        self.state.lock().failure.clone()
+    }
+}
+
+impl Answer {
+    /// Shapes and sends the responses, or refuses them all if the log failed.
+    fn send(self, refusal: Option<Reason>) {
+        let mut responses = self.responses.into_iter();
+        // Counted per batch rather than per request: the counter lookup is not free.
+        let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
+        for (ops, reply, received) in self.shapes {
+            let wire_responses: Vec<wire::Response> = ops
+                .iter()
+                .zip(responses.by_ref())
+                .map(|(op, r)| match refusal {
+                    Some(reason) => wire::Response::declined(
+                        wire::RequestId(r.id.0),
+                        *op,
+                        refusal_code(reason),
+                        reason,
+                    ),
+                    None => {
+                        match counts.iter_mut().find(|(o, c, _)| o == op && *c == r.code) {
+                            Some((_, _, n)) => *n += 1,
+                            None => counts.push((*op, r.code, 1)),
+                        }
+                        translate::response(*op, &r)
+                    }
+                })
+                .collect();
+            if refusal.is_none() {
+                metrics::histogram!("switch_request_seconds")
+                    .record(received.elapsed().as_secs_f64());
+            }
+            let _ = reply.send(wire_responses);
+        }
+        for (op, code, n) in counts {
+            metrics::counter!(
+                "switch_requests_total",
+                "op" => op_name(op),
+                "code" => code.as_u8().to_string()
+            )
+            .increment(n);
+        }
+    }
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -218,6 +375,8 @@ impl Stage {
         if let Some(warning) = durability.warning() {
             tracing::warn!("{warning}");
         }
+        let submitted = recovered.resume.next_sequence().saturating_sub(1);
+        let in_flight_max = options.queue_depth_max.max(1) as u64;
         let wal =
             Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
         Ok(Stage {
@@ -226,6 +385,9 @@ impl Stage {
             durability,
             snapshots,
             failed: Arc::new(AtomicU8::new(0)),
+            pipeline: Arc::new(Pipeline::new(submitted)),
+            submitted,
+            in_flight_max,
         })
     }
 
@@ -288,33 +450,50 @@ impl Stage {
             .context("spawning the report writer")?;
 
         loop {
+            if let Some(e) = self.pipeline.failure() {
+                return Err(fail_stop(&e, &rx, &queued, &failed));
+            }
             let first = match rx.recv_timeout(tick) {
                 Ok(job) => Some(job),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let refuse = |jobs: Vec<Job>, e: &WalError| {
+                let reason = failure_reason(e);
+                for job in jobs {
+                    queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+                    answer_all(job, refusal_code(reason), reason);
+                }
+                fail_stop(e, &rx, &queued, &failed)
+            };
             if last_expiry.elapsed() >= tick || first.is_none() {
                 last_expiry = Instant::now();
                 let now = clock.now();
-                if self.core.clearing().due(now, close_every_ns)
-                    && let Err(e) = self.close_on_schedule(now, &report_tx, &unwritten)
-                {
-                    return Err(fail_stop(&e, &rx, &queued, &failed));
+                let mut result = Ok(());
+                if self.core.clearing().due(now, close_every_ns) {
+                    result = self.close_on_schedule(now, &report_tx, &unwritten);
                 }
-                if self.core.expire(now) {
+                if result.is_ok() && self.core.expire(now) {
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
-                    if let Err(e) = self.append(payload) {
-                        return Err(fail_stop(&e, &rx, &queued, &failed));
-                    }
+                    result = self.append(payload);
+                }
+                if let Err(e) = result {
+                    return Err(refuse(first.into_iter().collect(), &e));
                 }
             }
             let Some(first) = first else {
-                if unwritten.load(Ordering::Acquire) == 0 {
-                    self.snapshots.maybe_start(&self.core);
+                if unwritten.load(Ordering::Acquire) == 0
+                    && let Err(e) = self.maybe_snapshot()
+                {
+                    return Err(refuse(Vec::new(), &e));
                 }
                 continue;
             };
+            // Room in the pipeline first: what arrives meanwhile joins this batch.
+            if let Err(e) = self.room() {
+                return Err(refuse(vec![first], &e));
+            }
             let mut jobs = vec![first];
             let mut count = jobs[0].items.len();
             while count < batch_max {
@@ -329,18 +508,25 @@ impl Stage {
             queued.fetch_sub(count, Ordering::AcqRel);
             metrics::histogram!("switch_batch_requests").record(count as f64);
             self.core.set_routes(routes.read().clone());
-            if let Err(e) = self.execute(jobs, clock.now()) {
-                return Err(fail_stop(&e, &rx, &queued, &failed));
+            let mut result = self.execute(jobs, clock.now());
+            if result.is_ok() {
+                result = self.hand_reports(&report_tx, &unwritten);
             }
-            self.hand_reports(&report_tx, &unwritten);
-            if unwritten.load(Ordering::Acquire) == 0 {
-                self.snapshots.maybe_start(&self.core);
+            if result.is_ok() && unwritten.load(Ordering::Acquire) == 0 {
+                result = self.maybe_snapshot();
+            }
+            if let Err(e) = result {
+                return Err(refuse(Vec::new(), &e));
             }
         }
-        self.hand_reports(&report_tx, &unwritten);
+        let drained = self
+            .hand_reports(&report_tx, &unwritten)
+            .and_then(|()| self.pipeline.wait_durable(self.submitted));
         drop(report_tx);
         let _ = reporter.join();
-        self.snapshots.finish(&self.core);
+        if drained.is_ok() {
+            self.snapshots.finish(&self.core);
+        }
         self.wal
             .close()
             .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
@@ -375,31 +561,81 @@ impl Stage {
             ),
             None => {}
         }
-        self.hand_reports(report_tx, unwritten);
-        Ok(())
+        self.hand_reports(report_tx, unwritten)
     }
 
-    /// Gives the reports of windows closed (and now durable) to the report writer.
-    fn hand_reports(&mut self, report_tx: &Sender<Arc<WindowDetails>>, unwritten: &AtomicUsize) {
-        for details in self.core.take_reports() {
+    /// Gives the reports of windows closed to the report writer, once their closes are durable.
+    fn hand_reports(
+        &mut self,
+        report_tx: &Sender<Arc<WindowDetails>>,
+        unwritten: &AtomicUsize,
+    ) -> Result<(), WalError> {
+        let reports = self.core.take_reports();
+        if reports.is_empty() {
+            return Ok(());
+        }
+        self.pipeline.wait_durable(self.submitted)?;
+        for details in reports {
             unwritten.fetch_add(1, Ordering::AcqRel);
             if report_tx.send(details).is_err() {
                 unwritten.fetch_sub(1, Ordering::AcqRel);
                 tracing::error!("the report writer has stopped; reports are not being written");
             }
         }
-    }
-
-    fn append(&mut self, payload: Vec<u8>) -> Result<(), WalError> {
-        let started = Instant::now();
-        let len = payload.len();
-        let result = self.wal.append(payload);
-        metrics::histogram!("switch_wal_append_seconds").record(started.elapsed().as_secs_f64());
-        let sequence = result?;
-        self.snapshots.appended(sequence, len);
         Ok(())
     }
 
+    /// Waits until fewer than `in_flight_max` records are waiting to become durable.
+    fn room(&self) -> Result<(), WalError> {
+        self.pipeline
+            .wait_durable(self.submitted.saturating_sub(self.in_flight_max - 1))
+    }
+
+    /// Hands a record to the log (after waiting for room) and returns its sequence; the
+    /// pipeline hears when it is durable.
+    fn submit(&mut self, payload: Vec<u8>) -> Result<u64, WalError> {
+        self.room()?;
+        let permit = match self.wal.reserve() {
+            Ok(permit) => permit,
+            Err(e) => {
+                self.pipeline.done(Err(e.clone()), &self.failed);
+                return Err(e);
+            }
+        };
+        let len = payload.len();
+        let (pipeline, failed, started) =
+            (self.pipeline.clone(), self.failed.clone(), Instant::now());
+        let sequence = permit.submit(
+            payload,
+            Box::new(move |result| {
+                metrics::histogram!("switch_wal_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                pipeline.done(result, &failed);
+            }),
+        );
+        self.submitted = sequence;
+        self.snapshots.appended(sequence, len);
+        Ok(sequence)
+    }
+
+    /// Logs a record and waits until it (and everything before it) is durable.
+    fn append(&mut self, payload: Vec<u8>) -> Result<(), WalError> {
+        let sequence = self.submit(payload)?;
+        self.pipeline.wait_durable(sequence)
+    }
+
+    /// Starts a snapshot if one is due, once everything it covers is durable: a snapshot
+    /// must never claim a record the log does not hold.
+    fn maybe_snapshot(&mut self) -> Result<(), WalError> {
+        if self.snapshots.wants_start() {
+            self.pipeline.wait_durable(self.submitted)?;
+            self.snapshots.maybe_start(&self.core);
+        }
+        Ok(())
+    }
+
+    /// Applies a batch and logs it; its answers leave once the log holds it (and whatever it
+    /// read from earlier batches). The stage goes on to the next batch meanwhile.
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> Result<(), WalError> {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut shapes = Vec::with_capacity(jobs.len());
@@ -408,52 +644,20 @@ impl Stage {
             items.extend(job.items);
         }
         let executed = self.core.execute(items, now);
+        let mut result = Ok(());
         if !executed.logged.is_empty() {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
             SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
-            if let Err(e) = self.append(payload) {
-                // The core applied the batch, the log does not hold it: none of it is answered
-                // as done, and the stage stops acknowledging (see `fail_stop`).
-                let reason = failure_reason(&e);
-                self.failed.store(reason.0, Ordering::Release);
-                let mut ids = executed.responses.iter();
-                for (ops, reply, _) in shapes {
-                    let responses: Vec<wire::Response> = ops
-                        .iter()
-                        .zip(ids.by_ref())
-                        .map(|(op, r)| {
-                            wire::Response::declined(
-                                wire::RequestId(r.id.0),
-                                *op,
-                                refusal_code(reason),
-                                reason,
-                            )
-                        })
-                        .collect();
-                    let _ = reply.send(responses);
-                }
-                return Err(e);
-            }
+            // On a failure the core has applied a batch the log does not hold: the pipeline
+            // refuses its answers, and the stage stops acknowledging (see `fail_stop`).
+            result = self.submit(payload).map(|_| ());
         }
-        let mut responses = executed.responses.into_iter();
-        for (ops, reply, received) in shapes {
-            let wire_responses: Vec<wire::Response> = ops
-                .iter()
-                .zip(responses.by_ref())
-                .map(|(op, r)| {
-                    metrics::counter!(
-                        "switch_requests_total",
-                        "op" => op_name(*op),
-                        "code" => r.code.as_u8().to_string()
-                    )
-                    .increment(1);
-                    translate::response(*op, &r)
-                })
-                .collect();
-            metrics::histogram!("switch_request_seconds").record(received.elapsed().as_secs_f64());
-            let _ = reply.send(wire_responses);
-        }
-        Ok(())
+        self.pipeline.answer(Answer {
+            after: self.submitted,
+            shapes,
+            responses: executed.responses,
+        });
+        result
     }
 }
 
@@ -466,6 +670,25 @@ fn write_report(dir: &std::path::Path, details: &WindowDetails) {
             "writing the settlement reports failed: {e}"
         );
     }
+}
+
+/// Says once, where an operator sees it, that the log failed, and stops acknowledgements
+/// (`Queue::failure`, `/readyz`) before any client hears of it.
+fn report_failure(error: &WalError, failed: &AtomicU8) {
+    let reason = failure_reason(error);
+    failed.store(reason.0, Ordering::Release);
+    let cause = if reason == Reason::STORAGE_FULL {
+        "out_of_space"
+    } else {
+        "io_error"
+    };
+    metrics::gauge!("switch_storage_failed").set(1.0);
+    metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
+    tracing::error!(
+        cause,
+        "write-ahead log failed; no further acknowledgements until a restart recovers the \
+         log: {error}"
+    );
 }
 
 /// After a log failure: the in-memory state is ahead of the log (the failed batch was applied
@@ -482,18 +705,6 @@ fn fail_stop(
 ) -> anyhow::Error {
     let reason = failure_reason(error);
     failed.store(reason.0, Ordering::Release);
-    let cause = if reason == Reason::STORAGE_FULL {
-        "out_of_space"
-    } else {
-        "io_error"
-    };
-    metrics::gauge!("switch_storage_failed").set(1.0);
-    metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
-    tracing::error!(
-        cause,
-        "write-ahead log failed; no further acknowledgements until a restart recovers the \
-         log: {error}"
-    );
     // Until every sender is gone (shutdown), whatever arrives is answered at once.
     for job in rx.iter() {
         queued.fetch_sub(job.items.len(), Ordering::AcqRel);
