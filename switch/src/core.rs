@@ -363,6 +363,69 @@ struct Original {
     stage: Stage,
 }
 
+/// A remembered response, kept small: the stage remembers one per request, millions of them,
+/// and most are a code and a transfer of the request's own id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    /// Of the request as sent (see `journal::fingerprint`).
+    fingerprint: u64,
+    code: Code,
+    reason: Reason,
+    body: KeptBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeptBody {
+    None,
+    /// `Body::Transfer` of the request's own id.
+    OwnTransfer {
+        amount: Amount,
+        currency: Currency,
+    },
+    Other(Box<Body>),
+}
+
+impl Kept {
+    fn new(fingerprint: u64, response: &Response) -> Self {
+        let body = match &response.body {
+            Body::None => KeptBody::None,
+            Body::Transfer {
+                transfer,
+                amount,
+                currency,
+            } if transfer.0 == response.id.0 => KeptBody::OwnTransfer {
+                amount: *amount,
+                currency: *currency,
+            },
+            other => KeptBody::Other(Box::new(other.clone())),
+        };
+        Kept {
+            fingerprint,
+            code: response.code,
+            reason: response.reason,
+            body,
+        }
+    }
+
+    /// The response as it was given to request `id`.
+    fn response(&self, id: RequestId) -> Response {
+        Response {
+            id,
+            code: self.code,
+            reason: self.reason,
+            body: match &self.body {
+                KeptBody::None => Body::None,
+                KeptBody::OwnTransfer { amount, currency } => Body::Transfer {
+                    transfer: TransferId(id.0),
+                    amount: *amount,
+                    currency: *currency,
+                },
+                KeptBody::Other(body) => (**body).clone(),
+            },
+        }
+    }
+}
+
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
 struct Remembered<V> {
     /// Split into parts so that no single hash map grows huge: a map doubles by copying
@@ -485,7 +548,7 @@ pub struct Core {
     directory: HashMap<String, AccountId>,
     originals: Remembered<Original>,
     early_reversals: Remembered<()>,
-    responses: Remembered<(u64, Response)>,
+    responses: Remembered<Kept>,
     clearing: Clearing,
     /// The settlement of a close in the wave being applied.
     closing: Option<(Settlement, Arc<FeeSchedule>)>,
@@ -843,9 +906,9 @@ impl Core {
     ) -> bool {
         // A repeat is answered without closing the wave: it is not logged, so a replay would
         // not close it there either, and must build the same state (forgetting order too).
-        if let Some((original_fingerprint, response)) = self.responses.get(&id.0) {
-            out[slot] = Some(if *original_fingerprint == fingerprint {
-                response.clone()
+        if let Some(kept) = self.responses.get(&id.0) {
+            out[slot] = Some(if kept.fingerprint == fingerprint {
+                kept.response(id)
             } else {
                 Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
             });
@@ -911,7 +974,7 @@ impl Core {
             return;
         }
         self.responses
-            .insert(id.0, (fingerprint, response.clone()), |_| false);
+            .insert(id.0, Kept::new(fingerprint, response), |_| false);
     }
 
     fn owns(&self, who: Identity, account: &Account) -> bool {
@@ -1407,9 +1470,7 @@ impl Core {
         }
         for repeat in wave.repeats.drain(..) {
             out[repeat.slot] = Some(match self.responses.get(&repeat.id.0) {
-                Some((fingerprint, response)) if *fingerprint == repeat.fingerprint => {
-                    response.clone()
-                }
+                Some(kept) if kept.fingerprint == repeat.fingerprint => kept.response(repeat.id),
                 Some(_) => {
                     Response::new(repeat.id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
                 }
@@ -1623,5 +1684,62 @@ impl Core {
         config: snapshot::RestoreConfig,
     ) -> Result<(Core, u64), snapshot::SnapshotError> {
         snapshot::restore(bytes, file_sequence, config)
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    fn transfer(transfer: u128) -> Body {
+        Body::Transfer {
+            transfer: TransferId(transfer),
+            amount: Amount(1234),
+            currency: Currency::from_numeric(156).expect("CNY"),
+        }
+    }
+
+    /// A remembered response is the response given, whatever its body: a repeat must hear
+    /// exactly what the request heard.
+    #[test]
+    fn a_kept_response_is_the_response_given() {
+        let id = RequestId(77);
+        let bodies = [
+            Body::None,
+            transfer(77),
+            // A transfer that is not the request's own is kept whole.
+            transfer(78),
+            Body::Echo(vec![1, 2, 3]),
+            Body::WindowClosed(9),
+            Body::Status(Status {
+                transfer: TransferId(5),
+                stage: Stage::Captured,
+                currency: Currency::from_numeric(392).expect("JPY"),
+                amount: Amount(10),
+                captured: Amount(7),
+                refunded: Amount(2),
+            }),
+        ];
+        for body in bodies {
+            for (code, reason) in [
+                (Code::Approved, Reason::NONE),
+                (Code::InsufficientFunds, Reason(3)),
+            ] {
+                let given = Response {
+                    id,
+                    code,
+                    reason,
+                    body: body.clone(),
+                };
+                let kept = Kept::new(42, &given);
+                assert_eq!(kept.fingerprint, 42);
+                assert_eq!(kept.response(id), given);
+            }
+        }
+        assert!(
+            std::mem::size_of::<Kept>() <= 32,
+            "a remembered response stays small: {} bytes",
+            std::mem::size_of::<Kept>()
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
 use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
-    Body, Core, CoreConfig, HashMap, Original, Participant, REMEMBERED_PARTS, Remembered,
+    Body, Core, CoreConfig, HashMap, Kept, Original, Participant, REMEMBERED_PARTS, Remembered,
     RequestId, Response, Stage, Status,
 };
 use crate::codes::{Code, Reason};
@@ -567,7 +567,8 @@ const BODY_WINDOW_REPORT: u8 = 7;
 /// Echo payloads are never remembered today; if one ever is, this bounds what is read back.
 const ECHO_LEN_MAX: usize = u16::MAX as usize;
 
-fn encode_response(key: u128, (fingerprint, r): &(u64, Response), out: &mut Vec<u8>) {
+fn encode_response(key: u128, kept: &Kept, out: &mut Vec<u8>) {
+    let (fingerprint, r) = (&kept.fingerprint, &kept.response(RequestId(key)));
     // The response's id is the key: it is not written twice.
     assert_eq!(
         r.id.0, key,
@@ -638,7 +639,7 @@ fn encode_response(key: u128, (fingerprint, r): &(u64, Response), out: &mut Vec<
     }
 }
 
-fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<(u64, Response), SnapshotError> {
+fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<Kept, SnapshotError> {
     let id = RequestId(key);
     let fingerprint = r.u64("fingerprint")?;
     let at = r.at;
@@ -687,9 +688,9 @@ fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<(u64, Response), Sna
         BODY_WINDOW_REPORT => Body::WindowReport(decode_window(r)?),
         tag => return Err(r.bad(at, format!("unknown body tag {tag}"))),
     };
-    Ok((
+    Ok(Kept::new(
         fingerprint,
-        Response {
+        &Response {
             id,
             code,
             reason,
