@@ -5,7 +5,7 @@
 //! matched to requests by correlation id, so they may arrive in any order.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,6 +56,9 @@ pub struct Stream {
 
 impl Client {
     /// Connects to `addr`, trusting the server as `trust` says and presenting `identity`.
+    ///
+    /// The switch may be on this host or another one. The name checked against the server's
+    /// certificate under `Trust::Roots` is `localhost` (a pinned fingerprint ignores names).
     pub async fn connect(
         addr: SocketAddr,
         trust: &Trust,
@@ -63,12 +66,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let crypto = tls::client_crypto(trust, identity)?;
         let config = tls::quinn_client_config(crypto)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::1]:0".parse().expect("literal")
-        } else {
-            "127.0.0.1:0".parse().expect("literal")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let mut endpoint = quinn::Endpoint::client(bind_address(addr))?;
         endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, "localhost")?.await?;
         Ok(Client {
@@ -142,6 +140,17 @@ impl Client {
     }
 }
 
+/// The local address of a client endpoint that talks to `target`: every interface of the
+/// target's address family, and a port the OS chooses. Binding to loopback instead would let
+/// the client reach only a switch on this host.
+fn bind_address(target: SocketAddr) -> SocketAddr {
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, 0)
+}
+
 impl Stream {
     /// Sends a batch and waits for its responses (other calls may be in flight meanwhile).
     pub async fn call(
@@ -170,5 +179,25 @@ impl Stream {
     /// The next correlation id this stream would use.
     pub fn reserve_correlation_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_to_every_interface_of_the_target_family() {
+        for (target, bind) in [
+            ("127.0.0.1:4433", "0.0.0.0:0"),
+            ("192.0.2.7:4433", "0.0.0.0:0"),
+            ("[::1]:4433", "[::]:0"),
+            ("[2001:db8::7]:4433", "[::]:0"),
+            ("[::ffff:192.0.2.7]:4433", "[::]:0"),
+        ] {
+            let target: SocketAddr = target.parse().expect("literal");
+            let bind: SocketAddr = bind.parse().expect("literal");
+            assert_eq!(bind_address(target), bind, "for {target}");
+        }
     }
 }

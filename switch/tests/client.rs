@@ -1,0 +1,172 @@
+//! The client against fake servers on loopback: plain QUIC endpoints that speak the ALPN and
+//! answer (or fail to answer) as each test needs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switch::client::Client;
+use switch::config::Config;
+use switch::tls::{self, ServerIdentity, Trust};
+use switch::wire::{
+    self, EchoPayload, Frame, Operation, Reason, Request, RequestId, Response, ResponseBody,
+    ResponseCode,
+};
+
+/// Bound on every wait: connecting, a call that must be answered or fail, closing.
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// A QUIC endpoint on 127.0.0.1 with a fresh self-signed certificate; every stream a client
+/// opens is given to `handler`.
+struct FakeServer {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    trust: Trust,
+}
+
+impl FakeServer {
+    fn start<F, Fut>(handler: F) -> FakeServer
+    where
+        F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let identity = ServerIdentity {
+            chain: vec![generated.cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+                .expect("key der"),
+        };
+        let trust = Trust::Fingerprint(identity.fingerprint().expect("a certificate"));
+        let crypto = tls::server_crypto(&Config::default(), identity).expect("server TLS");
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).expect("QUIC TLS");
+        let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("literal"))
+            .expect("bind 127.0.0.1:0");
+        let addr = endpoint.local_addr().expect("local address");
+        let handler = Arc::new(handler);
+        let accepting = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = accepting.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let Ok(connection) = incoming.await else {
+                        return;
+                    };
+                    while let Ok((send, recv)) = connection.accept_bi().await {
+                        tokio::spawn(handler(send, recv));
+                    }
+                });
+            }
+        });
+        FakeServer {
+            endpoint,
+            addr,
+            trust,
+        }
+    }
+
+    async fn connect(&self) -> Client {
+        tokio::time::timeout(LIMIT, Client::connect(self.addr, &self.trust, None))
+            .await
+            .expect("connected in time")
+            .expect("connected")
+    }
+
+    async fn stop(self, client: Client) {
+        tokio::time::timeout(LIMIT, client.close())
+            .await
+            .expect("client closed in time");
+        self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// Reads the next request frame of the stream, or `None` once the stream ends or breaks.
+async fn next_request_frame(
+    recv: &mut quinn::RecvStream,
+    buf: &mut Vec<u8>,
+) -> Option<(u64, Vec<Request>)> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match wire::decode_frame(buf, &wire::Limits::DEFAULT) {
+            Ok(Some((frame, used))) => {
+                buf.drain(..used);
+                if let Frame::Requests {
+                    correlation_id,
+                    requests,
+                } = frame
+                {
+                    return Some((correlation_id, requests));
+                }
+            }
+            Ok(None) => {
+                let n = recv.read(&mut chunk).await.ok()??;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn echo(id: u128) -> Request {
+    Request {
+        id: RequestId(id),
+        operation: Operation::Echo {
+            payload: EchoPayload::new(id.to_le_bytes().to_vec()).expect("short"),
+        },
+    }
+}
+
+/// The response frame a switch would send to a frame of Echo requests.
+fn echo_answer(correlation_id: u64, requests: &[Request]) -> Vec<u8> {
+    let responses: Vec<Response> = requests
+        .iter()
+        .map(|r| Response {
+            request_id: r.id,
+            code: ResponseCode::Approved,
+            reason: Reason::NONE,
+            body: match &r.operation {
+                Operation::Echo { payload } => ResponseBody::Echo(payload.clone()),
+                _ => ResponseBody::Echo(EchoPayload::default()),
+            },
+        })
+        .collect();
+    let mut frame = Vec::new();
+    wire::encode_response_frame(correlation_id, &responses, &mut frame).expect("encodes");
+    frame
+}
+
+/// Answers every Echo frame, like a switch.
+async fn echo_server(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut buf = Vec::new();
+    while let Some((correlation_id, requests)) = next_request_frame(&mut recv, &mut buf).await {
+        if send
+            .write_all(&echo_answer(correlation_id, &requests))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_and_calls_on_loopback() {
+    let server = FakeServer::start(echo_server);
+    let client = server.connect().await;
+    let stream = tokio::time::timeout(LIMIT, client.stream())
+        .await
+        .expect("stream in time")
+        .expect("stream");
+    let responses = tokio::time::timeout(LIMIT, stream.call(&[echo(1), echo(2)]))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let ids: Vec<RequestId> = responses.iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, [RequestId(1), RequestId(2)]);
+    assert_eq!(
+        responses[1].body,
+        ResponseBody::Echo(EchoPayload::new(2u128.to_le_bytes().to_vec()).expect("short"))
+    );
+    server.stop(client).await;
+}
