@@ -34,6 +34,8 @@ pub enum ClientError {
     },
     #[error("the stream closed before the answer arrived")]
     Closed,
+    #[error("undecodable response frame, the stream is abandoned: {0}")]
+    Undecodable(wire::WireError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -44,13 +46,39 @@ pub struct Client {
     connection: quinn::Connection,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<wire::Response>, ClientError>>>>>;
+type Answer = Result<Vec<wire::Response>, ClientError>;
+
+/// The calls waiting on a stream, shared by its callers and its reader.
+#[derive(Default)]
+struct Lane {
+    pending: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Set when the reader stopped: nothing more will be answered, so calls fail at once.
+    ended: Option<Ended>,
+}
+
+/// Why a stream's reader stopped.
+#[derive(Clone)]
+enum Ended {
+    /// The stream ended or broke.
+    Closed,
+    /// The server sent bytes that are not a frame; the framing of the stream is lost.
+    Undecodable(wire::WireError),
+}
+
+impl Ended {
+    fn error(&self) -> ClientError {
+        match self {
+            Ended::Closed => ClientError::Closed,
+            Ended::Undecodable(e) => ClientError::Undecodable(e.clone()),
+        }
+    }
+}
 
 /// One pipelined stream.
 #[derive(Clone)]
 pub struct Stream {
     send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
-    pending: Pending,
+    lane: Arc<Mutex<Lane>>,
     next: Arc<AtomicU64>,
 }
 
@@ -81,55 +109,12 @@ impl Client {
 
     /// Opens a stream and starts reading its responses.
     pub async fn stream(&self) -> Result<Stream, ClientError> {
-        let (send, mut recv) = self.connection.open_bi().await?;
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let reader_pending = pending.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            let limits = wire::Limits {
-                frame_len_max: u32::MAX,
-                batch_len_max: u16::MAX,
-            };
-            loop {
-                let n = match recv.read(&mut chunk).await {
-                    Ok(Some(n)) => n,
-                    _ => break,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                let mut consumed = 0;
-                while let Ok(Some((frame, used))) = wire::decode_frame(&buf[consumed..], &limits) {
-                    consumed += used;
-                    let (id, result) = match frame {
-                        wire::Frame::Responses {
-                            correlation_id,
-                            responses,
-                        } => (correlation_id, Ok(responses)),
-                        wire::Frame::Error {
-                            correlation_id,
-                            code,
-                            message,
-                        } => (
-                            correlation_id,
-                            Err(ClientError::ErrorFrame {
-                                code,
-                                message: message.as_str().to_string(),
-                            }),
-                        ),
-                        wire::Frame::Requests { .. } => continue,
-                    };
-                    if let Some(tx) = reader_pending.lock().remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                }
-                buf.drain(..consumed);
-            }
-            // Whatever is still waiting will never be answered on this stream.
-            reader_pending.lock().clear();
-        });
+        let (send, recv) = self.connection.open_bi().await?;
+        let lane = Arc::new(Mutex::new(Lane::default()));
+        tokio::spawn(read_responses(recv, lane.clone()));
         Ok(Stream {
             send: Arc::new(tokio::sync::Mutex::new(send)),
-            pending,
+            lane,
             next: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -137,6 +122,75 @@ impl Client {
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"done");
         self.endpoint.wait_idle().await;
+    }
+}
+
+/// Reads a stream's frames and hands each answer to the call waiting for it, until the stream
+/// ends (the calls still waiting fail with `Closed`) or a frame cannot be decoded. After an
+/// undecodable frame the rest of the stream cannot be split into frames again: reading stops
+/// (STOP_SENDING, frame sync lost) and the calls still waiting fail with the decode error.
+/// Either way, calls made afterwards on the stream fail at once.
+async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let limits = wire::Limits {
+        frame_len_max: u32::MAX,
+        batch_len_max: u16::MAX,
+    };
+    let ended = 'read: loop {
+        let n = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => n,
+            _ => break Ended::Closed,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        loop {
+            let frame = match wire::decode_frame(&buf[consumed..], &limits) {
+                Ok(Some((frame, used))) => {
+                    consumed += used;
+                    frame
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let sync_lost =
+                        quinn::VarInt::from_u32(wire::AppErrorCode::FrameSyncLost.as_u32());
+                    let _ = recv.stop(sync_lost);
+                    break 'read Ended::Undecodable(e);
+                }
+            };
+            let (id, result) = match frame {
+                wire::Frame::Responses {
+                    correlation_id,
+                    responses,
+                } => (correlation_id, Ok(responses)),
+                wire::Frame::Error {
+                    correlation_id,
+                    code,
+                    message,
+                } => (
+                    correlation_id,
+                    Err(ClientError::ErrorFrame {
+                        code,
+                        message: message.as_str().to_string(),
+                    }),
+                ),
+                wire::Frame::Requests { .. } => continue,
+            };
+            let tx = lane.lock().pending.remove(&id);
+            if let Some(tx) = tx {
+                let _ = tx.send(result);
+            }
+        }
+        buf.drain(..consumed);
+    };
+    // Whatever is still waiting will never be answered on this stream.
+    let pending = {
+        let mut lane = lane.lock();
+        lane.ended = Some(ended.clone());
+        std::mem::take(&mut lane.pending)
+    };
+    for tx in pending.into_values() {
+        let _ = tx.send(Err(ended.error()));
     }
 }
 
@@ -164,14 +218,21 @@ impl Stream {
     }
 
     /// Sends bytes as they are (tests use it for malformed frames) and waits for the answer to
-    /// `correlation_id`.
+    /// `correlation_id`. Fails at once if the stream's reader has stopped (the stream ended, or
+    /// the server sent an undecodable frame).
     pub async fn call_raw(
         &self,
         correlation_id: u64,
         bytes: &[u8],
     ) -> Result<Vec<wire::Response>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(correlation_id, tx);
+        {
+            let mut lane = self.lane.lock();
+            if let Some(ended) = &lane.ended {
+                return Err(ended.error());
+            }
+            lane.pending.insert(correlation_id, tx);
+        }
         self.send.lock().await.write_all(bytes).await?;
         rx.await.map_err(|_| ClientError::Closed)?
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switch::client::Client;
+use switch::client::{Client, ClientError, Stream};
 use switch::config::Config;
 use switch::tls::{self, ServerIdentity, Trust};
 use switch::wire::{
@@ -108,6 +108,11 @@ async fn next_request_frame(
     }
 }
 
+/// Calls with one Echo request.
+async fn call_echo(stream: &Stream, id: u128) -> Result<Vec<Response>, ClientError> {
+    stream.call(&[echo(id)]).await
+}
+
 fn echo(id: u128) -> Request {
     Request {
         id: RequestId(id),
@@ -168,5 +173,81 @@ async fn connects_and_calls_on_loopback() {
         responses[1].body,
         ResponseBody::Echo(EchoPayload::new(2u128.to_le_bytes().to_vec()).expect("short"))
     );
+    server.stop(client).await;
+}
+
+/// Bytes that are not a response frame: the length prefix is plausible, but the version byte
+/// (offset 4) is not 1.
+const GARBAGE: &[u8] = b"this is not a response frame";
+
+/// Answers the frame holding request 1 properly, then, once a second frame has arrived, sends
+/// garbage after that answer (in the same write).
+async fn garbage_server(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        match next_request_frame(&mut recv, &mut buf).await {
+            Some(frame) => frames.push(frame),
+            None => return,
+        }
+    }
+    let Some((correlation_id, requests)) = frames
+        .iter()
+        .find(|(_, requests)| requests.iter().any(|r| r.id == RequestId(1)))
+    else {
+        return;
+    };
+    let mut bytes = echo_answer(*correlation_id, requests);
+    bytes.extend_from_slice(GARBAGE);
+    if send.write_all(&bytes).await.is_err() {
+        return;
+    }
+    // Keep reading (and the stream open) until the client goes away.
+    while next_request_frame(&mut recv, &mut buf).await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_response_fails_the_stream_instead_of_stalling_it() {
+    let server = FakeServer::start(garbage_server);
+    let client = server.connect().await;
+    let stream = tokio::time::timeout(LIMIT, client.stream())
+        .await
+        .expect("stream in time")
+        .expect("stream");
+    let (answered, abandoned) = tokio::time::timeout(LIMIT, async {
+        tokio::join!(call_echo(&stream, 1), call_echo(&stream, 2))
+    })
+    .await
+    .expect("both calls end in time, none hangs");
+    // The frame before the garbage is still delivered.
+    let answered = answered.expect("the answer before the garbage");
+    assert_eq!(answered[0].request_id, RequestId(1));
+    let abandoned = abandoned.expect_err("no answer after the garbage");
+    assert!(
+        matches!(abandoned, ClientError::Undecodable(_)),
+        "{abandoned:?}"
+    );
+    assert!(
+        abandoned.to_string().contains("version"),
+        "names what is wrong: {abandoned}"
+    );
+    // Later calls on the stream fail at once, without waiting for an answer.
+    let later = tokio::time::timeout(LIMIT, call_echo(&stream, 3))
+        .await
+        .expect("a later call ends in time")
+        .expect_err("the stream is abandoned");
+    assert!(matches!(later, ClientError::Undecodable(_)), "{later:?}");
+    // Other streams of the connection are not affected.
+    let other = tokio::time::timeout(LIMIT, client.stream())
+        .await
+        .expect("stream in time")
+        .expect("stream");
+    let (one, two) = tokio::time::timeout(LIMIT, async {
+        tokio::join!(call_echo(&other, 1), call_echo(&other, 4))
+    })
+    .await
+    .expect("both calls end in time");
+    assert_eq!(one.expect("answered")[0].request_id, RequestId(1));
+    assert!(matches!(two, Err(ClientError::Undecodable(_))), "{two:?}");
     server.stop(client).await;
 }
