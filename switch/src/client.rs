@@ -51,9 +51,18 @@ type Answer = Result<Vec<wire::Response>, ClientError>;
 /// The calls waiting on a stream, shared by its callers and its reader.
 #[derive(Default)]
 struct Lane {
-    pending: HashMap<u64, oneshot::Sender<Answer>>,
+    /// By correlation id.
+    pending: HashMap<u64, Waiting>,
+    /// Numbers the calls, so that a call removes only its own entry (ids may be reused).
+    calls: u64,
     /// Set when the reader stopped: nothing more will be answered, so calls fail at once.
     ended: Option<Ended>,
+}
+
+/// A call waiting for its answer.
+struct Waiting {
+    call: u64,
+    tx: oneshot::Sender<Answer>,
 }
 
 /// Why a stream's reader stopped.
@@ -176,9 +185,9 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
                 ),
                 wire::Frame::Requests { .. } => continue,
             };
-            let tx = lane.lock().pending.remove(&id);
-            if let Some(tx) = tx {
-                let _ = tx.send(result);
+            let waiting = lane.lock().pending.remove(&id);
+            if let Some(waiting) = waiting {
+                let _ = waiting.tx.send(result);
             }
         }
         buf.drain(..consumed);
@@ -189,8 +198,35 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
         lane.ended = Some(ended.clone());
         std::mem::take(&mut lane.pending)
     };
-    for tx in pending.into_values() {
-        let _ = tx.send(Err(ended.error()));
+    for waiting in pending.into_values() {
+        let _ = waiting.tx.send(Err(ended.error()));
+    }
+}
+
+/// Removes a call's entry from its stream's pending map when the call ends without its answer:
+/// the write failed, or the caller dropped the call (a timeout, say). Without it the entry of
+/// a call whose answer never comes would stay in the map for the life of the stream.
+struct PendingEntry<'a> {
+    lane: &'a Mutex<Lane>,
+    correlation_id: u64,
+    call: u64,
+    armed: bool,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut lane = self.lane.lock();
+        // A later call with the same correlation id may have taken the place: leave it.
+        if lane
+            .pending
+            .get(&self.correlation_id)
+            .is_some_and(|w| w.call == self.call)
+        {
+            lane.pending.remove(&self.correlation_id);
+        }
     }
 }
 
@@ -226,15 +262,32 @@ impl Stream {
         bytes: &[u8],
     ) -> Result<Vec<wire::Response>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        {
+        let mut entry = {
             let mut lane = self.lane.lock();
             if let Some(ended) = &lane.ended {
                 return Err(ended.error());
             }
-            lane.pending.insert(correlation_id, tx);
-        }
+            lane.calls = lane.calls.wrapping_add(1);
+            let call = lane.calls;
+            lane.pending.insert(correlation_id, Waiting { call, tx });
+            PendingEntry {
+                lane: &self.lane,
+                correlation_id,
+                call,
+                armed: true,
+            }
+        };
+        // A failed write, or the caller giving up (dropping this future), removes the entry.
         self.send.lock().await.write_all(bytes).await?;
-        rx.await.map_err(|_| ClientError::Closed)?
+        let answer = rx.await;
+        // Whoever answered, or dropped the sender, took the entry out of the map first.
+        entry.armed = false;
+        answer.map_err(|_| ClientError::Closed)?
+    }
+
+    /// How many calls on this stream are waiting for their answer (for tests and monitoring).
+    pub fn pending_len(&self) -> usize {
+        self.lane.lock().pending.len()
     }
 
     /// The next correlation id this stream would use.

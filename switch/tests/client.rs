@@ -251,3 +251,99 @@ async fn undecodable_response_fails_the_stream_instead_of_stalling_it() {
     assert!(matches!(two, Err(ClientError::Undecodable(_))), "{two:?}");
     server.stop(client).await;
 }
+
+/// Reads every frame and answers none.
+async fn silent_server(send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut buf = Vec::new();
+    while next_request_frame(&mut recv, &mut buf).await.is_some() {}
+    drop(send);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_given_up_leave_nothing_pending() {
+    const CALLS: u128 = 50;
+    let server = FakeServer::start(silent_server);
+    let client = server.connect().await;
+    let stream = tokio::time::timeout(LIMIT, client.stream())
+        .await
+        .expect("stream in time")
+        .expect("stream");
+    // A call in flight is counted, and no longer once the caller drops it.
+    let mut call = Box::pin(call_echo(&stream, 1));
+    let waited = tokio::time::timeout(Duration::from_millis(50), &mut call).await;
+    assert!(waited.is_err(), "the silent server answered: {waited:?}");
+    assert_eq!(stream.pending_len(), 1);
+    drop(call);
+    assert_eq!(stream.pending_len(), 0);
+    // As when loadgen's timeout fires, many times over.
+    for id in 2..2 + CALLS {
+        let waited = tokio::time::timeout(Duration::from_millis(10), call_echo(&stream, id)).await;
+        assert!(waited.is_err(), "the silent server answered: {waited:?}");
+    }
+    assert_eq!(stream.pending_len(), 0);
+    // A call that gives up leaves alone a later call that reused its correlation id.
+    let correlation_id = stream.reserve_correlation_id();
+    let mut frame = Vec::new();
+    wire::encode_request_frame(correlation_id, &[echo(100)], &mut frame).expect("encodes");
+    let mut first = Box::pin(stream.call_raw(correlation_id, &frame));
+    let waited = tokio::time::timeout(Duration::from_millis(10), &mut first).await;
+    assert!(waited.is_err(), "the silent server answered: {waited:?}");
+    let mut second = Box::pin(stream.call_raw(correlation_id, &frame));
+    let waited = tokio::time::timeout(Duration::from_millis(10), &mut second).await;
+    assert!(waited.is_err(), "the silent server answered: {waited:?}");
+    drop(first);
+    assert_eq!(stream.pending_len(), 1);
+    drop(second);
+    assert_eq!(stream.pending_len(), 0);
+    server.stop(client).await;
+}
+
+/// Stops reading the stream (STOP_SENDING) once it has answered the first frame, and keeps its
+/// own side open.
+async fn stop_reading_server(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut buf = Vec::new();
+    let Some((correlation_id, requests)) = next_request_frame(&mut recv, &mut buf).await else {
+        return;
+    };
+    let _ = recv.stop(0u32.into());
+    if send
+        .write_all(&echo_answer(correlation_id, &requests))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Until the client goes away.
+    let _ = send.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_leaves_nothing_pending() {
+    let server = FakeServer::start(stop_reading_server);
+    let client = server.connect().await;
+    let stream = tokio::time::timeout(LIMIT, client.stream())
+        .await
+        .expect("stream in time")
+        .expect("stream");
+    tokio::time::timeout(LIMIT, call_echo(&stream, 1))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    // The server's STOP_SENDING came with the answer or just before it; should a write still
+    // get through before it arrives, that call is unanswered and given up after a while.
+    let mut failed = None;
+    for id in 2..20 {
+        match tokio::time::timeout(Duration::from_millis(250), call_echo(&stream, id)).await {
+            Ok(Err(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Ok(Ok(answer)) => panic!("the server stopped reading, yet answered: {answer:?}"),
+            Err(_) => {}
+        }
+    }
+    let failed = failed.expect("a write fails once the server stopped reading");
+    assert!(matches!(failed, ClientError::Write(_)), "{failed:?}");
+    assert_eq!(stream.pending_len(), 0);
+    server.stop(client).await;
+}
