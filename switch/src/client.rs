@@ -5,7 +5,7 @@
 //! matched to requests by correlation id, so they may arrive in any order.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +34,8 @@ pub enum ClientError {
     },
     #[error("the stream closed before the answer arrived")]
     Closed,
+    #[error("undecodable response frame, the stream is abandoned: {0}")]
+    Undecodable(wire::WireError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -44,18 +46,56 @@ pub struct Client {
     connection: quinn::Connection,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<wire::Response>, ClientError>>>>>;
+type Answer = Result<Vec<wire::Response>, ClientError>;
+
+/// The calls waiting on a stream, shared by its callers and its reader.
+#[derive(Default)]
+struct Lane {
+    /// By correlation id.
+    pending: HashMap<u64, Waiting>,
+    /// Numbers the calls, so that a call removes only its own entry (ids may be reused).
+    calls: u64,
+    /// Set when the reader stopped: nothing more will be answered, so calls fail at once.
+    ended: Option<Ended>,
+}
+
+/// A call waiting for its answer.
+struct Waiting {
+    call: u64,
+    tx: oneshot::Sender<Answer>,
+}
+
+/// Why a stream's reader stopped.
+#[derive(Clone)]
+enum Ended {
+    /// The stream ended or broke.
+    Closed,
+    /// The server sent bytes that are not a frame; the framing of the stream is lost.
+    Undecodable(wire::WireError),
+}
+
+impl Ended {
+    fn error(&self) -> ClientError {
+        match self {
+            Ended::Closed => ClientError::Closed,
+            Ended::Undecodable(e) => ClientError::Undecodable(e.clone()),
+        }
+    }
+}
 
 /// One pipelined stream.
 #[derive(Clone)]
 pub struct Stream {
     send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
-    pending: Pending,
+    lane: Arc<Mutex<Lane>>,
     next: Arc<AtomicU64>,
 }
 
 impl Client {
     /// Connects to `addr`, trusting the server as `trust` says and presenting `identity`.
+    ///
+    /// The switch may be on this host or another one. The name checked against the server's
+    /// certificate under `Trust::Roots` is `localhost` (a pinned fingerprint ignores names).
     pub async fn connect(
         addr: SocketAddr,
         trust: &Trust,
@@ -63,12 +103,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let crypto = tls::client_crypto(trust, identity)?;
         let config = tls::quinn_client_config(crypto)?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::1]:0".parse().expect("literal")
-        } else {
-            "127.0.0.1:0".parse().expect("literal")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let mut endpoint = quinn::Endpoint::client(bind_address(addr))?;
         endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, "localhost")?.await?;
         Ok(Client {
@@ -83,55 +118,12 @@ impl Client {
 
     /// Opens a stream and starts reading its responses.
     pub async fn stream(&self) -> Result<Stream, ClientError> {
-        let (send, mut recv) = self.connection.open_bi().await?;
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let reader_pending = pending.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            let limits = wire::Limits {
-                frame_len_max: u32::MAX,
-                batch_len_max: u16::MAX,
-            };
-            loop {
-                let n = match recv.read(&mut chunk).await {
-                    Ok(Some(n)) => n,
-                    _ => break,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                let mut consumed = 0;
-                while let Ok(Some((frame, used))) = wire::decode_frame(&buf[consumed..], &limits) {
-                    consumed += used;
-                    let (id, result) = match frame {
-                        wire::Frame::Responses {
-                            correlation_id,
-                            responses,
-                        } => (correlation_id, Ok(responses)),
-                        wire::Frame::Error {
-                            correlation_id,
-                            code,
-                            message,
-                        } => (
-                            correlation_id,
-                            Err(ClientError::ErrorFrame {
-                                code,
-                                message: message.as_str().to_string(),
-                            }),
-                        ),
-                        wire::Frame::Requests { .. } => continue,
-                    };
-                    if let Some(tx) = reader_pending.lock().remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                }
-                buf.drain(..consumed);
-            }
-            // Whatever is still waiting will never be answered on this stream.
-            reader_pending.lock().clear();
-        });
+        let (send, recv) = self.connection.open_bi().await?;
+        let lane = Arc::new(Mutex::new(Lane::default()));
+        tokio::spawn(read_responses(recv, lane.clone()));
         Ok(Stream {
             send: Arc::new(tokio::sync::Mutex::new(send)),
-            pending,
+            lane,
             next: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -140,6 +132,113 @@ impl Client {
         self.connection.close(0u32.into(), b"done");
         self.endpoint.wait_idle().await;
     }
+}
+
+/// Reads a stream's frames and hands each answer to the call waiting for it, until the stream
+/// ends (the calls still waiting fail with `Closed`) or a frame cannot be decoded. After an
+/// undecodable frame the rest of the stream cannot be split into frames again: reading stops
+/// (STOP_SENDING, frame sync lost) and the calls still waiting fail with the decode error.
+/// Either way, calls made afterwards on the stream fail at once.
+async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let limits = wire::Limits {
+        frame_len_max: u32::MAX,
+        batch_len_max: u16::MAX,
+    };
+    let ended = 'read: loop {
+        let n = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => n,
+            _ => break Ended::Closed,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        loop {
+            let frame = match wire::decode_frame(&buf[consumed..], &limits) {
+                Ok(Some((frame, used))) => {
+                    consumed += used;
+                    frame
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let sync_lost =
+                        quinn::VarInt::from_u32(wire::AppErrorCode::FrameSyncLost.as_u32());
+                    let _ = recv.stop(sync_lost);
+                    break 'read Ended::Undecodable(e);
+                }
+            };
+            let (id, result) = match frame {
+                wire::Frame::Responses {
+                    correlation_id,
+                    responses,
+                } => (correlation_id, Ok(responses)),
+                wire::Frame::Error {
+                    correlation_id,
+                    code,
+                    message,
+                } => (
+                    correlation_id,
+                    Err(ClientError::ErrorFrame {
+                        code,
+                        message: message.as_str().to_string(),
+                    }),
+                ),
+                wire::Frame::Requests { .. } => continue,
+            };
+            let waiting = lane.lock().pending.remove(&id);
+            if let Some(waiting) = waiting {
+                let _ = waiting.tx.send(result);
+            }
+        }
+        buf.drain(..consumed);
+    };
+    // Whatever is still waiting will never be answered on this stream.
+    let pending = {
+        let mut lane = lane.lock();
+        lane.ended = Some(ended.clone());
+        std::mem::take(&mut lane.pending)
+    };
+    for waiting in pending.into_values() {
+        let _ = waiting.tx.send(Err(ended.error()));
+    }
+}
+
+/// Removes a call's entry from its stream's pending map when the call ends without its answer:
+/// the write failed, or the caller dropped the call (a timeout, say). Without it the entry of
+/// a call whose answer never comes would stay in the map for the life of the stream.
+struct PendingEntry<'a> {
+    lane: &'a Mutex<Lane>,
+    correlation_id: u64,
+    call: u64,
+    armed: bool,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut lane = self.lane.lock();
+        // A later call with the same correlation id may have taken the place: leave it.
+        if lane
+            .pending
+            .get(&self.correlation_id)
+            .is_some_and(|w| w.call == self.call)
+        {
+            lane.pending.remove(&self.correlation_id);
+        }
+    }
+}
+
+/// The local address of a client endpoint that talks to `target`: every interface of the
+/// target's address family, and a port the OS chooses. Binding to loopback instead would let
+/// the client reach only a switch on this host.
+fn bind_address(target: SocketAddr) -> SocketAddr {
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, 0)
 }
 
 impl Stream {
@@ -155,20 +254,64 @@ impl Stream {
     }
 
     /// Sends bytes as they are (tests use it for malformed frames) and waits for the answer to
-    /// `correlation_id`.
+    /// `correlation_id`. Fails at once if the stream's reader has stopped (the stream ended, or
+    /// the server sent an undecodable frame).
     pub async fn call_raw(
         &self,
         correlation_id: u64,
         bytes: &[u8],
     ) -> Result<Vec<wire::Response>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(correlation_id, tx);
+        let mut entry = {
+            let mut lane = self.lane.lock();
+            if let Some(ended) = &lane.ended {
+                return Err(ended.error());
+            }
+            lane.calls = lane.calls.wrapping_add(1);
+            let call = lane.calls;
+            lane.pending.insert(correlation_id, Waiting { call, tx });
+            PendingEntry {
+                lane: &self.lane,
+                correlation_id,
+                call,
+                armed: true,
+            }
+        };
+        // A failed write, or the caller giving up (dropping this future), removes the entry.
         self.send.lock().await.write_all(bytes).await?;
-        rx.await.map_err(|_| ClientError::Closed)?
+        let answer = rx.await;
+        // Whoever answered, or dropped the sender, took the entry out of the map first.
+        entry.armed = false;
+        answer.map_err(|_| ClientError::Closed)?
+    }
+
+    /// How many calls on this stream are waiting for their answer (for tests and monitoring).
+    pub fn pending_len(&self) -> usize {
+        self.lane.lock().pending.len()
     }
 
     /// The next correlation id this stream would use.
     pub fn reserve_correlation_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_to_every_interface_of_the_target_family() {
+        for (target, bind) in [
+            ("127.0.0.1:4433", "0.0.0.0:0"),
+            ("192.0.2.7:4433", "0.0.0.0:0"),
+            ("[::1]:4433", "[::]:0"),
+            ("[2001:db8::7]:4433", "[::]:0"),
+            ("[::ffff:192.0.2.7]:4433", "[::]:0"),
+        ] {
+            let target: SocketAddr = target.parse().expect("literal");
+            let bind: SocketAddr = bind.parse().expect("literal");
+            assert_eq!(bind_address(target), bind, "for {target}");
+        }
     }
 }
