@@ -142,8 +142,10 @@ impl Client {
 async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    // The largest frame any switch may be configured to send: a corrupt length prefix
+    // cannot make the client buffer more.
     let limits = wire::Limits {
-        frame_len_max: u32::MAX,
+        frame_len_max: wire::FRAME_LEN_MAX_LIMIT,
         batch_len_max: u16::MAX,
     };
     let ended = 'read: loop {

@@ -420,10 +420,13 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".to_string()));
             }
         }
-        if l.frame_bytes_max < 64 {
+        if l.frame_bytes_max < 64 || l.frame_bytes_max > crate::wire::FRAME_LEN_MAX_LIMIT {
             return Err(invalid(
                 "limits.frame_bytes_max",
-                "must be at least 64 bytes".to_string(),
+                format!(
+                    "must be between 64 bytes and {} bytes (64 MiB)",
+                    crate::wire::FRAME_LEN_MAX_LIMIT
+                ),
             ));
         }
         if self.authorization.default_expiry_seconds > self.authorization.expiry_seconds_max {
@@ -645,6 +648,10 @@ mod tests {
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("[limits]\nqueue_depth_max = 0\n", "limits.queue_depth_max"),
+            (
+                "[limits]\nframe_bytes_max = 67108865\n",
+                "limits.frame_bytes_max",
+            ),
             ("[ledger]\nshards = 3\n", "ledger"),
             ("[tls]\nmode = \"files\"\n", "tls.cert_file"),
             (

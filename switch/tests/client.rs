@@ -176,9 +176,9 @@ async fn connects_and_calls_on_loopback() {
     server.stop(client).await;
 }
 
-/// Bytes that are not a response frame: the length prefix is plausible, but the version byte
-/// (offset 4) is not 1.
-const GARBAGE: &[u8] = b"this is not a response frame";
+/// Bytes that are not a response frame: the length prefix (29, the bytes' own length) is
+/// plausible, but the version byte (offset 4) is not 1.
+const GARBAGE: &[u8] = b"\x1d\x00\x00\x00\x09 is not a response frame";
 
 /// Answers the frame holding request 1 properly, then, once a second frame has arrived, sends
 /// garbage after that answer (in the same write).

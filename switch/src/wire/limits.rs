@@ -3,6 +3,8 @@
 
 /// Default largest frame, length prefix included: 1 MiB.
 pub const FRAME_LEN_MAX_DEFAULT: u32 = 1 << 20;
+/// The most a switch may be configured to accept or send (64 MiB); clients accept this much.
+pub const FRAME_LEN_MAX_LIMIT: u32 = 64 << 20;
 /// Default largest batch: 8190 operations (or results) in one frame.
 pub const BATCH_LEN_MAX_DEFAULT: u16 = 8190;
 /// Default concurrent bidirectional streams a client may open on one connection.

@@ -22,8 +22,9 @@ pub use frame::{
     encode_error_frame, encode_frame, encode_request_frame, encode_response_frame,
 };
 pub use limits::{
-    BATCH_LEN_MAX_DEFAULT, FRAME_LEN_MAX_DEFAULT, IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, Limits,
-    PROTOCOL_ERRORS_PER_CONNECTION_MAX_DEFAULT, STREAMS_PER_CONNECTION_MAX_DEFAULT,
+    BATCH_LEN_MAX_DEFAULT, FRAME_LEN_MAX_DEFAULT, FRAME_LEN_MAX_LIMIT,
+    IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, Limits, PROTOCOL_ERRORS_PER_CONNECTION_MAX_DEFAULT,
+    STREAMS_PER_CONNECTION_MAX_DEFAULT,
 };
 pub use request::{Op, Operation, Request};
 pub use response::{
