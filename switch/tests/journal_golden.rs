@@ -15,7 +15,10 @@ use std::sync::Arc;
 use ledger::clearing::{FeeRate, FeeSchedule};
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
 use rust_decimal::Decimal;
-use switch::core::{Command, Logged, Request, RequestId, Target};
+use switch::core::{
+    Capture, Command, CreateAccount, CreateParticipant, Fund, Logged, Refund, Request, RequestId,
+    Reverse, SetLimits, Target,
+};
 use switch::journal::{SwitchRecord, encode_command, fingerprint};
 use switch::tls::Identity;
 
@@ -67,48 +70,48 @@ fn commands() -> Vec<(Command, &'static str)> {
     });
     vec![
         (
-            Command::CreateParticipant {
+            Command::CreateParticipant(CreateParticipant {
                 participant: BANK,
                 name: "Bank of Seven".to_string(),
                 roles: 3,
-            },
+            }),
             "01 0700000000000000 0d 42616e6b206f6620536576656e 03",
         ),
         (
-            Command::CreateAccount {
+            Command::CreateAccount(CreateAccount {
                 account: ACCOUNT,
                 owner: BANK,
                 currency: Currency::CNY,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: Some(PAN.to_string()),
-            },
+            }),
             "02 100f0e0d0c0b0a090807060504030201 0700000000000000 9c00 0100 \
              10 36323132333435363738393031323334",
         ),
         (
-            Command::CreateAccount {
+            Command::CreateAccount(CreateAccount {
                 account: ACCOUNT,
                 owner: BANK,
                 currency: Currency::JPY,
                 flags: AccountFlags::empty(),
                 number: None,
-            },
+            }),
             "02 100f0e0d0c0b0a090807060504030201 0700000000000000 8801 0000 00",
         ),
         (
-            Command::Fund {
+            Command::Fund(Fund {
                 account: ACCOUNT,
                 amount: Amount(1_000_000),
                 currency: Currency::JPY,
-            },
+            }),
             "03 100f0e0d0c0b0a090807060504030201 40420f0000000000 8801",
         ),
         (
-            Command::SetLimits {
+            Command::SetLimits(SetLimits {
                 participant: BANK,
                 currency: Currency::KWD,
                 net_debit_cap: Amount(5_000_000),
-            },
+            }),
             "04 0700000000000000 9e01 404b4c0000000000",
         ),
         (
@@ -123,16 +126,16 @@ fn commands() -> Vec<(Command, &'static str)> {
              3930000000000000 9c00 00a09859d2d7e618",
         ),
         (
-            Command::Capture {
+            Command::Capture(Capture {
                 authorization: AUTHORIZATION,
                 amount: Amount(12_000),
-            },
+            }),
             "06 0d0c0b0a000000000000000000000000 e02e000000000000",
         ),
         (
-            Command::Reverse {
+            Command::Reverse(Reverse {
                 authorization: AUTHORIZATION,
-            },
+            }),
             "07 0d0c0b0a000000000000000000000000",
         ),
         (
@@ -146,11 +149,11 @@ fn commands() -> Vec<(Command, &'static str)> {
              e703000000000000 8801",
         ),
         (
-            Command::Refund {
+            Command::Refund(Refund {
                 original: RequestId(0x0a0b_0c0e),
                 amount: Amount(500),
                 currency: Currency::CNY,
-            },
+            }),
             "09 0e0c0b0a000000000000000000000000 f401000000000000 9c00",
         ),
         (
@@ -171,47 +174,47 @@ fn commands() -> Vec<(Command, &'static str)> {
 fn requests() -> Vec<(Request, u64)> {
     vec![
         (
-            Request::CreateParticipant {
+            Request::CreateParticipant(CreateParticipant {
                 participant: BANK,
                 name: "Bank of Seven".to_string(),
                 roles: 3,
-            },
+            }),
             0x55e1_5d74_5191_8792,
         ),
         (
-            Request::CreateAccount {
+            Request::CreateAccount(CreateAccount {
                 account: ACCOUNT,
                 owner: BANK,
                 currency: Currency::CNY,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: Some(PAN.to_string()),
-            },
+            }),
             0x82ba_4925_55d1_00b1,
         ),
         (
-            Request::CreateAccount {
+            Request::CreateAccount(CreateAccount {
                 account: ACCOUNT,
                 owner: BANK,
                 currency: Currency::JPY,
                 flags: AccountFlags::empty(),
                 number: None,
-            },
+            }),
             0x818c_d82d_bf8b_343a,
         ),
         (
-            Request::Fund {
+            Request::Fund(Fund {
                 account: ACCOUNT,
                 amount: Amount(1_000_000),
                 currency: Currency::JPY,
-            },
+            }),
             0xfdd6_27f5_f174_03cb,
         ),
         (
-            Request::SetLimits {
+            Request::SetLimits(SetLimits {
                 participant: BANK,
                 currency: Currency::KWD,
                 net_debit_cap: Amount(5_000_000),
-            },
+            }),
             0xf67f_cbe9_cb5b_70af,
         ),
         (
@@ -225,16 +228,16 @@ fn requests() -> Vec<(Request, u64)> {
             0x0cff_b555_bec4_7bd2,
         ),
         (
-            Request::Capture {
+            Request::Capture(Capture {
                 authorization: AUTHORIZATION,
                 amount: Amount(12_000),
-            },
+            }),
             0xb7d0_7da3_4e2c_9258,
         ),
         (
-            Request::Reverse {
+            Request::Reverse(Reverse {
                 authorization: AUTHORIZATION,
-            },
+            }),
             0x770c_ffd3_9094_1519,
         ),
         (
@@ -247,11 +250,11 @@ fn requests() -> Vec<(Request, u64)> {
             0x6f94_3189_c7f5_8a6f,
         ),
         (
-            Request::Refund {
+            Request::Refund(Refund {
                 original: RequestId(0x0a0b_0c0e),
                 amount: Amount(500),
                 currency: Currency::CNY,
-            },
+            }),
             0x7534_57bb_bde5_6ed3,
         ),
         (
