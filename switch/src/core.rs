@@ -70,31 +70,71 @@ pub enum Target {
     Account(AccountId),
 }
 
-/// A request as the switch understands it, before routing.
+/// Creates a participant; repeating it with the same name and roles changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CreateParticipant {
+    pub participant: ParticipantId,
+    pub name: String,
+    pub roles: u8,
+}
+
+/// Creates an account; its card or wallet number, if any, goes into the number directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CreateAccount {
+    pub account: AccountId,
+    pub owner: ParticipantId,
+    pub currency: Currency,
+    pub flags: AccountFlags,
+    pub number: Option<String>,
+}
+
+/// Moves money into an account from its owner's funding account in `currency`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fund {
+    pub account: AccountId,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+/// Sets a participant's net debit cap in a currency (0: none).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SetLimits {
+    pub participant: ParticipantId,
+    pub currency: Currency,
+    pub net_debit_cap: Amount,
+}
+
+/// Captures an authorization's hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Capture {
+    pub authorization: RequestId,
+    /// 1 up to the held amount; the rest of the hold is released.
+    pub amount: Amount,
+}
+
+/// Reverses an authorization, releasing its hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reverse {
+    pub authorization: RequestId,
+}
+
+/// Gives back part or all of what a capture or sale moved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Refund {
+    pub original: RequestId,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+/// A request as the switch understands it, before routing. The payloads routing leaves as they
+/// are (`CreateParticipant`, `Fund` and the others) are `Command`'s too: a field added to one is
+/// in both.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Request {
-    CreateParticipant {
-        participant: ParticipantId,
-        name: String,
-        roles: u8,
-    },
-    CreateAccount {
-        account: AccountId,
-        owner: ParticipantId,
-        currency: Currency,
-        flags: AccountFlags,
-        number: Option<String>,
-    },
-    Fund {
-        account: AccountId,
-        amount: Amount,
-        currency: Currency,
-    },
-    SetLimits {
-        participant: ParticipantId,
-        currency: Currency,
-        net_debit_cap: Amount,
-    },
+    CreateParticipant(CreateParticipant),
+    CreateAccount(CreateAccount),
+    Fund(Fund),
+    SetLimits(SetLimits),
     Authorize {
         number: String,
         merchant: AccountId,
@@ -102,25 +142,15 @@ pub enum Request {
         currency: Currency,
         expiry_seconds: u32,
     },
-    Capture {
-        authorization: RequestId,
-        /// 1 up to the held amount; the rest of the hold is released.
-        amount: Amount,
-    },
-    Reverse {
-        authorization: RequestId,
-    },
+    Capture(Capture),
+    Reverse(Reverse),
     Sale {
         number: String,
         merchant: AccountId,
         amount: Amount,
         currency: Currency,
     },
-    Refund {
-        original: RequestId,
-        amount: Amount,
-        currency: Currency,
-    },
+    Refund(Refund),
     BalanceInquiry {
         target: Target,
     },
@@ -143,28 +173,10 @@ pub enum Request {
 /// A state-changing request after routing: what the core executes and what the log holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
-    CreateParticipant {
-        participant: ParticipantId,
-        name: String,
-        roles: u8,
-    },
-    CreateAccount {
-        account: AccountId,
-        owner: ParticipantId,
-        currency: Currency,
-        flags: AccountFlags,
-        number: Option<String>,
-    },
-    Fund {
-        account: AccountId,
-        amount: Amount,
-        currency: Currency,
-    },
-    SetLimits {
-        participant: ParticipantId,
-        currency: Currency,
-        net_debit_cap: Amount,
-    },
+    CreateParticipant(CreateParticipant),
+    CreateAccount(CreateAccount),
+    Fund(Fund),
+    SetLimits(SetLimits),
     Authorize {
         card: AccountId,
         merchant: AccountId,
@@ -172,24 +184,15 @@ pub enum Command {
         currency: Currency,
         expires_at: Timestamp,
     },
-    Capture {
-        authorization: RequestId,
-        amount: Amount,
-    },
-    Reverse {
-        authorization: RequestId,
-    },
+    Capture(Capture),
+    Reverse(Reverse),
     Sale {
         card: AccountId,
         merchant: AccountId,
         amount: Amount,
         currency: Currency,
     },
-    Refund {
-        original: RequestId,
-        amount: Amount,
-        currency: Currency,
-    },
+    Refund(Refund),
     /// Closes `window` (resolved: never 0) with the fee schedule in force when it was asked.
     CloseWindow {
         window: u64,
@@ -201,10 +204,10 @@ impl Command {
     fn is_admin(&self) -> bool {
         matches!(
             self,
-            Command::CreateParticipant { .. }
-                | Command::CreateAccount { .. }
-                | Command::Fund { .. }
-                | Command::SetLimits { .. }
+            Command::CreateParticipant(_)
+                | Command::CreateAccount(_)
+                | Command::Fund(_)
+                | Command::SetLimits(_)
                 | Command::CloseWindow { .. }
         )
     }
@@ -212,10 +215,9 @@ impl Command {
     /// The earlier request this one acts on, if any.
     fn original(&self) -> Option<RequestId> {
         match self {
-            Command::Capture { authorization, .. } | Command::Reverse { authorization } => {
-                Some(*authorization)
-            }
-            Command::Refund { original, .. } => Some(*original),
+            Command::Capture(Capture { authorization, .. })
+            | Command::Reverse(Reverse { authorization }) => Some(*authorization),
+            Command::Refund(Refund { original, .. }) => Some(*original),
             _ => None,
         }
     }
@@ -779,63 +781,23 @@ impl Core {
                 amount,
                 currency,
             },
-            Request::CreateParticipant { name, .. } if name.len() > NAME_LEN_MAX => {
+            Request::CreateParticipant(CreateParticipant { name, .. })
+                if name.len() > NAME_LEN_MAX =>
+            {
                 return reject(Code::InvalidTransaction, Reason::NONE);
             }
-            Request::CreateAccount {
+            Request::CreateAccount(CreateAccount {
                 number: Some(number),
                 ..
-            } if !is_valid_number(&number) => {
+            }) if !is_valid_number(&number) => {
                 return reject(Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER);
             }
-            Request::CreateParticipant {
-                participant,
-                name,
-                roles,
-            } => Command::CreateParticipant {
-                participant,
-                name,
-                roles,
-            },
-            Request::CreateAccount {
-                account,
-                owner,
-                currency,
-                flags,
-                number,
-            } => Command::CreateAccount {
-                account,
-                owner,
-                currency,
-                flags,
-                number,
-            },
-            Request::Fund {
-                account,
-                amount,
-                currency,
-            } => Command::Fund {
-                account,
-                amount,
-                currency,
-            },
-            Request::SetLimits {
-                participant,
-                currency,
-                net_debit_cap,
-            } => Command::SetLimits {
-                participant,
-                currency,
-                net_debit_cap,
-            },
-            Request::Capture {
-                authorization,
-                amount,
-            } => Command::Capture {
-                authorization,
-                amount,
-            },
-            Request::Reverse { authorization } => Command::Reverse { authorization },
+            Request::CreateParticipant(p) => Command::CreateParticipant(p),
+            Request::CreateAccount(a) => Command::CreateAccount(a),
+            Request::Fund(f) => Command::Fund(f),
+            Request::SetLimits(l) => Command::SetLimits(l),
+            Request::Capture(c) => Command::Capture(c),
+            Request::Reverse(r) => Command::Reverse(r),
             Request::CloseWindow { window } => Command::CloseWindow {
                 window: if window == 0 {
                     self.clearing.open.id
@@ -844,15 +806,7 @@ impl Core {
                 },
                 fees: self.config.fees.clone(),
             },
-            Request::Refund {
-                original,
-                amount,
-                currency,
-            } => Command::Refund {
-                original,
-                amount,
-                currency,
-            },
+            Request::Refund(r) => Command::Refund(r),
             Request::BalanceInquiry { .. }
             | Request::TransferStatus { .. }
             | Request::ListWindows
@@ -1006,11 +960,11 @@ impl Core {
             })
         };
         match command {
-            Command::CreateParticipant {
+            Command::CreateParticipant(CreateParticipant {
                 participant,
                 name,
                 roles,
-            } => {
+            }) => {
                 if !participant.is_valid() {
                     return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
@@ -1027,11 +981,11 @@ impl Core {
                 }
                 Err(Response::approved(id, Body::None))
             }
-            Command::SetLimits {
+            Command::SetLimits(SetLimits {
                 participant,
                 currency,
                 net_debit_cap,
-            } => {
+            }) => {
                 if !self.participants.contains_key(participant) {
                     return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
@@ -1039,13 +993,13 @@ impl Core {
                     .insert((*participant, *currency), *net_debit_cap);
                 Err(Response::approved(id, Body::None))
             }
-            Command::CreateAccount {
+            Command::CreateAccount(CreateAccount {
                 account,
                 owner,
                 currency,
                 flags,
                 number,
-            } => {
+            }) => {
                 if !self.participants.contains_key(owner) {
                     return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
                 }
@@ -1072,11 +1026,11 @@ impl Core {
                 });
                 Ok((vec![op], Finish::CreateAccount, number))
             }
-            Command::Fund {
+            Command::Fund(Fund {
                 account,
                 amount,
                 currency,
-            } => {
+            }) => {
                 let Some(target) = self.ledger.account(*account) else {
                     return reject(Code::InvalidCardOrAccount, Reason::NONE);
                 };
@@ -1148,10 +1102,10 @@ impl Core {
                     None,
                 ))
             }
-            Command::Capture {
+            Command::Capture(Capture {
                 authorization,
                 amount,
-            } => {
+            }) => {
                 let original = self.original_of(id, who, *authorization)?;
                 match original.stage {
                     Stage::Held => {}
@@ -1178,7 +1132,7 @@ impl Core {
                 );
                 Ok((vec![op], Finish::Capture(*authorization, amount), None))
             }
-            Command::Reverse { authorization } => {
+            Command::Reverse(Reverse { authorization }) => {
                 let Some(original) = self.originals.get(&authorization.0).copied() else {
                     // Before (or without) its authorization: remember it, so that a late
                     // authorization with that id is declined instead of held.
@@ -1213,11 +1167,11 @@ impl Core {
                 );
                 Ok((vec![op], Finish::Reverse(*authorization), None))
             }
-            Command::Refund {
+            Command::Refund(Refund {
                 original: original_id,
                 amount,
                 currency,
-            } => {
+            }) => {
                 let original = self.original_of(id, who, *original_id)?;
                 if !matches!(original.stage, Stage::Captured | Stage::Sold) {
                     return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_NOT_FOUND);

@@ -10,7 +10,10 @@ use ledger::clearing::{FeeRate, FeeSchedule};
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
 use rust_decimal::Decimal;
 
-use crate::core::{Command, Logged, Request, RequestId, Target};
+use crate::core::{
+    Capture, Command, CreateAccount, CreateParticipant, Fund, Logged, Refund, Request, RequestId,
+    Reverse, SetLimits, Target,
+};
 use crate::tls::Identity;
 
 /// One switch log record.
@@ -70,52 +73,116 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
-pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
-    match command {
-        Command::CreateParticipant {
+/// How a layout writes a string: a command's in the log with a u8 length (`put_str`), a
+/// request's canonical encoding with a u32 one.
+type PutStr = fn(&str, &mut Vec<u8>);
+
+/// A payload commands and requests share (`core::Fund` and the like), written after the tag in
+/// the log and in a request's canonical encoding alike, but for how strings are written. Each
+/// writer is an exhaustive destructuring: a field added to a payload must be considered here.
+trait Payload {
+    fn put(&self, put_str: PutStr, out: &mut Vec<u8>);
+
+    /// The layout's tag, then the payload.
+    fn put_tagged(&self, tag: u8, put_str: PutStr, out: &mut Vec<u8>) {
+        out.push(tag);
+        self.put(put_str, out);
+    }
+}
+
+impl Payload for CreateParticipant {
+    fn put(&self, put_str: PutStr, out: &mut Vec<u8>) {
+        let CreateParticipant {
             participant,
             name,
             roles,
-        } => {
-            out.push(C_CREATE_PARTICIPANT);
-            out.extend_from_slice(&participant.0.to_le_bytes());
-            put_str(name, out);
-            out.push(*roles);
-        }
-        Command::CreateAccount {
+        } = self;
+        out.extend_from_slice(&participant.0.to_le_bytes());
+        put_str(name, out);
+        out.push(*roles);
+    }
+}
+
+impl Payload for CreateAccount {
+    fn put(&self, put_str: PutStr, out: &mut Vec<u8>) {
+        let CreateAccount {
             account,
             owner,
             currency,
             flags,
             number,
-        } => {
-            out.push(C_CREATE_ACCOUNT);
-            out.extend_from_slice(&account.0.to_le_bytes());
-            out.extend_from_slice(&owner.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&flags.bits().to_le_bytes());
-            put_str(number.as_deref().unwrap_or(""), out);
-        }
-        Command::Fund {
+        } = self;
+        out.extend_from_slice(&account.0.to_le_bytes());
+        out.extend_from_slice(&owner.0.to_le_bytes());
+        out.extend_from_slice(&currency.numeric().to_le_bytes());
+        out.extend_from_slice(&flags.bits().to_le_bytes());
+        put_str(number.as_deref().unwrap_or(""), out);
+    }
+}
+
+impl Payload for Fund {
+    fn put(&self, _: PutStr, out: &mut Vec<u8>) {
+        let Fund {
             account,
             amount,
             currency,
-        } => {
-            out.push(C_FUND);
-            out.extend_from_slice(&account.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-        }
-        Command::SetLimits {
+        } = self;
+        out.extend_from_slice(&account.0.to_le_bytes());
+        out.extend_from_slice(&amount.0.to_le_bytes());
+        out.extend_from_slice(&currency.numeric().to_le_bytes());
+    }
+}
+
+impl Payload for SetLimits {
+    fn put(&self, _: PutStr, out: &mut Vec<u8>) {
+        let SetLimits {
             participant,
             currency,
             net_debit_cap,
-        } => {
-            out.push(C_SET_LIMITS);
-            out.extend_from_slice(&participant.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
-        }
+        } = self;
+        out.extend_from_slice(&participant.0.to_le_bytes());
+        out.extend_from_slice(&currency.numeric().to_le_bytes());
+        out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
+    }
+}
+
+impl Payload for Capture {
+    fn put(&self, _: PutStr, out: &mut Vec<u8>) {
+        let Capture {
+            authorization,
+            amount,
+        } = self;
+        out.extend_from_slice(&authorization.0.to_le_bytes());
+        out.extend_from_slice(&amount.0.to_le_bytes());
+    }
+}
+
+impl Payload for Reverse {
+    fn put(&self, _: PutStr, out: &mut Vec<u8>) {
+        let Reverse { authorization } = self;
+        out.extend_from_slice(&authorization.0.to_le_bytes());
+    }
+}
+
+impl Payload for Refund {
+    fn put(&self, _: PutStr, out: &mut Vec<u8>) {
+        let Refund {
+            original,
+            amount,
+            currency,
+        } = self;
+        out.extend_from_slice(&original.0.to_le_bytes());
+        out.extend_from_slice(&amount.0.to_le_bytes());
+        out.extend_from_slice(&currency.numeric().to_le_bytes());
+    }
+}
+
+pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
+    match command {
+        Command::CreateParticipant(p) => p.put_tagged(C_CREATE_PARTICIPANT, put_str, out),
+        Command::CreateAccount(a) => a.put_tagged(C_CREATE_ACCOUNT, put_str, out),
+        Command::Fund(f) => f.put_tagged(C_FUND, put_str, out),
+        Command::SetLimits(l) => l.put_tagged(C_SET_LIMITS, put_str, out),
         Command::Authorize {
             card,
             merchant,
@@ -130,18 +197,8 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&currency.numeric().to_le_bytes());
             out.extend_from_slice(&expires_at.0.to_le_bytes());
         }
-        Command::Capture {
-            authorization,
-            amount,
-        } => {
-            out.push(C_CAPTURE);
-            out.extend_from_slice(&authorization.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-        }
-        Command::Reverse { authorization } => {
-            out.push(C_REVERSE);
-            out.extend_from_slice(&authorization.0.to_le_bytes());
-        }
+        Command::Capture(c) => c.put_tagged(C_CAPTURE, put_str, out),
+        Command::Reverse(r) => r.put_tagged(C_REVERSE, put_str, out),
         Command::Sale {
             card,
             merchant,
@@ -154,16 +211,7 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&amount.0.to_le_bytes());
             out.extend_from_slice(&currency.numeric().to_le_bytes());
         }
-        Command::Refund {
-            original,
-            amount,
-            currency,
-        } => {
-            out.push(C_REFUND);
-            out.extend_from_slice(&original.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-        }
+        Command::Refund(r) => r.put_tagged(C_REFUND, put_str, out),
         Command::CloseWindow { window, fees } => {
             out.push(C_CLOSE_WINDOW);
             out.extend_from_slice(&window.to_le_bytes());
@@ -183,59 +231,22 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
     }
 }
 
+/// With a u32 length, as a request's canonical encoding writes strings and bytes.
+fn put_bytes(b: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
 /// A canonical encoding of a request as the client sent it (before routing), for the
 /// fingerprint that tells a repeat from a different request with the same id.
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
     let put_u128 = |v: u128, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
-    let put_bytes = |b: &[u8], out: &mut Vec<u8>| {
-        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        out.extend_from_slice(b);
-    };
+    let put_string: PutStr = |s, out| put_bytes(s.as_bytes(), out);
     match request {
-        Request::CreateParticipant {
-            participant,
-            name,
-            roles,
-        } => {
-            out.push(1);
-            out.extend_from_slice(&participant.0.to_le_bytes());
-            put_bytes(name.as_bytes(), out);
-            out.push(*roles);
-        }
-        Request::CreateAccount {
-            account,
-            owner,
-            currency,
-            flags,
-            number,
-        } => {
-            out.push(2);
-            put_u128(account.0, out);
-            out.extend_from_slice(&owner.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&flags.bits().to_le_bytes());
-            put_bytes(number.as_deref().unwrap_or("").as_bytes(), out);
-        }
-        Request::Fund {
-            account,
-            amount,
-            currency,
-        } => {
-            out.push(3);
-            put_u128(account.0, out);
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-        }
-        Request::SetLimits {
-            participant,
-            currency,
-            net_debit_cap,
-        } => {
-            out.push(4);
-            out.extend_from_slice(&participant.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
-        }
+        Request::CreateParticipant(p) => p.put_tagged(1, put_string, out),
+        Request::CreateAccount(a) => a.put_tagged(2, put_string, out),
+        Request::Fund(f) => f.put_tagged(3, put_string, out),
+        Request::SetLimits(l) => l.put_tagged(4, put_string, out),
         Request::Authorize {
             number,
             merchant,
@@ -250,18 +261,8 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
             out.extend_from_slice(&currency.numeric().to_le_bytes());
             out.extend_from_slice(&expiry_seconds.to_le_bytes());
         }
-        Request::Capture {
-            authorization,
-            amount,
-        } => {
-            out.push(6);
-            put_u128(authorization.0, out);
-            out.extend_from_slice(&amount.0.to_le_bytes());
-        }
-        Request::Reverse { authorization } => {
-            out.push(7);
-            put_u128(authorization.0, out);
-        }
+        Request::Capture(c) => c.put_tagged(6, put_string, out),
+        Request::Reverse(r) => r.put_tagged(7, put_string, out),
         Request::Sale {
             number,
             merchant,
@@ -274,16 +275,7 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
             out.extend_from_slice(&amount.0.to_le_bytes());
             out.extend_from_slice(&currency.numeric().to_le_bytes());
         }
-        Request::Refund {
-            original,
-            amount,
-            currency,
-        } => {
-            out.push(9);
-            put_u128(original.0, out);
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-        }
+        Request::Refund(r) => r.put_tagged(9, put_string, out),
         Request::BalanceInquiry { target } => {
             out.push(10);
             match target {
@@ -414,11 +406,11 @@ impl SwitchRecord {
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
     let at = r.at;
     Ok(match r.u8("command")? {
-        C_CREATE_PARTICIPANT => Command::CreateParticipant {
+        C_CREATE_PARTICIPANT => Command::CreateParticipant(CreateParticipant {
             participant: ParticipantId(r.u64("participant")?),
             name: r.string("name")?,
             roles: r.u8("roles")?,
-        },
+        }),
         C_CREATE_ACCOUNT => {
             let account = AccountId(r.u128("account")?);
             let owner = ParticipantId(r.u64("owner")?);
@@ -431,24 +423,24 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
                 value: u128::from(bits),
             })?;
             let number = r.string("number")?;
-            Command::CreateAccount {
+            Command::CreateAccount(CreateAccount {
                 account,
                 owner,
                 currency,
                 flags,
                 number: (!number.is_empty()).then_some(number),
-            }
+            })
         }
-        C_FUND => Command::Fund {
+        C_FUND => Command::Fund(Fund {
             account: AccountId(r.u128("account")?),
             amount: Amount(r.u64("amount")?),
             currency: r.currency()?,
-        },
-        C_SET_LIMITS => Command::SetLimits {
+        }),
+        C_SET_LIMITS => Command::SetLimits(SetLimits {
             participant: ParticipantId(r.u64("participant")?),
             currency: r.currency()?,
             net_debit_cap: Amount(r.u64("net debit cap")?),
-        },
+        }),
         C_AUTHORIZE => Command::Authorize {
             card: AccountId(r.u128("card account")?),
             merchant: AccountId(r.u128("merchant account")?),
@@ -456,24 +448,24 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
             currency: r.currency()?,
             expires_at: Timestamp(r.u64("expiry")?),
         },
-        C_CAPTURE => Command::Capture {
+        C_CAPTURE => Command::Capture(Capture {
             authorization: RequestId(r.u128("authorization")?),
             amount: Amount(r.u64("amount")?),
-        },
-        C_REVERSE => Command::Reverse {
+        }),
+        C_REVERSE => Command::Reverse(Reverse {
             authorization: RequestId(r.u128("authorization")?),
-        },
+        }),
         C_SALE => Command::Sale {
             card: AccountId(r.u128("card account")?),
             merchant: AccountId(r.u128("merchant account")?),
             amount: Amount(r.u64("amount")?),
             currency: r.currency()?,
         },
-        C_REFUND => Command::Refund {
+        C_REFUND => Command::Refund(Refund {
             original: RequestId(r.u128("original")?),
             amount: Amount(r.u64("amount")?),
             currency: r.currency()?,
-        },
+        }),
         C_CLOSE_WINDOW => {
             let window = r.u64("window")?;
             let purchase = r.rate()?;

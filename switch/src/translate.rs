@@ -4,7 +4,10 @@
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, TransferId};
 
 use crate::codes::{Code, Reason};
-use crate::core::{self, Body, Request, RequestId, Stage, Target};
+use crate::core::{
+    self, Body, Capture, CreateAccount, CreateParticipant, Fund, Refund, Request, RequestId,
+    Reverse, SetLimits, Stage, Target,
+};
 use crate::wire;
 
 /// A wire request that needs no trip to the ledger stage is answered here.
@@ -49,11 +52,11 @@ pub fn request(r: &wire::Request) -> Translated {
             participant,
             roles,
             name,
-        } => Request::CreateParticipant {
+        } => Request::CreateParticipant(CreateParticipant {
             participant: ParticipantId(participant.0),
             name: name.as_str().to_string(),
             roles: roles.0,
-        },
+        }),
         wire::Operation::CreateAccount {
             account,
             owner,
@@ -64,32 +67,32 @@ pub fn request(r: &wire::Request) -> Translated {
             let Some(flags) = AccountFlags::from_bits(flags.0) else {
                 return decline(Code::InvalidTransaction, Reason::RESERVED_BITS);
             };
-            Request::CreateAccount {
+            Request::CreateAccount(CreateAccount {
                 account: AccountId(account.0),
                 owner: ParticipantId(owner.0),
                 currency: currency!(*currency),
                 flags,
                 number: (!n.is_empty()).then(|| number(n)),
-            }
+            })
         }
         wire::Operation::Fund {
             account,
             amount,
             currency,
-        } => Request::Fund {
+        } => Request::Fund(Fund {
             account: AccountId(account.0),
             amount: Amount(amount.0),
             currency: currency!(*currency),
-        },
+        }),
         wire::Operation::SetLimits {
             participant,
             currency,
             net_debit_cap,
-        } => Request::SetLimits {
+        } => Request::SetLimits(SetLimits {
             participant: ParticipantId(participant.0),
             currency: currency!(*currency),
             net_debit_cap: Amount(net_debit_cap.0),
-        },
+        }),
         wire::Operation::ReloadRoutes => return Translated::ReloadRoutes,
         wire::Operation::Authorize {
             number: n,
@@ -107,13 +110,13 @@ pub fn request(r: &wire::Request) -> Translated {
         wire::Operation::Capture {
             authorization,
             amount,
-        } => Request::Capture {
+        } => Request::Capture(Capture {
             authorization: RequestId(authorization.0),
             amount: Amount(amount.0),
-        },
-        wire::Operation::Reverse { authorization } => Request::Reverse {
+        }),
+        wire::Operation::Reverse { authorization } => Request::Reverse(Reverse {
             authorization: RequestId(authorization.0),
-        },
+        }),
         wire::Operation::Sale {
             number: n,
             merchant,
@@ -129,11 +132,11 @@ pub fn request(r: &wire::Request) -> Translated {
             original,
             amount,
             currency,
-        } => Request::Refund {
+        } => Request::Refund(Refund {
             original: RequestId(original.0),
             amount: Amount(amount.0),
             currency: currency!(*currency),
-        },
+        }),
         wire::Operation::BalanceInquiry { target } => Request::BalanceInquiry {
             target: match target {
                 wire::BalanceTarget::Account(a) => Target::Account(AccountId(a.0)),

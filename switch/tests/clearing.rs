@@ -15,7 +15,10 @@ use proptest::test_runner::FileFailurePersistence;
 use rust_decimal::Decimal;
 use switch::clearing::{WindowDetails, settlement_account};
 use switch::codes::{Code, Reason};
-use switch::core::{Body, Core, CoreConfig, Item, Request, RequestId};
+use switch::core::{
+    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request,
+    RequestId, Reverse, SetLimits,
+};
 use switch::journal::SwitchRecord;
 use switch::routing::{Route, RouteTable};
 use switch::tls::Identity;
@@ -92,33 +95,33 @@ fn new_core() -> Core {
 fn setup_requests() -> Vec<Request> {
     let mut setup = Vec::new();
     for p in PARTICIPANTS {
-        setup.push(Request::CreateParticipant {
+        setup.push(Request::CreateParticipant(CreateParticipant {
             participant: ParticipantId(p),
             name: format!("bank {p}"),
             roles: 3,
-        });
+        }));
     }
     for p in PARTICIPANTS {
         for (c, &currency) in CURRENCIES.iter().enumerate() {
-            setup.push(Request::CreateAccount {
+            setup.push(Request::CreateAccount(CreateAccount {
                 account: card(p, c),
                 owner: ParticipantId(p),
                 currency,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: Some(card_number(p, c)),
-            });
-            setup.push(Request::Fund {
+            }));
+            setup.push(Request::Fund(Fund {
                 account: card(p, c),
                 amount: Amount(FUNDED),
                 currency,
-            });
-            setup.push(Request::CreateAccount {
+            }));
+            setup.push(Request::CreateAccount(CreateAccount {
                 account: merchant(p, c),
                 owner: ParticipantId(p),
                 currency,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: None,
-            });
+            }));
         }
     }
     setup
@@ -470,7 +473,7 @@ proptest! {
                 Action::Capture { nth, percent } => {
                     let Some((&id, &hold)) = m.holds.iter().nth(nth % m.holds.len().max(1)) else { continue };
                     let amount = (hold.amount * percent / 100).max(1);
-                    let r = h.one(acting(hold.acquirer), Request::Capture { authorization: id, amount: Amount(amount) }, now);
+                    let r = h.one(acting(hold.acquirer), Request::Capture(Capture { authorization: id, amount: Amount(amount) }), now);
                     prop_assert_eq!(r.code, Code::Approved, "{:?}", r);
                     m.holds.remove(&id);
                     m.clear(Kind::Purchase, hold.acquirer, hold.issuer, hold.currency, amount);
@@ -478,7 +481,7 @@ proptest! {
                 }
                 Action::Reverse { nth } => {
                     let Some((&id, &hold)) = m.holds.iter().nth(nth % m.holds.len().max(1)) else { continue };
-                    let r = h.one(acting(hold.acquirer), Request::Reverse { authorization: id }, now);
+                    let r = h.one(acting(hold.acquirer), Request::Reverse(Reverse { authorization: id }), now);
                     prop_assert_eq!(r.code, Code::Approved, "{:?}", r);
                     m.holds.remove(&id);
                 }
@@ -487,7 +490,7 @@ proptest! {
                     let index = nth % m.paid.len();
                     let (id, p) = m.paid[index];
                     let amount = ((p.captured - p.refunded) * percent / 100).max(1);
-                    let r = h.one(acting(p.acquirer), Request::Refund { original: id, amount: Amount(amount), currency: p.currency }, now);
+                    let r = h.one(acting(p.acquirer), Request::Refund(Refund { original: id, amount: Amount(amount), currency: p.currency }), now);
                     if p.captured == p.refunded {
                         prop_assert_eq!(r.code, Code::InvalidAmount);
                         continue;
@@ -525,7 +528,7 @@ proptest! {
                 }
                 Action::SetCap { issuer, currency, cap } => {
                     let (i, c) = (PARTICIPANTS[issuer], CURRENCIES[currency]);
-                    let r = h.one(ADMIN, Request::SetLimits { participant: ParticipantId(i), currency: c, net_debit_cap: Amount(cap) }, now);
+                    let r = h.one(ADMIN, Request::SetLimits(SetLimits { participant: ParticipantId(i), currency: c, net_debit_cap: Amount(cap) }), now);
                     prop_assert_eq!(r.code, Code::Approved);
                     m.caps.insert((i, c), cap);
                 }
@@ -564,11 +567,11 @@ fn the_net_debit_cap_declines_61_counts_holds_and_changes_at_once() {
     let cap = |h: &mut Harness, amount| {
         let r = h.one(
             ADMIN,
-            Request::SetLimits {
+            Request::SetLimits(SetLimits {
                 participant: ParticipantId(issuer),
                 currency: Currency::CNY,
                 net_debit_cap: Amount(amount),
-            },
+            }),
             now,
         );
         assert_eq!(r.code, Code::Approved);
@@ -611,9 +614,9 @@ fn the_net_debit_cap_declines_61_counts_holds_and_changes_at_once() {
     assert_eq!(
         h.one(
             acting(acquirer),
-            Request::Reverse {
+            Request::Reverse(Reverse {
                 authorization: held
-            },
+            }),
             now
         )
         .code,
@@ -686,11 +689,11 @@ fn reservations_within_one_batch_never_pass_the_cap() {
     let now = Timestamp(2 * SECOND);
     let r = h.one(
         ADMIN,
-        Request::SetLimits {
+        Request::SetLimits(SetLimits {
             participant: ParticipantId(3),
             currency: Currency::CNY,
             net_debit_cap: Amount(1_000),
-        },
+        }),
         now,
     );
     assert_eq!(r.code, Code::Approved);

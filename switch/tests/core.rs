@@ -9,7 +9,10 @@ use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, Particip
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use switch::codes::{Code, Reason};
-use switch::core::{Body, Core, CoreConfig, Item, Request, RequestId, Stage, Target};
+use switch::core::{
+    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request,
+    RequestId, Reverse, Stage, Target,
+};
 use switch::journal::SwitchRecord;
 use switch::routing::{Route, RouteTable};
 use switch::tls::Identity;
@@ -69,34 +72,34 @@ impl Harness {
         };
         let mut setup = Vec::new();
         for (p, name) in [(2, "issuer"), (3, "acquirer"), (4, "other acquirer")] {
-            setup.push(Request::CreateParticipant {
+            setup.push(Request::CreateParticipant(CreateParticipant {
                 participant: ParticipantId(p),
                 name: name.into(),
                 roles: 3,
-            });
+            }));
         }
         for i in 1..=CARDS {
-            setup.push(Request::CreateAccount {
+            setup.push(Request::CreateAccount(CreateAccount {
                 account: card(i),
                 owner: ISSUER,
                 currency: Currency::CNY,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: Some(card_number(i)),
-            });
-            setup.push(Request::Fund {
+            }));
+            setup.push(Request::Fund(Fund {
                 account: card(i),
                 amount: Amount(FUNDED),
                 currency: Currency::CNY,
-            });
+            }));
         }
         for i in 1..=MERCHANTS {
-            setup.push(Request::CreateAccount {
+            setup.push(Request::CreateAccount(CreateAccount {
                 account: merchant(i),
                 owner: ACQUIRER.participant,
                 currency: Currency::CNY,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: None,
-            });
+            }));
         }
         for r in setup {
             let (code, _) = h.one(ADMIN, r.clone(), Timestamp(1));
@@ -212,11 +215,11 @@ fn every_decline_code_is_reachable_and_right() {
         h.one(OTHER_ACQUIRER, authorize(&c1, 1, 10), NOW).0,
         Code::NotPermitted
     );
-    let fund = Request::Fund {
+    let fund = Request::Fund(Fund {
         account: card(1),
         amount: Amount(5),
         currency: Currency::CNY,
-    };
+    });
     assert_eq!(
         h.one(ACQUIRER, fund, NOW),
         (Code::NotPermitted, Reason::ADMIN_REQUIRED)
@@ -252,16 +255,16 @@ fn every_decline_code_is_reachable_and_right() {
         h.one_with(auth, ACQUIRER, authorize(&c1, 1, 300), NOW).0,
         Code::Approved
     );
-    let over = Request::Capture {
+    let over = Request::Capture(Capture {
         authorization: auth,
         amount: Amount(301),
-    };
+    });
     assert_eq!(h.one(ACQUIRER, over, NOW).0, Code::InvalidAmount);
     // 57: someone else capturing it.
-    let steal = Request::Capture {
+    let steal = Request::Capture(Capture {
         authorization: auth,
         amount: Amount(1),
-    };
+    });
     assert_eq!(h.one(OTHER_ACQUIRER, steal, NOW).0, Code::NotPermitted);
     // 94: the same request id with other fields.
     assert_eq!(
@@ -269,17 +272,19 @@ fn every_decline_code_is_reachable_and_right() {
         Code::DuplicateWithOtherFields
     );
     // A partial capture releases the rest; refunds never exceed what was captured (13).
-    let capture = Request::Capture {
+    let capture = Request::Capture(Capture {
         authorization: auth,
         amount: Amount(200),
-    };
+    });
     assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::Approved);
     let b = h.balance(card(1));
     assert_eq!((b.debits_pending, b.debits_posted), (0, 200));
-    let refund = |amount| Request::Refund {
-        original: auth,
-        amount: Amount(amount),
-        currency: Currency::CNY,
+    let refund = |amount| {
+        Request::Refund(Refund {
+            original: auth,
+            amount: Amount(amount),
+            currency: Currency::CNY,
+        })
     };
     assert_eq!(h.one(ACQUIRER, refund(150), NOW).0, Code::Approved);
     assert_eq!(
@@ -288,10 +293,10 @@ fn every_decline_code_is_reachable_and_right() {
     );
     assert_eq!(h.one(ACQUIRER, refund(50), NOW).0, Code::Approved);
     // Capturing again: 12.
-    let again = Request::Capture {
+    let again = Request::Capture(Capture {
         authorization: auth,
         amount: Amount(1),
-    };
+    });
     assert_eq!(
         h.one(ACQUIRER, again, NOW),
         (Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED)
@@ -299,9 +304,9 @@ fn every_decline_code_is_reachable_and_right() {
 
     // A reversal that arrives before its authorization: the late authorization is declined.
     let late = h.id();
-    let reverse = Request::Reverse {
+    let reverse = Request::Reverse(Reverse {
         authorization: late,
-    };
+    });
     assert_eq!(h.one(ACQUIRER, reverse, NOW).0, Code::Approved);
     assert_eq!(
         h.one_with(late, ACQUIRER, authorize(&c1, 1, 10), NOW),
@@ -334,11 +339,11 @@ fn repeats_get_the_original_response_and_change_nothing() {
     assert_eq!(first.0, Code::InsufficientFunds);
     h.one(
         ADMIN,
-        Request::Fund {
+        Request::Fund(Fund {
             account: card(1),
             amount: Amount(100),
             currency: Currency::CNY,
-        },
+        }),
         NOW,
     );
     // Funds arrived, but the same request keeps its original answer.
@@ -366,10 +371,10 @@ fn repeats_get_the_original_response_and_change_nothing() {
             Item {
                 id: c,
                 who: ACQUIRER,
-                request: Request::Capture {
+                request: Request::Capture(Capture {
                     authorization: a,
                     amount: Amount(9),
-                },
+                }),
             },
             Item {
                 id: a,
@@ -416,10 +421,10 @@ fn holds_expire_on_the_tick_and_status_says_so() {
         Body::Status(s) => assert_eq!(s.stage, Stage::Expired),
         other => panic!("{other:?}"),
     }
-    let capture = Request::Capture {
+    let capture = Request::Capture(Capture {
         authorization: id,
         amount: Amount(40),
-    };
+    });
     assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::InvalidTransaction);
     // Balance inquiries are for the owner only (by number: the issuer it routes to).
     let by_number = Request::BalanceInquiry {
@@ -527,18 +532,18 @@ proptest! {
                         auths.push((id, card, merchant, amount));
                         authorize(&card_number(card), merchant, amount)
                     }
-                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture {
+                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture(Capture {
                         authorization: auths[nth % auths.len()].0,
                         amount: Amount(amount),
-                    },
-                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse { authorization: auths[nth % auths.len()].0 },
+                    }),
+                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse(Reverse { authorization: auths[nth % auths.len()].0 }),
                     Action::Sale { card, merchant, amount } => {
                         sold.push(id);
                         Request::Sale { number: card_number(card), merchant: merchant_of(merchant), amount: Amount(amount), currency: Currency::CNY }
                     }
                     Action::Refund { nth, amount } if !sold.is_empty() || !auths.is_empty() => {
                         let originals: Vec<RequestId> = sold.iter().copied().chain(auths.iter().map(|a| a.0)).collect();
-                        Request::Refund { original: originals[nth % originals.len()], amount: Amount(amount), currency: Currency::CNY }
+                        Request::Refund(Refund { original: originals[nth % originals.len()], amount: Amount(amount), currency: Currency::CNY })
                     }
                     Action::Repeat { nth } if !sent.is_empty() => {
                         let item = sent[nth % sent.len()].clone();
@@ -584,7 +589,7 @@ proptest! {
                         add(&mut expected, *m, 2, amount.0 as i128);
                         holds.insert(item.id, (c, mi, amount.0, Timestamp(now.0 + u64::from(*expiry_seconds) * 1_000_000_000)));
                     }
-                    Request::Capture { authorization, .. } => {
+                    Request::Capture(Capture { authorization, .. }) => {
                         let (c, mi, held, _) = holds.remove(authorization).expect("capture of a live hold");
                         let Body::Transfer { amount, .. } = response.body else { panic!("capture body") };
                         add(&mut expected, card_id(c), 0, -(held as i128));
@@ -593,7 +598,7 @@ proptest! {
                         add(&mut expected, merchant(mi), 3, amount.0 as i128);
                         captured.insert(*authorization, (c, mi, amount.0));
                     }
-                    Request::Reverse { authorization } => {
+                    Request::Reverse(Reverse { authorization }) => {
                         if let Some((c, mi, held, _)) = holds.remove(authorization) {
                             add(&mut expected, card_id(c), 0, -(held as i128));
                             add(&mut expected, merchant(mi), 2, -(held as i128));
@@ -605,7 +610,7 @@ proptest! {
                         add(&mut expected, *m, 3, amount.0 as i128);
                         captured.insert(item.id, (c, m.0 - 200, amount.0));
                     }
-                    Request::Refund { original, amount, .. } => {
+                    Request::Refund(Refund { original, amount, .. }) => {
                         let (c, mi, _) = *captured.get(original).expect("refund of a capture or sale");
                         add(&mut expected, merchant(mi), 1, amount.0 as i128);
                         add(&mut expected, card_id(c), 3, amount.0 as i128);

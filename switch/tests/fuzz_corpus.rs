@@ -10,7 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
-use switch::core::{Command, Logged, RequestId};
+use switch::core::{
+    Capture, Command, CreateAccount, CreateParticipant, Fund, Logged, Refund, RequestId, Reverse,
+    SetLimits,
+};
 use switch::fuzz_check;
 use switch::journal::SwitchRecord;
 use switch::tls::Identity;
@@ -63,43 +66,43 @@ fn switch_records() -> Vec<(String, Vec<u8>)> {
             1,
             1,
             true,
-            Command::CreateParticipant {
+            Command::CreateParticipant(CreateParticipant {
                 participant: ParticipantId(7),
                 name: "issuer bank".into(),
                 roles: 3,
-            },
+            }),
         ),
         logged(
             2,
             1,
             true,
-            Command::CreateAccount {
+            Command::CreateAccount(CreateAccount {
                 account: AccountId(0x7001),
                 owner: ParticipantId(7),
                 currency: cny,
                 flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
                 number: Some("6212345678901234".into()),
-            },
+            }),
         ),
         logged(
             3,
             1,
             true,
-            Command::Fund {
+            Command::Fund(Fund {
                 account: AccountId(0x7001),
                 amount: Amount(1_000_000),
                 currency: cny,
-            },
+            }),
         ),
         logged(
             4,
             1,
             true,
-            Command::SetLimits {
+            Command::SetLimits(SetLimits {
                 participant: ParticipantId(7),
                 currency: cny,
                 net_debit_cap: Amount(5_000_000),
-            },
+            }),
         ),
     ];
     let payments = vec![
@@ -119,18 +122,18 @@ fn switch_records() -> Vec<(String, Vec<u8>)> {
             6,
             3,
             false,
-            Command::Capture {
+            Command::Capture(Capture {
                 authorization: RequestId(5),
                 amount: Amount(12_000),
-            },
+            }),
         ),
         logged(
             7,
             3,
             false,
-            Command::Reverse {
+            Command::Reverse(Reverse {
                 authorization: RequestId(5),
-            },
+            }),
         ),
         logged(
             8,
@@ -147,11 +150,11 @@ fn switch_records() -> Vec<(String, Vec<u8>)> {
             9,
             3,
             false,
-            Command::Refund {
+            Command::Refund(Refund {
                 original: RequestId(8),
                 amount: Amount(500),
                 currency: cny,
-            },
+            }),
         ),
     ];
     let mut out = Vec::new();
@@ -271,11 +274,11 @@ fn a_journal_string_longer_than_the_writer_writes_is_refused() {
             1,
             1,
             true,
-            Command::CreateParticipant {
+            Command::CreateParticipant(CreateParticipant {
                 participant: ParticipantId(7),
                 name: "n".repeat(switch::journal::NAME_LEN_MAX),
                 roles: 3,
-            },
+            }),
         )],
     }
     .encode(&mut bytes);

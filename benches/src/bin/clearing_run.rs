@@ -16,7 +16,9 @@ use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, Particip
 use rand::{Rng, SeedableRng};
 use switch::clearing::WindowDetails;
 use switch::codes::Code;
-use switch::core::{Body, Core, CoreConfig, Item, Request, RequestId};
+use switch::core::{
+    Body, Core, CoreConfig, CreateAccount, CreateParticipant, Item, Request, RequestId,
+};
 use switch::routing::{Route, RouteTable};
 use switch::tls::Identity;
 
@@ -118,24 +120,24 @@ fn main() -> anyhow::Result<()> {
     let mut now = Timestamp(1_800_000_000_000_000_000);
     let mut setup = Vec::new();
     for &p in &participants {
-        setup.push(Request::CreateParticipant {
+        setup.push(Request::CreateParticipant(CreateParticipant {
             participant: ParticipantId(p),
             name: format!("bank {p}"),
             roles: 3,
-        });
+        }));
     }
     for &p in &participants {
         for (account, flags) in [
             (card(p), AccountFlags::empty()),
             (merchant(p), AccountFlags::empty()),
         ] {
-            setup.push(Request::CreateAccount {
+            setup.push(Request::CreateAccount(CreateAccount {
                 account,
                 owner: ParticipantId(p),
                 currency: Currency::CNY,
                 flags,
                 number: None,
-            });
+            }));
         }
     }
     let items: Vec<Item> = setup

@@ -15,7 +15,9 @@ use ledger::snapshot_file;
 use ledger::storage::FileStorage;
 use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
 use switch::core::snapshot::{Capture, RestoreConfig};
-use switch::core::{Core, CoreConfig, Item, Request, RequestId};
+use switch::core::{
+    Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Request, RequestId,
+};
 use switch::journal::SwitchRecord;
 use switch::routing::{Route, RouteTable};
 use switch::tls::Identity;
@@ -85,37 +87,37 @@ fn main() -> anyhow::Result<()> {
     };
     let now = Timestamp(1_000_000_000_000);
     let mut setup = vec![
-        Request::CreateParticipant {
+        Request::CreateParticipant(CreateParticipant {
             participant: ParticipantId(2),
             name: "issuer".into(),
             roles: 1,
-        },
-        Request::CreateParticipant {
+        }),
+        Request::CreateParticipant(CreateParticipant {
             participant: ParticipantId(3),
             name: "acquirer".into(),
             roles: 2,
-        },
-        Request::CreateAccount {
+        }),
+        Request::CreateAccount(CreateAccount {
             account: AccountId(1_000_000),
             owner: ParticipantId(3),
             currency: Currency::CNY,
             flags: AccountFlags::empty(),
             number: None,
-        },
+        }),
     ];
     for i in 0..CARDS {
-        setup.push(Request::CreateAccount {
+        setup.push(Request::CreateAccount(CreateAccount {
             account: AccountId(10_000 + u128::from(i)),
             owner: ParticipantId(2),
             currency: Currency::CNY,
             flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
             number: Some(card(i)),
-        });
-        setup.push(Request::Fund {
+        }));
+        setup.push(Request::Fund(Fund {
             account: AccountId(10_000 + u128::from(i)),
             amount: Amount(1 << 40),
             currency: Currency::CNY,
-        });
+        }));
     }
     let items = setup
         .into_iter()
@@ -135,10 +137,10 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..args.batch.min(args.requests - sent) {
             id += 1;
             let request = if id.is_multiple_of(3) {
-                Request::Capture {
+                Request::Capture(switch::core::Capture {
                     authorization: RequestId(id - 2),
                     amount: Amount(1),
-                }
+                })
             } else {
                 Request::Authorize {
                     number: card((id as u64) % CARDS),

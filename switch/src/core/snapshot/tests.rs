@@ -7,7 +7,10 @@ use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, T
 use proptest::prelude::*;
 
 use super::{Capture, RestoreConfig, SnapshotError};
-use crate::core::{Core, CoreConfig, Item, Request, RequestId, Response};
+use crate::core::{
+    Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request, RequestId,
+    Response, Reverse, SetLimits,
+};
 use crate::journal::SwitchRecord;
 use crate::routing::{Route, RouteTable};
 use crate::tls::Identity;
@@ -224,37 +227,37 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
     };
     let mut next_id = 1_000u128;
     let mut setup = vec![
-        Request::CreateParticipant {
+        Request::CreateParticipant(CreateParticipant {
             participant: ISSUER,
             name: "issuer".into(),
             roles: 1,
-        },
-        Request::CreateParticipant {
+        }),
+        Request::CreateParticipant(CreateParticipant {
             participant: ACQUIRER.participant,
             name: "acquirer".into(),
             roles: 2,
-        },
-        Request::CreateAccount {
+        }),
+        Request::CreateAccount(CreateAccount {
             account: AccountId(300),
             owner: ACQUIRER.participant,
             currency: Currency::CNY,
             flags: AccountFlags::empty(),
             number: None,
-        },
+        }),
     ];
     for i in 1..=CARDS {
-        setup.push(Request::CreateAccount {
+        setup.push(Request::CreateAccount(CreateAccount {
             account: AccountId(100 + i),
             owner: ISSUER,
             currency: Currency::CNY,
             flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
             number: Some(card_number(i)),
-        });
-        setup.push(Request::Fund {
+        }));
+        setup.push(Request::Fund(Fund {
             account: AccountId(100 + i),
             amount: Amount(10_000),
             currency: Currency::CNY,
-        });
+        }));
     }
     let items = setup
         .into_iter()
@@ -293,16 +296,16 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                 }
                 Action::Capture { nth, amount } if !auths.is_empty() => (
                     ACQUIRER,
-                    Request::Capture {
+                    Request::Capture(crate::core::Capture {
                         authorization: auths[nth % auths.len()],
                         amount: Amount(amount),
-                    },
+                    }),
                 ),
                 Action::Reverse { nth } if !auths.is_empty() => (
                     ACQUIRER,
-                    Request::Reverse {
+                    Request::Reverse(Reverse {
                         authorization: auths[nth % auths.len()],
-                    },
+                    }),
                 ),
                 Action::ReverseEarly => {
                     // The id the next request will get: an authorization may follow.
@@ -310,9 +313,9 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                     auths.push(late);
                     (
                         ACQUIRER,
-                        Request::Reverse {
+                        Request::Reverse(Reverse {
                             authorization: late,
-                        },
+                        }),
                     )
                 }
                 Action::Sale { card, amount } => {
@@ -329,11 +332,11 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                 }
                 Action::Refund { nth, amount } if !auths.is_empty() => (
                     ACQUIRER,
-                    Request::Refund {
+                    Request::Refund(Refund {
                         original: auths[nth % auths.len()],
                         amount: Amount(amount),
                         currency: Currency::CNY,
-                    },
+                    }),
                 ),
                 // Of an earlier batch, or of this one (answered once its wave is applied).
                 Action::Repeat { nth } if !r.sent.is_empty() || !items.is_empty() => {
@@ -349,23 +352,23 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                     cards += 1;
                     (
                         ADMIN,
-                        Request::CreateAccount {
+                        Request::CreateAccount(CreateAccount {
                             account: AccountId(100 + cards),
                             owner: ISSUER,
                             currency: Currency::CNY,
                             flags: AccountFlags::empty(),
                             number: Some(card_number(cards)),
-                        },
+                        }),
                     )
                 }
                 Action::Close => (ADMIN, Request::CloseWindow { window: 0 }),
                 Action::Limit { cap } => (
                     ADMIN,
-                    Request::SetLimits {
+                    Request::SetLimits(SetLimits {
                         participant: ISSUER,
                         currency: Currency::CNY,
                         net_debit_cap: Amount(cap),
-                    },
+                    }),
                 ),
                 Action::Tick { seconds } => {
                     r.now = Timestamp(r.now.0 + seconds * SECOND);
