@@ -310,6 +310,21 @@ pub struct Item {
     pub request: Request,
 }
 
+/// An item with the fingerprint of its request (see `journal::fingerprint`) computed, which a
+/// server does where the request is decoded rather than on the ledger stage.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub item: Item,
+    pub fingerprint: u64,
+}
+
+impl Prepared {
+    pub fn new(item: Item) -> Self {
+        let fingerprint = fingerprint(item.who, &item.request);
+        Prepared { item, fingerprint }
+    }
+}
+
 /// One logged command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Logged {
@@ -618,11 +633,19 @@ impl Core {
 
     /// Executes a batch of live requests at `now`.
     pub fn execute(&mut self, items: Vec<Item>, now: Timestamp) -> Executed {
+        self.execute_prepared(items.into_iter().map(Prepared::new).collect(), now)
+    }
+
+    /// `execute` for items whose fingerprints are already computed.
+    pub fn execute_prepared(&mut self, items: Vec<Prepared>, now: Timestamp) -> Executed {
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = Wave::default();
-        for (slot, item) in items.into_iter().enumerate() {
-            let Item { id, who, request } = item;
+        for (slot, prepared) in items.into_iter().enumerate() {
+            let Prepared {
+                item: Item { id, who, request },
+                fingerprint,
+            } = prepared;
             if id.0 == 0 || id.0 == u128::MAX || (is_system_id(id.0) && who != SYSTEM) {
                 out[slot] = Some(Response::new(
                     id,
@@ -631,7 +654,6 @@ impl Core {
                 ));
                 continue;
             }
-            let fingerprint = fingerprint(who, &request);
             let command = match request {
                 Request::BalanceInquiry { target } => {
                     self.flush(&mut wave, now, &mut out);

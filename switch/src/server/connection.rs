@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::stage::{self, Job, Queue};
 use crate::codes::{Code, Reason};
 use crate::config::Config;
-use crate::core::{Item, RequestId};
+use crate::core::{Item, Prepared, RequestId};
 use crate::routing::RouteTable;
 use crate::tls::{Identities, Identity};
 use crate::translate::{self, Translated};
@@ -358,11 +358,12 @@ async fn handle_frame(
         }
         match translate::request(r) {
             Translated::Core(request) => {
-                items.push(Item {
+                // The fingerprint is computed here, off the ledger stage.
+                items.push(Prepared::new(Item {
                     id: RequestId(r.id.0),
                     who: state.who,
                     request,
-                });
+                }));
                 ops.push(r.operation.op());
                 slots.push(i);
             }

@@ -18,7 +18,7 @@ use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
 use crate::config::{self, Config};
 use crate::core::snapshot::RestoreConfig;
-use crate::core::{Core, Item};
+use crate::core::{Core, Prepared};
 use crate::journal::SwitchRecord;
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
@@ -27,7 +27,7 @@ use crate::wire;
 
 /// A frame's worth of requests, waiting for the stage.
 pub struct Job {
-    pub items: Vec<Item>,
+    pub items: Vec<Prepared>,
     /// The wire operation of each item, to shape its response.
     pub ops: Vec<wire::Op>,
     /// Where the responses go, in item order.
@@ -643,7 +643,7 @@ impl Stage {
             shapes.push((job.ops, job.reply, job.received));
             items.extend(job.items);
         }
-        let executed = self.core.execute(items, now);
+        let executed = self.core.execute_prepared(items, now);
         let mut result = Ok(());
         if !executed.logged.is_empty() {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
@@ -760,7 +760,9 @@ pub(crate) fn answer_all(job: Job, code: Code, reason: Reason) {
         .ops
         .iter()
         .zip(&job.items)
-        .map(|(op, item)| wire::Response::declined(wire::RequestId(item.id.0), *op, code, reason))
+        .map(|(op, item)| {
+            wire::Response::declined(wire::RequestId(item.item.id.0), *op, code, reason)
+        })
         .collect();
     let _ = job.reply.send(responses);
 }
