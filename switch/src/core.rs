@@ -571,6 +571,9 @@ pub struct Core {
     closing: Option<(Settlement, Arc<FeeSchedule>)>,
     /// Batches executed, to take turns growing the remembered maps.
     batches: usize,
+    /// Scratch for `execute` and `replay`, empty between calls; kept so that its buffers
+    /// are not grown again for every batch.
+    wave: Wave,
 }
 
 /// The result of a batch: a response per item, and the commands to log (empty if nothing
@@ -595,6 +598,7 @@ impl Core {
             clearing: Clearing::new(config.windows_kept),
             closing: None,
             batches: 0,
+            wave: Wave::default(),
             config,
         }
     }
@@ -640,7 +644,7 @@ impl Core {
     pub fn execute_prepared(&mut self, items: Vec<Prepared>, now: Timestamp) -> Executed {
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
-        let mut wave = Wave::default();
+        let mut wave = std::mem::take(&mut self.wave);
         for (slot, prepared) in items.into_iter().enumerate() {
             let Prepared {
                 item: Item { id, who, request },
@@ -706,6 +710,7 @@ impl Core {
             }
         }
         self.flush(&mut wave, now, &mut out);
+        self.wave = wave;
         self.grow_ahead();
         let responses = out
             .into_iter()
@@ -723,7 +728,7 @@ impl Core {
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
         let mut out: Vec<Option<Response>> = vec![None; commands.len()];
-        let mut wave = Wave::default();
+        let mut wave = std::mem::take(&mut self.wave);
         for (slot, c) in commands.iter().enumerate() {
             self.submit(
                 &mut wave,
@@ -737,6 +742,7 @@ impl Core {
             );
         }
         self.flush(&mut wave, now, &mut out);
+        self.wave = wave;
     }
 
     /// Expires due holds through the ledger; true if anything expired (and must be logged).

@@ -299,6 +299,7 @@ pub fn restore(
         clearing,
         closing: None,
         batches: 0,
+        wave: Default::default(),
     };
     Ok((core, sequence))
 }
@@ -319,6 +320,7 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
         clearing,
         closing: _,
         batches: _,
+        wave: _,
     } = core;
     let mut p = Vec::with_capacity(4 + participants.len() * (10 + NAME_LEN_MAX));
     p.extend_from_slice(&(participants.len() as u32).to_le_bytes());
