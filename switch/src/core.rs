@@ -443,12 +443,77 @@ impl Kept {
     }
 }
 
+/// A queue of keys, oldest first, held in chunks of a fixed size: it never grows by copying
+/// itself, as one deque of millions of keys would when it doubles, stalling the stage.
+#[derive(Clone, Default)]
+pub(crate) struct Order {
+    chunks: VecDeque<Vec<u128>>,
+    /// Keys already taken from the front chunk (which always has one left).
+    head: usize,
+    len: usize,
+}
+
+const ORDER_CHUNK: usize = 4096;
+
+impl Order {
+    pub(crate) fn push_back(&mut self, key: u128) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < ORDER_CHUNK => chunk.push(key),
+            _ => {
+                let mut chunk = Vec::with_capacity(ORDER_CHUNK);
+                chunk.push(key);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<u128> {
+        let front = self.chunks.front()?;
+        let key = *front.get(self.head)?;
+        self.head += 1;
+        self.len -= 1;
+        if self.head == front.len() {
+            self.chunks.pop_front();
+            self.head = 0;
+        }
+        Some(key)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &u128> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, chunk)| chunk[if i == 0 { self.head } else { 0 }..].iter())
+    }
+}
+
+/// The keys, oldest first (how they are chunked is not part of what the queue is).
+impl std::fmt::Debug for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Order {
+    type Item = &'a u128;
+    type IntoIter = Box<dyn Iterator<Item = &'a u128> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
 struct Remembered<V> {
     /// Split into parts so that no single hash map grows huge: a map doubles by copying
     /// itself, and one of millions of entries would stall the ledger stage for that long.
     parts: Vec<HashMap<u128, V>>,
-    order: VecDeque<u128>,
+    order: Order,
     len: usize,
     max: usize,
 }
@@ -459,7 +524,7 @@ impl<V> Remembered<V> {
     fn new(max: usize) -> Self {
         Remembered {
             parts: (0..REMEMBERED_PARTS).map(|_| HashMap::default()).collect(),
-            order: VecDeque::new(),
+            order: Order::default(),
             len: 0,
             max,
         }
@@ -1723,5 +1788,37 @@ mod kept_tests {
             "a remembered response stays small: {} bytes",
             std::mem::size_of::<Kept>()
         );
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::{ORDER_CHUNK, Order};
+
+    proptest! {
+        /// The chunked queue is a queue: against a `VecDeque`, over runs of pushes and pops
+        /// long enough to fill, empty and refill several chunks.
+        #[test]
+        fn order_is_a_queue(runs in prop::collection::vec((0..3 * ORDER_CHUNK, 0..3 * ORDER_CHUNK), 1..6)) {
+            let (mut order, mut model) = (Order::default(), VecDeque::new());
+            let mut next = 0u128;
+            for (pushes, pops) in runs {
+                for _ in 0..pushes {
+                    order.push_back(next);
+                    model.push_back(next);
+                    next += 1;
+                }
+                for _ in 0..pops {
+                    prop_assert_eq!(order.pop_front(), model.pop_front());
+                }
+                prop_assert_eq!(order.len(), model.len());
+                prop_assert!(order.iter().eq(model.iter()));
+                prop_assert!((&order).into_iter().eq(model.iter()));
+            }
+        }
     }
 }

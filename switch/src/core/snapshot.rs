@@ -12,7 +12,6 @@
 //! slow one) runs afterwards on another thread. `restore` checks everything it reads, never
 //! panics, and names the section and payload offset of what it refuses.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ledger::{AccountId, Amount, Balances, Currency, Ledger, ParticipantId, TransferId};
@@ -21,8 +20,8 @@ use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
 use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
-    Body, Core, CoreConfig, HashMap, Kept, Original, Participant, REMEMBERED_PARTS, Remembered,
-    RequestId, Response, Stage, Status,
+    Body, Core, CoreConfig, HashMap, Kept, Order, Original, Participant, REMEMBERED_PARTS,
+    Remembered, RequestId, Response, Stage, Status,
 };
 use crate::codes::{Code, Reason};
 use crate::journal::NAME_LEN_MAX;
@@ -408,7 +407,7 @@ fn encode_remembered<V>(
 }
 
 /// The count and the keys in forgetting order, with their sum of `mix`.
-fn decode_order(r: &mut Reader<'_>) -> Result<(VecDeque<u128>, u64), SnapshotError> {
+fn decode_order(r: &mut Reader<'_>) -> Result<(Order, u64), SnapshotError> {
     let count_at = r.at;
     let count = r.u64("count")?;
     // Every key takes 16 bytes: refuse a count the section cannot hold before allocating.
@@ -416,7 +415,7 @@ fn decode_order(r: &mut Reader<'_>) -> Result<(VecDeque<u128>, u64), SnapshotErr
         .ok()
         .filter(|c| c.checked_mul(16).is_some_and(|b| b <= r.remaining()))
         .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
-    let mut order = VecDeque::with_capacity(count);
+    let mut order = Order::default();
     let mut sum = 0u64;
     for _ in 0..count {
         let key = r.u128("key")?;
