@@ -309,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             l.starts_with("switch_request_seconds")
                 || l.starts_with("switch_batch")
                 || l.starts_with("switch_wal_append_seconds")
+                || l.starts_with("switch_stage_apply_seconds")
         }) {
             println!("{line}");
         }

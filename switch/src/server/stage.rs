@@ -643,7 +643,9 @@ impl Stage {
             shapes.push((job.ops, job.reply, job.received));
             items.extend(job.items);
         }
+        let started = Instant::now();
         let executed = self.core.execute_prepared(items, now);
+        metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
         let mut result = Ok(());
         if !executed.logged.is_empty() {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
