@@ -11,6 +11,82 @@ use crate::mix::Flow;
 /// Fast hashing: the model takes one insert per payment on the answer path.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A map split into parts that grow one at a time: the model holds one entry per payment,
+/// millions in a festival run, and one map of that size doubling (copying every entry) would
+/// stall the answer path, which shows as latency the switch did not cause.
+#[derive(Clone, Debug)]
+pub struct Parted<V> {
+    parts: Vec<HashMap<u128, V>>,
+    len: usize,
+}
+
+const PARTS: usize = 64;
+
+impl<V> Default for Parted<V> {
+    fn default() -> Self {
+        Parted {
+            parts: (0..PARTS).map(|_| HashMap::default()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> Parted<V> {
+    fn part(key: u128) -> usize {
+        let folded = (key as u64) ^ ((key >> 64) as u64);
+        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+    }
+
+    pub fn contains_key(&self, key: &u128) -> bool {
+        self.parts[Self::part(*key)].contains_key(key)
+    }
+
+    pub fn get(&self, key: &u128) -> Option<&V> {
+        self.parts[Self::part(*key)].get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &u128) -> Option<&mut V> {
+        self.parts[Self::part(*key)].get_mut(key)
+    }
+
+    pub fn insert(&mut self, key: u128, value: V) -> Option<V> {
+        let old = self.parts[Self::part(key)].insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u128, &V)> {
+        self.parts.iter().flat_map(|p| p.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u128> {
+        self.parts.iter().flat_map(|p| p.keys())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.parts.iter().flat_map(|p| p.values())
+    }
+}
+
+impl<'a, V> IntoIterator for &'a Parted<V> {
+    type Item = (&'a u128, &'a V);
+    type IntoIter = Box<dyn Iterator<Item = (&'a u128, &'a V)> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 /// What an account's balances should be, in minor units, seen from its owner.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Expected {
@@ -62,8 +138,8 @@ pub struct Model {
     pub merchants: Vec<Expected>,
     /// Money moved from the issuer's funding account into customer accounts.
     pub funded: i128,
-    pub auths: HashMap<u128, Auth>,
-    pub sales: HashMap<u128, Sale>,
+    pub auths: Parted<Auth>,
+    pub sales: Parted<Sale>,
     /// Approvals that cannot be right whatever the server did (a capture of an unknown hold,
     /// a refund past what was sold): each is a verification failure.
     pub violations: Vec<String>,
@@ -222,6 +298,28 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The parted map is a map: against one `HashMap`, whatever the keys.
+        #[test]
+        fn parted_is_a_map(ops in proptest::collection::vec((proptest::prelude::any::<u128>(), 0u32..4, proptest::prelude::any::<u8>()), 0..400)) {
+            let mut parted = Parted::default();
+            let mut model: std::collections::HashMap<u128, u8> = Default::default();
+            for (key, op, value) in ops {
+                // Reuse a few keys so that replacements happen.
+                let key = if op == 0 { key } else { key % 16 };
+                proptest::prop_assert_eq!(parted.insert(key, value), model.insert(key, value));
+                proptest::prop_assert_eq!(parted.get(&key), model.get(&key));
+                proptest::prop_assert_eq!(parted.contains_key(&(key ^ 1)), model.contains_key(&(key ^ 1)));
+            }
+            proptest::prop_assert_eq!(parted.len(), model.len());
+            let mut seen: Vec<(u128, u8)> = parted.iter().map(|(k, v)| (*k, *v)).collect();
+            seen.sort_unstable();
+            let mut expected: Vec<(u128, u8)> = model.into_iter().collect();
+            expected.sort_unstable();
+            proptest::prop_assert_eq!(seen, expected);
+        }
+    }
 
     #[test]
     fn a_payment_lifecycle_moves_money_and_conserves_it() {
