@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CNY, req, setup_requests};
+use common::{CNY, loopback_config, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::config::{Config, RouteConfig};
+use switch::config::Config;
 use switch::server::{self, Running};
 use switch::tls::Trust;
 use switch::wire::{
@@ -34,15 +34,7 @@ const MALFORMED_MAX: u32 = 3;
 const ABUSE: Duration = Duration::from_secs(5);
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("literal");
-    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
-    config.server.data_dir = dir.to_path_buf();
-    config.routes = vec![RouteConfig {
-        prefix: "62".into(),
-        issuer: 2,
-        pooled_account: None,
-    }];
+    let mut config = loopback_config(dir);
     config.limits.connections_max = CONNECTIONS_MAX;
     config.limits.streams_per_connection_max = STREAMS_MAX;
     config.limits.frame_bytes_max = FRAME_BYTES_MAX;

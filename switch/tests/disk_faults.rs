@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use ledger::storage::SimStorage;
 mod common;
-use common::{CNY, req, setup_requests};
+use common::{CNY, loopback_config, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::config::{Config, RouteConfig};
+use switch::config::Config;
 use switch::server::{self, Running};
 use switch::tls::Trust;
 use switch::wire::{
@@ -27,16 +27,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 const FUNDED: u64 = 1_000_000;
 
 fn config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("literal");
-    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
-    config.server.data_dir = dir.to_path_buf();
-    config.routes = vec![RouteConfig {
-        prefix: "62".into(),
-        issuer: 2,
-        pooled_account: None,
-    }];
-    config
+    loopback_config(dir)
 }
 
 async fn start_sim(dir: &Path, storage: &SimStorage) -> Running {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 mod common;
-use common::{CNY, req, setup_requests};
+use common::{CNY, loopback_config, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::config::{Config, Identity as IdentityConfig, RouteConfig, TlsMode};
+use switch::config::{Config, Identity as IdentityConfig, TlsMode};
 use switch::server::{self, Running};
 use switch::tls::{Fingerprint, ServerIdentity, Trust};
 use switch::wire::{
@@ -19,16 +19,7 @@ use switch::wire::{
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().expect("literal");
-    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
-    config.server.data_dir = dir.to_path_buf();
-    config.routes = vec![RouteConfig {
-        prefix: "62".into(),
-        issuer: 2,
-        pooled_account: None,
-    }];
-    config
+    loopback_config(dir)
 }
 
 async fn start(config: Config) -> Running {

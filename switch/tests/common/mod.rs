@@ -1,11 +1,27 @@
 //! Setup shared by the switch's integration tests that talk to a server.
 
+use switch::config::{Config, RouteConfig};
 use switch::wire::{
     AccountFlags, AccountId, Amount, CardNumber, Currency, Operation, ParticipantId,
     ParticipantName, Request, RequestId, Roles,
 };
 
 pub const CNY: Currency = Currency(156);
+
+/// The default configuration on loopback, ports chosen by the OS, data in `dir`, and numbers
+/// starting 62 routed to participant 2.
+pub fn loopback_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().expect("literal");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
+    config.server.data_dir = dir.to_path_buf();
+    config.routes = vec![RouteConfig {
+        prefix: "62".into(),
+        issuer: 2,
+        pooled_account: None,
+    }];
+    config
+}
 
 pub fn req(id: u128, operation: Operation) -> Request {
     Request {
