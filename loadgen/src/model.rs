@@ -286,6 +286,15 @@ impl Model {
         }
     }
 
+    /// An approval must move exactly what was asked; anything else is a violation.
+    pub fn check_amount(&mut self, what: &str, id: u128, asked: u64, approved: Option<u64>) {
+        if approved != Some(asked) {
+            self.violations.push(format!(
+                "{what} {id:#x}: asked for {asked}, approved {approved:?}"
+            ));
+        }
+    }
+
     /// Authorizations whose hold is still live.
     pub fn live_holds(&self) -> impl Iterator<Item = (u128, &Auth)> {
         self.auths

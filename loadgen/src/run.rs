@@ -537,12 +537,7 @@ impl Shared {
                 },
                 ResponseBody::Capture(_),
             ) => {
-                if amount != Some(asked) {
-                    model.violations.push(format!(
-                        "capture {:#x}: asked for {asked}, approved {amount:?}",
-                        s.id
-                    ));
-                }
+                model.check_amount("capture", s.id, asked, amount);
                 model.captured(auth, asked);
             }
             (Step::Reverse { auth }, ResponseBody::Reverse(_)) => {
@@ -568,12 +563,7 @@ impl Shared {
                     return Ok(None);
                 }
                 let model = &mut state.model;
-                if amount != Some(asked) {
-                    model.violations.push(format!(
-                        "sale {:#x}: asked for {asked}, approved {amount:?}",
-                        s.id
-                    ));
-                }
+                model.check_amount("sale", s.id, asked, amount);
                 model.sold(s.id, customer, merchant, asked);
                 if flow == Flow::Refund {
                     let step = Step::Refund {
@@ -591,12 +581,7 @@ impl Shared {
                 },
                 ResponseBody::Refund(_),
             ) => {
-                if amount != Some(asked) {
-                    model.violations.push(format!(
-                        "refund {:#x}: asked for {asked}, approved {amount:?}",
-                        s.id
-                    ));
-                }
+                model.check_amount("refund", s.id, asked, amount);
                 model.refunded(sale, asked);
             }
             (Step::Balance { .. }, ResponseBody::BalanceInquiry(_)) => {}
