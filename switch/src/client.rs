@@ -235,7 +235,7 @@ impl Drop for PendingEntry<'_> {
 /// The local address of a client endpoint that talks to `target`: every interface of the
 /// target's address family, and a port the OS chooses. Binding to loopback instead would let
 /// the client reach only a switch on this host.
-fn bind_address(target: SocketAddr) -> SocketAddr {
+pub fn bind_address(target: SocketAddr) -> SocketAddr {
     let any: IpAddr = match target {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),

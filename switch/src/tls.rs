@@ -18,8 +18,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::{self, TlsMode};
 
-/// The ALPN protocol name of version 1 of the protocol.
-pub const ALPN: &[u8] = b"pswitch/1";
+pub use crate::wire::ALPN;
 
 /// A SHA-256 certificate fingerprint.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let declined = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(1 << 20));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), benches::cpu_seconds());
     let mut tasks = Vec::new();
     let lanes = match args.mode {
         Mode::Max => args.streams * args.depth,
@@ -263,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = benches::cpu_seconds() - cpu_before;
     let h = latency.lock().clone();
     let service = service.lock().clone();
     let (approved, declined) = (
@@ -291,6 +292,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
+    // Client and server together: they share this process and the machine's cores.
+    println!(
+        "cpu_cores={:.2} cpu_us_per_authorization={:.2}",
+        cpu / elapsed,
+        cpu * 1e6 / (approved + declined).max(1) as f64
+    );
     if args.mode == Mode::Rate {
         println!(
             "from_send_ms p50={:.2} p99={:.2} max={:.2}",
@@ -310,6 +317,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 || l.starts_with("switch_batch")
                 || l.starts_with("switch_wal_append_seconds")
                 || l.starts_with("switch_stage_apply_seconds")
+                || l.starts_with("switch_snapshot")
         }) {
             println!("{line}");
         }
