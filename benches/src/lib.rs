@@ -225,7 +225,10 @@ mod tests {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
             }
         }
-        assert!(cpu_seconds() > before, "no CPU time counted ({before} s before)");
+        assert!(
+            cpu_seconds() > before,
+            "no CPU time counted ({before} s before)"
+        );
     }
 
     #[test]

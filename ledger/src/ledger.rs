@@ -196,6 +196,21 @@ impl Ledger {
         &self.config
     }
 
+    /// Reserves, and writes once, the memory for every transfer the ledger will remember
+    /// (`transfers_remembered_max`), so that applying never grows a table or takes a page
+    /// fault for it; returns the bytes reserved. Slow (it writes all of it) and idempotent;
+    /// what the ledger holds is unchanged. Holds kept past the bound still grow on demand.
+    pub fn preallocate(&self) -> usize {
+        // A batch remembers its transfers before the shard forgets past its bound.
+        let records = usize::try_from(self.remembered_per_shard)
+            .unwrap_or(usize::MAX)
+            .saturating_add(self.config.batch_len_max);
+        self.transfer_shards
+            .iter()
+            .map(|shard| shard.lock().preallocate(records))
+            .sum()
+    }
+
     fn account_shard(&self, id: AccountId) -> usize {
         shard_of(id.0, self.mask)
     }
@@ -231,7 +246,7 @@ impl Ledger {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         // One shard a batch grows ahead of need (see `TransferShard::grow_ahead`).
         if let Some(shard) = locked.transfers[sequence as usize & self.mask].as_deref_mut() {
-            shard.grow_ahead();
+            shard.grow_ahead(self.remembered_per_shard as usize + self.config.batch_len_max);
         }
         let r = applied(sequence, &outcomes);
         drop(locked);

@@ -68,6 +68,24 @@ struct Slot {
 }
 
 impl Slot {
+    /// Filler for memory reserved ahead of use; never read as a record.
+    const EMPTY: Slot = Slot {
+        id: Key([0, 0]),
+        debit: Key([0, 0]),
+        credit: Key([0, 0]),
+        link: Key([0, 0]),
+        amount: 0,
+        expires_at: 0,
+        posted: 0,
+        created_at: 0,
+        currency: 0,
+        code: 0,
+        kind: 0,
+        state: 0,
+        outcome: 0,
+        bits: 0,
+    };
+
     fn pack(r: &TransferRecord) -> Slot {
         let e = &r.event;
         let (kind, link, expires_at) = match e.kind {
@@ -279,19 +297,59 @@ impl TransferShard {
         }
     }
 
-    /// Grows the index and the ring ahead of need once they are three-quarters full.
+    /// Grows the index and the ring ahead of need once they are three-quarters full, but not
+    /// past room for `bound` records (the shard forgets beyond it).
     ///
     /// Left alone, every shard's hash map and ring would double at about the same moment
     /// (uniform ids fill the shards evenly), copying the whole ledger's worth of records inside
     /// one batch: a stall of hundreds of milliseconds at a few million transfers. The caller
     /// grows one shard per batch instead, so the same copying is spread out.
-    pub(crate) fn grow_ahead(&mut self) {
-        if self.index.len() * 4 > self.index.capacity() * 3 {
+    pub(crate) fn grow_ahead(&mut self, bound: usize) {
+        if self.index.capacity() < bound && self.index.len() * 4 > self.index.capacity() * 3 {
             self.index.reserve(self.index.capacity());
         }
-        if self.slots.len() * 4 > self.slots.capacity() * 3 {
+        if self.slots.capacity() < bound && self.slots.len() * 4 > self.slots.capacity() * 3 {
             self.slots.reserve(self.slots.capacity());
         }
+    }
+
+    /// Makes room for `records` now, so that remembering up to that many never allocates or
+    /// touches fresh memory later, and returns the bytes the index and the ring now hold.
+    /// Every page is written once here: a table reserved but untouched would take a page
+    /// fault on nearly every insert instead. The records already held are kept, in order.
+    pub(crate) fn preallocate(&mut self, records: usize) -> usize {
+        let records = records.max(self.slots.len());
+        // Twice the records: once the shard forgets as it remembers, removals leave
+        // tombstones, and a hash map more than half full grows (rather than cleans up in
+        // place) when they use up its room. Reserved now, that is memory the shard would
+        // otherwise take later, in the middle of a batch.
+        let buckets_for = records.saturating_mul(2);
+        if self.index.capacity() < buckets_for {
+            let mut index = HashMap::with_capacity_and_hasher(buckets_for, Hasher::default());
+            for i in 0..index.capacity() as u64 {
+                index.insert(Key([i, u64::MAX]), 0);
+            }
+            // `clear` keeps the memory, now resident.
+            index.clear();
+            index.extend(self.index.drain());
+            self.index = index;
+        }
+        if self.slots.capacity() < records {
+            let mut slots = VecDeque::with_capacity(records);
+            slots.resize(slots.capacity(), Slot::EMPTY);
+            slots.clear();
+            slots.extend(self.slots.drain(..));
+            self.slots = slots;
+        }
+        // A hash map's buckets: capacity is 7/8 of them; one control byte each.
+        let buckets = self.index.capacity() / 7 * 8;
+        buckets * (std::mem::size_of::<(Key, u64)>() + 1)
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> (usize, usize) {
+        (self.index.capacity(), self.slots.capacity())
     }
 
     /// Every record, oldest first.
@@ -333,6 +391,61 @@ impl TransferShard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn posted(id: u128) -> TransferRecord {
+        TransferRecord {
+            event: Transfer {
+                id: TransferId(id),
+                debit_account_id: AccountId(1),
+                credit_account_id: AccountId(2),
+                amount: Amount(id as u64),
+                currency: Currency::CNY,
+                kind: TransferKind::Single,
+                code: 7,
+            },
+            debit_account_id: AccountId(1),
+            credit_account_id: AccountId(2),
+            state: TransferState::Posted,
+            created_at: Timestamp(id as u64),
+        }
+    }
+
+    /// Preallocating keeps what the shard holds, in order, and then remembering up to the
+    /// bound (and forgetting past it) never grows the index or the ring again.
+    #[test]
+    fn a_preallocated_shard_keeps_its_records_and_never_grows() {
+        let bound = 5_000;
+        let mut shard = TransferShard::default();
+        for id in 1..=700 {
+            shard.push(&posted(id));
+        }
+        shard.forget_beyond(500);
+        assert!(shard.preallocate(bound) > 0);
+        let reserved = shard.capacities();
+        assert!(
+            reserved.0 >= 2 * bound && reserved.1 >= bound,
+            "{reserved:?}"
+        );
+        let kept: Vec<u128> = shard.iter().map(|r| r.event.id.0).collect();
+        assert_eq!(kept, (201..=700).collect::<Vec<_>>());
+        for id in 201..=700 {
+            assert_eq!(shard.get(TransferId(id)), Some(posted(id)));
+        }
+        for id in 701..=30_000 {
+            shard.push(&posted(id));
+            shard.forget_beyond(bound - 100);
+            shard.grow_ahead(bound);
+            // Tombstones lower a hash map's capacity until it cleans up in place.
+            let now = shard.capacities();
+            assert!(
+                now.0 <= reserved.0 && now.1 == reserved.1,
+                "grew at {id}: {now:?}"
+            );
+        }
+        assert_eq!(shard.len(), bound - 100);
+        assert_eq!(shard.get(TransferId(30_000)), Some(posted(30_000)));
+        assert!(shard.get(TransferId(1_000)).is_none());
+    }
 
     #[test]
     fn slots_are_compact() {

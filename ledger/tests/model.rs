@@ -863,12 +863,15 @@ proptest! {
     })]
 
     #[test]
-    fn ledger_matches_model(steps in prop::collection::vec(step(), 1..60), shards_log2 in 0u32..4) {
+    fn ledger_matches_model(steps in prop::collection::vec(step(), 1..60), shards_log2 in 0u32..4, preallocate_at in 0usize..60) {
         let config = Config { shards: 1 << shards_log2, ..Config::default() };
         // Not compared with the model (it forgets old transfers), only with its own replay and
         // snapshot: forgetting must be as deterministic as everything else.
         let forgetful_config = Config { transfers_remembered_max: 16, ..config.clone() };
         let forgetful = Ledger::new(forgetful_config.clone()).expect("valid config");
+        // Reserves its memory ahead at some step (`Ledger::preallocate`): nothing it answers
+        // or holds may differ from the forgetful ledger that grows as it goes.
+        let preallocated = Ledger::new(forgetful_config.clone()).expect("valid config");
         let ledger = Ledger::new(config.clone()).expect("valid config");
         let twin = Ledger::new(config.clone()).expect("valid config");
         let mut model = Model::default();
@@ -880,10 +883,16 @@ proptest! {
         let got = ledger.apply(&setup, now).expect("batch within limit");
         twin.apply(&setup, now).expect("batch within limit");
         forgetful.apply(&setup, now).expect("batch within limit");
+        preallocated.apply(&setup, now).expect("batch within limit");
         prop_assert_eq!(got, model.apply(&setup, now));
         LogRecord::encode_batch(now, &setup, &mut log);
         log_lengths.push(log.len());
-        for step in steps {
+        for (n, step) in steps.into_iter().enumerate() {
+            if n == preallocate_at {
+                let bytes = preallocated.preallocate();
+                prop_assert!(bytes > 0);
+                prop_assert_eq!(preallocated.preallocate(), bytes, "idempotent");
+            }
             match step {
                 Step::Batch(specs) => {
                     let events: Vec<Event> = specs
@@ -892,7 +901,8 @@ proptest! {
                         .collect();
                     let got = ledger.apply(&events, now).expect("batch within limit");
                     twin.apply(&events, now).expect("batch within limit");
-                    forgetful.apply(&events, now).expect("batch within limit");
+                    let forgot = forgetful.apply(&events, now).expect("batch within limit");
+                    prop_assert_eq!(preallocated.apply(&events, now).expect("batch within limit"), forgot);
                     let want = model.apply(&events, now);
                     prop_assert_eq!(&got, &want, "batch {:?}", events);
                     LogRecord::encode_batch(now, &events, &mut log);
@@ -907,7 +917,7 @@ proptest! {
                     let got: Vec<(u64, u128)> =
                         ledger.expire(now).iter().map(|e| (e.expires_at.0, e.id.0)).collect();
                     twin.expire(now);
-                    forgetful.expire(now);
+                    prop_assert_eq!(preallocated.expire(now), forgetful.expire(now));
                     prop_assert_eq!(got, model.expire(now));
                     LogRecord::encode_expire(now, &mut log);
                     log_lengths.push(log.len());
@@ -916,6 +926,8 @@ proptest! {
             }
             check_same(&ledger, &model, &resolver)?;
             prop_assert_eq!(ledger.digest(), twin.digest());
+            prop_assert_eq!(preallocated.digest(), forgetful.digest());
+            prop_assert_eq!(preallocated.stats(), forgetful.stats());
         }
 
         // The same command log gives the same state.

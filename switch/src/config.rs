@@ -81,6 +81,9 @@ pub struct LedgerConfig {
     pub accounts_max: u64,
     pub transfers_remembered_max: u64,
     pub pending_max: u64,
+    /// Reserve and write the memory for `transfers_remembered_max` requests at start
+    /// (`Core::preallocate`) instead of growing into it while serving.
+    pub preallocate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -278,6 +281,7 @@ impl Default for LedgerConfig {
             accounts_max: l.accounts_max,
             transfers_remembered_max: l.transfers_remembered_max,
             pending_max: l.pending_max,
+            preallocate: false,
         }
     }
 }

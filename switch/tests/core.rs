@@ -47,6 +47,7 @@ fn merchant(i: u128) -> AccountId {
 /// A core, and the journal of everything it executed.
 struct Harness {
     core: Core,
+    core_config: CoreConfig,
     journal: Vec<Vec<u8>>,
     next_id: u128,
 }
@@ -57,6 +58,10 @@ impl Harness {
     }
 
     fn with(ledger_config: Config) -> Self {
+        Self::with_configs(ledger_config, CoreConfig::default())
+    }
+
+    fn with_configs(ledger_config: Config, core_config: CoreConfig) -> Self {
         let ledger = Arc::new(Ledger::new(ledger_config).expect("valid"));
         let routes = RouteTable::new(vec![Route {
             prefix: "62".into(),
@@ -64,9 +69,10 @@ impl Harness {
             pooled_account: None,
         }])
         .expect("valid routes");
-        let core = Core::new(ledger, CoreConfig::default(), Arc::new(routes));
+        let core = Core::new(ledger, core_config.clone(), Arc::new(routes));
         let mut h = Harness {
             core,
+            core_config,
             journal: Vec::new(),
             next_id: 1_000,
         };
@@ -161,7 +167,7 @@ impl Harness {
         let ledger = Arc::new(Ledger::new(self.core.ledger().config().clone()).expect("valid"));
         let mut core = Core::new(
             ledger,
-            CoreConfig::default(),
+            self.core_config.clone(),
             Arc::new(RouteTable::default()),
         );
         for bytes in &self.journal {
@@ -653,4 +659,77 @@ fn add(
     amount: i128,
 ) {
     expected.entry(account).or_default()[column] += amount;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proptest-regressions/switch_core_preallocate.txt"
+        )))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Reserving the memory ahead (`Core::preallocate`), at any point, changes no answer, no
+    /// journal record and no balance: against a core that grows as it goes, with bounds
+    /// small enough that both forget.
+    #[test]
+    fn preallocating_changes_nothing(batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25), at in 0usize..25) {
+        let ledger_config = Config { shards: 4, transfers_remembered_max: 24, ..Config::default() };
+        let core_config = CoreConfig { requests_remembered_max: 24, ..CoreConfig::default() };
+        let mut grows = Harness::with_configs(ledger_config.clone(), core_config.clone());
+        let mut reserved = Harness::with_configs(ledger_config, core_config);
+        let mut now = NOW;
+        let (mut auths, mut sold, mut sent): (Vec<RequestId>, Vec<RequestId>, Vec<Item>) = Default::default();
+        for (n, batch) in batches.into_iter().enumerate() {
+            if n == at {
+                prop_assert!(reserved.core.preallocate() > 0);
+            }
+            let mut items = Vec::new();
+            for action in batch {
+                let id = grows.id();
+                prop_assert_eq!(reserved.id(), id);
+                let request = match action {
+                    Action::Authorize { card, merchant, amount } => {
+                        auths.push(id);
+                        authorize(&card_number(card), merchant, amount)
+                    }
+                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture(Capture {
+                        authorization: auths[nth % auths.len()],
+                        amount: Amount(amount),
+                    }),
+                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse(Reverse { authorization: auths[nth % auths.len()] }),
+                    Action::Sale { card, merchant, amount } => {
+                        sold.push(id);
+                        Request::Sale { number: card_number(card), merchant: merchant_of(merchant), amount: Amount(amount), currency: Currency::CNY }
+                    }
+                    Action::Refund { nth, amount } if !sold.is_empty() => Request::Refund(Refund {
+                        original: sold[nth % sold.len()],
+                        amount: Amount(amount),
+                        currency: Currency::CNY,
+                    }),
+                    Action::Repeat { nth } if !sent.is_empty() => {
+                        items.push(sent[nth % sent.len()].clone());
+                        continue;
+                    }
+                    Action::Tick { seconds } => {
+                        now = Timestamp(now.0 + seconds * 1_000_000_000);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                items.push(Item { id, who: ACQUIRER, request });
+            }
+            grows.expire(now);
+            reserved.expire(now);
+            let want = grows.run(items.clone(), now);
+            prop_assert_eq!(reserved.run(items.clone(), now), want);
+            prop_assert_eq!(reserved.core.ledger().digest(), grows.core.ledger().digest());
+            sent.extend(items);
+        }
+        prop_assert_eq!(&reserved.journal, &grows.journal);
+        let replayed = reserved.replayed();
+        prop_assert_eq!(replayed.ledger().digest(), grows.core.ledger().digest());
+    }
 }

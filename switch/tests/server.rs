@@ -873,13 +873,16 @@ async fn available(stream: &Stream, id: u128) -> i128 {
 
 /// Snapshots taken on the cadence and at shutdown let the oldest log segments go; a restart
 /// from them (and from the older snapshot, when the newest is corrupt) gives every answer
-/// again and the same balances.
+/// again and the same balances. Each start also reserves its memory ahead
+/// (`[ledger] preallocate`) after recovering, which must change none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_from_snapshots_after_the_log_was_pruned() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = config(dir.path());
     config.snapshot.every_records = 10;
     config.wal.segment_bytes_max = 2048;
+    config.ledger.preallocate = true;
+    config.ledger.transfers_remembered_max = 4096;
     let running = start(config.clone()).await;
     let client = connect(&running, None).await.expect("connect");
     let stream = client.stream().await.expect("stream");

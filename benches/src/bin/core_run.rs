@@ -4,7 +4,9 @@
 //! Setup is `switch_run`'s: 1,000 funded cards behind one issuer route, 10 merchants. Then
 //! `--count` authorizations with fresh request ids, in batches of `--batch`, with their
 //! fingerprints computed beforehand (the server computes them in the connection tasks).
-//! Reports the rate, the stage's CPU per authorization, and the batch time p50/p99/max.
+//! Reports the rate, the stage's CPU per authorization, and the batch time p50/p99/max;
+//! `--preallocate` reserves the memory for `--remembered` requests first, as
+//! `[ledger] preallocate` does at start.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +42,12 @@ struct Args {
     /// Authorizations per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Requests (and ledger transfers) remembered.
+    #[arg(long, default_value_t = 50_000_000)]
+    remembered: u64,
+    /// Reserve the memory for `--remembered` before the run (`[ledger] preallocate`).
+    #[arg(long)]
+    preallocate: bool,
 }
 
 fn card_number(i: u64) -> String {
@@ -114,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     // The switch's defaults, with the same raised bounds as `switch_run`.
     let mut config = switch::config::Config::default();
     config.ledger.pending_max = 50_000_000;
-    config.ledger.transfers_remembered_max = 50_000_000;
+    config.ledger.transfers_remembered_max = args.remembered;
     let ledger = Arc::new(Ledger::new(config.ledger_config())?);
     let routes = RouteTable::new(vec![Route {
         prefix: "62".into(),
@@ -124,11 +132,20 @@ fn main() -> anyhow::Result<()> {
     let core_config = CoreConfig {
         default_expiry_seconds: config.authorization.default_expiry_seconds,
         expiry_seconds_max: config.authorization.expiry_seconds_max,
-        requests_remembered_max: 50_000_000,
+        requests_remembered_max: usize::try_from(args.remembered)?,
         ..CoreConfig::default()
     };
     let mut core = Core::new(ledger, core_config, Arc::new(routes));
     setup(&mut core)?;
+    if args.preallocate {
+        let started = Instant::now();
+        let bytes = core.preallocate();
+        println!(
+            "preallocated_mib={} in {:.1} s",
+            bytes >> 20,
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut approved, mut applied, mut busy) = (0u64, 0u64, 0f64);
@@ -155,7 +172,13 @@ fn main() -> anyhow::Result<()> {
             .count() as u64;
     }
     anyhow::ensure!(approved == applied, "{approved} of {applied} approved");
-    println!("count={} batch={batch}", args.count);
+    println!(
+        "count={} batch={batch} remembered={} preallocate={} peak_rss_mib={}",
+        args.count,
+        args.remembered,
+        args.preallocate,
+        benches::rss_bytes().0 >> 20
+    );
     println!(
         "authorizations/s={:.0} us_per_authorization={:.2} batch_us p50={} p99={} max={}",
         applied as f64 / busy,

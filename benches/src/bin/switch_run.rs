@@ -52,6 +52,12 @@ struct Args {
     /// Log without fdatasync (not durable; report separately).
     #[arg(long)]
     no_fsync: bool,
+    /// Requests (and ledger transfers) remembered.
+    #[arg(long, default_value_t = 50_000_000)]
+    remembered: u64,
+    /// Reserve the memory for `--remembered` at start (`[ledger] preallocate`).
+    #[arg(long)]
+    preallocate: bool,
 }
 
 fn card(i: u64) -> String {
@@ -150,7 +156,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.metrics.listen = "127.0.0.1:0".parse()?;
     config.server.data_dir = dir.path().to_path_buf();
     config.ledger.pending_max = 50_000_000;
-    config.ledger.transfers_remembered_max = 50_000_000;
+    config.ledger.transfers_remembered_max = args.remembered;
+    config.ledger.preallocate = args.preallocate;
     config.limits.in_flight_per_connection_max = 1 << 20;
     if args.no_fsync {
         config.wal.durability = switch::config::Durability::None;
@@ -271,7 +278,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         declined.load(Ordering::Relaxed),
     );
     println!(
-        "mode={:?} streams={} depth={} frame={} fsync={} target_rate={}",
+        "mode={:?} streams={} depth={} frame={} fsync={} target_rate={} remembered={} \
+         preallocate={}",
         args.mode,
         args.streams,
         args.depth,
@@ -281,7 +289,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.rate.to_string()
         } else {
             "-".into()
-        }
+        },
+        args.remembered,
+        args.preallocate
     );
     println!(
         "authorizations/s={:.0} approved={} declined={} frame_rtt_ms p50={:.2} p99={:.2} max={:.2}",

@@ -371,6 +371,16 @@ impl Stage {
             digest = %core.ledger().digest(),
             "recovered from the snapshot and the write-ahead log after it"
         );
+        if config.ledger.preallocate {
+            let started = Instant::now();
+            let bytes = core.preallocate();
+            tracing::info!(
+                mib = bytes >> 20,
+                requests = config.ledger.transfers_remembered_max,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reserved the memory for every request remembered"
+            );
+        }
         let durability = options.durability;
         if let Some(warning) = durability.warning() {
             tracing::warn!("{warning}");
