@@ -78,7 +78,7 @@ fn authorize(id: u128) -> Request {
     Request {
         id: RequestId(id),
         operation: Operation::Authorize {
-            number: numbers()[((id as u64) % CARDS) as usize].clone(),
+            number: numbers()[((id as u64) % CARDS) as usize],
             merchant: AccountId(1_000_000 + u128::from((id as u64) % MERCHANTS)),
             amount: Amount(1),
             currency: CNY,
