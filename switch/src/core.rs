@@ -369,6 +369,12 @@ struct Participant {
 /// An authorization or sale, remembered for capture, reversal, refund and status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Original {
+    /// Of the request as sent (see `journal::fingerprint`). The original is also the request's
+    /// remembered answer (approved, a transfer of its own id, `amount` in `currency`): a repeat
+    /// is answered from here, with no entry in the remembered responses, which saves the stage
+    /// one map of millions per payment. 0: the answer is in the remembered responses instead
+    /// (originals restored from a version 1 snapshot, or a fingerprint that happens to be 0).
+    fingerprint: u64,
     acquirer: ParticipantId,
     issuer: ParticipantId,
     card: AccountId,
@@ -723,6 +729,7 @@ impl Core {
     pub fn preallocate(&mut self) -> usize {
         let zero = ParticipantId(0);
         let original = Original {
+            fingerprint: 0,
             acquirer: zero,
             issuer: zero,
             card: AccountId(0),
@@ -1025,12 +1032,8 @@ impl Core {
     ) -> bool {
         // A repeat is answered without closing the wave: it is not logged, so a replay would
         // not close it there either, and must build the same state (forgetting order too).
-        if let Some(kept) = self.responses.get(&id.0) {
-            out[slot] = Some(if kept.fingerprint == fingerprint {
-                kept.response(id)
-            } else {
-                Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
-            });
+        if let Some(response) = self.remembered(id, fingerprint) {
+            out[slot] = Some(response);
             return false;
         }
         if wave.keys.contains(&id.0)
@@ -1085,6 +1088,28 @@ impl Core {
             }
         }
         true
+    }
+
+    /// What a repeat of request `id` with `fingerprint` hears, if `id` is remembered: the
+    /// original answer, or 94 if the repeat is not the same request.
+    fn remembered(&self, id: RequestId, fingerprint: u64) -> Option<Response> {
+        let (original_fingerprint, response) = match self.responses.get(&id.0) {
+            Some(kept) => (kept.fingerprint, kept.response(id)),
+            None => {
+                let o = self.originals.get(&id.0).filter(|o| o.fingerprint != 0)?;
+                let body = Body::Transfer {
+                    transfer: TransferId(id.0),
+                    amount: o.amount,
+                    currency: o.currency,
+                };
+                (o.fingerprint, Response::approved(id, body))
+            }
+        };
+        Some(if original_fingerprint == fingerprint {
+            response
+        } else {
+            Response::new(id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
+        })
     }
 
     fn remember(&mut self, id: RequestId, fingerprint: u64, response: &Response) {
@@ -1534,6 +1559,7 @@ impl Core {
             ));
         };
         Ok(Original {
+            fingerprint: 0,
             acquirer: m.owner,
             issuer: c.owner,
             card,
@@ -1583,16 +1609,27 @@ impl Core {
                 .copied()
                 .find(|o| !o.is_success() && *o != Outcome::LinkedEventFailed)
                 .unwrap_or_else(|| *results.last().expect("a planned command has events"));
-            let response = self.finish(planned.id, planned.finish, outcome, planned.number, now);
-            self.remember(planned.id, planned.fingerprint, &response);
+            let response = self.finish(
+                planned.id,
+                planned.fingerprint,
+                planned.finish,
+                outcome,
+                planned.number,
+                now,
+            );
+            // An approved authorization or sale is answered from its original (see
+            // `Original::fingerprint`).
+            let in_original = planned.fingerprint != 0
+                && response.code == Code::Approved
+                && matches!(planned.finish, Finish::Authorize(_) | Finish::Sale(_));
+            if !in_original {
+                self.remember(planned.id, planned.fingerprint, &response);
+            }
             out[planned.slot] = Some(response);
         }
         for repeat in wave.repeats.drain(..) {
-            out[repeat.slot] = Some(match self.responses.get(&repeat.id.0) {
-                Some(kept) if kept.fingerprint == repeat.fingerprint => kept.response(repeat.id),
-                Some(_) => {
-                    Response::new(repeat.id, Code::DuplicateWithOtherFields, Reason::ID_REUSED)
-                }
+            out[repeat.slot] = Some(match self.remembered(repeat.id, repeat.fingerprint) {
+                Some(response) => response,
                 // Not remembered (busy): nothing was done, and the repeat hears the same.
                 None => out[repeat.of]
                     .clone()
@@ -1606,6 +1643,7 @@ impl Core {
     fn finish(
         &mut self,
         id: RequestId,
+        fingerprint: u64,
         finish: Finish,
         outcome: Outcome,
         number: Option<(String, AccountId)>,
@@ -1648,11 +1686,19 @@ impl Core {
                 None => Response::approved(id, Body::None),
             },
             Finish::Authorize(original) => {
+                let original = Original {
+                    fingerprint,
+                    ..original
+                };
                 self.originals
                     .insert(id.0, original, |o| o.stage == Stage::Held);
                 moved(original.amount, original.currency)
             }
             Finish::Sale(original) => {
+                let original = Original {
+                    fingerprint,
+                    ..original
+                };
                 self.originals
                     .insert(id.0, original, |o| o.stage == Stage::Held);
                 let (o, amount) = (original, original.amount);

@@ -29,8 +29,9 @@ use crate::routing::{RouteTable, is_valid_number};
 
 /// First bytes of every switch snapshot payload.
 pub const MAGIC: [u8; 8] = *b"SWCHSNAP";
-/// The payload format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The payload format this build writes. It also reads version 1, whose originals carry no
+/// fingerprint (their answers are among the remembered responses instead).
+pub const VERSION: u32 = 2;
 
 /// Section tags, in the order they are written. Each appears once; a reader refuses a tag it
 /// does not know (it could not hold that state) and one missing.
@@ -96,7 +97,9 @@ pub enum SnapshotError {
         section: Option<u16>,
         what: String,
     },
-    #[error("switch snapshot format version {0} is not supported (this build reads {VERSION})")]
+    #[error(
+        "switch snapshot format version {0} is not supported (this build reads 1 to {VERSION})"
+    )]
     Version(u32),
     #[error("switch snapshot covers sequence {in_payload}, but its file says {in_file}")]
     Sequence { in_payload: u64, in_file: u64 },
@@ -204,7 +207,7 @@ pub fn restore(
         return Err(r.bad(0, "not a switch snapshot (bad magic)".into()));
     }
     let version = r.u32("version")?;
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(SnapshotError::Version(version));
     }
     let sequence = r.u64("sequence")?;
@@ -277,7 +280,9 @@ pub fn restore(
     let participants = decode_participants(section(section::PARTICIPANTS))?;
     let limits = decode_limits(section(section::LIMITS))?;
     let directory = decode_directory(section(section::DIRECTORY))?;
-    let originals = decode_remembered(section(section::ORIGINALS), max, decode_original)?;
+    let originals = decode_remembered(section(section::ORIGINALS), max, |key, r| {
+        decode_original(key, r, version)
+    })?;
     let early_reversals = decode_remembered_keys(section(section::EARLY_REVERSALS), max)?;
     let responses = decode_remembered(section(section::RESPONSES), max, decode_response)?;
     let clearing = match optional(section::CLEARING) {
@@ -496,9 +501,10 @@ fn mix(key: u128) -> u64 {
     x ^ (x >> 31)
 }
 
-const ORIGINAL_LEN: usize = 75;
+const ORIGINAL_LEN: usize = 83;
 
 fn encode_original(_key: u128, o: &Original, out: &mut Vec<u8>) {
+    out.extend_from_slice(&o.fingerprint.to_le_bytes());
     out.extend_from_slice(&o.acquirer.0.to_le_bytes());
     out.extend_from_slice(&o.issuer.0.to_le_bytes());
     out.extend_from_slice(&o.card.0.to_le_bytes());
@@ -510,7 +516,17 @@ fn encode_original(_key: u128, o: &Original, out: &mut Vec<u8>) {
     out.push(stage_tag(o.stage));
 }
 
-fn decode_original(_key: u128, r: &mut Reader<'_>) -> Result<Original, SnapshotError> {
+fn decode_original(
+    _key: u128,
+    r: &mut Reader<'_>,
+    version: u32,
+) -> Result<Original, SnapshotError> {
+    // Version 1 kept every answer among the responses.
+    let fingerprint = if version >= 2 {
+        r.u64("fingerprint")?
+    } else {
+        0
+    };
     let acquirer = ParticipantId(r.u64("acquirer")?);
     let issuer = ParticipantId(r.u64("issuer")?);
     let card = AccountId(r.u128("card")?);
@@ -532,6 +548,7 @@ fn decode_original(_key: u128, r: &mut Reader<'_>) -> Result<Original, SnapshotE
     }
     let stage = r.stage()?;
     Ok(Original {
+        fingerprint,
         acquirer,
         issuer,
         card,
