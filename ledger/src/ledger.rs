@@ -242,7 +242,7 @@ impl Ledger {
         }
         let mut locked = self.lock_for(events);
         let outcomes = locked.apply_events(events, now);
-        locked.forget_beyond_bound();
+        locked.forget_beyond_bound(events.len());
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         // One shard a batch grows ahead of need (see `TransferShard::grow_ahead`).
         if let Some(shard) = locked.transfers[sequence as usize & self.mask].as_deref_mut() {
@@ -1205,10 +1205,12 @@ impl Locked<'_> {
 
     /// Forgets the oldest resolved transfers of every shard over its bound. Live holds are
     /// never forgotten; they are bounded by `pending_max` instead.
-    fn forget_beyond_bound(&mut self) {
+    fn forget_beyond_bound(&mut self, events: usize) {
         let bound = self.ledger.remembered_per_shard as usize;
+        // A batch adds at most one record per event to a shard.
+        let looks_max = events.saturating_add(crate::store::FORGET_LOOKS_SPARE);
         for shard in self.transfers.iter_mut().flatten() {
-            shard.forget_beyond(bound);
+            shard.forget_beyond(bound, looks_max);
         }
     }
 }

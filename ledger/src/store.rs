@@ -203,6 +203,9 @@ impl Slot {
     }
 }
 
+/// Records a shard looks at to forget per batch, beyond one per event of the batch.
+pub(crate) const FORGET_LOOKS_SPARE: usize = 64;
+
 /// One transfer shard's state.
 #[derive(Default)]
 pub(crate) struct TransferShard {
@@ -276,12 +279,21 @@ impl TransferShard {
         slot.unpack()
     }
 
-    /// Forgets the oldest records that are not live holds until at most `bound` remain (or
-    /// only live holds are left). A live hold met on the way moves to the newest end.
-    pub(crate) fn forget_beyond(&mut self, bound: usize) {
-        let mut budget = self.slots.len();
+    /// Forgets the oldest records that are not live holds until at most `bound` remain,
+    /// looking at no more than `looks_max` of them. A live hold met on the way moves to the
+    /// newest end. Returns how many it looked at.
+    ///
+    /// The caller passes the records its batch may have added plus `FORGET_LOOKS_SPARE`, so a
+    /// batch's cost stays in proportion to the batch when the oldest records are all live
+    /// holds (`pending_max` near `transfers_remembered_max`): the shard then holds more than
+    /// `bound`: its holds, and resolved records waiting for the looking to pass the holds,
+    /// about one for every `FORGET_LOOKS_SPARE` holds.
+    pub(crate) fn forget_beyond(&mut self, bound: usize, looks_max: usize) -> usize {
+        let mut budget = looks_max.min(self.slots.len());
+        let mut looked = 0;
         while self.slots.len() > bound && budget > 0 {
             budget -= 1;
+            looked += 1;
             let Some(slot) = self.slots.pop_front() else {
                 break;
             };
@@ -295,6 +307,7 @@ impl TransferShard {
                 self.forgotten += 1;
             }
         }
+        looked
     }
 
     /// Grows the index and the ring ahead of need once they are three-quarters full, but not
@@ -419,7 +432,7 @@ mod tests {
         for id in 1..=700 {
             shard.push(&posted(id));
         }
-        shard.forget_beyond(500);
+        shard.forget_beyond(500, usize::MAX);
         assert!(shard.preallocate(bound) > 0);
         let reserved = shard.capacities();
         assert!(
@@ -433,7 +446,7 @@ mod tests {
         }
         for id in 701..=30_000 {
             shard.push(&posted(id));
-            shard.forget_beyond(bound - 100);
+            shard.forget_beyond(bound - 100, 1 + FORGET_LOOKS_SPARE);
             shard.grow_ahead(bound);
             // Tombstones lower a hash map's capacity until it cleans up in place.
             let now = shard.capacities();
@@ -445,6 +458,52 @@ mod tests {
         assert_eq!(shard.len(), bound - 100);
         assert_eq!(shard.get(TransferId(30_000)), Some(posted(30_000)));
         assert!(shard.get(TransferId(1_000)).is_none());
+    }
+
+    fn held(id: u128) -> TransferRecord {
+        TransferRecord {
+            event: Transfer {
+                kind: TransferKind::Pending {
+                    expires_at: Timestamp(u64::MAX),
+                },
+                ..posted(id).event
+            },
+            state: TransferState::Pending,
+            ..posted(id)
+        }
+    }
+
+    /// When the oldest records are all live holds, forgetting looks at a bounded number of
+    /// them per batch (not the whole shard), keeps every hold, and forgets the resolved
+    /// records behind them as it reaches them.
+    #[test]
+    fn forgetting_past_live_holds_does_bounded_work() {
+        let (bound, looks_max) = (100, 1 + FORGET_LOOKS_SPARE);
+        let mut shard = TransferShard::default();
+        for id in 1..=5_000 {
+            shard.push(&held(id));
+            assert!(shard.forget_beyond(bound, looks_max) <= looks_max);
+        }
+        assert_eq!(shard.len(), 5_000, "live holds are never forgotten");
+        let mut most = 0;
+        for id in 5_001..=20_000 {
+            shard.push(&posted(id));
+            assert!(shard.forget_beyond(bound, looks_max) <= looks_max);
+            most = most.max(shard.len());
+        }
+        // Looking at 65 a batch and adding one, resolved records wait at most one pass over
+        // the holds: about one for every 64 holds.
+        let waiting_max = 5_000 / (FORGET_LOOKS_SPARE - 1) + 1;
+        assert!(most <= 5_000 + waiting_max, "{most}");
+        for id in 1..=5_000 {
+            assert_eq!(
+                shard.get(TransferId(id)).map(|r| r.state),
+                Some(TransferState::Pending)
+            );
+        }
+        // The resolved records reached are forgotten: all but the newest few.
+        assert!((5_001..=19_000).all(|id| shard.get(TransferId(id)).is_none()));
+        assert!(shard.get(TransferId(20_000)).is_some());
     }
 
     #[test]

@@ -607,15 +607,25 @@ impl<V> Remembered<V> {
         self.parts.iter().map(HashMap::capacity).sum()
     }
 
-    fn insert(&mut self, key: u128, value: V, keep: impl Fn(&V) -> bool) {
+    /// Remembers `key`, then forgets the oldest entries `keep` lets go until at most `max`
+    /// remain, looking at no more than `FORGET_LOOKS_MAX` of them: an entry kept goes to the
+    /// newest end. Returns how many it looked at.
+    ///
+    /// The bound on the looking is what keeps a request's cost constant when the oldest
+    /// entries are all kept (live holds, when `pending_max` is near this map's `max`): the map
+    /// then holds more than `max`: the kept entries, and others waiting for the looking to
+    /// pass them, about one for every `FORGET_LOOKS_MAX` kept.
+    fn insert(&mut self, key: u128, value: V, keep: impl Fn(&V) -> bool) -> usize {
         let part = self.part(key);
         if self.parts[part].insert(key, value).is_none() {
             self.order.push_back(key);
             self.len += 1;
         }
-        let mut budget = self.order.len();
+        let mut budget = FORGET_LOOKS_MAX.min(self.order.len());
+        let mut looked = 0;
         while self.len > self.max && budget > 0 {
             budget -= 1;
+            looked += 1;
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
@@ -626,8 +636,12 @@ impl<V> Remembered<V> {
                 self.len -= 1;
             }
         }
+        looked
     }
 }
+
+/// Entries a remembered map looks at to forget, at most, per insert.
+const FORGET_LOOKS_MAX: usize = 16;
 
 /// What to do with a command's ledger outcomes once its wave is applied.
 #[derive(Clone, Copy, Debug)]
@@ -1943,7 +1957,32 @@ mod order_tests {
 
 #[cfg(test)]
 mod remembered_tests {
-    use super::{REMEMBERED_PARTS, Remembered};
+    use super::{FORGET_LOOKS_MAX, REMEMBERED_PARTS, Remembered};
+
+    /// When the oldest entries are all kept, an insert looks at a bounded number of them
+    /// (not the whole map), keeps them all, and forgets what it may once that comes round.
+    #[test]
+    fn forgetting_past_kept_entries_does_bounded_work() {
+        let max = 100;
+        let mut m: Remembered<bool> = Remembered::new(max);
+        let keep = |kept: &bool| *kept;
+        for key in 0..5_000u128 {
+            assert!(m.insert(key, true, keep) <= FORGET_LOOKS_MAX);
+        }
+        assert_eq!(m.len, 5_000, "kept entries are never forgotten");
+        let mut most = 0;
+        for key in 5_000..40_000u128 {
+            assert!(m.insert(key, false, keep) <= FORGET_LOOKS_MAX);
+            most = most.max(m.len);
+        }
+        // Looking at 16 an insert and adding one, the others wait at most one pass over the
+        // kept entries: about one for every 15 kept.
+        assert!(most <= 5_000 + 5_000 / (FORGET_LOOKS_MAX - 1) + 1, "{most}");
+        assert!((0..5_000).all(|key| m.contains_key(&key)));
+        // The others reached are forgotten: all but the newest few hundred.
+        assert!((5_000..39_000).all(|key| !m.contains_key(&key)));
+        assert!(m.contains_key(&39_999));
+    }
 
     /// Preallocating keeps the entries and their forgetting order, and remembering past the
     /// bound from then on (forgetting as it goes) never grows a part again.
