@@ -25,6 +25,25 @@ fn submit(wal: &ledger::wal::Wal, key: u64, bytes: Vec<u8>, outcomes: &Outcomes)
     )
 }
 
+/// Takes a slot for every record first, then submits them: a record's failure can then not
+/// refuse the slot of a later one before it was taken, which would be a race in the test, not
+/// a property of the log.
+fn submit_all(wal: &ledger::wal::Wal, records: Vec<(u64, Vec<u8>)>, outcomes: &Outcomes) {
+    let permits: Vec<_> = records
+        .iter()
+        .map(|_| wal.reserve().expect("a slot"))
+        .collect();
+    for (permit, (key, bytes)) in permits.into_iter().zip(records) {
+        let outcomes = Arc::clone(outcomes);
+        permit.submit(
+            bytes,
+            Box::new(move |result| {
+                outcomes.lock().insert(key, result);
+            }),
+        );
+    }
+}
+
 fn wait_for(outcomes: &Outcomes, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while outcomes.lock().len() < count {
@@ -157,9 +176,11 @@ fn a_failed_fsync_is_fatal_and_nothing_after_it_is_acknowledged() {
     }
     storage.fail_next_sync();
     let outcomes: Outcomes = Arc::default();
-    for key in 0..5 {
-        submit(&wal, key, payload(10 + key, 10), &outcomes);
-    }
+    submit_all(
+        &wal,
+        (0..5).map(|key| (key, payload(10 + key, 10))).collect(),
+        &outcomes,
+    );
     wait_for(&outcomes, 5);
     for (key, result) in outcomes.lock().iter() {
         match result {
@@ -189,9 +210,11 @@ fn running_out_of_space_fails_the_group_with_a_clear_error() {
     assert_eq!(wal.append(payload(1, 100)), Ok(1));
     storage.set_capacity_bytes(Some(storage.used_bytes() + 150));
     let outcomes: Outcomes = Arc::default();
-    for key in 0..3 {
-        submit(&wal, key, payload(key, 100), &outcomes);
-    }
+    submit_all(
+        &wal,
+        (0..3).map(|key| (key, payload(key, 100))).collect(),
+        &outcomes,
+    );
     wait_for(&outcomes, 3);
     let acknowledged = outcomes.lock().values().filter(|r| r.is_ok()).count();
     let first_error = outcomes
