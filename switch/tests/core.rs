@@ -498,6 +498,75 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// Turns generated actions into requests, remembering what was sent, so that captures,
+/// reversals, refunds and repeats name earlier requests.
+#[derive(Default)]
+struct Script {
+    auths: Vec<RequestId>,
+    sold: Vec<RequestId>,
+    /// Requests sent whose first answer is known (a repeat resends one of these).
+    sent: Vec<Item>,
+}
+
+enum Next {
+    Send(Request),
+    Repeat(Item),
+    Tick(u64),
+    Skip,
+}
+
+impl Script {
+    fn next(&mut self, id: RequestId, action: Action) -> Next {
+        let pick = |ids: &[RequestId], nth: usize| ids[nth % ids.len()];
+        Next::Send(match action {
+            Action::Authorize {
+                card,
+                merchant,
+                amount,
+            } => {
+                self.auths.push(id);
+                authorize(&card_number(card), merchant, amount)
+            }
+            Action::Capture { nth, amount } if !self.auths.is_empty() => {
+                Request::Capture(Capture {
+                    authorization: pick(&self.auths, nth),
+                    amount: Amount(amount),
+                })
+            }
+            Action::Reverse { nth } if !self.auths.is_empty() => Request::Reverse(Reverse {
+                authorization: pick(&self.auths, nth),
+            }),
+            Action::Sale {
+                card,
+                merchant,
+                amount,
+            } => {
+                self.sold.push(id);
+                Request::Sale {
+                    number: card_number(card),
+                    merchant: merchant_of(merchant),
+                    amount: Amount(amount),
+                    currency: Currency::CNY,
+                }
+            }
+            Action::Refund { nth, amount } if !self.sold.is_empty() || !self.auths.is_empty() => {
+                let originals: Vec<RequestId> =
+                    self.sold.iter().chain(&self.auths).copied().collect();
+                Request::Refund(Refund {
+                    original: pick(&originals, nth),
+                    amount: Amount(amount),
+                    currency: Currency::CNY,
+                })
+            }
+            Action::Repeat { nth } if !self.sent.is_empty() => {
+                return Next::Repeat(self.sent[nth % self.sent.len()].clone());
+            }
+            Action::Tick { seconds } => return Next::Tick(seconds),
+            _ => return Next::Skip,
+        })
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -523,9 +592,7 @@ proptest! {
         let mut now = NOW;
         // Per account: (debits_pending, debits_posted, credits_pending, credits_posted) deltas.
         let mut expected: HashMap<AccountId, [i128; 4]> = HashMap::new();
-        let mut auths: Vec<(RequestId, u128, u128, u64)> = Vec::new();
-        let mut sold: Vec<RequestId> = Vec::new();
-        let mut sent: Vec<Item> = Vec::new();
+        let mut script = Script::default();
         let mut answers: HashMap<RequestId, switch::core::Response> = HashMap::new();
         let mut holds: HashMap<RequestId, (u128, u128, u64, Timestamp)> = HashMap::new();
         let mut captured: HashMap<RequestId, (u128, u128, u64)> = HashMap::new();
@@ -533,34 +600,17 @@ proptest! {
             let mut items = Vec::new();
             for action in batch {
                 let id = h.id();
-                let request = match action {
-                    Action::Authorize { card, merchant, amount } => {
-                        auths.push((id, card, merchant, amount));
-                        authorize(&card_number(card), merchant, amount)
-                    }
-                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture(Capture {
-                        authorization: auths[nth % auths.len()].0,
-                        amount: Amount(amount),
-                    }),
-                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse(Reverse { authorization: auths[nth % auths.len()].0 }),
-                    Action::Sale { card, merchant, amount } => {
-                        sold.push(id);
-                        Request::Sale { number: card_number(card), merchant: merchant_of(merchant), amount: Amount(amount), currency: Currency::CNY }
-                    }
-                    Action::Refund { nth, amount } if !sold.is_empty() || !auths.is_empty() => {
-                        let originals: Vec<RequestId> = sold.iter().copied().chain(auths.iter().map(|a| a.0)).collect();
-                        Request::Refund(Refund { original: originals[nth % originals.len()], amount: Amount(amount), currency: Currency::CNY })
-                    }
-                    Action::Repeat { nth } if !sent.is_empty() => {
-                        let item = sent[nth % sent.len()].clone();
+                let request = match script.next(id, action) {
+                    Next::Send(request) => request,
+                    Next::Repeat(item) => {
                         items.push(item);
                         continue;
                     }
-                    Action::Tick { seconds } => {
+                    Next::Tick(seconds) => {
                         now = Timestamp(now.0 + seconds * 1_000_000_000);
                         continue;
                     }
-                    _ => continue,
+                    Next::Skip => continue,
                 };
                 items.push(Item { id, who: ACQUIRER, request });
             }
@@ -583,7 +633,7 @@ proptest! {
                     continue;
                 }
                 answers.insert(item.id, response.clone());
-                sent.push(item.clone());
+                script.sent.push(item.clone());
                 if response.code != Code::Approved {
                     continue;
                 }
@@ -638,6 +688,51 @@ proptest! {
         let replayed = h.replayed();
         prop_assert_eq!(replayed.ledger().digest(), h.core.ledger().digest());
     }
+
+    /// Reserving the memory ahead (`Core::preallocate`), at any point, changes no answer, no
+    /// journal record and no balance: against a core that grows as it goes, with bounds
+    /// small enough that both forget.
+    #[test]
+    fn preallocating_changes_nothing(batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25), at in 0usize..25) {
+        let ledger_config = Config { shards: 4, transfers_remembered_max: 24, ..Config::default() };
+        let core_config = CoreConfig { requests_remembered_max: 24, ..CoreConfig::default() };
+        let mut grows = Harness::with_configs(ledger_config.clone(), core_config.clone());
+        let mut reserved = Harness::with_configs(ledger_config, core_config);
+        let mut now = NOW;
+        let mut script = Script::default();
+        for (n, batch) in batches.into_iter().enumerate() {
+            if n == at {
+                prop_assert!(reserved.core.preallocate() > 0);
+            }
+            let mut items = Vec::new();
+            for action in batch {
+                let id = grows.id();
+                prop_assert_eq!(reserved.id(), id);
+                let request = match script.next(id, action) {
+                    Next::Send(request) => request,
+                    Next::Repeat(item) => {
+                        items.push(item);
+                        continue;
+                    }
+                    Next::Tick(seconds) => {
+                        now = Timestamp(now.0 + seconds * 1_000_000_000);
+                        continue;
+                    }
+                    Next::Skip => continue,
+                };
+                items.push(Item { id, who: ACQUIRER, request });
+            }
+            grows.expire(now);
+            reserved.expire(now);
+            let want = grows.run(items.clone(), now);
+            prop_assert_eq!(reserved.run(items.clone(), now), want);
+            prop_assert_eq!(reserved.core.ledger().digest(), grows.core.ledger().digest());
+            script.sent.extend(items);
+        }
+        prop_assert_eq!(&reserved.journal, &grows.journal);
+        let replayed = reserved.replayed();
+        prop_assert_eq!(replayed.ledger().digest(), grows.core.ledger().digest());
+    }
 }
 
 fn merchant_of(i: u128) -> AccountId {
@@ -659,77 +754,4 @@ fn add(
     amount: i128,
 ) {
     expected.entry(account).or_default()[column] += amount;
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proptest-regressions/switch_core_preallocate.txt"
-        )))),
-        ..ProptestConfig::default()
-    })]
-
-    /// Reserving the memory ahead (`Core::preallocate`), at any point, changes no answer, no
-    /// journal record and no balance: against a core that grows as it goes, with bounds
-    /// small enough that both forget.
-    #[test]
-    fn preallocating_changes_nothing(batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25), at in 0usize..25) {
-        let ledger_config = Config { shards: 4, transfers_remembered_max: 24, ..Config::default() };
-        let core_config = CoreConfig { requests_remembered_max: 24, ..CoreConfig::default() };
-        let mut grows = Harness::with_configs(ledger_config.clone(), core_config.clone());
-        let mut reserved = Harness::with_configs(ledger_config, core_config);
-        let mut now = NOW;
-        let (mut auths, mut sold, mut sent): (Vec<RequestId>, Vec<RequestId>, Vec<Item>) = Default::default();
-        for (n, batch) in batches.into_iter().enumerate() {
-            if n == at {
-                prop_assert!(reserved.core.preallocate() > 0);
-            }
-            let mut items = Vec::new();
-            for action in batch {
-                let id = grows.id();
-                prop_assert_eq!(reserved.id(), id);
-                let request = match action {
-                    Action::Authorize { card, merchant, amount } => {
-                        auths.push(id);
-                        authorize(&card_number(card), merchant, amount)
-                    }
-                    Action::Capture { nth, amount } if !auths.is_empty() => Request::Capture(Capture {
-                        authorization: auths[nth % auths.len()],
-                        amount: Amount(amount),
-                    }),
-                    Action::Reverse { nth } if !auths.is_empty() => Request::Reverse(Reverse { authorization: auths[nth % auths.len()] }),
-                    Action::Sale { card, merchant, amount } => {
-                        sold.push(id);
-                        Request::Sale { number: card_number(card), merchant: merchant_of(merchant), amount: Amount(amount), currency: Currency::CNY }
-                    }
-                    Action::Refund { nth, amount } if !sold.is_empty() => Request::Refund(Refund {
-                        original: sold[nth % sold.len()],
-                        amount: Amount(amount),
-                        currency: Currency::CNY,
-                    }),
-                    Action::Repeat { nth } if !sent.is_empty() => {
-                        items.push(sent[nth % sent.len()].clone());
-                        continue;
-                    }
-                    Action::Tick { seconds } => {
-                        now = Timestamp(now.0 + seconds * 1_000_000_000);
-                        continue;
-                    }
-                    _ => continue,
-                };
-                items.push(Item { id, who: ACQUIRER, request });
-            }
-            grows.expire(now);
-            reserved.expire(now);
-            let want = grows.run(items.clone(), now);
-            prop_assert_eq!(reserved.run(items.clone(), now), want);
-            prop_assert_eq!(reserved.core.ledger().digest(), grows.core.ledger().digest());
-            sent.extend(items);
-        }
-        prop_assert_eq!(&reserved.journal, &grows.journal);
-        let replayed = reserved.replayed();
-        prop_assert_eq!(replayed.ledger().digest(), grows.core.ledger().digest());
-    }
 }
