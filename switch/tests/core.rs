@@ -516,6 +516,30 @@ enum Next {
 }
 
 impl Script {
+    /// A batch's items from its actions, numbered by `id`; ticks move `now` on.
+    fn items(
+        &mut self,
+        actions: Vec<Action>,
+        mut id: impl FnMut() -> RequestId,
+        now: &mut Timestamp,
+    ) -> Vec<Item> {
+        let mut items = Vec::new();
+        for action in actions {
+            let id = id();
+            match self.next(id, action) {
+                Next::Send(request) => items.push(Item {
+                    id,
+                    who: ACQUIRER,
+                    request,
+                }),
+                Next::Repeat(item) => items.push(item),
+                Next::Tick(seconds) => *now = Timestamp(now.0 + seconds * 1_000_000_000),
+                Next::Skip => {}
+            }
+        }
+        items
+    }
+
     fn next(&mut self, id: RequestId, action: Action) -> Next {
         let pick = |ids: &[RequestId], nth: usize| ids[nth % ids.len()];
         Next::Send(match action {
@@ -597,23 +621,7 @@ proptest! {
         let mut holds: HashMap<RequestId, (u128, u128, u64, Timestamp)> = HashMap::new();
         let mut captured: HashMap<RequestId, (u128, u128, u64)> = HashMap::new();
         for batch in batches {
-            let mut items = Vec::new();
-            for action in batch {
-                let id = h.id();
-                let request = match script.next(id, action) {
-                    Next::Send(request) => request,
-                    Next::Repeat(item) => {
-                        items.push(item);
-                        continue;
-                    }
-                    Next::Tick(seconds) => {
-                        now = Timestamp(now.0 + seconds * 1_000_000_000);
-                        continue;
-                    }
-                    Next::Skip => continue,
-                };
-                items.push(Item { id, who: ACQUIRER, request });
-            }
+            let items = script.items(batch, || h.id(), &mut now);
             // Holds due by `now` expire before the batch, as the server's tick would.
             h.expire(now);
             for (id, (c, m, amount, at)) in holds.clone() {
@@ -704,24 +712,11 @@ proptest! {
             if n == at {
                 prop_assert!(reserved.core.preallocate() > 0);
             }
-            let mut items = Vec::new();
-            for action in batch {
+            let items = script.items(batch, || {
                 let id = grows.id();
-                prop_assert_eq!(reserved.id(), id);
-                let request = match script.next(id, action) {
-                    Next::Send(request) => request,
-                    Next::Repeat(item) => {
-                        items.push(item);
-                        continue;
-                    }
-                    Next::Tick(seconds) => {
-                        now = Timestamp(now.0 + seconds * 1_000_000_000);
-                        continue;
-                    }
-                    Next::Skip => continue,
-                };
-                items.push(Item { id, who: ACQUIRER, request });
-            }
+                assert_eq!(reserved.id(), id, "both harnesses number requests alike");
+                id
+            }, &mut now);
             grows.expire(now);
             reserved.expire(now);
             let want = grows.run(items.clone(), now);
