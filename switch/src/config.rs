@@ -484,6 +484,31 @@ impl Config {
         Ok(())
     }
 
+    /// What is valid but costly or unsafe, each naming its keys: `switch config check` prints
+    /// these and the switch logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let (pending, remembered) = (
+            self.ledger.pending_max,
+            self.ledger.transfers_remembered_max,
+        );
+        if pending.saturating_mul(2) > remembered {
+            warnings.push(format!(
+                "ledger.pending_max ({pending}) is more than half of \
+                 ledger.transfers_remembered_max ({remembered}): live holds are never \
+                 forgotten, so as they fill what is remembered each new request looks past \
+                 more of them to forget an old one (up to {FORGET_LOOKS} per request), and the \
+                 ledger stage slows down by up to three times; keep pending_max at most half",
+                FORGET_LOOKS = crate::core::FORGET_LOOKS_MAX,
+            ));
+        }
+        if self.wal.durability == Durability::None {
+            let durability = ledger::wal::Durability::None;
+            warnings.extend(durability.warning().map(|w| format!("wal.durability: {w}")));
+        }
+        warnings
+    }
+
     /// Where settlement reports go.
     pub fn report_dir(&self) -> PathBuf {
         if self.clearing.report_dir.as_os_str().is_empty() {
@@ -632,6 +657,33 @@ mod tests {
         assert_eq!(
             Config::parse("", "empty").expect("empty parses"),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn warnings_name_their_keys_and_the_default_has_none() {
+        assert_eq!(Config::default().warnings(), Vec::<String>::new());
+        let half = "[ledger]\ntransfers_remembered_max = 1000\npending_max = 500\n";
+        let config = Config::parse(half, "x.toml").expect("valid");
+        assert_eq!(config.warnings(), Vec::<String>::new());
+        let over = "[ledger]\ntransfers_remembered_max = 1000\npending_max = 501\n";
+        let warnings = Config::parse(over, "x.toml").expect("valid").warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("ledger.pending_max (501)"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[0].contains("ledger.transfers_remembered_max (1000)"),
+            "{warnings:?}"
+        );
+        let unsafe_log = Config::parse("[wal]\ndurability = \"none\"\n", "x.toml")
+            .expect("valid")
+            .warnings();
+        assert_eq!(unsafe_log.len(), 1, "{unsafe_log:?}");
+        assert!(
+            unsafe_log[0].starts_with("wal.durability: "),
+            "{unsafe_log:?}"
         );
     }
 

@@ -641,7 +641,7 @@ impl<V> Remembered<V> {
 }
 
 /// Entries a remembered map looks at to forget, at most, per insert.
-const FORGET_LOOKS_MAX: usize = 16;
+pub const FORGET_LOOKS_MAX: usize = 16;
 
 /// What to do with a command's ledger outcomes once its wave is applied.
 #[derive(Clone, Copy, Debug)]

@@ -100,8 +100,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
                 println!("{}: ok", file.display());
+                for warning in config.warnings() {
+                    println!("warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -171,6 +171,9 @@ async fn start_on<S: Storage + Clone>(
     config_path: Option<PathBuf>,
     storage: Option<S>,
 ) -> anyhow::Result<Running> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let config = Arc::new(config);
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)

@@ -382,9 +382,6 @@ impl Stage {
             );
         }
         let durability = options.durability;
-        if let Some(warning) = durability.warning() {
-            tracing::warn!("{warning}");
-        }
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
         let in_flight_max = options.queue_depth_max.max(1) as u64;
         let wal =
