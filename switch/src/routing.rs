@@ -5,12 +5,12 @@
 //! account registered for it when that account was created. No route: 92 (cannot route);
 //! a route but no account: 14 (invalid card or account).
 
-use std::collections::HashMap;
-
 use ledger::{AccountId, ParticipantId};
 
 /// The longest card or wallet number accepted (ISO/IEC 7812 PANs have at most 19 digits).
 pub const NUMBER_LEN_MAX: usize = 19;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One row of the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,13 +48,15 @@ pub fn is_valid_number(number: &str) -> bool {
 pub struct RouteTable {
     /// One map per prefix length (index 0 = length 1).
     by_len: Vec<HashMap<String, Route>>,
+    /// The prefix lengths routed, longest first: a lookup tries only these.
+    lens: Vec<usize>,
     len: usize,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Result<Self, RouteError> {
-        let mut by_len: Vec<HashMap<String, Route>> = vec![HashMap::new(); NUMBER_LEN_MAX];
-        let mut first_index: HashMap<String, usize> = HashMap::new();
+        let mut by_len: Vec<HashMap<String, Route>> = vec![HashMap::default(); NUMBER_LEN_MAX];
+        let mut first_index: HashMap<String, usize> = HashMap::default();
         let len = routes.len();
         for (index, route) in routes.into_iter().enumerate() {
             if !is_valid_number(&route.prefix) {
@@ -84,7 +86,11 @@ impl RouteTable {
             first_index.insert(route.prefix.clone(), index);
             by_len[route.prefix.len() - 1].insert(route.prefix.clone(), route);
         }
-        Ok(RouteTable { by_len, len })
+        let lens = (1..=NUMBER_LEN_MAX)
+            .rev()
+            .filter(|len| !by_len[len - 1].is_empty())
+            .collect();
+        Ok(RouteTable { by_len, lens, len })
     }
 
     pub fn len(&self) -> usize {
@@ -100,9 +106,10 @@ impl RouteTable {
         if !is_valid_number(number) {
             return None;
         }
-        (1..=number.len())
-            .rev()
-            .find_map(|len| self.by_len.get(len - 1)?.get(number.get(..len)?))
+        self.lens
+            .iter()
+            .filter(|&&len| len <= number.len())
+            .find_map(|&len| self.by_len.get(len - 1)?.get(number.get(..len)?))
     }
 }
 
