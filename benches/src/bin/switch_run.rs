@@ -58,6 +58,9 @@ struct Args {
     /// Reserve the memory for `--remembered` at start (`[ledger] preallocate`).
     #[arg(long)]
     preallocate: bool,
+    /// Requests the ledger stage takes at once, at most (`[limits] batch_len_max`).
+    #[arg(long, default_value_t = switch::config::Config::default().limits.batch_len_max)]
+    batch: u16,
 }
 
 fn card(i: u64) -> String {
@@ -164,6 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.ledger.pending_max = 50_000_000;
     config.ledger.transfers_remembered_max = args.remembered;
     config.ledger.preallocate = args.preallocate;
+    config.limits.batch_len_max = args.batch;
     config.limits.in_flight_per_connection_max = 1 << 20;
     if args.no_fsync {
         config.wal.durability = switch::config::Durability::None;
