@@ -801,8 +801,7 @@ impl Core {
     /// `execute` for items whose fingerprints are already computed.
     pub fn execute_prepared(&mut self, items: Vec<Prepared>, now: Timestamp) -> Executed {
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
-        // Most requests are logged: sized once, not doubled (and copied) on the stage.
-        let mut logged = Vec::with_capacity(items.len());
+        let mut logged = Vec::new();
         let mut wave = std::mem::take(&mut self.wave);
         for (slot, prepared) in items.into_iter().enumerate() {
             let Prepared {

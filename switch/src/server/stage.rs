@@ -655,8 +655,7 @@ impl Stage {
         metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
         let mut result = Ok(());
         if !executed.logged.is_empty() {
-            // An authorization takes 84 bytes of the record: room for most batches in one go.
-            let mut payload = Vec::with_capacity(16 + 96 * executed.logged.len());
+            let mut payload = Vec::with_capacity(64 * executed.logged.len());
             SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
             // On a failure the core has applied a batch the log does not hold: the pipeline
             // refuses its answers, and the stage stops acknowledging (see `fail_stop`).
