@@ -117,6 +117,13 @@ pub struct Snapshot {
     pub keep: u32,
     /// Take a snapshot at a clean shutdown, so that the next start replays nothing.
     pub on_shutdown: bool,
+    /// A due snapshot waits while the switch takes at least this many requests a second (over
+    /// the last whole second): a peak does not pay the pause of capturing the state. 0: never
+    /// wait.
+    pub defer_above_requests_per_second: u64,
+    /// ... but only until the log since the last snapshot reaches this many times the counts
+    /// above (at least 1), so the log a crash replays stays bounded.
+    pub defer_at_most: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -304,6 +311,8 @@ impl Default for Snapshot {
             every_wal_bytes: 1 << 30,
             keep: 2,
             on_shutdown: true,
+            defer_above_requests_per_second: 20_000,
+            defer_at_most: 4,
         }
     }
 }
@@ -411,6 +420,7 @@ impl Config {
             ("wal.group_bytes_max", self.wal.group_bytes_max),
             ("wal.queue_depth_max", u64::from(self.wal.queue_depth_max)),
             ("snapshot.keep", u64::from(self.snapshot.keep)),
+            ("snapshot.defer_at_most", self.snapshot.defer_at_most),
             (
                 "authorization.default_expiry_seconds",
                 u64::from(self.authorization.default_expiry_seconds),

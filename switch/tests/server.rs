@@ -871,6 +871,66 @@ async fn available(stream: &Stream, id: u128) -> i128 {
     b.available
 }
 
+/// A snapshot due while the switch is busy waits for the load to fall
+/// (`[snapshot] defer_above_requests_per_second`), and is taken once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_due_at_a_peak_waits_for_the_load_to_fall() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.snapshot.every_records = 5;
+    config.snapshot.every_wal_bytes = 0;
+    // Any steady traffic is a peak here, and nothing but the load stops a snapshot.
+    config.snapshot.defer_above_requests_per_second = 1;
+    config.snapshot.defer_at_most = 1_000_000;
+    config.snapshot.keep = 1_000;
+    config.snapshot.on_shutdown = false;
+    config.authorization.expiry_tick_ms = 100;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    let snapshots = || files(&dir.path().join("snapshots"), ".snap").len();
+    // One record per request, 50 a second: a snapshot due every tenth of a second. The first
+    // second makes the load known (snapshots may be taken meanwhile).
+    let mut id = 10_000u128;
+    let mut load = |seconds: u64| {
+        let stream = &stream;
+        let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        async move {
+            let mut sent = 0;
+            while tokio::time::Instant::now() < until {
+                id += 1;
+                let answer = one(stream, authorize(id, 1)).await;
+                assert_eq!(answer.code, Code::Approved, "{answer:?}");
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        }
+    };
+    load(2).await;
+    let at_peak = snapshots();
+    let sent = load(3).await;
+    assert!(sent >= 20, "only {sent} requests in 3 s");
+    // One may have been started just before and written since.
+    let after_peak = snapshots();
+    assert!(
+        after_peak <= at_peak + 1,
+        "{} snapshots taken during the peak ({sent} records, one due every 5)",
+        after_peak - at_peak
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while snapshots() == after_peak {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot after the load fell"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
 /// Snapshots taken on the cadence and at shutdown let the oldest log segments go; a restart
 /// from them (and from the older snapshot, when the newest is corrupt) gives every answer
 /// again and the same balances. Each start also reserves its memory ahead

@@ -61,6 +61,13 @@ struct Args {
     /// Requests the ledger stage takes at once, at most (`[limits] batch_len_max`).
     #[arg(long, default_value_t = switch::config::Config::default().limits.batch_len_max)]
     batch: u16,
+    /// A snapshot is due after this many MiB of log (`[snapshot] every_wal_bytes`).
+    #[arg(long, default_value_t = switch::config::Config::default().snapshot.every_wal_bytes >> 20)]
+    snapshot_every_mib: u64,
+    /// A due snapshot waits while the switch takes at least this many requests a second
+    /// (`[snapshot] defer_above_requests_per_second`; 0: never waits).
+    #[arg(long, default_value_t = switch::config::Config::default().snapshot.defer_above_requests_per_second)]
+    snapshot_defer_above: u64,
 }
 
 fn card(i: u64) -> String {
@@ -168,6 +175,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.ledger.transfers_remembered_max = args.remembered;
     config.ledger.preallocate = args.preallocate;
     config.limits.batch_len_max = args.batch;
+    config.snapshot.every_wal_bytes = args.snapshot_every_mib << 20;
+    config.snapshot.defer_above_requests_per_second = args.snapshot_defer_above;
     config.limits.in_flight_per_connection_max = 1 << 20;
     if args.no_fsync {
         config.wal.durability = switch::config::Durability::None;

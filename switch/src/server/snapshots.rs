@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::snapshot_file::{self, SNAPSHOT_KEEP_DEFAULT};
@@ -46,19 +46,111 @@ struct Written {
 /// Removes the log segments wholly covered by a sequence; returns how many.
 type Prune = Arc<dyn Fn(u64) -> Result<usize, ledger::storage::StorageError> + Send + Sync>;
 
+/// When a snapshot is due: counts of log appended since the last, and how busy the switch
+/// is. A due snapshot waits while the switch is busy (over the last whole second it took at
+/// least `defer_above_requests_per_second`), so that a peak does not pay the pause of capturing
+/// the state, which grows with what is remembered; it waits no longer than `defer_at_most`
+/// times the counts, so the log to replay after a crash stays bounded.
+#[derive(Clone, Debug)]
+pub(crate) struct Cadence {
+    every_records: u64,
+    every_wal_bytes: u64,
+    defer_above: u64,
+    defer_at_most: u64,
+    records_since: u64,
+    bytes_since: u64,
+    /// The window being counted: when it started, and the requests taken since.
+    window: Option<(Instant, u64)>,
+    /// Requests a second over the last whole window (a second or a little more).
+    rate: u64,
+}
+
+/// What `Cadence::due` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    No,
+    /// Due, but waiting for the switch to be less busy.
+    Deferred,
+    Yes,
+}
+
+impl Cadence {
+    pub(crate) fn new(config: &crate::config::Snapshot) -> Self {
+        Cadence {
+            every_records: config.every_records,
+            every_wal_bytes: config.every_wal_bytes,
+            defer_above: config.defer_above_requests_per_second,
+            defer_at_most: config.defer_at_most.max(1),
+            records_since: 0,
+            bytes_since: 0,
+            window: None,
+            rate: 0,
+        }
+    }
+
+    /// A record of `bytes` (header included) was appended.
+    pub(crate) fn appended(&mut self, bytes: u64) {
+        self.records_since += 1;
+        self.bytes_since = self.bytes_since.saturating_add(bytes);
+    }
+
+    /// The stage took a batch of `requests` at `now` (0 for an idle tick; the stage ticks
+    /// when idle, so windows close then too).
+    pub(crate) fn batch(&mut self, requests: usize, now: Instant) {
+        let requests = u64::try_from(requests).unwrap_or(u64::MAX);
+        // A window counts what was taken after its start, up to and including its end.
+        let Some((started, taken)) = &mut self.window else {
+            self.window = Some((now, 0));
+            return;
+        };
+        *taken = taken.saturating_add(requests);
+        let elapsed = now.saturating_duration_since(*started);
+        if elapsed >= Duration::from_secs(1) {
+            let per_second = u128::from(*taken) * 1_000_000_000 / elapsed.as_nanos().max(1);
+            self.rate = u64::try_from(per_second).unwrap_or(u64::MAX);
+            self.window = Some((now, 0));
+        }
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        self.defer_above > 0 && self.rate >= self.defer_above
+    }
+
+    fn reached(&self, factor: u64) -> bool {
+        (self.every_records > 0 && self.records_since >= self.every_records.saturating_mul(factor))
+            || (self.every_wal_bytes > 0
+                && self.bytes_since >= self.every_wal_bytes.saturating_mul(factor))
+    }
+
+    pub(crate) fn due(&self) -> Due {
+        if !self.reached(1) {
+            Due::No
+        } else if self.busy() && !self.reached(self.defer_at_most) {
+            Due::Deferred
+        } else {
+            Due::Yes
+        }
+    }
+
+    /// A snapshot was started: count afresh.
+    pub(crate) fn taken(&mut self) {
+        self.records_since = 0;
+        self.bytes_since = 0;
+    }
+}
+
 pub struct Snapshots {
     storage: FileStorage,
     prune: Prune,
-    every_records: u64,
-    every_wal_bytes: u64,
+    cadence: Cadence,
+    /// A due snapshot is waiting for the stage to be less busy (said once in the log).
+    deferring: bool,
     keep: usize,
     on_shutdown: bool,
     /// The sequence the newest snapshot (written, being written, or loaded) covers.
     covered: u64,
     /// The last log sequence appended.
     appended: u64,
-    records_since: u64,
-    bytes_since: u64,
     in_flight: Option<JoinHandle<anyhow::Result<Written>>>,
 }
 
@@ -78,16 +170,14 @@ impl Snapshots {
         Ok(Snapshots {
             storage,
             prune,
-            every_records: s.every_records,
-            every_wal_bytes: s.every_wal_bytes,
+            cadence: Cadence::new(s),
+            deferring: false,
             keep: usize::try_from(s.keep)
                 .unwrap_or(SNAPSHOT_KEEP_DEFAULT)
                 .max(1),
             on_shutdown: s.on_shutdown,
             covered: 0,
             appended: 0,
-            records_since: 0,
-            bytes_since: 0,
             in_flight: None,
         })
     }
@@ -152,23 +242,41 @@ impl Snapshots {
     /// A record of `payload_bytes` was appended at `sequence`.
     pub fn appended(&mut self, sequence: u64, payload_bytes: usize) {
         self.appended = sequence;
-        self.records_since += 1;
-        self.bytes_since += payload_bytes as u64 + RECORD_OVERHEAD_BYTES;
+        self.cadence
+            .appended(payload_bytes as u64 + RECORD_OVERHEAD_BYTES);
     }
 
-    fn due(&self) -> bool {
-        (self.every_records > 0 && self.records_since >= self.every_records)
-            || (self.every_wal_bytes > 0 && self.bytes_since >= self.every_wal_bytes)
+    /// The stage took a batch of `requests` (0: an idle tick), for `Cadence::busy`.
+    pub fn batch(&mut self, requests: usize) {
+        self.cadence.batch(requests, Instant::now());
     }
 
-    /// Between batches: reports a finished write, and starts a snapshot if one is due and
-    /// none is being written.
+    fn due(&mut self) -> bool {
+        match self.cadence.due() {
+            Due::Yes => true,
+            Due::No => false,
+            Due::Deferred => {
+                if !self.deferring {
+                    self.deferring = true;
+                    metrics::counter!("switch_snapshots_deferred_total").increment(1);
+                    tracing::info!(
+                        "a snapshot is due; it waits while the switch is busy (at most \
+                         [snapshot] defer_at_most times the log it is due after)"
+                    );
+                }
+                false
+            }
+        }
+    }
+
     /// Whether a snapshot is due and none is being written (reports a finished write).
     pub fn wants_start(&mut self) -> bool {
         self.reap(false);
         self.in_flight.is_none() && self.due() && self.appended > self.covered
     }
 
+    /// Between batches: reports a finished write, and starts a snapshot if one is due and
+    /// none is being written.
     pub fn maybe_start(&mut self, core: &Core) {
         self.reap(false);
         if self.in_flight.is_none() && self.due() && self.appended > self.covered {
@@ -211,8 +319,8 @@ impl Snapshots {
             pause_ms = pause.as_secs_f64() * 1e3,
             "snapshot captured; writing it in the background"
         );
-        self.records_since = 0;
-        self.bytes_since = 0;
+        self.cadence.taken();
+        self.deferring = false;
         let (storage, prune, keep) = (self.storage.clone(), self.prune.clone(), self.keep);
         let spawned = std::thread::Builder::new()
             .name("switch-snapshot".into())
@@ -292,4 +400,181 @@ fn write(
         write_ms: started.elapsed().as_millis() as u64,
         segments_removed: removed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cadence(every_records: u64, every_wal_bytes: u64, defer: u64, at_most: u64) -> Cadence {
+        Cadence::new(&crate::config::Snapshot {
+            every_records,
+            every_wal_bytes,
+            defer_above_requests_per_second: defer,
+            defer_at_most: at_most,
+            ..crate::config::Snapshot::default()
+        })
+    }
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_peak_defers_a_due_snapshot_until_the_load_falls_or_the_bound() {
+        let mut now = Instant::now();
+        // 1,000 requests a tenth of a second: 10,000 a second, over the 5,000 threshold.
+        let mut c = cadence(10, 0, 5_000, 4);
+        let busy_batch = |c: &mut Cadence, now: &mut Instant| {
+            *now += TICK;
+            c.batch(1_000, *now);
+            c.appended(50);
+        };
+        // A second of the peak before anything is appended (the first batch opens the window):
+        // the rate is known from then on.
+        for _ in 0..11 {
+            now += TICK;
+            c.batch(1_000, now);
+        }
+        assert!(c.busy());
+        for _ in 0..9 {
+            busy_batch(&mut c, &mut now);
+        }
+        assert_eq!(c.due(), Due::No);
+        busy_batch(&mut c, &mut now);
+        assert_eq!(c.due(), Due::Deferred, "busy at 10 records");
+        for _ in 10..39 {
+            busy_batch(&mut c, &mut now);
+        }
+        assert_eq!(c.due(), Due::Deferred, "busy at 39 records");
+        busy_batch(&mut c, &mut now);
+        assert_eq!(c.due(), Due::Yes, "40 records: 4 times the count");
+        c.taken();
+        assert_eq!(c.due(), Due::No);
+        for _ in 0..10 {
+            busy_batch(&mut c, &mut now);
+        }
+        assert_eq!(c.due(), Due::Deferred);
+        // The peak ends: 100 requests a tenth of a second is 1,000 a second.
+        for _ in 0..11 {
+            now += TICK;
+            c.batch(100, now);
+        }
+        assert_eq!(c.due(), Due::Yes, "a quiet second");
+        // A rate just under the threshold is not busy; at it, it is.
+        let mut edge = cadence(1, 0, 5_000, 4);
+        edge.appended(1);
+        for (per_tick, want) in [(499, Due::Yes), (500, Due::Deferred), (0, Due::Yes)] {
+            // Two seconds: at least one whole window at this rate alone.
+            for _ in 0..20 {
+                now += TICK;
+                edge.batch(per_tick, now);
+            }
+            assert_eq!(edge.due(), want, "{per_tick} requests every 100 ms");
+        }
+    }
+
+    #[test]
+    fn without_deferral_a_snapshot_is_due_at_the_count_in_bytes_or_records() {
+        let now = Instant::now();
+        let mut c = cadence(0, 1000, 0, 4);
+        c.batch(1_000_000, now);
+        c.batch(1_000_000, now + Duration::from_secs(1));
+        c.appended(999);
+        assert_eq!(c.due(), Due::No);
+        c.appended(1);
+        assert_eq!(c.due(), Due::Yes);
+        let mut never = cadence(0, 0, 100, 4);
+        for _ in 0..1000 {
+            never.appended(u64::MAX / 2);
+        }
+        assert_eq!(never.due(), Due::No, "both counts 0: no periodic snapshots");
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Append(u64),
+        /// Requests, then milliseconds since the last batch or tick (the stage ticks at least
+        /// every 100 ms by default).
+        Batch(usize, u64),
+        Take,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..200).prop_map(Step::Append),
+            (
+                prop_oneof![Just(0usize), 0usize..50, 0usize..5000],
+                0u64..=100
+            )
+                .prop_map(|(n, ms)| Step::Batch(n, ms)),
+            Just(Step::Take),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config!("switch_snapshot_cadence.txt"))]
+
+        #[test]
+        fn deferral_never_skips_the_bound_nor_defers_a_quiet_switch(
+            every_records in 0u64..20,
+            every_bytes in 0u64..2000,
+            defer in prop_oneof![Just(0u64), 1u64..100_000],
+            at_most in 1u64..6,
+            steps in prop::collection::vec(step(), 0..400),
+        ) {
+            let started = Instant::now();
+            let mut c = cadence(every_records, every_bytes, defer, at_most);
+            let (mut records, mut bytes) = (0u64, 0u64);
+            let mut at = 0u64;
+            // (milliseconds since the start, requests) of every batch and tick.
+            let mut batches: Vec<(u64, u64)> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Append(b) => {
+                        c.appended(b);
+                        records += 1;
+                        bytes += b;
+                    }
+                    Step::Batch(n, ms) => {
+                        at += ms;
+                        c.batch(n, started + Duration::from_millis(at));
+                        batches.push((at, n as u64));
+                    }
+                    Step::Take => {
+                        c.taken();
+                        records = 0;
+                        bytes = 0;
+                    }
+                }
+                let reached = |f: u64| {
+                    (every_records > 0 && records >= every_records * f)
+                        || (every_bytes > 0 && bytes >= every_bytes * f)
+                };
+                let due = c.due();
+                prop_assert_eq!(due == Due::No, !reached(1));
+                if reached(at_most) || defer == 0 {
+                    prop_assert_ne!(due, Due::Deferred);
+                }
+                // Over the last 2.5 s (when the switch has run that long), the requests in
+                // every 100 ms: the window last closed lies within that span.
+                if at >= 2_500 {
+                    let recent: Vec<u64> = batches
+                        .iter()
+                        .filter(|(t, _)| *t > at - 2_500)
+                        .map(|(_, n)| *n)
+                        .collect();
+                    let total: u64 = recent.iter().sum();
+                    if total == 0 {
+                        prop_assert!(!c.busy(), "busy after 2.5 s without a request");
+                    }
+                    // At least twice the threshold a second in every 100 ms: busy. Ticks come
+                    // at most 100 ms apart, so each carries its 100 ms share.
+                    if defer > 0 && recent.iter().all(|&n| n * 10 >= 2 * defer) {
+                        prop_assert!(c.busy(), "not busy at twice the threshold");
+                    }
+                }
+            }
+        }
+    }
 }

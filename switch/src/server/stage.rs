@@ -490,6 +490,7 @@ impl Stage {
                 }
             }
             let Some(first) = first else {
+                self.snapshots.batch(0);
                 if unwritten.load(Ordering::Acquire) == 0
                     && let Err(e) = self.maybe_snapshot()
                 {
@@ -514,6 +515,7 @@ impl Stage {
             }
             queued.fetch_sub(count, Ordering::AcqRel);
             metrics::histogram!("switch_batch_requests").record(count as f64);
+            self.snapshots.batch(count);
             self.core.set_routes(routes.read().clone());
             let mut result = self.execute(jobs, clock.now());
             if result.is_ok() {
