@@ -175,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.ledger.transfers_remembered_max = args.remembered;
     config.ledger.preallocate = args.preallocate;
     config.limits.batch_len_max = args.batch;
-    config.snapshot.every_wal_bytes = args.snapshot_every_mib << 20;
+    config.snapshot.every_wal_bytes = args.snapshot_every_mib.saturating_mul(1 << 20);
     config.snapshot.defer_above_requests_per_second = args.snapshot_defer_above;
     config.limits.in_flight_per_connection_max = 1 << 20;
     if args.no_fsync {
