@@ -21,7 +21,7 @@ pub use format::{
 };
 pub use recovery::{
     OnCorruption, RecoverOptions, Recovered, RecoveryError, Resume, Truncation, TruncationCause,
-    delete_covered, recover,
+    delete_covered, read_through, recover,
 };
 pub use writer::{OnDurable, Permit, Wal};
 

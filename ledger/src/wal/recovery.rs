@@ -162,6 +162,9 @@ pub enum RecoveryError<E> {
     /// The callback refused a record.
     #[error("applying WAL record {sequence}: {source}")]
     Apply { sequence: u64, source: E },
+    /// `read_through`: the log ends before the record asked for.
+    #[error("the log ends at sequence {last}, before sequence {through}")]
+    Short { through: u64, last: u64 },
 }
 
 fn later_note(valid_record_at: &Option<u64>) -> String {
@@ -283,6 +286,133 @@ where
             next_sequence: scan.expected.unwrap_or(1).max(after_snapshot),
         },
     })
+}
+
+/// Streams the records after `after_sequence` up to and including `through_sequence` to
+/// `apply`, in order, and returns how many it passed. Read only: nothing in the storage is
+/// changed, and nothing after `through_sequence` is needed, so the log can be read while its
+/// writer appends (to build a snapshot off the writer's thread from records already durable).
+/// Every record up to `through_sequence` must be present and valid; invalid data before it is
+/// `Corrupt` (never trimmed here), and a log that ends before it is `Short`.
+pub fn read_through<S, E>(
+    storage: &S,
+    record_size_max_bytes: u32,
+    after_sequence: u64,
+    through_sequence: u64,
+    mut apply: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<u64, RecoveryError<E>>
+where
+    S: Storage,
+{
+    /// Why the scan's callback stopped it.
+    enum Stop<E> {
+        Past,
+        Apply(E),
+    }
+    check_record_size(record_size_max_bytes)?;
+    if through_sequence <= after_sequence {
+        return Ok(0);
+    }
+    let options = RecoverOptions {
+        record_size_max_bytes,
+        after_sequence,
+        on_corruption: OnCorruption::Refuse,
+    };
+    let segments = list_segments(storage)?;
+    for pair in segments.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(RecoveryError::MissingSegment {
+                missing: segment_file_name(pair[0] + 1),
+                found: segment_file_name(pair[1]),
+            });
+        }
+    }
+    let mut scan = Scan {
+        options: &options,
+        expected: None,
+        last_sequence: None,
+        applied: 0,
+        skipped: 0,
+    };
+    let mut step = |sequence: u64, payload: &[u8]| {
+        if sequence > through_sequence {
+            return Err(Stop::Past);
+        }
+        apply(sequence, payload).map_err(Stop::Apply)
+    };
+    for (i, &segment) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let name = segment_file_name(segment);
+        let found = match scan.segment(storage, segment, &name, is_last, &mut step) {
+            Ok(found) => found,
+            Err(e) => {
+                return Err(match e {
+                    RecoveryError::Apply {
+                        source: Stop::Past, ..
+                    } => break,
+                    RecoveryError::Apply {
+                        sequence,
+                        source: Stop::Apply(source),
+                    } => RecoveryError::Apply { sequence, source },
+                    RecoveryError::Options(e) => RecoveryError::Options(e),
+                    RecoveryError::Storage(e) => RecoveryError::Storage(e),
+                    RecoveryError::Corrupt {
+                        file,
+                        offset,
+                        reason,
+                        valid_record_at,
+                    } => RecoveryError::Corrupt {
+                        file,
+                        offset,
+                        reason,
+                        valid_record_at,
+                    },
+                    RecoveryError::MissingSegment { missing, found } => {
+                        RecoveryError::MissingSegment { missing, found }
+                    }
+                    RecoveryError::Gap {
+                        file,
+                        first_sequence,
+                        after_sequence,
+                    } => RecoveryError::Gap {
+                        file,
+                        first_sequence,
+                        after_sequence,
+                    },
+                    RecoveryError::Short { through, last } => {
+                        RecoveryError::Short { through, last }
+                    }
+                });
+            }
+        };
+        let reached = scan
+            .last_sequence
+            .is_some_and(|last| last >= through_sequence);
+        if reached {
+            break;
+        }
+        if let Some(invalid) = found {
+            // A write still under way (or cut short) at the end: the log ends before it.
+            let torn =
+                is_last && invalid.reason.can_be_torn_write() && invalid.valid_record_at.is_none();
+            if torn {
+                break;
+            }
+            return Err(RecoveryError::Corrupt {
+                file: name,
+                offset: invalid.offset,
+                reason: invalid.reason,
+                valid_record_at: invalid.valid_record_at,
+            });
+        }
+    }
+    match scan.last_sequence {
+        Some(last) if last >= through_sequence => Ok(scan.applied),
+        last => Err(RecoveryError::Short {
+            through: through_sequence,
+            last: last.unwrap_or(0),
+        }),
+    }
 }
 
 /// Removes the oldest segments while every record in them is at or before `sequence` (judged
