@@ -124,6 +124,20 @@ pub struct Snapshot {
     /// ... but only until the log since the last snapshot reaches this many times the counts
     /// above (at least 1), so the log a crash replays stays bounded.
     pub defer_at_most: u64,
+    /// How a periodic snapshot is made.
+    pub method: SnapshotMethod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMethod {
+    /// Another thread loads the newest snapshot, replays the log after it up to the last
+    /// durable record, and writes the result: the ledger stage never pauses. Costs that
+    /// thread's CPU and, while it runs, a second copy of the state in memory.
+    Replay,
+    /// The ledger stage copies its state (a pause that grows with what is remembered) and
+    /// another thread writes it.
+    Capture,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -313,6 +327,7 @@ impl Default for Snapshot {
             on_shutdown: true,
             defer_above_requests_per_second: 20_000,
             defer_at_most: 4,
+            method: SnapshotMethod::Replay,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 mod common;
 use common::{CNY, loopback_config, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::config::{Config, Identity as IdentityConfig, TlsMode};
+use switch::config::{Config, Identity as IdentityConfig, SnapshotMethod, TlsMode};
 use switch::server::{self, Running};
 use switch::tls::{Fingerprint, ServerIdentity, Trust};
 use switch::wire::{
@@ -936,9 +936,29 @@ async fn a_snapshot_due_at_a_peak_waits_for_the_load_to_fall() {
 /// (`[ledger] preallocate`) after recovering, which must change none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_from_snapshots_after_the_log_was_pruned() {
+    restarts_from_snapshots(SnapshotMethod::Replay, true).await;
+}
+
+/// The same with snapshots the ledger stage captures itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_from_captured_snapshots_after_the_log_was_pruned() {
+    restarts_from_snapshots(SnapshotMethod::Capture, true).await;
+}
+
+/// With no snapshot at shutdown, the newest snapshots are the ones built by replaying the log
+/// off the stage while it ran: a restart from them, or from the older one plus the log after
+/// it, must give every answer and balance there was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_from_snapshots_built_by_replay_while_serving() {
+    restarts_from_snapshots(SnapshotMethod::Replay, false).await;
+}
+
+async fn restarts_from_snapshots(method: SnapshotMethod, on_shutdown: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = config(dir.path());
     config.snapshot.every_records = 10;
+    config.snapshot.method = method;
+    config.snapshot.on_shutdown = on_shutdown;
     config.wal.segment_bytes_max = 2048;
     config.ledger.preallocate = true;
     config.ledger.transfers_remembered_max = 4096;
@@ -967,6 +987,10 @@ async fn restarts_from_snapshots_after_the_log_was_pruned() {
         };
         let answer = one(&stream, request.clone()).await;
         sent.push((request, answer));
+        if !on_shutdown && i == 100 {
+            // Let the snapshots due so far be made, so that the newest covers most of this.
+            wait_for_snapshot_past(dir.path(), 90).await;
+        }
     }
     let before = available(&stream, 9_000).await;
     client.close().await;
@@ -1011,6 +1035,23 @@ async fn restarts_from_snapshots_after_the_log_was_pruned() {
         client.close().await;
         running.shutdown().await.expect("clean shutdown");
     }
+}
+
+/// Waits (at most 20 s) for a snapshot file covering a log sequence past `sequence`.
+async fn wait_for_snapshot_past(data_dir: &Path, sequence: u64) {
+    let storage =
+        ledger::storage::FileStorage::open(data_dir.join("snapshots")).expect("snapshot directory");
+    for _ in 0..400 {
+        let newest = ledger::snapshot_file::list(&storage)
+            .expect("list snapshots")
+            .into_iter()
+            .max();
+        if newest.is_some_and(|s| s > sequence) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no snapshot past sequence {sequence} within 20 s");
 }
 
 /// `[clearing] close_every_seconds`: the switch closes windows on its own, logged like any

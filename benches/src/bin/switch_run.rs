@@ -27,6 +27,12 @@ const CARDS: u64 = 1_000;
 const MERCHANTS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Method {
+    Replay,
+    Capture,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Max,
     Rate,
@@ -68,6 +74,9 @@ struct Args {
     /// (`[snapshot] defer_above_requests_per_second`; 0: never waits).
     #[arg(long, default_value_t = switch::config::Config::default().snapshot.defer_above_requests_per_second)]
     snapshot_defer_above: u64,
+    /// How a snapshot is made (`[snapshot] method`).
+    #[arg(long, value_enum, default_value_t = Method::Replay)]
+    snapshot_method: Method,
 }
 
 fn card(i: u64) -> String {
@@ -177,6 +186,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.limits.batch_len_max = args.batch;
     config.snapshot.every_wal_bytes = args.snapshot_every_mib.saturating_mul(1 << 20);
     config.snapshot.defer_above_requests_per_second = args.snapshot_defer_above;
+    config.snapshot.method = match args.snapshot_method {
+        Method::Replay => switch::config::SnapshotMethod::Replay,
+        Method::Capture => switch::config::SnapshotMethod::Capture,
+    };
     config.limits.in_flight_per_connection_max = 1 << 20;
     if args.no_fsync {
         config.wal.durability = switch::config::Durability::None;

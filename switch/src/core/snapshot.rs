@@ -177,6 +177,7 @@ impl Capture {
 }
 
 /// What a restore needs besides the bytes: the same configuration a fresh start would use.
+#[derive(Clone)]
 pub struct RestoreConfig {
     pub ledger: ledger::Config,
     pub core: CoreConfig,

@@ -3,24 +3,35 @@
 //! segments the oldest kept snapshot covers.
 //!
 //! Files live in `data_dir/snapshots` (`ledger::snapshot_file`: written to a temporary name,
-//! fdatasync, rename, directory fsync, CRC32C, the newest `keep` kept). The stage thread only
-//! captures (`core::snapshot::Capture::take`); a background thread encodes and writes, one
-//! snapshot at a time, and deletes covered log segments only once the snapshot is durable.
+//! fdatasync, rename, directory fsync, CRC32C, the newest `keep` kept). One snapshot is made at
+//! a time, on a background thread, which deletes covered log segments only once it is durable.
+//! How the state gets there is `[snapshot] method`:
+//!
+//! - `replay`: the background thread builds the state itself, the way a restart would: it
+//!   loads the newest snapshot (or the state the log starts from) and replays the log after
+//!   it, up to the last record durable when the snapshot was due (`wal::read_through`, which
+//!   reads while the writer appends). The ledger stage does not pause at all.
+//! - `capture`: the stage thread copies its state (`core::snapshot::Capture::take`), a pause
+//!   that grows with what is remembered, and the background thread encodes and writes it.
+//!
+//! The snapshot at a clean shutdown is always captured: nothing is waiting then.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ledger::snapshot_file::{self, SNAPSHOT_KEEP_DEFAULT};
-use std::sync::Arc;
 
 use ledger::storage::FileStorage;
 use ledger::wal;
 
-use crate::config::Config;
+use crate::config::{Config, SnapshotMethod};
 use crate::core::Core;
 use crate::core::snapshot::{Capture, RestoreConfig};
+use crate::server::stage::replay_record;
 
 /// Bytes a log record takes on disk besides its payload (the record header).
 pub const RECORD_OVERHEAD_BYTES: u64 = wal::RECORD_HEADER_LEN as u64;
@@ -41,10 +52,39 @@ struct Written {
     encode_ms: u64,
     write_ms: u64,
     segments_removed: usize,
+    /// Made by replay: how.
+    built: Option<Built>,
+}
+
+/// How a snapshot made by replay was built.
+struct Built {
+    /// The snapshot file it started from, or the state the log starts from.
+    base: String,
+    records_replayed: u64,
+    load_ms: u64,
+    replay_ms: u64,
 }
 
 /// Removes the log segments wholly covered by a sequence; returns how many.
 type Prune = Arc<dyn Fn(u64) -> Result<usize, ledger::storage::StorageError> + Send + Sync>;
+
+/// Replays the log records after the first sequence up to and including the second into a
+/// core; returns how many. Stops with `Cancelled` once the flag is set.
+type Replay = Arc<dyn Fn(&mut Core, u64, u64, &AtomicBool) -> anyhow::Result<u64> + Send + Sync>;
+
+/// A build by replay was stopped (at shutdown): not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot build was cancelled")]
+struct Cancelled;
+
+/// What a build by replay needs besides the files.
+#[derive(Clone)]
+struct Builds {
+    /// The encoded state the log starts from (before any record), for a log no snapshot covers.
+    initial: Arc<Vec<u8>>,
+    restore: RestoreConfig,
+    replay: Replay,
+}
 
 /// When a snapshot is due: counts of log appended since the last, and how busy the switch
 /// is. A due snapshot waits while the switch is busy (over the last whole second it took at
@@ -152,6 +192,12 @@ pub struct Snapshots {
     /// The last log sequence appended.
     appended: u64,
     in_flight: Option<JoinHandle<anyhow::Result<Written>>>,
+    method: SnapshotMethod,
+    replay: Replay,
+    /// Set by `starting_from`; without it snapshots are captured.
+    builds: Option<Builds>,
+    /// Stops a build in flight (at shutdown).
+    cancel: Arc<AtomicBool>,
 }
 
 impl Snapshots {
@@ -160,6 +206,26 @@ impl Snapshots {
         config: &Config,
         wal_storage: S,
     ) -> anyhow::Result<Snapshots> {
+        let record_size_max = crate::server::stage::wal_options(config).record_size_max_bytes;
+        let read_storage = wal_storage.clone();
+        let replay: Replay = Arc::new(move |core, after, through, cancel| {
+            let replayed = wal::read_through(
+                &read_storage,
+                record_size_max,
+                after,
+                through,
+                |_, payload| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(anyhow::Error::new(Cancelled));
+                    }
+                    replay_record(core, payload).map_err(anyhow::Error::new)
+                },
+            );
+            replayed.map_err(|e| match e {
+                wal::RecoveryError::Apply { source, .. } if source.is::<Cancelled>() => source,
+                e => anyhow::anyhow!("{e}"),
+            })
+        });
         let prune: Prune = Arc::new(move |sequence| {
             wal::delete_covered(&wal_storage, sequence).map(|removed| removed.len())
         });
@@ -179,7 +245,21 @@ impl Snapshots {
             covered: 0,
             appended: 0,
             in_flight: None,
+            method: s.method,
+            replay,
+            builds: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Keeps `initial`, the state the log starts from, for snapshots made by replay (which
+    /// start there when no snapshot covers the log yet). Call before recovery.
+    pub fn starting_from(&mut self, initial: &Core) {
+        self.builds = Some(Builds {
+            initial: Arc::new(Capture::take(initial, 0).encode()),
+            restore: RestoreConfig::like(initial),
+            replay: self.replay.clone(),
+        });
     }
 
     pub fn dir(&self) -> &Path {
@@ -193,45 +273,12 @@ impl Snapshots {
         &mut self,
         config: impl Fn() -> RestoreConfig,
     ) -> anyhow::Result<(Option<Loaded>, Vec<String>)> {
-        let mut passed_over = Vec::new();
-        for sequence in snapshot_file::list(&self.storage)? {
-            let snapshot = match snapshot_file::read(&self.storage, sequence)? {
-                Ok(snapshot) => snapshot,
-                Err(rejected) => {
-                    tracing::warn!("{rejected}; trying an older snapshot");
-                    passed_over.push(rejected.to_string());
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            match Core::restore(&snapshot.payload, snapshot.sequence, config()) {
-                Ok((core, sequence)) => {
-                    tracing::info!(
-                        file = %snapshot.file,
-                        sequence,
-                        bytes = snapshot.payload.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "loaded snapshot"
-                    );
-                    self.covered = sequence;
-                    self.appended = sequence;
-                    return Ok((
-                        Some(Loaded {
-                            core,
-                            sequence,
-                            file: snapshot.file,
-                        }),
-                        passed_over,
-                    ));
-                }
-                Err(e) => {
-                    let reason = format!("snapshot {}: {e}", snapshot.file);
-                    tracing::warn!("{reason}; trying an older snapshot");
-                    passed_over.push(reason);
-                }
-            }
+        let (loaded, passed_over) = load_newest(&self.storage, config)?;
+        if let Some(l) = &loaded {
+            self.covered = l.sequence;
+            self.appended = l.sequence;
         }
-        Ok((None, passed_over))
+        Ok((loaded, passed_over))
     }
 
     /// Recovery found the log up to `sequence`.
@@ -295,6 +342,9 @@ impl Snapshots {
         };
         match handle.join() {
             Ok(Ok(w)) => report(&w),
+            Ok(Err(e)) if e.is::<Cancelled>() => {
+                tracing::info!("the snapshot being built was cancelled (the log is kept whole)");
+            }
             Ok(Err(e)) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
                 // The log still holds everything: nothing acknowledged is at risk.
@@ -307,24 +357,36 @@ impl Snapshots {
         }
     }
 
-    /// Captures on this thread (the pause) and hands encoding and writing to another.
+    /// Starts the snapshot of everything appended so far on another thread: built there by
+    /// replay, or captured here (the pause) and written there.
     fn start(&mut self, core: &Core) {
         let sequence = self.appended;
         let started = Instant::now();
-        let capture = Capture::take(core, sequence);
-        let pause = started.elapsed();
-        metrics::histogram!("switch_snapshot_pause_seconds").record(pause.as_secs_f64());
-        tracing::info!(
-            sequence,
-            pause_ms = pause.as_secs_f64() * 1e3,
-            "snapshot captured; writing it in the background"
-        );
+        let (storage, prune, keep) = (self.storage.clone(), self.prune.clone(), self.keep);
+        let spawned = match (self.method, self.builds.clone()) {
+            (SnapshotMethod::Replay, Some(builds)) => {
+                let cancel = self.cancel.clone();
+                tracing::info!(sequence, "snapshot due; building it off the ledger stage");
+                std::thread::Builder::new()
+                    .name("switch-snapshot".into())
+                    .spawn(move || build(builds, sequence, &storage, &prune, keep, &cancel))
+            }
+            _ => {
+                let capture = Capture::take(core, sequence);
+                tracing::info!(
+                    sequence,
+                    pause_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "snapshot captured; writing it in the background"
+                );
+                std::thread::Builder::new()
+                    .name("switch-snapshot".into())
+                    .spawn(move || write(capture, &storage, &prune, keep))
+            }
+        };
+        metrics::histogram!("switch_snapshot_pause_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.cadence.taken();
         self.deferring = false;
-        let (storage, prune, keep) = (self.storage.clone(), self.prune.clone(), self.keep);
-        let spawned = std::thread::Builder::new()
-            .name("switch-snapshot".into())
-            .spawn(move || write(capture, &storage, &prune, keep));
         match spawned {
             Ok(handle) => {
                 self.covered = sequence;
@@ -337,9 +399,12 @@ impl Snapshots {
         }
     }
 
-    /// At a clean stop: waits for a write in flight, then (if configured and anything was
+    /// At a clean stop: waits for a write in flight (cancelling a build by replay), then (if configured and anything was
     /// logged since) takes a last snapshot here, so the next start replays nothing.
     pub fn finish(&mut self, core: &Core) {
+        // A build by replay would take as long as it takes; the capture below supersedes it,
+        // and without one the log is kept whole.
+        self.cancel.store(true, Ordering::Relaxed);
         self.reap(true);
         if !self.on_shutdown || self.appended <= self.covered {
             return;
@@ -364,6 +429,17 @@ fn report(w: &Written) {
     metrics::histogram!("switch_snapshot_write_seconds")
         .record((w.encode_ms + w.write_ms) as f64 / 1e3);
     metrics::gauge!("switch_snapshot_bytes").set(w.bytes as f64);
+    if let Some(b) = &w.built {
+        metrics::histogram!("switch_snapshot_build_seconds")
+            .record((b.load_ms + b.replay_ms) as f64 / 1e3);
+        tracing::info!(
+            base = %b.base,
+            records_replayed = b.records_replayed,
+            load_ms = b.load_ms,
+            replay_ms = b.replay_ms,
+            "snapshot built by replaying the log"
+        );
+    }
     tracing::info!(
         file = %w.file,
         sequence = w.sequence,
@@ -373,6 +449,99 @@ fn report(w: &Written) {
         wal_segments_removed = w.segments_removed,
         "snapshot written"
     );
+}
+
+/// The newest snapshot in `storage` that reads back and restores (see `Snapshots::load`).
+fn load_newest(
+    storage: &FileStorage,
+    config: impl Fn() -> RestoreConfig,
+) -> anyhow::Result<(Option<Loaded>, Vec<String>)> {
+    let mut passed_over = Vec::new();
+    for sequence in snapshot_file::list(storage)? {
+        let snapshot = match snapshot_file::read(storage, sequence)? {
+            Ok(snapshot) => snapshot,
+            Err(rejected) => {
+                tracing::warn!("{rejected}; trying an older snapshot");
+                passed_over.push(rejected.to_string());
+                continue;
+            }
+        };
+        let started = Instant::now();
+        match Core::restore(&snapshot.payload, snapshot.sequence, config()) {
+            Ok((core, sequence)) => {
+                tracing::info!(
+                    file = %snapshot.file,
+                    sequence,
+                    bytes = snapshot.payload.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "loaded snapshot"
+                );
+                return Ok((
+                    Some(Loaded {
+                        core,
+                        sequence,
+                        file: snapshot.file,
+                    }),
+                    passed_over,
+                ));
+            }
+            Err(e) => {
+                let reason = format!("snapshot {}: {e}", snapshot.file);
+                tracing::warn!("{reason}; trying an older snapshot");
+                passed_over.push(reason);
+            }
+        }
+    }
+    Ok((None, passed_over))
+}
+
+/// Makes the snapshot at `through` off the ledger stage: the newest snapshot (or the initial
+/// state), the log after it replayed up to `through`, then encoded and written like a capture.
+fn build(
+    builds: Builds,
+    through: u64,
+    storage: &FileStorage,
+    prune: &Prune,
+    keep: usize,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Written> {
+    let started = Instant::now();
+    let (loaded, passed_over) = load_newest(storage, || builds.restore.clone())?;
+    let (mut core, after, base) = match loaded {
+        Some(l) => (l.core, l.sequence, l.file),
+        None => {
+            let (core, sequence) = Core::restore(&builds.initial, 0, builds.restore.clone())
+                .context("restoring the initial state")?;
+            let base = if passed_over.is_empty() {
+                "the initial state".to_owned()
+            } else {
+                format!(
+                    "the initial state (snapshots passed over: {})",
+                    passed_over.join("; ")
+                )
+            };
+            (core, sequence, base)
+        }
+    };
+    anyhow::ensure!(
+        after < through,
+        "the newest snapshot ({base}) already covers sequence {after}, not before {through}"
+    );
+    let load_ms = started.elapsed().as_millis() as u64;
+    let started = Instant::now();
+    let records_replayed = (builds.replay)(&mut core, after, through, cancel)
+        .with_context(|| format!("replaying the log after {base} up to sequence {through}"))?;
+    let replay_ms = started.elapsed().as_millis() as u64;
+    let capture = Capture::take(&core, through);
+    drop(core);
+    let mut written = write(capture, storage, prune, keep)?;
+    written.built = Some(Built {
+        base,
+        records_replayed,
+        load_ms,
+        replay_ms,
+    });
+    Ok(written)
 }
 
 /// Encodes and writes a snapshot durably, then removes the log segments that every kept
@@ -399,6 +568,7 @@ fn write(
         encode_ms,
         write_ms: started.elapsed().as_millis() as u64,
         segments_removed: removed,
+        built: None,
     })
 }
 

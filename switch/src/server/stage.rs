@@ -322,6 +322,8 @@ impl Stage {
         let options = wal_options(config);
         let started = Instant::now();
         let mut snapshots = Snapshots::open(config, storage.clone())?;
+        // Before anything is loaded: `core` is the state the log starts from.
+        snapshots.starting_from(&core);
         let (loaded, passed_over) = snapshots
             .load(|| RestoreConfig::like(&core))
             .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
@@ -336,15 +338,7 @@ impl Stage {
                 after_sequence,
                 ..RecoverOptions::default()
             },
-            |_sequence, payload| -> Result<(), crate::journal::JournalError> {
-                match SwitchRecord::decode(payload)? {
-                    SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-                    SwitchRecord::Expire { now } => {
-                        core.expire(now);
-                    }
-                }
-                Ok(())
-            },
+            |_sequence, payload| replay_record(&mut core, payload),
         )
         .map_err(|e| {
             if passed_over.is_empty() {
@@ -670,6 +664,20 @@ impl Stage {
         });
         result
     }
+}
+
+/// Applies one logged record to `core` again (recovery, and snapshots built by replay).
+pub(crate) fn replay_record(
+    core: &mut Core,
+    payload: &[u8],
+) -> Result<(), crate::journal::JournalError> {
+    match SwitchRecord::decode(payload)? {
+        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+        SwitchRecord::Expire { now } => {
+            core.expire(now);
+        }
+    }
+    Ok(())
 }
 
 fn write_report(dir: &std::path::Path, details: &WindowDetails) {
