@@ -29,7 +29,9 @@
 //! or two that the switch expires by itself, declines of every kind), the switch is killed with
 //! requests in flight, restarted (a quarter of the restarts are themselves killed at a random
 //! moment of the start, mostly while the log is replayed, and started again), and then, in
-//! this order:
+//! this order, checked. The switch makes a snapshot every 300 log records (built off the
+//! ledger stage by replaying the log) in 1 MiB log segments, so kills also land while one is
+//! being built or written, and restarts load one and replay the log after it:
 //!
 //! 1. Read-only, before anything is re-sent: the TransferStatus of every operation that makes
 //!    a transfer and was acknowledged this cycle (and a sample of older ones) must match the
@@ -288,6 +290,9 @@ fn write_config(dir: &Path) -> PathBuf {
          [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
          [log]\nlevel = \"info\"\n\n\
          [authorization]\nexpiry_tick_ms = 100\n\n\
+         [snapshot]\nevery_records = 300\n\n\
+         [clearing]\nclose_every_seconds = 2\n\n\
+         [wal]\nsegment_bytes_max = 1048576\n\n\
          [[routes]]\nprefix = \"62\"\nissuer = {ISSUER}\n",
         data = data.display().to_string(),
     );
@@ -1364,6 +1369,15 @@ struct Report {
     /// starting included, if they got that far), and how many found a torn record at its end.
     replay_ms: Vec<f64>,
     torn_tails_trimmed: u64,
+    /// From the switch's log: snapshots written while it ran (built by replaying the log), and
+    /// starts that loaded one.
+    snapshots_written: u64,
+    starts_from_snapshot: u64,
+    /// Clearing checks made (one a cycle), and skipped because more windows were closed than
+    /// ListWindows lists; windows at the last check.
+    clearing_checks: u64,
+    clearing_checks_skipped: u64,
+    windows_seen: u64,
     /// Extra kills during a start, and how many of them came before the switch was ready.
     start_kills: u64,
     start_kills_before_ready: u64,
@@ -1432,6 +1446,17 @@ impl Report {
             ("ready_ms", json_times(&self.ready_ms)),
             ("replay_ms", json_times(&self.replay_ms)),
             ("torn_tails_trimmed", self.torn_tails_trimmed.to_string()),
+            ("snapshots_written", self.snapshots_written.to_string()),
+            (
+                "starts_from_snapshot",
+                self.starts_from_snapshot.to_string(),
+            ),
+            ("clearing_checks", self.clearing_checks.to_string()),
+            (
+                "clearing_checks_skipped",
+                self.clearing_checks_skipped.to_string(),
+            ),
+            ("windows_seen", self.windows_seen.to_string()),
             ("start_kills", self.start_kills.to_string()),
             (
                 "start_kills_before_ready",
@@ -1481,7 +1506,19 @@ impl Report {
         let _ = writeln!(
             s,
             "chaos: recovery (spawn to first answer) ms: min {rmin:.1}, median {rmed:.1}, max \
-             {rmax:.1}; of which replaying the log: median {pmed:.1}, max {pmax:.1}"
+             {rmax:.1}; of which loading the snapshot and replaying the log: median {pmed:.1}, \
+             max {pmax:.1}"
+        );
+        let _ = writeln!(
+            s,
+            "chaos: snapshots written while serving: {}; starts from a snapshot: {}",
+            self.snapshots_written, self.starts_from_snapshot
+        );
+        let _ = writeln!(
+            s,
+            "chaos: clearing checked {} times (skipped {}: more windows than listed), {} windows \
+             at the last",
+            self.clearing_checks, self.clearing_checks_skipped, self.windows_seen
         );
         let _ = writeln!(
             s,
@@ -1493,9 +1530,12 @@ impl Report {
     }
 }
 
+/// The line the switch logs once it has recovered (its `elapsed_ms` is the recovery).
+const RECOVERED_LINE: &str = "recovered from the snapshot and the write-ahead log after it";
+
 /// What the switch logged about its starts: how many trimmed a torn tail, and how long each
-/// spent replaying the log (`elapsed_ms` of "recovered from the write-ahead log"; the first
-/// start, on an empty directory, is left out).
+/// spent recovering (`elapsed_ms` of `RECOVERED_LINE`: loading the snapshot and replaying the
+/// log; the first start, on an empty directory, is left out).
 fn recoveries_logged(log: &Path) -> (u64, Vec<f64>) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let torn = text
@@ -1504,7 +1544,7 @@ fn recoveries_logged(log: &Path) -> (u64, Vec<f64>) {
         .count() as u64;
     let replay = text
         .lines()
-        .filter(|l| l.contains("recovered from the write-ahead log"))
+        .filter(|l| l.contains(RECOVERED_LINE))
         .filter_map(|l| {
             let rest = l.split("elapsed_ms=").nth(1)?;
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -1513,6 +1553,21 @@ fn recoveries_logged(log: &Path) -> (u64, Vec<f64>) {
         .skip(1)
         .collect();
     (torn, replay)
+}
+
+/// From the switch's log: snapshots written, and starts that recovered from a snapshot.
+fn snapshots_logged(log: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let written = text
+        .lines()
+        .filter(|l| l.contains("snapshot written"))
+        .count() as u64;
+    let from_snapshot = text
+        .lines()
+        .filter(|l| l.contains(RECOVERED_LINE))
+        .filter(|l| !l.contains("snapshot=\"none\"") && !l.contains("snapshot=none"))
+        .count() as u64;
+    (written, from_snapshot)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -1871,14 +1926,69 @@ impl Run {
         let ids = self.status_ids(&unknown, &check);
         let mut observed = self.observe(streams, &ids).await?;
         observed.all_due = all;
-        let journal = self.shared.journal.lock();
-        let still = check_into(&journal, &observed, &mut self.problems, cycle, "after");
-        drop(journal);
+        let still = {
+            let journal = self.shared.journal.lock();
+            check_into(&journal, &observed, &mut self.problems, cycle, "after")
+        };
         self.note_expired(&observed);
         if !still.is_empty() {
             self.problems.push(mismatch(
                 None,
                 format!("{} requests still without an outcome", still.len()),
+            ));
+            return Ok(());
+        }
+        self.check_clearing(streams, cycle).await
+    }
+
+    /// Every approved capture, sale and refund is cleared in exactly one window, kills and
+    /// closes (every 2 s, on the switch's own schedule) notwithstanding: the windows' counts
+    /// add up to the approvals in the journal, every outcome being definitive by now.
+    async fn check_clearing(&mut self, streams: &[Stream], cycle: u32) -> Result<(), String> {
+        let list = Request {
+            id: fresh_id(&mut self.rng),
+            operation: Operation::ListWindows,
+        };
+        let answer = call_all(streams, &[list]).await?.remove(0);
+        let ResponseBody::ListWindows(windows) = &answer.body else {
+            return Err(format!("ListWindows answered {answer:?}"));
+        };
+        // The open window comes first and has the highest id; ids start at 1.
+        let open = windows.first().map_or(0, |w| w.window.0);
+        if windows.len() as u64 != open {
+            self.report.clearing_checks_skipped += 1;
+            return Ok(());
+        }
+        let cleared: u64 = windows.iter().map(|w| w.transfer_count).sum();
+        let approved = {
+            let journal = self.shared.journal.lock();
+            journal
+                .entries
+                .values()
+                .filter(|e| {
+                    matches!(
+                        e.request.operation,
+                        Operation::Capture { .. }
+                            | Operation::Sale { .. }
+                            | Operation::Refund { .. }
+                    )
+                })
+                .filter(|e| {
+                    e.response
+                        .as_ref()
+                        .is_some_and(|r| r.code == Code::Approved)
+                })
+                .count() as u64
+        };
+        self.report.clearing_checks += 1;
+        self.report.windows_seen = open;
+        if cleared != approved {
+            self.problems.push(mismatch(
+                None,
+                format!(
+                    "cycle {cycle}: {open} clearing windows hold {cleared} captures, sales and \
+                     refunds; {approved} were approved"
+                ),
             ));
         }
         Ok(())
@@ -1936,6 +2046,10 @@ async fn acknowledged_operations_survive_kill_9_under_load() {
     run.report.seconds = started.elapsed().as_secs_f64();
     run.report.wal_bytes = dir_bytes(&dir.path().join("data").join("wal"));
     (run.report.torn_tails_trimmed, run.report.replay_ms) = recoveries_logged(&run.log);
+    (
+        run.report.snapshots_written,
+        run.report.starts_from_snapshot,
+    ) = snapshots_logged(&run.log);
     run.report.holds_expired = run.expired.len() as u64;
     {
         let journal = run.shared.journal.lock();
