@@ -528,12 +528,22 @@ fn build(
         "the newest snapshot ({base}) already covers sequence {after}, not before {through}"
     );
     let load_ms = started.elapsed().as_millis() as u64;
+    let go_on = || {
+        if cancel.load(Ordering::Relaxed) {
+            Err(anyhow::Error::new(Cancelled))
+        } else {
+            Ok(())
+        }
+    };
+    go_on()?;
     let started = Instant::now();
     let records_replayed = (builds.replay)(&mut core, after, through, cancel)
         .with_context(|| format!("replaying the log after {base} up to sequence {through}"))?;
     let replay_ms = started.elapsed().as_millis() as u64;
+    go_on()?;
     let capture = Capture::take(&core, through);
     drop(core);
+    go_on()?;
     let mut written = write(capture, storage, prune, keep)?;
     written.built = Some(Built {
         base,
