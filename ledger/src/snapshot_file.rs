@@ -156,6 +156,13 @@ fn decode(bytes: &[u8], sequence: u64) -> Result<&[u8], SnapshotCorruption> {
     Ok(payload)
 }
 
+/// A snapshot is written in pieces of this many bytes, each made durable before the next.
+/// Written at once, the kernel would flush all of it in one burst, and the log's fdatasync
+/// (which answers wait for) would queue behind hundreds of megabytes on the same disk: at
+/// 112,602 requests a second with a snapshot due every 64 MiB of log, p99 went from 14 ms to
+/// 34–70 ms that way, and stays at 13–15 ms in 1 MiB pieces (BENCHMARKS.md).
+pub const WRITE_PIECE_BYTES: usize = 1 << 20;
+
 /// Writes the snapshot covering the log up to `sequence`, durably, then keeps only the newest
 /// `keep` snapshots (`SNAPSHOT_KEEP_DEFAULT` is a good choice).
 pub fn write<S: Storage>(
@@ -176,7 +183,12 @@ pub fn write<S: Storage>(
     let mut out = storage.create(&temp).map_err(err(&temp, "create"))?;
     out.append(&encode_header(sequence, payload))
         .map_err(err(&temp, "write"))?;
-    out.append(payload).map_err(err(&temp, "write"))?;
+    // Piece by piece, each durable before the next: the disk never has more than a piece of
+    // the snapshot queued ahead of the log's own fdatasync.
+    for piece in payload.chunks(WRITE_PIECE_BYTES) {
+        out.append(piece).map_err(err(&temp, "write"))?;
+        out.sync_data().map_err(err(&temp, "fdatasync"))?;
+    }
     out.sync_data().map_err(err(&temp, "fdatasync"))?;
     drop(out);
     storage.rename(&temp, &file).map_err(err(&temp, "rename"))?;
@@ -278,6 +290,30 @@ pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::SimStorage;
+
+    /// A large snapshot reaches the disk a piece at a time (each piece synced before the next
+    /// is written) and reads back whole; a crash right after the write keeps all of it.
+    #[test]
+    fn a_large_snapshot_is_written_and_synced_piece_by_piece() {
+        let storage = SimStorage::new();
+        let payload: Vec<u8> = (0..5 * WRITE_PIECE_BYTES + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let before = storage.sync_count();
+        write(&storage, 7, &payload, 2).expect("write");
+        let pieces = payload.len().div_ceil(WRITE_PIECE_BYTES) as u64;
+        assert!(
+            storage.sync_count() - before >= pieces,
+            "{} syncs for {pieces} pieces",
+            storage.sync_count() - before
+        );
+        let crashed = storage.crash();
+        let read = read(&crashed, 7)
+            .expect("storage")
+            .expect("a sound snapshot");
+        assert_eq!(read.payload, payload);
+    }
 
     #[test]
     fn round_trip_and_every_bit_flip_is_rejected() {
