@@ -399,8 +399,9 @@ impl Snapshots {
         }
     }
 
-    /// At a clean stop: waits for a write in flight (cancelling a build by replay), then (if configured and anything was
-    /// logged since) takes a last snapshot here, so the next start replays nothing.
+    /// At a clean stop: waits for a write in flight (cancelling a build by replay), then (if
+    /// configured and anything was logged since) takes a last snapshot here, so the next start
+    /// replays nothing.
     pub fn finish(&mut self, core: &Core) {
         // A build by replay would take as long as it takes; the capture below supersedes it,
         // and without one the log is kept whole.
