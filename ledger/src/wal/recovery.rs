@@ -186,15 +186,7 @@ where
     S: Storage,
 {
     check_record_size(options.record_size_max_bytes)?;
-    let segments = list_segments(storage)?;
-    for pair in segments.windows(2) {
-        if pair[1] != pair[0] + 1 {
-            return Err(RecoveryError::MissingSegment {
-                missing: segment_file_name(pair[0] + 1),
-                found: segment_file_name(pair[1]),
-            });
-        }
-    }
+    let segments = contiguous_segments(storage)?;
     let mut scan = Scan {
         options,
         expected: None,
@@ -318,15 +310,7 @@ where
         after_sequence,
         on_corruption: OnCorruption::Refuse,
     };
-    let segments = list_segments(storage)?;
-    for pair in segments.windows(2) {
-        if pair[1] != pair[0] + 1 {
-            return Err(RecoveryError::MissingSegment {
-                missing: segment_file_name(pair[0] + 1),
-                found: segment_file_name(pair[1]),
-            });
-        }
-    }
+    let segments = contiguous_segments(storage)?;
     let mut scan = Scan {
         options: &options,
         expected: None,
@@ -447,6 +431,20 @@ pub fn delete_covered<S: Storage>(storage: &S, sequence: u64) -> Result<Vec<Stri
             .map_err(|e| StorageError::new("directory", "fsync", e))?;
     }
     Ok(removed)
+}
+
+/// Segment numbers present, ascending, with none missing between the first and the last.
+fn contiguous_segments<S: Storage, E>(storage: &S) -> Result<Vec<u64>, RecoveryError<E>> {
+    let segments = list_segments(storage)?;
+    for pair in segments.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(RecoveryError::MissingSegment {
+                missing: segment_file_name(pair[0] + 1),
+                found: segment_file_name(pair[1]),
+            });
+        }
+    }
+    Ok(segments)
 }
 
 /// Segment numbers present, ascending.
