@@ -1533,16 +1533,22 @@ impl Report {
 /// The line the switch logs once it has recovered (its `elapsed_ms` is the recovery).
 const RECOVERED_LINE: &str = "recovered from the snapshot and the write-ahead log after it";
 
-/// What the switch logged about its starts: how many trimmed a torn tail, and how long each
-/// spent recovering (`elapsed_ms` of `RECOVERED_LINE`: loading the snapshot and replaying the
-/// log; the first start, on an empty directory, is left out).
-fn recoveries_logged(log: &Path) -> (u64, Vec<f64>) {
+/// What the switch logged, counted after the run.
+struct Logged {
+    /// Starts that trimmed a torn tail.
+    torn_tails_trimmed: u64,
+    /// The time each start spent recovering (`elapsed_ms` of `RECOVERED_LINE`: loading the
+    /// snapshot and replaying the log; the first start, on an empty directory, is left out).
+    recovery_ms: Vec<f64>,
+    snapshots_written: u64,
+    /// Starts that recovered from a snapshot.
+    starts_from_snapshot: u64,
+}
+
+fn logged(log: &Path) -> Logged {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let torn = text
-        .lines()
-        .filter(|l| l.contains("torn tail trimmed"))
-        .count() as u64;
-    let replay = text
+    let count = |keep: &dyn Fn(&str) -> bool| text.lines().filter(|l| keep(l)).count() as u64;
+    let recovery_ms = text
         .lines()
         .filter(|l| l.contains(RECOVERED_LINE))
         .filter_map(|l| {
@@ -1552,22 +1558,16 @@ fn recoveries_logged(log: &Path) -> (u64, Vec<f64>) {
         })
         .skip(1)
         .collect();
-    (torn, replay)
-}
-
-/// From the switch's log: snapshots written, and starts that recovered from a snapshot.
-fn snapshots_logged(log: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let written = text
-        .lines()
-        .filter(|l| l.contains("snapshot written"))
-        .count() as u64;
-    let from_snapshot = text
-        .lines()
-        .filter(|l| l.contains(RECOVERED_LINE))
-        .filter(|l| !l.contains("snapshot=\"none\"") && !l.contains("snapshot=none"))
-        .count() as u64;
-    (written, from_snapshot)
+    Logged {
+        torn_tails_trimmed: count(&|l| l.contains("torn tail trimmed")),
+        recovery_ms,
+        snapshots_written: count(&|l| l.contains("snapshot written")),
+        starts_from_snapshot: count(&|l| {
+            l.contains(RECOVERED_LINE)
+                && !l.contains("snapshot=\"none\"")
+                && !l.contains("snapshot=none")
+        }),
+    }
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -2045,11 +2045,11 @@ async fn acknowledged_operations_survive_kill_9_under_load() {
     let result = drive(&mut run, started).await;
     run.report.seconds = started.elapsed().as_secs_f64();
     run.report.wal_bytes = dir_bytes(&dir.path().join("data").join("wal"));
-    (run.report.torn_tails_trimmed, run.report.replay_ms) = recoveries_logged(&run.log);
-    (
-        run.report.snapshots_written,
-        run.report.starts_from_snapshot,
-    ) = snapshots_logged(&run.log);
+    let logged = logged(&run.log);
+    run.report.torn_tails_trimmed = logged.torn_tails_trimmed;
+    run.report.replay_ms = logged.recovery_ms;
+    run.report.snapshots_written = logged.snapshots_written;
+    run.report.starts_from_snapshot = logged.starts_from_snapshot;
     run.report.holds_expired = run.expired.len() as u64;
     {
         let journal = run.shared.journal.lock();
