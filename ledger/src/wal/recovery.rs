@@ -296,11 +296,6 @@ pub fn read_through<S, E>(
 where
     S: Storage,
 {
-    /// Why the scan's callback stopped it.
-    enum Stop<E> {
-        Past,
-        Apply(E),
-    }
     check_record_size(record_size_max_bytes)?;
     if through_sequence <= after_sequence {
         return Ok(0);
@@ -318,57 +313,20 @@ where
         applied: 0,
         skipped: 0,
     };
+    // Records after `through_sequence` in its segment are checked and passed over; the
+    // segments after it are not read.
+    let mut passed = 0;
     let mut step = |sequence: u64, payload: &[u8]| {
         if sequence > through_sequence {
-            return Err(Stop::Past);
+            return Ok(());
         }
-        apply(sequence, payload).map_err(Stop::Apply)
+        passed += 1;
+        apply(sequence, payload)
     };
     for (i, &segment) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let name = segment_file_name(segment);
-        let found = match scan.segment(storage, segment, &name, is_last, &mut step) {
-            Ok(found) => found,
-            Err(e) => {
-                return Err(match e {
-                    RecoveryError::Apply {
-                        source: Stop::Past, ..
-                    } => break,
-                    RecoveryError::Apply {
-                        sequence,
-                        source: Stop::Apply(source),
-                    } => RecoveryError::Apply { sequence, source },
-                    RecoveryError::Options(e) => RecoveryError::Options(e),
-                    RecoveryError::Storage(e) => RecoveryError::Storage(e),
-                    RecoveryError::Corrupt {
-                        file,
-                        offset,
-                        reason,
-                        valid_record_at,
-                    } => RecoveryError::Corrupt {
-                        file,
-                        offset,
-                        reason,
-                        valid_record_at,
-                    },
-                    RecoveryError::MissingSegment { missing, found } => {
-                        RecoveryError::MissingSegment { missing, found }
-                    }
-                    RecoveryError::Gap {
-                        file,
-                        first_sequence,
-                        after_sequence,
-                    } => RecoveryError::Gap {
-                        file,
-                        first_sequence,
-                        after_sequence,
-                    },
-                    RecoveryError::Short { through, last } => {
-                        RecoveryError::Short { through, last }
-                    }
-                });
-            }
-        };
+        let found = scan.segment(storage, segment, &name, is_last, &mut step)?;
         let reached = scan
             .last_sequence
             .is_some_and(|last| last >= through_sequence);
@@ -391,7 +349,7 @@ where
         }
     }
     match scan.last_sequence {
-        Some(last) if last >= through_sequence => Ok(scan.applied),
+        Some(last) if last >= through_sequence => Ok(passed),
         last => Err(RecoveryError::Short {
             through: through_sequence,
             last: last.unwrap_or(0),
