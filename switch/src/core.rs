@@ -1816,7 +1816,19 @@ impl Core {
                 }),
             );
         }
-        // Funds and refunds: posted transfers, visible to the owner of the debited account.
+        // Funds and refunds: posted transfers, visible to the owner of the debited account,
+        // while the request's answer is remembered. The ledger forgets on its own bound, shard
+        // by shard, so it may still hold the transfer of a sale forgotten here, without what
+        // was refunded of it: that is "not found", not a sale reported unrefunded. (Originals
+        // restored from a version 1 snapshot keep their answers among the responses; one of
+        // those forgotten before its answer would still be reported from the ledger.)
+        if self
+            .responses
+            .get(&of.0)
+            .is_none_or(|kept| kept.code != Code::Approved)
+        {
+            return not_found;
+        }
         let Some(record) = self.ledger.transfer(TransferId(of.0)) else {
             return not_found;
         };

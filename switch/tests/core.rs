@@ -728,6 +728,93 @@ proptest! {
         let replayed = reserved.replayed();
         prop_assert_eq!(replayed.ledger().digest(), grows.core.ledger().digest());
     }
+
+    /// A transfer status is the truth or "not found", never a stale half-truth: whatever the
+    /// switch and the ledger have each forgotten (they forget on their own bounds, the ledger
+    /// shard by shard), every payment's status says what the approved answers made of it.
+    #[test]
+    fn a_status_is_true_or_not_found_whatever_was_forgotten(
+        batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25),
+        ledger_remembers in prop_oneof![Just(8u64), Just(24), Just(10_000)],
+        core_remembers in prop_oneof![Just(4usize), Just(12), Just(10_000)],
+    ) {
+        let ledger_config = Config { shards: 4, transfers_remembered_max: ledger_remembers, ..Config::default() };
+        let core_config = CoreConfig { requests_remembered_max: core_remembers, ..CoreConfig::default() };
+        let mut h = Harness::with_configs(ledger_config, core_config);
+        let mut now = NOW;
+        let mut script = Script::default();
+        let mut answered: HashMap<RequestId, Code> = HashMap::new();
+        // No repeats: past the bounds a repeat of a forgotten payment is a new payment (by
+        // design, ARCHITECTURE.md), which this model cannot tell from a remembered answer.
+        let batches = batches.into_iter().map(|b| {
+            b.into_iter().filter(|a| !matches!(a, Action::Repeat { .. })).collect::<Vec<_>>()
+        });
+        // What each approved payment is, as its answers say: (stage, amount, captured,
+        // refunded), and the expiry of a live hold.
+        let mut payments: HashMap<RequestId, (Stage, u64, u64, u64)> = HashMap::new();
+        let mut expiries: HashMap<RequestId, Timestamp> = HashMap::new();
+        for batch in batches {
+            let items = script.items(batch, || h.id(), &mut now);
+            h.expire(now);
+            expiries.retain(|id, at| {
+                if *at <= now {
+                    payments.get_mut(id).expect("a hold").0 = Stage::Expired;
+                }
+                *at > now
+            });
+            let responses = h.run(items.clone(), now);
+            for (item, response) in items.iter().zip(&responses) {
+                if answered.insert(item.id, response.code).is_some() || response.code != Code::Approved {
+                    continue;
+                }
+                script.sent.push(item.clone());
+                match &item.request {
+                    Request::Authorize { amount, expiry_seconds, .. } => {
+                        payments.insert(item.id, (Stage::Held, amount.0, 0, 0));
+                        expiries.insert(item.id, Timestamp(now.0 + u64::from(*expiry_seconds) * 1_000_000_000));
+                    }
+                    Request::Capture(Capture { authorization, .. }) => {
+                        let Body::Transfer { amount, .. } = response.body else { panic!("capture body") };
+                        let p = payments.get_mut(authorization).expect("capture of a hold");
+                        (p.0, p.2) = (Stage::Captured, amount.0);
+                        expiries.remove(authorization);
+                    }
+                    Request::Reverse(Reverse { authorization }) if expiries.remove(authorization).is_some() => {
+                        payments.get_mut(authorization).expect("a hold").0 = Stage::Reversed;
+                    }
+                    Request::Sale { amount, .. } => {
+                        payments.insert(item.id, (Stage::Sold, amount.0, 0, 0));
+                    }
+                    Request::Refund(Refund { original, amount, .. }) => {
+                        payments.get_mut(original).expect("refund of a payment").3 += amount.0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut found = 0;
+        for (&of, &(stage, amount, captured, refunded)) in &payments {
+            let id = h.id();
+            let status = h.run(vec![Item { id, who: ADMIN, request: Request::TransferStatus { of } }], now);
+            prop_assert_eq!(status[0].code, Code::Approved);
+            match &status[0].body {
+                Body::None => {}
+                Body::Status(s) => {
+                    found += 1;
+                    prop_assert_eq!(
+                        (s.stage, s.amount.0, s.captured.0, s.refunded.0),
+                        (stage, amount, captured, refunded),
+                        "status of {:?}", of
+                    );
+                }
+                other => prop_assert!(false, "status of {:?}: {:?}", of, other),
+            }
+        }
+        // Nothing forgotten while both remember everything.
+        if core_remembers >= 10_000 && ledger_remembers >= 10_000 {
+            prop_assert_eq!(found, payments.len());
+        }
+    }
 }
 
 fn merchant_of(i: u128) -> AccountId {
