@@ -110,6 +110,13 @@ pub struct Common {
     /// With --spawn: log without fdatasync (not durable; for comparison only).
     #[arg(long, global = true)]
     pub spawn_no_fsync: bool,
+    /// How many payments the switch remembers (its `[ledger] transfers_remembered_max`). A run
+    /// of more payments than that finds the oldest finished ones forgotten: verification then
+    /// accepts "not found" for at most the surplus (their money is still checked in the
+    /// balances). With --spawn the default is the spawned switch's setting; against --target,
+    /// every payment's status must be found unless this is given.
+    #[arg(long, global = true)]
+    pub switch_remembers: Option<u64>,
     /// The switch's QUIC address.
     #[arg(long, global = true)]
     pub target: Option<SocketAddr>,
@@ -299,6 +306,8 @@ pub struct Options {
     pub mix: MixConfig,
     pub expire_secs: u32,
     pub hold_secs: u32,
+    /// Payments the switch remembers; `None`: all of them (see `Common::switch_remembers`).
+    pub switch_remembers: Option<u64>,
     pub profile: Profile,
     pub out: Option<PathBuf>,
     pub verify: bool,
@@ -360,6 +369,18 @@ impl Options {
                 }
             }
             (false, None) => bail!("say where the switch is: --spawn, or --target ADDR"),
+        };
+        let switch_remembers = match (&target, c.switch_remembers) {
+            (_, Some(n)) => Some(n),
+            (Target::Spawn { config, .. }, None) => Some(
+                match config {
+                    Some(path) => switch::config::Config::load(path)?,
+                    None => switch::config::Config::default(),
+                }
+                .ledger
+                .transfers_remembered_max,
+            ),
+            (Target::Remote { .. }, None) => None,
         };
         let amount_min = minor("amount-min", c.amount_min, currency)?;
         let amount_max = minor("amount-max", c.amount_max, currency)?;
@@ -493,6 +514,7 @@ impl Options {
             },
             expire_secs: c.expire_secs,
             hold_secs: c.hold_secs,
+            switch_remembers,
             profile,
             out: Some(c.out),
             verify: !c.no_verify,
@@ -522,6 +544,58 @@ mod tests {
         // Common flags may also follow the profile.
         let o = parse(&["constant", "--rate", "5", "--spawn", "--customers", "7"]).expect("ok");
         assert_eq!(o.customers, 7);
+    }
+
+    #[test]
+    fn how_much_the_switch_remembers_comes_from_the_flag_or_the_spawned_config() {
+        let default = switch::config::Config::default()
+            .ledger
+            .transfers_remembered_max;
+        assert_eq!(
+            parse(&["--spawn", "max"]).expect("valid").switch_remembers,
+            Some(default)
+        );
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("switch.toml");
+        std::fs::write(
+            &path,
+            "[ledger]\ntransfers_remembered_max = 300\npending_max = 150\n",
+        )
+        .expect("written");
+        let path = path.to_str().expect("utf-8");
+        let o = parse(&["--spawn", "--spawn-config", path, "max"]).expect("valid");
+        assert_eq!(o.switch_remembers, Some(300));
+        let o = parse(&[
+            "--spawn",
+            "--spawn-config",
+            path,
+            "--switch-remembers",
+            "7",
+            "max",
+        ]);
+        assert_eq!(o.expect("valid").switch_remembers, Some(7));
+        // A remote switch is expected to remember every payment unless told otherwise.
+        let fingerprint = format!("{}ab", "ab:".repeat(31));
+        let remote = [
+            "--target",
+            "127.0.0.1:4433",
+            "--fingerprint",
+            &fingerprint,
+            "max",
+        ];
+        assert_eq!(parse(&remote).expect("valid").switch_remembers, None);
+        // A configuration that does not load is refused before anything starts.
+        std::fs::write(dir.path().join("bad.toml"), "[ledger]\nnonsense = 1\n").expect("written");
+        let bad = dir.path().join("bad.toml");
+        assert!(
+            parse(&[
+                "--spawn",
+                "--spawn-config",
+                bad.to_str().expect("utf-8"),
+                "max"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

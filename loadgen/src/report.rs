@@ -339,6 +339,14 @@ impl Report {
                     v.unanswered,
                     v.cleanup_reversals
                 );
+                if let (Some(remembers), true) = (v.switch_remembers, v.statuses_forgotten > 0) {
+                    let _ = writeln!(
+                        out,
+                        "  {} payments' statuses were forgotten by the switch, which remembers \
+                         {remembers}; their money is checked in the balances",
+                        v.statuses_forgotten
+                    );
+                }
                 const SHOWN_MAX: usize = 50;
                 for m in v.mismatches.iter().take(SHOWN_MAX) {
                     let _ = writeln!(out, "  mismatch: {m}");

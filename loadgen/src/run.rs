@@ -1122,7 +1122,13 @@ impl Session {
         self.await_expiry().await;
         let observed = self.observe().await;
         let state = self.shared.state.lock();
-        let mut v = verify::compare(&state.model, &observed, self.options.currency, &unanswered);
+        let mut v = verify::compare(
+            &state.model,
+            &observed,
+            self.options.currency,
+            &unanswered,
+            self.options.switch_remembers,
+        );
         v.cleanup_reversals = cleanup_reversals;
         Ok(v)
     }
@@ -1208,8 +1214,14 @@ impl Session {
             let statuses = self.statuses(&pending).await;
             {
                 let mut state = self.shared.state.lock();
+                // Past its bound, the switch forgets finished payments: a hold left to expire
+                // that it no longer knows has expired (the balances check that it is no
+                // longer held).
+                let forgetting =
+                    verify::forgettable(&state.model, self.options.switch_remembers) > 0;
                 for (id, status) in statuses {
-                    if status == Some(SeenStatus::Expired) {
+                    let forgotten = forgetting && status == Some(SeenStatus::NotFound);
+                    if status == Some(SeenStatus::Expired) || forgotten {
                         state.model.expired(id);
                     }
                 }

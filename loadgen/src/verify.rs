@@ -3,6 +3,10 @@
 //! The run reads every account it touched (balance inquiry) and the status of every
 //! authorization and sale it made; `compare` is a pure function of the model and those
 //! observations, so tests can feed it tampered observations and see it fail.
+//!
+//! A switch remembers a bounded number of payments and forgets the oldest finished ones past
+//! it. In a run of more payments than that, "not found" is accepted for at most the surplus;
+//! the money of a forgotten payment is still checked, in the balances of its accounts.
 
 use std::collections::HashMap;
 
@@ -55,6 +59,11 @@ pub struct Verification {
     pub unanswered: u64,
     /// Holds the run reversed at the end because their own flow could not finish them.
     pub cleanup_reversals: u64,
+    /// Payments the switch remembers (`None`: all), as verification assumed.
+    pub switch_remembers: Option<u64>,
+    /// Payments whose status the switch no longer knew: at most the run's payments past
+    /// `switch_remembers`.
+    pub statuses_forgotten: u64,
     /// Every discrepancy, one line each; empty when `passed`.
     pub mismatches: Vec<String>,
 }
@@ -67,13 +76,22 @@ pub fn money(minor: i128, currency: Currency) -> String {
     }
 }
 
+/// How many of the model's payments a switch that remembers `remembers` of them (`None`: all)
+/// may have forgotten: the payments past that bound.
+pub fn forgettable(model: &Model, remembers: Option<u64>) -> u64 {
+    let payments = (model.auths.len() + model.sales.len()) as u64;
+    remembers.map_or(0, |n| payments.saturating_sub(n))
+}
+
 /// Compares the model with the observations. `unanswered` lists requests with no definitive
-/// answer (each one a failure).
+/// answer (each one a failure). `remembers`: how many payments the switch remembers (`None`:
+/// all of them, so every status must be found).
 pub fn compare(
     model: &Model,
     observed: &Observed,
     currency: Currency,
     unanswered: &[String],
+    remembers: Option<u64>,
 ) -> Verification {
     let mut mismatches: Vec<String> = model.violations.clone();
     mismatches.extend(unanswered.iter().map(|u| format!("no answer: {u}")));
@@ -138,6 +156,12 @@ pub fn compare(
             m(i128::from(a.amount))
         ));
     }
+    let mut statuses = Statuses {
+        mismatches: &mut mismatches,
+        observed,
+        may_forget: forgettable(model, remembers) > 0,
+        forgotten: 0,
+    };
     for (id, a) in &model.auths {
         let expected = match a.state {
             AuthState::Held => SeenStatus::Pending,
@@ -148,14 +172,24 @@ pub fn compare(
             AuthState::Reversed => SeenStatus::Reversed,
             AuthState::Expired => SeenStatus::Expired,
         };
-        check_status(&mut mismatches, "authorization", *id, expected, observed);
+        statuses.check("authorization", *id, expected);
     }
     for (id, s) in &model.sales {
         let expected = SeenStatus::Posted {
             amount: s.amount,
             refunded: s.refunded,
         };
-        check_status(&mut mismatches, "sale", *id, expected, observed);
+        statuses.check("sale", *id, expected);
+    }
+    let forgotten = statuses.forgotten;
+    let allowed = forgettable(model, remembers);
+    if forgotten > allowed {
+        mismatches.push(format!(
+            "the switch no longer knows {forgotten} of the run's {} payments, more than the \
+             {allowed} past the {} it remembers",
+            model.auths.len() + model.sales.len(),
+            remembers.unwrap_or(0)
+        ));
     }
     mismatches.sort();
     Verification {
@@ -167,23 +201,36 @@ pub fn compare(
         sum_of_balances: m(sum),
         unanswered: unanswered.len() as u64,
         cleanup_reversals: 0,
+        switch_remembers: remembers,
+        statuses_forgotten: forgotten,
         mismatches,
     }
 }
 
-fn check_status(
-    mismatches: &mut Vec<String>,
-    kind: &str,
-    id: u128,
-    expected: SeenStatus,
-    observed: &Observed,
-) {
-    match observed.statuses.get(&id).copied().flatten() {
-        None => mismatches.push(format!("{kind} {id:#x}: status could not be read")),
-        Some(seen) if seen != expected => mismatches.push(format!(
-            "{kind} {id:#x}: switch says {seen:?}, expected {expected:?}"
-        )),
-        Some(_) => {}
+/// The status checks, counting the payments the switch no longer knows.
+struct Statuses<'a> {
+    mismatches: &'a mut Vec<String>,
+    observed: &'a Observed,
+    /// Whether the run made more payments than the switch remembers.
+    may_forget: bool,
+    forgotten: u64,
+}
+
+impl Statuses<'_> {
+    fn check(&mut self, kind: &str, id: u128, expected: SeenStatus) {
+        match self.observed.statuses.get(&id).copied().flatten() {
+            None => self
+                .mismatches
+                .push(format!("{kind} {id:#x}: status could not be read")),
+            // A live hold is never forgotten.
+            Some(SeenStatus::NotFound) if self.may_forget && expected != SeenStatus::Pending => {
+                self.forgotten += 1
+            }
+            Some(seen) if seen != expected => self.mismatches.push(format!(
+                "{kind} {id:#x}: switch says {seen:?}, expected {expected:?}"
+            )),
+            Some(_) => {}
+        }
     }
 }
 
@@ -230,7 +277,7 @@ mod tests {
     #[test]
     fn agreement_passes() {
         let (model, observed) = consistent();
-        let v = compare(&model, &observed, Currency::CNY, &[]);
+        let v = compare(&model, &observed, Currency::CNY, &[], None);
         assert!(v.passed, "{:?}", v.mismatches);
         assert_eq!(v.sum_of_balances, "0.00 CNY");
         assert_eq!(v.funded, "10.00 CNY");
@@ -243,7 +290,7 @@ mod tests {
             ledger: 701,
             available: 701,
         });
-        let v = compare(&model, &observed, Currency::CNY, &[]);
+        let v = compare(&model, &observed, Currency::CNY, &[], None);
         assert!(!v.passed);
         assert!(
             v.mismatches
@@ -257,14 +304,104 @@ mod tests {
         let (model, mut observed) = consistent();
         observed.statuses.insert(6, Some(SeenStatus::Expired));
         observed.merchants[0] = None;
-        let v = compare(&model, &observed, Currency::CNY, &["sale 0x9".into()]);
+        let v = compare(&model, &observed, Currency::CNY, &["sale 0x9".into()], None);
         assert_eq!(v.mismatches.len(), 4, "{:?}", v.mismatches);
         assert_eq!(v.unanswered, 1);
 
         let (mut model, observed) = consistent();
         model.authorized(7, 0, 0, 5, Flow::AuthExpire);
-        let v = compare(&model, &observed, Currency::CNY, &[]);
+        let v = compare(&model, &observed, Currency::CNY, &[], None);
         assert!(v.mismatches.iter().any(|m| m.contains("still live")));
         assert!(v.mismatches.iter().any(|m| m.contains("available balance")));
+    }
+
+    /// `sales` sales of 1 minor unit each, and the switch's honest account of them.
+    fn paid(sales: u64) -> (Model, Observed) {
+        let mut model = Model::new(1, 1);
+        model.funded(0, 1000);
+        let mut statuses = HashMap::new();
+        for id in 0..sales {
+            model.sold(u128::from(id), 0, 0, 1);
+            let posted = SeenStatus::Posted {
+                amount: 1,
+                refunded: 0,
+            };
+            statuses.insert(u128::from(id), Some(posted));
+        }
+        let (paid, left) = (sales as i128, 1000 - sales as i128);
+        let seen = |v: i128| {
+            Some(Seen {
+                ledger: v,
+                available: v,
+            })
+        };
+        let observed = Observed {
+            customers: vec![seen(left)],
+            merchants: vec![seen(paid)],
+            funding: seen(-1000),
+            statuses,
+        };
+        (model, observed)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest_config!("loadgen_forgotten_statuses.txt"))]
+
+        /// "Not found" passes for at most the payments past what the switch remembers, and
+        /// never when it remembers them all.
+        #[test]
+        fn forgotten_statuses_pass_only_within_the_switch_s_bound(
+            sales in 1u64..40,
+            remembers in proptest::option::of(0u64..50),
+            forgotten in proptest::collection::btree_set(0u64..40, 0..40),
+        ) {
+            let (model, mut observed) = paid(sales);
+            let forgotten: Vec<u64> = forgotten.into_iter().filter(|&id| id < sales).collect();
+            for &id in &forgotten {
+                observed.statuses.insert(u128::from(id), Some(SeenStatus::NotFound));
+            }
+            let v = compare(&model, &observed, Currency::CNY, &[], remembers);
+            let allowed = remembers.map_or(0, |n| sales.saturating_sub(n));
+            let n = forgotten.len() as u64;
+            proptest::prop_assert_eq!(v.passed, n <= allowed, "{:?}", v.mismatches);
+            proptest::prop_assert_eq!(v.statuses_forgotten, if allowed > 0 { n } else { 0 });
+            if allowed == 0 {
+                // Each one is listed as a wrong status.
+                proptest::prop_assert_eq!(v.mismatches.len() as u64, n);
+            }
+        }
+    }
+
+    #[test]
+    fn a_forgotten_live_hold_or_a_wrong_balance_fails_whatever_the_bound() {
+        let (mut model, mut observed) = paid(3);
+        model.authorized(9, 0, 0, 5, Flow::AuthCapture);
+        observed.customers[0] = Some(Seen {
+            ledger: 997,
+            available: 992,
+        });
+        observed.statuses.insert(9, Some(SeenStatus::NotFound));
+        let v = compare(&model, &observed, Currency::CNY, &[], Some(0));
+        assert!(!v.passed);
+        assert!(
+            v.mismatches
+                .iter()
+                .any(|m| m.contains("switch says NotFound, expected Pending"))
+        );
+        // A forgotten sale whose money did not move is caught by the balances.
+        let (model, mut observed) = paid(3);
+        observed.statuses.insert(1, Some(SeenStatus::NotFound));
+        observed.merchants[0] = Some(Seen {
+            ledger: 2,
+            available: 2,
+        });
+        let v = compare(&model, &observed, Currency::CNY, &[], Some(1));
+        assert_eq!(v.statuses_forgotten, 1);
+        assert!(!v.passed);
+        assert!(
+            v.mismatches
+                .iter()
+                .any(|m| m.starts_with("merchant 0: ledger balance"))
+        );
     }
 }

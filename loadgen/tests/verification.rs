@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use loadgen::config::{Options, Profile};
+use loadgen::config::{Options, Profile, Target};
 use loadgen::run::{Session, Spawned};
 use loadgen::verify;
 use switch::wire::{Amount, Currency, Operation, Request, ResponseCode};
@@ -144,13 +144,13 @@ fn a_tampered_observation_fails_and_the_honest_one_passes() {
         s.verify().await.expect("verifies");
         (s.model(), s.observe().await)
     });
-    let honest = verify::compare(&model, &observed, ledger::Currency::CNY, &[]);
+    let honest = verify::compare(&model, &observed, ledger::Currency::CNY, &[], None);
     assert!(honest.passed, "{:#?}", honest.mismatches);
     let mut tampered = observed.clone();
     let seen = tampered.merchants[1].as_mut().expect("read");
     seen.ledger += 1;
     seen.available += 1;
-    let v = verify::compare(&model, &tampered, ledger::Currency::CNY, &[]);
+    let v = verify::compare(&model, &tampered, ledger::Currency::CNY, &[], None);
     assert!(!v.passed);
     assert!(
         v.mismatches
@@ -165,6 +165,7 @@ fn a_tampered_observation_fails_and_the_honest_one_passes() {
         &observed,
         ledger::Currency::CNY,
         &["Sale request 0x1".into()],
+        None,
     );
     assert!(!v.passed);
     assert_eq!(
@@ -201,6 +202,53 @@ fn holds_left_to_expire_are_seen_expired() {
             .auths
             .values()
             .all(|a| a.state == loadgen::model::AuthState::Expired)
+    );
+}
+
+/// A switch that remembers fewer payments than the run makes forgets the oldest finished
+/// ones: verification accepts that within the bound, still checks every balance, and fails
+/// when told the switch remembers more than it does.
+#[test]
+fn a_run_past_what_the_switch_remembers_verifies_within_the_bound() {
+    const REMEMBERED: u64 = 120;
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = dir.path().join("switch.toml");
+    std::fs::write(
+        &config,
+        format!("[ledger]\ntransfers_remembered_max = {REMEMBERED}\npending_max = 60\n"),
+    )
+    .expect("written");
+    let mut o = options(constant(400.0, 1.5));
+    o.target = Target::Spawn {
+        config: Some(config),
+        no_fsync: false,
+    };
+    o.switch_remembers = Some(REMEMBERED);
+    let (v, model, observed) = with_run(o, async |s: &mut Session| {
+        let v = s.verify().await.expect("verifies");
+        (v, s.model(), s.observe().await)
+    });
+    assert!(v.passed, "{:#?}", v.mismatches);
+    let payments = (model.auths.len() + model.sales.len()) as u64;
+    assert!(payments > 2 * REMEMBERED, "{payments} payments");
+    assert!(
+        v.statuses_forgotten > 0 && v.statuses_forgotten <= payments - REMEMBERED,
+        "{} forgotten of {payments}",
+        v.statuses_forgotten
+    );
+    // Holds left to expire that the switch no longer knows were taken as expired, and the
+    // balances agreed.
+    assert!(model.live_holds().next().is_none());
+    // The same observations, judged as if the switch remembered every payment, fail.
+    let strict = verify::compare(&model, &observed, ledger::Currency::CNY, &[], None);
+    assert!(!strict.passed);
+    assert!(
+        strict
+            .mismatches
+            .iter()
+            .all(|m| m.contains("switch says NotFound")),
+        "{:#?}",
+        strict.mismatches
     );
 }
 
