@@ -2,6 +2,7 @@
 //! and a pipelining client in the same process, sharing this machine's cores.
 //!
 //! `--mode max`: each of `--streams` streams keeps `--depth` frames of `--frame` authorizations
+//! (or sales, with `--operation sale`; the figures keep the name "authorizations")
 //! in flight for `--seconds`; reports authorizations/s and frame round-trip percentiles.
 //! `--mode rate --rate R`: open loop at R authorizations/s (frames sent on schedule whatever the
 //! latency, latency measured from the intended send time), for the latency at a given load.
@@ -33,6 +34,15 @@ enum Method {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// Holds that stay live for the whole run: nothing can be forgotten.
+    Authorize,
+    /// Single-phase payments, resolved at once: past `--remembered` requests, each new one
+    /// forgets the oldest (the steady state of a switch that has run long enough).
+    Sale,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
     Max,
     Rate,
@@ -47,6 +57,9 @@ struct Args {
     /// Frames in flight per stream (max mode).
     #[arg(long, default_value_t = 8)]
     depth: usize,
+    /// What each request is.
+    #[arg(long, value_enum, default_value = "authorize")]
+    operation: Kind,
     /// Authorizations per frame.
     #[arg(long, default_value_t = 64)]
     frame: usize,
@@ -93,16 +106,27 @@ fn numbers() -> &'static [CardNumber] {
     })
 }
 
-fn authorize(id: u128) -> Request {
-    Request {
-        id: RequestId(id),
-        operation: Operation::Authorize {
-            number: numbers()[((id as u64) % CARDS) as usize],
-            merchant: AccountId(1_000_000 + u128::from((id as u64) % MERCHANTS)),
+fn request(kind: Kind, id: u128) -> Request {
+    let number = numbers()[((id as u64) % CARDS) as usize];
+    let merchant = AccountId(1_000_000 + u128::from((id as u64) % MERCHANTS));
+    let operation = match kind {
+        Kind::Authorize => Operation::Authorize {
+            number,
+            merchant,
             amount: Amount(1),
             currency: CNY,
             expiry_secs: 3600,
         },
+        Kind::Sale => Operation::Sale {
+            number,
+            merchant,
+            amount: Amount(1),
+            currency: CNY,
+        },
+    };
+    Request {
+        id: RequestId(id),
+        operation,
     }
 }
 
@@ -242,6 +266,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             next_id.clone(),
         );
         let mode = args.mode;
+        let kind = args.operation;
         let frame = args.frame;
         tasks.push(tokio::spawn(async move {
             let mut intended = Instant::now() + interval.mul_f64(lane as f64 / lanes as f64);
@@ -249,7 +274,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let base = next_id.fetch_add(frame as u64, Ordering::Relaxed);
                 let requests: Vec<Request> = (0..frame as u64)
-                    .map(|i| authorize(u128::from(base + i)))
+                    .map(|i| request(kind, u128::from(base + i)))
                     .collect();
                 let record = {
                     let (latency, service, approved, declined) = (
@@ -310,9 +335,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         declined.load(Ordering::Relaxed),
     );
     println!(
-        "mode={:?} streams={} depth={} frame={} fsync={} target_rate={} remembered={} \
-         preallocate={}",
+        "mode={:?} operation={:?} streams={} depth={} frame={} fsync={} target_rate={} \
+         remembered={} preallocate={}",
         args.mode,
+        args.operation,
         args.streams,
         args.depth,
         args.frame,
