@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""The disk's raw durable-append latency, for comparison with the write-ahead log's.
+
+    scripts/fsync_probe.py [--bytes N] [--count N] [--preallocated] [--dir DIR]
+
+Appends N bytes (default 4096) and calls fdatasync, --count times (default 2000), in a scratch
+file under DIR (default target/), and prints the rate and the p50, p90 and p99 latency. With
+--preallocated the file is first filled with zeros and synced, so each append overwrites
+blocks that already exist and fdatasync has no file size or allocation to record.
+"""
+import argparse
+import os
+import time
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bytes", type=int, default=4096)
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--preallocated", action="store_true")
+    p.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "..", "target"))
+    a = p.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    path = os.path.join(a.dir, "fsync_probe.bin")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        buf = b"x" * a.bytes
+        if a.preallocated:
+            os.write(fd, b"\0" * (a.bytes * a.count))
+            os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+        lat = []
+        start = time.perf_counter()
+        for _ in range(a.count):
+            t = time.perf_counter()
+            os.write(fd, buf)
+            os.fdatasync(fd)
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(len(lat) * f))] * 1e3
+    kind = "preallocated" if a.preallocated else "growing"
+    print(
+        f"raw fdatasync ({kind}, {a.bytes} B)/s={a.count / elapsed:.0f} "
+        f"p50={q(0.5):.3f}ms p90={q(0.9):.3f}ms p99={q(0.99):.3f}ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
