@@ -6,16 +6,22 @@
 //! the `storage::Storage` trait: the write-ahead log (`wal`), snapshot files (`snapshot_file`),
 //! and `durable::DurableLedger`, which ties them to the state machine.
 
-/// Property-test settings: failures persist in the top-level `proptest-regressions/`, and
-/// `PROPTEST_CASES` raises the case count from a default that fits CI on two cores.
-#[cfg(test)]
+/// Property-test settings for the tests of every crate here: a failure's seed persists in the
+/// top-level `proptest-regressions/` file named, and `PROPTEST_CASES` overrides the number of
+/// cases, whose default (256, or the one given) fits CI on two cores. Expands where it is used,
+/// which needs `proptest`: `ledger::proptest_config!("name.txt")`, or `("name.txt", 48)`.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! proptest_config {
     ($file:literal) => {
+        $crate::proptest_config!($file, 256)
+    };
+    ($file:literal, $cases:expr) => {
         proptest::prelude::ProptestConfig {
             cases: std::env::var("PROPTEST_CASES")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(256),
+                .unwrap_or($cases),
             failure_persistence: Some(Box::new(
                 proptest::test_runner::FileFailurePersistence::Direct(concat!(
                     env!("CARGO_MANIFEST_DIR"),

@@ -13,7 +13,6 @@ use ledger::{
     Ledger, NewAccount, ParticipantId, Timestamp, Transfer, TransferId, TransferKind,
 };
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 
 const ACCOUNTS: u128 = 6;
 
@@ -126,13 +125,6 @@ fn events(batch: &[(u128, u128, u64, u8, bool)], next_id: &mut u128, now: Timest
     out
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(48)
-}
-
 fn options() -> DurableOptions {
     DurableOptions {
         wal: WalOptions {
@@ -146,14 +138,7 @@ fn options() -> DurableOptions {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proptest-regressions/ledger_durable_crash.txt"
-        )))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(ledger::proptest_config!("ledger_durable_crash.txt", 48))]
 
     #[test]
     fn recovery_gives_a_prefix_holding_every_acknowledged_batch(

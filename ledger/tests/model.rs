@@ -16,7 +16,6 @@ use ledger::{
     Outcome, ParticipantId, Timestamp, Transfer, TransferId, TransferKind, TransferState,
 };
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 
 const ACCOUNT_IDS: u128 = 7;
 const DMNEC: u16 = 1;
@@ -780,13 +779,6 @@ fn setup() -> Vec<Event> {
     events
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(96)
-}
-
 fn check_same(ledger: &Ledger, model: &Model, resolver: &Resolver) -> Result<(), TestCaseError> {
     for id in 0..=ACCOUNT_IDS + 1 {
         let got = ledger.account(AccountId(id)).map(|a| MAccount {
@@ -853,14 +845,7 @@ fn check_same(ledger: &Ledger, model: &Model, resolver: &Resolver) -> Result<(),
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proptest-regressions/ledger_model.txt"
-        )))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(ledger::proptest_config!("ledger_model.txt", 96))]
 
     #[test]
     fn ledger_matches_model(steps in prop::collection::vec(step(), 1..60), shards_log2 in 0u32..4, preallocate_at in 0usize..60) {

@@ -9,28 +9,6 @@
 //! - `run`: the engine (spawn or connect, setup, profiles, verification);
 //! - `zipf`: YCSB's zipfian generator, shared with the benchmarks.
 
-/// Property-test settings: failures persist in the top-level `proptest-regressions/`, and
-/// `PROPTEST_CASES` raises the case count from a default that fits CI on two cores.
-#[cfg(test)]
-macro_rules! proptest_config {
-    ($file:literal) => {
-        proptest::prelude::ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(256),
-            failure_persistence: Some(Box::new(
-                proptest::test_runner::FileFailurePersistence::Direct(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../proptest-regressions/",
-                    $file
-                )),
-            )),
-            ..proptest::prelude::ProptestConfig::default()
-        }
-    };
-}
-
 pub mod chart;
 pub mod config;
 pub mod cpu;

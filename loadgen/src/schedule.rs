@@ -374,7 +374,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(proptest_config!("loadgen_schedule.txt"))]
+        #![proptest_config(ledger::proptest_config!("loadgen_schedule.txt"))]
 
         /// The number of requests sent is the integral of the rate, within one.
         #[test]

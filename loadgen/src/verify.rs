@@ -345,7 +345,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest_config!("loadgen_forgotten_statuses.txt"))]
+        #![proptest_config(ledger::proptest_config!("loadgen_forgotten_statuses.txt"))]
 
         /// "Not found" passes for at most the payments past what the switch remembers, and
         /// never when it remembers them all.

@@ -11,7 +11,6 @@ use ledger::storage::{SimStorage, Tear};
 use ledger::wal::{self, RecoverOptions, Wal, WalOptions};
 use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, ParticipantId, Timestamp};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use rust_decimal::Decimal;
 use switch::clearing::{WindowDetails, settlement_account};
 use switch::codes::{Code, Reason};
@@ -250,13 +249,6 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(48)
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Hold {
     acquirer: u64,
@@ -423,14 +415,7 @@ impl Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proptest-regressions/switch_clearing.txt"
-        )))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(ledger::proptest_config!("switch_clearing.txt", 48))]
 
     /// Every approved capture, sale and refund is cleared in exactly the window it was
     /// approved in; fees follow the schedule; positions sum to zero and the settlement

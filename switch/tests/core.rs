@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, ParticipantId, Timestamp};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use switch::codes::{Code, Reason};
 use switch::core::{
     Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request,
@@ -591,22 +590,8 @@ impl Script {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../proptest-regressions/switch_core.txt"
-        )))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(ledger::proptest_config!("switch_core.txt", 64))]
 
     /// Like Jepsen's bank test: what the approved responses say happened is what the ledger
     /// holds, money is conserved, and the journal replays to the same state.

@@ -3,7 +3,6 @@
 //! to anything but the bytes it came from.
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use switch::wire::{
     AccountFlags, AccountId, Amount, Balance, BalanceTarget, CardNumber, Currency, EchoPayload,
     ErrorCode, ErrorMessage, Frame, HEADER_LEN, Limits, Movement, NetPosition, Operation,
@@ -11,29 +10,6 @@ use switch::wire::{
     ResponseBody, ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId,
     WindowRecord, WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
 };
-
-/// Cases per property: `PROPTEST_CASES`, or a default that keeps a 2-core CI run short.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(256)
-}
-
-macro_rules! config {
-    ($name:literal) => {
-        ProptestConfig {
-            cases: cases(),
-            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../proptest-regressions/",
-                $name,
-                ".txt"
-            )))),
-            ..ProptestConfig::default()
-        }
-    };
-}
 
 // --- strategies -------------------------------------------------------------------------
 
@@ -367,7 +343,7 @@ fn check_decode_is_honest(buf: &[u8], limits: &Limits) -> Result<(), TestCaseErr
 // --- properties -------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config!("switch_wire_round_trip"))]
+    #![proptest_config(ledger::proptest_config!("switch_wire_round_trip.txt"))]
 
     #[test]
     fn every_frame_round_trips(frame in frame()) {
@@ -403,7 +379,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config!("switch_wire_prefixes"))]
+    #![proptest_config(ledger::proptest_config!("switch_wire_prefixes.txt"))]
 
     #[test]
     fn every_prefix_needs_more(frame in frame()) {
@@ -432,7 +408,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config!("switch_wire_hostile_input"))]
+    #![proptest_config(ledger::proptest_config!("switch_wire_hostile_input.txt"))]
 
     #[test]
     fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..512)) {

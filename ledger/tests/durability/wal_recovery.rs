@@ -28,7 +28,7 @@ fn options(segment_size_max_bytes: u64) -> WalOptions {
 }
 
 proptest! {
-    #![proptest_config(proptest_config!("wal_truncate_every_offset.txt", 64))]
+    #![proptest_config(ledger::proptest_config!("wal_truncate_every_offset.txt", 64))]
 
     /// Cutting the last segment anywhere recovers exactly the records wholly before the cut,
     /// never an error, and leaves a log that recovers the same way again without cutting.
@@ -85,7 +85,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(proptest_config!("wal_bit_flips.txt", 128))]
+    #![proptest_config(ledger::proptest_config!("wal_bit_flips.txt", 128))]
 
     /// A flipped bit in the last record is a torn tail; anywhere else in the segment it is
     /// corruption, reported with the segment and the record's offset, and only the explicit
@@ -412,7 +412,7 @@ fn read_range(
 }
 
 proptest! {
-    #![proptest_config(proptest_config!("wal_read_through.txt", 64))]
+    #![proptest_config(ledger::proptest_config!("wal_read_through.txt", 64))]
 
     /// Reading a range gives exactly the records after `after` up to `through`, changes
     /// nothing, and does not mind what follows `through`: a torn or half-written tail is what

@@ -295,7 +295,7 @@ fn close_answers_everything_queued_and_durability_none_syncs_no_group() {
 }
 
 proptest! {
-    #![proptest_config(proptest_config!("wal_crash_acknowledged.txt", 64))]
+    #![proptest_config(ledger::proptest_config!("wal_crash_acknowledged.txt", 64))]
 
     /// Crash while records are being written and synced (unsynced bytes lost or torn at a
     /// random point): every record whose `on_durable` said Ok is recovered, with its payload,

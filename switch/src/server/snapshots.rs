@@ -694,7 +694,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(proptest_config!("switch_snapshot_cadence.txt"))]
+        #![proptest_config(ledger::proptest_config!("switch_snapshot_cadence.txt"))]
 
         #[test]
         fn deferral_never_skips_the_bound_nor_defers_a_quiet_switch(

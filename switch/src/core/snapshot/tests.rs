@@ -409,7 +409,7 @@ fn ask_again(a: &mut Core, b: &mut Core, sent: &[Item], now: Timestamp) -> Resul
 }
 
 proptest! {
-    #![proptest_config(proptest_config!("switch_snapshot.txt"))]
+    #![proptest_config(ledger::proptest_config!("switch_snapshot.txt"))]
 
     #[test]
     fn snapshot_plus_tail_is_the_switch_that_never_stopped(
