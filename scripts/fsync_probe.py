@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
 """The disk's raw durable-append latency, for comparison with the write-ahead log's.
 
-    scripts/fsync_probe.py [--bytes N] [--count N] [--preallocated] [--dir DIR]
+    scripts/fsync_probe.py [--bytes N] [--count N] [--preallocated | --fallocate |
+                            --fallocate-keep-size] [--dir DIR]
 
 Appends N bytes (default 4096) and calls fdatasync, --count times (default 2000), in a scratch
 file under DIR (default target/), and prints the rate and the p50, p90 and p99 latency. With
 --preallocated the file is first filled with zeros and synced, so each append overwrites
-blocks that already exist and fdatasync has no file size or allocation to record.
+blocks that already exist and fdatasync has no file size or allocation to record. With
+--fallocate (posix_fallocate) or --fallocate-keep-size (fallocate with FALLOC_FL_KEEP_SIZE)
+the space is reserved without being written.
 """
 import argparse
+import ctypes
 import os
 import time
+
+FALLOC_FL_KEEP_SIZE = 1
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bytes", type=int, default=4096)
     p.add_argument("--count", type=int, default=2000)
-    p.add_argument("--preallocated", action="store_true")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--preallocated", action="store_true")
+    mode.add_argument("--fallocate", action="store_true")
+    mode.add_argument("--fallocate-keep-size", action="store_true")
     p.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "..", "target"))
     a = p.parse_args()
     os.makedirs(a.dir, exist_ok=True)
@@ -25,10 +34,18 @@ def main():
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         buf = b"x" * a.bytes
+        total = a.bytes * a.count
         if a.preallocated:
-            os.write(fd, b"\0" * (a.bytes * a.count))
-            os.fsync(fd)
-            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, b"\0" * total)
+        elif a.fallocate:
+            os.posix_fallocate(fd, 0, total)
+        elif a.fallocate_keep_size:
+            libc = ctypes.CDLL(None, use_errno=True)
+            off = ctypes.c_long
+            if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, off(0), off(total)) != 0:
+                raise OSError(ctypes.get_errno(), "fallocate")
+        os.fsync(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
         lat = []
         start = time.perf_counter()
         for _ in range(a.count):
@@ -42,7 +59,12 @@ def main():
         os.unlink(path)
     lat.sort()
     q = lambda f: lat[min(len(lat) - 1, int(len(lat) * f))] * 1e3
-    kind = "preallocated" if a.preallocated else "growing"
+    kind = (
+        "preallocated" if a.preallocated
+        else "fallocate" if a.fallocate
+        else "fallocate keep-size" if a.fallocate_keep_size
+        else "growing"
+    )
     print(
         f"raw fdatasync ({kind}, {a.bytes} B)/s={a.count / elapsed:.0f} "
         f"p50={q(0.5):.3f}ms p90={q(0.9):.3f}ms p99={q(0.99):.3f}ms"
