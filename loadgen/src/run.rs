@@ -94,6 +94,7 @@ impl Spawned {
             pooled_account: None,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.server.io_threads())
             .enable_all()
             .thread_name("switch-io")
             .build()

@@ -38,6 +38,22 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Threads of the network runtime (QUIC, TLS, the codec); 0: one per core. The ledger
+    /// stage and the log writer have threads of their own besides these.
+    pub io_threads: u16,
+}
+
+/// At most this many network threads.
+pub const IO_THREADS_MAX: u16 = 256;
+
+impl Server {
+    /// The network runtime's thread count: `io_threads`, or one per core.
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => usize::from(n),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -263,6 +279,7 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             data_dir: PathBuf::from("./data"),
+            io_threads: 0,
         }
     }
 }
@@ -456,6 +473,12 @@ impl Config {
                     "must be between 64 bytes and {} bytes (64 MiB)",
                     crate::wire::FRAME_LEN_MAX_LIMIT
                 ),
+            ));
+        }
+        if self.server.io_threads > IO_THREADS_MAX {
+            return Err(invalid(
+                "server.io_threads",
+                format!("must be at most {IO_THREADS_MAX} (0: one per core)"),
             ));
         }
         if self.authorization.default_expiry_seconds > self.authorization.expiry_seconds_max {
@@ -735,6 +758,7 @@ mod tests {
                 "limits.frame_bytes_max",
             ),
             ("[ledger]\nshards = 3\n", "ledger"),
+            ("[server]\nio_threads = 257\n", "server.io_threads"),
             ("[tls]\nmode = \"files\"\n", "tls.cert_file"),
             (
                 "[authorization]\ndefault_expiry_seconds = 99999999\n",
@@ -759,6 +783,17 @@ mod tests {
         .expect_err("duplicate route")
         .to_string();
         assert!(err.contains("route 1") && err.contains("62"), "{err}");
+    }
+
+    #[test]
+    fn network_threads_are_as_configured_or_one_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(Config::default().server.io_threads(), cores);
+        let one = Config::parse("[server]\nio_threads = 1\n", "x.toml").expect("valid");
+        assert_eq!(one.server.io_threads(), 1);
+        let most = format!("[server]\nio_threads = {IO_THREADS_MAX}\n");
+        let most = Config::parse(&most, "x.toml").expect("valid");
+        assert_eq!(most.server.io_threads(), usize::from(IO_THREADS_MAX));
     }
 
     #[test]

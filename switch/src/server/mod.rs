@@ -113,6 +113,7 @@ impl Running {
 /// Runs the switch until SIGTERM or SIGINT, then shuts down cleanly.
 pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.io_threads())
         .enable_all()
         .thread_name("switch-io")
         .build()
