@@ -87,6 +87,10 @@ struct Args {
     /// (`[snapshot] defer_above_requests_per_second`; 0: never waits).
     #[arg(long, default_value_t = switch::config::Config::default().snapshot.defer_above_requests_per_second)]
     snapshot_defer_above: u64,
+    /// Tokio worker threads, shared by the client and the switch's network side (the ledger
+    /// stage and the log writer have threads of their own).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
     /// How a snapshot is made (`[snapshot] method`).
     #[arg(long, value_enum, default_value_t = Method::Replay)]
     snapshot_method: Method,
@@ -193,9 +197,13 @@ async fn setup(stream: &Stream) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    run(Args::parse()).await
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
