@@ -156,10 +156,11 @@ pub fn compare(
             m(i128::from(a.amount))
         ));
     }
+    let allowed = forgettable(model, remembers);
     let mut statuses = Statuses {
         mismatches: &mut mismatches,
         observed,
-        may_forget: forgettable(model, remembers) > 0,
+        may_forget: allowed > 0,
         forgotten: 0,
     };
     for (id, a) in &model.auths {
@@ -182,7 +183,6 @@ pub fn compare(
         statuses.check("sale", *id, expected);
     }
     let forgotten = statuses.forgotten;
-    let allowed = forgettable(model, remembers);
     if forgotten > allowed {
         mismatches.push(format!(
             "the switch no longer knows {forgotten} of the run's {} payments, more than the \
