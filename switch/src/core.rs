@@ -449,78 +449,160 @@ impl Kept {
     }
 }
 
-/// A queue of keys, oldest first, held in chunks of a fixed size: it never grows by copying
-/// itself, as one deque of millions of keys would when it doubles, stalling the stage.
-#[derive(Clone, Default)]
-pub(crate) struct Order {
-    chunks: VecDeque<Vec<u128>>,
-    /// Keys already taken from the front chunk (which always has one left).
-    head: usize,
+/// A queue, oldest first, held in chunks of a fixed size: it never grows by copying itself, as
+/// one deque of millions would when it doubles, stalling the stage. A chunk emptied at the
+/// front is kept for the back (up to `spare_max` of them), so a queue that forgets as fast as
+/// it remembers allocates nothing.
+pub(crate) struct Chunked<T> {
+    /// Every chunk holds at least one entry; all but the first and the last are full.
+    chunks: VecDeque<VecDeque<T>>,
     len: usize,
+    spare: Vec<VecDeque<T>>,
+    spare_max: usize,
 }
+
+/// A queue of keys.
+pub(crate) type Order = Chunked<u128>;
 
 const ORDER_CHUNK: usize = 4096;
 
-impl Order {
-    pub(crate) fn push_back(&mut self, key: u128) {
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: VecDeque::new(),
+            len: 0,
+            spare: Vec::new(),
+            spare_max: 1,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(crate) fn push_back(&mut self, value: T) {
         match self.chunks.back_mut() {
-            Some(chunk) if chunk.len() < ORDER_CHUNK => chunk.push(key),
+            Some(chunk) if chunk.len() < ORDER_CHUNK => chunk.push_back(value),
             _ => {
-                let mut chunk = Vec::with_capacity(ORDER_CHUNK);
-                chunk.push(key);
+                let mut chunk = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| VecDeque::with_capacity(ORDER_CHUNK));
+                chunk.push_back(value);
                 self.chunks.push_back(chunk);
             }
         }
         self.len += 1;
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<u128> {
-        let front = self.chunks.front()?;
-        let key = *front.get(self.head)?;
-        self.head += 1;
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        let front = self.chunks.front_mut()?;
+        let value = front.pop_front()?;
         self.len -= 1;
-        if self.head == front.len() {
-            self.chunks.pop_front();
-            self.head = 0;
+        if front.is_empty()
+            && let Some(chunk) = self.chunks.pop_front()
+            && self.spare.len() < self.spare_max
+        {
+            self.spare.push(chunk);
         }
-        Some(key)
+        Some(value)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &u128> {
-        self.chunks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, chunk)| chunk[if i == 0 { self.head } else { 0 }..].iter())
+    /// The `i`th oldest.
+    fn get(&self, i: usize) -> Option<&T> {
+        let front = self.chunks.front()?;
+        match i.checked_sub(front.len()) {
+            None => front.get(i),
+            Some(rest) => self
+                .chunks
+                .get(1 + rest / ORDER_CHUNK)?
+                .get(rest % ORDER_CHUNK),
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        let front = self.chunks.front()?.len();
+        match i.checked_sub(front) {
+            None => self.chunks.front_mut()?.get_mut(i),
+            Some(rest) => self
+                .chunks
+                .get_mut(1 + rest / ORDER_CHUNK)?
+                .get_mut(rest % ORDER_CHUNK),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+
+    /// Writes once (with copies of `filler`, then empties) spare chunks for `entries`, so
+    /// that pushing that many never allocates or touches a fresh page. Returns the bytes
+    /// reserved.
+    fn preallocate(&mut self, entries: usize, filler: &T) -> usize
+    where
+        T: Clone,
+    {
+        let chunks = entries.div_ceil(ORDER_CHUNK) + 1;
+        self.spare_max = self.spare_max.max(chunks);
+        while self.spare.len() + self.chunks.len() < chunks {
+            let mut chunk = VecDeque::with_capacity(ORDER_CHUNK);
+            chunk.resize(ORDER_CHUNK, filler.clone());
+            chunk.clear();
+            self.spare.push(chunk);
+        }
+        (self.spare.len() + self.chunks.len()) * ORDER_CHUNK * std::mem::size_of::<T>()
     }
 }
 
 /// The keys, oldest first (how they are chunked is not part of what the queue is).
-impl std::fmt::Debug for Order {
+impl<T: std::fmt::Debug> std::fmt::Debug for Chunked<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.iter()).finish()
     }
 }
 
-impl<'a> IntoIterator for &'a Order {
-    type Item = &'a u128;
-    type IntoIter = Box<dyn Iterator<Item = &'a u128> + 'a>;
+impl<'a, T> IntoIterator for &'a Chunked<T> {
+    type Item = &'a T;
+    type IntoIter = Box<dyn Iterator<Item = &'a T> + 'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
     }
 }
 
+/// A u128 key as two words: a map entry of a key and a position is then 24 bytes, not 32.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u64; 2]);
+
+impl Key {
+    fn of(key: u128) -> Self {
+        Key([key as u64, (key >> 64) as u64])
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+        state.write_u64(self.0[1]);
+    }
+}
+
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
-struct Remembered<V> {
-    /// Split into parts so that no single hash map grows huge: a map doubles by copying
-    /// itself, and one of millions of entries would stall the ledger stage for that long.
-    parts: Vec<HashMap<u128, V>>,
-    order: Order,
-    len: usize,
+///
+/// The entries sit in a queue in the order they are forgotten in; a hash map takes a key to
+/// its place there. Remembering writes the entry at the queue's end, next to the one before,
+/// and a small key-and-place into the hash map: the one write to a random place in memory is
+/// 24 bytes, where an entry of the map itself would be over a hundred.
+pub(crate) struct Remembered<V> {
+    /// Key to position: `base` plus the index in `entries`. Split into parts so that no
+    /// single hash map grows huge: a map doubles by copying itself, and one of millions of
+    /// entries would stall the ledger stage for that long.
+    parts: Vec<HashMap<Key, u64>>,
+    entries: Chunked<(u128, V)>,
+    /// The position of the oldest entry.
+    base: u64,
     max: usize,
 }
 
@@ -530,8 +612,8 @@ impl<V> Remembered<V> {
     fn new(max: usize) -> Self {
         Remembered {
             parts: (0..REMEMBERED_PARTS).map(|_| HashMap::default()).collect(),
-            order: Order::default(),
-            len: 0,
+            entries: Chunked::default(),
+            base: 0,
             max,
         }
     }
@@ -542,17 +624,32 @@ impl<V> Remembered<V> {
         (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
     }
 
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn index(&self, key: u128) -> Option<usize> {
+        let position = *self.parts[self.part(key)].get(&Key::of(key))?;
+        usize::try_from(position - self.base).ok()
+    }
+
     fn get(&self, key: &u128) -> Option<&V> {
-        self.parts[self.part(*key)].get(key)
+        let i = self.index(*key)?;
+        self.entries.get(i).map(|(_, v)| v)
     }
 
     fn get_mut(&mut self, key: &u128) -> Option<&mut V> {
-        let part = self.part(*key);
-        self.parts[part].get_mut(key)
+        let i = self.index(*key)?;
+        self.entries.get_mut(i).map(|(_, v)| v)
     }
 
     fn contains_key(&self, key: &u128) -> bool {
-        self.get(key).is_some()
+        self.parts[self.part(*key)].contains_key(&Key::of(*key))
+    }
+
+    /// Entries, key and value, oldest first.
+    fn iter(&self) -> impl Iterator<Item = (u128, &V)> {
+        self.entries.iter().map(|(k, v)| (*k, v))
     }
 
     /// Entries a part is sized for: its share of `max`, and room for parts filling unevenly.
@@ -572,24 +669,26 @@ impl<V> Remembered<V> {
         }
     }
 
-    /// Makes room for `max` entries now and writes every page of it once (with copies of
-    /// `filler`, then cleared), so that remembering never grows a part or takes a page fault
-    /// later; the entries held are kept. Returns the bytes the parts now hold.
+    /// Makes room for `max` entries now and writes every page of it once (the queue's with
+    /// copies of `filler`), so that remembering never grows a part or takes a page fault
+    /// later; the entries held are kept. Returns the bytes now held.
     fn preallocate(&mut self, filler: &V) -> usize
     where
         V: Clone,
     {
         let bound = self.part_bound();
-        let mut bytes = 0;
+        let mut bytes = self
+            .entries
+            .preallocate(self.max.saturating_add(1), &(0, filler.clone()));
         for part in &mut self.parts {
             // Twice the entries: forgetting leaves tombstones, and a hash map more than half
             // full grows (rather than cleans up in place) when they use up its room.
             let entries = bound.max(part.len()).saturating_mul(2);
             if part.capacity() < entries {
-                let mut fresh: HashMap<u128, V> =
+                let mut fresh: HashMap<Key, u64> =
                     HashMap::with_capacity_and_hasher(entries, Default::default());
                 for key in 0..fresh.capacity() as u128 {
-                    fresh.insert(key, filler.clone());
+                    fresh.insert(Key::of(key), 0);
                 }
                 // `clear` keeps the memory, now resident.
                 fresh.clear();
@@ -597,7 +696,7 @@ impl<V> Remembered<V> {
                 *part = fresh;
             }
             // A hash map's buckets: capacity is 7/8 of them; one control byte each.
-            bytes += part.capacity() / 7 * 8 * (std::mem::size_of::<(u128, V)>() + 1);
+            bytes += part.capacity() / 7 * 8 * (std::mem::size_of::<(Key, u64)>() + 1);
         }
         bytes
     }
@@ -605,6 +704,21 @@ impl<V> Remembered<V> {
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.parts.iter().map(HashMap::capacity).sum()
+    }
+
+    /// Adds `value` as the newest entry (for a new key; for a key held, `value` replaces
+    /// its value in place). Does not forget.
+    fn push(&mut self, key: u128, value: V) -> Result<(), (u128, V)> {
+        let position = self.base + self.entries.len() as u64;
+        let part = self.part(key);
+        match self.parts[part].entry(Key::of(key)) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(position);
+                self.entries.push_back((key, value));
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => Err((key, value)),
+        }
     }
 
     /// Remembers `key`, then forgets the oldest entries `keep` lets go until at most `max`
@@ -616,24 +730,27 @@ impl<V> Remembered<V> {
     /// then holds more than `max`: the kept entries, and others waiting for the looking to
     /// pass them, about one for every `FORGET_LOOKS_MAX` kept.
     fn insert(&mut self, key: u128, value: V, keep: impl Fn(&V) -> bool) -> usize {
-        let part = self.part(key);
-        if self.parts[part].insert(key, value).is_none() {
-            self.order.push_back(key);
-            self.len += 1;
+        if let Err((key, value)) = self.push(key, value)
+            && let Some(held) = self.get_mut(&key)
+        {
+            *held = value;
         }
-        let mut budget = FORGET_LOOKS_MAX.min(self.order.len());
+        let mut budget = FORGET_LOOKS_MAX.min(self.len());
         let mut looked = 0;
-        while self.len > self.max && budget > 0 {
+        while self.len() > self.max && budget > 0 {
             budget -= 1;
             looked += 1;
-            let Some(oldest) = self.order.pop_front() else {
+            let Some((oldest, value)) = self.entries.pop_front() else {
                 break;
             };
+            self.base += 1;
             let part = self.part(oldest);
-            if self.parts[part].get(&oldest).is_some_and(&keep) {
-                self.order.push_back(oldest);
-            } else if self.parts[part].remove(&oldest).is_some() {
-                self.len -= 1;
+            if keep(&value) {
+                let position = self.base + self.entries.len() as u64;
+                self.parts[part].insert(Key::of(oldest), position);
+                self.entries.push_back((oldest, value));
+            } else {
+                self.parts[part].remove(&Key::of(oldest));
             }
         }
         looked
@@ -1976,6 +2093,90 @@ mod order_tests {
                 prop_assert_eq!(order.len(), model.len());
                 prop_assert!(order.iter().eq(model.iter()));
                 prop_assert!((&order).into_iter().eq(model.iter()));
+                for i in 0..model.len() + 2 {
+                    prop_assert_eq!(order.get(i), model.get(i), "at {}", i);
+                }
+                if let Some(i) = pops.checked_rem(model.len().max(1)) && i < model.len() {
+                    *order.get_mut(i).expect("held") += 1_000_000;
+                    model[i] += 1_000_000;
+                    prop_assert!(order.iter().eq(model.iter()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod remembered_model {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::{FORGET_LOOKS_MAX, Remembered};
+
+    /// What `Remembered` is: entries oldest first, a new key at the end, a held key's value
+    /// replaced in place, and forgetting that looks at no more than `FORGET_LOOKS_MAX` of
+    /// the oldest while more than `max` are held, moving those kept to the end.
+    #[derive(Default)]
+    struct Model {
+        entries: VecDeque<(u128, u64)>,
+    }
+
+    impl Model {
+        fn insert(
+            &mut self,
+            max: usize,
+            key: u128,
+            value: u64,
+            keep: impl Fn(&u64) -> bool,
+        ) -> usize {
+            match self.entries.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, held)) => *held = value,
+                None => self.entries.push_back((key, value)),
+            }
+            let mut looked = 0;
+            let budget = FORGET_LOOKS_MAX.min(self.entries.len());
+            while self.entries.len() > max && looked < budget {
+                looked += 1;
+                let Some(oldest) = self.entries.pop_front() else {
+                    break;
+                };
+                if keep(&oldest.1) {
+                    self.entries.push_back(oldest);
+                }
+            }
+            looked
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_remembered.txt", 64))]
+
+        /// Against the model, over inserts of new and held keys, some kept (odd values),
+        /// across bounds small enough to forget all the time; with memory reserved ahead or
+        /// not.
+        #[test]
+        fn remembered_is_its_model(
+            max in 0usize..40,
+            inserts in prop::collection::vec((0u128..120, 0u64..1_000), 1..400),
+            preallocate in any::<bool>(),
+        ) {
+            let mut m: Remembered<u64> = Remembered::new(max);
+            if preallocate {
+                prop_assert!(m.preallocate(&7) > 0);
+            }
+            let mut model = Model::default();
+            let keep = |v: &u64| v % 2 == 1;
+            for (key, value) in inserts {
+                prop_assert_eq!(m.insert(key, value, keep), model.insert(max, key, value, keep));
+                prop_assert_eq!(m.len(), model.entries.len());
+                let held: Vec<_> = m.iter().map(|(k, v)| (k, *v)).collect();
+                prop_assert!(held.iter().copied().eq(model.entries.iter().copied()));
+                for key in 0..120u128 {
+                    let want = model.entries.iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+                    prop_assert_eq!(m.get(&key), want, "key {}", key);
+                    prop_assert_eq!(m.contains_key(&key), want.is_some());
+                }
             }
         }
     }
@@ -1995,11 +2196,11 @@ mod remembered_tests {
         for key in 0..5_000u128 {
             assert!(m.insert(key, true, keep) <= FORGET_LOOKS_MAX);
         }
-        assert_eq!(m.len, 5_000, "kept entries are never forgotten");
+        assert_eq!(m.len(), 5_000, "kept entries are never forgotten");
         let mut most = 0;
         for key in 5_000..40_000u128 {
             assert!(m.insert(key, false, keep) <= FORGET_LOOKS_MAX);
-            most = most.max(m.len);
+            most = most.max(m.len());
         }
         // Looking at 16 an insert and adding one, the others wait at most one pass over the
         // kept entries: about one for every 15 kept.
@@ -2024,7 +2225,7 @@ mod remembered_tests {
         let reserved = m.capacity();
         assert!(reserved >= 2 * max, "{reserved}");
         assert_eq!(
-            m.order.iter().copied().collect::<Vec<_>>(),
+            m.iter().map(|(key, _)| key).collect::<Vec<_>>(),
             (0..3_000).collect::<Vec<_>>()
         );
         for key in 0..3_000u128 {
@@ -2038,7 +2239,7 @@ mod remembered_tests {
             // Tombstones lower a hash map's capacity until it cleans up in place.
             assert!(m.capacity() <= reserved, "grew at {key}");
         }
-        assert_eq!(m.len, max);
+        assert_eq!(m.len(), max);
         assert!(m.get(&0).is_none());
         assert_eq!(
             m.get(&(10 * max as u128 - 1)),

@@ -20,7 +20,7 @@ use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
 use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
-    Body, Core, CoreConfig, HashMap, Kept, Order, Original, Participant, REMEMBERED_PARTS,
+    Body, Core, CoreConfig, HashMap, Kept, Key, Order, Original, Participant, REMEMBERED_PARTS,
     Remembered, RequestId, Response, Stage, Status,
 };
 use crate::codes::{Code, Reason};
@@ -383,37 +383,30 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
 }
 
 /// A remembered map: count, the keys in forgetting order (oldest first), then (if the map has
-/// values) every entry, key and value, in no particular order. Writing entries in map order
-/// keeps the pass over memory sequential; `restore` checks that the two lists agree.
+/// values) every entry, key and value. This writes the entries in forgetting order too, but a
+/// reader takes them in any order; `restore` checks that the two lists agree.
 fn encode_remembered<V>(
     m: &Remembered<V>,
     value_len: usize,
     put: Option<impl Fn(u128, &V, &mut Vec<u8>)>,
 ) -> Vec<u8> {
-    assert_eq!(
-        m.order.len(),
-        m.len,
-        "the forgetting order holds every key once"
-    );
     let entry_len = if put.is_some() { 16 + value_len } else { 0 };
-    let mut out = Vec::with_capacity(8 + m.len * (16 + entry_len));
-    out.extend_from_slice(&(m.len as u64).to_le_bytes());
-    for key in &m.order {
+    let mut out = Vec::with_capacity(8 + m.len() * (16 + entry_len));
+    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    for (key, _) in m.iter() {
         out.extend_from_slice(&key.to_le_bytes());
     }
     if let Some(put) = put {
-        for part in &m.parts {
-            for (key, value) in part {
-                out.extend_from_slice(&key.to_le_bytes());
-                put(*key, value, &mut out);
-            }
+        for (key, value) in m.iter() {
+            out.extend_from_slice(&key.to_le_bytes());
+            put(key, value, &mut out);
         }
     }
     out
 }
 
-/// The count and the keys in forgetting order, with their sum of `mix`.
-fn decode_order(r: &mut Reader<'_>) -> Result<(Order, u64), SnapshotError> {
+/// The keys in forgetting order.
+fn decode_order(r: &mut Reader<'_>) -> Result<Order, SnapshotError> {
     let count_at = r.at;
     let count = r.u64("count")?;
     // Every key takes 16 bytes: refuse a count the section cannot hold before allocating.
@@ -422,36 +415,37 @@ fn decode_order(r: &mut Reader<'_>) -> Result<(Order, u64), SnapshotError> {
         .filter(|c| c.checked_mul(16).is_some_and(|b| b <= r.remaining()))
         .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
     let mut order = Order::default();
-    let mut sum = 0u64;
     for _ in 0..count {
-        let key = r.u128("key")?;
-        sum = sum.wrapping_add(mix(key));
-        order.push_back(key);
+        order.push_back(r.u128("key")?);
     }
-    Ok((order, sum))
+    Ok(order)
 }
 
-fn sized<V>(max: usize, count: usize) -> Remembered<V> {
+/// A map sized for `count` entries, whose keys are those of `order`, in that order, each
+/// placed but without its entry yet.
+fn placed<V>(r: &Reader<'_>, max: usize, order: &Order) -> Result<Remembered<V>, SnapshotError> {
+    let count = order.len();
     let mut m = Remembered::new(max);
     for part in &mut m.parts {
         part.reserve(count / REMEMBERED_PARTS + count / REMEMBERED_PARTS / 4 + 1);
     }
-    m
+    for (i, &key) in order.iter().enumerate() {
+        let part = m.part(key);
+        if m.parts[part].insert(Key::of(key), i as u64).is_some() {
+            return Err(r.bad(8 + 16 * i, format!("key {key} appears twice")));
+        }
+    }
+    Ok(m)
 }
 
 /// A remembered set (no values): the forgetting order is all there is.
 fn decode_remembered_keys(mut r: Reader<'_>, max: usize) -> Result<Remembered<()>, SnapshotError> {
-    let (order, _) = decode_order(&mut r)?;
-    let mut m = sized(max, order.len());
-    for (i, key) in order.iter().enumerate() {
-        let part = m.part(*key);
-        if m.parts[part].insert(*key, ()).is_some() {
-            return Err(r.bad(8 + 16 * i, format!("key {key} appears twice")));
-        }
-    }
+    let order = decode_order(&mut r)?;
+    let mut m = placed(&r, max, &order)?;
     r.end()?;
-    m.len = order.len();
-    m.order = order;
+    for &key in &order {
+        m.entries.push_back((key, ()));
+    }
     Ok(m)
 }
 
@@ -460,46 +454,33 @@ fn decode_remembered<V>(
     max: usize,
     value: impl Fn(u128, &mut Reader<'_>) -> Result<V, SnapshotError>,
 ) -> Result<Remembered<V>, SnapshotError> {
-    let (order, order_sum) = decode_order(&mut r)?;
-    let count = order.len();
-    let mut m = sized(max, count);
-    let mut entry_sum = 0u64;
-    for _ in 0..count {
+    let order = decode_order(&mut r)?;
+    let mut m = placed(&r, max, &order)?;
+    // Each entry goes to its key's place in the order.
+    let mut values: Vec<Option<V>> = (0..order.len()).map(|_| None).collect();
+    for _ in 0..order.len() {
         let at = r.at;
         let key = r.u128("entry key")?;
         let v = value(key, &mut r)?;
-        let part = m.part(key);
-        if m.parts[part].insert(key, v).is_some() {
+        let Some(place) = m.index(key).and_then(|i| values.get_mut(i)) else {
+            return Err(r.bad(at, format!("entry {key} is not in the forgetting order")));
+        };
+        if place.replace(v).is_some() {
             return Err(r.bad(at, format!("entry {key} appears twice")));
         }
-        entry_sum = entry_sum.wrapping_add(mix(key));
     }
     r.end()?;
-    if let Some(key) = order.iter().find(|key| !m.contains_key(key)) {
-        return Err(r.bad(
-            0,
-            format!("the forgetting order names {key}, which has no entry"),
-        ));
+    // As many entries as keys, each in a place of its own: every place is taken.
+    for (&key, v) in order.iter().zip(values) {
+        let Some(v) = v else {
+            return Err(r.bad(
+                0,
+                format!("the forgetting order names {key}, which has no entry"),
+            ));
+        };
+        m.entries.push_back((key, v));
     }
-    // Same count and every key of the order has an entry: a key repeated in the order would
-    // leave another out, which the sums tell.
-    if order_sum != entry_sum {
-        return Err(r.bad(
-            0,
-            "the forgetting order is not a permutation of the entries".into(),
-        ));
-    }
-    m.len = count;
-    m.order = order;
     Ok(m)
-}
-
-/// A 64-bit mix of a key, summed to compare two lists of keys as sets.
-fn mix(key: u128) -> u64 {
-    let mut x = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 const ORIGINAL_LEN: usize = 83;

@@ -92,15 +92,13 @@ fn state(core: &Core) -> String {
     directory.sort();
     let originals: Vec<_> = core
         .originals
-        .order
         .iter()
-        .map(|k| (k, core.originals.get(k)))
+        .map(|(k, _)| (k, core.originals.get(&k)))
         .collect();
     let responses: Vec<_> = core
         .responses
-        .order
         .iter()
-        .map(|k| (k, core.responses.get(k)))
+        .map(|(k, _)| (k, core.responses.get(&k)))
         .collect();
     let c = &core.clearing;
     let mut cleared: Vec<_> = c.open.cleared.iter().collect();
@@ -121,10 +119,13 @@ fn state(core: &Core) -> String {
         "participants {participants:?}\nlimits {limits:?}\ndirectory {directory:?}\n\
          originals {} {originals:?}\nearly reversals {} {:?}\nresponses {} {responses:?}\n\
          clearing {clearing}\nledger {}",
-        core.originals.len,
-        core.early_reversals.len,
-        core.early_reversals.order,
-        core.responses.len,
+        core.originals.len(),
+        core.early_reversals.len(),
+        core.early_reversals
+            .iter()
+            .map(|(k, _)| (k, core.early_reversals.contains_key(&k)))
+            .collect::<Vec<_>>(),
+        core.responses.len(),
         core.ledger.digest()
     )
 }
