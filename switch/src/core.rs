@@ -630,7 +630,7 @@ impl<V> Remembered<V> {
 
     fn index(&self, key: u128) -> Option<usize> {
         let position = *self.parts[self.part(key)].get(&Key::of(key))?;
-        usize::try_from(position - self.base).ok()
+        usize::try_from(position.checked_sub(self.base)?).ok()
     }
 
     fn get(&self, key: &u128) -> Option<&V> {

@@ -456,29 +456,41 @@ fn decode_remembered<V>(
 ) -> Result<Remembered<V>, SnapshotError> {
     let order = decode_order(&mut r)?;
     let mut m = placed(&r, max, &order)?;
-    // Each entry goes to its key's place in the order.
-    let mut values: Vec<Option<V>> = (0..order.len()).map(|_| None).collect();
-    for _ in 0..order.len() {
+    // This writer puts the entries in forgetting order, so each goes straight to the end of
+    // the queue. From the first entry out of place on (a snapshot of an earlier build), each
+    // waits in its key's place among those still to come: `pushed` is where they start.
+    let mut placing: Option<(usize, Vec<Option<V>>)> = None;
+    for &next in &order {
         let at = r.at;
         let key = r.u128("entry key")?;
         let v = value(key, &mut r)?;
-        let Some(place) = m.index(key).and_then(|i| values.get_mut(i)) else {
+        if placing.is_none() && key == next {
+            m.entries.push_back((key, v));
+            continue;
+        }
+        let pushed = m.entries.len();
+        let (pushed, values) =
+            placing.get_or_insert_with(|| (pushed, (pushed..order.len()).map(|_| None).collect()));
+        let Some(place) = m.index(key) else {
             return Err(r.bad(at, format!("entry {key} is not in the forgetting order")));
         };
-        if place.replace(v).is_some() {
+        let slot = place.checked_sub(*pushed).and_then(|p| values.get_mut(p));
+        if slot.is_none_or(|slot| slot.replace(v).is_some()) {
             return Err(r.bad(at, format!("entry {key} appears twice")));
         }
     }
     r.end()?;
-    // As many entries as keys, each in a place of its own: every place is taken.
-    for (&key, v) in order.iter().zip(values) {
-        let Some(v) = v else {
-            return Err(r.bad(
-                0,
-                format!("the forgetting order names {key}, which has no entry"),
-            ));
-        };
-        m.entries.push_back((key, v));
+    if let Some((pushed, values)) = placing {
+        // As many entries as keys, each in a place of its own: every place is taken.
+        for (&key, v) in order.iter().skip(pushed).zip(values) {
+            let Some(v) = v else {
+                return Err(r.bad(
+                    0,
+                    format!("the forgetting order names {key}, which has no entry"),
+                ));
+            };
+            m.entries.push_back((key, v));
+        }
     }
     Ok(m)
 }

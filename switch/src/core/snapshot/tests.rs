@@ -496,3 +496,61 @@ fn an_unknown_or_missing_section_is_refused_by_name() {
         .to_string();
     assert!(err.contains("ends inside section tag"), "{err}");
 }
+
+/// A remembered map of `count` entries (key `k` holds `k * 3`), with some forgotten.
+fn remembered(count: u128, max: usize) -> crate::core::Remembered<u64> {
+    let mut m = crate::core::Remembered::new(max);
+    for key in 1..=count {
+        m.insert(key * 7, key as u64 * 3, |v| v % 5 == 0);
+    }
+    m
+}
+
+proptest! {
+    #![proptest_config(ledger::proptest_config!("switch_snapshot_entries.txt"))]
+
+    /// The entries of a remembered map may come in any order (this build writes them in
+    /// forgetting order, earlier ones in hash-map order): the map restored is the same,
+    /// forgetting order included. An entry repeated in place of another is refused.
+    #[test]
+    fn remembered_entries_restore_in_any_order(
+        count in 0u128..300,
+        max in 1usize..400,
+        in_order in 0usize..300,
+        seed in any::<u64>(),
+        repeat in any::<bool>(),
+    ) {
+        let m = remembered(count, max);
+        let put = |_: u128, v: &u64, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
+        let bytes = super::encode_remembered(&m, 8, Some(put));
+        let len = m.len();
+        let entries_at = 8 + 16 * len;
+        let mut entries: Vec<&[u8]> = bytes[entries_at..].chunks(24).collect();
+        // The first `in_order` stay in place; the rest are shuffled.
+        let from = in_order.min(len);
+        let mut state = seed | 1;
+        for i in (from + 1..len).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            entries.swap(i, from + (state as usize) % (i - from + 1));
+        }
+        if repeat && len >= 2 {
+            entries[len - 1] = entries[0];
+        }
+        let mut shuffled = bytes[..entries_at].to_vec();
+        shuffled.extend(entries.concat());
+        let value = |_: u128, r: &mut super::Reader<'_>| r.u64("value");
+        let restored = super::decode_remembered(super::Reader::new(&shuffled, None), max, value);
+        if repeat && len >= 2 {
+            prop_assert!(restored.is_err());
+        } else {
+            let restored = restored.expect("restores");
+            prop_assert!(restored.iter().eq(m.iter()));
+            for (key, v) in m.iter() {
+                prop_assert_eq!(restored.get(&key), Some(v));
+            }
+            prop_assert!(restored.get(&1).is_none());
+        }
+    }
+}
