@@ -6,7 +6,9 @@
 //! fingerprints computed beforehand (the server computes them in the connection tasks).
 //! Reports the rate, the stage's CPU per authorization, and the batch time p50/p99/max;
 //! `--preallocate` reserves the memory for `--remembered` requests first, as
-//! `[ledger] preallocate` does at start.
+//! `[ledger] preallocate` does at start. With `--capture-lag N`, each batch also captures, in
+//! full, as many authorizations as it makes, those made N authorizations before (lookups of
+//! old, uncached holds, as a festival's captures are); rates are then per request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +18,8 @@ use hdrhistogram::Histogram;
 use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
 use switch::codes::Code;
 use switch::core::{
-    Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared, Request, RequestId,
+    Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared, Request,
+    RequestId,
 };
 use switch::journal::SwitchRecord;
 use switch::routing::{Route, RouteTable};
@@ -36,7 +39,7 @@ const ADMIN: Identity = Identity {
 
 #[derive(Parser)]
 struct Args {
-    /// Authorizations applied.
+    /// Requests applied: authorizations, and with `--capture-lag` captures too.
     #[arg(long, default_value_t = 3_000_000)]
     count: u64,
     /// Authorizations per batch.
@@ -48,6 +51,9 @@ struct Args {
     /// Reserve the memory for `--remembered` before the run (`[ledger] preallocate`).
     #[arg(long)]
     preallocate: bool,
+    /// Also capture the authorizations made this many authorizations before (0: none).
+    #[arg(long, default_value_t = 0)]
+    capture_lag: u64,
 }
 
 fn card_number(i: u64) -> String {
@@ -116,9 +122,24 @@ fn authorization(id: u64) -> Prepared {
     })
 }
 
+fn capture(id: u64, of: u64) -> Prepared {
+    Prepared::new(Item {
+        id: RequestId(u128::from(id)),
+        who: ACQUIRER,
+        request: Request::Capture(Capture {
+            authorization: RequestId(u128::from(of)),
+            amount: Amount(1),
+        }),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let batch = args.batch.max(1);
+    anyhow::ensure!(
+        args.capture_lag == 0 || args.capture_lag >= batch as u64,
+        "--capture-lag must be at least --batch"
+    );
     // The switch's defaults, with the same raised bounds as `switch_run`.
     let mut config = switch::config::Config::default();
     config.ledger.pending_max = 50_000_000;
@@ -150,13 +171,23 @@ fn main() -> anyhow::Result<()> {
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut approved, mut applied, mut busy) = (0u64, 0u64, 0f64);
     let mut payload = Vec::new();
-    let mut next = 1u64 << 20;
+    let first = 1u64 << 20;
+    let mut next = first;
+    let mut next_capture = 1u64 << 60;
     let now = Timestamp(2_000_000_000);
     while applied < args.count {
         let n = (batch as u64).min(args.count - applied);
         // Built outside the timing: on the server, the connection tasks build these.
-        let items: Vec<Prepared> = (next..next + n).map(authorization).collect();
+        let mut items: Vec<Prepared> = (next..next + n).map(authorization).collect();
+        if args.capture_lag > 0 && next >= first + args.capture_lag {
+            // Made in earlier batches: the lag is at least a batch.
+            for of in next - args.capture_lag..next - args.capture_lag + n {
+                items.push(capture(next_capture, of));
+                next_capture += 1;
+            }
+        }
         next += n;
+        let n = items.len() as u64;
         let started = Instant::now();
         let executed = core.execute_prepared(items, now);
         payload.clear();
@@ -172,15 +203,21 @@ fn main() -> anyhow::Result<()> {
             .count() as u64;
     }
     anyhow::ensure!(approved == applied, "{approved} of {applied} approved");
+    let captures = next_capture - (1u64 << 60);
+    let what = if captures > 0 {
+        "request"
+    } else {
+        "authorization"
+    };
     println!(
-        "count={} batch={batch} remembered={} preallocate={} peak_rss_mib={}",
+        "count={} captures={captures} batch={batch} remembered={} preallocate={} peak_rss_mib={}",
         args.count,
         args.remembered,
         args.preallocate,
         benches::rss_bytes().0 >> 20
     );
     println!(
-        "authorizations/s={:.0} us_per_authorization={:.2} batch_us p50={} p99={} max={}",
+        "{what}s/s={:.0} us_per_{what}={:.2} batch_us p50={} p99={} max={}",
         applied as f64 / busy,
         busy * 1e6 / applied as f64,
         times.value_at_quantile(0.5),
