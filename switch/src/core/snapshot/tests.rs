@@ -517,7 +517,7 @@ proptest! {
         count in 0u128..300,
         max in 1usize..400,
         in_order in 0usize..300,
-        seed in any::<u64>(),
+        ranks in Just((0..300usize).collect::<Vec<_>>()).prop_shuffle(),
         repeat in any::<bool>(),
     ) {
         let m = remembered(count, max);
@@ -526,15 +526,12 @@ proptest! {
         let len = m.len();
         let entries_at = 8 + 16 * len;
         let mut entries: Vec<&[u8]> = bytes[entries_at..].chunks(24).collect();
-        // The first `in_order` stay in place; the rest are shuffled.
+        // The first `in_order` stay in place; the rest are shuffled (sorted by random ranks).
         let from = in_order.min(len);
-        let mut state = seed | 1;
-        for i in (from + 1..len).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            entries.swap(i, from + (state as usize) % (i - from + 1));
-        }
+        let mut rest: Vec<(usize, &[u8])> =
+            entries.drain(from..).enumerate().map(|(i, e)| (ranks[i], e)).collect();
+        rest.sort_unstable_by_key(|(rank, _)| *rank);
+        entries.extend(rest.into_iter().map(|(_, e)| e));
         if repeat && len >= 2 {
             entries[len - 1] = entries[0];
         }
