@@ -3,16 +3,19 @@
 //! the disk at will.
 //!
 //! The trait is deliberately small and speaks only of what the log needs: whole files that
-//! grow by appending, are read back, truncated, renamed and removed. Durability is explicit:
+//! grow by appending (or fill space written with zeros ahead), are read back, truncated,
+//! renamed and removed. Durability is explicit:
 //! nothing is durable until `sync`/`AppendFile::sync_data` (file contents) or `sync_dir`
 //! (creations, renames and removals) has returned `Ok`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -29,6 +32,22 @@ pub trait Storage: Send + Sync + 'static {
     /// Creates `name`, empty, truncating it if it exists. The new name is durable only after
     /// `sync_dir`.
     fn create(&self, name: &str) -> io::Result<Self::Append>;
+    /// Creates `name` (truncating it if it exists) holding `len_bytes` zero bytes, written
+    /// out rather than left as a hole, and makes them durable; appends to the returned file
+    /// overwrite the zeros from the start. Overwriting space already written costs a later
+    /// fdatasync less than growing the file does: no block allocation or size change to log.
+    /// `FileStorage` writes and syncs the zeros a piece of `ZEROED_PIECE_BYTES` at a time, at
+    /// most `bytes_per_second` (0: as fast as it can), so that another file's fdatasync on the
+    /// same disk never queues behind many of them, and gives up with `ErrorKind::Interrupted`
+    /// at the next piece once `stop` is set. The name is durable only after `sync_dir`; on
+    /// error a partial file may be left.
+    fn create_zeroed(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        bytes_per_second: u64,
+        stop: &AtomicBool,
+    ) -> io::Result<Self::Append>;
     /// Opens an existing file for appending at its end.
     fn open_append(&self, name: &str) -> io::Result<Self::Append>;
     /// The file's length in bytes.
@@ -46,13 +65,17 @@ pub trait Storage: Send + Sync + 'static {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes the file's contents durable (fdatasync).
     fn sync(&self, name: &str) -> io::Result<()>;
+    /// Bytes that files here can still grow by, as far as the file system tells.
+    fn available_bytes(&self) -> io::Result<u64>;
     /// Makes the directory's entries durable (fsync of the directory).
     fn sync_dir(&self) -> io::Result<()>;
 }
 
-/// A file open for appending.
+/// A file open for appending, at a position of its own: the end of the file when opened, the
+/// start when created (by `create_zeroed` too, so that appends overwrite the zeros).
 pub trait AppendFile: Send + 'static {
-    /// Appends all of `bytes` (the write may be torn by a crash until `sync_data` returns).
+    /// Writes all of `bytes` at the append position and moves it past them (the write may be
+    /// torn by a crash until `sync_data` returns).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
@@ -78,6 +101,9 @@ impl StorageError {
         }
     }
 }
+
+/// `FileStorage::create_zeroed` writes and syncs its zeros this many at a time.
+pub const ZEROED_PIECE_BYTES: usize = 256 << 10;
 
 fn check_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
@@ -123,11 +149,14 @@ impl FileStorage {
 #[derive(Debug)]
 pub struct FileAppend {
     file: File,
+    position: u64,
 }
 
 impl AppendFile for FileAppend {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.file.write_all_at(bytes, self.position)?;
+        self.position += bytes.len() as u64;
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -160,12 +189,52 @@ impl Storage for FileStorage {
             .create(true)
             .truncate(true)
             .open(self.path(name)?)?;
-        Ok(FileAppend { file })
+        Ok(FileAppend { file, position: 0 })
+    }
+
+    fn create_zeroed(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        bytes_per_second: u64,
+        stop: &AtomicBool,
+    ) -> io::Result<FileAppend> {
+        let mut file = self.create(name)?;
+        let zeros = vec![0u8; ZEROED_PIECE_BYTES];
+        let piece_time = match bytes_per_second {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(ZEROED_PIECE_BYTES as f64 / rate as f64),
+        };
+        let mut left = len_bytes;
+        while left > 0 {
+            if stop.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "filling with zeros was stopped",
+                ));
+            }
+            let started = Instant::now();
+            let n = left.min(ZEROED_PIECE_BYTES as u64);
+            file.file.write_all(&zeros[..n as usize])?;
+            file.file.sync_data()?;
+            left -= n;
+            // The pause, in short naps so that `stop` is seen soon.
+            while left > 0 && !stop.load(Ordering::Relaxed) {
+                let rest = piece_time.saturating_sub(started.elapsed());
+                if rest.is_zero() {
+                    break;
+                }
+                std::thread::sleep(rest.min(Duration::from_millis(10)));
+            }
+        }
+        Ok(file)
     }
 
     fn open_append(&self, name: &str) -> io::Result<FileAppend> {
-        let file = OpenOptions::new().append(true).open(self.path(name)?)?;
-        Ok(FileAppend { file })
+        // Not O_APPEND: on Linux that would make the positional writes go to the end.
+        let file = OpenOptions::new().write(true).open(self.path(name)?)?;
+        let position = file.metadata()?.len();
+        Ok(FileAppend { file, position })
     }
 
     fn len_bytes(&self, name: &str) -> io::Result<u64> {
@@ -215,6 +284,11 @@ impl Storage for FileStorage {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    fn available_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 }
 
@@ -275,17 +349,31 @@ struct Inode {
 }
 
 enum Change {
-    Append(Vec<u8>),
+    /// Bytes written at an offset (at the end, for an append that grows the file).
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
     SetLen(u64),
 }
 
 impl Change {
     fn apply(&self, data: &mut Vec<u8>) {
         match self {
-            Change::Append(bytes) => data.extend_from_slice(bytes),
+            Change::Write { offset, bytes } => write_at(data, *offset, bytes),
             Change::SetLen(len) => data.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
         }
     }
+}
+
+/// Writes `bytes` into `data` at `offset`, growing it (with zeros before, if need be).
+fn write_at(data: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let end = start.saturating_add(bytes.len());
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[start..end].copy_from_slice(bytes);
 }
 
 /// splitmix64: enough randomness for deterministic tearing, without a dependency.
@@ -354,23 +442,56 @@ impl SimState {
         Ok(())
     }
 
-    fn append(&mut self, id: u64, bytes: &[u8]) -> io::Result<()> {
+    /// Creates `name` empty (truncating it if it exists) and returns its inode.
+    fn create(&mut self, name: &str) -> u64 {
+        match self.names.get(name) {
+            Some(&id) => {
+                let inode = self.inode(id);
+                inode.data.clear();
+                inode.unsynced.push(Change::SetLen(0));
+                id
+            }
+            None => {
+                let id = self.next_inode;
+                self.next_inode += 1;
+                self.inodes.insert(id, Inode::default());
+                self.names.insert(name.to_owned(), id);
+                id
+            }
+        }
+    }
+
+    /// Writes `bytes` at `offset` of inode `id`.
+    fn write(&mut self, id: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let len = self.inode(id).data.len() as u64;
+        self.check_capacity(
+            offset
+                .saturating_add(bytes.len() as u64)
+                .saturating_sub(len),
+        )?;
+        let inode = self.inode(id);
+        write_at(&mut inode.data, offset, bytes);
+        inode.unsynced.push(Change::Write {
+            offset,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// Fails with `StorageFull` if the files cannot grow by `more` bytes.
+    fn check_capacity(&self, more: u64) -> io::Result<()> {
         if let Some(capacity) = self.capacity_bytes {
             let used = self.used_bytes();
-            if used.saturating_add(bytes.len() as u64) > capacity {
+            if more > 0 && used.saturating_add(more) > capacity {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     format!(
                         "no space left on device (simulated: {used} of {capacity} bytes used, \
-                         {} more asked)",
-                        bytes.len()
+                         {more} more asked)"
                     ),
                 ));
             }
         }
-        let inode = self.inode(id);
-        inode.data.extend_from_slice(bytes);
-        inode.unsynced.push(Change::Append(bytes.to_vec()));
         Ok(())
     }
 
@@ -390,8 +511,8 @@ impl SimState {
                 for change in &unsynced[..kept] {
                     change.apply(&mut data);
                 }
-                if let Some(Change::Append(bytes)) = unsynced.get(kept) {
-                    let start = data.len() as u64;
+                if let Some(Change::Write { offset, bytes }) = unsynced.get(kept) {
+                    let start = *offset;
                     let end = start + bytes.len() as u64;
                     let cut = match how {
                         Tear::Byte => start + rng.below(bytes.len() as u64),
@@ -410,7 +531,7 @@ impl SimState {
                         }
                     };
                     let kept_bytes = usize::try_from(cut - start).expect("cut is inside the write");
-                    data.extend_from_slice(&bytes[..kept_bytes]);
+                    write_at(&mut data, start, &bytes[..kept_bytes]);
                 }
             }
             inode.data = data.clone();
@@ -480,20 +601,15 @@ impl SimStorage {
         if let Some(byte) = at.and_then(|at| inode.durable.get_mut(at)) {
             *byte ^= mask;
         }
-        // The byte may also sit in an append that is not durable yet: flip it there too, so
+        // The byte may also sit in a write that is not durable yet: flip it there too, so
         // that a later sync or torn crash still yields the corrupted byte.
-        let mut position = inode.durable.len() as u64;
         for change in &mut inode.unsynced {
-            match change {
-                Change::Append(bytes) => {
-                    let end = position + bytes.len() as u64;
-                    if (position..end).contains(&offset) {
-                        let at = usize::try_from(offset - position).expect("inside this append");
-                        bytes[at] ^= mask;
-                    }
-                    position = end;
+            if let Change::Write { offset: at, bytes } = change {
+                let end = *at + bytes.len() as u64;
+                if (*at..end).contains(&offset) {
+                    let i = usize::try_from(offset - *at).expect("inside this write");
+                    bytes[i] ^= mask;
                 }
-                Change::SetLen(len) => position = *len,
             }
         }
         let mut replayed = inode.durable.clone();
@@ -502,7 +618,13 @@ impl SimStorage {
         }
         if replayed != inode.data {
             // Only when the byte came from zero-filling: describe the pending state plainly.
-            inode.unsynced = vec![Change::SetLen(0), Change::Append(inode.data.clone())];
+            inode.unsynced = vec![
+                Change::SetLen(0),
+                Change::Write {
+                    offset: 0,
+                    bytes: inode.data.clone(),
+                },
+            ];
         }
         Ok(())
     }
@@ -545,10 +667,11 @@ impl SimStorage {
         }
     }
 
-    fn handle(&self, id: u64) -> SimAppend {
+    fn handle(&self, id: u64, position: u64) -> SimAppend {
         SimAppend {
             storage: self.clone(),
             inode: id,
+            position,
         }
     }
 }
@@ -557,11 +680,16 @@ impl SimStorage {
 pub struct SimAppend {
     storage: SimStorage,
     inode: u64,
+    position: u64,
 }
 
 impl AppendFile for SimAppend {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.storage.live()?.append(self.inode, bytes)
+        self.storage
+            .live()?
+            .write(self.inode, self.position, bytes)?;
+        self.position += bytes.len() as u64;
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -580,28 +708,41 @@ impl Storage for SimStorage {
     fn create(&self, name: &str) -> io::Result<SimAppend> {
         check_name(name)?;
         let mut state = self.live()?;
-        let id = match state.names.get(name) {
-            Some(&id) => {
-                let inode = state.inode(id);
-                inode.data.clear();
-                inode.unsynced.push(Change::SetLen(0));
-                id
-            }
-            None => {
-                let id = state.next_inode;
-                state.next_inode += 1;
-                state.inodes.insert(id, Inode::default());
-                state.names.insert(name.to_owned(), id);
-                id
-            }
-        };
-        Ok(self.handle(id))
+        let id = state.create(name);
+        Ok(self.handle(id, 0))
+    }
+
+    /// The zeros are durable at once, and count as no sync: a test's `fail_next_sync` and
+    /// `sync_count` stay about the syncs it makes itself.
+    fn create_zeroed(
+        &self,
+        name: &str,
+        len_bytes: u64,
+        _bytes_per_second: u64,
+        _stop: &AtomicBool,
+    ) -> io::Result<SimAppend> {
+        check_name(name)?;
+        let mut state = self.live()?;
+        let held = state
+            .names
+            .get(name)
+            .map_or(0, |&id| state.inodes[&id].data.len() as u64);
+        state.check_capacity(len_bytes.saturating_sub(held))?;
+        let len = usize::try_from(len_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length over usize"))?;
+        let id = state.create(name);
+        let inode = state.inode(id);
+        inode.data = vec![0; len];
+        inode.durable = vec![0; len];
+        inode.unsynced.clear();
+        Ok(self.handle(id, 0))
     }
 
     fn open_append(&self, name: &str) -> io::Result<SimAppend> {
-        let state = self.live()?;
+        let mut state = self.live()?;
         let id = state.inode_of(name)?;
-        Ok(self.handle(id))
+        let len = state.inode(id).data.len() as u64;
+        Ok(self.handle(id, len))
     }
 
     fn len_bytes(&self, name: &str) -> io::Result<u64> {
@@ -659,6 +800,13 @@ impl Storage for SimStorage {
         let mut state = self.live()?;
         let id = state.inode_of(name)?;
         state.sync_inode(id)
+    }
+
+    fn available_bytes(&self) -> io::Result<u64> {
+        let state = self.live()?;
+        Ok(state.capacity_bytes.map_or(u64::MAX, |capacity| {
+            capacity.saturating_sub(state.used_bytes())
+        }))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -896,6 +1044,94 @@ mod tests {
         assert_eq!(
             storage.read("../c").expect_err("not a plain name").kind(),
             io::ErrorKind::InvalidInput
+        );
+    }
+
+    /// Both storages: zeros of the asked length, appends overwriting them from the start,
+    /// and (simulated) a crash keeping the zeros, losing the unsynced overwrite or tearing it.
+    #[test]
+    fn zeroed_files_are_overwritten_from_the_start() {
+        fn check(storage: &impl Storage) {
+            let mut file = storage
+                .create_zeroed("z", 10_000, 0, &AtomicBool::new(false))
+                .expect("create zeroed");
+            assert_eq!(storage.read("z").expect("read"), vec![0u8; 10_000]);
+            file.append(b"head").expect("append");
+            file.append(b"er").expect("append");
+            file.sync_data().expect("sync");
+            let bytes = storage.read("z").expect("read");
+            assert_eq!((&bytes[..6], bytes.len()), (&b"header"[..], 10_000));
+            assert!(bytes[6..].iter().all(|&b| b == 0));
+            let mut reopened = storage.open_append("z").expect("open");
+            reopened.append(b"!").expect("append at the end");
+            assert_eq!(storage.len_bytes("z").expect("len"), 10_001);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        check(&FileStorage::open(dir.path()).expect("open"));
+        let sim = SimStorage::new();
+        check(&sim);
+
+        let sim = SimStorage::new();
+        let mut file = sim
+            .create_zeroed("z", 3 * SIM_SECTOR_BYTES, 0, &AtomicBool::new(false))
+            .expect("zeroed");
+        sim.sync_dir().expect("sync_dir");
+        assert_eq!(
+            sim.sync_count(),
+            0,
+            "preparing counts no sync of the caller's"
+        );
+        file.append(&[7u8; 100]).expect("append");
+        file.sync_data().expect("sync");
+        let long = vec![9u8; 2 * SIM_SECTOR_BYTES as usize];
+        file.append(&long).expect("append");
+        let lost = sim.crash();
+        let bytes = lost.read("z").expect("read");
+        assert_eq!(bytes.len() as u64, 3 * SIM_SECTOR_BYTES, "the zeros stay");
+        assert!(bytes[..100].iter().all(|&b| b == 7));
+        assert!(
+            bytes[100..].iter().all(|&b| b == 0),
+            "the unsynced write is lost"
+        );
+
+        let mut file = lost.open_append("z").expect("open");
+        let mut cuts = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let storage = lost.crash();
+            let mut again = storage
+                .create_zeroed("y", 3 * SIM_SECTOR_BYTES, 0, &AtomicBool::new(false))
+                .expect("zeroed");
+            storage.sync_dir().expect("sync_dir");
+            again.append(&[1u8; 100]).expect("append");
+            again.append(&long).expect("append");
+            let torn = storage
+                .crash_torn(seed, Tear::Sector)
+                .read("y")
+                .expect("read");
+            assert_eq!(
+                torn.len() as u64,
+                3 * SIM_SECTOR_BYTES,
+                "overwrites keep the length"
+            );
+            let ones = torn.iter().take_while(|&&b| b == 1).count();
+            let nines = torn[ones..].iter().take_while(|&&b| b == 9).count();
+            assert!(
+                torn[ones + nines..].iter().all(|&b| b == 0),
+                "a prefix, then zeros"
+            );
+            if nines > 0 {
+                assert_eq!(ones, 100, "the second write survives only after the first");
+                assert!(
+                    nines == long.len() || ((100 + nines) as u64).is_multiple_of(SIM_SECTOR_BYTES),
+                    "whole, or cut at a sector: {nines}"
+                );
+            }
+            cuts.insert((ones, nines));
+        }
+        assert!(cuts.len() >= 3, "tears vary with the seed: {cuts:?}");
+        assert!(
+            file.append(b"x").is_err(),
+            "a handle from before a crash is dead"
         );
     }
 }

@@ -77,6 +77,9 @@ pub enum Corruption {
         remaining_bytes: u64,
     },
     Checksum,
+    /// A record header of zeros only: space the writer filled with zeros ahead and had not
+    /// reached yet (no record has sequence 0).
+    Unwritten,
     /// A record with a valid checksum but not the next sequence number.
     Sequence {
         expected: u64,
@@ -145,6 +148,7 @@ impl fmt::Display for Corruption {
                 "record of {len_bytes} payload bytes truncated ({remaining_bytes} bytes left after its header)"
             ),
             Corruption::Checksum => f.write_str("checksum mismatch"),
+            Corruption::Unwritten => f.write_str("zeros where a record would start (unwritten)"),
             Corruption::Sequence { expected, found } => {
                 write!(f, "record has sequence {found}, expected {expected}")
             }

@@ -23,7 +23,7 @@ pub use recovery::{
     OnCorruption, RecoverOptions, Recovered, RecoveryError, Resume, Truncation, TruncationCause,
     delete_covered, read_through, recover,
 };
-pub use writer::{OnDurable, Permit, Wal};
+pub use writer::{OnDurable, Permit, SPARE_SEGMENT_NAME, Wal};
 
 pub use crate::storage::StorageError;
 
@@ -68,6 +68,15 @@ pub struct WalOptions {
     /// A group takes at most this many records.
     pub group_records_max: usize,
     pub durability: Durability,
+    /// Fill the next segment with zeros ahead, on a thread of its own, so that appends
+    /// overwrite space already written: each group's fdatasync then flushes only data, not
+    /// a growing file's block allocation and size. A segment is cut to its length when it is
+    /// closed; the space costs one more segment on disk (the spare).
+    pub prepare_segments: bool,
+    /// The zeros are written at most this fast, so that the log's own fdatasyncs do not
+    /// queue behind them; it must outpace the log, or segments start growing again until the
+    /// spare is ready. 0: as fast as the disk takes them.
+    pub prepare_bytes_per_second: u64,
 }
 
 impl Default for WalOptions {
@@ -79,6 +88,8 @@ impl Default for WalOptions {
             group_size_max_bytes: 4 << 20,
             group_records_max: 4096,
             durability: Durability::Fsync,
+            prepare_segments: false,
+            prepare_bytes_per_second: 64 << 20,
         }
     }
 }

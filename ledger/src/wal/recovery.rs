@@ -601,9 +601,12 @@ fn record_at<S: Storage>(
     if remaining_bytes < RECORD_HEADER_LEN as u64 {
         return Ok(Err(Corruption::RecordHeaderTruncated { remaining_bytes }));
     }
+    let header_bytes = reader.get(offset, RECORD_HEADER_LEN)?;
+    if header_bytes.iter().all(|&b| b == 0) {
+        return Ok(Err(Corruption::Unwritten));
+    }
     let header = RecordHeader::decode(
-        reader
-            .get(offset, RECORD_HEADER_LEN)?
+        header_bytes
             .try_into()
             .expect("the window returns exactly the length asked"),
     );
@@ -649,7 +652,8 @@ fn record_at<S: Storage>(
 /// The offset of the first valid record after `invalid_at`, trying every byte offset. A record
 /// there would follow at least zero records of at least `RECORD_HEADER_LEN` bytes each, so its
 /// sequence lies in `lowest..=base + distance / RECORD_HEADER_LEN`; that bound keeps the
-/// checksum work on random bytes negligible.
+/// checksum work on random bytes negligible. Runs of zeros (a segment's space written ahead)
+/// are passed over at once: no record header is all zeros.
 fn find_valid_record<S: Storage>(
     reader: &mut Window<'_, S>,
     segment: u64,
@@ -661,9 +665,22 @@ fn find_valid_record<S: Storage>(
     let len_bytes = reader.len_bytes;
     let mut offset = invalid_at + 1;
     while offset + RECORD_HEADER_LEN as u64 <= len_bytes {
+        let header_bytes = reader.get(offset, RECORD_HEADER_LEN)?;
+        if header_bytes.iter().all(|&b| b == 0) {
+            // Any header with a byte that is not zero starts at most a header's length
+            // before it.
+            match reader.next_nonzero(offset)? {
+                Some(at) => {
+                    offset = (at + 1)
+                        .saturating_sub(RECORD_HEADER_LEN as u64)
+                        .max(offset + 1);
+                    continue;
+                }
+                None => return Ok(None),
+            }
+        }
         let header = RecordHeader::decode(
-            reader
-                .get(offset, RECORD_HEADER_LEN)?
+            header_bytes
                 .try_into()
                 .expect("the window returns exactly the length asked"),
         );
@@ -690,6 +707,19 @@ struct Window<'a, S> {
 }
 
 impl<S: Storage> Window<'_, S> {
+    /// The offset of the first byte at or after `from` that is not zero, if any.
+    fn next_nonzero(&mut self, mut from: u64) -> Result<Option<u64>, StorageError> {
+        while from < self.len_bytes {
+            let len = (self.len_bytes - from).min(READ_WINDOW_BYTES as u64) as usize;
+            let bytes = self.get(from, len)?;
+            if let Some(i) = bytes.iter().position(|&b| b != 0) {
+                return Ok(Some(from + i as u64));
+            }
+            from += len as u64;
+        }
+        Ok(None)
+    }
+
     /// `len` bytes at `offset`; the caller has checked that they lie inside the file.
     fn get(&mut self, offset: u64, len: usize) -> Result<&[u8], StorageError> {
         let end = offset + len as u64;

@@ -1,8 +1,16 @@
 //! Group commit: one writer thread takes whatever was submitted since its last write, appends
 //! it with one write, makes it durable with one fdatasync, and only then acknowledges each record.
 //! It batches at its own pace: while one group syncs, the next accumulates. There are no timers.
+//!
+//! With `WalOptions::prepare_segments`, a helper thread fills the spare file with zeros and
+//! syncs it while the writer appends elsewhere; the writer renames it into place when it starts
+//! a segment, and cuts each segment to its length when closing it, so every segment but the
+//! last is whole, as recovery expects. The writer never waits for the helper: without a spare
+//! ready it starts an ordinary, growing segment, and moves to the spare once it is ready.
+//! `Wal::open` prepares the first segment itself, before anything is submitted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -21,6 +29,10 @@ use crate::storage::{AppendFile, Storage};
 /// must be quick and must not panic; it must not take locks that a submitter holds while
 /// calling `Permit::submit`.
 pub type OnDurable = Box<dyn FnOnce(Result<u64, WalError>) + Send>;
+
+/// The segment filled with zeros ahead. Not a segment name: recovery never reads it, and
+/// `Wal::open` removes one left over.
+pub const SPARE_SEGMENT_NAME: &str = "spare-segment.zeros";
 
 /// In a failure's reason exactly when the disk was full (`WalError::is_out_of_space`).
 pub(super) const OUT_OF_SPACE: &str = "out of space";
@@ -107,7 +119,27 @@ impl Wal {
         resume: Resume,
     ) -> Result<Wal, OpenError> {
         options.validate()?;
-        let segment = Segment::create(&storage, resume.next_segment(), resume.next_sequence())?;
+        let storage = Arc::new(storage);
+        match storage.remove(SPARE_SEGMENT_NAME) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(StorageError::new(SPARE_SEGMENT_NAME, "remove", e).into());
+            }
+            _ => {}
+        }
+        // The first segment is prepared here, at full speed, before anything waits on it; if
+        // that cannot be done (no room for two segments), it grows.
+        let first = options
+            .prepare_segments
+            .then(|| {
+                let len_bytes = options.segment_size_max_bytes;
+                prepare(&*storage, len_bytes, 0, &AtomicBool::new(false)).ok()
+            })
+            .flatten();
+        let (number, sequence) = (resume.next_segment(), resume.next_sequence());
+        let segment = match first {
+            Some(file) => Segment::from_spare(&*storage, file, number, sequence)?,
+            None => Segment::create(&*storage, number, sequence)?,
+        };
         let (sender, receiver) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             queue_depth_max: options.queue_depth_max,
@@ -120,17 +152,20 @@ impl Wal {
             record_size_max_bytes: options.record_size_max_bytes,
         });
         let durability = options.durability;
-        let writer = Writer {
+        let mut writer = Writer {
             storage,
             shared: Arc::clone(&shared),
             receiver,
             segment,
+            spare: None,
+            stop_preparing: Arc::new(AtomicBool::new(false)),
             next_sequence: resume.next_sequence(),
             buf: Vec::new(),
             group: Vec::new(),
             carry: None,
             options,
         };
+        writer.prepare_spare();
         let writer = std::thread::Builder::new()
             .name("wal-writer".to_owned())
             .spawn(move || writer.run())
@@ -272,6 +307,8 @@ struct Segment<A> {
     file: A,
     len_bytes: u64,
     records: u64,
+    /// Made from the spare: the file runs on past `len_bytes` with zeros until it is cut.
+    prepared: bool,
 }
 
 impl<A: AppendFile> Segment<A> {
@@ -303,16 +340,79 @@ impl<A: AppendFile> Segment<A> {
             number,
             file,
             records: 0,
+            prepared: false,
+        })
+    }
+
+    /// Makes the spare, `file`, segment `number`: its header is written over the zeros and
+    /// made durable before the new name is.
+    fn from_spare<S: Storage<Append = A>>(
+        storage: &S,
+        mut file: A,
+        number: u64,
+        first_sequence: u64,
+    ) -> Result<Self, StorageError> {
+        let name = segment_file_name(number);
+        let err = |action: &'static str| {
+            let name = &name;
+            move |e| StorageError::new(name, action, e)
+        };
+        let header = SegmentHeader {
+            segment: number,
+            first_sequence,
+        };
+        file.append(&header.encode()).map_err(err("write header"))?;
+        file.sync_data().map_err(err("fdatasync"))?;
+        storage
+            .rename(SPARE_SEGMENT_NAME, &name)
+            .map_err(err("rename spare to"))?;
+        storage
+            .sync_dir()
+            .map_err(|e| StorageError::new("directory", "fsync", e))?;
+        Ok(Segment {
+            len_bytes: SEGMENT_HEADER_LEN as u64,
+            name,
+            number,
+            file,
+            records: 0,
+            prepared: true,
         })
     }
 }
 
+/// Fills the spare with zeros and syncs it; on failure, removes what was written. Refuses
+/// (with `StorageFull`, writing nothing) unless the disk has room for two segments: the spare
+/// must never take the space the segment being written still needs.
+fn prepare<S: Storage>(
+    storage: &S,
+    len_bytes: u64,
+    bytes_per_second: u64,
+    stop: &AtomicBool,
+) -> io::Result<S::Append> {
+    let available = storage.available_bytes()?;
+    if available < len_bytes.saturating_mul(2) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{available} bytes free, fewer than two segments of {len_bytes}"),
+        ));
+    }
+    storage
+        .create_zeroed(SPARE_SEGMENT_NAME, len_bytes, bytes_per_second, stop)
+        .inspect_err(|_| {
+            let _ = storage.remove(SPARE_SEGMENT_NAME);
+        })
+}
+
 struct Writer<S: Storage> {
-    storage: S,
+    storage: Arc<S>,
     options: WalOptions,
     shared: Arc<Shared>,
     receiver: Receiver<Entry>,
     segment: Segment<S::Append>,
+    /// The helper filling the spare, while one is being (or has been) prepared.
+    spare: Option<JoinHandle<io::Result<S::Append>>>,
+    /// Set at close: the helper gives up at its next piece.
+    stop_preparing: Arc<AtomicBool>,
     next_sequence: u64,
     /// The group's bytes, reused from group to group.
     buf: Vec<u8>,
@@ -329,7 +429,7 @@ impl<S: Storage> Writer<S> {
                 None => match self.receiver.recv() {
                     Ok(entry) => entry,
                     // Closed, and everything queued has been answered.
-                    Err(_) => return,
+                    Err(_) => return self.finish(),
                 },
             };
             self.collect(first);
@@ -378,6 +478,11 @@ impl<S: Storage> Writer<S> {
     /// so nothing is retried and nothing more is acknowledged.
     fn write_group(&mut self) -> Result<(), String> {
         self.buf.clear();
+        // A growing segment (no spare was ready when it began) gives way to the spare as soon
+        // as it is.
+        if !self.segment.prepared && self.segment.records > 0 && self.spare_ready() {
+            self.rotate()?;
+        }
         for i in 0..self.group.len() {
             let sequence = self.group[i].sequence;
             let len = self.group[i].payload.len();
@@ -415,16 +520,106 @@ impl<S: Storage> Writer<S> {
     fn rotate(&mut self) -> Result<(), String> {
         self.flush()?;
         self.sync_data()?;
+        self.seal()?;
         let number = self
             .segment
             .number
             .checked_add(1)
             .ok_or_else(|| "WAL segment numbers exhausted".to_owned())?;
-        self.segment = Segment::create(&self.storage, number, self.next_sequence).map_err(|e| {
+        let spare = self.take_spare();
+        let storage = &*self.storage;
+        let next = match spare {
+            Some(file) => Segment::from_spare(storage, file, number, self.next_sequence),
+            None => Segment::create(storage, number, self.next_sequence),
+        };
+        self.segment = next.map_err(|e| {
             let what = io_failure(&e.source, "failed");
             format!("WAL segment {e} ({what})")
         })?;
+        if self.spare.is_none() {
+            self.prepare_spare();
+        }
         Ok(())
+    }
+
+    /// Cuts a prepared segment, whose records are durable, to its length, durably: every
+    /// segment but the last must end with its last record.
+    fn seal(&mut self) -> Result<(), String> {
+        if !self.segment.prepared {
+            return Ok(());
+        }
+        let name = &self.segment.name;
+        let failed = |e: io::Error, action: &str| {
+            let what = io_failure(&e, "failed");
+            format!("WAL segment {name}: {action} {what}: {e}")
+        };
+        self.storage
+            .truncate(name, self.segment.len_bytes)
+            .map_err(|e| failed(e, "cutting to length"))?;
+        self.storage
+            .sync(name)
+            .map_err(|e| failed(e, "fdatasync after cutting"))?;
+        self.segment.prepared = false;
+        Ok(())
+    }
+
+    /// Starts filling the spare, if segments are prepared and it is not under way already.
+    fn prepare_spare(&mut self) {
+        if !self.options.prepare_segments || self.spare.is_some() {
+            return;
+        }
+        let storage = Arc::clone(&self.storage);
+        let len_bytes = self.options.segment_size_max_bytes;
+        let rate = self.options.prepare_bytes_per_second;
+        let stop = Arc::clone(&self.stop_preparing);
+        // If no thread can be started, segments just grow; the next rotation tries again.
+        self.spare = std::thread::Builder::new()
+            .name("wal-prepare".to_owned())
+            .spawn(move || prepare(&*storage, len_bytes, rate, &stop))
+            .ok();
+    }
+
+    fn spare_ready(&self) -> bool {
+        self.spare.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// The spare, if it is ready and was prepared without error. A failed preparation (a full
+    /// disk, say) is tried again at the next rotation, not at once.
+    fn take_spare(&mut self) -> Option<S::Append> {
+        if !self.spare_ready() {
+            return None;
+        }
+        let handle = self.spare.take()?;
+        match handle.join() {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// At close, with everything answered: cuts the last segment to its length, so that a
+    /// clean restart finds no unwritten tail, and removes the spare (stopping its helper).
+    fn finish(mut self) {
+        self.stop_preparing.store(true, Ordering::Relaxed);
+        if self.shared.failure.get().is_some() {
+            return;
+        }
+        let result = self.seal().and_then(|()| {
+            let Some(handle) = self.spare.take() else {
+                return Ok(());
+            };
+            // Its own outcome does not matter: the file goes either way.
+            let _ = handle.join();
+            let removed = match self.storage.remove(SPARE_SEGMENT_NAME) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            removed
+                .and_then(|()| self.storage.sync_dir())
+                .map_err(|e| format!("WAL spare segment {SPARE_SEGMENT_NAME}: remove failed: {e}"))
+        });
+        if let Err(reason) = result {
+            self.shared.fail(reason);
+        }
     }
 
     fn flush(&mut self) -> Result<(), String> {

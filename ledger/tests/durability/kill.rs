@@ -103,6 +103,8 @@ fn child(dir: &str, cycle: u64) {
         WalOptions {
             segment_size_max_bytes: 64 << 10,
             queue_depth_max: 256,
+            // Both ways of starting segments, and a change of way across a restart.
+            prepare_segments: cycle.is_multiple_of(2),
             ..WalOptions::default()
         },
         recovered.resume,

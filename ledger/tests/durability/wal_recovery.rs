@@ -142,6 +142,73 @@ proptest! {
     }
 }
 
+/// Rewrites `name` durably as `bytes`.
+fn rewrite(storage: &SimStorage, name: &str, bytes: &[u8]) {
+    let mut file = storage.create(name).expect("create");
+    file.append(bytes).expect("append");
+    file.sync_data().expect("sync");
+}
+
+proptest! {
+    #![proptest_config(ledger::proptest_config!("wal_zeroed_records.txt", 128))]
+
+    /// Zeros over whole records, with or without zeros after the last record (a segment
+    /// prepared ahead and not filled): zeros at the end of the last segment are its unwritten
+    /// end, trimmed; zeros with a valid record after them are corruption, and recovery names
+    /// the first valid record after them, however many zeros it passes over (records of an
+    /// empty payload start with four zero bytes).
+    #[test]
+    fn zeros_end_the_log_only_when_no_record_follows_them(
+        lens in prop::collection::vec(prop_oneof![Just(0usize), 1usize..60], 1..10),
+        from_pick in any::<prop::sample::Index>(),
+        to_pick in any::<prop::sample::Index>(),
+        zero_tail in prop_oneof![Just(0usize), 1usize..5000],
+    ) {
+        let payloads = payloads(&lens);
+        let storage = SimStorage::new();
+        write_log(&storage, options(1 << 20), &payloads);
+        let name = segment_file_name(1);
+        let mut bytes = storage.read(&name).expect("read");
+        let offsets = record_offsets(&bytes, &payloads);
+        let n = payloads.len();
+        // Zero records from..to (to exclusive), possibly none.
+        let from = from_pick.index(n + 1);
+        let to = from + to_pick.index(n + 1 - from);
+        let (start, end) = (offsets[from] as usize, offsets[to] as usize);
+        bytes[start..end].fill(0);
+        bytes.resize(bytes.len() + zero_tail, 0);
+        rewrite(&storage, &name, &bytes);
+
+        let result = recover_with(&storage, &RecoverOptions::default());
+        if from == to && zero_tail == 0 {
+            let (recovered, records) = result.expect("nothing zeroed");
+            prop_assert_eq!(recovered.truncation, None);
+            prop_assert_eq!(records, numbered(&payloads));
+        } else if from == to || to == n {
+            let (recovered, records) = result.expect("zeros at the end are its unwritten end");
+            let kept = if from == to { n } else { from };
+            prop_assert_eq!(records, numbered(&payloads[..kept]));
+            let t = recovered.truncation.expect("reported");
+            prop_assert_eq!(
+                (t.offset, t.reason, t.cause),
+                (offsets[kept], Corruption::Unwritten, TruncationCause::TornTail)
+            );
+            prop_assert_eq!(storage.len_bytes(&name).expect("len"), offsets[kept]);
+        } else {
+            match result {
+                Err(RecoveryError::Corrupt { offset, reason, valid_record_at, .. }) => {
+                    prop_assert_eq!(
+                        (offset, reason, valid_record_at),
+                        (offsets[from], Corruption::Unwritten, Some(offsets[to]))
+                    );
+                }
+                other => prop_assert!(false, "zeros before a record were not refused: {:?}",
+                    other.map(|(r, _)| r)),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_bit_flip_in_an_earlier_segment_is_refused_even_in_its_last_record() {
     let payloads = payloads(&[40; 6]);
@@ -416,14 +483,15 @@ proptest! {
 
     /// Reading a range gives exactly the records after `after` up to `through`, changes
     /// nothing, and does not mind what follows `through`: a torn or half-written tail is what
-    /// a log being appended to looks like. A log that ends before `through` is `Short`.
+    /// a log being appended to looks like, and so are zeros after the last record (a segment
+    /// prepared ahead). A log that ends before `through` is `Short`.
     #[test]
     fn reading_through_a_sequence_gives_exactly_the_range_and_changes_nothing(
         lens in prop::collection::vec(0usize..60, 1..12),
         segment_size in prop_oneof![Just(1u64 << 20), 100u64..400],
         after_pick in 0u64..20,
         through_pick in 0u64..20,
-        tail in 0u8..3,
+        tail in 0u8..4,
         tail_bytes in prop::collection::vec(any::<u8>(), 1..40),
     ) {
         let payloads = payloads(&lens);
@@ -441,6 +509,11 @@ proptest! {
             1 => {
                 let mut file = storage.open_append(&last).expect("open");
                 file.append(&tail_bytes).expect("append");
+            }
+            3 => {
+                // A segment prepared ahead: zeros after the last record.
+                let mut file = storage.open_append(&last).expect("open");
+                file.append(&vec![0; 64 * usize::from(tail_bytes[0])]).expect("append");
             }
             2 if through < n && through + 1 >= first_in_last => {
                 // Cut the last segment inside the records after `through`.

@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger::storage::{SimStorage, Storage, Tear};
-use ledger::wal::{Durability, WalError, WalOptions};
+use ledger::storage::{FileStorage, SimStorage, Storage, Tear};
+use ledger::wal::{
+    self, Corruption, Durability, SPARE_SEGMENT_NAME, TruncationCause, WalError, WalOptions,
+    segment_file_name,
+};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
@@ -294,6 +297,193 @@ fn close_answers_everything_queued_and_durability_none_syncs_no_group() {
     assert_eq!(recover_all(&storage).1.len(), 50);
 }
 
+/// Waits until the spare segment has been filled, as a listing shows it.
+fn wait_for_spare(storage: &SimStorage) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !storage
+        .list()
+        .expect("list")
+        .iter()
+        .any(|name| name == SPARE_SEGMENT_NAME)
+    {
+        assert!(Instant::now() < deadline, "the spare was never prepared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Segment names in order.
+fn segments(storage: &SimStorage) -> Vec<String> {
+    storage
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|name| wal::parse_segment_file_name(name).is_some())
+        .collect()
+}
+
+/// With segments prepared: the first segment, and each one begun while the spare is ready,
+/// is full length with zeros after its records; a closed segment is cut to its records; and at close the
+/// last one is cut too and the spare removed, so a clean restart trims nothing. A crash
+/// instead leaves the zeros, which recovery trims as the unwritten end of the log.
+#[test]
+fn prepared_segments_are_cut_to_their_records_when_closed() {
+    const SEGMENT: u64 = 4096;
+    let record = |key: u64| payload(key, 200);
+    for crash in [false, true] {
+        let storage = SimStorage::new();
+        let wal = open(
+            &storage,
+            WalOptions {
+                segment_size_max_bytes: SEGMENT,
+                prepare_segments: true,
+                ..WalOptions::default()
+            },
+        );
+        let mut key = 0;
+        // Opening prepared the first segment itself.
+        let first = segment_file_name(1);
+        assert_eq!(storage.len_bytes(&first).expect("len"), SEGMENT);
+        wait_for_spare(&storage);
+        for round in 0..3 {
+            // Taking the spare starts filling the next one.
+            let before = segments(&storage).len();
+            while segments(&storage).len() == before {
+                assert_eq!(wal.append(record(key)), Ok(key + 1));
+                key += 1;
+            }
+            let last = segments(&storage).pop().expect("a segment");
+            assert_eq!(
+                storage.len_bytes(&last).expect("len"),
+                SEGMENT,
+                "round {round}: the new segment is the spare, renamed"
+            );
+            let names = segments(&storage);
+            for closed in &names[..names.len() - 1] {
+                let len = storage.len_bytes(closed).expect("len");
+                let whole =
+                    (len - wal::SEGMENT_HEADER_LEN as u64) % (wal::RECORD_HEADER_LEN as u64 + 200);
+                assert_eq!(whole, 0, "{closed} ({len} bytes) ends with its last record");
+            }
+            wait_for_spare(&storage);
+        }
+        // A reader while the writer appends sees exactly what is durable.
+        let mut read = Vec::new();
+        wal::read_through(
+            &storage,
+            wal::RECORD_SIZE_MAX_DEFAULT,
+            0,
+            key,
+            |sequence, p| {
+                read.push((sequence, p.to_vec()));
+                Ok::<(), std::convert::Infallible>(())
+            },
+        )
+        .expect("read while appending");
+        assert_eq!(read.len() as u64, key);
+
+        let storage = if crash {
+            let storage = storage.crash();
+            drop(wal);
+            storage
+        } else {
+            wal.close().expect("clean close");
+            assert!(
+                !storage
+                    .list()
+                    .expect("list")
+                    .iter()
+                    .any(|n| n == SPARE_SEGMENT_NAME),
+                "close removes the spare"
+            );
+            storage
+        };
+        let (recovered, records) = recover_all(&storage);
+        assert_eq!(records.len() as u64, key, "crash {crash}");
+        for (sequence, bytes) in &records {
+            assert_eq!(*bytes, record(sequence - 1));
+        }
+        match recovered.truncation {
+            None => assert!(!crash, "a crash leaves the zeros of the last segment"),
+            Some(t) => {
+                assert!(crash, "a clean close left a tail: {t}");
+                assert_eq!(
+                    (t.reason, t.cause, t.file),
+                    (
+                        Corruption::Unwritten,
+                        TruncationCause::TornTail,
+                        segment_file_name(recovered.resume.next_segment() - 1)
+                    )
+                );
+            }
+        }
+    }
+}
+
+/// Closing does not wait for a spare still being filled: the helper gives up at its next
+/// piece (or pause), and its partial file is removed. (At the pace asked for here, one piece
+/// of the fill takes a minute.)
+#[test]
+fn close_stops_a_spare_being_filled_and_removes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = FileStorage::open(dir.path()).expect("open");
+    let wal = open(
+        &storage,
+        WalOptions {
+            segment_size_max_bytes: 1 << 20,
+            prepare_segments: true,
+            prepare_bytes_per_second: 4 << 10,
+            ..WalOptions::default()
+        },
+    );
+    assert_eq!(wal.append(payload(0, 100)), Ok(1));
+    // The helper has started on the spare.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while storage.len_bytes(SPARE_SEGMENT_NAME).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the spare was never begun");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let closing = Instant::now();
+    wal.close().expect("clean close");
+    assert!(
+        closing.elapsed() < Duration::from_secs(20),
+        "close waited {:?} for the fill",
+        closing.elapsed()
+    );
+    let names = storage.list().expect("list");
+    assert_eq!(names, [segment_file_name(1)], "the spare is gone");
+    let (recovered, records) = recover_all(&storage);
+    assert_eq!((records.len(), recovered.truncation), (1, None));
+}
+
+/// Without room on the disk for two segments no spare is prepared, so it never takes space
+/// the segment being written needs: segments grow as they would without preparing.
+#[test]
+fn no_spare_is_prepared_without_room_for_two_segments() {
+    const SEGMENT: u64 = 4096;
+    let storage = SimStorage::new();
+    storage.set_capacity_bytes(Some(2 * SEGMENT - 1));
+    let wal = open(
+        &storage,
+        WalOptions {
+            segment_size_max_bytes: SEGMENT,
+            prepare_segments: true,
+            ..WalOptions::default()
+        },
+    );
+    for key in 0..30 {
+        assert_eq!(wal.append(payload(key, 200)), Ok(key + 1));
+        let names = storage.list().expect("list");
+        assert!(
+            !names.iter().any(|n| n == SPARE_SEGMENT_NAME),
+            "a spare was prepared: {names:?}"
+        );
+    }
+    assert!(segments(&storage).len() > 1, "the log rotated");
+    wal.close().expect("clean close");
+    let (recovered, records) = recover_all(&storage);
+    assert_eq!((records.len(), recovered.truncation), (30, None));
+}
+
 proptest! {
     #![proptest_config(ledger::proptest_config!("wal_crash_acknowledged.txt", 64))]
 
@@ -311,11 +501,13 @@ proptest! {
         submit_gap_us in prop_oneof![Just(0u64), 1u64..300],
         fsync in prop::bool::weighted(0.8),
         segment_size in prop_oneof![Just(1u64 << 20), 300u64..2000],
+        prepare in any::<bool>(),
     ) {
         let storage = SimStorage::new();
         storage.set_sync_latency(Duration::from_micros(200));
         let wal = open(&storage, WalOptions {
             segment_size_max_bytes: segment_size,
+            prepare_segments: prepare,
             durability: if fsync { Durability::Fsync } else { Durability::None },
             ..WalOptions::default()
         });
