@@ -118,6 +118,9 @@ pub struct Wal {
     pub segment_bytes_max: u64,
     pub group_bytes_max: u64,
     pub queue_depth_max: u32,
+    /// Fill the next segment with zeros ahead, so each fdatasync flushes data only (see
+    /// `docs/WAL-FORMAT.md` for what it costs after a power loss).
+    pub prepare_segments: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -331,6 +334,7 @@ impl Default for Wal {
             segment_bytes_max: 256 << 20,
             group_bytes_max: 8 << 20,
             queue_depth_max: 8,
+            prepare_segments: false,
         }
     }
 }

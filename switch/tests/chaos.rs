@@ -292,7 +292,7 @@ fn write_config(dir: &Path) -> PathBuf {
          [authorization]\nexpiry_tick_ms = 100\n\n\
          [snapshot]\nevery_records = 300\n\n\
          [clearing]\nclose_every_seconds = 2\n\n\
-         [wal]\nsegment_bytes_max = 1048576\n\n\
+         [wal]\nsegment_bytes_max = 1048576\nprepare_segments = true\n\n\
          [[routes]]\nprefix = \"62\"\nissuer = {ISSUER}\n",
         data = data.display().to_string(),
     );

@@ -31,9 +31,13 @@ fn config(dir: &Path) -> Config {
 }
 
 async fn start_sim(dir: &Path, storage: &SimStorage) -> Running {
+    start_sim_with(config(dir), storage).await
+}
+
+async fn start_sim_with(config: Config, storage: &SimStorage) -> Running {
     tokio::time::timeout(
         LIMIT,
-        server::start_with_storage(config(dir), None, storage.clone()),
+        server::start_with_storage(config, None, storage.clone()),
     )
     .await
     .expect("start in time")
@@ -223,18 +227,39 @@ async fn a_failed_fsync_stops_acknowledgements_and_a_restart_recovers_what_was_a
     running.shutdown().await.expect("clean shutdown");
 }
 
+/// With segments prepared ahead, their space is taken before it is needed: the disk fills
+/// when a segment must grow because no spare could be prepared. Without, at the next append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_simulated_disk_answers_91_and_space_back_with_a_restart_recovers() {
+    for prepare in [false, true] {
+        full_simulated_disk(prepare).await;
+    }
+}
+
+async fn full_simulated_disk(prepare: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.wal.prepare_segments = prepare;
+    config.wal.segment_bytes_max = 4096;
     let storage = SimStorage::new();
-    let running = start_sim(dir.path(), &storage).await;
+    let running = start_sim_with(config.clone(), &storage).await;
     let (client, stream) = connect(&running).await;
     setup(&stream).await;
     // Room for a few sale records (about 100 bytes each with their headers), not for 50.
     storage.set_capacity_bytes(Some(storage.used_bytes() + 1_000));
-    let (approved, refusal) = sell_until_refused(&stream, 1_000, 50).await;
+    let (approved, refusal) = sell_until_refused(&stream, 1_000, 500).await;
     let refusal = refusal.expect("the disk fills up");
     assert!(!approved.is_empty(), "some sales fit");
+    if prepare {
+        assert!(
+            approved.len() > 20,
+            "the segment and spare prepared before the disk filled hold more than 1,000 bytes \
+             of sales: {}",
+            approved.len()
+        );
+    } else {
+        assert!(approved.len() < 20, "{}", approved.len());
+    }
     assert_eq!(refusal.code, Code::SystemBusy, "{refusal:?}");
     assert_eq!(refusal.reason, Reason::STORAGE_FULL);
     let refused = approved.last().map_or(1_000, |last| last + 1);
@@ -249,7 +274,7 @@ async fn a_full_simulated_disk_answers_91_and_space_back_with_a_restart_recovers
     assert!(running.shutdown().await.is_err());
 
     let storage = storage.crash();
-    let running = start_sim(dir.path(), &storage).await;
+    let running = start_sim_with(config, &storage).await;
     let (client, stream) = connect(&running).await;
     check_recovered(&stream, &approved, refused).await;
     client.close().await;

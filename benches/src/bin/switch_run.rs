@@ -71,6 +71,10 @@ struct Args {
     /// Log without fdatasync (not durable; report separately).
     #[arg(long)]
     no_fsync: bool,
+    /// Log segments are filled with zeros ahead instead of growing as records are appended
+    /// (`[wal] prepare_segments = true`).
+    #[arg(long)]
+    prepare_segments: bool,
     /// Requests (and ledger transfers) remembered.
     #[arg(long, default_value_t = 50_000_000)]
     remembered: u64,
@@ -226,6 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.no_fsync {
         config.wal.durability = switch::config::Durability::None;
     }
+    config.wal.prepare_segments = args.prepare_segments;
     config.routes = vec![RouteConfig {
         prefix: "62".into(),
         issuer: 2,
@@ -344,7 +349,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!(
         "mode={:?} operation={:?} streams={} depth={} frame={} fsync={} target_rate={} \
-         remembered={} preallocate={}",
+         remembered={} preallocate={} prepare_segments={}",
         args.mode,
         args.operation,
         args.streams,
@@ -357,7 +362,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "-".into()
         },
         args.remembered,
-        args.preallocate
+        args.preallocate,
+        args.prepare_segments
     );
     println!(
         "authorizations/s={:.0} approved={} declined={} frame_rtt_ms p50={:.2} p99={:.2} max={:.2}",

@@ -296,6 +296,7 @@ pub(crate) fn wal_options(config: &Config) -> WalOptions {
             config::Durability::Fsync => Durability::Fsync,
             config::Durability::None => Durability::None,
         },
+        prepare_segments: config.wal.prepare_segments,
         ..WalOptions::default()
     }
 }

@@ -8,13 +8,16 @@ use switch::wire::{
 
 pub const CNY: Currency = Currency(156);
 
-/// The default configuration on loopback, ports chosen by the OS, data in `dir`, and numbers
-/// starting 62 routed to participant 2.
+/// The default configuration on loopback, ports chosen by the OS, data in `dir`, log segments
+/// of 8 MiB prepared ahead, and numbers starting 62 routed to participant 2.
 pub fn loopback_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().expect("literal");
     config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
     config.server.data_dir = dir.to_path_buf();
+    // Segments prepared ahead, and small: every start fills one.
+    config.wal.segment_bytes_max = 8 << 20;
+    config.wal.prepare_segments = true;
     config.routes = vec![RouteConfig {
         prefix: "62".into(),
         issuer: 2,
