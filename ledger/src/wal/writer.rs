@@ -136,10 +136,7 @@ impl Wal {
             })
             .flatten();
         let (number, sequence) = (resume.next_segment(), resume.next_sequence());
-        let segment = match first {
-            Some(file) => Segment::from_spare(&*storage, file, number, sequence)?,
-            None => Segment::create(&*storage, number, sequence)?,
-        };
+        let segment = Segment::begin(&*storage, first, number, sequence)?;
         let (sender, receiver) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             queue_depth_max: options.queue_depth_max,
@@ -312,10 +309,12 @@ struct Segment<A> {
 }
 
 impl<A: AppendFile> Segment<A> {
-    /// Creates segment `number` holding only its header, durably (in every durability mode:
-    /// see `Writer::rotate`).
-    fn create<S: Storage<Append = A>>(
+    /// Starts segment `number` holding only its header, durably (in every durability mode:
+    /// see `Writer::rotate`): in `spare`, renamed once its header is durable, or else in a new,
+    /// empty file.
+    fn begin<S: Storage<Append = A>>(
         storage: &S,
+        spare: Option<A>,
         number: u64,
         first_sequence: u64,
     ) -> Result<Self, StorageError> {
@@ -324,13 +323,22 @@ impl<A: AppendFile> Segment<A> {
             let name = &name;
             move |e| StorageError::new(name, action, e)
         };
-        let mut file = storage.create(&name).map_err(err("create"))?;
+        let prepared = spare.is_some();
+        let mut file = match spare {
+            Some(file) => file,
+            None => storage.create(&name).map_err(err("create"))?,
+        };
         let header = SegmentHeader {
             segment: number,
             first_sequence,
         };
         file.append(&header.encode()).map_err(err("write header"))?;
         file.sync_data().map_err(err("fdatasync"))?;
+        if prepared {
+            storage
+                .rename(SPARE_SEGMENT_NAME, &name)
+                .map_err(err("rename spare to"))?;
+        }
         storage
             .sync_dir()
             .map_err(|e| StorageError::new("directory", "fsync", e))?;
@@ -340,42 +348,7 @@ impl<A: AppendFile> Segment<A> {
             number,
             file,
             records: 0,
-            prepared: false,
-        })
-    }
-
-    /// Makes the spare, `file`, segment `number`: its header is written over the zeros and
-    /// made durable before the new name is.
-    fn from_spare<S: Storage<Append = A>>(
-        storage: &S,
-        mut file: A,
-        number: u64,
-        first_sequence: u64,
-    ) -> Result<Self, StorageError> {
-        let name = segment_file_name(number);
-        let err = |action: &'static str| {
-            let name = &name;
-            move |e| StorageError::new(name, action, e)
-        };
-        let header = SegmentHeader {
-            segment: number,
-            first_sequence,
-        };
-        file.append(&header.encode()).map_err(err("write header"))?;
-        file.sync_data().map_err(err("fdatasync"))?;
-        storage
-            .rename(SPARE_SEGMENT_NAME, &name)
-            .map_err(err("rename spare to"))?;
-        storage
-            .sync_dir()
-            .map_err(|e| StorageError::new("directory", "fsync", e))?;
-        Ok(Segment {
-            len_bytes: SEGMENT_HEADER_LEN as u64,
-            name,
-            number,
-            file,
-            records: 0,
-            prepared: true,
+            prepared,
         })
     }
 }
@@ -527,11 +500,7 @@ impl<S: Storage> Writer<S> {
             .checked_add(1)
             .ok_or_else(|| "WAL segment numbers exhausted".to_owned())?;
         let spare = self.take_spare();
-        let storage = &*self.storage;
-        let next = match spare {
-            Some(file) => Segment::from_spare(storage, file, number, self.next_sequence),
-            None => Segment::create(storage, number, self.next_sequence),
-        };
+        let next = Segment::begin(&*self.storage, spare, number, self.next_sequence);
         self.segment = next.map_err(|e| {
             let what = io_failure(&e.source, "failed");
             format!("WAL segment {e} ({what})")

@@ -297,6 +297,15 @@ fn close_answers_everything_queued_and_durability_none_syncs_no_group() {
     assert_eq!(recover_all(&storage).1.len(), 50);
 }
 
+/// Segments of `segment_size_max_bytes`, prepared ahead.
+fn prepared(segment_size_max_bytes: u64) -> WalOptions {
+    WalOptions {
+        segment_size_max_bytes,
+        prepare_segments: true,
+        ..WalOptions::default()
+    }
+}
+
 /// Waits until the spare segment has been filled, as a listing shows it.
 fn wait_for_spare(storage: &SimStorage) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -331,14 +340,7 @@ fn prepared_segments_are_cut_to_their_records_when_closed() {
     let record = |key: u64| payload(key, 200);
     for crash in [false, true] {
         let storage = SimStorage::new();
-        let wal = open(
-            &storage,
-            WalOptions {
-                segment_size_max_bytes: SEGMENT,
-                prepare_segments: true,
-                ..WalOptions::default()
-            },
-        );
+        let wal = open(&storage, prepared(SEGMENT));
         let mut key = 0;
         // Opening prepared the first segment itself.
         let first = segment_file_name(1);
@@ -429,10 +431,8 @@ fn close_stops_a_spare_being_filled_and_removes_it() {
     let wal = open(
         &storage,
         WalOptions {
-            segment_size_max_bytes: 1 << 20,
-            prepare_segments: true,
             prepare_bytes_per_second: 4 << 10,
-            ..WalOptions::default()
+            ..prepared(1 << 20)
         },
     );
     assert_eq!(wal.append(payload(0, 100)), Ok(1));
@@ -462,14 +462,7 @@ fn no_spare_is_prepared_without_room_for_two_segments() {
     const SEGMENT: u64 = 4096;
     let storage = SimStorage::new();
     storage.set_capacity_bytes(Some(2 * SEGMENT - 1));
-    let wal = open(
-        &storage,
-        WalOptions {
-            segment_size_max_bytes: SEGMENT,
-            prepare_segments: true,
-            ..WalOptions::default()
-        },
-    );
+    let wal = open(&storage, prepared(SEGMENT));
     for key in 0..30 {
         assert_eq!(wal.append(payload(key, 200)), Ok(key + 1));
         let names = storage.list().expect("list");
