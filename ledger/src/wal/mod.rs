@@ -71,7 +71,9 @@ pub struct WalOptions {
     /// Fill the next segment with zeros ahead, on a thread of its own, so that appends
     /// overwrite space already written: each group's fdatasync then flushes only data, not
     /// a growing file's block allocation and size. A segment is cut to its length when it is
-    /// closed; the space costs one more segment on disk (the spare).
+    /// closed; the space costs one more segment on disk (the spare). Only with
+    /// `Durability::Fsync`: without a sync per group, a power loss could leave pages of many
+    /// groups missing, more than recovery can tell from corruption (`write_max_bytes`).
     pub prepare_segments: bool,
     /// The zeros are written at most this fast, so that the log's own fdatasyncs do not
     /// queue behind them; it must outpace the log, or segments start growing again until the
@@ -95,6 +97,16 @@ impl Default for WalOptions {
 }
 
 impl WalOptions {
+    /// The most bytes one write of the writer spans: a group's payloads (or one record over
+    /// `group_size_max_bytes`) and its records' headers. With `Durability::Fsync` only the last
+    /// write can be partly on disk after a crash; `RecoverOptions::write_max_bytes`.
+    pub fn write_max_bytes(&self) -> u64 {
+        let payloads =
+            (self.group_size_max_bytes as u64).max(u64::from(self.record_size_max_bytes));
+        let headers = (self.group_records_max as u64).saturating_mul(RECORD_HEADER_LEN as u64);
+        payloads.saturating_add(headers)
+    }
+
     pub fn validate(&self) -> Result<(), OptionsError> {
         check_range(
             "segment_size_max_bytes",

@@ -42,6 +42,12 @@ pub struct RecoverOptions {
     /// covers them. 0 applies everything.
     pub after_sequence: u64,
     pub on_corruption: OnCorruption,
+    /// The most bytes one write of the log's writer spanned (`WalOptions::write_max_bytes`).
+    /// In a last segment that ends in zeros (filled ahead), a power loss may have kept any
+    /// pages of the write in flight and lost others, so valid records may follow the first
+    /// invalid data; they are taken for that write, and the tail for torn, only while each
+    /// ends within this many bytes of the invalid data.
+    pub write_max_bytes: u64,
 }
 
 impl Default for RecoverOptions {
@@ -50,6 +56,7 @@ impl Default for RecoverOptions {
             record_size_max_bytes: RECORD_SIZE_MAX_DEFAULT,
             after_sequence: 0,
             on_corruption: OnCorruption::Refuse,
+            write_max_bytes: super::WalOptions::default().write_max_bytes(),
         }
     }
 }
@@ -303,7 +310,7 @@ where
     let options = RecoverOptions {
         record_size_max_bytes,
         after_sequence,
-        on_corruption: OnCorruption::Refuse,
+        ..RecoverOptions::default()
     };
     let segments = contiguous_segments(storage)?;
     let mut scan = Scan {
@@ -571,14 +578,15 @@ impl Scan<'_> {
                 Some(expected) => (expected, expected),
                 None => (1, self.options.after_sequence.saturating_add(1)),
             };
-            find_valid_record(
-                reader,
-                segment,
-                offset,
-                lowest,
-                base,
-                self.options.record_size_max_bytes,
-            )?
+            let max = self.options.record_size_max_bytes;
+            let first = find_valid_record(reader, segment, offset, lowest, base, max)?;
+            match first {
+                Some(at) if ends_in_zeros(reader)? => {
+                    let window_end = offset.saturating_add(self.options.write_max_bytes);
+                    records_past(reader, segment, at, window_end, max)?
+                }
+                other => other,
+            }
         } else {
             None
         };
@@ -694,6 +702,44 @@ fn find_valid_record<S: Storage>(
         offset += 1;
     }
     Ok(None)
+}
+
+/// Whether the file's last record header's worth of bytes are zeros: a segment filled ahead.
+fn ends_in_zeros<S: Storage>(reader: &mut Window<'_, S>) -> Result<bool, StorageError> {
+    let len = reader.len_bytes;
+    if len < (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN) as u64 {
+        return Ok(false);
+    }
+    let tail = reader.get(len - RECORD_HEADER_LEN as u64, RECORD_HEADER_LEN)?;
+    Ok(tail.iter().all(|&b| b == 0))
+}
+
+/// Follows the valid records from the one at `at` (and those found after each) and returns
+/// the first that ends past `window_end`, if any.
+fn records_past<S: Storage>(
+    reader: &mut Window<'_, S>,
+    segment: u64,
+    mut at: u64,
+    window_end: u64,
+    max_bytes: u32,
+) -> Result<Option<u64>, StorageError> {
+    loop {
+        let header = RecordHeader::decode(
+            reader
+                .get(at, RECORD_HEADER_LEN)?
+                .try_into()
+                .expect("the window returns exactly the length asked"),
+        );
+        let end = at + (RECORD_HEADER_LEN as u64) + u64::from(header.len_bytes);
+        if end > window_end {
+            return Ok(Some(at));
+        }
+        let next = header.sequence.saturating_add(1);
+        match find_valid_record(reader, segment, at, next, next, max_bytes)? {
+            Some(later) => at = later,
+            None => return Ok(None),
+        }
+    }
 }
 
 /// A bounded window over one file, refilled on demand.

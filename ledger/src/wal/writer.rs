@@ -119,6 +119,8 @@ impl Wal {
         resume: Resume,
     ) -> Result<Wal, OpenError> {
         options.validate()?;
+        let mut options = options;
+        options.prepare_segments &= options.durability == Durability::Fsync;
         let storage = Arc::new(storage);
         match storage.remove(SPARE_SEGMENT_NAME) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

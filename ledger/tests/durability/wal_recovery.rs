@@ -153,16 +153,19 @@ proptest! {
     #![proptest_config(ledger::proptest_config!("wal_zeroed_records.txt", 128))]
 
     /// Zeros over whole records, with or without zeros after the last record (a segment
-    /// prepared ahead and not filled): zeros at the end of the last segment are its unwritten
-    /// end, trimmed; zeros with a valid record after them are corruption, and recovery names
-    /// the first valid record after them, however many zeros it passes over (records of an
-    /// empty payload start with four zero bytes).
+    /// filled ahead and not filled up). Zeros at the end of the last segment are its
+    /// unwritten end, trimmed. Zeros with valid records after them are corruption, except in
+    /// a segment that ends in zeros when every record after them ends within one write
+    /// (`write_max_bytes`) of them: the pages of the write a power loss interrupted, trimmed
+    /// too. Recovery names the first valid record it cannot take for that write, however many
+    /// zeros it passes over (records of an empty payload start with four zero bytes).
     #[test]
     fn zeros_end_the_log_only_when_no_record_follows_them(
         lens in prop::collection::vec(prop_oneof![Just(0usize), 1usize..60], 1..10),
         from_pick in any::<prop::sample::Index>(),
         to_pick in any::<prop::sample::Index>(),
-        zero_tail in prop_oneof![Just(0usize), 1usize..5000],
+        zero_tail in prop_oneof![Just(0usize), 16usize..5000],
+        write_max_bytes in prop_oneof![Just(0u64), 1u64..800],
     ) {
         let payloads = payloads(&lens);
         let storage = SimStorage::new();
@@ -179,12 +182,17 @@ proptest! {
         bytes.resize(bytes.len() + zero_tail, 0);
         rewrite(&storage, &name, &bytes);
 
-        let result = recover_with(&storage, &RecoverOptions::default());
+        let options = RecoverOptions { write_max_bytes, ..RecoverOptions::default() };
+        let result = recover_with(&storage, &options);
+        // The first record after the zeros that ends past one write from them.
+        let window_end = offsets[from] + write_max_bytes;
+        let past_window = (to..n).find(|&k| offsets[k + 1] > window_end);
+        let torn_write = zero_tail > 0 && past_window.is_none();
         if from == to && zero_tail == 0 {
             let (recovered, records) = result.expect("nothing zeroed");
             prop_assert_eq!(recovered.truncation, None);
             prop_assert_eq!(records, numbered(&payloads));
-        } else if from == to || to == n {
+        } else if from == to || to == n || torn_write {
             let (recovered, records) = result.expect("zeros at the end are its unwritten end");
             let kept = if from == to { n } else { from };
             prop_assert_eq!(records, numbered(&payloads[..kept]));
@@ -195,11 +203,12 @@ proptest! {
             );
             prop_assert_eq!(storage.len_bytes(&name).expect("len"), offsets[kept]);
         } else {
+            let named = if zero_tail > 0 { past_window.expect("not torn") } else { to };
             match result {
                 Err(RecoveryError::Corrupt { offset, reason, valid_record_at, .. }) => {
                     prop_assert_eq!(
                         (offset, reason, valid_record_at),
-                        (offsets[from], Corruption::Unwritten, Some(offsets[to]))
+                        (offsets[from], Corruption::Unwritten, Some(offsets[named]))
                     );
                 }
                 other => prop_assert!(false, "zeros before a record were not refused: {:?}",

@@ -337,6 +337,7 @@ impl Stage {
             &RecoverOptions {
                 record_size_max_bytes: options.record_size_max_bytes,
                 after_sequence,
+                write_max_bytes: options.write_max_bytes(),
                 ..RecoverOptions::default()
             },
             |_sequence, payload| replay_record(&mut core, payload),
