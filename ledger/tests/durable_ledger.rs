@@ -126,10 +126,15 @@ fn events(batch: &[(u128, u128, u64, u8, bool)], next_id: &mut u128, now: Timest
 }
 
 fn options() -> DurableOptions {
+    prepared(false)
+}
+
+/// Small segments, so that rotation and snapshot pruning happen; filled ahead or growing.
+fn prepared(prepare_segments: bool) -> DurableOptions {
     DurableOptions {
         wal: WalOptions {
-            // Small segments, so that rotation and snapshot pruning happen.
             segment_size_max_bytes: 4096,
+            prepare_segments,
             ..WalOptions::default()
         },
         snapshot_every_records: 7,
@@ -145,11 +150,12 @@ proptest! {
         acknowledged in prop::collection::vec(step(), 0..25),
         in_flight in prop::collection::vec(step(), 0..6),
         seed in any::<u64>(),
-        sector in any::<bool>(),
+        tear in prop_oneof![Just(Tear::Byte), Just(Tear::Sector), Just(Tear::Pages)],
+        prepare in any::<bool>(),
     ) {
         let config = Config { shards: 4, ..Config::default() };
         let storage = SimStorage::new();
-        let (durable, _) = DurableLedger::open(storage.clone(), config.clone(), options()).expect("opens");
+        let (durable, _) = DurableLedger::open(storage.clone(), config.clone(), prepared(prepare)).expect("opens");
         // The reference: the same commands on a plain ledger, with the digest after each.
         let reference = Ledger::new(config.clone()).expect("valid config");
         let mut digests = vec![reference.digest()];
@@ -194,10 +200,10 @@ proptest! {
                 digests.push(reference.digest());
             }
         }
-        let crashed = storage.crash_torn(seed, if sector { Tear::Sector } else { Tear::Byte });
+        let crashed = storage.crash_torn(seed, tear);
         drop(durable);
 
-        let (recovered, recovery) = DurableLedger::open(crashed.clone(), config.clone(), options()).expect("recovers");
+        let (recovered, recovery) = DurableLedger::open(crashed.clone(), config.clone(), prepared(prepare)).expect("recovers");
         let digest = recovered.ledger().digest();
         prop_assert_eq!(digest, recovery.digest);
         let prefix = digests.iter().rposition(|d| *d == digest);
@@ -208,7 +214,7 @@ proptest! {
         }
         // Recovery is stable: once more, same state; and the log goes on from there.
         recovered.close().expect("closes");
-        let (again, _) = DurableLedger::open(crashed.crash(), config, options()).expect("recovers again");
+        let (again, _) = DurableLedger::open(crashed.crash(), config, prepared(prepare)).expect("recovers again");
         prop_assert_eq!(again.ledger().digest(), digest);
         let more = events(&[(1, 2, 7, 0, false)], &mut next_id, Timestamp(now.0 + 1));
         prop_assert_eq!(again.apply_blocking(&more, Timestamp(now.0 + 1)).expect("durable"), vec![ledger::Outcome::Ok]);
