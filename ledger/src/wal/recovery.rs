@@ -742,6 +742,20 @@ fn records_past<S: Storage>(
     }
 }
 
+/// The index of the first byte that is not zero, looking eight at a time.
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        if u64::from_ne_bytes(word.try_into().expect("eight bytes")) != 0 {
+            return word.iter().position(|&b| b != 0).map(|i| at + i);
+        }
+        at += 8;
+    }
+    let rest = words.remainder();
+    rest.iter().position(|&b| b != 0).map(|i| at + i)
+}
+
 /// A bounded window over one file, refilled on demand.
 struct Window<'a, S> {
     storage: &'a S,
@@ -757,8 +771,7 @@ impl<S: Storage> Window<'_, S> {
     fn next_nonzero(&mut self, mut from: u64) -> Result<Option<u64>, StorageError> {
         while from < self.len_bytes {
             let len = (self.len_bytes - from).min(READ_WINDOW_BYTES as u64) as usize;
-            let bytes = self.get(from, len)?;
-            if let Some(i) = bytes.iter().position(|&b| b != 0) {
+            if let Some(i) = first_nonzero(self.get(from, len)?) {
                 return Ok(Some(from + i as u64));
             }
             from += len as u64;
@@ -792,5 +805,34 @@ impl<S: Storage> Window<'_, S> {
         }
         let start = (offset - self.offset) as usize;
         Ok(&self.bytes[start..start + len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::first_nonzero;
+
+    proptest! {
+        #![proptest_config(crate::proptest_config!("wal_first_nonzero.txt"))]
+
+        /// Eight bytes at a time finds what one at a time finds, at any alignment.
+        #[test]
+        fn first_nonzero_is_the_plain_search(
+            len in 0usize..100,
+            marks in prop::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..3),
+            skip in 0usize..8,
+        ) {
+            let mut bytes = vec![0u8; len + skip];
+            for (at, value) in marks {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = value;
+                }
+            }
+            let bytes = &bytes[skip.min(bytes.len())..];
+            prop_assert_eq!(first_nonzero(bytes), bytes.iter().position(|&b| b != 0));
+        }
     }
 }
