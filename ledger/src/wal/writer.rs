@@ -122,12 +122,7 @@ impl Wal {
         let mut options = options;
         options.prepare_segments &= options.durability == Durability::Fsync;
         let storage = Arc::new(storage);
-        match storage.remove(SPARE_SEGMENT_NAME) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(StorageError::new(SPARE_SEGMENT_NAME, "remove", e).into());
-            }
-            _ => {}
-        }
+        remove_spare(&*storage).map_err(|e| StorageError::new(SPARE_SEGMENT_NAME, "remove", e))?;
         // The first segment is prepared here, at full speed, before anything waits on it; if
         // that cannot be done (no room for two segments), it grows.
         let first = options
@@ -156,7 +151,7 @@ impl Wal {
             shared: Arc::clone(&shared),
             receiver,
             segment,
-            spare: None,
+            spare: Spare::Absent,
             stop_preparing: Arc::new(AtomicBool::new(false)),
             next_sequence: resume.next_sequence(),
             buf: Vec::new(),
@@ -374,8 +369,26 @@ fn prepare<S: Storage>(
     storage
         .create_zeroed(SPARE_SEGMENT_NAME, len_bytes, bytes_per_second, stop)
         .inspect_err(|_| {
-            let _ = storage.remove(SPARE_SEGMENT_NAME);
+            let _ = remove_spare(storage);
         })
+}
+
+/// Removes the spare, if there is one.
+fn remove_spare<S: Storage>(storage: &S) -> io::Result<()> {
+    match storage.remove(SPARE_SEGMENT_NAME) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Where the next segment's zeros stand.
+enum Spare<A> {
+    /// None is being filled: none was asked for yet, or the last filling failed (it is tried
+    /// again at the next rotation, not at once).
+    Absent,
+    /// The helper filling it.
+    Filling(JoinHandle<io::Result<A>>),
+    Ready(A),
 }
 
 struct Writer<S: Storage> {
@@ -384,8 +397,7 @@ struct Writer<S: Storage> {
     shared: Arc<Shared>,
     receiver: Receiver<Entry>,
     segment: Segment<S::Append>,
-    /// The helper filling the spare, while one is being (or has been) prepared.
-    spare: Option<JoinHandle<io::Result<S::Append>>>,
+    spare: Spare<S::Append>,
     /// Set at close: the helper gives up at its next piece.
     stop_preparing: Arc<AtomicBool>,
     next_sequence: u64,
@@ -501,15 +513,19 @@ impl<S: Storage> Writer<S> {
             .number
             .checked_add(1)
             .ok_or_else(|| "WAL segment numbers exhausted".to_owned())?;
-        let spare = self.take_spare();
+        let spare = match self.spare_ready() {
+            true => match std::mem::replace(&mut self.spare, Spare::Absent) {
+                Spare::Ready(file) => Some(file),
+                _ => None,
+            },
+            false => None,
+        };
         let next = Segment::begin(&*self.storage, spare, number, self.next_sequence);
         self.segment = next.map_err(|e| {
             let what = io_failure(&e.source, "failed");
             format!("WAL segment {e} ({what})")
         })?;
-        if self.spare.is_none() {
-            self.prepare_spare();
-        }
+        self.prepare_spare();
         Ok(())
     }
 
@@ -534,9 +550,9 @@ impl<S: Storage> Writer<S> {
         Ok(())
     }
 
-    /// Starts filling the spare, if segments are prepared and it is not under way already.
+    /// Starts filling the spare, if segments are prepared and there is none under way or ready.
     fn prepare_spare(&mut self) {
-        if !self.options.prepare_segments || self.spare.is_some() {
+        if !self.options.prepare_segments || !matches!(self.spare, Spare::Absent) {
             return;
         }
         let storage = Arc::clone(&self.storage);
@@ -544,27 +560,24 @@ impl<S: Storage> Writer<S> {
         let rate = self.options.prepare_bytes_per_second;
         let stop = Arc::clone(&self.stop_preparing);
         // If no thread can be started, segments just grow; the next rotation tries again.
-        self.spare = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("wal-prepare".to_owned())
-            .spawn(move || prepare(&*storage, len_bytes, rate, &stop))
-            .ok();
+            .spawn(move || prepare(&*storage, len_bytes, rate, &stop));
+        if let Ok(handle) = spawned {
+            self.spare = Spare::Filling(handle);
+        }
     }
 
-    fn spare_ready(&self) -> bool {
-        self.spare.as_ref().is_some_and(JoinHandle::is_finished)
-    }
-
-    /// The spare, if it is ready and was prepared without error. A failed preparation (a full
-    /// disk, say) is tried again at the next rotation, not at once.
-    fn take_spare(&mut self) -> Option<S::Append> {
-        if !self.spare_ready() {
-            return None;
+    /// Whether the spare is ready, collecting the helper's outcome once it has finished: a
+    /// failed filling (a full disk, say) leaves no spare.
+    fn spare_ready(&mut self) -> bool {
+        if matches!(&self.spare, Spare::Filling(handle) if handle.is_finished())
+            && let Spare::Filling(handle) = std::mem::replace(&mut self.spare, Spare::Absent)
+            && let Ok(Ok(file)) = handle.join()
+        {
+            self.spare = Spare::Ready(file);
         }
-        let handle = self.spare.take()?;
-        match handle.join() {
-            Ok(Ok(file)) => Some(file),
-            Ok(Err(_)) | Err(_) => None,
-        }
+        matches!(self.spare, Spare::Ready(_))
     }
 
     /// At close, with everything answered: cuts the last segment to its length, so that a
@@ -575,16 +588,13 @@ impl<S: Storage> Writer<S> {
             return;
         }
         let result = self.seal().and_then(|()| {
-            let Some(handle) = self.spare.take() else {
-                return Ok(());
-            };
-            // Its own outcome does not matter: the file goes either way.
-            let _ = handle.join();
-            let removed = match self.storage.remove(SPARE_SEGMENT_NAME) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            };
-            removed
+            match std::mem::replace(&mut self.spare, Spare::Absent) {
+                Spare::Absent => return Ok(()),
+                // Its own outcome does not matter: the file goes either way.
+                Spare::Filling(handle) => drop(handle.join()),
+                Spare::Ready(file) => drop(file),
+            }
+            remove_spare(&*self.storage)
                 .and_then(|()| self.storage.sync_dir())
                 .map_err(|e| format!("WAL spare segment {SPARE_SEGMENT_NAME}: remove failed: {e}"))
         });
