@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use ledger::{
     Account, AccountFlags, AccountId, Amount, Balances, Currency, Event, Ledger, NewAccount, Op,
-    Outcome, ParticipantId, Timestamp, Transfer, TransferId, TransferKind,
+    Outcome, ParticipantId, Timestamp, Transfer, TransferId, TransferKind, TransferRecord,
+    TransferState,
 };
 
 use ledger::clearing::{FeeSchedule, Kind, Settlement};
@@ -959,13 +960,21 @@ impl Core {
                     out[slot] = Some(self.window_report(id, who, window));
                     continue;
                 }
-                request => match self.resolve(id, request, now) {
-                    Ok(command) => command,
-                    Err(response) => {
+                request => {
+                    // A repeat hears its original answer, whatever the routes or the limits
+                    // say now: an approved sale is not answered 92 after a route goes away.
+                    if let Some(response) = self.remembered(id, fingerprint) {
                         out[slot] = Some(response);
                         continue;
                     }
-                },
+                    match self.resolve(id, request, now) {
+                        Ok(command) => command,
+                        Err(response) => {
+                            out[slot] = Some(response);
+                            continue;
+                        }
+                    }
+                }
             };
             if self.submit(
                 &mut wave,
@@ -1469,6 +1478,9 @@ impl Core {
             }
             Command::Reverse(Reverse { authorization }) => {
                 let Some(original) = self.originals.get(&authorization.0).copied() else {
+                    if let Some(record) = self.ledger.transfer(TransferId(authorization.0)) {
+                        return Err(self.reverse_forgotten(id, who, &record));
+                    }
                     // Before (or without) its authorization: remember it, so that a late
                     // authorization with that id is declined instead of held.
                     self.early_reversals.insert(authorization.0, (), |_| false);
@@ -1532,6 +1544,26 @@ impl Core {
                 ))
             }
             Command::CloseWindow { window, fees } => self.plan_close(id, *window, fees, now),
+        }
+    }
+
+    /// A reversal of a payment the switch has forgotten (it was resolved: live holds are never
+    /// forgotten) but the ledger still holds: the ledger says what became of it. A captured
+    /// authorization or a sale is not reversed, and is not taken for an early reversal either.
+    fn reverse_forgotten(&self, id: RequestId, who: Identity, record: &TransferRecord) -> Response {
+        let acquirer = self
+            .ledger
+            .account(record.credit_account_id)
+            .map(|a| a.owner);
+        if !(who.admin || acquirer == Some(who.participant)) {
+            return Response::new(id, Code::NotPermitted, Reason::NOT_OWNER);
+        }
+        match record.state {
+            TransferState::PendingVoided { .. } | TransferState::PendingExpired => {
+                Response::approved(id, Body::None)
+            }
+            TransferState::Pending => Response::new(id, Code::SystemMalfunction, Reason::INTERNAL),
+            _ => Response::new(id, Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED),
         }
     }
 
@@ -1809,6 +1841,15 @@ impl Core {
             return Response::from_outcome(id, outcome);
         }
         let transfer = TransferId(id.0);
+        if outcome == Outcome::Exists
+            && let Finish::Authorize(_)
+            | Finish::Sale(_)
+            | Finish::Capture(..)
+            | Finish::Reverse(_)
+            | Finish::Refund(..) = finish
+        {
+            return self.done_before(id, finish);
+        }
         let moved = |amount: Amount, currency: Currency| {
             Response::approved(
                 id,
@@ -1893,6 +1934,28 @@ impl Core {
                 self.record_moved(id, Kind::Refund);
                 moved(amount, currency)
             }
+        }
+    }
+
+    /// The ledger still holds this very transfer, with the same fields, though the switch has
+    /// forgotten the request (the two forget on their own bounds): it was done before. Its
+    /// repeat hears the approval again and changes nothing: no second clearing, no refundable
+    /// amount set back, no hold remembered again. What it reserved against the net debit cap
+    /// goes back.
+    fn done_before(&mut self, id: RequestId, finish: Finish) -> Response {
+        if let Finish::Authorize(o) | Finish::Sale(o) = finish {
+            self.clearing.release(o.issuer, o.currency, o.amount.0);
+        }
+        match self.ledger.transfer(TransferId(id.0)) {
+            Some(r) => Response::approved(
+                id,
+                Body::Transfer {
+                    transfer: TransferId(id.0),
+                    amount: r.event.amount,
+                    currency: r.event.currency,
+                },
+            ),
+            None => Response::approved(id, Body::None),
         }
     }
 

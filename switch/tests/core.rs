@@ -402,6 +402,173 @@ fn repeats_get_the_original_response_and_change_nothing() {
 }
 
 #[test]
+fn a_repeat_hears_its_answer_whatever_the_routes_say_now() {
+    let mut h = Harness::new();
+    let c1 = card_number(1);
+    let sale = Request::Sale {
+        number: c1.clone(),
+        merchant: merchant(1),
+        amount: Amount(20),
+        currency: Currency::CNY,
+    };
+    let id = h.id();
+    let first = h.one_with(id, ACQUIRER, sale.clone(), NOW);
+    assert_eq!(first.0, Code::Approved);
+    // The route goes away (a reload): the sale was made, and its repeat says so.
+    h.core.set_routes(Arc::new(RouteTable::default()));
+    assert_eq!(h.one_with(id, ACQUIRER, sale, NOW), first);
+    let other = Request::Sale {
+        number: c1,
+        merchant: merchant(1),
+        amount: Amount(21),
+        currency: Currency::CNY,
+    };
+    assert_eq!(
+        h.one_with(id, ACQUIRER, other.clone(), NOW).0,
+        Code::DuplicateWithOtherFields
+    );
+    assert_eq!(h.one(ACQUIRER, other, NOW).0, Code::CannotRoute);
+}
+
+/// The switch forgets requests on its own bound, the ledger transfers on its own: a payment
+/// can be forgotten by the switch and still be held by the ledger.
+fn forgetful() -> Harness {
+    let ledger_config = Config {
+        shards: 4,
+        transfers_remembered_max: 10_000,
+        ..Config::default()
+    };
+    let core_config = CoreConfig {
+        requests_remembered_max: 4,
+        ..CoreConfig::default()
+    };
+    Harness::with_configs(ledger_config, core_config)
+}
+
+/// Pushes the answers the switch remembers out of its memory (declines, here).
+fn forget_answers(h: &mut Harness) {
+    for _ in 0..8 {
+        let number = card_number(1);
+        let declined = h.one(ACQUIRER, authorize(&number, 1, 0), NOW);
+        assert_eq!(declined.0, Code::InvalidAmount);
+    }
+}
+
+/// Pushes the payments the switch remembers (resolved ones) out of its memory.
+fn forget_payments(h: &mut Harness) {
+    for _ in 0..8 {
+        let sale = Request::Sale {
+            number: card_number(2),
+            merchant: merchant(2),
+            amount: Amount(1),
+            currency: Currency::CNY,
+        };
+        assert_eq!(h.one(ACQUIRER, sale, NOW).0, Code::Approved);
+    }
+}
+
+fn cleared_totals(h: &Harness) -> (u128, u128) {
+    h.core
+        .clearing()
+        .open
+        .cleared
+        .values()
+        .fold((0, 0), |(p, r), t| (p + t.purchases, r + t.refunds))
+}
+
+#[test]
+fn a_payment_forgotten_by_the_switch_but_not_the_ledger_is_not_done_twice() {
+    let mut h = forgetful();
+    let c1 = card_number(1);
+    let sale = Request::Sale {
+        number: c1.clone(),
+        merchant: merchant(1),
+        amount: Amount(100),
+        currency: Currency::CNY,
+    };
+    let (s, r) = (h.id(), h.id());
+    assert_eq!(h.one_with(s, ACQUIRER, sale.clone(), NOW).0, Code::Approved);
+    let refund = Request::Refund(Refund {
+        original: s,
+        amount: Amount(40),
+        currency: Currency::CNY,
+    });
+    assert_eq!(
+        h.one_with(r, ACQUIRER, refund.clone(), NOW).0,
+        Code::Approved
+    );
+    let before = (
+        cleared_totals(&h),
+        h.balance(merchant(1)),
+        h.balance(card(1)),
+    );
+    assert_eq!(before.0, (100, 40));
+    forget_answers(&mut h);
+    // The refund again: the ledger still holds it, so nothing moves or clears again.
+    assert_eq!(h.one_with(r, ACQUIRER, refund, NOW).0, Code::Approved);
+    forget_payments(&mut h);
+    // The sale again: the same, and its refundable amount is not set back to 100.
+    assert_eq!(h.one_with(s, ACQUIRER, sale, NOW).0, Code::Approved);
+    let after = (
+        cleared_totals(&h),
+        h.balance(merchant(1)),
+        h.balance(card(1)),
+    );
+    assert_eq!(
+        after.0,
+        (100 + 8, 40),
+        "the 8 sales of forget_payments only"
+    );
+    assert_eq!(after.1.debits_posted, before.1.debits_posted);
+    assert_eq!(after.1.credits_posted, before.1.credits_posted);
+    assert_eq!(after.2, before.2);
+    let more = Request::Refund(Refund {
+        original: s,
+        amount: Amount(70),
+        currency: Currency::CNY,
+    });
+    assert_ne!(h.one(ACQUIRER, more, NOW).0, Code::Approved);
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
+}
+
+#[test]
+fn a_reversal_of_a_forgotten_capture_is_refused_not_taken_for_early() {
+    let mut h = forgetful();
+    let c1 = card_number(1);
+    let a = h.id();
+    assert_eq!(
+        h.one_with(a, ACQUIRER, authorize(&c1, 1, 30), NOW).0,
+        Code::Approved
+    );
+    let capture = Request::Capture(Capture {
+        authorization: a,
+        amount: Amount(30),
+    });
+    assert_eq!(h.one(ACQUIRER, capture, NOW).0, Code::Approved);
+    let reversed = h.id();
+    assert_eq!(
+        h.one_with(reversed, ACQUIRER, authorize(&c1, 1, 5), NOW).0,
+        Code::Approved
+    );
+    let reverse = |of| Request::Reverse(Reverse { authorization: of });
+    assert_eq!(h.one(ACQUIRER, reverse(reversed), NOW).0, Code::Approved);
+    forget_payments(&mut h);
+    assert_eq!(
+        h.one(OTHER_ACQUIRER, reverse(a), NOW),
+        (Code::NotPermitted, Reason::NOT_OWNER)
+    );
+    assert_eq!(
+        h.one(ACQUIRER, reverse(a), NOW),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED)
+    );
+    // A reversed hold, reversed again: true, and nothing moves.
+    let card_before = h.balance(card(1));
+    assert_eq!(h.one(ACQUIRER, reverse(reversed), NOW).0, Code::Approved);
+    assert_eq!(h.balance(card(1)), card_before);
+    assert_eq!(h.balance(merchant(1)).credits_posted, 30);
+}
+
+#[test]
 fn holds_expire_on_the_tick_and_status_says_so() {
     let mut h = Harness::new();
     let id = h.id();
@@ -799,6 +966,60 @@ proptest! {
         if core_remembers >= 10_000 && ledger_remembers >= 10_000 {
             prop_assert_eq!(found, payments.len());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ledger::proptest_config!("switch_core_forgetting.txt", 64))]
+
+    /// Whatever the switch and the ledger have each forgotten, and however often requests are
+    /// repeated, clearing counts exactly what the ledger moved (a repeat of a payment the
+    /// ledger still holds is not cleared twice), and while the ledger holds a payment, an
+    /// approved reversal never names a captured authorization or a sale.
+    #[test]
+    fn clearing_counts_what_the_ledger_moved_whatever_was_forgotten(
+        batches in prop::collection::vec(prop::collection::vec(action(), 1..8), 1..25),
+        ledger_remembers in prop_oneof![Just(8u64), Just(24), Just(10_000)],
+        core_remembers in prop_oneof![Just(4usize), Just(12), Just(10_000)],
+    ) {
+        let ledger_config = Config { shards: 4, transfers_remembered_max: ledger_remembers, ..Config::default() };
+        let core_config = CoreConfig { requests_remembered_max: core_remembers, ..CoreConfig::default() };
+        let mut h = Harness::with_configs(ledger_config, core_config);
+        let mut now = NOW;
+        let mut script = Script::default();
+        let mut paid: std::collections::HashSet<RequestId> = std::collections::HashSet::new();
+        for batch in batches {
+            let items = script.items(batch, || h.id(), &mut now);
+            h.expire(now);
+            let responses = h.run(items.clone(), now);
+            for (item, response) in items.iter().zip(&responses) {
+                script.sent.push(item.clone());
+                if response.code != Code::Approved {
+                    continue;
+                }
+                match &item.request {
+                    Request::Capture(Capture { authorization, .. }) => {
+                        paid.insert(*authorization);
+                    }
+                    Request::Sale { .. } => {
+                        paid.insert(item.id);
+                    }
+                    // Once both have forgotten a payment, a reversal of it is an early one.
+                    Request::Reverse(Reverse { authorization }) if ledger_remembers >= 10_000 => {
+                        prop_assert!(!paid.contains(authorization), "reversed a payment: {:?}", item);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (purchases, refunds) = cleared_totals(&h);
+        let merchants = (1..=MERCHANTS).map(|m| h.balance(merchant(m)));
+        let (credited, debited) = merchants.fold((0u128, 0u128), |(c, d), b| {
+            (c + b.credits_posted, d + b.debits_posted)
+        });
+        prop_assert_eq!((purchases, refunds), (credited, debited));
+        let replayed = h.replayed();
+        prop_assert_eq!(replayed.ledger().digest(), h.core.ledger().digest());
     }
 }
 
