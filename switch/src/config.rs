@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ledger::clearing::{FeeRate, FeeSchedule};
 use ledger::{AccountId, ParticipantId};
@@ -45,6 +46,9 @@ pub struct Server {
 
 /// At most this many network threads.
 pub const IO_THREADS_MAX: u16 = 256;
+/// The deepest ledger-stage queue a config may ask for, in requests: a slot for each is
+/// allocated at start (about 80 bytes).
+pub const QUEUE_DEPTH_MAX_LIMIT: u32 = 1 << 20;
 
 impl Server {
     /// The network runtime's thread count: `io_threads`, or one per core.
@@ -309,7 +313,7 @@ impl Default for Limits {
             streams_per_connection_max: 64,
             in_flight_per_connection_max: 65_536,
             queue_depth_max: 262_144,
-            malformed_frames_max: 3,
+            malformed_frames_max: crate::wire::PROTOCOL_ERRORS_PER_CONNECTION_MAX_DEFAULT,
         }
     }
 }
@@ -479,6 +483,29 @@ impl Config {
                 ),
             ));
         }
+        let floor = crate::wire::response_frame_len_floor(l.batch_len_max);
+        if (l.frame_bytes_max as usize) < floor {
+            return Err(invalid(
+                "limits.frame_bytes_max",
+                format!(
+                    "must be at least {floor} bytes with limits.batch_len_max = {}: a response \
+                     frame of that many results must fit ({} bytes a result at most, plus {} \
+                     bytes of frame header)",
+                    l.batch_len_max,
+                    crate::wire::result_len_min_max(),
+                    crate::wire::HEADER_LEN + 2
+                ),
+            ));
+        }
+        if l.queue_depth_max > QUEUE_DEPTH_MAX_LIMIT {
+            return Err(invalid(
+                "limits.queue_depth_max",
+                format!(
+                    "must be at most {QUEUE_DEPTH_MAX_LIMIT} requests (a slot for each is \
+                     allocated at start)"
+                ),
+            ));
+        }
         if self.server.io_threads > IO_THREADS_MAX {
             return Err(invalid(
                 "server.io_threads",
@@ -531,7 +558,33 @@ impl Config {
                 "must be at least 1".to_string(),
             ));
         }
-        self.fee_schedule(origin)?;
+        let fees = Arc::new(self.fee_schedule(origin)?);
+        if fees.by_issuer.len() > crate::journal::FEE_ENTRIES_MAX {
+            return Err(invalid(
+                "clearing.fees.issuer",
+                format!(
+                    "{} entries: at most {}",
+                    fees.by_issuer.len(),
+                    crate::journal::FEE_ENTRIES_MAX
+                ),
+            ));
+        }
+        // A close carries the fee schedule in the log: one must fit in a batch's record
+        // beside a full batch of other commands.
+        let close =
+            crate::journal::logged_len(&crate::core::Command::CloseWindow { window: 0, fees });
+        let room = crate::core::closes_logged_bytes_max(l.batch_len_max);
+        if close > room {
+            return Err(invalid(
+                "clearing.fees.issuer",
+                format!(
+                    "a window close would log {close} bytes with these fees, and a batch of \
+                     limits.batch_len_max = {} requests leaves room for {room} in a log record: \
+                     fewer issuer entries, or a smaller limits.batch_len_max",
+                    l.batch_len_max
+                ),
+            ));
+        }
         self.route_table(origin)?;
         Ok(())
     }
@@ -758,6 +811,14 @@ mod tests {
         for (text, key) in [
             ("[limits]\nqueue_depth_max = 0\n", "limits.queue_depth_max"),
             (
+                "[limits]\nqueue_depth_max = 1048577\n",
+                "limits.queue_depth_max",
+            ),
+            (
+                "[limits]\nframe_bytes_max = 65536\n",
+                "limits.frame_bytes_max",
+            ),
+            (
                 "[limits]\nframe_bytes_max = 67108865\n",
                 "limits.frame_bytes_max",
             ),
@@ -775,6 +836,42 @@ mod tests {
         ] {
             let err = Config::parse(text, "x.toml").expect_err(text).to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+        // The answers to a full batch fit in a frame: 18 + 949 x 69 = 65,499 bytes.
+        Config::parse(
+            "[limits]\nframe_bytes_max = 65536\nbatch_len_max = 949\n",
+            "x.toml",
+        )
+        .expect("a full batch's answers fit");
+        Config::parse(
+            "[limits]\nframe_bytes_max = 65536\nbatch_len_max = 950\n",
+            "x.toml",
+        )
+        .expect_err("a full batch's answers do not fit");
+        // A close logs the fee schedule: it must fit in a record beside a full batch.
+        let batch: u16 = 30_000;
+        let fees = |issuers: usize| {
+            let mut text =
+                format!("[limits]\nframe_bytes_max = 8388608\nbatch_len_max = {batch}\n");
+            for p in 1..=issuers {
+                text.push_str(&format!(
+                    "[[clearing.fees.issuer]]\nparticipant = {p}\npurchase_percent = \"0.5\"\n"
+                ));
+            }
+            Config::parse(&text, "x.toml")
+        };
+        let close_len = |issuers| {
+            let config = fees(issuers).expect("valid");
+            let fees = Arc::new(config.fee_schedule("x.toml").expect("valid"));
+            crate::journal::logged_len(&crate::core::Command::CloseWindow { window: 0, fees })
+        };
+        let (base, per) = (close_len(0), close_len(1) - close_len(0));
+        let fitting = (crate::core::closes_logged_bytes_max(batch) - base) / per;
+        assert!((1..crate::journal::FEE_ENTRIES_MAX).contains(&fitting));
+        assert!(fees(fitting).is_ok(), "{fitting} issuer rates fit");
+        match fees(fitting + 1) {
+            Ok(_) => panic!("{} issuer rates do not fit", fitting + 1),
+            Err(e) => assert!(e.to_string().contains("clearing.fees.issuer"), "{e}"),
         }
         let err = Config::parse("[wal]\ndurability = \"sometimes\"\n", "x.toml")
             .expect_err("bad enum")

@@ -44,6 +44,8 @@ pub const SYSTEM_ACCOUNT_PREFIX: u32 = crate::clearing::SYSTEM_PREFIX;
 
 /// Windows a ListWindows result holds at most (the protocol's limit).
 pub const WINDOWS_LISTED_MAX: usize = 1024;
+/// The participant roles version 1 knows: issuer (bit 0) and acquirer (bit 1).
+const ROLES_KNOWN: u8 = 0b11;
 
 /// Who the switch itself acts as (scheduled closes); no client can be participant 0.
 pub const SYSTEM: Identity = Identity {
@@ -347,6 +349,19 @@ pub struct CoreConfig {
     pub fees: Arc<FeeSchedule>,
     /// Closed windows kept for ListWindows and WindowReport.
     pub windows_kept: usize,
+    /// Bytes the closes of one batch may add to its log record (each carries the fee
+    /// schedule): the record limit less what the batch's other commands can take
+    /// (`closes_logged_bytes_max`). A close past it is answered 91 and not executed.
+    pub closes_logged_bytes_max: usize,
+}
+
+/// What the closes of a batch may log, for batches of up to `batch_len_max` requests a frame:
+/// the ledger stage takes frames until it holds `batch_len_max` requests, so a batch holds
+/// fewer than twice that many, each taking at most `journal::logged_len_max` bytes besides.
+pub fn closes_logged_bytes_max(batch_len_max: u16) -> usize {
+    (ledger::wal::RECORD_SIZE_MAX_DEFAULT as usize)
+        .saturating_sub(crate::journal::BATCH_HEADER_LEN)
+        .saturating_sub(2 * usize::from(batch_len_max) * crate::journal::logged_len_max())
 }
 
 impl Default for CoreConfig {
@@ -357,6 +372,7 @@ impl Default for CoreConfig {
             requests_remembered_max: 10_000_000,
             fees: Arc::default(),
             windows_kept: 1024,
+            closes_logged_bytes_max: closes_logged_bytes_max(crate::wire::BATCH_LEN_MAX_DEFAULT),
         }
     }
 }
@@ -922,6 +938,7 @@ impl Core {
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = std::mem::take(&mut self.wave);
+        let mut closes_logged = 0;
         for (slot, prepared) in items.into_iter().enumerate() {
             let Prepared {
                 item: Item { id, who, request },
@@ -976,6 +993,15 @@ impl Core {
                     }
                 }
             };
+            // The batch's log record stays within the log's record limit.
+            if let Command::CloseWindow { .. } = command {
+                let len = crate::journal::logged_len(&command);
+                if closes_logged + len > self.config.closes_logged_bytes_max {
+                    out[slot] = Some(Response::new(id, Code::SystemBusy, Reason::OVERLOADED));
+                    continue;
+                }
+                closes_logged += len;
+            }
             if self.submit(
                 &mut wave,
                 slot,
@@ -1107,8 +1133,9 @@ impl Core {
                 amount,
                 currency,
             },
-            Request::CreateParticipant(CreateParticipant { name, .. })
-                if name.len() > NAME_LEN_MAX =>
+            // A name, and only the roles version 1 knows (issuer, acquirer).
+            Request::CreateParticipant(CreateParticipant { name, roles, .. })
+                if name.is_empty() || name.len() > NAME_LEN_MAX || roles & !ROLES_KNOWN != 0 =>
             {
                 return reject(Code::InvalidTransaction, Reason::NONE);
             }
@@ -1681,14 +1708,19 @@ impl Core {
         if !who.admin {
             return Response::new(id, Code::NotPermitted, Reason::ADMIN_REQUIRED);
         }
-        let mut windows = vec![self.clearing.open_view()];
+        // A listed window is its record only: its positions are not copied.
+        let record = |w: &Window| Window {
+            positions: Vec::new(),
+            ..*w
+        };
+        let mut windows = vec![record(&self.clearing.open_view())];
         windows.extend(
             self.clearing
                 .closed
                 .iter()
                 .rev()
                 .take(WINDOWS_LISTED_MAX - 1)
-                .cloned(),
+                .map(record),
         );
         Response::approved(id, Body::Windows(windows))
     }

@@ -231,6 +231,77 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes a batch record takes before its commands: type, `now` and the count.
+pub const BATCH_HEADER_LEN: usize = 1 + 8 + 4;
+
+/// The most bytes one command other than a close can take in a batch record (with its id,
+/// sender and fingerprint): measured by encoding the largest of every kind. A close carries
+/// the fee schedule, so its size is the configuration's: `logged_len`.
+pub fn logged_len_max() -> usize {
+    let id = RequestId(u128::MAX);
+    let name = "n".repeat(NAME_LEN_MAX);
+    let number = "9".repeat(crate::routing::NUMBER_LEN_MAX);
+    let (account, amount, currency) = (AccountId(u128::MAX), Amount(u64::MAX), Currency::CNY);
+    let largest = [
+        Command::CreateParticipant(CreateParticipant {
+            participant: ParticipantId(u64::MAX),
+            name,
+            roles: u8::MAX,
+        }),
+        Command::CreateAccount(CreateAccount {
+            account,
+            owner: ParticipantId(u64::MAX),
+            currency,
+            flags: AccountFlags::empty(),
+            number: Some(number),
+        }),
+        Command::Fund(Fund {
+            account,
+            amount,
+            currency,
+        }),
+        Command::SetLimits(SetLimits {
+            participant: ParticipantId(u64::MAX),
+            currency,
+            net_debit_cap: amount,
+        }),
+        Command::Authorize {
+            card: account,
+            merchant: account,
+            amount,
+            currency,
+            expires_at: Timestamp(u64::MAX),
+        },
+        Command::Capture(Capture {
+            authorization: id,
+            amount,
+        }),
+        Command::Reverse(Reverse { authorization: id }),
+        Command::Sale {
+            card: account,
+            merchant: account,
+            amount,
+            currency,
+        },
+        Command::Refund(Refund {
+            original: id,
+            amount,
+            currency,
+        }),
+    ];
+    largest.iter().map(logged_len).max().unwrap_or(0)
+}
+
+/// The bytes `command` takes in a batch record, with its id, sender and fingerprint.
+pub fn logged_len(command: &Command) -> usize {
+    let mut out = Vec::new();
+    encode_command(command, &mut out);
+    LOGGED_PREFIX_LEN + out.len()
+}
+
+/// A logged command's id, sender (participant and admin flag) and fingerprint.
+const LOGGED_PREFIX_LEN: usize = 16 + 8 + 1 + 8;
+
 /// With a u32 length, as a request's canonical encoding writes strings and bytes.
 fn put_bytes(b: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());

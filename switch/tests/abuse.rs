@@ -294,9 +294,11 @@ async fn abusive_clients_are_cut_off_and_well_behaved_ones_keep_being_served() {
     );
     assert!(approved > 0, "the well-behaved client was served");
     assert!(slowest < ANSWER_MAX);
-    // The oversized client is cut off by the malformed-frame limit.
+    // The oversized client is cut off by the malformed-frame limit. The close waits until the
+    // client has the error frame that goes past the limit, so one more frame may be sent
+    // meanwhile.
     assert!(
-        sent <= MALFORMED_MAX + 1,
+        sent <= MALFORMED_MAX + 2,
         "{sent} oversized frames before the close"
     );
     match closed {

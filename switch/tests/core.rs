@@ -120,6 +120,16 @@ impl Harness {
 
     fn run(&mut self, items: Vec<Item>, now: Timestamp) -> Vec<switch::core::Response> {
         let executed = self.core.execute(items, now);
+        // The bound the ledger stage sizes its log records by.
+        for logged in &executed.logged {
+            if !matches!(logged.command, switch::core::Command::CloseWindow { .. }) {
+                assert!(
+                    switch::journal::logged_len(&logged.command)
+                        <= switch::journal::logged_len_max(),
+                    "{logged:?}"
+                );
+            }
+        }
         if !executed.logged.is_empty() {
             let mut bytes = Vec::new();
             SwitchRecord::encode_batch(now, &executed.logged, &mut bytes);
@@ -318,6 +328,72 @@ fn every_decline_code_is_reachable_and_right() {
         (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED)
     );
     assert_eq!(h.balance(card(1)).debits_pending, 0, "nothing held");
+}
+
+#[test]
+fn a_participant_needs_a_name_and_known_roles() {
+    let mut h = Harness::new();
+    let participant = |id, name: &str, roles| {
+        Request::CreateParticipant(CreateParticipant {
+            participant: ParticipantId(id),
+            name: name.into(),
+            roles,
+        })
+    };
+    assert_eq!(
+        h.one(ADMIN, participant(9, "", 3), NOW),
+        (Code::InvalidTransaction, Reason::NONE)
+    );
+    for roles in [4, 0x80, 0xff] {
+        assert_eq!(
+            h.one(ADMIN, participant(9, "nine", roles), NOW),
+            (Code::InvalidTransaction, Reason::NONE),
+            "roles {roles:#x}"
+        );
+    }
+    assert_eq!(
+        h.one(ADMIN, participant(9, "nine", 3), NOW).0,
+        Code::Approved
+    );
+}
+
+#[test]
+fn closes_past_a_batch_records_room_are_busy_and_not_logged() {
+    let one = switch::journal::logged_len(&switch::core::Command::CloseWindow {
+        window: 0,
+        fees: Arc::default(),
+    });
+    let mut h = Harness::with_configs(
+        Config::default(),
+        CoreConfig {
+            closes_logged_bytes_max: 2 * one,
+            ..CoreConfig::default()
+        },
+    );
+    let logged_before = h.journal.len();
+    let closes: Vec<Item> = (0..3)
+        .map(|_| Item {
+            id: h.id(),
+            who: ADMIN,
+            request: Request::CloseWindow { window: 0 },
+        })
+        .collect();
+    let codes: Vec<(Code, Reason)> = h
+        .run(closes.clone(), NOW)
+        .iter()
+        .map(|r| (r.code, r.reason))
+        .collect();
+    assert_eq!(codes[..2], [(Code::Approved, Reason::NONE); 2]);
+    assert_eq!(codes[2], (Code::SystemBusy, Reason::OVERLOADED));
+    let record = &h.journal[logged_before];
+    let SwitchRecord::Batch { commands, .. } = SwitchRecord::decode(record).expect("decodes")
+    else {
+        panic!("a batch record");
+    };
+    assert_eq!(commands.len(), 2, "the busy close is not logged");
+    // 91 is not remembered: in the next batch the third close goes through.
+    assert_eq!(h.run(closes[2..].to_vec(), NOW)[0].code, Code::Approved);
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
 }
 
 #[test]

@@ -1117,3 +1117,190 @@ async fn windows_close_on_the_configured_schedule() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// Every frame the server writes on a raw stream until it finishes the stream.
+async fn frames_until_finished(recv: &mut quinn::RecvStream) -> Vec<(usize, wire::Frame)> {
+    let limits = wire::Limits {
+        frame_len_max: wire::FRAME_LEN_MAX_LIMIT,
+        batch_len_max: u16::MAX,
+    };
+    let bytes = tokio::time::timeout(LIMIT, recv.read_to_end(64 << 20))
+        .await
+        .expect("finished in time")
+        .expect("the server finishes the stream");
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (frame, used) = wire::decode_frame(&bytes[at..], &limits)
+            .expect("the server's frames decode")
+            .expect("whole frames");
+        frames.push((used, frame));
+        at += used;
+    }
+    frames
+}
+
+fn echo(id: u128, len: usize) -> Request {
+    req(
+        id,
+        Operation::Echo {
+            payload: wire::EchoPayload::new(vec![0x5a; len]).expect("within its bound"),
+        },
+    )
+}
+
+fn request_frame(correlation_id: u64, requests: &[Request]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode_request_frame(correlation_id, requests, &mut out).expect("encodes");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_the_wrong_kind_and_cut_streams_are_protocol_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.malformed_frames_max = 3;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    let mut bytes = request_frame(1, &[echo(11, 3)]);
+    // A response batch: error 7. An error frame: no answer.
+    let reply = wire::Response::declined(RequestId(5), Op::Echo, Code::Approved, Reason::NONE);
+    wire::encode_response_frame(2, &[reply], &mut bytes).expect("encodes");
+    let message = wire::ErrorMessage::new("a client's error").expect("short");
+    wire::encode_error_frame(3, wire::ErrorCode::BadField, &message, &mut bytes);
+    bytes.extend(request_frame(4, &[echo(12, 4)]));
+    // The stream ends inside frame 5, after its header.
+    let cut = request_frame(5, &[echo(13, 5)]);
+    bytes.extend_from_slice(&cut[..20]);
+    send.write_all(&bytes).await.expect("written");
+    send.finish().expect("finished");
+    let frames = frames_until_finished(&mut recv).await;
+    let kinds: Vec<(u64, Option<wire::ErrorCode>)> = frames
+        .iter()
+        .map(|(_, f)| match f {
+            wire::Frame::Error {
+                correlation_id,
+                code,
+                ..
+            } => (*correlation_id, Some(*code)),
+            other => (other.correlation_id(), None),
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4, "{frames:?}");
+    for want in [
+        (1, None),
+        (2, Some(wire::ErrorCode::UnexpectedFrameKind)),
+        (4, None),
+    ] {
+        assert!(kinds.contains(&want), "{want:?} in {kinds:?}");
+    }
+    // The cut frame's error comes last, after the answers to the whole frames.
+    assert_eq!(kinds[3], (5, Some(wire::ErrorCode::MalformedFrame)));
+    // Three protocol errors so far, the limit: the connection still serves.
+    let stream = client.stream().await.expect("stream");
+    assert_eq!(one(&stream, echo(14, 1)).await.code, Code::Approved);
+    // One more closes it, after its error frame is written.
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    let mut bytes = Vec::new();
+    let reply = wire::Response::declined(RequestId(6), Op::Echo, Code::Approved, Reason::NONE);
+    wire::encode_response_frame(6, &[reply], &mut bytes).expect("encodes");
+    send.write_all(&bytes).await.expect("written");
+    let mut buf = vec![0u8; 512];
+    let mut got = Vec::new();
+    let limits = wire::Limits::default();
+    let last = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(Some((frame, _))) = wire::decode_frame(&got, &limits) {
+                return Some(frame);
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    assert!(
+        matches!(
+            last,
+            Some(wire::Frame::Error {
+                correlation_id: 6,
+                code: wire::ErrorCode::UnexpectedFrameKind,
+                ..
+            })
+        ),
+        "{last:?}"
+    );
+    let closed = tokio::time::timeout(LIMIT, client.connection().closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(wire::AppErrorCode::ProtocolViolation.as_u32())
+        ),
+        other => panic!("closed with {other:?}"),
+    }
+    running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_would_overflow_a_frame_are_answered_too_large() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    const FRAME: u32 = 64 * 1024;
+    config.limits.frame_bytes_max = FRAME;
+    config.limits.batch_len_max = 900;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    // As many echoes of 256 bytes as one request frame holds, and a sale in the middle: the
+    // answers are a little longer than the requests.
+    let one_len = echo(1, 256).encoded_len();
+    let n = (FRAME as usize - wire::HEADER_LEN - 2 - 64) / one_len;
+    let mut requests: Vec<Request> = (0..n as u128).map(|i| echo(1_000 + i, 256)).collect();
+    requests[n / 2] = authorize(900, 1);
+    let frame = request_frame(7, &requests);
+    assert!(frame.len() <= FRAME as usize);
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    send.write_all(&frame).await.expect("written");
+    send.finish().expect("finished");
+    let frames = frames_until_finished(&mut recv).await;
+    let [(len, wire::Frame::Responses { responses, .. })] = &frames[..] else {
+        panic!("one response frame: {frames:?}");
+    };
+    assert!(*len <= FRAME as usize, "a response frame of {len} bytes");
+    assert_eq!(responses.len(), n);
+    let too_large = responses
+        .iter()
+        .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
+        .count();
+    assert!(too_large > 0, "every echo fitted: {len} bytes");
+    for (r, request) in responses.iter().zip(&requests) {
+        assert_eq!(r.request_id, request.id);
+        match (&request.operation, &r.body) {
+            (Operation::Echo { payload }, wire::ResponseBody::Echo(back))
+                if r.code == Code::Approved =>
+            {
+                assert_eq!(back, payload)
+            }
+            (Operation::Echo { .. }, _) => assert_eq!(r.reason, Reason::RESPONSE_TOO_LARGE),
+            _ => assert_eq!(r.code, Code::Approved, "the sale is never cut: {r:?}"),
+        }
+    }
+    // The answers kept are the first ones.
+    let first_cut = responses
+        .iter()
+        .position(|r| r.reason == Reason::RESPONSE_TOO_LARGE)
+        .expect("one cut");
+    assert!(
+        responses[first_cut..]
+            .iter()
+            .all(|r| r.reason == Reason::RESPONSE_TOO_LARGE || r.request_id.0 == 900)
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}

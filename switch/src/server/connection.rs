@@ -14,11 +14,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::stage::{self, Job, Queue};
 use crate::codes::{Code, Reason};
@@ -45,6 +46,9 @@ fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
 pub(crate) struct Outgoing {
     pub frame: Vec<u8>,
     pub budget: Option<OwnedSemaphorePermit>,
+    /// The last frame before the connection closes: the stream is finished after it, and
+    /// this is told once the peer has received it.
+    pub last: Option<oneshot::Sender<()>>,
 }
 
 /// Where a stream's answers go.
@@ -204,12 +208,23 @@ async fn serve_stream(
 ) {
     let (reply, mut replies) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
-        while let Some(Outgoing { frame, budget }) = replies.recv().await {
+        while let Some(Outgoing {
+            frame,
+            budget,
+            last,
+        }) = replies.recv().await
+        {
             if send.write_all(&frame).await.is_err() {
                 return;
             }
             // Written: its share of the budget goes back.
             drop(budget);
+            if let Some(received) = last {
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                let _ = received.send(());
+                return;
+            }
         }
         let _ = send.finish();
     });
@@ -217,6 +232,15 @@ async fn serve_stream(
         frame_len_max: shared.config.limits.frame_bytes_max,
         batch_len_max: shared.config.limits.batch_len_max,
     };
+    let violation = Violation {
+        connection: &connection,
+        shared: &shared,
+        state: &state,
+        reply: &reply,
+    };
+    // The stream's frames being answered, so that an error about the stream's end comes
+    // after their answers. Finished ones are reaped as the stream goes on.
+    let mut frames = JoinSet::new();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     // Bytes of a rejected frame still to come, to be thrown away.
@@ -224,7 +248,25 @@ async fn serve_stream(
     'read: loop {
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
-            Ok(None) | Err(_) => break,
+            Ok(None) => {
+                if !buf.is_empty() || skip > 0 {
+                    // The client finished its side inside a frame.
+                    while frames.join_next().await.is_some() {}
+                    let correlation_id = buf
+                        .get(8..16)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_le_bytes);
+                    let message = format!(
+                        "the stream ended inside a frame ({} bytes of it came)",
+                        buf.len()
+                    );
+                    violation
+                        .report(correlation_id, wire::ErrorCode::MalformedFrame, &message)
+                        .await;
+                }
+                break;
+            }
+            Err(_) => break,
         };
         let fresh = &chunk[..n];
         let dropped = skip.min(fresh.len());
@@ -234,7 +276,13 @@ async fn serve_stream(
         loop {
             match wire::decode_frame(&buf[consumed..], &limits) {
                 Ok(None) => break,
-                Ok(Some((frame, used))) => {
+                Ok(Some((
+                    wire::Frame::Requests {
+                        correlation_id,
+                        requests,
+                    },
+                    used,
+                ))) => {
                     consumed += used;
                     // Waits, and so stops reading, while the connection's answers are not
                     // being taken off. `used` is at most `frame_bytes_max`, within the budget.
@@ -245,43 +293,74 @@ async fn serve_stream(
                     // Each frame runs in its own task, so the stream keeps being read while
                     // earlier frames wait for the ledger stage: that is what pipelining is.
                     // The per-connection in-flight limit bounds how many there are.
-                    tokio::spawn(handle_frame(
-                        frame,
+                    frames.spawn(handle_frame(
+                        correlation_id,
+                        requests,
                         shared.clone(),
                         state.clone(),
                         reply.clone(),
                         budget,
                     ));
+                    while frames.try_join_next().is_some() {}
+                }
+                Ok(Some((wire::Frame::Responses { correlation_id, .. }, used))) => {
+                    consumed += used;
+                    metrics::counter!("switch_malformed_frames_total").increment(1);
+                    let message =
+                        "clients send request batches only: a response batch is not executed";
+                    if violation
+                        .report(
+                            correlation_id,
+                            wire::ErrorCode::UnexpectedFrameKind,
+                            message,
+                        )
+                        .await
+                    {
+                        break 'read;
+                    }
+                }
+                Ok(Some((
+                    wire::Frame::Error {
+                        correlation_id,
+                        code,
+                        message,
+                    },
+                    used,
+                ))) => {
+                    // Not answered: no error ping-pong.
+                    consumed += used;
+                    metrics::counter!("switch_malformed_frames_total").increment(1);
+                    tracing::info!(
+                        remote = %connection.remote_address(),
+                        correlation_id,
+                        ?code,
+                        ?message,
+                        "error frame from a client"
+                    );
+                    if violation.count() {
+                        break 'read;
+                    }
                 }
                 Err(e) => {
                     metrics::counter!("switch_malformed_frames_total").increment(1);
-                    let mut frame = Vec::new();
-                    let message = wire::ErrorMessage::truncated(&e.to_string());
-                    wire::encode_error_frame(
-                        e.correlation_id.unwrap_or(0),
-                        e.code(),
-                        &message,
-                        &mut frame,
-                    );
-                    let _ = reply.send(Outgoing {
-                        frame,
-                        budget: None,
-                    });
-                    let violations = state.violations.fetch_add(1, Ordering::AcqRel) + 1;
-                    if violations > shared.config.limits.malformed_frames_max {
-                        connection.close(
-                            quinn::VarInt::from_u32(wire::AppErrorCode::ProtocolViolation.as_u32()),
-                            b"too many malformed frames",
-                        );
-                        break 'read;
-                    }
                     let Some(frame_len) = e.frame_len else {
                         // The framing is lost: nothing more on this stream can be trusted.
+                        // The answers to the frames before it go first.
                         let _ = recv.stop(quinn::VarInt::from_u32(
                             wire::AppErrorCode::FrameSyncLost.as_u32(),
                         ));
+                        while frames.join_next().await.is_some() {}
+                        violation
+                            .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
+                            .await;
                         break 'read;
                     };
+                    if violation
+                        .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
+                        .await
+                    {
+                        break 'read;
+                    }
                     let here = frame_len.min(buf.len() - consumed);
                     consumed += here;
                     skip = frame_len - here;
@@ -293,38 +372,74 @@ async fn serve_stream(
         }
         buf.drain(..consumed);
     }
+    // The frames still being answered keep their own handles on the reply channel.
+    frames.detach_all();
     drop(reply);
     let _ = writer.await;
 }
 
+/// A connection's protocol errors: each is counted, and one past `malformed_frames_max`
+/// closes the connection, once the error frame that reports it is written.
+struct Violation<'a> {
+    connection: &'a quinn::Connection,
+    shared: &'a Shared,
+    state: &'a ConnectionState,
+    reply: &'a Reply,
+}
+
+impl Violation<'_> {
+    /// Sends an error frame and counts it. Returns whether the connection is closing (then
+    /// only once the client has the error frame, or a second has passed).
+    async fn report(&self, correlation_id: u64, code: wire::ErrorCode, message: &str) -> bool {
+        let closing = self.tally();
+        let mut frame = Vec::new();
+        let message = wire::ErrorMessage::truncated(message);
+        wire::encode_error_frame(correlation_id, code, &message, &mut frame);
+        let (received, is_received) = oneshot::channel();
+        let _ = self.reply.send(Outgoing {
+            frame,
+            budget: None,
+            last: closing.then_some(received),
+        });
+        if closing {
+            // A client that reads nothing does not hold the close back for long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), is_received).await;
+            self.close();
+        }
+        closing
+    }
+
+    /// Counts a protocol error that is not answered. Returns whether the connection closed.
+    fn count(&self) -> bool {
+        let closing = self.tally();
+        if closing {
+            self.close();
+        }
+        closing
+    }
+
+    /// Counts one more protocol error: whether it is one past the limit.
+    fn tally(&self) -> bool {
+        let violations = self.state.violations.fetch_add(1, Ordering::AcqRel) + 1;
+        violations > self.shared.config.limits.malformed_frames_max
+    }
+
+    fn close(&self) {
+        self.connection.close(
+            quinn::VarInt::from_u32(wire::AppErrorCode::ProtocolViolation.as_u32()),
+            b"too many protocol errors",
+        );
+    }
+}
+
 async fn handle_frame(
-    frame: wire::Frame,
+    correlation_id: u64,
+    requests: Vec<wire::Request>,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
     reply: Reply,
     budget: OwnedSemaphorePermit,
 ) {
-    let (correlation_id, requests) = match frame {
-        wire::Frame::Requests {
-            correlation_id,
-            requests,
-        } => (correlation_id, requests),
-        other => {
-            let mut out = Vec::new();
-            let message = wire::ErrorMessage::truncated("clients send request frames only");
-            wire::encode_error_frame(
-                other.correlation_id(),
-                wire::ErrorCode::MalformedFrame,
-                &message,
-                &mut out,
-            );
-            let _ = reply.send(Outgoing {
-                frame: out,
-                budget: Some(budget),
-            });
-            return;
-        }
-    };
     let received = Instant::now();
     let n = requests.len();
     // Every request of the frame gets an answer, in order. Some are answered here.
@@ -351,9 +466,46 @@ async fn handle_frame(
             n
         }
     };
+    // The response frame stays within the frame limit: every result takes at least its
+    // smallest form (its declined one; the config makes a full batch of those fit), and the
+    // results that can be larger draw on the room left, in order. One that does not fit is
+    // answered 91, reason 27, without being executed.
+    let frame_len_max = shared.config.limits.frame_bytes_max as usize;
+    let floor = wire::HEADER_LEN
+        + 2
+        + requests
+            .iter()
+            .map(|r| r.operation.op().result_len_min())
+            .sum::<usize>();
+    let mut room = frame_len_max.saturating_sub(floor);
+    // Reloaded at most once a frame, off the network threads.
+    let mut reloaded: Option<Result<usize, ()>> = None;
     for (i, r) in requests.iter().enumerate() {
         if i >= admitted {
             answers[i] = Some(busy(r, Reason::OVERLOADED));
+            continue;
+        }
+        let extra = match &r.operation {
+            wire::Operation::Echo { payload } => payload.as_bytes().len(),
+            // Up to `WINDOWS_LISTED_MAX` records, or all that is left if they might not fit.
+            wire::Operation::ListWindows => LIST_WINDOWS_EXTRA_BYTES.min(room.max(1)),
+            // A report's size is known only once it is built: it takes what is left.
+            wire::Operation::WindowReport { .. } => room.max(1),
+            _ => 0,
+        };
+        if extra > room {
+            answers[i] = Some(busy(r, Reason::RESPONSE_TOO_LARGE));
+            continue;
+        }
+        room -= extra;
+        let op = r.operation.op();
+        if matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile) && !is_valid_id(r.id) {
+            answers[i] = Some(wire::Response::declined(
+                r.id,
+                op,
+                Code::InvalidTransaction,
+                Reason::INVALID_ID,
+            ));
             continue;
         }
         match translate::request(r) {
@@ -376,7 +528,14 @@ async fn handle_frame(
                         Reason::ADMIN_REQUIRED,
                     )
                 } else {
-                    match shared.reload_routes() {
+                    if reloaded.is_none() {
+                        let shared = shared.clone();
+                        let reload = tokio::task::spawn_blocking(move || {
+                            shared.reload_routes().map_err(drop)
+                        });
+                        reloaded = Some(reload.await.unwrap_or(Err(())));
+                    }
+                    match reloaded.unwrap_or(Err(())) {
                         Ok(count) => wire::Response {
                             request_id: r.id,
                             code: Code::Approved,
@@ -385,10 +544,10 @@ async fn handle_frame(
                                 route_count: u32::try_from(count).unwrap_or(u32::MAX),
                             },
                         },
-                        Err(_) => wire::Response::declined(
+                        Err(()) => wire::Response::declined(
                             r.id,
                             wire::Op::ReloadRoutes,
-                            Code::InvalidTransaction,
+                            Code::SystemMalfunction,
                             Reason::ROUTES_INVALID,
                         ),
                     }
@@ -407,7 +566,12 @@ async fn handle_frame(
                         Reason::ADMIN_REQUIRED,
                     )
                 } else {
-                    report_file(&shared.config, r.id, window, file, offset).await
+                    let response =
+                        report_file(&shared.config, r.id, window, file, offset, room).await;
+                    if let wire::ResponseBody::ReportFile { chunk, .. } = &response.body {
+                        room -= chunk.as_bytes().len();
+                    }
+                    response
                 });
             }
             Translated::Answer(response) => answers[i] = Some(response),
@@ -419,7 +583,7 @@ async fn handle_frame(
         .fetch_sub(answered_here as u32, Ordering::AcqRel);
     if items.is_empty() {
         let responses: Vec<wire::Response> = answers.into_iter().flatten().collect();
-        stage::send(&reply, correlation_id, &responses, budget);
+        stage::send(&reply, correlation_id, responses, budget, frame_len_max);
         return;
     }
     // The stage answers its part on an inner channel; the frame's answer is assembled here,
@@ -463,16 +627,27 @@ async fn handle_frame(
             })
         })
         .collect();
-    stage::send(&reply, correlation_id, &responses, budget);
+    stage::send(&reply, correlation_id, responses, budget, frame_len_max);
 }
 
-/// A piece of a closed window's report file, read from the report directory.
+/// A ListWindows result past its smallest form: up to `WINDOWS_LISTED_MAX` window records.
+const LIST_WINDOWS_EXTRA_BYTES: usize = crate::core::WINDOWS_LISTED_MAX * wire::WindowRecord::LEN;
+
+/// Request ids the switch executes nothing for (as the core answers them): 0, 2^128 - 1, and
+/// the range it keeps for itself.
+fn is_valid_id(id: wire::RequestId) -> bool {
+    id.0 != 0 && id.0 != u128::MAX && !crate::clearing::is_system_id(id.0)
+}
+
+/// A piece of a closed window's report file, read from the report directory: at most `room`
+/// bytes of it (what is left in the response frame), or 91, reason 27 if no byte fits.
 async fn report_file(
     config: &crate::config::Config,
     id: wire::RequestId,
     window: u64,
     file: u8,
     offset: u64,
+    room: usize,
 ) -> wire::Response {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let declined = |code, reason| wire::Response::declined(id, wire::Op::ReportFile, code, reason);
@@ -489,11 +664,11 @@ async fn report_file(
     if offset > total_len {
         return declined(Code::InvalidAmount, Reason::NONE);
     }
-    // A chunk and its frame stay within the frame limit the switch keeps.
-    let room = (config.limits.frame_bytes_max as usize).saturating_sub(64);
-    let want = wire::ReportChunk::LEN_MAX
-        .min(room)
-        .min(usize::try_from(total_len - offset).unwrap_or(usize::MAX));
+    let left = usize::try_from(total_len - offset).unwrap_or(usize::MAX);
+    let want = wire::ReportChunk::LEN_MAX.min(room).min(left);
+    if want == 0 && left > 0 {
+        return declined(Code::SystemBusy, Reason::RESPONSE_TOO_LARGE);
+    }
     let mut buf = vec![0u8; want];
     let read = async {
         f.seek(std::io::SeekFrom::Start(offset)).await?;

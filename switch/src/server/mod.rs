@@ -198,6 +198,9 @@ async fn start_on<S: Storage + Clone>(
                 .unwrap_or(usize::MAX),
             fees: Arc::new(config.fee_schedule("configuration")?),
             windows_kept: config.clearing.windows_kept as usize,
+            closes_logged_bytes_max: crate::core::closes_logged_bytes_max(
+                config.limits.batch_len_max,
+            ),
         },
         routes.read().clone(),
     );

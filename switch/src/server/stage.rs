@@ -756,23 +756,36 @@ pub(crate) fn op_name(op: wire::Op) -> &'static str {
     }
 }
 
-/// Encodes and sends a response frame; a client that went away is not an error.
+/// Encodes and sends a response frame; a client that went away is not an error. Read-only
+/// results that would take the frame past `frame_len_max` are answered 91, reason 27 instead.
 pub(crate) fn send(
     reply: &super::connection::Reply,
     correlation_id: u64,
-    responses: &[wire::Response],
+    mut responses: Vec<wire::Response>,
     budget: tokio::sync::OwnedSemaphorePermit,
+    frame_len_max: usize,
 ) {
-    let mut frame = Vec::with_capacity(64 * responses.len());
-    match wire::encode_response_frame(correlation_id, responses, &mut frame) {
-        Ok(_) => {
-            let _ = reply.send(super::connection::Outgoing {
-                frame,
-                budget: Some(budget),
-            });
-        }
-        Err(e) => tracing::error!("encoding a response frame: {e}"),
+    let replaced = wire::fit_responses(&mut responses, frame_len_max);
+    if replaced > 0 {
+        metrics::counter!("switch_responses_too_large_total").increment(replaced as u64);
     }
+    let mut frame = Vec::with_capacity(64 * responses.len());
+    if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+        // A count past its field (over 65,535 positions in a report): every read-only result
+        // goes, so that the frame's other answers still reach the client.
+        tracing::error!("encoding a response frame: {e}");
+        wire::fit_responses(&mut responses, 0);
+        frame.clear();
+        if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+            tracing::error!("encoding a response frame without read-only results: {e}");
+            return;
+        }
+    }
+    let _ = reply.send(super::connection::Outgoing {
+        frame,
+        budget: Some(budget),
+        last: None,
+    });
 }
 
 /// Answers every request of a job with one code (busy, shutting down, failed storage).

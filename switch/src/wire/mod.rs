@@ -29,6 +29,7 @@ pub use limits::{
 pub use request::{Op, Operation, Request};
 pub use response::{
     Balance, Movement, NetPosition, Response, ResponseBody, Status, WindowRecord, WindowReport,
+    fit_responses, response_frame_len_floor, result_len_min_max,
 };
 pub use types::{
     AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, EchoPayload,

@@ -116,6 +116,11 @@ pub struct NetPosition {
 pub(crate) const RESPONSE_PREFIX_LEN: usize = 1 + 16 + 1 + 1;
 const MOVEMENT_LEN: usize = 16 + 8 + 2;
 const WINDOW_RECORD_LEN: usize = 8 + 1 + 8 + 8 + 8;
+
+impl WindowRecord {
+    /// Bytes a window record takes in a result.
+    pub const LEN: usize = WINDOW_RECORD_LEN;
+}
 const NET_POSITION_LEN: usize = 8 + 2 + 16;
 
 impl ResponseBody {
@@ -185,6 +190,77 @@ impl ResponseBody {
             Op::Echo => ResponseBody::Echo(EchoPayload::default()),
         }
     }
+}
+
+impl Op {
+    /// Operations that change nothing: their results are not remembered, and one that would
+    /// push its response frame over the frame limit is answered 91, reason 27 instead.
+    pub fn is_read_only(self) -> bool {
+        matches!(
+            self,
+            Op::BalanceInquiry
+                | Op::TransferStatus
+                | Op::ListWindows
+                | Op::WindowReport
+                | Op::ReportFile
+                | Op::Echo
+        )
+    }
+
+    /// The fewest bytes a result of this op takes: its declined form. For every op whose
+    /// result has a fixed size (all but ListWindows, WindowReport, ReportFile and Echo) it is
+    /// also the most.
+    pub fn result_len_min(self) -> usize {
+        Response::declined(RequestId(0), self, ResponseCode::SystemBusy, Reason::NONE).encoded_len()
+    }
+}
+
+/// The largest `Op::result_len_min`: 69 bytes, a BalanceInquiry's.
+pub fn result_len_min_max() -> usize {
+    Op::ALL
+        .into_iter()
+        .map(Op::result_len_min)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The largest response frame that a batch of `batch_len` results, each in its smallest
+/// form, can need: a switch's frame limit must be at least this for its batch limit.
+pub fn response_frame_len_floor(batch_len: u16) -> usize {
+    super::frame::HEADER_LEN + 2 + usize::from(batch_len) * result_len_min_max()
+}
+
+/// Makes a response frame fit in `frame_len_max` bytes: read-only results that would push it
+/// over, in order, are replaced by 91 with reason 27 (response too large). Results of
+/// operations that change state are never replaced. Returns how many were replaced.
+pub fn fit_responses(responses: &mut [Response], frame_len_max: usize) -> usize {
+    let least = |r: &Response| {
+        let op = r.body.op();
+        if op.is_read_only() {
+            op.result_len_min().min(r.encoded_len())
+        } else {
+            r.encoded_len()
+        }
+    };
+    let mut rest: usize = responses.iter().map(least).sum();
+    let mut used = super::frame::HEADER_LEN + 2;
+    let mut replaced = 0;
+    for r in responses.iter_mut() {
+        let len = r.encoded_len();
+        rest -= least(r);
+        let op = r.body.op();
+        if op.is_read_only() && used + len + rest > frame_len_max {
+            *r = Response::declined(
+                r.request_id,
+                op,
+                ResponseCode::SystemBusy,
+                Reason::RESPONSE_TOO_LARGE,
+            );
+            replaced += 1;
+        }
+        used += r.encoded_len();
+    }
+    replaced
 }
 
 impl Response {
