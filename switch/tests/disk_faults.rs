@@ -440,3 +440,77 @@ async fn nothing_read_from_a_batch_leaves_before_the_batch_is_durable() {
     client.close().await;
     running.shutdown().await.expect("a clean shutdown");
 }
+
+/// While a record syncs slowly, requests that log nothing (here echoes) are applied in later
+/// batches and wait for it. They still count against the stage's queue limit until answered,
+/// so past it new frames are answered 91 at once instead of piling up behind the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_slow_sync_count_against_the_queue_limit() {
+    const QUEUE: u32 = 40;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = SimStorage::new();
+    let mut config = config(dir.path());
+    config.limits.queue_depth_max = QUEUE;
+    let running = start_sim_with(config, &storage).await;
+    let (client, stream) = connect(&running).await;
+    setup(&stream).await;
+    storage.set_sync_latency(Duration::from_millis(1500));
+    let pending_sale = tokio::spawn({
+        let stream = stream.clone();
+        async move { one(&stream, sale(7)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let echo = |id: u128| {
+        req(
+            id,
+            Operation::Echo {
+                payload: wire::EchoPayload::new(vec![1]).expect("short"),
+            },
+        )
+    };
+    // Ten frames of ten echoes, one after another, each taken by the stage at once and left
+    // waiting for the sale's record.
+    let started = std::time::Instant::now();
+    let mut frames = Vec::new();
+    for f in 0..10u128 {
+        let batch: Vec<Request> = (0..10).map(|i| echo(1_000 + f * 10 + i)).collect();
+        let stream = stream.clone();
+        frames.push(tokio::spawn(async move {
+            let answers = tokio::time::timeout(LIMIT, stream.call(&batch))
+                .await
+                .expect("answered in time")
+                .expect("answered");
+            (answers, std::time::Instant::now())
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut approved = 0;
+    let mut busy_early = 0;
+    for frame in frames {
+        let (answers, at) = frame.await.expect("the frame's task");
+        for a in answers {
+            match a.code {
+                Code::Approved => approved += 1,
+                Code::SystemBusy => {
+                    assert_eq!(a.reason, Reason::OVERLOADED);
+                    if at.duration_since(started) < Duration::from_millis(1000) {
+                        busy_early += 1;
+                    }
+                }
+                other => panic!("{other:?}: {a:?}"),
+            }
+        }
+    }
+    assert!(
+        approved <= QUEUE as usize,
+        "{approved} echoes waited past the queue's limit"
+    );
+    assert!(
+        busy_early > 0,
+        "no frame was answered busy while the sync was slow"
+    );
+    assert_eq!(pending_sale.await.expect("the sale").code, Code::Approved);
+    storage.set_sync_latency(Duration::ZERO);
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}

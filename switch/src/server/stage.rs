@@ -127,6 +127,21 @@ struct Answer {
     after: u64,
     shapes: Vec<(Vec<wire::Op>, Reply, Instant)>,
     responses: Vec<crate::core::Response>,
+    _taken: Taken,
+}
+
+/// Requests a batch took from the queue. They count against `queue_depth_max` until their
+/// answers leave, not only while queued: a batch that logged nothing still waits for the
+/// record before it, and what waits so must be bounded too.
+struct Taken {
+    queued: Arc<AtomicUsize>,
+    count: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.count, Ordering::AcqRel);
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Vec<wire::Response>>;
@@ -509,11 +524,14 @@ impl Stage {
                     Err(_) => break,
                 }
             }
-            queued.fetch_sub(count, Ordering::AcqRel);
+            let taken = Taken {
+                queued: queued.clone(),
+                count,
+            };
             metrics::histogram!("switch_batch_requests").record(count as f64);
             self.snapshots.batch(count);
             self.core.set_routes(routes.read().clone());
-            let mut result = self.execute(jobs, clock.now());
+            let mut result = self.execute(jobs, clock.now(), taken);
             if result.is_ok() {
                 result = self.hand_reports(&report_tx, &unwritten);
             }
@@ -641,7 +659,7 @@ impl Stage {
 
     /// Applies a batch and logs it; its answers leave once the log holds it (and whatever it
     /// read from earlier batches). The stage goes on to the next batch meanwhile.
-    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp) -> Result<(), WalError> {
+    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), WalError> {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
         let mut shapes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -663,6 +681,7 @@ impl Stage {
             after: self.submitted,
             shapes,
             responses: executed.responses,
+            _taken: taken,
         });
         result
     }
