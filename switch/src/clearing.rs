@@ -278,6 +278,12 @@ impl Clearing {
         }
         self.closed.push_back(window.clone());
         if self.reports.len() == self.reports_max {
+            // The core refuses closes past this room in a batch; this is for replay only.
+            tracing::warn!(
+                window = self.reports[0].window.id,
+                "a closed window's report is not written: more than {} waiting",
+                self.reports_max
+            );
             self.reports.remove(0);
         }
         self.reports.push(Arc::new(WindowDetails {

@@ -938,7 +938,11 @@ impl Core {
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = std::mem::take(&mut self.wave);
-        let mut closes_logged = 0;
+        let (mut closes_logged, mut closes) = (0, 0);
+        let reports_room = self
+            .clearing
+            .reports_max
+            .saturating_sub(self.clearing.reports.len());
         for (slot, prepared) in items.into_iter().enumerate() {
             let Prepared {
                 item: Item { id, who, request },
@@ -993,14 +997,18 @@ impl Core {
                     }
                 }
             };
-            // The batch's log record stays within the log's record limit.
+            // The batch's log record stays within the log's record limit, and its closes'
+            // reports within what the stage hands to the report writer after the batch.
             if let Command::CloseWindow { .. } = command {
                 let len = crate::journal::logged_len(&command);
-                if closes_logged + len > self.config.closes_logged_bytes_max {
+                if closes_logged + len > self.config.closes_logged_bytes_max
+                    || closes >= reports_room
+                {
                     out[slot] = Some(Response::new(id, Code::SystemBusy, Reason::OVERLOADED));
                     continue;
                 }
                 closes_logged += len;
+                closes += 1;
             }
             if self.submit(
                 &mut wave,

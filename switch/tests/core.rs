@@ -397,6 +397,30 @@ fn closes_past_a_batch_records_room_are_busy_and_not_logged() {
 }
 
 #[test]
+fn closes_past_the_reports_one_batch_hands_over_are_busy() {
+    let mut h = Harness::new();
+    let room = h.core.clearing().reports_max;
+    let closes: Vec<Item> = (0..room + 2)
+        .map(|_| Item {
+            id: h.id(),
+            who: ADMIN,
+            request: Request::CloseWindow { window: 0 },
+        })
+        .collect();
+    let codes: Vec<Code> = h.run(closes, NOW).iter().map(|r| r.code).collect();
+    assert!(
+        codes[..room].iter().all(|c| *c == Code::Approved),
+        "{codes:?}"
+    );
+    assert_eq!(codes[room..], [Code::SystemBusy; 2]);
+    assert_eq!(
+        h.core.take_reports().len(),
+        room,
+        "every close's report is kept"
+    );
+}
+
+#[test]
 fn busy_when_the_ledger_is_full_of_holds() {
     let mut h = Harness::with(Config {
         shards: 1,
