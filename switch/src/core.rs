@@ -1903,6 +1903,15 @@ impl Core {
         match finish {
             Finish::CreateAccount => {
                 if let Some((number, account)) = number {
+                    // The account exists already with the same fields: a number it is not
+                    // bound to is another field, not a second binding.
+                    if outcome == Outcome::Exists && self.directory.get(&number) != Some(&account) {
+                        return Response::new(
+                            id,
+                            Code::DuplicateWithOtherFields,
+                            Reason::ID_REUSED,
+                        );
+                    }
                     self.directory.insert(number, account);
                 }
                 Response::approved(id, Body::None)

@@ -421,6 +421,35 @@ fn closes_past_the_reports_one_batch_hands_over_are_busy() {
 }
 
 #[test]
+fn an_existing_account_is_not_bound_to_a_second_number() {
+    let mut h = Harness::new();
+    let account = |number: &str| {
+        Request::CreateAccount(CreateAccount {
+            account: card(1),
+            owner: ISSUER,
+            currency: Currency::CNY,
+            flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+            number: Some(number.into()),
+        })
+    };
+    // The same account again, under a new request id: unchanged.
+    assert_eq!(
+        h.one(ADMIN, account(&card_number(1)), NOW).0,
+        Code::Approved
+    );
+    assert_eq!(
+        h.one(ADMIN, account("6200000000000099"), NOW),
+        (Code::DuplicateWithOtherFields, Reason::ID_REUSED)
+    );
+    assert_eq!(
+        h.one(ACQUIRER, authorize("6200000000000099", 1, 10), NOW).0,
+        Code::InvalidCardOrAccount,
+        "the second number is not bound"
+    );
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
+}
+
+#[test]
 fn busy_when_the_ledger_is_full_of_holds() {
     let mut h = Harness::with(Config {
         shards: 1,
