@@ -631,8 +631,8 @@ async fn every_operation_answers_over_quic_and_is_counted() {
     let reload = one(&stream, req(30, Operation::ReloadRoutes)).await;
     assert_eq!(
         reload.body,
-        ResponseBody::ReloadRoutes { route_count: 0 },
-        "no config file: the default table"
+        ResponseBody::ReloadRoutes { route_count: 1 },
+        "no config file: the table it started with"
     );
     let close = |id, window| {
         req(

@@ -104,7 +104,7 @@ impl Shared {
     /// Re-reads the routing table from the configuration file and swaps it in.
     pub fn reload_routes(&self) -> Result<usize, String> {
         let path = self.config_path.lock().clone();
-        match super::reload_routes(path.as_deref()) {
+        match super::reload_routes(path.as_deref(), &self.config) {
             Ok(table) => {
                 let n = table.len();
                 *self.routes.write() = Arc::new(table);

@@ -325,11 +325,15 @@ async fn start_on<S: Storage + Clone>(
     })
 }
 
-/// The routing table from the configuration file at `path`, for a reload.
-pub fn reload_routes(path: Option<&std::path::Path>) -> anyhow::Result<RouteTable> {
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    Ok(config.route_table("configuration")?)
+/// The routing table for a reload: from the configuration file at `path`, or, for a switch
+/// started without one, from the configuration it was started with (`started`), so that a
+/// reload never wipes routes it cannot read again.
+pub fn reload_routes(
+    path: Option<&std::path::Path>,
+    started: &Config,
+) -> anyhow::Result<RouteTable> {
+    Ok(match path {
+        Some(path) => Config::load(path)?.route_table("configuration")?,
+        None => started.route_table("configuration")?,
+    })
 }
