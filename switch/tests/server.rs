@@ -634,6 +634,52 @@ async fn every_operation_answers_over_quic_and_is_counted() {
         ResponseBody::ReloadRoutes { route_count: 1 },
         "no config file: the table it started with"
     );
+    // 61: past the issuer's net debit cap (checked before its funds).
+    let over_cap = one(
+        &stream,
+        req(
+            136,
+            Operation::Sale {
+                number: number("6200000000000001"),
+                merchant: AccountId(300),
+                amount: Amount(2_000_000),
+                currency: CNY,
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        (over_cap.code, over_cap.reason),
+        (Code::ExceedsLimit, Reason::NET_DEBIT_CAP)
+    );
+    // 05: an account opened closed takes no money.
+    let closed_account = req(
+        137,
+        Operation::CreateAccount {
+            account: AccountId(900),
+            owner: ParticipantId(2),
+            currency: CNY,
+            flags: wire::AccountFlags(4),
+            number: CardNumber::EMPTY,
+        },
+    );
+    assert_eq!(one(&stream, closed_account).await.code, Code::Approved);
+    let fund_closed = one(
+        &stream,
+        req(
+            138,
+            Operation::Fund {
+                account: AccountId(900),
+                amount: Amount(10),
+                currency: CNY,
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        (fund_closed.code, fund_closed.reason),
+        (Code::DoNotHonour, Reason::ACCOUNT_CLOSED)
+    );
     let close = |id, window| {
         req(
             id,
