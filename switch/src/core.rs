@@ -1062,6 +1062,11 @@ impl Core {
         let mut out: Vec<Option<Response>> = vec![None; commands.len()];
         let mut wave = std::mem::take(&mut self.wave);
         for (slot, c) in commands.iter().enumerate() {
+            // Never a repeat: the log holds only what was not remembered when it ran.
+            if let Some(response) = self.remembered(c.id, c.fingerprint) {
+                out[slot] = Some(response);
+                continue;
+            }
             self.submit(
                 &mut wave,
                 slot,
@@ -1206,7 +1211,7 @@ impl Core {
     }
 
     /// Plans one command into the wave (or answers it at once). Returns whether it is new
-    /// (and so must be logged); a repeat of a remembered request id is answered from memory.
+    /// (and so must be logged). The caller has answered repeats of remembered request ids.
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
@@ -1219,12 +1224,9 @@ impl Core {
         now: Timestamp,
         out: &mut [Option<Response>],
     ) -> bool {
-        // A repeat is answered without closing the wave: it is not logged, so a replay would
-        // not close it there either, and must build the same state (forgetting order too).
-        if let Some(response) = self.remembered(id, fingerprint) {
-            out[slot] = Some(response);
-            return false;
-        }
+        // The caller has answered a repeat of a remembered request (`remembered`) without
+        // closing the wave: it is not logged, so a replay would not close it there either, and
+        // must build the same state (forgetting order too).
         if wave.keys.contains(&id.0)
             && let Some(planned) = wave.planned.iter().find(|p| p.id == id)
         {
