@@ -559,19 +559,24 @@ fn a_repeat_hears_its_answer_whatever_the_routes_say_now() {
     assert_eq!(h.one(ACQUIRER, other, NOW).0, Code::CannotRoute);
 }
 
-/// The switch forgets requests on its own bound, the ledger transfers on its own: a payment
-/// can be forgotten by the switch and still be held by the ledger.
-fn forgetful() -> Harness {
+/// A core that remembers `core_remembers` requests over a ledger that remembers
+/// `ledger_remembers` transfers: each forgets on its own bound (the ledger shard by shard).
+fn forgetting(ledger_remembers: u64, core_remembers: usize) -> Harness {
     let ledger_config = Config {
         shards: 4,
-        transfers_remembered_max: 10_000,
+        transfers_remembered_max: ledger_remembers,
         ..Config::default()
     };
     let core_config = CoreConfig {
-        requests_remembered_max: 4,
+        requests_remembered_max: core_remembers,
         ..CoreConfig::default()
     };
     Harness::with_configs(ledger_config, core_config)
+}
+
+/// A payment can be forgotten by the switch and still be held by the ledger.
+fn forgetful() -> Harness {
+    forgetting(10_000, 4)
 }
 
 /// Pushes the answers the switch remembers out of its memory (declines, here).
@@ -1019,9 +1024,7 @@ proptest! {
         ledger_remembers in prop_oneof![Just(8u64), Just(24), Just(10_000)],
         core_remembers in prop_oneof![Just(4usize), Just(12), Just(10_000)],
     ) {
-        let ledger_config = Config { shards: 4, transfers_remembered_max: ledger_remembers, ..Config::default() };
-        let core_config = CoreConfig { requests_remembered_max: core_remembers, ..CoreConfig::default() };
-        let mut h = Harness::with_configs(ledger_config, core_config);
+        let mut h = forgetting(ledger_remembers, core_remembers);
         let mut now = NOW;
         let mut script = Script::default();
         let mut answered: HashMap<RequestId, Code> = HashMap::new();
@@ -1111,9 +1114,7 @@ proptest! {
         ledger_remembers in prop_oneof![Just(8u64), Just(24), Just(10_000)],
         core_remembers in prop_oneof![Just(4usize), Just(12), Just(10_000)],
     ) {
-        let ledger_config = Config { shards: 4, transfers_remembered_max: ledger_remembers, ..Config::default() };
-        let core_config = CoreConfig { requests_remembered_max: core_remembers, ..CoreConfig::default() };
-        let mut h = Harness::with_configs(ledger_config, core_config);
+        let mut h = forgetting(ledger_remembers, core_remembers);
         let mut now = NOW;
         let mut script = Script::default();
         let mut paid: std::collections::HashSet<RequestId> = std::collections::HashSet::new();
