@@ -751,6 +751,44 @@ fn holds_expire_on_the_tick_and_status_says_so() {
     assert_eq!(h.one(ACQUIRER, by_account, NOW).0, Code::NotPermitted);
 }
 
+#[test]
+fn a_reversal_of_a_due_hold_hears_the_same_before_and_after_the_tick() {
+    let mut h = Harness::new();
+    let (a, b) = (h.id(), h.id());
+    for id in [a, b] {
+        let held = h.one_with(id, ACQUIRER, authorize(&card_number(2), 1, 40), NOW);
+        assert_eq!(held.0, Code::Approved);
+    }
+    let due = Timestamp(NOW.0 + 61_000_000_000);
+    let reverse = |of| Request::Reverse(Reverse { authorization: of });
+    // Due, and the tick has not come yet.
+    let (ra, rb) = (h.id(), h.id());
+    let before = h.run(
+        vec![Item {
+            id: ra,
+            who: ACQUIRER,
+            request: reverse(a),
+        }],
+        due,
+    );
+    h.expire(due);
+    let after = h.run(
+        vec![Item {
+            id: rb,
+            who: ACQUIRER,
+            request: reverse(b),
+        }],
+        due,
+    );
+    assert_eq!(
+        (before[0].code, before[0].reason, &before[0].body),
+        (after[0].code, after[0].reason, &after[0].body)
+    );
+    assert_eq!(before[0].code, Code::Approved);
+    assert_eq!(h.balance(card(2)).debits_pending, 0);
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
+}
+
 fn h_id() -> RequestId {
     RequestId(u128::MAX - 7)
 }

@@ -1350,3 +1350,64 @@ async fn answers_that_would_overflow_a_frame_are_answered_too_large() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// A hold expires on the switch's clock tick: released, counted in `/metrics`, its status
+/// "expired", and a capture of it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_expire_on_the_clock_tick_and_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.authorization.expiry_tick_ms = 100;
+    let running = start(config).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    let mut hold = authorize(500, 7);
+    if let Operation::Authorize { expiry_secs, .. } = &mut hold.operation {
+        *expiry_secs = 1;
+    }
+    assert_eq!(one(&stream, hold).await.code, Code::Approved);
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let metrics = http_get(running.http_addr, "/metrics").await;
+        if metrics.contains("switch_holds_expired_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not expired: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = one(
+        &stream,
+        req(
+            501,
+            Operation::TransferStatus {
+                lookup: RequestId(500),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::TransferStatus(status) = status.body else {
+        panic!("{status:?}")
+    };
+    assert_eq!(status.state, wire::TransferState::Expired);
+    let capture = one(
+        &stream,
+        req(
+            502,
+            Operation::Capture {
+                authorization: RequestId(500),
+                amount: Amount(7),
+            },
+        ),
+    )
+    .await;
+    assert_eq!(
+        (capture.code, capture.reason),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED)
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}

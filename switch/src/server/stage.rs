@@ -491,7 +491,14 @@ impl Stage {
                 if self.core.clearing().due(now, close_every_ns) {
                     result = self.close_on_schedule(now, &report_tx, &unwritten);
                 }
-                if result.is_ok() && self.core.expire(now) {
+                let expired = if result.is_ok() {
+                    self.core.expire_holds(now)
+                } else {
+                    0
+                };
+                if expired > 0 {
+                    tracing::info!(holds = expired, "authorization holds expired");
+                    metrics::counter!("switch_holds_expired_total").increment(expired as u64);
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
                     result = self.append(payload);
