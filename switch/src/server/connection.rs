@@ -36,6 +36,9 @@ const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
 /// many tiny frames cannot hold more memory than a few large ones.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
 
+/// What a stream's read buffer keeps between frames.
+const STREAM_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The connection's unwritten budget, in bytes.
 fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
     (frame_bytes_max as usize + FRAME_OVERHEAD_BYTES) * UNWRITTEN_FRAMES_PER_CONNECTION
@@ -241,7 +244,7 @@ async fn serve_stream(
     // The stream's frames being answered, so that an error about the stream's end comes
     // after their answers. Finished ones are reaped as the stream goes on.
     let mut frames = JoinSet::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
     let mut chunk = vec![0u8; 64 * 1024];
     // Bytes of a rejected frame still to come, to be thrown away.
     let mut skip = 0usize;
@@ -371,6 +374,10 @@ async fn serve_stream(
             }
         }
         buf.drain(..consumed);
+        // A large frame's room is not kept once it is read.
+        if buf.capacity() > STREAM_BUFFER_BYTES && buf.len() <= STREAM_BUFFER_BYTES {
+            buf.shrink_to(STREAM_BUFFER_BYTES);
+        }
     }
     // The frames still being answered keep their own handles on the reply channel.
     frames.detach_all();

@@ -251,7 +251,12 @@ async fn start_on<S: Storage + Clone>(
         .max_idle_timeout(Some(
             Duration::from_secs(60).try_into().context("idle timeout")?,
         ))
-        .keep_alive_interval(Some(Duration::from_secs(15)));
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        // What a connection's streams may have sent that is not yet read, all streams
+        // together (quinn's default has no bound but the streams' own windows).
+        .receive_window(quinn::VarInt::from_u32(connection_receive_window(
+            config.limits.frame_bytes_max,
+        )));
     server_config.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server_config, config.server.listen)
         .with_context(|| format!("binding QUIC address {}", config.server.listen))?;
@@ -323,6 +328,12 @@ async fn start_on<S: Storage + Clone>(
         shutdown,
         done,
     })
+}
+
+/// Bytes a connection may have in flight to the server, unread, over all its streams: two
+/// largest frames, and at least 8 MiB so that pipelining never waits on it.
+pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
+    frame_bytes_max.saturating_mul(2).max(8 << 20)
 }
 
 /// The routing table for a reload: from the configuration file at `path`, or, for a switch
