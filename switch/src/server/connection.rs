@@ -252,7 +252,9 @@ async fn serve_stream(
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
             Ok(None) => {
-                if !buf.is_empty() || skip > 0 {
+                // (Inside a frame already rejected, whose rest was being skipped, there is
+                // nothing more to say.)
+                if !buf.is_empty() {
                     // The client finished its side inside a frame.
                     while frames.join_next().await.is_some() {}
                     let correlation_id = buf
