@@ -1411,3 +1411,113 @@ async fn holds_expire_on_the_clock_tick_and_are_counted() {
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// Random bytes, truncated frames and frames with bytes flipped, each on a stream of its own,
+/// from clients that reconnect when the server closes them: the server answers what it can,
+/// closes the rogue connections, and goes on serving a well-behaved client throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_truncated_frames_are_survived() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let valid = |id: u128| request_frame(id as u64, &[authorize(id, 1), echo(id + 1, 8)]);
+    let mut rogue = connect(&running, None).await.expect("connect");
+    let mut sales = 0u64;
+    for round in 0..120u128 {
+        let mut bytes = match round % 4 {
+            0 => (0..rng.gen_range(1..300))
+                .map(|_| rng.r#gen::<u8>())
+                .collect(),
+            1 => {
+                let frame = valid(10_000 + round * 4);
+                frame[..rng.gen_range(1..frame.len())].to_vec()
+            }
+            2 => {
+                let mut frame = valid(10_000 + round * 4);
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..frame.len());
+                    frame[at] ^= rng.gen_range(1..=255u8);
+                }
+                frame
+            }
+            _ => {
+                let mut frame = valid(10_000 + round * 4)[..16].to_vec();
+                let body: Vec<u8> = (0..rng.gen_range(0..200))
+                    .map(|_| rng.r#gen::<u8>())
+                    .collect();
+                frame[..4].copy_from_slice(&(12 + body.len() as u32).to_le_bytes());
+                frame.extend(body);
+                frame
+            }
+        };
+        if rng.gen_bool(0.5) {
+            bytes.extend(valid(20_000 + round * 4));
+        }
+        // A closed rogue connection is replaced.
+        let opened = match rogue.connection().open_bi().await {
+            Ok(streams) => Some(streams),
+            Err(_) => {
+                rogue = connect(&running, None).await.expect("reconnect");
+                rogue.connection().open_bi().await.ok()
+            }
+        };
+        if let Some((mut send, mut recv)) = opened {
+            let _ = send.write_all(&bytes).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
+        }
+        if round % 10 == 0 {
+            let sale = one(
+                &stream,
+                req(
+                    30_000 + round,
+                    Operation::Sale {
+                        number: number("6200000000000001"),
+                        merchant: AccountId(300),
+                        amount: Amount(1),
+                        currency: CNY,
+                    },
+                ),
+            )
+            .await;
+            assert_eq!(
+                sale.code,
+                Code::Approved,
+                "seed {seed}, round {round}: {sale:?}"
+            );
+            sales += 1;
+        }
+    }
+    assert!(
+        http_get(running.http_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200"),
+        "seed {seed}"
+    );
+    let balance = one(
+        &stream,
+        req(
+            40_000,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(300)),
+            },
+        ),
+    )
+    .await;
+    let ResponseBody::BalanceInquiry(balance) = balance.body else {
+        panic!("seed {seed}: {balance:?}")
+    };
+    // Every well-behaved sale moved its unit (a frame with flipped bytes may, rarely, still
+    // decode to a payment of its own).
+    assert!(
+        balance.ledger >= i128::from(sales),
+        "seed {seed}: {balance:?}"
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
