@@ -826,7 +826,9 @@ pub struct Core {
     limits: HashMap<(ParticipantId, Currency), Amount>,
     directory: HashMap<String, AccountId>,
     originals: Remembered<Original>,
-    early_reversals: Remembered<()>,
+    /// Reversals that came before their authorization, by authorization id: who sent each
+    /// (participant 0: the admin, or not known, which any late authorization meets).
+    early_reversals: Remembered<ParticipantId>,
     responses: Remembered<Kept>,
     clearing: Clearing,
     /// The settlement of a close in the wave being applied.
@@ -1447,7 +1449,13 @@ impl Core {
                 expires_at,
             } => {
                 let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
-                if self.early_reversals.contains_key(&id.0) {
+                // A reversal that came first voids the acquirer's own late authorization; another
+                // participant's reversal of the same id does not.
+                if self
+                    .early_reversals
+                    .get(&id.0)
+                    .is_some_and(|by| *by == ParticipantId(0) || *by == who.participant)
+                {
                     return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                 }
                 self.reserve(id, &original)?;
@@ -1525,7 +1533,12 @@ impl Core {
                     }
                     // Before (or without) its authorization: remember it, so that a late
                     // authorization with that id is declined instead of held.
-                    self.early_reversals.insert(authorization.0, (), |_| false);
+                    let by = if who.admin {
+                        ParticipantId(0)
+                    } else {
+                        who.participant
+                    };
+                    self.early_reversals.insert(authorization.0, by, |_| false);
                     return Err(Response::new(
                         id,
                         Code::Approved,

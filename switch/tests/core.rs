@@ -789,6 +789,32 @@ fn a_reversal_of_a_due_hold_hears_the_same_before_and_after_the_tick() {
     assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
 }
 
+#[test]
+fn an_early_reversal_voids_only_its_own_acquirers_late_authorization() {
+    let mut h = Harness::new();
+    let reverse = |of| Request::Reverse(Reverse { authorization: of });
+    let (mine, theirs, admins) = (RequestId(7_001), RequestId(7_002), RequestId(7_003));
+    for (who, of) in [(ACQUIRER, mine), (OTHER_ACQUIRER, theirs), (ADMIN, admins)] {
+        assert_eq!(
+            h.one(who, reverse(of), NOW),
+            (Code::Approved, Reason::AUTHORIZATION_REVERSED)
+        );
+    }
+    let late =
+        |h: &mut Harness, id| h.one_with(id, ACQUIRER, authorize(&card_number(1), 1, 5), NOW);
+    assert_eq!(
+        late(&mut h, mine),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED)
+    );
+    // Another participant's reversal of the id does not void this acquirer's authorization.
+    assert_eq!(late(&mut h, theirs).0, Code::Approved);
+    assert_eq!(
+        late(&mut h, admins),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED)
+    );
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
+}
+
 fn h_id() -> RequestId {
     RequestId(u128::MAX - 7)
 }

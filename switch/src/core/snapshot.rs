@@ -44,6 +44,7 @@ pub mod section {
     pub const EARLY_REVERSALS: u16 = 6;
     pub const RESPONSES: u16 = 7;
     pub const CLEARING: u16 = 8;
+    pub const EARLY_REVERSAL_SENDERS: u16 = 9;
 
     pub(super) fn name(tag: u16) -> &'static str {
         match tag {
@@ -55,6 +56,7 @@ pub mod section {
             EARLY_REVERSALS => "early reversals",
             RESPONSES => "responses",
             CLEARING => "clearing",
+            EARLY_REVERSAL_SENDERS => "early reversal senders",
             _ => "unknown",
         }
     }
@@ -62,7 +64,7 @@ pub mod section {
     /// Every section this build reads, ascending. A section added later goes here and, if
     /// snapshots written before it must stay readable (they must: the log they cover may be
     /// gone), is read as empty when missing rather than added to `REQUIRED`.
-    pub(super) const KNOWN: [u16; 8] = [
+    pub(super) const KNOWN: [u16; 9] = [
         LEDGER,
         PARTICIPANTS,
         LIMITS,
@@ -71,6 +73,7 @@ pub mod section {
         EARLY_REVERSALS,
         RESPONSES,
         CLEARING,
+        EARLY_REVERSAL_SENDERS,
     ];
 
     /// Sections a snapshot must have.
@@ -284,7 +287,10 @@ pub fn restore(
     let originals = decode_remembered(section(section::ORIGINALS), max, |key, r| {
         decode_original(key, r, version)
     })?;
-    let early_reversals = decode_remembered_keys(section(section::EARLY_REVERSALS), max)?;
+    let mut early_reversals = decode_remembered_keys(section(section::EARLY_REVERSALS), max)?;
+    if let Some(r) = optional(section::EARLY_REVERSAL_SENDERS) {
+        decode_senders(r, &mut early_reversals)?;
+    }
     let responses = decode_remembered(section(section::RESPONSES), max, decode_response)?;
     let clearing = match optional(section::CLEARING) {
         Some(r) => decode_clearing(r, config.core.windows_kept)?,
@@ -360,13 +366,21 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
             ),
             (
                 section::EARLY_REVERSALS,
-                encode_remembered(early_reversals, 0, None::<fn(u128, &(), &mut Vec<u8>)>),
+                encode_remembered(
+                    early_reversals,
+                    0,
+                    None::<fn(u128, &ParticipantId, &mut Vec<u8>)>,
+                ),
             ),
             (
                 section::RESPONSES,
                 encode_remembered(responses, RESPONSE_LEN_TYPICAL, Some(encode_response)),
             ),
             (section::CLEARING, encode_clearing(clearing)),
+            (
+                section::EARLY_REVERSAL_SENDERS,
+                encode_senders(early_reversals),
+            ),
         ],
     }
 }
@@ -439,14 +453,55 @@ fn placed<V>(r: &Reader<'_>, max: usize, order: &Order) -> Result<Remembered<V>,
 }
 
 /// A remembered set (no values): the forgetting order is all there is.
-fn decode_remembered_keys(mut r: Reader<'_>, max: usize) -> Result<Remembered<()>, SnapshotError> {
+/// A remembered set: the keys, each with who sent it not known yet (participant 0).
+fn decode_remembered_keys(
+    mut r: Reader<'_>,
+    max: usize,
+) -> Result<Remembered<ParticipantId>, SnapshotError> {
     let order = decode_order(&mut r)?;
     let mut m = placed(&r, max, &order)?;
     r.end()?;
     for &key in &order {
-        m.entries.push_back((key, ()));
+        m.entries.push_back((key, ParticipantId(0)));
     }
     Ok(m)
+}
+
+/// Who sent each early reversal: count u64, then per reversal (in forgetting order) its
+/// authorization id u128 and the sender u64 (0: the admin). Snapshots written before the
+/// section leave every sender 0.
+fn encode_senders(m: &Remembered<ParticipantId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + m.len() * 24);
+    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    for (key, by) in m.iter() {
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&by.0.to_le_bytes());
+    }
+    out
+}
+
+fn decode_senders(
+    mut r: Reader<'_>,
+    m: &mut Remembered<ParticipantId>,
+) -> Result<(), SnapshotError> {
+    let count_at = r.at;
+    let count = r.u64("count")?;
+    if count != m.len() as u64 {
+        return Err(r.bad(
+            count_at,
+            format!("{count} senders for {} early reversals", m.len()),
+        ));
+    }
+    for _ in 0..count {
+        let at = r.at;
+        let key = r.u128("authorization id")?;
+        let by = ParticipantId(r.u64("sender")?);
+        let Some(slot) = m.get_mut(&key) else {
+            return Err(r.bad(at, format!("sender of {key:#x}, not an early reversal")));
+        };
+        *slot = by;
+    }
+    r.end()
 }
 
 fn decode_remembered<V>(

@@ -123,7 +123,7 @@ fn state(core: &Core) -> String {
         core.early_reversals.len(),
         core.early_reversals
             .iter()
-            .map(|(k, _)| (k, core.early_reversals.contains_key(&k)))
+            .map(|(k, by)| (k, *by, core.early_reversals.contains_key(&k)))
             .collect::<Vec<_>>(),
         core.responses.len(),
         core.ledger.digest()
