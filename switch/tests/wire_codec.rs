@@ -9,6 +9,7 @@ use switch::wire::{
     ParticipantId, ParticipantName, Reason, ReportChunk, Request, RequestId, Response,
     ResponseBody, ResponseCode, Roles, Status, Timestamp, TransferId, TransferState, WindowId,
     WindowRecord, WindowReport, WindowState, annotate_frame, decode_frame, encode_frame,
+    encode_response_frame, fit_responses,
 };
 
 // --- strategies -------------------------------------------------------------------------
@@ -341,6 +342,56 @@ fn check_decode_is_honest(buf: &[u8], limits: &Limits) -> Result<(), TestCaseErr
 }
 
 // --- properties -------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ledger::proptest_config!("switch_wire_fit.txt"))]
+
+    /// A response frame fitted to a limit is within it whenever the results that cannot be
+    /// cut (state changes, results already smallest) fit; only read-only results are cut, to
+    /// 91 reason 27, and a result is cut only if keeping it would not fit.
+    #[test]
+    fn fitted_response_frames_stay_within_the_limit(
+        responses in prop::collection::vec(response(), 1..24),
+        limit in 64usize..8192,
+    ) {
+        let mut fitted = responses.clone();
+        let replaced = fit_responses(&mut fitted, limit);
+        let mut bytes = Vec::new();
+        let len = encode_response_frame(1, &fitted, &mut bytes);
+        let cut = fitted.iter().zip(&responses).filter(|(f, r)| f != r).count();
+        prop_assert_eq!(cut, replaced);
+        let smallest: usize = HEADER_LEN + 2 + fitted.iter().zip(&responses).map(|(f, r)| {
+            if f == r && r.body.op().is_read_only() && r.encoded_len() > f.body.op().result_len_min() {
+                r.body.op().result_len_min()
+            } else {
+                f.encoded_len()
+            }
+        }).sum::<usize>();
+        for (f, r) in fitted.iter().zip(&responses) {
+            if f != r {
+                prop_assert!(r.body.op().is_read_only());
+                prop_assert_eq!((f.code, f.reason), (ResponseCode::SystemBusy, Reason::RESPONSE_TOO_LARGE));
+                prop_assert_eq!(f.request_id, r.request_id);
+            }
+        }
+        if let Ok(len) = len {
+            if smallest <= limit {
+                prop_assert!(len <= limit, "{} bytes over a limit of {}", len, limit);
+            }
+            if replaced == 0 {
+                prop_assert_eq!(&fitted, &responses);
+            }
+            // The first result cut could not have been kept.
+            if let Some(i) = fitted.iter().zip(&responses).position(|(f, r)| f != r) {
+                let mut kept = fitted.clone();
+                kept[i] = responses[i].clone();
+                let mut bytes = Vec::new();
+                let with = encode_response_frame(1, &kept, &mut bytes).map_or(usize::MAX, |n| n);
+                prop_assert!(with > limit, "result {} was cut though the frame kept it in {} bytes", i, with);
+            }
+        }
+    }
+}
 
 proptest! {
     #![proptest_config(ledger::proptest_config!("switch_wire_round_trip.txt"))]

@@ -116,12 +116,12 @@ pub struct NetPosition {
 pub(crate) const RESPONSE_PREFIX_LEN: usize = 1 + 16 + 1 + 1;
 const MOVEMENT_LEN: usize = 16 + 8 + 2;
 const WINDOW_RECORD_LEN: usize = 8 + 1 + 8 + 8 + 8;
+const NET_POSITION_LEN: usize = 8 + 2 + 16;
 
 impl WindowRecord {
     /// Bytes a window record takes in a result.
     pub const LEN: usize = WINDOW_RECORD_LEN;
 }
-const NET_POSITION_LEN: usize = 8 + 2 + 16;
 
 impl ResponseBody {
     pub fn op(&self) -> Op {
@@ -232,7 +232,8 @@ pub fn response_frame_len_floor(batch_len: u16) -> usize {
 
 /// Makes a response frame fit in `frame_len_max` bytes: read-only results that would push it
 /// over, in order, are replaced by 91 with reason 27 (response too large). Results of
-/// operations that change state are never replaced. Returns how many were replaced.
+/// operations that change state, and results already in their smallest form, are never
+/// replaced; so the frame fits whenever those fit. Returns how many were replaced.
 pub fn fit_responses(responses: &mut [Response], frame_len_max: usize) -> usize {
     let least = |r: &Response| {
         let op = r.body.op();
@@ -249,7 +250,7 @@ pub fn fit_responses(responses: &mut [Response], frame_len_max: usize) -> usize 
         let len = r.encoded_len();
         rest -= least(r);
         let op = r.body.op();
-        if op.is_read_only() && used + len + rest > frame_len_max {
+        if op.is_read_only() && len > op.result_len_min() && used + len + rest > frame_len_max {
             *r = Response::declined(
                 r.request_id,
                 op,
