@@ -101,6 +101,8 @@ pub struct LedgerConfig {
     pub accounts_max: u64,
     pub transfers_remembered_max: u64,
     pub pending_max: u64,
+    /// Participants the switch holds; CreateParticipant past it is answered 91.
+    pub participants_max: u64,
     /// Reserve and write the memory for `transfers_remembered_max` requests at start
     /// (`Core::preallocate`) instead of growing into it while serving.
     pub preallocate: bool,
@@ -326,6 +328,7 @@ impl Default for LedgerConfig {
             accounts_max: l.accounts_max,
             transfers_remembered_max: l.transfers_remembered_max,
             pending_max: l.pending_max,
+            participants_max: crate::core::PARTICIPANTS_MAX_DEFAULT as u64,
             preallocate: false,
         }
     }
@@ -456,6 +459,7 @@ impl Config {
                 u64::from(l.in_flight_per_connection_max),
             ),
             ("limits.queue_depth_max", u64::from(l.queue_depth_max)),
+            ("ledger.participants_max", self.ledger.participants_max),
             ("wal.segment_bytes_max", self.wal.segment_bytes_max),
             ("wal.group_bytes_max", self.wal.group_bytes_max),
             ("wal.queue_depth_max", u64::from(self.wal.queue_depth_max)),

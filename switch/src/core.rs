@@ -353,6 +353,10 @@ pub struct CoreConfig {
     /// schedule): the record limit less what the batch's other commands can take
     /// (`closes_logged_bytes_max`). A close past it is answered 91 and not executed.
     pub closes_logged_bytes_max: usize,
+    /// Participants the switch holds; a CreateParticipant past it is answered 91 and not
+    /// executed. Bounds what participants take with them: their limits (one per currency)
+    /// and their clearing positions.
+    pub participants_max: usize,
 }
 
 /// What the closes of a batch may log, for batches of up to `batch_len_max` requests a frame:
@@ -364,6 +368,9 @@ pub fn closes_logged_bytes_max(batch_len_max: u16) -> usize {
         .saturating_sub(2 * usize::from(batch_len_max) * crate::journal::logged_len_max())
 }
 
+/// `participants_max` unless configured.
+pub const PARTICIPANTS_MAX_DEFAULT: usize = 65_536;
+
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
@@ -373,6 +380,7 @@ impl Default for CoreConfig {
             fees: Arc::default(),
             windows_kept: 1024,
             closes_logged_bytes_max: closes_logged_bytes_max(crate::wire::BATCH_LEN_MAX_DEFAULT),
+            participants_max: PARTICIPANTS_MAX_DEFAULT,
         }
     }
 }
@@ -1011,6 +1019,15 @@ impl Core {
                 }
                 closes_logged += len;
                 closes += 1;
+            }
+            // Checked here and not in `plan`, so that a log written under a larger bound
+            // replays whole.
+            if let Command::CreateParticipant(CreateParticipant { participant, .. }) = &command
+                && self.participants.len() >= self.config.participants_max
+                && !self.participants.contains_key(participant)
+            {
+                out[slot] = Some(Response::new(id, Code::SystemBusy, Reason::OVERLOADED));
+                continue;
             }
             if self.submit(
                 &mut wave,

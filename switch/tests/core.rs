@@ -358,6 +358,78 @@ fn a_participant_needs_a_name_and_known_roles() {
 }
 
 #[test]
+fn participants_past_the_bound_are_busy_and_a_lower_bound_still_replays() {
+    let participant = |id| {
+        Request::CreateParticipant(CreateParticipant {
+            participant: ParticipantId(id),
+            name: format!("participant {id}"),
+            roles: 3,
+        })
+    };
+    // Setup creates three; room for one more.
+    let mut h = Harness::with_configs(
+        Config::default(),
+        CoreConfig {
+            participants_max: 4,
+            ..CoreConfig::default()
+        },
+    );
+    let fifth = h.id();
+    assert_eq!(
+        h.one_with(fifth, ADMIN, participant(5), NOW).0,
+        Code::Approved
+    );
+    let logged_before = h.journal.len();
+    assert_eq!(
+        h.one(ADMIN, participant(6), NOW),
+        (Code::SystemBusy, Reason::OVERLOADED)
+    );
+    assert_eq!(h.journal.len(), logged_before, "the busy one is not logged");
+    // One that exists, and a repeat, are still answered as before.
+    assert_eq!(h.one(ADMIN, participant(5), NOW).0, Code::Approved);
+    assert_eq!(
+        h.one_with(fifth, ADMIN, participant(5), NOW).0,
+        Code::Approved
+    );
+    // 91 is not remembered: the same request goes through once there is room.
+    let sixth = h.id();
+    assert_eq!(
+        h.one_with(sixth, ADMIN, participant(6), NOW).0,
+        Code::SystemBusy
+    );
+    h.core_config.participants_max = 5;
+    let mut core = h.replayed();
+    let sixth_request = Item {
+        id: sixth,
+        who: ADMIN,
+        request: participant(6),
+    };
+    assert_eq!(
+        core.execute(vec![sixth_request], NOW).responses[0].code,
+        Code::Approved
+    );
+    // A log written under a larger bound replays whole under a smaller one.
+    h.core_config.participants_max = 1;
+    let mut core = h.replayed();
+    let account = Item {
+        id: h.id(),
+        who: ADMIN,
+        request: Request::CreateAccount(CreateAccount {
+            account: AccountId(77_000),
+            owner: ParticipantId(5),
+            currency: Currency::CNY,
+            flags: AccountFlags::default(),
+            number: None,
+        }),
+    };
+    assert_eq!(
+        core.execute(vec![account], NOW).responses[0].code,
+        Code::Approved,
+        "participant 5 was replayed"
+    );
+}
+
+#[test]
 fn closes_past_a_batch_records_room_are_busy_and_not_logged() {
     let one = switch::journal::logged_len(&switch::core::Command::CloseWindow {
         window: 0,

@@ -201,6 +201,7 @@ async fn start_on<S: Storage + Clone>(
             closes_logged_bytes_max: crate::core::closes_logged_bytes_max(
                 config.limits.batch_len_max,
             ),
+            participants_max: usize::try_from(config.ledger.participants_max).unwrap_or(usize::MAX),
         },
         routes.read().clone(),
     );
