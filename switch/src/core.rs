@@ -834,9 +834,8 @@ pub struct Core {
     limits: HashMap<(ParticipantId, Currency), Amount>,
     directory: HashMap<String, AccountId>,
     originals: Remembered<Original>,
-    /// Reversals that came before their authorization, by authorization id: who sent each
-    /// (participant 0: the admin, or not known, which any late authorization meets).
-    early_reversals: Remembered<ParticipantId>,
+    /// Reversals that came before their authorization: the id and who sent it.
+    early_reversals: EarlyReversals,
     responses: Remembered<Kept>,
     clearing: Clearing,
     /// The settlement of a close in the wave being applied.
@@ -865,7 +864,7 @@ impl Core {
             limits: HashMap::default(),
             directory: HashMap::default(),
             originals: Remembered::new(max),
-            early_reversals: Remembered::new(max),
+            early_reversals: EarlyReversals::new(max),
             responses: Remembered::new(max),
             clearing: Clearing::new(config.windows_kept),
             closing: None,
@@ -1468,11 +1467,7 @@ impl Core {
                 let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
                 // A reversal that came first voids the acquirer's own late authorization; another
                 // participant's reversal of the same id does not.
-                if self
-                    .early_reversals
-                    .get(&id.0)
-                    .is_some_and(|by| *by == ParticipantId(0) || *by == who.participant)
-                {
+                if self.early_reversals.voids(id.0, who.participant) {
                     return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
                 }
                 self.reserve(id, &original)?;
@@ -1555,7 +1550,7 @@ impl Core {
                     } else {
                         who.participant
                     };
-                    self.early_reversals.insert(authorization.0, by, |_| false);
+                    self.early_reversals.insert(authorization.0, by);
                     return Err(Response::new(
                         id,
                         Code::Approved,
@@ -2142,7 +2137,10 @@ impl Core {
 // Snapshots of the switch: the layout and its encoding are in `core/snapshot.rs`. Core state
 // added above must be added there too (`snapshot::capture` and `snapshot::restore` name every
 // field of `Core`, so the compiler points at both).
+mod early;
 pub mod snapshot;
+
+use early::EarlyReversals;
 
 impl Core {
     /// The core's own state (the ledger's is `Ledger::capture`), encoded for a snapshot. Call

@@ -887,6 +887,63 @@ fn an_early_reversal_voids_only_its_own_acquirers_late_authorization() {
     assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
 }
 
+#[test]
+fn a_second_senders_early_reversal_does_not_replace_the_first() {
+    let mut h = Harness::new();
+    let reverse = |of| Request::Reverse(Reverse { authorization: of });
+    let (a, b) = (RequestId(7_101), RequestId(7_102));
+    // The acquirer's reversal first, another's second; and the other way round.
+    for (first, second, of) in [(ACQUIRER, OTHER_ACQUIRER, a), (OTHER_ACQUIRER, ACQUIRER, b)] {
+        for who in [first, second] {
+            assert_eq!(
+                h.one(who, reverse(of), NOW),
+                (Code::Approved, Reason::AUTHORIZATION_REVERSED)
+            );
+        }
+    }
+    for of in [a, b] {
+        assert_eq!(
+            h.one_with(of, ACQUIRER, authorize(&card_number(1), 1, 5), NOW),
+            (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED),
+            "{of:?}"
+        );
+    }
+}
+
+#[test]
+fn a_flood_of_early_reversals_forgets_the_flooders_own() {
+    const REMEMBERED: usize = 64;
+    let mut h = forgetting(10_000, REMEMBERED);
+    let reverse = |of| Request::Reverse(Reverse { authorization: of });
+    let genuine: Vec<RequestId> = (0..8).map(|i| RequestId(9_000 + i)).collect();
+    for &of in &genuine {
+        assert_eq!(h.one(ACQUIRER, reverse(of), NOW).0, Code::Approved);
+    }
+    // Ten times the memory, of ids nobody will use, in frames as a client would send them.
+    let flood: Vec<Item> = (0..10 * REMEMBERED as u128)
+        .map(|i| Item {
+            id: RequestId(50_000 + 2 * i),
+            who: OTHER_ACQUIRER,
+            request: reverse(RequestId(50_001 + 2 * i)),
+        })
+        .collect();
+    for frame in flood.chunks(100) {
+        assert!(
+            h.run(frame.to_vec(), NOW)
+                .iter()
+                .all(|r| r.code == Code::Approved)
+        );
+    }
+    for &of in &genuine {
+        assert_eq!(
+            h.one_with(of, ACQUIRER, authorize(&card_number(1), 1, 5), NOW),
+            (Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED),
+            "the acquirer's reversal of {of:?} was pushed out"
+        );
+    }
+    assert_eq!(h.replayed().ledger().digest(), h.core.ledger().digest());
+}
+
 fn h_id() -> RequestId {
     RequestId(u128::MAX - 7)
 }

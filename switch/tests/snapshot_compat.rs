@@ -6,6 +6,10 @@
 //! original). It was written by the build of commit 66f36c6 running `write_fixture` below
 //! (`cargo test -p switch --test snapshot_compat -- --ignored write_fixture`); run by this
 //! build, `write_fixture` writes version 2 instead, so the file is not to be regenerated.
+//!
+//! `fixtures/switch-snapshot-v2-senders.bin` is version 2 with early reversals in sections 6
+//! and 9 (the ids in the order they came, then each one's sender), as builds before section 10
+//! wrote them. It was written by the build of commit 3affd38 running `write_senders_fixture`.
 
 use std::sync::Arc;
 
@@ -23,6 +27,10 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/switch-snapshot-v1.bin"
 );
+const SENDERS_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/switch-snapshot-v2-senders.bin"
+);
 const SEQUENCE: u64 = 7;
 const NOW: Timestamp = Timestamp(1_000_000_000);
 const ADMIN: Identity = Identity {
@@ -31,6 +39,10 @@ const ADMIN: Identity = Identity {
 };
 const ACQUIRER: Identity = Identity {
     participant: ParticipantId(3),
+    admin: false,
+};
+const OTHER_ACQUIRER: Identity = Identity {
+    participant: ParticipantId(4),
     admin: false,
 };
 
@@ -277,4 +289,68 @@ fn a_version_1_snapshot_restores_and_answers_as_before() {
         assert_eq!(&again.execute(vec![item.clone()], NOW).responses[0], answer);
     }
     assert_eq!(again.ledger().digest(), live.ledger().digest());
+}
+
+/// Early reversals by the acquirer, another acquirer and the admin, interleaved; then the
+/// late authorizations they are for, and some nobody reversed.
+fn early_reversals() -> (Vec<Item>, Vec<Item>) {
+    let reverse = |id: u128, who, of: u128| Item {
+        id: RequestId(id),
+        who,
+        request: Request::Reverse(Reverse {
+            authorization: RequestId(of),
+        }),
+    };
+    let reversals = vec![
+        reverse(300, ACQUIRER, 400),
+        reverse(301, OTHER_ACQUIRER, 401),
+        reverse(302, ADMIN, 402),
+        reverse(303, ACQUIRER, 403),
+        reverse(304, OTHER_ACQUIRER, 404),
+        reverse(305, ACQUIRER, 405),
+    ];
+    let late = (400..=406)
+        .map(|id| Item {
+            id: RequestId(id),
+            who: ACQUIRER,
+            request: Request::Authorize {
+                number: card_number(3),
+                merchant: AccountId(200),
+                amount: Amount(1),
+                currency: Currency::CNY,
+                expiry_seconds: 3600,
+            },
+        })
+        .collect();
+    (reversals, late)
+}
+
+#[test]
+#[ignore = "writes the fixture; see the module's comment"]
+fn write_senders_fixture() {
+    let mut core = fresh();
+    run(&mut core);
+    let (reversals, _) = early_reversals();
+    core.execute(reversals, NOW);
+    let bytes = Capture::take(&core, SEQUENCE).encode();
+    std::fs::write(SENDERS_FIXTURE, bytes).expect("write the fixture");
+}
+
+#[test]
+fn early_reversals_with_their_senders_restore_from_sections_6_and_9() {
+    let bytes = std::fs::read(SENDERS_FIXTURE).expect("the fixture");
+    let mut live = fresh();
+    run(&mut live);
+    let (reversals, late) = early_reversals();
+    live.execute(reversals, NOW);
+    let (mut restored, _) =
+        Core::restore(&bytes, SEQUENCE, RestoreConfig::like(&fresh())).expect("restores");
+    let want = live.execute(late.clone(), NOW).responses;
+    let codes: Vec<Code> = want.iter().map(|r| r.code).collect();
+    // The acquirer's own and the admin's reversals void its late authorizations; another
+    // acquirer's do not, nor does nothing.
+    use Code::{Approved as A, InvalidTransaction as R};
+    assert_eq!(codes, [R, A, R, R, A, R, A]);
+    assert_eq!(restored.execute(late, NOW).responses, want);
+    assert_eq!(restored.ledger().digest(), live.ledger().digest());
 }

@@ -20,8 +20,8 @@ use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
 use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
-    Body, Core, CoreConfig, HashMap, Kept, Key, Order, Original, Participant, REMEMBERED_PARTS,
-    Remembered, RequestId, Response, Stage, Status,
+    Body, Core, CoreConfig, EarlyReversals, HashMap, Kept, Key, Order, Original, Participant,
+    REMEMBERED_PARTS, Remembered, RequestId, Response, Stage, Status,
 };
 use crate::codes::{Code, Reason};
 use crate::journal::NAME_LEN_MAX;
@@ -45,6 +45,7 @@ pub mod section {
     pub const RESPONSES: u16 = 7;
     pub const CLEARING: u16 = 8;
     pub const EARLY_REVERSAL_SENDERS: u16 = 9;
+    pub const EARLY_REVERSALS_BY_SENDER: u16 = 10;
 
     pub(super) fn name(tag: u16) -> &'static str {
         match tag {
@@ -57,6 +58,7 @@ pub mod section {
             RESPONSES => "responses",
             CLEARING => "clearing",
             EARLY_REVERSAL_SENDERS => "early reversal senders",
+            EARLY_REVERSALS_BY_SENDER => "early reversals by sender",
             _ => "unknown",
         }
     }
@@ -64,7 +66,7 @@ pub mod section {
     /// Every section this build reads, ascending. A section added later goes here and, if
     /// snapshots written before it must stay readable (they must: the log they cover may be
     /// gone), is read as empty when missing rather than added to `REQUIRED`.
-    pub(super) const KNOWN: [u16; 9] = [
+    pub(super) const KNOWN: [u16; 10] = [
         LEDGER,
         PARTICIPANTS,
         LIMITS,
@@ -74,6 +76,7 @@ pub mod section {
         RESPONSES,
         CLEARING,
         EARLY_REVERSAL_SENDERS,
+        EARLY_REVERSALS_BY_SENDER,
     ];
 
     /// Sections a snapshot must have.
@@ -287,10 +290,26 @@ pub fn restore(
     let originals = decode_remembered(section(section::ORIGINALS), max, |key, r| {
         decode_original(key, r, version)
     })?;
-    let mut early_reversals = decode_remembered_keys(section(section::EARLY_REVERSALS), max)?;
+    // Written before section 10: in sections 6 and 9, in the order they were remembered.
+    let mut early = decode_remembered_keys(section(section::EARLY_REVERSALS), usize::MAX)?;
     if let Some(r) = optional(section::EARLY_REVERSAL_SENDERS) {
-        decode_senders(r, &mut early_reversals)?;
+        decode_senders(r, &mut early)?;
     }
+    let early_reversals = match optional(section::EARLY_REVERSALS_BY_SENDER) {
+        Some(r) if early.len() > 0 => {
+            return Err(r.bad(
+                0,
+                format!(
+                    "{} early reversals in section 6 as well: they belong here",
+                    early.len()
+                ),
+            ));
+        }
+        Some(r) => decode_early_reversals(r, max)?,
+        None => EarlyReversals::from_ordered(max, early.iter().map(|(id, by)| (*by, id))).map_err(
+            |i| section(section::EARLY_REVERSALS).bad(8 + 16 * i, "an early reversal twice".into()),
+        )?,
+    };
     let responses = decode_remembered(section(section::RESPONSES), max, decode_response)?;
     let clearing = match optional(section::CLEARING) {
         Some(r) => decode_clearing(r, config.core.windows_kept)?,
@@ -364,22 +383,16 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
                 section::ORIGINALS,
                 encode_remembered(originals, ORIGINAL_LEN, Some(encode_original)),
             ),
-            (
-                section::EARLY_REVERSALS,
-                encode_remembered(
-                    early_reversals,
-                    0,
-                    None::<fn(u128, &ParticipantId, &mut Vec<u8>)>,
-                ),
-            ),
+            // Empty: section 10 holds them, with their senders.
+            (section::EARLY_REVERSALS, 0u64.to_le_bytes().to_vec()),
             (
                 section::RESPONSES,
                 encode_remembered(responses, RESPONSE_LEN_TYPICAL, Some(encode_response)),
             ),
             (section::CLEARING, encode_clearing(clearing)),
             (
-                section::EARLY_REVERSAL_SENDERS,
-                encode_senders(early_reversals),
+                section::EARLY_REVERSALS_BY_SENDER,
+                encode_early_reversals(early_reversals),
             ),
         ],
     }
@@ -467,19 +480,9 @@ fn decode_remembered_keys(
     Ok(m)
 }
 
-/// Who sent each early reversal: count u64, then per reversal (in forgetting order) its
-/// authorization id u128 and the sender u64 (0: the admin). Snapshots written before the
-/// section leave every sender 0.
-fn encode_senders(m: &Remembered<ParticipantId>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + m.len() * 24);
-    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
-    for (key, by) in m.iter() {
-        out.extend_from_slice(&key.to_le_bytes());
-        out.extend_from_slice(&by.0.to_le_bytes());
-    }
-    out
-}
-
+/// Who sent each early reversal, in snapshots written before section 10: count u64, then per
+/// reversal (in the order of section 6) its authorization id u128 and the sender u64 (0: the
+/// admin). Snapshots written before this section leave every sender 0.
 fn decode_senders(
     mut r: Reader<'_>,
     m: &mut Remembered<ParticipantId>,
@@ -502,6 +505,35 @@ fn decode_senders(
         *slot = by;
     }
     r.end()
+}
+
+/// Early reversals: count u64, then per reversal the sender u64 (0: the admin) and the
+/// authorization id u128; by sender ascending, each sender's oldest first.
+fn encode_early_reversals(m: &EarlyReversals) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + m.len() * 24);
+    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    for (by, id) in m.ordered() {
+        out.extend_from_slice(&by.0.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+fn decode_early_reversals(mut r: Reader<'_>, max: usize) -> Result<EarlyReversals, SnapshotError> {
+    let count_at = r.at;
+    let count = r.u64("count")?;
+    let count = usize::try_from(count)
+        .ok()
+        .filter(|c| c.checked_mul(24).is_some_and(|b| b <= r.remaining()))
+        .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let by = ParticipantId(r.u64("sender")?);
+        entries.push((by, r.u128("authorization id")?));
+    }
+    r.end()?;
+    EarlyReversals::from_ordered(max, entries)
+        .map_err(|i| r.bad(count_at + 8 + 24 * i, "an early reversal twice".into()))
 }
 
 fn decode_remembered<V>(

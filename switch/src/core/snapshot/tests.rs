@@ -24,6 +24,15 @@ const ACQUIRER: Identity = Identity {
     participant: ParticipantId(3),
     admin: false,
 };
+/// Who sends reversals: the acquirer, another acquirer, the admin.
+const SENDERS: [Identity; 3] = [
+    ACQUIRER,
+    Identity {
+        participant: ParticipantId(4),
+        admin: false,
+    },
+    ADMIN,
+];
 const CARDS: u128 = 3;
 const SECOND: u64 = 1_000_000_000;
 
@@ -122,8 +131,8 @@ fn state(core: &Core) -> String {
         core.originals.len(),
         core.early_reversals.len(),
         core.early_reversals
-            .iter()
-            .map(|(k, by)| (k, *by, core.early_reversals.contains_key(&k)))
+            .ordered()
+            .map(|(by, k)| (by, k, core.early_reversals.contains(k, by)))
             .collect::<Vec<_>>(),
         core.responses.len(),
         core.ledger.digest()
@@ -141,11 +150,15 @@ enum Action {
         nth: usize,
         amount: u64,
     },
+    /// By the acquirer, another acquirer or the admin (`by` of `SENDERS`).
     Reverse {
         nth: usize,
+        by: usize,
     },
     /// A reversal of an id not yet used: remembered as an early reversal.
-    ReverseEarly,
+    ReverseEarly {
+        by: usize,
+    },
     Sale {
         card: u128,
         amount: u64,
@@ -172,8 +185,8 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         5 => (1..=CARDS, 1u64..3_000, 0u32..120).prop_map(|(card, amount, expiry)| Action::Authorize { card, amount, expiry }),
         3 => (any::<usize>(), 0u64..3_000).prop_map(|(nth, amount)| Action::Capture { nth, amount }),
-        2 => any::<usize>().prop_map(|nth| Action::Reverse { nth }),
-        1 => Just(Action::ReverseEarly),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(nth, by)| Action::Reverse { nth, by }),
+        2 => any::<usize>().prop_map(|by| Action::ReverseEarly { by }),
         3 => (1..=CARDS, 1u64..2_000).prop_map(|(card, amount)| Action::Sale { card, amount }),
         2 => (any::<usize>(), 1u64..2_000).prop_map(|(nth, amount)| Action::Refund { nth, amount }),
         3 => any::<usize>().prop_map(|nth| Action::Repeat { nth }),
@@ -302,18 +315,18 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                         amount: Amount(amount),
                     }),
                 ),
-                Action::Reverse { nth } if !auths.is_empty() => (
-                    ACQUIRER,
+                Action::Reverse { nth, by } if !auths.is_empty() => (
+                    SENDERS[by % SENDERS.len()],
                     Request::Reverse(Reverse {
                         authorization: auths[nth % auths.len()],
                     }),
                 ),
-                Action::ReverseEarly => {
+                Action::ReverseEarly { by } => {
                     // The id the next request will get: an authorization may follow.
                     let late = RequestId(next_id + 1);
                     auths.push(late);
                     (
-                        ACQUIRER,
+                        SENDERS[by % SENDERS.len()],
                         Request::Reverse(Reverse {
                             authorization: late,
                         }),
@@ -448,7 +461,9 @@ fn every_truncation_and_bit_flip_is_refused_or_harmless() {
             expiry: 0,
         },
         Action::Sale { card: 2, amount: 5 },
-        Action::ReverseEarly,
+        Action::ReverseEarly { by: 0 },
+        Action::ReverseEarly { by: 1 },
+        Action::Reverse { nth: 3, by: 2 },
         Action::Refund { nth: 1, amount: 2 },
         Action::Limit { cap: 7 },
         Action::NewCard,
