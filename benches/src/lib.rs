@@ -180,6 +180,18 @@ pub fn rss_bytes() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// Minor page faults of this process so far (`/proc/self/stat`): each is a page touched for
+/// the first time, or again after the kernel took it back.
+pub fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // minflt is field 10 of the line, 7 after the name.
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 /// CPU time of this process so far (user + system), from `/proc/self/stat` at 100 ticks/s.
 pub fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -228,6 +240,20 @@ mod tests {
         assert!(
             cpu_seconds() > before,
             "no CPU time counted ({before} s before)"
+        );
+    }
+
+    /// Touching 64 MiB of fresh memory takes thousands of page faults (a broken parse reads
+    /// zero, or a field that does not move).
+    #[test]
+    fn minor_faults_count_fresh_pages_touched() {
+        let before = minor_faults();
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = minor_faults();
+        assert!(
+            after >= before + 4_000,
+            "{before} then {after} faults for {} bytes",
+            touched.len()
         );
     }
 

@@ -68,8 +68,10 @@ struct Slot {
 }
 
 impl Slot {
-    /// Filler for memory reserved ahead of use; never read as a record.
-    const EMPTY: Slot = Slot {
+    /// Filler for memory reserved ahead of use; never read as a record. Not all zeros: the
+    /// compiler turns a fresh allocation filled with zeros into `calloc`, which leaves the
+    /// pages untouched, and every record remembered later would take a page fault.
+    const FILLER: Slot = Slot {
         id: Key([0, 0]),
         debit: Key([0, 0]),
         credit: Key([0, 0]),
@@ -83,7 +85,7 @@ impl Slot {
         kind: 0,
         state: 0,
         outcome: 0,
-        bits: 0,
+        bits: u8::MAX,
     };
 
     fn pack(r: &TransferRecord) -> Slot {
@@ -349,7 +351,7 @@ impl TransferShard {
         }
         if self.slots.capacity() < records {
             let mut slots = VecDeque::with_capacity(records);
-            slots.resize(slots.capacity(), Slot::EMPTY);
+            slots.resize(slots.capacity(), Slot::FILLER);
             slots.clear();
             slots.extend(self.slots.drain(..));
             self.slots = slots;

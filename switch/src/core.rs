@@ -886,7 +886,7 @@ impl Core {
     pub fn preallocate(&mut self) -> usize {
         let zero = ParticipantId(0);
         let original = Original {
-            fingerprint: 0,
+            fingerprint: u64::MAX,
             acquirer: zero,
             issuer: zero,
             card: AccountId(0),
@@ -897,8 +897,10 @@ impl Core {
             refunded: Amount(0),
             stage: Stage::Held,
         };
+        // Fillers not all zeros, or the compiler may turn filling a fresh allocation into
+        // `calloc`, which leaves the pages untouched (`Chunked::preallocate`).
         let kept = Kept {
-            fingerprint: 0,
+            fingerprint: u64::MAX,
             code: Code::Approved,
             reason: Reason::NONE,
             body: KeptBody::None,

@@ -175,6 +175,7 @@ fn main() -> anyhow::Result<()> {
     let mut next = first;
     let mut next_capture = 1u64 << 60;
     let now = Timestamp(2_000_000_000);
+    let faults_before = benches::minor_faults();
     while applied < args.count {
         let n = (batch as u64).min(args.count - applied);
         // Built outside the timing: on the server, the connection tasks build these.
@@ -202,6 +203,7 @@ fn main() -> anyhow::Result<()> {
             .filter(|r| r.code == Code::Approved)
             .count() as u64;
     }
+    let faults = benches::minor_faults() - faults_before;
     anyhow::ensure!(approved == applied, "{approved} of {applied} approved");
     let captures = next_capture - (1u64 << 60);
     let what = if captures > 0 {
@@ -210,7 +212,8 @@ fn main() -> anyhow::Result<()> {
         "authorization"
     };
     println!(
-        "count={} captures={captures} batch={batch} remembered={} preallocate={} peak_rss_mib={}",
+        "count={} captures={captures} batch={batch} remembered={} preallocate={} peak_rss_mib={} \
+         page_faults_while_applying={faults}",
         args.count,
         args.remembered,
         args.preallocate,
