@@ -11,6 +11,13 @@
 //! (`UNWRITTEN_FRAMES_PER_CONNECTION` frames' worth of `frame_bytes_max`) until its answer has
 //! been written to the stream. When the budget is spent, the connection's streams stop being
 //! read, and QUIC flow control stops the client.
+//!
+//! A stream is only ever stopped between frames, never inside one, so each stream may hold one
+//! unfinished frame (up to `frame_bytes_max`) outside the budget. Charging unfinished frames to
+//! the budget would bound that at a few frames a connection, but a client writing large frames
+//! on many streams would then hang: its send buffer fills with the bytes of the streams not
+//! being read, and the streams the server waits on can send nothing more
+//! (`tests/unfinished_frames.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
