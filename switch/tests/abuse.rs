@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CNY, loopback_config, req, setup_requests};
+use common::{CNY, echo_frame, loopback_config, req, setup_requests};
 use switch::client::{Client, Stream};
 use switch::config::Config;
 use switch::server::{self, Running};
 use switch::tls::Trust;
 use switch::wire::{
-    self, AccountId, Amount, AppErrorCode, CardNumber, EchoPayload, ErrorCode, Frame, Limits,
-    Operation, Request, ResponseCode as Code,
+    self, AccountId, Amount, AppErrorCode, CardNumber, ErrorCode, Frame, Limits, Operation,
+    Request, ResponseCode as Code,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -91,32 +91,6 @@ async fn well_behaved(stream: Stream, first: u128, stop: Arc<AtomicBool>) -> (u6
     (approved, slowest)
 }
 
-/// A frame of echo requests as large as the limit allows, for the client that never reads.
-fn echo_frame(correlation_id: u64) -> Vec<u8> {
-    let payload = EchoPayload::new(vec![0x5a; EchoPayload::LEN_MAX]).expect("max length");
-    let one = req(
-        1,
-        Operation::Echo {
-            payload: payload.clone(),
-        },
-    );
-    let per_frame = (FRAME_BYTES_MAX as usize - wire::HEADER_LEN - 2) / one.encoded_len();
-    let requests: Vec<Request> = (0..per_frame)
-        .map(|i| {
-            req(
-                u128::from(correlation_id) << 16 | i as u128,
-                Operation::Echo {
-                    payload: payload.clone(),
-                },
-            )
-        })
-        .collect();
-    let mut out = Vec::new();
-    wire::encode_request_frame(correlation_id, &requests, &mut out).expect("encodes");
-    assert!(out.len() <= FRAME_BYTES_MAX as usize);
-    out
-}
-
 /// Writes echo frames on every stream it may open and never reads an answer, until aborted;
 /// `sent` counts the bytes the server took.
 async fn never_reads(client: Client, sent: Arc<AtomicU64>) {
@@ -129,7 +103,7 @@ async fn never_reads(client: Client, sent: Arc<AtomicU64>) {
             let mut correlation_id = u64::from(s) << 32;
             loop {
                 correlation_id += 1;
-                let frame = echo_frame(correlation_id);
+                let frame = echo_frame(correlation_id, FRAME_BYTES_MAX);
                 // Blocks for good once flow control says the server stopped reading.
                 if send.write_all(&frame).await.is_err() {
                     return;
@@ -238,7 +212,9 @@ async fn abusive_clients_are_cut_off_and_well_behaved_ones_keep_being_served() {
             .expect("a stream within the limit opens")
             .expect("opens");
         // A stream exists for the server once something is sent on it.
-        send.write_all(&echo_frame(1)).await.expect("writes");
+        send.write_all(&echo_frame(1, FRAME_BYTES_MAX))
+            .await
+            .expect("writes");
         open_streams.push((send, recv));
     }
     let past_limit =

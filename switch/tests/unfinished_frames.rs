@@ -11,43 +11,16 @@ use std::time::Duration;
 
 #[allow(dead_code)]
 mod common;
-use common::{loopback_config, req};
+use common::{echo_frame, loopback_config};
 use switch::client::Client;
 use switch::server;
 use switch::tls::Trust;
-use switch::wire::{self, EchoPayload, Frame, Limits, Operation, Request};
+use switch::wire::{self, Frame, Limits};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// The default frame limit and stream count.
 const FRAME_BYTES_MAX: u32 = 1 << 20;
 const STREAMS: u32 = 64;
-
-/// A request batch of echoes as close to the frame limit as they fit.
-fn large_frame(correlation_id: u64) -> Vec<u8> {
-    let payload = EchoPayload::new(vec![0x5a; EchoPayload::LEN_MAX]).expect("max length");
-    let one = req(
-        1,
-        Operation::Echo {
-            payload: payload.clone(),
-        },
-    );
-    let per_frame = (FRAME_BYTES_MAX as usize - wire::HEADER_LEN - 2) / one.encoded_len();
-    let requests: Vec<Request> = (0..per_frame)
-        .map(|i| {
-            req(
-                u128::from(correlation_id) << 32 | i as u128,
-                Operation::Echo {
-                    payload: payload.clone(),
-                },
-            )
-        })
-        .collect();
-    let mut out = Vec::new();
-    wire::encode_request_frame(correlation_id, &requests, &mut out).expect("encodes");
-    assert!(out.len() <= FRAME_BYTES_MAX as usize);
-    assert!(out.len() > FRAME_BYTES_MAX as usize * 9 / 10);
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_large_frames_on_every_stream_are_all_read_and_answered() {
@@ -74,7 +47,8 @@ async fn unfinished_large_frames_on_every_stream_are_all_read_and_answered() {
             .await
             .expect("a stream within the limit opens")
             .expect("opens");
-        let frame = large_frame(s + 1);
+        let frame = echo_frame(s + 1, FRAME_BYTES_MAX);
+        assert!(frame.len() > FRAME_BYTES_MAX as usize * 9 / 10);
         let nearly_sent = nearly_sent.clone();
         let mut released = released.clone();
         streams.push(tokio::spawn(async move {

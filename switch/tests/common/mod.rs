@@ -2,8 +2,8 @@
 
 use switch::config::{Config, RouteConfig};
 use switch::wire::{
-    AccountFlags, AccountId, Amount, CardNumber, Currency, Operation, ParticipantId,
-    ParticipantName, Request, RequestId, Roles,
+    self, AccountFlags, AccountId, Amount, CardNumber, Currency, EchoPayload, Operation,
+    ParticipantId, ParticipantName, Request, RequestId, Roles,
 };
 
 pub const CNY: Currency = Currency(156);
@@ -82,4 +82,32 @@ pub fn setup_requests(funded: u64) -> Vec<Request> {
             },
         ),
     ]
+}
+
+/// A request batch of echoes with the largest payload, as many as fit in `frame_bytes_max`;
+/// request ids are `correlation_id` in the high bits and the item's index in the low 32.
+#[allow(dead_code)] // not every test file sends echo frames
+pub fn echo_frame(correlation_id: u64, frame_bytes_max: u32) -> Vec<u8> {
+    let payload = EchoPayload::new(vec![0x5a; EchoPayload::LEN_MAX]).expect("max length");
+    let one = req(
+        1,
+        Operation::Echo {
+            payload: payload.clone(),
+        },
+    );
+    let per_frame = (frame_bytes_max as usize - wire::HEADER_LEN - 2) / one.encoded_len();
+    let requests: Vec<Request> = (0..per_frame)
+        .map(|i| {
+            req(
+                u128::from(correlation_id) << 32 | i as u128,
+                Operation::Echo {
+                    payload: payload.clone(),
+                },
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    wire::encode_request_frame(correlation_id, &requests, &mut out).expect("encodes");
+    assert!(out.len() <= frame_bytes_max as usize);
+    out
 }
