@@ -127,7 +127,7 @@ struct Answer {
     after: u64,
     shapes: Vec<(Vec<wire::Op>, Reply, Instant)>,
     responses: Vec<crate::core::Response>,
-    _taken: Taken,
+    taken: Taken,
 }
 
 /// Requests a batch took from the queue. They count against `queue_depth_max` until their
@@ -247,10 +247,19 @@ impl Pipeline {
 impl Answer {
     /// Shapes and sends the responses, or refuses them all if the log failed.
     fn send(self, refusal: Option<Reason>) {
-        let mut responses = self.responses.into_iter();
+        let Answer {
+            shapes,
+            responses,
+            taken,
+            ..
+        } = self;
+        // The requests leave the queue's count before their answers leave: a client that
+        // sends again the moment it has its answer must find the room its requests took.
+        drop(taken);
+        let mut responses = responses.into_iter();
         // Counted per batch rather than per request: the counter lookup is not free.
         let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
-        for (ops, reply, received) in self.shapes {
+        for (ops, reply, received) in shapes {
             let wire_responses: Vec<wire::Response> = ops
                 .iter()
                 .zip(responses.by_ref())
@@ -688,7 +697,7 @@ impl Stage {
             after: self.submitted,
             shapes,
             responses: executed.responses,
-            _taken: taken,
+            taken,
         });
         result
     }
