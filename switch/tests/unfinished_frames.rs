@@ -93,14 +93,26 @@ async fn unfinished_large_frames_on_every_stream_are_all_read_and_answered() {
 
     // Finished, every frame is answered.
     release.send(true).expect("released");
+    let echoes = match wire::decode_frame(&echo_frame(1, FRAME_BYTES_MAX), &Limits::default()) {
+        Ok(Some((Frame::Requests { requests, .. }, _))) => requests.len(),
+        other => panic!("the echo frame decodes as {other:?}"),
+    };
     for (s, stream) in streams.into_iter().enumerate() {
         let answer = tokio::time::timeout(LIMIT, stream)
             .await
             .unwrap_or_else(|_| panic!("stream {s} not answered within {LIMIT:?}"))
             .expect("the stream's task");
         match answer {
-            Frame::Responses { correlation_id, .. } => {
-                assert_eq!(correlation_id, s as u64 + 1, "stream {s}")
+            Frame::Responses {
+                correlation_id,
+                responses,
+            } => {
+                assert_eq!(correlation_id, s as u64 + 1, "stream {s}");
+                // One answer for every echo, each for its own request, in order.
+                assert_eq!(responses.len(), echoes, "stream {s}");
+                for (i, r) in responses.iter().enumerate() {
+                    assert_eq!(r.request_id.0, u128::from(correlation_id) << 32 | i as u128);
+                }
             }
             other => panic!("stream {s} was answered {other:?}"),
         }
