@@ -180,32 +180,27 @@ pub fn rss_bytes() -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// Minor page faults of this process so far (`/proc/self/stat`): each is a page touched for
-/// the first time, or again after the kernel took it back.
-pub fn minor_faults() -> u64 {
+/// Field `n` (counted from 1, as in `proc(5)`) of `/proc/self/stat`, or 0 if it cannot be read.
+fn stat_field(n: usize) -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 3 on follow the command name (field 2), which is in parentheses and may hold
+    // spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    // minflt is field 10 of the line, 7 after the name.
-    rest.split_whitespace()
-        .nth(7)
+    n.checked_sub(3)
+        .and_then(|i| rest.split_whitespace().nth(i))
         .and_then(|f| f.parse().ok())
         .unwrap_or(0)
 }
 
-/// CPU time of this process so far (user + system), from `/proc/self/stat` at 100 ticks/s.
+/// Minor page faults of this process so far (`minflt`): each is a page touched for the first
+/// time, or again after the kernel took it back.
+pub fn minor_faults() -> u64 {
+    stat_field(10)
+}
+
+/// CPU time of this process so far (`utime` + `stime`), at 100 ticks/s.
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    (stat_field(14) + stat_field(15)) as f64 / 100.0
 }
 
 #[cfg(test)]
