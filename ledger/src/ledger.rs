@@ -71,7 +71,15 @@ pub enum ConfigError {
     Shards(usize),
     #[error("{name} must be at least 1")]
     Zero { name: &'static str },
+    #[error("{name} must be at most {REMEMBERED_LIMIT}")]
+    TooLarge { name: &'static str },
 }
+
+/// The most `transfers_remembered_max` and `pending_max` may be: a remembered queue, which
+/// holds up to the one plus the live holds of the other (and a few waiting to be forgotten),
+/// then holds fewer than 2^32 records, which `PositionIndex` needs (it keeps 32 bits of a
+/// position). Far beyond any machine's memory at over 100 bytes a record.
+pub const REMEMBERED_LIMIT: u64 = 1 << 30;
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -86,6 +94,14 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });
+            }
+        }
+        for (name, value) in [
+            ("transfers_remembered_max", self.transfers_remembered_max),
+            ("pending_max", self.pending_max),
+        ] {
+            if value > REMEMBERED_LIMIT {
+                return Err(ConfigError::TooLarge { name });
             }
         }
         Ok(())

@@ -44,6 +44,7 @@ mod event;
 pub mod fuzz_check;
 mod ledger;
 mod outcome;
+pub mod position_index;
 mod record;
 mod snapshot;
 pub mod snapshot_file;
@@ -58,7 +59,9 @@ pub use currency::{AmountError, Currency, balance_to_decimal};
 pub use digest::Digest;
 pub use durable::{DurableError, DurableLedger, DurableOptions, Recovery};
 pub use event::{Event, Op};
-pub use ledger::{BatchError, Config, ConfigError, Ledger, SHARDS_MAX, Stats, Totals};
+pub use ledger::{
+    BatchError, Config, ConfigError, Ledger, REMEMBERED_LIMIT, SHARDS_MAX, Stats, Totals,
+};
 pub use outcome::Outcome;
 pub use record::{LogRecord, RecordError};
 pub use snapshot::{Capture, SnapshotError};

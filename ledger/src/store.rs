@@ -1,18 +1,18 @@
 //! Where a transfer shard keeps its remembered transfers, compactly.
 //!
 //! Records sit in a ring in the order they were remembered (which is also the order they are
-//! forgotten in), packed into 104 bytes with no 16-byte alignment padding; a hash map takes an
-//! id to its place in the ring. Appending is a sequential write, and the map's entries are
-//! 24 bytes, so remembering ten million transfers costs well under 200 bytes each.
+//! forgotten in), packed into 104 bytes with no 16-byte alignment padding; a `PositionIndex`
+//! takes an id to its place in the ring. Appending is a sequential write, and the index's
+//! entries are 8 bytes, so remembering ten million transfers costs well under 150 bytes each.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::position_index::PositionIndex;
 
 use crate::currency::Currency;
 use crate::outcome::Outcome;
 use crate::transfer::{Transfer, TransferKind, TransferRecord, TransferState};
 use crate::types::{AccountId, Amount, Timestamp, TransferId};
-
-type Hasher = foldhash::fast::RandomState;
 
 /// A u128 id as two words: 8-byte alignment keeps map entries and slots free of padding.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +212,7 @@ pub(crate) const FORGET_LOOKS_SPARE: usize = 64;
 #[derive(Default)]
 pub(crate) struct TransferShard {
     /// Id to position; a position is `base` plus the index in `slots`.
-    index: HashMap<Key, u64, Hasher>,
+    index: PositionIndex,
     slots: VecDeque<Slot>,
     base: u64,
     /// Live holds with an expiry, by expiry.
@@ -226,9 +226,19 @@ impl TransferShard {
         self.slots.len()
     }
 
+    /// The slot at `position`, if the ring holds it.
+    fn at(&self, position: u64) -> Option<&Slot> {
+        self.slots
+            .get(usize::try_from(position.checked_sub(self.base)?).ok()?)
+    }
+
+    fn position(&self, id: TransferId) -> Option<u64> {
+        self.index
+            .find(id.0, self.base, |p| self.at(p).map(|s| s.id.get()))
+    }
+
     fn slot(&self, id: TransferId) -> Option<&Slot> {
-        let position = *self.index.get(&Key::of(id.0))?;
-        self.slots.get((position - self.base) as usize)
+        self.at(self.position(id)?)
     }
 
     pub(crate) fn get(&self, id: TransferId) -> Option<TransferRecord> {
@@ -236,7 +246,7 @@ impl TransferShard {
     }
 
     pub(crate) fn contains(&self, id: TransferId) -> bool {
-        self.index.contains_key(&Key::of(id.0))
+        self.position(id).is_some()
     }
 
     /// The outcome a resubmission of `t` gets, if `t.id` is remembered: its original outcome
@@ -253,19 +263,16 @@ impl TransferShard {
 
     pub(crate) fn push(&mut self, record: &TransferRecord) {
         let position = self.base + self.slots.len() as u64;
-        let previous = self.index.insert(Key::of(record.event.id.0), position);
-        assert!(
-            previous.is_none(),
+        debug_assert!(
+            !self.contains(record.event.id),
             "a remembered id is never remembered twice"
         );
+        self.index.insert(record.event.id.0, position);
         self.slots.push_back(Slot::pack(record));
     }
 
     pub(crate) fn set_state(&mut self, id: TransferId, state: TransferState) {
-        let position = *self
-            .index
-            .get(&Key::of(id.0))
-            .expect("state of a remembered id");
+        let position = self.position(id).expect("state of a remembered id");
         let slot = self
             .slots
             .get_mut((position - self.base) as usize)
@@ -277,7 +284,8 @@ impl TransferShard {
     pub(crate) fn pop_newest(&mut self, id: TransferId) -> TransferRecord {
         let slot = self.slots.pop_back().expect("undone in reverse order");
         assert!(slot.id == Key::of(id.0), "undone in reverse order");
-        self.index.remove(&slot.id);
+        let position = self.base + self.slots.len() as u64;
+        assert!(self.index.remove(id.0, position), "index and ring agree");
         slot.unpack()
     }
 
@@ -299,13 +307,16 @@ impl TransferShard {
             let Some(slot) = self.slots.pop_front() else {
                 break;
             };
+            let was = self.base;
             self.base += 1;
             if slot.state == STATE_PENDING {
                 let position = self.base + self.slots.len() as u64;
-                self.index.insert(slot.id, position);
+                let moved = self.index.relocate(slot.id.get(), was, position);
+                debug_assert!(moved, "index and ring agree");
                 self.slots.push_back(slot);
             } else {
-                self.index.remove(&slot.id);
+                let removed = self.index.remove(slot.id.get(), was);
+                debug_assert!(removed, "index and ring agree");
                 self.forgotten += 1;
             }
         }
@@ -315,7 +326,7 @@ impl TransferShard {
     /// Grows the index and the ring ahead of need once they are three-quarters full, but not
     /// past room for `bound` records (the shard forgets beyond it).
     ///
-    /// Left alone, every shard's hash map and ring would double at about the same moment
+    /// Left alone, every shard's index and ring would double at about the same moment
     /// (uniform ids fill the shards evenly), copying the whole ledger's worth of records inside
     /// one batch: a stall of hundreds of milliseconds at a few million transfers. The caller
     /// grows one shard per batch instead, so the same copying is spread out.
@@ -334,21 +345,8 @@ impl TransferShard {
     /// fault on nearly every insert instead. The records already held are kept, in order.
     pub(crate) fn preallocate(&mut self, records: usize) -> usize {
         let records = records.max(self.slots.len());
-        // Twice the records: once the shard forgets as it remembers, removals leave
-        // tombstones, and a hash map more than half full grows (rather than cleans up in
-        // place) when they use up its room. Reserved now, that is memory the shard would
-        // otherwise take later, in the middle of a batch.
-        let buckets_for = records.saturating_mul(2);
-        if self.index.capacity() < buckets_for {
-            let mut index = HashMap::with_capacity_and_hasher(buckets_for, Hasher::default());
-            for i in 0..index.capacity() as u64 {
-                index.insert(Key([i, u64::MAX]), 0);
-            }
-            // `clear` keeps the memory, now resident.
-            index.clear();
-            index.extend(self.index.drain());
-            self.index = index;
-        }
+        // One more than the bound: a batch remembers before it forgets.
+        let index_bytes = self.index.preallocate(records.saturating_add(1));
         if self.slots.capacity() < records {
             let mut slots = VecDeque::with_capacity(records);
             slots.resize(slots.capacity(), Slot::FILLER);
@@ -356,10 +354,7 @@ impl TransferShard {
             slots.extend(self.slots.drain(..));
             self.slots = slots;
         }
-        // A hash map's buckets: capacity is 7/8 of them; one control byte each.
-        let buckets = self.index.capacity() / 7 * 8;
-        buckets * (std::mem::size_of::<(Key, u64)>() + 1)
-            + self.slots.capacity() * std::mem::size_of::<Slot>()
+        index_bytes + self.slots.capacity() * std::mem::size_of::<Slot>()
     }
 
     #[cfg(test)]
@@ -437,10 +432,7 @@ mod tests {
         shard.forget_beyond(500, usize::MAX);
         assert!(shard.preallocate(bound) > 0);
         let reserved = shard.capacities();
-        assert!(
-            reserved.0 >= 2 * bound && reserved.1 >= bound,
-            "{reserved:?}"
-        );
+        assert!(reserved.0 > bound && reserved.1 >= bound, "{reserved:?}");
         let kept: Vec<u128> = shard.iter().map(|r| r.event.id.0).collect();
         assert_eq!(kept, (201..=700).collect::<Vec<_>>());
         for id in 201..=700 {
@@ -450,12 +442,7 @@ mod tests {
             shard.push(&posted(id));
             shard.forget_beyond(bound - 100, 1 + FORGET_LOOKS_SPARE);
             shard.grow_ahead(bound);
-            // Tombstones lower a hash map's capacity until it cleans up in place.
-            let now = shard.capacities();
-            assert!(
-                now.0 <= reserved.0 && now.1 == reserved.1,
-                "grew at {id}: {now:?}"
-            );
+            assert_eq!(shard.capacities(), reserved, "grew at {id}");
         }
         assert_eq!(shard.len(), bound - 100);
         assert_eq!(shard.get(TransferId(30_000)), Some(posted(30_000)));
