@@ -770,6 +770,25 @@ mod tests {
         );
     }
 
+    /// A remembered queue must hold fewer than 2^32 records (see `PositionIndex`): each bound
+    /// that sizes one is refused past `REMEMBERED_LIMIT`, naming it.
+    #[test]
+    fn remembered_bounds_past_the_index_limit_are_refused() {
+        let limit = ledger::REMEMBERED_LIMIT;
+        for key in ["transfers_remembered_max", "pending_max"] {
+            let at = format!("[ledger]\n{key} = {limit}\n");
+            assert!(Config::parse(&at, "x.toml").is_ok(), "{key} = {limit}");
+            let over = format!("[ledger]\n{key} = {}\n", limit + 1);
+            let error = Config::parse(&over, "x.toml").expect_err("past the limit");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("{key} must be at most {limit}")),
+                "{error}"
+            );
+        }
+    }
+
     #[test]
     fn warnings_name_their_keys_and_the_default_has_none() {
         assert_eq!(Config::default().warnings(), Vec::<String>::new());

@@ -34,6 +34,7 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use crate::journal::{NAME_LEN_MAX, fingerprint};
 use crate::routing::{RouteTable, is_valid_number};
 use crate::tls::Identity;
+use ledger::position_index::PositionIndex;
 
 /// A client-chosen request id; also the ledger id of the transfer the request makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -597,34 +598,17 @@ impl<'a, T> IntoIterator for &'a Chunked<T> {
     }
 }
 
-/// A u128 key as two words: a map entry of a key and a position is then 24 bytes, not 32.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Key([u64; 2]);
-
-impl Key {
-    fn of(key: u128) -> Self {
-        Key([key as u64, (key >> 64) as u64])
-    }
-}
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-        state.write_u64(self.0[1]);
-    }
-}
-
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
 ///
-/// The entries sit in a queue in the order they are forgotten in; a hash map takes a key to
-/// its place there. Remembering writes the entry at the queue's end, next to the one before,
-/// and a small key-and-place into the hash map: the one write to a random place in memory is
-/// 24 bytes, where an entry of the map itself would be over a hundred.
+/// The entries sit in a queue in the order they are forgotten in; a `PositionIndex` takes a
+/// key to its place there. Remembering writes the entry at the queue's end, next to the one before,
+/// and a small tag-and-place into the index: the one write to a random place in memory is
+/// 8 bytes, where an entry of the map itself would be over a hundred.
 pub(crate) struct Remembered<V> {
     /// Key to position: `base` plus the index in `entries`. Split into parts so that no
-    /// single hash map grows huge: a map doubles by copying itself, and one of millions of
+    /// single index grows huge: an index doubles by copying itself, and one of millions of
     /// entries would stall the ledger stage for that long.
-    parts: Vec<HashMap<Key, u64>>,
+    parts: Vec<PositionIndex>,
     entries: Chunked<(u128, V)>,
     /// The position of the oldest entry.
     base: u64,
@@ -636,7 +620,9 @@ const REMEMBERED_PARTS: usize = 64;
 impl<V> Remembered<V> {
     fn new(max: usize) -> Self {
         Remembered {
-            parts: (0..REMEMBERED_PARTS).map(|_| HashMap::default()).collect(),
+            parts: (0..REMEMBERED_PARTS)
+                .map(|_| PositionIndex::default())
+                .collect(),
             entries: Chunked::default(),
             base: 0,
             max,
@@ -654,8 +640,17 @@ impl<V> Remembered<V> {
     }
 
     fn index(&self, key: u128) -> Option<usize> {
-        let position = *self.parts[self.part(key)].get(&Key::of(key))?;
-        usize::try_from(position.checked_sub(self.base)?).ok()
+        let key_at = |p: u64| {
+            let i = usize::try_from(p.checked_sub(self.base)?).ok()?;
+            self.entries.get(i).map(|(k, _)| *k)
+        };
+        let position = self.parts[self.part(key)].find(key, self.base, key_at)?;
+        usize::try_from(position - self.base).ok()
+    }
+
+    /// Brings what looking `key` up reads into cache (see `PositionIndex::touch`).
+    fn touch(&self, key: u128) -> usize {
+        self.parts[self.part(key)].touch(key)
     }
 
     fn get(&self, key: &u128) -> Option<&V> {
@@ -669,7 +664,7 @@ impl<V> Remembered<V> {
     }
 
     fn contains_key(&self, key: &u128) -> bool {
-        self.parts[self.part(*key)].contains_key(&Key::of(*key))
+        self.index(*key).is_some()
     }
 
     /// Entries, key and value, oldest first.
@@ -706,44 +701,27 @@ impl<V> Remembered<V> {
             .entries
             .preallocate(self.max.saturating_add(1), &(0, filler.clone()));
         for part in &mut self.parts {
-            // Twice the entries: forgetting leaves tombstones, and a hash map more than half
-            // full grows (rather than cleans up in place) when they use up its room.
-            let entries = bound.max(part.len()).saturating_mul(2);
-            if part.capacity() < entries {
-                let mut fresh: HashMap<Key, u64> =
-                    HashMap::with_capacity_and_hasher(entries, Default::default());
-                for key in 0..fresh.capacity() as u128 {
-                    fresh.insert(Key::of(key), 0);
-                }
-                // `clear` keeps the memory, now resident.
-                fresh.clear();
-                fresh.extend(part.drain());
-                *part = fresh;
-            }
-            // A hash map's buckets: capacity is 7/8 of them; one control byte each.
-            bytes += part.capacity() / 7 * 8 * (std::mem::size_of::<(Key, u64)>() + 1);
+            bytes += part.preallocate(bound);
         }
         bytes
     }
 
     #[cfg(test)]
     fn capacity(&self) -> usize {
-        self.parts.iter().map(HashMap::capacity).sum()
+        self.parts.iter().map(PositionIndex::capacity).sum()
     }
 
     /// Adds `value` as the newest entry (for a new key; for a key held, `value` replaces
     /// its value in place). Does not forget.
     fn push(&mut self, key: u128, value: V) -> Result<(), (u128, V)> {
+        if self.contains_key(&key) {
+            return Err((key, value));
+        }
         let position = self.base + self.entries.len() as u64;
         let part = self.part(key);
-        match self.parts[part].entry(Key::of(key)) {
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(position);
-                self.entries.push_back((key, value));
-                Ok(())
-            }
-            std::collections::hash_map::Entry::Occupied(_) => Err((key, value)),
-        }
+        self.parts[part].insert(key, position);
+        self.entries.push_back((key, value));
+        Ok(())
     }
 
     /// Remembers `key`, then forgets the oldest entries `keep` lets go until at most `max`
@@ -768,14 +746,17 @@ impl<V> Remembered<V> {
             let Some((oldest, value)) = self.entries.pop_front() else {
                 break;
             };
+            let was = self.base;
             self.base += 1;
             let part = self.part(oldest);
             if keep(&value) {
                 let position = self.base + self.entries.len() as u64;
-                self.parts[part].insert(Key::of(oldest), position);
+                let moved = self.parts[part].relocate(oldest, was, position);
+                debug_assert!(moved, "index and queue agree");
                 self.entries.push_back((oldest, value));
             } else {
-                self.parts[part].remove(&Key::of(oldest));
+                let removed = self.parts[part].remove(oldest, was);
+                debug_assert!(removed, "index and queue agree");
             }
         }
         looked
@@ -1065,8 +1046,8 @@ impl Core {
     fn look_up_ahead(&self, items: &[Prepared]) {
         let ids = || items.iter().map(|p| p.item.id.0);
         let found = ids()
-            .filter(|id| self.responses.contains_key(id) || self.originals.contains_key(id))
-            .count()
+            .map(|id| self.responses.touch(id) + self.originals.touch(id))
+            .sum::<usize>()
             + self.ledger.look_up_ahead(ids().map(TransferId));
         std::hint::black_box(found);
     }
@@ -2377,7 +2358,7 @@ mod remembered_tests {
         }
         assert!(m.preallocate(&0) > 0);
         let reserved = m.capacity();
-        assert!(reserved >= 2 * max, "{reserved}");
+        assert!(reserved > max, "{reserved}");
         assert_eq!(
             m.iter().map(|(key, _)| key).collect::<Vec<_>>(),
             (0..3_000).collect::<Vec<_>>()
@@ -2390,8 +2371,7 @@ mod remembered_tests {
             if key % 64 == 0 {
                 m.grow_ahead(key as usize);
             }
-            // Tombstones lower a hash map's capacity until it cleans up in place.
-            assert!(m.capacity() <= reserved, "grew at {key}");
+            assert_eq!(m.capacity(), reserved, "grew at {key}");
         }
         assert_eq!(m.len(), max);
         assert!(m.get(&0).is_none());

@@ -20,7 +20,7 @@ use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
 use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
-    Body, Core, CoreConfig, EarlyReversals, HashMap, Kept, Key, Order, Original, Participant,
+    Body, Core, CoreConfig, EarlyReversals, HashMap, Kept, Order, Original, Participant,
     REMEMBERED_PARTS, Remembered, RequestId, Response, Stage, Status,
 };
 use crate::codes::{Code, Reason};
@@ -458,9 +458,11 @@ fn placed<V>(r: &Reader<'_>, max: usize, order: &Order) -> Result<Remembered<V>,
     }
     for (i, &key) in order.iter().enumerate() {
         let part = m.part(key);
-        if m.parts[part].insert(Key::of(key), i as u64).is_some() {
+        let key_at = |p: u64| order.get(usize::try_from(p).ok()?).copied();
+        if m.parts[part].find(key, 0, key_at).is_some() {
             return Err(r.bad(8 + 16 * i, format!("key {key} appears twice")));
         }
+        m.parts[part].insert(key, i as u64);
     }
     Ok(m)
 }
@@ -558,7 +560,10 @@ fn decode_remembered<V>(
         let pushed = m.entries.len();
         let (pushed, values) =
             placing.get_or_insert_with(|| (pushed, (pushed..order.len()).map(|_| None).collect()));
-        let Some(place) = m.index(key) else {
+        // The queue is not filled yet: the forgetting order holds the key of each place.
+        let key_at = |p: u64| order.get(usize::try_from(p).ok()?).copied();
+        let place = m.parts[m.part(key)].find(key, 0, key_at);
+        let Some(place) = place.and_then(|p| usize::try_from(p).ok()) else {
             return Err(r.bad(at, format!("entry {key} is not in the forgetting order")));
         };
         let slot = place.checked_sub(*pushed).and_then(|p| values.get_mut(p));
