@@ -245,6 +245,11 @@ impl TransferShard {
         self.slot(id).map(Slot::unpack)
     }
 
+    /// Reads what looking `id` up and inserting it will (see `PositionIndex::touch`).
+    pub(crate) fn touch(&self, id: TransferId) -> usize {
+        self.index.touch(id.0)
+    }
+
     pub(crate) fn contains(&self, id: TransferId) -> bool {
         self.position(id).is_some()
     }

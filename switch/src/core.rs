@@ -763,6 +763,42 @@ impl<V> Remembered<V> {
     }
 }
 
+/// Reads ahead, for a loop over a batch's requests, what the next `TOUCH_AHEAD` requests will
+/// probe in the maps of millions, each time the loop reaches the end of what was read. Each
+/// probe is a cache miss. One request at a time, each waits for the one before, and one read
+/// a request ahead still stalls the loop behind it; reads issued together, with nothing
+/// between them, overlap. A whole batch read first would be pushed out of cache again before
+/// the last of thousands is reached.
+#[derive(Default)]
+struct TouchAhead {
+    /// Ids before this have been read ahead.
+    next: usize,
+    read: usize,
+}
+
+const TOUCH_AHEAD: usize = 64;
+
+impl TouchAhead {
+    /// At request `at` of `ids`: once every request read ahead is reached, reads the next.
+    fn to(&mut self, at: usize, ids: &[u128], mut touch: impl FnMut(u128) -> usize) {
+        if at < self.next {
+            return;
+        }
+        let end = (at + TOUCH_AHEAD).min(ids.len());
+        for &id in &ids[at.min(end)..end] {
+            self.read += touch(id);
+        }
+        self.next = end;
+    }
+}
+
+impl Drop for TouchAhead {
+    fn drop(&mut self) {
+        // The reads are for their effect on the cache: keep the compiler from dropping them.
+        std::hint::black_box(self.read);
+    }
+}
+
 /// Entries a remembered map looks at to forget, at most, per insert.
 pub const FORGET_LOOKS_MAX: usize = 16;
 
@@ -926,7 +962,8 @@ impl Core {
 
     /// `execute` for items whose fingerprints are already computed.
     pub fn execute_prepared(&mut self, items: Vec<Prepared>, now: Timestamp) -> Executed {
-        self.look_up_ahead(&items);
+        let ids: Vec<u128> = items.iter().map(|p| p.item.id.0).collect();
+        let mut ahead = TouchAhead::default();
         let mut out: Vec<Option<Response>> = vec![None; items.len()];
         let mut logged = Vec::new();
         let mut wave = std::mem::take(&mut self.wave);
@@ -936,6 +973,7 @@ impl Core {
             .reports_max
             .saturating_sub(self.clearing.reports.len());
         for (slot, prepared) in items.into_iter().enumerate() {
+            ahead.to(slot, &ids, |id| self.touch_remembered(id));
             let Prepared {
                 item: Item { id, who, request },
                 fingerprint,
@@ -1039,17 +1077,10 @@ impl Core {
         Executed { responses, logged }
     }
 
-    /// Looks every request id of a batch up in the maps of millions its requests will probe
-    /// and insert into, before applying any of it. One request at a time, each cache miss
-    /// waits for the one before; these lookups are independent, so the CPU overlaps them, and
-    /// the applying then finds the lines in cache.
-    fn look_up_ahead(&self, items: &[Prepared]) {
-        let ids = || items.iter().map(|p| p.item.id.0);
-        let found = ids()
-            .map(|id| self.responses.touch(id) + self.originals.touch(id))
-            .sum::<usize>()
-            + self.ledger.look_up_ahead(ids().map(TransferId));
-        std::hint::black_box(found);
+    /// Reads the index entries of the remembered maps that looking `id` up and remembering it
+    /// will probe and write (see `TouchAhead`).
+    fn touch_remembered(&self, id: u128) -> usize {
+        self.responses.touch(id) + self.originals.touch(id)
     }
 
     fn grow_ahead(&mut self) {
@@ -1833,7 +1864,12 @@ impl Core {
             // Waves are cut below the ledger's batch limit (see `submit`).
             Err(e) => unreachable!("wave over the ledger's batch limit: {e}"),
         };
-        for planned in wave.planned.drain(..) {
+        let ids: Vec<u128> = wave.planned.iter().map(|p| p.id.0).collect();
+        let mut ahead = TouchAhead::default();
+        for (k, planned) in wave.planned.drain(..).enumerate() {
+            if ids.len() > TOUCH_AHEAD {
+                ahead.to(k, &ids, |id| self.touch_remembered(id));
+            }
             let results = &outcomes[planned.events.clone()];
             // The member that decided the chain: the first failure, or the last success.
             let outcome = results
