@@ -312,19 +312,6 @@ impl Ledger {
             .copied()
     }
 
-    /// Looks each id up among the remembered transfers and returns how many are there. The
-    /// lookups do not depend on one another, so the CPU overlaps their cache misses; a batch
-    /// applied right after finds those lines of its id index already in cache.
-    pub fn look_up_ahead(&self, ids: impl IntoIterator<Item = TransferId>) -> usize {
-        ids.into_iter()
-            .filter(|&id| {
-                self.transfer_shards[self.transfer_shard(id)]
-                    .lock()
-                    .contains(id)
-            })
-            .count()
-    }
-
     pub fn transfer(&self, id: TransferId) -> Option<TransferRecord> {
         self.transfer_shards[self.transfer_shard(id)].lock().get(id)
     }
