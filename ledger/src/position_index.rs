@@ -134,17 +134,35 @@ impl<S: BuildHasher> PositionIndex<S> {
         read
     }
 
-    /// Adds `id` at `position`. The caller has made sure that `id` is not held (`find`).
-    pub fn insert(&mut self, id: u128, position: u64) {
+    /// Adds `id` at `position`, or, if `id` is held already, returns where (`base` and
+    /// `key_at` as for `find`): the one probe both looks and inserts.
+    pub fn insert(
+        &mut self,
+        id: u128,
+        position: u64,
+        base: u64,
+        key_at: impl Fn(u64) -> Option<u128>,
+    ) -> Result<(), u64> {
         self.reserve(1);
         let tag = self.tag(id);
         let mask = self.mask();
         let mut i = Self::home(tag, mask);
-        while self.table[i] != EMPTY {
+        loop {
+            let entry = self.table[i];
+            if entry == EMPTY {
+                break;
+            }
+            if Self::entry_tag(entry) == tag {
+                let held = base + u64::from((entry as u32).wrapping_sub(base as u32));
+                if key_at(held) == Some(id) {
+                    return Err(held);
+                }
+            }
             i = (i + 1) & mask;
         }
         self.table[i] = Self::entry(tag, position);
         self.len += 1;
+        Ok(())
     }
 
     /// The table index of the entry for `id` at `position`.
@@ -320,8 +338,14 @@ mod tests {
             match *op {
                 Op::Push(id) => {
                     let id = u128::from(id) + 1;
-                    if !queue.contains(&id) {
-                        index.insert(id, base + queue.len() as u64);
+                    let key_at = |p: u64| {
+                        p.checked_sub(base)
+                            .and_then(|i| queue.get(usize::try_from(i).ok()?).copied())
+                    };
+                    let held = queue.iter().position(|&q| q == id).map(|i| base + i as u64);
+                    let inserted = index.insert(id, base + queue.len() as u64, base, key_at);
+                    assert_eq!(inserted.err(), held, "id {id}");
+                    if held.is_none() {
                         queue.push_back(id);
                         seen.insert(id);
                     }
@@ -394,7 +418,8 @@ mod tests {
         let mut index = PositionIndex::new();
         assert_eq!(index.find(5, 0, |_| Some(5)), None);
         assert!(!index.remove(5, 0));
-        index.insert(5, 0);
+        assert_eq!(index.insert(5, 0, 0, |_| None), Ok(()));
+        assert_eq!(index.insert(5, 1, 0, |_| Some(5)), Err(0));
         // A tag match is not enough: the queue must hold the id there.
         assert_eq!(index.find(5, 0, |_| Some(6)), None);
         assert_eq!(index.find(5, 0, |_| Some(5)), Some(0));
@@ -406,15 +431,16 @@ mod tests {
     #[test]
     fn preallocating_writes_the_table_and_keeps_what_is_held() {
         let mut index = PositionIndex::new();
+        let key_at = |p: u64| Some(u128::from(p) + 1);
         for id in 1..=100u128 {
-            index.insert(id, id as u64 - 1);
+            assert!(index.insert(id, id as u64 - 1, 0, key_at).is_ok());
         }
         let bytes = index.preallocate(10_000);
         assert!(index.capacity() >= 10_000);
         assert_eq!(bytes, index.bytes());
         let table = index.table.len();
         for id in 101..=10_000u128 {
-            index.insert(id, id as u64 - 1);
+            assert!(index.insert(id, id as u64 - 1, 0, key_at).is_ok());
         }
         assert_eq!(
             index.table.len(),

@@ -268,11 +268,16 @@ impl TransferShard {
 
     pub(crate) fn push(&mut self, record: &TransferRecord) {
         let position = self.base + self.slots.len() as u64;
-        debug_assert!(
-            !self.contains(record.event.id),
+        let (slots, base) = (&self.slots, self.base);
+        let key_at = |p: u64| {
+            let i = usize::try_from(p.checked_sub(base)?).ok()?;
+            slots.get(i).map(|s| s.id.get())
+        };
+        let inserted = self.index.insert(record.event.id.0, position, base, key_at);
+        assert!(
+            inserted.is_ok(),
             "a remembered id is never remembered twice"
         );
-        self.index.insert(record.event.id.0, position);
         self.slots.push_back(Slot::pack(record));
     }
 

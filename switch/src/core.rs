@@ -601,9 +601,9 @@ impl<'a, T> IntoIterator for &'a Chunked<T> {
 /// A map with a bound, forgetting the oldest entries first (except those `keep` says not to).
 ///
 /// The entries sit in a queue in the order they are forgotten in; a `PositionIndex` takes a
-/// key to its place there. Remembering writes the entry at the queue's end, next to the one before,
-/// and a small tag-and-place into the index: the one write to a random place in memory is
-/// 8 bytes, where an entry of the map itself would be over a hundred.
+/// key to its place there. Remembering writes the entry at the queue's end, next to the one
+/// before, and a small tag-and-place into the index: the one write to a random place in
+/// memory is 8 bytes, where an entry of the map itself would be over a hundred.
 pub(crate) struct Remembered<V> {
     /// Key to position: `base` plus the index in `entries`. Split into parts so that no
     /// single index grows huge: an index doubles by copying itself, and one of millions of
@@ -663,6 +663,7 @@ impl<V> Remembered<V> {
         self.entries.get_mut(i).map(|(_, v)| v)
     }
 
+    #[cfg(test)]
     fn contains_key(&self, key: &u128) -> bool {
         self.index(*key).is_some()
     }
@@ -714,12 +715,19 @@ impl<V> Remembered<V> {
     /// Adds `value` as the newest entry (for a new key; for a key held, `value` replaces
     /// its value in place). Does not forget.
     fn push(&mut self, key: u128, value: V) -> Result<(), (u128, V)> {
-        if self.contains_key(&key) {
-            return Err((key, value));
-        }
         let position = self.base + self.entries.len() as u64;
         let part = self.part(key);
-        self.parts[part].insert(key, position);
+        let (entries, base) = (&self.entries, self.base);
+        let key_at = |p: u64| {
+            let i = usize::try_from(p.checked_sub(base)?).ok()?;
+            entries.get(i).map(|(k, _)| *k)
+        };
+        if self.parts[part]
+            .insert(key, position, base, key_at)
+            .is_err()
+        {
+            return Err((key, value));
+        }
         self.entries.push_back((key, value));
         Ok(())
     }

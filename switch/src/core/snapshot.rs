@@ -459,10 +459,9 @@ fn placed<V>(r: &Reader<'_>, max: usize, order: &Order) -> Result<Remembered<V>,
     for (i, &key) in order.iter().enumerate() {
         let part = m.part(key);
         let key_at = |p: u64| order.get(usize::try_from(p).ok()?).copied();
-        if m.parts[part].find(key, 0, key_at).is_some() {
+        if m.parts[part].insert(key, i as u64, 0, key_at).is_err() {
             return Err(r.bad(8 + 16 * i, format!("key {key} appears twice")));
         }
-        m.parts[part].insert(key, i as u64);
     }
     Ok(m)
 }
