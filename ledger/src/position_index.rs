@@ -99,18 +99,29 @@ impl<S: BuildHasher> PositionIndex<S> {
         if self.table.is_empty() {
             return None;
         }
-        let tag = self.tag(id);
+        self.probe(self.tag(id), id, base, key_at).err()
+    }
+
+    /// Probes for `id` (whose tag is `tag`) in a table that is not empty: the position it is
+    /// held at, or else the index of the empty entry where it would go.
+    fn probe(
+        &self,
+        tag: u32,
+        id: u128,
+        base: u64,
+        key_at: impl Fn(u64) -> Option<u128>,
+    ) -> Result<usize, u64> {
         let mask = self.mask();
         let mut i = Self::home(tag, mask);
         loop {
             let entry = self.table[i];
             if entry == EMPTY {
-                return None;
+                return Ok(i);
             }
             if Self::entry_tag(entry) == tag {
                 let position = base + u64::from((entry as u32).wrapping_sub(base as u32));
                 if key_at(position) == Some(id) {
-                    return Some(position);
+                    return Err(position);
                 }
             }
             i = (i + 1) & mask;
@@ -145,21 +156,7 @@ impl<S: BuildHasher> PositionIndex<S> {
     ) -> Result<(), u64> {
         self.reserve(1);
         let tag = self.tag(id);
-        let mask = self.mask();
-        let mut i = Self::home(tag, mask);
-        loop {
-            let entry = self.table[i];
-            if entry == EMPTY {
-                break;
-            }
-            if Self::entry_tag(entry) == tag {
-                let held = base + u64::from((entry as u32).wrapping_sub(base as u32));
-                if key_at(held) == Some(id) {
-                    return Err(held);
-                }
-            }
-            i = (i + 1) & mask;
-        }
+        let i = self.probe(tag, id, base, key_at)?;
         self.table[i] = Self::entry(tag, position);
         self.len += 1;
         Ok(())
