@@ -1872,12 +1872,16 @@ impl Core {
             // Waves are cut below the ledger's batch limit (see `submit`).
             Err(e) => unreachable!("wave over the ledger's batch limit: {e}"),
         };
-        let ids: Vec<u128> = wave.planned.iter().map(|p| p.id.0).collect();
+        // A wave of one read-ahead's worth is still in cache from the request loop's; a larger
+        // one is read again as it is remembered (none read: nothing to read ahead).
+        let ids: Vec<u128> = if wave.planned.len() > TOUCH_AHEAD {
+            wave.planned.iter().map(|p| p.id.0).collect()
+        } else {
+            Vec::new()
+        };
         let mut ahead = TouchAhead::default();
         for (k, planned) in wave.planned.drain(..).enumerate() {
-            if ids.len() > TOUCH_AHEAD {
-                ahead.to(k, &ids, |id| self.touch_remembered(id));
-            }
+            ahead.to(k, &ids, |id| self.touch_remembered(id));
             let results = &outcomes[planned.events.clone()];
             // The member that decided the chain: the first failure, or the last success.
             let outcome = results
