@@ -67,7 +67,8 @@ def main():
     )
     print(
         f"raw fdatasync ({kind}, {a.bytes} B)/s={a.count / elapsed:.0f} "
-        f"p50={q(0.5):.3f}ms p90={q(0.9):.3f}ms p99={q(0.99):.3f}ms"
+        f"p50={q(0.5):.3f}ms p90={q(0.9):.3f}ms p99={q(0.99):.3f}ms "
+        f"p99.9={q(0.999):.3f}ms max={lat[-1] * 1e3:.3f}ms"
     )
 
 

@@ -6,6 +6,10 @@
 //! in flight for `--seconds`; reports authorizations/s and frame round-trip percentiles.
 //! `--mode rate --rate R`: open loop at R authorizations/s (frames sent on schedule whatever the
 //! latency, latency measured from the intended send time), for the latency at a given load.
+//!
+//! The load starts `--warmup-seconds` before the measured `--seconds`: frames sent before then
+//! (a new connection's first frames, the first touches of memory) are reported apart, on a
+//! line of their own, and count in none of the other figures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +69,9 @@ struct Args {
     frame: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Load sent before the measured seconds start, reported apart (0: none).
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
     /// Authorizations per second (rate mode).
     #[arg(long, default_value_t = 100_000)]
     rate: u64,
@@ -253,8 +260,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let approved = Arc::new(AtomicU64::new(0));
     let declined = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(1 << 20));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let (started, cpu_before) = (Instant::now(), benches::cpu_seconds());
+    let measured_from = Instant::now() + Duration::from_secs(args.warmup_seconds);
+    let deadline = measured_from + Duration::from_secs(args.seconds);
+    let warmup = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let mut tasks = Vec::new();
     let lanes = match args.mode {
         Mode::Max => args.streams * args.depth,
@@ -271,12 +281,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Lanes share the streams: with `depth` lanes per stream, that many frames are in
         // flight on each stream at once (pipelining).
         let stream = streams[lane % streams.len()].clone();
-        let (latency, service, approved, declined, next_id) = (
+        let (latency, service, approved, declined, next_id, warmup) = (
             latency.clone(),
             service.clone(),
             approved.clone(),
             declined.clone(),
             next_id.clone(),
+            warmup.clone(),
         );
         let mode = args.mode;
         let kind = args.operation;
@@ -290,13 +301,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .map(|i| request(kind, u128::from(base + i)))
                     .collect();
                 let record = {
-                    let (latency, service, approved, declined) = (
+                    let (latency, service, approved, declined, warmup) = (
                         latency.clone(),
                         service.clone(),
                         approved.clone(),
                         declined.clone(),
+                        warmup.clone(),
                     );
                     move |sent: Instant, left: Instant, responses: Vec<switch::wire::Response>| {
+                        if sent < measured_from {
+                            warmup
+                                .lock()
+                                .saturating_record(sent.elapsed().as_micros() as u64);
+                            return;
+                        }
                         latency
                             .lock()
                             .saturating_record(sent.elapsed().as_micros() as u64);
@@ -336,6 +354,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }));
     }
+    tokio::time::sleep_until(measured_from.into()).await;
+    let (started, cpu_before) = (Instant::now(), benches::cpu_seconds());
     for t in tasks {
         t.await?;
     }
@@ -343,6 +363,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cpu = benches::cpu_seconds() - cpu_before;
     let h = latency.lock().clone();
     let service = service.lock().clone();
+    let warmup = warmup.lock().clone();
     let (approved, declined) = (
         approved.load(Ordering::Relaxed),
         declined.load(Ordering::Relaxed),
@@ -386,6 +407,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             service.value_at_quantile(0.5) as f64 / 1000.0,
             service.value_at_quantile(0.99) as f64 / 1000.0,
             service.max() as f64 / 1000.0
+        );
+    }
+    if args.warmup_seconds > 0 {
+        println!(
+            "warmup_seconds={} frames={} frame_rtt_ms p50={:.2} p99={:.2} max={:.2} (not in the figures above)",
+            args.warmup_seconds,
+            warmup.len(),
+            warmup.value_at_quantile(0.5) as f64 / 1000.0,
+            warmup.value_at_quantile(0.99) as f64 / 1000.0,
+            warmup.max() as f64 / 1000.0
         );
     }
     if std::env::var_os("SWITCH_RUN_METRICS").is_some() {
