@@ -35,6 +35,7 @@ macro_rules! proptest_config {
 }
 
 mod account;
+pub mod bell;
 pub mod clearing;
 mod currency;
 mod digest;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use super::format::{
@@ -22,6 +22,7 @@ use super::format::{
 };
 use super::recovery::Resume;
 use super::{Durability, OpenError, StorageError, WalError, WalOptions};
+use crate::bell::Bell;
 use crate::storage::{AppendFile, Storage};
 
 /// Told once whether a record is durable: `Ok(sequence)` after the fdatasync that covers it,
@@ -61,6 +62,8 @@ struct Shared {
     /// order is submission order is write order.
     submitter: Mutex<Submitter>,
     record_size_max_bytes: u32,
+    /// Wakes the writer when an entry is queued or the log closes.
+    bell: Bell,
 }
 
 struct Submitter {
@@ -144,6 +147,7 @@ impl Wal {
                 sender: Some(sender),
             }),
             record_size_max_bytes: options.record_size_max_bytes,
+            bell: Bell::new(),
         });
         let durability = options.durability;
         let mut writer = Writer {
@@ -227,6 +231,7 @@ impl Wal {
     fn shutdown(&mut self) -> Result<(), WalError> {
         // Dropping the sender lets the writer drain the queue and stop.
         self.shared.submitter.lock().sender = None;
+        self.shared.bell.close();
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
@@ -276,6 +281,7 @@ impl Permit<'_> {
             None => Some(entry),
         };
         drop(submitter);
+        shared.bell.ring();
         if let Some(entry) = unsent {
             // Only if the writer thread died (a callback panicked): nobody else will answer.
             let reason = shared.fail("WAL writer thread is gone".to_owned());
@@ -413,10 +419,10 @@ impl<S: Storage> Writer<S> {
         loop {
             let first = match self.carry.take() {
                 Some(entry) => entry,
-                None => match self.receiver.recv() {
-                    Ok(entry) => entry,
+                None => match self.receive() {
+                    Some(entry) => entry,
                     // Closed, and everything queued has been answered.
-                    Err(_) => return self.finish(),
+                    None => return self.finish(),
                 },
             };
             self.collect(first);
@@ -440,6 +446,18 @@ impl<S: Storage> Writer<S> {
                 (entry.on_durable)(result);
             }
             self.group = group;
+        }
+    }
+
+    /// The next entry, sleeping on the bell (not in the channel's own receive, which yields the
+    /// core before it sleeps: see `crate::bell`); `None` once closed and drained.
+    fn receive(&mut self) -> Option<Entry> {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(entry) => return Some(entry),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => self.shared.bell.wait(&self.receiver, None),
+            }
         }
     }
 

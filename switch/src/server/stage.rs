@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger::Timestamp;
+use ledger::bell::Bell;
 use ledger::storage::{FileStorage, Storage};
 use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -35,10 +36,24 @@ pub struct Job {
     pub received: Instant,
 }
 
+/// The sending side of the stage's channel; the last one to go wakes the stage, which then
+/// finds the channel disconnected.
+struct Sending {
+    tx: Option<Sender<Job>>,
+    bell: Arc<Bell>,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.bell.close();
+    }
+}
+
 /// The queue in front of the stage, bounded in requests (not frames).
 #[derive(Clone)]
 pub struct Queue {
-    tx: Sender<Job>,
+    tx: Arc<Sending>,
     queued: Arc<AtomicUsize>,
     queued_max: usize,
     /// 0 while the log works; once it has failed, the reason every request gets from then on
@@ -60,8 +75,15 @@ impl Queue {
             return Err((job, Reason::OVERLOADED));
         }
         metrics::gauge!("switch_queue_depth_requests").set((before + n) as f64);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
+        let Some(tx) = &self.tx.tx else {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err((job, Reason::OVERLOADED));
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                self.tx.bell.ring();
+                Ok(())
+            }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(n, Ordering::AcqRel);
                 Err((job, Reason::OVERLOADED))
@@ -427,8 +449,12 @@ impl Stage {
     ) -> (Queue, JoinHandle<anyhow::Result<()>>) {
         // The channel holds frames; the request count is bounded separately by `queued`.
         let (tx, rx) = crossbeam_channel::bounded(config.limits.queue_depth_max as usize);
+        let bell = Arc::new(Bell::default());
         let queue = Queue {
-            tx,
+            tx: Arc::new(Sending {
+                tx: Some(tx),
+                bell: bell.clone(),
+            }),
             queued: Arc::new(AtomicUsize::new(0)),
             queued_max: config.limits.queue_depth_max as usize,
             failed: self.failed.clone(),
@@ -437,7 +463,7 @@ impl Stage {
         let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
-            .spawn(move || self.run(rx, queued, failed, config, routes))
+            .spawn(move || self.run(rx, &bell, queued, failed, config, routes))
             .expect("spawning the ledger stage thread");
         (queue, handle)
     }
@@ -445,6 +471,7 @@ impl Stage {
     fn run(
         mut self,
         rx: Receiver<Job>,
+        bell: &Bell,
         queued: Arc<AtomicUsize>,
         failed: Arc<AtomicU8>,
         config: Arc<Config>,
@@ -480,10 +507,18 @@ impl Stage {
             if let Some(e) = self.pipeline.failure() {
                 return Err(fail_stop(&e, &rx, &queued, &failed));
             }
-            let first = match rx.recv_timeout(tick) {
+            let first = match rx.try_recv() {
                 Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    // Not the channel's own blocking receive: see `ledger::bell`.
+                    bell.wait(&rx, Some(tick.saturating_sub(last_expiry.elapsed())));
+                    match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) => None,
+                    }
+                }
             };
             let refuse = |jobs: Vec<Job>, e: &WalError| {
                 let reason = failure_reason(e);
