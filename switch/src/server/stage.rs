@@ -36,16 +36,16 @@ pub struct Job {
     pub received: Instant,
 }
 
-/// The sending side of the stage's channel; the last one to go wakes the stage, which then
-/// finds the channel disconnected.
+/// The sending side of the stage's channel. When the last one goes it closes the bell: the
+/// stage stops sleeping and finds the channel disconnected as soon as `tx` is dropped, right
+/// after.
 struct Sending {
-    tx: Option<Sender<Job>>,
+    tx: Sender<Job>,
     bell: Arc<Bell>,
 }
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        drop(self.tx.take());
         self.bell.close();
     }
 }
@@ -75,11 +75,7 @@ impl Queue {
             return Err((job, Reason::OVERLOADED));
         }
         metrics::gauge!("switch_queue_depth_requests").set((before + n) as f64);
-        let Some(tx) = &self.tx.tx else {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            return Err((job, Reason::OVERLOADED));
-        };
-        match tx.try_send(job) {
+        match self.tx.tx.try_send(job) {
             Ok(()) => {
                 self.tx.bell.ring();
                 Ok(())
@@ -452,7 +448,7 @@ impl Stage {
         let bell = Arc::new(Bell::default());
         let queue = Queue {
             tx: Arc::new(Sending {
-                tx: Some(tx),
+                tx,
                 bell: bell.clone(),
             }),
             queued: Arc::new(AtomicUsize::new(0)),
