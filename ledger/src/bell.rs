@@ -40,8 +40,9 @@ impl Bell {
         }
     }
 
-    /// Says that nothing more will be queued (after the last sender is dropped), and wakes the
-    /// receiver so that it finds the channel disconnected.
+    /// Says that nothing more will be queued, as the last sender goes. From then on the
+    /// receiver does not sleep: it finds the channel disconnected once that sender is dropped,
+    /// before or after this call.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let _held = self.lock.lock();
