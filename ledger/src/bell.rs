@@ -29,7 +29,8 @@ impl Bell {
         Bell::default()
     }
 
-    /// After queuing: wakes the receiver if it sleeps. Costs one atomic load when it does not.
+    /// After queuing: wakes the receiver if it sleeps. Costs a fence and an atomic load when it
+    /// does not.
     pub fn ring(&self) {
         // Pairs with the fence in `wait`: either this load sees `sleeping`, or the receiver's
         // check of the channel sees what was queued before it.
@@ -138,19 +139,23 @@ mod tests {
     fn close_wakes_a_receiver_with_no_timeout() {
         let (tx, rx) = crossbeam_channel::unbounded::<u8>();
         let bell = Arc::new(Bell::new());
-        let waiter = {
+        // The waiter reports through a channel of its own, so that a close that does not wake
+        // it fails the test instead of hanging it.
+        let (report_tx, report) = crossbeam_channel::bounded(1);
+        {
             let bell = bell.clone();
             std::thread::spawn(move || {
                 bell.wait(&rx, None);
-                rx.try_recv()
-            })
-        };
+                let _ = report_tx.send(rx.try_recv());
+            });
+        }
         std::thread::sleep(Duration::from_millis(20));
         drop(tx);
         bell.close();
         assert_eq!(
-            waiter.join().expect("waiter"),
-            Err(TryRecvError::Disconnected)
+            report.recv_timeout(Duration::from_secs(10)),
+            Ok(Err(TryRecvError::Disconnected)),
+            "close did not wake the receiver"
         );
     }
 
