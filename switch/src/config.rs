@@ -49,6 +49,8 @@ pub const IO_THREADS_MAX: u16 = 256;
 /// The deepest ledger-stage queue a config may ask for, in requests: a slot for each is
 /// allocated at start (about 80 bytes).
 pub const QUEUE_DEPTH_MAX_LIMIT: u32 = 1 << 20;
+/// The most `limits.unfinished_frame_bytes_max` may be.
+pub const UNFINISHED_FRAME_BYTES_MAX_LIMIT: u64 = 1 << 40;
 
 impl Server {
     /// The network runtime's thread count: `io_threads`, or one per core.
@@ -92,6 +94,7 @@ pub struct Limits {
     pub in_flight_per_connection_max: u32,
     pub queue_depth_max: u32,
     pub malformed_frames_max: u32,
+    pub unfinished_frame_bytes_max: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -316,6 +319,7 @@ impl Default for Limits {
             in_flight_per_connection_max: 65_536,
             queue_depth_max: 262_144,
             malformed_frames_max: crate::wire::PROTOCOL_ERRORS_PER_CONNECTION_MAX_DEFAULT,
+            unfinished_frame_bytes_max: 256 << 20,
         }
     }
 }
@@ -498,6 +502,18 @@ impl Config {
                     l.batch_len_max,
                     crate::wire::result_len_min_max(),
                     crate::wire::HEADER_LEN + 2
+                ),
+            ));
+        }
+        if l.unfinished_frame_bytes_max < u64::from(l.frame_bytes_max)
+            || l.unfinished_frame_bytes_max > UNFINISHED_FRAME_BYTES_MAX_LIMIT
+        {
+            return Err(invalid(
+                "limits.unfinished_frame_bytes_max",
+                format!(
+                    "must be between limits.frame_bytes_max ({} bytes), so that a largest frame \
+                     can be received, and {UNFINISHED_FRAME_BYTES_MAX_LIMIT} bytes (1 TiB)",
+                    l.frame_bytes_max
                 ),
             ));
         }
@@ -844,6 +860,14 @@ mod tests {
             (
                 "[limits]\nframe_bytes_max = 67108865\n",
                 "limits.frame_bytes_max",
+            ),
+            (
+                "[limits]\nunfinished_frame_bytes_max = 1048575\n",
+                "limits.unfinished_frame_bytes_max",
+            ),
+            (
+                "[limits]\nunfinished_frame_bytes_max = 1099511627777\n",
+                "limits.unfinished_frame_bytes_max",
             ),
             ("[ledger]\nshards = 3\n", "ledger"),
             ("[server]\nio_threads = 257\n", "server.io_threads"),

@@ -489,6 +489,15 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                 .expect("short"),
             },
         ),
+        (
+            "error-server-busy",
+            Frame::Error {
+                correlation_id: 9,
+                code: ErrorCode::ServerBusy,
+                message: ErrorMessage::new(switch::server::connection::SERVER_BUSY_MESSAGE)
+                    .expect("short"),
+            },
+        ),
     ]
 }
 

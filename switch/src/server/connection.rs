@@ -12,12 +12,14 @@
 //! been written to the stream. When the budget is spent, the connection's streams stop being
 //! read, and QUIC flow control stops the client.
 //!
-//! A stream is only ever stopped between frames, never inside one, so each stream may hold one
-//! unfinished frame (up to `frame_bytes_max`) outside the budget. Charging unfinished frames to
-//! the budget would bound that at a few frames a connection, but a client writing large frames
-//! on many streams would then hang: its send buffer fills with the bytes of the streams not
-//! being read, and the streams the server waits on can send nothing more
-//! (`tests/unfinished_frames.rs`).
+//! A stream is only ever stopped between frames, never inside one: charging unfinished frames
+//! to that budget, and waiting for it, would hang a client writing large frames on many
+//! streams: its send buffer fills with the bytes of the streams not being read, and the
+//! streams the server waits on can send nothing more (`tests/unfinished_frames.rs`). Instead,
+//! every frame not yet whole holds its length from one room for all connections
+//! (`unfinished_frame_bytes_max`), taken without waiting once its header is there. A frame
+//! that finds the room full is read through without being kept and answered with a
+//! `ServerBusy` error frame; nothing in it is executed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -25,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::stage::{self, Job, Queue};
@@ -45,6 +48,33 @@ const FRAME_OVERHEAD_BYTES: usize = 1024;
 
 /// What a stream's read buffer keeps between frames.
 const STREAM_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The message of the error frame that answers a frame the server had no room for.
+pub const SERVER_BUSY_MESSAGE: &str =
+    "no room for this frame now: nothing in it was executed; send it again later";
+
+/// A frame being received: its length, held from the server's room for unfinished frames
+/// until the frame is whole.
+struct Room {
+    _permit: OwnedSemaphorePermit,
+    bytes: usize,
+}
+
+impl Room {
+    fn new(permit: OwnedSemaphorePermit, bytes: usize) -> Self {
+        metrics::gauge!("switch_unfinished_frame_bytes").increment(bytes as f64);
+        Room {
+            _permit: permit,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        metrics::gauge!("switch_unfinished_frame_bytes").decrement(self.bytes as f64);
+    }
+}
 
 /// The connection's unwritten budget, in bytes.
 fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
@@ -73,6 +103,9 @@ pub struct Shared {
     connections: AtomicUsize,
     /// Requests received and not yet answered, over all connections.
     in_flight: AtomicUsize,
+    /// Room for frames being received and not yet whole, over all connections, in bytes
+    /// (`[limits] unfinished_frame_bytes_max`).
+    unfinished: Arc<Semaphore>,
     draining: AtomicBool,
     config_path: Mutex<Option<std::path::PathBuf>>,
 }
@@ -85,6 +118,11 @@ impl Shared {
         routes: Arc<RwLock<Arc<RouteTable>>>,
         config_path: Option<std::path::PathBuf>,
     ) -> Self {
+        let unfinished = Arc::new(Semaphore::new(
+            usize::try_from(config.limits.unfinished_frame_bytes_max)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+        ));
         Shared {
             config,
             identities,
@@ -92,6 +130,7 @@ impl Shared {
             routes,
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            unfinished,
             draining: AtomicBool::new(false),
             config_path: Mutex::new(config_path),
         }
@@ -251,39 +290,53 @@ async fn serve_stream(
     // The stream's frames being answered, so that an error about the stream's end comes
     // after their answers. Finished ones are reaped as the stream goes on.
     let mut frames = JoinSet::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(STREAM_BUFFER_BYTES);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut buf: Vec<u8> = Vec::new();
+    // The server's room held for the unfinished frame at the start of `buf`, once its header
+    // is there.
+    let mut room: Option<Room> = None;
     // Bytes of a rejected frame still to come, to be thrown away.
     let mut skip = 0usize;
     'read: loop {
-        let n = match recv.read(&mut chunk).await {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                // (Inside a frame already rejected, whose rest was being skipped, there is
-                // nothing more to say.)
-                if !buf.is_empty() {
-                    // The client finished its side inside a frame.
-                    while frames.join_next().await.is_some() {}
-                    let correlation_id = buf
-                        .get(8..16)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u64::from_le_bytes);
-                    let message = format!(
-                        "the stream ended inside a frame ({} bytes of it came)",
-                        buf.len()
-                    );
-                    violation
-                        .report(correlation_id, wire::ErrorCode::MalformedFrame, &message)
-                        .await;
+        let ended = if skip > 0 {
+            // Thrown away: taken as the connection holds it, without copying.
+            match recv.read_chunk(skip, true).await {
+                Ok(Some(chunk)) => {
+                    skip = skip.saturating_sub(chunk.bytes.len());
+                    continue;
                 }
-                break;
+                Ok(None) => true,
+                Err(_) => break,
             }
-            Err(_) => break,
+        } else {
+            // Read into `buf` itself, at most into the room it has: while a frame's room is
+            // held, that was reserved with it.
+            buf.reserve(STREAM_BUFFER_BYTES);
+            match recv.read_buf(&mut buf).await {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(_) => break,
+            }
         };
-        let fresh = &chunk[..n];
-        let dropped = skip.min(fresh.len());
-        skip -= dropped;
-        buf.extend_from_slice(&fresh[dropped..]);
+        if ended {
+            // (Inside a frame already rejected, whose rest was being skipped, there is
+            // nothing more to say.)
+            if !buf.is_empty() {
+                // The client finished its side inside a frame.
+                while frames.join_next().await.is_some() {}
+                let correlation_id = buf
+                    .get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                let message = format!(
+                    "the stream ended inside a frame ({} bytes of it came)",
+                    buf.len()
+                );
+                violation
+                    .report(correlation_id, wire::ErrorCode::MalformedFrame, &message)
+                    .await;
+            }
+            break;
+        }
         let mut consumed = 0;
         loop {
             match wire::decode_frame(&buf[consumed..], &limits) {
@@ -296,6 +349,7 @@ async fn serve_stream(
                     used,
                 ))) => {
                     consumed += used;
+                    room = None;
                     // Waits, and so stops reading, while the connection's answers are not
                     // being taken off. `used` is at most `frame_bytes_max`, within the budget.
                     let cost = u32::try_from(used + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
@@ -317,6 +371,7 @@ async fn serve_stream(
                 }
                 Ok(Some((wire::Frame::Responses { correlation_id, .. }, used))) => {
                     consumed += used;
+                    room = None;
                     metrics::counter!("switch_malformed_frames_total").increment(1);
                     let message =
                         "clients send request batches only: a response batch is not executed";
@@ -341,6 +396,7 @@ async fn serve_stream(
                 ))) => {
                     // Not answered: no error ping-pong.
                     consumed += used;
+                    room = None;
                     metrics::counter!("switch_malformed_frames_total").increment(1);
                     tracing::info!(
                         remote = %connection.remote_address(),
@@ -354,6 +410,7 @@ async fn serve_stream(
                     }
                 }
                 Err(e) => {
+                    room = None;
                     metrics::counter!("switch_malformed_frames_total").increment(1);
                     let Some(frame_len) = e.frame_len else {
                         // The framing is lost: nothing more on this stream can be trusted.
@@ -383,9 +440,50 @@ async fn serve_stream(
             }
         }
         buf.drain(..consumed);
+        // What is left is the start of a frame. Once its header says how long it is, it
+        // holds that much of the server's room until it is whole, or is not kept at all.
+        if skip == 0
+            && room.is_none()
+            && let Some((frame_len, correlation_id)) = wire::frame_header(&buf)
+        {
+            let cost = u32::try_from(frame_len).unwrap_or(u32::MAX);
+            match shared.unfinished.clone().try_acquire_many_owned(cost) {
+                Ok(permit) => {
+                    buf.reserve_exact((frame_len + STREAM_BUFFER_BYTES).saturating_sub(buf.len()));
+                    room = Some(Room::new(permit, frame_len));
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    skip = frame_len.saturating_sub(buf.len());
+                    buf.clear();
+                    metrics::counter!("switch_frames_busy_total").increment(1);
+                    // Held like any answer until written, so that a client that does not read
+                    // cannot pile these up.
+                    let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
+                        break 'read;
+                    };
+                    let mut frame = Vec::new();
+                    wire::encode_error_frame(
+                        correlation_id,
+                        wire::ErrorCode::ServerBusy,
+                        &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
+                        &mut frame,
+                    );
+                    let _ = reply.send(Outgoing {
+                        frame,
+                        budget: Some(budget),
+                        last: None,
+                    });
+                }
+                Err(TryAcquireError::Closed) => break 'read,
+            }
+        }
         // A large frame's room is not kept once it is read.
-        if buf.capacity() > STREAM_BUFFER_BYTES && buf.len() <= STREAM_BUFFER_BYTES {
-            buf.shrink_to(STREAM_BUFFER_BYTES);
+        if room.is_none()
+            && buf.capacity() > 2 * STREAM_BUFFER_BYTES
+            && buf.len() <= STREAM_BUFFER_BYTES
+        {
+            buf.shrink_to(2 * STREAM_BUFFER_BYTES);
         }
     }
     // The frames still being answered keep their own handles on the reply channel.

@@ -121,10 +121,14 @@ pub enum ErrorCode {
     /// A well-formed frame of a kind the receiver does not accept (a server receiving a
     /// response batch or an error frame).
     UnexpectedFrameKind = 7,
+    /// The receiver had no room to take the frame in now (a server's room for frames being
+    /// received is full). It read the frame through and threw it away: nothing in it was
+    /// executed, and it may be sent again, with the same request ids, later.
+    ServerBusy = 8,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -132,6 +136,7 @@ impl ErrorCode {
         ErrorCode::UnknownOp,
         ErrorCode::BadField,
         ErrorCode::UnexpectedFrameKind,
+        ErrorCode::ServerBusy,
     ];
 
     pub const fn as_u16(self) -> u16 {

@@ -263,6 +263,17 @@ fn encode_with(
     result
 }
 
+/// The length (its prefix included) and the correlation id of the frame at the start of
+/// `buf`, once its header is there. Checks nothing: it is for bytes `decode_frame` has
+/// already found to be the start of an acceptable frame (it returned `Ok(None)` for them).
+pub fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
+    let header = buf.first_chunk::<HEADER_LEN>()?;
+    let (length, rest) = header.split_first_chunk::<4>()?;
+    let (_, correlation_id) = rest.split_last_chunk::<8>()?;
+    let frame_len = usize::try_from(u32::from_le_bytes(*length)).ok()? + 4;
+    Some((frame_len, u64::from_le_bytes(*correlation_id)))
+}
+
 /// Decodes the frame at the start of `buf`.
 ///
 /// Returns `Ok(None)` while `buf` holds only a prefix of an acceptable frame, and
