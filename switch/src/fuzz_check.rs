@@ -17,8 +17,8 @@ const SMALL: Limits = Limits {
 
 /// A stream of frames, read as the server reads a stream: frame after frame from the start,
 /// under the default and under small limits. Every frame that decodes re-encodes to bytes that
-/// decode to the same frame; every prefix of it is "not yet"; its requests translate without
-/// panicking.
+/// decode to the same frame; every prefix of it is "not yet", and from its header on tells the
+/// frame's length and correlation id; its requests translate without panicking.
 pub fn wire_frames(data: &[u8]) {
     for limits in [Limits::DEFAULT, SMALL] {
         let mut rest = data;
@@ -59,6 +59,13 @@ fn check_frame(frame: &Frame, bytes: &[u8], limits: &Limits) {
             wire::decode_frame(&bytes[..cut], limits),
             Ok(None),
             "a {cut}-byte prefix of a valid frame was not 'not yet'"
+        );
+        // What the server reads from such a prefix to hold room for the frame.
+        let header = (cut >= wire::HEADER_LEN).then_some((bytes.len(), frame.correlation_id()));
+        assert_eq!(
+            wire::frame_header(&bytes[..cut]),
+            header,
+            "the header of a {cut}-byte prefix"
         );
     }
     if let Frame::Requests { requests, .. } = frame {
