@@ -6,6 +6,11 @@
 //! in flight for `--seconds`; reports authorizations/s and frame round-trip percentiles.
 //! `--mode rate --rate R`: open loop at R authorizations/s (frames sent on schedule whatever the
 //! latency, latency measured from the intended send time), for the latency at a given load.
+//! `--pacing` says how the schedule is kept: `tokio-timer` (the default, as in every figure
+//! before 2026-12-01 14:00 UTC) wakes each stream's task on tokio's millisecond timer, so the
+//! streams' frames leave together, in bunches a millisecond apart; `thread` spaces the frames
+//! evenly, each sent by a thread of its own that sleeps until it is due, as arrivals from many
+//! independent clients would be.
 //!
 //! The load starts `--warmup-seconds` before the measured `--seconds`: frames sent before then
 //! (a new connection's first frames, the first touches of memory) are reported apart, on a
@@ -44,6 +49,12 @@ enum Kind {
     /// Single-phase payments, resolved at once: past `--remembered` requests, each new one
     /// forgets the oldest (the steady state of a switch that has run long enough).
     Sale,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Pacing {
+    Thread,
+    TokioTimer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +99,14 @@ struct Args {
     /// Reserve the memory for `--remembered` at start (`[ledger] preallocate`).
     #[arg(long)]
     preallocate: bool,
+    /// Batches applied and waiting for the log (`[wal] queue_depth_max`).
+    #[arg(long, default_value_t = switch::config::Config::default().wal.queue_depth_max)]
+    wal_queue_depth: u32,
+    /// How frames are sent on schedule in rate mode: `thread`, a thread of its own that
+    /// sleeps until each frame is due; `tokio-timer`, each stream's task sleeps on tokio's
+    /// timer, which wakes on whole milliseconds, so frames leave in bunches a millisecond apart.
+    #[arg(long, value_enum, default_value_t = Pacing::TokioTimer)]
+    pacing: Pacing,
     /// Requests the ledger stage takes at once, at most (`[limits] batch_len_max`).
     #[arg(long, default_value_t = switch::config::Config::default().limits.batch_len_max)]
     batch: u16,
@@ -119,6 +138,61 @@ fn numbers() -> &'static [CardNumber] {
             .map(|i| CardNumber::new(&card(i)).expect("digits"))
             .collect()
     })
+}
+
+/// Frame round trips and outcomes, shared by every task that sends.
+#[derive(Clone)]
+struct Recorder {
+    measured_from: Instant,
+    /// From when each frame was due (in max mode, when it was sent).
+    latency: Arc<Mutex<Histogram<u64>>>,
+    /// From the moment each frame actually left: the schedule-based figure minus the
+    /// client's own lateness.
+    service: Arc<Mutex<Histogram<u64>>>,
+    /// Frames due before `measured_from`, apart.
+    warmup: Arc<Mutex<Histogram<u64>>>,
+    approved: Arc<AtomicU64>,
+    declined: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    fn new(measured_from: Instant) -> anyhow::Result<Self> {
+        let histogram = || -> anyhow::Result<_> {
+            Ok(Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+                1, 60_000_000, 3,
+            )?)))
+        };
+        Ok(Recorder {
+            measured_from,
+            latency: histogram()?,
+            service: histogram()?,
+            warmup: histogram()?,
+            approved: Arc::default(),
+            declined: Arc::default(),
+        })
+    }
+
+    fn record(&self, due: Instant, left: Instant, responses: &[switch::wire::Response]) {
+        if due < self.measured_from {
+            self.warmup
+                .lock()
+                .saturating_record(due.elapsed().as_micros() as u64);
+            return;
+        }
+        self.latency
+            .lock()
+            .saturating_record(due.elapsed().as_micros() as u64);
+        self.service
+            .lock()
+            .saturating_record(left.elapsed().as_micros() as u64);
+        let ok = responses
+            .iter()
+            .filter(|r| r.code == ResponseCode::Approved)
+            .count();
+        self.approved.fetch_add(ok as u64, Ordering::Relaxed);
+        self.declined
+            .fetch_add((responses.len() - ok) as u64, Ordering::Relaxed);
+    }
 }
 
 fn request(kind: Kind, id: u128) -> Request {
@@ -238,6 +312,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.wal.durability = switch::config::Durability::None;
     }
     config.wal.prepare_segments = args.prepare_segments;
+    config.wal.queue_depth_max = args.wal_queue_depth;
     config.routes = vec![RouteConfig {
         prefix: "62".into(),
         issuer: 2,
@@ -249,128 +324,133 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let first = client.stream().await?;
     setup(&first).await?;
 
-    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    // From the moment the frame actually left (the timer that wakes a lane is coarse, about
-    // 1 ms, so the schedule-based figure includes the client's own lateness).
-    let service = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let approved = Arc::new(AtomicU64::new(0));
-    let declined = Arc::new(AtomicU64::new(0));
-    let next_id = Arc::new(AtomicU64::new(1 << 20));
     let measured_from = Instant::now() + Duration::from_secs(args.warmup_seconds);
     let deadline = measured_from + Duration::from_secs(args.seconds);
-    let warmup = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let mut tasks = Vec::new();
-    let lanes = match args.mode {
-        Mode::Max => args.streams * args.depth,
-        Mode::Rate => args.streams,
-    };
-    // Open loop: each lane sends a frame every `interval`, on schedule.
-    let interval =
-        Duration::from_secs_f64(args.frame as f64 * lanes as f64 / args.rate.max(1) as f64);
+    let recorder = Recorder::new(measured_from)?;
+    let next_id = Arc::new(AtomicU64::new(1 << 20));
     let mut streams = Vec::with_capacity(args.streams);
     for _ in 0..args.streams.max(1) {
         streams.push(client.stream().await?);
     }
-    for lane in 0..lanes {
-        // Lanes share the streams: with `depth` lanes per stream, that many frames are in
-        // flight on each stream at once (pipelining).
-        let stream = streams[lane % streams.len()].clone();
-        let (latency, service, approved, declined, next_id, warmup) = (
-            latency.clone(),
-            service.clone(),
-            approved.clone(),
-            declined.clone(),
-            next_id.clone(),
-            warmup.clone(),
-        );
-        let mode = args.mode;
-        let kind = args.operation;
-        let frame = args.frame;
-        tasks.push(tokio::spawn(async move {
-            let mut intended = Instant::now() + interval.mul_f64(lane as f64 / lanes as f64);
-            let mut calls = Vec::new();
-            while Instant::now() < deadline {
-                let base = next_id.fetch_add(frame as u64, Ordering::Relaxed);
-                let requests: Vec<Request> = (0..frame as u64)
-                    .map(|i| request(kind, u128::from(base + i)))
-                    .collect();
-                let record = {
-                    let (latency, service, approved, declined, warmup) = (
-                        latency.clone(),
-                        service.clone(),
-                        approved.clone(),
-                        declined.clone(),
-                        warmup.clone(),
-                    );
-                    move |sent: Instant, left: Instant, responses: Vec<switch::wire::Response>| {
-                        if sent < measured_from {
-                            warmup
-                                .lock()
-                                .saturating_record(sent.elapsed().as_micros() as u64);
-                            return;
-                        }
-                        latency
-                            .lock()
-                            .saturating_record(sent.elapsed().as_micros() as u64);
-                        service
-                            .lock()
-                            .saturating_record(left.elapsed().as_micros() as u64);
-                        let ok = responses
-                            .iter()
-                            .filter(|r| r.code == ResponseCode::Approved)
-                            .count();
-                        approved.fetch_add(ok as u64, Ordering::Relaxed);
-                        declined.fetch_add((responses.len() - ok) as u64, Ordering::Relaxed);
+    let frame = args.frame;
+    let kind = args.operation;
+    let requests = move |next_id: &AtomicU64| -> Vec<Request> {
+        let base = next_id.fetch_add(frame as u64, Ordering::Relaxed);
+        (0..frame as u64)
+            .map(|i| request(kind, u128::from(base + i)))
+            .collect()
+    };
+    let mut tasks = Vec::new();
+    let mut pacer = None;
+    match args.mode {
+        Mode::Max => {
+            // Each lane keeps one frame in flight; with `depth` lanes per stream, that many
+            // frames are in flight on each stream at once (pipelining).
+            for lane in 0..args.streams * args.depth {
+                let stream = streams[lane % streams.len()].clone();
+                let (recorder, next_id) = (recorder.clone(), next_id.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let requests = requests(&next_id);
+                        let sent = Instant::now();
+                        let Ok(responses) = stream.call(&requests).await else {
+                            break;
+                        };
+                        recorder.record(sent, sent, &responses);
                     }
-                };
-                if mode == Mode::Rate {
-                    // Open loop: send on schedule whatever the latency; time from the schedule.
-                    tokio::time::sleep_until(intended.into()).await;
-                    let stream = stream.clone();
-                    let sent = intended;
-                    calls.push(tokio::spawn(async move {
+                }));
+            }
+        }
+        Mode::Rate if args.pacing == Pacing::TokioTimer => {
+            // Open loop, each stream on its own schedule, frame k of stream l due at
+            // `(k × streams + l) × frame / rate` seconds, timed from then.
+            let lanes = streams.len();
+            let interval =
+                Duration::from_secs_f64(frame as f64 * lanes as f64 / args.rate.max(1) as f64);
+            let start = Instant::now();
+            for (lane, stream) in streams.iter().enumerate() {
+                let stream = stream.clone();
+                let (recorder, next_id) = (recorder.clone(), next_id.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut intended = start + interval.mul_f64(lane as f64 / lanes as f64);
+                    let mut calls = Vec::new();
+                    while intended < deadline {
+                        tokio::time::sleep_until(intended.into()).await;
+                        let requests = requests(&next_id);
+                        let (stream, recorder) = (stream.clone(), recorder.clone());
+                        calls.push(tokio::spawn(async move {
+                            let left = Instant::now();
+                            if let Ok(responses) = stream.call(&requests).await {
+                                recorder.record(intended, left, &responses);
+                            }
+                        }));
+                        intended += interval;
+                    }
+                    for call in calls {
+                        let _ = call.await;
+                    }
+                }));
+            }
+        }
+        Mode::Rate => {
+            // Open loop: frame k is due at `k × frame / rate` seconds, on stream k mod
+            // streams, and is timed from then whatever the latency. A thread of its own keeps
+            // the schedule: tokio's timer wakes up to a millisecond late, which would be
+            // counted as the switch's latency; a sleeping thread wakes within tens of
+            // microseconds. What lateness is left is still counted.
+            let handle = tokio::runtime::Handle::current();
+            let (recorder, next_id) = (recorder.clone(), next_id.clone());
+            let per_frame = frame as f64 / args.rate.max(1) as f64;
+            let streams = streams.clone();
+            pacer = Some(std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut calls = Vec::new();
+                for k in 0u64.. {
+                    let intended = start + Duration::from_secs_f64(k as f64 * per_frame);
+                    if intended >= deadline {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if intended > now {
+                        std::thread::sleep(intended - now);
+                    }
+                    let requests = requests(&next_id);
+                    let stream = streams[(k % streams.len() as u64) as usize].clone();
+                    let recorder = recorder.clone();
+                    calls.push(handle.spawn(async move {
                         let left = Instant::now();
                         if let Ok(responses) = stream.call(&requests).await {
-                            record(sent, left, responses);
+                            recorder.record(intended, left, &responses);
                         }
                     }));
-                    intended += interval;
-                } else {
-                    let sent = Instant::now();
-                    let Ok(responses) = stream.call(&requests).await else {
-                        break;
-                    };
-                    record(sent, sent, responses);
                 }
-            }
-            for call in calls {
-                let _ = call.await;
-            }
-        }));
+                calls
+            }));
+        }
     }
     tokio::time::sleep_until(measured_from.into()).await;
     let (started, cpu_before) = (Instant::now(), benches::cpu_seconds());
+    if let Some(pacer) = pacer {
+        let calls = tokio::task::spawn_blocking(move || pacer.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+        tasks.extend(calls);
+    }
     for t in tasks {
         t.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = benches::cpu_seconds() - cpu_before;
-    let h = latency.lock().clone();
-    let service = service.lock().clone();
-    let warmup = warmup.lock().clone();
+    let h = recorder.latency.lock().clone();
+    let service = recorder.service.lock().clone();
+    let warmup = recorder.warmup.lock().clone();
     let (approved, declined) = (
-        approved.load(Ordering::Relaxed),
-        declined.load(Ordering::Relaxed),
+        recorder.approved.load(Ordering::Relaxed),
+        recorder.declined.load(Ordering::Relaxed),
     );
     println!(
         "mode={:?} operation={:?} streams={} depth={} frame={} fsync={} target_rate={} \
-         remembered={} preallocate={} prepare_segments={}",
+         pacing={} remembered={} preallocate={} prepare_segments={} wal_queue_depth={}",
         args.mode,
         args.operation,
         args.streams,
@@ -382,9 +462,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             "-".into()
         },
+        if args.mode == Mode::Rate {
+            format!("{:?}", args.pacing)
+        } else {
+            "-".into()
+        },
         args.remembered,
         args.preallocate,
-        args.prepare_segments
+        args.prepare_segments,
+        args.wal_queue_depth
     );
     println!(
         "authorizations/s={:.0} approved={} declined={} frame_rtt_ms p50={:.2} p99={:.2} max={:.2}",
