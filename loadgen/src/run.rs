@@ -24,13 +24,13 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use switch::client::{Client, Stream};
+use switch::client::{Client, ClientError, Stream};
 use switch::config::{Config, Durability, RouteConfig, TlsMode};
 use switch::tls::{ServerIdentity, Trust};
 use switch::wire::{
-    AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, Operation, ParticipantId,
-    ParticipantName, Request, RequestId, Response, ResponseBody, ResponseCode, Roles,
-    TransferState,
+    AccountFlags, AccountId, Amount, BalanceTarget, CardNumber, Currency, ErrorCode, Operation,
+    ParticipantId, ParticipantName, Request, RequestId, Response, ResponseBody, ResponseCode,
+    Roles, TransferState,
 };
 use tokio::sync::Semaphore;
 
@@ -410,11 +410,12 @@ impl Shared {
     }
 
     /// Applies a frame's answers (or its failure) to the model and the measurements.
-    fn process(&self, sent: Vec<Sent>, result: Result<Vec<Response>, String>, measured: bool) {
+    fn process(&self, sent: Vec<Sent>, result: Result<Vec<Response>, Failure>, measured: bool) {
         let now = Instant::now();
         let frame = self.frames.fetch_add(1, Ordering::Relaxed);
         let result = if self.options.faults.lose_frame == Some(frame) {
-            Err("answer lost (fault injected)".to_string())
+            // The answer is lost (fault injected).
+            Err(Failure::Other)
         } else {
             result
         };
@@ -424,6 +425,17 @@ impl Shared {
         let at = |i: Instant| i.saturating_duration_since(origin);
         let responses = match result {
             Ok(r) if r.len() == sent.len() => r,
+            Err(Failure::Busy) => {
+                for s in sent {
+                    let code = self.busy(&mut state, &s);
+                    if measured {
+                        measure
+                            .stats
+                            .answered(s.step.op(), Some(code), at(s.intended), at(now));
+                    }
+                }
+                return;
+            }
             _ => {
                 for s in sent {
                     if measured {
@@ -474,19 +486,25 @@ impl Shared {
         state.follow_ups.push_back(FollowUp { id, step, tries });
     }
 
+    /// A request not executed and not remembered (answered 91, or its frame refused as
+    /// busy): a follow-up may simply go again. Returns the code to count it under, 91.
+    fn busy(&self, state: &mut State, s: &Sent) -> u8 {
+        if matches!(
+            s.step,
+            Step::Capture { .. } | Step::Reverse { .. } | Step::Refund { .. }
+        ) && s.tries < FOLLOW_UP_TRIES_MAX
+        {
+            self.follow_up(state, s.step, s.id, s.tries + 1);
+        }
+        ResponseCode::SystemBusy.as_u8()
+    }
+
     /// A definitive answer: `Ok(None)` approved, `Ok(Some(code))` declined, `Err` unusable.
     fn answer(&self, state: &mut State, s: &Sent, r: &Response) -> Result<Option<u8>, ()> {
         match r.code {
             ResponseCode::Approved => {}
             ResponseCode::SystemBusy | ResponseCode::SystemMalfunction => {
-                // Not executed and not remembered: a follow-up may simply go again.
-                if matches!(
-                    s.step,
-                    Step::Capture { .. } | Step::Reverse { .. } | Step::Refund { .. }
-                ) && s.tries < FOLLOW_UP_TRIES_MAX
-                {
-                    self.follow_up(state, s.step, s.id, s.tries + 1);
-                }
+                self.busy(state, s);
                 return Ok(Some(r.code.as_u8()));
             }
             code => return Ok(Some(code.as_u8())),
@@ -630,8 +648,30 @@ pub struct Session {
     cpu_at_start: Option<cpu::Split>,
 }
 
-fn call_error(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// Why a frame brought no answers.
+#[derive(Debug)]
+enum Failure {
+    /// The switch had no room to take the frame in (error frame 8): nothing in it ran, as if
+    /// every request had been answered 91.
+    Busy,
+    /// Anything else (a timeout, a lost stream, another error frame): what the requests did
+    /// is unknown until they are sent again.
+    Other,
+}
+
+fn call_error<E: 'static>(e: E) -> Failure {
+    let any: &dyn std::any::Any = &e;
+    let client = any.downcast_ref::<ClientError>().or_else(|| {
+        any.downcast_ref::<anyhow::Error>()
+            .and_then(|e| e.downcast_ref::<ClientError>())
+    });
+    match client {
+        Some(ClientError::ErrorFrame {
+            code: ErrorCode::ServerBusy,
+            ..
+        }) => Failure::Busy,
+        _ => Failure::Other,
+    }
 }
 
 impl Session {
@@ -1517,4 +1557,40 @@ pub fn run(options: Options) -> anyhow::Result<Outcome> {
         s.stop()?;
     }
     Ok(Outcome { report: result? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_frame(code: ErrorCode) -> ClientError {
+        ClientError::ErrorFrame {
+            code,
+            message: "m".into(),
+        }
+    }
+
+    /// A frame refused as busy ran nothing, however the error reached the caller; any other
+    /// failure leaves the outcome unknown.
+    #[test]
+    fn only_a_busy_error_frame_is_busy() {
+        assert!(matches!(
+            call_error(error_frame(ErrorCode::ServerBusy)),
+            Failure::Busy
+        ));
+        assert!(matches!(
+            call_error(anyhow::Error::new(error_frame(ErrorCode::ServerBusy))),
+            Failure::Busy
+        ));
+        for code in ErrorCode::ALL {
+            if code != ErrorCode::ServerBusy {
+                assert!(matches!(call_error(error_frame(code)), Failure::Other));
+            }
+        }
+        assert!(matches!(call_error(ClientError::Closed), Failure::Other));
+        assert!(matches!(
+            call_error(anyhow::anyhow!("timed out")),
+            Failure::Other
+        ));
+    }
 }
