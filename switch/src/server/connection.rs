@@ -308,9 +308,17 @@ async fn serve_stream(
                 Err(_) => break,
             }
         } else {
-            // Read into `buf` itself, at most into the room it has: while a frame's room is
-            // held, that was reserved with it.
-            buf.reserve(STREAM_BUFFER_BYTES);
+            // Read into `buf` itself. It grows as bytes come, geometrically, but never past
+            // the frame it holds and a read's worth once the header has said how long that
+            // is: memory follows what was sent, not what a header claims.
+            let want = buf.len() + STREAM_BUFFER_BYTES;
+            if buf.capacity() < want {
+                let mut to = (buf.capacity() * 2).max(want);
+                if let Some(room) = &room {
+                    to = to.min(room.bytes + STREAM_BUFFER_BYTES).max(want);
+                }
+                buf.reserve_exact(to - buf.len());
+            }
             match recv.read_buf(&mut buf).await {
                 Ok(0) => true,
                 Ok(_) => false,
@@ -448,10 +456,7 @@ async fn serve_stream(
         {
             let cost = u32::try_from(frame_len).unwrap_or(u32::MAX);
             match shared.unfinished.clone().try_acquire_many_owned(cost) {
-                Ok(permit) => {
-                    buf.reserve_exact((frame_len + STREAM_BUFFER_BYTES).saturating_sub(buf.len()));
-                    room = Some(Room::new(permit, frame_len));
-                }
+                Ok(permit) => room = Some(Room::new(permit, frame_len)),
                 Err(TryAcquireError::NoPermits) => {
                     skip = frame_len.saturating_sub(buf.len());
                     buf.clear();
