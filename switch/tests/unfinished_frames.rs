@@ -126,6 +126,15 @@ fn is_echo_answer(s: usize, answer: &Frame) -> bool {
     }
 }
 
+fn assert_all_echo_answers(answers: &[Frame]) {
+    for (s, answer) in answers.iter().enumerate() {
+        assert!(
+            is_echo_answer(s, answer),
+            "stream {s} was answered {answer:?}"
+        );
+    }
+}
+
 async fn start(dir: &std::path::Path, room: u64) -> (server::Running, Client) {
     let mut config = loopback_config(dir);
     config.limits.frame_bytes_max = FRAME_BYTES_MAX;
@@ -153,12 +162,7 @@ async fn unfinished_large_frames_on_every_stream_are_all_read_and_answered() {
     )
     .await;
     let (answers, _open) = held_back_frames(&client, u64::from(STREAMS)).await;
-    for (s, answer) in answers.iter().enumerate() {
-        assert!(
-            is_echo_answer(s, answer),
-            "stream {s} was answered {answer:?}"
-        );
-    }
+    assert_all_echo_answers(&answers);
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
@@ -200,12 +204,7 @@ async fn frames_past_the_room_are_answered_busy_and_the_room_comes_back() {
         .map(|(stream, _)| stream)
         .collect();
     let (answers, _open) = held_back_frames(&client, ROOM_FRAMES as u64).await;
-    for (s, answer) in answers.iter().enumerate() {
-        assert!(
-            is_echo_answer(s, answer),
-            "stream {s} was answered {answer:?}"
-        );
-    }
+    assert_all_echo_answers(&answers);
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
