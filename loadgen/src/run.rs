@@ -410,7 +410,16 @@ impl Shared {
     }
 
     /// Applies a frame's answers (or its failure) to the model and the measurements.
-    fn process(&self, sent: Vec<Sent>, result: Result<Vec<Response>, Failure>, measured: bool) {
+    /// `resent`: the frame asks again for requests whose outcome is unknown. A 91 (or a frame
+    /// refused as busy) then says only that this attempt did not run, not that the first one
+    /// did not: they stay unknown, to be asked again.
+    fn process(
+        &self,
+        sent: Vec<Sent>,
+        result: Result<Vec<Response>, Failure>,
+        measured: bool,
+        resent: bool,
+    ) {
         let now = Instant::now();
         let frame = self.frames.fetch_add(1, Ordering::Relaxed);
         let result = if self.options.faults.lose_frame == Some(frame) {
@@ -425,7 +434,7 @@ impl Shared {
         let at = |i: Instant| i.saturating_duration_since(origin);
         let responses = match result {
             Ok(r) if r.len() == sent.len() => r,
-            Err(Failure::Busy) => {
+            Err(Failure::Busy) if !resent => {
                 for s in sent {
                     let code = self.busy(&mut state, &s);
                     if measured {
@@ -447,6 +456,14 @@ impl Shared {
             }
         };
         for (s, r) in sent.into_iter().zip(responses) {
+            let not_run = matches!(
+                r.code,
+                ResponseCode::SystemBusy | ResponseCode::SystemMalfunction
+            );
+            if resent && not_run && r.request_id.0 == s.id {
+                self.unknown(&mut state, s);
+                continue;
+            }
             let verdict = if r.request_id.0 == s.id {
                 self.answer(&mut state, &s, &r)
             } else {
@@ -674,32 +691,16 @@ fn call_error<E: 'static>(e: E) -> Failure {
     }
 }
 
-impl Session {
-    pub async fn connect(options: Options, endpoint: &Endpoint) -> anyhow::Result<Session> {
-        let options = Arc::new(options);
-        let mut clients = Vec::with_capacity(options.connections);
-        let mut lanes = Vec::with_capacity(options.lanes());
-        for _ in 0..options.connections {
-            let identity = endpoint.identity()?;
-            let client = tokio::time::timeout(
-                options.timeout,
-                Client::connect(endpoint.addr, &endpoint.trust, identity),
-            )
-            .await
-            .with_context(|| format!("connecting to {}: timed out", endpoint.addr))?
-            .with_context(|| format!("connecting to {}", endpoint.addr))?;
-            for _ in 0..options.streams {
-                lanes.push(client.stream().await.context("opening a stream")?);
-            }
-            clients.push(client);
-        }
+impl Shared {
+    /// The run's tags, cards and empty model, all drawn from `options.seed`.
+    fn new(options: Arc<Options>) -> Shared {
         let mut rng = StdRng::seed_from_u64(options.seed);
         let mix = Mix::new(&options.mix, options.customers, options.merchants, &mut rng);
         let run_tag = rng.gen_range(1..u64::MAX);
         let account_tag_bits: u32 = rng.gen_range(1..u32::MAX);
         let follow_ups_max = options.lanes() * options.depth * options.batch_max
             + options.setup_batch * RESOLVE_ROUNDS_MAX as usize;
-        let shared = Arc::new(Shared {
+        Shared {
             mix,
             wire_currency: Currency(options.currency.numeric()),
             run_tag,
@@ -727,8 +728,31 @@ impl Session {
                 stats: Stats::default(),
                 origin: Instant::now(),
             }),
-            options: options.clone(),
-        });
+            options,
+        }
+    }
+}
+
+impl Session {
+    pub async fn connect(options: Options, endpoint: &Endpoint) -> anyhow::Result<Session> {
+        let options = Arc::new(options);
+        let mut clients = Vec::with_capacity(options.connections);
+        let mut lanes = Vec::with_capacity(options.lanes());
+        for _ in 0..options.connections {
+            let identity = endpoint.identity()?;
+            let client = tokio::time::timeout(
+                options.timeout,
+                Client::connect(endpoint.addr, &endpoint.trust, identity),
+            )
+            .await
+            .with_context(|| format!("connecting to {}: timed out", endpoint.addr))?
+            .with_context(|| format!("connecting to {}", endpoint.addr))?;
+            for _ in 0..options.streams {
+                lanes.push(client.stream().await.context("opening a stream")?);
+            }
+            clients.push(client);
+        }
+        let shared = Arc::new(Shared::new(options.clone()));
         Ok(Session {
             options,
             clients,
@@ -1090,7 +1114,7 @@ impl Session {
                             .await
                             .map_err(call_error)
                             .and_then(|r| r.map_err(call_error));
-                        shared.process(sent, result, true);
+                        shared.process(sent, result, true, false);
                     }));
                 }
             }
@@ -1189,7 +1213,7 @@ impl Session {
                     .map(|s| self.shared.request(s.id, &s.step))
                     .collect();
                 let result = self.call(&requests).await.map_err(call_error);
-                self.shared.process(chunk.to_vec(), result, false);
+                self.shared.process(chunk.to_vec(), result, false, true);
             }
         }
         self.drain().await;
@@ -1228,7 +1252,7 @@ impl Session {
                 .map(|s| self.shared.request(s.id, &s.step))
                 .collect();
             let result = self.call(&requests).await.map_err(call_error);
-            self.shared.process(sent, result, false);
+            self.shared.process(sent, result, false, false);
         }
         live.len() as u64
     }
@@ -1457,7 +1481,7 @@ async fn open_lane(
                 .await
                 .map_err(call_error)
                 .and_then(|r| r.map_err(call_error));
-            shared.process(sent, result, true);
+            shared.process(sent, result, true, false);
             drop(permit);
         });
     }
@@ -1478,7 +1502,7 @@ async fn closed_worker(shared: Arc<Shared>, stream: Stream, deadline: Instant, s
             .map_err(call_error)
             .and_then(|r| r.map_err(call_error));
         let failed = result.is_err();
-        shared.process(sent, result, true);
+        shared.process(sent, result, true, false);
         if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {
             return;
         }
@@ -1562,12 +1586,78 @@ pub fn run(options: Options) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Profile;
+    use switch::wire::{Op, Reason};
 
     fn error_frame(code: ErrorCode) -> ClientError {
         ClientError::ErrorFrame {
             code,
             message: "m".into(),
         }
+    }
+
+    fn shared() -> Shared {
+        Shared::new(Arc::new(Options::spawn_defaults(Profile::Constant {
+            rate: 1.0,
+            duration_secs: 1.0,
+        })))
+    }
+
+    fn capture(id: u128, tries: u8) -> Sent {
+        Sent {
+            id,
+            step: Step::Capture {
+                auth: 1,
+                amount: 100,
+            },
+            intended: Instant::now(),
+            tries,
+        }
+    }
+
+    fn busy_answer(id: u128) -> Response {
+        Response::declined(
+            RequestId(id),
+            Op::Capture,
+            ResponseCode::SystemBusy,
+            Reason(22),
+        )
+    }
+
+    /// A frame refused as busy ran none of its requests: each counts as 91, and a capture
+    /// goes again as a follow-up, as after a 91 answer.
+    #[test]
+    fn a_busy_frame_counts_as_91_for_each_request() {
+        let shared = shared();
+        shared.process(
+            vec![capture(7, 0), capture(8, 0)],
+            Err(Failure::Busy),
+            true,
+            false,
+        );
+        let state = shared.state.lock();
+        assert!(state.unknown.is_empty());
+        let again: Vec<u128> = state.follow_ups.iter().map(|f| f.id).collect();
+        assert_eq!(again, vec![7, 8]);
+        let stats = &shared.measure.lock().stats;
+        assert_eq!(stats.by_code().get("91"), Some(&2));
+        assert_eq!(stats.errors_total(), 0);
+    }
+
+    /// Asking again for a request whose outcome is unknown, a 91 or a busy frame says only
+    /// that this attempt did not run: the first may have, so the request stays unknown.
+    #[test]
+    fn a_request_asked_again_stays_unknown_after_a_91_or_a_busy_frame() {
+        let shared = shared();
+        shared.process(vec![capture(7, 0)], Err(Failure::Busy), false, true);
+        shared.process(vec![capture(8, 0)], Ok(vec![busy_answer(8)]), false, true);
+        // Sent for the first time, the same answer is a decline.
+        shared.process(vec![capture(9, 0)], Ok(vec![busy_answer(9)]), false, false);
+        let state = shared.state.lock();
+        let unknown: Vec<u128> = state.unknown.iter().map(|s| s.id).collect();
+        assert_eq!(unknown, vec![7, 8]);
+        let again: Vec<u128> = state.follow_ups.iter().map(|f| f.id).collect();
+        assert_eq!(again, vec![9]);
     }
 
     /// A frame refused as busy ran nothing, however the error reached the caller; any other
