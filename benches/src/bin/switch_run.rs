@@ -195,6 +195,14 @@ impl Recorder {
     }
 }
 
+/// Sends one frame of rate mode, due at `due`, and records its round trip.
+async fn send_due(stream: Stream, requests: Vec<Request>, recorder: Recorder, due: Instant) {
+    let left = Instant::now();
+    if let Ok(responses) = stream.call(&requests).await {
+        recorder.record(due, left, &responses);
+    }
+}
+
 fn request(kind: Kind, id: u128) -> Request {
     let number = numbers()[((id as u64) % CARDS) as usize];
     let merchant = AccountId(1_000_000 + u128::from((id as u64) % MERCHANTS));
@@ -377,13 +385,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     while intended < deadline {
                         tokio::time::sleep_until(intended.into()).await;
                         let requests = requests(&next_id);
-                        let (stream, recorder) = (stream.clone(), recorder.clone());
-                        calls.push(tokio::spawn(async move {
-                            let left = Instant::now();
-                            if let Ok(responses) = stream.call(&requests).await {
-                                recorder.record(intended, left, &responses);
-                            }
-                        }));
+                        calls.push(tokio::spawn(send_due(
+                            stream.clone(),
+                            requests,
+                            recorder.clone(),
+                            intended,
+                        )));
                         intended += interval;
                     }
                     for call in calls {
@@ -401,7 +408,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let handle = tokio::runtime::Handle::current();
             let (recorder, next_id) = (recorder.clone(), next_id.clone());
             let per_frame = frame as f64 / args.rate.max(1) as f64;
-            let streams = streams.clone();
             pacer = Some(std::thread::spawn(move || {
                 let start = Instant::now();
                 let mut calls = Vec::new();
@@ -416,13 +422,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     let requests = requests(&next_id);
                     let stream = streams[(k % streams.len() as u64) as usize].clone();
-                    let recorder = recorder.clone();
-                    calls.push(handle.spawn(async move {
-                        let left = Instant::now();
-                        if let Ok(responses) = stream.call(&requests).await {
-                            recorder.record(intended, left, &responses);
-                        }
-                    }));
+                    calls.push(handle.spawn(send_due(
+                        stream,
+                        requests,
+                        recorder.clone(),
+                        intended,
+                    )));
                 }
                 calls
             }));
