@@ -37,6 +37,7 @@ macro_rules! proptest_config {
 mod account;
 pub mod bell;
 pub mod clearing;
+pub mod codec;
 mod currency;
 mod digest;
 pub mod durable;
