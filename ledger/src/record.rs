@@ -6,6 +6,7 @@
 //! are in `docs/WAL-FORMAT.md` ("Payloads"); all integers are little-endian.
 
 use crate::account::{AccountFlags, NewAccount};
+use crate::codec::{self, CodecError, Reader};
 use crate::currency::Currency;
 use crate::event::{Event, Op};
 use crate::transfer::{Transfer, TransferKind};
@@ -39,8 +40,9 @@ pub(crate) const SET_ACCOUNT_CLOSED_LEN: usize = 2 + 16 + 1;
 /// A payload that is not a valid record. Offsets are from the start of the payload.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("payload offset {offset}: ends inside {what}")]
-    Truncated { offset: usize, what: &'static str },
+    /// Truncated, a bool that is not 0 or 1, an event count that cannot fit, trailing bytes.
+    #[error("payload offset {at}: {0}", at = .0.at())]
+    Codec(#[from] CodecError),
     #[error("payload offset {offset}: unknown record type {tag}")]
     UnknownRecord { offset: usize, tag: u8 },
     #[error("payload offset {offset}: unknown operation {tag}")]
@@ -51,40 +53,38 @@ pub enum RecordError {
     UnknownCurrency { offset: usize, numeric: u16 },
     #[error("payload offset {offset}: unknown account flag bits {bits:#06x}")]
     UnknownFlags { offset: usize, bits: u16 },
-    #[error("payload offset {offset}: {what} must be 0 or 1, not {value}")]
-    NotABool {
-        offset: usize,
-        what: &'static str,
-        value: u8,
-    },
-    #[error(
-        "payload offset {offset}: {count} events do not fit in the remaining {remaining} bytes"
-    )]
-    BadCount {
-        offset: usize,
-        count: u32,
-        remaining: usize,
-    },
-    #[error("payload offset {offset}: {extra} bytes after the record")]
-    Trailing { offset: usize, extra: usize },
 }
 
 impl LogRecord {
     /// Appends the encoding of `Batch { now, events }` without copying the events.
     pub fn encode_batch(now: Timestamp, events: &[Event], out: &mut Vec<u8>) {
+        let start = out.len();
         out.reserve(1 + 8 + 4 + events.len() * TRANSFER_LEN);
-        out.push(RECORD_BATCH);
-        out.extend_from_slice(&now.0.to_le_bytes());
+        codec::put_u8(out, RECORD_BATCH);
+        codec::put_u64(out, now.0);
         let count = u32::try_from(events.len()).expect("batches are bounded far below 2^32");
-        out.extend_from_slice(&count.to_le_bytes());
+        codec::put_u32(out, count);
         for event in events {
             encode_event(event, out);
         }
+        debug_assert!(
+            matches!(
+                LogRecord::decode(&out[start..]),
+                Ok(LogRecord::Batch { now: n, events: e }) if n == now && e == events
+            ),
+            "a batch record decodes to what was encoded"
+        );
     }
 
     pub fn encode_expire(now: Timestamp, out: &mut Vec<u8>) {
-        out.push(RECORD_EXPIRE);
-        out.extend_from_slice(&now.0.to_le_bytes());
+        let start = out.len();
+        codec::put_u8(out, RECORD_EXPIRE);
+        codec::put_u64(out, now.0);
+        debug_assert_eq!(
+            LogRecord::decode(&out[start..]),
+            Ok(LogRecord::Expire { now }),
+            "an expiry record decodes to what was encoded"
+        );
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -96,26 +96,14 @@ impl LogRecord {
 
     /// Decodes a whole payload; never panics, allocates at most in proportion to its length.
     pub fn decode(payload: &[u8]) -> Result<LogRecord, RecordError> {
-        let mut r = Reader {
-            buf: payload,
-            at: 0,
-        };
-        let tag_at = r.at;
+        let mut r = Reader::new(payload);
+        let tag_at = r.offset();
         let record = match r.u8("record type")? {
             RECORD_BATCH => {
                 let now = Timestamp(r.u64("now")?);
-                let count_at = r.at;
-                let count = r.u32("event count")?;
-                let remaining = payload.len() - r.at;
                 // Every event takes at least the smallest encoding: bound the allocation.
-                if (count as usize).saturating_mul(SET_ACCOUNT_CLOSED_LEN) > remaining {
-                    return Err(RecordError::BadCount {
-                        offset: count_at,
-                        count,
-                        remaining,
-                    });
-                }
-                let mut events = Vec::with_capacity(count as usize);
+                let count = r.count_u32("event count", SET_ACCOUNT_CLOSED_LEN)?;
+                let mut events = Vec::with_capacity(count);
                 for _ in 0..count {
                     events.push(decode_event(&mut r)?);
                 }
@@ -131,61 +119,59 @@ impl LogRecord {
                 });
             }
         };
-        if r.at != payload.len() {
-            return Err(RecordError::Trailing {
-                offset: r.at,
-                extra: payload.len() - r.at,
-            });
-        }
+        r.finish()?;
         Ok(record)
     }
 }
 
 pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
-    let linked = u8::from(event.linked);
+    let tag = match &event.op {
+        Op::CreateAccount(_) => OP_CREATE_ACCOUNT,
+        Op::Transfer(_) => OP_TRANSFER,
+        Op::SetAccountClosed { .. } => OP_SET_ACCOUNT_CLOSED,
+    };
+    codec::put_u8(out, tag);
+    codec::put_bool(out, event.linked);
     match &event.op {
         Op::CreateAccount(a) => {
-            out.extend_from_slice(&[OP_CREATE_ACCOUNT, linked]);
-            out.extend_from_slice(&a.id.0.to_le_bytes());
-            out.extend_from_slice(&a.currency.numeric().to_le_bytes());
-            out.extend_from_slice(&a.owner.0.to_le_bytes());
-            out.extend_from_slice(&a.flags.bits().to_le_bytes());
+            codec::put_u128(out, a.id.0);
+            codec::put_u16(out, a.currency.numeric());
+            codec::put_u64(out, a.owner.0);
+            codec::put_u16(out, a.flags.bits());
         }
         Op::Transfer(t) => {
-            out.extend_from_slice(&[OP_TRANSFER, linked]);
-            out.extend_from_slice(&t.id.0.to_le_bytes());
-            out.extend_from_slice(&t.debit_account_id.0.to_le_bytes());
-            out.extend_from_slice(&t.credit_account_id.0.to_le_bytes());
-            out.extend_from_slice(&t.amount.0.to_le_bytes());
-            out.extend_from_slice(&t.currency.numeric().to_le_bytes());
+            codec::put_u128(out, t.id.0);
+            codec::put_u128(out, t.debit_account_id.0);
+            codec::put_u128(out, t.credit_account_id.0);
+            codec::put_u64(out, t.amount.0);
+            codec::put_u16(out, t.currency.numeric());
             let (kind, arg) = match t.kind {
                 TransferKind::Single => (KIND_SINGLE, 0),
                 TransferKind::Pending { expires_at } => (KIND_PENDING, u128::from(expires_at.0)),
                 TransferKind::Post { pending_id } => (KIND_POST, pending_id.0),
                 TransferKind::Void { pending_id } => (KIND_VOID, pending_id.0),
             };
-            out.push(kind);
-            out.extend_from_slice(&arg.to_le_bytes());
-            out.extend_from_slice(&t.code.to_le_bytes());
+            codec::put_u8(out, kind);
+            codec::put_u128(out, arg);
+            codec::put_u16(out, t.code);
         }
         Op::SetAccountClosed { id, closed } => {
-            out.extend_from_slice(&[OP_SET_ACCOUNT_CLOSED, linked]);
-            out.extend_from_slice(&id.0.to_le_bytes());
-            out.push(u8::from(*closed));
+            codec::put_u128(out, id.0);
+            codec::put_bool(out, *closed);
         }
     }
 }
 
 pub(crate) fn decode_event(r: &mut Reader<'_>) -> Result<Event, RecordError> {
-    let tag_at = r.at;
+    let tag_at = r.offset();
     let tag = r.u8("operation")?;
     let linked = r.bool("linked")?;
     let op = match tag {
         OP_CREATE_ACCOUNT => {
             let id = AccountId(r.u128("account id")?);
-            let currency = r.currency()?;
+            let currency = currency(r)?;
             let owner = ParticipantId(r.u64("owner")?);
-            let flags_at = r.at;
+            let flags_at = r.offset();
             let bits = r.u16("account flags")?;
             let flags = AccountFlags::from_bits(bits).ok_or(RecordError::UnknownFlags {
                 offset: flags_at,
@@ -203,19 +189,18 @@ pub(crate) fn decode_event(r: &mut Reader<'_>) -> Result<Event, RecordError> {
             let debit_account_id = AccountId(r.u128("debit account id")?);
             let credit_account_id = AccountId(r.u128("credit account id")?);
             let amount = Amount(r.u64("amount")?);
-            let currency = r.currency()?;
-            let kind_at = r.at;
+            let currency = currency(r)?;
+            let kind_at = r.offset();
             let kind = r.u8("transfer kind")?;
-            let arg_at = r.at;
+            let arg_at = r.offset();
             let arg = r.u128("transfer kind argument")?;
             let kind = match kind {
                 KIND_SINGLE => TransferKind::Single,
                 KIND_PENDING => TransferKind::Pending {
-                    expires_at: Timestamp(u64::try_from(arg).map_err(|_| {
-                        RecordError::Truncated {
-                            offset: arg_at,
-                            what: "an expiry (over 64 bits)",
-                        }
+                    expires_at: Timestamp(u64::try_from(arg).map_err(|_| CodecError::Invalid {
+                        what: "an expiry (over 64 bits)",
+                        at: arg_at,
+                        value: arg,
                     })?),
                 },
                 KIND_POST => TransferKind::Post {
@@ -256,67 +241,10 @@ pub(crate) fn decode_event(r: &mut Reader<'_>) -> Result<Event, RecordError> {
     Ok(Event { op, linked })
 }
 
-/// A bounds-checked little-endian reader.
-pub(crate) struct Reader<'a> {
-    pub(crate) buf: &'a [u8],
-    pub(crate) at: usize,
-}
-
-impl Reader<'_> {
-    pub(crate) fn bytes<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], RecordError> {
-        let truncated = RecordError::Truncated {
-            offset: self.at,
-            what,
-        };
-        let end = self.at.checked_add(N).ok_or(truncated.clone())?;
-        let slice = self.buf.get(self.at..end).ok_or(truncated)?;
-        self.at = end;
-        let mut out = [0u8; N];
-        out.copy_from_slice(slice);
-        Ok(out)
-    }
-
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
-        Ok(self.bytes::<1>(what)?[0])
-    }
-
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, RecordError> {
-        Ok(u16::from_le_bytes(self.bytes(what)?))
-    }
-
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
-        Ok(u32::from_le_bytes(self.bytes(what)?))
-    }
-
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
-        Ok(u64::from_le_bytes(self.bytes(what)?))
-    }
-
-    pub(crate) fn u128(&mut self, what: &'static str) -> Result<u128, RecordError> {
-        Ok(u128::from_le_bytes(self.bytes(what)?))
-    }
-
-    pub(crate) fn bool(&mut self, what: &'static str) -> Result<bool, RecordError> {
-        let offset = self.at;
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            value => Err(RecordError::NotABool {
-                offset,
-                what,
-                value,
-            }),
-        }
-    }
-
-    pub(crate) fn currency(&mut self) -> Result<Currency, RecordError> {
-        let offset = self.at;
-        let numeric = self.u16("currency")?;
-        Currency::from_numeric(numeric).ok_or(RecordError::UnknownCurrency { offset, numeric })
-    }
+pub(crate) fn currency(r: &mut Reader<'_>) -> Result<Currency, RecordError> {
+    let offset = r.offset();
+    let numeric = r.u16("currency")?;
+    Currency::from_numeric(numeric).ok_or(RecordError::UnknownCurrency { offset, numeric })
 }
 
 #[cfg(test)]
@@ -423,6 +351,74 @@ mod tests {
             LogRecord::encode_batch(Timestamp(1), &[Event::new(op)], &mut out);
             assert_eq!(out.len(), 13 + len, "{op:?}");
         }
+    }
+
+    /// Each kind of malformed payload is refused naming the field and its offset.
+    #[test]
+    fn errors_say_what_and_where() {
+        let mut batch = vec![RECORD_BATCH];
+        batch.extend_from_slice(&7u64.to_le_bytes());
+        batch.extend_from_slice(&5u32.to_le_bytes());
+        let err = LogRecord::decode(&batch).expect_err("5 events in no bytes");
+        assert_eq!(
+            err,
+            RecordError::Codec(CodecError::TooMany {
+                what: "event count",
+                at: 9,
+                count: 5,
+                remaining: 0
+            })
+        );
+        assert_eq!(
+            err.to_string(),
+            "payload offset 9: event count 5 does not fit in the remaining 0 bytes"
+        );
+        let err = LogRecord::decode(&[RECORD_EXPIRE, 1, 2, 3]).expect_err("short");
+        assert_eq!(
+            err,
+            RecordError::Codec(CodecError::Truncated {
+                what: "now",
+                at: 1,
+                needed: 8,
+                available: 3
+            })
+        );
+        assert_eq!(
+            err.to_string(),
+            "payload offset 1: ends inside now (8 bytes needed, 3 left)"
+        );
+        let mut expire = Vec::new();
+        LogRecord::encode_expire(Timestamp(1), &mut expire);
+        expire.push(0);
+        assert_eq!(
+            LogRecord::decode(&expire),
+            Err(RecordError::Codec(CodecError::Trailing { at: 9, extra: 1 }))
+        );
+        let mut close = Vec::new();
+        LogRecord::encode_batch(
+            Timestamp(1),
+            &[Event::new(Op::SetAccountClosed {
+                id: AccountId(1),
+                closed: true,
+            })],
+            &mut close,
+        );
+        let mut linked = close.clone();
+        linked[14] = 2;
+        assert_eq!(
+            LogRecord::decode(&linked),
+            Err(RecordError::Codec(CodecError::Invalid {
+                what: "linked",
+                at: 14,
+                value: 2
+            }))
+        );
+        let last = close.len() - 1;
+        close[last] = 9;
+        assert_eq!(
+            LogRecord::decode(&close).map_err(|e| e.to_string()),
+            Err(format!("payload offset {last}: closed cannot be 9"))
+        );
     }
 
     proptest! {

@@ -6,10 +6,11 @@
 //! `docs/WAL-FORMAT.md` ("Snapshot payload"); the file around it carries the checksum.
 
 use crate::account::{Account, AccountFlags, Balances};
+use crate::codec::{self, CodecError, Reader};
 use crate::event::{Event, Op};
 use crate::ledger::{Config, ConfigError, Ledger};
 use crate::outcome::Outcome;
-use crate::record::{Reader, RecordError, decode_event, encode_event};
+use crate::record::{RecordError, currency, decode_event, encode_event};
 use crate::store::ShardCopy;
 use crate::transfer::{Transfer, TransferRecord, TransferState as S};
 use crate::types::{AccountId, Amount, ParticipantId, Timestamp, TransferId};
@@ -43,6 +44,12 @@ pub enum SnapshotError {
     Inconsistent(String),
 }
 
+impl From<CodecError> for SnapshotError {
+    fn from(error: CodecError) -> Self {
+        SnapshotError::Malformed(error.into())
+    }
+}
+
 impl Capture {
     pub fn sequence(&self) -> u64 {
         self.sequence
@@ -50,29 +57,21 @@ impl Capture {
 
     /// Serialises the capture.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.sequence.to_le_bytes());
-        out.extend_from_slice(&self.shards.to_le_bytes());
+        codec::put_u32(out, SNAPSHOT_VERSION);
+        codec::put_u64(out, self.sequence);
+        codec::put_u32(out, self.shards);
         let accounts: usize = self.accounts.iter().map(Vec::len).sum();
-        out.extend_from_slice(&(accounts as u64).to_le_bytes());
+        codec::put_u64(out, accounts as u64);
         for a in self.accounts.iter().flatten() {
-            out.extend_from_slice(&a.id.0.to_le_bytes());
-            out.extend_from_slice(&a.currency.numeric().to_le_bytes());
-            out.extend_from_slice(&a.owner.0.to_le_bytes());
-            out.extend_from_slice(&a.flags.bits().to_le_bytes());
-            let b = &a.balances;
-            for v in [
-                b.debits_pending,
-                b.debits_posted,
-                b.credits_pending,
-                b.credits_posted,
-            ] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+            codec::put_u128(out, a.id.0);
+            codec::put_u16(out, a.currency.numeric());
+            codec::put_u64(out, a.owner.0);
+            codec::put_u16(out, a.flags.bits());
+            a.balances.put(out);
         }
         for shard in &self.transfers {
-            out.extend_from_slice(&shard.forgotten.to_le_bytes());
-            out.extend_from_slice(&(shard.len() as u64).to_le_bytes());
+            codec::put_u64(out, shard.forgotten);
+            codec::put_u64(out, shard.len() as u64);
             for r in shard.records() {
                 encode_record(&r, out);
             }
@@ -83,8 +82,8 @@ impl Capture {
 // A remembered transfer: its event (as logged), the resolved accounts, state and time.
 fn encode_record(r: &TransferRecord, out: &mut Vec<u8>) {
     encode_event(&Event::new(Op::Transfer(r.event)), out);
-    out.extend_from_slice(&r.debit_account_id.0.to_le_bytes());
-    out.extend_from_slice(&r.credit_account_id.0.to_le_bytes());
+    codec::put_u128(out, r.debit_account_id.0);
+    codec::put_u128(out, r.credit_account_id.0);
     let (tag, link, amount) = match r.state {
         S::Posted => (0u8, 0u128, 0u64),
         S::Pending => (1, 0, 0),
@@ -94,17 +93,17 @@ fn encode_record(r: &TransferRecord, out: &mut Vec<u8>) {
         S::Voided => (5, 0, 0),
         S::Declined(outcome) => (6, 0, u64::from(outcome.code())),
     };
-    out.push(tag);
-    out.extend_from_slice(&link.to_le_bytes());
-    out.extend_from_slice(&amount.to_le_bytes());
-    out.extend_from_slice(&r.created_at.0.to_le_bytes());
+    codec::put_u8(out, tag);
+    codec::put_u128(out, link);
+    codec::put_u64(out, amount);
+    codec::put_u64(out, r.created_at.0);
 }
 
 fn decode_record(r: &mut Reader<'_>) -> Result<TransferRecord, SnapshotError> {
     let event = decode_transfer_event(r)?;
     let debit_account_id = AccountId(r.u128("record debit account")?);
     let credit_account_id = AccountId(r.u128("record credit account")?);
-    let tag_at = r.at;
+    let tag_at = r.offset();
     let tag = r.u8("record state")?;
     let link = TransferId(r.u128("record link")?);
     let amount = r.u64("record amount")?;
@@ -145,7 +144,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<TransferRecord, SnapshotError> {
 }
 
 fn decode_transfer_event(r: &mut Reader<'_>) -> Result<Transfer, SnapshotError> {
-    let at = r.at;
+    let at = r.offset();
     match decode_event(r)?.op {
         Op::Transfer(t) => Ok(t),
         _ => Err(SnapshotError::Inconsistent(format!(
@@ -178,7 +177,7 @@ impl Ledger {
 
     /// Rebuilds a ledger from an encoded capture.
     pub fn restore(config: Config, bytes: &[u8]) -> Result<Ledger, SnapshotError> {
-        let mut r = Reader { buf: bytes, at: 0 };
+        let mut r = Reader::new(bytes);
         let version = r.u32("snapshot version")?;
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::Version(version));
@@ -196,18 +195,13 @@ impl Ledger {
         let mut loaded = Vec::new();
         for _ in 0..accounts {
             let id = AccountId(r.u128("account id")?);
-            let currency = r.currency()?;
+            let currency = currency(&mut r)?;
             let owner = ParticipantId(r.u64("owner")?);
-            let at = r.at;
+            let at = r.offset();
             let bits = r.u16("account flags")?;
             let flags = AccountFlags::from_bits(bits)
                 .ok_or(RecordError::UnknownFlags { offset: at, bits })?;
-            let balances = Balances {
-                debits_pending: r.u128("debits pending")?,
-                debits_posted: r.u128("debits posted")?,
-                credits_pending: r.u128("credits pending")?,
-                credits_posted: r.u128("credits posted")?,
-            };
+            let balances = Balances::read(&mut r)?;
             loaded.push(Account {
                 id,
                 currency,
@@ -242,13 +236,7 @@ impl Ledger {
                 .load_transfers(shard, &records, forgotten)
                 .map_err(SnapshotError::Inconsistent)?;
         }
-        if r.at != bytes.len() {
-            return Err(RecordError::Trailing {
-                offset: r.at,
-                extra: bytes.len() - r.at,
-            }
-            .into());
-        }
+        r.finish()?;
         ledger.set_sequence(sequence);
         Ok(ledger)
     }
