@@ -1,4 +1,4 @@
-//! The workloads of `../shared/BENCH-WORKLOADS.md`, which are TigerBeetle's own benchmark
+//! The workloads of `benches/WORKLOADS.md`, which are TigerBeetle's own benchmark
 //! workloads (`src/tigerbeetle/benchmark_load.zig`), generated ahead of time so that generation
 //! is never what is measured.
 //!
