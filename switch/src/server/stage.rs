@@ -74,14 +74,14 @@ impl Queue {
             metrics::counter!("switch_queue_full_total").increment(1);
             return Err((job, Reason::OVERLOADED));
         }
-        metrics::gauge!("switch_queue_depth_requests").set((before + n) as f64);
+        depth_gauge().increment(n as f64);
         match self.tx.tx.try_send(job) {
             Ok(()) => {
                 self.tx.bell.ring();
                 Ok(())
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.queued.fetch_sub(n, Ordering::AcqRel);
+                leave(&self.queued, n);
                 Err((job, Reason::OVERLOADED))
             }
         }
@@ -103,6 +103,18 @@ impl Queue {
     pub(crate) fn failed_flag(&self) -> Arc<AtomicU8> {
         self.failed.clone()
     }
+}
+
+/// `switch_queue_depth_requests`: moved by every change to the count of requests the stage
+/// holds, up and down, so that it reads 0 whenever nothing is held.
+fn depth_gauge() -> metrics::Gauge {
+    metrics::gauge!("switch_queue_depth_requests")
+}
+
+/// `n` requests the stage held leave it (answered or refused).
+fn leave(queued: &AtomicUsize, n: usize) {
+    queued.fetch_sub(n, Ordering::AcqRel);
+    depth_gauge().decrement(n as f64);
 }
 
 /// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
@@ -158,7 +170,7 @@ struct Taken {
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        self.queued.fetch_sub(self.count, Ordering::AcqRel);
+        leave(&self.queued, self.count);
     }
 }
 
@@ -519,7 +531,7 @@ impl Stage {
             let refuse = |jobs: Vec<Job>, e: &WalError| {
                 let reason = failure_reason(e);
                 for job in jobs {
-                    queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+                    leave(&queued, job.items.len());
                     answer_all(job, refusal_code(reason), reason);
                 }
                 fail_stop(e, &rx, &queued, &failed)
@@ -794,7 +806,7 @@ fn fail_stop(
     failed.store(reason.0, Ordering::Release);
     // Until every sender is gone (shutdown), whatever arrives is answered at once.
     for job in rx.iter() {
-        queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+        leave(queued, job.items.len());
         answer_all(job, refusal_code(reason), reason);
     }
     anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
