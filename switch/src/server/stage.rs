@@ -23,6 +23,7 @@ use crate::core::{Core, Prepared};
 use crate::journal::SwitchRecord;
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
+use crate::server::telemetry;
 use crate::translate;
 use crate::wire;
 
@@ -105,6 +106,16 @@ impl Queue {
     }
 }
 
+/// How often the ledger stage reads the ledger's counts for `switch_holds_live` and
+/// `switch_accounts` (a read takes every shard's lock in turn).
+const LEDGER_GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+fn set_ledger_gauges(core: &Core) {
+    let stats = core.ledger().stats();
+    metrics::gauge!("switch_holds_live").set(stats.pending_live as f64);
+    metrics::gauge!("switch_accounts").set(stats.accounts as f64);
+}
+
 /// `switch_queue_depth_requests`: moved by every change to the count of requests the stage
 /// holds, up and down, so that it reads 0 whenever nothing is held.
 fn depth_gauge() -> metrics::Gauge {
@@ -150,6 +161,8 @@ pub struct Stage {
     submitted: u64,
     /// Records handed to the log and not yet durable, at most (`[wal] queue_depth_max`).
     in_flight_max: u64,
+    /// Reads the size of the log's files, for `switch_wal_bytes`.
+    wal_bytes: telemetry::WalBytes,
 }
 
 /// The answers to one stage batch, sent once every record up to `after` is durable.
@@ -316,12 +329,7 @@ impl Answer {
             let _ = reply.send(wire_responses);
         }
         for (op, code, n) in counts {
-            metrics::counter!(
-                "switch_requests_total",
-                "op" => op_name(op),
-                "code" => code.as_u8().to_string()
-            )
-            .increment(n);
+            telemetry::requests_answered(op, code).increment(n);
         }
     }
 }
@@ -434,6 +442,14 @@ impl Stage {
         let durability = options.durability;
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
         let in_flight_max = options.queue_depth_max.max(1) as u64;
+        let wal_bytes: telemetry::WalBytes = {
+            let storage = storage.clone();
+            Arc::new(move || {
+                let names = storage.list().ok()?;
+                // A file deleted since the listing has no size: it takes no room.
+                Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
+            })
+        };
         let wal =
             Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
         Ok(Stage {
@@ -445,7 +461,13 @@ impl Stage {
             pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
             in_flight_max,
+            wal_bytes,
         })
+    }
+
+    /// What reads the size of the log's files on disk (for each scrape of `/metrics`).
+    pub fn wal_bytes(&self) -> telemetry::WalBytes {
+        self.wal_bytes.clone()
     }
 
     /// Starts the stage thread. It ends when every `Queue` clone is dropped and the queue is
@@ -489,6 +511,8 @@ impl Stage {
         let batch_max = usize::from(config.limits.batch_len_max).max(1);
         let mut clock = Clock { last: 0 };
         let mut last_expiry = Instant::now();
+        set_ledger_gauges(&self.core);
+        let mut gauges_set = Instant::now();
         let _ = self.durability;
         let close_every_ns = config
             .clearing
@@ -548,6 +572,10 @@ impl Stage {
                 } else {
                     0
                 };
+                if gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
+                    gauges_set = Instant::now();
+                    set_ledger_gauges(&self.core);
+                }
                 if expired > 0 {
                     tracing::info!(holds = expired, "authorization holds expired");
                     metrics::counter!("switch_holds_expired_total").increment(expired as u64);
