@@ -106,6 +106,9 @@ impl Queue {
     }
 }
 
+/// At most one `authorization holds expired` line this often (the counter is exact).
+const EXPIRY_LINE_EVERY: Duration = Duration::from_secs(10);
+
 /// How often the ledger stage reads the ledger's counts for `switch_holds_live` and
 /// `switch_accounts` (a read takes every shard's lock in turn).
 const LEDGER_GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -511,6 +514,8 @@ impl Stage {
         let batch_max = usize::from(config.limits.batch_len_max).max(1);
         let mut clock = Clock { last: 0 };
         let mut last_expiry = Instant::now();
+        // The expiry pass runs whenever the queue is empty: many times a second under load.
+        let mut expiries = telemetry::Tally::new(EXPIRY_LINE_EVERY);
         set_ledger_gauges(&self.core);
         let mut gauges_set = Instant::now();
         let _ = self.durability;
@@ -572,12 +577,17 @@ impl Stage {
                 } else {
                     0
                 };
+                if let Some(holds) = expiries.count(expired as u64, Instant::now()) {
+                    tracing::info!(
+                        holds,
+                        "authorization holds expired (since the last such line)"
+                    );
+                }
                 if gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
                     gauges_set = Instant::now();
                     set_ledger_gauges(&self.core);
                 }
                 if expired > 0 {
-                    tracing::info!(holds = expired, "authorization holds expired");
                     metrics::counter!("switch_holds_expired_total").increment(expired as u64);
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
@@ -634,6 +644,12 @@ impl Stage {
             .and_then(|()| self.pipeline.wait_durable(self.submitted));
         drop(report_tx);
         let _ = reporter.join();
+        if let Some(holds) = expiries.flush() {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
         if drained.is_ok() {
             self.snapshots.finish(&self.core);
         }
