@@ -188,6 +188,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                 Ok(connection) => connection,
                 Err(e) => {
                     tracing::debug!("handshake failed: {e}");
+                    super::telemetry::handshake_failed(&e);
                     shared.connections.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
@@ -207,6 +208,15 @@ fn identify(connection: &quinn::Connection, identities: &Identities) -> Option<I
     identities.identify(peer.as_deref().map(Vec::as_slice))
 }
 
+/// The fingerprint of the certificate a client presented, if any.
+fn peer_certificate(connection: &quinn::Connection) -> Option<crate::tls::Fingerprint> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(crate::tls::Fingerprint::of)
+}
+
 /// Per connection: the limits it shares among its streams.
 struct ConnectionState {
     who: Identity,
@@ -218,7 +228,17 @@ struct ConnectionState {
 
 async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
     let Some(who) = identify(&connection, &shared.identities) else {
-        tracing::info!(remote = %connection.remote_address(), "refused: certificate maps to no participant");
+        match peer_certificate(&connection) {
+            Some(fingerprint) => super::telemetry::certificate_refused(
+                &fingerprint,
+                Some(connection.remote_address()),
+                "it maps to no participant ([[identities]])",
+            ),
+            None => tracing::info!(
+                remote = %connection.remote_address(),
+                "refused: a client without a certificate, and no anonymous participant"
+            ),
+        }
         connection.close(
             quinn::VarInt::from_u32(wire::AppErrorCode::Unauthenticated.as_u32()),
             b"certificate maps to no participant",

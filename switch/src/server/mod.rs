@@ -14,6 +14,7 @@ pub mod connection;
 pub mod http;
 pub mod snapshots;
 pub mod stage;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,6 +182,7 @@ async fn start_on<S: Storage + Clone>(
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
     let metrics_handle = metrics_recorder();
+    telemetry::register();
     let ready = Arc::new(AtomicBool::new(false));
     let http_listener = http::bind(config.metrics.listen)
         .await
@@ -263,10 +265,11 @@ async fn start_on<S: Storage + Clone>(
         .with_context(|| format!("binding QUIC address {}", config.server.listen))?;
     let quic_addr = endpoint.local_addr()?;
 
+    let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
     let (queue, stage_thread) = stage.spawn(config.clone(), routes.clone());
     tokio::spawn(http::serve(
         http_listener,
-        metrics_handle,
+        Arc::new(scrape),
         ready.clone(),
         queue.failed_flag(),
     ));

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use ledger::snapshot_file::{self, SNAPSHOT_KEEP_DEFAULT};
@@ -277,6 +277,11 @@ impl Snapshots {
         if let Some(l) = &loaded {
             self.covered = l.sequence;
             self.appended = l.sequence;
+            if let Ok(modified) =
+                std::fs::metadata(self.dir().join(&l.file)).and_then(|m| m.modified())
+            {
+                set_written_at(modified);
+            }
         }
         Ok((loaded, passed_over))
     }
@@ -452,6 +457,12 @@ fn report(w: &Written) {
     );
 }
 
+/// `switch_snapshot_last_written_timestamp_seconds`: the newest snapshot is durable since `at`.
+fn set_written_at(at: SystemTime) {
+    metrics::gauge!("switch_snapshot_last_written_timestamp_seconds")
+        .set(crate::server::telemetry::unix_seconds(at));
+}
+
 /// The newest snapshot in `storage` that reads back and restores (see `Snapshots::load`).
 fn load_newest(
     storage: &FileStorage,
@@ -570,6 +581,7 @@ fn write(
     let started = Instant::now();
     let written = snapshot_file::write(storage, sequence, &payload, keep)
         .with_context(|| format!("snapshot at sequence {sequence}"))?;
+    set_written_at(SystemTime::now());
     let removed =
         prune(written.oldest_kept_sequence).context("removing log segments the snapshots cover")?;
     Ok(Written {

@@ -23,6 +23,7 @@ use crate::core::{Core, Prepared};
 use crate::journal::SwitchRecord;
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
+use crate::server::telemetry;
 use crate::translate;
 use crate::wire;
 
@@ -74,14 +75,14 @@ impl Queue {
             metrics::counter!("switch_queue_full_total").increment(1);
             return Err((job, Reason::OVERLOADED));
         }
-        metrics::gauge!("switch_queue_depth_requests").set((before + n) as f64);
+        depth_gauge().increment(n as f64);
         match self.tx.tx.try_send(job) {
             Ok(()) => {
                 self.tx.bell.ring();
                 Ok(())
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.queued.fetch_sub(n, Ordering::AcqRel);
+                leave(&self.queued, n);
                 Err((job, Reason::OVERLOADED))
             }
         }
@@ -103,6 +104,31 @@ impl Queue {
     pub(crate) fn failed_flag(&self) -> Arc<AtomicU8> {
         self.failed.clone()
     }
+}
+
+/// At most one `authorization holds expired` line this often (the counter is exact).
+const EXPIRY_LINE_EVERY: Duration = Duration::from_secs(10);
+
+/// How often the ledger stage reads the ledger's counts for `switch_holds_live` and
+/// `switch_accounts` (a read takes every shard's lock in turn).
+const LEDGER_GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+fn set_ledger_gauges(core: &Core) {
+    let stats = core.ledger().stats();
+    metrics::gauge!("switch_holds_live").set(stats.pending_live as f64);
+    metrics::gauge!("switch_accounts").set(stats.accounts as f64);
+}
+
+/// `switch_queue_depth_requests`: moved by every change to the count of requests the stage
+/// holds, up and down, so that it reads 0 whenever nothing is held.
+fn depth_gauge() -> metrics::Gauge {
+    metrics::gauge!("switch_queue_depth_requests")
+}
+
+/// `n` requests the stage held leave it (answered or refused).
+fn leave(queued: &AtomicUsize, n: usize) {
+    queued.fetch_sub(n, Ordering::AcqRel);
+    depth_gauge().decrement(n as f64);
 }
 
 /// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
@@ -138,6 +164,8 @@ pub struct Stage {
     submitted: u64,
     /// Records handed to the log and not yet durable, at most (`[wal] queue_depth_max`).
     in_flight_max: u64,
+    /// Reads the size of the log's files, for `switch_wal_bytes`.
+    wal_bytes: telemetry::WalBytes,
 }
 
 /// The answers to one stage batch, sent once every record up to `after` is durable.
@@ -158,7 +186,7 @@ struct Taken {
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        self.queued.fetch_sub(self.count, Ordering::AcqRel);
+        leave(&self.queued, self.count);
     }
 }
 
@@ -304,12 +332,7 @@ impl Answer {
             let _ = reply.send(wire_responses);
         }
         for (op, code, n) in counts {
-            metrics::counter!(
-                "switch_requests_total",
-                "op" => op_name(op),
-                "code" => code.as_u8().to_string()
-            )
-            .increment(n);
+            telemetry::requests_answered(op, code).increment(n);
         }
     }
 }
@@ -422,6 +445,14 @@ impl Stage {
         let durability = options.durability;
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
         let in_flight_max = options.queue_depth_max.max(1) as u64;
+        let wal_bytes: telemetry::WalBytes = {
+            let storage = storage.clone();
+            Arc::new(move || {
+                let names = storage.list().ok()?;
+                // A file deleted since the listing has no size: it takes no room.
+                Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
+            })
+        };
         let wal =
             Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
         Ok(Stage {
@@ -433,7 +464,13 @@ impl Stage {
             pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
             in_flight_max,
+            wal_bytes,
         })
+    }
+
+    /// What reads the size of the log's files on disk (for each scrape of `/metrics`).
+    pub fn wal_bytes(&self) -> telemetry::WalBytes {
+        self.wal_bytes.clone()
     }
 
     /// Starts the stage thread. It ends when every `Queue` clone is dropped and the queue is
@@ -477,6 +514,10 @@ impl Stage {
         let batch_max = usize::from(config.limits.batch_len_max).max(1);
         let mut clock = Clock { last: 0 };
         let mut last_expiry = Instant::now();
+        // The expiry pass runs whenever the queue is empty: many times a second under load.
+        let mut expiries = telemetry::Tally::new(EXPIRY_LINE_EVERY);
+        set_ledger_gauges(&self.core);
+        let mut gauges_set = Instant::now();
         let _ = self.durability;
         let close_every_ns = config
             .clearing
@@ -519,7 +560,7 @@ impl Stage {
             let refuse = |jobs: Vec<Job>, e: &WalError| {
                 let reason = failure_reason(e);
                 for job in jobs {
-                    queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+                    leave(&queued, job.items.len());
                     answer_all(job, refusal_code(reason), reason);
                 }
                 fail_stop(e, &rx, &queued, &failed)
@@ -536,8 +577,17 @@ impl Stage {
                 } else {
                     0
                 };
+                if let Some(holds) = expiries.count(expired as u64, Instant::now()) {
+                    tracing::info!(
+                        holds,
+                        "authorization holds expired (since the last such line)"
+                    );
+                }
+                if gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
+                    gauges_set = Instant::now();
+                    set_ledger_gauges(&self.core);
+                }
                 if expired > 0 {
-                    tracing::info!(holds = expired, "authorization holds expired");
                     metrics::counter!("switch_holds_expired_total").increment(expired as u64);
                     let mut payload = Vec::with_capacity(9);
                     SwitchRecord::encode_expire(now, &mut payload);
@@ -594,6 +644,12 @@ impl Stage {
             .and_then(|()| self.pipeline.wait_durable(self.submitted));
         drop(report_tx);
         let _ = reporter.join();
+        if let Some(holds) = expiries.flush() {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
         if drained.is_ok() {
             self.snapshots.finish(&self.core);
         }
@@ -794,7 +850,7 @@ fn fail_stop(
     failed.store(reason.0, Ordering::Release);
     // Until every sender is gone (shutdown), whatever arrives is answered at once.
     for job in rx.iter() {
-        queued.fetch_sub(job.items.len(), Ordering::AcqRel);
+        leave(queued, job.items.len());
         answer_all(job, refusal_code(reason), reason);
     }
     anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")

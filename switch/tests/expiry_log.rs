@@ -1,0 +1,195 @@
+//! Expired holds are logged as a summary, at most one line every 10 seconds, however often the
+//! expiry pass finds some; the lines together still count every hold, as the counter does.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+// The switch runs as a child process here, from a file: the in-process config goes unused.
+#[allow(dead_code)]
+mod common;
+use common::{CNY, req, setup_requests};
+use switch::client::{Client, Stream};
+use switch::tls::{Fingerprint, Trust};
+use switch::wire::{self, AccountId, Amount, CardNumber, Operation, ResponseCode as Code};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A `switch serve` child, killed and reaped when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("switch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [log]\nlevel = \"info\"\n\n\
+             [authorization]\nexpiry_tick_ms = 100\n\n\
+             [[routes]]\nprefix = \"62\"\nissuer = 2\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("write the configuration");
+    let log = dir.path().join("switch.log");
+    let (mut process, quic, http, fingerprint) = spawn(&config, &log);
+
+    let client = tokio::time::timeout(
+        LIMIT,
+        Client::connect(quic, &Trust::Fingerprint(fingerprint), None),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let stream = client.stream().await.expect("stream");
+    for r in call(&stream, &setup_requests(1_000_000)).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    // Waves of one-second holds, 400 ms apart: they expire on different ticks (every 100 ms),
+    // so the expiry pass finds some several times within a few seconds.
+    const WAVES: u128 = 4;
+    const PER_WAVE: u128 = 25;
+    for wave in 0..WAVES {
+        let holds: Vec<wire::Request> = (0..PER_WAVE)
+            .map(|i| hold(1_000 + wave * PER_WAVE + i))
+            .collect();
+        for r in call(&stream, &holds).await {
+            assert_eq!(r.code, Code::Approved, "{r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let total = (WAVES * PER_WAVE) as u64;
+    let deadline = Instant::now() + LIMIT;
+    let expired_total = format!("switch_holds_expired_total {total}");
+    while !http_get(http, "/metrics")
+        .lines()
+        .any(|l| l == expired_total)
+    {
+        assert!(Instant::now() < deadline, "holds not expired in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.close().await;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(process.0.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    wait_for_exit(&mut process.0);
+
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("authorization holds expired"))
+        .collect();
+    let logged: u64 = lines
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("holds="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no count in {l:?}"))
+        })
+        .sum();
+    assert_eq!(logged, total, "{lines:#?}");
+    // The first expiry is said at once; every later one within 10 seconds waits for the next
+    // line, which here is the one at the stop.
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+}
+
+fn hold(id: u128) -> wire::Request {
+    req(
+        id,
+        Operation::Authorize {
+            number: CardNumber::new("6200000000000001").expect("digits"),
+            merchant: AccountId(300),
+            amount: Amount(1),
+            currency: CNY,
+            expiry_secs: 1,
+        },
+    )
+}
+
+async fn call(stream: &Stream, requests: &[wire::Request]) -> Vec<wire::Response> {
+    tokio::time::timeout(LIMIT, stream.call(requests))
+        .await
+        .expect("answered in time")
+        .expect("answered")
+}
+
+/// Starts the binary and waits for its `ready quic=ADDR http=ADDR fingerprint=HEX` line.
+fn spawn(config: &Path, log: &Path) -> (Process, SocketAddr, SocketAddr, Fingerprint) {
+    let log = std::fs::File::create(log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn the switch");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = Process(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ready ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(LIMIT).expect("a ready line");
+    let (mut quic, mut http, mut fingerprint) = (None, None, None);
+    for word in line.split_whitespace().skip(1) {
+        match word.split_once('=') {
+            Some(("quic", addr)) => quic = addr.parse().ok(),
+            Some(("http", addr)) => http = addr.parse().ok(),
+            Some(("fingerprint", hex)) => {
+                fingerprint = switch::config::parse_fingerprint(hex).map(Fingerprint);
+            }
+            _ => {}
+        }
+    }
+    (
+        process,
+        quic.expect("quic address"),
+        http.expect("http address"),
+        fingerprint.expect("fingerprint"),
+    )
+}
+
+fn wait_for_exit(child: &mut Child) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "the switch exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the switch did not stop in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("http connect");
+    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").expect("http write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("http read");
+    text
+}
