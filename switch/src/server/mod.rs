@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod lock;
 pub mod snapshots;
 pub mod stage;
 
@@ -179,6 +180,8 @@ async fn start_on<S: Storage + Clone>(
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    // Before anything in the directory is read or written, and held until the switch stops.
+    let lock = lock::DataDirLock::acquire(&data_dir)?;
 
     let metrics_handle = metrics_recorder();
     let ready = Arc::new(AtomicBool::new(false));
@@ -319,6 +322,8 @@ async fn start_on<S: Storage + Clone>(
                 b"shutting down",
             );
             endpoint.wait_idle().await;
+            // Only now may another switch take the directory: the stage and its log are done.
+            drop(lock);
             result
         })
     };
