@@ -31,7 +31,7 @@ use ledger::storage::{FileStorage, Storage};
 use crate::config::{Config, LogFormat, TlsMode};
 use crate::core::{Core, CoreConfig};
 use crate::routing::RouteTable;
-use crate::tls::{self, Fingerprint, Identities, ServerIdentity};
+use crate::tls::{self, Fingerprint, Identities, ServerIdentity, ServerTls};
 
 /// Sets up `tracing` as the configuration says; `RUST_LOG` overrides the level.
 pub fn init_logging(log: &crate::config::Log) {
@@ -119,8 +119,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .thread_name("switch-io")
         .build()
         .context("starting the runtime")?;
+    let source = match &config_path {
+        Some(path) => path.display().to_string(),
+        None => "embedded default".to_string(),
+    };
     runtime.block_on(async {
-        let running = start(config, config_path).await?;
+        let running = start_on(config, config_path, source, None::<FileStorage>).await?;
         // The one line on standard output (logs go to standard error), for supervisors and
         // tests: recovery is done, and these are the addresses actually bound (port 0 in the
         // configuration lets the system choose).
@@ -155,7 +159,8 @@ async fn wait_for_signal() {
 
 /// Recovers state, binds the endpoints and starts serving. Returns once traffic is accepted.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
-    start_on(config, config_path, None::<FileStorage>).await
+    let source = source_of(config_path.as_deref());
+    start_on(config, config_path, source, None::<FileStorage>).await
 }
 
 /// `start`, with the log on `storage` instead of `data_dir/wal` (tests use a simulated disk
@@ -165,12 +170,24 @@ pub async fn start_with_storage<S: Storage + Clone>(
     config_path: Option<PathBuf>,
     storage: S,
 ) -> anyhow::Result<Running> {
-    start_on(config, config_path, Some(storage)).await
+    let source = source_of(config_path.as_deref());
+    start_on(config, config_path, source, Some(storage)).await
 }
 
+/// Where the configuration of a switch started in a program came from, for the messages that
+/// name it.
+fn source_of(path: Option<&std::path::Path>) -> String {
+    match path {
+        Some(path) => path.display().to_string(),
+        None => "given by the program (no file)".to_string(),
+    }
+}
+
+/// `source` names where the configuration came from, in errors and the start-up log.
 async fn start_on<S: Storage + Clone>(
     config: Config,
     config_path: Option<PathBuf>,
+    source: String,
     storage: Option<S>,
 ) -> anyhow::Result<Running> {
     for warning in config.warnings() {
@@ -182,6 +199,8 @@ async fn start_on<S: Storage + Clone>(
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     // Before anything in the directory is read or written, and held until the switch stops.
     let lock = lock::DataDirLock::acquire(&data_dir)?;
+    // Before recovery, which can take minutes: a bad certificate or key fails the start now.
+    let server_tls = server_tls(&config, &source)?;
 
     let metrics_handle = metrics_recorder();
     let ready = Arc::new(AtomicBool::new(false));
@@ -214,28 +233,7 @@ async fn start_on<S: Storage + Clone>(
     }
     .context("recovering state")?;
 
-    let (identity, fingerprint) = match config.tls.mode {
-        TlsMode::SelfSigned => {
-            let (identity, generated) = ServerIdentity::self_signed(&data_dir.join("tls"))?;
-            let fingerprint = identity.fingerprint();
-            if let Some(f) = fingerprint {
-                tracing::info!(
-                    generated,
-                    "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
-                     this fingerprint"
-                );
-            }
-            (identity, fingerprint)
-        }
-        TlsMode::Files => {
-            let identity = ServerIdentity::from_pem_files(
-                config.tls.cert_file.as_deref().unwrap_or(&PathBuf::new()),
-                config.tls.key_file.as_deref().unwrap_or(&PathBuf::new()),
-            )?;
-            let fingerprint = identity.fingerprint();
-            (identity, fingerprint)
-        }
-    };
+    let fingerprint = server_tls.fingerprint();
     let identities = Identities::new(&config);
     if let Some(anonymous) = identities.anonymous() {
         tracing::warn!(
@@ -244,7 +242,7 @@ async fn start_on<S: Storage + Clone>(
             "clients without a certificate are accepted as this participant: for development only"
         );
     }
-    let crypto = tls::server_crypto(&config, identity)?;
+    let crypto = tls::server_crypto(server_tls)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -333,6 +331,26 @@ async fn start_on<S: Storage + Clone>(
         fingerprint,
         shutdown,
         done,
+    })
+}
+
+/// The server's certificate, key and client verification: read and checked (files), or
+/// generated at first start (self-signed).
+fn server_tls(config: &Config, source: &str) -> anyhow::Result<ServerTls> {
+    Ok(match config.tls.mode {
+        TlsMode::SelfSigned => {
+            let (identity, generated) =
+                ServerIdentity::self_signed(&config.server.data_dir.join("tls"))?;
+            if let Some(f) = identity.fingerprint() {
+                tracing::info!(
+                    generated,
+                    "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
+                     this fingerprint"
+                );
+            }
+            ServerTls::without_client_auth(identity)
+        }
+        TlsMode::Files => ServerTls::from_files(&config.tls, source)?,
     })
 }
 
