@@ -661,6 +661,42 @@ impl Config {
         warnings
     }
 
+    /// The sections of this configuration (`[tls]`, `[[identities]]`, ...) that differ from
+    /// `other`'s, routes aside: what a reload of the routes leaves as it was.
+    pub fn sections_differing_from(&self, other: &Config) -> Vec<&'static str> {
+        // Destructured, so that a section added to `Config` cannot be forgotten here.
+        let Config {
+            server,
+            tls,
+            limits,
+            ledger,
+            wal,
+            snapshot,
+            authorization,
+            metrics,
+            log,
+            clearing,
+            identities,
+            routes: _,
+        } = self;
+        [
+            ("[server]", server == &other.server),
+            ("[tls]", tls == &other.tls),
+            ("[limits]", limits == &other.limits),
+            ("[ledger]", ledger == &other.ledger),
+            ("[wal]", wal == &other.wal),
+            ("[snapshot]", snapshot == &other.snapshot),
+            ("[authorization]", authorization == &other.authorization),
+            ("[metrics]", metrics == &other.metrics),
+            ("[log]", log == &other.log),
+            ("[clearing]", clearing == &other.clearing),
+            ("[[identities]]", identities == &other.identities),
+        ]
+        .into_iter()
+        .filter_map(|(name, same)| (!same).then_some(name))
+        .collect()
+    }
+
     /// Where settlement reports go.
     pub fn report_dir(&self) -> PathBuf {
         if self.clearing.report_dir.as_os_str().is_empty() {
@@ -1114,6 +1150,30 @@ mod tests {
             let error = Config::parse(&text, "x.toml").expect_err(bad).to_string();
             assert!(error.contains("log.level"), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn sections_that_differ_are_named_and_routes_are_not() {
+        let base = Config::default();
+        assert!(base.sections_differing_from(&base).is_empty());
+        let mut other = base.clone();
+        other.routes.push(RouteConfig {
+            prefix: "62".into(),
+            issuer: 2,
+            pooled_account: None,
+        });
+        assert!(other.sections_differing_from(&base).is_empty());
+        other.limits.connections_max += 1;
+        other.identities.push(Identity {
+            fingerprint_sha256: "ab".repeat(32),
+            participant: 2,
+            admin: false,
+        });
+        other.log.level = "debug".into();
+        assert_eq!(
+            other.sections_differing_from(&base),
+            ["[limits]", "[log]", "[[identities]]"]
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use switch::config::{Config, ConfigError, DEFAULT_CONFIG, TlsMode};
 use switch::tls::ServerTls;
 
 #[derive(Parser)]
-#[command(name = "switch", version, about = "Payment switch and clearing core")]
+#[command(
+    name = "switch",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWITCH_COMMIT"), ")"),
+    about = "Payment switch and clearing core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

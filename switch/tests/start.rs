@@ -1,8 +1,9 @@
 //! Starting `switch serve` as an operator does: one switch per data directory (a second
-//! process, or a second server in one process, is refused until the first stops or dies).
+//! process, or a second server in one process, is refused until the first stops or dies), the
+//! start-up log line, and what a SIGHUP says about the sections it does not reload.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,19 @@ fn read(log: &Path) -> String {
     std::fs::read_to_string(log).expect("read the log")
 }
 
+/// Polls the log until `pattern` occurs `count` times; the log then.
+fn wait_for(log: &Path, pattern: &str, count: usize) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = read(log);
+        if text.matches(pattern).count() >= count {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {pattern:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_second_switch_on_a_locked_data_directory_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -135,6 +149,100 @@ fn a_second_switch_on_a_locked_data_directory_refuses_to_start() {
     assert_eq!(third.exit_code(), Some(0), "{}", read(&log("third.log")));
     let (fourth, _) = serve(&config, &log("fourth.log"));
     drop(fourth);
+}
+
+/// The line that says the switch serves names its version and commit, where its
+/// configuration came from, its data directory and its addresses; the fingerprint line says
+/// how a client pins the certificate.
+#[test]
+fn the_start_line_says_what_runs_where() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("switch.toml");
+    write_config(&config, &data, "");
+    let log = dir.path().join("switch.log");
+    let (_process, ready) = serve(&config, &log);
+    let text = read(&log);
+    let line = text
+        .lines()
+        .find(|l| l.contains("switch is serving"))
+        .unwrap_or_else(|| panic!("no serving line:\n{text}"));
+    assert!(
+        line.contains(&format!("version=\"{}\"", switch::VERSION)),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("commit=\"{}\"", switch::COMMIT)),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("config={}", config.display())),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("data_dir={}", data.display())),
+        "{line}"
+    );
+    let word = |key: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in {ready}"))
+            .to_string()
+    };
+    let (quic, http, fingerprint) = (word("quic="), word("http="), word("fingerprint="));
+    assert!(line.contains(&format!("quic_addr={quic}")), "{line}");
+    assert!(line.contains(&format!("http_addr={http}")), "{line}");
+    let cert = data.join("tls").join(switch::tls::SELF_SIGNED_CERT_FILE);
+    assert!(
+        text.contains(&format!(
+            "`--fingerprint {fingerprint}` (loadgen, switch clearing); openssl shows it with \
+             `openssl x509 -inform DER -in {} -noout -fingerprint -sha256`",
+            cert.display()
+        )),
+        "{text}"
+    );
+}
+
+/// SIGHUP reloads the routes only: a file whose other sections changed is warned about,
+/// naming them; one that changed only its routes is not.
+#[test]
+fn a_reload_names_the_sections_it_does_not_apply() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let config: PathBuf = dir.path().join("switch.toml");
+    write_config(&config, &data, "");
+    let log = dir.path().join("switch.log");
+    let (process, _) = serve(&config, &log);
+
+    let route = "[[routes]]\nprefix = \"62\"\nissuer = 2\n";
+    write_config(&config, &data, route);
+    process.signal("HUP");
+    let text = wait_for(&log, "routing table reloaded", 1);
+    assert!(!text.contains("applies [[routes]] only"), "{text}");
+
+    write_config(
+        &config,
+        &data,
+        &format!(
+            "[authorization]\nexpiry_tick_ms = 250\n\n[[identities]]\nfingerprint_sha256 = \
+             \"{}\"\nparticipant = 2\n\n{route}",
+            "ab".repeat(32)
+        ),
+    );
+    process.signal("HUP");
+    let text = wait_for(&log, "routing table reloaded", 2);
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("applies [[routes]] only"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{text}");
+    assert!(warned[0].contains(" WARN "), "{}", warned[0]);
+    assert!(
+        warned[0].contains("the file's [authorization], [[identities]] differ"),
+        "{}",
+        warned[0]
+    );
 }
 
 /// Servers in one process: on two directories they run side by side; on the same directory

@@ -190,11 +190,18 @@ async fn start_on<S: Storage + Clone>(
     source: String,
     storage: Option<S>,
 ) -> anyhow::Result<Running> {
+    let data_dir = config.server.data_dir.clone();
+    tracing::info!(
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        config = %source,
+        data_dir = %data_dir.display(),
+        "switch starting"
+    );
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let config = Arc::new(config);
-    let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     // Before anything in the directory is read or written, and held until the switch stops.
@@ -272,7 +279,16 @@ async fn start_on<S: Storage + Clone>(
         queue.failed_flag(),
     ));
     ready.store(true, Ordering::Release);
-    tracing::info!(%quic_addr, %http_addr, alpn = "pswitch/1", "switch is serving");
+    tracing::info!(
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        config = %source,
+        data_dir = %data_dir.display(),
+        %quic_addr,
+        %http_addr,
+        alpn = "pswitch/1",
+        "switch is serving"
+    );
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(connection::Shared::new(
@@ -335,23 +351,49 @@ async fn start_on<S: Storage + Clone>(
 }
 
 /// The server's certificate, key and client verification: read and checked (files), or
-/// generated at first start (self-signed).
+/// generated at first start (self-signed). Logs the certificate's fingerprint with how a
+/// client pins it.
 fn server_tls(config: &Config, source: &str) -> anyhow::Result<ServerTls> {
-    Ok(match config.tls.mode {
+    let (tls, cert_file, generated) = match config.tls.mode {
         TlsMode::SelfSigned => {
-            let (identity, generated) =
-                ServerIdentity::self_signed(&config.server.data_dir.join("tls"))?;
-            if let Some(f) = identity.fingerprint() {
-                tracing::info!(
-                    generated,
-                    "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
-                     this fingerprint"
-                );
-            }
-            ServerTls::without_client_auth(identity)
+            let dir = config.server.data_dir.join("tls");
+            let (identity, generated) = ServerIdentity::self_signed(&dir)?;
+            let cert_file = dir.join(tls::SELF_SIGNED_CERT_FILE);
+            (
+                ServerTls::without_client_auth(identity),
+                cert_file,
+                generated,
+            )
         }
-        TlsMode::Files => ServerTls::from_files(&config.tls, source)?,
-    })
+        TlsMode::Files => {
+            let tls = ServerTls::from_files(&config.tls, source)?;
+            let cert_file = config.tls.cert_file.clone().unwrap_or_default();
+            (tls, cert_file, false)
+        }
+    };
+    if let Some(fingerprint) = tls.fingerprint() {
+        tracing::info!(
+            generated,
+            "server certificate SHA-256 fingerprint {fingerprint}; clients pin it with \
+             `--fingerprint {fingerprint}` (loadgen, switch clearing); openssl shows it with \
+             `{}`",
+            openssl_fingerprint_command(&cert_file, config.tls.mode)
+        );
+    }
+    Ok(tls)
+}
+
+/// The openssl command that prints the SHA-256 fingerprint of the certificate in `file` (DER
+/// for the generated certificate, PEM for `tls.cert_file`).
+fn openssl_fingerprint_command(file: &std::path::Path, mode: TlsMode) -> String {
+    let inform = match mode {
+        TlsMode::SelfSigned => "-inform DER ",
+        TlsMode::Files => "",
+    };
+    format!(
+        "openssl x509 {inform}-in {} -noout -fingerprint -sha256",
+        file.display()
+    )
 }
 
 /// Bytes a connection may have in flight to the server, unread, over all its streams: two
@@ -362,13 +404,26 @@ pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
 
 /// The routing table for a reload: from the configuration file at `path`, or, for a switch
 /// started without one, from the configuration it was started with (`started`), so that a
-/// reload never wipes routes it cannot read again.
+/// reload never wipes routes it cannot read again. Only the routes are taken from the file:
+/// if other sections differ from `started`, a warning names them (they apply at a restart).
 pub fn reload_routes(
     path: Option<&std::path::Path>,
     started: &Config,
 ) -> anyhow::Result<RouteTable> {
     Ok(match path {
-        Some(path) => Config::load(path)?.route_table("configuration")?,
+        Some(path) => {
+            let config = Config::load(path)?;
+            let changed = config.sections_differing_from(started);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "a reload applies [[routes]] only; the file's {} differ from what the \
+                     switch runs with and apply at the next restart",
+                    changed.join(", ")
+                );
+            }
+            config.route_table("configuration")?
+        }
         None => started.route_table("configuration")?,
     })
 }
