@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switch::config::{Config, ConfigError, DEFAULT_CONFIG, TlsMode};
+use switch::server::error_line;
 use switch::tls::ServerTls;
 
 #[derive(Parser)]
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
             match switch::admin::run(target, action) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("switch clearing: {e:#}");
+                    eprintln!("switch clearing: {}", error_line(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -170,8 +171,13 @@ fn main() -> ExitCode {
             match switch::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("switch: {e:#}");
+                    let line = error_line(e.as_ref());
+                    // Once, in the log if it shows errors, else plainly.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{line}");
+                    } else {
+                        eprintln!("switch: {line}");
+                    }
                     // A configuration the start found unusable (its TLS files) exits as
                     // `config check` does; anything else that stopped it, 1.
                     if e.downcast_ref::<ConfigError>().is_some() {

@@ -136,6 +136,11 @@ fn a_second_switch_on_a_locked_data_directory_refuses_to_start() {
         "{refused}"
     );
     assert!(!refused.contains("recovered"), "{refused}");
+    assert_eq!(
+        refused.lines().filter(|l| l.contains("in use")).count(),
+        1,
+        "said once: {refused}"
+    );
     // The first is unharmed: still running.
     assert!(first.0.try_wait().expect("wait").is_none());
 
@@ -205,7 +210,8 @@ fn the_start_line_says_what_runs_where() {
 }
 
 /// SIGHUP reloads the routes only: a file whose other sections changed is warned about,
-/// naming them; one that changed only its routes is not.
+/// naming them; one that changed only its routes is not; and a file that cannot be read is
+/// logged in one line that says its cause once.
 #[test]
 fn a_reload_names_the_sections_it_does_not_apply() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -242,6 +248,20 @@ fn a_reload_names_the_sections_it_does_not_apply() {
         warned[0].contains("the file's [authorization], [[identities]] differ"),
         "{}",
         warned[0]
+    );
+
+    std::fs::remove_file(&config).expect("remove the configuration");
+    process.signal("HUP");
+    let text = wait_for(&log, "routing table not reloaded", 1);
+    let line = text
+        .lines()
+        .find(|l| l.contains("routing table not reloaded"))
+        .expect("the line");
+    assert!(line.contains(&config.display().to_string()), "{line}");
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "{line}"
     );
 }
 

@@ -50,6 +50,32 @@ pub fn init_logging(log: &crate::config::Log) {
     };
 }
 
+/// An error as one line: its message, then each cause that the messages before it do not
+/// already say, joined by ": ". Many errors print their cause in their own message and also
+/// return it as their source, so `{:#}` would say it twice; and a message of several lines
+/// (a TOML error's excerpt) would break a text log's one line per event.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    if line.contains('\n') {
+        line = line
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    line
+}
+
 /// The process's metrics recorder, installed once. Servers in one process (tests) share it.
 fn metrics_recorder() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -406,13 +432,13 @@ pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
 /// started without one, from the configuration it was started with (`started`), so that a
 /// reload never wipes routes it cannot read again. Only the routes are taken from the file:
 /// if other sections differ from `started`, a warning names them (they apply at a restart).
+/// The error is one line (`error_line`).
 pub fn reload_routes(
     path: Option<&std::path::Path>,
     started: &Config,
 ) -> anyhow::Result<RouteTable> {
-    Ok(match path {
-        Some(path) => {
-            let config = Config::load(path)?;
+    let table = match path {
+        Some(path) => Config::load(path).and_then(|config| {
             let changed = config.sections_differing_from(started);
             if !changed.is_empty() {
                 tracing::warn!(
@@ -422,8 +448,47 @@ pub fn reload_routes(
                     changed.join(", ")
                 );
             }
-            config.route_table("configuration")?
-        }
-        None => started.route_table("configuration")?,
-    })
+            config.route_table("configuration")
+        }),
+        None => started.route_table("configuration"),
+    };
+    table.map_err(|e| anyhow::anyhow!(error_line(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that says its cause in its message and also returns it as its source, as
+    /// `ConfigError::Read` and many others do.
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("absent.toml");
+        let error = anyhow::Error::from(Config::load(&missing).expect_err("no file"));
+        let cause = error.chain().nth(1).expect("a source").to_string();
+        assert!(!cause.is_empty());
+        // `{:#}` says the cause twice: what `error_line` is for.
+        assert_eq!(format!("{error:#}").matches(&cause).count(), 2, "{error:#}");
+        let line = error_line(error.as_ref());
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+        assert!(line.starts_with(&missing.display().to_string()), "{line}");
+        // Context that does not say its cause is followed by it, once.
+        let error = error.context("reloading routes");
+        let line = error_line(error.as_ref());
+        assert!(line.starts_with("reloading routes: "), "{line}");
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+    }
+
+    #[test]
+    fn an_error_of_several_lines_is_one_line() {
+        let error = Config::parse("[[routes]]\nprefix = 62\n", "x.toml").expect_err("not a string");
+        assert!(error.to_string().contains('\n'), "{error}");
+        let line = error_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("x.toml: ") && line.contains("prefix"),
+            "{line}"
+        );
+    }
 }
