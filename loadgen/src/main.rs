@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let options = match Options::from_cli(Cli::parse()) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("loadgen: {e:#}");
+            eprintln!("loadgen: {}", switch::server::error_line(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let outcome = match loadgen::run::run(options) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("loadgen: {e:#}");
+            eprintln!("loadgen: {}", switch::server::error_line(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("loadgen: {e:#}");
+                eprintln!("loadgen: {}", switch::server::error_line(e.as_ref()));
                 return ExitCode::from(2);
             }
         }

@@ -558,20 +558,46 @@ impl Config {
                 "must not be 0".to_string(),
             ));
         }
-        for identity in &self.identities {
-            if parse_fingerprint(&identity.fingerprint_sha256).is_none() {
+        // A certificate is one identity: listed twice, the later entry would silently decide
+        // who it is (and could make a participant's certificate an admin's).
+        let mut seen = std::collections::HashMap::new();
+        for (index, identity) in self.identities.iter().enumerate() {
+            let Some(fingerprint) = parse_fingerprint(&identity.fingerprint_sha256) else {
                 return Err(invalid(
                     "identities.fingerprint_sha256",
-                    format!("{:?} is not 32 bytes of hex", identity.fingerprint_sha256),
+                    format!(
+                        "entry {index} (participant {}): {:?} is not a SHA-256 fingerprint, \
+                         32 bytes as 64 hex digits (colons between bytes optional)",
+                        identity.participant, identity.fingerprint_sha256
+                    ),
+                ));
+            };
+            if let Some(first) = seen.insert(fingerprint, index) {
+                let describe = |i: usize| {
+                    self.identities.get(i).map_or_else(String::new, |e| {
+                        let admin = if e.admin { ", admin" } else { "" };
+                        format!("entry {i} (participant {}{admin})", e.participant)
+                    })
+                };
+                return Err(invalid(
+                    "identities.fingerprint_sha256",
+                    format!(
+                        "{} and {} list the same certificate ({}): a certificate may be \
+                         listed once",
+                        describe(first),
+                        describe(index),
+                        identity.fingerprint_sha256
+                    ),
                 ));
             }
             if identity.participant == 0 {
                 return Err(invalid(
                     "identities.participant",
-                    "must not be 0".to_string(),
+                    format!("entry {index}: must not be 0"),
                 ));
             }
         }
+        validate_log_level(&self.log.level).map_err(|message| invalid("log.level", message))?;
         if self.clearing.windows_kept == 0 {
             return Err(invalid(
                 "clearing.windows_kept",
@@ -633,6 +659,42 @@ impl Config {
             warnings.extend(durability.warning().map(|w| format!("wal.durability: {w}")));
         }
         warnings
+    }
+
+    /// The sections of this configuration (`[tls]`, `[[identities]]`, ...) that differ from
+    /// `other`'s, routes aside: what a reload of the routes leaves as it was.
+    pub fn sections_differing_from(&self, other: &Config) -> Vec<&'static str> {
+        // Destructured, so that a section added to `Config` cannot be forgotten here.
+        let Config {
+            server,
+            tls,
+            limits,
+            ledger,
+            wal,
+            snapshot,
+            authorization,
+            metrics,
+            log,
+            clearing,
+            identities,
+            routes: _,
+        } = self;
+        [
+            ("[server]", server == &other.server),
+            ("[tls]", tls == &other.tls),
+            ("[limits]", limits == &other.limits),
+            ("[ledger]", ledger == &other.ledger),
+            ("[wal]", wal == &other.wal),
+            ("[snapshot]", snapshot == &other.snapshot),
+            ("[authorization]", authorization == &other.authorization),
+            ("[metrics]", metrics == &other.metrics),
+            ("[log]", log == &other.log),
+            ("[clearing]", clearing == &other.clearing),
+            ("[[identities]]", identities == &other.identities),
+        ]
+        .into_iter()
+        .filter_map(|(name, same)| (!same).then_some(name))
+        .collect()
     }
 
     /// Where settlement reports go.
@@ -759,17 +821,43 @@ impl Config {
     }
 }
 
-/// Parses a SHA-256 fingerprint written as hex, with or without colons.
+/// Parses a SHA-256 fingerprint written as 64 hex digits (either case), with or without
+/// colons: `3f:a2:...` and `3FA2...` are the same fingerprint.
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
-    let hex: String = text.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 {
+    let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+    // `from_str_radix` alone would take a sign ("+a"), which is not hex.
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
     Some(out)
+}
+
+/// Checks a `[log] level`: what `tracing`'s `EnvFilter` accepts, and a level in every
+/// directive. `EnvFilter` takes a bare word as a target with every level, so a misspelt level
+/// (`infoo`, `warning`) would silently log nothing of the switch.
+fn validate_log_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("is empty: name a level, e.g. \"info\"".to_string());
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("{level:?} is not a tracing filter: {e}"))?;
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "{directive:?} is not a level (off, error, warn, info, debug, trace); a target \
+                 takes one after `=`, e.g. \"switch=debug,info\""
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -942,6 +1030,150 @@ mod tests {
         let most = format!("[server]\nio_threads = {IO_THREADS_MAX}\n");
         let most = Config::parse(&most, "x.toml").expect("valid");
         assert_eq!(most.server.io_threads(), usize::from(IO_THREADS_MAX));
+    }
+
+    /// A fingerprint as an operator might write it: hex in either case, colons or not.
+    fn written(bytes: &[u8; 32], upper: bool, colons: bool) -> String {
+        let hex: Vec<String> = bytes
+            .iter()
+            .map(|b| {
+                if upper {
+                    format!("{b:02X}")
+                } else {
+                    format!("{b:02x}")
+                }
+            })
+            .collect();
+        hex.join(if colons { ":" } else { "" })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_config.txt", 64))]
+
+        /// Identities drawn from a few certificates, each written in its own way: the list is
+        /// refused exactly when one certificate is listed twice, naming its first and its
+        /// second entry; otherwise every entry maps its certificate.
+        #[test]
+        fn a_certificate_listed_twice_is_refused_however_written(
+            pool in proptest::collection::vec(any::<[u8; 32]>(), 3),
+            entries in proptest::collection::vec((0usize..3, any::<bool>(), any::<bool>(), any::<bool>()), 1..6),
+        ) {
+            let mut text = String::new();
+            for (i, (which, upper, colons, admin)) in entries.iter().enumerate() {
+                text.push_str(&format!(
+                    "[[identities]]\nfingerprint_sha256 = {:?}\nparticipant = {}\nadmin = {admin}\n",
+                    written(&pool[*which], *upper, *colons),
+                    i + 1,
+                ));
+            }
+            // The model: the first entry whose certificate an earlier entry listed.
+            let mut first_seen = std::collections::HashMap::new();
+            let duplicate = entries.iter().enumerate().find_map(|(j, (which, ..))| {
+                first_seen.insert(pool[*which], j).map(|i| (i, j))
+            });
+            match (Config::parse(&text, "x.toml"), duplicate) {
+                (Ok(config), None) => {
+                    // Accepted, each entry as written parses to its certificate's bytes.
+                    prop_assert_eq!(config.identities.len(), entries.len());
+                    for (entry, (which, ..)) in config.identities.iter().zip(&entries) {
+                        prop_assert_eq!(parse_fingerprint(&entry.fingerprint_sha256), Some(pool[*which]));
+                    }
+                }
+                (Err(e), Some((i, j))) => {
+                    let e = e.to_string();
+                    prop_assert!(e.contains("identities.fingerprint_sha256"), "{}", e);
+                    let admin = |k: usize| if entries[k].3 { ", admin" } else { "" };
+                    let first = format!("entry {i} (participant {}{})", i + 1, admin(i));
+                    let second = format!("entry {j} (participant {}{})", j + 1, admin(j));
+                    prop_assert!(e.contains(&format!("{first} and {second}")), "{}", e);
+                }
+                (result, duplicate) => {
+                    prop_assert!(false, "{:?} for duplicate {:?}", result.map(|_| ()), duplicate);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_that_is_not_32_bytes_of_hex_is_refused() {
+        let good = "ab".repeat(32);
+        assert!(Config::parse(&identity(&good), "x.toml").is_ok());
+        for bad in [
+            "ab".repeat(31),
+            "ab".repeat(33),
+            format!("{}a", "ab".repeat(31)),
+            format!("{}+a", "ab".repeat(31)),
+            format!("{}gg", "ab".repeat(31)),
+            format!("{}é", "ab".repeat(31)),
+            String::new(),
+        ] {
+            let error = Config::parse(&identity(&bad), "x.toml")
+                .expect_err(&bad)
+                .to_string();
+            assert!(
+                error.contains("identities.fingerprint_sha256") && error.contains("entry 0"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    fn identity(fingerprint: &str) -> String {
+        format!("[[identities]]\nfingerprint_sha256 = {fingerprint:?}\nparticipant = 2\n")
+    }
+
+    #[test]
+    fn log_levels_that_would_hide_the_switch_are_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "3",
+            "switch=debug,info",
+            "info,quinn=warn",
+        ] {
+            let text = format!("[log]\nlevel = {good:?}\n");
+            assert!(Config::parse(&text, "x.toml").is_ok(), "{good:?}");
+        }
+        for bad in [
+            "infoo",
+            "warning",
+            "switch",
+            "switch=loud",
+            "info,switch=[",
+            " info , quinn=warn ",
+            "",
+            " ",
+        ] {
+            let text = format!("[log]\nlevel = {bad:?}\n");
+            let error = Config::parse(&text, "x.toml").expect_err(bad).to_string();
+            assert!(error.contains("log.level"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn sections_that_differ_are_named_and_routes_are_not() {
+        let base = Config::default();
+        assert!(base.sections_differing_from(&base).is_empty());
+        let mut other = base.clone();
+        other.routes.push(RouteConfig {
+            prefix: "62".into(),
+            issuer: 2,
+            pooled_account: None,
+        });
+        assert!(other.sections_differing_from(&base).is_empty());
+        other.limits.connections_max += 1;
+        other.identities.push(Identity {
+            fingerprint_sha256: "ab".repeat(32),
+            participant: 2,
+            admin: false,
+        });
+        other.log.level = "debug".into();
+        assert_eq!(
+            other.sections_differing_from(&base),
+            ["[limits]", "[log]", "[[identities]]"]
+        );
     }
 
     #[test]

@@ -15,3 +15,5 @@ pub mod server;
 pub mod tls;
 pub mod translate;
 pub mod wire;
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("SWITCH_COMMIT");

@@ -1,13 +1,24 @@
 //! `switch`: the payment switch binary. A thin shell over the `switch` library.
+//!
+//! Exit codes: 0 a clean stop (or a valid configuration); 1 `serve` could not start (the data
+//! directory is locked by another switch, recovery failed, an address is taken) or stopped on
+//! a failure, and a `clearing` command failed; 2 the configuration is invalid (an unknown or
+//! bad key, or unusable TLS files), for `config check` and `serve` alike.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switch::config::{Config, DEFAULT_CONFIG};
+use switch::config::{Config, ConfigError, DEFAULT_CONFIG, TlsMode};
+use switch::server::error_line;
+use switch::tls::ServerTls;
 
 #[derive(Parser)]
-#[command(name = "switch", version, about = "Payment switch and clearing core")]
+#[command(
+    name = "switch",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWITCH_COMMIT"), ")"),
+    about = "Payment switch and clearing core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -88,7 +99,8 @@ fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
 enum ConfigCommand {
     /// Print the documented default configuration.
     Default,
-    /// Check a configuration file and say what is wrong with it.
+    /// Check a configuration file and say what is wrong with it, including the certificate,
+    /// key and client CA files of `tls.mode = "files"` (read and checked as `serve` does).
     Check { file: PathBuf },
 }
 
@@ -99,19 +111,26 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(config) => {
-                println!("{}: ok", file.display());
-                for warning in config.warnings() {
-                    println!("warning: {warning}");
+        Command::Config(ConfigCommand::Check { file }) => {
+            match Config::load(&file).and_then(|config| {
+                if config.tls.mode == TlsMode::Files {
+                    ServerTls::from_files(&config.tls, &file.display().to_string())?;
                 }
-                ExitCode::SUCCESS
+                Ok(config)
+            }) {
+                Ok(config) => {
+                    println!("{}: ok", file.display());
+                    for warning in config.warnings() {
+                        println!("warning: {warning}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Clearing(args) => {
             let config = match load(args.config.as_ref()) {
                 Ok(config) => config,
@@ -137,7 +156,7 @@ fn main() -> ExitCode {
             match switch::admin::run(target, action) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("switch clearing: {e:#}");
+                    eprintln!("switch clearing: {}", error_line(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -152,9 +171,20 @@ fn main() -> ExitCode {
             match switch::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("switch: {e:#}");
-                    ExitCode::FAILURE
+                    let line = error_line(e.as_ref());
+                    // Once, in the log if it shows errors, else plainly.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{line}");
+                    } else {
+                        eprintln!("switch: {line}");
+                    }
+                    // A configuration the start found unusable (its TLS files) exits as
+                    // `config check` does; anything else that stopped it, 1.
+                    if e.downcast_ref::<ConfigError>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -7,16 +7,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger::ParticipantId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::{self, TlsMode};
+use crate::config::{self, ConfigError, TlsMode};
 
 pub use crate::wire::ALPN;
 
@@ -77,6 +79,17 @@ pub enum TlsError {
     Quic(String),
 }
 
+impl TlsError {
+    /// What went wrong with a file, without its name.
+    fn message(&self) -> String {
+        match self {
+            TlsError::Io { source, .. } => source.to_string(),
+            TlsError::Pem { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     move |source| TlsError::Io {
         path: path.display().to_string(),
@@ -87,6 +100,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// The generated certificate's file (DER) in `data_dir/tls`; its key is `server-key.der`.
+pub const SELF_SIGNED_CERT_FILE: &str = "server-cert.der";
 
 /// The server's certificate chain and key.
 pub struct ServerIdentity {
@@ -101,7 +117,7 @@ impl ServerIdentity {
 
     /// Loads the generated certificate from `dir`, generating it at first use.
     pub fn self_signed(dir: &Path) -> Result<(ServerIdentity, bool), TlsError> {
-        let cert_path = dir.join("server-cert.der");
+        let cert_path = dir.join(SELF_SIGNED_CERT_FILE);
         let key_path = dir.join("server-key.der");
         if cert_path.exists() && key_path.exists() {
             let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;
@@ -185,10 +201,13 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::pem::{self, PemObject};
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message: match e {
+            pem::Error::NoItemsFound => "no private key found".to_string(),
+            e => e.to_string(),
+        },
     })
 }
 
@@ -240,30 +259,120 @@ impl Identities {
     }
 }
 
-/// The rustls server configuration for `config`.
-pub fn server_crypto(
-    config: &config::Config,
-    identity: ServerIdentity,
-) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = provider();
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match (config.tls.mode, &config.tls.client_ca_file) {
-        (TlsMode::Files, Some(ca)) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots.add(cert)?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()?;
-            builder.with_client_cert_verifier(Arc::new(LoggingRefusals(verifier)))
+/// What the server's TLS runs with: its certificate chain and key and, under mutual TLS, how
+/// client certificates are verified.
+pub struct ServerTls {
+    pub identity: ServerIdentity,
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ServerTls {
+    /// The server identity alone, with client certificates optional and unverified.
+    pub fn without_client_auth(identity: ServerIdentity) -> Self {
+        ServerTls {
+            identity,
+            client_verifier: None,
         }
-        _ => builder.with_no_client_auth(),
+    }
+
+    /// For `tls.mode = "files"`: reads the server's certificate chain and key and the client
+    /// CAs, and checks that each parses and that the key is the certificate's. `switch serve`
+    /// runs with what this returns and `switch config check` runs it too, so that both refuse
+    /// the same files the same way: naming the key (`tls.cert_file`, ...) and the file.
+    pub fn from_files(tls: &config::Tls, origin: &str) -> Result<ServerTls, ConfigError> {
+        let file = |key: &'static str, path: &Option<PathBuf>| {
+            path.clone().ok_or_else(|| ConfigError::Invalid {
+                origin: origin.to_string(),
+                key,
+                message: "is required when tls.mode = \"files\"".to_string(),
+            })
+        };
+        let (cert_path, key_path) = (
+            file("tls.cert_file", &tls.cert_file)?,
+            file("tls.key_file", &tls.key_file)?,
+        );
+        let invalid = |key: &'static str, path: &Path, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            message: format!("{}: {message}", path.display()),
+        };
+        let chain = read_certs(&cert_path)
+            .map_err(|e| invalid("tls.cert_file", &cert_path, e.message()))?;
+        let leaf = chain.first().ok_or_else(|| {
+            invalid(
+                "tls.cert_file",
+                &cert_path,
+                "no certificate found".to_string(),
+            )
+        })?;
+        rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| {
+            invalid(
+                "tls.cert_file",
+                &cert_path,
+                format!("not a usable X.509 certificate: {e}"),
+            )
+        })?;
+        let key =
+            read_key(&key_path).map_err(|e| invalid("tls.key_file", &key_path, e.message()))?;
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| invalid("tls.key_file", &key_path, format!("unusable key: {e}")))?;
+        match CertifiedKey::new(chain.clone(), signing_key).keys_match() {
+            // Unknown: the key type cannot tell its public key; rustls accepts it too.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    &key_path,
+                    format!(
+                        "is not the key of the certificate in tls.cert_file ({})",
+                        cert_path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(invalid("tls.cert_file", &cert_path, e.to_string())),
+        }
+        let client_verifier = match &tls.client_ca_file {
+            Some(ca_path) => {
+                let ca = |message: String| invalid("tls.client_ca_file", ca_path, message);
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs(ca_path).map_err(|e| ca(e.message()))? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ca(format!("not a usable CA certificate: {e}")))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| ca(e.to_string()))?;
+                Some(verifier)
+            }
+            None => None,
+        };
+        Ok(ServerTls {
+            identity: ServerIdentity { chain, key },
+            client_verifier,
+        })
+    }
+
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.identity.fingerprint()
+    }
+}
+
+/// The rustls server configuration: TLS 1.3, the protocol's ALPN, and client certificates
+/// verified as `tls` says.
+pub fn server_crypto(tls: ServerTls) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match tls.client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(Arc::new(LoggingRefusals(verifier))),
+        None => builder.with_no_client_auth(),
     };
-    let mut crypto = builder.with_single_cert(identity.chain, identity.key)?;
+    let mut crypto = builder.with_single_cert(tls.identity.chain, tls.identity.key)?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     Ok(crypto)
 }

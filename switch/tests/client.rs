@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switch::client::{Client, ClientError, Stream};
-use switch::config::Config;
 use switch::tls::{self, ServerIdentity, Trust};
 use switch::wire::{
     self, EchoPayload, Frame, Operation, Reason, Request, RequestId, Response, ResponseBody,
@@ -38,7 +37,8 @@ impl FakeServer {
                 .expect("key der"),
         };
         let trust = Trust::Fingerprint(identity.fingerprint().expect("a certificate"));
-        let crypto = tls::server_crypto(&Config::default(), identity).expect("server TLS");
+        let crypto =
+            tls::server_crypto(tls::ServerTls::without_client_auth(identity)).expect("server TLS");
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).expect("QUIC TLS");
         let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("literal"))

@@ -52,7 +52,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (identity, _) = ServerIdentity::self_signed(dir.path())?;
     let fingerprint = identity.fingerprint().context("fingerprint")?;
     let config = switch::config::Config::default();
-    let crypto = tls::server_crypto(&config, identity)?;
+    let crypto = tls::server_crypto(tls::ServerTls::without_client_auth(identity))?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();

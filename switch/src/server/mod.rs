@@ -12,6 +12,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod lock;
 pub mod snapshots;
 pub mod stage;
 pub mod telemetry;
@@ -31,7 +32,7 @@ use ledger::storage::{FileStorage, Storage};
 use crate::config::{Config, LogFormat, TlsMode};
 use crate::core::{Core, CoreConfig};
 use crate::routing::RouteTable;
-use crate::tls::{self, Fingerprint, Identities, ServerIdentity};
+use crate::tls::{self, Fingerprint, Identities, ServerIdentity, ServerTls};
 
 /// Sets up `tracing` as the configuration says; `RUST_LOG` overrides the level.
 pub fn init_logging(log: &crate::config::Log) {
@@ -48,6 +49,32 @@ pub fn init_logging(log: &crate::config::Log) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// An error as one line: its message, then each cause that the messages before it do not
+/// already say, joined by ": ". Many errors print their cause in their own message and also
+/// return it as their source, so `{:#}` would say it twice; and a message of several lines
+/// (a TOML error's excerpt) would break a text log's one line per event.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    if line.contains('\n') {
+        line = line
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    line
 }
 
 /// The process's metrics recorder, installed once. Servers in one process (tests) share it.
@@ -119,8 +146,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .thread_name("switch-io")
         .build()
         .context("starting the runtime")?;
+    let source = match &config_path {
+        Some(path) => path.display().to_string(),
+        None => "embedded default".to_string(),
+    };
     runtime.block_on(async {
-        let running = start(config, config_path).await?;
+        let running = start_on(config, config_path, source, None::<FileStorage>).await?;
         // The one line on standard output (logs go to standard error), for supervisors and
         // tests: recovery is done, and these are the addresses actually bound (port 0 in the
         // configuration lets the system choose).
@@ -155,7 +186,8 @@ async fn wait_for_signal() {
 
 /// Recovers state, binds the endpoints and starts serving. Returns once traffic is accepted.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Running> {
-    start_on(config, config_path, None::<FileStorage>).await
+    let source = source_of(config_path.as_deref());
+    start_on(config, config_path, source, None::<FileStorage>).await
 }
 
 /// `start`, with the log on `storage` instead of `data_dir/wal` (tests use a simulated disk
@@ -165,21 +197,44 @@ pub async fn start_with_storage<S: Storage + Clone>(
     config_path: Option<PathBuf>,
     storage: S,
 ) -> anyhow::Result<Running> {
-    start_on(config, config_path, Some(storage)).await
+    let source = source_of(config_path.as_deref());
+    start_on(config, config_path, source, Some(storage)).await
 }
 
+/// Where the configuration of a switch started in a program came from, for the messages that
+/// name it.
+fn source_of(path: Option<&std::path::Path>) -> String {
+    match path {
+        Some(path) => path.display().to_string(),
+        None => "given by the program (no file)".to_string(),
+    }
+}
+
+/// `source` names where the configuration came from, in errors and the start-up log.
 async fn start_on<S: Storage + Clone>(
     config: Config,
     config_path: Option<PathBuf>,
+    source: String,
     storage: Option<S>,
 ) -> anyhow::Result<Running> {
+    let data_dir = config.server.data_dir.clone();
+    tracing::info!(
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        config = %source,
+        data_dir = %data_dir.display(),
+        "switch starting"
+    );
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let config = Arc::new(config);
-    let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    // Before anything in the directory is read or written, and held until the switch stops.
+    let lock = lock::DataDirLock::acquire(&data_dir)?;
+    // Before recovery, which can take minutes: a bad certificate or key fails the start now.
+    let server_tls = server_tls(&config, &source)?;
 
     let metrics_handle = metrics_recorder();
     telemetry::register();
@@ -213,28 +268,7 @@ async fn start_on<S: Storage + Clone>(
     }
     .context("recovering state")?;
 
-    let (identity, fingerprint) = match config.tls.mode {
-        TlsMode::SelfSigned => {
-            let (identity, generated) = ServerIdentity::self_signed(&data_dir.join("tls"))?;
-            let fingerprint = identity.fingerprint();
-            if let Some(f) = fingerprint {
-                tracing::info!(
-                    generated,
-                    "server certificate SHA-256 fingerprint {f}; clients trust it by pinning \
-                     this fingerprint"
-                );
-            }
-            (identity, fingerprint)
-        }
-        TlsMode::Files => {
-            let identity = ServerIdentity::from_pem_files(
-                config.tls.cert_file.as_deref().unwrap_or(&PathBuf::new()),
-                config.tls.key_file.as_deref().unwrap_or(&PathBuf::new()),
-            )?;
-            let fingerprint = identity.fingerprint();
-            (identity, fingerprint)
-        }
-    };
+    let fingerprint = server_tls.fingerprint();
     let identities = Identities::new(&config);
     if let Some(anonymous) = identities.anonymous() {
         tracing::warn!(
@@ -243,7 +277,7 @@ async fn start_on<S: Storage + Clone>(
             "clients without a certificate are accepted as this participant: for development only"
         );
     }
-    let crypto = tls::server_crypto(&config, identity)?;
+    let crypto = tls::server_crypto(server_tls)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -274,7 +308,16 @@ async fn start_on<S: Storage + Clone>(
         queue.failed_flag(),
     ));
     ready.store(true, Ordering::Release);
-    tracing::info!(%quic_addr, %http_addr, alpn = "pswitch/1", "switch is serving");
+    tracing::info!(
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        config = %source,
+        data_dir = %data_dir.display(),
+        %quic_addr,
+        %http_addr,
+        alpn = "pswitch/1",
+        "switch is serving"
+    );
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(connection::Shared::new(
@@ -322,6 +365,8 @@ async fn start_on<S: Storage + Clone>(
                 b"shutting down",
             );
             endpoint.wait_idle().await;
+            // Only now may another switch take the directory: the stage and its log are done.
+            drop(lock);
             result
         })
     };
@@ -334,6 +379,52 @@ async fn start_on<S: Storage + Clone>(
     })
 }
 
+/// The server's certificate, key and client verification: read and checked (files), or
+/// generated at first start (self-signed). Logs the certificate's fingerprint with how a
+/// client pins it.
+fn server_tls(config: &Config, source: &str) -> anyhow::Result<ServerTls> {
+    let (tls, cert_file, generated) = match config.tls.mode {
+        TlsMode::SelfSigned => {
+            let dir = config.server.data_dir.join("tls");
+            let (identity, generated) = ServerIdentity::self_signed(&dir)?;
+            let cert_file = dir.join(tls::SELF_SIGNED_CERT_FILE);
+            (
+                ServerTls::without_client_auth(identity),
+                cert_file,
+                generated,
+            )
+        }
+        TlsMode::Files => {
+            let tls = ServerTls::from_files(&config.tls, source)?;
+            let cert_file = config.tls.cert_file.clone().unwrap_or_default();
+            (tls, cert_file, false)
+        }
+    };
+    if let Some(fingerprint) = tls.fingerprint() {
+        tracing::info!(
+            generated,
+            "server certificate SHA-256 fingerprint {fingerprint}; clients pin it with \
+             `--fingerprint {fingerprint}` (loadgen, switch clearing); openssl shows it with \
+             `{}`",
+            openssl_fingerprint_command(&cert_file, config.tls.mode)
+        );
+    }
+    Ok(tls)
+}
+
+/// The openssl command that prints the SHA-256 fingerprint of the certificate in `file` (DER
+/// for the generated certificate, PEM for `tls.cert_file`).
+fn openssl_fingerprint_command(file: &std::path::Path, mode: TlsMode) -> String {
+    let inform = match mode {
+        TlsMode::SelfSigned => "-inform DER ",
+        TlsMode::Files => "",
+    };
+    format!(
+        "openssl x509 {inform}-in {} -noout -fingerprint -sha256",
+        file.display()
+    )
+}
+
 /// Bytes a connection may have in flight to the server, unread, over all its streams: two
 /// largest frames, and at least 8 MiB so that pipelining never waits on it.
 pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
@@ -342,13 +433,65 @@ pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
 
 /// The routing table for a reload: from the configuration file at `path`, or, for a switch
 /// started without one, from the configuration it was started with (`started`), so that a
-/// reload never wipes routes it cannot read again.
+/// reload never wipes routes it cannot read again. Only the routes are taken from the file:
+/// if other sections differ from `started`, a warning names them (they apply at a restart).
+/// The error is one line (`error_line`).
 pub fn reload_routes(
     path: Option<&std::path::Path>,
     started: &Config,
 ) -> anyhow::Result<RouteTable> {
-    Ok(match path {
-        Some(path) => Config::load(path)?.route_table("configuration")?,
-        None => started.route_table("configuration")?,
-    })
+    let table = match path {
+        Some(path) => Config::load(path).and_then(|config| {
+            let changed = config.sections_differing_from(started);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "a reload applies [[routes]] only; the file's {} differ from what the \
+                     switch runs with and apply at the next restart",
+                    changed.join(", ")
+                );
+            }
+            config.route_table("configuration")
+        }),
+        None => started.route_table("configuration"),
+    };
+    table.map_err(|e| anyhow::anyhow!(error_line(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that says its cause in its message and also returns it as its source, as
+    /// `ConfigError::Read` and many others do.
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("absent.toml");
+        let error = anyhow::Error::from(Config::load(&missing).expect_err("no file"));
+        let cause = error.chain().nth(1).expect("a source").to_string();
+        assert!(!cause.is_empty());
+        // `{:#}` says the cause twice: what `error_line` is for.
+        assert_eq!(format!("{error:#}").matches(&cause).count(), 2, "{error:#}");
+        let line = error_line(error.as_ref());
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+        assert!(line.starts_with(&missing.display().to_string()), "{line}");
+        // Context that does not say its cause is followed by it, once.
+        let error = error.context("reloading routes");
+        let line = error_line(error.as_ref());
+        assert!(line.starts_with("reloading routes: "), "{line}");
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+    }
+
+    #[test]
+    fn an_error_of_several_lines_is_one_line() {
+        let error = Config::parse("[[routes]]\nprefix = 62\n", "x.toml").expect_err("not a string");
+        assert!(error.to_string().contains('\n'), "{error}");
+        let line = error_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("x.toml: ") && line.contains("prefix"),
+            "{line}"
+        );
+    }
 }

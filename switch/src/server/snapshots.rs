@@ -353,7 +353,10 @@ impl Snapshots {
             Ok(Err(e)) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
                 // The log still holds everything: nothing acknowledged is at risk.
-                tracing::error!("writing a snapshot failed (the log is kept whole): {e:#}");
+                tracing::error!(
+                    "writing a snapshot failed (the log is kept whole): {}",
+                    super::error_line(e.as_ref())
+                );
             }
             Err(_) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
@@ -424,7 +427,8 @@ impl Snapshots {
             Err(e) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
                 tracing::error!(
-                    "writing the shutdown snapshot failed (the log is kept whole): {e:#}"
+                    "writing the shutdown snapshot failed (the log is kept whole): {}",
+                    super::error_line(e.as_ref())
                 );
             }
         }

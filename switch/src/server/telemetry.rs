@@ -332,7 +332,8 @@ pub fn register() {
         }
     }
     // What is running: the package version, and the commit when the build environment says.
-    metrics::gauge!("switch_build_info", "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("SWITCH_COMMIT").unwrap_or("unknown")).set(1.0);
+    metrics::gauge!("switch_build_info", "version" => crate::VERSION, "commit" => crate::COMMIT)
+        .set(1.0);
     let process = metrics_process::Collector::default();
     process.describe();
     process.collect();
