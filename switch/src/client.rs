@@ -22,12 +22,13 @@ pub enum ClientError {
     Tls(#[from] tls::TlsError),
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
+    /// Said in full by `describe_close`, so not chained as a source too (it would repeat).
     #[error("{}", describe_close(.0))]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("{target}: not an address or a host name with a port: {source}")]
+    Connection(quinn::ConnectionError),
+    #[error("{target}: the name does not resolve: {error}")]
     Resolve {
         target: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{target}: the name resolves to no address")]
     NoAddress { target: String },
@@ -50,6 +51,12 @@ pub enum ClientError {
     Undecodable(wire::WireError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<quinn::ConnectionError> for ClientError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        ClientError::Connection(e)
+    }
 }
 
 /// A connection to a switch.
@@ -308,9 +315,9 @@ pub async fn resolve(target: &str) -> Result<Vec<SocketAddr>, ClientError> {
     }
     let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
         .await
-        .map_err(|source| ClientError::Resolve {
+        .map_err(|error| ClientError::Resolve {
             target: target.to_string(),
-            source,
+            error,
         })?
         .collect();
     addrs.sort_unstable();
