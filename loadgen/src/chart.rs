@@ -1,16 +1,22 @@
 //! The chart: target against achieved throughput, and latency percentiles, over time; as PNG
 //! and SVG. Text is drawn with an embedded font (DejaVu Sans Mono, pure-Rust rasteriser), so
 //! no system font library is needed.
+//!
+//! Rates are drawn over the whole seconds of the run only: the last second is usually partial,
+//! and its count, drawn as a rate, would look like a collapse. The festival's phases are shaded
+//! bands; a step run's SLO is a horizontal line on the latency chart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use anyhow::anyhow;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::report::Report;
+use crate::report::{Report, SecondReport};
+use crate::run::Phase;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 const WIDTH: u32 = 1200;
@@ -55,15 +61,59 @@ type Line = (
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// A rate of each second at its middle, for the seconds the run covered whole. A run shorter
+/// than a second has none: its partial seconds are scaled to a rate instead.
+pub fn rate_points(
+    series: &[SecondReport],
+    rate: fn(&SecondReport) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    let whole = series.iter().any(|s| s.covered_secs >= 1.0);
+    series
+        .iter()
+        .filter(|s| s.covered_secs >= 1.0 || (!whole && s.covered_secs > 0.0))
+        .filter_map(|s| {
+            let per_second = rate(s)? / s.covered_secs.min(1.0);
+            Some((s.second as f64 + 0.5, per_second))
+        })
+        .collect()
+}
+
+/// Shading of the phase bands, in turn.
+const BANDS: [RGBColor; 2] = [RGBColor(225, 232, 245), RGBColor(245, 236, 220)];
+
+/// Shades each phase of the run on `chart`, its name at the top.
+fn draw_phases<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    phases: &[Phase],
+    y_max: f64,
+) -> DrawResult<DB> {
+    for (i, p) in phases.iter().enumerate() {
+        let color = BANDS[i % BANDS.len()];
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(p.start_secs, 0.0), (p.end_secs, y_max)],
+            color.filled(),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            p.name.clone(),
+            (p.start_secs, y_max * 0.97),
+            ("sans-serif", 13),
+        )))?;
+    }
+    Ok(())
+}
+
 fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -> DrawResult<DB> {
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(HEIGHT / 2);
     let series = &report.series;
     let seconds = (series.len() as f64).max(1.0);
 
-    let rate_max = series
+    let achieved = rate_points(series, |s| Some(s.achieved_rate));
+    let target = rate_points(series, |s| s.target_rate);
+    let rate_max = achieved
         .iter()
-        .map(|s| s.achieved_rate.max(s.target_rate.unwrap_or(0.0)))
+        .chain(&target)
+        .map(|&(_, r)| r)
         .fold(1.0, f64::max)
         * 1.1;
     let mut rates = ChartBuilder::on(&top)
@@ -81,24 +131,16 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
         .y_desc("requests/s")
         .label_style(("sans-serif", 14))
         .draw()?;
-    if series.iter().any(|s| s.target_rate.is_some()) {
+    let phases = &report.profile.phases;
+    draw_phases(&mut rates, phases, rate_max)?;
+    if !target.is_empty() {
         rates
-            .draw_series(LineSeries::new(
-                series
-                    .iter()
-                    .filter_map(|s| s.target_rate.map(|t| (s.second as f64 + 0.5, t))),
-                BLUE.stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new(target, BLUE.stroke_width(2)))?
             .label("target")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     }
     rates
-        .draw_series(LineSeries::new(
-            series
-                .iter()
-                .map(|s| (s.second as f64 + 0.5, s.achieved_rate)),
-            GREEN.stroke_width(2),
-        ))?
+        .draw_series(LineSeries::new(achieved, GREEN.stroke_width(2)))?
         .label("achieved")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
     rates
@@ -108,7 +150,13 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
         .background_style(WHITE.mix(0.8))
         .draw()?;
 
-    let latency_max = series.iter().filter_map(|s| s.p999_ms).fold(1.0, f64::max) * 1.1;
+    let slo = report.profile.slo_p99_ms;
+    let latency_max = series
+        .iter()
+        .filter_map(|s| s.p999_ms)
+        .chain(slo)
+        .fold(1.0, f64::max)
+        * 1.1;
     let mut latency = ChartBuilder::on(&bottom)
         .caption("latency from intended send time (ms)", ("sans-serif", 20))
         .margin(10)
@@ -121,6 +169,21 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
         .y_desc("ms")
         .label_style(("sans-serif", 14))
         .draw()?;
+    draw_phases(&mut latency, phases, latency_max)?;
+    if let Some(slo) = slo {
+        let color = RGBColor(120, 40, 160);
+        latency
+            .draw_series(DashedLineSeries::new(
+                [(0.0, slo), (seconds, slo)],
+                8,
+                6,
+                color.stroke_width(2),
+            ))?
+            .label(format!("SLO p99 {slo} ms"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
     let lines: [Line; 3] = [
         ("p50", GREEN, |s| s.p50_ms),
         ("p99", RGBColor(230, 140, 0), |s| s.p99_ms),
@@ -146,4 +209,39 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
         .background_style(WHITE.mix(0.8))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(second: u64, answered: f64, covered_secs: f64) -> SecondReport {
+        SecondReport {
+            second,
+            target_rate: Some(100.0),
+            achieved_rate: answered,
+            covered_secs,
+            errors: 0,
+            p50_ms: Some(1.0),
+            p99_ms: Some(2.0),
+            p999_ms: Some(3.0),
+            max_ms: Some(4.0),
+        }
+    }
+
+    /// The last second of a run that ended 0.1 s into it answered 10 requests: drawn as a
+    /// rate, that would be a fall from 100/s to 10/s that never happened.
+    #[test]
+    fn a_partial_last_second_is_not_drawn_as_a_fall() {
+        let series = [
+            second(0, 100.0, 1.0),
+            second(1, 100.0, 1.0),
+            second(2, 10.0, 0.1),
+        ];
+        let points = rate_points(&series, |s| Some(s.achieved_rate));
+        assert_eq!(points, vec![(0.5, 100.0), (1.5, 100.0)]);
+        // A run shorter than a second still has a point, scaled to a rate.
+        let points = rate_points(&[second(0, 25.0, 0.5)], |s| Some(s.achieved_rate));
+        assert_eq!(points, vec![(0.5, 50.0)]);
+    }
 }

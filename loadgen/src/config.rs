@@ -3,7 +3,6 @@
 //! Amounts are typed as decimals in the currency's major unit (`--fund 5000.00`) and become
 //! integer minor units here, refusing extra precision instead of rounding.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,9 +15,23 @@ use rust_decimal::Decimal;
 use crate::mix::{MixConfig, Weights};
 use crate::schedule::Festival;
 
+/// What every profile's help ends with: its options are its own, the others come first.
+const PROFILE_AFTER_HELP: &str = "The options every profile takes (the switch, the load shape, \
+the workload, the report) go before the profile's name: loadgen [OPTIONS] <PROFILE> \
+[PROFILE OPTIONS]. See loadgen --help.";
+
 /// A festival-peak load generator for the switch that verifies every cent.
+///
+/// Exit codes: 0 passed verification (or --no-verify); 1 verification failed; 2 the run could
+/// not be made as asked (bad flag, no connection, setup refused, connection lost, most
+/// requests declined for a misconfiguration); 3 `step` found no rate that held the SLO.
 #[derive(Parser, Debug)]
-#[command(name = "loadgen", version)]
+#[command(
+    name = "loadgen",
+    version,
+    subcommand_value_name = "PROFILE",
+    subcommand_help_heading = "Profiles"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
@@ -29,6 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug, Clone)]
 pub enum ProfileCommand {
     /// A constant rate for a duration (open loop).
+    #[command(after_help = PROFILE_AFTER_HELP)]
     Constant {
         /// Requests per second.
         #[arg(long, default_value_t = 1000.0)]
@@ -38,15 +52,18 @@ pub enum ProfileCommand {
         duration: f64,
     },
     /// Baseline, ramp, the midnight spike to the peak, a plateau and the decay (open loop).
+    #[command(after_help = PROFILE_AFTER_HELP)]
     Festival(FestivalArgs),
     /// Closed loop: every lane keeps `--depth` frames in flight, to find saturation.
+    #[command(after_help = PROFILE_AFTER_HELP)]
     Max {
         /// Seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
     /// Raises a constant rate step by step until p99 breaks the SLO; reports the highest rate
-    /// that held it.
+    /// that held it (exit code 3 if none did).
+    #[command(after_help = PROFILE_AFTER_HELP)]
     Step {
         /// First rate (requests per second).
         #[arg(long, default_value_t = 1000.0)]
@@ -84,13 +101,16 @@ pub struct FestivalArgs {
     /// Rate reached by the ramp, just before the spike, as a share of the peak.
     #[arg(long, default_value_t = 0.3)]
     pub pre_spike: f64,
+    /// Seconds at the baseline rate before the ramp.
     #[arg(long, default_value_t = 5.0)]
     pub baseline_secs: f64,
+    /// Seconds from the baseline rate to the pre-spike rate.
     #[arg(long, default_value_t = 5.0)]
     pub ramp_secs: f64,
     /// Seconds from the pre-spike rate to the peak (the midnight spike).
     #[arg(long, default_value_t = 1.0)]
     pub spike_secs: f64,
+    /// Seconds at the peak.
     #[arg(long, default_value_t = 10.0)]
     pub plateau_secs: f64,
     /// Seconds from the peak back to the baseline.
@@ -101,119 +121,122 @@ pub struct FestivalArgs {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Start an in-process switch on a temporary data directory and run against it.
-    #[arg(long, global = true, conflicts_with = "target")]
+    #[arg(long, conflicts_with = "target", help_heading = "The switch")]
     pub spawn: bool,
     /// With --spawn: the switch's configuration file (listen addresses, data directory and the
     /// loadgen route are set by loadgen).
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "The switch")]
     pub spawn_config: Option<PathBuf>,
     /// With --spawn: log without fdatasync (not durable; for comparison only).
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "The switch")]
     pub spawn_no_fsync: bool,
     /// How many payments the switch remembers (its `[ledger] transfers_remembered_max`). A run
     /// of more payments than that finds the oldest finished ones forgotten: verification then
     /// accepts "not found" for at most the surplus (their money is still checked in the
     /// balances). With --spawn the default is the spawned switch's setting; against --target,
     /// every payment's status must be found unless this is given.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "The switch")]
     pub switch_remembers: Option<u64>,
-    /// The switch's QUIC address.
-    #[arg(long, global = true)]
-    pub target: Option<SocketAddr>,
+    /// The switch's QUIC address, or host name and port (`localhost:4433`).
+    #[arg(long, help_heading = "The switch")]
+    pub target: Option<String>,
     /// Trust the switch's certificate by its SHA-256 fingerprint (`ab:cd:…`), as it logs it.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "The switch")]
     pub fingerprint: Option<String>,
     /// Trust the switch's certificate if it chains to a CA in this PEM file.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "The switch")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for a switch that requires one; it must map to an admin
     /// identity, since setup creates participants and accounts.
-    #[arg(long, global = true, requires = "client_key")]
+    #[arg(long, requires = "client_key", help_heading = "The switch")]
     pub client_cert: Option<PathBuf>,
-    #[arg(long, global = true, requires = "client_cert")]
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert", help_heading = "The switch")]
     pub client_key: Option<PathBuf>,
 
     /// QUIC connections.
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, help_heading = "Load shape")]
     pub connections: usize,
     /// Streams per connection; each is one lane.
-    #[arg(long, global = true, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, help_heading = "Load shape")]
     pub streams: usize,
     /// Frames in flight per stream (pipelining depth).
-    #[arg(long, global = true, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, help_heading = "Load shape")]
     pub depth: usize,
     /// Most requests in one frame: requests due at the same moment share a frame.
-    #[arg(long, global = true, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Load shape")]
     pub batch_max: usize,
-    /// Seconds to wait for an answer before the request counts as unanswered.
-    #[arg(long, global = true, default_value_t = 10.0)]
+    /// Seconds to wait for the connection and for an answer before the request counts as
+    /// unanswered; a connection that hears nothing from the switch this long is lost, and the
+    /// run stops.
+    #[arg(long, default_value_t = 10.0, help_heading = "Load shape")]
     pub timeout_secs: f64,
     /// Worker threads of loadgen's own runtime (the spawned switch has its own).
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, help_heading = "Load shape")]
     pub threads: usize,
 
     /// Customer accounts (cards).
-    #[arg(long, global = true, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, help_heading = "Workload")]
     pub customers: u64,
     /// Merchant accounts.
-    #[arg(long, global = true, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "Workload")]
     pub merchants: u64,
     /// Money put in each customer account at setup, in major units. Enough that the hottest
     /// customers of a long zipfian run are not declined for funds.
-    #[arg(long, global = true, default_value = "100000000.00")]
+    #[arg(long, default_value = "100000000.00", help_heading = "Workload")]
     pub fund: Decimal,
     /// ISO 4217 currency of every account.
-    #[arg(long, global = true, default_value = "CNY")]
+    #[arg(long, default_value = "CNY", help_heading = "Workload")]
     pub currency: String,
     /// Smallest payment, in major units.
-    #[arg(long, global = true, default_value = "1.00")]
+    #[arg(long, default_value = "1.00", help_heading = "Workload")]
     pub amount_min: Decimal,
     /// Largest payment, in major units.
-    #[arg(long, global = true, default_value = "500.00")]
+    #[arg(long, default_value = "500.00", help_heading = "Workload")]
     pub amount_max: Decimal,
     /// Requests per frame during setup.
-    #[arg(long, global = true, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, help_heading = "Workload")]
     pub setup_batch: usize,
     /// The issuer participant (the switch's route for `--card-prefix` must name it).
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, help_heading = "Workload")]
     pub issuer: u64,
     /// The acquirer participant that owns the merchants.
-    #[arg(long, global = true, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, help_heading = "Workload")]
     pub acquirer: u64,
     /// Card numbers start with this prefix, routed to `--issuer`.
-    #[arg(long, global = true, default_value = "62")]
+    #[arg(long, default_value = "62", help_heading = "Workload")]
     pub card_prefix: String,
 
     /// Flow weights, e.g. `auth_capture=35,auth_reverse=5,auth_expire=5,sale=35,refund=10,balance=10`.
-    #[arg(long, global = true, default_value_t = Weights::default())]
+    #[arg(long, default_value_t = Weights::default(), help_heading = "Workload")]
     pub mix: Weights,
     /// Share of captures that take less than was authorized.
-    #[arg(long, global = true, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, help_heading = "Workload")]
     pub partial_capture: f64,
     /// Zipf skew over customers and merchants (YCSB's θ, in (0, 1)); 0 for uniform.
-    #[arg(long, global = true, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, help_heading = "Workload")]
     pub zipf: f64,
     /// Share of all payments that go to one hot merchant (0 for none).
-    #[arg(long, global = true, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "Workload")]
     pub hot_merchant: f64,
     /// Expiry of the holds that are left to expire, seconds.
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, help_heading = "Workload")]
     pub expire_secs: u32,
     /// Expiry of the holds that are captured or reversed, seconds.
-    #[arg(long, global = true, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, help_heading = "Workload")]
     pub hold_secs: u32,
 
     /// Directory for report.json, chart.png and chart.svg.
-    #[arg(long, global = true, default_value = "loadgen-report")]
+    #[arg(long, default_value = "loadgen-report", help_heading = "Report")]
     pub out: PathBuf,
     /// Skip the end-of-run verification.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Report")]
     pub no_verify: bool,
     /// No live progress.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Report")]
     pub quiet: bool,
     /// Seed of every random choice (a fixed seed repeats the same workload).
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Report")]
     pub seed: Option<u64>,
 }
 
@@ -225,7 +248,8 @@ pub enum Target {
         no_fsync: bool,
     },
     Remote {
-        addr: SocketAddr,
+        /// An address, or a host name and port.
+        addr: String,
         trust: TrustSource,
         client: Option<(PathBuf, PathBuf)>,
     },
@@ -353,6 +377,10 @@ impl Options {
                 no_fsync: c.spawn_no_fsync,
             },
             (false, Some(addr)) => {
+                let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+                if !matches!(port, Some(Ok(_))) {
+                    bail!("--target {addr}: expected HOST:PORT or an address with its port");
+                }
                 let trust = match (c.fingerprint, c.ca_file) {
                     (Some(f), None) => TrustSource::Fingerprint(
                         switch::config::parse_fingerprint(&f).with_context(|| {
@@ -368,7 +396,7 @@ impl Options {
                     client: c.client_cert.zip(c.client_key),
                 }
             }
-            (false, None) => bail!("say where the switch is: --spawn, or --target ADDR"),
+            (false, None) => bail!("say where the switch is: --spawn, or --target HOST:PORT"),
         };
         let switch_remembers = match (&target, c.switch_remembers) {
             (_, Some(n)) => Some(n),
@@ -541,8 +569,7 @@ mod tests {
         assert!(matches!(o.target, Target::Spawn { .. }));
         assert!(matches!(o.profile, Profile::Festival { peak: None, .. }));
         assert_eq!(o.fund, Amount(10_000_000_000));
-        // Common flags may also follow the profile.
-        let o = parse(&["constant", "--rate", "5", "--spawn", "--customers", "7"]).expect("ok");
+        let o = parse(&["--spawn", "--customers", "7", "constant", "--rate", "5"]).expect("ok");
         assert_eq!(o.customers, 7);
     }
 
@@ -596,6 +623,54 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// Every option says what it does, and a profile's help lists its own options only (the
+    /// common ones are in the main help, once).
+    #[test]
+    fn every_option_is_described_once() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = vec![&cli];
+        commands.extend(cli.get_subcommands());
+        for command in commands {
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{}: no description",
+                    command.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        let mut cli = Cli::command();
+        let main = cli.render_help().to_string();
+        assert!(
+            main.contains("--customers") && main.contains("--target"),
+            "{main}"
+        );
+        let constant = cli
+            .find_subcommand_mut("constant")
+            .expect("a profile")
+            .render_help()
+            .to_string();
+        assert!(constant.contains("--rate"), "{constant}");
+        assert!(!constant.contains("--customers"), "{constant}");
+    }
+
+    #[test]
+    fn a_target_may_be_a_host_name() {
+        let fingerprint = format!("{}ab", "ab:".repeat(31));
+        let o = parse(&[
+            "--target",
+            "localhost:4520",
+            "--fingerprint",
+            &fingerprint,
+            "max",
+        ])
+        .expect("valid");
+        assert!(matches!(o.target, Target::Remote { ref addr, .. } if addr == "localhost:4520"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `loadgen`: a thin shell over the library. Exit code 0: the run passed verification (or
-//! skipped it); 1: verification failed; 2: the run could not be made.
+//! skipped it); 1: verification failed; 2: the run could not be made as asked; 3: `step`
+//! found no rate that held the SLO (`report::Report::exit_code`).
 
 use std::process::ExitCode;
 
@@ -36,9 +37,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    if outcome.report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    ExitCode::from(outcome.report.exit_code())
 }

@@ -44,6 +44,9 @@ pub struct SecondReport {
     pub target_rate: Option<f64>,
     /// Answers read in this second.
     pub achieved_rate: f64,
+    /// How much of this second the run lasted: 1, or less for the last one (the chart leaves
+    /// a partial second's rates out, since its count covers only that part).
+    pub covered_secs: f64,
     pub errors: u64,
     /// Latency of the requests intended in this second.
     pub p50_ms: Option<f64>,
@@ -88,6 +91,67 @@ pub struct Report {
     pub follow_ups_dropped: u64,
     /// `null` when verification was skipped.
     pub verification: Option<Verification>,
+    /// Set when most answered requests were declined for a reason that means the switch is
+    /// not set up for this load (92, 57, 14): the run is not a valid measurement, whatever
+    /// the verification says.
+    pub misconfiguration: Option<String>,
+}
+
+/// Exit code of a run whose verification failed.
+pub const EXIT_VERIFICATION_FAILED: u8 = 1;
+/// Exit code of a run that could not be made as asked (including a misconfigured switch).
+pub const EXIT_NOT_MADE: u8 = 2;
+/// Exit code of a `step` run in which no rate held the SLO.
+pub const EXIT_NO_RATE_HELD: u8 = 3;
+
+/// Response codes that say the switch is not set up for loadgen's requests, not that it is
+/// loaded: no route for the cards (92), not permitted (57), no such card or account (14).
+const MISCONFIGURATION_CODES: [&str; 3] = ["92", "57", "14"];
+
+/// A response code in words.
+pub fn code_name(code: u8) -> &'static str {
+    match code {
+        0 => "approved",
+        5 => "do not honour",
+        12 => "invalid transaction",
+        13 => "invalid amount",
+        14 => "no such card or account",
+        51 => "insufficient funds",
+        57 => "not permitted",
+        61 => "exceeds the net debit cap",
+        91 => "busy",
+        92 => "cannot route",
+        94 => "request id reused with other fields",
+        96 => "system malfunction",
+        _ => "not listed",
+    }
+}
+
+/// Says so when most of the answered requests were declined for a misconfiguration.
+fn misconfiguration(totals: &OpReport) -> Option<String> {
+    let answered = totals.count.saturating_sub(totals.errors);
+    let declined: Vec<(&str, u64)> = MISCONFIGURATION_CODES
+        .iter()
+        .filter_map(|&c| totals.declined.get(c).map(|&n| (c, n)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    let n: u64 = declined.iter().map(|(_, n)| n).sum();
+    if answered == 0 || n * 2 <= answered {
+        return None;
+    }
+    let codes: Vec<String> = declined
+        .iter()
+        .map(|(c, k)| {
+            let name = c.parse().map_or("not listed", code_name);
+            format!("{k} declined {c} ({name})")
+        })
+        .collect();
+    Some(format!(
+        "{n} of the {answered} requests answered were declined for a reason that means the \
+         switch is not set up for this load ({}): check its routes for --card-prefix and \
+         that loadgen acts as an admin",
+        codes.join(", ")
+    ))
 }
 
 fn ms(us: u64) -> f64 {
@@ -152,6 +216,7 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                let covered_secs = (elapsed - i as f64).clamp(0.0, 1.0);
                 let h = &s.latency_us;
                 let q = |q: f64| (!h.is_empty()).then(|| ms(h.value_at_quantile(q)));
                 SecondReport {
@@ -159,6 +224,7 @@ impl Report {
                     target_rate: open_loop
                         .then(|| profile.target_per_second.get(i).copied().unwrap_or(0.0)),
                     achieved_rate: s.answered as f64,
+                    covered_secs,
                     errors: s.errors,
                     p50_ms: q(0.5),
                     p99_ms: q(0.99),
@@ -199,18 +265,33 @@ impl Report {
             zipf_theta: options.mix.zipf_theta,
             hot_merchant_share: options.mix.hot_merchant_share,
             seed: options.seed,
-            totals,
             ops,
             series,
             self_cost,
             follow_ups_dropped,
             verification,
+            misconfiguration: misconfiguration(&totals),
+            totals,
         }
     }
 
     /// Passed verification, or skipped it.
     pub fn passed(&self) -> bool {
         self.verification.as_ref().is_none_or(|v| v.passed)
+    }
+
+    /// The process's exit code: verification failed (1) before a misconfigured switch (2)
+    /// before a step search that found no rate holding the SLO (3); 0 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        if !self.passed() {
+            EXIT_VERIFICATION_FAILED
+        } else if self.misconfiguration.is_some() {
+            EXIT_NOT_MADE
+        } else if self.profile.profile == "step" && self.profile.highest_rate_held.is_none() {
+            EXIT_NO_RATE_HELD
+        } else {
+            0
+        }
     }
 
     /// The terminal summary.
@@ -307,7 +388,7 @@ impl Report {
                     let _ = writeln!(out, "highest rate that held the SLO: {r:.0} requests/s");
                 }
                 None => {
-                    let _ = writeln!(out, "no rate held the SLO");
+                    let _ = writeln!(out, "no rate held the SLO (exit code 3)");
                 }
             }
         }
@@ -322,6 +403,9 @@ impl Report {
             }
             let _ = writeln!(out);
         }
+        if let Some(m) = &self.misconfiguration {
+            let _ = writeln!(out, "\nNOT A VALID RUN: {m}");
+        }
         match &self.verification {
             None => {
                 let _ = writeln!(out, "\nverification skipped");
@@ -330,7 +414,12 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "\nverification {}: {} accounts, {} authorizations, {} sales checked; funded {}; all balances sum to {}; {} unanswered; {} holds reversed at cleanup",
-                    if v.passed { "PASSED" } else { "FAILED" },
+                    match (v.passed, self.misconfiguration.is_some()) {
+                        (false, _) => "FAILED",
+                        (true, false) => "PASSED",
+                        (true, true) =>
+                            "passed only for the few requests approved (see NOT A VALID RUN above)",
+                    },
                     v.accounts_checked,
                     v.authorizations_checked,
                     v.sales_checked,
@@ -372,5 +461,59 @@ impl Report {
         let mut paths = vec![json];
         paths.extend(crate::chart::draw(self, dir)?);
         Ok(paths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Profile;
+    use std::time::Duration;
+
+    /// A constant run of 200 sales, `declined` of them answered `code`, verified clean.
+    fn report(declined: u64, code: u8) -> Report {
+        let options = Options::spawn_defaults(Profile::Constant {
+            rate: 200.0,
+            duration_secs: 1.0,
+        });
+        let mut stats = Stats::default();
+        let at = Duration::from_millis(10);
+        for i in 0..200 {
+            let answer = (i < declined).then_some(code);
+            stats.answered(OpKind::Sale, answer, at, at);
+        }
+        let profile = ProfileResult {
+            profile: "constant".into(),
+            elapsed_secs: 1.0,
+            ..ProfileResult::default()
+        };
+        let verification = Verification {
+            passed: true,
+            ..Verification::default()
+        };
+        Report::new(&options, profile, &stats, Some(verification), None, true, 0)
+    }
+
+    /// Most requests declined 92 (no route), 57 or 14: the money checks out, but the run
+    /// measured nothing it was meant to, and says so instead of a plain PASSED.
+    #[test]
+    fn a_run_mostly_declined_for_a_misconfiguration_is_not_passed() {
+        for code in [92, 57, 14] {
+            let r = report(171, code);
+            let table = r.table();
+            assert!(!table.contains("verification PASSED"), "{table}");
+            assert!(table.contains("NOT A VALID RUN: 171 of the 200"), "{table}");
+            assert!(table.contains(&format!("171 declined {code}")), "{table}");
+            assert_eq!(r.exit_code(), EXIT_NOT_MADE);
+        }
+        // Declines that say the switch is loaded or the customer is short are results.
+        let r = report(171, 51);
+        assert!(r.misconfiguration.is_none());
+        assert!(r.table().contains("verification PASSED"));
+        assert_eq!(r.exit_code(), 0);
+        // A few are not most.
+        let r = report(100, 92);
+        assert!(r.misconfiguration.is_none());
+        assert_eq!(r.exit_code(), 0);
     }
 }

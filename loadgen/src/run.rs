@@ -14,8 +14,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -114,7 +114,7 @@ impl Spawned {
 
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
-            addr: self.addr,
+            target: self.addr.to_string(),
             trust: Trust::Fingerprint(switch::tls::Fingerprint(self.fingerprint)),
             client: None,
         }
@@ -132,7 +132,8 @@ impl Spawned {
 /// How to reach a switch.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    pub addr: SocketAddr,
+    /// An address, or a host name and port.
+    pub target: String,
     pub trust: Trust,
     /// Client certificate and key (PEM files).
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -153,7 +154,7 @@ impl Endpoint {
             TrustSource::CaFile(path) => Trust::Roots(switch::tls::read_certs(path)?),
         };
         Ok(Endpoint {
-            addr: *addr,
+            target: addr.clone(),
             trust,
             client: client.clone(),
         })
@@ -247,6 +248,8 @@ struct State {
     /// Requests with no definitive answer yet.
     unknown: Vec<Sent>,
     rng: StdRng,
+    /// The issuer's funding account before this run funded anything.
+    funding_before: Seen,
     sales_approved: u64,
     follow_ups_dropped: u64,
 }
@@ -270,6 +273,8 @@ struct Shared {
     /// Frames answered so far (for `Faults::lose_frame`).
     frames: AtomicU64,
     follow_ups_max: usize,
+    /// Set when a connection or stream to the switch is lost: why, and when.
+    lost: OnceLock<(String, Instant)>,
     state: Mutex<State>,
     measure: Mutex<Measure>,
 }
@@ -445,7 +450,10 @@ impl Shared {
                 }
                 return;
             }
-            _ => {
+            failed => {
+                if let Err(Failure::Lost(reason)) = failed {
+                    self.lose(reason);
+                }
                 for s in sent {
                     if measured {
                         measure.stats.error(s.step.op(), at(now));
@@ -484,6 +492,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The connection to the switch is gone: the run stops sending (the first reason is kept).
+    fn lose(&self, reason: String) {
+        let _ = self.lost.set((reason, Instant::now()));
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.get().is_some()
     }
 
     fn unknown(&self, state: &mut State, s: Sent) {
@@ -641,8 +658,20 @@ pub struct ProfileResult {
     /// Step: each rate tried, and the highest that held the SLO.
     pub steps: Vec<StepResult>,
     pub highest_rate_held: Option<f64>,
+    /// Step: the p99 latency objective, milliseconds.
+    pub slo_p99_ms: Option<f64>,
     /// Target rate per second (open loop), from the schedule(s) run.
     pub target_per_second: Vec<f64>,
+    /// Festival: when each part of the curve ran, in seconds of the time series.
+    pub phases: Vec<Phase>,
+}
+
+/// A named stretch of the run, in seconds from the start of measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub start_secs: f64,
+    pub end_secs: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -671,8 +700,11 @@ enum Failure {
     /// The switch had no room to take the frame in (error frame 8): nothing in it ran, as if
     /// every request had been answered 91.
     Busy,
-    /// Anything else (a timeout, a lost stream, another error frame): what the requests did
-    /// is unknown until they are sent again.
+    /// The connection or the stream is gone (the switch stopped, closed it, or broke its
+    /// framing): what the requests did is unknown, and nothing more can be sent on it.
+    Lost(String),
+    /// Anything else (a timeout, another error frame): what the requests did is unknown until
+    /// they are sent again.
     Other,
 }
 
@@ -682,11 +714,21 @@ fn call_error<E: 'static>(e: E) -> Failure {
         any.downcast_ref::<anyhow::Error>()
             .and_then(|e| e.downcast_ref::<ClientError>())
     });
+    client_failure(client)
+}
+
+fn client_failure(client: Option<&ClientError>) -> Failure {
     match client {
         Some(ClientError::ErrorFrame {
             code: ErrorCode::ServerBusy,
             ..
         }) => Failure::Busy,
+        Some(
+            e @ (ClientError::Connection(_)
+            | ClientError::Closed
+            | ClientError::Write(_)
+            | ClientError::Undecodable(_)),
+        ) => Failure::Lost(e.to_string()),
         _ => Failure::Other,
     }
 }
@@ -716,11 +758,13 @@ impl Shared {
             next_id: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             follow_ups_max,
+            lost: OnceLock::new(),
             state: Mutex::new(State {
                 model: Model::new(options.customers as usize, options.merchants as usize),
                 follow_ups: VecDeque::new(),
                 unknown: Vec::new(),
                 rng: StdRng::seed_from_u64(rng.r#gen()),
+                funding_before: Seen::default(),
                 sales_approved: 0,
                 follow_ups_dropped: 0,
             }),
@@ -736,17 +780,24 @@ impl Shared {
 impl Session {
     pub async fn connect(options: Options, endpoint: &Endpoint) -> anyhow::Result<Session> {
         let options = Arc::new(options);
-        let mut clients = Vec::with_capacity(options.connections);
+        let mut clients: Vec<Client> = Vec::with_capacity(options.connections);
         let mut lanes = Vec::with_capacity(options.lanes());
         for _ in 0..options.connections {
             let identity = endpoint.identity()?;
-            let client = tokio::time::timeout(
-                options.timeout,
-                Client::connect(endpoint.addr, &endpoint.trust, identity),
-            )
-            .await
-            .with_context(|| format!("connecting to {}: timed out", endpoint.addr))?
-            .with_context(|| format!("connecting to {}", endpoint.addr))?;
+            // The first connection finds the address that answers; the others go there.
+            let target = match clients.first() {
+                Some(first) => first.connection().remote_address().to_string(),
+                None => endpoint.target.clone(),
+            };
+            let client = Client::connect_to(&target, &endpoint.trust, identity, options.timeout)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to {} (--timeout-secs {})",
+                        endpoint.target,
+                        options.timeout.as_secs_f64()
+                    )
+                })?;
             for _ in 0..options.streams {
                 lanes.push(client.stream().await.context("opening a stream")?);
             }
@@ -791,10 +842,36 @@ impl Session {
 
     async fn call(&self, requests: &[Request]) -> anyhow::Result<Vec<Response>> {
         let stream = &self.lanes[0];
-        tokio::time::timeout(self.options.timeout, stream.call(requests))
-            .await
-            .context("timed out")?
-            .map_err(anyhow::Error::from)
+        let Ok(answered) = tokio::time::timeout(self.options.timeout, stream.call(requests)).await
+        else {
+            bail!(
+                "no answer within {} s (--timeout-secs)",
+                self.options.timeout.as_secs_f64()
+            );
+        };
+        answered.map_err(|e| {
+            if let Failure::Lost(reason) = client_failure(Some(&e)) {
+                self.shared.lose(reason);
+            }
+            anyhow::Error::from(e)
+        })
+    }
+
+    /// Fails if the connection to the switch was lost: the run stopped sending, and what it
+    /// cannot read back it does not verify.
+    fn check_lost(&self, during: &str) -> anyhow::Result<()> {
+        let Some((reason, at)) = self.shared.lost.get() else {
+            return Ok(());
+        };
+        let into = at
+            .saturating_duration_since(self.shared.measure.lock().origin)
+            .as_secs_f64();
+        let unknown = self.shared.state.lock().unknown.len();
+        bail!(
+            "lost the connection to the switch {during}, {into:.1} s after the load began: \
+             {reason}. loadgen stopped; {unknown} requests had no answer, so their outcome is \
+             unknown, and nothing was verified"
+        )
     }
 
     /// Creates the participants, customer and merchant accounts, and funds the customers.
@@ -860,6 +937,9 @@ impl Session {
         // time, in order; the two participants go alone.
         let mut at = 0;
         while at < requests.len() {
+            if at == funds_from {
+                self.check_route_and_funding().await?;
+            }
             let end = if at < 2 {
                 2
             } else if at < funds_from {
@@ -881,15 +961,25 @@ impl Session {
             }
             for (request, answer) in chunk.iter().zip(&answers) {
                 if answer.code != ResponseCode::Approved {
+                    let hint = match (answer.code, &request.operation) {
+                        (ResponseCode::NotPermitted, _) => {
+                            "; loadgen must act as an admin identity (--client-cert of one)"
+                                .to_string()
+                        }
+                        (
+                            ResponseCode::DuplicateWithOtherFields,
+                            Operation::CreateParticipant { participant, .. },
+                        ) => format!(
+                            "; participant {} exists with another name or roles: give \
+                             --issuer or --acquirer another participant id",
+                            participant.0
+                        ),
+                        _ => String::new(),
+                    };
                     bail!(
-                        "setup: {:?} was answered {:?} (reason {}); a --target switch needs a \
-                         route for --card-prefix {} to --issuer {}, and loadgen must act as an \
-                         admin",
-                        request.operation,
-                        answer.code,
-                        answer.reason.0,
-                        o.card_prefix,
-                        o.issuer
+                        "setup: {} was declined {}{hint}",
+                        describe(&request.operation, o.currency),
+                        answered(answer)
                     );
                 }
                 if let Operation::Fund {
@@ -905,6 +995,76 @@ impl Session {
         }
         bar.finish_and_clear();
         self.setup_done = true;
+        Ok(())
+    }
+
+    /// Before any money moves: checks that the switch routes this run's cards to `--issuer`
+    /// (one balance inquiry by card number), and reads the issuer's funding account, which
+    /// other runs and clients share, so that the run verifies only its own change to it.
+    async fn check_route_and_funding(&self) -> anyhow::Result<()> {
+        let (o, s) = (&self.options, &self.shared);
+        let funding = s.funding_account();
+        let requests = [
+            Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::BalanceInquiry {
+                    target: BalanceTarget::Number(s.card(0)),
+                },
+            },
+            Request {
+                id: RequestId(s.next_id()),
+                operation: Operation::BalanceInquiry {
+                    target: BalanceTarget::Account(funding),
+                },
+            },
+        ];
+        let answers = self
+            .call(&requests)
+            .await
+            .context("setup: checking the route of this run's cards")?;
+        let [route, before] = answers.as_slice() else {
+            bail!("setup: {} answers to 2 requests", answers.len());
+        };
+        let seen = match (route.code, &route.body) {
+            (ResponseCode::Approved, ResponseBody::BalanceInquiry(b))
+                if b.account == s.customer_account(0) =>
+            {
+                None
+            }
+            (ResponseCode::Approved, ResponseBody::BalanceInquiry(b)) => Some(format!(
+                "resolved to account {:#x}, a route's pooled account",
+                b.account.0
+            )),
+            _ => Some(format!("declined {}", answered(route))),
+        };
+        if let Some(seen) = seen {
+            bail!(
+                "the switch does not route this run's cards (prefix {prefix}) to --issuer \
+                 {issuer}: a balance inquiry of card {card} was {seen}. Add this route to the \
+                 switch's configuration and reload it (SIGHUP) or restart it, or give \
+                 --card-prefix and --issuer of a route it has:\n\n[[routes]]\nprefix = \
+                 \"{prefix}\"\nissuer = {issuer}\n",
+                prefix = o.card_prefix,
+                issuer = o.issuer,
+                card = s.card(0).as_str(),
+            );
+        }
+        let before = match (before.code, &before.body) {
+            (ResponseCode::Approved, ResponseBody::BalanceInquiry(b)) if b.account == funding => {
+                Seen {
+                    ledger: b.ledger,
+                    available: b.available,
+                }
+            }
+            // Not made yet: the switch makes it at the issuer's first Fund.
+            (ResponseCode::InvalidCardOrAccount, _) => Seen::default(),
+            _ => bail!(
+                "setup: the balance of issuer {}'s funding account could not be read: declined {}",
+                o.issuer,
+                answered(before)
+            ),
+        };
+        s.state.lock().funding_before = before;
         Ok(())
     }
 
@@ -935,6 +1095,7 @@ impl Session {
                 self.cpu_at_start = cpu::split();
                 let started = Instant::now();
                 self.open_loop(&schedule, 0.0).await?;
+                self.check_lost("during the load")?;
                 result.elapsed_secs = started.elapsed().as_secs_f64();
                 result.target_per_second = per_second(&schedule);
             }
@@ -942,6 +1103,7 @@ impl Session {
                 self.reset_measure();
                 self.cpu_at_start = cpu::split();
                 let (rate, elapsed) = self.closed_loop(duration_secs).await?;
+                self.check_lost("during the load")?;
                 result.saturation_rate = Some(rate);
                 result.elapsed_secs = elapsed;
             }
@@ -956,6 +1118,7 @@ impl Session {
                     None => {
                         self.reset_measure();
                         let (rate, _) = self.closed_loop(calibrate_secs).await?;
+                        self.check_lost("during the calibration")?;
                         result.calibration_rate = Some(rate);
                         (rate * peak_fraction).max(1.0)
                     }
@@ -970,10 +1133,19 @@ impl Session {
                 self.reset_measure();
                 self.cpu_at_start = cpu::split();
                 let started = Instant::now();
-                self.open_loop(&schedule, 0.0).await?;
+                let mut at = self.open_loop(&schedule, 0.0).await?;
+                self.check_lost("during the load")?;
                 result.elapsed_secs = started.elapsed().as_secs_f64();
                 result.target_per_second = per_second(&schedule);
                 result.festival = Some(festival);
+                for segment in schedule.segments() {
+                    result.phases.push(Phase {
+                        name: segment.name.clone(),
+                        start_secs: at,
+                        end_secs: at + segment.duration_secs,
+                    });
+                    at += segment.duration_secs;
+                }
             }
             Profile::Step {
                 start,
@@ -982,6 +1154,7 @@ impl Session {
                 slo_p99_ms,
                 steps_max,
             } => {
+                result.slo_p99_ms = Some(slo_p99_ms);
                 self.reset_measure();
                 self.cpu_at_start = cpu::split();
                 let started = Instant::now();
@@ -991,6 +1164,7 @@ impl Session {
                     self.shared.measure.lock().stats.begin_phase();
                     let offset = started.elapsed().as_secs_f64();
                     self.open_loop(&schedule, offset).await?;
+                    self.check_lost("during the load")?;
                     let (p99_ms, answered, errors) = {
                         let m = self.shared.measure.lock();
                         (
@@ -1025,12 +1199,15 @@ impl Session {
     }
 
     /// Sends `schedule` open loop; returns when every request of it (and every follow-up) has
-    /// been answered or given up on. `offset_secs`: where the schedule starts on the time
-    /// series.
-    async fn open_loop(&self, schedule: &Schedule, offset_secs: f64) -> anyhow::Result<()> {
+    /// been answered or given up on, with the time its first request was due, in seconds from
+    /// the start of measurement. `offset_secs`: where the schedule starts on the progress line.
+    async fn open_loop(&self, schedule: &Schedule, offset_secs: f64) -> anyhow::Result<f64> {
         let schedule = Arc::new(schedule.clone());
         let lanes = self.lanes.len();
         let start = Instant::now() + Duration::from_millis(20);
+        let start_secs = start
+            .saturating_duration_since(self.shared.measure.lock().origin)
+            .as_secs_f64();
         let done = Arc::new(AtomicBool::new(false));
         let ticker = self.progress(Some((schedule.clone(), start, offset_secs)), done.clone());
         let mut tasks = Vec::with_capacity(lanes);
@@ -1054,7 +1231,7 @@ impl Session {
         self.drain().await;
         done.store(true, Ordering::Release);
         let _ = ticker.await;
-        Ok(())
+        Ok(start_secs)
     }
 
     /// Closed loop for `secs`: every lane keeps `depth` frames of `batch_max` in flight.
@@ -1089,7 +1266,7 @@ impl Session {
 
     /// Sends waiting follow-ups until none is left, as fast as the pipelines allow.
     async fn drain(&self) {
-        loop {
+        while !self.shared.is_lost() {
             let mut tasks = Vec::new();
             for stream in &self.lanes {
                 for _ in 0..self.options.depth {
@@ -1182,10 +1359,12 @@ impl Session {
     /// Learns the outcome of every unanswered request, ends holds that their flow left live,
     /// waits for the holds meant to expire, reads every account and status back, and compares.
     pub async fn verify(&self) -> anyhow::Result<Verification> {
+        self.check_lost("during the load")?;
         let unanswered = self.resolve_unknown().await;
         let cleanup_reversals = self.cleanup().await;
         self.await_expiry().await;
         let observed = self.observe().await;
+        self.check_lost("while verifying")?;
         let state = self.shared.state.lock();
         let mut v = verify::compare(
             &state.model,
@@ -1202,6 +1381,9 @@ impl Session {
     /// returns the original answer, or executes the request now if it never arrived.
     async fn resolve_unknown(&self) -> Vec<String> {
         for _ in 0..RESOLVE_ROUNDS_MAX {
+            if self.shared.is_lost() {
+                break;
+            }
             self.drain().await;
             let unknown = std::mem::take(&mut self.shared.state.lock().unknown);
             if unknown.is_empty() {
@@ -1273,7 +1455,7 @@ impl Session {
                     .map(|(id, _)| id)
                     .collect()
             };
-            if pending.is_empty() || Instant::now() > deadline {
+            if pending.is_empty() || Instant::now() > deadline || self.shared.is_lost() {
                 return;
             }
             let statuses = self.statuses(&pending).await;
@@ -1298,6 +1480,9 @@ impl Session {
     async fn statuses(&self, ids: &[u128]) -> HashMap<u128, Option<SeenStatus>> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(self.options.setup_batch) {
+            if self.shared.is_lost() {
+                break;
+            }
             let requests: Vec<Request> = chunk
                 .iter()
                 .map(|&id| Request {
@@ -1340,6 +1525,9 @@ impl Session {
     async fn balances(&self, accounts: &[AccountId]) -> Vec<Option<Seen>> {
         let mut out = Vec::with_capacity(accounts.len());
         for chunk in accounts.chunks(self.options.setup_batch) {
+            if self.shared.is_lost() {
+                break;
+            }
             let requests: Vec<Request> = chunk
                 .iter()
                 .map(|&a| Request {
@@ -1387,6 +1575,7 @@ impl Session {
                 .copied()
                 .collect()
         };
+        let before = self.shared.state.lock().funding_before;
         Observed {
             customers: self.balances(&customers).await,
             merchants: self.balances(&merchants).await,
@@ -1394,7 +1583,11 @@ impl Session {
                 .balances(&[self.shared.funding_account()])
                 .await
                 .pop()
-                .flatten(),
+                .flatten()
+                .map(|now| Seen {
+                    ledger: now.ledger - before.ledger,
+                    available: now.available - before.available,
+                }),
             statuses: self.statuses(&ids).await,
         }
     }
@@ -1457,6 +1650,9 @@ async fn open_lane(
             break;
         }
         tokio::time::sleep_until(at(t).into()).await;
+        if shared.is_lost() {
+            break;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
@@ -1493,7 +1689,7 @@ async fn closed_worker(shared: Arc<Shared>, stream: Stream, deadline: Instant, s
     let mut rng = StdRng::seed_from_u64(seed);
     let n = shared.options.batch_max;
     let timeout = shared.options.timeout;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !shared.is_lost() {
         let intended = vec![Instant::now(); n];
         let (sent, requests) = shared.build(&intended, &mut rng);
         shared.scheduled(&intended);
@@ -1528,6 +1724,60 @@ fn progress_spinner(enabled: bool) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar
+}
+
+/// An operation of setup, in words.
+fn describe(operation: &Operation, currency: ledger::Currency) -> String {
+    match operation {
+        Operation::CreateParticipant {
+            participant, name, ..
+        } => format!(
+            "creating participant {} (\"{}\")",
+            participant.0,
+            name.as_str()
+        ),
+        Operation::CreateAccount {
+            account,
+            owner,
+            number,
+            ..
+        } if number.is_empty() => {
+            format!(
+                "creating account {:#x} of participant {}",
+                account.0, owner.0
+            )
+        }
+        Operation::CreateAccount {
+            account,
+            owner,
+            number,
+            ..
+        } => format!(
+            "creating account {:#x} of participant {} for card {}",
+            account.0,
+            owner.0,
+            number.as_str()
+        ),
+        Operation::Fund {
+            account, amount, ..
+        } => format!(
+            "funding account {:#x} with {}",
+            account.0,
+            verify::money(i128::from(amount.0), currency)
+        ),
+        other => format!("{:?}", other.op()),
+    }
+}
+
+/// A declined answer's code and reason, in words.
+fn answered(r: &Response) -> String {
+    format!(
+        "{:02} ({}), reason {} ({})",
+        r.code.as_u8(),
+        crate::report::code_name(r.code.as_u8()),
+        r.reason.0,
+        r.reason.name().unwrap_or("not listed")
+    )
 }
 
 /// What a whole run produced.
@@ -1677,7 +1927,7 @@ mod tests {
                 assert!(matches!(call_error(error_frame(code)), Failure::Other));
             }
         }
-        assert!(matches!(call_error(ClientError::Closed), Failure::Other));
+        assert!(matches!(call_error(ClientError::Closed), Failure::Lost(_)));
         assert!(matches!(
             call_error(anyhow::anyhow!("timed out")),
             Failure::Other

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::model::{AuthState, Model};
 
 /// A balance as the switch reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
     pub ledger: i128,
     pub available: i128,
@@ -40,6 +40,8 @@ pub enum SeenStatus {
 pub struct Observed {
     pub customers: Vec<Option<Seen>>,
     pub merchants: Vec<Option<Seen>>,
+    /// The issuer's funding account, as changed since before the run funded anything: it is
+    /// shared with every other run and client that funds the issuer's accounts.
     pub funding: Option<Seen>,
     pub statuses: HashMap<u128, Option<SeenStatus>>,
 }
@@ -53,7 +55,8 @@ pub struct Verification {
     pub sales_checked: u64,
     /// Money moved into customer accounts at setup.
     pub funded: String,
-    /// The sum of every balance read, funding account included: zero when money is conserved.
+    /// The sum of every balance read, with the funding account's change over the run: zero
+    /// when money is conserved.
     pub sum_of_balances: String,
     /// Requests that never got a definitive answer.
     pub unanswered: u64,
@@ -136,7 +139,7 @@ pub fn compare(
             sum += s.ledger;
             if s.ledger != -model.funded {
                 mismatches.push(format!(
-                    "funding account: ledger balance {} but expected {}",
+                    "funding account: ledger balance changed by {} over the run but expected {}",
                     m(s.ledger),
                     m(-model.funded)
                 ));

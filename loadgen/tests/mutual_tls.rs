@@ -105,12 +105,19 @@ fn a_switch_that_requires_client_certificates_is_driven_and_verified() {
         .expect("a runtime");
     runtime.block_on(async {
         tokio::time::timeout(LIMIT, async {
-            // Without a certificate the switch serves nothing: setup cannot be made.
+            // Without a certificate the switch serves nothing: setup cannot be made, and the
+            // error says why.
             let anonymous = options(false);
             let endpoint = Endpoint::remote(&anonymous).expect("an endpoint");
-            if let Ok(mut session) = Session::connect(anonymous, &endpoint).await {
-                assert!(session.setup().await.is_err());
-            }
+            let refused = match Session::connect(anonymous, &endpoint).await {
+                Ok(mut session) => session.setup().await.expect_err("refused"),
+                Err(e) => e,
+            };
+            let message = format!("{refused:#}");
+            assert!(
+                message.contains("the switch refused the TLS handshake: certificate required"),
+                "{message}"
+            );
 
             let o = options(true);
             let endpoint = Endpoint::remote(&o).expect("an endpoint");

@@ -64,6 +64,25 @@ fn a_short_festival_follows_its_curve_and_writes_its_report() {
     assert!(png.starts_with(b"\x89PNG"));
     let svg = std::fs::read_to_string(&paths[2]).expect("svg");
     assert!(svg.contains("<svg") && svg.contains("throughput"));
+    // The curve's phases are shaded and named, in the order they ran.
+    let names: Vec<&str> = r.profile.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["baseline", "ramp", "spike", "plateau", "decay"]);
+    let ends: Vec<f64> = r.profile.phases.iter().map(|p| p.end_secs).collect();
+    let starts: Vec<f64> = r
+        .profile
+        .phases
+        .iter()
+        .skip(1)
+        .map(|p| p.start_secs)
+        .collect();
+    assert_eq!(&ends[..4], &starts[..]);
+    for name in names {
+        assert!(
+            svg.contains(&format!("\n{name}\n</text>")),
+            "no {name} band"
+        );
+    }
+    assert_eq!(r.exit_code(), 0);
 }
 
 #[test]
@@ -82,6 +101,13 @@ fn step_stops_where_the_slo_breaks() {
     assert!(!p.steps[0].held);
     assert_eq!(p.highest_rate_held, None);
     assert!(outcome.report.passed());
+    // No rate held: an exit code of its own, not success.
+    assert_eq!(outcome.report.exit_code(), 3);
+    // The SLO is a line on the chart.
+    let dir = tempfile::tempdir().expect("a directory");
+    let paths = outcome.report.write(dir.path()).expect("written");
+    let svg = std::fs::read_to_string(&paths[2]).expect("svg");
+    assert!(svg.contains("SLO p99 0.0001 ms"), "no SLO line");
 
     // A generous SLO holds at every step, up to the limit on steps.
     let outcome = loadgen::run::run(options(Profile::Step {
@@ -95,6 +121,7 @@ fn step_stops_where_the_slo_breaks() {
     let p = &outcome.report.profile;
     assert_eq!(p.steps.len(), 2, "{:?}", p.steps);
     assert_eq!(p.highest_rate_held, Some(100.0));
+    assert_eq!(outcome.report.exit_code(), 0);
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! Everything goes through the protocol as the admin identity: CloseWindow, ListWindows,
 //! WindowReport, and ReportFile, which downloads a report file in chunks.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +18,10 @@ use crate::wire::{self, Operation, ResponseBody, ResponseCode, WindowId, WindowS
 /// How to reach and trust the switch, and who to be.
 pub struct Target {
     pub config: Config,
-    pub address: Option<SocketAddr>,
+    /// An address or a host name with a port; without it, the configuration's.
+    pub address: Option<String>,
+    /// How long to wait for the connection and for each answer.
+    pub timeout: Duration,
     pub fingerprint: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
@@ -40,7 +42,8 @@ pub enum ReportFile {
     Reconciliation,
 }
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// `Target::timeout` unless given.
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Runs one clearing command, printing its result; the error says what went wrong.
 pub fn run(target: Target, action: Action) -> anyhow::Result<()> {
@@ -48,11 +51,7 @@ pub fn run(target: Target, action: Action) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
-        tokio::time::timeout(TIMEOUT, call(target, action))
-            .await
-            .context("the switch did not answer in time")?
-    })
+    runtime.block_on(call(target, action))
 }
 
 fn request_id() -> u128 {
@@ -65,12 +64,12 @@ fn request_id() -> u128 {
 
 async fn call(target: Target, action: Action) -> anyhow::Result<()> {
     let config = &target.config;
-    let address = target.address.unwrap_or_else(|| {
+    let address = target.address.clone().unwrap_or_else(|| {
         let mut a = config.server.listen;
         if a.ip().is_unspecified() {
             a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        a
+        a.to_string()
     });
     let trust = if let Some(text) = &target.fingerprint {
         Trust::Fingerprint(Fingerprint(
@@ -95,10 +94,16 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("--cert and --key go together"),
     };
-    let client = Client::connect(address, &trust, identity)
+    let timeout = target.timeout;
+    let waited = || format!("(--timeout-secs {})", timeout.as_secs_f64());
+    let client = Client::connect_to(&address, &trust, identity, timeout)
         .await
-        .with_context(|| format!("connecting to {address}"))?;
+        .with_context(|| format!("connecting to {address} {}", waited()))?;
     let stream = client.stream().await?;
+    let stream = Asking {
+        stream: &stream,
+        timeout,
+    };
     if let Action::Report { window, file } = action {
         let bytes = download(&stream, window, file as u8 + 1).await;
         client.close().await;
@@ -132,7 +137,7 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
                     "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
                     w.window.0,
                     if open { "open" } else { "closed" },
-                    report::rfc3339(Timestamp(w.opened_at.0)),
+                    opened(&w, "not yet"),
                     if open {
                         String::from("-")
                     } else {
@@ -145,16 +150,24 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
         ResponseBody::WindowReport(r) => {
             let w = r.window;
             println!(
-                "window {} ({}), opened {}, {} transfers",
+                "window {} ({}), {}, {} transfers",
                 w.window.0,
                 if w.state == WindowState::Open {
                     "open"
                 } else {
                     "closed"
                 },
-                report::rfc3339(Timestamp(w.opened_at.0)),
+                if w.opened_at.0 == 0 {
+                    "not opened yet (it opens with the first request the switch executes)"
+                        .to_string()
+                } else {
+                    format!("opened {}", opened(&w, ""))
+                },
                 w.transfer_count
             );
+            if w.state == WindowState::Open && !r.positions.is_empty() {
+                println!("positions so far: what a close now would settle");
+            }
             if w.state == WindowState::Closed {
                 println!("closed {}", report::rfc3339(Timestamp(w.closed_at.0)));
             }
@@ -179,15 +192,21 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When a window opened; `not_yet` for the first window before any request opened it (its
+/// `opened_at` is then 0, not a time).
+fn opened(w: &wire::WindowRecord, not_yet: &str) -> String {
+    if w.opened_at.0 == 0 {
+        not_yet.to_string()
+    } else {
+        report::rfc3339(Timestamp(w.opened_at.0))
+    }
+}
+
 /// Largest report file downloaded.
 const REPORT_BYTES_MAX: u64 = 1 << 30;
 
 /// Downloads a whole report file, chunk by chunk.
-async fn download(
-    stream: &crate::client::Stream,
-    window: u64,
-    file: u8,
-) -> anyhow::Result<Vec<u8>> {
+async fn download(stream: &Asking<'_>, window: u64, file: u8) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let body = ask(
@@ -218,14 +237,26 @@ async fn download(
     }
 }
 
+/// A stream, and how long to wait for each answer on it.
+struct Asking<'a> {
+    stream: &'a crate::client::Stream,
+    timeout: Duration,
+}
+
 /// Sends one operation and returns its result, or says why it was declined.
-async fn ask(stream: &crate::client::Stream, operation: Operation) -> anyhow::Result<ResponseBody> {
-    let responses = stream
-        .call(&[wire::Request {
-            id: wire::RequestId(request_id()),
-            operation,
-        }])
-        .await?;
+async fn ask(stream: &Asking<'_>, operation: Operation) -> anyhow::Result<ResponseBody> {
+    let request = [wire::Request {
+        id: wire::RequestId(request_id()),
+        operation,
+    }];
+    let responses = tokio::time::timeout(stream.timeout, stream.stream.call(&request))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the switch did not answer within {} s (--timeout-secs)",
+                stream.timeout.as_secs_f64()
+            )
+        })??;
     let response = responses
         .into_iter()
         .next()

@@ -74,6 +74,15 @@ pub struct Window {
     pub reconciled: bool,
 }
 
+/// A settlement's positions, by participant then currency, as a window records them.
+fn positions(settlement: &Settlement) -> Vec<(ParticipantId, Currency, i128)> {
+    settlement
+        .positions
+        .iter()
+        .map(|(&(p, c), &net)| (p, c, net))
+        .collect()
+}
+
 /// A pair's cleared totals beside what the ledger moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReconciliationLine {
@@ -256,11 +265,7 @@ impl Clearing {
             opened_at: open.opened_at,
             closed_at: now,
             transfer_count: open.transfer_count,
-            positions: settlement
-                .positions
-                .iter()
-                .map(|(&(p, c), &net)| (p, c, net))
-                .collect(),
+            positions: positions(&settlement),
             reconciled: reconciliation.iter().all(ReconciliationLine::is_zero),
         };
         self.open = OpenWindow {
@@ -294,7 +299,18 @@ impl Clearing {
         }));
     }
 
-    /// The open window as ListWindows shows it.
+    /// The open window as WindowReport shows it: its positions are live, what a close now
+    /// with `fees` would settle (the same arithmetic as `close`).
+    pub fn open_report(&self, fees: &FeeSchedule) -> Result<Window, ClearingError> {
+        let settlement = self.settle(fees)?;
+        Ok(Window {
+            positions: positions(&settlement),
+            ..self.open_view()
+        })
+    }
+
+    /// The open window as ListWindows shows it. Its `opened_at` is 0 until the first command
+    /// is logged: the first window opens with it (`start`).
     pub fn open_view(&self) -> Window {
         Window {
             id: self.open.id,

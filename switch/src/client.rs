@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -21,8 +22,20 @@ pub enum ClientError {
     Tls(#[from] tls::TlsError),
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
-    #[error("connection: {0}")]
-    Connection(#[from] quinn::ConnectionError),
+    /// Said in full by `describe_close`, so not chained as a source too (it would repeat).
+    #[error("{}", describe_close(.0))]
+    Connection(quinn::ConnectionError),
+    #[error("{target}: the name does not resolve: {error}")]
+    Resolve {
+        target: String,
+        error: std::io::Error,
+    },
+    #[error("{target}: the name resolves to no address")]
+    NoAddress { target: String },
+    #[error("no answer from {target} within {} s", timeout.as_secs_f64())]
+    TimedOut { target: String, timeout: Duration },
+    #[error("no address of {target} answered: {}", .errors.join("; "))]
+    NoAddressAnswered { target: String, errors: Vec<String> },
     #[error("write: {0}")]
     Write(#[from] quinn::WriteError),
     #[error("encode: {0}")]
@@ -38,6 +51,12 @@ pub enum ClientError {
     Undecodable(wire::WireError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<quinn::ConnectionError> for ClientError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        ClientError::Connection(e)
+    }
 }
 
 /// A connection to a switch.
@@ -70,6 +89,8 @@ struct Waiting {
 enum Ended {
     /// The stream ended or broke.
     Closed,
+    /// The connection ended, for this reason.
+    Lost(quinn::ConnectionError),
     /// The server sent bytes that are not a frame; the framing of the stream is lost.
     Undecodable(wire::WireError),
 }
@@ -78,9 +99,85 @@ impl Ended {
     fn error(&self) -> ClientError {
         match self {
             Ended::Closed => ClientError::Closed,
+            Ended::Lost(e) => ClientError::Connection(e.clone()),
             Ended::Undecodable(e) => ClientError::Undecodable(e.clone()),
         }
     }
+}
+
+/// Why a connection ended, in words: the switch's close codes (PROTOCOL.md 7.3) by name with
+/// the reason it gave, a refused TLS handshake by its alert.
+pub fn describe_close(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match e {
+        E::ApplicationClosed(close) => {
+            let code = close.error_code.into_inner();
+            let name = wire::AppErrorCode::from_u64(code).map_or("unknown code", app_error_name);
+            let reason = String::from_utf8_lossy(&close.reason);
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            };
+            format!("the switch closed the connection: {name} (0x{code:02x}){reason}")
+        }
+        E::ConnectionClosed(close) => match tls_alert(close.error_code) {
+            Some(alert) => format!("the switch refused the TLS handshake: {alert}"),
+            None => format!("the switch closed the connection: {close}"),
+        },
+        E::TransportError(error) => match tls_alert(error.code) {
+            // A verifier's own error (the pinned fingerprint's) reaches here as rustls's
+            // "other error: …": the prefix says nothing.
+            Some(_) => format!(
+                "TLS handshake failed: {}",
+                error
+                    .reason
+                    .strip_prefix("other error: ")
+                    .unwrap_or(&error.reason)
+            ),
+            None => format!("QUIC transport error: {error}"),
+        },
+        E::TimedOut => {
+            "timed out: nothing heard from the switch for the connection's idle timeout (it \
+             stopped, or the network between is down)"
+                .to_string()
+        }
+        E::Reset => "reset by the switch (it no longer knows the connection: restarted?)".into(),
+        E::LocallyClosed => "closed by this client".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn app_error_name(code: wire::AppErrorCode) -> &'static str {
+    match code {
+        wire::AppErrorCode::NoError => "no error",
+        wire::AppErrorCode::ProtocolViolation => "protocol violation",
+        wire::AppErrorCode::FrameSyncLost => "frame sync lost",
+        wire::AppErrorCode::ShuttingDown => "shutting down",
+        wire::AppErrorCode::Unauthenticated => "unauthenticated",
+        wire::AppErrorCode::InternalError => "internal error",
+    }
+}
+
+/// The TLS alert a QUIC crypto error carries (codes 0x100 to 0x1ff), in words.
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<String> {
+    let alert = u64::from(code).checked_sub(0x100).filter(|a| *a < 0x100)?;
+    let name = match alert {
+        40 => "handshake failure",
+        42 => "bad certificate",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "unknown CA",
+        49 => "access denied",
+        116 => "certificate required",
+        120 => "no application protocol",
+        _ => "",
+    };
+    Some(if name.is_empty() {
+        format!("TLS alert {alert}")
+    } else {
+        format!("{name} (TLS alert {alert})")
+    })
 }
 
 /// One pipelined stream.
@@ -103,12 +200,89 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let crypto = tls::client_crypto(trust, identity)?;
         let config = tls::quinn_client_config(crypto)?;
+        Self::connect_with(addr, config).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<Client, ClientError> {
         let mut endpoint = quinn::Endpoint::client(bind_address(addr))?;
         endpoint.set_default_client_config(config);
         let connection = endpoint.connect(addr, "localhost")?.await?;
         Ok(Client {
             endpoint,
             connection,
+        })
+    }
+
+    /// Connects to `target`, an address or a host name with a port (`localhost:4433`),
+    /// within `timeout`. Every address the name resolves to is tried at once and the first
+    /// whose handshake completes is kept (a name may resolve to `::1` and `127.0.0.1` while
+    /// the switch listens on one of them). The connection ends itself once `timeout` passes
+    /// without a packet from the switch (keep-alives hold an idle one open), so a switch that
+    /// dies is noticed within `timeout`: calls then fail with the reason.
+    pub async fn connect_to(
+        target: &str,
+        trust: &Trust,
+        identity: Option<ServerIdentity>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let addrs = resolve(target).await?;
+        let crypto = tls::client_crypto(trust, identity)?;
+        let mut config = tls::quinn_client_config(crypto)?;
+        let mut transport = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(timeout)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some((timeout / 3).max(Duration::from_millis(50))));
+        config.transport_config(Arc::new(transport));
+        let mut attempts = tokio::task::JoinSet::new();
+        for &addr in &addrs {
+            let config = config.clone();
+            attempts.spawn(async move {
+                let connected =
+                    tokio::time::timeout(timeout, Self::connect_with(addr, config)).await;
+                (addr, connected)
+            });
+        }
+        let mut errors = Vec::new();
+        while let Some(attempt) = attempts.join_next().await {
+            let Ok((addr, connected)) = attempt else {
+                continue;
+            };
+            let named = if addrs.len() == 1 && addr.to_string() != target {
+                format!("{target} ({addr})")
+            } else {
+                addr.to_string()
+            };
+            match connected {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(ClientError::Connection(quinn::ConnectionError::TimedOut))) | Err(_) => {
+                    errors.push((
+                        addr,
+                        ClientError::TimedOut {
+                            target: named,
+                            timeout,
+                        },
+                    ))
+                }
+                Ok(Err(e)) => errors.push((addr, e)),
+            }
+        }
+        if errors.len() == 1 {
+            return Err(errors.remove(0).1);
+        }
+        Err(ClientError::NoAddressAnswered {
+            target: target.to_string(),
+            errors: errors
+                .iter()
+                .map(|(addr, e)| match e {
+                    ClientError::TimedOut { .. } => e.to_string(),
+                    e => format!("{addr}: {e}"),
+                })
+                .collect(),
         })
     }
 
@@ -134,6 +308,28 @@ impl Client {
     }
 }
 
+/// The addresses of `target`: an address as it is, or a host name with a port, resolved.
+pub async fn resolve(target: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(target)
+        .await
+        .map_err(|error| ClientError::Resolve {
+            target: target.to_string(),
+            error,
+        })?
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(ClientError::NoAddress {
+            target: target.to_string(),
+        });
+    }
+    Ok(addrs)
+}
+
 /// Reads a stream's frames and hands each answer to the call waiting for it, until the stream
 /// ends (the calls still waiting fail with `Closed`) or a frame cannot be decoded. After an
 /// undecodable frame the rest of the stream cannot be split into frames again: reading stops
@@ -151,6 +347,7 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
     let ended = 'read: loop {
         let n = match recv.read(&mut chunk).await {
             Ok(Some(n)) => n,
+            Err(quinn::ReadError::ConnectionLost(e)) => break Ended::Lost(e),
             _ => break Ended::Closed,
         };
         buf.extend_from_slice(&chunk[..n]);
@@ -280,7 +477,15 @@ impl Stream {
             }
         };
         // A failed write, or the caller giving up (dropping this future), removes the entry.
-        self.send.lock().await.write_all(bytes).await?;
+        self.send
+            .lock()
+            .await
+            .write_all(bytes)
+            .await
+            .map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(e) => ClientError::Connection(e),
+                e => ClientError::Write(e),
+            })?;
         let answer = rx.await;
         // Whoever answered, or dropped the sender, took the entry out of the map first.
         entry.armed = false;

@@ -1792,7 +1792,14 @@ impl Core {
             return Response::new(id, Code::NotPermitted, Reason::ADMIN_REQUIRED);
         }
         let found = if window == self.clearing.open.id {
-            Some(self.clearing.open_view())
+            // Live positions: what a close now would settle, with the fees a close would use.
+            match self.clearing.open_report(&self.config.fees) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(window, "clearing: {e}");
+                    return Response::new(id, Code::SystemMalfunction, Reason::INTERNAL);
+                }
+            }
         } else {
             self.clearing.find(window).cloned()
         };

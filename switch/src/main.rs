@@ -45,9 +45,13 @@ struct ClearingArgs {
     /// the embedded default.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
-    /// The switch's QUIC address, if not the configuration's.
+    /// The switch's QUIC address or host name with port (`localhost:4433`), if not the
+    /// configuration's.
     #[arg(long, global = true)]
-    target: Option<std::net::SocketAddr>,
+    target: Option<String>,
+    /// Seconds to wait for the connection and for each answer.
+    #[arg(long, global = true, default_value_t = switch::admin::TIMEOUT_DEFAULT.as_secs_f64())]
+    timeout_secs: f64,
     /// Trust the switch by its certificate's SHA-256 fingerprint (default: the self-signed
     /// certificate in the data directory).
     #[arg(long, global = true)]
@@ -145,9 +149,20 @@ fn main() -> ExitCode {
                     file: format,
                 },
             };
+            let Some(timeout) = std::time::Duration::try_from_secs_f64(args.timeout_secs)
+                .ok()
+                .filter(|t| !t.is_zero())
+            else {
+                eprintln!(
+                    "--timeout-secs must be a number of seconds above 0, not {}",
+                    args.timeout_secs
+                );
+                return ExitCode::from(2);
+            };
             let target = switch::admin::Target {
                 config,
                 address: args.target,
+                timeout,
                 fingerprint: args.fingerprint,
                 ca_file: args.ca,
                 cert_file: args.cert,

@@ -424,6 +424,14 @@ pub fn quinn_client_config(crypto: rustls::ClientConfig) -> Result<quinn::Client
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
+/// A server certificate other than the pinned one.
+#[derive(Debug, thiserror::Error)]
+#[error("the switch's certificate has fingerprint {presented}, not the pinned {pinned}")]
+struct NotPinned {
+    presented: Fingerprint,
+    pinned: Fingerprint,
+}
+
 /// Trusts exactly one certificate, by fingerprint, and still checks the handshake signatures.
 #[derive(Debug)]
 struct PinnedServer {
@@ -440,12 +448,17 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if Fingerprint::of(end_entity) == self.fingerprint {
+        let presented = Fingerprint::of(end_entity);
+        if presented == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
+            // Both fingerprints, so that whoever pinned the wrong one sees the right one.
+            Err(rustls::Error::Other(rustls::OtherError(Arc::new(
+                NotPinned {
+                    presented,
+                    pinned: self.fingerprint,
+                },
+            ))))
         }
     }
 

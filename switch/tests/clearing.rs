@@ -485,10 +485,18 @@ proptest! {
                     m.clear(Kind::Refund, p.acquirer, p.issuer, p.currency, amount);
                 }
                 Action::Close => {
+                    // The open window's report shows live what this close then settles.
+                    let live = open_report(&mut h, m.window, now);
                     let r = h.one(ADMIN, Request::CloseWindow { window: 0 }, now);
                     prop_assert_eq!(&r.body, &Body::WindowClosed(m.window));
                     let reports = h.core.take_reports();
                     prop_assert_eq!(reports.len(), 1);
+                    let closed = &reports[0].window;
+                    prop_assert!(live.open && !closed.open);
+                    prop_assert_eq!(
+                        (&live.positions, live.opened_at, live.transfer_count),
+                        (&closed.positions, closed.opened_at, closed.transfer_count)
+                    );
                     m.check_close(&reports[0])?;
                 }
                 Action::CloseAgain => {
@@ -541,6 +549,71 @@ proptest! {
         prop_assert_eq!(&replayed.clearing().closed, &h.core.clearing().closed);
         prop_assert_eq!(replayed.clearing().open.id, h.core.clearing().open.id);
     }
+}
+
+/// WindowReport of the open window `window`, as the admin asks for it.
+fn open_report(h: &mut Harness, window: u64, now: Timestamp) -> switch::clearing::Window {
+    let r = h.one(ADMIN, Request::WindowReport { window }, now);
+    match r.body {
+        Body::WindowReport(w) if r.code == Code::Approved => w,
+        _ => panic!("WindowReport of window {window}: {r:?}"),
+    }
+}
+
+/// A window opens with the first command logged, at that command's time: before any it has
+/// no opening time (0), and the journal replays to the same time, never the clock at recovery.
+#[test]
+fn a_window_opens_with_the_first_command_at_its_logged_time() {
+    let mut h = Harness {
+        core: new_core(),
+        journal: Vec::new(),
+        next_id: 1,
+    };
+    let fresh = open_report(&mut h, 1, Timestamp(5 * SECOND));
+    assert_eq!((fresh.opened_at, fresh.transfer_count), (Timestamp(0), 0));
+    assert!(fresh.positions.is_empty());
+    // Read-only requests are not logged and open nothing.
+    assert_eq!(open_report(&mut h, 1, Timestamp(6 * SECOND)).opened_at.0, 0);
+    let first = Timestamp(7 * SECOND);
+    for r in setup_requests() {
+        assert_eq!(h.one(ADMIN, r, first).code, Code::Approved);
+    }
+    let later = Timestamp(9 * SECOND);
+    let sale = Request::Sale {
+        number: card_number(3, 1),
+        merchant: merchant(2, 1),
+        amount: Amount(10_000),
+        currency: Currency::CNY,
+    };
+    assert_eq!(h.one(acting(2), sale, later).code, Code::Approved);
+    let open = open_report(&mut h, 1, later);
+    assert_eq!(open.opened_at, first);
+    // 100.00 CNY bought on a card of issuer 3, whose fee is 0.55 %: the acquirer receives
+    // 99.45 from the issuer.
+    assert_eq!(
+        open.positions,
+        vec![
+            (ParticipantId(2), Currency::CNY, 9_945),
+            (ParticipantId(3), Currency::CNY, -9_945)
+        ]
+    );
+    let mut replayed = Harness {
+        core: h.replayed(),
+        journal: Vec::new(),
+        next_id: 1_000,
+    };
+    let again = open_report(&mut replayed, 1, Timestamp(60 * SECOND));
+    assert_eq!(again, open);
+    // The next window opens at the close.
+    let close_at = Timestamp(11 * SECOND);
+    assert_eq!(
+        h.one(ADMIN, Request::CloseWindow { window: 0 }, close_at)
+            .body,
+        Body::WindowClosed(1)
+    );
+    let next = open_report(&mut h, 2, Timestamp(12 * SECOND));
+    assert_eq!((next.opened_at, next.transfer_count), (close_at, 0));
+    assert!(next.positions.is_empty());
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The `switch config` commands as an operator runs them: exit codes and what they print.
+//! The `switch config` and `switch clearing` commands as an operator runs them: exit codes and
+//! what they print.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -289,4 +290,33 @@ fn serve_refuses_a_mismatched_key_before_recovery() {
     );
     assert!(!stderr.contains("recovered"), "{stderr}");
     assert!(!files.dir.path().join("data").join("wal").exists());
+}
+
+/// `switch clearing` against an address where nothing answers gives up after `--timeout-secs`
+/// and says how long it waited.
+#[test]
+fn clearing_gives_up_after_its_timeout_and_says_so() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let target = silent.local_addr().expect("address").to_string();
+    let fingerprint = vec!["ab"; 32].join(":");
+    let started = std::time::Instant::now();
+    let out = switch(&[
+        "clearing",
+        "--target",
+        &target,
+        "--fingerprint",
+        &fingerprint,
+        "--timeout-secs",
+        "0.5",
+        "list",
+    ]);
+    let waited = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from {target} within 0.5 s"))
+            && stderr.contains("--timeout-secs"),
+        "{stderr}"
+    );
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
 }

@@ -347,3 +347,86 @@ async fn a_failed_write_leaves_nothing_pending() {
     assert_eq!(stream.pending_len(), 0);
     server.stop(client).await;
 }
+
+/// A pinned fingerprint that is not the server's: the error shows both, so that whoever
+/// pinned the wrong one can see which one the server has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_fingerprint_is_refused_naming_both_fingerprints() {
+    let server = FakeServer::start(echo_server);
+    let Trust::Fingerprint(right) = server.trust.clone() else {
+        panic!("the fake server is pinned by fingerprint");
+    };
+    let mut wrong = right;
+    wrong.0[0] ^= 0xff;
+    let refused = tokio::time::timeout(
+        LIMIT,
+        Client::connect_to(
+            &server.addr.to_string(),
+            &Trust::Fingerprint(wrong),
+            None,
+            LIMIT,
+        ),
+    )
+    .await
+    .expect("refused in time");
+    let message = refused.err().expect("refused").to_string();
+    assert!(
+        message.contains(&right.to_string()) && message.contains(&wrong.to_string()),
+        "{message}"
+    );
+    let client = server.connect().await;
+    server.stop(client).await;
+}
+
+/// A host name is resolved, and every address it has is tried: `localhost` may come first as
+/// `::1` while the server listens on 127.0.0.1 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_is_resolved_and_the_address_that_answers_is_kept() {
+    let server = FakeServer::start(echo_server);
+    let target = format!("localhost:{}", server.addr.port());
+    let client = tokio::time::timeout(
+        LIMIT,
+        Client::connect_to(&target, &server.trust, None, LIMIT),
+    )
+    .await
+    .expect("connected in time")
+    .expect("connected");
+    assert_eq!(client.connection().remote_address(), server.addr);
+    let stream = client.stream().await.expect("a stream");
+    let answered = tokio::time::timeout(LIMIT, call_echo(&stream, 7))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(answered[0].request_id, RequestId(7));
+    let bad = Client::connect_to("no port here", &server.trust, None, LIMIT).await;
+    assert!(
+        matches!(bad, Err(ClientError::Resolve { .. })),
+        "{:?}",
+        bad.err()
+    );
+    server.stop(client).await;
+}
+
+/// Nothing answers at the address: the attempt ends after the timeout it was given, and says
+/// so with the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_times_out_when_told_and_says_so() {
+    // A socket that receives and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("address");
+    let trust = Trust::Fingerprint(tls::Fingerprint([7; 32]));
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(
+        LIMIT,
+        Client::connect_to(&addr.to_string(), &trust, None, Duration::from_millis(300)),
+    )
+    .await
+    .expect("gave up in time");
+    let waited = started.elapsed();
+    let message = refused.err().expect("nothing answers").to_string();
+    assert_eq!(message, format!("no answer from {addr} within 0.3 s"));
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}

@@ -453,6 +453,33 @@ async fn refused(running: &Running, client_identity: Option<ServerIdentity>) -> 
     !matches!(served, Ok(Ok(_)))
 }
 
+/// A client the switch does not accept hears why: the connection's close code by name and the
+/// switch's reason, not only that the stream closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_hears_the_close_code_and_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    // No identity for clients without a certificate.
+    config.tls.anonymous_participant = None;
+    let running = start(config).await;
+    let client = connect(&running, None)
+        .await
+        .expect("the handshake completes");
+    let refused = tokio::time::timeout(LIMIT, async {
+        let stream = client.stream().await?;
+        stream.call(&[authorize(80, 1)]).await
+    })
+    .await
+    .expect("refused in time")
+    .expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("unauthenticated (0x04): certificate maps to no participant"),
+        "{message}"
+    );
+    running.shutdown().await.expect("clean shutdown");
+}
+
 fn pki_stranger() -> Pki {
     pki()
 }
@@ -895,6 +922,73 @@ async fn the_clearing_cli_closes_lists_shows_and_prints_reports() {
     assert!(json.len() > 3 * 136, "the JSON comes in several pieces");
     let (ok, _, err) = cli(&["report", "7"]).await;
     assert!(!ok && err.contains("window not found"), "{err}");
+    running.shutdown().await.expect("clean shutdown");
+}
+
+/// `switch clearing show` of the open window: before any request it says the window has not
+/// opened (not the epoch); after a sale it shows the live positions, as a close would settle
+/// them. `--target` takes a host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clearing_cli_shows_the_open_window_live() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    let target = format!("localhost:{}", running.quic_addr.port());
+    let fingerprint = running.fingerprint.expect("a certificate").to_string();
+    let show = |window: &'static str| {
+        let target = target.clone();
+        let fingerprint = fingerprint.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_switch"))
+                .args([
+                    "clearing",
+                    "--target",
+                    &target,
+                    "--fingerprint",
+                    &fingerprint,
+                ])
+                .args(["show", window])
+                .output()
+                .expect("runs");
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).to_string()
+                    + &String::from_utf8_lossy(&output.stderr),
+            )
+        })
+    };
+    let (ok, out) = show("1").await.expect("joined");
+    assert!(ok, "{out}");
+    assert!(out.contains("window 1 (open), not opened yet"), "{out}");
+    assert!(!out.contains("1970"), "{out}");
+
+    let client = connect(&running, None).await.expect("connects");
+    let stream = client.stream().await.expect("a stream");
+    setup(&stream).await;
+    let sale = req(
+        10,
+        Operation::Sale {
+            number: number("6200000000000001"),
+            merchant: AccountId(300),
+            amount: Amount(12_345),
+            currency: CNY,
+        },
+    );
+    assert_eq!(one(&stream, sale).await.code, Code::Approved);
+    let (ok, out) = show("1").await.expect("joined");
+    assert!(ok, "{out}");
+    assert!(out.contains("window 1 (open), opened 20"), "{out}");
+    let positions: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|words| words.len() == 3 && words[1] == "CNY")
+        .collect();
+    // The default fees are zero: the acquirer receives the sale from the issuer.
+    assert_eq!(
+        positions,
+        [vec!["2", "CNY", "-123.45"], vec!["3", "CNY", "123.45"]],
+        "{out}"
+    );
+    client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
 
