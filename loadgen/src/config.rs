@@ -177,8 +177,9 @@ pub struct Common {
     /// The issuer participant (the switch's route for `--card-prefix` must name it).
     #[arg(long, global = true, default_value_t = 2)]
     pub issuer: u64,
-    /// The acquirer participant that owns the merchants.
-    #[arg(long, global = true, default_value_t = 3)]
+    /// The acquirer participant that owns the merchants: loadgen must connect as its admin
+    /// identity (the default switch's clients without a certificate are participant 1).
+    #[arg(long, global = true, default_value_t = 1)]
     pub acquirer: u64,
     /// Card numbers start with this prefix, routed to `--issuer`.
     #[arg(long, global = true, default_value = "62")]

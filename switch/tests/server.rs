@@ -439,6 +439,51 @@ async fn mutual_tls_refuses_strangers_and_confines_participants() {
         (Code::NotPermitted, Reason::ADMIN_REQUIRED)
     );
     assert_eq!(refused.body, wire::ResponseBody::empty(Op::Fund));
+    // Every admin operation, those the connection serves itself included, is the admin's
+    // alone (PROTOCOL.md 10.3).
+    let admin_only = [
+        Operation::ReloadRoutes,
+        Operation::ReportFile {
+            window: wire::WindowId(1),
+            file: 1,
+            offset: 0,
+        },
+        Operation::CloseWindow {
+            window: wire::WindowId(0),
+        },
+        Operation::ListWindows,
+        Operation::WindowReport {
+            window: wire::WindowId(1),
+        },
+    ];
+    for (i, operation) in admin_only.into_iter().enumerate() {
+        let r = one(&acquirer_stream, req(90 + i as u128, operation)).await;
+        assert_eq!(
+            (r.code, r.reason),
+            (Code::NotPermitted, Reason::ADMIN_REQUIRED)
+        );
+    }
+    // The admin identity (participant 1) acts on no other participant's payments: neither a
+    // new one for the acquirer's merchant nor the acquirer's authorization.
+    for request in [
+        authorize(85, 100),
+        req(
+            86,
+            Operation::Capture {
+                authorization: RequestId(81),
+                amount: Amount(1),
+            },
+        ),
+        req(
+            87,
+            Operation::Reverse {
+                authorization: RequestId(81),
+            },
+        ),
+    ] {
+        let r = one(&admin_stream, request).await;
+        assert_eq!((r.code, r.reason), (Code::NotPermitted, Reason::NOT_OWNER));
+    }
     running.shutdown().await.expect("clean shutdown");
 }
 

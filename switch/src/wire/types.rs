@@ -363,8 +363,13 @@ impl Reason {
     /// The log's disk is full: nothing more is acknowledged until space is freed and the
     /// switch restarted; a retry with the same request id is then safe.
     pub const STORAGE_FULL: Reason = Reason(28);
+    /// A ReportFile of a window that is closed but whose reports are not written yet: retry.
+    pub const REPORT_NOT_READY: Reason = Reason(29);
+    /// The participant lacks the role the operation needs: the acquirer role to own the
+    /// merchant side of a payment, the issuer role to be a route's issuer.
+    pub const ROLE_MISSING: Reason = Reason(30);
 
-    const NAMES: [&'static str; 29] = [
+    const NAMES: [&'static str; 31] = [
         "none",
         "unknown number",
         "no route",
@@ -394,6 +399,8 @@ impl Reason {
         "internal",
         "response too large",
         "storage full",
+        "report not ready",
+        "role missing",
     ];
 
     /// The listed name of this reason, if it has one.
