@@ -1841,6 +1841,155 @@ fn a_frames_results_are_cut_only_when_they_do_not_fit() {
     assert!(shortened.get() > 0, "no case had a report piece cut short");
 }
 
+/// The next frame the server writes on a raw stream, reading as much as it takes; None once
+/// the stream or the connection ends.
+async fn next_frame(recv: &mut quinn::RecvStream, got: &mut Vec<u8>) -> Option<wire::Frame> {
+    let limits = wire::Limits {
+        frame_len_max: wire::FRAME_LEN_MAX_LIMIT,
+        batch_len_max: u16::MAX,
+    };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Ok(Some((frame, used))) = wire::decode_frame(got, &limits) {
+            got.drain(..used);
+            return Some(frame);
+        }
+        match tokio::time::timeout(LIMIT, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// A response batch, which a client must not send: one protocol error (error 7).
+fn wrong_kind(correlation_id: u64) -> Vec<u8> {
+    let reply = wire::Response::declined(RequestId(5), Op::Echo, Code::Approved, Reason::NONE);
+    let mut bytes = Vec::new();
+    wire::encode_response_frame(correlation_id, &[reply], &mut bytes).expect("encodes");
+    bytes
+}
+
+async fn closed_for_protocol_errors(client: &Client) {
+    let closed = tokio::time::timeout(LIMIT, client.connection().closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(wire::AppErrorCode::ProtocolViolation.as_u32())
+        ),
+        other => panic!("closed with {other:?}"),
+    }
+}
+
+/// The limit of protocol errors per connection is exact under pipelining: once the error past
+/// it has been answered, a request sent on any other stream of the connection is not executed;
+/// and however many streams send errors at once, no more errors than that are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_executed_or_answered_past_the_last_protocol_error() {
+    const MAX: u32 = 3;
+    const STREAMS: u64 = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.malformed_frames_max = MAX;
+    let running = start(config).await;
+    let admin = connect(&running, None).await.expect("connect");
+    let admin_stream = admin.stream().await.expect("stream");
+    setup(&admin_stream).await;
+
+    // Streams the server serves already, each answered once.
+    let client = connect(&running, None).await.expect("connect");
+    let mut others = Vec::new();
+    for k in 0..STREAMS {
+        let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+        send.write_all(&request_frame(100 + k, &[echo(500 + u128::from(k), 1)]))
+            .await
+            .expect("written");
+        let mut got = Vec::new();
+        let answer = next_frame(&mut recv, &mut got).await;
+        assert!(
+            matches!(answer, Some(wire::Frame::Responses { .. })),
+            "{answer:?}"
+        );
+        others.push(send);
+    }
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    let mut got = Vec::new();
+    for k in 0..=u64::from(MAX) {
+        send.write_all(&wrong_kind(k + 1)).await.expect("written");
+        let answer = next_frame(&mut recv, &mut got).await;
+        assert!(
+            matches!(
+                answer,
+                Some(wire::Frame::Error {
+                    code: wire::ErrorCode::UnexpectedFrameKind,
+                    ..
+                })
+            ),
+            "error {k}: {answer:?}"
+        );
+    }
+    // The last error is answered: every other stream now sends a deposit at once.
+    let deposits: Vec<u128> = (0..STREAMS).map(|k| 700 + u128::from(k)).collect();
+    for (send, &id) in others.iter_mut().zip(&deposits) {
+        let fund = req(
+            id,
+            Operation::Fund {
+                account: AccountId(100),
+                amount: Amount(1),
+                currency: CNY,
+            },
+        );
+        // The connection may be gone already.
+        let _ = send.write_all(&request_frame(9, &[fund])).await;
+    }
+    closed_for_protocol_errors(&client).await;
+    for &id in &deposits {
+        let status = one(
+            &admin_stream,
+            req(
+                id + 1_000,
+                Operation::TransferStatus {
+                    lookup: RequestId(id),
+                },
+            ),
+        )
+        .await;
+        assert_eq!(
+            status.body,
+            ResponseBody::empty(Op::TransferStatus),
+            "deposit {id:#x} was executed"
+        );
+    }
+    assert_eq!(available(&admin_stream, 3_000).await, 100_000);
+
+    // Many streams sending errors at once: no more than MAX + 1 are answered.
+    let flood = connect(&running, None).await.expect("connect");
+    let mut readers = tokio::task::JoinSet::new();
+    for k in 0..STREAMS {
+        let (mut send, mut recv) = flood.connection().open_bi().await.expect("a stream");
+        let bytes: Vec<u8> = (0..4 * MAX)
+            .flat_map(|i| wrong_kind(k * 100 + u64::from(i)))
+            .collect();
+        readers.spawn(async move {
+            let _ = send.write_all(&bytes).await;
+            let mut got = Vec::new();
+            let mut errors = 0;
+            while let Some(frame) = next_frame(&mut recv, &mut got).await {
+                errors += usize::from(matches!(frame, wire::Frame::Error { .. }));
+            }
+            errors
+        });
+    }
+    closed_for_protocol_errors(&flood).await;
+    let mut errors = 0;
+    while let Some(n) = readers.join_next().await {
+        errors += n.expect("a reader");
+    }
+    assert!(errors <= MAX as usize + 1, "{errors} errors answered");
+    running.shutdown().await.expect("clean shutdown");
+}
+
 /// A ReportFile in the same frame as the close of its window runs after the close, and until
 /// the reports are written it is answered 91, reason 29 (retry), never "not found"; a window
 /// still open has no report (12, reason 24).

@@ -347,6 +347,9 @@ async fn serve_stream(
         }
         let mut consumed = 0;
         loop {
+            if violation.closing() {
+                break 'read;
+            }
             match wire::decode_frame(&buf[consumed..], &limits) {
                 Ok(None) => break,
                 Ok(Some((
@@ -364,6 +367,11 @@ async fn serve_stream(
                     let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
                         break 'read;
                     };
+                    // Past the connection's last protocol error, on any of its streams, nothing
+                    // more is executed.
+                    if violation.closing() {
+                        break 'read;
+                    }
                     // Each frame runs in its own task, so the stream keeps being read while
                     // earlier frames wait for the ledger stage: that is what pipelining is.
                     // The per-connection in-flight limit bounds how many there are.
@@ -498,7 +506,9 @@ async fn serve_stream(
 }
 
 /// A connection's protocol errors: each is counted, and one past `malformed_frames_max`
-/// closes the connection, once the error frame that reports it is written.
+/// closes the connection, once the error frame that reports it is written. From that error
+/// on, on every stream of the connection, no frame read is executed and no other error is
+/// counted or answered: the limit is exact however many streams send at once.
 struct Violation<'a> {
     connection: &'a quinn::Connection,
     shared: &'a Shared,
@@ -508,9 +518,14 @@ struct Violation<'a> {
 
 impl Violation<'_> {
     /// Sends an error frame and counts it. Returns whether the connection is closing (then
-    /// only once the client has the error frame, or a second has passed).
+    /// only once the client has the error frame, or a second has passed). Past the last
+    /// error, sends nothing.
     async fn report(&self, correlation_id: u64, code: wire::ErrorCode, message: &str) -> bool {
-        let closing = self.tally();
+        let closing = match self.tally() {
+            Tally::Counted => false,
+            Tally::Last => true,
+            Tally::Past => return true,
+        };
         let mut frame = Vec::new();
         let message = wire::ErrorMessage::truncated(message);
         wire::encode_error_frame(correlation_id, code, &message, &mut frame);
@@ -528,19 +543,38 @@ impl Violation<'_> {
         closing
     }
 
-    /// Counts a protocol error that is not answered. Returns whether the connection closed.
+    /// Counts a protocol error that is not answered. Returns whether the connection is
+    /// closing.
     fn count(&self) -> bool {
-        let closing = self.tally();
-        if closing {
-            self.close();
+        match self.tally() {
+            Tally::Counted => false,
+            Tally::Last => {
+                self.close();
+                true
+            }
+            Tally::Past => true,
         }
-        closing
     }
 
-    /// Counts one more protocol error: whether it is one past the limit.
-    fn tally(&self) -> bool {
-        let violations = self.state.violations.fetch_add(1, Ordering::AcqRel) + 1;
-        violations > self.shared.config.limits.malformed_frames_max
+    /// Counts one more protocol error, unless the connection is past its last already.
+    fn tally(&self) -> Tally {
+        let max = self.shared.config.limits.malformed_frames_max;
+        match self
+            .state
+            .violations
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n <= max).then(|| n.saturating_add(1))
+            }) {
+            Err(_) => Tally::Past,
+            Ok(before) if before >= max => Tally::Last,
+            Ok(_) => Tally::Counted,
+        }
+    }
+
+    /// Whether the connection has had its last protocol error.
+    fn closing(&self) -> bool {
+        self.state.violations.load(Ordering::Acquire)
+            > self.shared.config.limits.malformed_frames_max
     }
 
     fn close(&self) {
@@ -549,6 +583,16 @@ impl Violation<'_> {
             b"too many protocol errors",
         );
     }
+}
+
+/// What counting a protocol error found.
+enum Tally {
+    /// Counted, within the limit.
+    Counted,
+    /// Counted: the one past the limit, which closes the connection.
+    Last,
+    /// Not counted: the connection had its last already.
+    Past,
 }
 
 async fn handle_frame(
