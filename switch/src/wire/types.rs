@@ -461,14 +461,17 @@ impl TransferState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum WindowState {
-    /// Collecting captures and refunds.
+    /// No window: only in a result that is not approved, whose fields are all zero. An
+    /// approved result with it is rejected.
+    None = 0,
+    /// Collecting captures, sales and refunds.
     Open = 1,
     /// Cut off, netted and settled.
     Closed = 2,
 }
 
 impl WindowState {
-    pub const ALL: [WindowState; 2] = [WindowState::Open, WindowState::Closed];
+    pub const ALL: [WindowState; 3] = [WindowState::None, WindowState::Open, WindowState::Closed];
 
     pub fn from_u8(value: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|state| *state as u8 == value)
