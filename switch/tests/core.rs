@@ -1794,3 +1794,81 @@ fn payments_need_the_acquirer_and_issuer_roles() {
     assert_eq!(h.balance(AccountId(600)).debits_posted, 0);
     assert_eq!(h.balance(AccountId(500)).credits_posted, 0);
 }
+
+/// The ids PROTOCOL.md (4.3) gives for the switch's own accounts are the ones it makes, and a
+/// Fund's money comes from the first of them.
+#[test]
+fn the_switch_s_own_accounts_have_the_documented_ids() {
+    const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
+    let funding = switch::core::funding_account(ParticipantId(7), Currency::CNY);
+    let settlement = switch::clearing::settlement_account(ParticipantId(7), Currency::CNY);
+    let hex = |id: AccountId| {
+        let digits = format!("{:032x}", id.0);
+        let groups: Vec<&str> = (0..4).map(|i| &digits[8 * i..8 * i + 8]).collect();
+        format!("0x{}", groups.join("_"))
+    };
+    for (what, id) in [("funding", funding), ("settlement", settlement)] {
+        let documented = format!("{what} `{}`", hex(id));
+        assert!(PROTOCOL_MD.contains(&documented), "{documented} in 4.3");
+    }
+    let mut h = Harness::new();
+    let fund = Request::Fund(Fund {
+        account: card(1),
+        amount: Amount(5),
+        currency: Currency::CNY,
+    });
+    let before = h.balance(switch::core::funding_account(ISSUER, Currency::CNY));
+    assert_eq!(h.one(ADMIN, fund, NOW).0, Code::Approved);
+    let after = h.balance(switch::core::funding_account(ISSUER, Currency::CNY));
+    assert_eq!(after.debits_posted - before.debits_posted, 5);
+}
+
+/// Between a hold's deadline and the expiry pass that releases it (PROTOCOL.md 5.4): a
+/// Capture is refused as expired, while TransferStatus still says pending and the money is
+/// still held; from the pass on, the status says expired and the money is back.
+#[test]
+fn a_hold_past_its_deadline_is_expired_for_a_capture_before_the_pass_releases_it() {
+    let mut h = Harness::new();
+    let auth = h.id();
+    assert_eq!(
+        h.one_with(auth, ACQUIRER, authorize(&card_number(1), 1, 40), NOW)
+            .0,
+        Code::Approved
+    );
+    let due = Timestamp(NOW.0 + 60_000_000_000);
+    let stage = |h: &mut Harness| {
+        let id = h.id();
+        match h
+            .run(
+                vec![Item {
+                    id,
+                    who: ACQUIRER,
+                    request: Request::TransferStatus { of: auth },
+                }],
+                due,
+            )
+            .remove(0)
+            .body
+        {
+            Body::Status(s) => s.stage,
+            other => panic!("{other:?}"),
+        }
+    };
+    let capture = Request::Capture(Capture {
+        authorization: auth,
+        amount: Amount(40),
+    });
+    assert_eq!(
+        h.one(ACQUIRER, capture.clone(), due),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED)
+    );
+    assert_eq!(stage(&mut h), Stage::Held);
+    assert_eq!(h.balance(card(1)).debits_pending, 40);
+    h.expire(due);
+    assert_eq!(stage(&mut h), Stage::Expired);
+    assert_eq!(h.balance(card(1)).debits_pending, 0);
+    assert_eq!(
+        h.one(ACQUIRER, capture, due),
+        (Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED)
+    );
+}

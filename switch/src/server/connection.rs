@@ -16,9 +16,9 @@
 //! to that budget, and waiting for it, would hang a client writing large frames on many
 //! streams: its send buffer fills with the bytes of the streams not being read, and the
 //! streams the server waits on can send nothing more (`tests/unfinished_frames.rs`). Instead,
-//! every frame not yet whole holds its length from one room for all connections
-//! (`unfinished_frame_bytes_max`), taken without waiting once its header is there. A frame
-//! that finds the room full is read through without being kept and answered with a
+//! every frame not yet whole holds its whole size (4 + length bytes) from one room for all
+//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there.
+//! A frame that finds the room full is read through without being kept and answered with a
 //! `ServerBusy` error frame; nothing in it is executed.
 
 use std::sync::Arc;
