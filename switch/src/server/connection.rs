@@ -789,6 +789,13 @@ async fn handle_frame(
             })
         })
         .collect();
+    let cut = responses
+        .iter()
+        .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
+        .count();
+    if cut > 0 {
+        metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
+    }
     stage::send(&reply, correlation_id, responses, budget, frame_len_max);
 }
 
