@@ -200,8 +200,9 @@ pub struct Common {
     /// The issuer participant (the switch's route for `--card-prefix` must name it).
     #[arg(long, default_value_t = 2, help_heading = "Workload")]
     pub issuer: u64,
-    /// The acquirer participant that owns the merchants.
-    #[arg(long, default_value_t = 3, help_heading = "Workload")]
+    /// The acquirer participant that owns the merchants: loadgen must connect as its admin
+    /// identity (the default switch's clients without a certificate are participant 1).
+    #[arg(long, default_value_t = 1, help_heading = "Workload")]
     pub acquirer: u64,
     /// Card numbers start with this prefix, routed to `--issuer`.
     #[arg(long, default_value = "62", help_heading = "Workload")]

@@ -80,7 +80,9 @@ impl Spawned {
         config.metrics.listen = "127.0.0.1:0".parse().context("literal")?;
         config.server.data_dir = dir.path().to_path_buf();
         config.tls.mode = TlsMode::SelfSigned;
-        config.tls.anonymous_participant = Some(1);
+        // Loadgen acts as the admin identity of the acquirer: the admin sends payments only for
+        // its own participant's merchants.
+        config.tls.anonymous_participant = Some(options.acquirer);
         config.tls.anonymous_is_admin = true;
         let in_flight = options.connections_in_flight_max();
         config.limits.in_flight_per_connection_max =

@@ -46,7 +46,11 @@ pub const SYSTEM_ACCOUNT_PREFIX: u32 = crate::clearing::SYSTEM_PREFIX;
 /// Windows a ListWindows result holds at most (the protocol's limit).
 pub const WINDOWS_LISTED_MAX: usize = 1024;
 /// The participant roles version 1 knows: issuer (bit 0) and acquirer (bit 1).
-const ROLES_KNOWN: u8 = 0b11;
+const ROLES_KNOWN: u8 = ROLE_ISSUER | ROLE_ACQUIRER;
+/// A participant whose cards a route may name.
+const ROLE_ISSUER: u8 = 0b01;
+/// A participant that may own the merchant side of an authorization or sale.
+const ROLE_ACQUIRER: u8 = 0b10;
 
 /// Who the switch itself acts as (scheduled closes); no client can be participant 0.
 pub const SYSTEM: Identity = Identity {
@@ -1191,9 +1195,14 @@ impl Core {
                 amount,
                 currency,
             },
-            // A name, and only the roles version 1 knows (issuer, acquirer).
-            Request::CreateParticipant(CreateParticipant { name, roles, .. })
-                if name.is_empty() || name.len() > NAME_LEN_MAX || roles & !ROLES_KNOWN != 0 =>
+            // Only the roles version 1 knows (issuer, acquirer), and a name.
+            Request::CreateParticipant(CreateParticipant { roles, .. })
+                if roles & !ROLES_KNOWN != 0 =>
+            {
+                return reject(Code::InvalidTransaction, Reason::RESERVED_BITS);
+            }
+            Request::CreateParticipant(CreateParticipant { name, .. })
+                if name.is_empty() || name.len() > NAME_LEN_MAX =>
             {
                 return reject(Code::InvalidTransaction, Reason::NONE);
             }
@@ -1245,7 +1254,13 @@ impl Core {
             .or_else(|| self.directory.get(number).copied())
             .ok_or_else(|| Response::new(id, Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER))?;
         match self.ledger.account(account) {
-            Some(a) if a.owner == route.issuer => Ok(account),
+            Some(a) if a.owner == route.issuer => {
+                if self.has_role(route.issuer, ROLE_ISSUER) {
+                    Ok(account)
+                } else {
+                    Err(Response::new(id, Code::CannotRoute, Reason::ROLE_MISSING))
+                }
+            }
             Some(_) => Err(Response::new(id, Code::CannotRoute, Reason::NO_ROUTE)),
             None => Err(Response::new(
                 id,
@@ -1357,8 +1372,15 @@ impl Core {
             .insert(id.0, Kept::new(fingerprint, response), |_| false);
     }
 
-    fn owns(&self, who: Identity, account: &Account) -> bool {
+    /// Whether `who` may read `account`'s balance: its owner, or the admin (oversight).
+    fn may_read(&self, who: Identity, account: &Account) -> bool {
         who.admin || account.owner == who.participant
+    }
+
+    fn has_role(&self, participant: ParticipantId, role: u8) -> bool {
+        self.participants
+            .get(&participant)
+            .is_some_and(|p| p.roles & role != 0)
     }
 
     /// Decides a command against the state: ledger events to apply, or an answer now.
@@ -1566,20 +1588,17 @@ impl Core {
                         return Err(self.reverse_forgotten(id, who, &record));
                     }
                     // Before (or without) its authorization: remember it, so that a late
-                    // authorization with that id is declined instead of held.
-                    let by = if who.admin {
-                        ParticipantId(0)
-                    } else {
-                        who.participant
-                    };
-                    self.early_reversals.insert(authorization.0, by);
+                    // authorization with that id from the same participant is declined
+                    // instead of held.
+                    self.early_reversals
+                        .insert(authorization.0, who.participant);
                     return Err(Response::new(
                         id,
                         Code::Approved,
                         Reason::AUTHORIZATION_REVERSED,
                     ));
                 };
-                if !(who.admin || original.acquirer == who.participant) {
+                if original.acquirer != who.participant {
                     return reject(Code::NotPermitted, Reason::NOT_OWNER);
                 }
                 match original.stage {
@@ -1644,7 +1663,7 @@ impl Core {
             .ledger
             .account(record.credit_account_id)
             .map(|a| a.owner);
-        if !(who.admin || acquirer == Some(who.participant)) {
+        if acquirer != Some(who.participant) {
             return Response::new(id, Code::NotPermitted, Reason::NOT_OWNER);
         }
         match record.state {
@@ -1809,7 +1828,8 @@ impl Core {
         }
     }
 
-    /// Checks for a new authorization or sale: the merchant is the acquirer's.
+    /// Checks for a new authorization or sale: the merchant is the sender's own, and the sender
+    /// is an acquirer. The admin identity is no exception: it acts for its own participant only.
     fn acquire(
         &self,
         id: RequestId,
@@ -1826,8 +1846,11 @@ impl Core {
                 Reason::ACCOUNT_NOT_FOUND,
             ));
         };
-        if !self.owns(who, &m) {
+        if m.owner != who.participant {
             return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
+        }
+        if !self.has_role(m.owner, ROLE_ACQUIRER) {
+            return Err(Response::new(id, Code::NotPermitted, Reason::ROLE_MISSING));
         }
         let Some(c) = self.ledger.account(card) else {
             return Err(Response::new(
@@ -1863,7 +1886,7 @@ impl Core {
                 Reason::AUTHORIZATION_NOT_FOUND,
             )
         })?;
-        if !(who.admin || original.acquirer == who.participant) {
+        if original.acquirer != who.participant {
             return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
         }
         Ok(original)
@@ -2094,8 +2117,9 @@ impl Core {
         let Some(a) = self.ledger.account(account) else {
             return Response::new(id, Code::InvalidCardOrAccount, Reason::NONE);
         };
-        // Only the owner may ask (by number, that is the issuer the number routes to).
-        if !self.owns(who, &a) {
+        // Only the owner may ask (by number, that is the issuer the number routes to), and the
+        // admin.
+        if !self.may_read(who, &a) {
             return Response::new(id, Code::NotPermitted, Reason::NOT_OWNER);
         }
         Response::approved(
@@ -2108,11 +2132,12 @@ impl Core {
         )
     }
 
-    /// What became of an earlier request. Anything the sender may not see is "not found"
-    /// (an approved answer with no status), so that request ids do not leak.
+    /// What became of an earlier request, for its sender and the admin. Anything else is "not
+    /// found" (an approved answer with no status), so that request ids do not leak.
     fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {
         let not_found = Response::approved(id, Body::None);
         if let Some(o) = self.originals.get(&of.0) {
+            // The acquirer sent it (`acquire`: the merchant is the sender's).
             if !(who.admin || o.acquirer == who.participant) {
                 return not_found;
             }
@@ -2134,37 +2159,54 @@ impl Core {
                 }),
             );
         }
-        // Funds and refunds: posted transfers, visible to the owner of the debited account,
+        // Captures, reversals, refunds and funds: the transfer each made under its own id,
         // while the request's answer is remembered. The ledger forgets on its own bound, shard
         // by shard, so it may still hold the transfer of a sale forgotten here, without what
         // was refunded of it: that is "not found", not a sale reported unrefunded. (Originals
         // restored from a version 1 snapshot keep their answers among the responses; one of
         // those forgotten before its answer would still be reported from the ledger.)
-        if self
-            .responses
-            .get(&of.0)
-            .is_none_or(|kept| kept.code != Code::Approved)
-        {
+        let Some(kept) = self.responses.get(&of.0) else {
+            return not_found;
+        };
+        let KeptBody::OwnTransfer { amount, currency } = kept.body else {
+            return not_found;
+        };
+        if kept.code != Code::Approved {
             return not_found;
         }
         let Some(record) = self.ledger.transfer(TransferId(of.0)) else {
             return not_found;
         };
-        let visible = who.admin
-            || self
-                .ledger
-                .account(record.debit_account_id)
-                .is_some_and(|a| a.owner == who.participant);
-        if !visible || record.state != ledger::TransferState::Posted {
+        let owner = |account| self.ledger.account(account).map(|a| a.owner);
+        // Who sent it, from the accounts: a capture or a reversal credits, and a refund debits,
+        // the merchant, and only its acquirer may send them; only the admin funds.
+        let (sender, stage) = match (record.event.kind, record.state) {
+            (TransferKind::Post { .. }, TransferState::Posted) => {
+                (owner(record.credit_account_id), Stage::Sold)
+            }
+            (TransferKind::Void { .. }, TransferState::Voided) => {
+                (owner(record.credit_account_id), Stage::Reversed)
+            }
+            (TransferKind::Single, TransferState::Posted)
+                if is_system_account(record.debit_account_id) =>
+            {
+                (None, Stage::Sold)
+            }
+            (TransferKind::Single, TransferState::Posted) => {
+                (owner(record.debit_account_id), Stage::Sold)
+            }
+            _ => return not_found,
+        };
+        if !(who.admin || sender == Some(who.participant)) {
             return not_found;
         }
         Response::approved(
             id,
             Body::Status(Status {
                 transfer: TransferId(of.0),
-                stage: Stage::Sold,
-                currency: record.event.currency,
-                amount: record.event.amount,
+                stage,
+                currency,
+                amount,
                 captured: Amount::ZERO,
                 refunded: Amount::ZERO,
             }),

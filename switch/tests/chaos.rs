@@ -283,6 +283,8 @@ fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Clients act as the admin identity of the acquirer: the admin sends payments only for its
+/// own participant's merchants.
 fn write_config(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let text = format!(
@@ -293,6 +295,7 @@ fn write_config(dir: &Path) -> PathBuf {
          [snapshot]\nevery_records = 300\n\n\
          [clearing]\nclose_every_seconds = 2\n\n\
          [wal]\nsegment_bytes_max = 1048576\nprepare_segments = true\n\n\
+         [tls]\nanonymous_participant = {ACQUIRER}\n\n\
          [[routes]]\nprefix = \"62\"\nissuer = {ISSUER}\n",
         data = data.display().to_string(),
     );

@@ -32,10 +32,12 @@ impl Drop for Process {
     }
 }
 
+/// Clients act as the admin identity of participant 3, the acquirer of `setup_requests`.
 fn write_config(path: &Path, data: &Path, routes: &str) {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n{routes}",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [tls]\nanonymous_participant = 3\n\n{routes}",
         data = data.display().to_string(),
     );
     std::fs::write(path, text).expect("write the configuration");

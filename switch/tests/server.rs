@@ -439,6 +439,51 @@ async fn mutual_tls_refuses_strangers_and_confines_participants() {
         (Code::NotPermitted, Reason::ADMIN_REQUIRED)
     );
     assert_eq!(refused.body, wire::ResponseBody::empty(Op::Fund));
+    // Every admin operation, those the connection serves itself included, is the admin's
+    // alone (PROTOCOL.md 10.3).
+    let admin_only = [
+        Operation::ReloadRoutes,
+        Operation::ReportFile {
+            window: wire::WindowId(1),
+            file: 1,
+            offset: 0,
+        },
+        Operation::CloseWindow {
+            window: wire::WindowId(0),
+        },
+        Operation::ListWindows,
+        Operation::WindowReport {
+            window: wire::WindowId(1),
+        },
+    ];
+    for (i, operation) in admin_only.into_iter().enumerate() {
+        let r = one(&acquirer_stream, req(90 + i as u128, operation)).await;
+        assert_eq!(
+            (r.code, r.reason),
+            (Code::NotPermitted, Reason::ADMIN_REQUIRED)
+        );
+    }
+    // The admin identity (participant 1) acts on no other participant's payments: neither a
+    // new one for the acquirer's merchant nor the acquirer's authorization.
+    for request in [
+        authorize(85, 100),
+        req(
+            86,
+            Operation::Capture {
+                authorization: RequestId(81),
+                amount: Amount(1),
+            },
+        ),
+        req(
+            87,
+            Operation::Reverse {
+                authorization: RequestId(81),
+            },
+        ),
+    ] {
+        let r = one(&admin_stream, request).await;
+        assert_eq!((r.code, r.reason), (Code::NotPermitted, Reason::NOT_OWNER));
+    }
     running.shutdown().await.expect("clean shutdown");
 }
 
@@ -1620,6 +1665,500 @@ async fn random_and_truncated_frames_are_survived() {
         balance.ledger >= i128::from(sales),
         "seed {seed}: {balance:?}"
     );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
+
+/// An operation of a random frame for `a_frames_results_are_cut_only_when_they_do_not_fit`.
+#[derive(Clone, Debug)]
+enum Mixed {
+    Echo(usize),
+    Balance,
+    Status,
+    ListWindows,
+    /// Of closed window 1 or 2, or of window 99, which does not exist (12/24).
+    WindowReport(u64),
+    /// Window 1 or 2, file 1 to 3, and where from: per mille of the file, or just past its end.
+    ReportFile(u64, u8, Option<u16>),
+    Sale,
+    /// Of window 1, closed already: answered with its id, nothing changes.
+    CloseClosed,
+    SetLimits,
+}
+
+fn mixed() -> impl proptest::strategy::Strategy<Value = Mixed> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0usize..=256).prop_map(Mixed::Echo),
+        1 => Just(Mixed::Balance),
+        1 => Just(Mixed::Status),
+        2 => Just(Mixed::ListWindows),
+        3 => prop::sample::select(vec![1u64, 2, 99]).prop_map(Mixed::WindowReport),
+        3 => (1u64..=2, 1u8..=3, prop::option::weighted(0.9, 0u16..=1000))
+            .prop_map(|(w, f, at)| Mixed::ReportFile(w, f, at)),
+        1 => Just(Mixed::Sale),
+        1 => Just(Mixed::CloseClosed),
+        1 => Just(Mixed::SetLimits),
+    ]
+}
+
+/// One frame on its own stream: the response frame and its length.
+async fn frame_alone(
+    client: &Client,
+    correlation_id: u64,
+    requests: &[Request],
+) -> (usize, Vec<wire::Response>) {
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    send.write_all(&request_frame(correlation_id, requests))
+        .await
+        .expect("written");
+    send.finish().expect("finished");
+    let frames = frames_until_finished(&mut recv).await;
+    match frames.as_slice() {
+        [(len, wire::Frame::Responses { responses, .. })] => (*len, responses.clone()),
+        other => panic!("one response frame: {other:?}"),
+    }
+}
+
+/// Random frames mixing every kind of operation, the large read-only results among them
+/// (window lists and reports, echoes, report pieces), on a switch with a small frame limit: every
+/// response frame is within the limit, and a result is cut (91, reason 27) only if it does
+/// not fit after those before it, taking every later result at its smallest. A model lays the
+/// results out in order, with each one's full size as it is when asked alone; a report piece
+/// is cut to the room left.
+#[test]
+fn a_frames_results_are_cut_only_when_they_do_not_fit() {
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    const FRAME: u32 = 1400;
+    const BATCH: u16 = 16;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.frame_bytes_max = FRAME;
+    config.limits.batch_len_max = BATCH;
+    let (running, client, files) = runtime.block_on(async {
+        let running = start(config).await;
+        let client = connect(&running, None).await.expect("connect");
+        let stream = client.stream().await.expect("stream");
+        setup(&stream).await;
+        // Window 1 with a sale (two positions), window 2 with none; window 3 open.
+        let sale = req(
+            10,
+            Operation::Sale {
+                number: number("6200000000000001"),
+                merchant: AccountId(300),
+                amount: Amount(700),
+                currency: CNY,
+            },
+        );
+        assert_eq!(one(&stream, sale).await.code, Code::Approved);
+        for (id, window) in [(11, 1), (12, 2)] {
+            let close = req(
+                id,
+                Operation::CloseWindow {
+                    window: wire::WindowId(window),
+                },
+            );
+            assert_eq!(one(&stream, close).await.code, Code::Approved);
+        }
+        // Every report's length, once it is written.
+        let mut files = std::collections::HashMap::new();
+        for window in 1..=2u64 {
+            for file in 1..=3u8 {
+                let ask = req(
+                    13,
+                    Operation::ReportFile {
+                        window: wire::WindowId(window),
+                        file,
+                        offset: 0,
+                    },
+                );
+                let total = tokio::time::timeout(LIMIT, async {
+                    loop {
+                        let r = one(&stream, ask.clone()).await;
+                        match r.body {
+                            ResponseBody::ReportFile { total_len, .. }
+                                if r.code == Code::Approved =>
+                            {
+                                return total_len;
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                })
+                .await
+                .expect("the reports are written");
+                files.insert((window, file), total);
+            }
+        }
+        (running, client, files)
+    });
+    let next_id = std::cell::Cell::new(1_000u128);
+    let id = || {
+        next_id.set(next_id.get() + 1);
+        next_id.get()
+    };
+    let request = |op: &Mixed| -> Request {
+        let operation = match *op {
+            Mixed::Echo(len) => Operation::Echo {
+                payload: wire::EchoPayload::new(vec![0x5a; len]).expect("within its bound"),
+            },
+            Mixed::Balance => Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+            Mixed::Status => Operation::TransferStatus {
+                lookup: RequestId(10),
+            },
+            Mixed::ListWindows => Operation::ListWindows,
+            Mixed::WindowReport(window) => Operation::WindowReport {
+                window: wire::WindowId(window),
+            },
+            Mixed::ReportFile(window, file, at) => {
+                let total = files[&(window, file)];
+                Operation::ReportFile {
+                    window: wire::WindowId(window),
+                    file,
+                    offset: at.map_or(total + 1, |permille| total * u64::from(permille) / 1000),
+                }
+            }
+            Mixed::Sale => Operation::Sale {
+                number: number("6200000000000001"),
+                merchant: AccountId(300),
+                amount: Amount(1),
+                currency: CNY,
+            },
+            Mixed::CloseClosed => Operation::CloseWindow {
+                window: wire::WindowId(1),
+            },
+            Mixed::SetLimits => Operation::SetLimits {
+                participant: ParticipantId(2),
+                currency: CNY,
+                net_debit_cap: Amount(0),
+            },
+        };
+        req(id(), operation)
+    };
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    let strategy = proptest::collection::vec(mixed(), 1..=usize::from(BATCH));
+    // Results cut, and report pieces cut short, over all cases: the cases must reach both.
+    let (cuts, shortened) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let outcome = runner.run(&strategy, |ops| {
+        // As many as one request frame holds.
+        let mut requests: Vec<Request> = ops.iter().map(&request).collect();
+        while request_frame(1, &requests).len() > FRAME as usize {
+            requests.pop();
+        }
+        let ops = &ops[..requests.len()];
+        runtime.block_on(async {
+            // What each result takes beyond its smallest form when it has room: asked alone.
+            let mut full = Vec::new();
+            for (op, r) in ops.iter().zip(&requests) {
+                let least = r.operation.op().result_len_min();
+                let extra = match op {
+                    Mixed::ReportFile(..) => match &r.operation {
+                        Operation::ReportFile {
+                            window,
+                            file,
+                            offset,
+                        } => {
+                            let total = files[&(window.0, *file)];
+                            total
+                                .saturating_sub(*offset)
+                                .min(wire::ReportChunk::LEN_MAX as u64)
+                                as usize
+                        }
+                        _ => unreachable!("a report file request"),
+                    },
+                    _ if r.operation.op().is_read_only() => {
+                        let again = req(id(), r.operation.clone());
+                        let (_, alone) = frame_alone(&client, 2, &[again]).await;
+                        alone[0].encoded_len() - least
+                    }
+                    _ => 0,
+                };
+                full.push(extra);
+            }
+            let (len, responses) = frame_alone(&client, 3, &requests).await;
+            proptest::prop_assert!(len <= FRAME as usize, "a response frame of {} bytes", len);
+            proptest::prop_assert_eq!(responses.len(), requests.len());
+            // The model: in order, each takes its full size if it fits, a report piece what
+            // is left; every other result counts at its smallest.
+            let floor: usize = wire::HEADER_LEN
+                + 2
+                + requests
+                    .iter()
+                    .map(|r| r.operation.op().result_len_min())
+                    .sum::<usize>();
+            let mut room = FRAME as usize - floor;
+            for ((r, extra), request) in responses.iter().zip(&full).zip(&requests) {
+                let op = request.operation.op();
+                let least = op.result_len_min();
+                let takes = if op == Op::ReportFile {
+                    (*extra).min(room)
+                } else if *extra <= room {
+                    *extra
+                } else {
+                    0
+                };
+                let cut = takes < *extra && (op != Op::ReportFile || takes == 0);
+                cuts.set(cuts.get() + usize::from(cut));
+                shortened.set(shortened.get() + usize::from(!cut && takes < *extra));
+                let context = format!("{:?} in {:?}: {:?}", request.operation.op(), ops, r);
+                if cut {
+                    proptest::prop_assert_eq!(
+                        (r.code, r.reason),
+                        (Code::SystemBusy, Reason::RESPONSE_TOO_LARGE),
+                        "{}",
+                        context
+                    );
+                } else {
+                    proptest::prop_assert!(
+                        r.reason != Reason::RESPONSE_TOO_LARGE,
+                        "cut, though it fits: {}",
+                        context
+                    );
+                    proptest::prop_assert_eq!(r.encoded_len(), least + takes, "{}", context);
+                    room -= takes;
+                }
+            }
+            Ok(())
+        })
+    });
+    runtime.block_on(async {
+        client.close().await;
+        running.shutdown().await.expect("clean shutdown");
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    assert!(cuts.get() > 0, "no case had a result that did not fit");
+    assert!(shortened.get() > 0, "no case had a report piece cut short");
+}
+
+/// The next frame the server writes on a raw stream, reading as much as it takes; None once
+/// the stream or the connection ends.
+async fn next_frame(recv: &mut quinn::RecvStream, got: &mut Vec<u8>) -> Option<wire::Frame> {
+    let limits = wire::Limits {
+        frame_len_max: wire::FRAME_LEN_MAX_LIMIT,
+        batch_len_max: u16::MAX,
+    };
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if let Ok(Some((frame, used))) = wire::decode_frame(got, &limits) {
+            got.drain(..used);
+            return Some(frame);
+        }
+        match tokio::time::timeout(LIMIT, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// A response batch, which a client must not send: one protocol error (error 7).
+fn wrong_kind(correlation_id: u64) -> Vec<u8> {
+    let reply = wire::Response::declined(RequestId(5), Op::Echo, Code::Approved, Reason::NONE);
+    let mut bytes = Vec::new();
+    wire::encode_response_frame(correlation_id, &[reply], &mut bytes).expect("encodes");
+    bytes
+}
+
+async fn closed_for_protocol_errors(client: &Client) {
+    let closed = tokio::time::timeout(LIMIT, client.connection().closed())
+        .await
+        .expect("closed in time");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(wire::AppErrorCode::ProtocolViolation.as_u32())
+        ),
+        other => panic!("closed with {other:?}"),
+    }
+}
+
+/// The limit of protocol errors per connection is exact under pipelining: once the error past
+/// it has been answered, a request sent on any other stream of the connection is not executed;
+/// and however many streams send errors at once, no more errors than that are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_executed_or_answered_past_the_last_protocol_error() {
+    const MAX: u32 = 3;
+    const STREAMS: u64 = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config(dir.path());
+    config.limits.malformed_frames_max = MAX;
+    let running = start(config).await;
+    let admin = connect(&running, None).await.expect("connect");
+    let admin_stream = admin.stream().await.expect("stream");
+    setup(&admin_stream).await;
+
+    // Streams the server serves already, each answered once.
+    let client = connect(&running, None).await.expect("connect");
+    let mut others = Vec::new();
+    for k in 0..STREAMS {
+        let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+        send.write_all(&request_frame(100 + k, &[echo(500 + u128::from(k), 1)]))
+            .await
+            .expect("written");
+        let mut got = Vec::new();
+        let answer = next_frame(&mut recv, &mut got).await;
+        assert!(
+            matches!(answer, Some(wire::Frame::Responses { .. })),
+            "{answer:?}"
+        );
+        others.push(send);
+    }
+    let (mut send, mut recv) = client.connection().open_bi().await.expect("a stream");
+    let mut got = Vec::new();
+    for k in 0..=u64::from(MAX) {
+        send.write_all(&wrong_kind(k + 1)).await.expect("written");
+        let answer = next_frame(&mut recv, &mut got).await;
+        assert!(
+            matches!(
+                answer,
+                Some(wire::Frame::Error {
+                    code: wire::ErrorCode::UnexpectedFrameKind,
+                    ..
+                })
+            ),
+            "error {k}: {answer:?}"
+        );
+    }
+    // The last error is answered: every other stream now sends a deposit at once.
+    let deposits: Vec<u128> = (0..STREAMS).map(|k| 700 + u128::from(k)).collect();
+    for (send, &id) in others.iter_mut().zip(&deposits) {
+        let fund = req(
+            id,
+            Operation::Fund {
+                account: AccountId(100),
+                amount: Amount(1),
+                currency: CNY,
+            },
+        );
+        // The connection may be gone already.
+        let _ = send.write_all(&request_frame(9, &[fund])).await;
+    }
+    closed_for_protocol_errors(&client).await;
+    for &id in &deposits {
+        let status = one(
+            &admin_stream,
+            req(
+                id + 1_000,
+                Operation::TransferStatus {
+                    lookup: RequestId(id),
+                },
+            ),
+        )
+        .await;
+        assert_eq!(
+            status.body,
+            ResponseBody::empty(Op::TransferStatus),
+            "deposit {id:#x} was executed"
+        );
+    }
+    assert_eq!(available(&admin_stream, 3_000).await, 100_000);
+
+    // Many streams sending errors at once: no more than MAX + 1 are answered.
+    let flood = connect(&running, None).await.expect("connect");
+    let mut readers = tokio::task::JoinSet::new();
+    for k in 0..STREAMS {
+        let (mut send, mut recv) = flood.connection().open_bi().await.expect("a stream");
+        let bytes: Vec<u8> = (0..4 * MAX)
+            .flat_map(|i| wrong_kind(k * 100 + u64::from(i)))
+            .collect();
+        readers.spawn(async move {
+            let _ = send.write_all(&bytes).await;
+            let mut got = Vec::new();
+            let mut errors = 0;
+            while let Some(frame) = next_frame(&mut recv, &mut got).await {
+                errors += usize::from(matches!(frame, wire::Frame::Error { .. }));
+            }
+            errors
+        });
+    }
+    closed_for_protocol_errors(&flood).await;
+    let mut errors = 0;
+    while let Some(n) = readers.join_next().await {
+        errors += n.expect("a reader");
+    }
+    assert!(errors <= MAX as usize + 1, "{errors} errors answered");
+    running.shutdown().await.expect("clean shutdown");
+}
+
+/// A ReportFile in the same frame as the close of its window runs after the close, and until
+/// the reports are written it is answered 91, reason 29 (retry), never "not found"; a window
+/// still open has no report (12, reason 24).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_asked_with_its_close_is_not_ready_until_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = start(config(dir.path())).await;
+    let client = connect(&running, None).await.expect("connect");
+    let stream = client.stream().await.expect("stream");
+    setup(&stream).await;
+    let report = |id, window| {
+        req(
+            id,
+            Operation::ReportFile {
+                window: wire::WindowId(window),
+                file: 1,
+                offset: 0,
+            },
+        )
+    };
+    let close = req(
+        30,
+        Operation::CloseWindow {
+            window: wire::WindowId(0),
+        },
+    );
+    let answers = call(&stream, &[report(31, 2), close, report(32, 1)]).await;
+    let codes: Vec<(Code, Reason)> = answers.iter().map(|r| (r.code, r.reason)).collect();
+    assert_eq!(
+        codes[0],
+        (Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND)
+    );
+    assert_eq!(codes[1], (Code::Approved, Reason::NONE));
+    assert!(
+        [
+            (Code::SystemBusy, Reason::REPORT_NOT_READY),
+            (Code::Approved, Reason::NONE)
+        ]
+        .contains(&codes[2]),
+        "{:?}",
+        answers[2]
+    );
+    // Asked again until it is there: never "not found" meanwhile.
+    let whole = tokio::time::timeout(LIMIT, async {
+        for id in 40.. {
+            let r = one(&stream, report(id, 1)).await;
+            match (r.code, r.reason) {
+                (Code::Approved, _) => return r,
+                (Code::SystemBusy, Reason::REPORT_NOT_READY) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => panic!("{r:?}"),
+            }
+        }
+        unreachable!("ids run out")
+    })
+    .await
+    .expect("written in time");
+    assert!(matches!(whole.body, ResponseBody::ReportFile { total_len, .. } if total_len > 0));
+    // Window 2, open now, and window 0 have none.
+    for window in [2, 0] {
+        let r = one(&stream, report(90 + u128::from(window), window)).await;
+        assert_eq!(
+            (r.code, r.reason),
+            (Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND)
+        );
+    }
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }

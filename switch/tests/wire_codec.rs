@@ -272,11 +272,26 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u8>(),
         response_body(),
     )
-        .prop_map(|(request_id, code, reason, body)| Response {
-            request_id,
-            code,
-            reason: Reason(reason),
-            body,
+        .prop_map(|(request_id, code, reason, mut body)| {
+            // A window's state is `None` only in a result that is not approved.
+            if code == ResponseCode::Approved {
+                let records: Vec<&mut WindowRecord> = match &mut body {
+                    ResponseBody::ListWindows(windows) => windows.iter_mut().collect(),
+                    ResponseBody::WindowReport(report) => vec![&mut report.window],
+                    _ => Vec::new(),
+                };
+                for record in records {
+                    if record.state == WindowState::None {
+                        record.state = WindowState::Open;
+                    }
+                }
+            }
+            Response {
+                request_id,
+                code,
+                reason: Reason(reason),
+                body,
+            }
         })
 }
 
@@ -696,4 +711,63 @@ fn card_numbers_are_masked_in_debug_output() {
     let number = CardNumber::new("4111111111111111").expect("digits");
     assert_eq!(format!("{number:?}"), "CardNumber(411111******1111)");
     assert_eq!(number.as_str(), "4111111111111111");
+}
+
+/// A declined WindowReport's fields are zero, its window's state included (0, "none"); an
+/// approved result whose window state is 0 is rejected (code 6) at that byte.
+#[test]
+fn a_window_state_of_none_is_only_in_a_result_not_approved() {
+    let declined = Response::declined(
+        RequestId(9),
+        switch::wire::Op::WindowReport,
+        ResponseCode::InvalidTransaction,
+        Reason::WINDOW_NOT_FOUND,
+    );
+    let mut bytes = Vec::new();
+    encode_response_frame(1, std::slice::from_ref(&declined), &mut bytes).expect("encodes");
+    // Header, count, then op, request id, code and reason, then the window id.
+    let state_at = HEADER_LEN + 2 + 19 + 8;
+    assert_eq!(bytes[state_at], 0);
+    assert!(
+        bytes[HEADER_LEN + 2 + 19..].iter().all(|&b| b == 0),
+        "every field after the reason is zero"
+    );
+    let decoded = decode_frame(&bytes, &Limits::DEFAULT).expect("decodes");
+    assert!(
+        matches!(decoded, Some((Frame::Responses { responses, .. }, _)) if responses == [declined])
+    );
+    // The same bytes, approved.
+    bytes[HEADER_LEN + 2 + 17] = ResponseCode::Approved.as_u8();
+    let error = error_of(&bytes, &Limits::DEFAULT);
+    assert_eq!(error.code(), ErrorCode::BadField);
+    assert_eq!((error.field, error.offset), ("state", state_at));
+}
+
+/// The decoder reads a frame's fields in order and the first one in error decides the code:
+/// a `count` over the batch limit is error 4 even when no operation follows it (where reading
+/// on would find the frame too short, error 1), a bad version wins over a bad `reserved`, and
+/// an empty batch is error 6 before anything after it is read.
+#[test]
+fn the_first_field_in_error_decides_the_code() {
+    let header = |length: u32, version: u8, reserved: u16, count: u16| {
+        let mut bytes = length.to_le_bytes().to_vec();
+        bytes.extend([version, 1]);
+        bytes.extend(reserved.to_le_bytes());
+        bytes.extend(7u64.to_le_bytes());
+        bytes.extend(count.to_le_bytes());
+        bytes
+    };
+    for (bytes, code) in [
+        (header(14, 1, 0, 8191), ErrorCode::BatchTooLarge),
+        (header(14, 1, 0, 2), ErrorCode::MalformedFrame),
+        (header(14, 2, 1, 8191), ErrorCode::UnsupportedVersion),
+        (header(14, 1, 1, 8191), ErrorCode::MalformedFrame),
+        (header(14, 1, 0, 0), ErrorCode::BadField),
+    ] {
+        assert_eq!(
+            error_of(&bytes, &Limits::DEFAULT).code(),
+            code,
+            "{bytes:02x?}"
+        );
+    }
 }

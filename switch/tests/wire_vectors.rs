@@ -161,7 +161,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                 8,
                 0x0203,
                 Operation::Reverse {
-                    authorization: RequestId(0x0201),
+                    authorization: RequestId(0x0209),
                 },
             ),
         ),
@@ -247,7 +247,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "request-report-file",
             one_request(
-                16,
+                17,
                 0x0304,
                 Operation::ReportFile {
                     window: WindowId(41),
@@ -259,7 +259,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "request-echo",
             one_request(
-                17,
+                18,
                 0x0401,
                 Operation::Echo {
                     payload: EchoPayload::new(*b"ping").expect("short"),
@@ -269,7 +269,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "request-batch",
             Frame::Requests {
-                correlation_id: 18,
+                correlation_id: 19,
                 requests: vec![
                     Request {
                         id: RequestId(0x0501),
@@ -429,9 +429,21 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             ),
         ),
         (
+            "response-window-report-declined",
+            Frame::Responses {
+                correlation_id: 16,
+                responses: vec![Response::declined(
+                    RequestId(0x0303),
+                    Op::WindowReport,
+                    ResponseCode::InvalidTransaction,
+                    Reason::WINDOW_NOT_FOUND,
+                )],
+            },
+        ),
+        (
             "response-report-file",
             one_response(
-                16,
+                17,
                 0x0304,
                 ResponseBody::ReportFile {
                     total_len: 5,
@@ -442,7 +454,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "response-echo",
             one_response(
-                17,
+                18,
                 0x0401,
                 ResponseBody::Echo(EchoPayload::new(*b"ping").expect("short")),
             ),
@@ -450,7 +462,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "response-batch-declined",
             Frame::Responses {
-                correlation_id: 18,
+                correlation_id: 19,
                 responses: vec![
                     Response::declined(
                         RequestId(0x0501),

@@ -326,6 +326,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         issuer: 2,
         pooled_account: None,
     }];
+    // The client acts as the admin identity of the acquirer, 3: the admin sends payments only
+    // for its own participant's merchants.
+    config.tls.anonymous_participant = Some(3);
+    config.tls.anonymous_is_admin = true;
     let running = switch::server::start(config, None).await?;
     let trust = Trust::Fingerprint(running.fingerprint.context("fingerprint")?);
     let client = Client::connect(running.quic_addr, &trust, None).await?;

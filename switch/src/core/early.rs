@@ -6,10 +6,12 @@ use ledger::ParticipantId;
 
 use super::{HashMap, HashSet};
 
-/// The early reversals the switch holds: for each, the authorization id and who sent it
-/// (participant 0: the admin). A late authorization is declined if its own acquirer, or the
-/// admin, reversed its id first; another participant's reversal of the same id does not touch
-/// it, and neither sender's reversal replaces the other's.
+/// The early reversals the switch holds: for each, the authorization id and the participant
+/// that sent it. A late authorization is declined if its own acquirer reversed its id first;
+/// another participant's reversal of the same id does not touch it, and neither sender's
+/// reversal replaces the other's. (Participant 0, which no client can be, held the admin's
+/// reversals when the admin could reverse any authorization; one restored from an older
+/// snapshot voids nothing.)
 ///
 /// Bounded by `max`. Past it, the sender holding the most gives up its oldest (of equals, the
 /// highest participant id): a participant that floods reversals of ids never used forgets its
@@ -54,10 +56,10 @@ impl EarlyReversals {
         self.held[Self::part(id)].contains(&(id, by))
     }
 
-    /// Whether an authorization `id` from acquirer `acquirer` was reversed before it came: by
-    /// that acquirer, or by the admin.
+    /// Whether an authorization `id` from acquirer `acquirer` was reversed before it came by
+    /// that acquirer.
     pub(crate) fn voids(&self, id: u128, acquirer: ParticipantId) -> bool {
-        self.contains(id, acquirer) || self.contains(id, ParticipantId(0))
+        self.contains(id, acquirer)
     }
 
     /// Remembers that `by` reversed `id` (a second reversal by the same sender changes
@@ -198,8 +200,8 @@ mod tests {
                 for by in 0..4u64 {
                     let held = ordered.contains(&(ParticipantId(by), id));
                     prop_assert_eq!(m.contains(id, ParticipantId(by)), held);
-                    let voids = held || ordered.contains(&(ParticipantId(0), id));
-                    prop_assert_eq!(m.voids(id, ParticipantId(by)), voids);
+                    // Only the acquirer's own reversal voids its authorization.
+                    prop_assert_eq!(m.voids(id, ParticipantId(by)), held);
                 }
             }
             // Rebuilt from its order, under another bound: what inserting again would give.

@@ -482,8 +482,9 @@ fn decode_remembered_keys(
 }
 
 /// Who sent each early reversal, in snapshots written before section 10: count u64, then per
-/// reversal (in the order of section 6) its authorization id u128 and the sender u64 (0: the
-/// admin). Snapshots written before this section leave every sender 0.
+/// reversal (in the order of section 6) its authorization id u128 and the sender u64 (0: not
+/// known, or the admin in an earlier build). Snapshots written before this section leave every
+/// sender 0.
 fn decode_senders(
     mut r: Reader<'_>,
     m: &mut Remembered<ParticipantId>,
@@ -508,8 +509,8 @@ fn decode_senders(
     r.end()
 }
 
-/// Early reversals: count u64, then per reversal the sender u64 (0: the admin) and the
-/// authorization id u128; by sender ascending, each sender's oldest first.
+/// Early reversals: count u64, then per reversal the sender u64 (the participant that sent it)
+/// and the authorization id u128; by sender ascending, each sender's oldest first.
 fn encode_early_reversals(m: &EarlyReversals) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + m.len() * 24);
     out.extend_from_slice(&(m.len() as u64).to_le_bytes());

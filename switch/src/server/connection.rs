@@ -16,9 +16,9 @@
 //! to that budget, and waiting for it, would hang a client writing large frames on many
 //! streams: its send buffer fills with the bytes of the streams not being read, and the
 //! streams the server waits on can send nothing more (`tests/unfinished_frames.rs`). Instead,
-//! every frame not yet whole holds its length from one room for all connections
-//! (`unfinished_frame_bytes_max`), taken without waiting once its header is there. A frame
-//! that finds the room full is read through without being kept and answered with a
+//! every frame not yet whole holds its whole size (4 + length bytes) from one room for all
+//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there.
+//! A frame that finds the room full is read through without being kept and answered with a
 //! `ServerBusy` error frame; nothing in it is executed.
 
 use std::sync::Arc;
@@ -367,6 +367,9 @@ async fn serve_stream(
         }
         let mut consumed = 0;
         loop {
+            if violation.closing() {
+                break 'read;
+            }
             match wire::decode_frame(&buf[consumed..], &limits) {
                 Ok(None) => break,
                 Ok(Some((
@@ -384,6 +387,11 @@ async fn serve_stream(
                     let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
                         break 'read;
                     };
+                    // Past the connection's last protocol error, on any of its streams, nothing
+                    // more is executed.
+                    if violation.closing() {
+                        break 'read;
+                    }
                     // Each frame runs in its own task, so the stream keeps being read while
                     // earlier frames wait for the ledger stage: that is what pipelining is.
                     // The per-connection in-flight limit bounds how many there are.
@@ -518,7 +526,9 @@ async fn serve_stream(
 }
 
 /// A connection's protocol errors: each is counted, and one past `malformed_frames_max`
-/// closes the connection, once the error frame that reports it is written.
+/// closes the connection, once the error frame that reports it is written. From that error
+/// on, on every stream of the connection, no frame read is executed and no other error is
+/// counted or answered: the limit is exact however many streams send at once.
 struct Violation<'a> {
     connection: &'a quinn::Connection,
     shared: &'a Shared,
@@ -528,9 +538,14 @@ struct Violation<'a> {
 
 impl Violation<'_> {
     /// Sends an error frame and counts it. Returns whether the connection is closing (then
-    /// only once the client has the error frame, or a second has passed).
+    /// only once the client has the error frame, or a second has passed). Past the last
+    /// error, sends nothing.
     async fn report(&self, correlation_id: u64, code: wire::ErrorCode, message: &str) -> bool {
-        let closing = self.tally();
+        let closing = match self.tally() {
+            Tally::Counted => false,
+            Tally::Last => true,
+            Tally::Past => return true,
+        };
         let mut frame = Vec::new();
         let message = wire::ErrorMessage::truncated(message);
         wire::encode_error_frame(correlation_id, code, &message, &mut frame);
@@ -548,19 +563,38 @@ impl Violation<'_> {
         closing
     }
 
-    /// Counts a protocol error that is not answered. Returns whether the connection closed.
+    /// Counts a protocol error that is not answered. Returns whether the connection is
+    /// closing.
     fn count(&self) -> bool {
-        let closing = self.tally();
-        if closing {
-            self.close();
+        match self.tally() {
+            Tally::Counted => false,
+            Tally::Last => {
+                self.close();
+                true
+            }
+            Tally::Past => true,
         }
-        closing
     }
 
-    /// Counts one more protocol error: whether it is one past the limit.
-    fn tally(&self) -> bool {
-        let violations = self.state.violations.fetch_add(1, Ordering::AcqRel) + 1;
-        violations > self.shared.config.limits.malformed_frames_max
+    /// Counts one more protocol error, unless the connection is past its last already.
+    fn tally(&self) -> Tally {
+        let max = self.shared.config.limits.malformed_frames_max;
+        match self
+            .state
+            .violations
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n <= max).then(|| n.saturating_add(1))
+            }) {
+            Err(_) => Tally::Past,
+            Ok(before) if before >= max => Tally::Last,
+            Ok(_) => Tally::Counted,
+        }
+    }
+
+    /// Whether the connection has had its last protocol error.
+    fn closing(&self) -> bool {
+        self.state.violations.load(Ordering::Acquire)
+            > self.shared.config.limits.malformed_frames_max
     }
 
     fn close(&self) {
@@ -569,6 +603,16 @@ impl Violation<'_> {
             b"too many protocol errors",
         );
     }
+}
+
+/// What counting a protocol error found.
+enum Tally {
+    /// Counted, within the limit.
+    Counted,
+    /// Counted: the one past the limit, which closes the connection.
+    Last,
+    /// Not counted: the connection had its last already.
+    Past,
 }
 
 async fn handle_frame(
@@ -583,9 +627,6 @@ async fn handle_frame(
     let n = requests.len();
     // Every request of the frame gets an answer, in order. Some are answered here.
     let mut answers: Vec<Option<wire::Response>> = vec![None; n];
-    let mut items = Vec::with_capacity(n);
-    let mut ops = Vec::with_capacity(n);
-    let mut slots = Vec::with_capacity(n);
     let busy = |r: &wire::Request, reason| {
         wire::Response::declined(r.id, r.operation.op(), Code::SystemBusy, reason)
     };
@@ -608,7 +649,7 @@ async fn handle_frame(
     // The response frame stays within the frame limit: every result takes at least its
     // smallest form (its declined one; the config makes a full batch of those fit), and the
     // results that can be larger draw on the room left, in order. One that does not fit is
-    // answered 91, reason 27, without being executed.
+    // answered 91, reason 27.
     let frame_len_max = shared.config.limits.frame_bytes_max as usize;
     let floor = wire::HEADER_LEN
         + 2
@@ -616,7 +657,11 @@ async fn handle_frame(
             .iter()
             .map(|r| r.operation.op().result_len_min())
             .sum::<usize>();
-    let mut room = frame_len_max.saturating_sub(floor);
+    let mut frame = Frame {
+        room: frame_len_max.saturating_sub(floor),
+        segment: Segment::default(),
+        received,
+    };
     // Reloaded at most once a frame, off the network threads.
     let mut reloaded: Option<Result<usize, ()>> = None;
     for (i, r) in requests.iter().enumerate() {
@@ -624,19 +669,6 @@ async fn handle_frame(
             answers[i] = Some(busy(r, Reason::OVERLOADED));
             continue;
         }
-        let extra = match &r.operation {
-            wire::Operation::Echo { payload } => payload.as_bytes().len(),
-            // Up to `WINDOWS_LISTED_MAX` records, or all that is left if they might not fit.
-            wire::Operation::ListWindows => LIST_WINDOWS_EXTRA_BYTES.min(room.max(1)),
-            // A report's size is known only once it is built: it takes what is left.
-            wire::Operation::WindowReport { .. } => room.max(1),
-            _ => 0,
-        };
-        if extra > room {
-            answers[i] = Some(busy(r, Reason::RESPONSE_TOO_LARGE));
-            continue;
-        }
-        room -= extra;
         let op = r.operation.op();
         if matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile) && !is_valid_id(r.id) {
             answers[i] = Some(wire::Response::declined(
@@ -649,14 +681,43 @@ async fn handle_frame(
         }
         match translate::request(r) {
             Translated::Core(request) => {
+                // The most the result can take beyond its smallest form: an echo's payload;
+                // up to `WINDOWS_LISTED_MAX` window records; a report is known only once built.
+                // (Only the admin gets more than the smallest form of the last two.)
+                let (most, exact) = match &r.operation {
+                    wire::Operation::Echo { payload } => (payload.as_bytes().len(), true),
+                    wire::Operation::ListWindows if state.who.admin => {
+                        (LIST_WINDOWS_EXTRA_BYTES, false)
+                    }
+                    wire::Operation::WindowReport { .. } if state.who.admin => (usize::MAX, false),
+                    _ => (0, true),
+                };
+                // What is reserved for results not yet built comes back once they are.
+                if most > frame.room && frame.segment.reserves() {
+                    frame.run(&shared, &mut answers).await;
+                }
+                if exact && most > frame.room {
+                    answers[i] = Some(busy(r, Reason::RESPONSE_TOO_LARGE));
+                    continue;
+                }
+                let reserved = most.min(frame.room);
+                frame.room -= reserved;
                 // The fingerprint is computed here, off the ledger stage.
-                items.push(Prepared::new(Item {
-                    id: RequestId(r.id.0),
-                    who: state.who,
-                    request,
-                }));
-                ops.push(r.operation.op());
-                slots.push(i);
+                frame.segment.push(
+                    Prepared::new(Item {
+                        id: RequestId(r.id.0),
+                        who: state.who,
+                        request,
+                    }),
+                    op,
+                    i,
+                    reserved,
+                );
+                // A result that may not fit in what is left is built before anything after
+                // it: whether it fits decides what room the rest has.
+                if reserved < most {
+                    frame.run(&shared, &mut answers).await;
+                }
             }
             Translated::ReloadRoutes => {
                 answers[i] = Some(if !state.who.admin {
@@ -667,6 +728,8 @@ async fn handle_frame(
                         Reason::ADMIN_REQUIRED,
                     )
                 } else {
+                    // After the frame's operations before it, like every operation.
+                    frame.run(&shared, &mut answers).await;
                     if reloaded.is_none() {
                         let shared = shared.clone();
                         let reload = tokio::task::spawn_blocking(move || {
@@ -705,10 +768,23 @@ async fn handle_frame(
                         Reason::ADMIN_REQUIRED,
                     )
                 } else {
-                    let response =
-                        report_file(&shared.config, r.id, window, file, offset, room).await;
+                    // After the frame's operations before it (a close among them), and with
+                    // the room their results really left.
+                    frame.run(&shared, &mut answers).await;
+                    let mut response =
+                        report_file(&shared.config, r.id, window, file, offset, frame.room).await;
+                    if response.reason == Reason::WINDOW_NOT_FOUND
+                        && frame.is_closed(&shared, &state, r.id, window).await
+                    {
+                        response = wire::Response::declined(
+                            r.id,
+                            wire::Op::ReportFile,
+                            Code::SystemBusy,
+                            Reason::REPORT_NOT_READY,
+                        );
+                    }
                     if let wire::ResponseBody::ReportFile { chunk, .. } = &response.body {
-                        room -= chunk.as_bytes().len();
+                        frame.room = frame.room.saturating_sub(chunk.as_bytes().len());
                     }
                     response
                 });
@@ -716,42 +792,9 @@ async fn handle_frame(
             Translated::Answer(response) => answers[i] = Some(response),
         }
     }
-    let answered_here = admitted - items.len();
-    state
-        .in_flight
-        .fetch_sub(answered_here as u32, Ordering::AcqRel);
-    if items.is_empty() {
-        let responses: Vec<wire::Response> = answers.into_iter().flatten().collect();
-        stage::send(&reply, correlation_id, responses, budget, frame_len_max);
-        return;
-    }
-    // The stage answers its part on an inner channel; the frame's answer is assembled here,
-    // in request order, once it arrives.
-    let (inner, inner_rx) = tokio::sync::oneshot::channel::<Vec<wire::Response>>();
-    let count = items.len();
-    let job = Job {
-        items,
-        ops,
-        reply: inner,
-        received,
-    };
-    shared.in_flight.fetch_add(count, Ordering::AcqRel);
-    let queue = shared.queue.read().clone();
-    let pushed = match queue {
-        Some(queue) => queue.try_push(job),
-        None => Err((job, Reason::OVERLOADED)),
-    };
-    if let Err((job, reason)) = pushed {
-        stage::answer_all(job, stage::refusal_code(reason), reason);
-    }
-    // The stage drops the sender only if it stopped without answering: 96 below.
-    let stage_responses = inner_rx.await.unwrap_or_default();
-    shared.in_flight.fetch_sub(count, Ordering::AcqRel);
-    state.in_flight.fetch_sub(count as u32, Ordering::AcqRel);
-    let mut stage_responses = stage_responses.into_iter();
-    for slot in slots {
-        answers[slot] = stage_responses.next();
-    }
+    frame.run(&shared, &mut answers).await;
+    // Every request admitted is answered once the frame is sent.
+    state.in_flight.fetch_sub(admitted as u32, Ordering::AcqRel);
     let responses: Vec<wire::Response> = answers
         .into_iter()
         .zip(requests.iter())
@@ -766,7 +809,146 @@ async fn handle_frame(
             })
         })
         .collect();
+    let cut = responses
+        .iter()
+        .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
+        .count();
+    if cut > 0 {
+        metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
+    }
     stage::send(&reply, correlation_id, responses, budget, frame_len_max);
+}
+
+/// A frame being answered: the room its results have left, and its requests for the ledger
+/// stage not yet sent there.
+struct Frame {
+    /// Bytes the frame's results may take beyond their smallest forms, less what is reserved.
+    room: usize,
+    segment: Segment,
+    received: Instant,
+}
+
+/// Consecutive requests of a frame for the ledger stage, sent as one job. A frame is cut into
+/// several only where an answer is needed before it can go on (a result whose size decides
+/// the room of those after it, a ReloadRoutes, a ReportFile), so its operations still run in
+/// order.
+#[derive(Default)]
+struct Segment {
+    items: Vec<Prepared>,
+    ops: Vec<wire::Op>,
+    /// Per item: its place in the frame, and the bytes reserved for its result beyond its
+    /// smallest form.
+    slots: Vec<(usize, usize)>,
+}
+
+impl Segment {
+    fn push(&mut self, item: Prepared, op: wire::Op, slot: usize, reserved: usize) {
+        self.items.push(item);
+        self.ops.push(op);
+        self.slots.push((slot, reserved));
+    }
+
+    fn reserves(&self) -> bool {
+        self.slots.iter().any(|&(_, reserved)| reserved > 0)
+    }
+}
+
+impl Frame {
+    /// Runs the segment on the ledger stage and waits for its answers. A result larger than
+    /// what was reserved for it (a report that does not fit) is answered 91, reason 27; what
+    /// the others reserved and did not take goes back to the room.
+    async fn run(&mut self, shared: &Shared, answers: &mut [Option<wire::Response>]) {
+        let Segment { items, ops, slots } = std::mem::take(&mut self.segment);
+        if items.is_empty() {
+            return;
+        }
+        let responses = ask_stage(shared, items, ops, self.received).await;
+        let mut responses = responses.into_iter();
+        for (slot, reserved) in slots {
+            let Some(mut response) = responses.next() else {
+                break;
+            };
+            let op = response.body.op();
+            let extra = response.encoded_len().saturating_sub(op.result_len_min());
+            if extra > reserved {
+                response = wire::Response::declined(
+                    response.request_id,
+                    op,
+                    Code::SystemBusy,
+                    Reason::RESPONSE_TOO_LARGE,
+                );
+                self.room = self.room.saturating_add(reserved);
+            } else {
+                self.room = self.room.saturating_add(reserved - extra);
+            }
+            if let Some(answer) = answers.get_mut(slot) {
+                *answer = Some(response);
+            }
+        }
+    }
+
+    /// Whether `window` is closed, as the ledger stage knows it: a window before the open one.
+    async fn is_closed(
+        &self,
+        shared: &Shared,
+        state: &ConnectionState,
+        id: wire::RequestId,
+        window: u64,
+    ) -> bool {
+        if window == 0 {
+            return false;
+        }
+        let item = Prepared::new(Item {
+            id: RequestId(id.0),
+            who: state.who,
+            request: crate::core::Request::ListWindows,
+        });
+        let responses = ask_stage(
+            shared,
+            vec![item],
+            vec![wire::Op::ListWindows],
+            self.received,
+        )
+        .await;
+        match responses.first().map(|r| (r.code, &r.body)) {
+            // Newest first: the open window leads.
+            Some((Code::Approved, wire::ResponseBody::ListWindows(windows))) => {
+                windows.first().is_some_and(|open| window < open.window.0)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Queues requests for the ledger stage and waits for their answers, in order; empty if the
+/// stage stopped without answering. Counts them in the server's requests in flight meanwhile.
+async fn ask_stage(
+    shared: &Shared,
+    items: Vec<Prepared>,
+    ops: Vec<wire::Op>,
+    received: Instant,
+) -> Vec<wire::Response> {
+    let (reply, answer) = oneshot::channel::<Vec<wire::Response>>();
+    let count = items.len();
+    let job = Job {
+        items,
+        ops,
+        reply,
+        received,
+    };
+    shared.in_flight.fetch_add(count, Ordering::AcqRel);
+    let queue = shared.queue.read().clone();
+    let pushed = match queue {
+        Some(queue) => queue.try_push(job),
+        None => Err((job, Reason::OVERLOADED)),
+    };
+    if let Err((job, reason)) = pushed {
+        stage::answer_all(job, stage::refusal_code(reason), reason);
+    }
+    // The stage drops the sender only if it stopped without answering: 96 in `handle_frame`.
+    let responses = answer.await.unwrap_or_default();
+    shared.in_flight.fetch_sub(count, Ordering::AcqRel);
+    responses
 }
 
 /// A ListWindows result past its smallest form: up to `WINDOWS_LISTED_MAX` window records.

@@ -4,14 +4,15 @@ use crate::wire::cursor::{Reader, Writer};
 use crate::wire::error::{EncodeError, WireError, WireErrorKind};
 use crate::wire::request::Op;
 use crate::wire::types::{
-    AccountId, Amount, Currency, EchoPayload, ParticipantId, Reason, ReportChunk, RequestId,
-    ResponseCode, Timestamp, TransferId, TransferState, WindowId, WindowState,
+    AccountId, Amount, Currency, EchoPayload, FieldError, ParticipantId, Reason, ReportChunk,
+    RequestId, ResponseCode, Timestamp, TransferId, TransferState, WindowId, WindowState,
 };
 
 /// The result of one operation.
 ///
 /// Every result has the same fields whatever its code; the op-specific ones are meaningful
-/// only when `code` is `Approved` and are zero otherwise.
+/// only when `code` is `Approved` and are zero otherwise (a window's state included:
+/// `WindowState::None`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Response {
     pub request_id: RequestId,
@@ -176,7 +177,7 @@ impl ResponseBody {
             Op::WindowReport => ResponseBody::WindowReport(WindowReport {
                 window: WindowRecord {
                     window: WindowId(0),
-                    state: WindowState::Open,
+                    state: WindowState::None,
                     opened_at: Timestamp(0),
                     closed_at: Timestamp(0),
                     transfer_count: 0,
@@ -373,6 +374,7 @@ impl Response {
         let request_id = RequestId(r.u128("request_id")?);
         let code = r.enumerated("code", ResponseCode::from_u8)?;
         let reason = Reason(r.u8("reason")?);
+        let approved = code == ResponseCode::Approved;
         let body = match op {
             Op::CreateParticipant => ResponseBody::CreateParticipant,
             Op::CreateAccount => ResponseBody::CreateAccount,
@@ -407,12 +409,12 @@ impl Response {
                 let count = usize::from(r.u16("window_count")?);
                 let mut windows = Vec::with_capacity(capacity(r, count, WINDOW_RECORD_LEN));
                 for _ in 0..count {
-                    windows.push(decode_window(r)?);
+                    windows.push(decode_window(r, approved)?);
                 }
                 ResponseBody::ListWindows(windows)
             }
             Op::WindowReport => {
-                let window = decode_window(r)?;
+                let window = decode_window(r, approved)?;
                 let count = usize::from(r.u16("position_count")?);
                 let mut positions = Vec::with_capacity(capacity(r, count, NET_POSITION_LEN));
                 for _ in 0..count {
@@ -461,10 +463,21 @@ fn encode_window(w: &mut Writer<'_>, window: &WindowRecord) {
     w.u64("transfer_count", window.transfer_count);
 }
 
-fn decode_window(r: &mut Reader<'_>) -> Result<WindowRecord, WireError> {
+/// A window record; in an approved result its state is a window's (not `None`).
+fn decode_window(r: &mut Reader<'_>, approved: bool) -> Result<WindowRecord, WireError> {
+    let window = WindowId(r.u64("window_id")?);
+    let state_at = r.pos();
+    let state = r.enumerated("state", WindowState::from_u8)?;
+    if approved && state == WindowState::None {
+        return Err(r.error_at(
+            state_at,
+            "state",
+            WireErrorKind::Field(FieldError::UnknownValue { value: 0 }),
+        ));
+    }
     Ok(WindowRecord {
-        window: WindowId(r.u64("window_id")?),
-        state: r.enumerated("state", WindowState::from_u8)?,
+        window,
+        state,
         opened_at: Timestamp(r.u64("opened_at")?),
         closed_at: Timestamp(r.u64("closed_at")?),
         transfer_count: r.u64("transfer_count")?,

@@ -363,8 +363,13 @@ impl Reason {
     /// The log's disk is full: nothing more is acknowledged until space is freed and the
     /// switch restarted; a retry with the same request id is then safe.
     pub const STORAGE_FULL: Reason = Reason(28);
+    /// A ReportFile of a window that is closed but whose reports are not written yet: retry.
+    pub const REPORT_NOT_READY: Reason = Reason(29);
+    /// The participant lacks the role the operation needs: the acquirer role to own the
+    /// merchant side of a payment, the issuer role to be a route's issuer.
+    pub const ROLE_MISSING: Reason = Reason(30);
 
-    const NAMES: [&'static str; 29] = [
+    const NAMES: [&'static str; 31] = [
         "none",
         "unknown number",
         "no route",
@@ -394,6 +399,8 @@ impl Reason {
         "internal",
         "response too large",
         "storage full",
+        "report not ready",
+        "role missing",
     ];
 
     /// The listed name of this reason, if it has one.
@@ -454,14 +461,17 @@ impl TransferState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum WindowState {
-    /// Collecting captures and refunds.
+    /// No window: only in a result that is not approved, whose fields are all zero. An
+    /// approved result with it is rejected.
+    None = 0,
+    /// Collecting captures, sales and refunds.
     Open = 1,
     /// Cut off, netted and settled.
     Closed = 2,
 }
 
 impl WindowState {
-    pub const ALL: [WindowState; 2] = [WindowState::Open, WindowState::Closed];
+    pub const ALL: [WindowState; 3] = [WindowState::None, WindowState::Open, WindowState::Closed];
 
     pub fn from_u8(value: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|state| *state as u8 == value)

@@ -9,9 +9,13 @@ use switch::wire::{
 pub const CNY: Currency = Currency(156);
 
 /// The default configuration on loopback, ports chosen by the OS, data in `dir`, log segments
-/// of 8 MiB prepared ahead, and numbers starting 62 routed to participant 2.
+/// of 8 MiB prepared ahead, numbers starting 62 routed to participant 2, and clients without a
+/// certificate acting as the admin identity of participant 3, the acquirer of
+/// `setup_requests` (the admin sends payments only for its own participant's merchants).
 pub fn loopback_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
+    config.tls.anonymous_participant = Some(3);
+    config.tls.anonymous_is_admin = true;
     config.server.listen = "127.0.0.1:0".parse().expect("literal");
     config.metrics.listen = "127.0.0.1:0".parse().expect("literal");
     config.server.data_dir = dir.to_path_buf();
