@@ -36,6 +36,7 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [tls]\nanonymous_participant = 3\n\n\
              [log]\nlevel = \"info\"\n\n\
              [authorization]\nexpiry_tick_ms = 100\n\n\
              [[routes]]\nprefix = \"62\"\nissuer = 2\n",
