@@ -17,6 +17,11 @@ macro_rules! proptest_config {
         $crate::proptest_config!($file, 256)
     };
     ($file:literal, $cases:expr) => {
+        $crate::proptest_config!($file, $cases, "/../")
+    };
+    // `$up`: from the calling crate's directory to the workspace's, e.g. "/../../" for a crate
+    // two levels down.
+    ($file:literal, $cases:expr, $up:literal) => {
         proptest::prelude::ProptestConfig {
             cases: std::env::var("PROPTEST_CASES")
                 .ok()
@@ -25,7 +30,8 @@ macro_rules! proptest_config {
             failure_persistence: Some(Box::new(
                 proptest::test_runner::FileFailurePersistence::Direct(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/../proptest-regressions/",
+                    $up,
+                    "proptest-regressions/",
                     $file
                 )),
             )),

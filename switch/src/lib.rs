@@ -1,19 +1,20 @@
-//! The switch: configuration, routing, the wire protocol, and the server around the ledger.
+//! The switch: the I/O shell (configuration, TLS, the QUIC server, the ledger stage and its
+//! log, the clients) around `switch_core`, which decides everything and does no I/O.
+//!
+//! The core's modules are re-exported here under their own names, so that `switch::core`,
+//! `switch::wire` and the rest read the same from the binary, the tests and loadgen.
+
+pub use switch_core::{
+    clearing, codes, core, fuzz_check, identity, journal, routing, translate, wire,
+};
 
 pub mod admin;
-pub mod clearing;
 pub mod client;
-pub mod codes;
 pub mod config;
-pub mod core;
-#[doc(hidden)]
-pub mod fuzz_check;
-pub mod journal;
 pub mod report;
-pub mod routing;
 pub mod server;
 pub mod tls;
-pub mod translate;
-pub mod wire;
+
+/// This build's version, and the commit it was built from (`unknown` outside a git checkout).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const COMMIT: &str = env!("SWITCH_COMMIT");

@@ -53,12 +53,7 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// Who a connection acts as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub participant: ParticipantId,
-    pub admin: bool,
-}
+pub use switch_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

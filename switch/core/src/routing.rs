@@ -161,7 +161,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ledger::proptest_config!("switch_routing.txt"))]
+        #![proptest_config(ledger::proptest_config!("switch_routing.txt", 256, "/../../"))]
 
         /// Against a model: scan every route, keep the longest that is a prefix.
         #[test]

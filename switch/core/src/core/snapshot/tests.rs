@@ -11,9 +11,9 @@ use crate::core::{
     Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request, RequestId,
     Response, Reverse, SetLimits,
 };
+use crate::identity::Identity;
 use crate::journal::SwitchRecord;
 use crate::routing::{Route, RouteTable};
-use crate::tls::Identity;
 
 const ADMIN: Identity = Identity {
     participant: ParticipantId(1),
@@ -423,7 +423,7 @@ fn ask_again(a: &mut Core, b: &mut Core, sent: &[Item], now: Timestamp) -> Resul
 }
 
 proptest! {
-    #![proptest_config(ledger::proptest_config!("switch_snapshot.txt"))]
+    #![proptest_config(ledger::proptest_config!("switch_snapshot.txt", 256, "/../../"))]
 
     #[test]
     fn snapshot_plus_tail_is_the_switch_that_never_stopped(
@@ -522,7 +522,7 @@ fn remembered(count: u128, max: usize) -> crate::core::Remembered<u64> {
 }
 
 proptest! {
-    #![proptest_config(ledger::proptest_config!("switch_snapshot_entries.txt"))]
+    #![proptest_config(ledger::proptest_config!("switch_snapshot_entries.txt", 256, "/../../"))]
 
     /// The entries of a remembered map may come in any order (this build writes them in
     /// forgetting order, earlier ones in hash-map order): the map restored is the same,

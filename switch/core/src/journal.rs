@@ -14,7 +14,7 @@ use crate::core::{
     Capture, Command, CreateAccount, CreateParticipant, Fund, Logged, Refund, Request, RequestId,
     Reverse, SetLimits, Target,
 };
-use crate::tls::Identity;
+use crate::identity::Identity;
 
 /// One switch log record.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,9 +31,9 @@ use crate::codes::{Code, Reason, code_for};
 // Keys are client-chosen: a seeded hasher, and a fast one (this is the hot path).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+use crate::identity::Identity;
 use crate::journal::{NAME_LEN_MAX, fingerprint};
 use crate::routing::{RouteTable, is_valid_number};
-use crate::tls::Identity;
 use ledger::position_index::PositionIndex;
 
 /// A client-chosen request id; also the ledger id of the transfer the request makes.
@@ -2382,7 +2382,7 @@ mod remembered_model {
     }
 
     proptest! {
-        #![proptest_config(ledger::proptest_config!("switch_remembered.txt", 64))]
+        #![proptest_config(ledger::proptest_config!("switch_remembered.txt", 64, "/../../"))]
 
         /// Against the model, over inserts of new and held keys, some kept (odd values),
         /// across bounds small enough to forget all the time; with memory reserved ahead or

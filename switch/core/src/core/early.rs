@@ -178,7 +178,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ledger::proptest_config!("switch_early_reversals.txt"))]
+        #![proptest_config(ledger::proptest_config!("switch_early_reversals.txt", 256, "/../../"))]
 
         #[test]
         fn a_flooding_sender_forgets_its_own_first(
