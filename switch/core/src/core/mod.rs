@@ -10,22 +10,27 @@
 //!
 //! What is logged is the `Command`, the request after routing: a reload of the routing table
 //! cannot change what replaying the log does.
+//!
+//! This file holds the `Core`, the run of a batch (`execute`, `replay`: admission, `submit`,
+//! `flush`) and the one `match` over commands (`plan`, and `finish` for their outcomes). Each
+//! job has a file: `admin.rs`, `payments.rs`, `close.rs`, `queries.rs`; the vocabulary is in
+//! `types.rs` and what is remembered of requests in `remembered.rs`. An operation is a
+//! `Request` and a `Command` variant (`types.rs`), an arm of `resolve`, `plan` and, if it
+//! moves money, of `finish` here, and its planner and finisher in its job's file.
 
 // A decline travels as `Err(Response)`: built once per request, it is cheaper moved than boxed.
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
-use ledger::clearing::{FeeSchedule, Kind, Settlement};
+use ledger::clearing::{FeeSchedule, Settlement};
 use ledger::{
-    AccountFlags, AccountId, Amount, Currency, Event, Ledger, NewAccount, Op, Outcome,
-    ParticipantId, Timestamp, Transfer, TransferId, TransferKind,
+    AccountId, Amount, Currency, Event, Ledger, Op, Outcome, ParticipantId, Timestamp, Transfer,
+    TransferId, TransferKind,
 };
 
 use crate::clearing::{Clearing, is_system_id};
 use crate::codes::{Code, Reason};
-use crate::identity::Identity;
-use crate::journal::NAME_LEN_MAX;
 use crate::routing::{RouteTable, is_valid_number};
 
 // Keys are client-chosen: a seeded hasher, and a fast one (this is the hot path).
@@ -41,50 +46,13 @@ mod remembered;
 pub mod snapshot;
 mod types;
 
+use admin::{valid_account, valid_participant};
+use close::CloseRoom;
 use early::EarlyReversals;
+use payments::Payment;
 pub use remembered::FORGET_LOOKS_MAX;
 use remembered::{Kept, KeptBody, Order, REMEMBERED_PARTS, Remembered, TOUCH_AHEAD, TouchAhead};
 pub use types::*;
-
-/// What to do with a command's ledger outcomes once its wave is applied.
-#[derive(Clone, Copy, Debug)]
-enum Finish {
-    CreateAccount,
-    Fund,
-    Authorize(Original),
-    Capture(RequestId, Amount),
-    Reverse(RequestId),
-    Sale(Original),
-    Refund(RequestId, Original, Amount, Currency),
-    CloseWindow,
-}
-
-struct Planned {
-    slot: usize,
-    id: RequestId,
-    fingerprint: u64,
-    events: std::ops::Range<usize>,
-    finish: Finish,
-    number: Option<(String, AccountId)>,
-}
-
-#[derive(Default)]
-struct Wave {
-    events: Vec<Event>,
-    planned: Vec<Planned>,
-    keys: HashSet<u128>,
-    /// Repeats of a request planned in this wave, answered once it is applied.
-    repeats: Vec<Repeat>,
-}
-
-/// A repeat waiting for the answer to the request it repeats.
-struct Repeat {
-    slot: usize,
-    id: RequestId,
-    fingerprint: u64,
-    /// The slot of the request it repeats.
-    of: usize,
-}
 
 /// The state machine.
 pub struct Core {
@@ -113,6 +81,214 @@ pub struct Core {
 pub struct Executed {
     pub responses: Vec<Response>,
     pub logged: Vec<Logged>,
+}
+
+/// What planning a command gives. A planner returns `Err` for a decline, which is answered
+/// as `Answer` is.
+enum Plan {
+    /// Ledger events for the wave, one linked chain, and what to do with their outcome.
+    Apply { events: Vec<Op>, finish: Finish },
+    /// The answer now, with nothing for the ledger to do: an approval that changes only the
+    /// core's own state (a participant, a limit, a window closed with nothing to settle).
+    Answer(Response),
+}
+
+impl Plan {
+    /// One ledger event.
+    fn apply(op: Op, finish: Finish) -> Result<Plan, Response> {
+        Ok(Plan::Apply {
+            events: vec![op],
+            finish,
+        })
+    }
+
+    fn answer(response: Response) -> Result<Plan, Response> {
+        Ok(Plan::Answer(response))
+    }
+}
+
+/// What to do with a command's ledger outcome once its wave is applied.
+#[derive(Clone, Debug)]
+enum Finish {
+    /// The number to bind to the account in the directory, if any.
+    CreateAccount(Option<(String, AccountId)>),
+    Fund,
+    Authorize(Original),
+    Capture {
+        authorization: RequestId,
+        amount: Amount,
+    },
+    Reverse(RequestId),
+    Sale(Original),
+    /// A refund of `amount` of the capture or sale `original`, which was `of` when planned.
+    Refund {
+        original: RequestId,
+        of: Original,
+        amount: Amount,
+    },
+    CloseWindow,
+}
+
+impl Finish {
+    /// A new authorization or sale, which holds a reservation against its issuer's net debit
+    /// cap until its outcome is known.
+    fn reserved(&self) -> Option<&Original> {
+        match self {
+            Finish::Authorize(o) | Finish::Sale(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// A command planned into the wave.
+struct Planned {
+    slot: usize,
+    id: RequestId,
+    fingerprint: u64,
+    events: std::ops::Range<usize>,
+    finish: Finish,
+}
+
+/// Commands planned since the last `Ledger::apply`, and their events.
+#[derive(Default)]
+struct Wave {
+    events: Vec<Event>,
+    planned: Vec<Planned>,
+    /// The requests planned and the earlier ones they act on.
+    keys: HashSet<u128>,
+    /// Repeats of a request planned in this wave, answered once it is applied.
+    repeats: Vec<Repeat>,
+}
+
+/// A repeat waiting for the answer to the request it repeats.
+struct Repeat {
+    slot: usize,
+    id: RequestId,
+    fingerprint: u64,
+    /// The slot of the request it repeats.
+    of: usize,
+}
+
+impl Wave {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.planned.is_empty()
+            && self.keys.is_empty()
+            && self.repeats.is_empty()
+    }
+
+    /// Holds `c` for the answer of the request with its id planned in this wave, if there is
+    /// one. Such a repeat is not logged, so a replay would not close the wave there either,
+    /// and must build the same state (forgetting order too): the wave stays open.
+    fn hold_repeat(&mut self, slot: usize, c: &Logged) -> bool {
+        if !self.keys.contains(&c.id.0) {
+            return false;
+        }
+        let Some(planned) = self.planned.iter().find(|p| p.id == c.id) else {
+            return false;
+        };
+        self.repeats.push(Repeat {
+            slot,
+            id: c.id,
+            fingerprint: c.fingerprint,
+            of: planned.slot,
+        });
+        true
+    }
+
+    /// Whether the wave must be applied before `c` is planned: `c` acts on a transfer in it,
+    /// is administration (which runs alone), or could take it past the ledger's batch limit.
+    fn must_apply_before(&self, c: &Logged, batch_len_max: usize) -> bool {
+        c.command
+            .original()
+            .is_some_and(|o| self.keys.contains(&o.0))
+            || self.keys.contains(&c.id.0)
+            || c.command.is_admin()
+            || self.events.len() + 3 > batch_len_max
+    }
+
+    fn push(&mut self, slot: usize, c: &Logged, events: Vec<Op>, finish: Finish) {
+        let start = self.events.len();
+        let n = events.len();
+        debug_assert!(n > 0, "a planned command has events");
+        for (i, op) in events.into_iter().enumerate() {
+            self.events.push(Event {
+                op,
+                linked: i + 1 < n,
+            });
+        }
+        self.keys.insert(c.id.0);
+        if let Some(original) = c.command.original() {
+            self.keys.insert(original.0);
+        }
+        self.planned.push(Planned {
+            slot,
+            id: c.id,
+            fingerprint: c.fingerprint,
+            events: start..self.events.len(),
+            finish,
+        });
+    }
+}
+
+/// An answer per request of a batch, by its place in it.
+struct Answers(Vec<Option<Response>>);
+
+impl Answers {
+    fn set(&mut self, slot: usize, response: Response) {
+        let answer = &mut self.0[slot];
+        debug_assert!(
+            answer.is_none(),
+            "request {slot} of the batch answered twice"
+        );
+        *answer = Some(response);
+    }
+
+    /// Every answer, in the order of the requests.
+    fn into_responses(self) -> Vec<Response> {
+        self.0
+            .into_iter()
+            .map(|r| r.expect("every item is answered"))
+            .collect()
+    }
+}
+
+/// One batch on its way through the core: its time, its answers, and the wave being planned.
+struct Batch {
+    now: Timestamp,
+    answers: Answers,
+    wave: Wave,
+}
+
+/// The ledger transfer a request makes, under the request's own id.
+fn transfer(
+    id: RequestId,
+    debit: AccountId,
+    credit: AccountId,
+    amount: Amount,
+    currency: Currency,
+    kind: TransferKind,
+) -> Op {
+    Op::Transfer(Transfer {
+        id: TransferId(id.0),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        currency,
+        kind,
+        code: 0,
+    })
+}
+
+/// The member of a linked chain's outcomes that decided it: the first failure, or the last
+/// success.
+fn deciding(outcomes: &[Outcome]) -> Outcome {
+    outcomes
+        .iter()
+        .copied()
+        .find(|o| !o.is_success() && *o != Outcome::LinkedEventFailed)
+        .or_else(|| outcomes.last().copied())
+        .expect("a planned command has events")
 }
 
 impl Core {
@@ -176,147 +352,116 @@ impl Core {
     pub fn execute_prepared(&mut self, items: Vec<Prepared>, now: Timestamp) -> Executed {
         let ids: Vec<u128> = items.iter().map(|p| p.item.id.0).collect();
         let mut ahead = TouchAhead::default();
-        let mut out: Vec<Option<Response>> = vec![None; items.len()];
+        let mut batch = self.begin(now, items.len());
+        let mut room = CloseRoom::new(self);
         let mut logged = Vec::new();
-        let mut wave = std::mem::take(&mut self.wave);
-        let (mut closes_logged, mut closes) = (0, 0);
-        let reports_room = self
-            .clearing
-            .reports_max
-            .saturating_sub(self.clearing.reports.len());
         for (slot, prepared) in items.into_iter().enumerate() {
             ahead.to(slot, &ids, |id| self.touch_remembered(id));
-            let Prepared {
-                item: Item { id, who, request },
-                fingerprint,
-            } = prepared;
-            if id.0 == 0 || id.0 == u128::MAX || (is_system_id(id.0) && who != SYSTEM) {
-                out[slot] = Some(Response::new(
-                    id,
-                    Code::InvalidTransaction,
-                    Reason::INVALID_ID,
-                ));
+            let Some(command) = self.admit(&mut batch, &mut room, slot, prepared) else {
                 continue;
-            }
-            let command = match request {
-                Request::BalanceInquiry { target } => {
-                    self.flush(&mut wave, now, &mut out);
-                    out[slot] = Some(self.balance(id, who, &target));
-                    continue;
-                }
-                Request::TransferStatus { of } => {
-                    self.flush(&mut wave, now, &mut out);
-                    out[slot] = Some(self.status(id, who, of));
-                    continue;
-                }
-                Request::Echo { payload } => {
-                    out[slot] = Some(Response::approved(id, Body::Echo(payload)));
-                    continue;
-                }
-                Request::ListWindows => {
-                    self.flush(&mut wave, now, &mut out);
-                    out[slot] = Some(self.list_windows(id, who));
-                    continue;
-                }
-                Request::WindowReport { window } => {
-                    self.flush(&mut wave, now, &mut out);
-                    out[slot] = Some(self.window_report(id, who, window));
-                    continue;
-                }
-                request => {
-                    // A repeat hears its original answer, whatever the routes or the limits
-                    // say now: an approved sale is not answered 92 after a route goes away.
-                    if let Some(response) = self.remembered(id, fingerprint) {
-                        out[slot] = Some(response);
-                        continue;
-                    }
-                    match self.resolve(id, request, now) {
-                        Ok(command) => command,
-                        Err(response) => {
-                            out[slot] = Some(response);
-                            continue;
-                        }
-                    }
-                }
             };
-            // The batch's log record stays within the log's record limit, and its closes'
-            // reports within what the stage hands to the report writer after the batch.
-            if let Command::CloseWindow { .. } = command {
-                let len = crate::journal::logged_len(&command);
-                if closes_logged + len > self.config.closes_logged_bytes_max
-                    || closes >= reports_room
-                {
-                    out[slot] = Some(Response::new(id, Code::SystemBusy, Reason::OVERLOADED));
-                    continue;
-                }
-                closes_logged += len;
-                closes += 1;
-            }
-            // Checked here and not in `plan`, so that a log written under a larger bound
-            // replays whole.
-            if let Command::CreateParticipant(CreateParticipant { participant, .. }) = &command
-                && self.participants.len() >= self.config.participants_max
-                && !self.participants.contains_key(participant)
-            {
-                out[slot] = Some(Response::new(id, Code::SystemBusy, Reason::OVERLOADED));
-                continue;
-            }
-            if self.submit(
-                &mut wave,
-                slot,
-                id,
-                who,
-                fingerprint,
-                &command,
-                now,
-                &mut out,
-            ) {
-                logged.push(Logged {
-                    id,
-                    who,
-                    fingerprint,
-                    command,
-                });
+            if self.submit(&mut batch, slot, &command) {
+                logged.push(command);
             }
         }
-        self.flush(&mut wave, now, &mut out);
-        self.wave = wave;
+        let responses = self.end(batch);
         self.grow_ahead();
-        let responses = out
-            .into_iter()
-            .map(|r| r.expect("every item is answered"))
-            .collect();
         Executed { responses, logged }
     }
 
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
-        let mut out: Vec<Option<Response>> = vec![None; commands.len()];
-        let mut wave = std::mem::take(&mut self.wave);
+        let mut batch = self.begin(now, commands.len());
         for (slot, c) in commands.iter().enumerate() {
             // Never a repeat: the log holds only what was not remembered when it ran.
             if let Some(response) = self.remembered(c.id, c.fingerprint) {
-                out[slot] = Some(response);
+                batch.answers.set(slot, response);
                 continue;
             }
-            self.submit(
-                &mut wave,
-                slot,
-                c.id,
-                c.who,
-                c.fingerprint,
-                &c.command,
-                now,
-                &mut out,
-            );
+            self.submit(&mut batch, slot, c);
         }
-        self.flush(&mut wave, now, &mut out);
-        self.wave = wave;
+        self.end(batch);
     }
 
     /// Expires due holds through the ledger; true if anything expired (and must be logged).
     pub fn expire(&mut self, now: Timestamp) -> bool {
         self.expire_holds(now) > 0
+    }
+
+    fn begin(&mut self, now: Timestamp, len: usize) -> Batch {
+        debug_assert!(self.wave.is_empty(), "no wave is open between batches");
+        Batch {
+            now,
+            answers: Answers(vec![None; len]),
+            wave: std::mem::take(&mut self.wave),
+        }
+    }
+
+    /// Applies what is left of the batch's last wave and returns its answers, one a request.
+    fn end(&mut self, mut batch: Batch) -> Vec<Response> {
+        self.flush(&mut batch);
+        debug_assert!(batch.wave.is_empty(), "a batch leaves its wave empty");
+        self.wave = batch.wave;
+        batch.answers.into_responses()
+    }
+
+    /// Takes a live request as far as the command it is, or answers it: an invalid id, a
+    /// query, a repeat of a remembered request, a request routing refuses, or one the batch
+    /// has no room for.
+    fn admit(
+        &mut self,
+        batch: &mut Batch,
+        room: &mut CloseRoom,
+        slot: usize,
+        prepared: Prepared,
+    ) -> Option<Logged> {
+        let Prepared {
+            item:
+                Item {
+                    id,
+                    who,
+                    mut request,
+                },
+            fingerprint,
+        } = prepared;
+        let answer = if id.0 == 0 || id.0 == u128::MAX || (is_system_id(id.0) && who != SYSTEM) {
+            Response::new(id, Code::InvalidTransaction, Reason::INVALID_ID)
+        } else if let Some(response) = self.query(batch, id, who, &mut request) {
+            response
+        } else if let Some(response) = self.remembered(id, fingerprint) {
+            // A repeat hears its original answer, whatever the routes or the limits say now:
+            // an approved sale is not answered 92 after a route goes away.
+            response
+        } else {
+            match self.resolve(id, request, batch.now) {
+                Err(response) => response,
+                Ok(command) => {
+                    if self.take_room(room, &command) {
+                        return Some(Logged {
+                            id,
+                            who,
+                            fingerprint,
+                            command,
+                        });
+                    }
+                    Response::new(id, Code::SystemBusy, Reason::OVERLOADED)
+                }
+            }
+        };
+        batch.answers.set(slot, answer);
+        None
+    }
+
+    /// Takes the room `command` needs in the batch, if there is room: a close within what its
+    /// log record and the report writer can take, a new participant within
+    /// `participants_max`. Checked here and not in `plan`, so that a log written under a
+    /// larger bound replays whole.
+    fn take_room(&self, room: &mut CloseRoom, command: &Command) -> bool {
+        match command {
+            Command::CloseWindow { .. } => room.take(command),
+            Command::CreateParticipant(p) => self.has_room_for_participant(p.participant),
+            _ => true,
+        }
     }
 
     /// Routing and field checks that need no state change: number to account, expiry.
@@ -326,7 +471,6 @@ impl Core {
         request: Request,
         now: Timestamp,
     ) -> Result<Command, Response> {
-        let reject = |code, reason| Err(Response::new(id, code, reason));
         Ok(match request {
             Request::Authorize {
                 number,
@@ -334,25 +478,13 @@ impl Core {
                 amount,
                 currency,
                 expiry_seconds,
-            } => {
-                let card = self.route(id, &number)?;
-                let seconds = match expiry_seconds {
-                    0 => self.config.default_expiry_seconds,
-                    s if s > self.config.expiry_seconds_max => {
-                        return reject(Code::InvalidTransaction, Reason::NONE);
-                    }
-                    s => s,
-                };
-                let expires_at =
-                    Timestamp(now.0.saturating_add(u64::from(seconds) * 1_000_000_000));
-                Command::Authorize {
-                    card,
-                    merchant,
-                    amount,
-                    currency,
-                    expires_at,
-                }
-            }
+            } => Command::Authorize {
+                card: self.route(id, &number)?,
+                merchant,
+                amount,
+                currency,
+                expires_at: self.expires_at(id, expiry_seconds, now)?,
+            },
             Request::Sale {
                 number,
                 merchant,
@@ -364,38 +496,14 @@ impl Core {
                 amount,
                 currency,
             },
-            // Only the roles version 1 knows (issuer, acquirer), and a name.
-            Request::CreateParticipant(CreateParticipant { roles, .. })
-                if roles & !ROLES_KNOWN != 0 =>
-            {
-                return reject(Code::InvalidTransaction, Reason::RESERVED_BITS);
-            }
-            Request::CreateParticipant(CreateParticipant { name, .. })
-                if name.is_empty() || name.len() > NAME_LEN_MAX =>
-            {
-                return reject(Code::InvalidTransaction, Reason::NONE);
-            }
-            Request::CreateAccount(CreateAccount {
-                number: Some(number),
-                ..
-            }) if !is_valid_number(&number) => {
-                return reject(Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER);
-            }
-            Request::CreateParticipant(p) => Command::CreateParticipant(p),
-            Request::CreateAccount(a) => Command::CreateAccount(a),
+            Request::CreateParticipant(p) => Command::CreateParticipant(valid_participant(id, p)?),
+            Request::CreateAccount(a) => Command::CreateAccount(valid_account(id, a)?),
             Request::Fund(f) => Command::Fund(f),
             Request::SetLimits(l) => Command::SetLimits(l),
             Request::Capture(c) => Command::Capture(c),
             Request::Reverse(r) => Command::Reverse(r),
-            Request::CloseWindow { window } => Command::CloseWindow {
-                window: if window == 0 {
-                    self.clearing.open.id
-                } else {
-                    window
-                },
-                fees: self.config.fees.clone(),
-            },
             Request::Refund(r) => Command::Refund(r),
+            Request::CloseWindow { window } => self.close_command(window),
             Request::BalanceInquiry { .. }
             | Request::TransferStatus { .. }
             | Request::ListWindows
@@ -439,71 +547,31 @@ impl Core {
         }
     }
 
-    /// Plans one command into the wave (or answers it at once). Returns whether it is new
-    /// (and so must be logged). The caller has answered repeats of remembered request ids.
-    #[allow(clippy::too_many_arguments)]
-    fn submit(
-        &mut self,
-        wave: &mut Wave,
-        slot: usize,
-        id: RequestId,
-        who: Identity,
-        fingerprint: u64,
-        command: &Command,
-        now: Timestamp,
-        out: &mut [Option<Response>],
-    ) -> bool {
+    /// Plans one command into the wave, or answers it at once. Returns whether it is new (and
+    /// so must be logged). The caller has answered repeats of remembered request ids.
+    fn submit(&mut self, batch: &mut Batch, slot: usize, c: &Logged) -> bool {
         // The caller has answered a repeat of a remembered request (`remembered`) without
-        // closing the wave: it is not logged, so a replay would not close it there either, and
-        // must build the same state (forgetting order too).
-        if wave.keys.contains(&id.0)
-            && let Some(planned) = wave.planned.iter().find(|p| p.id == id)
-        {
-            wave.repeats.push(Repeat {
-                slot,
-                id,
-                fingerprint,
-                of: planned.slot,
-            });
+        // applying the wave; a repeat of one planned in it waits for its answer the same way.
+        if batch.wave.hold_repeat(slot, c) {
             return false;
         }
-        let conflict = command.original().is_some_and(|o| wave.keys.contains(&o.0))
-            || wave.keys.contains(&id.0)
-            || command.is_admin()
-            || wave.events.len() + 3 > self.ledger.config().batch_len_max;
-        if conflict {
-            self.flush(wave, now, out);
+        if batch
+            .wave
+            .must_apply_before(c, self.ledger.config().batch_len_max)
+        {
+            self.flush(batch);
         }
         // The first window opens with the first command logged (so replay agrees).
-        self.clearing.start(now);
-        match self.plan(id, who, command, now) {
-            Err(response) => {
-                self.remember(id, fingerprint, &response);
-                out[slot] = Some(response);
+        self.clearing.start(batch.now);
+        match self.plan(c, batch.now) {
+            Plan::Answer(response) => {
+                self.remember(c.id, c.fingerprint, &response);
+                batch.answers.set(slot, response);
             }
-            Ok((events, finish, number)) => {
-                let start = wave.events.len();
-                let n = events.len();
-                for (i, op) in events.into_iter().enumerate() {
-                    wave.events.push(Event {
-                        op,
-                        linked: i + 1 < n,
-                    });
-                }
-                wave.keys.insert(id.0);
-                if let Some(original) = command.original() {
-                    wave.keys.insert(original.0);
-                }
-                wave.planned.push(Planned {
-                    slot,
-                    id,
-                    fingerprint,
-                    events: start..wave.events.len(),
-                    finish,
-                    number,
-                });
-                if command.is_admin() {
-                    self.flush(wave, now, out);
+            Plan::Apply { events, finish } => {
+                batch.wave.push(slot, c, events, finish);
+                if c.command.is_admin() {
+                    self.flush(batch);
                 }
             }
         }
@@ -511,123 +579,20 @@ impl Core {
     }
 
     /// Decides a command against the state: ledger events to apply, or an answer now.
-    #[allow(clippy::type_complexity)]
-    fn plan(
-        &mut self,
-        id: RequestId,
-        who: Identity,
-        command: &Command,
-        now: Timestamp,
-    ) -> Result<(Vec<Op>, Finish, Option<(String, AccountId)>), Response> {
-        let reject = |code, reason| Err(Response::new(id, code, reason));
-        if command.is_admin() && !who.admin {
-            return reject(Code::NotPermitted, Reason::ADMIN_REQUIRED);
+    fn plan(&mut self, c: &Logged, now: Timestamp) -> Plan {
+        let (id, who) = (c.id, c.who);
+        if c.command.is_admin() && !who.admin {
+            return Plan::Answer(Response::new(
+                id,
+                Code::NotPermitted,
+                Reason::ADMIN_REQUIRED,
+            ));
         }
-        let transfer = |debit, credit, amount, currency, kind| {
-            Op::Transfer(Transfer {
-                id: TransferId(id.0),
-                debit_account_id: debit,
-                credit_account_id: credit,
-                amount,
-                currency,
-                kind,
-                code: 0,
-            })
-        };
-        match command {
-            Command::CreateParticipant(CreateParticipant {
-                participant,
-                name,
-                roles,
-            }) => {
-                if !participant.is_valid() {
-                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
-                }
-                let new = Participant {
-                    name: name.clone(),
-                    roles: *roles,
-                };
-                match self.participants.get(participant) {
-                    Some(existing) if *existing == new => {}
-                    Some(_) => return reject(Code::DuplicateWithOtherFields, Reason::ID_REUSED),
-                    None => {
-                        self.participants.insert(*participant, new);
-                    }
-                }
-                Err(Response::approved(id, Body::None))
-            }
-            Command::SetLimits(SetLimits {
-                participant,
-                currency,
-                net_debit_cap,
-            }) => {
-                if !self.participants.contains_key(participant) {
-                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
-                }
-                self.limits
-                    .insert((*participant, *currency), *net_debit_cap);
-                Err(Response::approved(id, Body::None))
-            }
-            Command::CreateAccount(CreateAccount {
-                account,
-                owner,
-                currency,
-                flags,
-                number,
-            }) => {
-                if !self.participants.contains_key(owner) {
-                    return reject(Code::InvalidTransaction, Reason::ACCOUNT_NOT_FOUND);
-                }
-                if is_system_account(*account) {
-                    return reject(Code::InvalidCardOrAccount, Reason::NONE);
-                }
-                let number = match number {
-                    None => None,
-                    Some(n) if !is_valid_number(n) => {
-                        return reject(Code::InvalidCardOrAccount, Reason::UNKNOWN_NUMBER);
-                    }
-                    Some(n) => match self.directory.get(n) {
-                        Some(existing) if existing != account => {
-                            return reject(Code::InvalidTransaction, Reason::ALREADY_EXISTS);
-                        }
-                        _ => Some((n.clone(), *account)),
-                    },
-                };
-                let op = Op::CreateAccount(NewAccount {
-                    id: *account,
-                    currency: *currency,
-                    owner: *owner,
-                    flags: *flags,
-                });
-                Ok((vec![op], Finish::CreateAccount, number))
-            }
-            Command::Fund(Fund {
-                account,
-                amount,
-                currency,
-            }) => {
-                let Some(target) = self.ledger.account(*account) else {
-                    return reject(Code::InvalidCardOrAccount, Reason::NONE);
-                };
-                let funding = funding_account(target.owner, *currency);
-                let mut ops = Vec::with_capacity(2);
-                if self.ledger.account(funding).is_none() {
-                    ops.push(Op::CreateAccount(NewAccount {
-                        id: funding,
-                        currency: *currency,
-                        owner: target.owner,
-                        flags: AccountFlags::empty(),
-                    }));
-                }
-                ops.push(transfer(
-                    funding,
-                    *account,
-                    *amount,
-                    *currency,
-                    TransferKind::Single,
-                ));
-                Ok((ops, Finish::Fund, None))
-            }
+        let planned = match &c.command {
+            Command::CreateParticipant(p) => self.plan_create_participant(id, p),
+            Command::SetLimits(l) => self.plan_set_limits(id, l),
+            Command::CreateAccount(a) => self.plan_create_account(id, a),
+            Command::Fund(f) => self.plan_fund(id, f),
             Command::Authorize {
                 card,
                 merchant,
@@ -635,159 +600,30 @@ impl Core {
                 currency,
                 expires_at,
             } => {
-                let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
-                // A reversal that came first voids the acquirer's own late authorization; another
-                // participant's reversal of the same id does not.
-                if self.early_reversals.voids(id.0, who.participant) {
-                    return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
-                }
-                self.reserve(id, &original)?;
-                let op = transfer(
-                    *card,
-                    *merchant,
-                    *amount,
-                    *currency,
-                    TransferKind::Pending {
-                        expires_at: *expires_at,
-                    },
-                );
-                Ok((
-                    vec![op],
-                    Finish::Authorize(Original {
-                        stage: Stage::Held,
-                        ..original
-                    }),
-                    None,
-                ))
+                let payment = Payment::new(*card, *merchant, *amount, *currency);
+                self.plan_authorize(id, who, payment, *expires_at)
             }
             Command::Sale {
                 card,
                 merchant,
                 amount,
                 currency,
-            } => {
-                let original = self.acquire(id, who, *card, *merchant, *amount, *currency)?;
-                self.reserve(id, &original)?;
-                let op = transfer(*card, *merchant, *amount, *currency, TransferKind::Single);
-                Ok((
-                    vec![op],
-                    Finish::Sale(Original {
-                        stage: Stage::Sold,
-                        captured: *amount,
-                        ..original
-                    }),
-                    None,
-                ))
-            }
-            Command::Capture(Capture {
-                authorization,
-                amount,
-            }) => {
-                let original = self.original_of(id, who, *authorization)?;
-                match original.stage {
-                    Stage::Held => {}
-                    Stage::Captured => {
-                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED);
-                    }
-                    Stage::Sold => return reject(Code::InvalidTransaction, Reason::NONE),
-                    Stage::Reversed => {
-                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_REVERSED);
-                    }
-                    Stage::Expired => {
-                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED);
-                    }
-                }
-                let amount = *amount;
-                let op = transfer(
-                    AccountId(0),
-                    AccountId(0),
-                    amount,
-                    original.currency,
-                    TransferKind::Post {
-                        pending_id: TransferId(authorization.0),
-                    },
-                );
-                Ok((vec![op], Finish::Capture(*authorization, amount), None))
-            }
-            Command::Reverse(Reverse { authorization }) => {
-                let Some(original) = self.originals.get(&authorization.0).copied() else {
-                    if let Some(record) = self.ledger.transfer(TransferId(authorization.0)) {
-                        return Err(self.reverse_forgotten(id, who, &record));
-                    }
-                    // Before (or without) its authorization: remember it, so that a late
-                    // authorization with that id from the same participant is declined
-                    // instead of held.
-                    self.early_reversals
-                        .insert(authorization.0, who.participant);
-                    return Err(Response::new(
-                        id,
-                        Code::Approved,
-                        Reason::AUTHORIZATION_REVERSED,
-                    ));
-                };
-                if original.acquirer != who.participant {
-                    return reject(Code::NotPermitted, Reason::NOT_OWNER);
-                }
-                match original.stage {
-                    Stage::Held => {}
-                    // The hold is already gone: what the reversal asks for is true.
-                    Stage::Reversed | Stage::Expired => {
-                        return Err(Response::approved(id, Body::None));
-                    }
-                    Stage::Captured | Stage::Sold => {
-                        return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_CAPTURED);
-                    }
-                }
-                let op = transfer(
-                    AccountId(0),
-                    AccountId(0),
-                    Amount::ZERO,
-                    original.currency,
-                    TransferKind::Void {
-                        pending_id: TransferId(authorization.0),
-                    },
-                );
-                Ok((vec![op], Finish::Reverse(*authorization), None))
-            }
-            Command::Refund(Refund {
-                original: original_id,
-                amount,
-                currency,
-            }) => {
-                let original = self.original_of(id, who, *original_id)?;
-                if !matches!(original.stage, Stage::Captured | Stage::Sold) {
-                    return reject(Code::InvalidTransaction, Reason::AUTHORIZATION_NOT_FOUND);
-                }
-                if *currency != original.currency {
-                    return reject(Code::InvalidTransaction, Reason::CURRENCY_MISMATCH);
-                }
-                let refundable = original.captured.0 - original.refunded.0;
-                if *amount == Amount::ZERO || amount.0 > refundable {
-                    return reject(Code::InvalidAmount, Reason::EXCEEDS_REFUNDABLE);
-                }
-                let op = transfer(
-                    original.merchant,
-                    original.card,
-                    *amount,
-                    *currency,
-                    TransferKind::Single,
-                );
-                Ok((
-                    vec![op],
-                    Finish::Refund(*original_id, original, *amount, *currency),
-                    None,
-                ))
-            }
+            } => self.plan_sale(id, who, Payment::new(*card, *merchant, *amount, *currency)),
+            Command::Capture(capture) => self.plan_capture(id, who, capture),
+            Command::Reverse(reverse) => self.plan_reverse(id, who, reverse),
+            Command::Refund(refund) => self.plan_refund(id, who, refund),
             Command::CloseWindow { window, fees } => self.plan_close(id, *window, fees, now),
-        }
+        };
+        planned.unwrap_or_else(Plan::Answer)
     }
 
     /// Applies the wave's events in one ledger batch and answers its requests.
-    fn flush(&mut self, wave: &mut Wave, now: Timestamp, out: &mut [Option<Response>]) {
+    fn flush(&mut self, batch: &mut Batch) {
+        let Batch { now, answers, wave } = batch;
         if wave.planned.is_empty() {
             return;
         }
-        let outcomes = match self.ledger.apply(&wave.events, now) {
+        let outcomes = match self.ledger.apply(&wave.events, *now) {
             Ok(outcomes) => outcomes,
             // Waves are cut below the ledger's batch limit (see `submit`).
             Err(e) => unreachable!("wave over the ledger's batch limit: {e}"),
@@ -802,176 +638,102 @@ impl Core {
         let mut ahead = TouchAhead::default();
         for (k, planned) in wave.planned.drain(..).enumerate() {
             ahead.to(k, &ids, |id| self.touch_remembered(id));
-            let results = &outcomes[planned.events.clone()];
-            // The member that decided the chain: the first failure, or the last success.
-            let outcome = results
-                .iter()
-                .copied()
-                .find(|o| !o.is_success() && *o != Outcome::LinkedEventFailed)
-                .unwrap_or_else(|| *results.last().expect("a planned command has events"));
-            let response = self.finish(
-                planned.id,
-                planned.fingerprint,
-                planned.finish,
-                outcome,
-                planned.number,
-                now,
-            );
+            let outcome = deciding(&outcomes[planned.events.clone()]);
+            let Planned {
+                slot,
+                id,
+                fingerprint,
+                finish,
+                ..
+            } = planned;
             // An approved authorization or sale is answered from its original (see
             // `Original::fingerprint`).
-            let in_original = planned.fingerprint != 0
-                && response.code == Code::Approved
-                && matches!(planned.finish, Finish::Authorize(_) | Finish::Sale(_));
-            if !in_original {
-                self.remember(planned.id, planned.fingerprint, &response);
+            let reserved = finish.reserved().is_some();
+            let response = self.finish(id, fingerprint, finish, outcome, *now);
+            if !(fingerprint != 0 && response.code == Code::Approved && reserved) {
+                self.remember(id, fingerprint, &response);
             }
-            out[planned.slot] = Some(response);
+            answers.set(slot, response);
         }
-        for repeat in wave.repeats.drain(..) {
-            out[repeat.slot] = Some(match self.remembered(repeat.id, repeat.fingerprint) {
-                Some(response) => response,
-                // Not remembered (busy): nothing was done, and the repeat hears the same.
-                None => out[repeat.of]
-                    .clone()
-                    .expect("the repeated request was answered"),
-            });
-        }
+        self.answer_repeats(wave, answers);
         wave.events.clear();
         wave.keys.clear();
     }
 
+    /// Answers the repeats of requests of the wave just applied, as their originals were.
+    fn answer_repeats(&self, wave: &mut Wave, answers: &mut Answers) {
+        for repeat in wave.repeats.drain(..) {
+            let response = match self.remembered(repeat.id, repeat.fingerprint) {
+                Some(response) => response,
+                // Not remembered (busy): nothing was done, and the repeat hears the same.
+                None => answers.0[repeat.of]
+                    .clone()
+                    .expect("the repeated request was answered"),
+            };
+            answers.set(repeat.slot, response);
+        }
+    }
+
+    /// Takes a planned command's ledger outcome to its answer, changing the core's state to
+    /// match.
     fn finish(
         &mut self,
         id: RequestId,
         fingerprint: u64,
         finish: Finish,
         outcome: Outcome,
-        number: Option<(String, AccountId)>,
         now: Timestamp,
     ) -> Response {
         if !outcome.is_success() {
-            // A hold due but not yet expired by the clock's tick is gone all the same, as the
-            // reversal asks: it hears what it would hear after the tick (see `plan`).
-            if outcome == Outcome::PendingTransferExpired && matches!(finish, Finish::Reverse(_)) {
-                return Response::approved(id, Body::None);
-            }
-            match finish {
-                // The reservation against the net debit cap goes with the request.
-                Finish::Authorize(o) | Finish::Sale(o) => {
-                    self.clearing.release(o.issuer, o.currency, o.amount.0)
-                }
-                Finish::CloseWindow => {
-                    self.closing = None;
-                    tracing::error!(?outcome, "clearing: the settlement batch failed");
-                }
-                _ => {}
-            }
-            return Response::from_outcome(id, outcome);
+            return self.finish_declined(id, &finish, outcome);
         }
-        let transfer = TransferId(id.0);
         if outcome == Outcome::Exists
             && let Finish::Authorize(_)
             | Finish::Sale(_)
-            | Finish::Capture(..)
+            | Finish::Capture { .. }
             | Finish::Reverse(_)
-            | Finish::Refund(..) = finish
+            | Finish::Refund { .. } = finish
         {
-            return self.done_before(id, finish);
+            return self.done_before(id, &finish);
         }
-        let moved = |amount: Amount, currency: Currency| {
-            Response::approved(
-                id,
-                Body::Transfer {
-                    transfer,
-                    amount,
-                    currency,
-                },
-            )
-        };
         match finish {
-            Finish::CreateAccount => {
-                if let Some((number, account)) = number {
-                    // The account exists already with the same fields: a number it is not
-                    // bound to is another field, not a second binding.
-                    if outcome == Outcome::Exists && self.directory.get(&number) != Some(&account) {
-                        return Response::new(
-                            id,
-                            Code::DuplicateWithOtherFields,
-                            Reason::ID_REUSED,
-                        );
-                    }
-                    self.directory.insert(number, account);
-                }
-                Response::approved(id, Body::None)
-            }
-            Finish::Fund => match self.ledger.transfer(transfer) {
-                Some(r) => moved(r.event.amount, r.event.currency),
-                None => Response::approved(id, Body::None),
-            },
-            Finish::Authorize(original) => {
-                let original = Original {
-                    fingerprint,
-                    ..original
-                };
-                self.originals
-                    .insert(id.0, original, |o| o.stage == Stage::Held);
-                moved(original.amount, original.currency)
-            }
-            Finish::Sale(original) => {
-                let original = Original {
-                    fingerprint,
-                    ..original
-                };
-                self.originals
-                    .insert(id.0, original, |o| o.stage == Stage::Held);
-                let (o, amount) = (original, original.amount);
-                self.clearing.release(o.issuer, o.currency, amount.0);
-                self.clearing
-                    .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, amount.0);
-                self.record_moved(id, Kind::Purchase);
-                moved(amount, o.currency)
+            Finish::CreateAccount(number) => self.finish_create_account(id, number, outcome),
+            Finish::Fund => self.finish_fund(id),
+            Finish::Authorize(original) => self.finish_authorize(id, fingerprint, original),
+            Finish::Sale(original) => self.finish_sale(id, fingerprint, original),
+            Finish::Capture {
+                authorization,
+                amount,
+            } => self.finish_capture(id, authorization, amount),
+            Finish::Reverse(authorization) => self.finish_reverse(id, authorization),
+            Finish::Refund {
+                original,
+                of,
+                amount,
+            } => self.finish_refund(id, original, &of, amount),
+            Finish::CloseWindow => self.finish_close(id, now),
+        }
+    }
+
+    /// A command the ledger declined: what it reserved or prepared goes back.
+    fn finish_declined(&mut self, id: RequestId, finish: &Finish, outcome: Outcome) -> Response {
+        // A hold due but not yet expired by the clock's tick is gone all the same, as the
+        // reversal asks: it hears what it would hear after the tick (see `plan_reverse`).
+        if outcome == Outcome::PendingTransferExpired && matches!(finish, Finish::Reverse(_)) {
+            return Response::approved(id, Body::None);
+        }
+        match finish {
+            // The reservation against the net debit cap goes with the request.
+            Finish::Authorize(o) | Finish::Sale(o) => {
+                self.clearing.release(o.issuer, o.currency, o.amount.0)
             }
             Finish::CloseWindow => {
-                let window = self.clearing.open.id;
-                if let Some((settlement, fees)) = self.closing.take() {
-                    self.clearing.close(now, settlement, fees);
-                }
-                Response::approved(id, Body::WindowClosed(window))
+                self.closing = None;
+                tracing::error!(?outcome, "clearing: the settlement batch failed");
             }
-            Finish::Capture(authorization, amount) => {
-                let o = self
-                    .originals
-                    .get_mut(&authorization.0)
-                    .expect("a live hold's authorization is never forgotten");
-                o.stage = Stage::Captured;
-                o.captured = amount;
-                let o = *o;
-                self.clearing.release(o.issuer, o.currency, o.amount.0);
-                self.clearing
-                    .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, amount.0);
-                self.record_moved(id, Kind::Purchase);
-                moved(amount, o.currency)
-            }
-            Finish::Reverse(authorization) => {
-                let o = self
-                    .originals
-                    .get_mut(&authorization.0)
-                    .expect("a live hold's authorization is never forgotten");
-                o.stage = Stage::Reversed;
-                let (amount, currency, issuer) = (o.amount, o.currency, o.issuer);
-                self.clearing.release(issuer, currency, amount.0);
-                moved(amount, currency)
-            }
-            Finish::Refund(original, o, amount, currency) => {
-                if let Some(o) = self.originals.get_mut(&original.0) {
-                    o.refunded = Amount(o.refunded.0 + amount.0);
-                }
-                self.clearing
-                    .clear(Kind::Refund, o.acquirer, o.issuer, currency, amount.0);
-                self.record_moved(id, Kind::Refund);
-                moved(amount, currency)
-            }
+            _ => {}
         }
+        Response::from_outcome(id, outcome)
     }
 }
 

@@ -3,14 +3,57 @@
 use ledger::{Account, Amount, TransferId, TransferKind, TransferState};
 
 use super::{
-    Body, Core, KeptBody, RequestId, Response, Stage, Status, Target, WINDOWS_LISTED_MAX,
-    is_system_account,
+    Batch, Body, Core, KeptBody, Original, Request, RequestId, Response, Stage, Status, Target,
+    WINDOWS_LISTED_MAX, is_system_account,
 };
 use crate::clearing::Window;
 use crate::codes::{Code, Reason};
 use crate::identity::Identity;
 
 impl Core {
+    /// Answers a request that changes nothing; `None` for any other request.
+    pub(super) fn query(
+        &mut self,
+        batch: &mut Batch,
+        id: RequestId,
+        who: Identity,
+        request: &mut Request,
+    ) -> Option<Response> {
+        // Each reads what the requests before it did: the wave is applied first.
+        let response = match request {
+            Request::Echo { payload } => {
+                Response::approved(id, Body::Echo(std::mem::take(payload)))
+            }
+            Request::BalanceInquiry { target } => {
+                self.flush(batch);
+                self.balance(id, who, target)
+            }
+            Request::TransferStatus { of } => {
+                self.flush(batch);
+                self.status(id, who, *of)
+            }
+            Request::ListWindows => {
+                self.flush(batch);
+                self.list_windows(id, who)
+            }
+            Request::WindowReport { window } => {
+                self.flush(batch);
+                self.window_report(id, who, *window)
+            }
+            Request::CreateParticipant(_)
+            | Request::CreateAccount(_)
+            | Request::Fund(_)
+            | Request::SetLimits(_)
+            | Request::Authorize { .. }
+            | Request::Capture(_)
+            | Request::Reverse(_)
+            | Request::Sale { .. }
+            | Request::Refund(_)
+            | Request::CloseWindow { .. } => return None,
+        };
+        Some(response)
+    }
+
     /// Whether `who` may read `account`'s balance: its owner, or the admin (oversight).
     pub(super) fn may_read(&self, who: Identity, account: &Account) -> bool {
         who.admin || account.owner == who.participant
@@ -88,48 +131,50 @@ impl Core {
     /// What became of an earlier request, for its sender and the admin. Anything else is "not
     /// found" (an approved answer with no status), so that request ids do not leak.
     pub(super) fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {
-        let not_found = Response::approved(id, Body::None);
-        if let Some(o) = self.originals.get(&of.0) {
-            // The acquirer sent it (`acquire`: the merchant is the sender's).
-            if !(who.admin || o.acquirer == who.participant) {
-                return not_found;
-            }
-            return Response::approved(
-                id,
-                Body::Status(Status {
-                    transfer: TransferId(of.0),
-                    stage: o.stage,
-                    currency: o.currency,
-                    amount: o.amount,
-                    // A sale keeps its amount as `captured` (what refunds may take back), but
-                    // the protocol reports captures of authorizations only.
-                    captured: if o.stage == Stage::Sold {
-                        Amount::ZERO
-                    } else {
-                        o.captured
-                    },
-                    refunded: o.refunded,
-                }),
-            );
-        }
-        // Captures, reversals, refunds and funds: the transfer each made under its own id,
-        // while the request's answer is remembered. The ledger forgets on its own bound, shard
-        // by shard, so it may still hold the transfer of a sale forgotten here, without what
-        // was refunded of it: that is "not found", not a sale reported unrefunded. (Originals
-        // restored from a version 1 snapshot keep their answers among the responses; one of
-        // those forgotten before its answer would still be reported from the ledger.)
-        let Some(kept) = self.responses.get(&of.0) else {
-            return not_found;
+        let status = match self.originals.get(&of.0) {
+            Some(o) => self.payment_status(who, of, o),
+            None => self.transfer_status(who, of),
         };
+        Response::approved(id, status.map_or(Body::None, Body::Status))
+    }
+
+    /// An authorization or sale, as its acquirer (`acquire`: the merchant is the sender's)
+    /// and the admin see it.
+    fn payment_status(&self, who: Identity, of: RequestId, o: &Original) -> Option<Status> {
+        if !(who.admin || o.acquirer == who.participant) {
+            return None;
+        }
+        Some(Status {
+            transfer: TransferId(of.0),
+            stage: o.stage,
+            currency: o.currency,
+            amount: o.amount,
+            // A sale keeps its amount as `captured` (what refunds may take back), but the
+            // protocol reports captures of authorizations only.
+            captured: if o.stage == Stage::Sold {
+                Amount::ZERO
+            } else {
+                o.captured
+            },
+            refunded: o.refunded,
+        })
+    }
+
+    /// Captures, reversals, refunds and funds: the transfer each made under its own id, while
+    /// the request's answer is remembered. The ledger forgets on its own bound, shard by
+    /// shard, so it may still hold the transfer of a sale forgotten here, without what was
+    /// refunded of it: that is "not found", not a sale reported unrefunded. (Originals restored
+    /// from a version 1 snapshot keep their answers among the responses; one of those
+    /// forgotten before its answer would still be reported from the ledger.)
+    fn transfer_status(&self, who: Identity, of: RequestId) -> Option<Status> {
+        let kept = self.responses.get(&of.0)?;
         let KeptBody::OwnTransfer { amount, currency } = kept.body else {
-            return not_found;
+            return None;
         };
         if kept.code != Code::Approved {
-            return not_found;
+            return None;
         }
-        let Some(record) = self.ledger.transfer(TransferId(of.0)) else {
-            return not_found;
-        };
+        let record = self.ledger.transfer(TransferId(of.0))?;
         let owner = |account| self.ledger.account(account).map(|a| a.owner);
         // Who sent it, from the accounts: a capture or a reversal credits, and a refund debits,
         // the merchant, and only its acquirer may send them; only the admin funds.
@@ -148,21 +193,18 @@ impl Core {
             (TransferKind::Single, TransferState::Posted) => {
                 (owner(record.debit_account_id), Stage::Sold)
             }
-            _ => return not_found,
+            _ => return None,
         };
         if !(who.admin || sender == Some(who.participant)) {
-            return not_found;
+            return None;
         }
-        Response::approved(
-            id,
-            Body::Status(Status {
-                transfer: TransferId(of.0),
-                stage,
-                currency,
-                amount,
-                captured: Amount::ZERO,
-                refunded: Amount::ZERO,
-            }),
-        )
+        Some(Status {
+            transfer: TransferId(of.0),
+            stage,
+            currency,
+            amount,
+            captured: Amount::ZERO,
+            refunded: Amount::ZERO,
+        })
     }
 }

@@ -460,12 +460,7 @@ impl Core {
             Some(kept) => (kept.fingerprint, kept.response(id)),
             None => {
                 let o = self.originals.get(&id.0).filter(|o| o.fingerprint != 0)?;
-                let body = Body::Transfer {
-                    transfer: TransferId(id.0),
-                    amount: o.amount,
-                    currency: o.currency,
-                };
-                (o.fingerprint, Response::approved(id, body))
+                (o.fingerprint, Response::moved(id, o.amount, o.currency))
             }
         };
         Some(if original_fingerprint == fingerprint {

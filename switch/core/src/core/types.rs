@@ -283,6 +283,19 @@ impl Response {
         }
     }
 
+    /// Approved, with a transfer of the request's own id that held or moved `amount`.
+    pub(super) fn moved(id: RequestId, amount: Amount, currency: Currency) -> Self {
+        let transfer = TransferId(id.0);
+        Response::approved(
+            id,
+            Body::Transfer {
+                transfer,
+                amount,
+                currency,
+            },
+        )
+    }
+
     pub(super) fn from_outcome(id: RequestId, outcome: Outcome) -> Self {
         let (code, reason) = code_for(outcome);
         Response::new(id, code, reason)
