@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use ledger::clearing::{FeeRate, FeeSchedule};
+use ledger::codec::{self, CodecError, Reader};
 use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, Timestamp};
 use rust_decimal::Decimal;
 
@@ -62,15 +63,40 @@ pub enum JournalError {
     Trailing { offset: usize, extra: usize },
 }
 
+impl From<CodecError> for JournalError {
+    fn from(e: CodecError) -> Self {
+        let offset = e.at();
+        match e {
+            CodecError::Truncated { what, .. } => JournalError::Truncated { offset, what },
+            CodecError::Trailing { extra, .. } => JournalError::Trailing { offset, extra },
+            CodecError::Invalid { what, value, .. } => JournalError::Bad {
+                offset,
+                what,
+                value,
+            },
+            CodecError::TooLong { what, len, .. } => JournalError::Bad {
+                offset,
+                what,
+                value: len as u128,
+            },
+            CodecError::TooMany { what, count, .. } => JournalError::Bad {
+                offset,
+                what,
+                value: u128::from(count),
+            },
+            CodecError::NotUtf8 { what, .. } => JournalError::Bad {
+                offset,
+                what,
+                value: 0,
+            },
+        }
+    }
+}
+
+/// A command's string in the log: a u8 length, at most `NAME_LEN_MAX` (`Core::resolve`
+/// refuses longer strings, so nothing is ever cut here).
 fn put_str(s: &str, out: &mut Vec<u8>) {
-    // `Core::resolve` refuses longer strings, so nothing is ever cut here.
-    assert!(
-        s.len() <= NAME_LEN_MAX,
-        "string of {} bytes in a command",
-        s.len()
-    );
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
+    codec::put_str(out, s, NAME_LEN_MAX);
 }
 
 /// How a layout writes a string: a command's in the log with a u8 length (`put_str`), a
@@ -85,7 +111,7 @@ trait Payload {
 
     /// The layout's tag, then the payload.
     fn put_tagged(&self, tag: u8, put_str: PutStr, out: &mut Vec<u8>) {
-        out.push(tag);
+        codec::put_u8(out, tag);
         self.put(put_str, out);
     }
 }
@@ -97,9 +123,9 @@ impl Payload for CreateParticipant {
             name,
             roles,
         } = self;
-        out.extend_from_slice(&participant.0.to_le_bytes());
+        codec::put_u64(out, participant.0);
         put_str(name, out);
-        out.push(*roles);
+        codec::put_u8(out, *roles);
     }
 }
 
@@ -112,10 +138,10 @@ impl Payload for CreateAccount {
             flags,
             number,
         } = self;
-        out.extend_from_slice(&account.0.to_le_bytes());
-        out.extend_from_slice(&owner.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
-        out.extend_from_slice(&flags.bits().to_le_bytes());
+        codec::put_u128(out, account.0);
+        codec::put_u64(out, owner.0);
+        codec::put_u16(out, currency.numeric());
+        codec::put_u16(out, flags.bits());
         put_str(number.as_deref().unwrap_or(""), out);
     }
 }
@@ -127,9 +153,9 @@ impl Payload for Fund {
             amount,
             currency,
         } = self;
-        out.extend_from_slice(&account.0.to_le_bytes());
-        out.extend_from_slice(&amount.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
+        codec::put_u128(out, account.0);
+        codec::put_u64(out, amount.0);
+        codec::put_u16(out, currency.numeric());
     }
 }
 
@@ -140,9 +166,9 @@ impl Payload for SetLimits {
             currency,
             net_debit_cap,
         } = self;
-        out.extend_from_slice(&participant.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
-        out.extend_from_slice(&net_debit_cap.0.to_le_bytes());
+        codec::put_u64(out, participant.0);
+        codec::put_u16(out, currency.numeric());
+        codec::put_u64(out, net_debit_cap.0);
     }
 }
 
@@ -152,15 +178,15 @@ impl Payload for Capture {
             authorization,
             amount,
         } = self;
-        out.extend_from_slice(&authorization.0.to_le_bytes());
-        out.extend_from_slice(&amount.0.to_le_bytes());
+        codec::put_u128(out, authorization.0);
+        codec::put_u64(out, amount.0);
     }
 }
 
 impl Payload for Reverse {
     fn put(&self, _: PutStr, out: &mut Vec<u8>) {
         let Reverse { authorization } = self;
-        out.extend_from_slice(&authorization.0.to_le_bytes());
+        codec::put_u128(out, authorization.0);
     }
 }
 
@@ -171,9 +197,9 @@ impl Payload for Refund {
             amount,
             currency,
         } = self;
-        out.extend_from_slice(&original.0.to_le_bytes());
-        out.extend_from_slice(&amount.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
+        codec::put_u128(out, original.0);
+        codec::put_u64(out, amount.0);
+        codec::put_u16(out, currency.numeric());
     }
 }
 
@@ -190,12 +216,12 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             currency,
             expires_at,
         } => {
-            out.push(C_AUTHORIZE);
-            out.extend_from_slice(&card.0.to_le_bytes());
-            out.extend_from_slice(&merchant.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&expires_at.0.to_le_bytes());
+            codec::put_u8(out, C_AUTHORIZE);
+            codec::put_u128(out, card.0);
+            codec::put_u128(out, merchant.0);
+            codec::put_u64(out, amount.0);
+            codec::put_u16(out, currency.numeric());
+            codec::put_u64(out, expires_at.0);
         }
         Command::Capture(c) => c.put_tagged(C_CAPTURE, put_str, out),
         Command::Reverse(r) => r.put_tagged(C_REVERSE, put_str, out),
@@ -205,25 +231,25 @@ pub fn encode_command(command: &Command, out: &mut Vec<u8>) {
             amount,
             currency,
         } => {
-            out.push(C_SALE);
-            out.extend_from_slice(&card.0.to_le_bytes());
-            out.extend_from_slice(&merchant.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            codec::put_u8(out, C_SALE);
+            codec::put_u128(out, card.0);
+            codec::put_u128(out, merchant.0);
+            codec::put_u64(out, amount.0);
+            codec::put_u16(out, currency.numeric());
         }
         Command::Refund(r) => r.put_tagged(C_REFUND, put_str, out),
         Command::CloseWindow { window, fees } => {
-            out.push(C_CLOSE_WINDOW);
-            out.extend_from_slice(&window.to_le_bytes());
+            codec::put_u8(out, C_CLOSE_WINDOW);
+            codec::put_u64(out, *window);
             let rate = |r: &FeeRate, out: &mut Vec<u8>| {
                 out.extend_from_slice(&r.percent.serialize());
                 out.extend_from_slice(&r.fixed.serialize());
             };
             rate(&fees.purchase, out);
             rate(&fees.refund, out);
-            out.extend_from_slice(&(fees.by_issuer.len() as u32).to_le_bytes());
+            codec::put_u32(out, fees.by_issuer.len() as u32);
             for (issuer, (purchase, refund)) in &fees.by_issuer {
-                out.extend_from_slice(&issuer.0.to_le_bytes());
+                codec::put_u64(out, issuer.0);
                 rate(purchase, out);
                 rate(refund, out);
             }
@@ -304,14 +330,13 @@ const LOGGED_PREFIX_LEN: usize = 16 + 8 + 1 + 8;
 
 /// With a u32 length, as a request's canonical encoding writes strings and bytes.
 fn put_bytes(b: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    codec::put_u32(out, b.len() as u32);
     out.extend_from_slice(b);
 }
 
 /// A canonical encoding of a request as the client sent it (before routing), for the
 /// fingerprint that tells a repeat from a different request with the same id.
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
-    let put_u128 = |v: u128, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
     let put_string: PutStr = |s, out| put_bytes(s.as_bytes(), out);
     match request {
         Request::CreateParticipant(p) => p.put_tagged(1, put_string, out),
@@ -325,12 +350,12 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
             currency,
             expiry_seconds,
         } => {
-            out.push(5);
+            codec::put_u8(out, 5);
             put_bytes(number.as_bytes(), out);
-            put_u128(merchant.0, out);
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            out.extend_from_slice(&expiry_seconds.to_le_bytes());
+            codec::put_u128(out, merchant.0);
+            codec::put_u64(out, amount.0);
+            codec::put_u16(out, currency.numeric());
+            codec::put_u32(out, *expiry_seconds);
         }
         Request::Capture(c) => c.put_tagged(6, put_string, out),
         Request::Reverse(r) => r.put_tagged(7, put_string, out),
@@ -340,42 +365,42 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
             amount,
             currency,
         } => {
-            out.push(8);
+            codec::put_u8(out, 8);
             put_bytes(number.as_bytes(), out);
-            put_u128(merchant.0, out);
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            codec::put_u128(out, merchant.0);
+            codec::put_u64(out, amount.0);
+            codec::put_u16(out, currency.numeric());
         }
         Request::Refund(r) => r.put_tagged(9, put_string, out),
         Request::BalanceInquiry { target } => {
-            out.push(10);
+            codec::put_u8(out, 10);
             match target {
                 Target::Number(n) => {
-                    out.push(0);
+                    codec::put_u8(out, 0);
                     put_bytes(n.as_bytes(), out);
                 }
                 Target::Account(a) => {
-                    out.push(1);
-                    put_u128(a.0, out);
+                    codec::put_u8(out, 1);
+                    codec::put_u128(out, a.0);
                 }
             }
         }
         Request::TransferStatus { of } => {
-            out.push(11);
-            put_u128(of.0, out);
+            codec::put_u8(out, 11);
+            codec::put_u128(out, of.0);
         }
         Request::Echo { payload } => {
-            out.push(12);
+            codec::put_u8(out, 12);
             put_bytes(payload, out);
         }
         Request::CloseWindow { window } => {
-            out.push(13);
-            out.extend_from_slice(&window.to_le_bytes());
+            codec::put_u8(out, 13);
+            codec::put_u64(out, *window);
         }
-        Request::ListWindows => out.push(14),
+        Request::ListWindows => codec::put_u8(out, 14),
         Request::WindowReport { window } => {
-            out.push(15);
-            out.extend_from_slice(&window.to_le_bytes());
+            codec::put_u8(out, 15);
+            codec::put_u64(out, *window);
         }
     }
 }
@@ -383,8 +408,8 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
 /// A 64-bit FNV-1a hash of who sent a request and its canonical encoding.
 pub fn fingerprint(who: Identity, request: &Request) -> u64 {
     let mut bytes = Vec::with_capacity(96);
-    bytes.extend_from_slice(&who.participant.0.to_le_bytes());
-    bytes.push(u8::from(who.admin));
+    codec::put_u64(&mut bytes, who.participant.0);
+    codec::put_bool(&mut bytes, who.admin);
     encode_request(request, &mut bytes);
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -393,21 +418,21 @@ pub fn fingerprint(who: Identity, request: &Request) -> u64 {
 
 impl SwitchRecord {
     pub fn encode_batch(now: Timestamp, commands: &[Logged], out: &mut Vec<u8>) {
-        out.push(RECORD_BATCH);
-        out.extend_from_slice(&now.0.to_le_bytes());
-        out.extend_from_slice(&(commands.len() as u32).to_le_bytes());
+        codec::put_u8(out, RECORD_BATCH);
+        codec::put_u64(out, now.0);
+        codec::put_u32(out, commands.len() as u32);
         for c in commands {
-            out.extend_from_slice(&c.id.0.to_le_bytes());
-            out.extend_from_slice(&c.who.participant.0.to_le_bytes());
-            out.push(u8::from(c.who.admin));
-            out.extend_from_slice(&c.fingerprint.to_le_bytes());
+            codec::put_u128(out, c.id.0);
+            codec::put_u64(out, c.who.participant.0);
+            codec::put_bool(out, c.who.admin);
+            codec::put_u64(out, c.fingerprint);
             encode_command(&c.command, out);
         }
     }
 
     pub fn encode_expire(now: Timestamp, out: &mut Vec<u8>) {
-        out.push(RECORD_EXPIRE);
-        out.extend_from_slice(&now.0.to_le_bytes());
+        codec::put_u8(out, RECORD_EXPIRE);
+        codec::put_u64(out, now.0);
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -419,37 +444,15 @@ impl SwitchRecord {
 
     /// Decodes a whole payload; never panics.
     pub fn decode(payload: &[u8]) -> Result<SwitchRecord, JournalError> {
-        let mut r = Reader {
-            buf: payload,
-            at: 0,
-        };
-        let at = r.at;
+        let mut r = Reader::new(payload);
         let record = match r.u8("record type")? {
             RECORD_BATCH => {
                 let now = Timestamp(r.u64("now")?);
-                let count_at = r.at;
-                let count = r.u32("command count")?;
                 // The smallest command (a reversal) takes 50 bytes: bound the allocation.
-                if (count as usize).saturating_mul(50) > payload.len() {
-                    return Err(JournalError::Bad {
-                        offset: count_at,
-                        what: "command count",
-                        value: u128::from(count),
-                    });
-                }
-                let mut commands = Vec::with_capacity(count as usize);
+                let count = r.count_u32("command count", 50)?;
+                let mut commands = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let id = RequestId(r.u128("request id")?);
-                    let participant = ParticipantId(r.u64("participant")?);
-                    let admin = r.bool("admin")?;
-                    let fingerprint = r.u64("fingerprint")?;
-                    let command = decode_command(&mut r)?;
-                    commands.push(Logged {
-                        id,
-                        who: Identity { participant, admin },
-                        fingerprint,
-                        command,
-                    });
+                    commands.push(decode_logged(&mut r)?);
                 }
                 SwitchRecord::Batch { now, commands }
             }
@@ -458,42 +461,50 @@ impl SwitchRecord {
             },
             tag => {
                 return Err(JournalError::Bad {
-                    offset: at,
+                    offset: 0,
                     what: "record type",
                     value: u128::from(tag),
                 });
             }
         };
-        if r.at != payload.len() {
-            return Err(JournalError::Trailing {
-                offset: r.at,
-                extra: payload.len() - r.at,
-            });
-        }
+        r.finish()?;
         Ok(record)
     }
 }
 
+fn decode_logged(r: &mut Reader<'_>) -> Result<Logged, JournalError> {
+    let id = RequestId(r.u128("request id")?);
+    let participant = ParticipantId(r.u64("participant")?);
+    let admin = r.bool("admin")?;
+    let fingerprint = r.u64("fingerprint")?;
+    Ok(Logged {
+        id,
+        who: Identity { participant, admin },
+        fingerprint,
+        command: decode_command(r)?,
+    })
+}
+
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
-    let at = r.at;
+    let at = r.offset();
     Ok(match r.u8("command")? {
         C_CREATE_PARTICIPANT => Command::CreateParticipant(CreateParticipant {
             participant: ParticipantId(r.u64("participant")?),
-            name: r.string("name")?,
+            name: string(r, "name")?,
             roles: r.u8("roles")?,
         }),
         C_CREATE_ACCOUNT => {
             let account = AccountId(r.u128("account")?);
             let owner = ParticipantId(r.u64("owner")?);
-            let currency = r.currency()?;
-            let flags_at = r.at;
+            let currency = currency(r)?;
+            let flags_at = r.offset();
             let bits = r.u16("flags")?;
             let flags = AccountFlags::from_bits(bits).ok_or(JournalError::Bad {
                 offset: flags_at,
                 what: "account flags",
                 value: u128::from(bits),
             })?;
-            let number = r.string("number")?;
+            let number = string(r, "number")?;
             Command::CreateAccount(CreateAccount {
                 account,
                 owner,
@@ -505,18 +516,18 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
         C_FUND => Command::Fund(Fund {
             account: AccountId(r.u128("account")?),
             amount: Amount(r.u64("amount")?),
-            currency: r.currency()?,
+            currency: currency(r)?,
         }),
         C_SET_LIMITS => Command::SetLimits(SetLimits {
             participant: ParticipantId(r.u64("participant")?),
-            currency: r.currency()?,
+            currency: currency(r)?,
             net_debit_cap: Amount(r.u64("net debit cap")?),
         }),
         C_AUTHORIZE => Command::Authorize {
             card: AccountId(r.u128("card account")?),
             merchant: AccountId(r.u128("merchant account")?),
             amount: Amount(r.u64("amount")?),
-            currency: r.currency()?,
+            currency: currency(r)?,
             expires_at: Timestamp(r.u64("expiry")?),
         },
         C_CAPTURE => Command::Capture(Capture {
@@ -530,41 +541,17 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
             card: AccountId(r.u128("card account")?),
             merchant: AccountId(r.u128("merchant account")?),
             amount: Amount(r.u64("amount")?),
-            currency: r.currency()?,
+            currency: currency(r)?,
         },
         C_REFUND => Command::Refund(Refund {
             original: RequestId(r.u128("original")?),
             amount: Amount(r.u64("amount")?),
-            currency: r.currency()?,
+            currency: currency(r)?,
         }),
-        C_CLOSE_WINDOW => {
-            let window = r.u64("window")?;
-            let purchase = r.rate()?;
-            let refund = r.rate()?;
-            let count_at = r.at;
-            let count = r.u32("fee entries")? as usize;
-            if count > FEE_ENTRIES_MAX {
-                return Err(JournalError::Bad {
-                    offset: count_at,
-                    what: "fee entries",
-                    value: count as u128,
-                });
-            }
-            let mut by_issuer = std::collections::BTreeMap::new();
-            for _ in 0..count {
-                let issuer = ParticipantId(r.u64("fee issuer")?);
-                let rates = (r.rate()?, r.rate()?);
-                by_issuer.insert(issuer, rates);
-            }
-            Command::CloseWindow {
-                window,
-                fees: Arc::new(FeeSchedule {
-                    purchase,
-                    refund,
-                    by_issuer,
-                }),
-            }
-        }
+        C_CLOSE_WINDOW => Command::CloseWindow {
+            window: r.u64("window")?,
+            fees: Arc::new(fee_schedule(r)?),
+        },
         tag => {
             return Err(JournalError::Bad {
                 offset: at,
@@ -575,116 +562,67 @@ fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
     })
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
+fn fee_schedule(r: &mut Reader<'_>) -> Result<FeeSchedule, JournalError> {
+    let purchase = rate(r)?;
+    let refund = rate(r)?;
+    let count_at = r.offset();
+    let count = r.u32("fee entries")? as usize;
+    if count > FEE_ENTRIES_MAX {
+        return Err(JournalError::Bad {
+            offset: count_at,
+            what: "fee entries",
+            value: count as u128,
+        });
+    }
+    let mut by_issuer = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let issuer = ParticipantId(r.u64("fee issuer")?);
+        let rates = (rate(r)?, rate(r)?);
+        by_issuer.insert(issuer, rates);
+    }
+    Ok(FeeSchedule {
+        purchase,
+        refund,
+        by_issuer,
+    })
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], JournalError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&end| end <= self.buf.len())
-            .ok_or(JournalError::Truncated {
-                offset: self.at,
-                what,
-            })?;
-        let slice = &self.buf[self.at..end];
-        self.at = end;
-        Ok(slice)
-    }
+fn currency(r: &mut Reader<'_>) -> Result<Currency, JournalError> {
+    let at = r.offset();
+    let numeric = r.u16("currency")?;
+    Currency::from_numeric(numeric).ok_or(JournalError::Bad {
+        offset: at,
+        what: "currency",
+        value: u128::from(numeric),
+    })
+}
 
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], JournalError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N, what)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, JournalError> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, JournalError> {
-        Ok(u16::from_le_bytes(self.array(what)?))
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, JournalError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, JournalError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn u128(&mut self, what: &'static str) -> Result<u128, JournalError> {
-        Ok(u128::from_le_bytes(self.array(what)?))
-    }
-
-    fn bool(&mut self, what: &'static str) -> Result<bool, JournalError> {
-        let at = self.at;
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(JournalError::Bad {
-                offset: at,
-                what,
-                value: u128::from(v),
-            }),
-        }
-    }
-
-    fn currency(&mut self) -> Result<Currency, JournalError> {
-        let at = self.at;
-        let numeric = self.u16("currency")?;
-        Currency::from_numeric(numeric).ok_or(JournalError::Bad {
-            offset: at,
-            what: "currency",
-            value: u128::from(numeric),
-        })
-    }
-
-    fn decimal(&mut self, what: &'static str) -> Result<Decimal, JournalError> {
-        let at = self.at;
-        let bytes: [u8; 16] = self.array(what)?;
-        // Only what `Decimal::serialize` writes: flags with a scale of at most 28 and no
-        // other bits.
-        let flags = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let scale = (flags >> 16) & 0xff;
-        if flags & !0x80ff_0000 != 0 || scale > 28 {
-            return Err(JournalError::Bad {
-                offset: at,
-                what,
-                value: u128::from(flags),
-            });
-        }
-        Ok(Decimal::deserialize(bytes))
-    }
-
-    fn rate(&mut self) -> Result<FeeRate, JournalError> {
-        Ok(FeeRate {
-            percent: self.decimal("fee percent")?,
-            fixed: self.decimal("fee fixed part")?,
-        })
-    }
-
-    fn string(&mut self, what: &'static str) -> Result<String, JournalError> {
-        let len_at = self.at;
-        let len = usize::from(self.u8(what)?);
-        // The writer never writes longer (`put_str`): a longer one is not a record of ours.
-        if len > NAME_LEN_MAX {
-            return Err(JournalError::Bad {
-                offset: len_at,
-                what,
-                value: len as u128,
-            });
-        }
-        let at = self.at;
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| JournalError::Bad {
+fn decimal(r: &mut Reader<'_>, what: &'static str) -> Result<Decimal, JournalError> {
+    let at = r.offset();
+    let bytes: [u8; 16] = r.array(what)?;
+    // Only what `Decimal::serialize` writes: flags with a scale of at most 28 and no other
+    // bits.
+    let flags = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let scale = (flags >> 16) & 0xff;
+    if flags & !0x80ff_0000 != 0 || scale > 28 {
+        return Err(JournalError::Bad {
             offset: at,
             what,
-            value: len as u128,
-        })
+            value: u128::from(flags),
+        });
     }
+    Ok(Decimal::deserialize(bytes))
+}
+
+fn rate(r: &mut Reader<'_>) -> Result<FeeRate, JournalError> {
+    Ok(FeeRate {
+        percent: decimal(r, "fee percent")?,
+        fixed: decimal(r, "fee fixed part")?,
+    })
+}
+
+/// What `put_str` wrote. The writer never writes longer than `NAME_LEN_MAX`: a longer one is
+/// not a record of ours.
+fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, JournalError> {
+    Ok(r.str(what, NAME_LEN_MAX)?.to_owned())
 }

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use ledger::codec::{self, CodecError};
 use ledger::{AccountId, Amount, Balances, Currency, Ledger, ParticipantId, TransferId};
 
 use crate::clearing::{Clearing, Exposure, OpenWindow, Window};
@@ -170,12 +171,12 @@ impl Capture {
             .sum();
         let mut out = Vec::with_capacity(HEADER_LEN + total);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&sequence.to_le_bytes());
-        out.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+        codec::put_u32(&mut out, VERSION);
+        codec::put_u64(&mut out, sequence);
+        codec::put_u32(&mut out, sections.len() as u32);
         for (tag, bytes) in sections {
-            out.extend_from_slice(&tag.to_le_bytes());
-            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            codec::put_u16(&mut out, tag);
+            codec::put_u64(&mut out, bytes.len() as u64);
             out.extend_from_slice(&bytes);
         }
         out
@@ -208,130 +209,144 @@ pub fn restore(
     file_sequence: u64,
     config: RestoreConfig,
 ) -> Result<(Core, u64), SnapshotError> {
-    let mut r = Reader::new(bytes, None);
-    let magic = r.take(8, "magic")?;
-    if magic != MAGIC {
-        return Err(r.bad(0, "not a switch snapshot (bad magic)".into()));
-    }
-    let version = r.u32("version")?;
-    if !(1..=VERSION).contains(&version) {
-        return Err(SnapshotError::Version(version));
-    }
-    let sequence = r.u64("sequence")?;
-    if sequence != file_sequence {
-        return Err(SnapshotError::Sequence {
-            in_payload: sequence,
-            in_file: file_sequence,
-        });
-    }
-    let count_at = r.at;
-    let count = r.u32("section count")?;
-    let mut sections: Vec<(u16, usize, &[u8])> = Vec::new();
-    for _ in 0..count {
-        let at = r.at;
-        let tag = r.u16("section tag")?;
-        let len = r.u64("section length")?;
-        let len = usize::try_from(len)
-            .map_err(|_| r.bad(at, format!("section length {len} is too large")))?;
-        if !section::KNOWN.contains(&tag) {
-            return Err(r.bad(
-                at,
-                format!("unknown section tag {tag} (written by a newer build?)"),
-            ));
-        }
-        if sections.last().is_some_and(|(last, _, _)| *last >= tag) {
-            return Err(r.bad(at, format!("section {tag} out of order or repeated")));
-        }
-        let body_at = r.at;
-        let body = r.take(len, "section body")?;
-        sections.push((tag, body_at, body));
-    }
-    if r.at != bytes.len() {
-        return Err(r.bad(
-            r.at,
-            format!("{} bytes after the last section", bytes.len() - r.at),
-        ));
-    }
-    let missing: Vec<&str> = section::REQUIRED
-        .iter()
-        .filter(|t| !sections.iter().any(|(tag, _, _)| tag == *t))
-        .map(|t| section::name(*t))
-        .collect();
-    if !missing.is_empty() {
-        return Err(r.bad(
-            count_at,
-            format!("sections missing: {}", missing.join(", ")),
-        ));
-    }
-    // A section added later is read with `optional(tag)`, as empty when it is `None`.
-    let optional = |tag: u16| {
-        sections
-            .iter()
-            .find(|(t, _, _)| *t == tag)
-            .map(|(_, at, body)| Reader {
-                buf: body,
-                at: 0,
-                base: *at,
-                section: Some(tag),
-            })
-    };
-    let section = |tag: u16| optional(tag).expect("every required section is present");
-    let ledger_section = section(section::LEDGER);
-    let ledger = Ledger::restore(config.ledger, ledger_section.buf).map_err(|source| {
+    let payload = Payload::read(bytes, file_sequence)?;
+    let ledger_section = payload.required(section::LEDGER);
+    let ledger = Ledger::restore(config.ledger, ledger_section.r.rest()).map_err(|source| {
         SnapshotError::Ledger {
-            offset: ledger_section.base,
+            offset: ledger_section.at(),
             source,
         }
     })?;
     let max = config.core.requests_remembered_max.max(1);
-    let participants = decode_participants(section(section::PARTICIPANTS))?;
-    let limits = decode_limits(section(section::LIMITS))?;
-    let directory = decode_directory(section(section::DIRECTORY))?;
-    let originals = decode_remembered(section(section::ORIGINALS), max, |key, r| {
-        decode_original(key, r, version)
-    })?;
-    // Written before section 10: in sections 6 and 9, in the order they were remembered.
-    let mut early = decode_remembered_keys(section(section::EARLY_REVERSALS), usize::MAX)?;
-    if let Some(r) = optional(section::EARLY_REVERSAL_SENDERS) {
-        decode_senders(r, &mut early)?;
-    }
-    let early_reversals = match optional(section::EARLY_REVERSALS_BY_SENDER) {
-        Some(r) if early.len() > 0 => {
-            return Err(r.bad(
-                0,
-                format!(
-                    "{} early reversals in section 6 as well: they belong here",
-                    early.len()
-                ),
-            ));
-        }
-        Some(r) => decode_early_reversals(r, max)?,
-        None => EarlyReversals::from_ordered(max, early.iter().map(|(id, by)| (*by, id))).map_err(
-            |i| section(section::EARLY_REVERSALS).bad(8 + 16 * i, "an early reversal twice".into()),
-        )?,
-    };
-    let responses = decode_remembered(section(section::RESPONSES), max, decode_response)?;
-    let clearing = match optional(section::CLEARING) {
-        Some(r) => decode_clearing(r, config.core.windows_kept)?,
-        None => Clearing::new(config.core.windows_kept),
-    };
+    let (version, kept) = (payload.version, config.core.windows_kept);
     // A struct literal, not `..`: a field added to `Core` must be added to the snapshot too.
+    // Sections are read in the order they are written.
     let core = Core {
         ledger: Arc::new(ledger),
+        participants: decode_participants(payload.required(section::PARTICIPANTS))?,
+        limits: decode_limits(payload.required(section::LIMITS))?,
+        directory: decode_directory(payload.required(section::DIRECTORY))?,
+        originals: decode_remembered(payload.required(section::ORIGINALS), max, |key, r| {
+            decode_original(key, r, version)
+        })?,
+        early_reversals: restore_early_reversals(&payload, max)?,
+        responses: decode_remembered(payload.required(section::RESPONSES), max, decode_response)?,
+        clearing: match payload.optional(section::CLEARING) {
+            Some(r) => decode_clearing(r, kept)?,
+            None => Clearing::new(kept),
+        },
         config: config.core,
         routes: config.routes,
-        participants,
-        limits,
-        directory,
-        originals,
-        early_reversals,
-        responses,
-        clearing,
         closing: None,
         batches: 0,
         wave: Default::default(),
     };
-    Ok((core, sequence))
+    Ok((core, payload.sequence))
+}
+
+/// A payload's header and its sections, checked: known tags, ascending, each once, the
+/// required ones there, nothing after the last.
+struct Payload<'a> {
+    version: u32,
+    sequence: u64,
+    sections: Vec<(u16, Reader<'a>)>,
+}
+
+impl<'a> Payload<'a> {
+    fn read(bytes: &'a [u8], file_sequence: u64) -> Result<Self, SnapshotError> {
+        let mut r = Reader::new(bytes, None);
+        if r.take(8, "magic")? != MAGIC {
+            return Err(r.bad(0, "not a switch snapshot (bad magic)".into()));
+        }
+        let version = r.u32("version")?;
+        if !(1..=VERSION).contains(&version) {
+            return Err(SnapshotError::Version(version));
+        }
+        let sequence = r.u64("sequence")?;
+        if sequence != file_sequence {
+            return Err(SnapshotError::Sequence {
+                in_payload: sequence,
+                in_file: file_sequence,
+            });
+        }
+        let count_at = r.at();
+        let count = r.u32("section count")?;
+        let mut sections: Vec<(u16, Reader<'a>)> = Vec::new();
+        for _ in 0..count {
+            let at = r.at();
+            let tag = r.u16("section tag")?;
+            let len = r.u64("section length")?;
+            let len = usize::try_from(len)
+                .map_err(|_| r.bad(at, format!("section length {len} is too large")))?;
+            if !section::KNOWN.contains(&tag) {
+                return Err(r.bad(
+                    at,
+                    format!("unknown section tag {tag} (written by a newer build?)"),
+                ));
+            }
+            if sections.last().is_some_and(|(last, _)| *last >= tag) {
+                return Err(r.bad(at, format!("section {tag} out of order or repeated")));
+            }
+            let body = r.r.sub(len, "section body").map_err(|e| r.codec(e))?;
+            sections.push((tag, Reader::section(body, tag)));
+        }
+        if !r.r.is_empty() {
+            let what = format!("{} bytes after the last section", r.r.remaining());
+            return Err(r.bad(r.at(), what));
+        }
+        let missing: Vec<&str> = section::REQUIRED
+            .iter()
+            .filter(|t| !sections.iter().any(|(tag, _)| tag == *t))
+            .map(|t| section::name(*t))
+            .collect();
+        if !missing.is_empty() {
+            let what = format!("sections missing: {}", missing.join(", "));
+            return Err(r.bad(count_at, what));
+        }
+        Ok(Payload {
+            version,
+            sequence,
+            sections,
+        })
+    }
+
+    /// A section added later is read with `optional`, as empty when it is `None`.
+    fn optional(&self, tag: u16) -> Option<Reader<'a>> {
+        self.sections
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn required(&self, tag: u16) -> Reader<'a> {
+        self.optional(tag)
+            .expect("every required section is present")
+    }
+}
+
+/// Early reversals: section 10, or, written before it, sections 6 and 9 (in the order they
+/// were remembered).
+fn restore_early_reversals(
+    payload: &Payload<'_>,
+    max: usize,
+) -> Result<EarlyReversals, SnapshotError> {
+    let keys = payload.required(section::EARLY_REVERSALS);
+    let mut early = decode_remembered_keys(keys.clone(), usize::MAX)?;
+    if let Some(r) = payload.optional(section::EARLY_REVERSAL_SENDERS) {
+        decode_senders(r, &mut early)?;
+    }
+    match payload.optional(section::EARLY_REVERSALS_BY_SENDER) {
+        Some(r) if early.len() > 0 => {
+            let what = format!(
+                "{} early reversals in section 6 as well: they belong here",
+                early.len()
+            );
+            Err(r.bad(r.at(), what))
+        }
+        Some(r) => decode_early_reversals(r, max),
+        None => EarlyReversals::from_ordered(max, early.iter().map(|(id, by)| (*by, id)))
+            .map_err(|i| keys.bad(keys.at() + 8 + 16 * i, "an early reversal twice".into())),
+    }
 }
 
 /// Encodes the core's own state. An exhaustive destructuring: a field added to `Core` must be
@@ -353,26 +368,27 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
         wave: _,
     } = core;
     let mut p = Vec::with_capacity(4 + participants.len() * (10 + NAME_LEN_MAX));
-    p.extend_from_slice(&(participants.len() as u32).to_le_bytes());
+    codec::put_u32(&mut p, participants.len() as u32);
     let mut sorted: Vec<_> = participants.iter().collect();
     sorted.sort_unstable_by_key(|(id, _)| **id);
     for (id, participant) in sorted {
-        p.extend_from_slice(&id.0.to_le_bytes());
-        put_str(&participant.name, &mut p);
-        p.push(participant.roles);
+        codec::put_u64(&mut p, id.0);
+        // Participant names and numbers are checked against this bound before they are kept.
+        codec::put_str(&mut p, &participant.name, NAME_LEN_MAX);
+        codec::put_u8(&mut p, participant.roles);
     }
     let mut l = Vec::with_capacity(8 + limits.len() * 18);
-    l.extend_from_slice(&(limits.len() as u64).to_le_bytes());
+    codec::put_u64(&mut l, limits.len() as u64);
     for ((participant, currency), cap) in limits {
-        l.extend_from_slice(&participant.0.to_le_bytes());
-        l.extend_from_slice(&currency.numeric().to_le_bytes());
-        l.extend_from_slice(&cap.0.to_le_bytes());
+        codec::put_u64(&mut l, participant.0);
+        codec::put_u16(&mut l, currency.numeric());
+        codec::put_u64(&mut l, cap.0);
     }
     let mut d = Vec::with_capacity(8 + directory.len() * 36);
-    d.extend_from_slice(&(directory.len() as u64).to_le_bytes());
+    codec::put_u64(&mut d, directory.len() as u64);
     for (number, account) in directory {
-        put_str(number, &mut d);
-        d.extend_from_slice(&account.0.to_le_bytes());
+        codec::put_str(&mut d, number, NAME_LEN_MAX);
+        codec::put_u128(&mut d, account.0);
     }
     CoreCapture {
         sections: vec![
@@ -398,17 +414,6 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
     }
 }
 
-fn put_str(s: &str, out: &mut Vec<u8>) {
-    // Participant names and numbers are checked against these bounds before they are kept.
-    assert!(
-        s.len() <= NAME_LEN_MAX,
-        "string of {} bytes in state",
-        s.len()
-    );
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// A remembered map: count, the keys in forgetting order (oldest first), then (if the map has
 /// values) every entry, key and value. This writes the entries in forgetting order too, but a
 /// reader takes them in any order; `restore` checks that the two lists agree.
@@ -419,13 +424,13 @@ fn encode_remembered<V>(
 ) -> Vec<u8> {
     let entry_len = if put.is_some() { 16 + value_len } else { 0 };
     let mut out = Vec::with_capacity(8 + m.len() * (16 + entry_len));
-    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    codec::put_u64(&mut out, m.len() as u64);
     for (key, _) in m.iter() {
-        out.extend_from_slice(&key.to_le_bytes());
+        codec::put_u128(&mut out, key);
     }
     if let Some(put) = put {
         for (key, value) in m.iter() {
-            out.extend_from_slice(&key.to_le_bytes());
+            codec::put_u128(&mut out, key);
             put(key, value, &mut out);
         }
     }
@@ -434,13 +439,8 @@ fn encode_remembered<V>(
 
 /// The keys in forgetting order.
 fn decode_order(r: &mut Reader<'_>) -> Result<Order, SnapshotError> {
-    let count_at = r.at;
-    let count = r.u64("count")?;
     // Every key takes 16 bytes: refuse a count the section cannot hold before allocating.
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|c| c.checked_mul(16).is_some_and(|b| b <= r.remaining()))
-        .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
+    let count = r.count64("count", 16)?;
     let mut order = Order::default();
     for _ in 0..count {
         order.push_back(r.u128("key")?);
@@ -460,7 +460,7 @@ fn placed<V>(r: &Reader<'_>, max: usize, order: &Order) -> Result<Remembered<V>,
         let part = m.part(key);
         let key_at = |p: u64| order.get(usize::try_from(p).ok()?).copied();
         if m.parts[part].insert(key, i as u64, 0, key_at).is_err() {
-            return Err(r.bad(8 + 16 * i, format!("key {key} appears twice")));
+            return Err(r.bad(r.start() + 8 + 16 * i, format!("key {key} appears twice")));
         }
     }
     Ok(m)
@@ -489,7 +489,7 @@ fn decode_senders(
     mut r: Reader<'_>,
     m: &mut Remembered<ParticipantId>,
 ) -> Result<(), SnapshotError> {
-    let count_at = r.at;
+    let count_at = r.at();
     let count = r.u64("count")?;
     if count != m.len() as u64 {
         return Err(r.bad(
@@ -498,7 +498,7 @@ fn decode_senders(
         ));
     }
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let key = r.u128("authorization id")?;
         let by = ParticipantId(r.u64("sender")?);
         let Some(slot) = m.get_mut(&key) else {
@@ -513,21 +513,17 @@ fn decode_senders(
 /// and the authorization id u128; by sender ascending, each sender's oldest first.
 fn encode_early_reversals(m: &EarlyReversals) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + m.len() * 24);
-    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    codec::put_u64(&mut out, m.len() as u64);
     for (by, id) in m.ordered() {
-        out.extend_from_slice(&by.0.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
+        codec::put_u64(&mut out, by.0);
+        codec::put_u128(&mut out, id);
     }
     out
 }
 
 fn decode_early_reversals(mut r: Reader<'_>, max: usize) -> Result<EarlyReversals, SnapshotError> {
-    let count_at = r.at;
-    let count = r.u64("count")?;
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|c| c.checked_mul(24).is_some_and(|b| b <= r.remaining()))
-        .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
+    let count_at = r.at();
+    let count = r.count64("count", 24)?;
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
         let by = ParticipantId(r.u64("sender")?);
@@ -550,7 +546,7 @@ fn decode_remembered<V>(
     // waits in its key's place among those still to come: `pushed` is where they start.
     let mut placing: Option<(usize, Vec<Option<V>>)> = None;
     for &next in &order {
-        let at = r.at;
+        let at = r.at();
         let key = r.u128("entry key")?;
         let v = value(key, &mut r)?;
         if placing.is_none() && key == next {
@@ -577,7 +573,7 @@ fn decode_remembered<V>(
         for (&key, v) in order.iter().skip(pushed).zip(values) {
             let Some(v) = v else {
                 return Err(r.bad(
-                    0,
+                    r.start(),
                     format!("the forgetting order names {key}, which has no entry"),
                 ));
             };
@@ -590,16 +586,16 @@ fn decode_remembered<V>(
 const ORIGINAL_LEN: usize = 83;
 
 fn encode_original(_key: u128, o: &Original, out: &mut Vec<u8>) {
-    out.extend_from_slice(&o.fingerprint.to_le_bytes());
-    out.extend_from_slice(&o.acquirer.0.to_le_bytes());
-    out.extend_from_slice(&o.issuer.0.to_le_bytes());
-    out.extend_from_slice(&o.card.0.to_le_bytes());
-    out.extend_from_slice(&o.merchant.0.to_le_bytes());
-    out.extend_from_slice(&o.currency.numeric().to_le_bytes());
-    out.extend_from_slice(&o.amount.0.to_le_bytes());
-    out.extend_from_slice(&o.captured.0.to_le_bytes());
-    out.extend_from_slice(&o.refunded.0.to_le_bytes());
-    out.push(stage_tag(o.stage));
+    codec::put_u64(out, o.fingerprint);
+    codec::put_u64(out, o.acquirer.0);
+    codec::put_u64(out, o.issuer.0);
+    codec::put_u128(out, o.card.0);
+    codec::put_u128(out, o.merchant.0);
+    codec::put_u16(out, o.currency.numeric());
+    codec::put_u64(out, o.amount.0);
+    codec::put_u64(out, o.captured.0);
+    codec::put_u64(out, o.refunded.0);
+    codec::put_u8(out, stage_tag(o.stage));
 }
 
 fn decode_original(
@@ -619,7 +615,7 @@ fn decode_original(
     let merchant = AccountId(r.u128("merchant")?);
     let currency = r.currency()?;
     let amount = Amount(r.u64("amount")?);
-    let at = r.at;
+    let at = r.at();
     let captured = Amount(r.u64("captured")?);
     let refunded = Amount(r.u64("refunded")?);
     // The core subtracts these (refundable = captured - refunded): check the order here.
@@ -678,9 +674,9 @@ fn encode_response(key: u128, kept: &Kept, out: &mut Vec<u8>) {
         r.id.0, key,
         "a remembered response is filed under its own id"
     );
-    out.extend_from_slice(&fingerprint.to_le_bytes());
-    out.push(r.code.as_u8());
-    out.push(r.reason.0);
+    codec::put_u64(out, *fingerprint);
+    codec::put_u8(out, r.code.as_u8());
+    codec::put_u8(out, r.reason.0);
     match &r.body {
         Body::None => out.push(BODY_NONE),
         Body::Transfer {
@@ -688,56 +684,47 @@ fn encode_response(key: u128, kept: &Kept, out: &mut Vec<u8>) {
             amount,
             currency,
         } => {
-            out.push(BODY_TRANSFER);
-            out.extend_from_slice(&transfer.0.to_le_bytes());
-            out.extend_from_slice(&amount.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
+            codec::put_u8(out, BODY_TRANSFER);
+            codec::put_u128(out, transfer.0);
+            codec::put_u64(out, amount.0);
+            codec::put_u16(out, currency.numeric());
         }
         Body::Balance {
             account,
             currency,
             balances,
         } => {
-            out.push(BODY_BALANCE);
-            out.extend_from_slice(&account.0.to_le_bytes());
-            out.extend_from_slice(&currency.numeric().to_le_bytes());
-            for v in [
-                balances.debits_pending,
-                balances.debits_posted,
-                balances.credits_pending,
-                balances.credits_posted,
-            ] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+            codec::put_u8(out, BODY_BALANCE);
+            codec::put_u128(out, account.0);
+            codec::put_u16(out, currency.numeric());
+            balances.put(out);
         }
         Body::Status(s) => {
-            out.push(BODY_STATUS);
-            out.extend_from_slice(&s.transfer.0.to_le_bytes());
-            out.push(stage_tag(s.stage));
-            out.extend_from_slice(&s.currency.numeric().to_le_bytes());
-            out.extend_from_slice(&s.amount.0.to_le_bytes());
-            out.extend_from_slice(&s.captured.0.to_le_bytes());
-            out.extend_from_slice(&s.refunded.0.to_le_bytes());
+            codec::put_u8(out, BODY_STATUS);
+            codec::put_u128(out, s.transfer.0);
+            codec::put_u8(out, stage_tag(s.stage));
+            codec::put_u16(out, s.currency.numeric());
+            codec::put_u64(out, s.amount.0);
+            codec::put_u64(out, s.captured.0);
+            codec::put_u64(out, s.refunded.0);
         }
         Body::Echo(payload) => {
-            assert!(payload.len() <= ECHO_LEN_MAX, "echo payloads are bounded");
-            out.push(BODY_ECHO);
-            out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-            out.extend_from_slice(payload);
+            codec::put_u8(out, BODY_ECHO);
+            codec::put_bytes_u16(out, payload);
         }
         Body::WindowClosed(window) => {
-            out.push(BODY_WINDOW_CLOSED);
-            out.extend_from_slice(&window.to_le_bytes());
+            codec::put_u8(out, BODY_WINDOW_CLOSED);
+            codec::put_u64(out, *window);
         }
         Body::Windows(windows) => {
-            out.push(BODY_WINDOWS);
-            out.extend_from_slice(&(windows.len() as u32).to_le_bytes());
+            codec::put_u8(out, BODY_WINDOWS);
+            codec::put_u32(out, windows.len() as u32);
             for w in windows {
                 encode_window(w, out);
             }
         }
         Body::WindowReport(w) => {
-            out.push(BODY_WINDOW_REPORT);
+            codec::put_u8(out, BODY_WINDOW_REPORT);
             encode_window(w, out);
         }
     }
@@ -746,11 +733,11 @@ fn encode_response(key: u128, kept: &Kept, out: &mut Vec<u8>) {
 fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<Kept, SnapshotError> {
     let id = RequestId(key);
     let fingerprint = r.u64("fingerprint")?;
-    let at = r.at;
+    let at = r.at();
     let code = r.u8("code")?;
     let code = Code::from_u8(code).ok_or_else(|| r.bad(at, format!("unknown code {code}")))?;
     let reason = Reason(r.u8("reason")?);
-    let at = r.at;
+    let at = r.at();
     let body = match r.u8("body")? {
         BODY_NONE => Body::None,
         BODY_TRANSFER => Body::Transfer {
@@ -761,12 +748,7 @@ fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<Kept, SnapshotError>
         BODY_BALANCE => Body::Balance {
             account: AccountId(r.u128("account")?),
             currency: r.currency()?,
-            balances: Balances {
-                debits_pending: r.u128("debits pending")?,
-                debits_posted: r.u128("debits posted")?,
-                credits_pending: r.u128("credits pending")?,
-                credits_posted: r.u128("credits posted")?,
-            },
+            balances: r.balances()?,
         },
         BODY_STATUS => Body::Status(Status {
             transfer: TransferId(r.u128("transfer")?),
@@ -777,8 +759,8 @@ fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<Kept, SnapshotError>
             refunded: Amount(r.u64("refunded")?),
         }),
         BODY_ECHO => {
-            let len = usize::from(r.u16("echo length")?);
-            Body::Echo(r.take(len, "echo payload")?.to_vec())
+            let payload = r.bytes_u16("echo length", "echo payload", ECHO_LEN_MAX)?;
+            Body::Echo(payload.to_vec())
         }
         BODY_WINDOW_CLOSED => Body::WindowClosed(r.u64("window")?),
         BODY_WINDOWS => {
@@ -809,7 +791,7 @@ fn decode_participants(
     let count = r.u32("participant count")?;
     let mut participants = HashMap::default();
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let id = ParticipantId(r.u64("participant")?);
         if !id.is_valid() {
             return Err(r.bad(at, "participant 0".into()));
@@ -833,7 +815,7 @@ fn decode_limits(
     let count = r.u64("limit count")?;
     let mut limits = HashMap::default();
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let participant = ParticipantId(r.u64("participant")?);
         let currency = r.currency()?;
         let cap = Amount(r.u64("net debit cap")?);
@@ -849,17 +831,12 @@ fn decode_limits(
 }
 
 fn decode_directory(mut r: Reader<'_>) -> Result<HashMap<String, AccountId>, SnapshotError> {
-    let count_at = r.at;
-    let count = r.u64("directory count")?;
     // An entry takes at least 18 bytes.
-    let count = usize::try_from(count)
-        .ok()
-        .filter(|c| c.checked_mul(18).is_some_and(|b| b <= r.remaining()))
-        .ok_or_else(|| r.bad(count_at, format!("count {count} does not fit the section")))?;
+    let count = r.count64("directory count", 18)?;
     let mut directory = HashMap::default();
     directory.reserve(count);
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let number = r.string("number", NAME_LEN_MAX)?;
         if !is_valid_number(&number) {
             return Err(r.bad(at, format!("{number:?} is not a card or wallet number")));
@@ -873,140 +850,128 @@ fn decode_directory(mut r: Reader<'_>) -> Result<HashMap<String, AccountId>, Sna
     Ok(directory)
 }
 
-/// Reads a section (or the header), keeping offsets relative to the whole payload.
+/// Reads a section (or the header) with `ledger::codec`, naming the section in its errors;
+/// offsets count from the start of the whole payload.
+#[derive(Clone)]
 struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-    /// Where `buf` starts in the payload.
-    base: usize,
+    r: codec::Reader<'a>,
     section: Option<u16>,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], section: Option<u16>) -> Self {
         Reader {
-            buf,
-            at: 0,
-            base: 0,
+            r: codec::Reader::new(buf),
             section,
         }
     }
 
+    fn section(r: codec::Reader<'a>, tag: u16) -> Self {
+        Reader {
+            r,
+            section: Some(tag),
+        }
+    }
+
+    /// Where the next field starts in the payload.
+    fn at(&self) -> usize {
+        self.r.offset()
+    }
+
+    /// Where the section starts in the payload.
+    fn start(&self) -> usize {
+        self.r.offset() - self.r.position()
+    }
+
+    /// `what` is wrong at payload offset `at`.
     fn bad(&self, at: usize, what: String) -> SnapshotError {
         SnapshotError::Malformed {
-            offset: self.base + at,
+            offset: at,
             section: self.section,
             what,
         }
     }
 
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.at
+    fn codec(&self, e: CodecError) -> SnapshotError {
+        let what = match e {
+            CodecError::Trailing { extra, .. } => {
+                format!("{extra} bytes after the section's content")
+            }
+            e => e.to_string(),
+        };
+        self.bad(e.at(), what)
     }
 
     fn end(&self) -> Result<(), SnapshotError> {
-        if self.at != self.buf.len() {
-            return Err(self.bad(
-                self.at,
-                format!(
-                    "{} bytes after the section's content",
-                    self.buf.len() - self.at
-                ),
-            ));
-        }
-        Ok(())
+        self.r.finish().map_err(|e| self.codec(e))
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], SnapshotError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| self.bad(self.at, format!("ends inside {what}")))?;
-        let slice = &self.buf[self.at..end];
-        self.at = end;
-        Ok(slice)
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SnapshotError> {
+        self.r.take(n, what).map_err(|e| self.codec(e))
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], SnapshotError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N, what)?);
-        Ok(out)
+    fn u8(&mut self, what: &'static str) -> Result<u8, SnapshotError> {
+        self.r.u8(what).map_err(|e| self.codec(e))
     }
 
-    fn u8(&mut self, what: &str) -> Result<u8, SnapshotError> {
-        Ok(self.array::<1>(what)?[0])
+    fn u16(&mut self, what: &'static str) -> Result<u16, SnapshotError> {
+        self.r.u16(what).map_err(|e| self.codec(e))
     }
 
-    fn u16(&mut self, what: &str) -> Result<u16, SnapshotError> {
-        Ok(u16::from_le_bytes(self.array(what)?))
+    fn u32(&mut self, what: &'static str) -> Result<u32, SnapshotError> {
+        self.r.u32(what).map_err(|e| self.codec(e))
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
+    fn u64(&mut self, what: &'static str) -> Result<u64, SnapshotError> {
+        self.r.u64(what).map_err(|e| self.codec(e))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
+    fn u128(&mut self, what: &'static str) -> Result<u128, SnapshotError> {
+        self.r.u128(what).map_err(|e| self.codec(e))
     }
 
-    fn i128(&mut self, what: &str) -> Result<i128, SnapshotError> {
-        Ok(i128::from_le_bytes(self.array(what)?))
+    fn i128(&mut self, what: &'static str) -> Result<i128, SnapshotError> {
+        self.r.i128(what).map_err(|e| self.codec(e))
     }
 
-    fn flag(&mut self, what: &str) -> Result<bool, SnapshotError> {
-        let at = self.at;
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(self.bad(at, format!("{what} {v} is not 0 or 1"))),
-        }
+    /// A u16 length, then that many bytes, at most `max`.
+    fn bytes_u16(
+        &mut self,
+        len_what: &'static str,
+        what: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], SnapshotError> {
+        let bytes = self.r.bytes_u16(len_what, what, max);
+        bytes.map_err(|e| self.codec(e))
+    }
+
+    fn flag(&mut self, what: &'static str) -> Result<bool, SnapshotError> {
+        self.r.bool(what).map_err(|e| self.codec(e))
     }
 
     /// A u32 count of entries of at least `min_len` bytes each, checked against what is left.
-    fn count32(&mut self, what: &str, min_len: usize) -> Result<usize, SnapshotError> {
-        let at = self.at;
-        let count = self.u32(what)? as usize;
-        self.fits(at, what, count, min_len)
+    fn count32(&mut self, what: &'static str, min_len: usize) -> Result<usize, SnapshotError> {
+        self.r.count_u32(what, min_len).map_err(|e| self.codec(e))
     }
 
-    fn count64(&mut self, what: &str, min_len: usize) -> Result<usize, SnapshotError> {
-        let at = self.at;
-        let count = self.u64(what)?;
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        self.fits(at, what, count, min_len)
+    /// `count32` with a u64 count.
+    fn count64(&mut self, what: &'static str, min_len: usize) -> Result<usize, SnapshotError> {
+        self.r.count_u64(what, min_len).map_err(|e| self.codec(e))
     }
 
-    fn fits(
-        &self,
-        at: usize,
-        what: &str,
-        count: usize,
-        min_len: usize,
-    ) -> Result<usize, SnapshotError> {
-        if count
-            .checked_mul(min_len)
-            .is_some_and(|b| b <= self.remaining())
-        {
-            Ok(count)
-        } else {
-            Err(self.bad(at, format!("{what} {count} does not fit the section")))
-        }
-    }
-
-    fn u128(&mut self, what: &str) -> Result<u128, SnapshotError> {
-        Ok(u128::from_le_bytes(self.array(what)?))
+    fn balances(&mut self) -> Result<Balances, SnapshotError> {
+        Balances::read(&mut self.r).map_err(|e| self.codec(e))
     }
 
     fn currency(&mut self) -> Result<Currency, SnapshotError> {
-        let at = self.at;
+        let at = self.at();
         let numeric = self.u16("currency")?;
         Currency::from_numeric(numeric)
             .ok_or_else(|| self.bad(at, format!("unknown currency {numeric}")))
     }
 
     fn stage(&mut self) -> Result<Stage, SnapshotError> {
-        let at = self.at;
+        let at = self.at();
         Ok(match self.u8("stage")? {
             0 => Stage::Held,
             1 => Stage::Captured,
@@ -1017,14 +982,12 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn string(&mut self, what: &str, max: usize) -> Result<String, SnapshotError> {
-        let at = self.at;
-        let len = usize::from(self.u8(what)?);
-        if len > max {
-            return Err(self.bad(at, format!("{what} of {len} bytes, over {max}")));
+    /// What `codec::put_str` wrote, at most `max` bytes.
+    fn string(&mut self, what: &'static str, max: usize) -> Result<String, SnapshotError> {
+        match self.r.str(what, max) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(self.codec(e)),
         }
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.bad(at, format!("{what} is not UTF-8")))
     }
 }
 
@@ -1038,17 +1001,17 @@ const PAIR_LEN: usize = 2 + 8 + 8 + 16 + 8 + 16 + 8;
 const EXPOSURE_LEN: usize = 8 + 2 + 16 + 16;
 
 fn encode_window(w: &Window, out: &mut Vec<u8>) {
-    out.extend_from_slice(&w.id.to_le_bytes());
-    out.push(u8::from(w.open));
-    out.extend_from_slice(&w.opened_at.0.to_le_bytes());
-    out.extend_from_slice(&w.closed_at.0.to_le_bytes());
-    out.extend_from_slice(&w.transfer_count.to_le_bytes());
-    out.push(u8::from(w.reconciled));
-    out.extend_from_slice(&(w.positions.len() as u32).to_le_bytes());
+    codec::put_u64(out, w.id);
+    codec::put_bool(out, w.open);
+    codec::put_u64(out, w.opened_at.0);
+    codec::put_u64(out, w.closed_at.0);
+    codec::put_u64(out, w.transfer_count);
+    codec::put_bool(out, w.reconciled);
+    codec::put_u32(out, w.positions.len() as u32);
     for (participant, currency, net) in &w.positions {
-        out.extend_from_slice(&participant.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
-        out.extend_from_slice(&net.to_le_bytes());
+        codec::put_u64(out, participant.0);
+        codec::put_u16(out, currency.numeric());
+        codec::put_i128(out, *net);
     }
 }
 
@@ -1081,15 +1044,15 @@ fn decode_window(r: &mut Reader<'_>) -> Result<Window, SnapshotError> {
 fn encode_pairs(pairs: &HashMap<PairKey, PairTotals>, out: &mut Vec<u8>) {
     let mut sorted: Vec<_> = pairs.iter().collect();
     sorted.sort_unstable_by_key(|(k, _)| **k);
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    codec::put_u64(out, sorted.len() as u64);
     for (k, t) in sorted {
-        out.extend_from_slice(&k.currency.numeric().to_le_bytes());
-        out.extend_from_slice(&k.acquirer.0.to_le_bytes());
-        out.extend_from_slice(&k.issuer.0.to_le_bytes());
-        out.extend_from_slice(&t.purchases.to_le_bytes());
-        out.extend_from_slice(&t.purchase_count.to_le_bytes());
-        out.extend_from_slice(&t.refunds.to_le_bytes());
-        out.extend_from_slice(&t.refund_count.to_le_bytes());
+        codec::put_u16(out, k.currency.numeric());
+        codec::put_u64(out, k.acquirer.0);
+        codec::put_u64(out, k.issuer.0);
+        codec::put_u128(out, t.purchases);
+        codec::put_u64(out, t.purchase_count);
+        codec::put_u128(out, t.refunds);
+        codec::put_u64(out, t.refund_count);
     }
 }
 
@@ -1098,7 +1061,7 @@ fn decode_pairs(r: &mut Reader<'_>) -> Result<HashMap<PairKey, PairTotals>, Snap
     let mut pairs = HashMap::default();
     pairs.reserve(count);
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let key = PairKey {
             currency: r.currency()?,
             acquirer: ParticipantId(r.u64("acquirer")?),
@@ -1121,21 +1084,21 @@ fn decode_pairs(r: &mut Reader<'_>) -> Result<HashMap<PairKey, PairTotals>, Snap
 /// written are not state: the server takes no snapshot while any is being written.
 fn encode_clearing(c: &Clearing) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&c.open.id.to_le_bytes());
-    out.extend_from_slice(&c.open.opened_at.0.to_le_bytes());
-    out.extend_from_slice(&c.open.transfer_count.to_le_bytes());
+    codec::put_u64(&mut out, c.open.id);
+    codec::put_u64(&mut out, c.open.opened_at.0);
+    codec::put_u64(&mut out, c.open.transfer_count);
     encode_pairs(&c.open.cleared, &mut out);
     encode_pairs(&c.open.moved, &mut out);
     let mut exposure: Vec<_> = c.exposure.iter().collect();
     exposure.sort_unstable_by_key(|(k, _)| **k);
-    out.extend_from_slice(&(exposure.len() as u64).to_le_bytes());
+    codec::put_u64(&mut out, exposure.len() as u64);
     for ((participant, currency), e) in exposure {
-        out.extend_from_slice(&participant.0.to_le_bytes());
-        out.extend_from_slice(&currency.numeric().to_le_bytes());
-        out.extend_from_slice(&e.net.to_le_bytes());
-        out.extend_from_slice(&e.held.to_le_bytes());
+        codec::put_u64(&mut out, participant.0);
+        codec::put_u16(&mut out, currency.numeric());
+        codec::put_i128(&mut out, e.net);
+        codec::put_u128(&mut out, e.held);
     }
-    out.extend_from_slice(&(c.closed.len() as u32).to_le_bytes());
+    codec::put_u32(&mut out, c.closed.len() as u32);
     for w in &c.closed {
         encode_window(w, &mut out);
     }
@@ -1144,7 +1107,7 @@ fn encode_clearing(c: &Clearing) -> Vec<u8> {
 
 fn decode_clearing(mut r: Reader<'_>, kept: usize) -> Result<Clearing, SnapshotError> {
     let mut c = Clearing::new(kept);
-    let at = r.at;
+    let at = r.at();
     let id = r.u64("open window")?;
     if id == 0 {
         return Err(r.bad(at, "open window 0".into()));
@@ -1158,7 +1121,7 @@ fn decode_clearing(mut r: Reader<'_>, kept: usize) -> Result<Clearing, SnapshotE
     };
     let count = r.count64("exposure count", EXPOSURE_LEN)?;
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let key = (ParticipantId(r.u64("participant")?), r.currency()?);
         let e = Exposure {
             net: r.i128("net")?,
@@ -1170,7 +1133,7 @@ fn decode_clearing(mut r: Reader<'_>, kept: usize) -> Result<Clearing, SnapshotE
     }
     let count = r.count32("closed window count", WINDOW_LEN_MIN)?;
     for _ in 0..count {
-        let at = r.at;
+        let at = r.at();
         let w = decode_window(&mut r)?;
         if w.open || w.id >= id || c.closed.back().is_some_and(|last| last.id >= w.id) {
             return Err(r.bad(at, format!("closed window {} out of order", w.id)));

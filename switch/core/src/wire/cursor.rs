@@ -1,15 +1,17 @@
-//! Checked little-endian reads from untrusted bytes, and writes that can record field
-//! boundaries for annotated hex dumps.
+//! Checked little-endian reads from untrusted bytes (`ledger::codec::Reader`, its errors told
+//! as the protocol's), and writes that can record field boundaries for annotated hex dumps.
+
+use ledger::codec::{self, CodecError};
 
 use crate::wire::error::{WireError, WireErrorKind};
 use crate::wire::types::FieldError;
 
 /// Reads one frame. Every read is checked against the end of the frame; nothing indexes.
 pub(crate) struct Reader<'a> {
-    frame: &'a [u8],
-    /// The declared length of the whole frame; `frame` may be only its header.
+    /// Over the frame from the first byte of its length prefix: offsets are the frame's.
+    r: codec::Reader<'a>,
+    /// The declared length of the whole frame; the reader may hold only its header.
     frame_len: usize,
-    pos: usize,
     pub(crate) item: Option<u16>,
     pub(crate) correlation_id: Option<u64>,
 }
@@ -19,20 +21,19 @@ impl<'a> Reader<'a> {
     /// header while the rest has not arrived. `frame_len` is the length its prefix declares.
     pub(crate) fn new(frame: &'a [u8], frame_len: usize) -> Self {
         Self {
-            frame,
+            r: codec::Reader::new(frame),
             frame_len,
-            pos: 0,
             item: None,
             correlation_id: None,
         }
     }
 
     pub(crate) fn pos(&self) -> usize {
-        self.pos
+        self.r.position()
     }
 
     pub(crate) fn remaining(&self) -> usize {
-        self.frame.len().saturating_sub(self.pos)
+        self.r.remaining()
     }
 
     pub(crate) fn error_at(
@@ -51,70 +52,69 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
-        let bytes = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.frame.get(self.pos..end));
-        match bytes {
-            Some(bytes) => {
-                self.pos += n;
-                Ok(bytes)
+    /// The codec's error as the protocol reports it: at the same offset, in the same field.
+    fn wire_error(&self, e: CodecError) -> WireError {
+        let (field, kind) = match e {
+            CodecError::Truncated {
+                what,
+                needed,
+                available,
+                ..
+            } => (what, WireErrorKind::Truncated { needed, available }),
+            CodecError::Invalid { what, value, .. } => {
+                let value = u64::try_from(value).unwrap_or(u64::MAX);
+                (what, FieldError::UnknownValue { value }.into())
             }
-            None => Err(self.error_at(
-                self.pos,
-                field,
-                WireErrorKind::Truncated {
-                    needed: n,
-                    available: self.remaining(),
-                },
-            )),
-        }
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
-        let chunk = self
-            .frame
-            .get(self.pos..)
-            .and_then(|rest| rest.first_chunk::<N>());
-        match chunk {
-            Some(chunk) => {
-                self.pos += N;
-                Ok(*chunk)
+            CodecError::TooLong { what, len, max, .. } => {
+                (what, FieldError::TooLong { len, max }.into())
             }
-            None => Err(self.error_at(
-                self.pos,
-                field,
-                WireErrorKind::Truncated {
-                    needed: N,
-                    available: self.remaining(),
-                },
-            )),
-        }
+            // The reads this reader makes give none of these.
+            CodecError::NotUtf8 { what, .. } => (what, FieldError::InvalidUtf8.into()),
+            CodecError::TooMany {
+                what,
+                count,
+                remaining,
+                ..
+            } => {
+                let len = usize::try_from(count).unwrap_or(usize::MAX);
+                (
+                    what,
+                    FieldError::TooLong {
+                        len,
+                        max: remaining,
+                    }
+                    .into(),
+                )
+            }
+            CodecError::Trailing { extra, .. } => {
+                ("frame", WireErrorKind::TrailingBytes { count: extra })
+            }
+        };
+        self.error_at(e.at(), field, kind)
     }
 
     pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        self.array::<1>(field).map(u8::from_le_bytes)
+        self.r.u8(field).map_err(|e| self.wire_error(e))
     }
 
     pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
-        self.array(field).map(u16::from_le_bytes)
+        self.r.u16(field).map_err(|e| self.wire_error(e))
     }
 
     pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
-        self.array(field).map(u32::from_le_bytes)
+        self.r.u32(field).map_err(|e| self.wire_error(e))
     }
 
     pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
-        self.array(field).map(u64::from_le_bytes)
+        self.r.u64(field).map_err(|e| self.wire_error(e))
     }
 
     pub(crate) fn u128(&mut self, field: &'static str) -> Result<u128, WireError> {
-        self.array(field).map(u128::from_le_bytes)
+        self.r.u128(field).map_err(|e| self.wire_error(e))
     }
 
     pub(crate) fn i128(&mut self, field: &'static str) -> Result<i128, WireError> {
-        self.array(field).map(i128::from_le_bytes)
+        self.r.i128(field).map_err(|e| self.wire_error(e))
     }
 
     /// Reads a value and maps it through `parse`; `None` is an unknown value at its offset.
@@ -123,44 +123,15 @@ impl<'a> Reader<'a> {
         field: &'static str,
         parse: impl FnOnce(u8) -> Option<T>,
     ) -> Result<T, WireError> {
-        let at = self.pos;
-        let value = self.u8(field)?;
-        parse(value).ok_or_else(|| {
-            self.error_at(
-                at,
-                field,
-                WireErrorKind::Field(FieldError::UnknownValue {
-                    value: u64::from(value),
-                }),
-            )
-        })
+        self.r
+            .enumerated(field, parse)
+            .map_err(|e| self.wire_error(e))
     }
 
-    /// Reads `len` bytes of a bounded field and converts them with `make`, reporting a
-    /// conversion failure at the field's first byte. The bound is checked before the bytes
-    /// are taken, so a length past the bound is reported as such even at the end of a frame.
-    pub(crate) fn bounded<T>(
-        &mut self,
-        len_field: &'static str,
-        len_at: usize,
-        len: usize,
-        max: usize,
-        field: &'static str,
-        make: impl FnOnce(&'a [u8]) -> Result<T, FieldError>,
-    ) -> Result<T, WireError> {
-        if len > max {
-            return Err(self.error_at(
-                len_at,
-                len_field,
-                WireErrorKind::Field(FieldError::TooLong { len, max }),
-            ));
-        }
-        let at = self.pos;
-        let bytes = self.take(len, field)?;
-        make(bytes).map_err(|error| self.error_at(at, field, WireErrorKind::Field(error)))
-    }
-
-    /// A u8 length followed by that many bytes, at most `max`.
+    /// A u8 length followed by that many bytes, at most `max`, converted with `make`. The
+    /// bound is checked before the bytes are taken, so a length past the bound is reported as
+    /// such even at the end of a frame; a conversion failure is reported at the field's first
+    /// byte.
     pub(crate) fn bytes_u8<T>(
         &mut self,
         len_field: &'static str,
@@ -168,12 +139,11 @@ impl<'a> Reader<'a> {
         max: usize,
         make: impl FnOnce(&'a [u8]) -> Result<T, FieldError>,
     ) -> Result<T, WireError> {
-        let len_at = self.pos;
-        let len = usize::from(self.u8(len_field)?);
-        self.bounded(len_field, len_at, len, max, field, make)
+        let bytes = self.r.bytes_u8(len_field, field, max);
+        self.make(bytes, field, make)
     }
 
-    /// A u16 length followed by that many bytes, at most `max`.
+    /// A u16 length followed by that many bytes, at most `max`, as `bytes_u8` reads them.
     pub(crate) fn bytes_u16<T>(
         &mut self,
         len_field: &'static str,
@@ -181,9 +151,19 @@ impl<'a> Reader<'a> {
         max: usize,
         make: impl FnOnce(&'a [u8]) -> Result<T, FieldError>,
     ) -> Result<T, WireError> {
-        let len_at = self.pos;
-        let len = usize::from(self.u16(len_field)?);
-        self.bounded(len_field, len_at, len, max, field, make)
+        let bytes = self.r.bytes_u16(len_field, field, max);
+        self.make(bytes, field, make)
+    }
+
+    fn make<T>(
+        &self,
+        bytes: Result<&'a [u8], CodecError>,
+        field: &'static str,
+        make: impl FnOnce(&'a [u8]) -> Result<T, FieldError>,
+    ) -> Result<T, WireError> {
+        let bytes = bytes.map_err(|e| self.wire_error(e))?;
+        let at = self.r.offset() - bytes.len();
+        make(bytes).map_err(|error| self.error_at(at, field, WireErrorKind::Field(error)))
     }
 }
 
