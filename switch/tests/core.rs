@@ -9,8 +9,8 @@ use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, Particip
 use proptest::prelude::*;
 use switch::codes::{Code, Reason};
 use switch::core::{
-    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request,
-    RequestId, Reverse, Stage, Target,
+    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, PaymentState,
+    Refund, Request, RequestId, Reverse, Target,
 };
 use switch::journal::SwitchRecord;
 use switch::routing::{Route, RouteTable};
@@ -796,7 +796,7 @@ fn holds_expire_on_the_tick_and_status_says_so() {
         NOW,
     );
     match &status[0].body {
-        Body::Status(s) => assert_eq!(s.stage, Stage::Expired),
+        Body::Status(s) => assert_eq!(s.state, PaymentState::Expired),
         other => panic!("{other:?}"),
     }
     let capture = Request::Capture(Capture {
@@ -1224,16 +1224,16 @@ proptest! {
         let batches = batches.into_iter().map(|b| {
             b.into_iter().filter(|a| !matches!(a, Action::Repeat { .. })).collect::<Vec<_>>()
         });
-        // What each approved payment is, as its answers say: (stage, amount, captured,
+        // What each approved payment is, as its answers say: (state, amount, captured,
         // refunded), and the expiry of a live hold.
-        let mut payments: HashMap<RequestId, (Stage, u64, u64, u64)> = HashMap::new();
+        let mut payments: HashMap<RequestId, (PaymentState, u64, u64, u64)> = HashMap::new();
         let mut expiries: HashMap<RequestId, Timestamp> = HashMap::new();
         for batch in batches {
             let items = script.items(batch, || h.id(), &mut now);
             h.expire(now);
             expiries.retain(|id, at| {
                 if *at <= now {
-                    payments.get_mut(id).expect("a hold").0 = Stage::Expired;
+                    payments.get_mut(id).expect("a hold").0 = PaymentState::Expired;
                 }
                 *at > now
             });
@@ -1245,20 +1245,20 @@ proptest! {
                 script.sent.push(item.clone());
                 match &item.request {
                     Request::Authorize { amount, expiry_seconds, .. } => {
-                        payments.insert(item.id, (Stage::Held, amount.0, 0, 0));
+                        payments.insert(item.id, (PaymentState::Held, amount.0, 0, 0));
                         expiries.insert(item.id, Timestamp(now.0 + u64::from(*expiry_seconds) * 1_000_000_000));
                     }
                     Request::Capture(Capture { authorization, .. }) => {
                         let Body::Transfer { amount, .. } = response.body else { panic!("capture body") };
                         let p = payments.get_mut(authorization).expect("capture of a hold");
-                        (p.0, p.2) = (Stage::Captured, amount.0);
+                        (p.0, p.2) = (PaymentState::Captured, amount.0);
                         expiries.remove(authorization);
                     }
                     Request::Reverse(Reverse { authorization }) if expiries.remove(authorization).is_some() => {
-                        payments.get_mut(authorization).expect("a hold").0 = Stage::Reversed;
+                        payments.get_mut(authorization).expect("a hold").0 = PaymentState::Reversed;
                     }
                     Request::Sale { amount, .. } => {
-                        payments.insert(item.id, (Stage::Sold, amount.0, 0, 0));
+                        payments.insert(item.id, (PaymentState::Sold, amount.0, 0, 0));
                     }
                     Request::Refund(Refund { original, amount, .. }) => {
                         payments.get_mut(original).expect("refund of a payment").3 += amount.0;
@@ -1268,7 +1268,7 @@ proptest! {
             }
         }
         let mut found = 0;
-        for (&of, &(stage, amount, captured, refunded)) in &payments {
+        for (&of, &(state, amount, captured, refunded)) in &payments {
             let id = h.id();
             let status = h.run(vec![Item { id, who: ADMIN, request: Request::TransferStatus { of } }], now);
             prop_assert_eq!(status[0].code, Code::Approved);
@@ -1277,8 +1277,8 @@ proptest! {
                 Body::Status(s) => {
                     found += 1;
                     prop_assert_eq!(
-                        (s.stage, s.amount.0, s.captured.0, s.refunded.0),
-                        (stage, amount, captured, refunded),
+                        (s.state, s.amount.0, s.captured.0, s.refunded.0),
+                        (state, amount, captured, refunded),
                         "status of {:?}", of
                     );
                 }
@@ -1611,7 +1611,7 @@ fn every_operations_own_id_reads_as_what_it_made() {
             .remove(0)
             .body
         {
-            Body::Status(s) => Some((s.stage, s.amount.0, s.captured.0, s.refunded.0)),
+            Body::Status(s) => Some((s.state, s.amount.0, s.captured.0, s.refunded.0)),
             Body::None => None,
             other => panic!("{other:?}"),
         }
@@ -1658,12 +1658,12 @@ fn every_operations_own_id_reads_as_what_it_made() {
     );
     // The case: the acquirer reads its capture, posted 60.
     for (of, who, want) in [
-        (auth, ACQUIRER, (Stage::Captured, 100, 60, 25)),
-        (capture, ACQUIRER, (Stage::Sold, 60, 0, 0)),
-        (refund, ACQUIRER, (Stage::Sold, 25, 0, 0)),
-        (held, ACQUIRER, (Stage::Reversed, 70, 0, 0)),
-        (reverse, ACQUIRER, (Stage::Reversed, 70, 0, 0)),
-        (fund, ADMIN, (Stage::Sold, 40, 0, 0)),
+        (auth, ACQUIRER, (PaymentState::Captured, 100, 60, 25)),
+        (capture, ACQUIRER, (PaymentState::Sold, 60, 0, 0)),
+        (refund, ACQUIRER, (PaymentState::Sold, 25, 0, 0)),
+        (held, ACQUIRER, (PaymentState::Reversed, 70, 0, 0)),
+        (reverse, ACQUIRER, (PaymentState::Reversed, 70, 0, 0)),
+        (fund, ADMIN, (PaymentState::Sold, 40, 0, 0)),
     ] {
         assert_eq!(read(&mut h, who, of), Some(want), "{of:?}");
         assert_eq!(read(&mut h, ADMIN, of), Some(want), "{of:?} for the admin");
@@ -1692,7 +1692,7 @@ fn a_read_only_operation_may_reuse_a_request_id() {
         NOW,
     );
     assert!(
-        matches!(&status[0].body, Body::Status(s) if s.stage == Stage::Held),
+        matches!(&status[0].body, Body::Status(s) if s.state == PaymentState::Held),
         "{status:?}"
     );
     assert_eq!(
@@ -1836,7 +1836,7 @@ fn a_hold_past_its_deadline_is_expired_for_a_capture_before_the_pass_releases_it
         Code::Approved
     );
     let due = Timestamp(NOW.0 + 60_000_000_000);
-    let stage = |h: &mut Harness| {
+    let state = |h: &mut Harness| {
         let id = h.id();
         match h
             .run(
@@ -1850,7 +1850,7 @@ fn a_hold_past_its_deadline_is_expired_for_a_capture_before_the_pass_releases_it
             .remove(0)
             .body
         {
-            Body::Status(s) => s.stage,
+            Body::Status(s) => s.state,
             other => panic!("{other:?}"),
         }
     };
@@ -1862,10 +1862,10 @@ fn a_hold_past_its_deadline_is_expired_for_a_capture_before_the_pass_releases_it
         h.one(ACQUIRER, capture.clone(), due),
         (Code::InvalidTransaction, Reason::AUTHORIZATION_EXPIRED)
     );
-    assert_eq!(stage(&mut h), Stage::Held);
+    assert_eq!(state(&mut h), PaymentState::Held);
     assert_eq!(h.balance(card(1)).debits_pending, 40);
     h.expire(due);
-    assert_eq!(stage(&mut h), Stage::Expired);
+    assert_eq!(state(&mut h), PaymentState::Expired);
     assert_eq!(h.balance(card(1)).debits_pending, 0);
     assert_eq!(
         h.one(ACQUIRER, capture, due),

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use ledger::{AccountFlags, AccountId, Amount, Config, Currency, Ledger, ParticipantId, Timestamp};
 use switch::codes::Code;
-use switch::core::snapshot::{Capture, RestoreConfig};
+use switch::core::snapshot::{Image, RestoreConfig};
 use switch::core::{
-    Capture as CaptureRequest, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item,
-    Refund, Request, RequestId, Response, Reverse,
+    Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request,
+    RequestId, Response, Reverse,
 };
 use switch::routing::{Route, RouteTable};
 use switch::tls::Identity;
@@ -165,7 +165,7 @@ fn workload() -> Vec<Vec<Item>> {
         item(
             110,
             ACQUIRER,
-            Request::Capture(CaptureRequest {
+            Request::Capture(Capture {
                 authorization: RequestId(100),
                 amount: Amount(400),
             }),
@@ -205,7 +205,7 @@ fn run(core: &mut Core) -> Vec<(Item, Response)> {
 fn write_fixture() {
     let mut core = fresh();
     run(&mut core);
-    let bytes = Capture::take(&core, SEQUENCE).encode();
+    let bytes = Image::take(&core, SEQUENCE).encode();
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
         .expect("fixtures directory");
     std::fs::write(FIXTURE, bytes).expect("write the fixture");
@@ -244,7 +244,7 @@ fn a_version_1_snapshot_restores_and_answers_as_before() {
         Item {
             id: RequestId(120),
             who: ACQUIRER,
-            request: Request::Capture(CaptureRequest {
+            request: Request::Capture(Capture {
                 authorization: RequestId(102),
                 amount: Amount(900),
             }),
@@ -282,7 +282,7 @@ fn a_version_1_snapshot_restores_and_answers_as_before() {
     assert_eq!(restored.ledger().digest(), live.ledger().digest());
 
     // Written again (version 2 now), it restores to the same answers.
-    let bytes = Capture::take(&restored, SEQUENCE + 1).encode();
+    let bytes = Image::take(&restored, SEQUENCE + 1).encode();
     let (mut again, _) =
         Core::restore(&bytes, SEQUENCE + 1, RestoreConfig::like(&fresh())).expect("restores");
     for (item, answer) in &answered {
@@ -332,7 +332,7 @@ fn write_senders_fixture() {
     run(&mut core);
     let (reversals, _) = early_reversals();
     core.execute(reversals, NOW);
-    let bytes = Capture::take(&core, SEQUENCE).encode();
+    let bytes = Image::take(&core, SEQUENCE).encode();
     std::fs::write(SENDERS_FIXTURE, bytes).expect("write the fixture");
 }
 

@@ -2,7 +2,7 @@
 //! `--requests` remembered requests (two authorizations, then a capture of the first, over and
 //! over, on 1,000 funded cards), then:
 //!
-//! - the pause: `Capture::take` on the thread that owns the core (ledger copy + core encoding),
+//! - the pause: `Image::take` on the thread that owns the core (ledger copy + core encoding),
 //! - encode (off that thread) and a durable write to a temporary directory,
 //! - recovery from the snapshot (read, verify, restore) against recovery by replaying the
 //!   whole log in memory (the switch's recovery before snapshots).
@@ -14,7 +14,7 @@ use clap::Parser;
 use ledger::snapshot_file;
 use ledger::storage::FileStorage;
 use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
-use switch::core::snapshot::{Capture, RestoreConfig};
+use switch::core::snapshot::{Image, RestoreConfig};
 use switch::core::{
     Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Request, RequestId,
 };
@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
     let core_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(core_capture);
     let started = Instant::now();
-    let capture = Capture::take(&core, records);
+    let capture = Image::take(&core, records);
     let pause_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = Instant::now();
     let payload = capture.encode();

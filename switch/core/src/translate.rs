@@ -5,8 +5,8 @@ use ledger::{AccountFlags, AccountId, Amount, Currency, ParticipantId, TransferI
 
 use crate::codes::{Code, Reason};
 use crate::core::{
-    self, Body, Capture, CreateAccount, CreateParticipant, Fund, Refund, Request, RequestId,
-    Reverse, SetLimits, Stage, Target,
+    self, Body, Capture, CreateAccount, CreateParticipant, Fund, PaymentState, Refund, Request,
+    RequestId, Reverse, SetLimits, Target,
 };
 use crate::wire;
 
@@ -234,12 +234,12 @@ pub fn response(op: wire::Op, r: &core::Response) -> wire::Response {
         }
         (Body::Status(s), wire::ResponseBody::TransferStatus(w)) => {
             *w = wire::Status {
-                state: match s.stage {
-                    Stage::Held => wire::TransferState::Pending,
-                    Stage::Captured => wire::TransferState::Captured,
-                    Stage::Reversed => wire::TransferState::Reversed,
-                    Stage::Expired => wire::TransferState::Expired,
-                    Stage::Sold => wire::TransferState::Posted,
+                state: match s.state {
+                    PaymentState::Held => wire::TransferState::Pending,
+                    PaymentState::Captured => wire::TransferState::Captured,
+                    PaymentState::Reversed => wire::TransferState::Reversed,
+                    PaymentState::Expired => wire::TransferState::Expired,
+                    PaymentState::Sold => wire::TransferState::Posted,
                 },
                 currency: wire::Currency(s.currency.numeric()),
                 transfer: wire::TransferId(s.transfer.0),

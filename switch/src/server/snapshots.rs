@@ -11,7 +11,7 @@
 //!   loads the newest snapshot (or the state the log starts from) and replays the log after
 //!   it, up to the last record durable when the snapshot was due (`wal::read_through`, which
 //!   reads while the writer appends). The ledger stage does not pause at all.
-//! - `capture`: the stage thread copies its state (`core::snapshot::Capture::take`), a pause
+//! - `capture`: the stage thread copies its state (`core::snapshot::Image::take`), a pause
 //!   that grows with what is remembered, and the background thread encodes and writes it.
 //!
 //! The snapshot at a clean shutdown is always captured: nothing is waiting then.
@@ -30,7 +30,7 @@ use ledger::wal;
 
 use crate::config::{Config, SnapshotMethod};
 use crate::core::Core;
-use crate::core::snapshot::{Capture, RestoreConfig};
+use crate::core::snapshot::{Image, RestoreConfig};
 use crate::server::stage::replay_record;
 
 /// Bytes a log record takes on disk besides its payload (the record header).
@@ -256,7 +256,7 @@ impl Snapshots {
     /// start there when no snapshot covers the log yet). Call before recovery.
     pub fn starting_from(&mut self, initial: &Core) {
         self.builds = Some(Builds {
-            initial: Arc::new(Capture::take(initial, 0).encode()),
+            initial: Arc::new(Image::take(initial, 0).encode()),
             restore: RestoreConfig::like(initial),
             replay: self.replay.clone(),
         });
@@ -380,7 +380,7 @@ impl Snapshots {
                     .spawn(move || build(builds, sequence, &storage, &prune, keep, &cancel))
             }
             _ => {
-                let capture = Capture::take(core, sequence);
+                let capture = Image::take(core, sequence);
                 tracing::info!(
                     sequence,
                     pause_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -418,7 +418,7 @@ impl Snapshots {
         if !self.on_shutdown || self.appended <= self.covered {
             return;
         }
-        let capture = Capture::take(core, self.appended);
+        let capture = Image::take(core, self.appended);
         match write(capture, &self.storage, &self.prune, self.keep) {
             Ok(w) => {
                 self.covered = w.sequence;
@@ -557,7 +557,7 @@ fn build(
         .with_context(|| format!("replaying the log after {base} up to sequence {through}"))?;
     let replay_ms = started.elapsed().as_millis() as u64;
     go_on()?;
-    let capture = Capture::take(&core, through);
+    let capture = Image::take(&core, through);
     drop(core);
     go_on()?;
     let mut written = write(capture, storage, prune, keep)?;
@@ -573,7 +573,7 @@ fn build(
 /// Encodes and writes a snapshot durably, then removes the log segments that every kept
 /// snapshot covers (only now: until the snapshot is durable, the log is the only copy).
 fn write(
-    capture: Capture,
+    capture: Image,
     storage: &FileStorage,
     prune: &Prune,
     keep: usize,

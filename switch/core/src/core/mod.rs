@@ -744,11 +744,11 @@ impl Core {
 impl Core {
     /// The core's own state (the ledger's is `Ledger::capture`), encoded for a snapshot. Call
     /// it between batches: the state must be exactly what the log holds.
-    pub fn capture(&self) -> snapshot::CoreCapture {
+    pub fn capture(&self) -> snapshot::CoreImage {
         snapshot::capture(self)
     }
 
-    /// Rebuilds a core, its ledger included, from a snapshot payload (`snapshot::Capture`);
+    /// Rebuilds a core, its ledger included, from a snapshot payload (`snapshot::Image`);
     /// returns it with the last log sequence the snapshot covers, which must equal
     /// `file_sequence`.
     pub fn restore(

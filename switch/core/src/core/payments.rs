@@ -10,8 +10,8 @@ use ledger::clearing::Kind;
 use ledger::{AccountId, Amount, Currency, Timestamp, TransferId, TransferRecord, TransferState};
 
 use super::{
-    Body, Capture, Core, Finish, Original, Plan, ROLE_ACQUIRER, Refund, RequestId, Response,
-    Reverse, Stage, transfer,
+    Body, Capture, Core, Finish, Original, PaymentState, Plan, ROLE_ACQUIRER, Refund, RequestId,
+    Response, Reverse, transfer,
 };
 use crate::codes::{Code, Reason};
 use crate::identity::Identity;
@@ -96,7 +96,7 @@ impl Core {
         let kind = ledger::TransferKind::Single;
         let op = transfer(id, p.card, p.merchant, p.amount, p.currency, kind);
         let sold = Original {
-            stage: Stage::Sold,
+            state: PaymentState::Sold,
             captured: p.amount,
             ..original
         };
@@ -111,12 +111,12 @@ impl Core {
     ) -> Result<Plan, Response> {
         let original = self.original_of(id, who, c.authorization)?;
         let refuse = |reason| Err(Response::new(id, Code::InvalidTransaction, reason));
-        match original.stage {
-            Stage::Held => {}
-            Stage::Captured => return refuse(Reason::AUTHORIZATION_CAPTURED),
-            Stage::Sold => return refuse(Reason::NONE),
-            Stage::Reversed => return refuse(Reason::AUTHORIZATION_REVERSED),
-            Stage::Expired => return refuse(Reason::AUTHORIZATION_EXPIRED),
+        match original.state {
+            PaymentState::Held => {}
+            PaymentState::Captured => return refuse(Reason::AUTHORIZATION_CAPTURED),
+            PaymentState::Sold => return refuse(Reason::NONE),
+            PaymentState::Reversed => return refuse(Reason::AUTHORIZATION_REVERSED),
+            PaymentState::Expired => return refuse(Reason::AUTHORIZATION_EXPIRED),
         }
         let kind = ledger::TransferKind::Post {
             pending_id: TransferId(c.authorization.0),
@@ -143,13 +143,13 @@ impl Core {
         if original.acquirer != who.participant {
             return Err(Response::new(id, Code::NotPermitted, Reason::NOT_OWNER));
         }
-        match original.stage {
-            Stage::Held => {}
+        match original.state {
+            PaymentState::Held => {}
             // The hold is already gone: what the reversal asks for is true.
-            Stage::Reversed | Stage::Expired => {
+            PaymentState::Reversed | PaymentState::Expired => {
                 return Plan::answer(Response::approved(id, Body::None));
             }
-            Stage::Captured | Stage::Sold => {
+            PaymentState::Captured | PaymentState::Sold => {
                 return Err(Response::new(
                     id,
                     Code::InvalidTransaction,
@@ -210,7 +210,7 @@ impl Core {
     ) -> Result<Plan, Response> {
         let original = self.original_of(id, who, r.original)?;
         let refuse = |code, reason| Err(Response::new(id, code, reason));
-        if !matches!(original.stage, Stage::Captured | Stage::Sold) {
+        if !matches!(original.state, PaymentState::Captured | PaymentState::Sold) {
             return refuse(Code::InvalidTransaction, Reason::AUTHORIZATION_NOT_FOUND);
         }
         if r.currency != original.currency {
@@ -277,7 +277,7 @@ impl Core {
             amount: p.amount,
             captured: Amount::ZERO,
             refunded: Amount::ZERO,
-            stage: Stage::Held,
+            state: PaymentState::Held,
         })
     }
 
@@ -314,7 +314,7 @@ impl Core {
             ..original
         };
         self.originals
-            .insert(id.0, original, |o| o.stage == Stage::Held);
+            .insert(id.0, original, |o| o.state == PaymentState::Held);
         Response::moved(id, original.amount, original.currency)
     }
 
@@ -328,7 +328,8 @@ impl Core {
             fingerprint,
             ..original
         };
-        self.originals.insert(id.0, o, |o| o.stage == Stage::Held);
+        self.originals
+            .insert(id.0, o, |o| o.state == PaymentState::Held);
         self.clearing.release(o.issuer, o.currency, o.amount.0);
         self.clearing
             .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, o.amount.0);
@@ -346,7 +347,7 @@ impl Core {
             .originals
             .get_mut(&authorization.0)
             .expect("a live hold's authorization is never forgotten");
-        o.stage = Stage::Captured;
+        o.state = PaymentState::Captured;
         o.captured = amount;
         let o = *o;
         self.clearing.release(o.issuer, o.currency, o.amount.0);
@@ -361,7 +362,7 @@ impl Core {
             .originals
             .get_mut(&authorization.0)
             .expect("a live hold's authorization is never forgotten");
-        o.stage = Stage::Reversed;
+        o.state = PaymentState::Reversed;
         let (amount, currency, issuer) = (o.amount, o.currency, o.issuer);
         self.clearing.release(issuer, currency, amount.0);
         Response::moved(id, amount, currency)
@@ -428,12 +429,12 @@ impl Core {
         let expired = self.ledger.expire(now);
         for e in &expired {
             if let Some(original) = self.originals.get_mut(&e.id.0) {
-                if original.stage == Stage::Held {
+                if original.state == PaymentState::Held {
                     let (issuer, currency, amount) =
                         (original.issuer, original.currency, original.amount);
                     self.clearing.release(issuer, currency, amount.0);
                 }
-                original.stage = Stage::Expired;
+                original.state = PaymentState::Expired;
             }
         }
         expired.len()

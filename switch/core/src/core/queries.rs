@@ -3,8 +3,8 @@
 use ledger::{Account, Amount, TransferId, TransferKind, TransferState};
 
 use super::{
-    Batch, Body, Core, KeptBody, Original, Request, RequestId, Response, Stage, Status, Target,
-    WINDOWS_LISTED_MAX, is_system_account,
+    Batch, Body, Core, KeptBody, Original, PaymentState, Request, RequestId, Response, Status,
+    Target, WINDOWS_LISTED_MAX, is_system_account,
 };
 use crate::clearing::Window;
 use crate::codes::{Code, Reason};
@@ -146,12 +146,12 @@ impl Core {
         }
         Some(Status {
             transfer: TransferId(of.0),
-            stage: o.stage,
+            state: o.state,
             currency: o.currency,
             amount: o.amount,
             // A sale keeps its amount as `captured` (what refunds may take back), but the
             // protocol reports captures of authorizations only.
-            captured: if o.stage == Stage::Sold {
+            captured: if o.state == PaymentState::Sold {
                 Amount::ZERO
             } else {
                 o.captured
@@ -178,20 +178,20 @@ impl Core {
         let owner = |account| self.ledger.account(account).map(|a| a.owner);
         // Who sent it, from the accounts: a capture or a reversal credits, and a refund debits,
         // the merchant, and only its acquirer may send them; only the admin funds.
-        let (sender, stage) = match (record.event.kind, record.state) {
+        let (sender, state) = match (record.event.kind, record.state) {
             (TransferKind::Post { .. }, TransferState::Posted) => {
-                (owner(record.credit_account_id), Stage::Sold)
+                (owner(record.credit_account_id), PaymentState::Sold)
             }
             (TransferKind::Void { .. }, TransferState::Voided) => {
-                (owner(record.credit_account_id), Stage::Reversed)
+                (owner(record.credit_account_id), PaymentState::Reversed)
             }
             (TransferKind::Single, TransferState::Posted)
                 if is_system_account(record.debit_account_id) =>
             {
-                (None, Stage::Sold)
+                (None, PaymentState::Sold)
             }
             (TransferKind::Single, TransferState::Posted) => {
-                (owner(record.debit_account_id), Stage::Sold)
+                (owner(record.debit_account_id), PaymentState::Sold)
             }
             _ => return None,
         };
@@ -200,7 +200,7 @@ impl Core {
         }
         Some(Status {
             transfer: TransferId(of.0),
-            stage,
+            state,
             currency,
             amount,
             captured: Amount::ZERO,

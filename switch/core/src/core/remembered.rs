@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use ledger::position_index::PositionIndex;
 use ledger::{AccountId, Amount, Currency, ParticipantId, TransferId};
 
-use super::{Body, Core, Original, RequestId, Response, Stage};
+use super::{Body, Core, Original, PaymentState, RequestId, Response};
 use crate::codes::{Code, Reason};
 
 /// A remembered response, kept small: the stage remembers one per request, millions of them,
@@ -426,7 +426,7 @@ impl Core {
             amount: Amount(0),
             captured: Amount(0),
             refunded: Amount(0),
-            stage: Stage::Held,
+            state: PaymentState::Held,
         };
         // Fillers not all zeros, or the compiler may turn filling a fresh allocation into
         // `calloc`, which leaves the pages untouched (`Chunked::preallocate`).
@@ -507,7 +507,7 @@ mod kept_tests {
             Body::WindowClosed(9),
             Body::Status(Status {
                 transfer: TransferId(5),
-                stage: Stage::Captured,
+                state: PaymentState::Captured,
                 currency: Currency::from_numeric(392).expect("JPY"),
                 amount: Amount(10),
                 captured: Amount(7),

@@ -5,10 +5,10 @@
 //! reversals and responses in their forgetting order), in tagged, length-prefixed sections, with
 //! the last log sequence it covers. Layout: `docs/WAL-FORMAT.md`, "Switch snapshot payload".
 //!
-//! `Capture::take` runs on the ledger stage between batches, so the state it sees is exactly
+//! `Image::take` runs on the ledger stage between batches, so the state it sees is exactly
 //! the log up to `sequence`. It copies the ledger (`Ledger::capture`: a memcpy of each shard)
 //! and encodes the core's maps straight into pre-sized buffers: one sequential pass over each
-//! map, which costs about what copying it would. `Capture::encode` (the ledger's part, the
+//! map, which costs about what copying it would. `Image::encode` (the ledger's part, the
 //! slow one) runs afterwards on another thread. `restore` checks everything it reads, never
 //! panics, and names the section and payload offset of what it refuses.
 
@@ -22,7 +22,7 @@ use ledger::clearing::{PairKey, PairTotals};
 
 use super::{
     Body, Core, CoreConfig, EarlyReversals, HashMap, Kept, Order, Original, Participant,
-    REMEMBERED_PARTS, Remembered, RequestId, Response, Stage, Status,
+    PaymentState, REMEMBERED_PARTS, Remembered, RequestId, Response, Status,
 };
 use crate::codes::{Code, Reason};
 use crate::journal::NAME_LEN_MAX;
@@ -125,22 +125,23 @@ fn in_section(section: Option<u16>) -> String {
 }
 
 /// The core's own state, encoded section by section (`Core::capture`).
-pub struct CoreCapture {
+pub struct CoreImage {
     sections: Vec<(u16, Vec<u8>)>,
 }
 
-/// A consistent copy of the whole switch at one log sequence, ready to encode.
-pub struct Capture {
+/// A consistent copy of the whole switch at one log sequence, ready to encode: the image a
+/// snapshot is written from.
+pub struct Image {
     sequence: u64,
     ledger: ledger::Capture,
-    core: CoreCapture,
+    core: CoreImage,
 }
 
-impl Capture {
+impl Image {
     /// Copies the switch's state, which must be exactly the log up to and including
     /// `sequence`: call it between batches, on the thread that owns the core.
-    pub fn take(core: &Core, sequence: u64) -> Capture {
-        Capture {
+    pub fn take(core: &Core, sequence: u64) -> Image {
+        Image {
             sequence,
             ledger: core.ledger().capture(),
             core: core.capture(),
@@ -152,9 +153,9 @@ impl Capture {
         self.sequence
     }
 
-    /// The snapshot payload. Consumes the capture, freeing each part once it is written.
+    /// The snapshot payload. Consumes the image, freeing each part once it is written.
     pub fn encode(self) -> Vec<u8> {
-        let Capture {
+        let Image {
             sequence,
             ledger,
             core,
@@ -202,7 +203,7 @@ impl RestoreConfig {
     }
 }
 
-/// Rebuilds the switch from a payload that `Capture::encode` wrote; returns the core and the
+/// Rebuilds the switch from a payload that `Image::encode` wrote; returns the core and the
 /// last log sequence it covers. `file_sequence` is the sequence the file says it covers.
 pub fn restore(
     bytes: &[u8],
@@ -351,7 +352,7 @@ fn restore_early_reversals(
 
 /// Encodes the core's own state. An exhaustive destructuring: a field added to `Core` must be
 /// considered here.
-pub(super) fn capture(core: &Core) -> CoreCapture {
+pub(super) fn capture(core: &Core) -> CoreImage {
     let Core {
         ledger: _,
         config: _,
@@ -390,7 +391,7 @@ pub(super) fn capture(core: &Core) -> CoreCapture {
         codec::put_str(&mut d, number, NAME_LEN_MAX);
         codec::put_u128(&mut d, account.0);
     }
-    CoreCapture {
+    CoreImage {
         sections: vec![
             (section::PARTICIPANTS, p),
             (section::LIMITS, l),
@@ -595,7 +596,7 @@ fn encode_original(_key: u128, o: &Original, out: &mut Vec<u8>) {
     codec::put_u64(out, o.amount.0);
     codec::put_u64(out, o.captured.0);
     codec::put_u64(out, o.refunded.0);
-    codec::put_u8(out, stage_tag(o.stage));
+    codec::put_u8(out, state_tag(o.state));
 }
 
 fn decode_original(
@@ -628,7 +629,7 @@ fn decode_original(
             ),
         ));
     }
-    let stage = r.stage()?;
+    let state = r.payment_state()?;
     Ok(Original {
         fingerprint,
         acquirer,
@@ -639,17 +640,17 @@ fn decode_original(
         amount,
         captured,
         refunded,
-        stage,
+        state,
     })
 }
 
-fn stage_tag(stage: Stage) -> u8 {
-    match stage {
-        Stage::Held => 0,
-        Stage::Captured => 1,
-        Stage::Reversed => 2,
-        Stage::Expired => 3,
-        Stage::Sold => 4,
+fn state_tag(state: PaymentState) -> u8 {
+    match state {
+        PaymentState::Held => 0,
+        PaymentState::Captured => 1,
+        PaymentState::Reversed => 2,
+        PaymentState::Expired => 3,
+        PaymentState::Sold => 4,
     }
 }
 
@@ -702,7 +703,7 @@ fn encode_response(key: u128, kept: &Kept, out: &mut Vec<u8>) {
         Body::Status(s) => {
             codec::put_u8(out, BODY_STATUS);
             codec::put_u128(out, s.transfer.0);
-            codec::put_u8(out, stage_tag(s.stage));
+            codec::put_u8(out, state_tag(s.state));
             codec::put_u16(out, s.currency.numeric());
             codec::put_u64(out, s.amount.0);
             codec::put_u64(out, s.captured.0);
@@ -752,7 +753,7 @@ fn decode_response(key: u128, r: &mut Reader<'_>) -> Result<Kept, SnapshotError>
         },
         BODY_STATUS => Body::Status(Status {
             transfer: TransferId(r.u128("transfer")?),
-            stage: r.stage()?,
+            state: r.payment_state()?,
             currency: r.currency()?,
             amount: Amount(r.u64("amount")?),
             captured: Amount(r.u64("captured")?),
@@ -970,15 +971,15 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.bad(at, format!("unknown currency {numeric}")))
     }
 
-    fn stage(&mut self) -> Result<Stage, SnapshotError> {
+    fn payment_state(&mut self) -> Result<PaymentState, SnapshotError> {
         let at = self.at();
-        Ok(match self.u8("stage")? {
-            0 => Stage::Held,
-            1 => Stage::Captured,
-            2 => Stage::Reversed,
-            3 => Stage::Expired,
-            4 => Stage::Sold,
-            other => return Err(self.bad(at, format!("unknown stage {other}"))),
+        Ok(match self.u8("payment state")? {
+            0 => PaymentState::Held,
+            1 => PaymentState::Captured,
+            2 => PaymentState::Reversed,
+            3 => PaymentState::Expired,
+            4 => PaymentState::Sold,
+            other => return Err(self.bad(at, format!("unknown payment state {other}"))),
         })
     }
 

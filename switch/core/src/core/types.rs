@@ -212,7 +212,7 @@ impl Command {
 
 /// Where an authorization or sale stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
+pub enum PaymentState {
     Held,
     Captured,
     Reversed,
@@ -225,7 +225,7 @@ pub enum Stage {
 pub struct Status {
     /// The ledger transfer of the authorization or sale (its request id).
     pub transfer: TransferId,
-    pub stage: Stage,
+    pub state: PaymentState,
     pub currency: Currency,
     pub amount: Amount,
     pub captured: Amount,
@@ -405,5 +405,5 @@ pub(super) struct Original {
     pub(super) amount: Amount,
     pub(super) captured: Amount,
     pub(super) refunded: Amount,
-    pub(super) stage: Stage,
+    pub(super) state: PaymentState,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
 use proptest::prelude::*;
 
-use super::{Capture, RestoreConfig, SnapshotError};
+use super::{Image, RestoreConfig, SnapshotError};
 use crate::core::{
     Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Refund, Request, RequestId,
     Response, Reverse, SetLimits,
@@ -396,7 +396,7 @@ fn run(batches: Vec<Vec<Action>>, remembered: usize) -> Run {
                         r.execute(taken);
                     }
                     let sequence = r.journal.len() as u64;
-                    let payload = Capture::take(&r.core, sequence).encode();
+                    let payload = Image::take(&r.core, sequence).encode();
                     r.snapshots.push((payload, sequence));
                     continue;
                 }
@@ -469,7 +469,7 @@ fn every_truncation_and_bit_flip_is_refused_or_harmless() {
         Action::NewCard,
     ]];
     let r = run(batches, 4);
-    let payload = Capture::take(&r.core, 9).encode();
+    let payload = Image::take(&r.core, 9).encode();
     let (restored, _) = Core::restore(&payload, 9, restore_config(4)).expect("restores");
     assert_eq!(state(&restored), state(&r.core));
     for len in 0..payload.len() {
@@ -493,7 +493,7 @@ fn every_truncation_and_bit_flip_is_refused_or_harmless() {
 #[test]
 fn an_unknown_or_missing_section_is_refused_by_name() {
     let r = run(vec![], 4);
-    let mut payload = Capture::take(&r.core, 3).encode();
+    let mut payload = Image::take(&r.core, 3).encode();
     // The section count (offset 20) says one more section than there is: a section with
     // tag 99 is appended.
     let count = u32::from_le_bytes(payload[20..24].try_into().expect("4 bytes"));
