@@ -367,8 +367,8 @@ impl Default for Snapshot {
 impl Default for Authorization {
     fn default() -> Self {
         Authorization {
-            default_expiry_seconds: 7 * 24 * 3600,
-            expiry_seconds_max: 30 * 24 * 3600,
+            default_expiry_seconds: crate::core::DEFAULT_EXPIRY_SECONDS,
+            expiry_seconds_max: crate::core::EXPIRY_SECONDS_MAX_DEFAULT,
             expiry_tick_ms: 1000,
         }
     }

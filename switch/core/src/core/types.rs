@@ -368,11 +368,17 @@ pub fn closes_logged_bytes_max(batch_len_max: u16) -> usize {
 /// `participants_max` unless configured.
 pub const PARTICIPANTS_MAX_DEFAULT: usize = 65_536;
 
+/// `default_expiry_seconds` unless configured: an authorization's hold lasts a week.
+pub const DEFAULT_EXPIRY_SECONDS: u32 = 7 * 24 * 3600;
+
+/// `expiry_seconds_max` unless configured: thirty days.
+pub const EXPIRY_SECONDS_MAX_DEFAULT: u32 = 30 * 24 * 3600;
+
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
-            default_expiry_seconds: 7 * 24 * 3600,
-            expiry_seconds_max: 30 * 24 * 3600,
+            default_expiry_seconds: DEFAULT_EXPIRY_SECONDS,
+            expiry_seconds_max: EXPIRY_SECONDS_MAX_DEFAULT,
             requests_remembered_max: 10_000_000,
             fees: Arc::default(),
             windows_kept: 1024,
