@@ -328,6 +328,10 @@ pub fn logged_len(command: &Command) -> usize {
 /// A logged command's id, sender (participant and admin flag) and fingerprint.
 const LOGGED_PREFIX_LEN: usize = 16 + 8 + 1 + 8;
 
+/// The fewest bytes a logged command takes: a participant with an empty name (tag,
+/// participant, name length, roles). A record of `n` commands is at least `n` times this.
+const LOGGED_LEN_MIN: usize = LOGGED_PREFIX_LEN + 1 + 8 + 1 + 1;
+
 /// With a u32 length, as a request's canonical encoding writes strings and bytes.
 fn put_bytes(b: &[u8], out: &mut Vec<u8>) {
     codec::put_u32(out, b.len() as u32);
@@ -448,8 +452,8 @@ impl SwitchRecord {
         let record = match r.u8("record type")? {
             RECORD_BATCH => {
                 let now = Timestamp(r.u64("now")?);
-                // The smallest command (a reversal) takes 50 bytes: bound the allocation.
-                let count = r.count_u32("command count", 50)?;
+                // Bounds the allocation by what the record holds.
+                let count = r.count_u32("command count", LOGGED_LEN_MIN)?;
                 let mut commands = Vec::with_capacity(count);
                 for _ in 0..count {
                     commands.push(decode_logged(&mut r)?);
@@ -625,4 +629,59 @@ fn rate(r: &mut Reader<'_>) -> Result<FeeRate, JournalError> {
 /// not a record of ours.
 fn string(r: &mut Reader<'_>, what: &'static str) -> Result<String, JournalError> {
     Ok(r.str(what, NAME_LEN_MAX)?.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(n: u64, name: &str) -> Logged {
+        Logged {
+            id: RequestId(u128::from(n)),
+            who: Identity {
+                participant: ParticipantId(1),
+                admin: true,
+            },
+            fingerprint: n,
+            command: Command::CreateParticipant(CreateParticipant {
+                participant: ParticipantId(n),
+                name: name.to_string(),
+                roles: 1,
+            }),
+        }
+    }
+
+    /// The smallest commands there are, as many as a record holds: every record written reads
+    /// back, whatever its commands' sizes (a bound on the count that assumed larger commands
+    /// refused batches of participants with short names).
+    #[test]
+    fn a_record_of_the_smallest_commands_reads_back() {
+        for name in ["", "a", "ab"] {
+            for count in 0..40 {
+                let commands: Vec<Logged> = (1..=count).map(|n| participant(n, name)).collect();
+                let mut bytes = Vec::new();
+                SwitchRecord::encode_batch(Timestamp(7), &commands, &mut bytes);
+                if name.is_empty() {
+                    assert_eq!(bytes.len(), BATCH_HEADER_LEN + commands.len() * LOGGED_LEN_MIN);
+                }
+                assert_eq!(
+                    SwitchRecord::decode(&bytes),
+                    Ok(SwitchRecord::Batch {
+                        now: Timestamp(7),
+                        commands,
+                    }),
+                    "{count} participants named {name:?}"
+                );
+                // One byte short of its commands, the count is refused before anything is
+                // allocated for them.
+                if count > 0 && name.is_empty() {
+                    let cut = &bytes[..bytes.len() - 1];
+                    assert!(matches!(
+                        SwitchRecord::decode(cut),
+                        Err(JournalError::Bad { offset: 9, what: "command count", .. })
+                    ));
+                }
+            }
+        }
+    }
 }
