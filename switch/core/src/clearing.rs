@@ -178,9 +178,27 @@ impl Clearing {
         e.held += u128::from(amount);
     }
 
+    /// Gives back `amount` that `hold` counted. More than is held is a bookkeeping bug (a
+    /// hold released twice, or never made): a debug build stops there; a release build logs
+    /// it and holds nothing rather than wrap.
     pub fn release(&mut self, issuer: ParticipantId, currency: Currency, amount: u64) {
         let e = self.exposure.entry((issuer, currency)).or_default();
-        e.held = e.held.saturating_sub(u128::from(amount));
+        let held = e.held;
+        debug_assert!(
+            held >= u128::from(amount),
+            "release of {amount} over the {held} held for participant {} in {currency}",
+            issuer.0
+        );
+        e.held = held.checked_sub(u128::from(amount)).unwrap_or_else(|| {
+            tracing::error!(
+                participant = issuer.0,
+                %currency,
+                amount,
+                held = %held,
+                "clearing: a release over what is held; holding nothing"
+            );
+            0
+        });
     }
 
     /// A capture, sale or refund cleared in the open window, as the switch's bookkeeping

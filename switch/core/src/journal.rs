@@ -422,6 +422,7 @@ pub fn fingerprint(who: Identity, request: &Request) -> u64 {
 
 impl SwitchRecord {
     pub fn encode_batch(now: Timestamp, commands: &[Logged], out: &mut Vec<u8>) {
+        let start = out.len();
         codec::put_u8(out, RECORD_BATCH);
         codec::put_u64(out, now.0);
         codec::put_u32(out, commands.len() as u32);
@@ -432,11 +433,19 @@ impl SwitchRecord {
             codec::put_u64(out, c.fingerprint);
             encode_command(&c.command, out);
         }
+        read_back(
+            &out[start..],
+            |record| matches!(record, SwitchRecord::Batch { now: n, commands: c } if *n == now && c == commands),
+        );
     }
 
     pub fn encode_expire(now: Timestamp, out: &mut Vec<u8>) {
+        let start = out.len();
         codec::put_u8(out, RECORD_EXPIRE);
         codec::put_u64(out, now.0);
+        read_back(&out[start..], |record| {
+            *record == SwitchRecord::Expire { now }
+        });
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -473,6 +482,21 @@ impl SwitchRecord {
         };
         r.finish()?;
         Ok(record)
+    }
+}
+
+/// In debug builds, decodes a record just encoded and checks it is what was encoded: a writer
+/// and a reader that disagree would lose the command at the next recovery, not now.
+fn read_back(bytes: &[u8], is_encoded: impl FnOnce(&SwitchRecord) -> bool) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    match SwitchRecord::decode(bytes) {
+        Ok(record) => assert!(
+            is_encoded(&record),
+            "a switch record reads back as another: {record:?}"
+        ),
+        Err(e) => panic!("a switch record just encoded does not decode: {e}"),
     }
 }
 
@@ -662,7 +686,10 @@ mod tests {
                 let mut bytes = Vec::new();
                 SwitchRecord::encode_batch(Timestamp(7), &commands, &mut bytes);
                 if name.is_empty() {
-                    assert_eq!(bytes.len(), BATCH_HEADER_LEN + commands.len() * LOGGED_LEN_MIN);
+                    assert_eq!(
+                        bytes.len(),
+                        BATCH_HEADER_LEN + commands.len() * LOGGED_LEN_MIN
+                    );
                 }
                 assert_eq!(
                     SwitchRecord::decode(&bytes),
@@ -678,7 +705,11 @@ mod tests {
                     let cut = &bytes[..bytes.len() - 1];
                     assert!(matches!(
                         SwitchRecord::decode(cut),
-                        Err(JournalError::Bad { offset: 9, what: "command count", .. })
+                        Err(JournalError::Bad {
+                            offset: 9,
+                            what: "command count",
+                            ..
+                        })
                     ));
                 }
             }

@@ -71,6 +71,10 @@ pub struct Core {
     closing: Option<(Settlement, Arc<FeeSchedule>)>,
     /// Batches executed, to take turns growing the remembered maps.
     batches: usize,
+    /// Reservations against net debit caps held by requests in the wave: one for each
+    /// authorization or sale planned, until the ledger's outcome applies it (an
+    /// authorization's hold) or returns it; none between waves (checked in debug builds).
+    reservations: usize,
     /// Scratch for `execute` and `replay`, empty between calls; kept so that its buffers
     /// are not grown again for every batch.
     wave: Wave,
@@ -306,6 +310,7 @@ impl Core {
             clearing: Clearing::new(config.windows_kept),
             closing: None,
             batches: 0,
+            reservations: 0,
             wave: Wave::default(),
             config,
         }
@@ -401,6 +406,7 @@ impl Core {
     fn end(&mut self, mut batch: Batch) -> Vec<Response> {
         self.flush(&mut batch);
         debug_assert!(batch.wave.is_empty(), "a batch leaves its wave empty");
+        debug_assert_eq!(self.reservations, 0, "a batch leaves no reservation");
         self.wave = batch.wave;
         batch.answers.into_responses()
     }
@@ -563,8 +569,10 @@ impl Core {
         }
         // The first window opens with the first command logged (so replay agrees).
         self.clearing.start(batch.now);
+        let reserved = self.reservations;
         match self.plan(c, batch.now) {
             Plan::Answer(response) => {
+                debug_assert_eq!(self.reservations, reserved, "an answer reserves nothing");
                 self.remember(c.id, c.fingerprint, &response);
                 batch.answers.set(slot, response);
             }
@@ -623,6 +631,14 @@ impl Core {
         if wave.planned.is_empty() {
             return;
         }
+        debug_assert_eq!(
+            self.reservations,
+            wave.planned
+                .iter()
+                .filter(|p| p.finish.reserved().is_some())
+                .count(),
+            "one reservation for each authorization or sale in the wave"
+        );
         let outcomes = match self.ledger.apply(&wave.events, *now) {
             Ok(outcomes) => outcomes,
             // Waves are cut below the ledger's batch limit (see `submit`).
@@ -658,6 +674,10 @@ impl Core {
         self.answer_repeats(wave, answers);
         wave.events.clear();
         wave.keys.clear();
+        debug_assert_eq!(
+            self.reservations, 0,
+            "every reservation of the wave was applied or returned, once"
+        );
     }
 
     /// Answers the repeats of requests of the wave just applied, as their originals were.
@@ -724,9 +744,7 @@ impl Core {
         }
         match finish {
             // The reservation against the net debit cap goes with the request.
-            Finish::Authorize(o) | Finish::Sale(o) => {
-                self.clearing.release(o.issuer, o.currency, o.amount.0)
-            }
+            Finish::Authorize(o) | Finish::Sale(o) => self.return_reservation(o),
             Finish::CloseWindow => {
                 self.closing = None;
                 tracing::error!(?outcome, "clearing: the settlement batch failed");

@@ -251,7 +251,20 @@ impl Core {
         }
         self.clearing
             .hold(original.issuer, original.currency, original.amount.0);
+        self.reservations += 1;
         Ok(())
+    }
+
+    /// A reservation of `reserve` goes back: the request did not make a hold.
+    pub(super) fn return_reservation(&mut self, o: &Original) {
+        self.end_reservation();
+        self.clearing.release(o.issuer, o.currency, o.amount.0);
+    }
+
+    /// A reservation of `reserve` ends, applied or returned.
+    fn end_reservation(&mut self) {
+        debug_assert!(self.reservations > 0, "a reservation ends once");
+        self.reservations = self.reservations.saturating_sub(1);
     }
 
     /// Checks for a new authorization or sale: the merchant is the sender's own, and the sender
@@ -313,6 +326,9 @@ impl Core {
             fingerprint,
             ..original
         };
+        debug_assert_eq!(original.state, PaymentState::Held);
+        // The reservation is the hold now, until a capture, a reversal or its expiry.
+        self.end_reservation();
         self.originals
             .insert(id.0, original, |o| o.state == PaymentState::Held);
         Response::moved(id, original.amount, original.currency)
@@ -330,7 +346,8 @@ impl Core {
         };
         self.originals
             .insert(id.0, o, |o| o.state == PaymentState::Held);
-        self.clearing.release(o.issuer, o.currency, o.amount.0);
+        // Sold: what the issuer owes is in the window's position now, not held.
+        self.return_reservation(&o);
         self.clearing
             .clear(Kind::Purchase, o.acquirer, o.issuer, o.currency, o.amount.0);
         self.record_moved(id, Kind::Purchase);
@@ -347,6 +364,7 @@ impl Core {
             .originals
             .get_mut(&authorization.0)
             .expect("a live hold's authorization is never forgotten");
+        debug_assert_eq!(o.state, PaymentState::Held, "a hold is released once");
         o.state = PaymentState::Captured;
         o.captured = amount;
         let o = *o;
@@ -362,6 +380,7 @@ impl Core {
             .originals
             .get_mut(&authorization.0)
             .expect("a live hold's authorization is never forgotten");
+        debug_assert_eq!(o.state, PaymentState::Held, "a hold is released once");
         o.state = PaymentState::Reversed;
         let (amount, currency, issuer) = (o.amount, o.currency, o.issuer);
         self.clearing.release(issuer, currency, amount.0);
@@ -413,7 +432,7 @@ impl Core {
     /// goes back.
     pub(super) fn done_before(&mut self, id: RequestId, finish: &Finish) -> Response {
         if let Some(o) = finish.reserved() {
-            self.clearing.release(o.issuer, o.currency, o.amount.0);
+            self.return_reservation(o);
         }
         match self.ledger.transfer(TransferId(id.0)) {
             Some(r) => Response::moved(id, r.event.amount, r.event.currency),
@@ -429,6 +448,12 @@ impl Core {
         let expired = self.ledger.expire(now);
         for e in &expired {
             if let Some(original) = self.originals.get_mut(&e.id.0) {
+                // The ledger expires live holds only, whose authorizations are held here.
+                debug_assert_eq!(
+                    original.state,
+                    PaymentState::Held,
+                    "a hold is released once"
+                );
                 if original.state == PaymentState::Held {
                     let (issuer, currency, amount) =
                         (original.issuer, original.currency, original.amount);

@@ -240,6 +240,7 @@ pub fn restore(
         routes: config.routes,
         closing: None,
         batches: 0,
+        reservations: 0,
         wave: Default::default(),
     };
     Ok((core, payload.sequence))
@@ -366,36 +367,18 @@ pub(super) fn capture(core: &Core) -> CoreImage {
         clearing,
         closing: _,
         batches: _,
-        wave: _,
+        reservations,
+        wave,
     } = core;
-    let mut p = Vec::with_capacity(4 + participants.len() * (10 + NAME_LEN_MAX));
-    codec::put_u32(&mut p, participants.len() as u32);
-    let mut sorted: Vec<_> = participants.iter().collect();
-    sorted.sort_unstable_by_key(|(id, _)| **id);
-    for (id, participant) in sorted {
-        codec::put_u64(&mut p, id.0);
-        // Participant names and numbers are checked against this bound before they are kept.
-        codec::put_str(&mut p, &participant.name, NAME_LEN_MAX);
-        codec::put_u8(&mut p, participant.roles);
-    }
-    let mut l = Vec::with_capacity(8 + limits.len() * 18);
-    codec::put_u64(&mut l, limits.len() as u64);
-    for ((participant, currency), cap) in limits {
-        codec::put_u64(&mut l, participant.0);
-        codec::put_u16(&mut l, currency.numeric());
-        codec::put_u64(&mut l, cap.0);
-    }
-    let mut d = Vec::with_capacity(8 + directory.len() * 36);
-    codec::put_u64(&mut d, directory.len() as u64);
-    for (number, account) in directory {
-        codec::put_str(&mut d, number, NAME_LEN_MAX);
-        codec::put_u128(&mut d, account.0);
-    }
-    CoreImage {
+    debug_assert!(
+        *reservations == 0 && wave.is_empty(),
+        "a snapshot is taken between batches"
+    );
+    let image = CoreImage {
         sections: vec![
-            (section::PARTICIPANTS, p),
-            (section::LIMITS, l),
-            (section::DIRECTORY, d),
+            (section::PARTICIPANTS, encode_participants(participants)),
+            (section::LIMITS, encode_limits(limits)),
+            (section::DIRECTORY, encode_directory(directory)),
             (
                 section::ORIGINALS,
                 encode_remembered(originals, ORIGINAL_LEN, Some(encode_original)),
@@ -412,7 +395,80 @@ pub(super) fn capture(core: &Core) -> CoreImage {
                 encode_early_reversals(early_reversals),
             ),
         ],
+    };
+    if cfg!(debug_assertions) {
+        for (tag, bytes) in &image.sections {
+            read_back(core, *tag, bytes);
+        }
     }
+    image
+}
+
+/// Reads a section just written back and checks it is the state it was written from: a
+/// writer and a reader that disagree would lose that state at the next restore, not now.
+fn read_back(core: &Core, tag: u16, bytes: &[u8]) {
+    let r = Reader::section(codec::Reader::new(bytes), tag);
+    let max = core.config.requests_remembered_max.max(1);
+    let same = match tag {
+        section::PARTICIPANTS => decode_participants(r).map(|p| p == core.participants),
+        section::LIMITS => decode_limits(r).map(|l| l == core.limits),
+        section::DIRECTORY => decode_directory(r).map(|d| d == core.directory),
+        section::ORIGINALS => decode_remembered(r, max, |key, r| decode_original(key, r, VERSION))
+            .map(|m| m.iter().eq(core.originals.iter())),
+        section::EARLY_REVERSALS => decode_remembered_keys(r, max).map(|m| m.len() == 0),
+        section::RESPONSES => {
+            decode_remembered(r, max, decode_response).map(|m| m.iter().eq(core.responses.iter()))
+        }
+        section::CLEARING => {
+            decode_clearing(r, core.clearing.kept).map(|c| encode_clearing(&c) == bytes)
+        }
+        section::EARLY_REVERSALS_BY_SENDER => decode_early_reversals(r, usize::MAX)
+            .map(|e| e.ordered().eq(core.early_reversals.ordered())),
+        _ => unreachable!("section {tag} is not the core's"),
+    };
+    match same {
+        Ok(same) => assert!(same, "section {tag} reads back as other state"),
+        Err(e) => panic!("section {tag} just written does not read back: {e}"),
+    }
+}
+
+/// Participants: count u32, then by id ascending the id u64, the name (`put_str`) and the
+/// roles u8.
+fn encode_participants(participants: &HashMap<ParticipantId, Participant>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + participants.len() * (10 + NAME_LEN_MAX));
+    codec::put_u32(&mut out, participants.len() as u32);
+    let mut sorted: Vec<_> = participants.iter().collect();
+    sorted.sort_unstable_by_key(|(id, _)| **id);
+    for (id, participant) in sorted {
+        codec::put_u64(&mut out, id.0);
+        // Participant names and numbers are checked against this bound before they are kept.
+        codec::put_str(&mut out, &participant.name, NAME_LEN_MAX);
+        codec::put_u8(&mut out, participant.roles);
+    }
+    out
+}
+
+/// Net debit caps: count u64, then each participant u64, currency u16 and cap u64.
+fn encode_limits(limits: &HashMap<(ParticipantId, Currency), Amount>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + limits.len() * 18);
+    codec::put_u64(&mut out, limits.len() as u64);
+    for ((participant, currency), cap) in limits {
+        codec::put_u64(&mut out, participant.0);
+        codec::put_u16(&mut out, currency.numeric());
+        codec::put_u64(&mut out, cap.0);
+    }
+    out
+}
+
+/// The number directory: count u64, then each number (`put_str`) and account u128.
+fn encode_directory(directory: &HashMap<String, AccountId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + directory.len() * 36);
+    codec::put_u64(&mut out, directory.len() as u64);
+    for (number, account) in directory {
+        codec::put_str(&mut out, number, NAME_LEN_MAX);
+        codec::put_u128(&mut out, account.0);
+    }
+    out
 }
 
 /// A remembered map: count, the keys in forgetting order (oldest first), then (if the map has

@@ -97,7 +97,13 @@ pub fn encode_request_frame(
 ) -> Result<usize, EncodeError> {
     let body_len: usize = requests.iter().map(Request::encoded_len).sum();
     out.reserve(HEADER_LEN + 2 + body_len);
-    encode_requests(&mut Writer::new(out, None), correlation_id, requests)
+    let start = out.len();
+    let len = encode_requests(&mut Writer::new(out, None), correlation_id, requests)?;
+    read_back(&out[start..], |frame| {
+        matches!(frame, Frame::Requests { correlation_id: c, requests: r }
+            if *c == correlation_id && r == requests)
+    });
+    Ok(len)
 }
 
 /// Appends a response-batch frame to `out` and returns its length. On error `out` is left as
@@ -109,7 +115,13 @@ pub fn encode_response_frame(
 ) -> Result<usize, EncodeError> {
     let body_len: usize = responses.iter().map(Response::encoded_len).sum();
     out.reserve(HEADER_LEN + 2 + body_len);
-    encode_responses(&mut Writer::new(out, None), correlation_id, responses)
+    let start = out.len();
+    let len = encode_responses(&mut Writer::new(out, None), correlation_id, responses)?;
+    read_back(&out[start..], |frame| {
+        matches!(frame, Frame::Responses { correlation_id: c, responses: r }
+            if *c == correlation_id && r == responses)
+    });
+    Ok(len)
 }
 
 /// Appends an error frame to `out` and returns its length.
@@ -119,11 +131,36 @@ pub fn encode_error_frame(
     message: &ErrorMessage,
     out: &mut Vec<u8>,
 ) -> usize {
+    let start = out.len();
     let mut w = Writer::new(out, None);
     let encoded = encode_error(&mut w, correlation_id, code, message);
     // An error frame is at most a few hundred bytes: nothing in it can overflow.
     assert!(encoded.is_ok(), "error frame failed to encode: {encoded:?}");
-    w.written()
+    let len = w.written();
+    read_back(&out[start..], |frame| {
+        matches!(frame, Frame::Error { correlation_id: c, code: k, message: m }
+            if *c == correlation_id && *k == code && m == message)
+    });
+    len
+}
+
+/// In debug builds, decodes a frame just encoded and checks it is the frame that was encoded:
+/// an encoder and a decoder that disagree would tell the peer something else than was meant.
+fn read_back(bytes: &[u8], is_encoded: impl FnOnce(&Frame) -> bool) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let any = Limits {
+        frame_len_max: u32::MAX,
+        batch_len_max: u16::MAX,
+    };
+    match decode_frame(bytes, &any) {
+        Ok(Some((frame, len))) => assert!(
+            len == bytes.len() && is_encoded(&frame),
+            "a frame reads back as another: {frame:?}"
+        ),
+        other => panic!("a frame just encoded does not decode: {other:?}"),
+    }
 }
 
 /// Appends any frame to `out` and returns its length. On error `out` is left as it was.
