@@ -15,8 +15,9 @@
 //! `flush`) and the one `match` over commands (`plan`, and `finish` for their outcomes). Each
 //! job has a file: `admin.rs`, `payments.rs`, `close.rs`, `queries.rs`; the vocabulary is in
 //! `types.rs` and what is remembered of requests in `remembered.rs`. An operation is a
-//! `Request` and a `Command` variant (`types.rs`), an arm of `resolve`, `plan` and, if it
-//! moves money, of `finish` here, and its planner and finisher in its job's file.
+//! `Request` and a `Command` variant (`types.rs`), an arm of `resolve`, `plan` and, if the
+//! ledger has work for it, of `Finish` and `finish` here, and its planner and finisher in its
+//! job's file (with its log layout in `journal.rs` and its wire form in `translate.rs`).
 
 // A decline travels as `Err(Response)`: built once per request, it is cheaper moved than boxed.
 #![allow(clippy::result_large_err)]
