@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::routing::{Route, RouteError, RouteTable};
 
+pub mod settings;
+
 /// The default configuration, with a comment on every key.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -446,7 +448,7 @@ impl Config {
             key,
             message,
         };
-        self.ledger_config()
+        settings::ledger_config(self)
             .validate()
             .map_err(|e| invalid("ledger", e.to_string()))?;
         let l = &self.limits;
@@ -781,18 +783,6 @@ impl Config {
             }
         }
         Ok(schedule)
-    }
-
-    pub fn ledger_config(&self) -> ledger::Config {
-        ledger::Config {
-            shards: self.ledger.shards,
-            accounts_max: self.ledger.accounts_max,
-            transfers_remembered_max: self.ledger.transfers_remembered_max,
-            pending_max: self.ledger.pending_max,
-            batch_len_max: ledger::Config::default()
-                .batch_len_max
-                .max(usize::from(self.limits.batch_len_max)),
-        }
     }
 
     /// The routing table this configuration describes.

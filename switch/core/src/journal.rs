@@ -474,6 +474,17 @@ impl SwitchRecord {
     }
 }
 
+/// Applies one logged record to `core` again: recovery, and snapshots built by replay.
+pub fn replay(core: &mut crate::core::Core, payload: &[u8]) -> Result<(), JournalError> {
+    match SwitchRecord::decode(payload)? {
+        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+        SwitchRecord::Expire { now } => {
+            core.expire(now);
+        }
+    }
+    Ok(())
+}
+
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
     let at = r.at;
     Ok(match r.u8("command")? {

@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use super::stage::{self, Job, Queue};
 use crate::codes::{Code, Reason};
 use crate::config::Config;
+use crate::config::settings::ConnectionSettings;
 use crate::core::{Item, Prepared, RequestId};
 use crate::routing::RouteTable;
 use crate::tls::{Identities, Identity};
@@ -96,6 +97,8 @@ pub(crate) type Reply = mpsc::UnboundedSender<Outgoing>;
 
 /// What every connection task shares.
 pub struct Shared {
+    settings: ConnectionSettings,
+    /// The configuration the switch started with, for route reloads and the report directory.
     config: Arc<Config>,
     identities: Identities,
     queue: RwLock<Option<Queue>>,
@@ -112,6 +115,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(
+        settings: ConnectionSettings,
         config: Arc<Config>,
         identities: Identities,
         queue: Queue,
@@ -119,11 +123,12 @@ impl Shared {
         config_path: Option<std::path::PathBuf>,
     ) -> Self {
         let unfinished = Arc::new(Semaphore::new(
-            usize::try_from(config.limits.unfinished_frame_bytes_max)
-                .unwrap_or(usize::MAX)
+            settings
+                .unfinished_frame_bytes_max
                 .min(Semaphore::MAX_PERMITS),
         ));
         Shared {
+            settings,
             config,
             identities,
             queue: RwLock::new(Some(queue)),
@@ -171,7 +176,7 @@ impl Shared {
 /// Accepts connections until the endpoint closes.
 pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        let max = shared.config.limits.connections_max as usize;
+        let max = shared.settings.connections_max;
         if shared.connections.load(Ordering::Acquire) >= max
             || shared.draining.load(Ordering::Acquire)
         {
@@ -250,7 +255,7 @@ async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
         in_flight: AtomicU32::new(0),
         violations: AtomicU32::new(0),
         unwritten: Arc::new(Semaphore::new(unwritten_budget_bytes(
-            shared.config.limits.frame_bytes_max,
+            shared.settings.wire.frame_len_max,
         ))),
     });
     loop {
@@ -297,10 +302,7 @@ async fn serve_stream(
         }
         let _ = send.finish();
     });
-    let limits = wire::Limits {
-        frame_len_max: shared.config.limits.frame_bytes_max,
-        batch_len_max: shared.config.limits.batch_len_max,
-    };
+    let limits = shared.settings.wire;
     let violation = Violation {
         connection: &connection,
         shared: &shared,
@@ -578,7 +580,7 @@ impl Violation<'_> {
 
     /// Counts one more protocol error, unless the connection is past its last already.
     fn tally(&self) -> Tally {
-        let max = self.shared.config.limits.malformed_frames_max;
+        let max = self.shared.settings.malformed_frames_max;
         match self
             .state
             .violations
@@ -593,8 +595,7 @@ impl Violation<'_> {
 
     /// Whether the connection has had its last protocol error.
     fn closing(&self) -> bool {
-        self.state.violations.load(Ordering::Acquire)
-            > self.shared.config.limits.malformed_frames_max
+        self.state.violations.load(Ordering::Acquire) > self.shared.settings.malformed_frames_max
     }
 
     fn close(&self) {
@@ -631,14 +632,14 @@ async fn handle_frame(
         wire::Response::declined(r.id, r.operation.op(), Code::SystemBusy, reason)
     };
     let draining = shared.draining.load(Ordering::Acquire);
-    let limit = shared.config.limits.in_flight_per_connection_max;
+    let limit = shared.settings.in_flight_per_connection_max;
     // All of a frame or none of it: a frame that would take the connection past its in-flight
     // limit is answered 91 whole, and nothing in it is executed.
     let admitted = if draining {
         0
     } else {
         let before = state.in_flight.fetch_add(n as u32, Ordering::AcqRel);
-        if before as usize + n > limit as usize {
+        if before as usize + n > limit {
             state.in_flight.fetch_sub(n as u32, Ordering::AcqRel);
             metrics::counter!("switch_in_flight_limit_total").increment(1);
             0
@@ -650,7 +651,7 @@ async fn handle_frame(
     // smallest form (its declined one; the config makes a full batch of those fit), and the
     // results that can be larger draw on the room left, in order. One that does not fit is
     // answered 91, reason 27.
-    let frame_len_max = shared.config.limits.frame_bytes_max as usize;
+    let frame_len_max = shared.settings.wire.frame_len_max as usize;
     let floor = wire::HEADER_LEN
         + 2
         + requests

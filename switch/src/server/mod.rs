@@ -29,8 +29,9 @@ use parking_lot::RwLock;
 
 use ledger::storage::{FileStorage, Storage};
 
+use crate::config::settings::Settings;
 use crate::config::{Config, LogFormat, TlsMode};
-use crate::core::{Core, CoreConfig};
+use crate::core::Core;
 use crate::routing::RouteTable;
 use crate::tls::{self, Fingerprint, Identities, ServerIdentity, ServerTls};
 
@@ -244,27 +245,13 @@ async fn start_on<S: Storage + Clone>(
         .with_context(|| format!("binding metrics address {}", config.metrics.listen))?;
     let http_addr = http_listener.local_addr()?;
 
+    let settings = Settings::derive(&config, "configuration")?;
     let routes = Arc::new(RwLock::new(Arc::new(config.route_table("configuration")?)));
-    let ledger = Arc::new(ledger::Ledger::new(config.ledger_config())?);
-    let core = Core::new(
-        ledger,
-        CoreConfig {
-            default_expiry_seconds: config.authorization.default_expiry_seconds,
-            expiry_seconds_max: config.authorization.expiry_seconds_max,
-            requests_remembered_max: usize::try_from(config.ledger.transfers_remembered_max)
-                .unwrap_or(usize::MAX),
-            fees: Arc::new(config.fee_schedule("configuration")?),
-            windows_kept: config.clearing.windows_kept as usize,
-            closes_logged_bytes_max: crate::core::closes_logged_bytes_max(
-                config.limits.batch_len_max,
-            ),
-            participants_max: usize::try_from(config.ledger.participants_max).unwrap_or(usize::MAX),
-        },
-        routes.read().clone(),
-    );
+    let ledger = Arc::new(ledger::Ledger::new(settings.ledger)?);
+    let core = Core::new(ledger, settings.core, routes.read().clone());
     let stage = match storage {
-        Some(storage) => stage::Stage::recover_on(core, &config, storage),
-        None => stage::Stage::recover(core, &config),
+        Some(storage) => stage::Stage::recover_on(core, settings.stage, storage),
+        None => stage::Stage::recover(core, settings.stage),
     }
     .context("recovering state")?;
 
@@ -283,7 +270,7 @@ async fn start_on<S: Storage + Clone>(
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(config.limits.streams_per_connection_max.into())
+        .max_concurrent_bidi_streams(settings.connection.streams_per_connection_max.into())
         .max_concurrent_uni_streams(0u8.into())
         .max_idle_timeout(Some(
             Duration::from_secs(60).try_into().context("idle timeout")?,
@@ -291,16 +278,16 @@ async fn start_on<S: Storage + Clone>(
         .keep_alive_interval(Some(Duration::from_secs(15)))
         // What a connection's streams may have sent that is not yet read, all streams
         // together (quinn's default has no bound but the streams' own windows).
-        .receive_window(quinn::VarInt::from_u32(connection_receive_window(
-            config.limits.frame_bytes_max,
-        )));
+        .receive_window(quinn::VarInt::from_u32(
+            settings.connection.receive_window_bytes,
+        ));
     server_config.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server_config, config.server.listen)
         .with_context(|| format!("binding QUIC address {}", config.server.listen))?;
     let quic_addr = endpoint.local_addr()?;
 
     let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
-    let (queue, stage_thread) = stage.spawn(config.clone(), routes.clone());
+    let (queue, stage_thread) = stage.spawn(routes.clone());
     tokio::spawn(http::serve(
         http_listener,
         Arc::new(scrape),
@@ -321,6 +308,7 @@ async fn start_on<S: Storage + Clone>(
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(connection::Shared::new(
+        settings.connection,
         config.clone(),
         identities,
         queue,
@@ -423,12 +411,6 @@ fn openssl_fingerprint_command(file: &std::path::Path, mode: TlsMode) -> String 
         "openssl x509 {inform}-in {} -noout -fingerprint -sha256",
         file.display()
     )
-}
-
-/// Bytes a connection may have in flight to the server, unread, over all its streams: two
-/// largest frames, and at least 8 MiB so that pipelining never waits on it.
-pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
-    frame_bytes_max.saturating_mul(2).max(8 << 20)
 }
 
 /// The routing table for a reload: from the configuration file at `path`, or, for a switch

@@ -12,15 +12,15 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger::Timestamp;
 use ledger::bell::Bell;
 use ledger::storage::{FileStorage, Storage};
-use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
+use ledger::wal::{self, RecoverOptions, Wal, WalError};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
-use crate::config::{self, Config};
+use crate::config::settings::StageSettings;
 use crate::core::snapshot::RestoreConfig;
 use crate::core::{Core, Prepared};
-use crate::journal::SwitchRecord;
+use crate::journal::{self, SwitchRecord};
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
 use crate::server::telemetry;
@@ -154,8 +154,8 @@ fn failure_reason(error: &WalError) -> Reason {
 pub struct Stage {
     core: Core,
     wal: Wal,
-    durability: Durability,
     snapshots: Snapshots,
+    settings: StageSettings,
     /// Shared with the `Queue` (see there); set before any request hears of a failure.
     failed: Arc<AtomicU8>,
     /// Batches applied and logged, answered as the log makes them durable.
@@ -352,42 +352,28 @@ impl Clock {
     }
 }
 
-pub(crate) fn wal_options(config: &Config) -> WalOptions {
-    WalOptions {
-        segment_size_max_bytes: config.wal.segment_bytes_max,
-        group_size_max_bytes: usize::try_from(config.wal.group_bytes_max).unwrap_or(usize::MAX),
-        queue_depth_max: config.wal.queue_depth_max as usize,
-        durability: match config.wal.durability {
-            config::Durability::Fsync => Durability::Fsync,
-            config::Durability::None => Durability::None,
-        },
-        prepare_segments: config.wal.prepare_segments,
-        ..WalOptions::default()
-    }
-}
-
 impl Stage {
-    /// Loads the newest usable snapshot in `data_dir/snapshots` (if any; `core` is the fresh
-    /// state otherwise), replays the journal in `data_dir/wal` after it, and opens the journal
-    /// for appending.
-    pub fn recover(core: Core, config: &Config) -> anyhow::Result<Stage> {
-        let dir = config.server.data_dir.join("wal");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// Loads the newest usable snapshot in the snapshot directory (if any; `core` is the
+    /// fresh state otherwise), replays the journal in the log directory after it, and opens the
+    /// journal for appending.
+    pub fn recover(core: Core, settings: StageSettings) -> anyhow::Result<Stage> {
+        let dir = &settings.wal_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
-            FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-        Self::recover_on(core, config, storage)
+            FileStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        Self::recover_on(core, settings, storage)
     }
 
     /// Replays the journal in `storage` into `core` and opens it for appending (tests run the
     /// stage on a simulated disk this way).
     pub fn recover_on<S: Storage + Clone>(
         core: Core,
-        config: &Config,
+        settings: StageSettings,
         storage: S,
     ) -> anyhow::Result<Stage> {
-        let options = wal_options(config);
+        let options = settings.wal.clone();
         let started = Instant::now();
-        let mut snapshots = Snapshots::open(config, storage.clone())?;
+        let mut snapshots = Snapshots::open(&settings.snapshots, storage.clone())?;
         // Before anything is loaded: `core` is the state the log starts from.
         snapshots.starting_from(&core);
         let (loaded, passed_over) = snapshots
@@ -405,7 +391,7 @@ impl Stage {
                 write_max_bytes: options.write_max_bytes(),
                 ..RecoverOptions::default()
             },
-            |_sequence, payload| replay_record(&mut core, payload),
+            |_sequence, payload| journal::replay(&mut core, payload),
         )
         .map_err(|e| {
             if passed_over.is_empty() {
@@ -416,9 +402,8 @@ impl Stage {
         })?;
         snapshots.recovered(recovered.last_sequence.unwrap_or(0));
         // Windows closed in the log whose reports a crash kept from being written.
-        let report_dir = config.report_dir();
         for details in core.take_reports() {
-            write_report(&report_dir, &details);
+            write_report(&settings.report_dir, &details);
         }
         if let Some(truncation) = &recovered.truncation {
             tracing::warn!("{truncation}");
@@ -432,17 +417,16 @@ impl Stage {
             digest = %core.ledger().digest(),
             "recovered from the snapshot and the write-ahead log after it"
         );
-        if config.ledger.preallocate {
+        if let Some(requests) = settings.preallocate_requests {
             let started = Instant::now();
             let bytes = core.preallocate();
             tracing::info!(
                 mib = bytes >> 20,
-                requests = config.ledger.transfers_remembered_max,
+                requests,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "reserved the memory for every request remembered"
             );
         }
-        let durability = options.durability;
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
         let in_flight_max = options.queue_depth_max.max(1) as u64;
         let wal_bytes: telemetry::WalBytes = {
@@ -458,8 +442,8 @@ impl Stage {
         Ok(Stage {
             core,
             wal,
-            durability,
             snapshots,
+            settings,
             failed: Arc::new(AtomicU8::new(0)),
             pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
@@ -477,11 +461,11 @@ impl Stage {
     /// empty, after syncing the journal.
     pub fn spawn(
         self,
-        config: Arc<Config>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> (Queue, JoinHandle<anyhow::Result<()>>) {
         // The channel holds frames; the request count is bounded separately by `queued`.
-        let (tx, rx) = crossbeam_channel::bounded(config.limits.queue_depth_max as usize);
+        let queued_max = self.settings.queue_depth_max;
+        let (tx, rx) = crossbeam_channel::bounded(queued_max);
         let bell = Arc::new(Bell::default());
         let queue = Queue {
             tx: Arc::new(Sending {
@@ -489,14 +473,14 @@ impl Stage {
                 bell: bell.clone(),
             }),
             queued: Arc::new(AtomicUsize::new(0)),
-            queued_max: config.limits.queue_depth_max as usize,
+            queued_max,
             failed: self.failed.clone(),
         };
         metrics::gauge!("switch_storage_failed").set(0.0);
         let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
-            .spawn(move || self.run(rx, &bell, queued, failed, config, routes))
+            .spawn(move || self.run(rx, &bell, queued, failed, routes))
             .expect("spawning the ledger stage thread");
         (queue, handle)
     }
@@ -507,25 +491,20 @@ impl Stage {
         bell: &Bell,
         queued: Arc<AtomicUsize>,
         failed: Arc<AtomicU8>,
-        config: Arc<Config>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> anyhow::Result<()> {
-        let tick = Duration::from_millis(u64::from(config.authorization.expiry_tick_ms));
-        let batch_max = usize::from(config.limits.batch_len_max).max(1);
+        let tick = self.settings.expiry_tick;
+        let batch_max = self.settings.batch_len_max;
         let mut clock = Clock { last: 0 };
         let mut last_expiry = Instant::now();
         // The expiry pass runs whenever the queue is empty: many times a second under load.
         let mut expiries = telemetry::Tally::new(EXPIRY_LINE_EVERY);
         set_ledger_gauges(&self.core);
         let mut gauges_set = Instant::now();
-        let _ = self.durability;
-        let close_every_ns = config
-            .clearing
-            .close_every_seconds
-            .saturating_mul(1_000_000_000);
+        let close_every_ns = self.settings.close_every_ns;
         // Reports are written off the stage thread; closes are rare, so the channel is small.
         let (report_tx, report_rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
-        let report_dir = config.report_dir();
+        let report_dir = self.settings.report_dir.clone();
         // Reports handed over and not yet written. A snapshot waits for none: reports are
         // not in it, and the log that could rebuild them goes once it is written.
         let unwritten = Arc::new(AtomicUsize::new(0));
@@ -788,20 +767,6 @@ impl Stage {
         });
         result
     }
-}
-
-/// Applies one logged record to `core` again (recovery, and snapshots built by replay).
-pub(crate) fn replay_record(
-    core: &mut Core,
-    payload: &[u8],
-) -> Result<(), crate::journal::JournalError> {
-    match SwitchRecord::decode(payload)? {
-        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-        SwitchRecord::Expire { now } => {
-            core.expire(now);
-        }
-    }
-    Ok(())
 }
 
 fn write_report(dir: &std::path::Path, details: &WindowDetails) {
