@@ -31,7 +31,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::stage::{self, Job, Queue};
+use super::stage::{Answered, Job, Queue, Refusal};
+use super::telemetry;
 use crate::codes::{Code, Reason};
 use crate::config::Config;
 use crate::config::settings::ConnectionSettings;
@@ -84,7 +85,7 @@ fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
 
 /// An encoded frame on its way to the client, holding its share of the connection's unwritten
 /// budget until it is written.
-pub(crate) struct Outgoing {
+struct Outgoing {
     pub frame: Vec<u8>,
     pub budget: Option<OwnedSemaphorePermit>,
     /// The last frame before the connection closes: the stream is finished after it, and
@@ -92,8 +93,8 @@ pub(crate) struct Outgoing {
     pub last: Option<oneshot::Sender<()>>,
 }
 
-/// Where a stream's answers go.
-pub(crate) type Reply = mpsc::UnboundedSender<Outgoing>;
+/// Where a stream's answers go: its writer task.
+type Outbox = mpsc::UnboundedSender<Outgoing>;
 
 /// What every connection task shares.
 pub struct Shared {
@@ -280,13 +281,13 @@ async fn serve_stream(
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
 ) {
-    let (reply, mut replies) = mpsc::unbounded_channel::<Outgoing>();
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         while let Some(Outgoing {
             frame,
             budget,
             last,
-        }) = replies.recv().await
+        }) = outgoing.recv().await
         {
             if send.write_all(&frame).await.is_err() {
                 return;
@@ -307,7 +308,7 @@ async fn serve_stream(
         connection: &connection,
         shared: &shared,
         state: &state,
-        reply: &reply,
+        outbox: &outbox,
     };
     // The stream's frames being answered, so that an error about the stream's end comes
     // after their answers. Finished ones are reaped as the stream goes on.
@@ -402,7 +403,7 @@ async fn serve_stream(
                         requests,
                         shared.clone(),
                         state.clone(),
-                        reply.clone(),
+                        outbox.clone(),
                         budget,
                     ));
                     while frames.try_join_next().is_some() {}
@@ -504,7 +505,7 @@ async fn serve_stream(
                         &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
                         &mut frame,
                     );
-                    let _ = reply.send(Outgoing {
+                    let _ = outbox.send(Outgoing {
                         frame,
                         budget: Some(budget),
                         last: None,
@@ -521,9 +522,9 @@ async fn serve_stream(
             buf.shrink_to(2 * STREAM_BUFFER_BYTES);
         }
     }
-    // The frames still being answered keep their own handles on the reply channel.
+    // The frames still being answered keep their own handles on the outbox.
     frames.detach_all();
-    drop(reply);
+    drop(outbox);
     let _ = writer.await;
 }
 
@@ -535,7 +536,7 @@ struct Violation<'a> {
     connection: &'a quinn::Connection,
     shared: &'a Shared,
     state: &'a ConnectionState,
-    reply: &'a Reply,
+    outbox: &'a Outbox,
 }
 
 impl Violation<'_> {
@@ -552,7 +553,7 @@ impl Violation<'_> {
         let message = wire::ErrorMessage::truncated(message);
         wire::encode_error_frame(correlation_id, code, &message, &mut frame);
         let (received, is_received) = oneshot::channel();
-        let _ = self.reply.send(Outgoing {
+        let _ = self.outbox.send(Outgoing {
             frame,
             budget: None,
             last: closing.then_some(received),
@@ -621,7 +622,7 @@ async fn handle_frame(
     requests: Vec<wire::Request>,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
-    reply: Reply,
+    outbox: Outbox,
     budget: OwnedSemaphorePermit,
 ) {
     let received = Instant::now();
@@ -817,7 +818,39 @@ async fn handle_frame(
     if cut > 0 {
         metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
     }
-    stage::send(&reply, correlation_id, responses, budget, frame_len_max);
+    send_response_frame(&outbox, correlation_id, responses, budget, frame_len_max);
+}
+
+/// Encodes and sends a response frame; a client that went away is not an error. Read-only
+/// results that would take the frame past `frame_len_max` are answered 91, reason 27 instead.
+fn send_response_frame(
+    outbox: &Outbox,
+    correlation_id: u64,
+    mut responses: Vec<wire::Response>,
+    budget: OwnedSemaphorePermit,
+    frame_len_max: usize,
+) {
+    let replaced = wire::fit_responses(&mut responses, frame_len_max);
+    if replaced > 0 {
+        metrics::counter!("switch_responses_too_large_total").increment(replaced as u64);
+    }
+    let mut frame = Vec::with_capacity(64 * responses.len());
+    if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+        // A count past its field (over 65,535 positions in a report): every read-only result
+        // goes, so that the frame's other answers still reach the client.
+        tracing::error!("encoding a response frame: {e}");
+        wire::fit_responses(&mut responses, 0);
+        frame.clear();
+        if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+            tracing::error!("encoding a response frame without read-only results: {e}");
+            return;
+        }
+    }
+    let _ = outbox.send(Outgoing {
+        frame,
+        budget: Some(budget),
+        last: None,
+    });
 }
 
 /// A frame being answered: the room its results have left, and its requests for the ledger
@@ -836,7 +869,8 @@ struct Frame {
 #[derive(Default)]
 struct Segment {
     items: Vec<Prepared>,
-    ops: Vec<wire::Op>,
+    /// Per item: its request id and operation, which shape its wire response.
+    asked: Vec<(wire::RequestId, wire::Op)>,
     /// Per item: its place in the frame, and the bytes reserved for its result beyond its
     /// smallest form.
     slots: Vec<(usize, usize)>,
@@ -844,8 +878,8 @@ struct Segment {
 
 impl Segment {
     fn push(&mut self, item: Prepared, op: wire::Op, slot: usize, reserved: usize) {
+        self.asked.push((wire::RequestId(item.item.id.0), op));
         self.items.push(item);
-        self.ops.push(op);
         self.slots.push((slot, reserved));
     }
 
@@ -859,16 +893,17 @@ impl Frame {
     /// what was reserved for it (a report that does not fit) is answered 91, reason 27; what
     /// the others reserved and did not take goes back to the room.
     async fn run(&mut self, shared: &Shared, answers: &mut [Option<wire::Response>]) {
-        let Segment { items, ops, slots } = std::mem::take(&mut self.segment);
+        let Segment {
+            items,
+            asked,
+            slots,
+        } = std::mem::take(&mut self.segment);
         if items.is_empty() {
             return;
         }
-        let responses = ask_stage(shared, items, ops, self.received).await;
-        let mut responses = responses.into_iter();
-        for (slot, reserved) in slots {
-            let Some(mut response) = responses.next() else {
-                break;
-            };
+        let answered = ask_stage(shared, items).await;
+        let responses = wire_answers(answered, &asked, self.received);
+        for ((slot, reserved), mut response) in slots.into_iter().zip(responses) {
             let op = response.body.op();
             let extra = response.encoded_len().saturating_sub(op.result_len_min());
             if extra > reserved {
@@ -904,13 +939,8 @@ impl Frame {
             who: state.who,
             request: crate::core::Request::ListWindows,
         });
-        let responses = ask_stage(
-            shared,
-            vec![item],
-            vec![wire::Op::ListWindows],
-            self.received,
-        )
-        .await;
+        let answered = ask_stage(shared, vec![item]).await;
+        let responses = wire_answers(answered, &[(id, wire::Op::ListWindows)], self.received);
         match responses.first().map(|r| (r.code, &r.body)) {
             // Newest first: the open window leads.
             Some((Code::Approved, wire::ResponseBody::ListWindows(windows))) => {
@@ -921,35 +951,62 @@ impl Frame {
     }
 }
 
-/// Queues requests for the ledger stage and waits for their answers, in order; empty if the
-/// stage stopped without answering. Counts them in the server's requests in flight meanwhile.
-async fn ask_stage(
-    shared: &Shared,
-    items: Vec<Prepared>,
-    ops: Vec<wire::Op>,
-    received: Instant,
-) -> Vec<wire::Response> {
-    let (reply, answer) = oneshot::channel::<Vec<wire::Response>>();
+/// Queues requests for the ledger stage and waits for its answer. Counts them in the server's
+/// requests in flight meanwhile.
+async fn ask_stage(shared: &Shared, items: Vec<Prepared>) -> Answered {
+    let (answer, answered) = oneshot::channel();
     let count = items.len();
-    let job = Job {
-        items,
-        ops,
-        reply,
-        received,
-    };
     shared.in_flight.fetch_add(count, Ordering::AcqRel);
     let queue = shared.queue.read().clone();
     let pushed = match queue {
-        Some(queue) => queue.try_push(job),
-        None => Err((job, Reason::OVERLOADED)),
+        Some(queue) => queue.try_push(Job { items, answer }),
+        None => Err((Job { items, answer }, Refusal::Busy)),
     };
-    if let Err((job, reason)) = pushed {
-        stage::answer_all(job, stage::refusal_code(reason), reason);
-    }
-    // The stage drops the sender only if it stopped without answering: 96 in `handle_frame`.
-    let responses = answer.await.unwrap_or_default();
+    let answered = match pushed {
+        Ok(()) => answered.await.unwrap_or(Err(Refusal::Stopped)),
+        Err((_, refusal)) => Err(refusal),
+    };
     shared.in_flight.fetch_sub(count, Ordering::AcqRel);
-    responses
+    answered
+}
+
+/// The stage's answer as wire responses, one for each of `asked` (request id and operation),
+/// in order. What the stage answered counts in `switch_requests_total` and
+/// `switch_request_seconds` (from `received`, the frame's arrival); a refusal counts in
+/// neither.
+fn wire_answers(
+    answered: Answered,
+    asked: &[(wire::RequestId, wire::Op)],
+    received: Instant,
+) -> Vec<wire::Response> {
+    let responses = match answered {
+        Ok(responses) => responses,
+        Err(refusal) => {
+            return asked
+                .iter()
+                .map(|&(id, op)| wire::Response::declined(id, op, refusal.code(), refusal.reason()))
+                .collect();
+        }
+    };
+    debug_assert_eq!(responses.len(), asked.len(), "a response for each request");
+    // Counted per answer rather than per request: the counter lookup is not free.
+    let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
+    let wire_responses = asked
+        .iter()
+        .zip(&responses)
+        .map(|(&(_, op), r)| {
+            match counts.iter_mut().find(|(o, c, _)| *o == op && *c == r.code) {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((op, r.code, 1)),
+            }
+            translate::response(op, r)
+        })
+        .collect();
+    metrics::histogram!("switch_request_seconds").record(received.elapsed().as_secs_f64());
+    for (op, code, n) in counts {
+        telemetry::requests_answered(op, code).increment(n);
+    }
+    wire_responses
 }
 
 /// A ListWindows result past its smallest form: up to `WINDOWS_LISTED_MAX` window records.

@@ -1,5 +1,9 @@
 //! The ledger stage: one thread that owns the core, batches what is queued, logs it, and
 //! answers only what is durable.
+//!
+//! It speaks the core's types only: a job is core requests, its answer core responses or a
+//! refusal of them all. What they are on the wire, and the metrics of what was answered, are
+//! the connection's business; the log writer's thread only hands answers over.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,22 +23,61 @@ use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
 use crate::config::settings::StageSettings;
 use crate::core::snapshot::RestoreConfig;
-use crate::core::{Core, Prepared};
+use crate::core::{Core, Prepared, Response};
 use crate::journal::{self, SwitchRecord};
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
 use crate::server::telemetry;
-use crate::translate;
-use crate::wire;
 
-/// A frame's worth of requests, waiting for the stage.
+/// Consecutive requests of one frame, waiting for the stage.
 pub struct Job {
     pub items: Vec<Prepared>,
-    /// The wire operation of each item, to shape its response.
-    pub ops: Vec<wire::Op>,
-    /// Where the responses go, in item order.
-    pub reply: tokio::sync::oneshot::Sender<Vec<wire::Response>>,
-    pub received: Instant,
+    /// Where the answer goes.
+    pub answer: tokio::sync::oneshot::Sender<Answered>,
+}
+
+impl Job {
+    /// Answers every request of the job with one refusal.
+    pub fn refuse(self, refusal: Refusal) {
+        let _ = self.answer.send(Err(refusal));
+    }
+}
+
+/// The stage's answer to a job: a response for each item, in item order, or a refusal of them
+/// all (nothing of the job was executed, or, after a log failure, nothing of it is durable).
+pub type Answered = Result<Vec<Response>, Refusal>;
+
+/// Why the stage answered none of a job's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue is full, or closed for shutdown.
+    Busy,
+    /// The log ran out of space: a retry after the operator frees space and restarts succeeds.
+    StorageFull,
+    /// The log failed otherwise.
+    StorageFailed,
+    /// The stage stopped without answering.
+    Stopped,
+}
+
+impl Refusal {
+    /// The response code every refused request gets: 91 for what a retry can cure, 96
+    /// otherwise.
+    pub fn code(self) -> Code {
+        match self {
+            Refusal::Busy | Refusal::StorageFull => Code::SystemBusy,
+            Refusal::StorageFailed | Refusal::Stopped => Code::SystemMalfunction,
+        }
+    }
+
+    pub fn reason(self) -> Reason {
+        match self {
+            Refusal::Busy => Reason::OVERLOADED,
+            Refusal::StorageFull => Reason::STORAGE_FULL,
+            Refusal::StorageFailed => Reason::STORAGE_FAILURE,
+            Refusal::Stopped => Reason::INTERNAL,
+        }
+    }
 }
 
 /// The sending side of the stage's channel. When the last one goes it closes the bell: the
@@ -64,16 +107,16 @@ pub struct Queue {
 
 impl Queue {
     /// Queues a job, or gives it back when the queue is full or the stage has failed.
-    pub fn try_push(&self, job: Job) -> Result<(), (Job, Reason)> {
-        if let Some(reason) = self.failure() {
-            return Err((job, reason));
+    pub fn try_push(&self, job: Job) -> Result<(), (Job, Refusal)> {
+        if let Some(refusal) = self.failure() {
+            return Err((job, refusal));
         }
         let n = job.items.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.queued_max {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             metrics::counter!("switch_queue_full_total").increment(1);
-            return Err((job, Reason::OVERLOADED));
+            return Err((job, Refusal::Busy));
         }
         depth_gauge().increment(n as f64);
         match self.tx.tx.try_send(job) {
@@ -83,7 +126,7 @@ impl Queue {
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 leave(&self.queued, n);
-                Err((job, Reason::OVERLOADED))
+                Err((job, Refusal::Busy))
             }
         }
     }
@@ -93,10 +136,11 @@ impl Queue {
     }
 
     /// Why the stage stopped acknowledging, once its log has failed.
-    pub fn failure(&self) -> Option<Reason> {
-        match self.failed.load(Ordering::Acquire) {
-            0 => None,
-            reason => Some(Reason(reason)),
+    pub fn failure(&self) -> Option<Refusal> {
+        match Reason(self.failed.load(Ordering::Acquire)) {
+            Reason::NONE => None,
+            Reason::STORAGE_FULL => Some(Refusal::StorageFull),
+            _ => Some(Refusal::StorageFailed),
         }
     }
 
@@ -131,22 +175,12 @@ fn leave(queued: &AtomicUsize, n: usize) {
     depth_gauge().decrement(n as f64);
 }
 
-/// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
-/// operator frees space and restarts succeeds), any other log failure 96.
-pub fn refusal_code(reason: Reason) -> Code {
-    if reason == Reason::STORAGE_FAILURE || reason == Reason::INTERNAL {
-        Code::SystemMalfunction
-    } else {
-        Code::SystemBusy
-    }
-}
-
-/// Why a log failure stops acknowledgements, as the reason every request gets from then on.
-fn failure_reason(error: &WalError) -> Reason {
+/// Why a log failure stops acknowledgements, as the refusal every request gets from then on.
+fn failure_refusal(error: &WalError) -> Refusal {
     if error.is_out_of_space() {
-        Reason::STORAGE_FULL
+        Refusal::StorageFull
     } else {
-        Reason::STORAGE_FAILURE
+        Refusal::StorageFailed
     }
 }
 
@@ -168,11 +202,12 @@ pub struct Stage {
     wal_bytes: telemetry::WalBytes,
 }
 
-/// The answers to one stage batch, sent once every record up to `after` is durable.
-struct Answer {
+/// The answers to one stage batch, handed over once every record up to `after` is durable.
+struct BatchAnswers {
     after: u64,
-    shapes: Vec<(Vec<wire::Op>, Reply, Instant)>,
-    responses: Vec<crate::core::Response>,
+    /// Each job's answer channel and how many of `responses` are its own, in order.
+    jobs: Vec<(tokio::sync::oneshot::Sender<Answered>, usize)>,
+    responses: Vec<Response>,
     taken: Taken,
 }
 
@@ -190,8 +225,6 @@ impl Drop for Taken {
     }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Vec<wire::Response>>;
-
 /// Between the ledger stage and the log writer: the stage applies the next batch while the
 /// log syncs the last, and no answer leaves before the records it depends on are durable.
 /// A batch that logged nothing (declines, inquiries, repeats) may still have read what an
@@ -207,7 +240,7 @@ struct PipelineState {
     /// The log's failure, once it has failed: nothing more is answered as done.
     failure: Option<WalError>,
     /// In `after` order (the stage adds them in log order).
-    waiting: VecDeque<Answer>,
+    waiting: VecDeque<BatchAnswers>,
 }
 
 impl Pipeline {
@@ -237,7 +270,7 @@ impl Pipeline {
                     }
                 }
             }
-            let refusal = state.failure.as_ref().map(failure_reason);
+            let refusal = state.failure.as_ref().map(failure_refusal);
             let durable = state.durable;
             let n = if refusal.is_some() {
                 state.waiting.len()
@@ -251,23 +284,23 @@ impl Pipeline {
             (state.waiting.drain(..n).collect::<Vec<_>>(), refusal)
         };
         self.progressed.notify_all();
-        for answer in ready {
-            answer.send(refusal);
+        for answers in ready {
+            answers.hand_over(refusal);
         }
     }
 
-    /// Sends `answer` now if what it depends on is durable, or leaves it for `done`.
-    fn answer(&self, answer: Answer) {
+    /// Hands `answers` over now if what they depend on is durable, or leaves them for `done`.
+    fn answer(&self, answers: BatchAnswers) {
         let mut state = self.state.lock();
         if let Some(e) = &state.failure {
-            let reason = failure_reason(e);
+            let refusal = failure_refusal(e);
             drop(state);
-            answer.send(Some(reason));
-        } else if answer.after <= state.durable {
+            answers.hand_over(Some(refusal));
+        } else if answers.after <= state.durable {
             drop(state);
-            answer.send(None);
+            answers.hand_over(None);
         } else {
-            state.waiting.push_back(answer);
+            state.waiting.push_back(answers);
         }
     }
 
@@ -290,11 +323,11 @@ impl Pipeline {
     }
 }
 
-impl Answer {
-    /// Shapes and sends the responses, or refuses them all if the log failed.
-    fn send(self, refusal: Option<Reason>) {
-        let Answer {
-            shapes,
+impl BatchAnswers {
+    /// Gives each job its responses, or, if the log failed, the refusal of them all.
+    fn hand_over(self, refusal: Option<Refusal>) {
+        let BatchAnswers {
+            jobs,
             responses,
             taken,
             ..
@@ -303,36 +336,12 @@ impl Answer {
         // sends again the moment it has its answer must find the room its requests took.
         drop(taken);
         let mut responses = responses.into_iter();
-        // Counted per batch rather than per request: the counter lookup is not free.
-        let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
-        for (ops, reply, received) in shapes {
-            let wire_responses: Vec<wire::Response> = ops
-                .iter()
-                .zip(responses.by_ref())
-                .map(|(op, r)| match refusal {
-                    Some(reason) => wire::Response::declined(
-                        wire::RequestId(r.id.0),
-                        *op,
-                        refusal_code(reason),
-                        reason,
-                    ),
-                    None => {
-                        match counts.iter_mut().find(|(o, c, _)| o == op && *c == r.code) {
-                            Some((_, _, n)) => *n += 1,
-                            None => counts.push((*op, r.code, 1)),
-                        }
-                        translate::response(*op, &r)
-                    }
-                })
-                .collect();
-            if refusal.is_none() {
-                metrics::histogram!("switch_request_seconds")
-                    .record(received.elapsed().as_secs_f64());
-            }
-            let _ = reply.send(wire_responses);
-        }
-        for (op, code, n) in counts {
-            telemetry::requests_answered(op, code).increment(n);
+        for (answer, count) in jobs {
+            let answered = match refusal {
+                Some(refusal) => Err(refusal),
+                None => Ok(responses.by_ref().take(count).collect()),
+            };
+            let _ = answer.send(answered);
         }
     }
 }
@@ -537,10 +546,9 @@ impl Stage {
                 }
             };
             let refuse = |jobs: Vec<Job>, e: &WalError| {
-                let reason = failure_reason(e);
                 for job in jobs {
                     leave(&queued, job.items.len());
-                    answer_all(job, refusal_code(reason), reason);
+                    job.refuse(failure_refusal(e));
                 }
                 fail_stop(e, &rx, &queued, &failed)
             };
@@ -743,9 +751,9 @@ impl Stage {
     /// read from earlier batches). The stage goes on to the next batch meanwhile.
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), WalError> {
         let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
-        let mut shapes = Vec::with_capacity(jobs.len());
+        let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            shapes.push((job.ops, job.reply, job.received));
+            answers.push((job.answer, job.items.len()));
             items.extend(job.items);
         }
         let started = Instant::now();
@@ -759,9 +767,9 @@ impl Stage {
             // refuses its answers, and the stage stops acknowledging (see `fail_stop`).
             result = self.submit(payload).map(|_| ());
         }
-        self.pipeline.answer(Answer {
+        self.pipeline.answer(BatchAnswers {
             after: self.submitted,
-            shapes,
+            jobs: answers,
             responses: executed.responses,
             taken,
         });
@@ -783,12 +791,11 @@ fn write_report(dir: &std::path::Path, details: &WindowDetails) {
 /// Says once, where an operator sees it, that the log failed, and stops acknowledgements
 /// (`Queue::failure`, `/readyz`) before any client hears of it.
 fn report_failure(error: &WalError, failed: &AtomicU8) {
-    let reason = failure_reason(error);
-    failed.store(reason.0, Ordering::Release);
-    let cause = if reason == Reason::STORAGE_FULL {
-        "out_of_space"
-    } else {
-        "io_error"
+    let refusal = failure_refusal(error);
+    failed.store(refusal.reason().0, Ordering::Release);
+    let cause = match refusal {
+        Refusal::StorageFull => "out_of_space",
+        _ => "io_error",
     };
     metrics::gauge!("switch_storage_failed").set(1.0);
     metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
@@ -811,79 +818,70 @@ fn fail_stop(
     queued: &AtomicUsize,
     failed: &AtomicU8,
 ) -> anyhow::Error {
-    let reason = failure_reason(error);
-    failed.store(reason.0, Ordering::Release);
+    let refusal = failure_refusal(error);
+    failed.store(refusal.reason().0, Ordering::Release);
     // Until every sender is gone (shutdown), whatever arrives is answered at once.
     for job in rx.iter() {
         leave(queued, job.items.len());
-        answer_all(job, refusal_code(reason), reason);
+        job.refuse(refusal);
     }
     anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
 }
 
-pub(crate) fn op_name(op: wire::Op) -> &'static str {
-    match op {
-        wire::Op::CreateParticipant => "create_participant",
-        wire::Op::CreateAccount => "create_account",
-        wire::Op::Fund => "fund",
-        wire::Op::SetLimits => "set_limits",
-        wire::Op::ReloadRoutes => "reload_routes",
-        wire::Op::Authorize => "authorize",
-        wire::Op::Capture => "capture",
-        wire::Op::Reverse => "reverse",
-        wire::Op::Sale => "sale",
-        wire::Op::Refund => "refund",
-        wire::Op::BalanceInquiry => "balance_inquiry",
-        wire::Op::TransferStatus => "transfer_status",
-        wire::Op::CloseWindow => "close_window",
-        wire::Op::ListWindows => "list_windows",
-        wire::Op::WindowReport => "window_report",
-        wire::Op::ReportFile => "report_file",
-        wire::Op::Echo => "echo",
-    }
-}
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
 
-/// Encodes and sends a response frame; a client that went away is not an error. Read-only
-/// results that would take the frame past `frame_len_max` are answered 91, reason 27 instead.
-pub(crate) fn send(
-    reply: &super::connection::Reply,
-    correlation_id: u64,
-    mut responses: Vec<wire::Response>,
-    budget: tokio::sync::OwnedSemaphorePermit,
-    frame_len_max: usize,
-) {
-    let replaced = wire::fit_responses(&mut responses, frame_len_max);
-    if replaced > 0 {
-        metrics::counter!("switch_responses_too_large_total").increment(replaced as u64);
-    }
-    let mut frame = Vec::with_capacity(64 * responses.len());
-    if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
-        // A count past its field (over 65,535 positions in a report): every read-only result
-        // goes, so that the frame's other answers still reach the client.
-        tracing::error!("encoding a response frame: {e}");
-        wire::fit_responses(&mut responses, 0);
-        frame.clear();
-        if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
-            tracing::error!("encoding a response frame without read-only results: {e}");
-            return;
+    use super::*;
+    use crate::core::RequestId;
+
+    proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_stage_answers.txt", 64))]
+
+        /// A batch's responses go back split by job, each job getting exactly its own, in
+        /// order; after a log failure every job gets the refusal. Either way the batch's
+        /// requests have left the queue's count by the time any job hears.
+        #[test]
+        fn each_job_gets_its_own_responses_or_the_refusal(
+            sizes in prop::collection::vec(0usize..6, 0..8),
+            refusal in prop::option::of(prop_oneof![
+                Just(Refusal::StorageFull),
+                Just(Refusal::StorageFailed),
+            ]),
+        ) {
+            let total: usize = sizes.iter().sum();
+            let queued = Arc::new(AtomicUsize::new(total));
+            let mut jobs = Vec::new();
+            let mut heard = Vec::new();
+            for &n in &sizes {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                jobs.push((tx, n));
+                heard.push(rx);
+            }
+            let responses = (0..total)
+                .map(|i| Response::new(RequestId(i as u128), Code::Approved, Reason::NONE))
+                .collect();
+            BatchAnswers {
+                after: 0,
+                jobs,
+                responses,
+                taken: Taken { queued: queued.clone(), count: total },
+            }
+            .hand_over(refusal);
+            prop_assert_eq!(queued.load(Ordering::Acquire), 0);
+            let mut next = 0u128;
+            for (mut rx, &n) in heard.into_iter().zip(&sizes) {
+                match (rx.try_recv(), refusal) {
+                    (Ok(Err(got)), Some(want)) => prop_assert_eq!(got, want),
+                    (Ok(Ok(responses)), None) => {
+                        let ids: Vec<u128> = responses.iter().map(|r| r.id.0).collect();
+                        let want: Vec<u128> = (next..next + n as u128).collect();
+                        prop_assert_eq!(ids, want);
+                        next += n as u128;
+                    }
+                    (other, _) => prop_assert!(false, "job of {} heard {:?}", n, other),
+                }
+            }
         }
     }
-    let _ = reply.send(super::connection::Outgoing {
-        frame,
-        budget: Some(budget),
-        last: None,
-    });
-}
-
-/// Answers every request of a job with one code (busy, shutting down, failed storage).
-pub(crate) fn answer_all(job: Job, code: Code, reason: Reason) {
-    let responses: Vec<wire::Response> = job
-        .ops
-        .iter()
-        .zip(&job.items)
-        .map(|(op, item)| {
-            wire::Response::declined(wire::RequestId(item.item.id.0), *op, code, reason)
-        })
-        .collect();
-    let _ = job.reply.send(responses);
 }
