@@ -6,6 +6,7 @@
 //! the connection's business; the log writer's thread only hands answers over.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -16,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger::Timestamp;
 use ledger::bell::Bell;
 use ledger::storage::{FileStorage, Storage};
-use ledger::wal::{self, RecoverOptions, Wal, WalError};
+use ledger::wal::{self, RecoverOptions, Wal, WalError, WalOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clearing::WindowDetails;
@@ -380,83 +381,28 @@ impl Stage {
         settings: StageSettings,
         storage: S,
     ) -> anyhow::Result<Stage> {
-        let options = settings.wal.clone();
-        let started = Instant::now();
         let mut snapshots = Snapshots::open(&settings.snapshots, storage.clone())?;
-        // Before anything is loaded: `core` is the state the log starts from.
-        snapshots.starting_from(&core);
-        let (loaded, passed_over) = snapshots
-            .load(|| RestoreConfig::like(&core))
-            .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
-        let (mut core, after_sequence, snapshot_file) = match loaded {
-            Some(l) => (l.core, l.sequence, Some(l.file)),
-            None => (core, 0, None),
-        };
-        let recovered = wal::recover(
-            &storage,
-            &RecoverOptions {
-                record_size_max_bytes: options.record_size_max_bytes,
-                after_sequence,
-                write_max_bytes: options.write_max_bytes(),
-                ..RecoverOptions::default()
-            },
-            |_sequence, payload| journal::replay(&mut core, payload),
-        )
-        .map_err(|e| {
-            if passed_over.is_empty() {
-                anyhow::anyhow!("{e}")
-            } else {
-                anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
-            }
-        })?;
-        snapshots.recovered(recovered.last_sequence.unwrap_or(0));
+        let (mut core, recovered) = replay_log(core, &mut snapshots, &storage, &settings.wal)?;
         // Windows closed in the log whose reports a crash kept from being written.
         for details in core.take_reports() {
             write_report(&settings.report_dir, &details);
         }
-        if let Some(truncation) = &recovered.truncation {
-            tracing::warn!("{truncation}");
-        }
-        tracing::info!(
-            snapshot = snapshot_file.as_deref().unwrap_or("none"),
-            after_sequence,
-            records = recovered.records_applied,
-            segments = recovered.segments_read,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            digest = %core.ledger().digest(),
-            "recovered from the snapshot and the write-ahead log after it"
-        );
         if let Some(requests) = settings.preallocate_requests {
-            let started = Instant::now();
-            let bytes = core.preallocate();
-            tracing::info!(
-                mib = bytes >> 20,
-                requests,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "reserved the memory for every request remembered"
-            );
+            preallocate(&mut core, requests);
         }
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
-        let in_flight_max = options.queue_depth_max.max(1) as u64;
-        let wal_bytes: telemetry::WalBytes = {
-            let storage = storage.clone();
-            Arc::new(move || {
-                let names = storage.list().ok()?;
-                // A file deleted since the listing has no size: it takes no room.
-                Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
-            })
-        };
-        let wal =
-            Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
+        let wal_bytes = wal_bytes_reader(storage.clone());
+        let wal = Wal::open(storage, settings.wal.clone(), recovered.resume)
+            .context("opening the write-ahead log")?;
         Ok(Stage {
             core,
             wal,
             snapshots,
-            settings,
             failed: Arc::new(AtomicU8::new(0)),
             pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
-            in_flight_max,
+            in_flight_max: settings.wal.queue_depth_max.max(1) as u64,
+            settings,
             wal_bytes,
         })
     }
@@ -486,173 +432,19 @@ impl Stage {
             failed: self.failed.clone(),
         };
         metrics::gauge!("switch_storage_failed").set(0.0);
-        let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
+        let queued = queue.queued.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
-            .spawn(move || self.run(rx, &bell, queued, failed, routes))
+            .spawn(move || StageThread::start(self, rx, bell, queued, routes)?.run())
             .expect("spawning the ledger stage thread");
         (queue, handle)
-    }
-
-    fn run(
-        mut self,
-        rx: Receiver<Job>,
-        bell: &Bell,
-        queued: Arc<AtomicUsize>,
-        failed: Arc<AtomicU8>,
-        routes: Arc<RwLock<Arc<RouteTable>>>,
-    ) -> anyhow::Result<()> {
-        let tick = self.settings.expiry_tick;
-        let batch_max = self.settings.batch_len_max;
-        let mut clock = Clock { last: 0 };
-        let mut last_expiry = Instant::now();
-        // The expiry pass runs whenever the queue is empty: many times a second under load.
-        let mut expiries = telemetry::Tally::new(EXPIRY_LINE_EVERY);
-        set_ledger_gauges(&self.core);
-        let mut gauges_set = Instant::now();
-        let close_every_ns = self.settings.close_every_ns;
-        // Reports are written off the stage thread; closes are rare, so the channel is small.
-        let (report_tx, report_rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
-        let report_dir = self.settings.report_dir.clone();
-        // Reports handed over and not yet written. A snapshot waits for none: reports are
-        // not in it, and the log that could rebuild them goes once it is written.
-        let unwritten = Arc::new(AtomicUsize::new(0));
-        let written = unwritten.clone();
-        let reporter = std::thread::Builder::new()
-            .name("clearing-reports".into())
-            .spawn(move || {
-                for details in report_rx {
-                    write_report(&report_dir, &details);
-                    written.fetch_sub(1, Ordering::AcqRel);
-                }
-            })
-            .context("spawning the report writer")?;
-
-        loop {
-            if let Some(e) = self.pipeline.failure() {
-                return Err(fail_stop(&e, &rx, &queued, &failed));
-            }
-            let first = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    // Not the channel's own blocking receive: see `ledger::bell`.
-                    bell.wait(&rx, Some(tick.saturating_sub(last_expiry.elapsed())));
-                    match rx.try_recv() {
-                        Ok(job) => Some(job),
-                        Err(TryRecvError::Disconnected) => break,
-                        Err(TryRecvError::Empty) => None,
-                    }
-                }
-            };
-            let refuse = |jobs: Vec<Job>, e: &WalError| {
-                for job in jobs {
-                    leave(&queued, job.items.len());
-                    job.refuse(failure_refusal(e));
-                }
-                fail_stop(e, &rx, &queued, &failed)
-            };
-            if last_expiry.elapsed() >= tick || first.is_none() {
-                last_expiry = Instant::now();
-                let now = clock.now();
-                let mut result = Ok(());
-                if self.core.clearing().due(now, close_every_ns) {
-                    result = self.close_on_schedule(now, &report_tx, &unwritten);
-                }
-                let expired = if result.is_ok() {
-                    self.core.expire_holds(now)
-                } else {
-                    0
-                };
-                if let Some(holds) = expiries.count(expired as u64, Instant::now()) {
-                    tracing::info!(
-                        holds,
-                        "authorization holds expired (since the last such line)"
-                    );
-                }
-                if gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
-                    gauges_set = Instant::now();
-                    set_ledger_gauges(&self.core);
-                }
-                if expired > 0 {
-                    metrics::counter!("switch_holds_expired_total").increment(expired as u64);
-                    let mut payload = Vec::with_capacity(9);
-                    SwitchRecord::encode_expire(now, &mut payload);
-                    result = self.append(payload);
-                }
-                if let Err(e) = result {
-                    return Err(refuse(first.into_iter().collect(), &e));
-                }
-            }
-            let Some(first) = first else {
-                self.snapshots.batch(0);
-                if unwritten.load(Ordering::Acquire) == 0
-                    && let Err(e) = self.maybe_snapshot()
-                {
-                    return Err(refuse(Vec::new(), &e));
-                }
-                continue;
-            };
-            // Room in the pipeline first: what arrives meanwhile joins this batch.
-            if let Err(e) = self.room() {
-                return Err(refuse(vec![first], &e));
-            }
-            let mut jobs = vec![first];
-            let mut count = jobs[0].items.len();
-            while count < batch_max {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        count += job.items.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let taken = Taken {
-                queued: queued.clone(),
-                count,
-            };
-            metrics::histogram!("switch_batch_requests").record(count as f64);
-            self.snapshots.batch(count);
-            self.core.set_routes(routes.read().clone());
-            let mut result = self.execute(jobs, clock.now(), taken);
-            if result.is_ok() {
-                result = self.hand_reports(&report_tx, &unwritten);
-            }
-            if result.is_ok() && unwritten.load(Ordering::Acquire) == 0 {
-                result = self.maybe_snapshot();
-            }
-            if let Err(e) = result {
-                return Err(refuse(Vec::new(), &e));
-            }
-        }
-        let drained = self
-            .hand_reports(&report_tx, &unwritten)
-            .and_then(|()| self.pipeline.wait_durable(self.submitted));
-        drop(report_tx);
-        let _ = reporter.join();
-        if let Some(holds) = expiries.flush() {
-            tracing::info!(
-                holds,
-                "authorization holds expired (since the last such line)"
-            );
-        }
-        if drained.is_ok() {
-            self.snapshots.finish(&self.core);
-        }
-        self.wal
-            .close()
-            .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
-        tracing::info!(digest = %self.core.ledger().digest(), "ledger stage stopped; journal synced");
-        Ok(())
     }
 
     /// Closes the open clearing window on the switch's own schedule, logged like any request.
     fn close_on_schedule(
         &mut self,
         now: Timestamp,
-        report_tx: &Sender<Arc<WindowDetails>>,
-        unwritten: &AtomicUsize,
+        reports: &ReportWriter,
     ) -> Result<(), WalError> {
         let item = self.core.scheduled_close();
         let window = self.core.clearing().open.id;
@@ -674,40 +466,32 @@ impl Stage {
             ),
             None => {}
         }
-        self.hand_reports(report_tx, unwritten)
+        self.hand_reports(reports)
     }
 
     /// Gives the reports of windows closed to the report writer, once their closes are durable.
-    fn hand_reports(
-        &mut self,
-        report_tx: &Sender<Arc<WindowDetails>>,
-        unwritten: &AtomicUsize,
-    ) -> Result<(), WalError> {
-        let reports = self.core.take_reports();
-        if reports.is_empty() {
+    fn hand_reports(&mut self, reports: &ReportWriter) -> Result<(), WalError> {
+        let closed = self.core.take_reports();
+        if closed.is_empty() {
             return Ok(());
         }
         self.pipeline.wait_durable(self.submitted)?;
-        for details in reports {
-            unwritten.fetch_add(1, Ordering::AcqRel);
-            if report_tx.send(details).is_err() {
-                unwritten.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!("the report writer has stopped; reports are not being written");
-            }
+        for details in closed {
+            reports.hand(details);
         }
         Ok(())
     }
 
     /// Waits until fewer than `in_flight_max` records are waiting to become durable.
-    fn room(&self) -> Result<(), WalError> {
+    fn wait_for_log_queue(&self) -> Result<(), WalError> {
         self.pipeline
             .wait_durable(self.submitted.saturating_sub(self.in_flight_max - 1))
     }
 
-    /// Hands a record to the log (after waiting for room) and returns its sequence; the
-    /// pipeline hears when it is durable.
+    /// Hands a record to the log (after waiting for room in its queue) and returns its
+    /// sequence; the pipeline hears when it is durable.
     fn submit(&mut self, payload: Vec<u8>) -> Result<u64, WalError> {
-        self.room()?;
+        self.wait_for_log_queue()?;
         let permit = match self.wal.reserve() {
             Ok(permit) => permit,
             Err(e) => {
@@ -750,7 +534,7 @@ impl Stage {
     /// Applies a batch and logs it; its answers leave once the log holds it (and whatever it
     /// read from earlier batches). The stage goes on to the next batch meanwhile.
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), WalError> {
-        let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
+        let mut items = Vec::with_capacity(taken.count);
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
             answers.push((job.answer, job.items.len()));
@@ -759,6 +543,11 @@ impl Stage {
         let started = Instant::now();
         let executed = self.core.execute_prepared(items, now);
         metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
+        debug_assert_eq!(
+            executed.responses.len(),
+            taken.count,
+            "a response per request"
+        );
         let mut result = Ok(());
         if !executed.logged.is_empty() {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
@@ -774,6 +563,366 @@ impl Stage {
             taken,
         });
         result
+    }
+}
+
+/// Loads the newest usable snapshot into `snapshots` (or keeps `core`, the state the log starts
+/// from) and replays the log in `storage` after it.
+fn replay_log<S: Storage>(
+    core: Core,
+    snapshots: &mut Snapshots,
+    storage: &S,
+    options: &WalOptions,
+) -> anyhow::Result<(Core, wal::Recovered)> {
+    let started = Instant::now();
+    // Before anything is loaded: `core` is the state the log starts from.
+    snapshots.starting_from(&core);
+    let (loaded, passed_over) = snapshots
+        .load(|| RestoreConfig::like(&core))
+        .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
+    let (mut core, after_sequence, snapshot_file) = match loaded {
+        Some(l) => (l.core, l.sequence, Some(l.file)),
+        None => (core, 0, None),
+    };
+    let recovered = wal::recover(
+        storage,
+        &RecoverOptions {
+            record_size_max_bytes: options.record_size_max_bytes,
+            after_sequence,
+            write_max_bytes: options.write_max_bytes(),
+            ..RecoverOptions::default()
+        },
+        |_sequence, payload| journal::replay(&mut core, payload),
+    )
+    .map_err(|e| {
+        if passed_over.is_empty() {
+            anyhow::anyhow!("{e}")
+        } else {
+            anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
+        }
+    })?;
+    snapshots.recovered(recovered.last_sequence.unwrap_or(0));
+    if let Some(truncation) = &recovered.truncation {
+        tracing::warn!("{truncation}");
+    }
+    tracing::info!(
+        snapshot = snapshot_file.as_deref().unwrap_or("none"),
+        after_sequence,
+        records = recovered.records_applied,
+        segments = recovered.segments_read,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        digest = %core.ledger().digest(),
+        "recovered from the snapshot and the write-ahead log after it"
+    );
+    Ok((core, recovered))
+}
+
+/// Reserves the memory for `requests` remembered requests up front (`Core::preallocate`).
+fn preallocate(core: &mut Core, requests: u64) {
+    let started = Instant::now();
+    let bytes = core.preallocate();
+    tracing::info!(
+        mib = bytes >> 20,
+        requests,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reserved the memory for every request remembered"
+    );
+}
+
+/// Reads the size of the log's files in `storage`, for `switch_wal_bytes`.
+fn wal_bytes_reader<S: Storage + 'static>(storage: S) -> telemetry::WalBytes {
+    Arc::new(move || {
+        let names = storage.list().ok()?;
+        // A file deleted since the listing has no size: it takes no room.
+        Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
+    })
+}
+
+/// What the stage's queue gave.
+enum Next {
+    Job(Job),
+    /// Nothing before the next tick was due.
+    Idle,
+    /// Every sender is gone: the switch is stopping.
+    Closed,
+}
+
+/// The stage thread: the stage, the receiving end of its queue, and the work it keeps time
+/// for besides the batches.
+struct StageThread {
+    stage: Stage,
+    jobs: Receiver<Job>,
+    bell: Arc<Bell>,
+    queued: Arc<AtomicUsize>,
+    routes: Arc<RwLock<Arc<RouteTable>>>,
+    clock: Clock,
+    /// When the periodic work last ran.
+    ticked: Instant,
+    /// The expiry pass runs whenever the queue is empty: many times a second under load.
+    expiries: telemetry::Tally,
+    gauges_set: Instant,
+    reports: ReportWriter,
+}
+
+impl StageThread {
+    fn start(
+        stage: Stage,
+        jobs: Receiver<Job>,
+        bell: Arc<Bell>,
+        queued: Arc<AtomicUsize>,
+        routes: Arc<RwLock<Arc<RouteTable>>>,
+    ) -> anyhow::Result<StageThread> {
+        let reports = ReportWriter::spawn(stage.settings.report_dir.clone())?;
+        set_ledger_gauges(&stage.core);
+        Ok(StageThread {
+            stage,
+            jobs,
+            bell,
+            queued,
+            routes,
+            clock: Clock { last: 0 },
+            ticked: Instant::now(),
+            expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
+            gauges_set: Instant::now(),
+            reports,
+        })
+    }
+
+    /// Takes batches until the queue closes, with the periodic work between them; then drains.
+    /// After a log failure it answers every request with the failure until the queue closes.
+    fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            if let Some(e) = self.stage.pipeline.failure() {
+                return Err(self.fail_stop(&e));
+            }
+            let first = match self.next_job() {
+                Next::Job(job) => Some(job),
+                Next::Idle => None,
+                Next::Closed => return self.shut_down(),
+            };
+            if (first.is_none() || self.ticked.elapsed() >= self.stage.settings.expiry_tick)
+                && let Err(e) = self.periodic()
+            {
+                self.refuse(first.into_iter().collect(), &e);
+                return Err(self.fail_stop(&e));
+            }
+            let result = match first {
+                Some(first) => self.batch(first),
+                None => self.idle(),
+            };
+            if let Err(e) = result {
+                return Err(self.fail_stop(&e));
+            }
+        }
+    }
+
+    /// The next job, waiting for one at most until the next tick is due.
+    fn next_job(&self) -> Next {
+        let received = match self.jobs.try_recv() {
+            Err(TryRecvError::Empty) => {
+                // Not the channel's own blocking receive: see `ledger::bell`.
+                let tick = self.stage.settings.expiry_tick;
+                self.bell
+                    .wait(&self.jobs, Some(tick.saturating_sub(self.ticked.elapsed())));
+                self.jobs.try_recv()
+            }
+            received => received,
+        };
+        match received {
+            Ok(job) => Next::Job(job),
+            Err(TryRecvError::Empty) => Next::Idle,
+            Err(TryRecvError::Disconnected) => Next::Closed,
+        }
+    }
+
+    /// The clock's work: the scheduled close of the open window if it is due, the expiry of
+    /// due holds (logged), and the ledger's gauges.
+    fn periodic(&mut self) -> Result<(), WalError> {
+        self.ticked = Instant::now();
+        let now = self.clock.now();
+        if self
+            .stage
+            .core
+            .clearing()
+            .due(now, self.stage.settings.close_every_ns)
+        {
+            self.stage.close_on_schedule(now, &self.reports)?;
+        }
+        let expired = self.stage.core.expire_holds(now);
+        if let Some(holds) = self.expiries.count(expired as u64, Instant::now()) {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
+        if self.gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
+            self.gauges_set = Instant::now();
+            set_ledger_gauges(&self.stage.core);
+        }
+        if expired > 0 {
+            metrics::counter!("switch_holds_expired_total").increment(expired as u64);
+            let mut payload = Vec::with_capacity(9);
+            SwitchRecord::encode_expire(now, &mut payload);
+            self.stage.append(payload)?;
+        }
+        Ok(())
+    }
+
+    /// Takes what is queued, up to a batch, and executes it. On a failure, `first` is refused
+    /// if it was not executed, and the batch's answers are refused by the pipeline.
+    fn batch(&mut self, first: Job) -> Result<(), WalError> {
+        // Room in the log's queue first: what arrives meanwhile joins this batch.
+        if let Err(e) = self.stage.wait_for_log_queue() {
+            self.refuse(vec![first], &e);
+            return Err(e);
+        }
+        let (jobs, count) = self.take_batch(first);
+        metrics::histogram!("switch_batch_requests").record(count as f64);
+        self.stage.snapshots.batch(count);
+        self.stage.core.set_routes(self.routes.read().clone());
+        let taken = Taken {
+            queued: self.queued.clone(),
+            count,
+        };
+        self.stage.execute(jobs, self.clock.now(), taken)?;
+        self.stage.hand_reports(&self.reports)?;
+        self.maybe_snapshot()
+    }
+
+    /// `first` and the jobs queued behind it, until the batch holds `batch_len_max` requests
+    /// (a job is never split, so the last may take it past); and how many requests.
+    fn take_batch(&self, first: Job) -> (Vec<Job>, usize) {
+        let mut count = first.items.len();
+        let mut jobs = vec![first];
+        while count < self.stage.settings.batch_len_max {
+            match self.jobs.try_recv() {
+                Ok(job) => {
+                    count += job.items.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        (jobs, count)
+    }
+
+    /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
+    fn idle(&mut self) -> Result<(), WalError> {
+        self.stage.snapshots.batch(0);
+        self.maybe_snapshot()
+    }
+
+    /// A snapshot waits while reports are being written: reports are not in it, and the log
+    /// that could rebuild them goes once it is written.
+    fn maybe_snapshot(&mut self) -> Result<(), WalError> {
+        if self.reports.all_written() {
+            self.stage.maybe_snapshot()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Answers jobs taken from the queue and not executed with the log's failure.
+    fn refuse(&self, jobs: Vec<Job>, error: &WalError) {
+        for job in jobs {
+            leave(&self.queued, job.items.len());
+            job.refuse(failure_refusal(error));
+        }
+    }
+
+    /// After a log failure: the in-memory state is ahead of the log (the failed batch was
+    /// applied but is not durable), and a failed fdatasync cannot be retried safely on Linux
+    /// (the kernel may have dropped the dirty pages and report success next time). So the
+    /// stage stops acknowledging for good: it says so in the log, the metrics and `/readyz`,
+    /// and answers every request from then on with the failure's code until the switch shuts
+    /// down. A restart on the same directory recovers everything that was acknowledged.
+    fn fail_stop(&self, error: &WalError) -> anyhow::Error {
+        let refusal = failure_refusal(error);
+        self.stage
+            .failed
+            .store(refusal.reason().0, Ordering::Release);
+        // Until every sender is gone (shutdown), whatever arrives is answered at once.
+        for job in self.jobs.iter() {
+            leave(&self.queued, job.items.len());
+            job.refuse(refusal);
+        }
+        anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
+    }
+
+    /// The queue closed: the last reports go to the writer, everything logged becomes
+    /// durable, the shutdown snapshot is taken, and the log is closed.
+    fn shut_down(mut self) -> anyhow::Result<()> {
+        let drained = self
+            .stage
+            .hand_reports(&self.reports)
+            .and_then(|()| self.stage.pipeline.wait_durable(self.stage.submitted));
+        self.reports.stop();
+        if let Some(holds) = self.expiries.flush() {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
+        let mut stage = self.stage;
+        if drained.is_ok() {
+            stage.snapshots.finish(&stage.core);
+        }
+        stage
+            .wal
+            .close()
+            .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
+        tracing::info!(digest = %stage.core.ledger().digest(), "ledger stage stopped; journal synced");
+        Ok(())
+    }
+}
+
+/// Writes the reports of closed windows, on a thread of its own: the stage does not wait on
+/// the disk for them.
+struct ReportWriter {
+    tx: Sender<Arc<WindowDetails>>,
+    /// Reports handed over and not yet written.
+    unwritten: Arc<AtomicUsize>,
+    thread: JoinHandle<()>,
+}
+
+impl ReportWriter {
+    fn spawn(dir: PathBuf) -> anyhow::Result<ReportWriter> {
+        // Closes are rare, so the channel is small.
+        let (tx, rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let written = unwritten.clone();
+        let thread = std::thread::Builder::new()
+            .name("clearing-reports".into())
+            .spawn(move || {
+                for details in rx {
+                    write_report(&dir, &details);
+                    written.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .context("spawning the report writer")?;
+        Ok(ReportWriter {
+            tx,
+            unwritten,
+            thread,
+        })
+    }
+
+    fn hand(&self, details: Arc<WindowDetails>) {
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(details).is_err() {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("the report writer has stopped; reports are not being written");
+        }
+    }
+
+    fn all_written(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) == 0
+    }
+
+    /// Writes what was handed over, and stops.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 }
 
@@ -804,28 +953,6 @@ fn report_failure(error: &WalError, failed: &AtomicU8) {
         "write-ahead log failed; no further acknowledgements until a restart recovers the \
          log: {error}"
     );
-}
-
-/// After a log failure: the in-memory state is ahead of the log (the failed batch was applied
-/// but is not durable), and a failed fdatasync cannot be retried safely on Linux (the kernel
-/// may have dropped the dirty pages and report success next time). So the stage stops
-/// acknowledging for good: it says so in the log, the metrics and `/readyz`, and answers
-/// every request from then on with the failure's code until the switch shuts down. A restart
-/// on the same directory recovers everything that was acknowledged.
-fn fail_stop(
-    error: &WalError,
-    rx: &Receiver<Job>,
-    queued: &AtomicUsize,
-    failed: &AtomicU8,
-) -> anyhow::Error {
-    let refusal = failure_refusal(error);
-    failed.store(refusal.reason().0, Ordering::Release);
-    // Until every sender is gone (shutdown), whatever arrives is answered at once.
-    for job in rx.iter() {
-        leave(queued, job.items.len());
-        job.refuse(refusal);
-    }
-    anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
 }
 
 #[cfg(test)]
