@@ -153,35 +153,44 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let running = start_on(config, config_path, source, None::<FileStorage>).await?;
+        // Before the ready line: a supervisor may stop the switch the moment it reads it, and
+        // a signal with no handler yet would kill the process without draining.
+        let stop = stop_signals();
         // The one line on standard output (logs go to standard error), for supervisors and
         // tests: recovery is done, and these are the addresses actually bound (port 0 in the
         // configuration lets the system choose).
         println!("{}", running.ready_line());
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down: no new connections, draining requests in flight");
         running.shutdown().await
     })
 }
 
-async fn wait_for_signal() {
+/// Installs the handlers of SIGTERM and SIGINT now; the future ends at the first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        );
+        async move {
+            let (Ok(mut term), Ok(mut int)) = signals else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
