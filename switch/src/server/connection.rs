@@ -16,11 +16,12 @@
 //! to that budget, and waiting for it, would hang a client writing large frames on many
 //! streams: its send buffer fills with the bytes of the streams not being read, and the
 //! streams the server waits on can send nothing more (`tests/unfinished_frames.rs`). Instead,
-//! every frame not yet whole holds its whole size (4 + length bytes) from one room for all
-//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there.
-//! A frame that finds the room full is read through without being kept and answered with a
-//! `ServerBusy` error frame; nothing in it is executed.
+//! every frame not yet whole holds its whole size (4 + length bytes) from one pool for all
+//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there
+//! (`wire::FrameReader` asks). A frame that finds the pool spent is read through without being
+//! kept and answered with a `ServerBusy` error frame; nothing in it is executed.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::stage::{Answered, Job, Queue, Refusal};
@@ -40,7 +41,7 @@ use crate::core::{Item, Prepared, RequestId};
 use crate::routing::RouteTable;
 use crate::tls::{Identities, Identity};
 use crate::translate::{self, Translated};
-use crate::wire;
+use crate::wire::{self, FrameReader, Incoming};
 
 /// A connection may have this many largest frames read but not yet answered on the wire.
 const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
@@ -48,31 +49,30 @@ const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
 /// many tiny frames cannot hold more memory than a few large ones.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
 
-/// What a stream's read buffer keeps between frames.
-const STREAM_BUFFER_BYTES: usize = 16 * 1024;
-
 /// The message of the error frame that answers a frame the server had no room for.
 pub const SERVER_BUSY_MESSAGE: &str =
     "no room for this frame now: nothing in it was executed; send it again later";
 
-/// A frame being received: its length, held from the server's room for unfinished frames
-/// until the frame is whole.
-struct Room {
+/// The bytes of the unfinished-frame pool a frame being received holds until it is whole.
+struct Reservation {
     _permit: OwnedSemaphorePermit,
     bytes: usize,
 }
 
-impl Room {
-    fn new(permit: OwnedSemaphorePermit, bytes: usize) -> Self {
+impl Reservation {
+    /// Takes `bytes` from `pool` without waiting, if it has them.
+    fn try_take(pool: &Arc<Semaphore>, bytes: usize) -> Option<Self> {
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = pool.clone().try_acquire_many_owned(permits).ok()?;
         metrics::gauge!("switch_unfinished_frame_bytes").increment(bytes as f64);
-        Room {
+        Some(Reservation {
             _permit: permit,
             bytes,
-        }
+        })
     }
 }
 
-impl Drop for Room {
+impl Drop for Reservation {
     fn drop(&mut self) {
         metrics::gauge!("switch_unfinished_frame_bytes").decrement(self.bytes as f64);
     }
@@ -107,9 +107,9 @@ pub struct Shared {
     connections: AtomicUsize,
     /// Requests received and not yet answered, over all connections.
     in_flight: AtomicUsize,
-    /// Room for frames being received and not yet whole, over all connections, in bytes
+    /// The pool for frames being received and not yet whole, over all connections, in bytes
     /// (`[limits] unfinished_frame_bytes_max`).
-    unfinished: Arc<Semaphore>,
+    unfinished_pool: Arc<Semaphore>,
     draining: AtomicBool,
     config_path: Mutex<Option<std::path::PathBuf>>,
 }
@@ -123,7 +123,7 @@ impl Shared {
         routes: Arc<RwLock<Arc<RouteTable>>>,
         config_path: Option<std::path::PathBuf>,
     ) -> Self {
-        let unfinished = Arc::new(Semaphore::new(
+        let unfinished_pool = Arc::new(Semaphore::new(
             settings
                 .unfinished_frame_bytes_max
                 .min(Semaphore::MAX_PERMITS),
@@ -136,7 +136,7 @@ impl Shared {
             routes,
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            unfinished,
+            unfinished_pool,
             draining: AtomicBool::new(false),
             config_path: Mutex::new(config_path),
         }
@@ -274,13 +274,38 @@ async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
     }
 }
 
+/// One stream: its frames are read here, in order, and each request frame is answered by a
+/// task of its own; answers and error frames go out through the stream's writer task.
 async fn serve_stream(
     connection: quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
 ) {
+    let (outbox, writer) = spawn_writer(send);
+    let mut stream = StreamReading {
+        shared: &shared,
+        state: &state,
+        outbox: &outbox,
+        violation: Violation {
+            connection: &connection,
+            shared: &shared,
+            state: &state,
+            outbox: &outbox,
+        },
+        frames: JoinSet::new(),
+    };
+    let mut reader = FrameReader::new(shared.settings.wire);
+    while stream.step(&mut recv, &mut reader).await.is_continue() {}
+    // The frames still being answered keep their own handles on the outbox.
+    stream.frames.detach_all();
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Starts the task that writes a stream's outgoing frames, in the order they are sent to it.
+fn spawn_writer(mut send: quinn::SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         while let Some(Outgoing {
@@ -303,229 +328,217 @@ async fn serve_stream(
         }
         let _ = send.finish();
     });
-    let limits = shared.settings.wire;
-    let violation = Violation {
-        connection: &connection,
-        shared: &shared,
-        state: &state,
-        outbox: &outbox,
-    };
-    // The stream's frames being answered, so that an error about the stream's end comes
-    // after their answers. Finished ones are reaped as the stream goes on.
-    let mut frames = JoinSet::new();
-    let mut buf: Vec<u8> = Vec::new();
-    // The server's room held for the unfinished frame at the start of `buf`, once its header
-    // is there.
-    let mut room: Option<Room> = None;
-    // Bytes of a rejected frame still to come, to be thrown away.
-    let mut skip = 0usize;
-    'read: loop {
-        let ended = if skip > 0 {
-            // Thrown away: taken as the connection holds it, without copying.
-            match recv.read_chunk(skip, true).await {
-                Ok(Some(chunk)) => {
-                    skip = skip.saturating_sub(chunk.bytes.len());
-                    continue;
-                }
-                Ok(None) => true,
-                Err(_) => break,
+    (outbox, writer)
+}
+
+/// What a stream being read acts on.
+struct StreamReading<'a> {
+    shared: &'a Arc<Shared>,
+    state: &'a Arc<ConnectionState>,
+    outbox: &'a Outbox,
+    violation: Violation<'a>,
+    /// The stream's frames being answered, so that an error about the stream's end comes
+    /// after their answers. Finished ones are reaped as the stream goes on.
+    frames: JoinSet<()>,
+}
+
+/// What reading a stream gave.
+enum Read {
+    Bytes,
+    /// The client finished its side of the stream.
+    Ended,
+    Failed,
+}
+
+impl StreamReading<'_> {
+    /// Reads once and acts on what the reader makes of it; `Break` once the stream is done.
+    async fn step(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+        reader: &mut FrameReader<Reservation>,
+    ) -> ControlFlow<()> {
+        match read(recv, reader).await {
+            Read::Bytes => {}
+            Read::Failed => return ControlFlow::Break(()),
+            Read::Ended => {
+                self.ended(reader).await;
+                return ControlFlow::Break(());
             }
-        } else {
-            // Read into `buf` itself. It grows as bytes come, geometrically, but never past
-            // the frame it holds and a read's worth once the header has said how long that
-            // is: memory follows what was sent, not what a header claims.
-            let want = buf.len() + STREAM_BUFFER_BYTES;
-            if buf.capacity() < want {
-                let mut to = (buf.capacity() * 2).max(want);
-                if let Some(room) = &room {
-                    to = to.min(room.bytes + STREAM_BUFFER_BYTES).max(want);
-                }
-                buf.reserve_exact(to - buf.len());
-            }
-            match recv.read_buf(&mut buf).await {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(_) => break,
-            }
-        };
-        if ended {
-            // (Inside a frame already rejected, whose rest was being skipped, there is
-            // nothing more to say.)
-            if !buf.is_empty() {
-                // The client finished its side inside a frame.
-                while frames.join_next().await.is_some() {}
-                let correlation_id = buf
-                    .get(8..16)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes);
-                let message = format!(
-                    "the stream ended inside a frame ({} bytes of it came)",
-                    buf.len()
-                );
-                violation
-                    .report(correlation_id, wire::ErrorCode::MalformedFrame, &message)
-                    .await;
-            }
-            break;
         }
-        let mut consumed = 0;
         loop {
-            if violation.closing() {
-                break 'read;
+            // Past the connection's last protocol error, on any of its streams, nothing more
+            // is executed.
+            if self.violation.closing() {
+                return ControlFlow::Break(());
             }
-            match wire::decode_frame(&buf[consumed..], &limits) {
-                Ok(None) => break,
-                Ok(Some((
-                    wire::Frame::Requests {
-                        correlation_id,
-                        requests,
-                    },
-                    used,
-                ))) => {
-                    consumed += used;
-                    room = None;
-                    // Waits, and so stops reading, while the connection's answers are not
-                    // being taken off. `used` is at most `frame_bytes_max`, within the budget.
-                    let cost = u32::try_from(used + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
-                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
-                        break 'read;
-                    };
-                    // Past the connection's last protocol error, on any of its streams, nothing
-                    // more is executed.
-                    if violation.closing() {
-                        break 'read;
-                    }
-                    // Each frame runs in its own task, so the stream keeps being read while
-                    // earlier frames wait for the ledger stage: that is what pipelining is.
-                    // The per-connection in-flight limit bounds how many there are.
-                    frames.spawn(handle_frame(
-                        correlation_id,
-                        requests,
-                        shared.clone(),
-                        state.clone(),
-                        outbox.clone(),
-                        budget,
-                    ));
-                    while frames.try_join_next().is_some() {}
-                }
-                Ok(Some((wire::Frame::Responses { correlation_id, .. }, used))) => {
-                    consumed += used;
-                    room = None;
+            let pool = &self.shared.unfinished_pool;
+            match reader.next(|bytes| Reservation::try_take(pool, bytes)) {
+                Incoming::NeedBytes => return ControlFlow::Continue(()),
+                Incoming::Frame { frame, len } => self.frame(frame, len).await?,
+                Incoming::Skipped(e) => {
                     metrics::counter!("switch_malformed_frames_total").increment(1);
-                    let message =
-                        "clients send request batches only: a response batch is not executed";
-                    if violation
-                        .report(
-                            correlation_id,
-                            wire::ErrorCode::UnexpectedFrameKind,
-                            message,
-                        )
-                        .await
-                    {
-                        break 'read;
+                    let id = e.correlation_id.unwrap_or(0);
+                    if self.violation.report(id, e.code(), &e.to_string()).await {
+                        return ControlFlow::Break(());
                     }
                 }
-                Ok(Some((
-                    wire::Frame::Error {
-                        correlation_id,
-                        code,
-                        message,
-                    },
-                    used,
-                ))) => {
-                    // Not answered: no error ping-pong.
-                    consumed += used;
-                    room = None;
-                    metrics::counter!("switch_malformed_frames_total").increment(1);
-                    tracing::info!(
-                        remote = %connection.remote_address(),
-                        correlation_id,
-                        ?code,
-                        ?message,
-                        "error frame from a client"
-                    );
-                    if violation.count() {
-                        break 'read;
-                    }
+                Incoming::Lost(e) => {
+                    self.lost(recv, &e).await;
+                    return ControlFlow::Break(());
                 }
-                Err(e) => {
-                    room = None;
-                    metrics::counter!("switch_malformed_frames_total").increment(1);
-                    let Some(frame_len) = e.frame_len else {
-                        // The framing is lost: nothing more on this stream can be trusted.
-                        // The answers to the frames before it go first.
-                        let _ = recv.stop(quinn::VarInt::from_u32(
-                            wire::AppErrorCode::FrameSyncLost.as_u32(),
-                        ));
-                        while frames.join_next().await.is_some() {}
-                        violation
-                            .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
-                            .await;
-                        break 'read;
-                    };
-                    if violation
-                        .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
-                        .await
-                    {
-                        break 'read;
-                    }
-                    let here = frame_len.min(buf.len() - consumed);
-                    consumed += here;
-                    skip = frame_len - here;
-                    if skip > 0 {
-                        break;
-                    }
-                }
+                Incoming::Refused { correlation_id, .. } => self.busy(correlation_id).await?,
             }
-        }
-        buf.drain(..consumed);
-        // What is left is the start of a frame. Once its header says how long it is, it
-        // holds that much of the server's room until it is whole, or is not kept at all.
-        if skip == 0
-            && room.is_none()
-            && let Some((frame_len, correlation_id)) = wire::frame_header(&buf)
-        {
-            let cost = u32::try_from(frame_len).unwrap_or(u32::MAX);
-            match shared.unfinished.clone().try_acquire_many_owned(cost) {
-                Ok(permit) => room = Some(Room::new(permit, frame_len)),
-                Err(TryAcquireError::NoPermits) => {
-                    skip = frame_len.saturating_sub(buf.len());
-                    buf.clear();
-                    metrics::counter!("switch_frames_busy_total").increment(1);
-                    // Held like any answer until written, so that a client that does not read
-                    // cannot pile these up.
-                    let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
-                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
-                        break 'read;
-                    };
-                    let mut frame = Vec::new();
-                    wire::encode_error_frame(
-                        correlation_id,
-                        wire::ErrorCode::ServerBusy,
-                        &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
-                        &mut frame,
-                    );
-                    let _ = outbox.send(Outgoing {
-                        frame,
-                        budget: Some(budget),
-                        last: None,
-                    });
-                }
-                Err(TryAcquireError::Closed) => break 'read,
-            }
-        }
-        // A large frame's room is not kept once it is read.
-        if room.is_none()
-            && buf.capacity() > 2 * STREAM_BUFFER_BYTES
-            && buf.len() <= STREAM_BUFFER_BYTES
-        {
-            buf.shrink_to(2 * STREAM_BUFFER_BYTES);
         }
     }
-    // The frames still being answered keep their own handles on the outbox.
-    frames.detach_all();
-    drop(outbox);
-    let _ = writer.await;
+
+    /// A whole frame: a request batch goes to a task of its own; any other kind is a protocol
+    /// error.
+    async fn frame(&mut self, frame: wire::Frame, len: usize) -> ControlFlow<()> {
+        match frame {
+            wire::Frame::Requests {
+                correlation_id,
+                requests,
+            } => self.requests(correlation_id, requests, len).await,
+            wire::Frame::Responses { correlation_id, .. } => {
+                metrics::counter!("switch_malformed_frames_total").increment(1);
+                let message = "clients send request batches only: a response batch is not executed";
+                let code = wire::ErrorCode::UnexpectedFrameKind;
+                match self.violation.report(correlation_id, code, message).await {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            }
+            wire::Frame::Error {
+                correlation_id,
+                code,
+                message,
+            } => {
+                // Not answered: no error ping-pong.
+                metrics::counter!("switch_malformed_frames_total").increment(1);
+                tracing::info!(
+                    remote = %self.violation.connection.remote_address(),
+                    correlation_id,
+                    ?code,
+                    ?message,
+                    "error frame from a client"
+                );
+                match self.violation.count() {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            }
+        }
+    }
+
+    /// A request batch of `len` bytes: answered by a task of its own, once the connection's
+    /// unwritten budget has room for it.
+    async fn requests(
+        &mut self,
+        correlation_id: u64,
+        requests: Vec<wire::Request>,
+        len: usize,
+    ) -> ControlFlow<()> {
+        // Waits, and so stops reading, while the connection's answers are not being taken
+        // off. `len` is at most `frame_bytes_max`, within the budget.
+        let cost = u32::try_from(len + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+        let Ok(budget) = self.state.unwritten.clone().acquire_many_owned(cost).await else {
+            return ControlFlow::Break(());
+        };
+        if self.violation.closing() {
+            return ControlFlow::Break(());
+        }
+        // Each frame runs in its own task, so the stream keeps being read while earlier
+        // frames wait for the ledger stage: that is what pipelining is. The per-connection
+        // in-flight limit bounds how many there are.
+        self.frames.spawn(handle_frame(
+            correlation_id,
+            requests,
+            self.shared.clone(),
+            self.state.clone(),
+            self.outbox.clone(),
+            budget,
+        ));
+        while self.frames.try_join_next().is_some() {}
+        ControlFlow::Continue(())
+    }
+
+    /// A frame the unfinished-frame pool had no room for: it is thrown away as it arrives and
+    /// answered `ServerBusy` at once (not a protocol error).
+    async fn busy(&mut self, correlation_id: u64) -> ControlFlow<()> {
+        metrics::counter!("switch_frames_busy_total").increment(1);
+        // Held like any answer until written, so that a client that does not read cannot pile
+        // these up.
+        let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+        let Ok(budget) = self.state.unwritten.clone().acquire_many_owned(cost).await else {
+            return ControlFlow::Break(());
+        };
+        let mut frame = Vec::new();
+        wire::encode_error_frame(
+            correlation_id,
+            wire::ErrorCode::ServerBusy,
+            &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
+            &mut frame,
+        );
+        let _ = self.outbox.send(Outgoing {
+            frame,
+            budget: Some(budget),
+            last: None,
+        });
+        ControlFlow::Continue(())
+    }
+
+    /// The framing is lost: nothing more on this stream can be trusted. The answers to the
+    /// frames before it go first, then the error.
+    async fn lost(&mut self, recv: &mut quinn::RecvStream, e: &wire::WireError) {
+        metrics::counter!("switch_malformed_frames_total").increment(1);
+        let _ = recv.stop(quinn::VarInt::from_u32(
+            wire::AppErrorCode::FrameSyncLost.as_u32(),
+        ));
+        while self.frames.join_next().await.is_some() {}
+        let id = e.correlation_id.unwrap_or(0);
+        self.violation.report(id, e.code(), &e.to_string()).await;
+    }
+
+    /// The client finished its side. Inside a frame (not one already refused or skipped),
+    /// that is a protocol error, said after the answers to the frames before it.
+    async fn ended(&mut self, reader: &FrameReader<Reservation>) {
+        let Some(end) = reader.ended_inside() else {
+            return;
+        };
+        while self.frames.join_next().await.is_some() {}
+        let message = format!(
+            "the stream ended inside a frame ({} bytes of it came)",
+            end.bytes
+        );
+        self.violation
+            .report(
+                end.correlation_id,
+                wire::ErrorCode::MalformedFrame,
+                &message,
+            )
+            .await;
+    }
+}
+
+/// Reads what comes next on the stream into the reader, or, while it skips a frame, takes
+/// that much as the connection holds it and throws it away, without copying.
+async fn read(recv: &mut quinn::RecvStream, reader: &mut FrameReader<Reservation>) -> Read {
+    let skip = reader.skipping();
+    if skip > 0 {
+        return match recv.read_chunk(skip, true).await {
+            Ok(Some(chunk)) => {
+                reader.skipped(chunk.bytes.len());
+                Read::Bytes
+            }
+            Ok(None) => Read::Ended,
+            Err(_) => Read::Failed,
+        };
+    }
+    match recv.read_buf(reader.read_buffer()).await {
+        Ok(0) => Read::Ended,
+        Ok(_) => Read::Bytes,
+        Err(_) => Read::Failed,
+    }
 }
 
 /// A connection's protocol errors: each is counted, and one past `malformed_frames_max`
