@@ -26,19 +26,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use super::files::Files;
 use super::stage::{Answered, Job, Queue, Refusal};
 use super::telemetry;
 use crate::codes::{Code, Reason};
-use crate::config::Config;
 use crate::config::settings::ConnectionSettings;
 use crate::core::{Item, Prepared, RequestId};
-use crate::routing::RouteTable;
 use crate::tls::{Identities, Identity};
 use crate::translate::{self, Translated};
 use crate::wire::{self, FrameReader, Incoming};
@@ -99,11 +98,10 @@ type Outbox = mpsc::UnboundedSender<Outgoing>;
 /// What every connection task shares.
 pub struct Shared {
     settings: ConnectionSettings,
-    /// The configuration the switch started with, for route reloads and the report directory.
-    config: Arc<Config>,
     identities: Identities,
     queue: RwLock<Option<Queue>>,
-    routes: Arc<RwLock<Arc<RouteTable>>>,
+    /// Route reloads and report files.
+    files: Arc<Files>,
     connections: AtomicUsize,
     /// Requests received and not yet answered, over all connections.
     in_flight: AtomicUsize,
@@ -111,17 +109,14 @@ pub struct Shared {
     /// (`[limits] unfinished_frame_bytes_max`).
     unfinished_pool: Arc<Semaphore>,
     draining: AtomicBool,
-    config_path: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Shared {
     pub fn new(
         settings: ConnectionSettings,
-        config: Arc<Config>,
         identities: Identities,
         queue: Queue,
-        routes: Arc<RwLock<Arc<RouteTable>>>,
-        config_path: Option<std::path::PathBuf>,
+        files: Arc<Files>,
     ) -> Self {
         let unfinished_pool = Arc::new(Semaphore::new(
             settings
@@ -130,15 +125,13 @@ impl Shared {
         ));
         Shared {
             settings,
-            config,
             identities,
             queue: RwLock::new(Some(queue)),
-            routes,
+            files,
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             unfinished_pool,
             draining: AtomicBool::new(false),
-            config_path: Mutex::new(config_path),
         }
     }
 
@@ -154,23 +147,6 @@ impl Shared {
     /// Drops the queue's sender, so the stage ends once it has answered everything.
     pub fn close_queue(&self) {
         self.queue.write().take();
-    }
-
-    /// Re-reads the routing table from the configuration file and swaps it in.
-    pub fn reload_routes(&self) -> Result<usize, String> {
-        let path = self.config_path.lock().clone();
-        match super::reload_routes(path.as_deref(), &self.config) {
-            Ok(table) => {
-                let n = table.len();
-                *self.routes.write() = Arc::new(table);
-                tracing::info!(routes = n, "routing table reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!("routing table not reloaded: {e:#}");
-                Err(format!("{e:#}"))
-            }
-        }
     }
 }
 
@@ -630,6 +606,8 @@ enum Tally {
     Past,
 }
 
+/// Answers a request frame: every request gets a response, in the frame's order, and the
+/// response frame is sent once the last is known.
 async fn handle_frame(
     correlation_id: u64,
     requests: Vec<wire::Request>,
@@ -638,200 +616,315 @@ async fn handle_frame(
     outbox: Outbox,
     budget: OwnedSemaphorePermit,
 ) {
-    let received = Instant::now();
-    let n = requests.len();
-    // Every request of the frame gets an answer, in order. Some are answered here.
-    let mut answers: Vec<Option<wire::Response>> = vec![None; n];
-    let busy = |r: &wire::Request, reason| {
-        wire::Response::declined(r.id, r.operation.op(), Code::SystemBusy, reason)
-    };
-    let draining = shared.draining.load(Ordering::Acquire);
-    let limit = shared.settings.in_flight_per_connection_max;
-    // All of a frame or none of it: a frame that would take the connection past its in-flight
-    // limit is answered 91 whole, and nothing in it is executed.
-    let admitted = if draining {
-        0
-    } else {
-        let before = state.in_flight.fetch_add(n as u32, Ordering::AcqRel);
-        if before as usize + n > limit {
-            state.in_flight.fetch_sub(n as u32, Ordering::AcqRel);
-            metrics::counter!("switch_in_flight_limit_total").increment(1);
-            0
-        } else {
-            n
-        }
-    };
-    // The response frame stays within the frame limit: every result takes at least its
-    // smallest form (its declined one; the config makes a full batch of those fit), and the
-    // results that can be larger draw on the room left, in order. One that does not fit is
-    // answered 91, reason 27.
-    let frame_len_max = shared.settings.wire.frame_len_max as usize;
-    let floor = wire::HEADER_LEN
-        + 2
-        + requests
-            .iter()
-            .map(|r| r.operation.op().result_len_min())
-            .sum::<usize>();
-    let mut frame = Frame {
-        room: frame_len_max.saturating_sub(floor),
-        segment: Segment::default(),
-        received,
-    };
-    // Reloaded at most once a frame, off the network threads.
-    let mut reloaded: Option<Result<usize, ()>> = None;
+    let admitted = Admitted::admit(&shared, &state, requests.len());
+    let mut frame = FrameAnswers::new(&shared, state.who, &requests);
     for (i, r) in requests.iter().enumerate() {
-        if i >= admitted {
-            answers[i] = Some(busy(r, Reason::OVERLOADED));
-            continue;
+        if i < admitted.count {
+            frame.answer(i, r).await;
+        } else {
+            frame.set(i, busy(r, Reason::OVERLOADED));
         }
+    }
+    let responses = frame.finish(&requests).await;
+    // Every request admitted is answered once the frame is sent.
+    drop(admitted);
+    let frame_len_max = shared.settings.wire.frame_len_max as usize;
+    send_response_frame(&outbox, correlation_id, responses, budget, frame_len_max);
+}
+
+/// The requests of a frame counted in the connection's requests in flight, until the frame
+/// is answered.
+struct Admitted<'a> {
+    state: &'a ConnectionState,
+    count: usize,
+}
+
+impl<'a> Admitted<'a> {
+    /// All of a frame or none of it: a frame that would take the connection past its
+    /// in-flight limit, or that comes while the switch drains, is answered 91 whole, and
+    /// nothing in it is executed.
+    fn admit(shared: &Shared, state: &'a ConnectionState, n: usize) -> Self {
+        let none = Admitted { state, count: 0 };
+        if shared.draining.load(Ordering::Acquire) {
+            return none;
+        }
+        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let before = state.in_flight.fetch_add(n32, Ordering::AcqRel);
+        if before as usize + n > shared.settings.in_flight_per_connection_max {
+            state.in_flight.fetch_sub(n32, Ordering::AcqRel);
+            metrics::counter!("switch_in_flight_limit_total").increment(1);
+            return none;
+        }
+        Admitted { state, count: n }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let n = u32::try_from(self.count).unwrap_or(u32::MAX);
+        self.state.in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+fn busy(r: &wire::Request, reason: Reason) -> wire::Response {
+    wire::Response::declined(r.id, r.operation.op(), Code::SystemBusy, reason)
+}
+
+/// A request frame being answered: its responses so far, the room its results have left,
+/// and its requests for the ledger stage not yet sent there.
+///
+/// The response frame stays within the frame limit: every result takes at least its smallest
+/// form (its declined one; the configuration makes a full batch of those fit), and the
+/// results that can be larger draw on what is left, in order. One that does not fit is
+/// answered 91, reason 27.
+struct FrameAnswers<'a> {
+    shared: &'a Shared,
+    who: Identity,
+    answers: Vec<Option<wire::Response>>,
+    /// Bytes the frame's results may take beyond their smallest forms, less what is reserved.
+    result_bytes_left: usize,
+    segment: Segment,
+    received: Instant,
+    /// The routing table is reloaded at most once a frame.
+    reloaded: Option<Result<usize, String>>,
+}
+
+impl<'a> FrameAnswers<'a> {
+    fn new(shared: &'a Shared, who: Identity, requests: &[wire::Request]) -> Self {
+        let smallest = wire::HEADER_LEN
+            + 2
+            + requests
+                .iter()
+                .map(|r| r.operation.op().result_len_min())
+                .sum::<usize>();
+        let frame_len_max = shared.settings.wire.frame_len_max as usize;
+        FrameAnswers {
+            shared,
+            who,
+            answers: vec![None; requests.len()],
+            result_bytes_left: frame_len_max.saturating_sub(smallest),
+            segment: Segment::default(),
+            received: Instant::now(),
+            reloaded: None,
+        }
+    }
+
+    fn set(&mut self, i: usize, response: wire::Response) {
+        if let Some(answer) = self.answers.get_mut(i) {
+            *answer = Some(response);
+        }
+    }
+
+    /// Answers request `i`, or queues it in the segment for the ledger stage.
+    async fn answer(&mut self, i: usize, r: &wire::Request) {
         let op = r.operation.op();
         if matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile) && !is_valid_id(r.id) {
-            answers[i] = Some(wire::Response::declined(
-                r.id,
-                op,
-                Code::InvalidTransaction,
-                Reason::INVALID_ID,
-            ));
-            continue;
+            let declined =
+                wire::Response::declined(r.id, op, Code::InvalidTransaction, Reason::INVALID_ID);
+            self.set(i, declined);
+            return;
         }
         match translate::request(r) {
-            Translated::Core(request) => {
-                // The most the result can take beyond its smallest form: an echo's payload;
-                // up to `WINDOWS_LISTED_MAX` window records; a report is known only once built.
-                // (Only the admin gets more than the smallest form of the last two.)
-                let (most, exact) = match &r.operation {
-                    wire::Operation::Echo { payload } => (payload.as_bytes().len(), true),
-                    wire::Operation::ListWindows if state.who.admin => {
-                        (LIST_WINDOWS_EXTRA_BYTES, false)
-                    }
-                    wire::Operation::WindowReport { .. } if state.who.admin => (usize::MAX, false),
-                    _ => (0, true),
-                };
-                // What is reserved for results not yet built comes back once they are.
-                if most > frame.room && frame.segment.reserves() {
-                    frame.run(&shared, &mut answers).await;
-                }
-                if exact && most > frame.room {
-                    answers[i] = Some(busy(r, Reason::RESPONSE_TOO_LARGE));
-                    continue;
-                }
-                let reserved = most.min(frame.room);
-                frame.room -= reserved;
-                // The fingerprint is computed here, off the ledger stage.
-                frame.segment.push(
-                    Prepared::new(Item {
-                        id: RequestId(r.id.0),
-                        who: state.who,
-                        request,
-                    }),
-                    op,
-                    i,
-                    reserved,
-                );
-                // A result that may not fit in what is left is built before anything after
-                // it: whether it fits decides what room the rest has.
-                if reserved < most {
-                    frame.run(&shared, &mut answers).await;
-                }
-            }
+            Translated::Core(request) => self.for_stage(i, r, request).await,
             Translated::ReloadRoutes => {
-                answers[i] = Some(if !state.who.admin {
-                    wire::Response::declined(
-                        r.id,
-                        wire::Op::ReloadRoutes,
-                        Code::NotPermitted,
-                        Reason::ADMIN_REQUIRED,
-                    )
-                } else {
-                    // After the frame's operations before it, like every operation.
-                    frame.run(&shared, &mut answers).await;
-                    if reloaded.is_none() {
-                        let shared = shared.clone();
-                        let reload = tokio::task::spawn_blocking(move || {
-                            shared.reload_routes().map_err(drop)
-                        });
-                        reloaded = Some(reload.await.unwrap_or(Err(())));
-                    }
-                    match reloaded.unwrap_or(Err(())) {
-                        Ok(count) => wire::Response {
-                            request_id: r.id,
-                            code: Code::Approved,
-                            reason: Reason::NONE,
-                            body: wire::ResponseBody::ReloadRoutes {
-                                route_count: u32::try_from(count).unwrap_or(u32::MAX),
-                            },
-                        },
-                        Err(()) => wire::Response::declined(
-                            r.id,
-                            wire::Op::ReloadRoutes,
-                            Code::SystemMalfunction,
-                            Reason::ROUTES_INVALID,
-                        ),
-                    }
-                });
+                let response = self.reload_routes(r.id).await;
+                self.set(i, response);
             }
             Translated::ReportFile {
                 window,
                 file,
                 offset,
             } => {
-                answers[i] = Some(if !state.who.admin {
-                    wire::Response::declined(
-                        r.id,
-                        wire::Op::ReportFile,
-                        Code::NotPermitted,
-                        Reason::ADMIN_REQUIRED,
-                    )
-                } else {
-                    // After the frame's operations before it (a close among them), and with
-                    // the room their results really left.
-                    frame.run(&shared, &mut answers).await;
-                    let mut response =
-                        report_file(&shared.config, r.id, window, file, offset, frame.room).await;
-                    if response.reason == Reason::WINDOW_NOT_FOUND
-                        && frame.is_closed(&shared, &state, r.id, window).await
-                    {
-                        response = wire::Response::declined(
-                            r.id,
-                            wire::Op::ReportFile,
-                            Code::SystemBusy,
-                            Reason::REPORT_NOT_READY,
-                        );
-                    }
-                    if let wire::ResponseBody::ReportFile { chunk, .. } = &response.body {
-                        frame.room = frame.room.saturating_sub(chunk.as_bytes().len());
-                    }
-                    response
-                });
+                let response = self.report_file(r.id, window, file, offset).await;
+                self.set(i, response);
             }
-            Translated::Answer(response) => answers[i] = Some(response),
+            Translated::Answer(response) => self.set(i, response),
         }
     }
-    frame.run(&shared, &mut answers).await;
-    // Every request admitted is answered once the frame is sent.
-    state.in_flight.fetch_sub(admitted as u32, Ordering::AcqRel);
-    let responses: Vec<wire::Response> = answers
-        .into_iter()
-        .zip(requests.iter())
-        .map(|(a, r)| {
-            a.unwrap_or_else(|| {
-                wire::Response::declined(
-                    r.id,
-                    r.operation.op(),
-                    Code::SystemMalfunction,
-                    Reason::INTERNAL,
-                )
-            })
-        })
-        .collect();
-    let cut = responses
-        .iter()
-        .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
-        .count();
-    if cut > 0 {
-        metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
+
+    /// Queues request `i` for the ledger stage, with room reserved for its result.
+    async fn for_stage(&mut self, i: usize, r: &wire::Request, request: crate::core::Request) {
+        // The most the result can take beyond its smallest form: an echo's payload; up to
+        // `WINDOWS_LISTED_MAX` window records; a report is known only once built. (Only the
+        // admin gets more than the smallest form of the last two.)
+        let (most, exact) = match &r.operation {
+            wire::Operation::Echo { payload } => (payload.as_bytes().len(), true),
+            wire::Operation::ListWindows if self.who.admin => (LIST_WINDOWS_EXTRA_BYTES, false),
+            wire::Operation::WindowReport { .. } if self.who.admin => (usize::MAX, false),
+            _ => (0, true),
+        };
+        // What is reserved for results not yet built comes back once they are.
+        if most > self.result_bytes_left && self.segment.reserves() {
+            self.run().await;
+        }
+        if exact && most > self.result_bytes_left {
+            self.set(i, busy(r, Reason::RESPONSE_TOO_LARGE));
+            return;
+        }
+        let reserved = most.min(self.result_bytes_left);
+        self.result_bytes_left -= reserved;
+        // The fingerprint is computed here, off the ledger stage.
+        let item = Prepared::new(Item {
+            id: RequestId(r.id.0),
+            who: self.who,
+            request,
+        });
+        self.segment.push(item, r.operation.op(), i, reserved);
+        // A result that may not fit in what is left is built before anything after it:
+        // whether it fits decides what room the rest has.
+        if reserved < most {
+            self.run().await;
+        }
     }
-    send_response_frame(&outbox, correlation_id, responses, budget, frame_len_max);
+
+    /// A ReloadRoutes: after the frame's operations before it, like every operation.
+    async fn reload_routes(&mut self, id: wire::RequestId) -> wire::Response {
+        let op = wire::Op::ReloadRoutes;
+        if !self.who.admin {
+            return wire::Response::declined(id, op, Code::NotPermitted, Reason::ADMIN_REQUIRED);
+        }
+        self.run().await;
+        if self.reloaded.is_none() {
+            self.reloaded = Some(self.shared.files.reload_routes_blocking().await);
+        }
+        match &self.reloaded {
+            Some(Ok(count)) => wire::Response {
+                request_id: id,
+                code: Code::Approved,
+                reason: Reason::NONE,
+                body: wire::ResponseBody::ReloadRoutes {
+                    route_count: u32::try_from(*count).unwrap_or(u32::MAX),
+                },
+            },
+            _ => wire::Response::declined(id, op, Code::SystemMalfunction, Reason::ROUTES_INVALID),
+        }
+    }
+
+    /// A ReportFile: after the frame's operations before it (a close among them), a piece of
+    /// the file as large as the room their results really left, or 91, reason 27 if not one
+    /// byte fits.
+    async fn report_file(
+        &mut self,
+        id: wire::RequestId,
+        window: u64,
+        file: u8,
+        offset: u64,
+    ) -> wire::Response {
+        let op = wire::Op::ReportFile;
+        let declined = |(code, reason)| wire::Response::declined(id, op, code, reason);
+        if !self.who.admin {
+            return declined((Code::NotPermitted, Reason::ADMIN_REQUIRED));
+        }
+        self.run().await;
+        let len_max = wire::ReportChunk::LEN_MAX.min(self.result_bytes_left);
+        let files = &self.shared.files;
+        let piece = match files.report_piece(window, file, offset, len_max).await {
+            Ok(piece) => piece,
+            // Its close may be logged and its files not yet written.
+            Err((_, Reason::WINDOW_NOT_FOUND)) if self.is_closed(id, window).await => {
+                return declined((Code::SystemBusy, Reason::REPORT_NOT_READY));
+            }
+            Err(refused) => return declined(refused),
+        };
+        if piece.bytes.is_empty() && offset < piece.total_len {
+            return declined((Code::SystemBusy, Reason::RESPONSE_TOO_LARGE));
+        }
+        self.result_bytes_left = self.result_bytes_left.saturating_sub(piece.bytes.len());
+        match wire::ReportChunk::new(piece.bytes) {
+            Ok(chunk) => wire::Response {
+                request_id: id,
+                code: Code::Approved,
+                reason: Reason::NONE,
+                body: wire::ResponseBody::ReportFile {
+                    total_len: piece.total_len,
+                    chunk,
+                },
+            },
+            Err(_) => declined((Code::SystemMalfunction, Reason::INTERNAL)),
+        }
+    }
+
+    /// Runs what is left of the segment and gives every response, in order; a request left
+    /// unanswered (none should be) is answered 96.
+    async fn finish(mut self, requests: &[wire::Request]) -> Vec<wire::Response> {
+        self.run().await;
+        let responses: Vec<wire::Response> = self
+            .answers
+            .into_iter()
+            .zip(requests)
+            .map(|(a, r)| {
+                a.unwrap_or_else(|| {
+                    wire::Response::declined(
+                        r.id,
+                        r.operation.op(),
+                        Code::SystemMalfunction,
+                        Reason::INTERNAL,
+                    )
+                })
+            })
+            .collect();
+        let cut = responses
+            .iter()
+            .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
+            .count();
+        if cut > 0 {
+            metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
+        }
+        responses
+    }
+
+    /// Runs the segment on the ledger stage and waits for its answers. A result larger than
+    /// what was reserved for it (a report that does not fit) is answered 91, reason 27; what
+    /// the others reserved and did not take is left for the results after them.
+    async fn run(&mut self) {
+        let Segment {
+            items,
+            asked,
+            slots,
+        } = std::mem::take(&mut self.segment);
+        if items.is_empty() {
+            return;
+        }
+        let answered = ask_stage(self.shared, items).await;
+        let responses = wire_answers(answered, &asked, self.received);
+        for ((slot, reserved), mut response) in slots.into_iter().zip(responses) {
+            let op = response.body.op();
+            let extra = response.encoded_len().saturating_sub(op.result_len_min());
+            if extra > reserved {
+                response = wire::Response::declined(
+                    response.request_id,
+                    op,
+                    Code::SystemBusy,
+                    Reason::RESPONSE_TOO_LARGE,
+                );
+                self.result_bytes_left = self.result_bytes_left.saturating_add(reserved);
+            } else {
+                self.result_bytes_left = self.result_bytes_left.saturating_add(reserved - extra);
+            }
+            self.set(slot, response);
+        }
+    }
+
+    /// Whether `window` is closed, as the ledger stage knows it: a window before the open one.
+    async fn is_closed(&self, id: wire::RequestId, window: u64) -> bool {
+        if window == 0 {
+            return false;
+        }
+        let item = Prepared::new(Item {
+            id: RequestId(id.0),
+            who: self.who,
+            request: crate::core::Request::ListWindows,
+        });
+        let answered = ask_stage(self.shared, vec![item]).await;
+        let responses = wire_answers(answered, &[(id, wire::Op::ListWindows)], self.received);
+        match responses.first().map(|r| (r.code, &r.body)) {
+            // Newest first: the open window leads.
+            Some((Code::Approved, wire::ResponseBody::ListWindows(windows))) => {
+                windows.first().is_some_and(|open| window < open.window.0)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Encodes and sends a response frame; a client that went away is not an error. Read-only
@@ -866,15 +959,6 @@ fn send_response_frame(
     });
 }
 
-/// A frame being answered: the room its results have left, and its requests for the ledger
-/// stage not yet sent there.
-struct Frame {
-    /// Bytes the frame's results may take beyond their smallest forms, less what is reserved.
-    room: usize,
-    segment: Segment,
-    received: Instant,
-}
-
 /// Consecutive requests of a frame for the ledger stage, sent as one job. A frame is cut into
 /// several only where an answer is needed before it can go on (a result whose size decides
 /// the room of those after it, a ReloadRoutes, a ReportFile), so its operations still run in
@@ -898,69 +982,6 @@ impl Segment {
 
     fn reserves(&self) -> bool {
         self.slots.iter().any(|&(_, reserved)| reserved > 0)
-    }
-}
-
-impl Frame {
-    /// Runs the segment on the ledger stage and waits for its answers. A result larger than
-    /// what was reserved for it (a report that does not fit) is answered 91, reason 27; what
-    /// the others reserved and did not take goes back to the room.
-    async fn run(&mut self, shared: &Shared, answers: &mut [Option<wire::Response>]) {
-        let Segment {
-            items,
-            asked,
-            slots,
-        } = std::mem::take(&mut self.segment);
-        if items.is_empty() {
-            return;
-        }
-        let answered = ask_stage(shared, items).await;
-        let responses = wire_answers(answered, &asked, self.received);
-        for ((slot, reserved), mut response) in slots.into_iter().zip(responses) {
-            let op = response.body.op();
-            let extra = response.encoded_len().saturating_sub(op.result_len_min());
-            if extra > reserved {
-                response = wire::Response::declined(
-                    response.request_id,
-                    op,
-                    Code::SystemBusy,
-                    Reason::RESPONSE_TOO_LARGE,
-                );
-                self.room = self.room.saturating_add(reserved);
-            } else {
-                self.room = self.room.saturating_add(reserved - extra);
-            }
-            if let Some(answer) = answers.get_mut(slot) {
-                *answer = Some(response);
-            }
-        }
-    }
-
-    /// Whether `window` is closed, as the ledger stage knows it: a window before the open one.
-    async fn is_closed(
-        &self,
-        shared: &Shared,
-        state: &ConnectionState,
-        id: wire::RequestId,
-        window: u64,
-    ) -> bool {
-        if window == 0 {
-            return false;
-        }
-        let item = Prepared::new(Item {
-            id: RequestId(id.0),
-            who: state.who,
-            request: crate::core::Request::ListWindows,
-        });
-        let answered = ask_stage(shared, vec![item]).await;
-        let responses = wire_answers(answered, &[(id, wire::Op::ListWindows)], self.received);
-        match responses.first().map(|r| (r.code, &r.body)) {
-            // Newest first: the open window leads.
-            Some((Code::Approved, wire::ResponseBody::ListWindows(windows))) => {
-                windows.first().is_some_and(|open| window < open.window.0)
-            }
-            _ => false,
-        }
     }
 }
 
@@ -1029,53 +1050,4 @@ const LIST_WINDOWS_EXTRA_BYTES: usize = crate::core::WINDOWS_LISTED_MAX * wire::
 /// the range it keeps for itself.
 fn is_valid_id(id: wire::RequestId) -> bool {
     id.0 != 0 && id.0 != u128::MAX && !crate::clearing::is_system_id(id.0)
-}
-
-/// A piece of a closed window's report file, read from the report directory: at most `room`
-/// bytes of it (what is left in the response frame), or 91, reason 27 if no byte fits.
-async fn report_file(
-    config: &crate::config::Config,
-    id: wire::RequestId,
-    window: u64,
-    file: u8,
-    offset: u64,
-    room: usize,
-) -> wire::Response {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let declined = |code, reason| wire::Response::declined(id, wire::Op::ReportFile, code, reason);
-    let paths = crate::report::paths(&config.report_dir(), window);
-    let Some(path) = usize::from(file).checked_sub(1).and_then(|i| paths.get(i)) else {
-        return declined(Code::InvalidTransaction, Reason::NONE);
-    };
-    let Ok(mut f) = tokio::fs::File::open(path).await else {
-        return declined(Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND);
-    };
-    let Ok(total_len) = f.metadata().await.map(|m| m.len()) else {
-        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-    };
-    if offset > total_len {
-        return declined(Code::InvalidAmount, Reason::NONE);
-    }
-    let left = usize::try_from(total_len - offset).unwrap_or(usize::MAX);
-    let want = wire::ReportChunk::LEN_MAX.min(room).min(left);
-    if want == 0 && left > 0 {
-        return declined(Code::SystemBusy, Reason::RESPONSE_TOO_LARGE);
-    }
-    let mut buf = vec![0u8; want];
-    let read = async {
-        f.seek(std::io::SeekFrom::Start(offset)).await?;
-        f.read_exact(&mut buf).await
-    };
-    if read.await.is_err() {
-        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-    }
-    match wire::ReportChunk::new(buf) {
-        Ok(chunk) => wire::Response {
-            request_id: id,
-            code: Code::Approved,
-            reason: Reason::NONE,
-            body: wire::ResponseBody::ReportFile { total_len, chunk },
-        },
-        Err(_) => declined(Code::SystemMalfunction, Reason::INTERNAL),
-    }
 }

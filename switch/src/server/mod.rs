@@ -11,6 +11,7 @@
 //! the batch grows with the load, and there is no timer to add latency when load is low.
 
 pub mod connection;
+pub mod files;
 pub mod http;
 pub mod lock;
 pub mod snapshots;
@@ -32,7 +33,6 @@ use ledger::storage::{FileStorage, Storage};
 use crate::config::settings::Settings;
 use crate::config::{Config, LogFormat, TlsMode};
 use crate::core::Core;
-use crate::routing::RouteTable;
 use crate::tls::{self, Fingerprint, Identities, ServerIdentity, ServerTls};
 
 /// Sets up `tracing` as the configuration says; `RUST_LOG` overrides the level.
@@ -258,6 +258,12 @@ async fn start_on<S: Storage + Clone>(
     let routes = Arc::new(RwLock::new(Arc::new(config.route_table("configuration")?)));
     let ledger = Arc::new(ledger::Ledger::new(settings.ledger)?);
     let core = Core::new(ledger, settings.core, routes.read().clone());
+    let files = Arc::new(files::Files::new(
+        config.clone(),
+        config_path,
+        routes.clone(),
+        settings.stage.report_dir.clone(),
+    ));
     let stage = match storage {
         Some(storage) => stage::Stage::recover_on(core, settings.stage, storage),
         None => stage::Stage::recover(core, settings.stage),
@@ -318,23 +324,20 @@ async fn start_on<S: Storage + Clone>(
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(connection::Shared::new(
         settings.connection,
-        config.clone(),
         identities,
         queue,
-        routes,
-        config_path,
+        files.clone(),
     ));
     let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
     #[cfg(unix)]
     {
         // SIGHUP reloads the routing table from the configuration file, without a restart.
-        let shared = shared.clone();
         if let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    let _ = shared.reload_routes();
+                    let _ = files.reload_routes_blocking().await;
                 }
             });
         }
@@ -420,33 +423,6 @@ fn openssl_fingerprint_command(file: &std::path::Path, mode: TlsMode) -> String 
         "openssl x509 {inform}-in {} -noout -fingerprint -sha256",
         file.display()
     )
-}
-
-/// The routing table for a reload: from the configuration file at `path`, or, for a switch
-/// started without one, from the configuration it was started with (`started`), so that a
-/// reload never wipes routes it cannot read again. Only the routes are taken from the file:
-/// if other sections differ from `started`, a warning names them (they apply at a restart).
-/// The error is one line (`error_line`).
-pub fn reload_routes(
-    path: Option<&std::path::Path>,
-    started: &Config,
-) -> anyhow::Result<RouteTable> {
-    let table = match path {
-        Some(path) => Config::load(path).and_then(|config| {
-            let changed = config.sections_differing_from(started);
-            if !changed.is_empty() {
-                tracing::warn!(
-                    file = %path.display(),
-                    "a reload applies [[routes]] only; the file's {} differ from what the \
-                     switch runs with and apply at the next restart",
-                    changed.join(", ")
-                );
-            }
-            config.route_table("configuration")
-        }),
-        None => started.route_table("configuration"),
-    };
-    table.map_err(|e| anyhow::anyhow!(error_line(&e)))
 }
 
 #[cfg(test)]
