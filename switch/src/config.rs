@@ -686,14 +686,15 @@ impl Config {
         let batch_len_max = self.limits.batch_len_max;
         let close =
             crate::journal::logged_len(&crate::core::Command::CloseWindow { window: 0, fees });
-        let room = crate::core::closes_logged_bytes_max(batch_len_max);
-        if close > room {
+        let closes_bytes_max = crate::core::closes_logged_bytes_max(batch_len_max);
+        if close > closes_bytes_max {
             return Err(invalid(
                 "clearing.fees.issuer",
                 format!(
                     "a window close would log {close} bytes with these fees, and a batch of \
-                     limits.batch_len_max = {batch_len_max} requests leaves room for {room} in \
-                     a log record: fewer issuer entries, or a smaller limits.batch_len_max"
+                     limits.batch_len_max = {batch_len_max} requests leaves room for \
+                     {closes_bytes_max} in a log record: fewer issuer entries, or a smaller \
+                     limits.batch_len_max"
                 ),
             ));
         }
