@@ -1,14 +1,18 @@
 //! The server: QUIC endpoint, connection tasks, the ledger stage, metrics and shutdown.
 //!
 //! ```text
-//! connection tasks ──(bounded queue; full → 91)──▶ ledger stage ──▶ journal (fsync) ──▶ answers
+//! connection tasks ──(bounded queue; full → 91)──▶ ledger stage ──▶ journal (fsync)
+//!        ▲                                                                 │
+//!        └──────────── core responses, once what they depend on is durable ┘
 //! ```
 //!
-//! Connection tasks decode frames, translate them and queue them. The ledger stage is one
-//! thread: it takes everything queued (up to a batch) whenever the previous append is durable,
-//! executes it in the core, appends the commands to the journal, waits until they are on
-//! disk, and only then answers. While it waits, requests pile up, so the next batch is larger:
-//! the batch grows with the load, and there is no timer to add latency when load is low.
+//! Connection tasks decode frames, translate them to core requests and queue them. The ledger
+//! stage is one thread: it takes everything queued (up to a batch), executes it in the core,
+//! hands the commands to the journal and goes on to the next batch while the log writer syncs
+//! (at most `[wal] queue_depth_max` records waiting). A batch's responses leave once its record
+//! and every earlier one are durable (`stage/pipeline.rs`); the connection translates them to
+//! the wire. While the log syncs, requests pile up, so the next batch is larger: the batch
+//! grows with the load, and there is no timer to add latency when load is low.
 
 pub mod connection;
 pub mod files;
