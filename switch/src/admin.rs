@@ -63,46 +63,11 @@ fn request_id() -> u128 {
 }
 
 async fn call(target: Target, action: Action) -> anyhow::Result<()> {
-    let config = &target.config;
-    let address = target.address.clone().unwrap_or_else(|| {
-        let mut a = config.server.listen;
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        a.to_string()
-    });
-    let trust = if let Some(text) = &target.fingerprint {
-        Trust::Fingerprint(Fingerprint(
-            parse_fingerprint(text).context("--fingerprint is not 32 bytes of hex")?,
-        ))
-    } else if let Some(ca) = &target.ca_file {
-        Trust::Roots(crate::tls::read_certs(ca)?)
-    } else if config.tls.mode == TlsMode::SelfSigned {
-        let cert = config.server.data_dir.join("tls").join("server-cert.der");
-        let der = std::fs::read(&cert).with_context(|| {
-            format!(
-                "reading {} (give --fingerprint or --ca for a switch elsewhere)",
-                cert.display()
-            )
-        })?;
-        Trust::Fingerprint(Fingerprint::of(&der.into()))
-    } else {
-        bail!("give --ca (or --fingerprint) to trust the switch");
-    };
-    let identity = match (&target.cert_file, &target.key_file) {
-        (Some(cert), Some(key)) => Some(ServerIdentity::from_pem_files(cert, key)?),
-        (None, None) => None,
-        _ => bail!("--cert and --key go together"),
-    };
-    let timeout = target.timeout;
-    let waited = || format!("(--timeout-secs {})", timeout.as_secs_f64());
-    let client = Client::connect_to(&address, &trust, identity, timeout)
-        .await
-        .with_context(|| format!("connecting to {address} {}", waited()))?;
+    let client = connect(&target).await?;
     let stream = client.stream().await?;
     let stream = Asking {
         stream: &stream,
-        timeout,
+        timeout: target.timeout,
     };
     if let Action::Report { window, file } = action {
         let bytes = download(&stream, window, file as u8 + 1).await;
@@ -126,70 +91,128 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
     client.close().await;
     match body? {
         ResponseBody::CloseWindow { window } => println!("window {} closed", window.0),
-        ResponseBody::ListWindows(windows) => {
-            println!(
-                "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
-                "window", "state", "opened", "closed", "transfers"
-            );
-            for w in windows {
-                let open = w.state == WindowState::Open;
-                println!(
-                    "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
-                    w.window.0,
-                    if open { "open" } else { "closed" },
-                    opened(&w, "not yet"),
-                    if open {
-                        String::from("-")
-                    } else {
-                        report::rfc3339(Timestamp(w.closed_at.0))
-                    },
-                    w.transfer_count
-                );
-            }
-        }
-        ResponseBody::WindowReport(r) => {
-            let w = r.window;
-            println!(
-                "window {} ({}), {}, {} transfers",
-                w.window.0,
-                if w.state == WindowState::Open {
-                    "open"
-                } else {
-                    "closed"
-                },
-                if w.opened_at.0 == 0 {
-                    "not opened yet (it opens with the first request the switch executes)"
-                        .to_string()
-                } else {
-                    format!("opened {}", opened(&w, ""))
-                },
-                w.transfer_count
-            );
-            if w.state == WindowState::Open && !r.positions.is_empty() {
-                println!("positions so far: what a close now would settle");
-            }
-            if w.state == WindowState::Closed {
-                println!("closed {}", report::rfc3339(Timestamp(w.closed_at.0)));
-            }
-            println!("{:>12}  {:<8}  {:>24}", "participant", "currency", "net");
-            for p in r.positions {
-                match Currency::from_numeric(p.currency.0) {
-                    Some(c) => println!(
-                        "{:>12}  {:<8}  {:>24}",
-                        p.participant.0,
-                        c.code(),
-                        report::signed(p.net, c)
-                    ),
-                    None => println!(
-                        "{:>12}  {:<8}  {:>24}",
-                        p.participant.0, p.currency.0, p.net
-                    ),
-                }
-            }
-        }
+        ResponseBody::ListWindows(windows) => print_windows(&windows),
+        ResponseBody::WindowReport(report) => print_report(&report),
         other => bail!("unexpected answer: {other:?}"),
     }
     Ok(())
+}
+
+/// Connects to the switch at the target's address (or the configuration's), trusting it as
+/// the target says, as the target's identity.
+async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let config = &target.config;
+    let address = target.address.clone().unwrap_or_else(|| {
+        let mut a = config.server.listen;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a.to_string()
+    });
+    let trust = trust(target)?;
+    let identity = match (&target.cert_file, &target.key_file) {
+        (Some(cert), Some(key)) => Some(ServerIdentity::from_pem_files(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    };
+    let timeout = target.timeout;
+    Client::connect_to(&address, &trust, identity, timeout)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {address} (--timeout-secs {})",
+                timeout.as_secs_f64()
+            )
+        })
+}
+
+/// How to trust the switch: `--fingerprint`, `--ca`, or the certificate a self-signed switch
+/// keeps in its data directory.
+fn trust(target: &Target) -> anyhow::Result<Trust> {
+    let config = &target.config;
+    if let Some(text) = &target.fingerprint {
+        let fingerprint =
+            parse_fingerprint(text).context("--fingerprint is not 32 bytes of hex")?;
+        return Ok(Trust::Fingerprint(Fingerprint(fingerprint)));
+    }
+    if let Some(ca) = &target.ca_file {
+        return Ok(Trust::Roots(crate::tls::read_certs(ca)?));
+    }
+    if config.tls.mode != TlsMode::SelfSigned {
+        bail!("give --ca (or --fingerprint) to trust the switch");
+    }
+    let cert = config.server.data_dir.join("tls").join("server-cert.der");
+    let der = std::fs::read(&cert).with_context(|| {
+        format!(
+            "reading {} (give --fingerprint or --ca for a switch elsewhere)",
+            cert.display()
+        )
+    })?;
+    Ok(Trust::Fingerprint(Fingerprint::of(&der.into())))
+}
+
+/// `switch clearing list`: one line a window, newest first.
+fn print_windows(windows: &[wire::WindowRecord]) {
+    println!(
+        "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
+        "window", "state", "opened", "closed", "transfers"
+    );
+    for w in windows {
+        let open = w.state == WindowState::Open;
+        println!(
+            "{:>8}  {:<6}  {:<30}  {:<30}  {:>12}",
+            w.window.0,
+            if open { "open" } else { "closed" },
+            opened(w, "not yet"),
+            if open {
+                String::from("-")
+            } else {
+                report::rfc3339(Timestamp(w.closed_at.0))
+            },
+            w.transfer_count
+        );
+    }
+}
+
+/// `switch clearing show`: the window, then each participant's net position.
+fn print_report(r: &wire::WindowReport) {
+    let w = &r.window;
+    println!(
+        "window {} ({}), {}, {} transfers",
+        w.window.0,
+        if w.state == WindowState::Open {
+            "open"
+        } else {
+            "closed"
+        },
+        if w.opened_at.0 == 0 {
+            "not opened yet (it opens with the first request the switch executes)".to_string()
+        } else {
+            format!("opened {}", opened(w, ""))
+        },
+        w.transfer_count
+    );
+    if w.state == WindowState::Open && !r.positions.is_empty() {
+        println!("positions so far: what a close now would settle");
+    }
+    if w.state == WindowState::Closed {
+        println!("closed {}", report::rfc3339(Timestamp(w.closed_at.0)));
+    }
+    println!("{:>12}  {:<8}  {:>24}", "participant", "currency", "net");
+    for p in &r.positions {
+        match Currency::from_numeric(p.currency.0) {
+            Some(c) => println!(
+                "{:>12}  {:<8}  {:>24}",
+                p.participant.0,
+                c.code(),
+                report::signed(p.net, c)
+            ),
+            None => println!(
+                "{:>12}  {:<8}  {:>24}",
+                p.participant.0, p.currency.0, p.net
+            ),
+        }
+    }
 }
 
 /// When a window opened; `not_yet` for the first window before any request opened it (its

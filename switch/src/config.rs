@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::routing::{Route, RouteError, RouteTable};
 
+pub mod settings;
+
 /// The default configuration, with a comment on every key.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -391,6 +393,168 @@ impl Default for Log {
     }
 }
 
+/// A refused value, by key; `at` says where the configuration came from.
+struct Invalid {
+    key: &'static str,
+    message: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn at(self, origin: &str) -> ConfigError {
+        ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: self.key,
+            message: self.message,
+        }
+    }
+}
+
+impl Limits {
+    /// The frame limit's range (a full batch's answers must fit in a frame), the pool for
+    /// unfinished frames, and the queue's depth.
+    fn validate(&self) -> Result<(), Invalid> {
+        let frame_max = crate::wire::FRAME_LEN_MAX_LIMIT;
+        if self.frame_bytes_max < 64 || self.frame_bytes_max > frame_max {
+            return Err(Invalid::new(
+                "limits.frame_bytes_max",
+                format!("must be between 64 bytes and {frame_max} bytes (64 MiB)"),
+            ));
+        }
+        let floor = crate::wire::response_frame_len_floor(self.batch_len_max);
+        if (self.frame_bytes_max as usize) < floor {
+            return Err(Invalid::new(
+                "limits.frame_bytes_max",
+                format!(
+                    "must be at least {floor} bytes with limits.batch_len_max = {}: a response \
+                     frame of that many results must fit ({} bytes a result at most, plus {} \
+                     bytes of frame header)",
+                    self.batch_len_max,
+                    crate::wire::result_len_min_max(),
+                    crate::wire::HEADER_LEN + 2
+                ),
+            ));
+        }
+        if self.unfinished_frame_bytes_max < u64::from(self.frame_bytes_max)
+            || self.unfinished_frame_bytes_max > UNFINISHED_FRAME_BYTES_MAX_LIMIT
+        {
+            return Err(Invalid::new(
+                "limits.unfinished_frame_bytes_max",
+                format!(
+                    "must be between limits.frame_bytes_max ({} bytes), so that a largest frame \
+                     can be received, and {UNFINISHED_FRAME_BYTES_MAX_LIMIT} bytes (1 TiB)",
+                    self.frame_bytes_max
+                ),
+            ));
+        }
+        if self.queue_depth_max > QUEUE_DEPTH_MAX_LIMIT {
+            return Err(Invalid::new(
+                "limits.queue_depth_max",
+                format!(
+                    "must be at most {QUEUE_DEPTH_MAX_LIMIT} requests (a slot for each is \
+                     allocated at start)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Server {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.io_threads > IO_THREADS_MAX {
+            return Err(Invalid::new(
+                "server.io_threads",
+                format!("must be at most {IO_THREADS_MAX} (0: one per core)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Authorization {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.default_expiry_seconds > self.expiry_seconds_max {
+            return Err(Invalid::new(
+                "authorization.default_expiry_seconds",
+                "must not exceed authorization.expiry_seconds_max",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Tls {
+    /// The files `files` mode needs, and an anonymous participant that is one.
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.mode == TlsMode::Files {
+            for (key, value) in [
+                ("tls.cert_file", &self.cert_file),
+                ("tls.key_file", &self.key_file),
+                ("tls.client_ca_file", &self.client_ca_file),
+            ] {
+                if value.is_none() {
+                    return Err(Invalid::new(key, "is required when tls.mode = \"files\""));
+                }
+            }
+        }
+        if matches!(self.anonymous_participant, Some(0)) {
+            return Err(Invalid::new("tls.anonymous_participant", "must not be 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Each identity a SHA-256 fingerprint of a participant, and a certificate listed once: listed
+/// twice, the later entry would silently decide who it is (and could make a participant's
+/// certificate an admin's).
+fn validate_identities(identities: &[Identity]) -> Result<(), Invalid> {
+    let key = "identities.fingerprint_sha256";
+    let mut seen = std::collections::HashMap::new();
+    for (index, identity) in identities.iter().enumerate() {
+        let Some(fingerprint) = parse_fingerprint(&identity.fingerprint_sha256) else {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "entry {index} (participant {}): {:?} is not a SHA-256 fingerprint, 32 \
+                     bytes as 64 hex digits (colons between bytes optional)",
+                    identity.participant, identity.fingerprint_sha256
+                ),
+            ));
+        };
+        if let Some(first) = seen.insert(fingerprint, index) {
+            let describe = |i: usize| {
+                identities.get(i).map_or_else(String::new, |e| {
+                    let admin = if e.admin { ", admin" } else { "" };
+                    format!("entry {i} (participant {}{admin})", e.participant)
+                })
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "{} and {} list the same certificate ({}): a certificate may be listed once",
+                    describe(first),
+                    describe(index),
+                    identity.fingerprint_sha256
+                ),
+            ));
+        }
+        if identity.participant == 0 {
+            return Err(Invalid::new(
+                "identities.participant",
+                format!("entry {index}: must not be 0"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A configuration that cannot be used, saying where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -440,15 +604,27 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks every section, in the order of its keys' checks below; the first refused value
+    /// is the error.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key,
-            message,
-        };
-        self.ledger_config()
+        let at = |e: Invalid| e.at(origin);
+        settings::ledger_config(self)
             .validate()
-            .map_err(|e| invalid("ledger", e.to_string()))?;
+            .map_err(|e| at(Invalid::new("ledger", e.to_string())))?;
+        self.counts_at_least_one().map_err(at)?;
+        self.limits.validate().map_err(at)?;
+        self.server.validate().map_err(at)?;
+        self.authorization.validate().map_err(at)?;
+        self.tls.validate().map_err(at)?;
+        validate_identities(&self.identities).map_err(at)?;
+        validate_log_level(&self.log.level).map_err(|m| at(Invalid::new("log.level", m)))?;
+        self.validate_clearing(origin)?;
+        self.route_table(origin)?;
+        Ok(())
+    }
+
+    /// The counts and sizes that must be at least 1, all sections together.
+    fn counts_at_least_one(&self) -> Result<(), Invalid> {
         let l = &self.limits;
         for (key, value) in [
             ("limits.frame_bytes_max", u64::from(l.frame_bytes_max)),
@@ -479,159 +655,49 @@ impl Config {
             ),
         ] {
             if value == 0 {
-                return Err(invalid(key, "must be at least 1".to_string()));
+                return Err(Invalid::new(key, "must be at least 1"));
             }
         }
-        if l.frame_bytes_max < 64 || l.frame_bytes_max > crate::wire::FRAME_LEN_MAX_LIMIT {
-            return Err(invalid(
-                "limits.frame_bytes_max",
-                format!(
-                    "must be between 64 bytes and {} bytes (64 MiB)",
-                    crate::wire::FRAME_LEN_MAX_LIMIT
-                ),
-            ));
-        }
-        let floor = crate::wire::response_frame_len_floor(l.batch_len_max);
-        if (l.frame_bytes_max as usize) < floor {
-            return Err(invalid(
-                "limits.frame_bytes_max",
-                format!(
-                    "must be at least {floor} bytes with limits.batch_len_max = {}: a response \
-                     frame of that many results must fit ({} bytes a result at most, plus {} \
-                     bytes of frame header)",
-                    l.batch_len_max,
-                    crate::wire::result_len_min_max(),
-                    crate::wire::HEADER_LEN + 2
-                ),
-            ));
-        }
-        if l.unfinished_frame_bytes_max < u64::from(l.frame_bytes_max)
-            || l.unfinished_frame_bytes_max > UNFINISHED_FRAME_BYTES_MAX_LIMIT
-        {
-            return Err(invalid(
-                "limits.unfinished_frame_bytes_max",
-                format!(
-                    "must be between limits.frame_bytes_max ({} bytes), so that a largest frame \
-                     can be received, and {UNFINISHED_FRAME_BYTES_MAX_LIMIT} bytes (1 TiB)",
-                    l.frame_bytes_max
-                ),
-            ));
-        }
-        if l.queue_depth_max > QUEUE_DEPTH_MAX_LIMIT {
-            return Err(invalid(
-                "limits.queue_depth_max",
-                format!(
-                    "must be at most {QUEUE_DEPTH_MAX_LIMIT} requests (a slot for each is \
-                     allocated at start)"
-                ),
-            ));
-        }
-        if self.server.io_threads > IO_THREADS_MAX {
-            return Err(invalid(
-                "server.io_threads",
-                format!("must be at most {IO_THREADS_MAX} (0: one per core)"),
-            ));
-        }
-        if self.authorization.default_expiry_seconds > self.authorization.expiry_seconds_max {
-            return Err(invalid(
-                "authorization.default_expiry_seconds",
-                "must not exceed authorization.expiry_seconds_max".to_string(),
-            ));
-        }
-        if self.tls.mode == TlsMode::Files {
-            for (key, value) in [
-                ("tls.cert_file", &self.tls.cert_file),
-                ("tls.key_file", &self.tls.key_file),
-                ("tls.client_ca_file", &self.tls.client_ca_file),
-            ] {
-                if value.is_none() {
-                    return Err(invalid(
-                        key,
-                        "is required when tls.mode = \"files\"".to_string(),
-                    ));
-                }
-            }
-        }
-        if matches!(self.tls.anonymous_participant, Some(0)) {
-            return Err(invalid(
-                "tls.anonymous_participant",
-                "must not be 0".to_string(),
-            ));
-        }
-        // A certificate is one identity: listed twice, the later entry would silently decide
-        // who it is (and could make a participant's certificate an admin's).
-        let mut seen = std::collections::HashMap::new();
-        for (index, identity) in self.identities.iter().enumerate() {
-            let Some(fingerprint) = parse_fingerprint(&identity.fingerprint_sha256) else {
-                return Err(invalid(
-                    "identities.fingerprint_sha256",
-                    format!(
-                        "entry {index} (participant {}): {:?} is not a SHA-256 fingerprint, \
-                         32 bytes as 64 hex digits (colons between bytes optional)",
-                        identity.participant, identity.fingerprint_sha256
-                    ),
-                ));
-            };
-            if let Some(first) = seen.insert(fingerprint, index) {
-                let describe = |i: usize| {
-                    self.identities.get(i).map_or_else(String::new, |e| {
-                        let admin = if e.admin { ", admin" } else { "" };
-                        format!("entry {i} (participant {}{admin})", e.participant)
-                    })
-                };
-                return Err(invalid(
-                    "identities.fingerprint_sha256",
-                    format!(
-                        "{} and {} list the same certificate ({}): a certificate may be \
-                         listed once",
-                        describe(first),
-                        describe(index),
-                        identity.fingerprint_sha256
-                    ),
-                ));
-            }
-            if identity.participant == 0 {
-                return Err(invalid(
-                    "identities.participant",
-                    format!("entry {index}: must not be 0"),
-                ));
-            }
-        }
-        validate_log_level(&self.log.level).map_err(|message| invalid("log.level", message))?;
+        Ok(())
+    }
+
+    /// `[clearing]`: windows kept, and a fee schedule a close can log.
+    fn validate_clearing(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Invalid::new(key, message).at(origin);
         if self.clearing.windows_kept == 0 {
             return Err(invalid(
                 "clearing.windows_kept",
-                "must be at least 1".to_string(),
+                "must be at least 1".into(),
             ));
         }
         let fees = Arc::new(self.fee_schedule(origin)?);
-        if fees.by_issuer.len() > crate::journal::FEE_ENTRIES_MAX {
+        let entries = fees.by_issuer.len();
+        if entries > crate::journal::FEE_ENTRIES_MAX {
             return Err(invalid(
                 "clearing.fees.issuer",
                 format!(
-                    "{} entries: at most {}",
-                    fees.by_issuer.len(),
+                    "{entries} entries: at most {}",
                     crate::journal::FEE_ENTRIES_MAX
                 ),
             ));
         }
         // A close carries the fee schedule in the log: one must fit in a batch's record
         // beside a full batch of other commands.
+        let batch_len_max = self.limits.batch_len_max;
         let close =
             crate::journal::logged_len(&crate::core::Command::CloseWindow { window: 0, fees });
-        let room = crate::core::closes_logged_bytes_max(l.batch_len_max);
-        if close > room {
+        let closes_bytes_max = crate::core::closes_logged_bytes_max(batch_len_max);
+        if close > closes_bytes_max {
             return Err(invalid(
                 "clearing.fees.issuer",
                 format!(
                     "a window close would log {close} bytes with these fees, and a batch of \
-                     limits.batch_len_max = {} requests leaves room for {room} in a log record: \
-                     fewer issuer entries, or a smaller limits.batch_len_max",
-                    l.batch_len_max
+                     limits.batch_len_max = {batch_len_max} requests leaves room for \
+                     {closes_bytes_max} in a log record: fewer issuer entries, or a smaller \
+                     limits.batch_len_max"
                 ),
             ));
         }
-        self.route_table(origin)?;
         Ok(())
     }
 
@@ -715,18 +781,7 @@ impl Config {
             message,
         };
         let parse = |key: &'static str, text: &str, percent: bool| {
-            let value = Decimal::from_str_exact(text.trim())
-                .map_err(|e| invalid(key, format!("{text:?} is not a decimal: {e}")))?;
-            if value.is_sign_negative() && !value.is_zero() {
-                return Err(invalid(key, format!("{text} must not be negative")));
-            }
-            if value.scale() > 10 {
-                return Err(invalid(key, format!("{text} has more than 10 decimals")));
-            }
-            if percent && value > Decimal::ONE_HUNDRED {
-                return Err(invalid(key, format!("{text} is over 100 percent")));
-            }
-            Ok(value)
+            parse_fee(text, percent).map_err(|message| invalid(key, message))
         };
         let f = &self.clearing.fees;
         let rate = |kp, p: &str, kf, x: &str| -> Result<FeeRate, ConfigError> {
@@ -783,18 +838,6 @@ impl Config {
         Ok(schedule)
     }
 
-    pub fn ledger_config(&self) -> ledger::Config {
-        ledger::Config {
-            shards: self.ledger.shards,
-            accounts_max: self.ledger.accounts_max,
-            transfers_remembered_max: self.ledger.transfers_remembered_max,
-            pending_max: self.ledger.pending_max,
-            batch_len_max: ledger::Config::default()
-                .batch_len_max
-                .max(usize::from(self.limits.batch_len_max)),
-        }
-    }
-
     /// The routing table this configuration describes.
     pub fn route_table(&self, origin: &str) -> Result<RouteTable, ConfigError> {
         let mut routes = Vec::with_capacity(self.routes.len());
@@ -819,6 +862,23 @@ impl Config {
             source,
         })
     }
+}
+
+/// A fee rate written as a decimal: exact, not negative, at most 10 decimals, and a percentage
+/// at most 100.
+fn parse_fee(text: &str, percent: bool) -> Result<Decimal, String> {
+    let value = Decimal::from_str_exact(text.trim())
+        .map_err(|e| format!("{text:?} is not a decimal: {e}"))?;
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(format!("{text} must not be negative"));
+    }
+    if value.scale() > 10 {
+        return Err(format!("{text} has more than 10 decimals"));
+    }
+    if percent && value > Decimal::ONE_HUNDRED {
+        return Err(format!("{text} is over 100 percent"));
+    }
+    Ok(value)
 }
 
 /// Parses a SHA-256 fingerprint written as 64 hex digits (either case), with or without

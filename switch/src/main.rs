@@ -5,7 +5,7 @@
 //! a failure, and a `clearing` command failed; 2 the configuration is invalid (an unknown or
 //! bad key, or unusable TLS files), for `config check` and `serve` alike.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -115,92 +115,104 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Check { file }) => {
-            match Config::load(&file).and_then(|config| {
-                if config.tls.mode == TlsMode::Files {
-                    ServerTls::from_files(&config.tls, &file.display().to_string())?;
-                }
-                Ok(config)
-            }) {
-                Ok(config) => {
-                    println!("{}: ok", file.display());
-                    for warning in config.warnings() {
-                        println!("warning: {warning}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(2)
-                }
-            }
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Clearing(args) => clearing(args),
+        Command::Serve { config } => serve(config),
+    }
+}
+
+/// `switch config check FILE`: 0 with its warnings, 2 with what is wrong.
+fn config_check(file: &Path) -> ExitCode {
+    let checked = Config::load(file).and_then(|config| {
+        if config.tls.mode == TlsMode::Files {
+            ServerTls::from_files(&config.tls, &file.display().to_string())?;
         }
-        Command::Clearing(args) => {
-            let config = match load(args.config.as_ref()) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            let action = match args.action {
-                ClearingCommand::Close { window } => switch::admin::Action::Close { window },
-                ClearingCommand::List => switch::admin::Action::List,
-                ClearingCommand::Show { window } => switch::admin::Action::Show { window },
-                ClearingCommand::Report { window, format } => switch::admin::Action::Report {
-                    window,
-                    file: format,
-                },
-            };
-            let Some(timeout) = std::time::Duration::try_from_secs_f64(args.timeout_secs)
-                .ok()
-                .filter(|t| !t.is_zero())
-            else {
-                eprintln!(
-                    "--timeout-secs must be a number of seconds above 0, not {}",
-                    args.timeout_secs
-                );
-                return ExitCode::from(2);
-            };
-            let target = switch::admin::Target {
-                config,
-                address: args.target,
-                timeout,
-                fingerprint: args.fingerprint,
-                ca_file: args.ca,
-                cert_file: args.cert,
-                key_file: args.key,
-            };
-            match switch::admin::run(target, action) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("switch clearing: {}", error_line(e.as_ref()));
-                    ExitCode::FAILURE
-                }
+        Ok(config)
+    });
+    match checked {
+        Ok(config) => {
+            println!("{}: ok", file.display());
+            for warning in config.warnings() {
+                println!("warning: {warning}");
             }
+            ExitCode::SUCCESS
         }
-        Command::Serve { config } => {
-            let path = config.clone();
-            let config = match load(config.as_ref()) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            switch::server::init_logging(&config.log);
-            match switch::server::run(config, path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    let line = error_line(e.as_ref());
-                    // Once, in the log if it shows errors, else plainly.
-                    if tracing::enabled!(tracing::Level::ERROR) {
-                        tracing::error!("{line}");
-                    } else {
-                        eprintln!("switch: {line}");
-                    }
-                    // A configuration the start found unusable (its TLS files) exits as
-                    // `config check` does; anything else that stopped it, 1.
-                    if e.downcast_ref::<ConfigError>().is_some() {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `switch clearing ...`: 2 for a configuration or an argument that cannot be used, 1 for a
+/// failed call.
+fn clearing(args: ClearingArgs) -> ExitCode {
+    let config = match load(args.config.as_ref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let action = match args.action {
+        ClearingCommand::Close { window } => switch::admin::Action::Close { window },
+        ClearingCommand::List => switch::admin::Action::List,
+        ClearingCommand::Show { window } => switch::admin::Action::Show { window },
+        ClearingCommand::Report { window, format } => switch::admin::Action::Report {
+            window,
+            file: format,
+        },
+    };
+    let Some(timeout) = std::time::Duration::try_from_secs_f64(args.timeout_secs)
+        .ok()
+        .filter(|t| !t.is_zero())
+    else {
+        eprintln!(
+            "--timeout-secs must be a number of seconds above 0, not {}",
+            args.timeout_secs
+        );
+        return ExitCode::from(2);
+    };
+    let target = switch::admin::Target {
+        config,
+        address: args.target,
+        timeout,
+        fingerprint: args.fingerprint,
+        ca_file: args.ca,
+        cert_file: args.cert,
+        key_file: args.key,
+    };
+    match switch::admin::run(target, action) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switch clearing: {}", error_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switch serve`: runs until a signal; 2 for a configuration the start found unusable, 1 for
+/// anything else that stopped it.
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let path = config.clone();
+    let config = match load(config.as_ref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    switch::server::init_logging(&config.log);
+    match switch::server::run(config, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = error_line(e.as_ref());
+            // Once, in the log if it shows errors, else plainly.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{line}");
+            } else {
+                eprintln!("switch: {line}");
+            }
+            // A configuration the start found unusable (its TLS files) exits as
+            // `config check` does; anything else that stopped it, 1.
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }

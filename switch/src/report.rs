@@ -120,10 +120,9 @@ fn rate_json(r: &FeeRate) -> serde_json::Value {
     serde_json::json!({ "percent": r.percent.to_string(), "fixed": r.fixed.to_string() })
 }
 
-pub fn settlement_json(d: &WindowDetails) -> String {
-    let w = &d.window;
-    let pairs: Vec<serde_json::Value> = d
-        .settlement
+/// Each (currency, acquirer, issuer) pair: its totals, fees and net.
+fn pairs_json(d: &WindowDetails) -> Vec<serde_json::Value> {
+    d.settlement
         .pairs
         .iter()
         .map(|p| {
@@ -141,8 +140,12 @@ pub fn settlement_json(d: &WindowDetails) -> String {
                 "net_to_acquirer": signed(p.net, c),
             })
         })
-        .collect();
-    let positions: Vec<serde_json::Value> = w
+        .collect()
+}
+
+/// Each participant's net position by currency.
+fn positions_json(d: &WindowDetails) -> Vec<serde_json::Value> {
+    d.window
         .positions
         .iter()
         .map(|&(participant, c, net)| {
@@ -152,9 +155,13 @@ pub fn settlement_json(d: &WindowDetails) -> String {
                 "net": signed(net, c),
             })
         })
-        .collect();
-    let transfers: Vec<serde_json::Value> = d
-        .settlement
+        .collect()
+}
+
+/// The settlement transfers, with the ids the ledger knows them by.
+fn transfers_json(d: &WindowDetails) -> Vec<serde_json::Value> {
+    let w = &d.window;
+    d.settlement
         .transfers
         .iter()
         .enumerate()
@@ -167,9 +174,12 @@ pub fn settlement_json(d: &WindowDetails) -> String {
                 "amount": unsigned(u128::from(t.amount), t.currency),
             })
         })
-        .collect();
-    let by_issuer: Vec<serde_json::Value> = d
-        .fees
+        .collect()
+}
+
+/// The issuers' own fee rates.
+fn fee_rates_json(d: &WindowDetails) -> Vec<serde_json::Value> {
+    d.fees
         .by_issuer
         .iter()
         .map(|(issuer, (purchase, refund))| {
@@ -179,7 +189,15 @@ pub fn settlement_json(d: &WindowDetails) -> String {
                 "refund": rate_json(refund),
             })
         })
-        .collect();
+        .collect()
+}
+
+pub fn settlement_json(d: &WindowDetails) -> String {
+    let w = &d.window;
+    let pairs = pairs_json(d);
+    let positions = positions_json(d);
+    let transfers = transfers_json(d);
+    let by_issuer = fee_rates_json(d);
     let differences = d.reconciliation.iter().filter(|l| !l.is_zero()).count();
     let value = serde_json::json!({
         "window": w.id,

@@ -2067,9 +2067,14 @@ async fn nothing_is_executed_or_answered_past_the_last_protocol_error() {
 
     // Many streams sending errors at once: no more than MAX + 1 are answered.
     let flood = connect(&running, None).await.expect("connect");
+    // Every stream is open before any sends: the errors of the first could close the
+    // connection before the last is opened.
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(flood.connection().open_bi().await.expect("a stream"));
+    }
     let mut readers = tokio::task::JoinSet::new();
-    for k in 0..STREAMS {
-        let (mut send, mut recv) = flood.connection().open_bi().await.expect("a stream");
+    for (k, (mut send, mut recv)) in (0..STREAMS).zip(streams) {
         let bytes: Vec<u8> = (0..4 * MAX)
             .flat_map(|i| wrong_kind(k * 100 + u64::from(i)))
             .collect();

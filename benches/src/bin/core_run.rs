@@ -144,7 +144,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = switch::config::Config::default();
     config.ledger.pending_max = 50_000_000;
     config.ledger.transfers_remembered_max = args.remembered;
-    let ledger = Arc::new(Ledger::new(config.ledger_config())?);
+    let ledger = Arc::new(Ledger::new(switch::config::settings::ledger_config(
+        &config,
+    ))?);
     let routes = RouteTable::new(vec![Route {
         prefix: "62".into(),
         issuer: ISSUER,

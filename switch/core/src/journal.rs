@@ -513,6 +513,17 @@ fn decode_logged(r: &mut Reader<'_>) -> Result<Logged, JournalError> {
     })
 }
 
+/// Applies one logged record to `core` again: recovery, and snapshots built by replay.
+pub fn replay(core: &mut crate::core::Core, payload: &[u8]) -> Result<(), JournalError> {
+    match SwitchRecord::decode(payload)? {
+        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+        SwitchRecord::Expire { now } => {
+            core.expire(now);
+        }
+    }
+    Ok(())
+}
+
 fn decode_command(r: &mut Reader<'_>) -> Result<Command, JournalError> {
     let at = r.offset();
     Ok(match r.u8("command")? {

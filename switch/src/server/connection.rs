@@ -1,4 +1,5 @@
-//! Connection and stream tasks: authenticate, decode, translate, queue; write answers back.
+//! Connection and stream tasks: authenticate, read each stream's frames (`wire::FrameReader`),
+//! answer each request frame in a task of its own (`frame.rs`), write answers back.
 //!
 //! Every bound is enforced here before anything is allocated for it: connections (refused past
 //! the limit), streams (QUIC flow control: `max_concurrent_bidi_streams`), frame size (checked
@@ -16,29 +17,30 @@
 //! to that budget, and waiting for it, would hang a client writing large frames on many
 //! streams: its send buffer fills with the bytes of the streams not being read, and the
 //! streams the server waits on can send nothing more (`tests/unfinished_frames.rs`). Instead,
-//! every frame not yet whole holds its whole size (4 + length bytes) from one room for all
-//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there.
-//! A frame that finds the room full is read through without being kept and answered with a
-//! `ServerBusy` error frame; nothing in it is executed.
+//! every frame not yet whole holds its whole size (4 + length bytes) from one pool for all
+//! connections (`unfinished_frame_bytes_max`), taken without waiting once its header is there
+//! (`wire::FrameReader` asks). A frame that finds the pool spent is read through without being
+//! kept and answered with a `ServerBusy` error frame; nothing in it is executed.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::stage::{self, Job, Queue};
-use crate::codes::{Code, Reason};
-use crate::config::Config;
-use crate::core::{Item, Prepared, RequestId};
-use crate::routing::RouteTable;
+use super::files::Files;
+use super::stage::Queue;
+use crate::config::settings::ConnectionSettings;
 use crate::tls::{Identities, Identity};
-use crate::translate::{self, Translated};
-use crate::wire;
+use crate::wire::{self, FrameReader, Incoming};
+
+mod frame;
+use frame::handle_frame;
 
 /// A connection may have this many largest frames read but not yet answered on the wire.
 const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
@@ -46,31 +48,30 @@ const UNWRITTEN_FRAMES_PER_CONNECTION: usize = 4;
 /// many tiny frames cannot hold more memory than a few large ones.
 const FRAME_OVERHEAD_BYTES: usize = 1024;
 
-/// What a stream's read buffer keeps between frames.
-const STREAM_BUFFER_BYTES: usize = 16 * 1024;
-
 /// The message of the error frame that answers a frame the server had no room for.
 pub const SERVER_BUSY_MESSAGE: &str =
     "no room for this frame now: nothing in it was executed; send it again later";
 
-/// A frame being received: its length, held from the server's room for unfinished frames
-/// until the frame is whole.
-struct Room {
+/// The bytes of the unfinished-frame pool a frame being received holds until it is whole.
+struct Reservation {
     _permit: OwnedSemaphorePermit,
     bytes: usize,
 }
 
-impl Room {
-    fn new(permit: OwnedSemaphorePermit, bytes: usize) -> Self {
+impl Reservation {
+    /// Takes `bytes` from `pool` without waiting, if it has them.
+    fn try_take(pool: &Arc<Semaphore>, bytes: usize) -> Option<Self> {
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let permit = pool.clone().try_acquire_many_owned(permits).ok()?;
         metrics::gauge!("switch_unfinished_frame_bytes").increment(bytes as f64);
-        Room {
+        Some(Reservation {
             _permit: permit,
             bytes,
-        }
+        })
     }
 }
 
-impl Drop for Room {
+impl Drop for Reservation {
     fn drop(&mut self) {
         metrics::gauge!("switch_unfinished_frame_bytes").decrement(self.bytes as f64);
     }
@@ -83,7 +84,7 @@ fn unwritten_budget_bytes(frame_bytes_max: u32) -> usize {
 
 /// An encoded frame on its way to the client, holding its share of the connection's unwritten
 /// budget until it is written.
-pub(crate) struct Outgoing {
+struct Outgoing {
     pub frame: Vec<u8>,
     pub budget: Option<OwnedSemaphorePermit>,
     /// The last frame before the connection closes: the stream is finished after it, and
@@ -91,48 +92,46 @@ pub(crate) struct Outgoing {
     pub last: Option<oneshot::Sender<()>>,
 }
 
-/// Where a stream's answers go.
-pub(crate) type Reply = mpsc::UnboundedSender<Outgoing>;
+/// Where a stream's answers go: its writer task.
+type Outbox = mpsc::UnboundedSender<Outgoing>;
 
 /// What every connection task shares.
 pub struct Shared {
-    config: Arc<Config>,
+    settings: ConnectionSettings,
     identities: Identities,
     queue: RwLock<Option<Queue>>,
-    routes: Arc<RwLock<Arc<RouteTable>>>,
+    /// Route reloads and report files.
+    files: Arc<Files>,
     connections: AtomicUsize,
     /// Requests received and not yet answered, over all connections.
     in_flight: AtomicUsize,
-    /// Room for frames being received and not yet whole, over all connections, in bytes
+    /// The pool for frames being received and not yet whole, over all connections, in bytes
     /// (`[limits] unfinished_frame_bytes_max`).
-    unfinished: Arc<Semaphore>,
+    unfinished_pool: Arc<Semaphore>,
     draining: AtomicBool,
-    config_path: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Shared {
     pub fn new(
-        config: Arc<Config>,
+        settings: ConnectionSettings,
         identities: Identities,
         queue: Queue,
-        routes: Arc<RwLock<Arc<RouteTable>>>,
-        config_path: Option<std::path::PathBuf>,
+        files: Arc<Files>,
     ) -> Self {
-        let unfinished = Arc::new(Semaphore::new(
-            usize::try_from(config.limits.unfinished_frame_bytes_max)
-                .unwrap_or(usize::MAX)
+        let unfinished_pool = Arc::new(Semaphore::new(
+            settings
+                .unfinished_frame_bytes_max
                 .min(Semaphore::MAX_PERMITS),
         ));
         Shared {
-            config,
+            settings,
             identities,
             queue: RwLock::new(Some(queue)),
-            routes,
+            files,
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            unfinished,
+            unfinished_pool,
             draining: AtomicBool::new(false),
-            config_path: Mutex::new(config_path),
         }
     }
 
@@ -149,29 +148,12 @@ impl Shared {
     pub fn close_queue(&self) {
         self.queue.write().take();
     }
-
-    /// Re-reads the routing table from the configuration file and swaps it in.
-    pub fn reload_routes(&self) -> Result<usize, String> {
-        let path = self.config_path.lock().clone();
-        match super::reload_routes(path.as_deref(), &self.config) {
-            Ok(table) => {
-                let n = table.len();
-                *self.routes.write() = Arc::new(table);
-                tracing::info!(routes = n, "routing table reloaded");
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!("routing table not reloaded: {e:#}");
-                Err(format!("{e:#}"))
-            }
-        }
-    }
 }
 
 /// Accepts connections until the endpoint closes.
 pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        let max = shared.config.limits.connections_max as usize;
+        let max = shared.settings.connections_max;
         if shared.connections.load(Ordering::Acquire) >= max
             || shared.draining.load(Ordering::Acquire)
         {
@@ -250,7 +232,7 @@ async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
         in_flight: AtomicU32::new(0),
         violations: AtomicU32::new(0),
         unwritten: Arc::new(Semaphore::new(unwritten_budget_bytes(
-            shared.config.limits.frame_bytes_max,
+            shared.settings.wire.frame_len_max,
         ))),
     });
     loop {
@@ -268,20 +250,45 @@ async fn serve_connection(connection: quinn::Connection, shared: Arc<Shared>) {
     }
 }
 
+/// One stream: its frames are read here, in order, and each request frame is answered by a
+/// task of its own; answers and error frames go out through the stream's writer task.
 async fn serve_stream(
     connection: quinn::Connection,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
 ) {
-    let (reply, mut replies) = mpsc::unbounded_channel::<Outgoing>();
+    let (outbox, writer) = spawn_writer(send);
+    let mut stream = StreamReading {
+        shared: &shared,
+        state: &state,
+        outbox: &outbox,
+        violation: Violation {
+            connection: &connection,
+            shared: &shared,
+            state: &state,
+            outbox: &outbox,
+        },
+        frames: JoinSet::new(),
+    };
+    let mut reader = FrameReader::new(shared.settings.wire);
+    while stream.step(&mut recv, &mut reader).await.is_continue() {}
+    // The frames still being answered keep their own handles on the outbox.
+    stream.frames.detach_all();
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Starts the task that writes a stream's outgoing frames, in the order they are sent to it.
+fn spawn_writer(mut send: quinn::SendStream) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         while let Some(Outgoing {
             frame,
             budget,
             last,
-        }) = replies.recv().await
+        }) = outgoing.recv().await
         {
             if send.write_all(&frame).await.is_err() {
                 return;
@@ -297,232 +304,217 @@ async fn serve_stream(
         }
         let _ = send.finish();
     });
-    let limits = wire::Limits {
-        frame_len_max: shared.config.limits.frame_bytes_max,
-        batch_len_max: shared.config.limits.batch_len_max,
-    };
-    let violation = Violation {
-        connection: &connection,
-        shared: &shared,
-        state: &state,
-        reply: &reply,
-    };
-    // The stream's frames being answered, so that an error about the stream's end comes
-    // after their answers. Finished ones are reaped as the stream goes on.
-    let mut frames = JoinSet::new();
-    let mut buf: Vec<u8> = Vec::new();
-    // The server's room held for the unfinished frame at the start of `buf`, once its header
-    // is there.
-    let mut room: Option<Room> = None;
-    // Bytes of a rejected frame still to come, to be thrown away.
-    let mut skip = 0usize;
-    'read: loop {
-        let ended = if skip > 0 {
-            // Thrown away: taken as the connection holds it, without copying.
-            match recv.read_chunk(skip, true).await {
-                Ok(Some(chunk)) => {
-                    skip = skip.saturating_sub(chunk.bytes.len());
-                    continue;
-                }
-                Ok(None) => true,
-                Err(_) => break,
+    (outbox, writer)
+}
+
+/// What a stream being read acts on.
+struct StreamReading<'a> {
+    shared: &'a Arc<Shared>,
+    state: &'a Arc<ConnectionState>,
+    outbox: &'a Outbox,
+    violation: Violation<'a>,
+    /// The stream's frames being answered, so that an error about the stream's end comes
+    /// after their answers. Finished ones are reaped as the stream goes on.
+    frames: JoinSet<()>,
+}
+
+/// What reading a stream gave.
+enum Read {
+    Bytes,
+    /// The client finished its side of the stream.
+    Ended,
+    Failed,
+}
+
+impl StreamReading<'_> {
+    /// Reads once and acts on what the reader makes of it; `Break` once the stream is done.
+    async fn step(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+        reader: &mut FrameReader<Reservation>,
+    ) -> ControlFlow<()> {
+        match read(recv, reader).await {
+            Read::Bytes => {}
+            Read::Failed => return ControlFlow::Break(()),
+            Read::Ended => {
+                self.ended(reader).await;
+                return ControlFlow::Break(());
             }
-        } else {
-            // Read into `buf` itself. It grows as bytes come, geometrically, but never past
-            // the frame it holds and a read's worth once the header has said how long that
-            // is: memory follows what was sent, not what a header claims.
-            let want = buf.len() + STREAM_BUFFER_BYTES;
-            if buf.capacity() < want {
-                let mut to = (buf.capacity() * 2).max(want);
-                if let Some(room) = &room {
-                    to = to.min(room.bytes + STREAM_BUFFER_BYTES).max(want);
-                }
-                buf.reserve_exact(to - buf.len());
-            }
-            match recv.read_buf(&mut buf).await {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(_) => break,
-            }
-        };
-        if ended {
-            // (Inside a frame already rejected, whose rest was being skipped, there is
-            // nothing more to say.)
-            if !buf.is_empty() {
-                // The client finished its side inside a frame.
-                while frames.join_next().await.is_some() {}
-                let correlation_id = buf
-                    .get(8..16)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes);
-                let message = format!(
-                    "the stream ended inside a frame ({} bytes of it came)",
-                    buf.len()
-                );
-                violation
-                    .report(correlation_id, wire::ErrorCode::MalformedFrame, &message)
-                    .await;
-            }
-            break;
         }
-        let mut consumed = 0;
         loop {
-            if violation.closing() {
-                break 'read;
+            // Past the connection's last protocol error, on any of its streams, nothing more
+            // is executed.
+            if self.violation.closing() {
+                return ControlFlow::Break(());
             }
-            match wire::decode_frame(&buf[consumed..], &limits) {
-                Ok(None) => break,
-                Ok(Some((
-                    wire::Frame::Requests {
-                        correlation_id,
-                        requests,
-                    },
-                    used,
-                ))) => {
-                    consumed += used;
-                    room = None;
-                    // Waits, and so stops reading, while the connection's answers are not
-                    // being taken off. `used` is at most `frame_bytes_max`, within the budget.
-                    let cost = u32::try_from(used + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
-                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
-                        break 'read;
-                    };
-                    // Past the connection's last protocol error, on any of its streams, nothing
-                    // more is executed.
-                    if violation.closing() {
-                        break 'read;
-                    }
-                    // Each frame runs in its own task, so the stream keeps being read while
-                    // earlier frames wait for the ledger stage: that is what pipelining is.
-                    // The per-connection in-flight limit bounds how many there are.
-                    frames.spawn(handle_frame(
-                        correlation_id,
-                        requests,
-                        shared.clone(),
-                        state.clone(),
-                        reply.clone(),
-                        budget,
-                    ));
-                    while frames.try_join_next().is_some() {}
-                }
-                Ok(Some((wire::Frame::Responses { correlation_id, .. }, used))) => {
-                    consumed += used;
-                    room = None;
+            let pool = &self.shared.unfinished_pool;
+            match reader.next(|bytes| Reservation::try_take(pool, bytes)) {
+                Incoming::NeedBytes => return ControlFlow::Continue(()),
+                Incoming::Frame { frame, len } => self.frame(frame, len).await?,
+                Incoming::Skipped(e) => {
                     metrics::counter!("switch_malformed_frames_total").increment(1);
-                    let message =
-                        "clients send request batches only: a response batch is not executed";
-                    if violation
-                        .report(
-                            correlation_id,
-                            wire::ErrorCode::UnexpectedFrameKind,
-                            message,
-                        )
-                        .await
-                    {
-                        break 'read;
+                    let id = e.correlation_id.unwrap_or(0);
+                    if self.violation.report(id, e.code(), &e.to_string()).await {
+                        return ControlFlow::Break(());
                     }
                 }
-                Ok(Some((
-                    wire::Frame::Error {
-                        correlation_id,
-                        code,
-                        message,
-                    },
-                    used,
-                ))) => {
-                    // Not answered: no error ping-pong.
-                    consumed += used;
-                    room = None;
-                    metrics::counter!("switch_malformed_frames_total").increment(1);
-                    tracing::info!(
-                        remote = %connection.remote_address(),
-                        correlation_id,
-                        ?code,
-                        ?message,
-                        "error frame from a client"
-                    );
-                    if violation.count() {
-                        break 'read;
-                    }
+                Incoming::Lost(e) => {
+                    self.lost(recv, &e).await;
+                    return ControlFlow::Break(());
                 }
-                Err(e) => {
-                    room = None;
-                    metrics::counter!("switch_malformed_frames_total").increment(1);
-                    let Some(frame_len) = e.frame_len else {
-                        // The framing is lost: nothing more on this stream can be trusted.
-                        // The answers to the frames before it go first.
-                        let _ = recv.stop(quinn::VarInt::from_u32(
-                            wire::AppErrorCode::FrameSyncLost.as_u32(),
-                        ));
-                        while frames.join_next().await.is_some() {}
-                        violation
-                            .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
-                            .await;
-                        break 'read;
-                    };
-                    if violation
-                        .report(e.correlation_id.unwrap_or(0), e.code(), &e.to_string())
-                        .await
-                    {
-                        break 'read;
-                    }
-                    let here = frame_len.min(buf.len() - consumed);
-                    consumed += here;
-                    skip = frame_len - here;
-                    if skip > 0 {
-                        break;
-                    }
-                }
+                Incoming::Refused { correlation_id, .. } => self.busy(correlation_id).await?,
             }
-        }
-        buf.drain(..consumed);
-        // What is left is the start of a frame. Once its header says how long it is, it
-        // holds that much of the server's room until it is whole, or is not kept at all.
-        if skip == 0
-            && room.is_none()
-            && let Some((frame_len, correlation_id)) = wire::frame_header(&buf)
-        {
-            let cost = u32::try_from(frame_len).unwrap_or(u32::MAX);
-            match shared.unfinished.clone().try_acquire_many_owned(cost) {
-                Ok(permit) => room = Some(Room::new(permit, frame_len)),
-                Err(TryAcquireError::NoPermits) => {
-                    skip = frame_len.saturating_sub(buf.len());
-                    buf.clear();
-                    metrics::counter!("switch_frames_busy_total").increment(1);
-                    // Held like any answer until written, so that a client that does not read
-                    // cannot pile these up.
-                    let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
-                    let Ok(budget) = state.unwritten.clone().acquire_many_owned(cost).await else {
-                        break 'read;
-                    };
-                    let mut frame = Vec::new();
-                    wire::encode_error_frame(
-                        correlation_id,
-                        wire::ErrorCode::ServerBusy,
-                        &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
-                        &mut frame,
-                    );
-                    let _ = reply.send(Outgoing {
-                        frame,
-                        budget: Some(budget),
-                        last: None,
-                    });
-                }
-                Err(TryAcquireError::Closed) => break 'read,
-            }
-        }
-        // A large frame's room is not kept once it is read.
-        if room.is_none()
-            && buf.capacity() > 2 * STREAM_BUFFER_BYTES
-            && buf.len() <= STREAM_BUFFER_BYTES
-        {
-            buf.shrink_to(2 * STREAM_BUFFER_BYTES);
         }
     }
-    // The frames still being answered keep their own handles on the reply channel.
-    frames.detach_all();
-    drop(reply);
-    let _ = writer.await;
+
+    /// A whole frame: a request batch goes to a task of its own; any other kind is a protocol
+    /// error.
+    async fn frame(&mut self, frame: wire::Frame, len: usize) -> ControlFlow<()> {
+        match frame {
+            wire::Frame::Requests {
+                correlation_id,
+                requests,
+            } => self.requests(correlation_id, requests, len).await,
+            wire::Frame::Responses { correlation_id, .. } => {
+                metrics::counter!("switch_malformed_frames_total").increment(1);
+                let message = "clients send request batches only: a response batch is not executed";
+                let code = wire::ErrorCode::UnexpectedFrameKind;
+                match self.violation.report(correlation_id, code, message).await {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            }
+            wire::Frame::Error {
+                correlation_id,
+                code,
+                message,
+            } => {
+                // Not answered: no error ping-pong.
+                metrics::counter!("switch_malformed_frames_total").increment(1);
+                tracing::info!(
+                    remote = %self.violation.connection.remote_address(),
+                    correlation_id,
+                    ?code,
+                    ?message,
+                    "error frame from a client"
+                );
+                match self.violation.count() {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            }
+        }
+    }
+
+    /// A request batch of `len` bytes: answered by a task of its own, once the connection's
+    /// unwritten budget has room for it.
+    async fn requests(
+        &mut self,
+        correlation_id: u64,
+        requests: Vec<wire::Request>,
+        len: usize,
+    ) -> ControlFlow<()> {
+        // Waits, and so stops reading, while the connection's answers are not being taken
+        // off. `len` is at most `frame_bytes_max`, within the budget.
+        let cost = u32::try_from(len + FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+        let Ok(budget) = self.state.unwritten.clone().acquire_many_owned(cost).await else {
+            return ControlFlow::Break(());
+        };
+        if self.violation.closing() {
+            return ControlFlow::Break(());
+        }
+        // Each frame runs in its own task, so the stream keeps being read while earlier
+        // frames wait for the ledger stage: that is what pipelining is. The per-connection
+        // in-flight limit bounds how many there are.
+        self.frames.spawn(handle_frame(
+            correlation_id,
+            requests,
+            self.shared.clone(),
+            self.state.clone(),
+            self.outbox.clone(),
+            budget,
+        ));
+        while self.frames.try_join_next().is_some() {}
+        ControlFlow::Continue(())
+    }
+
+    /// A frame the unfinished-frame pool had no room for: it is thrown away as it arrives and
+    /// answered `ServerBusy` at once (not a protocol error).
+    async fn busy(&mut self, correlation_id: u64) -> ControlFlow<()> {
+        metrics::counter!("switch_frames_busy_total").increment(1);
+        // Held like any answer until written, so that a client that does not read cannot pile
+        // these up.
+        let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
+        let Ok(budget) = self.state.unwritten.clone().acquire_many_owned(cost).await else {
+            return ControlFlow::Break(());
+        };
+        let mut frame = Vec::new();
+        wire::encode_error_frame(
+            correlation_id,
+            wire::ErrorCode::ServerBusy,
+            &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
+            &mut frame,
+        );
+        let _ = self.outbox.send(Outgoing {
+            frame,
+            budget: Some(budget),
+            last: None,
+        });
+        ControlFlow::Continue(())
+    }
+
+    /// The framing is lost: nothing more on this stream can be trusted. The answers to the
+    /// frames before it go first, then the error.
+    async fn lost(&mut self, recv: &mut quinn::RecvStream, e: &wire::WireError) {
+        metrics::counter!("switch_malformed_frames_total").increment(1);
+        let _ = recv.stop(quinn::VarInt::from_u32(
+            wire::AppErrorCode::FrameSyncLost.as_u32(),
+        ));
+        while self.frames.join_next().await.is_some() {}
+        let id = e.correlation_id.unwrap_or(0);
+        self.violation.report(id, e.code(), &e.to_string()).await;
+    }
+
+    /// The client finished its side. Inside a frame (not one already refused or skipped),
+    /// that is a protocol error, said after the answers to the frames before it.
+    async fn ended(&mut self, reader: &FrameReader<Reservation>) {
+        let Some(end) = reader.ended_inside() else {
+            return;
+        };
+        while self.frames.join_next().await.is_some() {}
+        let message = format!(
+            "the stream ended inside a frame ({} bytes of it came)",
+            end.bytes
+        );
+        self.violation
+            .report(
+                end.correlation_id,
+                wire::ErrorCode::MalformedFrame,
+                &message,
+            )
+            .await;
+    }
+}
+
+/// Reads what comes next on the stream into the reader, or, while it skips a frame, takes
+/// that much as the connection holds it and throws it away, without copying.
+async fn read(recv: &mut quinn::RecvStream, reader: &mut FrameReader<Reservation>) -> Read {
+    let skip = reader.skipping();
+    if skip > 0 {
+        return match recv.read_chunk(skip, true).await {
+            Ok(Some(chunk)) => {
+                reader.skipped(chunk.bytes.len());
+                Read::Bytes
+            }
+            Ok(None) => Read::Ended,
+            Err(_) => Read::Failed,
+        };
+    }
+    match recv.read_buf(reader.read_buffer()).await {
+        Ok(0) => Read::Ended,
+        Ok(_) => Read::Bytes,
+        Err(_) => Read::Failed,
+    }
 }
 
 /// A connection's protocol errors: each is counted, and one past `malformed_frames_max`
@@ -533,7 +525,7 @@ struct Violation<'a> {
     connection: &'a quinn::Connection,
     shared: &'a Shared,
     state: &'a ConnectionState,
-    reply: &'a Reply,
+    outbox: &'a Outbox,
 }
 
 impl Violation<'_> {
@@ -550,7 +542,7 @@ impl Violation<'_> {
         let message = wire::ErrorMessage::truncated(message);
         wire::encode_error_frame(correlation_id, code, &message, &mut frame);
         let (received, is_received) = oneshot::channel();
-        let _ = self.reply.send(Outgoing {
+        let _ = self.outbox.send(Outgoing {
             frame,
             budget: None,
             last: closing.then_some(received),
@@ -578,7 +570,7 @@ impl Violation<'_> {
 
     /// Counts one more protocol error, unless the connection is past its last already.
     fn tally(&self) -> Tally {
-        let max = self.shared.config.limits.malformed_frames_max;
+        let max = self.shared.settings.malformed_frames_max;
         match self
             .state
             .violations
@@ -593,8 +585,7 @@ impl Violation<'_> {
 
     /// Whether the connection has had its last protocol error.
     fn closing(&self) -> bool {
-        self.state.violations.load(Ordering::Acquire)
-            > self.shared.config.limits.malformed_frames_max
+        self.state.violations.load(Ordering::Acquire) > self.shared.settings.malformed_frames_max
     }
 
     fn close(&self) {
@@ -613,398 +604,4 @@ enum Tally {
     Last,
     /// Not counted: the connection had its last already.
     Past,
-}
-
-async fn handle_frame(
-    correlation_id: u64,
-    requests: Vec<wire::Request>,
-    shared: Arc<Shared>,
-    state: Arc<ConnectionState>,
-    reply: Reply,
-    budget: OwnedSemaphorePermit,
-) {
-    let received = Instant::now();
-    let n = requests.len();
-    // Every request of the frame gets an answer, in order. Some are answered here.
-    let mut answers: Vec<Option<wire::Response>> = vec![None; n];
-    let busy = |r: &wire::Request, reason| {
-        wire::Response::declined(r.id, r.operation.op(), Code::SystemBusy, reason)
-    };
-    let draining = shared.draining.load(Ordering::Acquire);
-    let limit = shared.config.limits.in_flight_per_connection_max;
-    // All of a frame or none of it: a frame that would take the connection past its in-flight
-    // limit is answered 91 whole, and nothing in it is executed.
-    let admitted = if draining {
-        0
-    } else {
-        let before = state.in_flight.fetch_add(n as u32, Ordering::AcqRel);
-        if before as usize + n > limit as usize {
-            state.in_flight.fetch_sub(n as u32, Ordering::AcqRel);
-            metrics::counter!("switch_in_flight_limit_total").increment(1);
-            0
-        } else {
-            n
-        }
-    };
-    // The response frame stays within the frame limit: every result takes at least its
-    // smallest form (its declined one; the config makes a full batch of those fit), and the
-    // results that can be larger draw on the room left, in order. One that does not fit is
-    // answered 91, reason 27.
-    let frame_len_max = shared.config.limits.frame_bytes_max as usize;
-    let floor = wire::HEADER_LEN
-        + 2
-        + requests
-            .iter()
-            .map(|r| r.operation.op().result_len_min())
-            .sum::<usize>();
-    let mut frame = Frame {
-        room: frame_len_max.saturating_sub(floor),
-        segment: Segment::default(),
-        received,
-    };
-    // Reloaded at most once a frame, off the network threads.
-    let mut reloaded: Option<Result<usize, ()>> = None;
-    for (i, r) in requests.iter().enumerate() {
-        if i >= admitted {
-            answers[i] = Some(busy(r, Reason::OVERLOADED));
-            continue;
-        }
-        let op = r.operation.op();
-        if matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile) && !is_valid_id(r.id) {
-            answers[i] = Some(wire::Response::declined(
-                r.id,
-                op,
-                Code::InvalidTransaction,
-                Reason::INVALID_ID,
-            ));
-            continue;
-        }
-        match translate::request(r) {
-            Translated::Core(request) => {
-                // The most the result can take beyond its smallest form: an echo's payload;
-                // up to `WINDOWS_LISTED_MAX` window records; a report is known only once built.
-                // (Only the admin gets more than the smallest form of the last two.)
-                let (most, exact) = match &r.operation {
-                    wire::Operation::Echo { payload } => (payload.as_bytes().len(), true),
-                    wire::Operation::ListWindows if state.who.admin => {
-                        (LIST_WINDOWS_EXTRA_BYTES, false)
-                    }
-                    wire::Operation::WindowReport { .. } if state.who.admin => (usize::MAX, false),
-                    _ => (0, true),
-                };
-                // What is reserved for results not yet built comes back once they are.
-                if most > frame.room && frame.segment.reserves() {
-                    frame.run(&shared, &mut answers).await;
-                }
-                if exact && most > frame.room {
-                    answers[i] = Some(busy(r, Reason::RESPONSE_TOO_LARGE));
-                    continue;
-                }
-                let reserved = most.min(frame.room);
-                frame.room -= reserved;
-                // The fingerprint is computed here, off the ledger stage.
-                frame.segment.push(
-                    Prepared::new(Item {
-                        id: RequestId(r.id.0),
-                        who: state.who,
-                        request,
-                    }),
-                    op,
-                    i,
-                    reserved,
-                );
-                // A result that may not fit in what is left is built before anything after
-                // it: whether it fits decides what room the rest has.
-                if reserved < most {
-                    frame.run(&shared, &mut answers).await;
-                }
-            }
-            Translated::ReloadRoutes => {
-                answers[i] = Some(if !state.who.admin {
-                    wire::Response::declined(
-                        r.id,
-                        wire::Op::ReloadRoutes,
-                        Code::NotPermitted,
-                        Reason::ADMIN_REQUIRED,
-                    )
-                } else {
-                    // After the frame's operations before it, like every operation.
-                    frame.run(&shared, &mut answers).await;
-                    if reloaded.is_none() {
-                        let shared = shared.clone();
-                        let reload = tokio::task::spawn_blocking(move || {
-                            shared.reload_routes().map_err(drop)
-                        });
-                        reloaded = Some(reload.await.unwrap_or(Err(())));
-                    }
-                    match reloaded.unwrap_or(Err(())) {
-                        Ok(count) => wire::Response {
-                            request_id: r.id,
-                            code: Code::Approved,
-                            reason: Reason::NONE,
-                            body: wire::ResponseBody::ReloadRoutes {
-                                route_count: u32::try_from(count).unwrap_or(u32::MAX),
-                            },
-                        },
-                        Err(()) => wire::Response::declined(
-                            r.id,
-                            wire::Op::ReloadRoutes,
-                            Code::SystemMalfunction,
-                            Reason::ROUTES_INVALID,
-                        ),
-                    }
-                });
-            }
-            Translated::ReportFile {
-                window,
-                file,
-                offset,
-            } => {
-                answers[i] = Some(if !state.who.admin {
-                    wire::Response::declined(
-                        r.id,
-                        wire::Op::ReportFile,
-                        Code::NotPermitted,
-                        Reason::ADMIN_REQUIRED,
-                    )
-                } else {
-                    // After the frame's operations before it (a close among them), and with
-                    // the room their results really left.
-                    frame.run(&shared, &mut answers).await;
-                    let mut response =
-                        report_file(&shared.config, r.id, window, file, offset, frame.room).await;
-                    if response.reason == Reason::WINDOW_NOT_FOUND
-                        && frame.is_closed(&shared, &state, r.id, window).await
-                    {
-                        response = wire::Response::declined(
-                            r.id,
-                            wire::Op::ReportFile,
-                            Code::SystemBusy,
-                            Reason::REPORT_NOT_READY,
-                        );
-                    }
-                    if let wire::ResponseBody::ReportFile { chunk, .. } = &response.body {
-                        frame.room = frame.room.saturating_sub(chunk.as_bytes().len());
-                    }
-                    response
-                });
-            }
-            Translated::Answer(response) => answers[i] = Some(response),
-        }
-    }
-    frame.run(&shared, &mut answers).await;
-    // Every request admitted is answered once the frame is sent.
-    state.in_flight.fetch_sub(admitted as u32, Ordering::AcqRel);
-    let responses: Vec<wire::Response> = answers
-        .into_iter()
-        .zip(requests.iter())
-        .map(|(a, r)| {
-            a.unwrap_or_else(|| {
-                wire::Response::declined(
-                    r.id,
-                    r.operation.op(),
-                    Code::SystemMalfunction,
-                    Reason::INTERNAL,
-                )
-            })
-        })
-        .collect();
-    let cut = responses
-        .iter()
-        .filter(|r| r.code == Code::SystemBusy && r.reason == Reason::RESPONSE_TOO_LARGE)
-        .count();
-    if cut > 0 {
-        metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
-    }
-    stage::send(&reply, correlation_id, responses, budget, frame_len_max);
-}
-
-/// A frame being answered: the room its results have left, and its requests for the ledger
-/// stage not yet sent there.
-struct Frame {
-    /// Bytes the frame's results may take beyond their smallest forms, less what is reserved.
-    room: usize,
-    segment: Segment,
-    received: Instant,
-}
-
-/// Consecutive requests of a frame for the ledger stage, sent as one job. A frame is cut into
-/// several only where an answer is needed before it can go on (a result whose size decides
-/// the room of those after it, a ReloadRoutes, a ReportFile), so its operations still run in
-/// order.
-#[derive(Default)]
-struct Segment {
-    items: Vec<Prepared>,
-    ops: Vec<wire::Op>,
-    /// Per item: its place in the frame, and the bytes reserved for its result beyond its
-    /// smallest form.
-    slots: Vec<(usize, usize)>,
-}
-
-impl Segment {
-    fn push(&mut self, item: Prepared, op: wire::Op, slot: usize, reserved: usize) {
-        self.items.push(item);
-        self.ops.push(op);
-        self.slots.push((slot, reserved));
-    }
-
-    fn reserves(&self) -> bool {
-        self.slots.iter().any(|&(_, reserved)| reserved > 0)
-    }
-}
-
-impl Frame {
-    /// Runs the segment on the ledger stage and waits for its answers. A result larger than
-    /// what was reserved for it (a report that does not fit) is answered 91, reason 27; what
-    /// the others reserved and did not take goes back to the room.
-    async fn run(&mut self, shared: &Shared, answers: &mut [Option<wire::Response>]) {
-        let Segment { items, ops, slots } = std::mem::take(&mut self.segment);
-        if items.is_empty() {
-            return;
-        }
-        let responses = ask_stage(shared, items, ops, self.received).await;
-        let mut responses = responses.into_iter();
-        for (slot, reserved) in slots {
-            let Some(mut response) = responses.next() else {
-                break;
-            };
-            let op = response.body.op();
-            let extra = response.encoded_len().saturating_sub(op.result_len_min());
-            if extra > reserved {
-                response = wire::Response::declined(
-                    response.request_id,
-                    op,
-                    Code::SystemBusy,
-                    Reason::RESPONSE_TOO_LARGE,
-                );
-                self.room = self.room.saturating_add(reserved);
-            } else {
-                self.room = self.room.saturating_add(reserved - extra);
-            }
-            if let Some(answer) = answers.get_mut(slot) {
-                *answer = Some(response);
-            }
-        }
-    }
-
-    /// Whether `window` is closed, as the ledger stage knows it: a window before the open one.
-    async fn is_closed(
-        &self,
-        shared: &Shared,
-        state: &ConnectionState,
-        id: wire::RequestId,
-        window: u64,
-    ) -> bool {
-        if window == 0 {
-            return false;
-        }
-        let item = Prepared::new(Item {
-            id: RequestId(id.0),
-            who: state.who,
-            request: crate::core::Request::ListWindows,
-        });
-        let responses = ask_stage(
-            shared,
-            vec![item],
-            vec![wire::Op::ListWindows],
-            self.received,
-        )
-        .await;
-        match responses.first().map(|r| (r.code, &r.body)) {
-            // Newest first: the open window leads.
-            Some((Code::Approved, wire::ResponseBody::ListWindows(windows))) => {
-                windows.first().is_some_and(|open| window < open.window.0)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Queues requests for the ledger stage and waits for their answers, in order; empty if the
-/// stage stopped without answering. Counts them in the server's requests in flight meanwhile.
-async fn ask_stage(
-    shared: &Shared,
-    items: Vec<Prepared>,
-    ops: Vec<wire::Op>,
-    received: Instant,
-) -> Vec<wire::Response> {
-    let (reply, answer) = oneshot::channel::<Vec<wire::Response>>();
-    let count = items.len();
-    let job = Job {
-        items,
-        ops,
-        reply,
-        received,
-    };
-    shared.in_flight.fetch_add(count, Ordering::AcqRel);
-    let queue = shared.queue.read().clone();
-    let pushed = match queue {
-        Some(queue) => queue.try_push(job),
-        None => Err((job, Reason::OVERLOADED)),
-    };
-    if let Err((job, reason)) = pushed {
-        stage::answer_all(job, stage::refusal_code(reason), reason);
-    }
-    // The stage drops the sender only if it stopped without answering: 96 in `handle_frame`.
-    let responses = answer.await.unwrap_or_default();
-    shared.in_flight.fetch_sub(count, Ordering::AcqRel);
-    responses
-}
-
-/// A ListWindows result past its smallest form: up to `WINDOWS_LISTED_MAX` window records.
-const LIST_WINDOWS_EXTRA_BYTES: usize = crate::core::WINDOWS_LISTED_MAX * wire::WindowRecord::LEN;
-
-/// Request ids the switch executes nothing for (as the core answers them): 0, 2^128 - 1, and
-/// the range it keeps for itself.
-fn is_valid_id(id: wire::RequestId) -> bool {
-    id.0 != 0 && id.0 != u128::MAX && !crate::clearing::is_system_id(id.0)
-}
-
-/// A piece of a closed window's report file, read from the report directory: at most `room`
-/// bytes of it (what is left in the response frame), or 91, reason 27 if no byte fits.
-async fn report_file(
-    config: &crate::config::Config,
-    id: wire::RequestId,
-    window: u64,
-    file: u8,
-    offset: u64,
-    room: usize,
-) -> wire::Response {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let declined = |code, reason| wire::Response::declined(id, wire::Op::ReportFile, code, reason);
-    let paths = crate::report::paths(&config.report_dir(), window);
-    let Some(path) = usize::from(file).checked_sub(1).and_then(|i| paths.get(i)) else {
-        return declined(Code::InvalidTransaction, Reason::NONE);
-    };
-    let Ok(mut f) = tokio::fs::File::open(path).await else {
-        return declined(Code::InvalidTransaction, Reason::WINDOW_NOT_FOUND);
-    };
-    let Ok(total_len) = f.metadata().await.map(|m| m.len()) else {
-        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-    };
-    if offset > total_len {
-        return declined(Code::InvalidAmount, Reason::NONE);
-    }
-    let left = usize::try_from(total_len - offset).unwrap_or(usize::MAX);
-    let want = wire::ReportChunk::LEN_MAX.min(room).min(left);
-    if want == 0 && left > 0 {
-        return declined(Code::SystemBusy, Reason::RESPONSE_TOO_LARGE);
-    }
-    let mut buf = vec![0u8; want];
-    let read = async {
-        f.seek(std::io::SeekFrom::Start(offset)).await?;
-        f.read_exact(&mut buf).await
-    };
-    if read.await.is_err() {
-        return declined(Code::SystemMalfunction, Reason::STORAGE_FAILURE);
-    }
-    match wire::ReportChunk::new(buf) {
-        Ok(chunk) => wire::Response {
-            request_id: id,
-            code: Code::Approved,
-            reason: Reason::NONE,
-            body: wire::ResponseBody::ReportFile { total_len, chunk },
-        },
-        Err(_) => declined(Code::SystemMalfunction, Reason::INTERNAL),
-    }
 }

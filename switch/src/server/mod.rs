@@ -1,16 +1,21 @@
 //! The server: QUIC endpoint, connection tasks, the ledger stage, metrics and shutdown.
 //!
 //! ```text
-//! connection tasks ──(bounded queue; full → 91)──▶ ledger stage ──▶ journal (fsync) ──▶ answers
+//! connection tasks ──(bounded queue; full → 91)──▶ ledger stage ──▶ journal (fsync)
+//!        ▲                                                                 │
+//!        └──────────── core responses, once what they depend on is durable ┘
 //! ```
 //!
-//! Connection tasks decode frames, translate them and queue them. The ledger stage is one
-//! thread: it takes everything queued (up to a batch) whenever the previous append is durable,
-//! executes it in the core, appends the commands to the journal, waits until they are on
-//! disk, and only then answers. While it waits, requests pile up, so the next batch is larger:
-//! the batch grows with the load, and there is no timer to add latency when load is low.
+//! Connection tasks decode frames, translate them to core requests and queue them. The ledger
+//! stage is one thread: it takes everything queued (up to a batch), executes it in the core,
+//! hands the commands to the journal and goes on to the next batch while the log writer syncs
+//! (at most `[wal] queue_depth_max` records waiting). A batch's responses leave once its record
+//! and every earlier one are durable (`stage/pipeline.rs`); the connection translates them to
+//! the wire. While the log syncs, requests pile up, so the next batch is larger: the batch
+//! grows with the load, and there is no timer to add latency when load is low.
 
 pub mod connection;
+pub mod files;
 pub mod http;
 pub mod lock;
 pub mod snapshots;
@@ -29,8 +34,9 @@ use parking_lot::RwLock;
 
 use ledger::storage::{FileStorage, Storage};
 
+use crate::config::settings::{ConnectionSettings, Settings};
 use crate::config::{Config, LogFormat, TlsMode};
-use crate::core::{Core, CoreConfig};
+use crate::core::Core;
 use crate::routing::RouteTable;
 use crate::tls::{self, Fingerprint, Identities, ServerIdentity, ServerTls};
 
@@ -152,35 +158,44 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let running = start_on(config, config_path, source, None::<FileStorage>).await?;
+        // Before the ready line: a supervisor may stop the switch the moment it reads it, and
+        // a signal with no handler yet would kill the process without draining.
+        let stop = stop_signals();
         // The one line on standard output (logs go to standard error), for supervisors and
         // tests: recovery is done, and these are the addresses actually bound (port 0 in the
         // configuration lets the system choose).
         println!("{}", running.ready_line());
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down: no new connections, draining requests in flight");
         running.shutdown().await
     })
 }
 
-async fn wait_for_signal() {
+/// Installs the handlers of SIGTERM and SIGINT now; the future ends at the first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        );
+        async move {
+            let (Ok(mut term), Ok(mut int)) = signals else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -217,159 +232,141 @@ async fn start_on<S: Storage + Clone>(
     source: String,
     storage: Option<S>,
 ) -> anyhow::Result<Running> {
-    let data_dir = config.server.data_dir.clone();
     tracing::info!(
         version = crate::VERSION,
         commit = crate::COMMIT,
         config = %source,
-        data_dir = %data_dir.display(),
+        data_dir = %config.server.data_dir.display(),
         "switch starting"
     );
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let config = Arc::new(config);
-    std::fs::create_dir_all(&data_dir)
+    let recovered = recover(Arc::new(config), config_path, &source, storage).await?;
+    serve(recovered, &source)
+}
+
+/// A switch whose state is recovered, not yet serving.
+struct Recovered {
+    config: Arc<Config>,
+    lock: lock::DataDirLock,
+    server_tls: ServerTls,
+    metrics_handle: PrometheusHandle,
+    http_listener: tokio::net::TcpListener,
+    connection_settings: ConnectionSettings,
+    routes: Arc<RwLock<Arc<RouteTable>>>,
+    files: Arc<files::Files>,
+    stage: stage::Stage,
+}
+
+/// Takes the data directory, checks the TLS material, binds the metrics address, and
+/// recovers the ledger stage (from `storage`, or the data directory's log).
+async fn recover<S: Storage + Clone>(
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    source: &str,
+    storage: Option<S>,
+) -> anyhow::Result<Recovered> {
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     // Before anything in the directory is read or written, and held until the switch stops.
-    let lock = lock::DataDirLock::acquire(&data_dir)?;
+    let lock = lock::DataDirLock::acquire(data_dir)?;
     // Before recovery, which can take minutes: a bad certificate or key fails the start now.
-    let server_tls = server_tls(&config, &source)?;
-
+    let server_tls = server_tls(&config, source)?;
     let metrics_handle = metrics_recorder();
     telemetry::register();
-    let ready = Arc::new(AtomicBool::new(false));
     let http_listener = http::bind(config.metrics.listen)
         .await
         .with_context(|| format!("binding metrics address {}", config.metrics.listen))?;
-    let http_addr = http_listener.local_addr()?;
 
+    let settings = Settings::derive(&config, "configuration")?;
     let routes = Arc::new(RwLock::new(Arc::new(config.route_table("configuration")?)));
-    let ledger = Arc::new(ledger::Ledger::new(config.ledger_config())?);
-    let core = Core::new(
-        ledger,
-        CoreConfig {
-            default_expiry_seconds: config.authorization.default_expiry_seconds,
-            expiry_seconds_max: config.authorization.expiry_seconds_max,
-            requests_remembered_max: usize::try_from(config.ledger.transfers_remembered_max)
-                .unwrap_or(usize::MAX),
-            fees: Arc::new(config.fee_schedule("configuration")?),
-            windows_kept: config.clearing.windows_kept as usize,
-            closes_logged_bytes_max: crate::core::closes_logged_bytes_max(
-                config.limits.batch_len_max,
-            ),
-            participants_max: usize::try_from(config.ledger.participants_max).unwrap_or(usize::MAX),
-        },
-        routes.read().clone(),
-    );
+    let files = Arc::new(files::Files::new(
+        config.clone(),
+        config_path,
+        routes.clone(),
+        settings.stage.report_dir.clone(),
+    ));
+    let ledger = Arc::new(ledger::Ledger::new(settings.ledger)?);
+    let core = Core::new(ledger, settings.core, routes.read().clone());
     let stage = match storage {
-        Some(storage) => stage::Stage::recover_on(core, &config, storage),
-        None => stage::Stage::recover(core, &config),
+        Some(storage) => stage::Stage::recover_on(core, settings.stage, storage),
+        None => stage::Stage::recover(core, settings.stage),
     }
     .context("recovering state")?;
+    Ok(Recovered {
+        config,
+        lock,
+        server_tls,
+        metrics_handle,
+        http_listener,
+        connection_settings: settings.connection,
+        routes,
+        files,
+        stage,
+    })
+}
 
+/// Binds the QUIC endpoint and starts the stage, `/metrics` and the connections.
+fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
+    let Recovered {
+        config,
+        lock,
+        server_tls,
+        metrics_handle,
+        http_listener,
+        connection_settings,
+        routes,
+        files,
+        stage,
+    } = recovered;
     let fingerprint = server_tls.fingerprint();
-    let identities = Identities::new(&config);
-    if let Some(anonymous) = identities.anonymous() {
-        tracing::warn!(
-            participant = anonymous.participant.0,
-            admin = anonymous.admin,
-            "clients without a certificate are accepted as this participant: for development only"
-        );
-    }
-    let crypto = tls::server_crypto(server_tls)?;
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(config.limits.streams_per_connection_max.into())
-        .max_concurrent_uni_streams(0u8.into())
-        .max_idle_timeout(Some(
-            Duration::from_secs(60).try_into().context("idle timeout")?,
-        ))
-        .keep_alive_interval(Some(Duration::from_secs(15)))
-        // What a connection's streams may have sent that is not yet read, all streams
-        // together (quinn's default has no bound but the streams' own windows).
-        .receive_window(quinn::VarInt::from_u32(connection_receive_window(
-            config.limits.frame_bytes_max,
-        )));
-    server_config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server_config, config.server.listen)
-        .with_context(|| format!("binding QUIC address {}", config.server.listen))?;
-    let quic_addr = endpoint.local_addr()?;
-
+    let identities = identities(&config);
+    let endpoint = quic_endpoint(server_tls, &connection_settings, config.server.listen)?;
+    let (quic_addr, http_addr) = (endpoint.local_addr()?, http_listener.local_addr()?);
     let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
-    let (queue, stage_thread) = stage.spawn(config.clone(), routes.clone());
+    let (queue, stage_thread) = stage.spawn(routes);
+    let ready = Arc::new(AtomicBool::new(true));
+    let failed = queue.failed_flag();
     tokio::spawn(http::serve(
         http_listener,
         Arc::new(scrape),
         ready.clone(),
-        queue.failed_flag(),
+        failed,
     ));
-    ready.store(true, Ordering::Release);
     tracing::info!(
         version = crate::VERSION,
         commit = crate::COMMIT,
         config = %source,
-        data_dir = %data_dir.display(),
+        data_dir = %config.server.data_dir.display(),
         %quic_addr,
         %http_addr,
         alpn = "pswitch/1",
         "switch is serving"
     );
-
-    let shutdown = Arc::new(tokio::sync::Notify::new());
     let shared = Arc::new(connection::Shared::new(
-        config.clone(),
+        connection_settings,
         identities,
         queue,
-        routes,
-        config_path,
+        files.clone(),
     ));
     let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
-    #[cfg(unix)]
-    {
-        // SIGHUP reloads the routing table from the configuration file, without a restart.
-        let shared = shared.clone();
-        if let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    let _ = shared.reload_routes();
-                }
-            });
-        }
-    }
-    let done = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.notified().await;
-            ready.store(false, Ordering::Release);
-            // No new connections; connections already open may finish what they sent.
-            endpoint.set_server_config(None);
-            accept.abort();
-            shared.begin_drain();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while shared.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            shared.close_queue();
-            let result = tokio::task::spawn_blocking(move || stage_thread.join())
-                .await
-                .context("joining the ledger stage")?
-                .map_err(|_| anyhow::anyhow!("the ledger stage panicked"))?;
-            endpoint.close(
-                quinn::VarInt::from_u32(crate::wire::AppErrorCode::ShuttingDown.as_u32()),
-                b"shutting down",
-            );
-            endpoint.wait_idle().await;
-            // Only now may another switch take the directory: the stage and its log are done.
-            drop(lock);
-            result
-        })
+    reload_on_hangup(files);
+    let serving = Serving {
+        ready,
+        endpoint,
+        accept,
+        shared,
+        stage_thread,
+        lock,
     };
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let stop = shutdown.clone();
+    let done = tokio::spawn(async move {
+        stop.notified().await;
+        serving.stop().await
+    });
     Ok(Running {
         quic_addr,
         http_addr,
@@ -377,6 +374,109 @@ async fn start_on<S: Storage + Clone>(
         shutdown,
         done,
     })
+}
+
+/// Who clients are, by certificate; a warning if clients without one are accepted.
+fn identities(config: &Config) -> Identities {
+    let identities = Identities::new(config);
+    if let Some(anonymous) = identities.anonymous() {
+        tracing::warn!(
+            participant = anonymous.participant.0,
+            admin = anonymous.admin,
+            "clients without a certificate are accepted as this participant: for development only"
+        );
+    }
+    identities
+}
+
+/// The QUIC endpoint, bound to `listen`, with the connections' stream and window limits.
+fn quic_endpoint(
+    server_tls: ServerTls,
+    connection: &ConnectionSettings,
+    listen: SocketAddr,
+) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = tls::server_crypto(server_tls)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(connection.streams_per_connection_max.into())
+        .max_concurrent_uni_streams(0u8.into())
+        .max_idle_timeout(Some(
+            Duration::from_secs(60).try_into().context("idle timeout")?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        // What a connection's streams may have sent that is not yet read, all streams
+        // together (quinn's default has no bound but the streams' own windows).
+        .receive_window(quinn::VarInt::from_u32(connection.receive_window_bytes));
+    server_config.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server_config, listen)
+        .with_context(|| format!("binding QUIC address {listen}"))
+}
+
+/// SIGHUP reloads the routing table from the configuration file, without a restart.
+fn reload_on_hangup(files: Arc<files::Files>) {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = files.reload_routes_blocking().await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(files);
+}
+
+/// What a running switch stops at shutdown, in the order `stop` stops it.
+struct Serving {
+    /// `/readyz`.
+    ready: Arc<AtomicBool>,
+    endpoint: quinn::Endpoint,
+    accept: tokio::task::JoinHandle<()>,
+    shared: Arc<connection::Shared>,
+    stage_thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    lock: lock::DataDirLock,
+}
+
+impl Serving {
+    /// No new connections; what is in flight drains (ten seconds at most), the stage answers
+    /// what it holds and syncs its log, the connections close, and the data directory is
+    /// released.
+    async fn stop(self) -> anyhow::Result<()> {
+        let Serving {
+            ready,
+            endpoint,
+            accept,
+            shared,
+            stage_thread,
+            lock,
+        } = self;
+        ready.store(false, Ordering::Release);
+        // No new connections; connections already open may finish what they sent.
+        endpoint.set_server_config(None);
+        accept.abort();
+        shared.begin_drain();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shared.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shared.close_queue();
+        let result = tokio::task::spawn_blocking(move || stage_thread.join())
+            .await
+            .context("joining the ledger stage")?
+            .map_err(|_| anyhow::anyhow!("the ledger stage panicked"))?;
+        endpoint.close(
+            quinn::VarInt::from_u32(crate::wire::AppErrorCode::ShuttingDown.as_u32()),
+            b"shutting down",
+        );
+        endpoint.wait_idle().await;
+        // Only now may another switch take the directory: the stage and its log are done.
+        drop(lock);
+        result
+    }
 }
 
 /// The server's certificate, key and client verification: read and checked (files), or
@@ -423,39 +523,6 @@ fn openssl_fingerprint_command(file: &std::path::Path, mode: TlsMode) -> String 
         "openssl x509 {inform}-in {} -noout -fingerprint -sha256",
         file.display()
     )
-}
-
-/// Bytes a connection may have in flight to the server, unread, over all its streams: two
-/// largest frames, and at least 8 MiB so that pipelining never waits on it.
-pub fn connection_receive_window(frame_bytes_max: u32) -> u32 {
-    frame_bytes_max.saturating_mul(2).max(8 << 20)
-}
-
-/// The routing table for a reload: from the configuration file at `path`, or, for a switch
-/// started without one, from the configuration it was started with (`started`), so that a
-/// reload never wipes routes it cannot read again. Only the routes are taken from the file:
-/// if other sections differ from `started`, a warning names them (they apply at a restart).
-/// The error is one line (`error_line`).
-pub fn reload_routes(
-    path: Option<&std::path::Path>,
-    started: &Config,
-) -> anyhow::Result<RouteTable> {
-    let table = match path {
-        Some(path) => Config::load(path).and_then(|config| {
-            let changed = config.sections_differing_from(started);
-            if !changed.is_empty() {
-                tracing::warn!(
-                    file = %path.display(),
-                    "a reload applies [[routes]] only; the file's {} differ from what the \
-                     switch runs with and apply at the next restart",
-                    changed.join(", ")
-                );
-            }
-            config.route_table("configuration")
-        }),
-        None => started.route_table("configuration"),
-    };
-    table.map_err(|e| anyhow::anyhow!(error_line(&e)))
 }
 
 #[cfg(test)]

@@ -23,15 +23,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use ledger::snapshot_file::{self, SNAPSHOT_KEEP_DEFAULT};
+use ledger::snapshot_file;
 
 use ledger::storage::FileStorage;
 use ledger::wal;
 
-use crate::config::{Config, SnapshotMethod};
+use crate::config::SnapshotMethod;
+use crate::config::settings::{CadenceSettings, SnapshotSettings};
 use crate::core::Core;
 use crate::core::snapshot::{Image, RestoreConfig};
-use crate::server::stage::replay_record;
+use crate::journal;
 
 /// Bytes a log record takes on disk besides its payload (the record header).
 pub const RECORD_OVERHEAD_BYTES: u64 = wal::RECORD_HEADER_LEN as u64;
@@ -115,12 +116,12 @@ pub(crate) enum Due {
 }
 
 impl Cadence {
-    pub(crate) fn new(config: &crate::config::Snapshot) -> Self {
+    pub(crate) fn new(settings: &CadenceSettings) -> Self {
         Cadence {
-            every_records: config.every_records,
-            every_wal_bytes: config.every_wal_bytes,
-            defer_above: config.defer_above_requests_per_second,
-            defer_at_most: config.defer_at_most.max(1),
+            every_records: settings.every_records,
+            every_wal_bytes: settings.every_wal_bytes,
+            defer_above: settings.defer_above_requests_per_second,
+            defer_at_most: settings.defer_at_most.max(1),
             records_since: 0,
             bytes_since: 0,
             window: None,
@@ -201,12 +202,12 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Opens `data_dir/snapshots` beside the log's storage.
+    /// Opens the snapshot directory beside the log's storage.
     pub fn open<S: ledger::storage::Storage + Clone>(
-        config: &Config,
+        settings: &SnapshotSettings,
         wal_storage: S,
     ) -> anyhow::Result<Snapshots> {
-        let record_size_max = crate::server::stage::wal_options(config).record_size_max_bytes;
+        let record_size_max = settings.record_size_max_bytes;
         let read_storage = wal_storage.clone();
         let replay: Replay = Arc::new(move |core, after, through, cancel| {
             let replayed = wal::read_through(
@@ -218,7 +219,7 @@ impl Snapshots {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(anyhow::Error::new(Cancelled));
                     }
-                    replay_record(core, payload).map_err(anyhow::Error::new)
+                    journal::replay(core, payload).map_err(anyhow::Error::new)
                 },
             );
             replayed.map_err(|e| match e {
@@ -229,23 +230,20 @@ impl Snapshots {
         let prune: Prune = Arc::new(move |sequence| {
             wal::delete_covered(&wal_storage, sequence).map(|removed| removed.len())
         });
-        let dir = config.server.data_dir.join("snapshots");
+        let dir = &settings.dir;
         let storage =
-            FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-        let s = &config.snapshot;
+            FileStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
         Ok(Snapshots {
             storage,
             prune,
-            cadence: Cadence::new(s),
+            cadence: Cadence::new(&settings.cadence),
             deferring: false,
-            keep: usize::try_from(s.keep)
-                .unwrap_or(SNAPSHOT_KEEP_DEFAULT)
-                .max(1),
-            on_shutdown: s.on_shutdown,
+            keep: settings.keep.max(1),
+            on_shutdown: settings.on_shutdown,
             covered: 0,
             appended: 0,
             in_flight: None,
-            method: s.method,
+            method: settings.method,
             replay,
             builds: None,
             cancel: Arc::new(AtomicBool::new(false)),
@@ -606,12 +604,11 @@ mod tests {
     use super::*;
 
     fn cadence(every_records: u64, every_wal_bytes: u64, defer: u64, at_most: u64) -> Cadence {
-        Cadence::new(&crate::config::Snapshot {
+        Cadence::new(&CadenceSettings {
             every_records,
             every_wal_bytes,
             defer_above_requests_per_second: defer,
             defer_at_most: at_most,
-            ..crate::config::Snapshot::default()
         })
     }
 

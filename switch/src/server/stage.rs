@@ -1,7 +1,11 @@
 //! The ledger stage: one thread that owns the core, batches what is queued, logs it, and
 //! answers only what is durable.
+//!
+//! It speaks the core's types only: a job is core requests, its answer core responses or a
+//! refusal of them all. What they are on the wire, and the metrics of what was answered, are
+//! the connection's business; the log writer's thread only hands answers over.
 
-use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -12,29 +16,71 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger::Timestamp;
 use ledger::bell::Bell;
 use ledger::storage::{FileStorage, Storage};
-use ledger::wal::{self, Durability, RecoverOptions, Wal, WalError, WalOptions};
-use parking_lot::{Condvar, Mutex, RwLock};
+use ledger::wal::{self, RecoverOptions, Wal, WalError, WalOptions};
+use parking_lot::RwLock;
 
 use crate::clearing::WindowDetails;
 use crate::codes::{Code, Reason};
-use crate::config::{self, Config};
+use crate::config::settings::StageSettings;
 use crate::core::snapshot::RestoreConfig;
-use crate::core::{Core, Prepared};
-use crate::journal::SwitchRecord;
+use crate::core::{Core, Prepared, Response};
+use crate::journal::{self, SwitchRecord};
 use crate::routing::RouteTable;
 use crate::server::snapshots::Snapshots;
-use crate::server::telemetry;
-use crate::translate;
-use crate::wire;
 
-/// A frame's worth of requests, waiting for the stage.
+mod pipeline;
+use crate::server::telemetry;
+use pipeline::{BatchAnswers, Pipeline, Taken};
+
+/// Consecutive requests of one frame, waiting for the stage.
 pub struct Job {
     pub items: Vec<Prepared>,
-    /// The wire operation of each item, to shape its response.
-    pub ops: Vec<wire::Op>,
-    /// Where the responses go, in item order.
-    pub reply: tokio::sync::oneshot::Sender<Vec<wire::Response>>,
-    pub received: Instant,
+    /// Where the answer goes.
+    pub answer: tokio::sync::oneshot::Sender<Answered>,
+}
+
+impl Job {
+    /// Answers every request of the job with one refusal.
+    pub fn refuse(self, refusal: Refusal) {
+        let _ = self.answer.send(Err(refusal));
+    }
+}
+
+/// The stage's answer to a job: a response for each item, in item order, or a refusal of them
+/// all (nothing of the job was executed, or, after a log failure, nothing of it is durable).
+pub type Answered = Result<Vec<Response>, Refusal>;
+
+/// Why the stage answered none of a job's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue is full, or closed for shutdown.
+    Busy,
+    /// The log ran out of space: a retry after the operator frees space and restarts succeeds.
+    StorageFull,
+    /// The log failed otherwise.
+    StorageFailed,
+    /// The stage stopped without answering.
+    Stopped,
+}
+
+impl Refusal {
+    /// The response code every refused request gets: 91 for what a retry can cure, 96
+    /// otherwise.
+    pub fn code(self) -> Code {
+        match self {
+            Refusal::Busy | Refusal::StorageFull => Code::SystemBusy,
+            Refusal::StorageFailed | Refusal::Stopped => Code::SystemMalfunction,
+        }
+    }
+
+    pub fn reason(self) -> Reason {
+        match self {
+            Refusal::Busy => Reason::OVERLOADED,
+            Refusal::StorageFull => Reason::STORAGE_FULL,
+            Refusal::StorageFailed => Reason::STORAGE_FAILURE,
+            Refusal::Stopped => Reason::INTERNAL,
+        }
+    }
 }
 
 /// The sending side of the stage's channel. When the last one goes it closes the bell: the
@@ -64,16 +110,16 @@ pub struct Queue {
 
 impl Queue {
     /// Queues a job, or gives it back when the queue is full or the stage has failed.
-    pub fn try_push(&self, job: Job) -> Result<(), (Job, Reason)> {
-        if let Some(reason) = self.failure() {
-            return Err((job, reason));
+    pub fn try_push(&self, job: Job) -> Result<(), (Job, Refusal)> {
+        if let Some(refusal) = self.failure() {
+            return Err((job, refusal));
         }
         let n = job.items.len();
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.queued_max {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             metrics::counter!("switch_queue_full_total").increment(1);
-            return Err((job, Reason::OVERLOADED));
+            return Err((job, Refusal::Busy));
         }
         depth_gauge().increment(n as f64);
         match self.tx.tx.try_send(job) {
@@ -83,7 +129,7 @@ impl Queue {
             }
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 leave(&self.queued, n);
-                Err((job, Reason::OVERLOADED))
+                Err((job, Refusal::Busy))
             }
         }
     }
@@ -93,10 +139,11 @@ impl Queue {
     }
 
     /// Why the stage stopped acknowledging, once its log has failed.
-    pub fn failure(&self) -> Option<Reason> {
-        match self.failed.load(Ordering::Acquire) {
-            0 => None,
-            reason => Some(Reason(reason)),
+    pub fn failure(&self) -> Option<Refusal> {
+        match Reason(self.failed.load(Ordering::Acquire)) {
+            Reason::NONE => None,
+            Reason::STORAGE_FULL => Some(Refusal::StorageFull),
+            _ => Some(Refusal::StorageFailed),
         }
     }
 
@@ -131,22 +178,12 @@ fn leave(queued: &AtomicUsize, n: usize) {
     depth_gauge().decrement(n as f64);
 }
 
-/// The response code for a reason the stage refuses with: a full disk is 91 (a retry after the
-/// operator frees space and restarts succeeds), any other log failure 96.
-pub fn refusal_code(reason: Reason) -> Code {
-    if reason == Reason::STORAGE_FAILURE || reason == Reason::INTERNAL {
-        Code::SystemMalfunction
-    } else {
-        Code::SystemBusy
-    }
-}
-
-/// Why a log failure stops acknowledgements, as the reason every request gets from then on.
-fn failure_reason(error: &WalError) -> Reason {
+/// Why a log failure stops acknowledgements, as the refusal every request gets from then on.
+fn failure_refusal(error: &WalError) -> Refusal {
     if error.is_out_of_space() {
-        Reason::STORAGE_FULL
+        Refusal::StorageFull
     } else {
-        Reason::STORAGE_FAILURE
+        Refusal::StorageFailed
     }
 }
 
@@ -154,8 +191,8 @@ fn failure_reason(error: &WalError) -> Reason {
 pub struct Stage {
     core: Core,
     wal: Wal,
-    durability: Durability,
     snapshots: Snapshots,
+    settings: StageSettings,
     /// Shared with the `Queue` (see there); set before any request hears of a failure.
     failed: Arc<AtomicU8>,
     /// Batches applied and logged, answered as the log makes them durable.
@@ -166,175 +203,6 @@ pub struct Stage {
     in_flight_max: u64,
     /// Reads the size of the log's files, for `switch_wal_bytes`.
     wal_bytes: telemetry::WalBytes,
-}
-
-/// The answers to one stage batch, sent once every record up to `after` is durable.
-struct Answer {
-    after: u64,
-    shapes: Vec<(Vec<wire::Op>, Reply, Instant)>,
-    responses: Vec<crate::core::Response>,
-    taken: Taken,
-}
-
-/// Requests a batch took from the queue. They count against `queue_depth_max` until their
-/// answers leave, not only while queued: a batch that logged nothing still waits for the
-/// record before it, and what waits so must be bounded too.
-struct Taken {
-    queued: Arc<AtomicUsize>,
-    count: usize,
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        leave(&self.queued, self.count);
-    }
-}
-
-type Reply = tokio::sync::oneshot::Sender<Vec<wire::Response>>;
-
-/// Between the ledger stage and the log writer: the stage applies the next batch while the
-/// log syncs the last, and no answer leaves before the records it depends on are durable.
-/// A batch that logged nothing (declines, inquiries, repeats) may still have read what an
-/// earlier, not yet durable batch did, so it waits for that batch's record too.
-struct Pipeline {
-    state: Mutex<PipelineState>,
-    progressed: Condvar,
-}
-
-struct PipelineState {
-    /// Every record up to this sequence is durable.
-    durable: u64,
-    /// The log's failure, once it has failed: nothing more is answered as done.
-    failure: Option<WalError>,
-    /// In `after` order (the stage adds them in log order).
-    waiting: VecDeque<Answer>,
-}
-
-impl Pipeline {
-    fn new(durable: u64) -> Self {
-        Pipeline {
-            state: Mutex::new(PipelineState {
-                durable,
-                failure: None,
-                waiting: VecDeque::new(),
-            }),
-            progressed: Condvar::new(),
-        }
-    }
-
-    /// The log's verdict on record `sequence` (runs on the log writer's thread, in sequence
-    /// order): answers what it made durable, or, on a failure, refuses everything waiting.
-    fn done(&self, result: Result<u64, WalError>, failed: &AtomicU8) {
-        let (ready, refusal) = {
-            let mut state = self.state.lock();
-            match result {
-                Ok(sequence) => state.durable = state.durable.max(sequence),
-                Err(e) => {
-                    if state.failure.is_none() {
-                        // Before any client hears of it (`/readyz`, `Queue::failure`).
-                        report_failure(&e, failed);
-                        state.failure = Some(e);
-                    }
-                }
-            }
-            let refusal = state.failure.as_ref().map(failure_reason);
-            let durable = state.durable;
-            let n = if refusal.is_some() {
-                state.waiting.len()
-            } else {
-                state
-                    .waiting
-                    .iter()
-                    .take_while(|a| a.after <= durable)
-                    .count()
-            };
-            (state.waiting.drain(..n).collect::<Vec<_>>(), refusal)
-        };
-        self.progressed.notify_all();
-        for answer in ready {
-            answer.send(refusal);
-        }
-    }
-
-    /// Sends `answer` now if what it depends on is durable, or leaves it for `done`.
-    fn answer(&self, answer: Answer) {
-        let mut state = self.state.lock();
-        if let Some(e) = &state.failure {
-            let reason = failure_reason(e);
-            drop(state);
-            answer.send(Some(reason));
-        } else if answer.after <= state.durable {
-            drop(state);
-            answer.send(None);
-        } else {
-            state.waiting.push_back(answer);
-        }
-    }
-
-    /// Waits until every record up to `sequence` is durable, or the log has failed.
-    fn wait_durable(&self, sequence: u64) -> Result<(), WalError> {
-        let mut state = self.state.lock();
-        loop {
-            if let Some(e) = &state.failure {
-                return Err(e.clone());
-            }
-            if state.durable >= sequence {
-                return Ok(());
-            }
-            self.progressed.wait(&mut state);
-        }
-    }
-
-    fn failure(&self) -> Option<WalError> {
-        self.state.lock().failure.clone()
-    }
-}
-
-impl Answer {
-    /// Shapes and sends the responses, or refuses them all if the log failed.
-    fn send(self, refusal: Option<Reason>) {
-        let Answer {
-            shapes,
-            responses,
-            taken,
-            ..
-        } = self;
-        // The requests leave the queue's count before their answers leave: a client that
-        // sends again the moment it has its answer must find the room its requests took.
-        drop(taken);
-        let mut responses = responses.into_iter();
-        // Counted per batch rather than per request: the counter lookup is not free.
-        let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
-        for (ops, reply, received) in shapes {
-            let wire_responses: Vec<wire::Response> = ops
-                .iter()
-                .zip(responses.by_ref())
-                .map(|(op, r)| match refusal {
-                    Some(reason) => wire::Response::declined(
-                        wire::RequestId(r.id.0),
-                        *op,
-                        refusal_code(reason),
-                        reason,
-                    ),
-                    None => {
-                        match counts.iter_mut().find(|(o, c, _)| o == op && *c == r.code) {
-                            Some((_, _, n)) => *n += 1,
-                            None => counts.push((*op, r.code, 1)),
-                        }
-                        translate::response(*op, &r)
-                    }
-                })
-                .collect();
-            if refusal.is_none() {
-                metrics::histogram!("switch_request_seconds")
-                    .record(received.elapsed().as_secs_f64());
-            }
-            let _ = reply.send(wire_responses);
-        }
-        for (op, code, n) in counts {
-            telemetry::requests_answered(op, code).increment(n);
-        }
-    }
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -352,118 +220,47 @@ impl Clock {
     }
 }
 
-pub(crate) fn wal_options(config: &Config) -> WalOptions {
-    WalOptions {
-        segment_size_max_bytes: config.wal.segment_bytes_max,
-        group_size_max_bytes: usize::try_from(config.wal.group_bytes_max).unwrap_or(usize::MAX),
-        queue_depth_max: config.wal.queue_depth_max as usize,
-        durability: match config.wal.durability {
-            config::Durability::Fsync => Durability::Fsync,
-            config::Durability::None => Durability::None,
-        },
-        prepare_segments: config.wal.prepare_segments,
-        ..WalOptions::default()
-    }
-}
-
 impl Stage {
-    /// Loads the newest usable snapshot in `data_dir/snapshots` (if any; `core` is the fresh
-    /// state otherwise), replays the journal in `data_dir/wal` after it, and opens the journal
-    /// for appending.
-    pub fn recover(core: Core, config: &Config) -> anyhow::Result<Stage> {
-        let dir = config.server.data_dir.join("wal");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// Loads the newest usable snapshot in the snapshot directory (if any; `core` is the
+    /// fresh state otherwise), replays the journal in the log directory after it, and opens the
+    /// journal for appending.
+    pub fn recover(core: Core, settings: StageSettings) -> anyhow::Result<Stage> {
+        let dir = &settings.wal_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
-            FileStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-        Self::recover_on(core, config, storage)
+            FileStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        Self::recover_on(core, settings, storage)
     }
 
     /// Replays the journal in `storage` into `core` and opens it for appending (tests run the
     /// stage on a simulated disk this way).
     pub fn recover_on<S: Storage + Clone>(
         core: Core,
-        config: &Config,
+        settings: StageSettings,
         storage: S,
     ) -> anyhow::Result<Stage> {
-        let options = wal_options(config);
-        let started = Instant::now();
-        let mut snapshots = Snapshots::open(config, storage.clone())?;
-        // Before anything is loaded: `core` is the state the log starts from.
-        snapshots.starting_from(&core);
-        let (loaded, passed_over) = snapshots
-            .load(|| RestoreConfig::like(&core))
-            .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
-        let (mut core, after_sequence, snapshot_file) = match loaded {
-            Some(l) => (l.core, l.sequence, Some(l.file)),
-            None => (core, 0, None),
-        };
-        let recovered = wal::recover(
-            &storage,
-            &RecoverOptions {
-                record_size_max_bytes: options.record_size_max_bytes,
-                after_sequence,
-                write_max_bytes: options.write_max_bytes(),
-                ..RecoverOptions::default()
-            },
-            |_sequence, payload| replay_record(&mut core, payload),
-        )
-        .map_err(|e| {
-            if passed_over.is_empty() {
-                anyhow::anyhow!("{e}")
-            } else {
-                anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
-            }
-        })?;
-        snapshots.recovered(recovered.last_sequence.unwrap_or(0));
+        let mut snapshots = Snapshots::open(&settings.snapshots, storage.clone())?;
+        let (mut core, recovered) = replay_log(core, &mut snapshots, &storage, &settings.wal)?;
         // Windows closed in the log whose reports a crash kept from being written.
-        let report_dir = config.report_dir();
         for details in core.take_reports() {
-            write_report(&report_dir, &details);
+            write_report(&settings.report_dir, &details);
         }
-        if let Some(truncation) = &recovered.truncation {
-            tracing::warn!("{truncation}");
+        if let Some(requests) = settings.preallocate_requests {
+            preallocate(&mut core, requests);
         }
-        tracing::info!(
-            snapshot = snapshot_file.as_deref().unwrap_or("none"),
-            after_sequence,
-            records = recovered.records_applied,
-            segments = recovered.segments_read,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            digest = %core.ledger().digest(),
-            "recovered from the snapshot and the write-ahead log after it"
-        );
-        if config.ledger.preallocate {
-            let started = Instant::now();
-            let bytes = core.preallocate();
-            tracing::info!(
-                mib = bytes >> 20,
-                requests = config.ledger.transfers_remembered_max,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "reserved the memory for every request remembered"
-            );
-        }
-        let durability = options.durability;
         let submitted = recovered.resume.next_sequence().saturating_sub(1);
-        let in_flight_max = options.queue_depth_max.max(1) as u64;
-        let wal_bytes: telemetry::WalBytes = {
-            let storage = storage.clone();
-            Arc::new(move || {
-                let names = storage.list().ok()?;
-                // A file deleted since the listing has no size: it takes no room.
-                Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
-            })
-        };
-        let wal =
-            Wal::open(storage, options, recovered.resume).context("opening the write-ahead log")?;
+        let wal_bytes = wal_bytes_reader(storage.clone());
+        let wal = Wal::open(storage, settings.wal.clone(), recovered.resume)
+            .context("opening the write-ahead log")?;
         Ok(Stage {
             core,
             wal,
-            durability,
             snapshots,
             failed: Arc::new(AtomicU8::new(0)),
             pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
-            in_flight_max,
+            in_flight_max: settings.wal.queue_depth_max.max(1) as u64,
+            settings,
             wal_bytes,
         })
     }
@@ -477,11 +274,11 @@ impl Stage {
     /// empty, after syncing the journal.
     pub fn spawn(
         self,
-        config: Arc<Config>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> (Queue, JoinHandle<anyhow::Result<()>>) {
         // The channel holds frames; the request count is bounded separately by `queued`.
-        let (tx, rx) = crossbeam_channel::bounded(config.limits.queue_depth_max as usize);
+        let queued_max = self.settings.queue_depth_max;
+        let (tx, rx) = crossbeam_channel::bounded(queued_max);
         let bell = Arc::new(Bell::default());
         let queue = Queue {
             tx: Arc::new(Sending {
@@ -489,183 +286,23 @@ impl Stage {
                 bell: bell.clone(),
             }),
             queued: Arc::new(AtomicUsize::new(0)),
-            queued_max: config.limits.queue_depth_max as usize,
+            queued_max,
             failed: self.failed.clone(),
         };
         metrics::gauge!("switch_storage_failed").set(0.0);
-        let (queued, failed) = (queue.queued.clone(), queue.failed.clone());
+        let queued = queue.queued.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
-            .spawn(move || self.run(rx, &bell, queued, failed, config, routes))
+            .spawn(move || StageThread::start(self, rx, bell, queued, routes)?.run())
             .expect("spawning the ledger stage thread");
         (queue, handle)
-    }
-
-    fn run(
-        mut self,
-        rx: Receiver<Job>,
-        bell: &Bell,
-        queued: Arc<AtomicUsize>,
-        failed: Arc<AtomicU8>,
-        config: Arc<Config>,
-        routes: Arc<RwLock<Arc<RouteTable>>>,
-    ) -> anyhow::Result<()> {
-        let tick = Duration::from_millis(u64::from(config.authorization.expiry_tick_ms));
-        let batch_max = usize::from(config.limits.batch_len_max).max(1);
-        let mut clock = Clock { last: 0 };
-        let mut last_expiry = Instant::now();
-        // The expiry pass runs whenever the queue is empty: many times a second under load.
-        let mut expiries = telemetry::Tally::new(EXPIRY_LINE_EVERY);
-        set_ledger_gauges(&self.core);
-        let mut gauges_set = Instant::now();
-        let _ = self.durability;
-        let close_every_ns = config
-            .clearing
-            .close_every_seconds
-            .saturating_mul(1_000_000_000);
-        // Reports are written off the stage thread; closes are rare, so the channel is small.
-        let (report_tx, report_rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
-        let report_dir = config.report_dir();
-        // Reports handed over and not yet written. A snapshot waits for none: reports are
-        // not in it, and the log that could rebuild them goes once it is written.
-        let unwritten = Arc::new(AtomicUsize::new(0));
-        let written = unwritten.clone();
-        let reporter = std::thread::Builder::new()
-            .name("clearing-reports".into())
-            .spawn(move || {
-                for details in report_rx {
-                    write_report(&report_dir, &details);
-                    written.fetch_sub(1, Ordering::AcqRel);
-                }
-            })
-            .context("spawning the report writer")?;
-
-        loop {
-            if let Some(e) = self.pipeline.failure() {
-                return Err(fail_stop(&e, &rx, &queued, &failed));
-            }
-            let first = match rx.try_recv() {
-                Ok(job) => Some(job),
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    // Not the channel's own blocking receive: see `ledger::bell`.
-                    bell.wait(&rx, Some(tick.saturating_sub(last_expiry.elapsed())));
-                    match rx.try_recv() {
-                        Ok(job) => Some(job),
-                        Err(TryRecvError::Disconnected) => break,
-                        Err(TryRecvError::Empty) => None,
-                    }
-                }
-            };
-            let refuse = |jobs: Vec<Job>, e: &WalError| {
-                let reason = failure_reason(e);
-                for job in jobs {
-                    leave(&queued, job.items.len());
-                    answer_all(job, refusal_code(reason), reason);
-                }
-                fail_stop(e, &rx, &queued, &failed)
-            };
-            if last_expiry.elapsed() >= tick || first.is_none() {
-                last_expiry = Instant::now();
-                let now = clock.now();
-                let mut result = Ok(());
-                if self.core.clearing().due(now, close_every_ns) {
-                    result = self.close_on_schedule(now, &report_tx, &unwritten);
-                }
-                let expired = if result.is_ok() {
-                    self.core.expire_holds(now)
-                } else {
-                    0
-                };
-                if let Some(holds) = expiries.count(expired as u64, Instant::now()) {
-                    tracing::info!(
-                        holds,
-                        "authorization holds expired (since the last such line)"
-                    );
-                }
-                if gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
-                    gauges_set = Instant::now();
-                    set_ledger_gauges(&self.core);
-                }
-                if expired > 0 {
-                    metrics::counter!("switch_holds_expired_total").increment(expired as u64);
-                    let mut payload = Vec::with_capacity(9);
-                    SwitchRecord::encode_expire(now, &mut payload);
-                    result = self.append(payload);
-                }
-                if let Err(e) = result {
-                    return Err(refuse(first.into_iter().collect(), &e));
-                }
-            }
-            let Some(first) = first else {
-                self.snapshots.batch(0);
-                if unwritten.load(Ordering::Acquire) == 0
-                    && let Err(e) = self.maybe_snapshot()
-                {
-                    return Err(refuse(Vec::new(), &e));
-                }
-                continue;
-            };
-            // Room in the pipeline first: what arrives meanwhile joins this batch.
-            if let Err(e) = self.room() {
-                return Err(refuse(vec![first], &e));
-            }
-            let mut jobs = vec![first];
-            let mut count = jobs[0].items.len();
-            while count < batch_max {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        count += job.items.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let taken = Taken {
-                queued: queued.clone(),
-                count,
-            };
-            metrics::histogram!("switch_batch_requests").record(count as f64);
-            self.snapshots.batch(count);
-            self.core.set_routes(routes.read().clone());
-            let mut result = self.execute(jobs, clock.now(), taken);
-            if result.is_ok() {
-                result = self.hand_reports(&report_tx, &unwritten);
-            }
-            if result.is_ok() && unwritten.load(Ordering::Acquire) == 0 {
-                result = self.maybe_snapshot();
-            }
-            if let Err(e) = result {
-                return Err(refuse(Vec::new(), &e));
-            }
-        }
-        let drained = self
-            .hand_reports(&report_tx, &unwritten)
-            .and_then(|()| self.pipeline.wait_durable(self.submitted));
-        drop(report_tx);
-        let _ = reporter.join();
-        if let Some(holds) = expiries.flush() {
-            tracing::info!(
-                holds,
-                "authorization holds expired (since the last such line)"
-            );
-        }
-        if drained.is_ok() {
-            self.snapshots.finish(&self.core);
-        }
-        self.wal
-            .close()
-            .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
-        tracing::info!(digest = %self.core.ledger().digest(), "ledger stage stopped; journal synced");
-        Ok(())
     }
 
     /// Closes the open clearing window on the switch's own schedule, logged like any request.
     fn close_on_schedule(
         &mut self,
         now: Timestamp,
-        report_tx: &Sender<Arc<WindowDetails>>,
-        unwritten: &AtomicUsize,
+        reports: &ReportWriter,
     ) -> Result<(), WalError> {
         let item = self.core.scheduled_close();
         let window = self.core.clearing().open.id;
@@ -687,40 +324,32 @@ impl Stage {
             ),
             None => {}
         }
-        self.hand_reports(report_tx, unwritten)
+        self.hand_reports(reports)
     }
 
     /// Gives the reports of windows closed to the report writer, once their closes are durable.
-    fn hand_reports(
-        &mut self,
-        report_tx: &Sender<Arc<WindowDetails>>,
-        unwritten: &AtomicUsize,
-    ) -> Result<(), WalError> {
-        let reports = self.core.take_reports();
-        if reports.is_empty() {
+    fn hand_reports(&mut self, reports: &ReportWriter) -> Result<(), WalError> {
+        let closed = self.core.take_reports();
+        if closed.is_empty() {
             return Ok(());
         }
         self.pipeline.wait_durable(self.submitted)?;
-        for details in reports {
-            unwritten.fetch_add(1, Ordering::AcqRel);
-            if report_tx.send(details).is_err() {
-                unwritten.fetch_sub(1, Ordering::AcqRel);
-                tracing::error!("the report writer has stopped; reports are not being written");
-            }
+        for details in closed {
+            reports.hand(details);
         }
         Ok(())
     }
 
     /// Waits until fewer than `in_flight_max` records are waiting to become durable.
-    fn room(&self) -> Result<(), WalError> {
+    fn wait_for_log_queue(&self) -> Result<(), WalError> {
         self.pipeline
             .wait_durable(self.submitted.saturating_sub(self.in_flight_max - 1))
     }
 
-    /// Hands a record to the log (after waiting for room) and returns its sequence; the
-    /// pipeline hears when it is durable.
+    /// Hands a record to the log (after waiting for room in its queue) and returns its
+    /// sequence; the pipeline hears when it is durable.
     fn submit(&mut self, payload: Vec<u8>) -> Result<u64, WalError> {
-        self.room()?;
+        self.wait_for_log_queue()?;
         let permit = match self.wal.reserve() {
             Ok(permit) => permit,
             Err(e) => {
@@ -763,15 +392,20 @@ impl Stage {
     /// Applies a batch and logs it; its answers leave once the log holds it (and whatever it
     /// read from earlier batches). The stage goes on to the next batch meanwhile.
     fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), WalError> {
-        let mut items = Vec::with_capacity(jobs.iter().map(|j| j.items.len()).sum());
-        let mut shapes = Vec::with_capacity(jobs.len());
+        let mut items = Vec::with_capacity(taken.count);
+        let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            shapes.push((job.ops, job.reply, job.received));
+            answers.push((job.answer, job.items.len()));
             items.extend(job.items);
         }
         let started = Instant::now();
         let executed = self.core.execute_prepared(items, now);
         metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
+        debug_assert_eq!(
+            executed.responses.len(),
+            taken.count,
+            "a response per request"
+        );
         let mut result = Ok(());
         if !executed.logged.is_empty() {
             let mut payload = Vec::with_capacity(64 * executed.logged.len());
@@ -780,9 +414,9 @@ impl Stage {
             // refuses its answers, and the stage stops acknowledging (see `fail_stop`).
             result = self.submit(payload).map(|_| ());
         }
-        self.pipeline.answer(Answer {
+        self.pipeline.answer(BatchAnswers {
             after: self.submitted,
-            shapes,
+            jobs: answers,
             responses: executed.responses,
             taken,
         });
@@ -790,18 +424,364 @@ impl Stage {
     }
 }
 
-/// Applies one logged record to `core` again (recovery, and snapshots built by replay).
-pub(crate) fn replay_record(
-    core: &mut Core,
-    payload: &[u8],
-) -> Result<(), crate::journal::JournalError> {
-    match SwitchRecord::decode(payload)? {
-        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-        SwitchRecord::Expire { now } => {
-            core.expire(now);
+/// Loads the newest usable snapshot into `snapshots` (or keeps `core`, the state the log starts
+/// from) and replays the log in `storage` after it.
+fn replay_log<S: Storage>(
+    core: Core,
+    snapshots: &mut Snapshots,
+    storage: &S,
+    options: &WalOptions,
+) -> anyhow::Result<(Core, wal::Recovered)> {
+    let started = Instant::now();
+    // Before anything is loaded: `core` is the state the log starts from.
+    snapshots.starting_from(&core);
+    let (loaded, passed_over) = snapshots
+        .load(|| RestoreConfig::like(&core))
+        .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
+    let (mut core, after_sequence, snapshot_file) = match loaded {
+        Some(l) => (l.core, l.sequence, Some(l.file)),
+        None => (core, 0, None),
+    };
+    let recovered = wal::recover(
+        storage,
+        &RecoverOptions {
+            record_size_max_bytes: options.record_size_max_bytes,
+            after_sequence,
+            write_max_bytes: options.write_max_bytes(),
+            ..RecoverOptions::default()
+        },
+        |_sequence, payload| journal::replay(&mut core, payload),
+    )
+    .map_err(|e| {
+        if passed_over.is_empty() {
+            anyhow::anyhow!("{e}")
+        } else {
+            anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
+        }
+    })?;
+    snapshots.recovered(recovered.last_sequence.unwrap_or(0));
+    if let Some(truncation) = &recovered.truncation {
+        tracing::warn!("{truncation}");
+    }
+    tracing::info!(
+        snapshot = snapshot_file.as_deref().unwrap_or("none"),
+        after_sequence,
+        records = recovered.records_applied,
+        segments = recovered.segments_read,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        digest = %core.ledger().digest(),
+        "recovered from the snapshot and the write-ahead log after it"
+    );
+    Ok((core, recovered))
+}
+
+/// Reserves the memory for `requests` remembered requests up front (`Core::preallocate`).
+fn preallocate(core: &mut Core, requests: u64) {
+    let started = Instant::now();
+    let bytes = core.preallocate();
+    tracing::info!(
+        mib = bytes >> 20,
+        requests,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "reserved the memory for every request remembered"
+    );
+}
+
+/// Reads the size of the log's files in `storage`, for `switch_wal_bytes`.
+fn wal_bytes_reader<S: Storage + 'static>(storage: S) -> telemetry::WalBytes {
+    Arc::new(move || {
+        let names = storage.list().ok()?;
+        // A file deleted since the listing has no size: it takes no room.
+        Some(names.iter().filter_map(|n| storage.len_bytes(n).ok()).sum())
+    })
+}
+
+/// What the stage's queue gave.
+enum Next {
+    Job(Job),
+    /// Nothing before the next tick was due.
+    Idle,
+    /// Every sender is gone: the switch is stopping.
+    Closed,
+}
+
+/// The stage thread: the stage, the receiving end of its queue, and the work it keeps time
+/// for besides the batches.
+struct StageThread {
+    stage: Stage,
+    jobs: Receiver<Job>,
+    bell: Arc<Bell>,
+    queued: Arc<AtomicUsize>,
+    routes: Arc<RwLock<Arc<RouteTable>>>,
+    clock: Clock,
+    /// When the periodic work last ran.
+    ticked: Instant,
+    /// The expiry pass runs whenever the queue is empty: many times a second under load.
+    expiries: telemetry::Tally,
+    gauges_set: Instant,
+    reports: ReportWriter,
+}
+
+impl StageThread {
+    fn start(
+        stage: Stage,
+        jobs: Receiver<Job>,
+        bell: Arc<Bell>,
+        queued: Arc<AtomicUsize>,
+        routes: Arc<RwLock<Arc<RouteTable>>>,
+    ) -> anyhow::Result<StageThread> {
+        let reports = ReportWriter::spawn(stage.settings.report_dir.clone())?;
+        set_ledger_gauges(&stage.core);
+        Ok(StageThread {
+            stage,
+            jobs,
+            bell,
+            queued,
+            routes,
+            clock: Clock { last: 0 },
+            ticked: Instant::now(),
+            expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
+            gauges_set: Instant::now(),
+            reports,
+        })
+    }
+
+    /// Takes batches until the queue closes, with the periodic work between them; then drains.
+    /// After a log failure it answers every request with the failure until the queue closes.
+    fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            if let Some(e) = self.stage.pipeline.failure() {
+                return Err(self.fail_stop(&e));
+            }
+            let first = match self.next_job() {
+                Next::Job(job) => Some(job),
+                Next::Idle => None,
+                Next::Closed => return self.shut_down(),
+            };
+            if (first.is_none() || self.ticked.elapsed() >= self.stage.settings.expiry_tick)
+                && let Err(e) = self.periodic()
+            {
+                self.refuse(first.into_iter().collect(), &e);
+                return Err(self.fail_stop(&e));
+            }
+            let result = match first {
+                Some(first) => self.batch(first),
+                None => self.idle(),
+            };
+            if let Err(e) = result {
+                return Err(self.fail_stop(&e));
+            }
         }
     }
-    Ok(())
+
+    /// The next job, waiting for one at most until the next tick is due.
+    fn next_job(&self) -> Next {
+        let received = match self.jobs.try_recv() {
+            Err(TryRecvError::Empty) => {
+                // Not the channel's own blocking receive: see `ledger::bell`.
+                let tick = self.stage.settings.expiry_tick;
+                self.bell
+                    .wait(&self.jobs, Some(tick.saturating_sub(self.ticked.elapsed())));
+                self.jobs.try_recv()
+            }
+            received => received,
+        };
+        match received {
+            Ok(job) => Next::Job(job),
+            Err(TryRecvError::Empty) => Next::Idle,
+            Err(TryRecvError::Disconnected) => Next::Closed,
+        }
+    }
+
+    /// The clock's work: the scheduled close of the open window if it is due, the expiry of
+    /// due holds (logged), and the ledger's gauges.
+    fn periodic(&mut self) -> Result<(), WalError> {
+        self.ticked = Instant::now();
+        let now = self.clock.now();
+        if self
+            .stage
+            .core
+            .clearing()
+            .due(now, self.stage.settings.close_every_ns)
+        {
+            self.stage.close_on_schedule(now, &self.reports)?;
+        }
+        let expired = self.stage.core.expire_holds(now);
+        if let Some(holds) = self.expiries.count(expired as u64, Instant::now()) {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
+        if self.gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
+            self.gauges_set = Instant::now();
+            set_ledger_gauges(&self.stage.core);
+        }
+        if expired > 0 {
+            metrics::counter!("switch_holds_expired_total").increment(expired as u64);
+            let mut payload = Vec::with_capacity(9);
+            SwitchRecord::encode_expire(now, &mut payload);
+            self.stage.append(payload)?;
+        }
+        Ok(())
+    }
+
+    /// Takes what is queued, up to a batch, and executes it. On a failure, `first` is refused
+    /// if it was not executed, and the batch's answers are refused by the pipeline.
+    fn batch(&mut self, first: Job) -> Result<(), WalError> {
+        // Room in the log's queue first: what arrives meanwhile joins this batch.
+        if let Err(e) = self.stage.wait_for_log_queue() {
+            self.refuse(vec![first], &e);
+            return Err(e);
+        }
+        let (jobs, count) = self.take_batch(first);
+        metrics::histogram!("switch_batch_requests").record(count as f64);
+        self.stage.snapshots.batch(count);
+        self.stage.core.set_routes(self.routes.read().clone());
+        let taken = Taken {
+            queued: self.queued.clone(),
+            count,
+        };
+        self.stage.execute(jobs, self.clock.now(), taken)?;
+        self.stage.hand_reports(&self.reports)?;
+        self.maybe_snapshot()
+    }
+
+    /// `first` and the jobs queued behind it, until the batch holds `batch_len_max` requests
+    /// (a job is never split, so the last may take it past); and how many requests.
+    fn take_batch(&self, first: Job) -> (Vec<Job>, usize) {
+        let mut count = first.items.len();
+        let mut jobs = vec![first];
+        while count < self.stage.settings.batch_len_max {
+            match self.jobs.try_recv() {
+                Ok(job) => {
+                    count += job.items.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        (jobs, count)
+    }
+
+    /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
+    fn idle(&mut self) -> Result<(), WalError> {
+        self.stage.snapshots.batch(0);
+        self.maybe_snapshot()
+    }
+
+    /// A snapshot waits while reports are being written: reports are not in it, and the log
+    /// that could rebuild them goes once it is written.
+    fn maybe_snapshot(&mut self) -> Result<(), WalError> {
+        if self.reports.all_written() {
+            self.stage.maybe_snapshot()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Answers jobs taken from the queue and not executed with the log's failure.
+    fn refuse(&self, jobs: Vec<Job>, error: &WalError) {
+        for job in jobs {
+            leave(&self.queued, job.items.len());
+            job.refuse(failure_refusal(error));
+        }
+    }
+
+    /// After a log failure: the in-memory state is ahead of the log (the failed batch was
+    /// applied but is not durable), and a failed fdatasync cannot be retried safely on Linux
+    /// (the kernel may have dropped the dirty pages and report success next time). So the
+    /// stage stops acknowledging for good: it says so in the log, the metrics and `/readyz`,
+    /// and answers every request from then on with the failure's code until the switch shuts
+    /// down. A restart on the same directory recovers everything that was acknowledged.
+    fn fail_stop(&self, error: &WalError) -> anyhow::Error {
+        let refusal = failure_refusal(error);
+        self.stage
+            .failed
+            .store(refusal.reason().0, Ordering::Release);
+        // Until every sender is gone (shutdown), whatever arrives is answered at once.
+        for job in self.jobs.iter() {
+            leave(&self.queued, job.items.len());
+            job.refuse(refusal);
+        }
+        anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
+    }
+
+    /// The queue closed: the last reports go to the writer, everything logged becomes
+    /// durable, the shutdown snapshot is taken, and the log is closed.
+    fn shut_down(mut self) -> anyhow::Result<()> {
+        let drained = self
+            .stage
+            .hand_reports(&self.reports)
+            .and_then(|()| self.stage.pipeline.wait_durable(self.stage.submitted));
+        self.reports.stop();
+        if let Some(holds) = self.expiries.flush() {
+            tracing::info!(
+                holds,
+                "authorization holds expired (since the last such line)"
+            );
+        }
+        let mut stage = self.stage;
+        if drained.is_ok() {
+            stage.snapshots.finish(&stage.core);
+        }
+        stage
+            .wal
+            .close()
+            .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
+        tracing::info!(digest = %stage.core.ledger().digest(), "ledger stage stopped; journal synced");
+        Ok(())
+    }
+}
+
+/// Writes the reports of closed windows, on a thread of its own: the stage does not wait on
+/// the disk for them.
+struct ReportWriter {
+    tx: Sender<Arc<WindowDetails>>,
+    /// Reports handed over and not yet written.
+    unwritten: Arc<AtomicUsize>,
+    thread: JoinHandle<()>,
+}
+
+impl ReportWriter {
+    fn spawn(dir: PathBuf) -> anyhow::Result<ReportWriter> {
+        // Closes are rare, so the channel is small.
+        let (tx, rx) = crossbeam_channel::bounded::<Arc<WindowDetails>>(16);
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let written = unwritten.clone();
+        let thread = std::thread::Builder::new()
+            .name("clearing-reports".into())
+            .spawn(move || {
+                for details in rx {
+                    write_report(&dir, &details);
+                    written.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .context("spawning the report writer")?;
+        Ok(ReportWriter {
+            tx,
+            unwritten,
+            thread,
+        })
+    }
+
+    fn hand(&self, details: Arc<WindowDetails>) {
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(details).is_err() {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("the report writer has stopped; reports are not being written");
+        }
+    }
+
+    fn all_written(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) == 0
+    }
+
+    /// Writes what was handed over, and stops.
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 fn write_report(dir: &std::path::Path, details: &WindowDetails) {
@@ -818,12 +798,11 @@ fn write_report(dir: &std::path::Path, details: &WindowDetails) {
 /// Says once, where an operator sees it, that the log failed, and stops acknowledgements
 /// (`Queue::failure`, `/readyz`) before any client hears of it.
 fn report_failure(error: &WalError, failed: &AtomicU8) {
-    let reason = failure_reason(error);
-    failed.store(reason.0, Ordering::Release);
-    let cause = if reason == Reason::STORAGE_FULL {
-        "out_of_space"
-    } else {
-        "io_error"
+    let refusal = failure_refusal(error);
+    failed.store(refusal.reason().0, Ordering::Release);
+    let cause = match refusal {
+        Refusal::StorageFull => "out_of_space",
+        _ => "io_error",
     };
     metrics::gauge!("switch_storage_failed").set(1.0);
     metrics::counter!("switch_storage_failures_total", "cause" => cause).increment(1);
@@ -832,93 +811,4 @@ fn report_failure(error: &WalError, failed: &AtomicU8) {
         "write-ahead log failed; no further acknowledgements until a restart recovers the \
          log: {error}"
     );
-}
-
-/// After a log failure: the in-memory state is ahead of the log (the failed batch was applied
-/// but is not durable), and a failed fdatasync cannot be retried safely on Linux (the kernel
-/// may have dropped the dirty pages and report success next time). So the stage stops
-/// acknowledging for good: it says so in the log, the metrics and `/readyz`, and answers
-/// every request from then on with the failure's code until the switch shuts down. A restart
-/// on the same directory recovers everything that was acknowledged.
-fn fail_stop(
-    error: &WalError,
-    rx: &Receiver<Job>,
-    queued: &AtomicUsize,
-    failed: &AtomicU8,
-) -> anyhow::Error {
-    let reason = failure_reason(error);
-    failed.store(reason.0, Ordering::Release);
-    // Until every sender is gone (shutdown), whatever arrives is answered at once.
-    for job in rx.iter() {
-        leave(queued, job.items.len());
-        answer_all(job, refusal_code(reason), reason);
-    }
-    anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
-}
-
-pub(crate) fn op_name(op: wire::Op) -> &'static str {
-    match op {
-        wire::Op::CreateParticipant => "create_participant",
-        wire::Op::CreateAccount => "create_account",
-        wire::Op::Fund => "fund",
-        wire::Op::SetLimits => "set_limits",
-        wire::Op::ReloadRoutes => "reload_routes",
-        wire::Op::Authorize => "authorize",
-        wire::Op::Capture => "capture",
-        wire::Op::Reverse => "reverse",
-        wire::Op::Sale => "sale",
-        wire::Op::Refund => "refund",
-        wire::Op::BalanceInquiry => "balance_inquiry",
-        wire::Op::TransferStatus => "transfer_status",
-        wire::Op::CloseWindow => "close_window",
-        wire::Op::ListWindows => "list_windows",
-        wire::Op::WindowReport => "window_report",
-        wire::Op::ReportFile => "report_file",
-        wire::Op::Echo => "echo",
-    }
-}
-
-/// Encodes and sends a response frame; a client that went away is not an error. Read-only
-/// results that would take the frame past `frame_len_max` are answered 91, reason 27 instead.
-pub(crate) fn send(
-    reply: &super::connection::Reply,
-    correlation_id: u64,
-    mut responses: Vec<wire::Response>,
-    budget: tokio::sync::OwnedSemaphorePermit,
-    frame_len_max: usize,
-) {
-    let replaced = wire::fit_responses(&mut responses, frame_len_max);
-    if replaced > 0 {
-        metrics::counter!("switch_responses_too_large_total").increment(replaced as u64);
-    }
-    let mut frame = Vec::with_capacity(64 * responses.len());
-    if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
-        // A count past its field (over 65,535 positions in a report): every read-only result
-        // goes, so that the frame's other answers still reach the client.
-        tracing::error!("encoding a response frame: {e}");
-        wire::fit_responses(&mut responses, 0);
-        frame.clear();
-        if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
-            tracing::error!("encoding a response frame without read-only results: {e}");
-            return;
-        }
-    }
-    let _ = reply.send(super::connection::Outgoing {
-        frame,
-        budget: Some(budget),
-        last: None,
-    });
-}
-
-/// Answers every request of a job with one code (busy, shutting down, failed storage).
-pub(crate) fn answer_all(job: Job, code: Code, reason: Reason) {
-    let responses: Vec<wire::Response> = job
-        .ops
-        .iter()
-        .zip(&job.items)
-        .map(|(op, item)| {
-            wire::Response::declined(wire::RequestId(item.item.id.0), *op, code, reason)
-        })
-        .collect();
-    let _ = job.reply.send(responses);
 }

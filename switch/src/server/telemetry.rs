@@ -343,9 +343,32 @@ pub fn register() {
 pub fn requests_answered(op: wire::Op, code: wire::ResponseCode) -> metrics::Counter {
     metrics::counter!(
         "switch_requests_total",
-        "op" => crate::server::stage::op_name(op),
+        "op" => op_name(op),
         "code" => code.as_u8().to_string()
     )
+}
+
+/// An operation as the `op` label names it.
+fn op_name(op: wire::Op) -> &'static str {
+    match op {
+        wire::Op::CreateParticipant => "create_participant",
+        wire::Op::CreateAccount => "create_account",
+        wire::Op::Fund => "fund",
+        wire::Op::SetLimits => "set_limits",
+        wire::Op::ReloadRoutes => "reload_routes",
+        wire::Op::Authorize => "authorize",
+        wire::Op::Capture => "capture",
+        wire::Op::Reverse => "reverse",
+        wire::Op::Sale => "sale",
+        wire::Op::Refund => "refund",
+        wire::Op::BalanceInquiry => "balance_inquiry",
+        wire::Op::TransferStatus => "transfer_status",
+        wire::Op::CloseWindow => "close_window",
+        wire::Op::ListWindows => "list_windows",
+        wire::Op::WindowReport => "window_report",
+        wire::Op::ReportFile => "report_file",
+        wire::Op::Echo => "echo",
+    }
 }
 
 /// Bytes of the write-ahead log's files, read at each scrape (`None` if they cannot be listed).

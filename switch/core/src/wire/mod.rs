@@ -12,6 +12,7 @@ mod cursor;
 mod error;
 mod frame;
 mod limits;
+mod reader;
 mod request;
 mod response;
 mod types;
@@ -26,6 +27,7 @@ pub use limits::{
     IN_FLIGHT_PER_CONNECTION_MAX_DEFAULT, Limits, PROTOCOL_ERRORS_PER_CONNECTION_MAX_DEFAULT,
     STREAMS_PER_CONNECTION_MAX_DEFAULT,
 };
+pub use reader::{EndedInside, FrameReader, Incoming, READ_BYTES};
 pub use request::{Op, Operation, Request};
 pub use response::{
     Balance, Movement, NetPosition, Response, ResponseBody, Status, WindowRecord, WindowReport,

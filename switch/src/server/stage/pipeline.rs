@@ -1,0 +1,218 @@
+//! Between the ledger stage and the log writer: the answers of each batch wait here until the
+//! records they depend on are durable, and are handed over (or refused, once the log has
+//! failed) on the log writer's thread, which does nothing else with them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
+
+use ledger::wal::WalError;
+use parking_lot::{Condvar, Mutex};
+
+use super::{Answered, Refusal, failure_refusal, leave, report_failure};
+use crate::core::Response;
+
+/// The answers to one stage batch, handed over once every record up to `after` is durable.
+pub(super) struct BatchAnswers {
+    pub(super) after: u64,
+    /// Each job's answer channel and how many of `responses` are its own, in order.
+    pub(super) jobs: Vec<(tokio::sync::oneshot::Sender<Answered>, usize)>,
+    pub(super) responses: Vec<Response>,
+    pub(super) taken: Taken,
+}
+
+/// Requests a batch took from the queue. They count against `queue_depth_max` until their
+/// answers leave, not only while queued: a batch that logged nothing still waits for the
+/// record before it, and what waits so must be bounded too.
+pub(super) struct Taken {
+    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) count: usize,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        leave(&self.queued, self.count);
+    }
+}
+
+/// Between the ledger stage and the log writer: the stage applies the next batch while the
+/// log syncs the last, and no answer leaves before the records it depends on are durable.
+/// A batch that logged nothing (declines, inquiries, repeats) may still have read what an
+/// earlier, not yet durable batch did, so it waits for that batch's record too.
+pub(super) struct Pipeline {
+    state: Mutex<PipelineState>,
+    progressed: Condvar,
+}
+
+struct PipelineState {
+    /// Every record up to this sequence is durable.
+    durable: u64,
+    /// The log's failure, once it has failed: nothing more is answered as done.
+    failure: Option<WalError>,
+    /// In `after` order (the stage adds them in log order).
+    waiting: VecDeque<BatchAnswers>,
+}
+
+impl Pipeline {
+    pub(super) fn new(durable: u64) -> Self {
+        Pipeline {
+            state: Mutex::new(PipelineState {
+                durable,
+                failure: None,
+                waiting: VecDeque::new(),
+            }),
+            progressed: Condvar::new(),
+        }
+    }
+
+    /// The log's verdict on record `sequence` (runs on the log writer's thread, in sequence
+    /// order): answers what it made durable, or, on a failure, refuses everything waiting.
+    pub(super) fn done(&self, result: Result<u64, WalError>, failed: &AtomicU8) {
+        let (ready, refusal) = {
+            let mut state = self.state.lock();
+            match result {
+                Ok(sequence) => state.durable = state.durable.max(sequence),
+                Err(e) => {
+                    if state.failure.is_none() {
+                        // Before any client hears of it (`/readyz`, `Queue::failure`).
+                        report_failure(&e, failed);
+                        state.failure = Some(e);
+                    }
+                }
+            }
+            let refusal = state.failure.as_ref().map(failure_refusal);
+            let durable = state.durable;
+            let n = if refusal.is_some() {
+                state.waiting.len()
+            } else {
+                state
+                    .waiting
+                    .iter()
+                    .take_while(|a| a.after <= durable)
+                    .count()
+            };
+            (state.waiting.drain(..n).collect::<Vec<_>>(), refusal)
+        };
+        self.progressed.notify_all();
+        for answers in ready {
+            answers.hand_over(refusal);
+        }
+    }
+
+    /// Hands `answers` over now if what they depend on is durable, or leaves them for `done`.
+    pub(super) fn answer(&self, answers: BatchAnswers) {
+        let mut state = self.state.lock();
+        if let Some(e) = &state.failure {
+            let refusal = failure_refusal(e);
+            drop(state);
+            answers.hand_over(Some(refusal));
+        } else if answers.after <= state.durable {
+            drop(state);
+            answers.hand_over(None);
+        } else {
+            state.waiting.push_back(answers);
+        }
+    }
+
+    /// Waits until every record up to `sequence` is durable, or the log has failed.
+    pub(super) fn wait_durable(&self, sequence: u64) -> Result<(), WalError> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(e) = &state.failure {
+                return Err(e.clone());
+            }
+            if state.durable >= sequence {
+                return Ok(());
+            }
+            self.progressed.wait(&mut state);
+        }
+    }
+
+    pub(super) fn failure(&self) -> Option<WalError> {
+        self.state.lock().failure.clone()
+    }
+}
+
+impl BatchAnswers {
+    /// Gives each job its responses, or, if the log failed, the refusal of them all.
+    fn hand_over(self, refusal: Option<Refusal>) {
+        let BatchAnswers {
+            jobs,
+            responses,
+            taken,
+            ..
+        } = self;
+        // The requests leave the queue's count before their answers leave: a client that
+        // sends again the moment it has its answer must find the room its requests took.
+        drop(taken);
+        let mut responses = responses.into_iter();
+        for (answer, count) in jobs {
+            let answered = match refusal {
+                Some(refusal) => Err(refusal),
+                None => Ok(responses.by_ref().take(count).collect()),
+            };
+            let _ = answer.send(answered);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::codes::{Code, Reason};
+    use crate::core::RequestId;
+
+    proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_stage_answers.txt", 64))]
+
+        /// A batch's responses go back split by job, each job getting exactly its own, in
+        /// order; after a log failure every job gets the refusal. Either way the batch's
+        /// requests have left the queue's count by the time any job hears.
+        #[test]
+        fn each_job_gets_its_own_responses_or_the_refusal(
+            sizes in prop::collection::vec(0usize..6, 0..8),
+            refusal in prop::option::of(prop_oneof![
+                Just(Refusal::StorageFull),
+                Just(Refusal::StorageFailed),
+            ]),
+        ) {
+            let total: usize = sizes.iter().sum();
+            let queued = Arc::new(AtomicUsize::new(total));
+            let mut jobs = Vec::new();
+            let mut heard = Vec::new();
+            for &n in &sizes {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                jobs.push((tx, n));
+                heard.push(rx);
+            }
+            let responses = (0..total)
+                .map(|i| Response::new(RequestId(i as u128), Code::Approved, Reason::NONE))
+                .collect();
+            BatchAnswers {
+                after: 0,
+                jobs,
+                responses,
+                taken: Taken { queued: queued.clone(), count: total },
+            }
+            .hand_over(refusal);
+            prop_assert_eq!(queued.load(Ordering::Acquire), 0);
+            let mut next = 0u128;
+            for (mut rx, &n) in heard.into_iter().zip(&sizes) {
+                match (rx.try_recv(), refusal) {
+                    (Ok(Err(got)), Some(want)) => prop_assert_eq!(got, want),
+                    (Ok(Ok(responses)), None) => {
+                        let ids: Vec<u128> = responses.iter().map(|r| r.id.0).collect();
+                        let want: Vec<u128> = (next..next + n as u128).collect();
+                        prop_assert_eq!(ids, want);
+                        next += n as u128;
+                    }
+                    (other, _) => prop_assert!(false, "job of {} heard {:?}", n, other),
+                }
+            }
+        }
+    }
+}
