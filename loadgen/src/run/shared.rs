@@ -21,6 +21,8 @@ use crate::verify::Seen;
 /// Rounds of asking again for requests that got no answer.
 pub(super) const RESOLVE_ROUNDS_MAX: u32 = 3;
 
+/// What answers change, under one lock: the model, the follow-ups waiting for a slot, the
+/// requests with no answer yet.
 pub(super) struct State {
     pub(super) model: Model,
     pub(super) follow_ups: VecDeque<FollowUp>,
@@ -33,11 +35,13 @@ pub(super) struct State {
     pub(super) follow_ups_dropped: u64,
 }
 
+/// The measurements, under a lock of their own, and when measuring began.
 pub(super) struct Measure {
     pub(super) stats: Stats,
     pub(super) origin: Instant,
 }
 
+/// What the session and every lane and worker task share.
 pub(super) struct Shared {
     pub(super) options: Arc<Options>,
     pub(super) mix: Mix,
