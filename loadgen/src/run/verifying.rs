@@ -228,12 +228,10 @@ impl Session {
             .collect();
         let ids: Vec<u128> = {
             let state = self.shared.state.lock();
-            state
-                .model
-                .auths
-                .keys()
-                .chain(state.model.sales.keys())
-                .copied()
+            let (auths, sales) = (state.model.auths.iter(), state.model.sales.iter());
+            auths
+                .map(|a| *a.key())
+                .chain(sales.map(|s| *s.key()))
                 .collect()
         };
         let before = self.shared.state.lock().funding_before;
