@@ -60,7 +60,7 @@
 //! journal against what was read: pure), `report` (the summary and the JSON report).
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)] // the binary only
+#[allow(dead_code)] // only `serve` and its process helper
 mod common;
 
 mod check;

@@ -201,7 +201,7 @@ impl Run {
         if all {
             tokio::time::sleep(self.until_all_due() + Duration::from_millis(1000)).await;
         }
-        // 4. Everything definitive now: statuses and balances again.
+        // Step 4: everything definitive now, statuses and balances again.
         let ids = self.status_ids(&unknown, &check);
         let mut observed = self.observe(streams, &ids).await?;
         observed.all_due = all;
@@ -220,8 +220,8 @@ impl Run {
         self.check_clearing(streams, cycle).await
     }
 
-    /// 1. Read-only, before anything is sent again. Returns the requests without an answer
-    /// that were found to have taken effect.
+    /// Step 1, read-only, before anything is sent again. Returns the requests without an
+    /// answer that were found to have taken effect.
     async fn read_only(
         &mut self,
         streams: &[Stream],
@@ -246,8 +246,8 @@ impl Run {
         Ok(applied)
     }
 
-    /// 2. The requests without an answer, sent again until each has its definitive outcome,
-    /// which must agree with step 1.
+    /// Step 2: the requests without an answer, sent again until each has its definitive
+    /// outcome, which must agree with step 1.
     async fn resend_unknown(
         &mut self,
         streams: &[Stream],
@@ -301,7 +301,7 @@ impl Run {
         Ok(())
     }
 
-    /// 3. Acknowledged requests again: the original answer, exactly.
+    /// Step 3: acknowledged requests again, which must get the original answer, exactly.
     async fn repeat_acknowledged(
         &mut self,
         streams: &[Stream],

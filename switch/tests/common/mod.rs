@@ -9,7 +9,6 @@ use switch::wire::{
     ParticipantId, ParticipantName, Request, RequestId, Roles,
 };
 
-#[allow(dead_code)] // only the tests that run the binary
 pub mod process;
 
 pub const CNY: Currency = Currency(156);
