@@ -3,8 +3,8 @@
 # killed with SIGKILL at random moments with requests in flight, restarted on the same data
 # directory, and after every restart checked against a journal of every answer it gave
 # (every acknowledged operation present with the same result, nothing half-applied, no orphan
-# hold, money conserved). What is checked, and how, is in switch/tests/chaos.rs; CI runs the
-# same test with 3 cycles as part of `cargo test --workspace`.
+# hold, money conserved). What is checked, and how, is in switch/tests/chaos/main.rs; CI
+# runs the same test with 3 cycles as part of `cargo test --workspace`.
 #
 # Usage: scripts/chaos.sh [CYCLES] [REPORT]
 #   CYCLES  kill -9 cycles (default 100)

@@ -4,87 +4,23 @@
 //! none. A request with no answer is kept aside and asked again before verification (see
 //! `run`), so that the model never guesses.
 
+use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::mix::Flow;
 
-/// Fast hashing: the model takes one insert per payment on the answer path.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Every approved payment of a run, by id: millions in a festival run, one insert per payment
+/// on the answer path (hence foldhash). One map of that size doubling (copying every entry)
+/// would stall the answer path, which shows as latency the switch did not cause: DashMap's
+/// shards each grow on their own, so a growth copies one shard. The model is behind the run's
+/// lock already, so the shards' own locks are never contended.
+pub type Payments<V> = DashMap<u128, V, foldhash::fast::RandomState>;
 
-/// A map split into parts that grow one at a time: the model holds one entry per payment,
-/// millions in a festival run, and one map of that size doubling (copying every entry) would
-/// stall the answer path, which shows as latency the switch did not cause.
-#[derive(Clone, Debug)]
-pub struct Parted<V> {
-    parts: Vec<HashMap<u128, V>>,
-    len: usize,
-}
+/// Shards of `Payments`: a growth copies a 64th of the map.
+const SHARDS: usize = 64;
 
-const PARTS: usize = 64;
-
-impl<V> Default for Parted<V> {
-    fn default() -> Self {
-        Parted {
-            parts: (0..PARTS).map(|_| HashMap::default()).collect(),
-            len: 0,
-        }
-    }
-}
-
-impl<V> Parted<V> {
-    fn part(key: u128) -> usize {
-        let folded = (key as u64) ^ ((key >> 64) as u64);
-        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
-    }
-
-    pub fn contains_key(&self, key: &u128) -> bool {
-        self.parts[Self::part(*key)].contains_key(key)
-    }
-
-    pub fn get(&self, key: &u128) -> Option<&V> {
-        self.parts[Self::part(*key)].get(key)
-    }
-
-    pub fn get_mut(&mut self, key: &u128) -> Option<&mut V> {
-        self.parts[Self::part(*key)].get_mut(key)
-    }
-
-    pub fn insert(&mut self, key: u128, value: V) -> Option<V> {
-        let old = self.parts[Self::part(key)].insert(key, value);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&u128, &V)> {
-        self.parts.iter().flat_map(|p| p.iter())
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &u128> {
-        self.parts.iter().flat_map(|p| p.keys())
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.parts.iter().flat_map(|p| p.values())
-    }
-}
-
-impl<'a, V> IntoIterator for &'a Parted<V> {
-    type Item = (&'a u128, &'a V);
-    type IntoIter = Box<dyn Iterator<Item = (&'a u128, &'a V)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
+fn payments<V>() -> Payments<V> {
+    DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), SHARDS)
 }
 
 /// What an account's balances should be, in minor units, seen from its owner.
@@ -132,14 +68,14 @@ pub struct Sale {
 }
 
 /// The expected state of everything a run touched.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Model {
     pub customers: Vec<Expected>,
     pub merchants: Vec<Expected>,
     /// Money moved from the issuer's funding account into customer accounts.
     pub funded: i128,
-    pub auths: Parted<Auth>,
-    pub sales: Parted<Sale>,
+    pub auths: Payments<Auth>,
+    pub sales: Payments<Sale>,
     /// Approvals that cannot be right whatever the server did (a capture of an unknown hold,
     /// a refund past what was sold): each is a verification failure.
     pub violations: Vec<String>,
@@ -150,7 +86,10 @@ impl Model {
         Model {
             customers: vec![Expected::default(); customers],
             merchants: vec![Expected::default(); merchants],
-            ..Model::default()
+            funded: 0,
+            auths: payments(),
+            sales: payments(),
+            violations: Vec::new(),
         }
     }
 
@@ -194,7 +133,7 @@ impl Model {
 
     /// Ends a live hold; `None` if there is none to end (then the approval is a violation).
     fn release(&mut self, auth: u128, what: &str) -> Option<Auth> {
-        match self.auths.get(&auth).copied() {
+        match self.auths.get(&auth).map(|a| *a) {
             Some(a) if a.state == AuthState::Held => {
                 self.customer(a.customer).held -= i128::from(a.amount);
                 Some(a)
@@ -243,7 +182,7 @@ impl Model {
     }
 
     fn set_state(&mut self, auth: u128, state: AuthState) {
-        if let Some(a) = self.auths.get_mut(&auth) {
+        if let Some(mut a) = self.auths.get_mut(&auth) {
             a.state = state;
         }
     }
@@ -267,7 +206,7 @@ impl Model {
     }
 
     pub fn refunded(&mut self, sale: u128, amount: u64) {
-        let Some(s) = self.sales.get(&sale).copied() else {
+        let Some(s) = self.sales.get(&sale).map(|s| *s) else {
             self.violations.push(format!(
                 "refund of {amount} on sale {sale:#x} approved, but no such sale was approved"
             ));
@@ -281,7 +220,7 @@ impl Model {
         }
         self.merchant(s.merchant).ledger -= i128::from(amount);
         self.customer(s.customer).ledger += i128::from(amount);
-        if let Some(s) = self.sales.get_mut(&sale) {
+        if let Some(mut s) = self.sales.get_mut(&sale) {
             s.refunded += amount;
         }
     }
@@ -296,39 +235,17 @@ impl Model {
     }
 
     /// Authorizations whose hold is still live.
-    pub fn live_holds(&self) -> impl Iterator<Item = (u128, &Auth)> {
+    pub fn live_holds(&self) -> impl Iterator<Item = (u128, Auth)> + '_ {
         self.auths
             .iter()
-            .filter(|(_, a)| a.state == AuthState::Held)
-            .map(|(id, a)| (*id, a))
+            .filter(|a| a.state == AuthState::Held)
+            .map(|a| (*a.key(), *a.value()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    proptest::proptest! {
-        /// The parted map is a map: against one `HashMap`, whatever the keys.
-        #[test]
-        fn parted_is_a_map(ops in proptest::collection::vec((proptest::prelude::any::<u128>(), 0u32..4, proptest::prelude::any::<u8>()), 0..400)) {
-            let mut parted = Parted::default();
-            let mut model: std::collections::HashMap<u128, u8> = Default::default();
-            for (key, op, value) in ops {
-                // Reuse a few keys so that replacements happen.
-                let key = if op == 0 { key } else { key % 16 };
-                proptest::prop_assert_eq!(parted.insert(key, value), model.insert(key, value));
-                proptest::prop_assert_eq!(parted.get(&key), model.get(&key));
-                proptest::prop_assert_eq!(parted.contains_key(&(key ^ 1)), model.contains_key(&(key ^ 1)));
-            }
-            proptest::prop_assert_eq!(parted.len(), model.len());
-            let mut seen: Vec<(u128, u8)> = parted.iter().map(|(k, v)| (*k, *v)).collect();
-            seen.sort_unstable();
-            let mut expected: Vec<(u128, u8)> = model.into_iter().collect();
-            expected.sort_unstable();
-            proptest::prop_assert_eq!(seen, expected);
-        }
-    }
 
     #[test]
     fn a_payment_lifecycle_moves_money_and_conserves_it() {

@@ -166,7 +166,8 @@ pub fn compare(
         may_forget: allowed > 0,
         forgotten: 0,
     };
-    for (id, a) in &model.auths {
+    for entry in &model.auths {
+        let (id, a) = entry.pair();
         let expected = match a.state {
             AuthState::Held => SeenStatus::Pending,
             AuthState::Captured(c) => SeenStatus::Captured {
@@ -178,7 +179,8 @@ pub fn compare(
         };
         statuses.check("authorization", *id, expected);
     }
-    for (id, s) in &model.sales {
+    for entry in &model.sales {
+        let (id, s) = entry.pair();
         let expected = SeenStatus::Posted {
             amount: s.amount,
             refunded: s.refunded,

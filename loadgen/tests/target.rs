@@ -4,8 +4,7 @@
 //! and a switch killed in the middle of a run stops the run (exit 2) instead of verifying what
 //! cannot be read.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -18,6 +17,12 @@ use switch::wire::{
     AccountId, BalanceTarget, Operation, ParticipantId, ParticipantName, Request, RequestId,
     ResponseCode, Roles,
 };
+
+// The child processes' helper is the switch tests' own: loadgen's tests cannot name the
+// switch's binary, so the switch here is this test binary, serving in a process of its own.
+#[path = "../../switch/tests/common/process.rs"]
+mod process;
+use process::Process;
 
 /// A bound on each whole test, far above what it needs.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -188,30 +193,17 @@ const CHILD_TEST: &str = "a_switch_killed_mid_run_stops_the_run_without_verifyin
 /// The child switch stops by itself after this long, should nobody kill it.
 const CHILD_LIFETIME: Duration = Duration::from_secs(90);
 
-/// The child: a switch in its own process, which the parent kills with SIGKILL.
+/// The child: a switch in its own process, which the parent kills with SIGKILL. It prints
+/// the ready line `switch serve` prints.
 fn child_switch(dir: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let running = switch::server::start(config(std::path::Path::new(dir), true), None)
             .await
             .expect("the switch starts");
-        println!(
-            "LISTENING {} {}",
-            running.quic_addr,
-            running.fingerprint.expect("self-signed")
-        );
+        println!("{}", running.ready_line());
         tokio::time::sleep(CHILD_LIFETIME).await;
     });
-}
-
-/// A child process, killed when the test ends however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A real switch process killed with SIGKILL while loadgen sends: loadgen notices within its
@@ -223,33 +215,22 @@ fn a_switch_killed_mid_run_stops_the_run_without_verifying() {
         return;
     }
     let dir = tempfile::tempdir().expect("a directory");
-    let mut child = Killed(
+    let mut child = Process::spawn(
         Command::new(std::env::current_exe().expect("test binary"))
             .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_DIR, dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the switch process starts"),
-    );
-    let stdout = child.0.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // libtest's "test … ... " may come first on the line.
-            if let Some((_, rest)) = line.split_once("LISTENING ") {
-                let _ = tx.send(rest.to_string());
-            }
-        }
-    });
-    let listening = rx
-        .recv_timeout(Duration::from_secs(30))
+            .env(CHILD_DIR, dir.path().join("data")),
+        &dir.path().join("switch.log"),
+    )
+    .expect("the switch process starts");
+    let ready = child
+        .ready(Duration::from_secs(30))
         .expect("the switch process says where it listens");
-    let (addr, fingerprint) = listening.split_once(' ').expect("address and fingerprint");
+    let (addr, fingerprint) = (ready.quic.to_string(), ready.fingerprint.to_string());
     let out = tempfile::tempdir().expect("a directory");
-    let mut loadgen = Killed(
+    let stderr = out.path().join("stderr.log");
+    let mut loadgen = Process::spawn(
         Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args(["--target", addr, "--fingerprint", fingerprint])
+            .args(["--target", &addr, "--fingerprint", &fingerprint])
             .args([
                 "--timeout-secs",
                 "2",
@@ -261,40 +242,19 @@ fn a_switch_killed_mid_run_stops_the_run_without_verifying() {
             .args(["--connections", "1", "--streams", "2", "--quiet"])
             .arg("--out")
             .arg(out.path())
-            .args(["constant", "--rate", "200", "--duration", "30"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("loadgen starts"),
-    );
+            .args(["constant", "--rate", "200", "--duration", "30"]),
+        &stderr,
+    )
+    .expect("loadgen starts");
     // Setup of 20 customers takes a moment; then the load runs for 30 s, unless stopped.
     std::thread::sleep(Duration::from_secs(2));
     // SIGKILL: the switch sends nothing more, not even a close.
-    child.0.kill().expect("SIGKILL");
-    child.0.wait().expect("reaped");
-    let killed = Instant::now();
-    while loadgen.0.try_wait().expect("waits").is_none() {
-        assert!(
-            killed.elapsed() < Duration::from_secs(20),
-            "loadgen still running 20 s after the switch died"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    use std::io::Read as _;
-    let pipes = (loadgen.0.stdout.take(), loadgen.0.stderr.take());
-    pipes
-        .0
-        .expect("piped")
-        .read_to_string(&mut stdout)
-        .expect("stdout");
-    pipes
-        .1
-        .expect("piped")
-        .read_to_string(&mut stderr)
-        .expect("stderr");
-    let status = loadgen.0.wait().expect("exited");
+    child.kill().expect("SIGKILL");
+    let status = loadgen
+        .wait(Duration::from_secs(20))
+        .expect("loadgen stops within 20 s of the switch's death");
+    let stdout = loadgen.stdout(Duration::from_secs(5));
+    let stderr = std::fs::read_to_string(&stderr).expect("loadgen's standard error");
     assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
     assert!(
         stderr.contains("lost the connection to the switch during the load")

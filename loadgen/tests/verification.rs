@@ -200,7 +200,7 @@ fn holds_left_to_expire_are_seen_expired() {
     assert!(
         model
             .auths
-            .values()
+            .iter()
             .all(|a| a.state == loadgen::model::AuthState::Expired)
     );
 }

@@ -2,8 +2,12 @@
 //! what they print.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+// The binary only.
+#[allow(dead_code)]
+mod common;
 
 fn switch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switch"))
@@ -16,31 +20,11 @@ fn switch(args: &[&str]) -> Output {
 /// standard error. A switch that starts after all is killed after 30 s, failing the test.
 fn serve_refused(config: &Path) -> (Option<i32>, String) {
     let log = config.with_extension("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("running the switch binary");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the switch started: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), std::fs::read_to_string(&log).expect("log"))
+    let mut process = common::serve(config, &log).expect("running the switch binary");
+    let status = process
+        .wait(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the switch started: {e}"));
+    (status.code(), process.log())
 }
 
 /// A server and metrics address on loopback, ports chosen by the system, so that a switch

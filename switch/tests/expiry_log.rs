@@ -1,10 +1,7 @@
 //! Expired holds are logged as a summary, at most one line every 10 seconds, however often the
 //! expiry pass finds some; the lines together still count every hold, as the counter does.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 // The switch runs as a child process here, from a file: the in-process config goes unused.
@@ -12,20 +9,10 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{CNY, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::tls::{Fingerprint, Trust};
+use switch::tls::Trust;
 use switch::wire::{self, AccountId, Amount, CardNumber, Operation, ResponseCode as Code};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A `switch serve` child, killed and reaped when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
@@ -45,11 +32,13 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
     )
     .expect("write the configuration");
     let log = dir.path().join("switch.log");
-    let (mut process, quic, http, fingerprint) = spawn(&config, &log);
+    let mut process = common::serve(&config, &log).expect("spawn the switch");
+    let ready = process.ready(LIMIT).expect("the switch serves");
+    let http = ready.http;
 
     let client = tokio::time::timeout(
         LIMIT,
-        Client::connect(quic, &Trust::Fingerprint(fingerprint), None),
+        Client::connect(ready.quic, &Trust::Fingerprint(ready.fingerprint), None),
     )
     .await
     .expect("connect in time")
@@ -82,13 +71,9 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.close().await;
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(process.0.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    wait_for_exit(&mut process.0);
+    process.signal("TERM").expect("SIGTERM");
+    let status = process.wait(LIMIT).expect("the switch stops in time");
+    assert!(status.success(), "the switch exited with {status}");
 
     let text = std::fs::read_to_string(&log).expect("read the log");
     let lines: Vec<&str> = text
@@ -128,61 +113,6 @@ async fn call(stream: &Stream, requests: &[wire::Request]) -> Vec<wire::Response
         .await
         .expect("answered in time")
         .expect("answered")
-}
-
-/// Starts the binary and waits for its `ready quic=ADDR http=ADDR fingerprint=HEX` line.
-fn spawn(config: &Path, log: &Path) -> (Process, SocketAddr, SocketAddr, Fingerprint) {
-    let log = std::fs::File::create(log).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn the switch");
-    let stdout = child.stdout.take().expect("stdout");
-    let process = Process(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("ready ") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx.recv_timeout(LIMIT).expect("a ready line");
-    let (mut quic, mut http, mut fingerprint) = (None, None, None);
-    for word in line.split_whitespace().skip(1) {
-        match word.split_once('=') {
-            Some(("quic", addr)) => quic = addr.parse().ok(),
-            Some(("http", addr)) => http = addr.parse().ok(),
-            Some(("fingerprint", hex)) => {
-                fingerprint = switch::config::parse_fingerprint(hex).map(Fingerprint);
-            }
-            _ => {}
-        }
-    }
-    (
-        process,
-        quic.expect("quic address"),
-        http.expect("http address"),
-        fingerprint.expect("fingerprint"),
-    )
-}
-
-fn wait_for_exit(child: &mut Child) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "the switch exited with {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "the switch did not stop in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {

@@ -2,10 +2,7 @@
 //! configuration file of a `switch serve` process. No request of the traffic is dropped or
 //! misrouted, new routes take effect, and a broken file leaves the old table in force.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,22 +12,12 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{CNY, req, setup_requests};
 use switch::client::{Client, Stream};
-use switch::tls::{Fingerprint, Trust};
+use switch::tls::Trust;
 use switch::wire::{
     AccountId, Amount, CardNumber, Operation, Reason, Request, ResponseBody, ResponseCode as Code,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A `switch serve` child, killed and reaped when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Clients act as the admin identity of participant 3, the acquirer of `setup_requests`.
 fn write_config(path: &Path, data: &Path, routes: &str) {
@@ -46,56 +33,6 @@ fn write_config(path: &Path, data: &Path, routes: &str) {
 const ROUTE_62: &str = "[[routes]]\nprefix = \"62\"\nissuer = 2\n";
 /// Numbers starting 63 all pay from card account 100 (owned by participant 2).
 const ROUTE_63: &str = "[[routes]]\nprefix = \"63\"\nissuer = 2\npooled_account = \"100\"\n";
-
-/// Starts the binary and waits for its `ready quic=ADDR http=ADDR fingerprint=HEX` line.
-fn spawn(config: &Path, log: &Path) -> (Process, SocketAddr, Fingerprint) {
-    let log = std::fs::File::create(log).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn the switch");
-    let stdout = child.stdout.take().expect("stdout");
-    let process = Process(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("ready ") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx.recv_timeout(LIMIT).expect("a ready line");
-    let mut quic = None;
-    let mut fingerprint = None;
-    for word in line.split_whitespace().skip(1) {
-        match word.split_once('=') {
-            Some(("quic", addr)) => quic = addr.parse().ok(),
-            Some(("fingerprint", hex)) => {
-                fingerprint = switch::config::parse_fingerprint(hex).map(Fingerprint);
-            }
-            _ => {}
-        }
-    }
-    (
-        process,
-        quic.expect("quic address"),
-        fingerprint.expect("fingerprint"),
-    )
-}
-
-fn signal(process: &Process, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(process.0.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name}");
-}
 
 async fn one(stream: &Stream, request: Request) -> switch::wire::Response {
     tokio::time::timeout(LIMIT, stream.call(&[request]))
@@ -151,10 +88,11 @@ async fn routes_reload_on_sighup_and_by_message_while_traffic_runs() {
     let (config, data): (PathBuf, PathBuf) =
         (dir.path().join("switch.toml"), dir.path().join("data"));
     write_config(&config, &data, ROUTE_62);
-    let (process, quic, fingerprint) = spawn(&config, &dir.path().join("switch.log"));
+    let mut process = common::serve(&config, &dir.path().join("switch.log")).expect("spawns");
+    let ready = process.ready(LIMIT).expect("the switch serves");
     let client = tokio::time::timeout(
         LIMIT,
-        Client::connect(quic, &Trust::Fingerprint(fingerprint), None),
+        Client::connect(ready.quic, &Trust::Fingerprint(ready.fingerprint), None),
     )
     .await
     .expect("connect in time")
@@ -176,7 +114,7 @@ async fn routes_reload_on_sighup_and_by_message_while_traffic_runs() {
 
     // SIGHUP after the file gains a route: the route takes effect.
     write_config(&config, &data, &format!("{ROUTE_62}{ROUTE_63}"));
-    signal(&process, "HUP");
+    process.signal("HUP").expect("SIGHUP");
     assert_eq!(
         routed_63(&stream, 100).await,
         Code::Approved,
@@ -199,7 +137,7 @@ async fn routes_reload_on_sighup_and_by_message_while_traffic_runs() {
         (broken.code, broken.reason),
         (Code::SystemMalfunction, Reason::ROUTES_INVALID)
     );
-    signal(&process, "HUP");
+    process.signal("HUP").expect("SIGHUP");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         one(&stream, sale(23, "6200000000000001")).await.code,
@@ -221,15 +159,7 @@ async fn routes_reload_on_sighup_and_by_message_while_traffic_runs() {
 
     // SIGTERM: drains and exits 0.
     client.close().await;
-    let mut process = process;
-    signal(&process, "TERM");
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = process.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    process.signal("TERM").expect("SIGTERM");
+    let status = process.wait(LIMIT).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

@@ -2,53 +2,15 @@
 //! process, or a second server in one process, is refused until the first stops or dies), the
 //! start-up log line, and what a SIGHUP says about the sections it does not reload.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-// Only `loopback_config`, for the in-process servers.
+// The binary, and `loopback_config` for the in-process servers.
 #[allow(dead_code)]
 mod common;
+use common::process::{Process, Ready};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A `switch serve` child, killed and reaped when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "the switch did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// A configuration on loopback, ports chosen by the system, data in `data`.
 fn write_config(path: &Path, data: &Path, extra: &str) {
@@ -60,40 +22,16 @@ fn write_config(path: &Path, data: &Path, extra: &str) {
     std::fs::write(path, text).expect("write the configuration");
 }
 
-/// Starts the binary with its log in `log`; the receiver gets its `ready` line if it serves.
-fn start(config: &Path, log: &Path) -> (Process, std::sync::mpsc::Receiver<String>) {
-    let log = std::fs::File::create(log).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switch"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn the switch");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("ready ") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    (Process(child), rx)
+/// Starts the binary and waits for its `ready` line.
+fn serve(config: &Path, log: &Path) -> (Process, Ready) {
+    let mut process = common::serve(config, log).expect("spawn the switch");
+    let ready = process.ready(LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    (process, ready)
 }
 
-/// Starts the binary and waits for its `ready` line.
-fn serve(config: &Path, log: &Path) -> (Process, String) {
-    let (process, ready) = start(config, log);
-    let line = ready.recv_timeout(LIMIT).unwrap_or_else(|_| {
-        panic!(
-            "no ready line; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-    (process, line)
+/// Its exit code, once it has exited (bounded).
+fn exit_code(process: &mut Process) -> Option<i32> {
+    process.wait(LIMIT).expect("the switch exits").code()
 }
 
 fn read(log: &Path) -> String {
@@ -124,8 +62,8 @@ fn a_second_switch_on_a_locked_data_directory_refuses_to_start() {
 
     // The second process on the same directory (its own ports): refused before recovery,
     // exit 1, naming the directory and the holder's pid.
-    let (mut second, _) = start(&config, &log("second.log"));
-    assert_eq!(second.exit_code(), Some(1));
+    let mut second = common::serve(&config, &log("second.log")).expect("spawn the switch");
+    assert_eq!(exit_code(&mut second), Some(1));
     let refused = read(&log("second.log"));
     assert!(
         refused.contains(&format!(
@@ -142,16 +80,19 @@ fn a_second_switch_on_a_locked_data_directory_refuses_to_start() {
         "said once: {refused}"
     );
     // The first is unharmed: still running.
-    assert!(first.0.try_wait().expect("wait").is_none());
+    assert!(first.exited().is_none());
 
     // kill -9 releases the lock with the process: a new switch starts on the directory.
-    first.0.kill().expect("SIGKILL");
-    first.0.wait().expect("reap");
-    let (third, _) = serve(&config, &log("third.log"));
+    first.kill().expect("SIGKILL");
+    let (mut third, _) = serve(&config, &log("third.log"));
     // ... and a clean stop releases it too.
-    let mut third = third;
-    third.signal("TERM");
-    assert_eq!(third.exit_code(), Some(0), "{}", read(&log("third.log")));
+    third.signal("TERM").expect("SIGTERM");
+    assert_eq!(
+        exit_code(&mut third),
+        Some(0),
+        "{}",
+        read(&log("third.log"))
+    );
     let (fourth, _) = serve(&config, &log("fourth.log"));
     drop(fourth);
 }
@@ -188,14 +129,7 @@ fn the_start_line_says_what_runs_where() {
         line.contains(&format!("data_dir={}", data.display())),
         "{line}"
     );
-    let word = |key: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("{key} in {ready}"))
-            .to_string()
-    };
-    let (quic, http, fingerprint) = (word("quic="), word("http="), word("fingerprint="));
+    let (quic, http, fingerprint) = (ready.quic, ready.http, ready.fingerprint);
     assert!(line.contains(&format!("quic_addr={quic}")), "{line}");
     assert!(line.contains(&format!("http_addr={http}")), "{line}");
     let cert = data.join("tls").join(switch::tls::SELF_SIGNED_CERT_FILE);
@@ -223,7 +157,7 @@ fn a_reload_names_the_sections_it_does_not_apply() {
 
     let route = "[[routes]]\nprefix = \"62\"\nissuer = 2\n";
     write_config(&config, &data, route);
-    process.signal("HUP");
+    process.signal("HUP").expect("SIGHUP");
     let text = wait_for(&log, "routing table reloaded", 1);
     assert!(!text.contains("applies [[routes]] only"), "{text}");
 
@@ -236,7 +170,7 @@ fn a_reload_names_the_sections_it_does_not_apply() {
             "ab".repeat(32)
         ),
     );
-    process.signal("HUP");
+    process.signal("HUP").expect("SIGHUP");
     let text = wait_for(&log, "routing table reloaded", 2);
     let warned: Vec<&str> = text
         .lines()
@@ -251,7 +185,7 @@ fn a_reload_names_the_sections_it_does_not_apply() {
     );
 
     std::fs::remove_file(&config).expect("remove the configuration");
-    process.signal("HUP");
+    process.signal("HUP").expect("SIGHUP");
     let text = wait_for(&log, "routing table not reloaded", 1);
     let line = text
         .lines()

@@ -1,12 +1,31 @@
 //! Setup shared by the switch's integration tests that talk to a server.
 
+use std::path::Path;
+use std::process::Command;
+
 use switch::config::{Config, RouteConfig};
 use switch::wire::{
     self, AccountFlags, AccountId, Amount, CardNumber, Currency, EchoPayload, Operation,
     ParticipantId, ParticipantName, Request, RequestId, Roles,
 };
 
+pub mod process;
+
 pub const CNY: Currency = Currency(156);
+
+/// Starts `switch serve --config CONFIG`, its log appended to `log`; `RUST_LOG` is ignored, so
+/// that the log holds what the configuration's `[log]` says. Wait for it with `ready`.
+#[allow(dead_code)] // only the tests that run the binary
+pub fn serve(config: &Path, log: &Path) -> Result<process::Process, String> {
+    process::Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_switch"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG"),
+        log,
+    )
+}
 
 /// The default configuration on loopback, ports chosen by the OS, data in `dir`, log segments
 /// of 8 MiB prepared ahead, numbers starting 62 routed to participant 2, and clients without a
