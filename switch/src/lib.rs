@@ -5,7 +5,7 @@
 //! `switch::wire` and the rest read the same from the binary, the tests and loadgen.
 
 pub use switch_core::{
-    clearing, codes, core, fuzz_check, identity, journal, routing, translate, wire,
+    clearing, codes, core, fuzz_check, identity, journal, replica, routing, translate, wire,
 };
 
 pub mod admin;

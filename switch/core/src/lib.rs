@@ -17,6 +17,7 @@ pub mod core;
 pub mod fuzz_check;
 pub mod identity;
 pub mod journal;
+pub mod replica;
 pub mod routing;
 pub mod translate;
 pub mod wire;

@@ -128,6 +128,11 @@ impl Core {
         )
     }
 
+    /// What a TransferStatus of `of` from `who` reads, without a request of its own.
+    pub fn read_status(&self, who: Identity, of: RequestId) -> Response {
+        self.status(of, who, of)
+    }
+
     /// What became of an earlier request, for its sender and the admin. Anything else is "not
     /// found" (an approved answer with no status), so that request ids do not leak.
     pub(super) fn status(&self, id: RequestId, who: Identity, of: RequestId) -> Response {

@@ -1,0 +1,932 @@
+//! A deterministic cluster: three replicas (`switch::replica::Node`) on simulated disks
+//! (`SimStorage`, which loses what was not synced when a replica crashes) and a simulated network
+//! that drops, delays, reorders and duplicates messages and cuts links, all driven by one seed.
+//! A failing seed is printed and replays exactly: `CLUSTER_SIM_SEED=<seed> cargo test -p switch
+//! --test cluster_sim`.
+//!
+//! Every run checks, after the faults stop and the cluster settles:
+//! - every acknowledged answer is the answer a repeat of its request gets at the end (the request
+//!   took effect exactly as acknowledged, once);
+//! - the balances of every account are what the final status of every payment adds up to, and
+//!   money is conserved (debits equal credits, pending and posted);
+//! - every replica's ledger digest is the same;
+//! - no two replicas acknowledged answers in the same term.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use ledger::storage::{SimStorage, Storage};
+use ledger::wal::{self, RecoverOptions, Wal, WalOptions};
+use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
+use raft::eraftpb::{HardState, Message, SnapshotMetadata};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use switch::codes::Code;
+use switch::core::{
+    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared,
+    Request, RequestId, Response, Reverse, Stage,
+};
+use switch::replica::record::{Rebuilt, Record};
+use switch::replica::{Disk, Node, NodeConfig, Output, Refused};
+use switch::routing::{Route, RouteTable};
+use switch::tls::Identity;
+
+const ADMIN: Identity = Identity {
+    participant: ParticipantId(1),
+    admin: true,
+};
+const ISSUER: ParticipantId = ParticipantId(2);
+const ACQUIRER: Identity = Identity {
+    participant: ParticipantId(3),
+    admin: false,
+};
+const CARDS: u128 = 4;
+const MERCHANTS: u128 = 2;
+const FUNDED: u64 = 1_000_000;
+const NODES: u64 = 3;
+const TICK_MS: u64 = 10;
+
+fn card(i: u128) -> AccountId {
+    AccountId(100 + i)
+}
+fn card_number(i: u128) -> String {
+    format!("62000000000000{i:02}")
+}
+fn merchant(i: u128) -> AccountId {
+    AccountId(200 + i)
+}
+
+fn new_core() -> Core {
+    let ledger = Arc::new(Ledger::new(ledger::Config::default()).expect("valid ledger config"));
+    let routes = RouteTable::new(vec![Route {
+        prefix: "62".into(),
+        issuer: ISSUER,
+        pooled_account: None,
+    }])
+    .expect("valid routes");
+    Core::new(ledger, CoreConfig::default(), Arc::new(routes))
+}
+
+/// A replica's hard state, kept in a file of its own.
+struct SimDisk {
+    state: SimStorage,
+}
+
+const HARD_STATE: &str = "raft-hard-state";
+
+impl Disk for SimDisk {
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), String> {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&hs.term.to_le_bytes());
+        bytes.extend_from_slice(&hs.vote.to_le_bytes());
+        let write = || -> std::io::Result<()> {
+            let mut f = self.state.create("raft-hard-state.tmp")?;
+            ledger::storage::AppendFile::append(&mut f, &bytes)?;
+            self.state.sync("raft-hard-state.tmp")?;
+            self.state.rename("raft-hard-state.tmp", HARD_STATE)?;
+            self.state.sync_dir()
+        };
+        write().map_err(|e| e.to_string())
+    }
+
+    fn load_snapshot(&mut self, index: u64) -> Result<Core, String> {
+        Err(format!(
+            "no snapshots in this simulation (asked for {index})"
+        ))
+    }
+
+    fn load_base(&mut self) -> Result<(Core, u64), String> {
+        Ok((new_core(), 0))
+    }
+}
+
+fn load_hard_state(state: &SimStorage) -> HardState {
+    let mut hs = HardState::default();
+    if let Ok(bytes) = state.read(HARD_STATE)
+        && bytes.len() == 16
+    {
+        hs.term = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        hs.vote = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+    }
+    hs
+}
+
+/// An answer waiting for its entry to commit.
+struct Waiting {
+    after: u64,
+    read: Option<u64>,
+    term: u64,
+    items: Vec<u128>,
+    responses: Vec<Response>,
+}
+
+struct Replica {
+    id: u64,
+    wal_storage: SimStorage,
+    state_storage: SimStorage,
+    live: Option<Live>,
+}
+
+struct Live {
+    node: Node,
+    wal: Wal,
+    pending: VecDeque<switch::replica::Write>,
+    waiting: Vec<Waiting>,
+}
+
+fn node_config(id: u64, seed: u64) -> NodeConfig {
+    NodeConfig {
+        id,
+        voters: (1..=NODES).collect(),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        message_bytes_max: 64 << 10,
+        messages_in_flight_max: 64,
+        seed,
+    }
+}
+
+impl Replica {
+    fn start(&mut self, seed: u64) -> Result<(), String> {
+        let mut core = new_core();
+        let mut rebuilt = Rebuilt::new(SnapshotMetadata::default());
+        let recovered = wal::recover(
+            &self.wal_storage,
+            &RecoverOptions::default(),
+            |_sequence, payload| -> Result<(), String> {
+                let record = Record::decode(payload).map_err(|e| e.to_string())?;
+                rebuilt.push(record, &mut |e| {
+                    switch_apply(&mut core, e);
+                    Ok(())
+                })
+            },
+        )
+        .map_err(|e| format!("replica {} recovery: {e}", self.id))?;
+        let wal = Wal::open(
+            self.wal_storage.clone(),
+            WalOptions::default(),
+            recovered.resume,
+        )
+        .map_err(|e| e.to_string())?;
+        let hard_state = load_hard_state(&self.state_storage);
+        let node = Node::new(
+            &node_config(self.id, seed),
+            core,
+            Box::new(SimDisk {
+                state: self.state_storage.clone(),
+            }),
+            rebuilt.base.clone(),
+            &rebuilt.entries,
+            hard_state,
+            rebuilt.commit,
+            rebuilt.applied,
+            &switch::replica::logger(self.id),
+        )?;
+        self.live = Some(Live {
+            node,
+            wal,
+            pending: VecDeque::new(),
+            waiting: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn crash(&mut self) -> Vec<Waiting> {
+        let Some(live) = self.live.take() else {
+            return Vec::new();
+        };
+        drop(live.wal);
+        self.wal_storage = self.wal_storage.crash();
+        self.state_storage = self.state_storage.crash();
+        live.waiting
+    }
+}
+
+/// Applies a committed entry the way the replica does (the recovery path).
+fn switch_apply(core: &mut Core, e: &raft::eraftpb::Entry) {
+    use switch::journal::SwitchRecord;
+    if e.data.is_empty() || e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
+        return;
+    }
+    match SwitchRecord::decode(&e.data).expect("a journal record") {
+        SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
+        SwitchRecord::Expire { now } => {
+            core.expire(now);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Setup(Request),
+    Authorize {
+        card: u128,
+        merchant: u128,
+        amount: u64,
+    },
+    Capture {
+        of: u128,
+        amount: u64,
+    },
+    Reverse {
+        of: u128,
+    },
+    Sale {
+        card: u128,
+        merchant: u128,
+        amount: u64,
+    },
+}
+
+struct Sent {
+    op: Op,
+    /// The acknowledged answer, once there is one.
+    acked: Option<Response>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: std::cmp::Reverse<(u64, u64)>,
+    to: u64,
+    from: u64,
+    bytes: Vec<u8>,
+}
+
+struct Sim {
+    rng: StdRng,
+    seed: u64,
+    now_ms: u64,
+    replicas: Vec<Replica>,
+    network: BinaryHeap<InFlight>,
+    sent_messages: u64,
+    cut: Vec<(u64, u64)>,
+    faults: bool,
+    requests: BTreeMap<u128, Sent>,
+    /// Not yet executed anywhere (or refused before execution): to send.
+    unsent: VecDeque<u128>,
+    next_id: u128,
+    acked_terms: HashMap<u64, u64>,
+    /// Authorizations acknowledged approved and not yet followed up.
+    open_auths: Vec<(u128, u64)>,
+    crashes: u64,
+    rebuilds: u64,
+    acked_under_faults: usize,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            now_ms: 0,
+            replicas: (1..=NODES)
+                .map(|id| Replica {
+                    id,
+                    wal_storage: SimStorage::new(),
+                    state_storage: SimStorage::new(),
+                    live: None,
+                })
+                .collect(),
+            network: BinaryHeap::new(),
+            sent_messages: 0,
+            cut: Vec::new(),
+            faults: true,
+            requests: BTreeMap::new(),
+            unsent: VecDeque::new(),
+            next_id: 1_000,
+            acked_terms: HashMap::new(),
+            open_auths: Vec::new(),
+            crashes: 0,
+            rebuilds: 0,
+            acked_under_faults: 0,
+        };
+        for r in &mut sim.replicas {
+            r.start(seed).expect("a fresh replica starts");
+        }
+        sim
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp(1_700_000_000_000_000_000 + self.now_ms * 1_000_000)
+    }
+
+    fn add(&mut self, op: Op) -> u128 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.requests.insert(id, Sent { op, acked: None });
+        self.unsent.push_back(id);
+        id
+    }
+
+    fn item(&self, id: u128) -> Item {
+        let op = &self.requests[&id].op;
+        let (who, request) = match op {
+            Op::Setup(r) => (ADMIN, r.clone()),
+            Op::Authorize {
+                card,
+                merchant: m,
+                amount,
+            } => (
+                ACQUIRER,
+                Request::Authorize {
+                    number: card_number(*card),
+                    merchant: merchant(*m),
+                    amount: Amount(*amount),
+                    currency: Currency::CNY,
+                    expiry_seconds: 0,
+                },
+            ),
+            Op::Capture { of, amount } => (
+                ACQUIRER,
+                Request::Capture(Capture {
+                    authorization: RequestId(*of),
+                    amount: Amount(*amount),
+                }),
+            ),
+            Op::Reverse { of } => (
+                ACQUIRER,
+                Request::Reverse(Reverse {
+                    authorization: RequestId(*of),
+                }),
+            ),
+            Op::Sale {
+                card,
+                merchant: m,
+                amount,
+            } => (
+                ACQUIRER,
+                Request::Sale {
+                    number: card_number(*card),
+                    merchant: merchant(*m),
+                    amount: Amount(*amount),
+                    currency: Currency::CNY,
+                },
+            ),
+        };
+        Item {
+            id: RequestId(id),
+            who,
+            request,
+        }
+    }
+
+    fn setup(&mut self) {
+        for (p, name, roles) in [(2, "issuer", 1), (3, "acquirer", 2)] {
+            self.add(Op::Setup(Request::CreateParticipant(CreateParticipant {
+                participant: ParticipantId(p),
+                name: name.into(),
+                roles,
+            })));
+        }
+        for i in 1..=CARDS {
+            self.add(Op::Setup(Request::CreateAccount(CreateAccount {
+                account: card(i),
+                owner: ISSUER,
+                currency: Currency::CNY,
+                flags: AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS,
+                number: Some(card_number(i)),
+            })));
+            self.add(Op::Setup(Request::Fund(Fund {
+                account: card(i),
+                amount: Amount(FUNDED),
+                currency: Currency::CNY,
+            })));
+        }
+        for i in 1..=MERCHANTS {
+            self.add(Op::Setup(Request::CreateAccount(CreateAccount {
+                account: merchant(i),
+                owner: ACQUIRER.participant,
+                currency: Currency::CNY,
+                flags: AccountFlags::empty(),
+                number: None,
+            })));
+        }
+    }
+
+    fn random_op(&mut self) {
+        let r = self.rng.gen_range(0..10);
+        let card = self.rng.gen_range(1..=CARDS);
+        let m = self.rng.gen_range(1..=MERCHANTS);
+        let amount = self.rng.gen_range(1..5_000);
+        if r < 4 || self.open_auths.is_empty() {
+            if r < 8 {
+                self.add(Op::Authorize {
+                    card,
+                    merchant: m,
+                    amount,
+                });
+            } else {
+                self.add(Op::Sale {
+                    card,
+                    merchant: m,
+                    amount,
+                });
+            }
+        } else {
+            let k = self.rng.gen_range(0..self.open_auths.len());
+            let (of, held) = self.open_auths.swap_remove(k);
+            if r < 8 {
+                let amount = self.rng.gen_range(1..=held);
+                self.add(Op::Capture { of, amount });
+            } else {
+                self.add(Op::Reverse { of });
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.replicas
+            .iter()
+            .position(|r| r.live.as_ref().is_some_and(|l| l.node.serving().is_ok()))
+    }
+
+    /// Sends up to `n` unsent requests, as one batch, to the serving leader.
+    fn send_batch(&mut self, n: usize) {
+        let Some(k) = self.leader() else {
+            return;
+        };
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let Some(id) = self.unsent.pop_front() else {
+                break;
+            };
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let items: Vec<Prepared> = ids.iter().map(|&id| Prepared::new(self.item(id))).collect();
+        let now = self.now();
+        let live = self.replicas[k].live.as_mut().expect("the leader is live");
+        let term = live.node.role().term;
+        match live.node.execute(items, now) {
+            Ok(p) => live.waiting.push(Waiting {
+                after: p.after,
+                read: p.read,
+                term,
+                items: ids,
+                responses: p.responses,
+            }),
+            Err(Refused::Failed(e)) => panic!("seed {}: replica failed: {e}", self.seed),
+            Err(_) => {
+                for id in ids.into_iter().rev() {
+                    self.unsent.push_front(id);
+                }
+            }
+        }
+    }
+
+    fn link_up(&self, a: u64, b: u64) -> bool {
+        !self
+            .cut
+            .iter()
+            .any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+    }
+
+    fn send(&mut self, from: u64, message: Message) {
+        use protobuf::Message as _;
+        let to = message.to;
+        let bytes = message.write_to_bytes().expect("a message encodes");
+        let copies = if self.faults {
+            if self.rng.gen_bool(0.05) {
+                0
+            } else if self.rng.gen_bool(0.02) {
+                2
+            } else {
+                1
+            }
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if self.faults {
+                self.rng.gen_range(0..6)
+            } else {
+                1
+            };
+            self.sent_messages += 1;
+            self.network.push(InFlight {
+                at: std::cmp::Reverse((self.now_ms + delay, self.sent_messages)),
+                to,
+                from,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+
+    fn poll(&mut self, k: usize) {
+        let id = self.replicas[k].id;
+        let Some(live) = self.replicas[k].live.as_mut() else {
+            return;
+        };
+        let mut out = Output::default();
+        if let Err(e) = live.node.poll(&mut out) {
+            panic!("seed {}: replica {id} failed: {e}", self.seed);
+        }
+        live.pending.extend(out.writes.drain(..));
+        if out.deposed {
+            // Whatever waited may or may not commit: its outcome is unknown, to be asked again.
+            for w in live.waiting.drain(..) {
+                self.unsent.extend(w.items);
+            }
+        }
+        let (committed, reads) = (out.committed, out.reads_confirmed);
+        let mut acked = Vec::new();
+        live.waiting.retain_mut(|w| {
+            let ready = w.after <= committed && w.read.is_none_or(|r| r <= reads);
+            if ready {
+                acked.push((
+                    w.term,
+                    std::mem::take(&mut w.items),
+                    std::mem::take(&mut w.responses),
+                ));
+            }
+            !ready
+        });
+        for (term, items, responses) in acked {
+            if let Some(other) = self.acked_terms.insert(term, id)
+                && other != id
+            {
+                panic!(
+                    "seed {}: replicas {other} and {id} both acknowledged in term {term}",
+                    self.seed
+                );
+            }
+            for (item, response) in items.into_iter().zip(responses) {
+                self.acknowledge(item, response);
+            }
+        }
+        for m in out.messages {
+            self.send(id, m);
+        }
+    }
+
+    fn acknowledge(&mut self, id: u128, response: Response) {
+        let Some(sent) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if matches!(response.code, Code::SystemBusy | Code::SystemMalfunction) {
+            // Nothing was done: send it again.
+            self.unsent.push_back(id);
+            return;
+        }
+        if let Some(earlier) = &sent.acked {
+            assert_eq!(
+                earlier, &response,
+                "seed {}: request {id} answered twice, differently",
+                self.seed
+            );
+            return;
+        }
+        if let (Op::Authorize { amount, .. }, Code::Approved) = (&sent.op, response.code) {
+            self.open_auths.push((id, *amount));
+        }
+        sent.acked = Some(response);
+    }
+
+    fn sync(&mut self, k: usize) {
+        let Some(live) = self.replicas[k].live.as_mut() else {
+            return;
+        };
+        while let Some(w) = live.pending.pop_front() {
+            for r in w.records {
+                live.wal
+                    .append(r)
+                    .expect("the simulated disk does not fail");
+            }
+            live.node.persisted(w.ticket);
+        }
+    }
+
+    fn step(&mut self) {
+        self.now_ms += 1;
+        while self.network.peek().is_some_and(|m| m.at.0.0 <= self.now_ms) {
+            let m = self.network.pop().expect("peeked");
+            if !self.link_up(m.from, m.to) {
+                continue;
+            }
+            let k = (m.to - 1) as usize;
+            if let Some(live) = self.replicas[k].live.as_mut() {
+                use protobuf::Message as _;
+                let message = Message::parse_from_bytes(&m.bytes).expect("a message decodes");
+                live.node.step(message);
+            }
+        }
+        for k in 0..self.replicas.len() {
+            if self.now_ms.is_multiple_of(TICK_MS)
+                && let Some(live) = self.replicas[k].live.as_mut()
+            {
+                live.node.tick();
+            }
+            if !self.faults || self.rng.gen_bool(0.5) {
+                self.sync(k);
+            }
+            self.poll(k);
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        if self.rng.gen_bool(0.002) {
+            let k = self.rng.gen_range(0..self.replicas.len());
+            if let Some(live) = &self.replicas[k].live {
+                self.crashes += 1;
+                self.rebuilds += live.node.rebuilds();
+                let lost = self.replicas[k].crash();
+                for w in lost {
+                    self.unsent.extend(w.items);
+                }
+            }
+        }
+        for k in 0..self.replicas.len() {
+            if self.replicas[k].live.is_none() && self.rng.gen_bool(0.01) {
+                let seed = self.seed.wrapping_add(self.now_ms);
+                self.replicas[k].start(seed).expect("a replica recovers");
+            }
+        }
+        if self.rng.gen_bool(0.002) {
+            let a = self.rng.gen_range(1..=NODES);
+            let b = self.rng.gen_range(1..=NODES);
+            if a != b {
+                self.cut.push((a, b));
+            }
+        }
+        // The leader cut off from everyone, with proposals in flight.
+        if self.rng.gen_bool(0.001)
+            && let Some(k) = self.leader()
+        {
+            let leader = self.replicas[k].id;
+            for other in 1..=NODES {
+                if other != leader {
+                    self.cut.push((leader, other));
+                }
+            }
+        }
+        if !self.cut.is_empty() && self.rng.gen_bool(0.004) {
+            self.cut.clear();
+        }
+    }
+
+    fn run(&mut self, steps: u64) {
+        self.setup();
+        for _ in 0..steps {
+            if self.faults {
+                self.inject_faults();
+            }
+            if self.rng.gen_bool(0.3) {
+                let n = self.rng.gen_range(1..4);
+                if self.requests.values().filter(|s| s.acked.is_none()).count() < 12 {
+                    for _ in 0..n {
+                        self.random_op();
+                    }
+                }
+                self.send_batch(n);
+            }
+            self.step();
+        }
+        self.settle();
+    }
+
+    /// Faults stop; every replica runs; every request is asked (again) until answered.
+    fn settle(&mut self) {
+        self.faults = false;
+        self.acked_under_faults = self.requests.values().filter(|s| s.acked.is_some()).count();
+        self.rebuilds += self
+            .replicas
+            .iter()
+            .filter_map(|r| r.live.as_ref())
+            .map(|l| l.node.rebuilds())
+            .sum::<u64>();
+        self.cut.clear();
+        for k in 0..self.replicas.len() {
+            if self.replicas[k].live.is_none() {
+                self.replicas[k]
+                    .start(self.seed)
+                    .expect("a replica recovers");
+            }
+        }
+        // Every request goes again with its own id: the acknowledged ones must hear the same
+        // answer, the others are decided now.
+        self.unsent = self.requests.keys().copied().collect();
+        let mut finals: HashMap<u128, Response> = HashMap::new();
+        for _ in 0..20_000 {
+            if self.unsent.is_empty()
+                && self
+                    .replicas
+                    .iter()
+                    .all(|r| r.live.as_ref().is_some_and(|l| l.waiting.is_empty()))
+            {
+                break;
+            }
+            self.send_final_batch(&mut finals);
+            self.step();
+        }
+        assert!(
+            self.unsent.is_empty(),
+            "seed {}: {} requests never answered",
+            self.seed,
+            self.unsent.len()
+        );
+        // Every replica applies everything committed.
+        for _ in 0..5_000 {
+            let last = self.replicas[self.leader().expect("a leader")]
+                .live
+                .as_ref()
+                .expect("live")
+                .node
+                .last_index();
+            if self.replicas.iter().all(|r| {
+                r.live
+                    .as_ref()
+                    .is_some_and(|l| l.node.applied() == last && l.node.committed() == last)
+            }) {
+                break;
+            }
+            self.step();
+        }
+        self.check(&finals);
+        eprintln!(
+            "seed {}: {} requests, {} acknowledged under faults, leaders in {} terms, {} \
+             crashes, {} rebuilds, {} messages",
+            self.seed,
+            self.requests.len(),
+            self.acked_under_faults,
+            self.acked_terms.len(),
+            self.crashes,
+            self.rebuilds,
+            self.sent_messages
+        );
+    }
+
+    fn send_final_batch(&mut self, finals: &mut HashMap<u128, Response>) {
+        let Some(k) = self.leader() else {
+            return;
+        };
+        let Some(id) = self.unsent.pop_front() else {
+            return;
+        };
+        let item = Prepared::new(self.item(id));
+        let now = self.now();
+        let live = self.replicas[k].live.as_mut().expect("live");
+        match live.node.execute(vec![item], now) {
+            Ok(p) => {
+                let term = live.node.role().term;
+                live.waiting.push(Waiting {
+                    after: p.after,
+                    read: p.read,
+                    term,
+                    items: vec![id],
+                    responses: p.responses.clone(),
+                });
+                finals.insert(id, p.responses[0].clone());
+            }
+            Err(_) => self.unsent.push_front(id),
+        }
+    }
+
+    fn check(&mut self, finals: &HashMap<u128, Response>) {
+        let seed = self.seed;
+        let digests: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| r.live.as_ref().expect("live").node.core().ledger().digest())
+            .collect();
+        assert!(
+            digests.windows(2).all(|d| d[0] == d[1]),
+            "seed {seed}: replicas' ledgers differ: {digests:?}"
+        );
+        for (id, sent) in &self.requests {
+            let last = finals
+                .get(id)
+                .unwrap_or_else(|| panic!("seed {seed}: request {id} has no final answer"));
+            if let Some(acked) = &sent.acked {
+                assert_eq!(
+                    acked, last,
+                    "seed {seed}: request {id} ({:?}) was acknowledged differently from its repeat",
+                    sent.op
+                );
+            }
+        }
+        let k = self.leader().expect("a leader");
+        let core = self.replicas[k].live.as_ref().expect("live").node.core();
+        // Expected balances from what became of every payment, read back as statuses.
+        let mut pending: HashMap<AccountId, (u128, u128)> = HashMap::new();
+        let mut posted: HashMap<AccountId, (u128, u128)> = HashMap::new();
+        for i in 1..=CARDS {
+            posted.entry(card(i)).or_default().1 += u128::from(FUNDED);
+        }
+        for (id, sent) in &self.requests {
+            let approved = finals[id].code == Code::Approved;
+            let (c, m, amount) = match sent.op {
+                Op::Authorize {
+                    card: c,
+                    merchant: m,
+                    amount,
+                }
+                | Op::Sale {
+                    card: c,
+                    merchant: m,
+                    amount,
+                } => (card(c), merchant(m), amount),
+                _ => continue,
+            };
+            let status = status_of(core, *id);
+            match (approved, status) {
+                (false, None) => {}
+                (true, Some((stage, captured))) => match stage {
+                    Stage::Held => {
+                        pending.entry(c).or_default().0 += u128::from(amount);
+                        pending.entry(m).or_default().1 += u128::from(amount);
+                    }
+                    Stage::Captured | Stage::Sold => {
+                        let moved = if stage == Stage::Sold {
+                            amount
+                        } else {
+                            captured
+                        };
+                        posted.entry(c).or_default().0 += u128::from(moved);
+                        posted.entry(m).or_default().1 += u128::from(moved);
+                    }
+                    Stage::Reversed | Stage::Expired => {}
+                },
+                (approved, status) => panic!(
+                    "seed {seed}: request {id} answered approved={approved} but its status is \
+                     {status:?}"
+                ),
+            }
+        }
+        for account in (1..=CARDS).map(card).chain((1..=MERCHANTS).map(merchant)) {
+            let a = core.ledger().account(account).expect("the account exists");
+            let p = pending.get(&account).copied().unwrap_or_default();
+            let q = posted.get(&account).copied().unwrap_or_default();
+            assert_eq!(
+                (
+                    a.balances.debits_pending,
+                    a.balances.credits_pending,
+                    a.balances.debits_posted,
+                    a.balances.credits_posted
+                ),
+                (p.0, p.1, q.0, q.1),
+                "seed {seed}: balances of {account:?}"
+            );
+        }
+        for (currency, t) in core.ledger().totals() {
+            assert_eq!(
+                t.debits_posted, t.credits_posted,
+                "seed {seed}: {currency:?}"
+            );
+            assert_eq!(
+                t.debits_pending, t.credits_pending,
+                "seed {seed}: {currency:?}"
+            );
+        }
+    }
+}
+
+/// The stage and captured amount of a payment, read the way a client reads it.
+fn status_of(core: &Core, id: u128) -> Option<(Stage, u64)> {
+    match core.read_status(ADMIN, RequestId(id)).body {
+        Body::Status(s) => Some((s.stage, s.captured.0)),
+        _ => None,
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("CLUSTER_SIM_SEED") {
+        return vec![seed.parse().expect("CLUSTER_SIM_SEED is a number")];
+    }
+    let runs: u64 = std::env::var("CLUSTER_SIM_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let base: u64 = rand::thread_rng().r#gen();
+    (0..runs).map(|i| base.wrapping_add(i)).collect()
+}
+
+#[test]
+fn a_cluster_under_faults_loses_nothing_acknowledged() {
+    for seed in seeds() {
+        eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
+        let mut sim = Sim::new(seed);
+        sim.run(4_000);
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let trace = |seed| {
+        let mut sim = Sim::new(seed);
+        sim.run(1_500);
+        (
+            sim.sent_messages,
+            sim.acked_terms
+                .clone()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            sim.replicas[0]
+                .live
+                .as_ref()
+                .map(|l| l.node.core().ledger().digest()),
+        )
+    };
+    assert_eq!(trace(7), trace(7));
+}
