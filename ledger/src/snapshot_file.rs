@@ -266,6 +266,12 @@ pub fn read<S: Storage>(
     })
 }
 
+/// Checks the bytes of a whole snapshot file (as `read` would, without a storage): header,
+/// sequence and checksum.
+pub fn check(bytes: &[u8], sequence: u64) -> Result<(), SnapshotCorruption> {
+    decode(bytes, sequence).map(|_| ())
+}
+
 /// Loads the newest valid snapshot, passing over (and reporting) newer invalid ones.
 /// I/O errors are errors; invalid contents are rejections.
 pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {

@@ -10,6 +10,7 @@ pub use switch_core::{
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod report;
 pub mod server;

@@ -1,0 +1,663 @@
+//! Messages between replicas, over QUIC with mutual TLS.
+//!
+//! Every member has a certificate of its own; the cluster's configuration lists each member's
+//! SHA-256 fingerprint. A replica connects to each other member, pinning that member's
+//! fingerprint, and presents its own certificate; it accepts a connection only from a
+//! certificate whose fingerprint is a member's other than its own, and takes from it only
+//! messages that member sent (`from`) to this replica (`to`). Anything else is refused.
+//!
+//! Each ordered pair of members has one connection, opened by the sender, which writes its
+//! messages on one unidirectional stream as frames: a `u32` length (little-endian), then the
+//! message in the Raft library's protobuf encoding. A snapshot goes on a stream of its own:
+//! a header (`u64` index, `u64` file length), the snapshot file as it is on disk, then the
+//! message that announces it; the receiver keeps the file (checked, synced, renamed into
+//! place) before the message reaches Raft.
+//!
+//! Every queue is bounded. A message that finds its peer's queue full, or its peer
+//! unreachable, is dropped: Raft sends again what matters, and is told (`Inbound::Unreachable`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::bell::Bell;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::tls::{self, Fingerprint, ServerIdentity, Trust};
+
+/// The ALPN protocol id of the link between replicas.
+pub const REPLICA_ALPN: &[u8] = b"pswitch-replica/1";
+
+const STREAM_MESSAGES: u8 = 1;
+const STREAM_SNAPSHOT: u8 = 2;
+
+/// A member as this replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub address: SocketAddr,
+    pub fingerprint: Fingerprint,
+}
+
+/// Bounds and places for the link.
+#[derive(Clone, Debug)]
+pub struct LinkSettings {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub peers: Vec<Peer>,
+    /// Largest message frame sent or accepted.
+    pub frame_bytes_max: u32,
+    /// Messages waiting for one peer at most; past it they are dropped.
+    pub queue_messages_max: usize,
+    /// Largest snapshot file accepted from the leader.
+    pub snapshot_bytes_max: u64,
+    /// Where snapshot files live (`snapshot_file` names).
+    pub snapshot_dir: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+/// What the link hands to the replica.
+#[derive(Debug)]
+pub enum Inbound {
+    Message(Message),
+    /// A message to this peer was dropped: Raft should probe it again.
+    Unreachable(u64),
+    /// A snapshot was sent to this peer in full (`true`), or its sending failed.
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+}
+
+/// Where the link puts what arrives: a bounded channel the replica drains when its bell rings.
+#[derive(Clone)]
+pub struct Inbox {
+    pub tx: crossbeam_channel::Sender<Inbound>,
+    pub bell: Arc<Bell>,
+}
+
+impl Inbox {
+    fn deliver(&self, inbound: Inbound) -> bool {
+        let ok = self.tx.try_send(inbound).is_ok();
+        if ok {
+            self.bell.ring();
+        } else {
+            metrics::counter!("switch_replica_inbox_dropped_total").increment(1);
+        }
+        ok
+    }
+}
+
+enum Outbound {
+    Message(Vec<u8>),
+    /// A snapshot message: the file at its index goes first.
+    Snapshot {
+        index: u64,
+        message: Vec<u8>,
+    },
+}
+
+/// The sending side: one bounded queue per peer.
+pub struct Link {
+    id: u64,
+    queues: Vec<(u64, mpsc::Sender<Outbound>)>,
+    inbox: Inbox,
+    local: SocketAddr,
+    endpoint: quinn::Endpoint,
+}
+
+impl Link {
+    /// Binds the replica address and starts a sender task for each peer. Call inside a tokio
+    /// runtime.
+    pub fn start(
+        settings: LinkSettings,
+        identity: ServerIdentity,
+        inbox: Inbox,
+    ) -> anyhow::Result<Link> {
+        let own = identity
+            .fingerprint()
+            .ok_or_else(|| anyhow::anyhow!("the replica certificate chain is empty"))?;
+        let members: HashSet<Fingerprint> = settings
+            .peers
+            .iter()
+            .map(|p| p.fingerprint)
+            .filter(|f| *f != own)
+            .collect();
+        let server = server_config(&identity, members)?;
+        let endpoint = quinn::Endpoint::server(server, settings.listen)
+            .map_err(|e| anyhow::anyhow!("binding the replica address {}: {e}", settings.listen))?;
+        let local = endpoint.local_addr()?;
+        let settings = Arc::new(settings);
+        let identity = Arc::new(identity);
+        let mut queues = Vec::new();
+        for peer in settings.peers.iter().filter(|p| p.id != settings.id) {
+            let (tx, rx) = mpsc::channel(settings.queue_messages_max.max(1));
+            queues.push((peer.id, tx));
+            tokio::spawn(send_loop(
+                endpoint.clone(),
+                settings.clone(),
+                identity.clone(),
+                peer.clone(),
+                rx,
+                inbox.clone(),
+            ));
+        }
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            settings.clone(),
+            inbox.clone(),
+        ));
+        Ok(Link {
+            id: settings.id,
+            queues,
+            inbox,
+            local,
+            endpoint,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues a message for its peer without waiting; drops it if the queue is full.
+    pub fn send(&self, message: Message) {
+        let to = message.to;
+        let Some((_, queue)) = self.queues.iter().find(|(id, _)| *id == to) else {
+            tracing::debug!(to, "a raft message for a replica that is not a member");
+            return;
+        };
+        let outbound = match message.write_to_bytes() {
+            Ok(bytes) if message.get_msg_type() == MessageType::MsgSnapshot => {
+                let index = message.get_snapshot().get_metadata().index;
+                Outbound::Snapshot {
+                    index,
+                    message: bytes,
+                }
+            }
+            Ok(bytes) => Outbound::Message(bytes),
+            Err(e) => {
+                tracing::error!("encoding a raft message: {e}");
+                return;
+            }
+        };
+        if queue.try_send(outbound).is_err() {
+            metrics::counter!("switch_replica_messages_dropped_total", "reason" => "queue_full")
+                .increment(1);
+            self.inbox.deliver(Inbound::Unreachable(to));
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"replica stopping");
+    }
+}
+
+fn server_config(
+    identity: &ServerIdentity,
+    members: HashSet<Fingerprint>,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = tls::provider();
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(Members { members, provider }))
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    crypto.alpn_protocols = vec![REPLICA_ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| anyhow::anyhow!("replica QUIC TLS configuration: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_uni_streams(16u8.into())
+        .max_concurrent_bidi_streams(0u8.into())
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
+        .keep_alive_interval(Some(Duration::from_millis(500)));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn client_config(identity: &ServerIdentity, peer: &Peer) -> anyhow::Result<quinn::ClientConfig> {
+    let mut crypto = tls::client_crypto(
+        &Trust::Fingerprint(peer.fingerprint),
+        Some(ServerIdentity {
+            chain: identity.chain.clone(),
+            key: identity.key.clone_key(),
+        }),
+    )?;
+    crypto.alpn_protocols = vec![REPLICA_ALPN.to_vec()];
+    let mut client = tls::quinn_client_config(crypto)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
+        .keep_alive_interval(Some(Duration::from_millis(500)));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
+}
+
+/// Accepts a client certificate only if it is a member's.
+#[derive(Debug)]
+struct Members {
+    members: HashSet<Fingerprint>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for Members {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.members.contains(&Fingerprint::of(end_entity)) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            metrics::counter!("switch_replica_refused_total").increment(1);
+            tracing::warn!(
+                fingerprint = %Fingerprint::of(end_entity),
+                "refused a replica connection: the certificate is not a member's"
+            );
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Keeps a connection to `peer` and writes its queue to it, reconnecting after a failure.
+async fn send_loop(
+    endpoint: quinn::Endpoint,
+    settings: Arc<LinkSettings>,
+    identity: Arc<ServerIdentity>,
+    peer: Peer,
+    mut queue: mpsc::Receiver<Outbound>,
+    inbox: Inbox,
+) {
+    let client = match client_config(&identity, &peer) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(peer = peer.id, "replica client configuration: {e:#}");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connecting = match endpoint.connect_with(client.clone(), peer.address, "replica") {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(peer = peer.id, "connecting to replica: {e}");
+                return;
+            }
+        };
+        let connection = match tokio::time::timeout(settings.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = peer.id, "replica unreachable: {e}");
+                if !drain_while_down(&mut queue, &inbox, peer.id, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(peer = peer.id, "replica did not answer in time");
+                if !drain_while_down(&mut queue, &inbox, peer.id, backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        tracing::info!(peer = peer.id, address = %peer.address, "connected to replica");
+        match send_on(&connection, &settings, &mut queue, &inbox, peer.id).await {
+            Ok(()) => return,
+            Err(e) => tracing::info!(peer = peer.id, "replica connection lost: {e}"),
+        }
+    }
+}
+
+/// While the peer cannot be reached, what is queued for it is dropped (Raft is told).
+/// Returns false once the queue is closed.
+async fn drain_while_down(
+    queue: &mut mpsc::Receiver<Outbound>,
+    inbox: &Inbox,
+    peer: u64,
+    wait: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, queue.recv()).await {
+            Ok(Some(outbound)) => {
+                metrics::counter!("switch_replica_messages_dropped_total", "reason" => "unreachable")
+                    .increment(1);
+                if let Outbound::Snapshot { .. } = outbound {
+                    inbox.deliver(Inbound::SnapshotSent {
+                        to: peer,
+                        ok: false,
+                    });
+                }
+                inbox.deliver(Inbound::Unreachable(peer));
+            }
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn frame(bytes: &[u8], max: u32) -> std::io::Result<Vec<u8>> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| std::io::Error::other(format!("a raft message of {} bytes", bytes.len())))?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(out)
+}
+
+async fn send_on(
+    connection: &quinn::Connection,
+    settings: &LinkSettings,
+    queue: &mut mpsc::Receiver<Outbound>,
+    inbox: &Inbox,
+    peer: u64,
+) -> anyhow::Result<()> {
+    let mut stream = connection.open_uni().await?;
+    stream.write_all(&[STREAM_MESSAGES]).await?;
+    while let Some(outbound) = queue.recv().await {
+        match outbound {
+            Outbound::Message(bytes) => {
+                let framed = frame(&bytes, settings.frame_bytes_max)?;
+                stream.write_all(&framed).await?;
+                // Whatever else is queued goes in the same write.
+                let mut more = Vec::new();
+                while more.len() < 1 << 20 {
+                    match queue.try_recv() {
+                        Ok(Outbound::Message(bytes)) => {
+                            more.extend_from_slice(&frame(&bytes, settings.frame_bytes_max)?)
+                        }
+                        Ok(snapshot @ Outbound::Snapshot { .. }) => {
+                            stream.write_all(&more).await?;
+                            more.clear();
+                            send_snapshot(connection, settings, snapshot, inbox, peer).await;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !more.is_empty() {
+                    stream.write_all(&more).await?;
+                }
+            }
+            snapshot @ Outbound::Snapshot { .. } => {
+                send_snapshot(connection, settings, snapshot, inbox, peer).await;
+            }
+        }
+    }
+    let _ = stream.finish();
+    Ok(())
+}
+
+/// Sends a snapshot file and its message on a stream of their own, in the background, and
+/// tells Raft how it went.
+async fn send_snapshot(
+    connection: &quinn::Connection,
+    settings: &LinkSettings,
+    snapshot: Outbound,
+    inbox: &Inbox,
+    peer: u64,
+) {
+    let Outbound::Snapshot { index, message } = snapshot else {
+        return;
+    };
+    let connection = connection.clone();
+    let path = settings
+        .snapshot_dir
+        .join(ledger::snapshot_file::snapshot_file_name(index));
+    let frame_max = settings.frame_bytes_max;
+    let inbox = inbox.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let sent = async {
+            let mut file = tokio::fs::File::open(&path).await?;
+            let len = file.metadata().await?.len();
+            let mut stream = connection.open_uni().await?;
+            let mut header = vec![STREAM_SNAPSHOT];
+            header.extend_from_slice(&index.to_le_bytes());
+            header.extend_from_slice(&len.to_le_bytes());
+            stream.write_all(&header).await?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    anyhow::bail!("{} ended early", path.display());
+                }
+                stream.write_all(&buf[..n]).await?;
+                left = left.saturating_sub(n as u64);
+            }
+            stream.write_all(&frame(&message, frame_max)?).await?;
+            stream.finish()?;
+            let _ = stream.stopped().await;
+            anyhow::Ok(len)
+        };
+        match sent.await {
+            Ok(bytes) => {
+                metrics::counter!("switch_replica_snapshot_bytes_sent_total").increment(bytes);
+                tracing::info!(
+                    peer,
+                    index,
+                    bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot sent to replica"
+                );
+                inbox.deliver(Inbound::SnapshotSent { to: peer, ok: true });
+            }
+            Err(e) => {
+                tracing::warn!(peer, index, "sending a snapshot to replica failed: {e:#}");
+                inbox.deliver(Inbound::SnapshotSent {
+                    to: peer,
+                    ok: false,
+                });
+            }
+        }
+    });
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, settings: Arc<LinkSettings>, inbox: Inbox) {
+    while let Some(incoming) = endpoint.accept().await {
+        let settings = settings.clone();
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("replica handshake failed: {e}");
+                    return;
+                }
+            };
+            let Some(from) = member_of(&connection, &settings) else {
+                connection.close(1u32.into(), b"not a member");
+                return;
+            };
+            while let Ok(stream) = connection.accept_uni().await {
+                let (settings, inbox) = (settings.clone(), inbox.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = receive(stream, from, &settings, &inbox).await {
+                        tracing::debug!(peer = from, "replica stream ended: {e:#}");
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The member a connection's certificate belongs to (the verifier admitted only members).
+fn member_of(connection: &quinn::Connection, settings: &LinkSettings) -> Option<u64> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let fingerprint = Fingerprint::of(chain.first()?);
+    settings
+        .peers
+        .iter()
+        .find(|p| p.fingerprint == fingerprint && p.id != settings.id)
+        .map(|p| p.id)
+}
+
+async fn receive(
+    mut stream: quinn::RecvStream,
+    from: u64,
+    settings: &LinkSettings,
+    inbox: &Inbox,
+) -> anyhow::Result<()> {
+    let kind = stream.read_u8().await?;
+    match kind {
+        STREAM_MESSAGES => loop {
+            let Some(message) = read_message(&mut stream, from, settings).await? else {
+                return Ok(());
+            };
+            inbox.deliver(Inbound::Message(message));
+        },
+        STREAM_SNAPSHOT => {
+            let index = stream.read_u64_le().await?;
+            let len = stream.read_u64_le().await?;
+            anyhow::ensure!(
+                len <= settings.snapshot_bytes_max,
+                "a snapshot of {len} bytes from replica {from} is over the limit of {}",
+                settings.snapshot_bytes_max
+            );
+            keep_snapshot(&mut stream, index, len, settings).await?;
+            let message = read_message(&mut stream, from, settings)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a snapshot without its message"))?;
+            anyhow::ensure!(
+                message.get_msg_type() == MessageType::MsgSnapshot
+                    && message.get_snapshot().get_metadata().index == index,
+                "the message after snapshot {index} does not announce it"
+            );
+            inbox.deliver(Inbound::Message(message));
+            Ok(())
+        }
+        other => anyhow::bail!("stream kind {other} from replica {from}"),
+    }
+}
+
+/// The next message of a stream, checked to come from `from` to this replica; `None` at the
+/// stream's end.
+async fn read_message(
+    stream: &mut quinn::RecvStream,
+    from: u64,
+    settings: &LinkSettings,
+) -> anyhow::Result<Option<Message>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len);
+    anyhow::ensure!(
+        len <= settings.frame_bytes_max,
+        "a frame of {len} bytes from replica {from}"
+    );
+    let mut bytes = vec![0u8; len as usize];
+    stream.read_exact(&mut bytes).await?;
+    let message = Message::parse_from_bytes(&bytes)?;
+    anyhow::ensure!(
+        message.from == from && message.to == settings.id,
+        "a message from {} to {} on replica {from}'s connection",
+        message.from,
+        message.to
+    );
+    Ok(Some(message))
+}
+
+/// Writes a snapshot file from the stream under a temporary name, checks it reads back whole,
+/// syncs it and renames it into place.
+async fn keep_snapshot(
+    stream: &mut quinn::RecvStream,
+    index: u64,
+    len: u64,
+    settings: &LinkSettings,
+) -> anyhow::Result<()> {
+    let name = ledger::snapshot_file::snapshot_file_name(index);
+    let tmp = settings.snapshot_dir.join(format!("{name}.receiving"));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = stream
+            .read(&mut buf[..want])
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("snapshot {index} ended after {} bytes", len - left))?;
+        file.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    file.sync_all().await?;
+    drop(file);
+    let dir = settings.snapshot_dir.clone();
+    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let storage = ledger::storage::FileStorage::open(&dir)?;
+        let tmp_name = format!("{name}.receiving");
+        let bytes = ledger::storage::Storage::read(&storage, &tmp_name)?;
+        ledger::snapshot_file::check(&bytes, index)
+            .map_err(|e| anyhow::anyhow!("snapshot {index} from the leader: {e}"))?;
+        ledger::storage::Storage::rename(&storage, &tmp_name, &name)?;
+        ledger::storage::Storage::sync_dir(&storage)?;
+        Ok(())
+    })
+    .await?;
+    checked
+}
