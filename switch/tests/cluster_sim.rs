@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use ledger::snapshot_file;
 use ledger::storage::{SimStorage, Storage};
 use ledger::wal::{self, RecoverOptions, Wal, WalOptions};
 use ledger::{AccountFlags, AccountId, Amount, Currency, Ledger, ParticipantId, Timestamp};
@@ -22,6 +23,7 @@ use raft::eraftpb::{HardState, Message, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switch::codes::Code;
+use switch::core::snapshot::{Capture as Image, RestoreConfig};
 use switch::core::{
     Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared,
     Request, RequestId, Response, Reverse, Stage,
@@ -89,14 +91,41 @@ impl Disk for SimDisk {
         write().map_err(|e| e.to_string())
     }
 
-    fn load_snapshot(&mut self, index: u64) -> Result<Core, String> {
-        Err(format!(
-            "no snapshots in this simulation (asked for {index})"
-        ))
+    fn install_snapshot(&mut self, index: u64) -> Result<Core, String> {
+        let name = snapshot_file::snapshot_file_name(index);
+        let received = format!("{name}.received");
+        let io = |e: std::io::Error| e.to_string();
+        self.state.rename(&received, &name).map_err(io)?;
+        self.state.sync_dir().map_err(io)?;
+        load_snapshot(&self.state, index).map(|(core, _)| core)
     }
 
     fn load_base(&mut self) -> Result<(Core, u64), String> {
-        Ok((new_core(), 0))
+        match newest_snapshot(&self.state)? {
+            Some((core, meta)) => Ok((core, meta.index)),
+            None => Ok((new_core(), 0)),
+        }
+    }
+}
+
+fn load_snapshot(state: &SimStorage, index: u64) -> Result<(Core, SnapshotMetadata), String> {
+    let file = snapshot_file::read(state, index)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let (meta, payload) =
+        switch::replica::snapshot::decode(&file.payload, index).map_err(|e| e.to_string())?;
+    let (core, _) = Core::restore(payload, index, RestoreConfig::like(&new_core()))
+        .map_err(|e| e.to_string())?;
+    Ok((core, meta))
+}
+
+fn newest_snapshot(state: &SimStorage) -> Result<Option<(Core, SnapshotMetadata)>, String> {
+    match snapshot_file::list(state)
+        .map_err(|e| e.to_string())?
+        .first()
+    {
+        Some(&index) => load_snapshot(state, index).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -148,8 +177,11 @@ fn node_config(id: u64, seed: u64) -> NodeConfig {
 
 impl Replica {
     fn start(&mut self, seed: u64) -> Result<(), String> {
-        let mut core = new_core();
-        let mut rebuilt = Rebuilt::new(SnapshotMetadata::default());
+        let (mut core, base) = match newest_snapshot(&self.state_storage)? {
+            Some((core, meta)) => (core, meta),
+            None => (new_core(), SnapshotMetadata::default()),
+        };
+        let mut rebuilt = Rebuilt::new(base);
         let recovered = wal::recover(
             &self.wal_storage,
             &RecoverOptions::default(),
@@ -189,6 +221,50 @@ impl Replica {
             waiting: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Makes a snapshot of what this replica has committed and applied, the way the server
+    /// builds one off its stage: the newest snapshot, the log after it replayed, written, and
+    /// the log before it compacted.
+    fn snapshot(&mut self) -> Result<bool, String> {
+        let Some(live) = self.live.as_mut() else {
+            return Ok(false);
+        };
+        let node = &live.node;
+        let store = node.store();
+        let base = store.base().clone();
+        let target = node.applied().min(node.committed());
+        if target <= base.index {
+            return Ok(false);
+        }
+        let (mut core, from) = match newest_snapshot(&self.state_storage)? {
+            Some((core, meta)) => (core, meta.index),
+            None => (new_core(), 0),
+        };
+        assert_eq!(
+            from, base.index,
+            "the newest snapshot is the log's compaction point"
+        );
+        for index in from + 1..=target {
+            let e = store
+                .entry(index)
+                .ok_or("an entry since the snapshot is held")?;
+            switch_apply(&mut core, e);
+        }
+        let term = store
+            .entry(target)
+            .map(|e| e.term)
+            .ok_or("the target is held")?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = target;
+        meta.term = term;
+        meta.set_conf_state(store.conf_state().clone());
+        let payload =
+            switch::replica::snapshot::encode(&meta, &Image::take(&core, target).encode());
+        snapshot_file::write(&self.state_storage, target, &payload, 2)
+            .map_err(|e| e.to_string())?;
+        live.node.compacted(target, term);
+        Ok(true)
     }
 
     fn crash(&mut self) -> Vec<Waiting> {
@@ -250,6 +326,8 @@ struct InFlight {
     to: u64,
     from: u64,
     bytes: Vec<u8>,
+    /// A snapshot file travelling with its message (index, file bytes).
+    file: Option<(u64, Vec<u8>)>,
 }
 
 struct Sim {
@@ -271,6 +349,8 @@ struct Sim {
     crashes: u64,
     rebuilds: u64,
     acked_under_faults: usize,
+    snapshots: u64,
+    installs: u64,
 }
 
 impl Sim {
@@ -299,6 +379,8 @@ impl Sim {
             crashes: 0,
             rebuilds: 0,
             acked_under_faults: 0,
+            snapshots: 0,
+            installs: 0,
         };
         for r in &mut sim.replicas {
             r.start(seed).expect("a fresh replica starts");
@@ -487,6 +569,15 @@ impl Sim {
         use protobuf::Message as _;
         let to = message.to;
         let bytes = message.write_to_bytes().expect("a message encodes");
+        let file = (message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot).then(|| {
+            let index = message.get_snapshot().get_metadata().index;
+            let name = snapshot_file::snapshot_file_name(index);
+            let state = &self.replicas[(from - 1) as usize].state_storage;
+            (
+                index,
+                state.read(&name).expect("the leader's snapshot file"),
+            )
+        });
         let copies = if self.faults {
             if self.rng.gen_bool(0.05) {
                 0
@@ -510,7 +601,13 @@ impl Sim {
                 to,
                 from,
                 bytes: bytes.clone(),
+                file: file.clone(),
             });
+        }
+        if file.is_some()
+            && let Some(live) = self.replicas[(from - 1) as usize].live.as_mut()
+        {
+            live.node.report_snapshot(to, copies > 0);
         }
     }
 
@@ -606,6 +703,21 @@ impl Sim {
                 continue;
             }
             let k = (m.to - 1) as usize;
+            if let Some((index, bytes)) = &m.file
+                && self.replicas[k].live.is_some()
+            {
+                // Kept the way the link keeps it: whole, synced, then renamed into place.
+                let state = &self.replicas[k].state_storage;
+                let name = snapshot_file::snapshot_file_name(*index);
+                let tmp = format!("{name}.receiving");
+                let mut f = state.create(&tmp).expect("create");
+                ledger::storage::AppendFile::append(&mut f, bytes).expect("write");
+                state.sync(&tmp).expect("sync");
+                state
+                    .rename(&tmp, &format!("{name}.received"))
+                    .expect("rename");
+                state.sync_dir().expect("sync dir");
+            }
             if let Some(live) = self.replicas[k].live.as_mut() {
                 use protobuf::Message as _;
                 let message = Message::parse_from_bytes(&m.bytes).expect("a message decodes");
@@ -625,12 +737,25 @@ impl Sim {
         }
     }
 
+    fn maybe_snapshot(&mut self) {
+        for k in 0..self.replicas.len() {
+            if self.rng.gen_bool(0.003) {
+                let seed = self.seed;
+                match self.replicas[k].snapshot() {
+                    Ok(made) => self.snapshots += u64::from(made),
+                    Err(e) => panic!("seed {seed}: replica {}: snapshot: {e}", k + 1),
+                }
+            }
+        }
+    }
+
     fn inject_faults(&mut self) {
         if self.rng.gen_bool(0.002) {
             let k = self.rng.gen_range(0..self.replicas.len());
             if let Some(live) = &self.replicas[k].live {
                 self.crashes += 1;
                 self.rebuilds += live.node.rebuilds();
+                self.installs += live.node.installs();
                 let lost = self.replicas[k].crash();
                 for w in lost {
                     self.unsent.extend(w.items);
@@ -672,6 +797,7 @@ impl Sim {
             if self.faults {
                 self.inject_faults();
             }
+            self.maybe_snapshot();
             if self.rng.gen_bool(0.3) {
                 let n = self.rng.gen_range(1..4);
                 if self.requests.values().filter(|s| s.acked.is_none()).count() < 12 {
@@ -695,6 +821,12 @@ impl Sim {
             .iter()
             .filter_map(|r| r.live.as_ref())
             .map(|l| l.node.rebuilds())
+            .sum::<u64>();
+        self.installs += self
+            .replicas
+            .iter()
+            .filter_map(|r| r.live.as_ref())
+            .map(|l| l.node.installs())
             .sum::<u64>();
         self.cut.clear();
         for k in 0..self.replicas.len() {
@@ -746,13 +878,15 @@ impl Sim {
         self.check(&finals);
         eprintln!(
             "seed {}: {} requests, {} acknowledged under faults, leaders in {} terms, {} \
-             crashes, {} rebuilds, {} messages",
+             crashes, {} rebuilds, {} snapshots ({} installed from the leader), {} messages",
             self.seed,
             self.requests.len(),
             self.acked_under_faults,
             self.acked_terms.len(),
             self.crashes,
             self.rebuilds,
+            self.snapshots,
+            self.installs,
             self.sent_messages
         );
     }

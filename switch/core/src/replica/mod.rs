@@ -3,12 +3,14 @@
 //!
 //! - `log`: the log as Raft reads it (`raft::Storage`), in memory since the newest snapshot.
 //! - `record`: the journal's records under replication, and rebuilding the log from them.
+//! - `snapshot`: a snapshot's Raft metadata in front of the core's snapshot payload.
 //! - `node`: one replica, sans-IO: client batches, messages, ticks and durability in; messages
 //!   to send, records to write and answers released out.
 
 pub mod log;
 pub mod node;
 pub mod record;
+pub mod snapshot;
 
 pub use node::{Disk, Node, NodeConfig, Output, Proposed, Refused, Role, Write};
 

@@ -40,8 +40,9 @@ pub struct NodeConfig {
 pub trait Disk {
     /// Makes the term and vote durable before returning.
     fn save_hard_state(&mut self, hard_state: &HardState) -> Result<(), String>;
-    /// The state a snapshot at `index` holds (one received from the leader and kept).
-    fn load_snapshot(&mut self, index: u64) -> Result<Core, String>;
+    /// Takes the snapshot at `index` received from the leader (kept aside, whole and synced,
+    /// by the link) as the newest snapshot, durably, and returns the state it holds.
+    fn install_snapshot(&mut self, index: u64) -> Result<Core, String>;
     /// The newest snapshot kept, the log's compaction point (or the state the log starts from,
     /// at index 0).
     fn load_base(&mut self) -> Result<(Core, u64), String>;
@@ -130,6 +131,7 @@ pub struct Node {
     election_ticks: usize,
     failed: Option<String>,
     rebuilds: u64,
+    installs: u64,
 }
 
 /// Applies a committed (or, on the leader, proposed) entry to the core.
@@ -221,6 +223,7 @@ impl Node {
             election_ticks: config.election_ticks,
             failed: None,
             rebuilds: 0,
+            installs: 0,
         };
         node.randomize_election_timeout();
         // Entries the journal holds as committed but the core has not seen (a commit index
@@ -263,6 +266,11 @@ impl Node {
     /// How often leadership was lost with uncommitted entries applied (see `rebuild`).
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
+    }
+
+    /// How many snapshots this replica took from the leader.
+    pub fn installs(&self) -> u64 {
+        self.installs
     }
 
     pub fn failure(&self) -> Option<&str> {
@@ -370,6 +378,26 @@ impl Node {
             tracing::debug!("raft message not taken: {e}");
         }
         self.after_change(before);
+    }
+
+    /// A message to `peer` could not be sent: Raft probes it again rather than assume it got
+    /// there.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        if self.failed.is_none() {
+            self.raw.report_unreachable(peer);
+        }
+    }
+
+    /// A snapshot sent to `peer` arrived whole (`true`) or did not.
+    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        if self.failed.is_none() {
+            let status = if ok {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            self.raw.report_snapshot(peer, status);
+        }
     }
 
     pub fn tick(&mut self) {
@@ -605,13 +633,14 @@ impl Node {
     }
 
     fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), String> {
-        let core = self.disk.load_snapshot(meta.index)?;
+        let core = self.disk.install_snapshot(meta.index)?;
         tracing::info!(
             index = meta.index,
             term = meta.term,
             "installed the leader's snapshot"
         );
         self.core = core;
+        self.installs += 1;
         self.applied = meta.index;
         self.committed = self.committed.max(meta.index);
         self.raw.mut_store().reset(meta.clone());
