@@ -233,7 +233,7 @@ impl Replica {
         let node = &live.node;
         let store = node.store();
         let base = store.base().clone();
-        let target = node.applied().min(node.committed());
+        let target = node.snapshot_index_max();
         if target <= base.index {
             return Ok(false);
         }

@@ -1,3 +1,6 @@
-//! The switch as a cluster of replicas: the link between them (`transport`).
+//! The switch as a cluster of replicas: its configuration (`config`), the files a new cluster
+//! starts from (`init`), and the link between replicas (`transport`).
 
+pub mod config;
+pub mod init;
 pub mod transport;

@@ -132,6 +132,9 @@ pub struct Node {
     failed: Option<String>,
     rebuilds: u64,
     installs: u64,
+    /// A snapshot installed by this ready number, whose index Raft counts as applied once
+    /// the ready is persisted.
+    installed: Option<(u64, u64)>,
 }
 
 /// Applies a committed (or, on the leader, proposed) entry to the core.
@@ -224,6 +227,7 @@ impl Node {
             failed: None,
             rebuilds: 0,
             installs: 0,
+            installed: None,
         };
         node.randomize_election_timeout();
         // Entries the journal holds as committed but the core has not seen (a commit index
@@ -472,6 +476,7 @@ impl Node {
             if !rd.snapshot().is_empty() {
                 let meta = rd.snapshot().get_metadata().clone();
                 self.install(&meta)?;
+                self.installed = Some((rd.number(), meta.index));
                 let mut r = Vec::with_capacity(17);
                 record::encode_reset(meta.index, meta.term, &mut r);
                 records.push(r);
@@ -535,6 +540,13 @@ impl Node {
             return;
         };
         self.raw.on_persist_ready(number);
+        if let Some((ready, index)) = self.installed
+            && ready <= number
+        {
+            // Raft leaves its applied index where it was; the state is the snapshot's now.
+            self.installed = None;
+            self.raw.advance_apply_to(index);
+        }
         while self.held.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, messages)) = self.held.pop_front() {
                 out.messages.extend(messages);
@@ -687,9 +699,17 @@ impl Node {
         Ok(())
     }
 
+    /// The newest entry a snapshot may cover now: committed, applied here, and handed out by
+    /// Raft (which still reads entries after its own applied index).
+    pub fn snapshot_index_max(&self) -> u64 {
+        self.applied
+            .min(self.committed)
+            .min(self.raw.raft.raft_log.applied)
+    }
+
     /// A snapshot at `index` (with `term`) is durable: the log before it goes.
     pub fn compacted(&mut self, index: u64, term: u64) {
-        if index > self.store().base().index && index <= self.applied.min(self.committed) {
+        if index > self.store().base().index && index <= self.snapshot_index_max() {
             self.raw.mut_store().compact(index, term);
         }
     }

@@ -1,0 +1,176 @@
+//! `switch cluster init`: the files for a cluster of replicas on this machine (or, with
+//! `--hosts`, on several), ready to start: each replica's certificate for the link between
+//! replicas, one certificate the clients trust on every replica, and each replica's
+//! configuration listing all of them.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::tls::Fingerprint;
+
+/// What to make.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub dir: PathBuf,
+    /// One address per replica (all the same for one machine).
+    pub hosts: Vec<IpAddr>,
+    pub client_port: u16,
+    pub replica_port: u16,
+    pub http_port: u16,
+}
+
+/// What was made, for the operator.
+#[derive(Debug)]
+pub struct Made {
+    pub configs: Vec<PathBuf>,
+    /// Of the certificate clients pin (`loadgen --fingerprint`).
+    pub client_fingerprint: Fingerprint,
+    pub client_addresses: Vec<SocketAddr>,
+}
+
+struct Node {
+    id: u64,
+    client: SocketAddr,
+    replica: SocketAddr,
+    http: SocketAddr,
+    fingerprint: Fingerprint,
+    dir: PathBuf,
+}
+
+fn write_new(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the cluster's files under `plan.dir`, which must not hold them already.
+pub fn init(plan: &Plan) -> anyhow::Result<Made> {
+    anyhow::ensure!(
+        (1..=super::config::MEMBERS_MAX).contains(&plan.hosts.len()),
+        "a cluster has 1 to {} replicas",
+        super::config::MEMBERS_MAX
+    );
+    std::fs::create_dir_all(&plan.dir)
+        .with_context(|| format!("creating {}", plan.dir.display()))?;
+    let dir = plan
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", plan.dir.display()))?;
+    // One certificate for the clients, the same on every replica: a client pins one
+    // fingerprint and follows the leader to any of them.
+    let mut names = vec!["localhost".to_string()];
+    names.extend(plan.hosts.iter().map(IpAddr::to_string));
+    names.dedup();
+    let client_cert = rcgen::generate_simple_self_signed(names)?;
+    let client_fingerprint = Fingerprint::of(client_cert.cert.der());
+    let mut nodes = Vec::new();
+    for (i, host) in plan.hosts.iter().enumerate() {
+        let id = i as u64 + 1;
+        let offset = if plan.hosts.iter().filter(|h| *h == host).count() > 1 {
+            i as u16
+        } else {
+            0
+        };
+        let port = |base: u16| {
+            base.checked_add(offset)
+                .map(|p| SocketAddr::new(*host, p))
+                .ok_or_else(|| anyhow::anyhow!("port {base} + {offset} is past 65535"))
+        };
+        let node_dir = dir.join(format!("node{id}"));
+        let tls_dir = node_dir.join("data").join("tls");
+        std::fs::create_dir_all(&tls_dir)
+            .with_context(|| format!("creating {}", tls_dir.display()))?;
+        write_new(
+            &tls_dir.join(crate::tls::SELF_SIGNED_CERT_FILE),
+            client_cert.cert.der(),
+        )?;
+        write_new(
+            &tls_dir.join("server-key.der"),
+            &client_cert.signing_key.serialize_der(),
+        )?;
+        let replica = rcgen::generate_simple_self_signed(vec![format!("replica-{id}")])?;
+        write_new(&node_dir.join("replica.pem"), replica.cert.pem().as_bytes())?;
+        write_new(
+            &node_dir.join("replica.key"),
+            replica.signing_key.serialize_pem().as_bytes(),
+        )?;
+        nodes.push(Node {
+            id,
+            client: port(plan.client_port)?,
+            replica: port(plan.replica_port)?,
+            http: port(plan.http_port)?,
+            fingerprint: Fingerprint::of(replica.cert.der()),
+            dir: node_dir,
+        });
+    }
+    let mut configs = Vec::new();
+    for node in &nodes {
+        let path = dir.join(format!("node{}.toml", node.id));
+        write_new(&path, config_text(node, &nodes).as_bytes())?;
+        configs.push(path);
+    }
+    Ok(Made {
+        configs,
+        client_fingerprint,
+        client_addresses: nodes.iter().map(|n| n.client).collect(),
+    })
+}
+
+fn config_text(node: &Node, all: &[Node]) -> String {
+    let mut t = String::new();
+    let _ = write!(
+        t,
+        "# Replica {id} of a cluster of {n}, written by `switch cluster init`.\n\
+         # Start it with: switch serve --config {config}\n\n\
+         [server]\n\
+         listen = \"{client}\"\n\
+         data_dir = {data:?}\n\n\
+         [metrics]\n\
+         listen = \"{http}\"\n\n\
+         [tls]\n\
+         # Every replica has the same certificate for clients (in data_dir/tls), so a client\n\
+         # pins one fingerprint for the whole cluster.\n\
+         mode = \"self-signed\"\n\
+         anonymous_participant = 1\n\
+         anonymous_is_admin = true\n\n\
+         # The route loadgen's defaults use (card prefix 62, issuer 2).\n\
+         [[routes]]\n\
+         prefix = \"62\"\n\
+         issuer = 2\n\n\
+         [cluster]\n\
+         id = {id}\n\
+         replica_listen = \"{replica}\"\n\
+         cert_file = {cert:?}\n\
+         key_file = {key:?}\n",
+        id = node.id,
+        n = all.len(),
+        config = node.dir.with_extension("toml").display(),
+        client = node.client,
+        data = node.dir.join("data").display().to_string(),
+        http = node.http,
+        replica = node.replica,
+        cert = node.dir.join("replica.pem").display().to_string(),
+        key = node.dir.join("replica.key").display().to_string(),
+    );
+    for m in all {
+        let _ = write!(
+            t,
+            "\n[[cluster.members]]\n\
+             id = {}\n\
+             replica_address = \"{}\"\n\
+             client_address = \"{}\"\n\
+             http_address = \"{}\"\n\
+             fingerprint_sha256 = \"{}\"\n",
+            m.id, m.replica, m.client, m.http, m.fingerprint
+        );
+    }
+    t
+}
