@@ -154,6 +154,11 @@ struct Replica {
     wal_storage: SimStorage,
     state_storage: SimStorage,
     live: Option<Live>,
+    /// Frozen (a long pause, a stalled host) until then: no ticks, no messages taken; batches
+    /// sent meanwhile wait, and run as soon as it wakes, before anything tells it the news.
+    paused_until: u64,
+    /// Batches sent while it was frozen.
+    held: Vec<Vec<u128>>,
 }
 
 struct Live {
@@ -268,6 +273,7 @@ impl Replica {
     }
 
     fn crash(&mut self) -> Vec<Waiting> {
+        self.paused_until = 0;
         let Some(live) = self.live.take() else {
             return Vec::new();
         };
@@ -312,6 +318,12 @@ enum Op {
         merchant: u128,
         amount: u64,
     },
+    /// A status read of an authorization, which must show at least what was acknowledged
+    /// before the read was made (a stale leader's answer would not).
+    Status {
+        of: u128,
+        known: Stage,
+    },
 }
 
 struct Sent {
@@ -346,6 +358,8 @@ struct Sim {
     acked_terms: HashMap<u64, u64>,
     /// Authorizations acknowledged approved and not yet followed up.
     open_auths: Vec<(u128, u64)>,
+    /// What acknowledged answers say each authorization has become.
+    known: HashMap<u128, Stage>,
     crashes: u64,
     rebuilds: u64,
     acked_under_faults: usize,
@@ -365,6 +379,8 @@ impl Sim {
                     wal_storage: SimStorage::new(),
                     state_storage: SimStorage::new(),
                     live: None,
+                    paused_until: 0,
+                    held: Vec::new(),
                 })
                 .collect(),
             network: BinaryHeap::new(),
@@ -376,6 +392,7 @@ impl Sim {
             next_id: 1_000,
             acked_terms: HashMap::new(),
             open_auths: Vec::new(),
+            known: HashMap::new(),
             crashes: 0,
             rebuilds: 0,
             acked_under_faults: 0,
@@ -431,6 +448,7 @@ impl Sim {
                     authorization: RequestId(*of),
                 }),
             ),
+            Op::Status { of, .. } => (ACQUIRER, Request::TransferStatus { of: RequestId(*of) }),
             Op::Sale {
                 card,
                 merchant: m,
@@ -490,6 +508,23 @@ impl Sim {
         let card = self.rng.gen_range(1..=CARDS);
         let m = self.rng.gen_range(1..=MERCHANTS);
         let amount = self.rng.gen_range(1..5_000);
+        if r == 9 && !self.known.is_empty() && self.rng.gen_bool(0.5) {
+            let k = self.rng.gen_range(0..self.known.len());
+            let (&of, &known) = self.known.iter().nth(k).expect("in range");
+            let id = self.add(Op::Status { of, known });
+            // A read goes alone, so that no write of its batch vouches for it.
+            self.unsent.retain(|&u| u != id);
+            if let Some(k) = self.any_leader() {
+                if self.replicas[k].paused_until > self.now_ms {
+                    self.replicas[k].held.push(vec![id]);
+                } else {
+                    self.execute_on(k, vec![id]);
+                }
+            } else {
+                self.unsent.push_back(id);
+            }
+            return;
+        }
         if r < 4 || self.open_auths.is_empty() {
             if r < 8 {
                 self.add(Op::Authorize {
@@ -522,9 +557,26 @@ impl Sim {
             .position(|r| r.live.as_ref().is_some_and(|l| l.node.serving().is_ok()))
     }
 
-    /// Sends up to `n` unsent requests, as one batch, to the serving leader.
+    /// Any replica that believes it leads and serves: with the old leader cut off, there can
+    /// be two for a while, and a client may well reach the stale one.
+    fn any_leader(&mut self) -> Option<usize> {
+        let serving: Vec<usize> = (0..self.replicas.len())
+            .filter(|&k| {
+                self.replicas[k]
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.node.serving().is_ok())
+            })
+            .collect();
+        if serving.is_empty() {
+            return None;
+        }
+        Some(serving[self.rng.gen_range(0..serving.len())])
+    }
+
+    /// Sends up to `n` unsent requests, as one batch, to a replica that serves as leader.
     fn send_batch(&mut self, n: usize) {
-        let Some(k) = self.leader() else {
+        let Some(k) = self.any_leader() else {
             return;
         };
         let mut ids = Vec::new();
@@ -537,6 +589,14 @@ impl Sim {
         if ids.is_empty() {
             return;
         }
+        if self.replicas[k].paused_until > self.now_ms {
+            self.replicas[k].held.push(ids);
+            return;
+        }
+        self.execute_on(k, ids);
+    }
+
+    fn execute_on(&mut self, k: usize, ids: Vec<u128>) {
         let items: Vec<Prepared> = ids.iter().map(|&id| Prepared::new(self.item(id))).collect();
         let now = self.now();
         let live = self.replicas[k].live.as_mut().expect("the leader is live");
@@ -667,6 +727,25 @@ impl Sim {
             self.unsent.push_back(id);
             return;
         }
+        if let Op::Status { of, known } = sent.op {
+            let seen = match &response.body {
+                Body::Status(s) => Some(s.stage),
+                _ => None,
+            };
+            let fresh = match (known, seen) {
+                (_, None) => false,
+                (Stage::Held, Some(_)) => true,
+                (k, Some(s)) => k == s,
+            };
+            assert!(
+                fresh,
+                "seed {}: a status read of {of} saw {seen:?}, though {known:?} was \
+                 acknowledged before it was asked",
+                self.seed
+            );
+            sent.acked = Some(response);
+            return;
+        }
         if let Some(earlier) = &sent.acked {
             assert_eq!(
                 earlier, &response,
@@ -675,8 +754,18 @@ impl Sim {
             );
             return;
         }
-        if let (Op::Authorize { amount, .. }, Code::Approved) = (&sent.op, response.code) {
-            self.open_auths.push((id, *amount));
+        match (&sent.op, response.code) {
+            (Op::Authorize { amount, .. }, Code::Approved) => {
+                self.open_auths.push((id, *amount));
+                self.known.insert(id, Stage::Held);
+            }
+            (Op::Capture { of, .. }, Code::Approved) => {
+                self.known.insert(*of, Stage::Captured);
+            }
+            (Op::Reverse { of }, Code::Approved) => {
+                self.known.insert(*of, Stage::Reversed);
+            }
+            _ => {}
         }
         sent.acked = Some(response);
     }
@@ -697,12 +786,31 @@ impl Sim {
 
     fn step(&mut self) {
         self.now_ms += 1;
+        // A replica waking from a pause runs what was sent to it first.
+        for k in 0..self.replicas.len() {
+            if self.replicas[k].paused_until == self.now_ms {
+                for ids in std::mem::take(&mut self.replicas[k].held) {
+                    if self.replicas[k].live.is_some() {
+                        self.execute_on(k, ids);
+                    } else {
+                        self.unsent.extend(ids);
+                    }
+                }
+                // Whatever it can answer goes before it reads the news.
+                self.poll(k);
+            }
+        }
+        let mut later = Vec::new();
         while self.network.peek().is_some_and(|m| m.at.0.0 <= self.now_ms) {
             let m = self.network.pop().expect("peeked");
             if !self.link_up(m.from, m.to) {
                 continue;
             }
             let k = (m.to - 1) as usize;
+            if self.replicas[k].paused_until > self.now_ms {
+                later.push(m);
+                continue;
+            }
             if let Some((index, bytes)) = &m.file
                 && self.replicas[k].live.is_some()
             {
@@ -724,7 +832,15 @@ impl Sim {
                 live.node.step(message);
             }
         }
+        for mut m in later {
+            let k = (m.to - 1) as usize;
+            m.at = std::cmp::Reverse((self.replicas[k].paused_until, m.at.0.1));
+            self.network.push(m);
+        }
         for k in 0..self.replicas.len() {
+            if self.replicas[k].paused_until > self.now_ms {
+                continue;
+            }
             if self.now_ms.is_multiple_of(TICK_MS)
                 && let Some(live) = self.replicas[k].live.as_mut()
             {
@@ -760,6 +876,9 @@ impl Sim {
                 for w in lost {
                     self.unsent.extend(w.items);
                 }
+                for ids in std::mem::take(&mut self.replicas[k].held) {
+                    self.unsent.extend(ids);
+                }
             }
         }
         for k in 0..self.replicas.len() {
@@ -774,6 +893,17 @@ impl Sim {
             if a != b {
                 self.cut.push((a, b));
             }
+        }
+        // The leader frozen for longer than an election takes.
+        // (When it has nothing uncommitted: a read then waits for nothing of its own.)
+        if self.rng.gen_bool(0.003)
+            && let Some(k) = self.leader()
+            && self.replicas[k]
+                .live
+                .as_ref()
+                .is_some_and(|l| l.node.committed() == l.node.last_index())
+        {
+            self.replicas[k].paused_until = self.now_ms + self.rng.gen_range(300..800);
         }
         // The leader cut off from everyone, with proposals in flight.
         if self.rng.gen_bool(0.001)
@@ -815,6 +945,9 @@ impl Sim {
     /// Faults stop; every replica runs; every request is asked (again) until answered.
     fn settle(&mut self) {
         self.faults = false;
+        for r in &mut self.replicas {
+            r.paused_until = r.paused_until.min(self.now_ms + 1);
+        }
         self.acked_under_faults = self.requests.values().filter(|s| s.acked.is_some()).count();
         self.rebuilds += self
             .replicas
@@ -932,7 +1065,9 @@ impl Sim {
             let last = finals
                 .get(id)
                 .unwrap_or_else(|| panic!("seed {seed}: request {id} has no final answer"));
-            if let Some(acked) = &sent.acked {
+            if let Some(acked) = &sent.acked
+                && !matches!(sent.op, Op::Status { .. })
+            {
                 assert_eq!(
                     acked, last,
                     "seed {seed}: request {id} ({:?}) was acknowledged differently from its repeat",
