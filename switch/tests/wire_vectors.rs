@@ -510,6 +510,16 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                     .expect("short"),
             },
         ),
+        (
+            "error-not-leader",
+            Frame::Error {
+                correlation_id: 10,
+                code: ErrorCode::NotLeader,
+                message: switch::wire::not_leader_message(Some(
+                    "127.0.0.1:4432".parse().expect("an address"),
+                )),
+            },
+        ),
     ]
 }
 

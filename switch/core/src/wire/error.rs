@@ -125,10 +125,16 @@ pub enum ErrorCode {
     /// received is full). It read the frame through and threw it away: nothing in it was
     /// executed, and it may be sent again, with the same request ids, later.
     ServerBusy = 8,
+    /// The receiver is a replica that does not lead its cluster now. The message is the
+    /// leader's client address (`ip:port`), or empty when it does not know one. The frame's
+    /// requests were not executed here, unless this replica took them while it led and lost
+    /// the leadership before they committed; either way they go again, unchanged (same ids),
+    /// to the leader, which answers a request that did run with its original answer.
+    NotLeader = 9,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -137,6 +143,7 @@ impl ErrorCode {
         ErrorCode::BadField,
         ErrorCode::UnexpectedFrameKind,
         ErrorCode::ServerBusy,
+        ErrorCode::NotLeader,
     ];
 
     pub const fn as_u16(self) -> u16 {
@@ -186,5 +193,40 @@ impl AppErrorCode {
         Self::ALL
             .into_iter()
             .find(|code| u64::from(code.as_u32()) == value)
+    }
+}
+
+/// The message of a `NotLeader` error frame: the leader's client address, or nothing.
+pub fn not_leader_message(leader: Option<std::net::SocketAddr>) -> super::ErrorMessage {
+    super::ErrorMessage::truncated(&leader.map(|a| a.to_string()).unwrap_or_default())
+}
+
+/// The leader a `NotLeader` error frame names, if it names one.
+pub fn not_leader_address(message: &str) -> Option<std::net::SocketAddr> {
+    message.parse().ok()
+}
+
+#[cfg(test)]
+mod not_leader_tests {
+    use super::{not_leader_address, not_leader_message};
+
+    /// What a follower writes, a client reads back: both address families, and no leader.
+    #[test]
+    fn the_leader_named_is_the_leader_read() {
+        for leader in [
+            "127.0.0.1:4432",
+            "[::1]:4433",
+            "[fe80::1]:65535",
+            "10.0.0.7:1",
+        ] {
+            let address = leader.parse().expect("an address");
+            let message = not_leader_message(Some(address));
+            assert_eq!(message.as_str(), leader);
+            assert_eq!(not_leader_address(message.as_str()), Some(address));
+        }
+        let none = not_leader_message(None);
+        assert_eq!(none.as_str(), "");
+        assert_eq!(not_leader_address(none.as_str()), None);
+        assert_eq!(not_leader_address("leader is 10.0.0.1"), None);
     }
 }

@@ -17,7 +17,10 @@ mod request;
 mod response;
 mod types;
 
-pub use error::{AppErrorCode, EncodeError, ErrorCode, WireError, WireErrorKind};
+pub use error::{
+    AppErrorCode, EncodeError, ErrorCode, WireError, WireErrorKind, not_leader_address,
+    not_leader_message,
+};
 pub use frame::{
     AnnotatedField, Frame, FrameKind, HEADER_LEN, VERSION, annotate_frame, decode_frame,
     encode_error_frame, encode_frame, encode_request_frame, encode_response_frame, frame_header,
