@@ -53,6 +53,34 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
+impl ClientError {
+    /// For an answer that a replica which does not lead gave (error frame 9): the leader it
+    /// named, if any. `None` for every other error.
+    pub fn not_leader(&self) -> Option<Option<SocketAddr>> {
+        match self {
+            ClientError::ErrorFrame {
+                code: wire::ErrorCode::NotLeader,
+                message,
+            } => Some(wire::not_leader_address(message)),
+            _ => None,
+        }
+    }
+
+    /// Whether the request may have been lost with its connection or its replica, so that it
+    /// is to be sent again (same ids) to the leader: a replica that does not lead, or a
+    /// connection or stream that ended without the answer.
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connection(_)
+                | ClientError::Closed
+                | ClientError::TimedOut { .. }
+                | ClientError::NoAddressAnswered { .. }
+                | ClientError::Connect(_)
+        ) || self.not_leader().is_some()
+    }
+}
+
 impl From<quinn::ConnectionError> for ClientError {
     fn from(e: quinn::ConnectionError) -> Self {
         ClientError::Connection(e)
@@ -286,6 +314,84 @@ impl Client {
         })
     }
 
+    /// Connects to the replica that leads a cluster (or to the one switch of a cluster of
+    /// one). `targets` are its replicas' client addresses; each is asked in turn with an Echo,
+    /// and a replica that does not lead names the leader, which is asked next. During an
+    /// election nobody leads: the round starts again after a short pause, until `deadline`.
+    /// Returns the connection and the target it reached.
+    pub async fn connect_leader(
+        targets: &[String],
+        trust: &Trust,
+        identity: Option<&ServerIdentity>,
+        timeout: Duration,
+        deadline: Duration,
+    ) -> Result<(Client, String), ClientError> {
+        let give_up = tokio::time::Instant::now() + deadline;
+        let mut last = None;
+        let mut queue: std::collections::VecDeque<String> = targets.iter().cloned().collect();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let Some(target) = queue.pop_front() else {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(last.unwrap_or(ClientError::NoAddress {
+                        target: targets.join(","),
+                    }));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+                queue.extend(targets.iter().cloned());
+                continue;
+            };
+            let identity = identity.map(|i| ServerIdentity {
+                chain: i.chain.clone(),
+                key: i.key.clone_key(),
+            });
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(left.max(Duration::from_millis(1)), async {
+                let client = Client::connect_to(&target, trust, identity, timeout).await?;
+                let probe = client.stream().await?;
+                let echo = wire::Request {
+                    id: wire::RequestId(u128::from(rand_id()) << 64 | 1),
+                    operation: wire::Operation::Echo {
+                        payload: wire::EchoPayload::new(Vec::new())
+                            .map_err(|_| ClientError::Closed)?,
+                    },
+                };
+                match tokio::time::timeout(timeout, probe.call(&[echo])).await {
+                    Ok(Ok(_)) => Ok(client),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ClientError::TimedOut {
+                        target: target.clone(),
+                        timeout,
+                    }),
+                }
+            })
+            .await;
+            match attempt {
+                Ok(Ok(client)) => return Ok((client, target)),
+                Ok(Err(e)) => {
+                    if let Some(Some(leader)) = e.not_leader() {
+                        let leader = leader.to_string();
+                        queue.retain(|t| *t != leader);
+                        queue.push_front(leader);
+                    }
+                    last = Some(e);
+                }
+                Err(_) => {
+                    last = Some(ClientError::TimedOut {
+                        target: target.clone(),
+                        timeout: deadline,
+                    })
+                }
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(last.unwrap_or(ClientError::NoAddress {
+                    target: targets.join(","),
+                }));
+            }
+        }
+    }
+
     pub fn connection(&self) -> &quinn::Connection {
         &self.connection
     }
@@ -501,6 +607,18 @@ impl Stream {
     pub fn reserve_correlation_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// A number that differs between calls and processes, for probe request ids.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() | 1
 }
 
 #[cfg(test)]
