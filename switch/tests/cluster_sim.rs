@@ -23,10 +23,10 @@ use raft::eraftpb::{HardState, Message, SnapshotMetadata};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switch::codes::Code;
-use switch::core::snapshot::{Capture as Image, RestoreConfig};
+use switch::core::snapshot::{Image, RestoreConfig};
 use switch::core::{
     Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared,
-    Request, RequestId, Response, Reverse, Stage,
+    Request, RequestId, Response, Reverse, PaymentState,
 };
 use switch::replica::record::{Rebuilt, Record};
 use switch::replica::{Disk, Node, NodeConfig, Output, Refused};
@@ -322,7 +322,7 @@ enum Op {
     /// before the read was made (a stale leader's answer would not).
     Status {
         of: u128,
-        known: Stage,
+        known: PaymentState,
     },
 }
 
@@ -359,7 +359,7 @@ struct Sim {
     /// Authorizations acknowledged approved and not yet followed up.
     open_auths: Vec<(u128, u64)>,
     /// What acknowledged answers say each authorization has become.
-    known: HashMap<u128, Stage>,
+    known: HashMap<u128, PaymentState>,
     crashes: u64,
     rebuilds: u64,
     acked_under_faults: usize,
@@ -729,12 +729,12 @@ impl Sim {
         }
         if let Op::Status { of, known } = sent.op {
             let seen = match &response.body {
-                Body::Status(s) => Some(s.stage),
+                Body::Status(s) => Some(s.state),
                 _ => None,
             };
             let fresh = match (known, seen) {
                 (_, None) => false,
-                (Stage::Held, Some(_)) => true,
+                (PaymentState::Held, Some(_)) => true,
                 (k, Some(s)) => k == s,
             };
             assert!(
@@ -757,13 +757,13 @@ impl Sim {
         match (&sent.op, response.code) {
             (Op::Authorize { amount, .. }, Code::Approved) => {
                 self.open_auths.push((id, *amount));
-                self.known.insert(id, Stage::Held);
+                self.known.insert(id, PaymentState::Held);
             }
             (Op::Capture { of, .. }, Code::Approved) => {
-                self.known.insert(*of, Stage::Captured);
+                self.known.insert(*of, PaymentState::Captured);
             }
             (Op::Reverse { of }, Code::Approved) => {
-                self.known.insert(*of, Stage::Reversed);
+                self.known.insert(*of, PaymentState::Reversed);
             }
             _ => {}
         }
@@ -1102,12 +1102,12 @@ impl Sim {
             match (approved, status) {
                 (false, None) => {}
                 (true, Some((stage, captured))) => match stage {
-                    Stage::Held => {
+                    PaymentState::Held => {
                         pending.entry(c).or_default().0 += u128::from(amount);
                         pending.entry(m).or_default().1 += u128::from(amount);
                     }
-                    Stage::Captured | Stage::Sold => {
-                        let moved = if stage == Stage::Sold {
+                    PaymentState::Captured | PaymentState::Sold => {
+                        let moved = if stage == PaymentState::Sold {
                             amount
                         } else {
                             captured
@@ -1115,7 +1115,7 @@ impl Sim {
                         posted.entry(c).or_default().0 += u128::from(moved);
                         posted.entry(m).or_default().1 += u128::from(moved);
                     }
-                    Stage::Reversed | Stage::Expired => {}
+                    PaymentState::Reversed | PaymentState::Expired => {}
                 },
                 (approved, status) => panic!(
                     "seed {seed}: request {id} answered approved={approved} but its status is \
@@ -1152,9 +1152,9 @@ impl Sim {
 }
 
 /// The stage and captured amount of a payment, read the way a client reads it.
-fn status_of(core: &Core, id: u128) -> Option<(Stage, u64)> {
+fn status_of(core: &Core, id: u128) -> Option<(PaymentState, u64)> {
     match core.read_status(ADMIN, RequestId(id)).body {
-        Body::Status(s) => Some((s.stage, s.captured.0)),
+        Body::Status(s) => Some((s.state, s.captured.0)),
         _ => None,
     }
 }
