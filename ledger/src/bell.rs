@@ -53,11 +53,18 @@ impl Bell {
     /// Returns when `rx` holds something, when the bell is closed, after `timeout` (if any),
     /// or spuriously; the caller then tries to receive and, finding nothing, waits again.
     pub fn wait<T>(&self, rx: &Receiver<T>, timeout: Option<Duration>) {
+        self.wait_until(|| !rx.is_empty(), timeout);
+    }
+
+    /// `wait` for a receiver of several sources: returns when `ready` says something is there
+    /// (asked after the receiver says it sleeps, so a ring before that is not missed), when
+    /// the bell is closed, after `timeout`, or spuriously.
+    pub fn wait_until(&self, ready: impl Fn() -> bool, timeout: Option<Duration>) {
         let mut held = self.lock.lock();
         self.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         // Under the lock: a producer that saw `sleeping` cannot notify before this sleeps.
-        if rx.is_empty() && !self.closed.load(Ordering::SeqCst) {
+        if !ready() && !self.closed.load(Ordering::SeqCst) {
             match timeout {
                 Some(timeout) => {
                     self.rung.wait_for(&mut held, timeout);

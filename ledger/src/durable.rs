@@ -120,6 +120,7 @@ impl<S: Storage + Clone> DurableLedger<S> {
             after_sequence: snapshot.as_ref().map_or(0, |s| s.1),
             on_corruption: options.on_corruption,
             write_max_bytes: options.wal.write_max_bytes(),
+            missing_prefix_allowed: false,
         };
         let recovered = wal::recover(&storage, &recover_options, |_sequence, payload| {
             replay(&ledger, payload)

@@ -34,6 +34,8 @@ pub struct Config {
     pub clearing: Clearing,
     pub identities: Vec<Identity>,
     pub routes: Vec<RouteConfig>,
+    /// Replicas of this switch; none: a cluster of one.
+    pub cluster: Option<crate::cluster::config::Cluster>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -620,6 +622,11 @@ impl Config {
         validate_log_level(&self.log.level).map_err(|m| at(Invalid::new("log.level", m)))?;
         self.validate_clearing(origin)?;
         self.route_table(origin)?;
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .check()
+                .map_err(|(key, message)| at(Invalid::new(key, message)))?;
+        }
         Ok(())
     }
 
@@ -744,9 +751,11 @@ impl Config {
             clearing,
             identities,
             routes: _,
+            cluster,
         } = self;
         [
             ("[server]", server == &other.server),
+            ("[cluster]", cluster == &other.cluster),
             ("[tls]", tls == &other.tls),
             ("[limits]", limits == &other.limits),
             ("[ledger]", ledger == &other.ledger),

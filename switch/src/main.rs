@@ -37,6 +37,45 @@ enum Command {
     Config(ConfigCommand),
     /// Clearing windows of a running switch: close, list, show, and its report files.
     Clearing(ClearingArgs),
+    /// A cluster of replicas: make one's files, or see how its members stand.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write the files of a new cluster into DIR: each replica's certificate for the link
+    /// between replicas, one certificate for clients on every replica, and each replica's
+    /// configuration (`nodeN.toml`), with every address on this machine unless `--hosts`
+    /// says where each replica runs.
+    Init {
+        /// Directory for the files; it must not hold them already.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replicas (3 or 5 for a cluster that survives the loss of one or two).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// One IP address per replica, comma-separated (default: 127.0.0.1 for all, with
+        /// ports one apart).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<std::net::IpAddr>,
+        /// The first replica's client (QUIC) port.
+        #[arg(long, default_value_t = 4431)]
+        client_port: u16,
+        /// The first replica's port for the other replicas.
+        #[arg(long, default_value_t = 4441)]
+        replica_port: u16,
+        /// The first replica's metrics port.
+        #[arg(long, default_value_t = 9461)]
+        http_port: u16,
+    },
+    /// Each member's role, term, commit and applied index, and how far behind the leader it
+    /// is, read from every member's `/cluster` endpoint.
+    Status {
+        /// A member's configuration (it lists every member).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -117,6 +156,7 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Clearing(args) => clearing(args),
+        Command::Cluster(command) => cluster(command),
         Command::Serve { config } => serve(config),
     }
 }
@@ -190,6 +230,58 @@ fn clearing(args: ClearingArgs) -> ExitCode {
 
 /// `switch serve`: runs until a signal; 2 for a configuration the start found unusable, 1 for
 /// anything else that stopped it.
+fn cluster(command: ClusterCommand) -> ExitCode {
+    match command {
+        ClusterCommand::Init {
+            dir,
+            replicas,
+            hosts,
+            client_port,
+            replica_port,
+            http_port,
+        } => {
+            let hosts = if hosts.is_empty() {
+                vec![std::net::IpAddr::from([127, 0, 0, 1]); replicas]
+            } else {
+                hosts
+            };
+            let plan = switch::cluster::init::Plan {
+                dir,
+                hosts,
+                client_port,
+                replica_port,
+                http_port,
+            };
+            match switch::cluster::init::init(&plan) {
+                Ok(made) => {
+                    print!("{}", switch::cluster::init::instructions(&made));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switch cluster init: {}", error_line(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ClusterCommand::Status { config } => {
+            let config = match load(Some(&config)) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            match switch::cluster::status::show(&config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switch cluster status: {}", error_line(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
 fn serve(config: Option<PathBuf>) -> ExitCode {
     let path = config.clone();
     let config = match load(config.as_ref()) {

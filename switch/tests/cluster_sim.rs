@@ -177,6 +177,7 @@ fn node_config(id: u64, seed: u64) -> NodeConfig {
         message_bytes_max: 64 << 10,
         messages_in_flight_max: 64,
         seed,
+        record_bytes_max: 1 << 16,
     }
 }
 

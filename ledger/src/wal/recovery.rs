@@ -42,6 +42,10 @@ pub struct RecoverOptions {
     /// covers them. 0 applies everything.
     pub after_sequence: u64,
     pub on_corruption: OnCorruption,
+    /// The oldest segment may start at any sequence: the records before it were retired
+    /// behind a snapshot that the caller found and checks itself (the records a replica needs
+    /// after its snapshot are not known by sequence). Gaps between segments are still refused.
+    pub missing_prefix_allowed: bool,
     /// The most bytes one write of the log's writer spanned (`WalOptions::write_max_bytes`).
     /// In a last segment that ends in zeros (filled ahead), a power loss may have kept any
     /// pages of the write in flight and lost others, so valid records may follow the first
@@ -56,6 +60,7 @@ impl Default for RecoverOptions {
             record_size_max_bytes: RECORD_SIZE_MAX_DEFAULT,
             after_sequence: 0,
             on_corruption: OnCorruption::Refuse,
+            missing_prefix_allowed: false,
             write_max_bytes: super::WalOptions::default().write_max_bytes(),
         }
     }
@@ -490,7 +495,7 @@ impl Scan<'_> {
                     false,
                 )?));
             }
-            None if first > after.saturating_add(1) => {
+            None if first > after.saturating_add(1) && !self.options.missing_prefix_allowed => {
                 return Err(RecoveryError::Gap {
                     file: name.to_owned(),
                     first_sequence: first,

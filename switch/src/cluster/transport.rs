@@ -654,7 +654,10 @@ async fn keep_snapshot(
         let bytes = ledger::storage::Storage::read(&storage, &tmp_name)?;
         ledger::snapshot_file::check(&bytes, index)
             .map_err(|e| anyhow::anyhow!("snapshot {index} from the leader: {e}"))?;
-        ledger::storage::Storage::rename(&storage, &tmp_name, &name)?;
+        // Kept aside until Raft installs it (`replication::FileDisk::install_snapshot`): a
+        // snapshot under its own name is one this replica's log starts from.
+        let received = format!("{name}{}", crate::server::replication::RECEIVED_SUFFIX);
+        ledger::storage::Storage::rename(&storage, &tmp_name, &received)?;
         ledger::storage::Storage::sync_dir(&storage)?;
         Ok(())
     })

@@ -21,6 +21,7 @@ pub struct Settings {
     pub core: CoreConfig,
     pub stage: StageSettings,
     pub connection: ConnectionSettings,
+    pub link: Option<LinkPlan>,
 }
 
 /// The ledger stage: its queue and batches, its clock's work, its log and its snapshots.
@@ -46,6 +47,30 @@ pub struct StageSettings {
     /// Reserve the memory for this many remembered requests at start (`[ledger] preallocate`,
     /// `transfers_remembered_max`); `None`: grow into it while serving.
     pub preallocate_requests: Option<u64>,
+    /// The data directory (the replica's hard state lives there).
+    pub data_dir: PathBuf,
+    pub replica: ReplicaSettings,
+}
+
+/// The replica: its Raft node, its clock, and who the members are (`[cluster]`; without it, a
+/// cluster of one).
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    pub node: crate::replica::NodeConfig,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Every member: (id, client address, http address).
+    pub members: Vec<(u64, std::net::SocketAddr, Option<std::net::SocketAddr>)>,
+    /// Messages from the link waiting for the stage, at most (past it they are dropped).
+    pub inbox_max: usize,
+}
+
+/// The link to the other replicas, if there are any.
+#[derive(Clone, Debug)]
+pub struct LinkPlan {
+    pub settings: crate::cluster::transport::LinkSettings,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Snapshots: where, when, how, and how many are kept (`[snapshot]`).
@@ -106,6 +131,7 @@ impl Settings {
             core: core_config(config, origin)?,
             stage: stage_settings(config, wal),
             connection: connection_settings(config),
+            link: link_plan(config),
         })
     }
 }
@@ -150,12 +176,16 @@ fn wal_options(config: &Config) -> WalOptions {
             super::Durability::None => wal::Durability::None,
         },
         prepare_segments: w.prepare_segments,
+        // A record holds a batch's entry behind the replica's framing of it.
+        record_size_max_bytes: wal::RECORD_SIZE_MAX_DEFAULT
+            + crate::replica::record::FRAMING_BYTES_MAX as u32,
         ..WalOptions::default()
     }
 }
 
 fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
     let l = &config.limits;
+    let record_bytes_max = wal.record_size_max_bytes as usize;
     StageSettings {
         queue_depth_max: usize_from(u64::from(l.queue_depth_max)),
         batch_len_max: usize::from(l.batch_len_max).max(1),
@@ -172,7 +202,91 @@ fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
             .ledger
             .preallocate
             .then_some(config.ledger.transfers_remembered_max),
+        data_dir: config.server.data_dir.clone(),
+        replica: replica_settings(config, record_bytes_max),
     }
+}
+
+/// A cluster of one when there is no `[cluster]`: member 1, on this switch's own addresses.
+fn replica_settings(config: &Config, record_bytes_max: usize) -> ReplicaSettings {
+    use crate::cluster::config::defaults;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let (id, members, tick_ms, election, heartbeat, message_bytes, in_flight, queue) =
+        match &config.cluster {
+            Some(c) => (
+                c.id,
+                c.members
+                    .iter()
+                    .map(|m| (m.id, m.client_address, m.http_address))
+                    .collect(),
+                c.tick_ms,
+                c.election_ticks,
+                c.heartbeat_ticks,
+                c.message_bytes_max,
+                c.messages_in_flight_max,
+                c.queue_messages_max,
+            ),
+            None => (
+                1,
+                vec![(1, config.server.listen, Some(config.metrics.listen))],
+                defaults::tick_ms(),
+                defaults::election_ticks(),
+                defaults::heartbeat_ticks(),
+                defaults::message_bytes_max(),
+                defaults::messages_in_flight_max(),
+                defaults::queue_messages_max(),
+            ),
+        };
+    ReplicaSettings {
+        node: crate::replica::NodeConfig {
+            id,
+            voters: members.iter().map(|m: &(u64, _, _)| m.0).collect(),
+            election_ticks: election as usize,
+            heartbeat_ticks: heartbeat as usize,
+            message_bytes_max: message_bytes,
+            messages_in_flight_max: in_flight as usize,
+            seed,
+            record_bytes_max,
+        },
+        tick: Duration::from_millis(u64::from(tick_ms)),
+        members,
+        inbox_max: queue as usize,
+    }
+}
+
+fn link_plan(config: &Config) -> Option<LinkPlan> {
+    let c = config.cluster.as_ref()?;
+    let peers = c
+        .members
+        .iter()
+        .filter_map(|m| {
+            Some(crate::cluster::transport::Peer {
+                id: m.id,
+                address: m.replica_address,
+                fingerprint: crate::tls::Fingerprint(super::parse_fingerprint(
+                    &m.fingerprint_sha256,
+                )?),
+            })
+        })
+        .collect();
+    Some(LinkPlan {
+        settings: crate::cluster::transport::LinkSettings {
+            id: c.id,
+            listen: c.replica_listen,
+            peers,
+            frame_bytes_max: u32::try_from(c.message_bytes_max.saturating_mul(2) + (1 << 20))
+                .unwrap_or(u32::MAX),
+            queue_messages_max: c.queue_messages_max as usize,
+            snapshot_bytes_max: c.snapshot_bytes_max,
+            snapshot_dir: config.server.data_dir.join("snapshots"),
+            connect_timeout: Duration::from_millis(u64::from(c.tick_ms) * u64::from(c.election_ticks)),
+        },
+        cert_file: c.cert_file.clone(),
+        key_file: c.key_file.clone(),
+    })
 }
 
 fn snapshot_settings(config: &Config, wal: &WalOptions) -> SnapshotSettings {

@@ -109,6 +109,8 @@ pub struct Shared {
     /// (`[limits] unfinished_frame_bytes_max`).
     unfinished_pool: Arc<Semaphore>,
     draining: AtomicBool,
+    /// Whether this replica leads, and where the leader is if not.
+    replica: Arc<crate::server::replication::ReplicaState>,
 }
 
 impl Shared {
@@ -117,6 +119,7 @@ impl Shared {
         identities: Identities,
         queue: Queue,
         files: Arc<Files>,
+        replica: Arc<crate::server::replication::ReplicaState>,
     ) -> Self {
         let unfinished_pool = Arc::new(Semaphore::new(
             settings
@@ -132,6 +135,7 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             unfinished_pool,
             draining: AtomicBool::new(false),
+            replica,
         }
     }
 

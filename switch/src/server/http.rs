@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
+use super::replication::ReplicaState;
 use super::telemetry::Scrape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,11 +23,13 @@ pub async fn serve(
     metrics: Arc<Scrape>,
     ready: Arc<AtomicBool>,
     failed: Arc<AtomicU8>,
+    replica: Arc<ReplicaState>,
 ) {
     let endpoints = Arc::new(Endpoints {
         metrics,
         ready,
         failed,
+        replica,
     });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -41,6 +44,7 @@ struct Endpoints {
     metrics: Arc<Scrape>,
     ready: Arc<AtomicBool>,
     failed: Arc<AtomicU8>,
+    replica: Arc<ReplicaState>,
 }
 
 /// A response: status line, content type, body.
@@ -61,6 +65,11 @@ impl Endpoints {
             ("GET", "/metrics") => self.metrics().await,
             ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
             ("GET", "/readyz") => self.readyz(),
+            ("GET", "/cluster") => (
+                "200 OK",
+                "application/json",
+                serde_json::to_string(&self.replica.view()).unwrap_or_default() + "\n",
+            ),
             ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
             _ => (
                 "405 Method Not Allowed",

@@ -18,6 +18,7 @@ pub mod connection;
 pub mod files;
 pub mod http;
 pub mod lock;
+pub mod replication;
 pub mod snapshots;
 pub mod stage;
 pub mod telemetry;
@@ -290,11 +291,19 @@ async fn recover<S: Storage + Clone>(
     ));
     let ledger = Arc::new(ledger::Ledger::new(settings.ledger)?);
     let core = Core::new(ledger, settings.core, routes.read().clone());
-    let stage = match storage {
+    let mut stage = match storage {
         Some(storage) => stage::Stage::recover_on(core, settings.stage, storage),
         None => stage::Stage::recover(core, settings.stage),
     }
     .context("recovering state")?;
+    if let Some(plan) = settings.link {
+        let identity = ServerIdentity::from_pem_files(&plan.cert_file, &plan.key_file)
+            .context("the replica certificate ([cluster] cert_file, key_file)")?;
+        let link = crate::cluster::transport::Link::start(plan.settings, identity, stage.inbox())
+            .context("starting the link to the other replicas")?;
+        tracing::info!(replica_addr = %link.local_addr(), "listening for the other replicas");
+        stage.attach(link);
+    }
     Ok(Recovered {
         config,
         lock,
@@ -326,6 +335,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
     let endpoint = quic_endpoint(server_tls, &connection_settings, config.server.listen)?;
     let (quic_addr, http_addr) = (endpoint.local_addr()?, http_listener.local_addr()?);
     let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
+    let replica = stage.replica();
     let (queue, stage_thread) = stage.spawn(routes);
     let ready = Arc::new(AtomicBool::new(true));
     let failed = queue.failed_flag();
@@ -334,6 +344,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
         Arc::new(scrape),
         ready.clone(),
         failed,
+        replica.clone(),
     ));
     tracing::info!(
         version = crate::VERSION,
@@ -350,6 +361,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
         identities,
         queue,
         files.clone(),
+        replica,
     ));
     let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
     reload_on_hangup(files);

@@ -8,13 +8,20 @@
 //! How the state gets there is `[snapshot] method`:
 //!
 //! - `replay`: the background thread builds the state itself, the way a restart would: it
-//!   loads the newest snapshot (or the state the log starts from) and replays the log after
-//!   it, up to the last record durable when the snapshot was due (`wal::read_through`, which
-//!   reads while the writer appends). The ledger stage does not pause at all.
+//!   loads the newest snapshot (or the state the log starts from) and applies the committed
+//!   entries after it, up to the newest one this replica has applied (the stage hands it
+//!   those entries: the replica holds every entry since its newest snapshot). The ledger stage
+//!   does not pause at all.
 //! - `capture`: the stage thread copies its state (`core::snapshot::Image::take`), a pause
 //!   that grows with what is remembered, and the background thread encodes and writes it.
+//!   Only a state that holds nothing uncommitted is captured: a leader's may hold entries not
+//!   yet committed, and then the snapshot is built by replay instead.
 //!
-//! The snapshot at a clean shutdown is always captured: nothing is waiting then.
+//! A snapshot covers a Raft entry: its payload is the core's snapshot behind that entry's
+//! index, term and the membership (`replica::snapshot`), and the file is named by the index.
+//! Once it is durable the stage drops the entries it covers from memory, and the log segments
+//! the oldest kept snapshot covers go. The snapshot at a clean shutdown is captured, when the
+//! state holds nothing uncommitted.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,22 +39,14 @@ use crate::config::SnapshotMethod;
 use crate::config::settings::{CadenceSettings, SnapshotSettings};
 use crate::core::Core;
 use crate::core::snapshot::{Image, RestoreConfig};
-use crate::journal;
+use raft::eraftpb::{Entry, SnapshotMetadata};
 
 /// Bytes a log record takes on disk besides its payload (the record header).
 pub const RECORD_OVERHEAD_BYTES: u64 = wal::RECORD_HEADER_LEN as u64;
 
-/// The snapshot a restart starts from.
-pub struct Loaded {
-    pub core: Core,
-    /// The last log sequence it covers: replay continues after it.
-    pub sequence: u64,
-    pub file: String,
-}
-
 /// What one snapshot write did, for the log.
 struct Written {
-    sequence: u64,
+    covered: Covered,
     file: String,
     bytes: usize,
     encode_ms: u64,
@@ -69,10 +68,6 @@ struct Built {
 /// Removes the log segments wholly covered by a sequence; returns how many.
 type Prune = Arc<dyn Fn(u64) -> Result<usize, ledger::storage::StorageError> + Send + Sync>;
 
-/// Replays the log records after the first sequence up to and including the second into a
-/// core; returns how many. Stops with `Cancelled` once the flag is set.
-type Replay = Arc<dyn Fn(&mut Core, u64, u64, &AtomicBool) -> anyhow::Result<u64> + Send + Sync>;
-
 /// A build by replay was stopped (at shutdown): not a failure.
 #[derive(Debug, thiserror::Error)]
 #[error("the snapshot build was cancelled")]
@@ -81,10 +76,29 @@ struct Cancelled;
 /// What a build by replay needs besides the files.
 #[derive(Clone)]
 struct Builds {
-    /// The encoded state the log starts from (before any record), for a log no snapshot covers.
+    /// The encoded state the log starts from (before any entry), for a log no snapshot covers.
     initial: Arc<Vec<u8>>,
     restore: RestoreConfig,
-    replay: Replay,
+}
+
+/// A snapshot to build: the entries after the base snapshot, up to the one it covers.
+pub struct Target {
+    /// The newest snapshot kept (the log's compaction point; 0: none).
+    pub base: u64,
+    /// Entries `base + 1 ..= meta.index`.
+    pub entries: Vec<Entry>,
+    /// The entry covered, its term, and the membership.
+    pub meta: SnapshotMetadata,
+    /// Log records up to this sequence go once it is kept (what only the entries the oldest
+    /// snapshot kept then covers need).
+    pub prune_through: u64,
+}
+
+/// A snapshot written: the entry it covers and that entry's term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Covered {
+    pub index: u64,
+    pub term: u64,
 }
 
 /// When a snapshot is due: counts of log appended since the last, and how busy the switch
@@ -188,51 +202,34 @@ pub struct Snapshots {
     deferring: bool,
     keep: usize,
     on_shutdown: bool,
-    /// The sequence the newest snapshot (written, being written, or loaded) covers.
-    covered: u64,
-    /// The last log sequence appended.
-    appended: u64,
     in_flight: Option<JoinHandle<anyhow::Result<Written>>>,
     method: SnapshotMethod,
-    replay: Replay,
-    /// Set by `starting_from`; without it snapshots are captured.
-    builds: Option<Builds>,
+    builds: Builds,
     /// Stops a build in flight (at shutdown).
     cancel: Arc<AtomicBool>,
 }
 
 impl Snapshots {
-    /// Opens the snapshot directory beside the log's storage.
+    /// Opens the snapshot directory beside the log's storage; `initial` is the state the log
+    /// starts from, for snapshots made by replay when no snapshot covers the log yet.
     pub fn open<S: ledger::storage::Storage + Clone>(
         settings: &SnapshotSettings,
         wal_storage: S,
+        initial: &Core,
     ) -> anyhow::Result<Snapshots> {
-        let record_size_max = settings.record_size_max_bytes;
-        let read_storage = wal_storage.clone();
-        let replay: Replay = Arc::new(move |core, after, through, cancel| {
-            let replayed = wal::read_through(
-                &read_storage,
-                record_size_max,
-                after,
-                through,
-                |_, payload| {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Err(anyhow::Error::new(Cancelled));
-                    }
-                    journal::replay(core, payload).map_err(anyhow::Error::new)
-                },
-            );
-            replayed.map_err(|e| match e {
-                wal::RecoveryError::Apply { source, .. } if source.is::<Cancelled>() => source,
-                e => anyhow::anyhow!("{e}"),
-            })
-        });
         let prune: Prune = Arc::new(move |sequence| {
             wal::delete_covered(&wal_storage, sequence).map(|removed| removed.len())
         });
         let dir = &settings.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let storage =
             FileStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        if let Some(&newest) = snapshot_file::list(&storage)?.first()
+            && let Ok(modified) = std::fs::metadata(dir.join(snapshot_file::snapshot_file_name(newest)))
+                .and_then(|m| m.modified())
+        {
+            set_written_at(modified);
+        }
         Ok(Snapshots {
             storage,
             prune,
@@ -240,58 +237,51 @@ impl Snapshots {
             deferring: false,
             keep: settings.keep.max(1),
             on_shutdown: settings.on_shutdown,
-            covered: 0,
-            appended: 0,
             in_flight: None,
             method: settings.method,
-            replay,
-            builds: None,
+            builds: Builds {
+                initial: Arc::new(Image::take(initial, 0).encode()),
+                restore: RestoreConfig::like(initial),
+            },
             cancel: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    /// Keeps `initial`, the state the log starts from, for snapshots made by replay (which
-    /// start there when no snapshot covers the log yet). Call before recovery.
-    pub fn starting_from(&mut self, initial: &Core) {
-        self.builds = Some(Builds {
-            initial: Arc::new(Image::take(initial, 0).encode()),
-            restore: RestoreConfig::like(initial),
-            replay: self.replay.clone(),
-        });
     }
 
     pub fn dir(&self) -> &Path {
         self.storage.dir()
     }
 
-    /// The newest snapshot that reads back and restores, newest first; a file that fails its
-    /// checks or does not restore is logged (file and reason) and the next older one tried.
-    /// Returns the reasons for everything passed over, for an error if recovery then fails.
-    pub fn load(
-        &mut self,
-        config: impl Fn() -> RestoreConfig,
-    ) -> anyhow::Result<(Option<Loaded>, Vec<String>)> {
-        let (loaded, passed_over) = load_newest(&self.storage, config)?;
-        if let Some(l) = &loaded {
-            self.covered = l.sequence;
-            self.appended = l.sequence;
-            if let Ok(modified) =
-                std::fs::metadata(self.dir().join(&l.file)).and_then(|m| m.modified())
-            {
-                set_written_at(modified);
-            }
-        }
-        Ok((loaded, passed_over))
+    pub fn storage(&self) -> &FileStorage {
+        &self.storage
     }
 
-    /// Recovery found the log up to `sequence`.
-    pub fn recovered(&mut self, sequence: u64) {
-        self.appended = self.appended.max(sequence);
+    /// The encoded state the log starts from.
+    pub fn initial(&self) -> Arc<Vec<u8>> {
+        self.builds.initial.clone()
     }
 
-    /// A record of `payload_bytes` was appended at `sequence`.
-    pub fn appended(&mut self, sequence: u64, payload_bytes: usize) {
-        self.appended = sequence;
+    pub fn method(&self) -> SnapshotMethod {
+        self.method
+    }
+
+    /// The oldest snapshot kept, once the newest `keep` are (`written` just now).
+    pub fn oldest_kept(&self) -> u64 {
+        snapshot_file::list(&self.storage)
+            .ok()
+            .and_then(|l| l.into_iter().take(self.keep).min())
+            .unwrap_or(0)
+    }
+
+    /// The oldest snapshot that will be kept once one at `index` is written.
+    pub fn oldest_kept_after(&self, index: u64) -> u64 {
+        let mut kept = snapshot_file::list(&self.storage).unwrap_or_default();
+        kept.push(index);
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+        kept.into_iter().take(self.keep).min().unwrap_or(index)
+    }
+
+    /// A record of `payload_bytes` was appended.
+    pub fn appended(&mut self, payload_bytes: usize) {
         self.cadence
             .appended(payload_bytes as u64 + RECORD_OVERHEAD_BYTES);
     }
@@ -319,34 +309,33 @@ impl Snapshots {
         }
     }
 
-    /// Whether a snapshot is due and none is being written (reports a finished write).
-    pub fn wants_start(&mut self) -> bool {
-        self.reap(false);
-        self.in_flight.is_none() && self.due() && self.appended > self.covered
+    /// Whether a snapshot is due and none is being written. A finished write is collected
+    /// first: what it covers is returned, for the stage to drop from memory.
+    pub fn wants_start(&mut self) -> (bool, Option<Covered>) {
+        let covered = self.reap(false);
+        (self.in_flight.is_none() && self.due(), covered)
     }
 
-    /// Between batches: reports a finished write, and starts a snapshot if one is due and
-    /// none is being written.
-    pub fn maybe_start(&mut self, core: &Core) {
-        self.reap(false);
-        if self.in_flight.is_none() && self.due() && self.appended > self.covered {
-            self.start(core);
-        }
+    /// A finished write, if any (see `wants_start`).
+    pub fn collect(&mut self) -> Option<Covered> {
+        self.reap(false)
     }
 
     /// Collects the background write if it finished (or, with `wait`, once it does).
-    fn reap(&mut self, wait: bool) {
+    fn reap(&mut self, wait: bool) -> Option<Covered> {
         let finished = self.in_flight.as_ref().is_some_and(|h| h.is_finished());
         if !(finished || wait) {
-            return;
+            return None;
         }
-        let Some(handle) = self.in_flight.take() else {
-            return;
-        };
+        let handle = self.in_flight.take()?;
         match handle.join() {
-            Ok(Ok(w)) => report(&w),
+            Ok(Ok(w)) => {
+                report(&w);
+                Some(w.covered)
+            }
             Ok(Err(e)) if e.is::<Cancelled>() => {
                 tracing::info!("the snapshot being built was cancelled (the log is kept whole)");
+                None
             }
             Ok(Err(e)) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
@@ -355,38 +344,42 @@ impl Snapshots {
                     "writing a snapshot failed (the log is kept whole): {}",
                     super::error_line(e.as_ref())
                 );
+                None
             }
             Err(_) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
                 tracing::error!("the snapshot writer thread panicked");
+                None
             }
         }
     }
 
-    /// Starts the snapshot of everything appended so far on another thread: built there by
-    /// replay, or captured here (the pause) and written there.
-    fn start(&mut self, core: &Core) {
-        let sequence = self.appended;
+    /// Starts the snapshot of `target` on another thread: built there by replay, or, if
+    /// `capture` is the state at it (nothing uncommitted), captured here (the pause) and
+    /// written there.
+    pub fn start(&mut self, target: Target, capture: Option<&Core>) {
+        let index = target.meta.index;
         let started = Instant::now();
         let (storage, prune, keep) = (self.storage.clone(), self.prune.clone(), self.keep);
-        let spawned = match (self.method, self.builds.clone()) {
-            (SnapshotMethod::Replay, Some(builds)) => {
-                let cancel = self.cancel.clone();
-                tracing::info!(sequence, "snapshot due; building it off the ledger stage");
-                std::thread::Builder::new()
-                    .name("switch-snapshot".into())
-                    .spawn(move || build(builds, sequence, &storage, &prune, keep, &cancel))
-            }
-            _ => {
-                let capture = Image::take(core, sequence);
+        let spawned = match (self.method, capture) {
+            (SnapshotMethod::Capture, Some(core)) => {
+                let image = Image::take(core, index);
                 tracing::info!(
-                    sequence,
+                    index,
                     pause_ms = started.elapsed().as_secs_f64() * 1e3,
                     "snapshot captured; writing it in the background"
                 );
+                let (meta, prune_through) = (target.meta, target.prune_through);
                 std::thread::Builder::new()
                     .name("switch-snapshot".into())
-                    .spawn(move || write(capture, &storage, &prune, keep))
+                    .spawn(move || write(image, &meta, &storage, &prune, prune_through, keep))
+            }
+            _ => {
+                let (builds, cancel) = (self.builds.clone(), self.cancel.clone());
+                tracing::info!(index, "snapshot due; building it off the ledger stage");
+                std::thread::Builder::new()
+                    .name("switch-snapshot".into())
+                    .spawn(move || build(builds, target, &storage, &prune, keep, &cancel))
             }
         };
         metrics::histogram!("switch_snapshot_pause_seconds")
@@ -394,10 +387,7 @@ impl Snapshots {
         self.cadence.taken();
         self.deferring = false;
         match spawned {
-            Ok(handle) => {
-                self.covered = sequence;
-                self.in_flight = Some(handle);
-            }
+            Ok(handle) => self.in_flight = Some(handle),
             Err(e) => {
                 metrics::counter!("switch_snapshot_failures_total").increment(1);
                 tracing::error!("starting the snapshot writer thread: {e}");
@@ -406,20 +396,25 @@ impl Snapshots {
     }
 
     /// At a clean stop: waits for a write in flight (cancelling a build by replay), then (if
-    /// configured and anything was logged since) takes a last snapshot here, so the next start
-    /// replays nothing.
-    pub fn finish(&mut self, core: &Core) {
+    /// configured, and `core` holds nothing uncommitted past the newest snapshot) takes a last
+    /// snapshot here, so the next start replays nothing. Returns what the last one covers.
+    pub fn finish(
+        &mut self,
+        core: &Core,
+        meta: Option<SnapshotMetadata>,
+        prune_through: u64,
+    ) -> Option<Covered> {
         // A build by replay would take as long as it takes; the capture below supersedes it,
         // and without one the log is kept whole.
         self.cancel.store(true, Ordering::Relaxed);
-        self.reap(true);
-        if !self.on_shutdown || self.appended <= self.covered {
-            return;
-        }
-        let capture = Image::take(core, self.appended);
-        match write(capture, &self.storage, &self.prune, self.keep) {
+        let mut covered = self.reap(true);
+        let Some(meta) = meta.filter(|_| self.on_shutdown) else {
+            return covered;
+        };
+        let image = Image::take(core, meta.index);
+        match write(image, &meta, &self.storage, &self.prune, prune_through, self.keep) {
             Ok(w) => {
-                self.covered = w.sequence;
+                covered = Some(w.covered);
                 report(&w);
             }
             Err(e) => {
@@ -430,6 +425,7 @@ impl Snapshots {
                 );
             }
         }
+        covered
     }
 }
 
@@ -442,15 +438,16 @@ fn report(w: &Written) {
             .record((b.load_ms + b.replay_ms) as f64 / 1e3);
         tracing::info!(
             base = %b.base,
-            records_replayed = b.records_replayed,
+            entries_replayed = b.records_replayed,
             load_ms = b.load_ms,
             replay_ms = b.replay_ms,
-            "snapshot built by replaying the log"
+            "snapshot built by replaying the committed log"
         );
     }
     tracing::info!(
         file = %w.file,
-        sequence = w.sequence,
+        index = w.covered.index,
+        term = w.covered.term,
         bytes = w.bytes,
         encode_ms = w.encode_ms,
         write_ms = w.write_ms,
@@ -465,82 +462,26 @@ fn set_written_at(at: SystemTime) {
         .set(crate::server::telemetry::unix_seconds(at));
 }
 
-/// The newest snapshot in `storage` that reads back and restores (see `Snapshots::load`).
-fn load_newest(
-    storage: &FileStorage,
-    config: impl Fn() -> RestoreConfig,
-) -> anyhow::Result<(Option<Loaded>, Vec<String>)> {
-    let mut passed_over = Vec::new();
-    for sequence in snapshot_file::list(storage)? {
-        let snapshot = match snapshot_file::read(storage, sequence)? {
-            Ok(snapshot) => snapshot,
-            Err(rejected) => {
-                tracing::warn!("{rejected}; trying an older snapshot");
-                passed_over.push(rejected.to_string());
-                continue;
-            }
-        };
-        let started = Instant::now();
-        match Core::restore(&snapshot.payload, snapshot.sequence, config()) {
-            Ok((core, sequence)) => {
-                tracing::info!(
-                    file = %snapshot.file,
-                    sequence,
-                    bytes = snapshot.payload.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "loaded snapshot"
-                );
-                return Ok((
-                    Some(Loaded {
-                        core,
-                        sequence,
-                        file: snapshot.file,
-                    }),
-                    passed_over,
-                ));
-            }
-            Err(e) => {
-                let reason = format!("snapshot {}: {e}", snapshot.file);
-                tracing::warn!("{reason}; trying an older snapshot");
-                passed_over.push(reason);
-            }
-        }
-    }
-    Ok((None, passed_over))
-}
-
-/// Makes the snapshot at `through` off the ledger stage: the newest snapshot (or the initial
-/// state), the log after it replayed up to `through`, then encoded and written like a capture.
+/// Makes the snapshot of `target` off the ledger stage: the base snapshot (or the initial
+/// state), the entries after it applied, then encoded and written like a capture.
 fn build(
     builds: Builds,
-    through: u64,
+    target: Target,
     storage: &FileStorage,
     prune: &Prune,
     keep: usize,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Written> {
     let started = Instant::now();
-    let (loaded, passed_over) = load_newest(storage, || builds.restore.clone())?;
-    let (mut core, after, base) = match loaded {
-        Some(l) => (l.core, l.sequence, l.file),
-        None => {
-            let (core, sequence) = Core::restore(&builds.initial, 0, builds.restore.clone())
-                .context("restoring the initial state")?;
-            let base = if passed_over.is_empty() {
-                "the initial state".to_owned()
-            } else {
-                format!(
-                    "the initial state (snapshots passed over: {})",
-                    passed_over.join("; ")
-                )
-            };
-            (core, sequence, base)
-        }
+    let (mut core, base) = if target.base == 0 {
+        let (core, _) = Core::restore(&builds.initial, 0, builds.restore.clone())
+            .context("restoring the initial state")?;
+        (core, "the initial state".to_owned())
+    } else {
+        let (core, _) = super::replication::load_snapshot(storage, target.base, &builds.restore)
+            .map_err(|e| anyhow::anyhow!("the base snapshot: {e}"))?;
+        (core, snapshot_file::snapshot_file_name(target.base))
     };
-    anyhow::ensure!(
-        after < through,
-        "the newest snapshot ({base}) already covers sequence {after}, not before {through}"
-    );
     let load_ms = started.elapsed().as_millis() as u64;
     let go_on = || {
         if cancel.load(Ordering::Relaxed) {
@@ -551,43 +492,59 @@ fn build(
     };
     go_on()?;
     let started = Instant::now();
-    let records_replayed = (builds.replay)(&mut core, after, through, cancel)
-        .with_context(|| format!("replaying the log after {base} up to sequence {through}"))?;
+    anyhow::ensure!(
+        target.entries.first().is_none_or(|e| e.index == target.base + 1)
+            && target.entries.last().map_or(target.base, |e| e.index) == target.meta.index,
+        "the entries after snapshot {} do not reach entry {}",
+        target.base,
+        target.meta.index
+    );
+    for (k, e) in target.entries.iter().enumerate() {
+        if k % 64 == 0 {
+            go_on()?;
+        }
+        crate::replica::node::apply_entry(&mut core, e).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let replay_ms = started.elapsed().as_millis() as u64;
     go_on()?;
-    let capture = Image::take(&core, through);
+    let image = Image::take(&core, target.meta.index);
     drop(core);
     go_on()?;
-    let mut written = write(capture, storage, prune, keep)?;
+    let mut written = write(image, &target.meta, storage, prune, target.prune_through, keep)?;
     written.built = Some(Built {
         base,
-        records_replayed,
+        records_replayed: target.entries.len() as u64,
         load_ms,
         replay_ms,
     });
     Ok(written)
 }
 
-/// Encodes and writes a snapshot durably, then removes the log segments that every kept
-/// snapshot covers (only now: until the snapshot is durable, the log is the only copy).
+/// Encodes and writes a snapshot durably, then removes the log segments whose records are all
+/// at or before `prune_through` (only now: until the snapshot is durable, the log is the only
+/// copy).
 fn write(
-    capture: Image,
+    image: Image,
+    meta: &SnapshotMetadata,
     storage: &FileStorage,
     prune: &Prune,
+    prune_through: u64,
     keep: usize,
 ) -> anyhow::Result<Written> {
-    let sequence = capture.sequence();
+    let index = meta.index;
     let started = Instant::now();
-    let payload = capture.encode();
+    let payload = crate::replica::snapshot::encode(meta, &image.encode());
     let encode_ms = started.elapsed().as_millis() as u64;
     let started = Instant::now();
-    let written = snapshot_file::write(storage, sequence, &payload, keep)
-        .with_context(|| format!("snapshot at sequence {sequence}"))?;
+    let written = snapshot_file::write(storage, index, &payload, keep)
+        .with_context(|| format!("snapshot of entry {index}"))?;
     set_written_at(SystemTime::now());
-    let removed =
-        prune(written.oldest_kept_sequence).context("removing log segments the snapshots cover")?;
+    let removed = prune(prune_through).context("removing log segments the snapshots cover")?;
     Ok(Written {
-        sequence,
+        covered: Covered {
+            index,
+            term: meta.term,
+        },
         file: written.file,
         bytes: payload.len(),
         encode_ms,

@@ -1,13 +1,22 @@
-//! The ledger stage: one thread that owns the core, batches what is queued, logs it, and
-//! answers only what is durable.
+//! The ledger stage: one thread that owns the replica (the core behind its Raft node), batches
+//! what is queued, proposes it, and answers only what is committed.
+//!
+//! On the leader a batch is executed at once, its journal record proposed as one Raft entry,
+//! and its answers wait in the pipeline until that entry is committed: written and synced on a
+//! majority of the replicas (for a cluster of one, on this disk). A follower answers every
+//! request "not leader", and applies the entries its leader commits. The same thread takes the
+//! replica's messages from the link, its ticks, and the log writer's word that a write is
+//! durable; everything Raft asks for (messages, writes, snapshots to install) is done between
+//! batches.
 //!
 //! It speaks the core's types only: a job is core requests, its answer core responses or a
 //! refusal of them all. What they are on the wire, and the metrics of what was answered, are
 //! the connection's business; the log writer's thread only hands answers over.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,17 +25,20 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use ledger::Timestamp;
 use ledger::bell::Bell;
 use ledger::storage::{FileStorage, Storage};
-use ledger::wal::{self, RecoverOptions, Wal, WalError, WalOptions};
+use ledger::wal::{Wal, WalError};
 use parking_lot::RwLock;
+use raft::eraftpb::SnapshotMetadata;
 
 use crate::clearing::WindowDetails;
+use crate::cluster::transport::{Inbound, Inbox, Link};
 use crate::codes::{Code, Reason};
 use crate::config::settings::StageSettings;
 use crate::core::snapshot::RestoreConfig;
 use crate::core::{Core, Prepared, Response};
-use crate::journal::{self, SwitchRecord};
+use crate::replica::{Node, Output, Proposed, Refused, Write};
 use crate::routing::RouteTable;
-use crate::server::snapshots::Snapshots;
+use crate::server::replication::{self, FileDisk, Mirror, ReplicaState};
+use crate::server::snapshots::{Covered, Snapshots, Target};
 
 mod pipeline;
 use crate::server::telemetry;
@@ -61,6 +73,10 @@ pub enum Refusal {
     StorageFailed,
     /// The stage stopped without answering.
     Stopped,
+    /// This replica does not lead: the requests go to the leader (its client address, if
+    /// known). They were not executed here, or, taken while it led, may have been: the leader
+    /// decides, and answers a repeat with the original answer.
+    NotLeader(Option<SocketAddr>),
 }
 
 impl Refusal {
@@ -68,7 +84,7 @@ impl Refusal {
     /// otherwise.
     pub fn code(self) -> Code {
         match self {
-            Refusal::Busy | Refusal::StorageFull => Code::SystemBusy,
+            Refusal::Busy | Refusal::StorageFull | Refusal::NotLeader(_) => Code::SystemBusy,
             Refusal::StorageFailed | Refusal::Stopped => Code::SystemMalfunction,
         }
     }
@@ -79,6 +95,7 @@ impl Refusal {
             Refusal::StorageFull => Reason::STORAGE_FULL,
             Refusal::StorageFailed => Reason::STORAGE_FAILURE,
             Refusal::Stopped => Reason::INTERNAL,
+            Refusal::NotLeader(_) => Reason::OVERLOADED,
         }
     }
 }
@@ -187,15 +204,17 @@ fn failure_refusal(error: &WalError) -> Refusal {
     }
 }
 
-/// The recovered state and the open journal, ready to run.
+/// The recovered replica and the open journal, ready to run.
 pub struct Stage {
-    core: Core,
+    node: Node,
     wal: Wal,
+    /// Where each entry's record is in the log, for pruning it behind snapshots.
+    mirror: Mirror,
     snapshots: Snapshots,
     settings: StageSettings,
     /// Shared with the `Queue` (see there); set before any request hears of a failure.
     failed: Arc<AtomicU8>,
-    /// Batches applied and logged, answered as the log makes them durable.
+    /// Batches executed and proposed, answered as their entries commit.
     pipeline: Arc<Pipeline>,
     /// The sequence of the last record handed to the log.
     submitted: u64,
@@ -203,6 +222,16 @@ pub struct Stage {
     in_flight_max: u64,
     /// Reads the size of the log's files, for `switch_wal_bytes`.
     wal_bytes: telemetry::WalBytes,
+    /// Rung by the link, the log writer and the connections; the stage sleeps on it.
+    bell: Arc<Bell>,
+    inbox_tx: crossbeam_channel::Sender<Inbound>,
+    inbox: Receiver<Inbound>,
+    /// The last write (see `replica::Write`) the log made durable, set on the writer's thread.
+    durable_ticket: Arc<AtomicU64>,
+    link: Option<Link>,
+    replica: Arc<ReplicaState>,
+    /// Reports of windows closed by entries not yet committed, with those entries' indexes.
+    reports_waiting: Vec<(u64, Arc<WindowDetails>)>,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -221,9 +250,8 @@ impl Clock {
 }
 
 impl Stage {
-    /// Loads the newest usable snapshot in the snapshot directory (if any; `core` is the
-    /// fresh state otherwise), replays the journal in the log directory after it, and opens the
-    /// journal for appending.
+    /// Loads the newest usable snapshot (if any; `core` is the fresh state otherwise), reads
+    /// the journal in the log directory after it, and opens the journal for appending.
     pub fn recover(core: Core, settings: StageSettings) -> anyhow::Result<Stage> {
         let dir = &settings.wal_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -232,15 +260,35 @@ impl Stage {
         Self::recover_on(core, settings, storage)
     }
 
-    /// Replays the journal in `storage` into `core` and opens it for appending (tests run the
+    /// Reads the journal in `storage` into `core` and opens it for appending (tests run the
     /// stage on a simulated disk this way).
     pub fn recover_on<S: Storage + Clone>(
         core: Core,
         settings: StageSettings,
         storage: S,
     ) -> anyhow::Result<Stage> {
-        let mut snapshots = Snapshots::open(&settings.snapshots, storage.clone())?;
-        let (mut core, recovered) = replay_log(core, &mut snapshots, &storage, &settings.wal)?;
+        let snapshots = Snapshots::open(&settings.snapshots, storage.clone(), &core)?;
+        let restore = RestoreConfig::like(&core);
+        let voters = settings.replica.node.voters.clone();
+        let recovered = replication::recover(
+            core,
+            &settings.data_dir,
+            snapshots.storage(),
+            &storage,
+            &settings.wal,
+            &voters,
+        )?;
+        let replication::Recovered {
+            mut core,
+            base,
+            entries,
+            commit,
+            applied,
+            hard_state,
+            wal: wal_recovered,
+            mirror,
+            ..
+        } = recovered;
         // Windows closed in the log whose reports a crash kept from being written.
         for details in core.take_reports() {
             write_report(&settings.report_dir, &details);
@@ -248,26 +296,75 @@ impl Stage {
         if let Some(requests) = settings.preallocate_requests {
             preallocate(&mut core, requests);
         }
-        let submitted = recovered.resume.next_sequence().saturating_sub(1);
-        let wal_bytes = wal_bytes_reader(storage.clone());
-        let wal = Wal::open(storage, settings.wal.clone(), recovered.resume)
-            .context("opening the write-ahead log")?;
-        Ok(Stage {
+        let disk = FileDisk::new(
+            &settings.data_dir,
+            snapshots.storage().clone(),
+            restore,
+            snapshots.initial(),
+        )?;
+        let node = Node::new(
+            &settings.replica.node,
             core,
+            Box::new(disk),
+            base,
+            &entries,
+            hard_state,
+            commit,
+            applied,
+            &crate::replica::logger(settings.replica.node.id),
+        )
+        .map_err(|e| anyhow::anyhow!("starting the replica: {e}"))?;
+        let submitted = wal_recovered.resume.next_sequence().saturating_sub(1);
+        let wal_bytes = wal_bytes_reader(storage.clone());
+        let wal = Wal::open(storage, settings.wal.clone(), wal_recovered.resume)
+            .context("opening the write-ahead log")?;
+        let replica = Arc::new(ReplicaState::new(
+            settings.replica.node.id,
+            settings.replica.members.clone(),
+        ));
+        let (inbox_tx, inbox) = crossbeam_channel::bounded(settings.replica.inbox_max.max(16));
+        Ok(Stage {
+            pipeline: Arc::new(Pipeline::new(submitted, node.committed())),
+            node,
             wal,
+            mirror,
             snapshots,
             failed: Arc::new(AtomicU8::new(0)),
-            pipeline: Arc::new(Pipeline::new(submitted)),
             submitted,
             in_flight_max: settings.wal.queue_depth_max.max(1) as u64,
             settings,
             wal_bytes,
+            bell: Arc::new(Bell::default()),
+            inbox_tx,
+            inbox,
+            durable_ticket: Arc::new(AtomicU64::new(0)),
+            link: None,
+            replica,
+            reports_waiting: Vec::new(),
         })
     }
 
     /// What reads the size of the log's files on disk (for each scrape of `/metrics`).
     pub fn wal_bytes(&self) -> telemetry::WalBytes {
         self.wal_bytes.clone()
+    }
+
+    /// Where the link delivers what other replicas send.
+    pub fn inbox(&self) -> Inbox {
+        Inbox {
+            tx: self.inbox_tx.clone(),
+            bell: self.bell.clone(),
+        }
+    }
+
+    /// Sends this replica's messages to the others over `link`.
+    pub fn attach(&mut self, link: Link) {
+        self.link = Some(link);
+    }
+
+    /// The replica's role and progress, as the stage last set them.
+    pub fn replica(&self) -> Arc<ReplicaState> {
+        self.replica.clone()
     }
 
     /// Starts the stage thread. It ends when every `Queue` clone is dropped and the queue is
@@ -279,11 +376,10 @@ impl Stage {
         // The channel holds frames; the request count is bounded separately by `queued`.
         let queued_max = self.settings.queue_depth_max;
         let (tx, rx) = crossbeam_channel::bounded(queued_max);
-        let bell = Arc::new(Bell::default());
         let queue = Queue {
             tx: Arc::new(Sending {
                 tx,
-                bell: bell.clone(),
+                bell: self.bell.clone(),
             }),
             queued: Arc::new(AtomicUsize::new(0)),
             queued_max,
@@ -293,49 +389,83 @@ impl Stage {
         let queued = queue.queued.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
-            .spawn(move || StageThread::start(self, rx, bell, queued, routes)?.run())
+            .spawn(move || StageThread::start(self, rx, queued, routes)?.run())
             .expect("spawning the ledger stage thread");
         (queue, handle)
     }
 
-    /// Closes the open clearing window on the switch's own schedule, logged like any request.
-    fn close_on_schedule(
-        &mut self,
-        now: Timestamp,
-        reports: &ReportWriter,
-    ) -> Result<(), WalError> {
-        let item = self.core.scheduled_close();
-        let window = self.core.clearing().open.id;
-        let executed = self.core.execute(vec![item], now);
-        if !executed.logged.is_empty() {
-            let mut payload = Vec::with_capacity(256);
-            SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
-            self.append(payload)?;
-        }
-        match executed.responses.first() {
-            Some(r) if r.code == Code::Approved => {
-                tracing::info!(window, "clearing window closed on schedule");
+    /// Takes what the link and the log writer said, ticks Raft when due, and does what Raft
+    /// has ready: messages out, records to the log, entries applied, answers released.
+    fn drive(&mut self) -> Result<(), StageError> {
+        for inbound in self.inbox.try_iter().take(4096) {
+            match inbound {
+                Inbound::Message(m) => self.node.step(m),
+                Inbound::Unreachable(peer) => self.node.report_unreachable(peer),
+                Inbound::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
             }
-            Some(r) => tracing::error!(
-                window,
-                code = r.code.as_u8(),
-                reason = r.reason.0,
-                "the scheduled close of a clearing window failed; it stays open"
-            ),
-            None => {}
         }
-        self.hand_reports(reports)
+        self.node
+            .persisted(self.durable_ticket.load(Ordering::Acquire));
+        let mut out = Output::default();
+        self.node.poll(&mut out).map_err(StageError::Replica)?;
+        self.carry_out(out)
     }
 
-    /// Gives the reports of windows closed to the report writer, once their closes are durable.
-    fn hand_reports(&mut self, reports: &ReportWriter) -> Result<(), WalError> {
-        let closed = self.core.take_reports();
-        if closed.is_empty() {
-            return Ok(());
+    /// Does what `poll` asked, in order: messages, writes, commits, role changes.
+    fn carry_out(&mut self, out: Output) -> Result<(), StageError> {
+        if let Some(link) = &self.link {
+            for m in out.messages {
+                link.send(m);
+            }
         }
-        self.pipeline.wait_durable(self.submitted)?;
-        for details in closed {
-            reports.hand(details);
+        if let Some(role) = out.role {
+            if role.is_leader {
+                metrics::counter!("switch_raft_leaderships_total").increment(1);
+                tracing::info!(term = role.term, "this replica leads");
+            } else if out.deposed {
+                tracing::warn!(
+                    term = role.term,
+                    leader = role.leader,
+                    "this replica no longer leads: what it had not answered goes to the leader"
+                );
+            }
+            self.replica.set_role(role);
+        }
+        if out.deposed {
+            // Reports of closes that may never commit: a rebuilt core offers the committed ones.
+            self.reports_waiting.clear();
+            self.pipeline
+                .deposed(Refusal::NotLeader(self.replica.leader_address()));
+        }
+        for w in out.writes {
+            self.write(w)?;
+        }
+        self.pipeline.committed(out.committed, out.reads_confirmed);
+        Ok(())
+    }
+
+    /// Hands a write's records to the log; the last one's durability tells the replica.
+    fn write(&mut self, w: Write) -> Result<(), StageError> {
+        let n = w.records.len();
+        let mut next_index = w.first_index;
+        for (k, record) in w.records.into_iter().enumerate() {
+            let is_reset = k == 0 && w.reset.is_some();
+            let entries = if is_reset {
+                0
+            } else {
+                entries_in(&record)
+            };
+            let last = (k + 1 == n).then_some((w.ticket, w.commits));
+            let sequence = self.submit(record, last).map_err(StageError::Log)?;
+            if is_reset {
+                self.mirror.reset();
+                self.mirror.wrote_other(sequence);
+            } else {
+                for index in next_index..next_index + entries {
+                    self.mirror.wrote(index, sequence);
+                }
+                next_index += entries;
+            }
         }
         Ok(())
     }
@@ -347,51 +477,46 @@ impl Stage {
     }
 
     /// Hands a record to the log (after waiting for room in its queue) and returns its
-    /// sequence; the pipeline hears when it is durable.
-    fn submit(&mut self, payload: Vec<u8>) -> Result<u64, WalError> {
+    /// sequence. For the last record of a write, its durability is told to the replica (and,
+    /// for a sole replica, commits its entries at once).
+    fn submit(
+        &mut self,
+        payload: Vec<u8>,
+        last: Option<(u64, Option<u64>)>,
+    ) -> Result<u64, WalError> {
         self.wait_for_log_queue()?;
         let permit = match self.wal.reserve() {
             Ok(permit) => permit,
             Err(e) => {
-                self.pipeline.done(Err(e.clone()), &self.failed);
+                self.pipeline.done(Err(e.clone()), None, &self.failed);
                 return Err(e);
             }
         };
         let len = payload.len();
         let (pipeline, failed, started) =
             (self.pipeline.clone(), self.failed.clone(), Instant::now());
+        let (durable_ticket, bell) = (self.durable_ticket.clone(), self.bell.clone());
         let sequence = permit.submit(
             payload,
             Box::new(move |result| {
                 metrics::histogram!("switch_wal_append_seconds")
                     .record(started.elapsed().as_secs_f64());
-                pipeline.done(result, &failed);
+                let ok = result.is_ok();
+                pipeline.done(result, last.and_then(|(_, commits)| commits), &failed);
+                if let (true, Some((ticket, _))) = (ok, last) {
+                    durable_ticket.fetch_max(ticket, Ordering::AcqRel);
+                    bell.ring();
+                }
             }),
         );
         self.submitted = sequence;
-        self.snapshots.appended(sequence, len);
+        self.snapshots.appended(len);
         Ok(sequence)
     }
 
-    /// Logs a record and waits until it (and everything before it) is durable.
-    fn append(&mut self, payload: Vec<u8>) -> Result<(), WalError> {
-        let sequence = self.submit(payload)?;
-        self.pipeline.wait_durable(sequence)
-    }
-
-    /// Starts a snapshot if one is due, once everything it covers is durable: a snapshot
-    /// must never claim a record the log does not hold.
-    fn maybe_snapshot(&mut self) -> Result<(), WalError> {
-        if self.snapshots.wants_start() {
-            self.pipeline.wait_durable(self.submitted)?;
-            self.snapshots.maybe_start(&self.core);
-        }
-        Ok(())
-    }
-
-    /// Applies a batch and logs it; its answers leave once the log holds it (and whatever it
-    /// read from earlier batches). The stage goes on to the next batch meanwhile.
-    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), WalError> {
+    /// Executes a batch on the leader; its answers leave once its entry (and whatever it read
+    /// from earlier ones) is committed. The stage goes on to the next batch meanwhile.
+    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), StageError> {
         let mut items = Vec::with_capacity(taken.count);
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -399,80 +524,153 @@ impl Stage {
             items.extend(job.items);
         }
         let started = Instant::now();
-        let executed = self.core.execute_prepared(items, now);
+        let proposed = self.node.execute(items, now);
         metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
-        debug_assert_eq!(
-            executed.responses.len(),
-            taken.count,
-            "a response per request"
-        );
-        let mut result = Ok(());
-        if !executed.logged.is_empty() {
-            let mut payload = Vec::with_capacity(64 * executed.logged.len());
-            SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
-            // On a failure the core has applied a batch the log does not hold: the pipeline
-            // refuses its answers, and the stage stops acknowledging (see `fail_stop`).
-            result = self.submit(payload).map(|_| ());
+        match proposed {
+            Ok(Proposed {
+                responses,
+                after,
+                read,
+            }) => {
+                debug_assert_eq!(responses.len(), taken.count, "a response per request");
+                self.hold_reports(after);
+                self.pipeline.answer(BatchAnswers {
+                    after,
+                    read,
+                    jobs: answers,
+                    responses,
+                    taken,
+                });
+                self.drive()
+            }
+            Err(Refused::Failed(e)) => {
+                drop(taken);
+                for (answer, _) in answers {
+                    let _ = answer.send(Err(Refusal::StorageFailed));
+                }
+                Err(StageError::Replica(e))
+            }
+            Err(Refused::NotLeader { .. } | Refused::NotReady) => {
+                drop(taken);
+                let refusal = Refusal::NotLeader(self.replica.leader_address());
+                for (answer, _) in answers {
+                    let _ = answer.send(Err(refusal));
+                }
+                Ok(())
+            }
         }
-        self.pipeline.answer(BatchAnswers {
-            after: self.submitted,
-            jobs: answers,
-            responses: executed.responses,
-            taken,
+    }
+
+    /// Reports of windows closed by the entries up to `index` wait until it is committed.
+    fn hold_reports(&mut self, index: u64) {
+        for details in self.node.core_mut().take_reports() {
+            self.reports_waiting.push((index, details));
+        }
+    }
+
+    /// Reports whose closes are committed go to the writer (a follower's, and a rebuilt
+    /// core's, are committed as they are made).
+    fn hand_reports(&mut self, reports: &ReportWriter) {
+        let applied = self.node.applied();
+        self.hold_reports(applied);
+        let committed = self.pipeline.committed_index();
+        self.reports_waiting.retain(|(index, details)| {
+            if *index <= committed {
+                reports.hand(details.clone());
+                false
+            } else {
+                true
+            }
         });
-        result
+    }
+
+    /// A snapshot finished: the entries it covers leave memory, and the log's mirror forgets
+    /// what the oldest kept snapshot covers.
+    fn covered(&mut self, covered: Option<Covered>) {
+        if let Some(c) = covered {
+            self.node.compacted(c.index, c.term);
+            self.mirror.forget_through(self.snapshots.oldest_kept());
+        }
+    }
+
+    /// Starts a snapshot if one is due: of the newest entry committed and applied here, built
+    /// from the entries since the newest snapshot (or captured, if nothing is uncommitted).
+    fn maybe_snapshot(&mut self) {
+        let (wanted, covered) = self.snapshots.wants_start();
+        self.covered(covered);
+        if !wanted {
+            return;
+        }
+        let Some(meta) = self.snapshot_meta() else {
+            return;
+        };
+        let store = self.node.store();
+        let base = store.base().index;
+        let entries = (base + 1..=meta.index)
+            .filter_map(|i| store.entry(i).cloned())
+            .collect();
+        let prune_through = self
+            .mirror
+            .covered_by(self.snapshots.oldest_kept_after(meta.index));
+        let capture = (self.node.applied() == meta.index).then(|| self.node.core());
+        self.snapshots.start(
+            Target {
+                base,
+                entries,
+                meta,
+                prune_through,
+            },
+            capture,
+        );
+    }
+
+    /// The metadata of a snapshot of everything this replica may snapshot now, if that is
+    /// past the newest snapshot.
+    fn snapshot_meta(&self) -> Option<SnapshotMetadata> {
+        let index = self.node.snapshot_index_max();
+        let store = self.node.store();
+        if index <= store.base().index {
+            return None;
+        }
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = store.entry(index)?.term;
+        meta.set_conf_state(store.conf_state().clone());
+        Some(meta)
     }
 }
 
-/// Loads the newest usable snapshot into `snapshots` (or keeps `core`, the state the log starts
-/// from) and replays the log in `storage` after it.
-fn replay_log<S: Storage>(
-    core: Core,
-    snapshots: &mut Snapshots,
-    storage: &S,
-    options: &WalOptions,
-) -> anyhow::Result<(Core, wal::Recovered)> {
-    let started = Instant::now();
-    // Before anything is loaded: `core` is the state the log starts from.
-    snapshots.starting_from(&core);
-    let (loaded, passed_over) = snapshots
-        .load(|| RestoreConfig::like(&core))
-        .with_context(|| format!("loading a snapshot from {}", snapshots.dir().display()))?;
-    let (mut core, after_sequence, snapshot_file) = match loaded {
-        Some(l) => (l.core, l.sequence, Some(l.file)),
-        None => (core, 0, None),
-    };
-    let recovered = wal::recover(
-        storage,
-        &RecoverOptions {
-            record_size_max_bytes: options.record_size_max_bytes,
-            after_sequence,
-            write_max_bytes: options.write_max_bytes(),
-            ..RecoverOptions::default()
-        },
-        |_sequence, payload| journal::replay(&mut core, payload),
-    )
-    .map_err(|e| {
-        if passed_over.is_empty() {
-            anyhow::anyhow!("{e}")
-        } else {
-            anyhow::anyhow!("{e} (snapshots passed over: {})", passed_over.join("; "))
+/// How many entries an entries record holds (the count after its type and commit index).
+fn entries_in(record: &[u8]) -> u64 {
+    record
+        .get(9..13)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b| u64::from(u32::from_le_bytes(b)))
+}
+
+/// Why the stage stops acknowledging.
+#[derive(Debug)]
+enum StageError {
+    Log(WalError),
+    Replica(String),
+}
+
+impl StageError {
+    fn refusal(&self) -> Refusal {
+        match self {
+            StageError::Log(e) => failure_refusal(e),
+            StageError::Replica(_) => Refusal::StorageFailed,
         }
-    })?;
-    snapshots.recovered(recovered.last_sequence.unwrap_or(0));
-    if let Some(truncation) = &recovered.truncation {
-        tracing::warn!("{truncation}");
     }
-    tracing::info!(
-        snapshot = snapshot_file.as_deref().unwrap_or("none"),
-        after_sequence,
-        records = recovered.records_applied,
-        segments = recovered.segments_read,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        digest = %core.ledger().digest(),
-        "recovered from the snapshot and the write-ahead log after it"
-    );
-    Ok((core, recovered))
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageError::Log(e) => write!(f, "write-ahead log failed: {e}"),
+            StageError::Replica(e) => write!(f, "replica failed: {e}"),
+        }
+    }
 }
 
 /// Reserves the memory for `requests` remembered requests up front (`Core::preallocate`).
@@ -499,7 +697,7 @@ fn wal_bytes_reader<S: Storage + 'static>(storage: S) -> telemetry::WalBytes {
 /// What the stage's queue gave.
 enum Next {
     Job(Job),
-    /// Nothing before the next tick was due.
+    /// Nothing before the next tick was due, or something else woke the stage.
     Idle,
     /// Every sender is gone: the switch is stopping.
     Closed,
@@ -510,53 +708,79 @@ enum Next {
 struct StageThread {
     stage: Stage,
     jobs: Receiver<Job>,
-    bell: Arc<Bell>,
     queued: Arc<AtomicUsize>,
     routes: Arc<RwLock<Arc<RouteTable>>>,
     clock: Clock,
     /// When the periodic work last ran.
     ticked: Instant,
+    /// When Raft was last ticked.
+    raft_ticked: Instant,
     /// The expiry pass runs whenever the queue is empty: many times a second under load.
     expiries: telemetry::Tally,
     gauges_set: Instant,
     reports: ReportWriter,
+    /// A job taken from the queue while waiting, not yet executed.
+    held: Option<Job>,
 }
 
 impl StageThread {
     fn start(
         stage: Stage,
         jobs: Receiver<Job>,
-        bell: Arc<Bell>,
         queued: Arc<AtomicUsize>,
         routes: Arc<RwLock<Arc<RouteTable>>>,
     ) -> anyhow::Result<StageThread> {
         let reports = ReportWriter::spawn(stage.settings.report_dir.clone())?;
-        set_ledger_gauges(&stage.core);
+        set_ledger_gauges(stage.node.core());
         Ok(StageThread {
             stage,
             jobs,
-            bell,
             queued,
             routes,
             clock: Clock { last: 0 },
             ticked: Instant::now(),
+            raft_ticked: Instant::now(),
             expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
             gauges_set: Instant::now(),
             reports,
+            held: None,
         })
     }
 
-    /// Takes batches until the queue closes, with the periodic work between them; then drains.
-    /// After a log failure it answers every request with the failure until the queue closes.
+    /// Takes batches until the queue closes, with Raft's work and the periodic work between
+    /// them; then drains. After a failure it answers every request with it until the queue
+    /// closes.
     fn run(mut self) -> anyhow::Result<()> {
         loop {
             if let Some(e) = self.stage.pipeline.failure() {
+                return Err(self.fail_stop(&StageError::Log(e)));
+            }
+            if let Err(e) = self.raft_work() {
                 return Err(self.fail_stop(&e));
             }
-            let first = match self.next_job() {
-                Next::Job(job) => Some(job),
-                Next::Idle => None,
-                Next::Closed => return self.shut_down(),
+            let serving = self.stage.node.serving();
+            let first = match serving {
+                // A new leader takes no job until it has applied its log and committed an entry
+                // of its term: the jobs wait in the queue meanwhile.
+                Err(Refused::NotReady) => match self.wait() {
+                    Next::Closed => return self.shut_down(),
+                    _ => continue,
+                },
+                Err(Refused::NotLeader { .. }) => {
+                    self.refuse_not_leader();
+                    match self.wait() {
+                        Next::Closed => return self.shut_down(),
+                        _ => continue,
+                    }
+                }
+                Err(Refused::Failed(e)) => {
+                    return Err(self.fail_stop(&StageError::Replica(e)));
+                }
+                Ok(()) => match self.next_job() {
+                    Next::Job(job) => Some(job),
+                    Next::Idle => None,
+                    Next::Closed => return self.shut_down(),
+                },
             };
             if (first.is_none() || self.ticked.elapsed() >= self.stage.settings.expiry_tick)
                 && let Err(e) = self.periodic()
@@ -574,77 +798,198 @@ impl StageThread {
         }
     }
 
-    /// The next job, waiting for one at most until the next tick is due.
-    fn next_job(&self) -> Next {
-        let received = match self.jobs.try_recv() {
-            Err(TryRecvError::Empty) => {
-                // Not the channel's own blocking receive: see `ledger::bell`.
-                let tick = self.stage.settings.expiry_tick;
-                self.bell
-                    .wait(&self.jobs, Some(tick.saturating_sub(self.ticked.elapsed())));
-                self.jobs.try_recv()
+    /// Ticks Raft when due and does what it has ready; updates what others read of the
+    /// replica.
+    fn raft_work(&mut self) -> Result<(), StageError> {
+        let tick = self.stage.settings.replica.tick;
+        while self.raft_ticked.elapsed() >= tick {
+            self.raft_ticked += tick;
+            self.stage.node.tick();
+            if self.raft_ticked.elapsed() > tick * 8 {
+                // Far behind (a long pause): one tick stands for the time lost.
+                self.raft_ticked = Instant::now();
             }
-            received => received,
-        };
-        match received {
-            Ok(job) => Next::Job(job),
-            Err(TryRecvError::Empty) => Next::Idle,
-            Err(TryRecvError::Disconnected) => Next::Closed,
+        }
+        self.stage.drive()?;
+        self.stage.hand_reports(&self.reports);
+        if self.gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
+            self.gauges_set = Instant::now();
+            set_ledger_gauges(self.stage.node.core());
+            self.set_replica_gauges();
+        }
+        Ok(())
+    }
+
+    /// How long the stage may sleep: until the next Raft tick or periodic work.
+    fn sleep_for(&self) -> Duration {
+        let raft = self
+            .stage
+            .settings
+            .replica
+            .tick
+            .saturating_sub(self.raft_ticked.elapsed());
+        let periodic = self
+            .stage
+            .settings
+            .expiry_tick
+            .saturating_sub(self.ticked.elapsed());
+        raft.min(periodic)
+    }
+
+    /// Sleeps until a job, a message, a durable write, or the next tick; says whether the
+    /// queue closed. A job that woke it is held for `next_job`.
+    fn wait(&mut self) -> Next {
+        if self.held.is_none() {
+            let stage = &self.stage;
+            let (jobs, inbox, durable) = (&self.jobs, &stage.inbox, &stage.durable_ticket);
+            let seen = durable.load(Ordering::Acquire);
+            stage.bell.wait_until(
+                || {
+                    !jobs.is_empty()
+                        || !inbox.is_empty()
+                        || durable.load(Ordering::Acquire) != seen
+                },
+                Some(self.sleep_for()),
+            );
+            match self.jobs.try_recv() {
+                Ok(job) => self.held = Some(job),
+                Err(TryRecvError::Disconnected) => return Next::Closed,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        Next::Idle
+    }
+
+    /// The next job, waiting for one at most until the next tick is due (or until the link
+    /// or the log writer has something for the stage).
+    fn next_job(&mut self) -> Next {
+        if let Some(job) = self.held.take() {
+            return Next::Job(job);
+        }
+        match self.jobs.try_recv() {
+            Ok(job) => return Next::Job(job),
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+            Err(TryRecvError::Empty) => {}
+        }
+        if let Next::Closed = self.wait() {
+            return Next::Closed;
+        }
+        match self.held.take() {
+            Some(job) => Next::Job(job),
+            None => Next::Idle,
         }
     }
 
-    /// The clock's work: the scheduled close of the open window if it is due, the expiry of
-    /// due holds (logged), and the ledger's gauges.
-    fn periodic(&mut self) -> Result<(), WalError> {
+    /// A replica that does not lead sends every queued job to the leader.
+    fn refuse_not_leader(&mut self) {
+        let refusal = Refusal::NotLeader(self.stage.replica.leader_address());
+        let held = self.held.take();
+        for job in held.into_iter().chain(std::iter::from_fn(|| self.jobs.try_recv().ok())) {
+            leave(&self.queued, job.items.len());
+            job.refuse(refusal);
+        }
+    }
+
+    /// The clock's work on the leader: the scheduled close of the open window if it is due,
+    /// the expiry of due holds (proposed), and the gauges.
+    fn periodic(&mut self) -> Result<(), StageError> {
         self.ticked = Instant::now();
+        if self.stage.node.serving().is_err() {
+            return Ok(());
+        }
         let now = self.clock.now();
         if self
             .stage
-            .core
+            .node
+            .core()
             .clearing()
             .due(now, self.stage.settings.close_every_ns)
         {
-            self.stage.close_on_schedule(now, &self.reports)?;
+            self.close_on_schedule(now)?;
         }
-        let expired = self.stage.core.expire_holds(now);
+        let expired = match self.stage.node.expire(now) {
+            Ok(Some((holds, _))) => holds,
+            Ok(None) | Err(Refused::NotLeader { .. } | Refused::NotReady) => 0,
+            Err(Refused::Failed(e)) => return Err(StageError::Replica(e)),
+        };
         if let Some(holds) = self.expiries.count(expired as u64, Instant::now()) {
             tracing::info!(
                 holds,
                 "authorization holds expired (since the last such line)"
             );
         }
-        if self.gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
-            self.gauges_set = Instant::now();
-            set_ledger_gauges(&self.stage.core);
-        }
         if expired > 0 {
             metrics::counter!("switch_holds_expired_total").increment(expired as u64);
-            let mut payload = Vec::with_capacity(9);
-            SwitchRecord::encode_expire(now, &mut payload);
-            self.stage.append(payload)?;
         }
-        Ok(())
+        self.stage.drive()
+    }
+
+    fn set_replica_gauges(&self) {
+        let node = &self.stage.node;
+        let status = node.status();
+        let progress = status
+            .progress
+            .map(|p| p.iter().map(|(&id, pr)| (id, pr.matched)).collect())
+            .unwrap_or_default();
+        self.stage.replica.set_progress(
+            node.committed(),
+            node.applied(),
+            node.last_index(),
+            progress,
+        );
+    }
+
+    /// Closes the open clearing window on the switch's own schedule, proposed like any
+    /// request.
+    fn close_on_schedule(&mut self, now: Timestamp) -> Result<(), StageError> {
+        let core = self.stage.node.core();
+        let item = core.scheduled_close();
+        let window = core.clearing().open.id;
+        match self.stage.node.execute_items(vec![item], now) {
+            Ok(p) => {
+                self.stage.hold_reports(p.after);
+                match p.responses.first() {
+                    Some(r) if r.code == Code::Approved => {
+                        tracing::info!(window, "clearing window closed on schedule");
+                    }
+                    Some(r) => tracing::error!(
+                        window,
+                        code = r.code.as_u8(),
+                        reason = r.reason.0,
+                        "the scheduled close of a clearing window failed; it stays open"
+                    ),
+                    None => {}
+                }
+                Ok(())
+            }
+            Err(Refused::Failed(e)) => Err(StageError::Replica(e)),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Takes what is queued, up to a batch, and executes it. On a failure, `first` is refused
     /// if it was not executed, and the batch's answers are refused by the pipeline.
-    fn batch(&mut self, first: Job) -> Result<(), WalError> {
+    fn batch(&mut self, first: Job) -> Result<(), StageError> {
         // Room in the log's queue first: what arrives meanwhile joins this batch.
         if let Err(e) = self.stage.wait_for_log_queue() {
+            let e = StageError::Log(e);
             self.refuse(vec![first], &e);
             return Err(e);
         }
         let (jobs, count) = self.take_batch(first);
         metrics::histogram!("switch_batch_requests").record(count as f64);
         self.stage.snapshots.batch(count);
-        self.stage.core.set_routes(self.routes.read().clone());
+        self.stage
+            .node
+            .core_mut()
+            .set_routes(self.routes.read().clone());
         let taken = Taken {
             queued: self.queued.clone(),
             count,
         };
         self.stage.execute(jobs, self.clock.now(), taken)?;
-        self.stage.hand_reports(&self.reports)?;
-        self.maybe_snapshot()
+        self.maybe_snapshot();
+        Ok(())
     }
 
     /// `first` and the jobs queued behind it, until the batch holds `batch_len_max` requests
@@ -665,55 +1010,72 @@ impl StageThread {
     }
 
     /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
-    fn idle(&mut self) -> Result<(), WalError> {
+    fn idle(&mut self) -> Result<(), StageError> {
         self.stage.snapshots.batch(0);
-        self.maybe_snapshot()
+        self.maybe_snapshot();
+        Ok(())
     }
 
     /// A snapshot waits while reports are being written: reports are not in it, and the log
     /// that could rebuild them goes once it is written.
-    fn maybe_snapshot(&mut self) -> Result<(), WalError> {
+    fn maybe_snapshot(&mut self) {
         if self.reports.all_written() {
-            self.stage.maybe_snapshot()
+            self.stage.maybe_snapshot();
         } else {
-            Ok(())
+            let covered = self.stage.snapshots.collect();
+            self.stage.covered(covered);
         }
     }
 
-    /// Answers jobs taken from the queue and not executed with the log's failure.
-    fn refuse(&self, jobs: Vec<Job>, error: &WalError) {
+    /// Answers jobs taken from the queue and not executed with the failure.
+    fn refuse(&self, jobs: Vec<Job>, error: &StageError) {
         for job in jobs {
             leave(&self.queued, job.items.len());
-            job.refuse(failure_refusal(error));
+            job.refuse(error.refusal());
         }
     }
 
-    /// After a log failure: the in-memory state is ahead of the log (the failed batch was
-    /// applied but is not durable), and a failed fdatasync cannot be retried safely on Linux
-    /// (the kernel may have dropped the dirty pages and report success next time). So the
-    /// stage stops acknowledging for good: it says so in the log, the metrics and `/readyz`,
-    /// and answers every request from then on with the failure's code until the switch shuts
-    /// down. A restart on the same directory recovers everything that was acknowledged.
-    fn fail_stop(&self, error: &WalError) -> anyhow::Error {
-        let refusal = failure_refusal(error);
+    /// After a log (or replica) failure: the in-memory state may be ahead of the log (the
+    /// failed batch was applied but is not durable), and a failed fdatasync cannot be retried
+    /// safely on Linux (the kernel may have dropped the dirty pages and report success next
+    /// time). So the stage stops acknowledging for good, and stops taking part in the cluster:
+    /// it says so in the log, the metrics and `/readyz`, and answers every request from then on
+    /// with the failure's code until the switch shuts down. A restart on the same directory
+    /// recovers everything that was acknowledged.
+    fn fail_stop(&self, error: &StageError) -> anyhow::Error {
+        let refusal = error.refusal();
+        if let StageError::Replica(e) = error {
+            tracing::error!("replica failed; no further acknowledgements until a restart: {e}");
+            metrics::gauge!("switch_storage_failed").set(1.0);
+        }
         self.stage
             .failed
             .store(refusal.reason().0, Ordering::Release);
+        self.stage.pipeline.deposed(refusal);
+        if let Some(link) = &self.stage.link {
+            link.close();
+        }
         // Until every sender is gone (shutdown), whatever arrives is answered at once.
         for job in self.jobs.iter() {
             leave(&self.queued, job.items.len());
             job.refuse(refusal);
         }
-        anyhow::anyhow!("write-ahead log failed; no further acknowledgements: {error}")
+        anyhow::anyhow!("{error}; no further acknowledgements")
     }
 
-    /// The queue closed: the last reports go to the writer, everything logged becomes
-    /// durable, the shutdown snapshot is taken, and the log is closed.
+    /// The queue closed: what was proposed is waited for (a little, in a cluster), the last
+    /// reports go to the writer, the shutdown snapshot is taken, and the log is closed.
     fn shut_down(mut self) -> anyhow::Result<()> {
-        let drained = self
-            .stage
-            .hand_reports(&self.reports)
-            .and_then(|()| self.stage.pipeline.wait_durable(self.stage.submitted));
+        let deadline = Instant::now() + SHUTDOWN_COMMIT_WAIT;
+        while self.stage.node.committed() < self.stage.node.applied() && Instant::now() < deadline
+        {
+            if self.raft_work().is_err() {
+                break;
+            }
+            self.wait();
+        }
+        let _ = self.raft_work();
+        let drained = self.stage.pipeline.wait_durable(self.stage.submitted);
         self.reports.stop();
         if let Some(holds) = self.expiries.flush() {
             tracing::info!(
@@ -722,17 +1084,30 @@ impl StageThread {
             );
         }
         let mut stage = self.stage;
-        if drained.is_ok() {
-            stage.snapshots.finish(&stage.core);
+        if let Some(link) = &stage.link {
+            link.close();
         }
+        // The capture must hold nothing uncommitted: only a state applied exactly to what may
+        // be snapshot is taken.
+        let meta = stage
+            .snapshot_meta()
+            .filter(|m| drained.is_ok() && m.index == stage.node.applied());
+        let prune_through = meta
+            .as_ref()
+            .map_or(0, |m| stage.mirror.covered_by(stage.snapshots.oldest_kept_after(m.index)));
+        let core = stage.node.core();
+        let _ = stage.snapshots.finish(core, meta, prune_through);
         stage
             .wal
             .close()
             .map_err(|e| anyhow::anyhow!("closing the write-ahead log: {e}"))?;
-        tracing::info!(digest = %stage.core.ledger().digest(), "ledger stage stopped; journal synced");
+        tracing::info!(digest = %stage.node.core().ledger().digest(), "ledger stage stopped; journal synced");
         Ok(())
     }
 }
+
+/// How long a stopping leader waits for what it proposed to commit.
+const SHUTDOWN_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Writes the reports of closed windows, on a thread of its own: the stage does not wait on
 /// the disk for them.

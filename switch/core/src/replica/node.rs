@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub messages_in_flight_max: usize,
     /// Seeds the election timeouts (a simulation makes them reproducible).
     pub seed: u64,
+    /// The log's largest record: a write's entries are split into records no larger (an entry
+    /// too large for that goes alone; the log's limit allows for it).
+    pub record_bytes_max: usize,
 }
 
 /// What a replica waits for from the disk: rare, small, and needed before it goes on.
@@ -52,6 +55,11 @@ pub trait Disk {
 #[derive(Debug)]
 pub struct Write {
     pub ticket: u64,
+    /// A snapshot installed at this index: the first record says so.
+    pub reset: Option<u64>,
+    /// The index of the first entry among `records` (after the reset, if any); the entries
+    /// follow one another.
+    pub first_index: u64,
     pub records: Vec<Vec<u8>>,
     /// For a sole replica: the entries written are committed as soon as they are durable (no
     /// other vote is needed), so answers may leave then without waiting for `poll`.
@@ -129,6 +137,7 @@ pub struct Node {
     reads_confirmed: u64,
     rng: u64,
     election_ticks: usize,
+    record_bytes_max: usize,
     failed: Option<String>,
     rebuilds: u64,
     installs: u64,
@@ -137,19 +146,13 @@ pub struct Node {
     installed: Option<(u64, u64)>,
 }
 
-/// Applies a committed (or, on the leader, proposed) entry to the core.
-fn apply_entry(core: &mut Core, entry: &Entry) -> Result<(), String> {
+/// Applies a committed (or, on the leader, proposed) entry to the core: the same replay as
+/// recovery. Membership changes and the leaders' empty entries change nothing in the core.
+pub fn apply_entry(core: &mut Core, entry: &Entry) -> Result<(), String> {
     if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
         return Ok(());
     }
-    match SwitchRecord::decode(&entry.data) {
-        Ok(SwitchRecord::Batch { now, commands }) => core.replay(&commands, now),
-        Ok(SwitchRecord::Expire { now }) => {
-            core.expire(now);
-        }
-        Err(e) => return Err(format!("entry {}: {e}", entry.index)),
-    }
-    Ok(())
+    crate::journal::replay(core, &entry.data).map_err(|e| format!("entry {}: {e}", entry.index))
 }
 
 impl Node {
@@ -224,6 +227,7 @@ impl Node {
             reads_confirmed: 0,
             rng: config.seed ^ config.id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             election_ticks: config.election_ticks,
+            record_bytes_max: config.record_bytes_max,
             failed: None,
             rebuilds: 0,
             installs: 0,
@@ -473,6 +477,7 @@ impl Node {
             }
             out.messages.extend(rd.take_messages());
             let mut records = Vec::new();
+            let mut reset = None;
             if !rd.snapshot().is_empty() {
                 let meta = rd.snapshot().get_metadata().clone();
                 self.install(&meta)?;
@@ -480,13 +485,15 @@ impl Node {
                 let mut r = Vec::with_capacity(17);
                 record::encode_reset(meta.index, meta.term, &mut r);
                 records.push(r);
+                reset = Some(meta.index);
             }
             let entries = rd.take_entries();
+            let first_index = entries.first().map_or(0, |e| e.index);
             if !entries.is_empty() {
                 let commit = self.raw.raft.raft_log.committed;
-                for e in &entries {
-                    let mut r = Vec::with_capacity(record::ENTRY_HEADER_LEN + e.data.len());
-                    record::encode_entry(e, commit, &mut r);
+                for run in record::runs(&entries, self.record_bytes_max) {
+                    let mut r = Vec::new();
+                    record::encode_entries(run, commit, &mut r);
                     records.push(r);
                 }
                 self.raw.mut_store().append(&entries);
@@ -501,6 +508,8 @@ impl Node {
                     .flatten();
                 out.writes.push(Write {
                     ticket,
+                    reset,
+                    first_index,
                     records,
                     commits,
                 });

@@ -1,6 +1,6 @@
-//! The journal under replication: each write-ahead-log record holds one Raft entry (its term,
-//! index, the commit index known when it was written, its type and data), or marks that a
-//! snapshot from the leader replaced the log. Layouts in `docs/WAL-FORMAT.md`.
+//! The journal under replication: each write-ahead-log record holds a run of Raft entries (their
+//! terms, indexes, types and data, with the commit index known when they were written), or
+//! marks that a snapshot from the leader replaced the log. Layouts in `docs/WAL-FORMAT.md`.
 //!
 //! The log is append-only, so a tail that a new leader overrides is not erased: the entry
 //! written later for an index replaces the one written before, and drops every entry after
@@ -10,13 +10,17 @@
 
 use raft::eraftpb::{Entry, EntryType, SnapshotMetadata};
 
-/// A record holding one entry.
-const RECORD_ENTRY: u8 = 0x20;
+/// A record holding a run of entries.
+const RECORD_ENTRIES: u8 = 0x22;
 /// A record saying that the log now starts after a snapshot installed from the leader.
 const RECORD_RESET: u8 = 0x21;
 
-/// Bytes of an entry record besides its data.
-pub const ENTRY_HEADER_LEN: usize = 1 + 8 + 8 + 8 + 1;
+/// Bytes of an entries record besides its entries: type, commit index, count.
+pub const ENTRIES_HEADER_LEN: usize = 1 + 8 + 4;
+/// Bytes of one entry in it besides its data: term, index, type, data length.
+pub const ENTRY_HEADER_LEN: usize = 8 + 8 + 1 + 4;
+/// What the replica adds to the largest entry's data, at most (one entry alone in a record).
+pub const FRAMING_BYTES_MAX: usize = ENTRIES_HEADER_LEN + ENTRY_HEADER_LEN;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -28,14 +32,15 @@ pub enum RecordError {
     },
     #[error("replicated log record ends at {len} bytes, inside its {what}")]
     Truncated { len: usize, what: &'static str },
-    #[error("replicated log record: {extra} bytes after the reset at offset {offset}")]
+    #[error("replicated log record: {extra} bytes after its end at offset {offset}")]
     Trailing { offset: usize, extra: usize },
 }
 
 /// One record of the replicated journal.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    Entry { entry: Entry, commit: u64 },
+    /// Consecutive entries, ascending.
+    Entries { entries: Vec<Entry>, commit: u64 },
     Reset { index: u64, term: u64 },
 }
 
@@ -47,15 +52,24 @@ fn entry_type_code(t: EntryType) -> u8 {
     }
 }
 
-/// Encodes `entry` with the commit index known now.
-pub fn encode_entry(entry: &Entry, commit: u64, out: &mut Vec<u8>) {
-    out.reserve(ENTRY_HEADER_LEN + entry.data.len());
-    out.push(RECORD_ENTRY);
-    out.extend_from_slice(&entry.term.to_le_bytes());
-    out.extend_from_slice(&entry.index.to_le_bytes());
+/// The encoded size of `entry` in an entries record.
+pub fn entry_len(entry: &Entry) -> usize {
+    ENTRY_HEADER_LEN + entry.data.len()
+}
+
+/// Encodes consecutive `entries` with the commit index known now.
+pub fn encode_entries(entries: &[Entry], commit: u64, out: &mut Vec<u8>) {
+    out.reserve(ENTRIES_HEADER_LEN + entries.iter().map(entry_len).sum::<usize>());
+    out.push(RECORD_ENTRIES);
     out.extend_from_slice(&commit.to_le_bytes());
-    out.push(entry_type_code(entry.get_entry_type()));
-    out.extend_from_slice(&entry.data);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&e.index.to_le_bytes());
+        out.push(entry_type_code(e.get_entry_type()));
+        out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.data);
+    }
 }
 
 pub fn encode_reset(index: u64, term: u64, out: &mut Vec<u8>) {
@@ -64,78 +78,132 @@ pub fn encode_reset(index: u64, term: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&term.to_le_bytes());
 }
 
-fn u64_at(payload: &[u8], at: usize, what: &'static str) -> Result<u64, RecordError> {
-    payload
-        .get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or(RecordError::Truncated {
-            len: payload.len(),
-            what,
-        })
+/// Splits `entries` into runs whose records hold at most `record_bytes_max` bytes (an entry
+/// too large for that goes alone).
+pub fn runs(entries: &[Entry], record_bytes_max: usize) -> Vec<&[Entry]> {
+    let mut runs = Vec::new();
+    let (mut start, mut len) = (0, ENTRIES_HEADER_LEN);
+    for (i, e) in entries.iter().enumerate() {
+        let n = entry_len(e);
+        if i > start && len + n > record_bytes_max {
+            runs.push(&entries[start..i]);
+            (start, len) = (i, ENTRIES_HEADER_LEN);
+        }
+        len += n;
+    }
+    if start < entries.len() {
+        runs.push(&entries[start..]);
+    }
+    runs
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], RecordError> {
+        let slice = self
+            .at
+            .checked_add(n)
+            .and_then(|end| self.bytes.get(self.at..end))
+            .ok_or(RecordError::Truncated {
+                len: self.bytes.len(),
+                what,
+            })?;
+        self.at += n;
+        Ok(slice)
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8, what)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4, what)?);
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
+        Ok(self.take(1, what)?[0])
+    }
 }
 
 impl Record {
     /// Decodes a whole payload; never panics.
     pub fn decode(payload: &[u8]) -> Result<Record, RecordError> {
-        let Some(&tag) = payload.first() else {
-            return Err(RecordError::Truncated {
-                len: 0,
-                what: "record type",
-            });
+        let mut r = Reader {
+            bytes: payload,
+            at: 0,
         };
-        match tag {
-            RECORD_ENTRY => {
-                let term = u64_at(payload, 1, "term")?;
-                let index = u64_at(payload, 9, "index")?;
-                let commit = u64_at(payload, 17, "commit")?;
-                let kind = *payload.get(25).ok_or(RecordError::Truncated {
-                    len: payload.len(),
-                    what: "entry type",
-                })?;
-                let entry_type = match kind {
-                    0 => EntryType::EntryNormal,
-                    1 => EntryType::EntryConfChange,
-                    2 => EntryType::EntryConfChangeV2,
-                    _ => {
+        let record = match r.u8("record type")? {
+            RECORD_ENTRIES => {
+                let commit = r.u64("commit")?;
+                let count_at = r.at;
+                let count = r.u32("entry count")? as usize;
+                if count == 0 || count.saturating_mul(ENTRY_HEADER_LEN) > payload.len() {
+                    return Err(RecordError::Bad {
+                        offset: count_at,
+                        what: "entry count",
+                        value: count as u64,
+                    });
+                }
+                let mut entries: Vec<Entry> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let mut e = Entry::default();
+                    e.term = r.u64("term")?;
+                    let index_at = r.at;
+                    e.index = r.u64("index")?;
+                    let expected = entries.last().map_or(e.index.max(1), |p| p.index + 1);
+                    if e.index != expected {
                         return Err(RecordError::Bad {
-                            offset: 25,
-                            what: "entry type",
-                            value: u64::from(kind),
+                            offset: index_at,
+                            what: "index",
+                            value: e.index,
                         });
                     }
-                };
-                if index == 0 {
-                    return Err(RecordError::Bad {
-                        offset: 9,
-                        what: "index",
-                        value: 0,
+                    let type_at = r.at;
+                    e.set_entry_type(match r.u8("entry type")? {
+                        0 => EntryType::EntryNormal,
+                        1 => EntryType::EntryConfChange,
+                        2 => EntryType::EntryConfChangeV2,
+                        other => {
+                            return Err(RecordError::Bad {
+                                offset: type_at,
+                                what: "entry type",
+                                value: u64::from(other),
+                            });
+                        }
                     });
+                    let len = r.u32("data length")? as usize;
+                    e.data = r.take(len, "data")?.to_vec().into();
+                    entries.push(e);
                 }
-                let mut entry = Entry::default();
-                entry.term = term;
-                entry.index = index;
-                entry.set_entry_type(entry_type);
-                entry.data = payload[ENTRY_HEADER_LEN..].to_vec().into();
-                Ok(Record::Entry { entry, commit })
+                Record::Entries { entries, commit }
             }
-            RECORD_RESET => {
-                let index = u64_at(payload, 1, "index")?;
-                let term = u64_at(payload, 9, "term")?;
-                if payload.len() != 17 {
-                    return Err(RecordError::Trailing {
-                        offset: 17,
-                        extra: payload.len().saturating_sub(17),
-                    });
-                }
-                Ok(Record::Reset { index, term })
+            RECORD_RESET => Record::Reset {
+                index: r.u64("index")?,
+                term: r.u64("term")?,
+            },
+            tag => {
+                return Err(RecordError::Bad {
+                    offset: 0,
+                    what: "record type",
+                    value: u64::from(tag),
+                });
             }
-            tag => Err(RecordError::Bad {
-                offset: 0,
-                what: "record type",
-                value: u64::from(tag),
-            }),
+        };
+        if r.at != payload.len() {
+            return Err(RecordError::Trailing {
+                offset: r.at,
+                extra: payload.len() - r.at,
+            });
         }
+        Ok(record)
     }
 }
 
@@ -175,44 +243,51 @@ impl Rebuilt {
         apply: &mut impl FnMut(&Entry) -> Result<(), String>,
     ) -> Result<(), String> {
         match record {
-            Record::Reset { index, term } => {
+            Record::Reset { index, .. } => {
+                // A snapshot from the leader replaced the log: what came before is not the
+                // log any more. The state to start from must be that snapshot or a later one.
                 if index > self.base.index {
-                    // A later snapshot replaced everything before; what the caller loaded
-                    // covers at most this much (it is the newest snapshot), so the state to
-                    // start from is the installed one, which a caller must have loaded.
-                    self.entries.clear();
-                    self.base.index = index;
-                    self.base.term = term;
-                    self.commit = self.commit.max(index);
-                    self.applied = self.applied.max(index);
+                    return Err(format!(
+                        "the journal says the leader's snapshot at entry {index} was installed, \
+                         but the newest snapshot that loads covers entry {} only",
+                        self.base.index
+                    ));
                 }
+                self.entries.clear();
                 Ok(())
             }
-            Record::Entry { entry, commit } => {
-                let index = entry.index;
-                if index <= self.base.index {
-                    // Covered by the snapshot (written before it was taken).
-                    return Ok(());
+            Record::Entries { entries, commit } => {
+                for entry in entries {
+                    self.push_entry(entry)?;
                 }
-                if index > self.last() + 1 {
-                    return Err(format!(
-                        "entry {index} follows entry {} in the journal: entries are missing",
-                        self.last()
-                    ));
-                }
-                if index <= self.applied {
-                    return Err(format!(
-                        "entry {index} replaces an entry already known final (applied up to {})",
-                        self.applied
-                    ));
-                }
-                let keep = (index - self.base.index - 1) as usize;
-                self.entries.truncate(keep);
-                self.entries.push(entry);
                 self.commit = self.commit.max(commit.min(self.last()));
                 self.apply_to(self.commit, apply)
             }
         }
+    }
+
+    fn push_entry(&mut self, entry: Entry) -> Result<(), String> {
+        let index = entry.index;
+        if index <= self.base.index {
+            // Covered by the snapshot (written before it was taken).
+            return Ok(());
+        }
+        if index > self.last() + 1 {
+            return Err(format!(
+                "entry {index} follows entry {} in the journal: entries are missing",
+                self.last()
+            ));
+        }
+        if index <= self.applied {
+            return Err(format!(
+                "entry {index} replaces an entry already known final (applied up to {})",
+                self.applied
+            ));
+        }
+        let keep = (index - self.base.index - 1) as usize;
+        self.entries.truncate(keep);
+        self.entries.push(entry);
+        Ok(())
     }
 
     fn apply_to(
@@ -247,18 +322,24 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip() {
-        let e = entry(7, 3);
+    fn records_round_trip_and_every_prefix_is_refused() {
+        let entries = vec![entry(7, 3), entry(8, 3), entry(9, 4)];
         let mut bytes = Vec::new();
-        encode_entry(&e, 5, &mut bytes);
-        assert_eq!(bytes.len(), ENTRY_HEADER_LEN + 2);
+        encode_entries(&entries, 5, &mut bytes);
+        assert_eq!(bytes.len(), ENTRIES_HEADER_LEN + 3 * (ENTRY_HEADER_LEN + 2));
         assert_eq!(
             Record::decode(&bytes),
-            Ok(Record::Entry {
-                entry: e,
+            Ok(Record::Entries {
+                entries: entries.clone(),
                 commit: 5
             })
         );
+        for n in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..n]).is_err(), "{n} bytes");
+        }
+        let mut gap = Vec::new();
+        encode_entries(&[entry(7, 3), entry(9, 3)], 5, &mut gap);
+        assert!(Record::decode(&gap).is_err(), "entries of a record follow one another");
         bytes.clear();
         encode_reset(9, 4, &mut bytes);
         assert_eq!(
@@ -267,6 +348,21 @@ mod tests {
         );
         for n in 0..bytes.len() {
             assert!(Record::decode(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn runs_fit_their_records() {
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let one = ENTRIES_HEADER_LEN + entry_len(&entries[0]);
+        for max in [0, one, one + entry_len(&entries[0]), 3 * one, 1 << 20] {
+            let runs = runs(&entries, max);
+            let flat: Vec<&Entry> = runs.iter().flat_map(|r| r.iter()).collect();
+            assert_eq!(flat.len(), 10);
+            for r in &runs {
+                let len = ENTRIES_HEADER_LEN + r.iter().map(entry_len).sum::<usize>();
+                assert!(r.len() == 1 || len <= max, "{max}: {len}");
+            }
         }
     }
 
@@ -291,11 +387,13 @@ mod tests {
                 let from = (held.len() as u64).saturating_sub(back).max(commit) + 1;
                 held.truncate((from - 1) as usize);
                 term += u64::from(back > 0);
+                let mut run = Vec::new();
                 for k in 0..n as u64 {
                     let e = entry(from + k, term);
                     held.push(e.clone());
-                    records.push(Record::Entry { entry: e, commit });
+                    run.push(e);
                 }
+                records.push(Record::Entries { entries: run, commit });
                 commit = (commit + commit_step).min(held.len() as u64);
             }
             let mut rebuilt = Rebuilt::new(SnapshotMetadata::default());

@@ -28,18 +28,29 @@ pub(super) async fn handle_frame(
     outbox: Outbox,
     budget: OwnedSemaphorePermit,
 ) {
+    // A replica that does not lead runs nothing: the client sends the frame to the leader.
+    if let Some(leader) = shared.replica.not_leader() {
+        send_not_leader(&outbox, correlation_id, leader, budget);
+        return;
+    }
     let admitted = Admitted::admit(&shared, &state, requests.len());
     let mut frame = FrameAnswers::new(&shared, state.who, &requests);
     for (i, r) in requests.iter().enumerate() {
-        if i < admitted.count {
+        if i < admitted.count && frame.not_leader.is_none() {
             frame.answer(i, r).await;
         } else {
             frame.set(i, busy(r, Reason::OVERLOADED));
         }
     }
+    let not_leader = frame.not_leader;
     let responses = frame.finish(&requests).await;
     // Every request admitted is answered once the frame is sent.
     drop(admitted);
+    // The leadership went while the frame was being answered (PROTOCOL.md 10.4).
+    if let Some(leader) = not_leader {
+        send_not_leader(&outbox, correlation_id, leader, budget);
+        return;
+    }
     let frame_len_max = shared.settings.wire.frame_len_max as usize;
     send_response_frame(&outbox, correlation_id, responses, budget, frame_len_max);
 }
@@ -99,6 +110,9 @@ struct FrameAnswers<'a> {
     received: Instant,
     /// The routing table is reloaded at most once a frame.
     reloaded: Option<Result<usize, String>>,
+    /// The stage refused a segment because this replica does not lead (any more): the whole
+    /// frame goes to the leader, named here if known.
+    not_leader: Option<Option<std::net::SocketAddr>>,
 }
 
 impl<'a> FrameAnswers<'a> {
@@ -118,6 +132,7 @@ impl<'a> FrameAnswers<'a> {
             segment: Segment::default(),
             received: Instant::now(),
             reloaded: None,
+            not_leader: None,
         }
     }
 
@@ -298,6 +313,9 @@ impl<'a> FrameAnswers<'a> {
             return;
         }
         let answered = ask_stage(self.shared, items).await;
+        if let Err(Refusal::NotLeader(leader)) = answered {
+            self.not_leader = Some(leader);
+        }
         let responses = wire_answers(answered, &asked, self.received);
         for ((slot, reserved), mut response) in slots.into_iter().zip(responses) {
             let op = response.body.op();
@@ -337,6 +355,29 @@ impl<'a> FrameAnswers<'a> {
             _ => false,
         }
     }
+}
+
+/// Answers a frame with error code 9 (not leader), naming the leader's client address if known
+/// (PROTOCOL.md 10.4). Not a protocol error: it counts only in its own metric.
+fn send_not_leader(
+    outbox: &Outbox,
+    correlation_id: u64,
+    leader: Option<std::net::SocketAddr>,
+    budget: OwnedSemaphorePermit,
+) {
+    metrics::counter!("switch_not_leader_frames_total").increment(1);
+    let mut frame = Vec::new();
+    wire::encode_error_frame(
+        correlation_id,
+        wire::ErrorCode::NotLeader,
+        &wire::not_leader_message(leader),
+        &mut frame,
+    );
+    let _ = outbox.send(Outgoing {
+        frame,
+        budget: Some(budget),
+        last: None,
+    });
 }
 
 /// Encodes and sends a response frame; a client that went away is not an error. Read-only

@@ -1,6 +1,9 @@
-//! Between the ledger stage and the log writer: the answers of each batch wait here until the
-//! records they depend on are durable, and are handed over (or refused, once the log has
-//! failed) on the log writer's thread, which does nothing else with them.
+//! Between the ledger stage and the log: the answers of each batch wait here until the entries
+//! they depend on are committed (durable on a majority of the replicas; on this one's disk, for
+//! a cluster of one), and, for a batch that logged nothing, until a read confirms that no newer
+//! leader existed when they were computed. They are handed over on whichever thread learns it
+//! (the log writer's for a cluster of one), or refused: after a log failure, or when the
+//! leadership is lost before they commit.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,9 +15,11 @@ use parking_lot::{Condvar, Mutex};
 use super::{Answered, Refusal, failure_refusal, leave, report_failure};
 use crate::core::Response;
 
-/// The answers to one stage batch, handed over once every record up to `after` is durable.
+/// The answers to one stage batch, handed over once every entry up to `after` is committed and
+/// read `read` (if any) is confirmed.
 pub(super) struct BatchAnswers {
     pub(super) after: u64,
+    pub(super) read: Option<u64>,
     /// Each job's answer channel and how many of `responses` are its own, in order.
     pub(super) jobs: Vec<(tokio::sync::oneshot::Sender<Answered>, usize)>,
     pub(super) responses: Vec<Response>,
@@ -45,19 +50,37 @@ pub(super) struct Pipeline {
 }
 
 struct PipelineState {
-    /// Every record up to this sequence is durable.
+    /// Every record up to this log sequence is durable here.
     durable: u64,
+    /// Every entry up to this index is committed.
+    committed: u64,
+    /// Reads up to this number are confirmed.
+    reads: u64,
     /// The log's failure, once it has failed: nothing more is answered as done.
     failure: Option<WalError>,
     /// In `after` order (the stage adds them in log order).
     waiting: VecDeque<BatchAnswers>,
 }
 
+impl PipelineState {
+    fn ready(&self, a: &BatchAnswers) -> bool {
+        a.after <= self.committed && a.read.is_none_or(|r| r <= self.reads)
+    }
+
+    /// The answers that may leave now, in order: a batch waits for the ones before it.
+    fn take_ready(&mut self) -> Vec<BatchAnswers> {
+        let n = self.waiting.iter().take_while(|a| self.ready(a)).count();
+        self.waiting.drain(..n).collect()
+    }
+}
+
 impl Pipeline {
-    pub(super) fn new(durable: u64) -> Self {
+    pub(super) fn new(durable: u64, committed: u64) -> Self {
         Pipeline {
             state: Mutex::new(PipelineState {
                 durable,
+                committed,
+                reads: 0,
                 failure: None,
                 waiting: VecDeque::new(),
             }),
@@ -65,13 +88,54 @@ impl Pipeline {
         }
     }
 
+    /// Every entry up to `index` is committed (the replica learnt it), and reads up to `reads`
+    /// are confirmed: answers that waited for them leave.
+    pub(super) fn committed(&self, index: u64, reads: u64) {
+        let ready = {
+            let mut state = self.state.lock();
+            if state.failure.is_some() {
+                return;
+            }
+            state.committed = state.committed.max(index);
+            state.reads = state.reads.max(reads);
+            state.take_ready()
+        };
+        self.progressed.notify_all();
+        for answers in ready {
+            answers.hand_over(None);
+        }
+    }
+
+    /// The leadership was lost: what waits may never commit, and goes to the leader.
+    pub(super) fn deposed(&self, refusal: Refusal) {
+        let waiting: Vec<BatchAnswers> = {
+            let mut state = self.state.lock();
+            state.waiting.drain(..).collect()
+        };
+        for answers in waiting {
+            answers.hand_over(Some(refusal));
+        }
+    }
+
+    /// Every entry up to here is committed.
+    pub(super) fn committed_index(&self) -> u64 {
+        self.state.lock().committed
+    }
+
     /// The log's verdict on record `sequence` (runs on the log writer's thread, in sequence
-    /// order): answers what it made durable, or, on a failure, refuses everything waiting.
-    pub(super) fn done(&self, result: Result<u64, WalError>, failed: &AtomicU8) {
+    /// order): notes what it made durable (and, for a cluster of one, `commits`: the entry
+    /// that is committed once it is, answering what waited for it), or, on a failure, refuses
+    /// everything waiting.
+    pub(super) fn done(&self, result: Result<u64, WalError>, commits: Option<u64>, failed: &AtomicU8) {
         let (ready, refusal) = {
             let mut state = self.state.lock();
             match result {
-                Ok(sequence) => state.durable = state.durable.max(sequence),
+                Ok(sequence) => {
+                    state.durable = state.durable.max(sequence);
+                    if let Some(index) = commits {
+                        state.committed = state.committed.max(index);
+                    }
+                }
                 Err(e) => {
                     if state.failure.is_none() {
                         // Before any client hears of it (`/readyz`, `Queue::failure`).
@@ -81,17 +145,12 @@ impl Pipeline {
                 }
             }
             let refusal = state.failure.as_ref().map(failure_refusal);
-            let durable = state.durable;
-            let n = if refusal.is_some() {
-                state.waiting.len()
+            let ready = if refusal.is_some() {
+                state.waiting.drain(..).collect()
             } else {
-                state
-                    .waiting
-                    .iter()
-                    .take_while(|a| a.after <= durable)
-                    .count()
+                state.take_ready()
             };
-            (state.waiting.drain(..n).collect::<Vec<_>>(), refusal)
+            (ready, refusal)
         };
         self.progressed.notify_all();
         for answers in ready {
@@ -99,14 +158,15 @@ impl Pipeline {
         }
     }
 
-    /// Hands `answers` over now if what they depend on is durable, or leaves them for `done`.
+    /// Hands `answers` over now if what they depend on is committed (and nothing before them
+    /// waits), or leaves them for `committed` and `done`.
     pub(super) fn answer(&self, answers: BatchAnswers) {
         let mut state = self.state.lock();
         if let Some(e) = &state.failure {
             let refusal = failure_refusal(e);
             drop(state);
             answers.hand_over(Some(refusal));
-        } else if answers.after <= state.durable {
+        } else if state.waiting.is_empty() && state.ready(&answers) {
             drop(state);
             answers.hand_over(None);
         } else {
@@ -194,6 +254,7 @@ mod tests {
                 .collect();
             BatchAnswers {
                 after: 0,
+                read: None,
                 jobs,
                 responses,
                 taken: Taken { queued: queued.clone(), count: total },
