@@ -25,8 +25,8 @@ use rand::{Rng, SeedableRng};
 use switch::codes::Code;
 use switch::core::snapshot::{Image, RestoreConfig};
 use switch::core::{
-    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, Prepared,
-    Request, RequestId, Response, Reverse, PaymentState,
+    Body, Capture, Core, CoreConfig, CreateAccount, CreateParticipant, Fund, Item, PaymentState,
+    Prepared, Request, RequestId, Response, Reverse,
 };
 use switch::replica::record::{Rebuilt, Record};
 use switch::replica::{Disk, Node, NodeConfig, Output, Refused};

@@ -24,7 +24,18 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// Families whose value says something about the process or its files, not about traffic:
 /// not zero on an idle switch.
-const NOT_TRAFFIC: &[&str] = &["switch_build_info", "switch_wal_bytes"];
+const NOT_TRAFFIC: &[&str] = &[
+    "switch_build_info",
+    "switch_wal_bytes",
+    // The replica's own state: a cluster of one elects itself and commits an entry at start.
+    "switch_raft_term",
+    "switch_raft_leader",
+    "switch_raft_elections_total",
+    "switch_raft_commit_index",
+    "switch_raft_applied_index",
+    // The entry a new leader writes at the start of its term.
+    "switch_wal_append_seconds",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_is_described_from_the_start_and_idle_gauges_return_to_zero() {
@@ -86,6 +97,7 @@ async fn every_family_is_described_from_the_start_and_idle_gauges_return_to_zero
         "switch_requests_total{op=\"capture\",code=\"51\"}",
         "switch_storage_failures_total{cause=\"out_of_space\"}",
         "switch_tls_handshake_failures_total{reason=\"unknown_ca\"}",
+        "switch_replica_messages_dropped_total{reason=\"unreachable\"}",
     ] {
         assert!(idle.series(series).is_some(), "{series} missing: {text}");
     }
@@ -196,6 +208,24 @@ async fn every_family_is_described_from_the_start_and_idle_gauges_return_to_zero
     after.assert_described();
     assert_eq!(after.value("switch_connections"), 0.0);
     assert_eq!(after.value("switch_queue_depth_requests"), 0.0);
+    // A cluster of one leads, in a term of its own election, and has committed what it answered.
+    assert_eq!(after.value("switch_raft_leader"), 1.0);
+    assert!(after.value("switch_raft_term") >= 1.0);
+    assert!(after.value("switch_raft_elections_total") >= 1.0);
+    // The replica's gauges are set every tenth of a second: past the election's entry, at least
+    // one batch of the burst.
+    let deadline = Instant::now() + LIMIT;
+    while Scrape::parse(&http_get(running.http_addr, "/metrics").await)
+        .value("switch_raft_commit_index")
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the commit index gauge never passed the burst"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(after.value("switch_raft_follower_lag_entries"), 0.0);
     promtool_check(&http_get(running.http_addr, "/metrics").await);
     running.shutdown().await.expect("clean shutdown");
 

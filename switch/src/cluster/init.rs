@@ -177,11 +177,16 @@ fn config_text(node: &Node, all: &[Node]) -> String {
 
 /// What to do next, for the operator.
 pub fn instructions(made: &Made) -> String {
-    let mut t = String::from("Wrote a cluster of replicas. Start each (on its own host, or here):\n\n");
+    let mut t =
+        String::from("Wrote a cluster of replicas. Start each (on its own host, or here):\n\n");
     for c in &made.configs {
         let _ = writeln!(t, "  switch serve --config {}", c.display());
     }
-    let targets: Vec<String> = made.client_addresses.iter().map(|a| a.to_string()).collect();
+    let targets: Vec<String> = made
+        .client_addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let _ = write!(
         t,
         "\nClients pin one fingerprint for all of them and follow the leader:\n\n  \
@@ -189,7 +194,10 @@ pub fn instructions(made: &Made) -> String {
          See them: switch cluster status --config {}\n",
         targets.join(","),
         made.client_fingerprint,
-        made.configs.first().map(|c| c.display().to_string()).unwrap_or_default(),
+        made.configs
+            .first()
+            .map(|c| c.display().to_string())
+            .unwrap_or_default(),
     );
     t
 }

@@ -282,7 +282,9 @@ fn link_plan(config: &Config) -> Option<LinkPlan> {
             queue_messages_max: c.queue_messages_max as usize,
             snapshot_bytes_max: c.snapshot_bytes_max,
             snapshot_dir: config.server.data_dir.join("snapshots"),
-            connect_timeout: Duration::from_millis(u64::from(c.tick_ms) * u64::from(c.election_ticks)),
+            connect_timeout: Duration::from_millis(
+                u64::from(c.tick_ms) * u64::from(c.election_ticks),
+            ),
         },
         cert_file: c.cert_file.clone(),
         key_file: c.key_file.clone(),
@@ -402,8 +404,9 @@ mod tests {
         assert_eq!(w.durability, wal::Durability::None);
         assert!(w.prepare_segments);
         assert_eq!(
-            w.record_size_max_bytes,
-            WalOptions::default().record_size_max_bytes
+            w.record_size_max_bytes as usize,
+            WalOptions::default().record_size_max_bytes as usize
+                + crate::replica::record::FRAMING_BYTES_MAX
         );
 
         let snap = &stage.snapshots;

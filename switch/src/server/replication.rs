@@ -323,7 +323,11 @@ mod tests {
         }
         m.wrote(3, 5); // a new leader's entry 3 replaces 3 and 4
         m.wrote(4, 6);
-        assert_eq!(m.covered_by(2), 4, "records 1-4 hold only entries up to 2 now");
+        assert_eq!(
+            m.covered_by(2),
+            4,
+            "records 1-4 hold only entries up to 2 now"
+        );
         assert_eq!(m.covered_by(3), 5);
         assert_eq!(m.covered_by(4), 6);
         assert_eq!(m.covered_by(0), 0);
@@ -337,7 +341,10 @@ mod tests {
     #[test]
     fn the_hard_state_reads_back() {
         let dir = tempfile::tempdir().expect("temp dir");
-        assert_eq!(read_hard_state(dir.path()).expect("none yet"), HardState::default());
+        assert_eq!(
+            read_hard_state(dir.path()).expect("none yet"),
+            HardState::default()
+        );
         let mut disk = FileDisk {
             state: FileStorage::open(dir.path()).expect("open"),
             snapshots: FileStorage::open(dir.path()).expect("open"),
@@ -402,10 +409,13 @@ impl ReplicaState {
         id: u64,
         members: Vec<(u64, std::net::SocketAddr, Option<std::net::SocketAddr>)>,
     ) -> ReplicaState {
+        // A sole replica leads from its start (it elects itself at once): its clients' first
+        // requests wait for it rather than hear "not leader".
+        let sole = members.len() == 1 && members.first().is_some_and(|m| m.0 == id);
         ReplicaState {
             id,
             members,
-            is_leader: Default::default(),
+            is_leader: std::sync::atomic::AtomicBool::new(sole),
             leader: Default::default(),
             term: Default::default(),
             committed: Default::default(),
@@ -438,26 +448,36 @@ impl ReplicaState {
 
     pub fn set_role(&self, role: replica::Role) {
         use std::sync::atomic::Ordering;
-        self.term.store(role.term, Ordering::Release);
-        self.leader.store(role.leader.unwrap_or(0), Ordering::Release);
+        if self.term.swap(role.term, Ordering::AcqRel) < role.term {
+            metrics::counter!("switch_raft_elections_total").increment(1);
+        }
+        self.leader
+            .store(role.leader.unwrap_or(0), Ordering::Release);
         self.is_leader.store(role.is_leader, Ordering::Release);
         metrics::gauge!("switch_raft_term").set(role.term as f64);
         metrics::gauge!("switch_raft_leader").set(if role.is_leader { 1.0 } else { 0.0 });
     }
 
-    pub fn set_progress(&self, committed: u64, applied: u64, last_index: u64, progress: Vec<(u64, u64)>) {
+    pub fn set_progress(
+        &self,
+        committed: u64,
+        applied: u64,
+        last_index: u64,
+        progress: Vec<(u64, u64)>,
+    ) {
         use std::sync::atomic::Ordering;
         self.committed.store(committed, Ordering::Release);
         self.applied.store(applied, Ordering::Release);
         self.last_index.store(last_index, Ordering::Release);
         metrics::gauge!("switch_raft_commit_index").set(committed as f64);
         metrics::gauge!("switch_raft_applied_index").set(applied as f64);
-        for &(id, matched) in &progress {
-            if id != self.id {
-                metrics::gauge!("switch_raft_follower_lag_entries", "member" => id.to_string())
-                    .set(last_index.saturating_sub(matched) as f64);
-            }
-        }
+        let lag = progress
+            .iter()
+            .filter(|&&(id, _)| id != self.id)
+            .map(|&(_, matched)| last_index.saturating_sub(matched))
+            .max()
+            .unwrap_or(0);
+        metrics::gauge!("switch_raft_follower_lag_entries").set(lag as f64);
         *self.progress.lock() = progress;
     }
 

@@ -225,8 +225,9 @@ impl Snapshots {
         let storage =
             FileStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
         if let Some(&newest) = snapshot_file::list(&storage)?.first()
-            && let Ok(modified) = std::fs::metadata(dir.join(snapshot_file::snapshot_file_name(newest)))
-                .and_then(|m| m.modified())
+            && let Ok(modified) =
+                std::fs::metadata(dir.join(snapshot_file::snapshot_file_name(newest)))
+                    .and_then(|m| m.modified())
         {
             set_written_at(modified);
         }
@@ -412,7 +413,14 @@ impl Snapshots {
             return covered;
         };
         let image = Image::take(core, meta.index);
-        match write(image, &meta, &self.storage, &self.prune, prune_through, self.keep) {
+        match write(
+            image,
+            &meta,
+            &self.storage,
+            &self.prune,
+            prune_through,
+            self.keep,
+        ) {
             Ok(w) => {
                 covered = Some(w.covered);
                 report(&w);
@@ -493,7 +501,10 @@ fn build(
     go_on()?;
     let started = Instant::now();
     anyhow::ensure!(
-        target.entries.first().is_none_or(|e| e.index == target.base + 1)
+        target
+            .entries
+            .first()
+            .is_none_or(|e| e.index == target.base + 1)
             && target.entries.last().map_or(target.base, |e| e.index) == target.meta.index,
         "the entries after snapshot {} do not reach entry {}",
         target.base,
@@ -510,7 +521,14 @@ fn build(
     let image = Image::take(&core, target.meta.index);
     drop(core);
     go_on()?;
-    let mut written = write(image, &target.meta, storage, prune, target.prune_through, keep)?;
+    let mut written = write(
+        image,
+        &target.meta,
+        storage,
+        prune,
+        target.prune_through,
+        keep,
+    )?;
     written.built = Some(Built {
         base,
         records_replayed: target.entries.len() as u64,

@@ -173,6 +173,10 @@ impl Queue {
 /// At most one `authorization holds expired` line this often (the counter is exact).
 const EXPIRY_LINE_EVERY: Duration = Duration::from_secs(10);
 
+/// How often the ledger stage sets what `/cluster` and the replica's gauges say (a read of
+/// Raft's progress allocates).
+const REPLICA_GAUGES_EVERY: Duration = Duration::from_millis(100);
+
 /// How often the ledger stage reads the ledger's counts for `switch_holds_live` and
 /// `switch_accounts` (a read takes every shard's lock in turn).
 const LEDGER_GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -420,7 +424,6 @@ impl Stage {
         }
         if let Some(role) = out.role {
             if role.is_leader {
-                metrics::counter!("switch_raft_leaderships_total").increment(1);
                 tracing::info!(term = role.term, "this replica leads");
             } else if out.deposed {
                 tracing::warn!(
@@ -450,11 +453,7 @@ impl Stage {
         let mut next_index = w.first_index;
         for (k, record) in w.records.into_iter().enumerate() {
             let is_reset = k == 0 && w.reset.is_some();
-            let entries = if is_reset {
-                0
-            } else {
-                entries_in(&record)
-            };
+            let entries = if is_reset { 0 } else { entries_in(&record) };
             let last = (k + 1 == n).then_some((w.ticket, w.commits));
             let sequence = self.submit(record, last).map_err(StageError::Log)?;
             if is_reset {
@@ -718,6 +717,7 @@ struct StageThread {
     /// The expiry pass runs whenever the queue is empty: many times a second under load.
     expiries: telemetry::Tally,
     gauges_set: Instant,
+    replica_gauges_set: Instant,
     reports: ReportWriter,
     /// A job taken from the queue while waiting, not yet executed.
     held: Option<Job>,
@@ -742,6 +742,7 @@ impl StageThread {
             raft_ticked: Instant::now(),
             expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
             gauges_set: Instant::now(),
+            replica_gauges_set: Instant::now(),
             reports,
             held: None,
         })
@@ -815,6 +816,9 @@ impl StageThread {
         if self.gauges_set.elapsed() >= LEDGER_GAUGES_EVERY {
             self.gauges_set = Instant::now();
             set_ledger_gauges(self.stage.node.core());
+        }
+        if self.replica_gauges_set.elapsed() >= REPLICA_GAUGES_EVERY {
+            self.replica_gauges_set = Instant::now();
             self.set_replica_gauges();
         }
         Ok(())
@@ -844,11 +848,7 @@ impl StageThread {
             let (jobs, inbox, durable) = (&self.jobs, &stage.inbox, &stage.durable_ticket);
             let seen = durable.load(Ordering::Acquire);
             stage.bell.wait_until(
-                || {
-                    !jobs.is_empty()
-                        || !inbox.is_empty()
-                        || durable.load(Ordering::Acquire) != seen
-                },
+                || !jobs.is_empty() || !inbox.is_empty() || durable.load(Ordering::Acquire) != seen,
                 Some(self.sleep_for()),
             );
             match self.jobs.try_recv() {
@@ -884,7 +884,10 @@ impl StageThread {
     fn refuse_not_leader(&mut self) {
         let refusal = Refusal::NotLeader(self.stage.replica.leader_address());
         let held = self.held.take();
-        for job in held.into_iter().chain(std::iter::from_fn(|| self.jobs.try_recv().ok())) {
+        for job in held
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.jobs.try_recv().ok()))
+        {
             leave(&self.queued, job.items.len());
             job.refuse(refusal);
         }
@@ -1067,8 +1070,7 @@ impl StageThread {
     /// reports go to the writer, the shutdown snapshot is taken, and the log is closed.
     fn shut_down(mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + SHUTDOWN_COMMIT_WAIT;
-        while self.stage.node.committed() < self.stage.node.applied() && Instant::now() < deadline
-        {
+        while self.stage.node.committed() < self.stage.node.applied() && Instant::now() < deadline {
             if self.raft_work().is_err() {
                 break;
             }
@@ -1092,9 +1094,11 @@ impl StageThread {
         let meta = stage
             .snapshot_meta()
             .filter(|m| drained.is_ok() && m.index == stage.node.applied());
-        let prune_through = meta
-            .as_ref()
-            .map_or(0, |m| stage.mirror.covered_by(stage.snapshots.oldest_kept_after(m.index)));
+        let prune_through = meta.as_ref().map_or(0, |m| {
+            stage
+                .mirror
+                .covered_by(stage.snapshots.oldest_kept_after(m.index))
+        });
         let core = stage.node.core();
         let _ = stage.snapshots.finish(core, meta, prune_through);
         stage

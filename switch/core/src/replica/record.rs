@@ -40,8 +40,14 @@ pub enum RecordError {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     /// Consecutive entries, ascending.
-    Entries { entries: Vec<Entry>, commit: u64 },
-    Reset { index: u64, term: u64 },
+    Entries {
+        entries: Vec<Entry>,
+        commit: u64,
+    },
+    Reset {
+        index: u64,
+        term: u64,
+    },
 }
 
 fn entry_type_code(t: EntryType) -> u8 {
@@ -339,7 +345,10 @@ mod tests {
         }
         let mut gap = Vec::new();
         encode_entries(&[entry(7, 3), entry(9, 3)], 5, &mut gap);
-        assert!(Record::decode(&gap).is_err(), "entries of a record follow one another");
+        assert!(
+            Record::decode(&gap).is_err(),
+            "entries of a record follow one another"
+        );
         bytes.clear();
         encode_reset(9, 4, &mut bytes);
         assert_eq!(

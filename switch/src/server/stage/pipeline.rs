@@ -126,7 +126,12 @@ impl Pipeline {
     /// order): notes what it made durable (and, for a cluster of one, `commits`: the entry
     /// that is committed once it is, answering what waited for it), or, on a failure, refuses
     /// everything waiting.
-    pub(super) fn done(&self, result: Result<u64, WalError>, commits: Option<u64>, failed: &AtomicU8) {
+    pub(super) fn done(
+        &self,
+        result: Result<u64, WalError>,
+        commits: Option<u64>,
+        failed: &AtomicU8,
+    ) {
         let (ready, refusal) = {
             let mut state = self.state.lock();
             match result {
