@@ -22,6 +22,41 @@ pub struct Plan {
     pub http_port: u16,
 }
 
+/// One replica's addresses: clients, the other replicas, `/metrics` and `/cluster`.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub client: SocketAddr,
+    pub replica: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Plan {
+    /// Each replica's addresses: the ports one apart when replicas share a host.
+    pub fn addresses(&self) -> anyhow::Result<Vec<Addresses>> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let offset = if self.hosts.iter().filter(|h| *h == host).count() > 1 {
+                    i as u16
+                } else {
+                    0
+                };
+                let port = |base: u16| {
+                    base.checked_add(offset)
+                        .map(|p| SocketAddr::new(*host, p))
+                        .ok_or_else(|| anyhow::anyhow!("port {base} + {offset} is past 65535"))
+                };
+                Ok(Addresses {
+                    client: port(self.client_port)?,
+                    replica: port(self.replica_port)?,
+                    http: port(self.http_port)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// What was made, for the operator.
 #[derive(Debug)]
 pub struct Made {
@@ -53,37 +88,31 @@ fn write_new(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 /// Writes the cluster's files under `plan.dir`, which must not hold them already.
 pub fn init(plan: &Plan) -> anyhow::Result<Made> {
+    init_at(&plan.dir, &plan.addresses()?)
+}
+
+/// `init` with every replica's addresses given.
+pub fn init_at(dir: &Path, addresses: &[Addresses]) -> anyhow::Result<Made> {
     anyhow::ensure!(
-        (1..=super::config::MEMBERS_MAX).contains(&plan.hosts.len()),
+        (1..=super::config::MEMBERS_MAX).contains(&addresses.len()),
         "a cluster has 1 to {} replicas",
         super::config::MEMBERS_MAX
     );
-    std::fs::create_dir_all(&plan.dir)
-        .with_context(|| format!("creating {}", plan.dir.display()))?;
-    let dir = plan
-        .dir
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
         .canonicalize()
-        .with_context(|| format!("resolving {}", plan.dir.display()))?;
+        .with_context(|| format!("resolving {}", dir.display()))?;
     // One certificate for the clients, the same on every replica: a client pins one
     // fingerprint and follows the leader to any of them.
     let mut names = vec!["localhost".to_string()];
-    names.extend(plan.hosts.iter().map(IpAddr::to_string));
+    names.extend(addresses.iter().map(|a| a.client.ip().to_string()));
+    names.sort();
     names.dedup();
     let client_cert = rcgen::generate_simple_self_signed(names)?;
     let client_fingerprint = Fingerprint::of(client_cert.cert.der());
     let mut nodes = Vec::new();
-    for (i, host) in plan.hosts.iter().enumerate() {
+    for (i, a) in addresses.iter().enumerate() {
         let id = i as u64 + 1;
-        let offset = if plan.hosts.iter().filter(|h| *h == host).count() > 1 {
-            i as u16
-        } else {
-            0
-        };
-        let port = |base: u16| {
-            base.checked_add(offset)
-                .map(|p| SocketAddr::new(*host, p))
-                .ok_or_else(|| anyhow::anyhow!("port {base} + {offset} is past 65535"))
-        };
         let node_dir = dir.join(format!("node{id}"));
         let tls_dir = node_dir.join("data").join("tls");
         std::fs::create_dir_all(&tls_dir)
@@ -104,9 +133,9 @@ pub fn init(plan: &Plan) -> anyhow::Result<Made> {
         )?;
         nodes.push(Node {
             id,
-            client: port(plan.client_port)?,
-            replica: port(plan.replica_port)?,
-            http: port(plan.http_port)?,
+            client: a.client,
+            replica: a.replica,
+            http: a.http,
             fingerprint: Fingerprint::of(replica.cert.der()),
             dir: node_dir,
         });

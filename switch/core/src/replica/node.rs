@@ -377,9 +377,15 @@ impl Node {
     }
 
     /// A message from a peer, whose sender the transport has authenticated.
-    pub fn step(&mut self, message: Message) {
+    pub fn step(&mut self, mut message: Message) {
         if self.failed.is_some() {
             return;
+        }
+        // A leader never tells a follower to commit past what it sent it, but a replica whose
+        // log was lost would be told so, and the library stops the process on it: commit what
+        // is here, and no further.
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
+            message.commit = message.commit.min(self.last_index());
         }
         let before = (self.raw.raft.term, self.raw.raft.state);
         if let Err(e) = self.raw.step(message) {
