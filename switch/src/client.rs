@@ -315,8 +315,9 @@ impl Client {
     }
 
     /// Connects to the replica that leads a cluster (or to the one switch of a cluster of
-    /// one). `targets` are its replicas' client addresses; each is asked in turn with an Echo,
-    /// and a replica that does not lead names the leader, which is asked next. During an
+    /// one). `targets` are its replicas' client addresses; all are asked at once, each with an
+    /// Echo, and a replica that does not lead names the leader, which is asked next if it was
+    /// not already. A replica that is down costs nothing but its own attempt. During an
     /// election nobody leads: the round starts again after a short pause, until `deadline`.
     /// Returns the connection and the target it reached.
     pub async fn connect_leader(
@@ -328,67 +329,59 @@ impl Client {
     ) -> Result<(Client, String), ClientError> {
         let give_up = tokio::time::Instant::now() + deadline;
         let mut last = None;
-        let mut queue: std::collections::VecDeque<String> = targets.iter().cloned().collect();
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(10);
         loop {
-            let Some(target) = queue.pop_front() else {
-                if tokio::time::Instant::now() >= give_up {
-                    return Err(last.unwrap_or(ClientError::NoAddress {
-                        target: targets.join(","),
-                    }));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-                queue.extend(targets.iter().cloned());
-                continue;
+            let mut asked: Vec<String> = Vec::new();
+            let mut probes = tokio::task::JoinSet::new();
+            let spawn = |probes: &mut tokio::task::JoinSet<_>, target: String| {
+                let trust = trust.clone();
+                let identity = identity.map(|i| ServerIdentity {
+                    chain: i.chain.clone(),
+                    key: i.key.clone_key(),
+                });
+                probes.spawn(async move {
+                    let probed = probe_leader(&target, &trust, identity, timeout).await;
+                    (target, probed)
+                });
             };
-            let identity = identity.map(|i| ServerIdentity {
-                chain: i.chain.clone(),
-                key: i.key.clone_key(),
-            });
+            for target in targets {
+                asked.push(target.clone());
+                spawn(&mut probes, target.clone());
+            }
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = tokio::time::timeout(left.max(Duration::from_millis(1)), async {
-                let client = Client::connect_to(&target, trust, identity, timeout).await?;
-                let probe = client.stream().await?;
-                let echo = wire::Request {
-                    id: wire::RequestId(u128::from(rand_id()) << 64 | 1),
-                    operation: wire::Operation::Echo {
-                        payload: wire::EchoPayload::new(Vec::new())
-                            .map_err(|_| ClientError::Closed)?,
-                    },
-                };
-                match tokio::time::timeout(timeout, probe.call(&[echo])).await {
-                    Ok(Ok(_)) => Ok(client),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(ClientError::TimedOut {
-                        target: target.clone(),
-                        timeout,
-                    }),
+            let round = tokio::time::timeout(left, async {
+                while let Some(done) = probes.join_next().await {
+                    let Ok((target, probed)) = done else {
+                        continue;
+                    };
+                    match probed {
+                        Ok(client) => return Some((client, target)),
+                        Err(e) => {
+                            if let Some(Some(leader)) = e.not_leader() {
+                                let leader = leader.to_string();
+                                if !asked.contains(&leader) {
+                                    asked.push(leader.clone());
+                                    spawn(&mut probes, leader);
+                                }
+                            }
+                            last = Some(e);
+                        }
+                    }
                 }
+                None
             })
             .await;
-            match attempt {
-                Ok(Ok(client)) => return Ok((client, target)),
-                Ok(Err(e)) => {
-                    if let Some(Some(leader)) = e.not_leader() {
-                        let leader = leader.to_string();
-                        queue.retain(|t| *t != leader);
-                        queue.push_front(leader);
-                    }
-                    last = Some(e);
-                }
-                Err(_) => {
-                    last = Some(ClientError::TimedOut {
-                        target: target.clone(),
-                        timeout: deadline,
-                    })
-                }
+            if let Ok(Some(found)) = round {
+                return Ok(found);
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(last.unwrap_or(ClientError::NoAddress {
+                return Err(last.unwrap_or(ClientError::TimedOut {
                     target: targets.join(","),
+                    timeout: deadline,
                 }));
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -606,6 +599,32 @@ impl Stream {
     /// The next correlation id this stream would use.
     pub fn reserve_correlation_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A connection to `target` if it leads: it answers an Echo (a replica that does not lead
+/// answers error 9, naming the leader if it knows it).
+async fn probe_leader(
+    target: &str,
+    trust: &Trust,
+    identity: Option<ServerIdentity>,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    let client = Client::connect_to(target, trust, identity, timeout).await?;
+    let probe = client.stream().await?;
+    let echo = wire::Request {
+        id: wire::RequestId(u128::from(rand_id()) << 64 | 1),
+        operation: wire::Operation::Echo {
+            payload: wire::EchoPayload::new(Vec::new()).map_err(|_| ClientError::Closed)?,
+        },
+    };
+    match tokio::time::timeout(timeout, probe.call(&[echo])).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::TimedOut {
+            target: target.to_string(),
+            timeout,
+        }),
     }
 }
 

@@ -37,6 +37,10 @@ use crate::tls::{self, Fingerprint, ServerIdentity, Trust};
 /// The ALPN protocol id of the link between replicas.
 pub const REPLICA_ALPN: &[u8] = b"pswitch-replica/1";
 
+/// A link silent this long is given up and made again (keep-alives keep a live one busy).
+const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const LINK_KEEP_ALIVE: Duration = Duration::from_millis(250);
+
 const STREAM_MESSAGES: u8 = 1;
 const STREAM_SNAPSHOT: u8 = 2;
 
@@ -138,8 +142,21 @@ impl Link {
         let local = endpoint.local_addr()?;
         let settings = Arc::new(settings);
         let identity = Arc::new(identity);
+        let fresh: Arc<Vec<(u64, Arc<tokio::sync::Notify>)>> = Arc::new(
+            settings
+                .peers
+                .iter()
+                .filter(|p| p.id != settings.id)
+                .map(|p| (p.id, Arc::new(tokio::sync::Notify::new())))
+                .collect(),
+        );
         let mut queues = Vec::new();
-        for peer in settings.peers.iter().filter(|p| p.id != settings.id) {
+        for (peer, (_, reconnect)) in settings
+            .peers
+            .iter()
+            .filter(|p| p.id != settings.id)
+            .zip(fresh.iter())
+        {
             let (tx, rx) = mpsc::channel(settings.queue_messages_max.max(1));
             queues.push((peer.id, tx));
             tokio::spawn(send_loop(
@@ -149,12 +166,14 @@ impl Link {
                 peer.clone(),
                 rx,
                 inbox.clone(),
+                reconnect.clone(),
             ));
         }
         tokio::spawn(accept_loop(
             endpoint.clone(),
             settings.clone(),
             inbox.clone(),
+            fresh,
         ));
         Ok(Link {
             id: settings.id,
@@ -223,8 +242,8 @@ fn server_config(
     transport
         .max_concurrent_uni_streams(16u8.into())
         .max_concurrent_bidi_streams(0u8.into())
-        .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
-        .keep_alive_interval(Some(Duration::from_millis(500)));
+        .max_idle_timeout(Some(LINK_IDLE_TIMEOUT.try_into()?))
+        .keep_alive_interval(Some(LINK_KEEP_ALIVE));
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
@@ -241,8 +260,8 @@ fn client_config(identity: &ServerIdentity, peer: &Peer) -> anyhow::Result<quinn
     let mut client = tls::quinn_client_config(crypto)?;
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
-        .keep_alive_interval(Some(Duration::from_millis(500)));
+        .max_idle_timeout(Some(LINK_IDLE_TIMEOUT.try_into()?))
+        .keep_alive_interval(Some(LINK_KEEP_ALIVE));
     client.transport_config(Arc::new(transport));
     Ok(client)
 }
@@ -322,6 +341,7 @@ async fn send_loop(
     peer: Peer,
     mut queue: mpsc::Receiver<Outbound>,
     inbox: Inbox,
+    reconnect: Arc<tokio::sync::Notify>,
 ) {
     let client = match client_config(&identity, &peer) {
         Ok(c) => c,
@@ -359,9 +379,15 @@ async fn send_loop(
         };
         backoff = Duration::from_millis(50);
         tracing::info!(peer = peer.id, address = %peer.address, "connected to replica");
-        match send_on(&connection, &settings, &mut queue, &inbox, peer.id).await {
-            Ok(()) => return,
-            Err(e) => tracing::info!(peer = peer.id, "replica connection lost: {e}"),
+        tokio::select! {
+            sent = send_on(&connection, &settings, &mut queue, &inbox, peer.id) => match sent {
+                Ok(()) => return,
+                Err(e) => tracing::info!(peer = peer.id, "replica connection lost: {e}"),
+            },
+            () = reconnect.notified() => {
+                tracing::info!(peer = peer.id, "the replica connected anew (it restarted): reconnecting to it");
+                connection.close(0u32.into(), b"reconnecting");
+            }
         }
     }
 }
@@ -513,10 +539,16 @@ async fn send_snapshot(
     });
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, settings: Arc<LinkSettings>, inbox: Inbox) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    settings: Arc<LinkSettings>,
+    inbox: Inbox,
+    fresh: Arc<Vec<(u64, Arc<tokio::sync::Notify>)>>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let settings = settings.clone();
         let inbox = inbox.clone();
+        let fresh = fresh.clone();
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(c) => c,
@@ -529,6 +561,11 @@ async fn accept_loop(endpoint: quinn::Endpoint, settings: Arc<LinkSettings>, inb
                 connection.close(1u32.into(), b"not a member");
                 return;
             };
+            // A member that connects anew has (most likely) restarted: what this replica has
+            // been writing to it went to a process that is gone.
+            if let Some((_, reconnect)) = fresh.iter().find(|(id, _)| *id == from) {
+                reconnect.notify_one();
+            }
             while let Ok(stream) = connection.accept_uni().await {
                 let (settings, inbox) = (settings.clone(), inbox.clone());
                 tokio::spawn(async move {

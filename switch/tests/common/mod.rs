@@ -9,6 +9,7 @@ use switch::wire::{
     ParticipantId, ParticipantName, Request, RequestId, Roles,
 };
 
+pub mod cluster;
 pub mod process;
 
 pub const CNY: Currency = Currency(156);

@@ -1,0 +1,213 @@
+//! Three replicas as real `switch serve` processes on loopback: under load, the leader is
+//! killed with SIGKILL, a new leader answers, the old one restarts and catches up; every
+//! answer acknowledged before, during and after the failover holds at the end, and the three
+//! ledgers are the same. Bounded in time; `scripts/chaos.sh --cluster N` runs many cycles.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{CNY, req, setup_requests};
+use parking_lot::Mutex;
+use switch::client::{Client, ClientError};
+use switch::codes::Code;
+use switch::tls::Trust;
+use switch::wire::{self, AccountId, Amount, CardNumber, Operation, Request};
+
+const LIMIT: Duration = Duration::from_secs(20);
+/// How long a request may go unanswered before the client looks for another leader.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// A client that follows the leader: a request that meets a replica that does not lead, a
+/// lost connection or no answer in time goes again, unchanged, to whichever replica leads.
+struct Follower {
+    targets: Vec<String>,
+    trust: Trust,
+    client: Option<(Client, switch::client::Stream)>,
+}
+
+impl Follower {
+    fn new(cluster: &Cluster) -> Follower {
+        Follower {
+            targets: cluster.targets(),
+            trust: Trust::Fingerprint(cluster.fingerprint),
+            client: None,
+        }
+    }
+
+    /// The answers to `requests`, from a leader, however long a failover takes (up to
+    /// `LIMIT`).
+    async fn call(&mut self, requests: &[Request]) -> Vec<wire::Response> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no leader answered within {LIMIT:?}"
+            );
+            if self.client.is_none() {
+                match Client::connect_leader(
+                    &self.targets,
+                    &self.trust,
+                    None,
+                    ANSWER_TIMEOUT,
+                    LIMIT,
+                )
+                .await
+                {
+                    Ok((client, _)) => match client.stream().await {
+                        Ok(stream) => self.client = Some((client, stream)),
+                        Err(_) => continue,
+                    },
+                    Err(e) => panic!("no leader to connect to: {e}"),
+                }
+            }
+            let (_, stream) = self.client.as_ref().expect("connected");
+            match tokio::time::timeout(ANSWER_TIMEOUT, stream.call(requests)).await {
+                Ok(Ok(responses)) => return responses,
+                Ok(Err(e)) if e.is_retriable() => self.client = None,
+                Ok(Err(ClientError::ErrorFrame { code, message })) => {
+                    panic!("error frame {code:?}: {message}")
+                }
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => self.client = None,
+            }
+        }
+    }
+}
+
+fn authorize(id: u128, amount: u64) -> Request {
+    req(
+        id,
+        Operation::Authorize {
+            number: CardNumber::new("6200000000000001").expect("digits"),
+            merchant: AccountId(300),
+            amount: Amount(amount),
+            currency: CNY,
+            expiry_secs: 0,
+        },
+    )
+}
+
+fn status(id: u128, of: u128) -> Request {
+    req(
+        id,
+        Operation::TransferStatus {
+            lookup: wire::RequestId(of),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
+    // Snapshots often, so that failovers meet compacted logs and snapshot installs.
+    let mut cluster = Cluster::start(3, "[snapshot]\nevery_records = 40\n");
+    let mut client = Follower::new(&cluster);
+    for r in client.call(&setup_requests(1_000_000_000)).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    // Load: frames of authorizations, each answered (by whichever replica leads) before the
+    // next; every approved one is remembered with its amount.
+    let acked: Arc<Mutex<HashMap<u128, u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let mut client = Follower::new(&cluster);
+        tokio::spawn(async move {
+            let mut next = 1_000u128;
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Acquire) {
+                let frame: Vec<Request> = (0..16)
+                    .map(|k| authorize(next + k, 1 + (next + k) as u64 % 97))
+                    .collect();
+                let sent = Instant::now();
+                let answers = client.call(&frame).await;
+                longest = longest.max(sent.elapsed());
+                for (r, a) in frame.iter().zip(answers) {
+                    assert_eq!(a.code, Code::Approved, "{a:?}");
+                    if let Operation::Authorize { amount, .. } = r.operation {
+                        acked.lock().insert(r.id.0, amount.0);
+                    }
+                }
+                next += 16;
+            }
+            longest
+        })
+    };
+    for cycle in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let leader = cluster.leader(LIMIT);
+        let before = acked.lock().len();
+        cluster.kill(leader);
+        let killed = Instant::now();
+        // A new leader answers: the load goes on.
+        let deadline = killed + LIMIT;
+        while acked.lock().len() <= before + 32 {
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: no answer after the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!(
+            "cycle {cycle}: leader {} killed; answers again after {:?}",
+            leader + 1,
+            killed.elapsed()
+        );
+        let new_leader = cluster.leader(LIMIT);
+        assert_ne!(new_leader, leader, "a new leader");
+        cluster.restart(leader);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Release);
+    let longest = load.await.expect("the load ran");
+    eprintln!("longest frame including failovers: {longest:?}");
+    cluster.converge(LIMIT);
+    // Every acknowledged authorization is held, once, at its amount.
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 100, "the load ran: {}", acked.len());
+    let ids: Vec<u128> = acked.keys().copied().collect();
+    let mut held_total = 0u64;
+    for (k, chunk) in ids.chunks(500).enumerate() {
+        let asks: Vec<Request> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, &of)| status(10_000_000 + (k * 500 + j) as u128, of))
+            .collect();
+        for (of, answer) in chunk.iter().zip(client.call(&asks).await) {
+            match answer.body {
+                wire::ResponseBody::TransferStatus(s)
+                    if s.state == wire::TransferState::Pending =>
+                {
+                    assert_eq!(s.amount.0, acked[of], "authorization {of}");
+                    held_total += s.amount.0;
+                }
+                other => panic!("authorization {of} acknowledged but reads {other:?}"),
+            }
+        }
+    }
+    let balance = client
+        .call(&[req(
+            20_000_000,
+            Operation::BalanceInquiry {
+                target: wire::BalanceTarget::Account(AccountId(100)),
+            },
+        )])
+        .await;
+    match &balance[0].body {
+        wire::ResponseBody::BalanceInquiry(b) => assert_eq!(
+            b.ledger - b.available,
+            i128::from(held_total),
+            "the card's holds are exactly the acknowledged authorizations"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let digests = cluster.digests_at_stop();
+    assert!(
+        digests.windows(2).all(|d| d[0] == d[1]),
+        "the replicas' ledgers differ: {digests:?}"
+    );
+}

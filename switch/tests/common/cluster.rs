@@ -1,0 +1,229 @@
+//! A cluster of real `switch serve` processes on loopback for a test: its files made with
+//! `switch::cluster::init`, each replica's addresses chosen free by the system, and a replica
+//! found, killed, restarted or stopped by its index. Every process is killed when the cluster
+//! is dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use switch::server::replication::StatusView;
+use switch::tls::Fingerprint;
+
+use super::process::Process;
+
+pub const START_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct Member {
+    pub id: u64,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub data_dir: PathBuf,
+    pub client: SocketAddr,
+    pub http: SocketAddr,
+    pub process: Option<Process>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub fingerprint: Fingerprint,
+}
+
+/// A port the system says is free now, on 127.0.0.1 (UDP for QUIC, TCP for HTTP).
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free TCP port")
+}
+
+impl Cluster {
+    /// Writes the files of `n` replicas and starts them all. `extra` is appended to each
+    /// configuration (sections `switch cluster init` does not write).
+    pub fn start(n: usize, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if std::env::var_os("CLUSTER_TEST_KEEP").is_some() {
+            eprintln!("cluster files in {} (kept)", dir.path().display());
+        }
+        let addresses: Vec<switch::cluster::init::Addresses> = (0..n)
+            .map(|_| switch::cluster::init::Addresses {
+                client: free_udp(),
+                replica: free_udp(),
+                http: free_tcp(),
+            })
+            .collect();
+        let made = switch::cluster::init::init_at(dir.path(), &addresses).expect("cluster files");
+        let mut members = Vec::new();
+        for (i, (config, a)) in made.configs.iter().zip(&addresses).enumerate() {
+            // The test clients act as the admin identity of participant 3, the acquirer of
+            // `setup_requests`.
+            let text = std::fs::read_to_string(config).expect("read config");
+            let text = text.replace("anonymous_participant = 1", "anonymous_participant = 3");
+            std::fs::write(config, format!("{text}\n{extra}")).expect("write config");
+            members.push(Member {
+                id: i as u64 + 1,
+                config: config.clone(),
+                log: dir.path().join(format!("node{}.log", i + 1)),
+                data_dir: dir.path().join(format!("node{}", i + 1)).join("data"),
+                client: a.client,
+                http: a.http,
+                process: None,
+            });
+        }
+        let mut cluster = Cluster {
+            dir,
+            members,
+            fingerprint: made.client_fingerprint,
+        };
+        for i in 0..n {
+            cluster.launch(i);
+        }
+        for i in 0..n {
+            cluster.ready(i);
+        }
+        cluster
+    }
+
+    /// Starts replica `i` (not waiting for it).
+    pub fn launch(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.process = Some(super::serve(&m.config, &m.log).expect("switch serve starts"));
+    }
+
+    /// Waits for replica `i`'s ready line.
+    pub fn ready(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let process = m.process.as_mut().expect("started");
+        process
+            .ready(START_LIMIT)
+            .unwrap_or_else(|e| panic!("replica {} did not start: {e}", m.id));
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.launch(i);
+        self.ready(i);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].process.take() {
+            p.kill().expect("killed");
+        }
+    }
+
+    /// SIGTERM, and the exit awaited.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].process.take() {
+            p.signal("TERM").expect("signalled");
+            let status = p.wait(Duration::from_secs(30)).expect("stopped in time");
+            assert!(status.success(), "replica {} stopped with {status}", i + 1);
+        }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.to_string()).collect()
+    }
+
+    /// Replica `i`'s own view, if it answers.
+    pub fn view(&self, i: usize) -> Option<StatusView> {
+        self.members[i].process.as_ref()?;
+        let body = http_get(self.members[i].http, "/cluster")?;
+        serde_json::from_str(body.trim()).ok()
+    }
+
+    /// The index of the replica that leads, once one does and commits in its term.
+    pub fn leader(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            for i in 0..self.members.len() {
+                if self
+                    .view(i)
+                    .is_some_and(|v| v.role == "leader" && v.committed > 0)
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every running replica has applied everything the leader holds.
+    pub fn converge(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let views: Vec<Option<StatusView>> =
+                (0..self.members.len()).map(|i| self.view(i)).collect();
+            let leader = views.iter().flatten().find(|v| v.role == "leader");
+            if let Some(l) = leader
+                && l.committed == l.last_index
+                && views.iter().enumerate().all(|(i, v)| {
+                    self.members[i].process.is_none()
+                        || v.as_ref().is_some_and(|v| v.applied == l.last_index)
+                })
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within {limit:?}: {views:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The digest of each replica's ledger, as it logs it when it stops.
+    pub fn digests_at_stop(&mut self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| {
+                self.stop(i);
+                let log = std::fs::read_to_string(&self.members[i].log).expect("read log");
+                last_digest(&log)
+                    .unwrap_or_else(|| panic!("replica {} logged no digest at its stop", i + 1))
+            })
+            .collect()
+    }
+}
+
+/// The digest of the last "ledger stage stopped" line of a log.
+pub fn last_digest(log: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains("ledger stage stopped"))
+        .next_back()?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("digest="))
+        .map(str::to_owned)
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// Where a replica keeps its data (for a test that wipes it).
+pub fn data_dir(member: &Member) -> &Path {
+    &member.data_dir
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::env::var_os("CLUSTER_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            let _ = kept.keep();
+        }
+    }
+}
