@@ -211,3 +211,68 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
         "the replicas' ledgers differ: {digests:?}"
     );
 }
+
+/// A client connected to one replica, whoever leads.
+async fn connect_to(cluster: &Cluster, i: usize) -> (Client, switch::client::Stream) {
+    let client = Client::connect_to(
+        &cluster.members[i].client.to_string(),
+        &Trust::Fingerprint(cluster.fingerprint),
+        None,
+        LIMIT,
+    )
+    .await
+    .expect("connects");
+    let stream = client.stream().await.expect("a stream");
+    (client, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_answers_nothing_and_rejoins_without_divergence() {
+    let (mut cluster, relay) = Cluster::start_relayed(3, "").await;
+    let mut client = Follower::new(&cluster);
+    for r in client.call(&setup_requests(1_000_000_000)).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    for r in client.call(&[authorize(100, 7)]).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    let old = cluster.leader(LIMIT);
+    let (_direct, to_old) = connect_to(&cluster, old).await;
+    relay.isolate(old as u64 + 1, 3);
+    // The old leader may still believe it leads, but it cannot commit a write nor confirm a
+    // read: neither is answered from it, only turned away once it learns it does not lead.
+    let (w, r) = ([authorize(200, 11)], [status(201, 100)]);
+    let write = tokio::time::timeout(LIMIT, to_old.call(&w));
+    let read = tokio::time::timeout(LIMIT, to_old.call(&r));
+    let (write, read) = tokio::join!(write, read);
+    for (what, answer) in [("write", write), ("read", read)] {
+        match answer.expect("answered in time") {
+            Err(e) => assert!(e.not_leader().is_some(), "the cut-off leader's {what}: {e}"),
+            Ok(r) => panic!("the cut-off leader answered a {what}: {r:?}"),
+        }
+    }
+    // The majority elects a new leader and serves.
+    let new = cluster.leader(LIMIT);
+    assert_ne!(new, old);
+    for r in client.call(&[authorize(300, 13)]).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    relay.heal();
+    cluster.converge(LIMIT);
+    assert_eq!(
+        cluster.view(old).map(|v| v.role).as_deref(),
+        Some("follower"),
+        "the old leader rejoins as a follower"
+    );
+    // The write the old leader took may or may not have been kept (it decides at the new
+    // leader): asked again, it is answered, once.
+    for r in client.call(&[authorize(200, 11)]).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    cluster.converge(LIMIT);
+    let digests = cluster.digests_at_stop();
+    assert!(
+        digests.windows(2).all(|d| d[0] == d[1]),
+        "the replicas' ledgers differ: {digests:?}"
+    );
+}

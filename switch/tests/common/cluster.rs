@@ -5,9 +5,13 @@
 
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use switch::server::replication::StatusView;
 use switch::tls::Fingerprint;
@@ -45,10 +49,121 @@ fn free_tcp() -> SocketAddr {
         .expect("a free TCP port")
 }
 
+/// Between replicas: each member's replica address is a relay in the test's process, which
+/// forwards datagrams to the member's real address and back, and drops them on a link the
+/// test has cut. A replica's datagrams come from its own replica address (its endpoint both
+/// listens and connects there), so the relay knows which member sent each one.
+pub struct Relay {
+    /// (from, to) member ids whose datagrams are dropped.
+    cut: Arc<Mutex<HashSet<(u64, u64)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Cuts member `a` off from every other member, both ways.
+    pub fn isolate(&self, a: u64, members: u64) {
+        let mut cut = self.cut.lock();
+        for b in 1..=members {
+            if b != a {
+                cut.insert((a, b));
+                cut.insert((b, a));
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.lock().clear();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Relays datagrams sent to `front` to member `to` at `real`, each sender through a socket
+/// of its own so that the answers find their way back.
+async fn relay(
+    front: tokio::net::UdpSocket,
+    to: u64,
+    real: SocketAddr,
+    members: Arc<Vec<(u64, SocketAddr)>>,
+    cut: Arc<Mutex<HashSet<(u64, u64)>>>,
+) {
+    let front = Arc::new(front);
+    let mut upstreams: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = front.recv_from(&mut buf).await else {
+            return;
+        };
+        let Some(&(from_id, _)) = members.iter().find(|(_, a)| *a == from) else {
+            continue;
+        };
+        if cut.lock().contains(&(from_id, to)) {
+            continue;
+        }
+        let upstream = match upstreams.get(&from) {
+            Some(u) => u.clone(),
+            None => {
+                let Ok(u) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+                    continue;
+                };
+                let u = Arc::new(u);
+                upstreams.insert(from, u.clone());
+                // Answers from the member go back to the sender, unless the link is cut.
+                let (u2, front2, cut2) = (u.clone(), front.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(n) = u2.recv(&mut buf).await {
+                        if !cut2.lock().contains(&(to, from_id)) {
+                            let _ = front2.send_to(&buf[..n], from).await;
+                        }
+                    }
+                });
+                u
+            }
+        };
+        let _ = upstream.send_to(&buf[..n], real).await;
+    }
+}
+
 impl Cluster {
     /// Writes the files of `n` replicas and starts them all. `extra` is appended to each
     /// configuration (sections `switch cluster init` does not write).
     pub fn start(n: usize, extra: &str) -> Cluster {
+        Self::start_with(n, extra, false).0
+    }
+
+    /// `start`, with the replicas' messages to one another through a `Relay` the test can cut.
+    pub async fn start_relayed(n: usize, extra: &str) -> (Cluster, Relay) {
+        let (cluster, fronts) = Self::start_with(n, extra, true);
+        let cut: Arc<Mutex<HashSet<(u64, u64)>>> = Arc::default();
+        let reals: Vec<(u64, SocketAddr)> =
+            fronts.iter().map(|(id, _, real)| (*id, *real)).collect();
+        let members = Arc::new(reals.clone());
+        let mut tasks = Vec::new();
+        for (id, front, real) in fronts {
+            let front = tokio::net::UdpSocket::from_std(front).expect("relay socket");
+            tasks.push(tokio::spawn(relay(
+                front,
+                id,
+                real,
+                members.clone(),
+                cut.clone(),
+            )));
+        }
+        (cluster, Relay { cut, tasks })
+    }
+
+    fn start_with(
+        n: usize,
+        extra: &str,
+        relayed: bool,
+    ) -> (Cluster, Vec<(u64, std::net::UdpSocket, SocketAddr)>) {
         let dir = tempfile::tempdir().expect("temp dir");
         if std::env::var_os("CLUSTER_TEST_KEEP").is_some() {
             eprintln!("cluster files in {} (kept)", dir.path().display());
@@ -61,12 +176,28 @@ impl Cluster {
             })
             .collect();
         let made = switch::cluster::init::init_at(dir.path(), &addresses).expect("cluster files");
+        // Relayed: every member's replica address as the others know it is a relay's.
+        let mut fronts = Vec::new();
+        if relayed {
+            for (i, a) in addresses.iter().enumerate() {
+                let front = std::net::UdpSocket::bind("127.0.0.1:0").expect("relay socket");
+                front.set_nonblocking(true).expect("nonblocking");
+                fronts.push((i as u64 + 1, front, a.replica));
+            }
+        }
         let mut members = Vec::new();
         for (i, (config, a)) in made.configs.iter().zip(&addresses).enumerate() {
             // The test clients act as the admin identity of participant 3, the acquirer of
             // `setup_requests`.
-            let text = std::fs::read_to_string(config).expect("read config");
-            let text = text.replace("anonymous_participant = 1", "anonymous_participant = 3");
+            let mut text = std::fs::read_to_string(config).expect("read config");
+            text = text.replace("anonymous_participant = 1", "anonymous_participant = 3");
+            for (_, front, real) in &fronts {
+                let front = front.local_addr().expect("relay address");
+                text = text.replace(
+                    &format!("replica_address = \"{real}\""),
+                    &format!("replica_address = \"{front}\""),
+                );
+            }
             std::fs::write(config, format!("{text}\n{extra}")).expect("write config");
             members.push(Member {
                 id: i as u64 + 1,
@@ -89,7 +220,7 @@ impl Cluster {
         for i in 0..n {
             cluster.ready(i);
         }
-        cluster
+        (cluster, fronts)
     }
 
     /// Starts replica `i` (not waiting for it).

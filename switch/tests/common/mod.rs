@@ -32,6 +32,7 @@ pub fn serve(config: &Path, log: &Path) -> Result<process::Process, String> {
 /// of 8 MiB prepared ahead, numbers starting 62 routed to participant 2, and clients without a
 /// certificate acting as the admin identity of participant 3, the acquirer of
 /// `setup_requests` (the admin sends payments only for its own participant's merchants).
+#[allow(dead_code)] // not every test file starts a server in its process
 pub fn loopback_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.tls.anonymous_participant = Some(3);

@@ -42,8 +42,7 @@ pub(super) async fn handle_frame(
             frame.set(i, busy(r, Reason::OVERLOADED));
         }
     }
-    let not_leader = frame.not_leader;
-    let responses = frame.finish(&requests).await;
+    let (responses, not_leader) = frame.finish(&requests).await;
     // Every request admitted is answered once the frame is sent.
     drop(admitted);
     // The leadership went while the frame was being answered (PROTOCOL.md 10.4).
@@ -273,7 +272,11 @@ impl<'a> FrameAnswers<'a> {
 
     /// Runs what is left of the segment and gives every response, in order; a request left
     /// unanswered (none should be) is answered 96.
-    async fn finish(mut self, requests: &[wire::Request]) -> Vec<wire::Response> {
+    /// And whether a segment was turned away because this replica does not lead (any more).
+    async fn finish(
+        mut self,
+        requests: &[wire::Request],
+    ) -> (Vec<wire::Response>, Option<Option<std::net::SocketAddr>>) {
         self.run().await;
         let responses: Vec<wire::Response> = self
             .answers
@@ -297,7 +300,7 @@ impl<'a> FrameAnswers<'a> {
         if cut > 0 {
             metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
         }
-        responses
+        (responses, self.not_leader)
     }
 
     /// Runs the segment on the ledger stage and waits for its answers. A result larger than
