@@ -367,6 +367,30 @@ fn covered_segments_are_deleted_and_the_rest_still_recovers() {
     assert_eq!(recovered.resume.next_segment(), 5);
 }
 
+/// A caller that checks on its own what the records it needs are (a replica, after its
+/// snapshot) may take a log whose oldest segments went; a gap between segments is still refused.
+#[test]
+fn a_missing_prefix_is_taken_when_allowed_and_a_missing_middle_still_refused() {
+    let payloads = payloads(&[8; 10]);
+    let storage = SimStorage::new();
+    write_log(&storage, options(32 + 3 * 24), &payloads);
+    // Segments 2 (records 4-6), 3 (7-9) and 4 (10) are left.
+    wal::delete_covered(&storage, 3).expect("delete");
+    let allowed = RecoverOptions {
+        missing_prefix_allowed: true,
+        ..RecoverOptions::default()
+    };
+    assert!(recover_with(&storage, &RecoverOptions::default()).is_err());
+    let (recovered, records) = recover_with(&storage, &allowed).expect("recover");
+    assert_eq!(records, numbered(&payloads)[3..]);
+    assert_eq!(recovered.last_sequence, Some(10));
+    storage.remove(&segment_file_name(3)).expect("remove");
+    assert!(matches!(
+        recover_with(&storage, &allowed),
+        Err(RecoveryError::MissingSegment { .. })
+    ));
+}
+
 #[test]
 fn a_missing_middle_segment_is_refused() {
     let payloads = payloads(&[8; 10]);
