@@ -159,6 +159,12 @@ struct Replica {
     paused_until: u64,
     /// Batches sent while it was frozen.
     held: Vec<Vec<u128>>,
+    /// Not a founding member: it joins when a membership change adds it.
+    joining: bool,
+    /// Started at least once (a joining replica starts when it is to replace another).
+    started: bool,
+    /// Dead for good: its disk is lost, and another replaced it.
+    retired: bool,
 }
 
 struct Live {
@@ -168,10 +174,16 @@ struct Live {
     waiting: Vec<Waiting>,
 }
 
-fn node_config(id: u64, seed: u64) -> NodeConfig {
+fn node_config(id: u64, seed: u64, joining: bool) -> NodeConfig {
     NodeConfig {
         id,
-        voters: (1..=NODES).collect(),
+        // A replica joining an existing cluster starts with no membership: it learns it from
+        // the leader.
+        voters: if joining {
+            Vec::new()
+        } else {
+            (1..=NODES).collect()
+        },
         election_ticks: 10,
         heartbeat_ticks: 2,
         message_bytes_max: 64 << 10,
@@ -208,7 +220,7 @@ impl Replica {
         .map_err(|e| e.to_string())?;
         let hard_state = load_hard_state(&self.state_storage);
         let node = Node::new(
-            &node_config(self.id, seed),
+            &node_config(self.id, seed, self.joining),
             core,
             Box::new(SimDisk {
                 state: self.state_storage.clone(),
@@ -264,7 +276,7 @@ impl Replica {
         let mut meta = SnapshotMetadata::default();
         meta.index = target;
         meta.term = term;
-        meta.set_conf_state(store.conf_state().clone());
+        meta.set_conf_state(store.conf_state_at(target));
         let payload =
             switch::replica::snapshot::encode(&meta, &Image::take(&core, target).encode());
         snapshot_file::write(&self.state_storage, target, &payload, 2)
@@ -366,15 +378,23 @@ struct Sim {
     acked_under_faults: usize,
     snapshots: u64,
     installs: u64,
+    /// A member being replaced: (removed, added).
+    replacing: Option<(u64, u64)>,
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
+        Self::with_spares(seed, 0)
+    }
+
+    /// With `spares` replicas beyond the founding three, not started: each can replace a
+    /// member that is lost.
+    fn with_spares(seed: u64, spares: u64) -> Self {
         let mut sim = Sim {
             rng: StdRng::seed_from_u64(seed),
             seed,
             now_ms: 0,
-            replicas: (1..=NODES)
+            replicas: (1..=NODES + spares)
                 .map(|id| Replica {
                     id,
                     wal_storage: SimStorage::new(),
@@ -382,6 +402,9 @@ impl Sim {
                     live: None,
                     paused_until: 0,
                     held: Vec::new(),
+                    joining: id > NODES,
+                    started: false,
+                    retired: false,
                 })
                 .collect(),
             network: BinaryHeap::new(),
@@ -399,11 +422,51 @@ impl Sim {
             acked_under_faults: 0,
             snapshots: 0,
             installs: 0,
+            replacing: None,
         };
-        for r in &mut sim.replicas {
+        for r in sim.replicas.iter_mut().filter(|r| !r.joining) {
             r.start(seed).expect("a fresh replica starts");
+            r.started = true;
         }
         sim
+    }
+
+    /// Replaces a follower by the first spare: the follower's disk is lost for good, the spare
+    /// starts empty and joins, and the leader proposes the change (again, until it is made).
+    fn replace_a_follower(&mut self) -> Option<(u64, u64)> {
+        let leader = self.leader()?;
+        let k = (0..NODES as usize).find(|&k| k != leader && self.replicas[k].live.is_some())?;
+        let spare = self.replicas.iter().position(|r| r.joining && !r.started)?;
+        self.crashes += 1;
+        for w in self.replicas[k].crash() {
+            self.unsent.extend(w.items);
+        }
+        for ids in std::mem::take(&mut self.replicas[k].held) {
+            self.unsent.extend(ids);
+        }
+        self.replicas[k].retired = true;
+        self.replicas[spare]
+            .start(self.seed)
+            .expect("the spare starts");
+        self.replicas[spare].started = true;
+        Some((self.replicas[k].id, self.replicas[spare].id))
+    }
+
+    /// Proposes `change` on the serving leader unless its membership already has it; says
+    /// whether it has.
+    fn push_membership(&mut self, (remove, add): (u64, u64)) -> bool {
+        let Some(k) = self.leader() else {
+            return false;
+        };
+        let node = &mut self.replicas[k].live.as_mut().expect("live").node;
+        let (voters, outgoing) = node.voters();
+        if voters.contains(&add) && !voters.contains(&remove) && outgoing.is_empty() {
+            return true;
+        }
+        if outgoing.is_empty() && !voters.contains(&add) {
+            let _ = node.propose_membership(Some(remove), Some(add));
+        }
+        false
     }
 
     fn now(&self) -> Timestamp {
@@ -883,14 +946,16 @@ impl Sim {
             }
         }
         for k in 0..self.replicas.len() {
-            if self.replicas[k].live.is_none() && self.rng.gen_bool(0.01) {
+            let r = &self.replicas[k];
+            if r.live.is_none() && r.started && !r.retired && self.rng.gen_bool(0.01) {
                 let seed = self.seed.wrapping_add(self.now_ms);
                 self.replicas[k].start(seed).expect("a replica recovers");
             }
         }
         if self.rng.gen_bool(0.002) {
-            let a = self.rng.gen_range(1..=NODES);
-            let b = self.rng.gen_range(1..=NODES);
+            let members = self.replicas.len() as u64;
+            let a = self.rng.gen_range(1..=members);
+            let b = self.rng.gen_range(1..=members);
             if a != b {
                 self.cut.push((a, b));
             }
@@ -911,7 +976,7 @@ impl Sim {
             && let Some(k) = self.leader()
         {
             let leader = self.replicas[k].id;
-            for other in 1..=NODES {
+            for other in 1..=self.replicas.len() as u64 {
                 if other != leader {
                     self.cut.push((leader, other));
                 }
@@ -923,10 +988,25 @@ impl Sim {
     }
 
     fn run(&mut self, steps: u64) {
+        self.run_replacing(steps, None);
+    }
+
+    /// `run`, with a follower lost and replaced by a spare at `replace_at` (ms).
+    fn run_replacing(&mut self, steps: u64, replace_at: Option<u64>) {
         self.setup();
         for _ in 0..steps {
             if self.faults {
                 self.inject_faults();
+            }
+            if replace_at.is_some_and(|at| self.now_ms >= at) && self.replacing.is_none() {
+                if let Some(change) = self.replace_a_follower() {
+                    self.replacing = Some(change);
+                }
+            }
+            if let Some(change) = self.replacing
+                && self.now_ms.is_multiple_of(50)
+            {
+                self.push_membership(change);
             }
             self.maybe_snapshot();
             if self.rng.gen_bool(0.3) {
@@ -992,6 +1072,18 @@ impl Sim {
             self.seed,
             self.unsent.len()
         );
+        // A replacement is made before the end.
+        if let Some(change) = self.replacing {
+            let mut made = false;
+            for _ in 0..20_000 {
+                if self.now_ms.is_multiple_of(50) && self.push_membership(change) {
+                    made = true;
+                    break;
+                }
+                self.step();
+            }
+            assert!(made, "seed {}: the replacement {change:?} was never made", self.seed);
+        }
         // Every replica applies everything committed.
         for _ in 0..5_000 {
             let last = self.replicas[self.leader().expect("a leader")]
@@ -1000,7 +1092,7 @@ impl Sim {
                 .expect("live")
                 .node
                 .last_index();
-            if self.replicas.iter().all(|r| {
+            if self.replicas.iter().filter(|r| r.started && !r.retired).all(|r| {
                 r.live
                     .as_ref()
                     .is_some_and(|l| l.node.applied() == last && l.node.committed() == last)
@@ -1056,6 +1148,7 @@ impl Sim {
         let digests: Vec<_> = self
             .replicas
             .iter()
+            .filter(|r| r.started && !r.retired)
             .map(|r| r.live.as_ref().expect("live").node.core().ledger().digest())
             .collect();
         assert!(
@@ -1178,6 +1271,26 @@ fn a_cluster_under_faults_loses_nothing_acknowledged() {
         eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
         let mut sim = Sim::new(seed);
         sim.run(4_000);
+    }
+}
+
+/// A follower's disk is lost for good; a new replica, empty, takes its place through a
+/// membership change (joint consensus), catches up by snapshot or log, and the run goes on
+/// under the same faults.
+#[test]
+fn a_lost_member_is_replaced_by_a_new_one() {
+    for seed in seeds() {
+        eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
+        let mut sim = Sim::with_spares(seed, 1);
+        sim.run_replacing(4_000, Some(1_500));
+        let members: Vec<u64> = sim
+            .replicas
+            .iter()
+            .filter(|r| r.started && !r.retired)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(members.len(), 3, "seed {seed}: {members:?}");
+        assert!(members.contains(&4), "seed {seed}: the spare is a member: {members:?}");
     }
 }
 

@@ -634,7 +634,7 @@ impl Stage {
         let mut meta = SnapshotMetadata::default();
         meta.index = index;
         meta.term = store.entry(index)?.term;
-        meta.set_conf_state(store.conf_state().clone());
+        meta.set_conf_state(store.conf_state_at(index));
         Some(meta)
     }
 }

@@ -13,6 +13,9 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
+    /// The membership changes applied since the base, with their indexes: a snapshot of an
+    /// entry takes the membership as it stood at that entry.
+    conf_history: Vec<(u64, ConfState)>,
     /// The compaction point: index and term of the last entry a snapshot covers.
     base: SnapshotMetadata,
     /// `entries[i]` has index `base.index + 1 + i`.
@@ -31,6 +34,7 @@ impl LogStore {
         LogStore {
             hard_state,
             conf_state,
+            conf_history: Vec::new(),
             base,
             entries: VecDeque::new(),
             bytes: 0,
@@ -57,9 +61,19 @@ impl LogStore {
         &self.conf_state
     }
 
-    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+    /// The membership after the change at entry `index`.
+    pub fn set_conf_state(&mut self, index: u64, conf_state: ConfState) {
         self.conf_state = conf_state.clone();
-        self.base.set_conf_state(conf_state);
+        self.conf_history.push((index, conf_state));
+    }
+
+    /// The membership as it stood after entry `index` (at or after the base).
+    pub fn conf_state_at(&self, index: u64) -> ConfState {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .map_or_else(|| self.base.get_conf_state().clone(), |(_, cs)| cs.clone())
     }
 
     /// Bytes of entry payloads held.
@@ -140,14 +154,18 @@ impl LogStore {
                 self.bytes -= e.data.len() as u64;
             }
         }
+        let conf = self.conf_state_at(index);
+        self.conf_history.retain(|(at, _)| *at > index);
         self.base.index = index;
         self.base.term = term;
+        self.base.set_conf_state(conf);
     }
 
     /// Replaces the whole log by a snapshot's state (installed from the leader).
     pub fn reset(&mut self, base: SnapshotMetadata) {
         self.entries.clear();
         self.bytes = 0;
+        self.conf_history.clear();
         self.conf_state = base.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(base.index);
         self.hard_state.term = self.hard_state.term.max(base.term);

@@ -141,6 +141,9 @@ pub struct Node {
     failed: Option<String>,
     rebuilds: u64,
     installs: u64,
+    /// The last membership change applied to Raft (changes are applied when committed, never
+    /// ahead like the leader's batches).
+    conf_applied: u64,
     /// A snapshot installed by this ready number, whose index Raft counts as applied once
     /// the ready is persisted.
     installed: Option<(u64, u64)>,
@@ -231,8 +234,17 @@ impl Node {
             failed: None,
             rebuilds: 0,
             installs: 0,
+            conf_applied: 0,
             installed: None,
         };
+        // Membership changes the journal holds as applied: Raft's membership starts at the
+        // snapshot's, and must be told of them again.
+        for e in entries.iter().take_while(|e| e.index <= applied) {
+            if e.get_entry_type() != EntryType::EntryNormal {
+                node.apply_conf_change(e)?;
+            }
+        }
+        node.conf_applied = applied;
         node.randomize_election_timeout();
         // Entries the journal holds as committed but the core has not seen (a commit index
         // written after they were read in) are applied by the first ready.
@@ -522,7 +534,7 @@ impl Node {
                 ticket
             };
             let committed = rd.take_committed_entries();
-            self.apply_committed(&committed)?;
+            let applied_through = self.apply_committed(&committed)?;
             for rs in rd.take_read_states() {
                 if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
                     self.reads_confirmed = self.reads_confirmed.max(u64::from_le_bytes(bytes));
@@ -534,6 +546,11 @@ impl Node {
                 self.held.push_back((rd.number(), persisted_messages));
             }
             self.raw.advance_append_async(rd);
+            // Only now, with the ready handed back: telling Raft what is applied may append
+            // (the entry that leaves a joint membership).
+            if let Some(index) = applied_through {
+                self.raw.advance_apply_to(index);
+            }
             self.after_change(before);
             self.release_persisted(out);
         }
@@ -669,30 +686,35 @@ impl Node {
         self.core = core;
         self.installs += 1;
         self.applied = meta.index;
+        self.conf_applied = meta.index;
         self.committed = self.committed.max(meta.index);
         self.raw.mut_store().reset(meta.clone());
         Ok(())
     }
 
-    fn apply_committed(&mut self, entries: &[Entry]) -> Result<(), String> {
+    /// Applies committed entries; returns the last one's index, to tell Raft once the ready
+    /// is handed back.
+    fn apply_committed(&mut self, entries: &[Entry]) -> Result<Option<u64>, String> {
         let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
+            return Ok(None);
         };
         for e in entries {
-            if e.index <= self.applied {
-                continue;
-            }
             match e.get_entry_type() {
-                EntryType::EntryNormal => apply_entry(&mut self.core, e)?,
+                EntryType::EntryNormal if e.index > self.applied => {
+                    apply_entry(&mut self.core, e)?
+                }
+                EntryType::EntryNormal => {}
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(e)?;
+                    if e.index > self.conf_applied {
+                        self.apply_conf_change(e)?;
+                        self.conf_applied = e.index;
+                    }
                 }
             }
-            self.applied = e.index;
+            self.applied = self.applied.max(e.index);
         }
         self.committed = self.committed.max(last);
-        self.raw.advance_apply_to(last);
-        Ok(())
+        Ok(Some(last))
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), String> {
@@ -710,8 +732,58 @@ impl Node {
         }
         .map_err(|err| bad(&err))?;
         self.single = cs.voters == [self.id] && cs.voters_outgoing.is_empty();
-        self.raw.mut_store().set_conf_state(cs);
+        tracing::info!(
+            index = e.index,
+            voters = ?cs.voters,
+            outgoing = ?cs.voters_outgoing,
+            "membership changed"
+        );
+        self.raw.mut_store().set_conf_state(e.index, cs);
         Ok(())
+    }
+
+    /// Proposes replacing member `remove` by `add` (either may be absent), through a joint
+    /// configuration that Raft leaves on its own once the change is committed: the cluster
+    /// never depends on a majority of the old members alone nor of the new ones alone.
+    /// Returns the change's index. One change at a time: the library refuses another while one
+    /// is pending (it is proposed as an empty entry then), so the caller checks the membership
+    /// after the change commits.
+    pub fn propose_membership(
+        &mut self,
+        remove: Option<u64>,
+        add: Option<u64>,
+    ) -> Result<u64, Refused> {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+        self.serving()?;
+        let mut cc = ConfChangeV2::default();
+        let mut change = |node_id, ty| {
+            let mut single = ConfChangeSingle::default();
+            single.node_id = node_id;
+            single.set_change_type(ty);
+            cc.mut_changes().push(single);
+        };
+        if let Some(id) = add {
+            change(id, ConfChangeType::AddNode);
+        }
+        if let Some(id) = remove {
+            change(id, ConfChangeType::RemoveNode);
+        }
+        if cc.changes.is_empty() {
+            return Err(Refused::Failed("a membership change of nothing".into()));
+        }
+        self.raw
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| Refused::Failed(format!("proposing a membership change: {e}")))?;
+        let index = self.last_index();
+        // Not applied ahead: the change takes effect when committed (`apply_committed`).
+        self.applied = index;
+        Ok(index)
+    }
+
+    /// The voters now (incoming and, during a change, outgoing).
+    pub fn voters(&self) -> (Vec<u64>, Vec<u64>) {
+        let cs = self.store().conf_state();
+        (cs.voters.clone(), cs.voters_outgoing.clone())
     }
 
     /// The newest entry a snapshot may cover now: committed, applied here, and handed out by
