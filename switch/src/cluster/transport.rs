@@ -110,13 +110,28 @@ enum Outbound {
     },
 }
 
-/// The sending side: one bounded queue per peer.
+/// The sending side: one bounded queue per peer. The peers change with the membership
+/// (`set_peers`, on a reload of the configuration).
 pub struct Link {
     id: u64,
-    queues: Vec<(u64, mpsc::Sender<Outbound>)>,
+    own: Fingerprint,
+    peers: Arc<parking_lot::RwLock<Vec<PeerLink>>>,
+    /// The certificates the replica address accepts: the peers', kept by `set_peers`.
+    members: Arc<parking_lot::RwLock<HashSet<Fingerprint>>>,
     inbox: Inbox,
     local: SocketAddr,
     endpoint: quinn::Endpoint,
+    settings: Arc<LinkSettings>,
+    identity: Arc<ServerIdentity>,
+}
+
+/// A peer as the link sends to it.
+struct PeerLink {
+    peer: Peer,
+    queue: mpsc::Sender<Outbound>,
+    /// Rung when the peer connects to this replica anew (it restarted), so that the
+    /// connection to it is made anew too rather than written into until it times out.
+    reconnect: Arc<tokio::sync::Notify>,
 }
 
 impl Link {
@@ -130,58 +145,69 @@ impl Link {
         let own = identity
             .fingerprint()
             .ok_or_else(|| anyhow::anyhow!("the replica certificate chain is empty"))?;
-        let members: HashSet<Fingerprint> = settings
-            .peers
-            .iter()
-            .map(|p| p.fingerprint)
-            .filter(|f| *f != own)
-            .collect();
-        let server = server_config(&identity, members)?;
+        let members = Arc::new(parking_lot::RwLock::new(HashSet::new()));
+        let server = server_config(&identity, members.clone())?;
         let endpoint = quinn::Endpoint::server(server, settings.listen)
             .map_err(|e| anyhow::anyhow!("binding the replica address {}: {e}", settings.listen))?;
         let local = endpoint.local_addr()?;
-        let settings = Arc::new(settings);
-        let identity = Arc::new(identity);
-        let fresh: Arc<Vec<(u64, Arc<tokio::sync::Notify>)>> = Arc::new(
-            settings
-                .peers
-                .iter()
-                .filter(|p| p.id != settings.id)
-                .map(|p| (p.id, Arc::new(tokio::sync::Notify::new())))
-                .collect(),
-        );
-        let mut queues = Vec::new();
-        for (peer, (_, reconnect)) in settings
-            .peers
-            .iter()
-            .filter(|p| p.id != settings.id)
-            .zip(fresh.iter())
-        {
-            let (tx, rx) = mpsc::channel(settings.queue_messages_max.max(1));
-            queues.push((peer.id, tx));
-            tokio::spawn(send_loop(
-                endpoint.clone(),
-                settings.clone(),
-                identity.clone(),
-                peer.clone(),
-                rx,
-                inbox.clone(),
-                reconnect.clone(),
-            ));
-        }
-        tokio::spawn(accept_loop(
-            endpoint.clone(),
-            settings.clone(),
-            inbox.clone(),
-            fresh,
-        ));
-        Ok(Link {
+        let peers = settings.peers.clone();
+        let link = Link {
             id: settings.id,
-            queues,
+            own,
+            peers: Arc::default(),
+            members,
             inbox,
             local,
             endpoint,
-        })
+            settings: Arc::new(settings),
+            identity: Arc::new(identity),
+        };
+        link.set_peers(peers);
+        tokio::spawn(accept_loop(
+            link.endpoint.clone(),
+            link.settings.clone(),
+            link.inbox.clone(),
+            link.peers.clone(),
+        ));
+        Ok(link)
+    }
+
+    /// The members to talk to (this one may be among them): a peer new or changed (its
+    /// address or certificate) gets a sender task, one gone loses it, and the replica address
+    /// accepts exactly their certificates. Call inside a tokio runtime.
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        let peers: Vec<Peer> = peers.into_iter().filter(|p| p.id != self.id).collect();
+        let mut links = self.peers.write();
+        links.retain(|l| peers.contains(&l.peer));
+        let new: Vec<Peer> = peers
+            .iter()
+            .filter(|p| !links.iter().any(|l| l.peer == **p))
+            .cloned()
+            .collect();
+        for peer in new {
+            let (queue, rx) = mpsc::channel(self.settings.queue_messages_max.max(1));
+            let reconnect = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(send_loop(
+                self.endpoint.clone(),
+                self.settings.clone(),
+                self.identity.clone(),
+                peer.clone(),
+                rx,
+                self.inbox.clone(),
+                reconnect.clone(),
+            ));
+            tracing::info!(peer = peer.id, address = %peer.address, "replica link to a member");
+            links.push(PeerLink {
+                peer,
+                queue,
+                reconnect,
+            });
+        }
+        *self.members.write() = peers
+            .iter()
+            .map(|p| p.fingerprint)
+            .filter(|f| *f != self.own)
+            .collect();
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -191,10 +217,6 @@ impl Link {
     /// Queues a message for its peer without waiting; drops it if the queue is full.
     pub fn send(&self, message: Message) {
         let to = message.to;
-        let Some((_, queue)) = self.queues.iter().find(|(id, _)| *id == to) else {
-            tracing::debug!(to, "a raft message for a replica that is not a member");
-            return;
-        };
         let outbound = match message.write_to_bytes() {
             Ok(bytes) if message.get_msg_type() == MessageType::MsgSnapshot => {
                 let index = message.get_snapshot().get_metadata().index;
@@ -209,7 +231,15 @@ impl Link {
                 return;
             }
         };
-        if queue.try_send(outbound).is_err() {
+        let sent = {
+            let links = self.peers.read();
+            let Some(link) = links.iter().find(|l| l.peer.id == to) else {
+                tracing::debug!(to, "a raft message for a replica that is not a member");
+                return;
+            };
+            link.queue.try_send(outbound).is_ok()
+        };
+        if !sent {
             metrics::counter!("switch_replica_messages_dropped_total", "reason" => "queue_full")
                 .increment(1);
             self.inbox.deliver(Inbound::Unreachable(to));
@@ -227,7 +257,7 @@ impl Link {
 
 fn server_config(
     identity: &ServerIdentity,
-    members: HashSet<Fingerprint>,
+    members: Arc<parking_lot::RwLock<HashSet<Fingerprint>>>,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let provider = tls::provider();
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -269,7 +299,7 @@ fn client_config(identity: &ServerIdentity, peer: &Peer) -> anyhow::Result<quinn
 /// Accepts a client certificate only if it is a member's.
 #[derive(Debug)]
 struct Members {
-    members: HashSet<Fingerprint>,
+    members: Arc<parking_lot::RwLock<HashSet<Fingerprint>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -284,7 +314,7 @@ impl ClientCertVerifier for Members {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.members.contains(&Fingerprint::of(end_entity)) {
+        if self.members.read().contains(&Fingerprint::of(end_entity)) {
             Ok(ClientCertVerified::assertion())
         } else {
             metrics::counter!("switch_replica_refused_total").increment(1);
@@ -543,12 +573,10 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     settings: Arc<LinkSettings>,
     inbox: Inbox,
-    fresh: Arc<Vec<(u64, Arc<tokio::sync::Notify>)>>,
+    peers: Arc<parking_lot::RwLock<Vec<PeerLink>>>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
-        let settings = settings.clone();
-        let inbox = inbox.clone();
-        let fresh = fresh.clone();
+        let (settings, inbox, peers) = (settings.clone(), inbox.clone(), peers.clone());
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(c) => c,
@@ -557,14 +585,14 @@ async fn accept_loop(
                     return;
                 }
             };
-            let Some(from) = member_of(&connection, &settings) else {
+            let Some(from) = member_of(&connection, &peers) else {
                 connection.close(1u32.into(), b"not a member");
                 return;
             };
             // A member that connects anew has (most likely) restarted: what this replica has
             // been writing to it went to a process that is gone.
-            if let Some((_, reconnect)) = fresh.iter().find(|(id, _)| *id == from) {
-                reconnect.notify_one();
+            if let Some(l) = peers.read().iter().find(|l| l.peer.id == from) {
+                l.reconnect.notify_one();
             }
             while let Ok(stream) = connection.accept_uni().await {
                 let (settings, inbox) = (settings.clone(), inbox.clone());
@@ -579,17 +607,20 @@ async fn accept_loop(
 }
 
 /// The member a connection's certificate belongs to (the verifier admitted only members).
-fn member_of(connection: &quinn::Connection, settings: &LinkSettings) -> Option<u64> {
+fn member_of(
+    connection: &quinn::Connection,
+    peers: &parking_lot::RwLock<Vec<PeerLink>>,
+) -> Option<u64> {
     let chain = connection
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
     let fingerprint = Fingerprint::of(chain.first()?);
-    settings
-        .peers
+    peers
+        .read()
         .iter()
-        .find(|p| p.fingerprint == fingerprint && p.id != settings.id)
-        .map(|p| p.id)
+        .find(|l| l.peer.fingerprint == fingerprint)
+        .map(|l| l.peer.id)
 }
 
 async fn receive(
