@@ -24,7 +24,8 @@ the workload, the report) go before the profile's name: loadgen [OPTIONS] <PROFI
 ///
 /// Exit codes: 0 passed verification (or --no-verify); 1 verification failed; 2 the run could
 /// not be made as asked (bad flag, no connection, setup refused, connection lost, most
-/// requests declined for a misconfiguration); 3 `step` found no rate that held the SLO.
+/// requests declined for a misconfiguration, no leader of a cluster found); 3 `step` found no
+/// rate that held the SLO.
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
@@ -137,9 +138,14 @@ pub struct Common {
     /// every payment's status must be found unless this is given.
     #[arg(long, help_heading = "The switch")]
     pub switch_remembers: Option<u64>,
-    /// The switch's QUIC address, or host name and port (`localhost:4433`).
+    /// The switch's QUIC address, or host name and port (`localhost:4433`); for a cluster,
+    /// every replica's, comma-separated (`a:4431,b:4431,c:4431`): loadgen follows the leader.
     #[arg(long, help_heading = "The switch")]
     pub target: Option<String>,
+    /// With several --target addresses: how long to look for the cluster's leader after
+    /// losing the one it talked to (or at the start), before the run stops (exit code 2).
+    #[arg(long, default_value_t = 10.0, help_heading = "The switch")]
+    pub failover_secs: f64,
     /// Trust the switch's certificate by its SHA-256 fingerprint (`ab:cd:…`), as it logs it.
     #[arg(long, help_heading = "The switch")]
     pub fingerprint: Option<String>,
@@ -249,8 +255,8 @@ pub enum Target {
         no_fsync: bool,
     },
     Remote {
-        /// An address, or a host name and port.
-        addr: String,
+        /// Each an address, or a host name and port: one switch, or a cluster's replicas.
+        addrs: Vec<String>,
         trust: TrustSource,
         client: Option<(PathBuf, PathBuf)>,
     },
@@ -319,6 +325,8 @@ pub struct Options {
     pub depth: usize,
     pub batch_max: usize,
     pub timeout: Duration,
+    /// With several targets: the longest search for a leader (see `Common::failover_secs`).
+    pub failover_deadline: Duration,
     pub threads: usize,
     pub customers: u64,
     pub merchants: u64,
@@ -355,6 +363,30 @@ fn share(name: &str, value: f64) -> anyhow::Result<f64> {
     Ok(value)
 }
 
+/// `--target`: one address or several, comma-separated, each `HOST:PORT` (a host name, an
+/// IPv4 address, or an IPv6 one in brackets), none twice.
+pub fn parse_targets(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut targets: Vec<String> = Vec::new();
+    for part in text.split(',') {
+        let target = part.trim();
+        let port = target
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>().ok().filter(|&p| p != 0)));
+        match port {
+            Some((host, Some(_))) if !host.is_empty() => {}
+            _ if target.is_empty() => {
+                bail!("--target {text}: an empty address in the list")
+            }
+            _ => bail!("--target {text}: {target} is not HOST:PORT or an address with its port"),
+        }
+        if targets.iter().any(|t| t == target) {
+            bail!("--target {text}: {target} is listed twice");
+        }
+        targets.push(target.to_string());
+    }
+    Ok(targets)
+}
+
 fn minor(name: &str, value: Decimal, currency: Currency) -> anyhow::Result<Amount> {
     Amount::from_decimal(value, currency).with_context(|| format!("--{name}"))
 }
@@ -378,10 +410,7 @@ impl Options {
                 no_fsync: c.spawn_no_fsync,
             },
             (false, Some(addr)) => {
-                let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
-                if !matches!(port, Some(Ok(_))) {
-                    bail!("--target {addr}: expected HOST:PORT or an address with its port");
-                }
+                let addrs = parse_targets(&addr)?;
                 let trust = match (c.fingerprint, c.ca_file) {
                     (Some(f), None) => TrustSource::Fingerprint(
                         switch::config::parse_fingerprint(&f).with_context(|| {
@@ -392,7 +421,7 @@ impl Options {
                     _ => bail!("--target needs exactly one of --fingerprint and --ca-file"),
                 };
                 Target::Remote {
-                    addr,
+                    addrs,
                     trust,
                     client: c.client_cert.zip(c.client_key),
                 }
@@ -524,6 +553,7 @@ impl Options {
             depth: c.depth,
             batch_max: c.batch_max,
             timeout: Duration::from_secs_f64(positive("timeout-secs", c.timeout_secs)?),
+            failover_deadline: Duration::from_secs_f64(positive("failover-secs", c.failover_secs)?),
             threads: c.threads,
             customers: c.customers,
             merchants: c.merchants,
@@ -671,7 +701,55 @@ mod tests {
             "max",
         ])
         .expect("valid");
-        assert!(matches!(o.target, Target::Remote { ref addr, .. } if addr == "localhost:4520"));
+        assert!(
+            matches!(o.target, Target::Remote { ref addrs, .. } if addrs == &["localhost:4520"])
+        );
+    }
+
+    /// `--target` takes one address or a cluster's, comma-separated, in the order given; each
+    /// must have a port, none may be empty or listed twice.
+    #[test]
+    fn a_target_may_list_a_cluster() {
+        let ok = |text: &str| parse_targets(text).expect(text);
+        assert_eq!(ok("127.0.0.1:4431"), ["127.0.0.1:4431"]);
+        assert_eq!(
+            ok("127.0.0.1:4431,localhost:4432, [::1]:4433"),
+            ["127.0.0.1:4431", "localhost:4432", "[::1]:4433"]
+        );
+        assert_eq!(ok("b:2,a:1"), ["b:2", "a:1"]);
+        for (bad, said) in [
+            ("127.0.0.1", "is not HOST:PORT"),
+            ("127.0.0.1:4431,", "an empty address"),
+            (",127.0.0.1:4431", "an empty address"),
+            ("a:1,,b:2", "an empty address"),
+            ("a:1,b", "b is not HOST:PORT"),
+            ("a:1,b:port", "b:port is not HOST:PORT"),
+            ("a:1,b:70000", "b:70000 is not HOST:PORT"),
+            ("a:0", "a:0 is not HOST:PORT"),
+            (":4431", ":4431 is not HOST:PORT"),
+            ("a:1,b:2,a:1", "a:1 is listed twice"),
+        ] {
+            let e = parse_targets(bad).expect_err(bad).to_string();
+            assert!(e.contains(said), "{bad}: {e}");
+        }
+        let fingerprint = format!("{}ab", "ab:".repeat(31));
+        let o = parse(&[
+            "--target",
+            "127.0.0.1:4431,127.0.0.1:4432,127.0.0.1:4433",
+            "--fingerprint",
+            &fingerprint,
+            "--failover-secs",
+            "4",
+            "max",
+        ])
+        .expect("valid");
+        assert!(matches!(o.target, Target::Remote { ref addrs, .. } if addrs.len() == 3));
+        assert_eq!(o.failover_deadline, Duration::from_secs(4));
+        assert!(parse(&["--spawn", "--failover-secs", "0", "max"]).is_err());
+        let e = parse(&["--target", "a:1,a:1", "--fingerprint", &fingerprint, "max"])
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,40 @@ pub struct SelfCost {
     pub switch_cpu_us_per_request: Option<f64>,
 }
 
+/// Against a cluster (several targets): its leaders and the failovers the run rode through.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    pub targets: Vec<String>,
+    /// The replica loadgen found leading at the start, and the one it ended with.
+    pub leader_at_start: String,
+    pub leader_at_end: String,
+    /// Reconnections to another replica than the one lost (a new leader).
+    pub failovers: u64,
+    /// Every reconnection, to the same replica included (after an answer timed out, say).
+    pub reconnections_total: u64,
+    /// The longest `failover_ms` of `reconnections`.
+    pub failover_max_ms: Option<f64>,
+    /// Frames, and the requests in them, sent again after a reconnection.
+    pub frames_resent: u64,
+    pub requests_resent: u64,
+    /// The first 1000 reconnections, in order.
+    pub reconnections: Vec<ReconnectionReport>,
+}
+
+/// One reconnection.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReconnectionReport {
+    /// When it was made, in seconds from the start of the load (negative: during setup).
+    pub at_secs: f64,
+    /// The replica lost and the one reached (its client address).
+    pub from: String,
+    pub to: String,
+    pub new_leader: bool,
+    /// From the send of the first request the lost connection left unanswered to the first
+    /// answer on the new one; null if none came before the next reconnection or the end.
+    pub failover_ms: Option<f64>,
+}
+
 /// Everything a run reports (the JSON file's schema).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -89,6 +123,8 @@ pub struct Report {
     pub self_cost: Option<SelfCost>,
     /// Follow-ups that found the bounded queue full (should be 0).
     pub follow_ups_dropped: u64,
+    /// Against a cluster; `null` against one switch.
+    pub cluster: Option<ClusterReport>,
     /// `null` when verification was skipped.
     pub verification: Option<Verification>,
     /// Set when most answered requests were declined for a reason that means the switch is
@@ -251,7 +287,7 @@ impl Report {
                     "in-process switch ({})",
                     if *no_fsync { "no fsync" } else { "fsync" }
                 ),
-                Target::Remote { addr, .. } => addr.to_string(),
+                Target::Remote { addrs, .. } => addrs.join(","),
             },
             connections: options.connections,
             streams_per_connection: options.streams,
@@ -269,6 +305,7 @@ impl Report {
             series,
             self_cost,
             follow_ups_dropped,
+            cluster: None,
             verification,
             misconfiguration: misconfiguration(&totals),
             totals,
@@ -403,6 +440,9 @@ impl Report {
             }
             let _ = writeln!(out);
         }
+        if let Some(c) = &self.cluster {
+            out.push_str(&cluster_lines(c));
+        }
         if let Some(m) = &self.misconfiguration {
             let _ = writeln!(out, "\nNOT A VALID RUN: {m}");
         }
@@ -464,6 +504,42 @@ impl Report {
     }
 }
 
+/// The table's lines about a cluster's leaders and failovers.
+fn cluster_lines(c: &ClusterReport) -> String {
+    let mut out = String::new();
+    let worst = c.failover_max_ms.map_or(String::new(), |ms| {
+        format!("; the longest wait for the first answer after one: {ms:.0} ms")
+    });
+    let _ = writeln!(
+        out,
+        "\ncluster {}: leader {} at the start, {} at the end\n  failovers to a new leader: {} \
+         of {} reconnections{worst}; {} requests in {} frames sent again",
+        c.targets.join(","),
+        c.leader_at_start,
+        c.leader_at_end,
+        c.failovers,
+        c.reconnections_total,
+        c.requests_resent,
+        c.frames_resent
+    );
+    for r in &c.reconnections {
+        let took = r
+            .failover_ms
+            .map_or("no answer after it".to_string(), |ms| {
+                format!("first answer {ms:.0} ms after the first request left unanswered")
+            });
+        let _ = writeln!(
+            out,
+            "  {:>8.2} s  {} -> {}{}: {took}",
+            r.at_secs,
+            r.from,
+            r.to,
+            if r.new_leader { "" } else { " (the same)" }
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +591,52 @@ mod tests {
         let r = report(100, 92);
         assert!(r.misconfiguration.is_none());
         assert_eq!(r.exit_code(), 0);
+    }
+
+    /// Against one switch the report has no cluster part (`null` in the JSON); against a
+    /// cluster the table says which replica led, and each reconnection with its time.
+    #[test]
+    fn a_cluster_s_failovers_are_reported() {
+        let mut r = report(0, 0);
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("JSON")).expect("JSON");
+        assert!(json["cluster"].is_null(), "{json}");
+        assert!(!r.table().contains("failover"));
+        let reconnection = |from: &str, to: &str, failover_ms| ReconnectionReport {
+            at_secs: 3.5,
+            from: from.into(),
+            to: to.into(),
+            new_leader: from != to,
+            failover_ms,
+        };
+        r.cluster = Some(ClusterReport {
+            targets: vec!["a:1".into(), "b:2".into(), "c:3".into()],
+            leader_at_start: "a:1".into(),
+            leader_at_end: "b:2".into(),
+            failovers: 1,
+            reconnections_total: 2,
+            failover_max_ms: Some(1234.0),
+            frames_resent: 7,
+            requests_resent: 90,
+            reconnections: vec![
+                reconnection("a:1", "b:2", Some(1234.0)),
+                reconnection("b:2", "b:2", None),
+            ],
+        });
+        let table = r.table();
+        for line in [
+            "cluster a:1,b:2,c:3: leader a:1 at the start, b:2 at the end",
+            "failovers to a new leader: 1 of 2 reconnections; the longest wait for the first \
+             answer after one: 1234 ms; 90 requests in 7 frames sent again",
+            "3.50 s  a:1 -> b:2: first answer 1234 ms after the first request left unanswered",
+            "3.50 s  b:2 -> b:2 (the same): no answer after it",
+        ] {
+            assert!(table.contains(line), "{line}\n{table}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("JSON")).expect("JSON");
+        assert_eq!(json["cluster"]["failovers"], 1);
+        assert_eq!(json["cluster"]["reconnections"][0]["failover_ms"], 1234.0);
+        assert!(json["cluster"]["reconnections"][1]["failover_ms"].is_null());
     }
 }

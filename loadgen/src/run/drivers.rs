@@ -10,11 +10,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use switch::client::Stream;
 use tokio::sync::Semaphore;
 
 use super::Session;
-use super::sessions::call_error;
+use super::leader::Link;
 use super::shared::Shared;
 use crate::config::Profile;
 use crate::cpu;
@@ -239,7 +238,7 @@ impl Session {
     /// the start of measurement. `offset_secs`: where the schedule starts on the progress line.
     async fn open_loop(&self, schedule: &Schedule, offset_secs: f64) -> anyhow::Result<f64> {
         let schedule = Arc::new(schedule.clone());
-        let lanes = self.lanes.len();
+        let lanes = self.link.lanes();
         let start = Instant::now() + Duration::from_millis(20);
         let start_secs = start
             .saturating_duration_since(self.shared.measure.lock().origin)
@@ -247,14 +246,15 @@ impl Session {
         let done = Arc::new(AtomicBool::new(false));
         let ticker = self.progress(Some((schedule.clone(), start, offset_secs)), done.clone());
         let mut tasks = Vec::with_capacity(lanes);
-        for (lane, stream) in self.lanes.iter().enumerate() {
+        for lane in 0..lanes {
             let shared = self.shared.clone();
-            let stream = stream.clone();
+            let link = self.link.clone();
             let schedule = schedule.clone();
             let seed = self.options.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(lane as u64 + 1));
             tasks.push(tokio::spawn(open_lane(
                 shared,
-                stream,
+                link,
+                lane,
                 schedule,
                 LaneCursor::new(lane as u64, lanes as u64),
                 start,
@@ -279,14 +279,16 @@ impl Session {
         let deadline = started + Duration::from_secs_f64(secs);
         let before = self.shared.measure.lock().stats.answered_total();
         let mut tasks = Vec::new();
-        for (lane, stream) in self.lanes.iter().enumerate() {
+        for lane in 0..self.link.lanes() {
             for d in 0..self.options.depth {
                 let shared = self.shared.clone();
-                let stream = stream.clone();
+                let link = self.link.clone();
                 let seed = self.options.seed
                     ^ (0x9e37_79b9_7f4a_7c15u64
                         .wrapping_mul((lane * self.options.depth + d) as u64 + 1));
-                tasks.push(tokio::spawn(closed_worker(shared, stream, deadline, seed)));
+                tasks.push(tokio::spawn(closed_worker(
+                    shared, link, lane, deadline, seed,
+                )));
             }
         }
         for t in tasks {
@@ -304,7 +306,7 @@ impl Session {
     pub(super) async fn drain(&self) {
         while !self.shared.is_lost() {
             let mut tasks = Vec::new();
-            for stream in &self.lanes {
+            for lane in 0..self.link.lanes() {
                 for _ in 0..self.options.depth {
                     let n = {
                         let state = self.shared.state.lock();
@@ -320,14 +322,10 @@ impl Session {
                     // Only follow-ups: `build` takes them first and there were `n`.
                     self.shared.scheduled(&intended);
                     let shared = self.shared.clone();
-                    let stream = stream.clone();
-                    let timeout = self.options.timeout;
+                    let link = self.link.clone();
                     tasks.push(tokio::spawn(async move {
-                        let result = tokio::time::timeout(timeout, stream.call(&requests))
-                            .await
-                            .map_err(call_error)
-                            .and_then(|r| r.map_err(call_error));
-                        shared.process(sent, result, true, false);
+                        let (answers, resent) = link.call(lane, &requests).await.answers();
+                        shared.process(sent, answers, true, resent);
                     }));
                 }
             }
@@ -403,7 +401,8 @@ fn per_second(schedule: &Schedule) -> Vec<f64> {
 
 async fn open_lane(
     shared: Arc<Shared>,
-    stream: Stream,
+    link: Arc<Link>,
+    lane: usize,
     schedule: Arc<Schedule>,
     mut cursor: LaneCursor,
     start: Instant,
@@ -411,7 +410,6 @@ async fn open_lane(
 ) {
     let depth = shared.options.depth;
     let batch_max = shared.options.batch_max;
-    let timeout = shared.options.timeout;
     let permits = Arc::new(Semaphore::new(depth));
     let mut rng = StdRng::seed_from_u64(seed);
     let at = |t: f64| start + Duration::from_secs_f64(t);
@@ -443,13 +441,10 @@ async fn open_lane(
         let (sent, requests) = shared.build(&intended, &mut rng);
         shared.scheduled(&intended);
         let shared = shared.clone();
-        let stream = stream.clone();
+        let link = link.clone();
         tokio::spawn(async move {
-            let result = tokio::time::timeout(timeout, stream.call(&requests))
-                .await
-                .map_err(call_error)
-                .and_then(|r| r.map_err(call_error));
-            shared.process(sent, result, true, false);
+            let (answers, resent) = link.call(lane, &requests).await.answers();
+            shared.process(sent, answers, true, resent);
             drop(permit);
         });
     }
@@ -457,20 +452,22 @@ async fn open_lane(
     let _ = permits.acquire_many(depth as u32).await;
 }
 
-async fn closed_worker(shared: Arc<Shared>, stream: Stream, deadline: Instant, seed: u64) {
+async fn closed_worker(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    lane: usize,
+    deadline: Instant,
+    seed: u64,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = shared.options.batch_max;
-    let timeout = shared.options.timeout;
     while Instant::now() < deadline && !shared.is_lost() {
         let intended = vec![Instant::now(); n];
         let (sent, requests) = shared.build(&intended, &mut rng);
         shared.scheduled(&intended);
-        let result = tokio::time::timeout(timeout, stream.call(&requests))
-            .await
-            .map_err(call_error)
-            .and_then(|r| r.map_err(call_error));
-        let failed = result.is_err();
-        shared.process(sent, result, true, false);
+        let (answers, resent) = link.call(lane, &requests).await.answers();
+        let failed = answers.is_err();
+        shared.process(sent, answers, true, resent);
         if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {
             return;
         }

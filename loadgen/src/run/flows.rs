@@ -187,9 +187,10 @@ impl Shared {
     }
 
     /// Applies a frame's answers (or its failure) to the model and the measurements.
-    /// `resent`: the frame asks again for requests whose outcome is unknown. A 91 (or a frame
-    /// refused as busy) then says only that this attempt did not run, not that the first one
-    /// did not: they stay unknown, to be asked again.
+    /// `resent`: the frame asks again for requests whose outcome is unknown (at the end of the
+    /// run, or after a failover). A 91 (or a frame refused as busy) then says only that this
+    /// attempt did not run, not that the first one did not: they stay unknown, to be asked
+    /// again (and count as errors if measured).
     pub(super) fn process(
         &self,
         sent: Vec<Sent>,
@@ -241,6 +242,9 @@ impl Shared {
                 ResponseCode::SystemBusy | ResponseCode::SystemMalfunction
             );
             if resent && not_run && r.request_id.0 == s.id {
+                if measured {
+                    measure.stats.error(s.step.op(), at(now));
+                }
                 self.unknown(&mut state, s);
                 continue;
             }

@@ -12,14 +12,17 @@
 //! pipeline is still timed from its intended send time. A due slot carries a waiting follow-up
 //! if there is one, otherwise a new flow: the schedule is in requests, whatever they are.
 //!
-//! Layout: `spawning` (the in-process switch, and the endpoint to reach one), `sessions`
-//! (connections, lanes, calls, a lost connection), `shared` (what every lane shares: ids,
+//! Layout: `spawning` (the in-process switch, and the endpoint to reach one), `leader` (the
+//! connections and their lanes, every call on them, and against a cluster following its
+//! leader: reconnect, send again, count the failovers), `sessions` (a run's link, calls
+//! outside the schedule, a lost connection), `shared` (what every lane shares: ids,
 //! accounts, model, measurements), `flows` (what a flow sends and how its answers update the
 //! model), `setup`, `drivers` (the profiles: open loop, closed loop, step; the drain and the
 //! progress line) and `verifying` (the end of the run).
 
 mod drivers;
 mod flows;
+mod leader;
 mod sessions;
 mod setup;
 mod shared;
@@ -81,8 +84,9 @@ pub fn run(options: Options) -> anyhow::Result<Outcome> {
             None
         };
         let dropped = session.follow_ups_dropped();
+        let cluster = session.cluster_report();
         session.close().await;
-        anyhow::Ok(crate::report::Report::new(
+        let mut report = crate::report::Report::new(
             &options,
             profile,
             &stats,
@@ -90,7 +94,9 @@ pub fn run(options: Options) -> anyhow::Result<Outcome> {
             cpu,
             spawned_flag,
             dropped,
-        ))
+        );
+        report.cluster = cluster;
+        anyhow::Ok(report)
     });
     drop(runtime);
     if let Some(s) = spawned {

@@ -1,26 +1,27 @@
-//! A session: the connections and their lanes (one per stream), the calls outside the
-//! schedule, and a lost connection, which stops the run.
+//! A session: its link to the switch (`leader`: the connections, their lanes, following a
+//! cluster's leader), the calls outside the schedule, and a lost connection, which stops the
+//! run.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use switch::client::{Client, ClientError, Stream};
-use switch::wire::{AccountId, CardNumber, ErrorCode, Request, RequestId, Response};
+use anyhow::bail;
+use switch::wire::{AccountId, CardNumber, Request, RequestId, Response};
 
+use super::leader::{Called, Link};
 use super::shared::Shared;
 use super::spawning::Endpoint;
 use crate::config::Options;
 use crate::cpu;
 use crate::model::Model;
+use crate::report::ClusterReport;
 use crate::stats::Stats;
 
 /// A connected run: setup, profile, verification, each callable on its own (tests tamper in
 /// between).
 pub struct Session {
     pub(super) options: Arc<Options>,
-    pub(super) clients: Vec<Client>,
-    pub(super) lanes: Vec<Stream>,
+    pub(super) link: Arc<Link>,
     pub(super) shared: Arc<Shared>,
     pub(super) setup_done: bool,
     pub(super) cpu_at_start: Option<cpu::Split>,
@@ -33,69 +34,22 @@ pub(super) enum Failure {
     /// every request had been answered 91.
     Busy,
     /// The connection or the stream is gone (the switch stopped, closed it, or broke its
-    /// framing): what the requests did is unknown, and nothing more can be sent on it.
+    /// framing), or no leader of a cluster was found in time: what the requests did is
+    /// unknown, and nothing more can be sent.
     Lost(String),
     /// Anything else (a timeout, another error frame): what the requests did is unknown until
     /// they are sent again.
     Other,
 }
 
-pub(super) fn call_error<E: 'static>(e: E) -> Failure {
-    let any: &dyn std::any::Any = &e;
-    let client = any.downcast_ref::<ClientError>().or_else(|| {
-        any.downcast_ref::<anyhow::Error>()
-            .and_then(|e| e.downcast_ref::<ClientError>())
-    });
-    client_failure(client)
-}
-
-pub(super) fn client_failure(client: Option<&ClientError>) -> Failure {
-    match client {
-        Some(ClientError::ErrorFrame {
-            code: ErrorCode::ServerBusy,
-            ..
-        }) => Failure::Busy,
-        Some(
-            e @ (ClientError::Connection(_)
-            | ClientError::Closed
-            | ClientError::Write(_)
-            | ClientError::Undecodable(_)),
-        ) => Failure::Lost(e.to_string()),
-        _ => Failure::Other,
-    }
-}
-
 impl Session {
     pub async fn connect(options: Options, endpoint: &Endpoint) -> anyhow::Result<Session> {
         let options = Arc::new(options);
-        let mut clients: Vec<Client> = Vec::with_capacity(options.connections);
-        let mut lanes = Vec::with_capacity(options.lanes());
-        for _ in 0..options.connections {
-            let identity = endpoint.identity()?;
-            // The first connection finds the address that answers; the others go there.
-            let target = match clients.first() {
-                Some(first) => first.connection().remote_address().to_string(),
-                None => endpoint.target.clone(),
-            };
-            let client = Client::connect_to(&target, &endpoint.trust, identity, options.timeout)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to {} (--timeout-secs {})",
-                        endpoint.target,
-                        options.timeout.as_secs_f64()
-                    )
-                })?;
-            for _ in 0..options.streams {
-                lanes.push(client.stream().await.context("opening a stream")?);
-            }
-            clients.push(client);
-        }
+        let link = Arc::new(Link::connect(&options, endpoint).await?);
         let shared = Arc::new(Shared::new(options.clone()));
         Ok(Session {
             options,
-            clients,
-            lanes,
+            link,
             shared,
             setup_done: false,
             cpu_at_start: None,
@@ -129,20 +83,21 @@ impl Session {
     }
 
     pub(super) async fn call(&self, requests: &[Request]) -> anyhow::Result<Vec<Response>> {
-        let stream = &self.lanes[0];
-        let Ok(answered) = tokio::time::timeout(self.options.timeout, stream.call(requests)).await
-        else {
-            bail!(
-                "no answer within {} s (--timeout-secs)",
-                self.options.timeout.as_secs_f64()
-            );
-        };
-        answered.map_err(|e| {
-            if let Failure::Lost(reason) = client_failure(Some(&e)) {
-                self.shared.lose(reason);
-            }
-            anyhow::Error::from(e)
-        })
+        self.call_on_link(requests)
+            .await
+            .result
+            .map_err(anyhow::Error::from)
+    }
+
+    /// A call on the first lane, outside the schedule; a lost connection stops the run.
+    pub(super) async fn call_on_link(&self, requests: &[Request]) -> Called {
+        let called = self.link.call(0, requests).await;
+        if let Err(e) = &called.result
+            && let Failure::Lost(reason) = e.failure()
+        {
+            self.shared.lose(reason);
+        }
+        called
     }
 
     /// Fails if the connection to the switch was lost: the run stopped sending, and what it
@@ -190,48 +145,58 @@ impl Session {
         Some(b.since(a))
     }
 
+    /// Against a cluster, its leaders and the failovers the run rode through, with times
+    /// from the start of the load; `None` against one switch.
+    pub fn cluster_report(&self) -> Option<ClusterReport> {
+        let origin = self.shared.measure.lock().origin;
+        self.link.report(origin)
+    }
+
     pub async fn close(self) {
-        drop(self.lanes);
-        for c in self.clients {
-            c.close().await;
-        }
+        self.link.close().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use switch::client::ClientError;
     use switch::wire::ErrorCode;
 
-    use super::{Failure, call_error};
+    use super::super::leader::CallError;
+    use super::Failure;
 
-    fn error_frame(code: ErrorCode) -> ClientError {
-        ClientError::ErrorFrame {
+    fn error_frame(code: ErrorCode) -> CallError {
+        CallError::Client(ClientError::ErrorFrame {
             code,
             message: "m".into(),
-        }
+        })
     }
 
-    /// A frame refused as busy ran nothing, however the error reached the caller; any other
-    /// failure leaves the outcome unknown.
+    /// A frame refused as busy ran nothing; a lost stream, or no leader found, is a lost
+    /// connection; any other failure leaves the outcome unknown.
     #[test]
     fn only_a_busy_error_frame_is_busy() {
         assert!(matches!(
-            call_error(error_frame(ErrorCode::ServerBusy)),
-            Failure::Busy
-        ));
-        assert!(matches!(
-            call_error(anyhow::Error::new(error_frame(ErrorCode::ServerBusy))),
+            error_frame(ErrorCode::ServerBusy).failure(),
             Failure::Busy
         ));
         for code in ErrorCode::ALL {
             if code != ErrorCode::ServerBusy {
-                assert!(matches!(call_error(error_frame(code)), Failure::Other));
+                assert!(matches!(error_frame(code).failure(), Failure::Other));
             }
         }
-        assert!(matches!(call_error(ClientError::Closed), Failure::Lost(_)));
         assert!(matches!(
-            call_error(anyhow::anyhow!("timed out")),
+            CallError::Client(ClientError::Closed).failure(),
+            Failure::Lost(_)
+        ));
+        assert!(matches!(
+            CallError::NoLeader("none".into()).failure(),
+            Failure::Lost(_)
+        ));
+        assert!(matches!(
+            CallError::TimedOut(Duration::from_secs(1)).failure(),
             Failure::Other
         ));
     }

@@ -73,7 +73,7 @@ impl Spawned {
 
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
-            target: self.addr.to_string(),
+            targets: vec![self.addr.to_string()],
             trust: Trust::Fingerprint(switch::tls::Fingerprint(self.fingerprint)),
             client: None,
         }
@@ -91,8 +91,8 @@ impl Spawned {
 /// How to reach a switch.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    /// An address, or a host name and port.
-    pub target: String,
+    /// Each an address, or a host name and port: one switch, or a cluster's replicas.
+    pub targets: Vec<String>,
     pub trust: Trust,
     /// Client certificate and key (PEM files).
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
@@ -101,7 +101,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn remote(options: &Options) -> anyhow::Result<Endpoint> {
         let Target::Remote {
-            addr,
+            addrs,
             trust,
             client,
         } = &options.target
@@ -113,7 +113,7 @@ impl Endpoint {
             TrustSource::CaFile(path) => Trust::Roots(switch::tls::read_certs(path)?),
         };
         Ok(Endpoint {
-            target: addr.clone(),
+            targets: addrs.clone(),
             trust,
             client: client.clone(),
         })

@@ -11,7 +11,6 @@ use switch::wire::{
 
 use super::Session;
 use super::flows::{FOLLOW_UP_TRIES_MAX, Sent, Step};
-use super::sessions::call_error;
 use super::shared::RESOLVE_ROUNDS_MAX;
 use crate::mix::Flow;
 use crate::verify::{self, Observed, Seen, SeenStatus, Verification};
@@ -21,8 +20,10 @@ impl Session {
     /// waits for the holds meant to expire, reads every account and status back, and compares.
     pub async fn verify(&self) -> anyhow::Result<Verification> {
         self.check_lost("during the load")?;
-        let unanswered = self.resolve_unknown().await;
+        self.resolve_unknown().await;
         let cleanup_reversals = self.cleanup().await;
+        // A reversal of the cleanup left without an answer is asked again like the others.
+        let unanswered = self.resolve_unknown().await;
         self.await_expiry().await;
         let observed = self.observe().await;
         self.check_lost("while verifying")?;
@@ -55,8 +56,8 @@ impl Session {
                     .iter()
                     .map(|s| self.shared.request(s.id, &s.step))
                     .collect();
-                let result = self.call(&requests).await.map_err(call_error);
-                self.shared.process(chunk.to_vec(), result, false, true);
+                let (answers, _) = self.call_on_link(&requests).await.answers();
+                self.shared.process(chunk.to_vec(), answers, false, true);
             }
         }
         self.drain().await;
@@ -94,8 +95,8 @@ impl Session {
                 .iter()
                 .map(|s| self.shared.request(s.id, &s.step))
                 .collect();
-            let result = self.call(&requests).await.map_err(call_error);
-            self.shared.process(sent, result, false, false);
+            let (answers, resent) = self.call_on_link(&requests).await.answers();
+            self.shared.process(sent, answers, false, resent);
         }
         live.len() as u64
     }
