@@ -273,10 +273,12 @@ impl Replica {
             .entry(target)
             .map(|e| e.term)
             .ok_or("the target is held")?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = target;
-        meta.term = term;
-        meta.set_conf_state(store.conf_state_at(target));
+        let meta = SnapshotMetadata {
+            index: target,
+            term,
+            conf_state: Some(store.conf_state_at(target)).into(),
+            ..SnapshotMetadata::default()
+        };
         let payload =
             switch::replica::snapshot::encode(&meta, &Image::take(&core, target).encode());
         snapshot_file::write(&self.state_storage, target, &payload, 2)
@@ -998,10 +1000,11 @@ impl Sim {
             if self.faults {
                 self.inject_faults();
             }
-            if replace_at.is_some_and(|at| self.now_ms >= at) && self.replacing.is_none() {
-                if let Some(change) = self.replace_a_follower() {
-                    self.replacing = Some(change);
-                }
+            if replace_at.is_some_and(|at| self.now_ms >= at)
+                && self.replacing.is_none()
+                && let Some(change) = self.replace_a_follower()
+            {
+                self.replacing = Some(change);
             }
             if let Some(change) = self.replacing
                 && self.now_ms.is_multiple_of(50)
@@ -1082,7 +1085,11 @@ impl Sim {
                 }
                 self.step();
             }
-            assert!(made, "seed {}: the replacement {change:?} was never made", self.seed);
+            assert!(
+                made,
+                "seed {}: the replacement {change:?} was never made",
+                self.seed
+            );
         }
         // Every replica applies everything committed.
         for _ in 0..5_000 {
@@ -1092,11 +1099,16 @@ impl Sim {
                 .expect("live")
                 .node
                 .last_index();
-            if self.replicas.iter().filter(|r| r.started && !r.retired).all(|r| {
-                r.live
-                    .as_ref()
-                    .is_some_and(|l| l.node.applied() == last && l.node.committed() == last)
-            }) {
+            if self
+                .replicas
+                .iter()
+                .filter(|r| r.started && !r.retired)
+                .all(|r| {
+                    r.live
+                        .as_ref()
+                        .is_some_and(|l| l.node.applied() == last && l.node.committed() == last)
+                })
+            {
                 break;
             }
             self.step();
@@ -1290,7 +1302,10 @@ fn a_lost_member_is_replaced_by_a_new_one() {
             .map(|r| r.id)
             .collect();
         assert_eq!(members.len(), 3, "seed {seed}: {members:?}");
-        assert!(members.contains(&4), "seed {seed}: the spare is a member: {members:?}");
+        assert!(
+            members.contains(&4),
+            "seed {seed}: the spare is a member: {members:?}"
+        );
     }
 }
 

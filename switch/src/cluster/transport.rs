@@ -716,7 +716,7 @@ async fn keep_snapshot(
     file.sync_all().await?;
     drop(file);
     let dir = settings.snapshot_dir.clone();
-    let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let storage = ledger::storage::FileStorage::open(&dir)?;
         let tmp_name = format!("{name}.receiving");
         let bytes = ledger::storage::Storage::read(&storage, &tmp_name)?;
@@ -729,6 +729,5 @@ async fn keep_snapshot(
         ledger::storage::Storage::sync_dir(&storage)?;
         Ok(())
     })
-    .await?;
-    checked
+    .await?
 }

@@ -355,9 +355,11 @@ mod tests {
             )),
             initial: Arc::new(Vec::new()),
         };
-        let mut hs = HardState::default();
-        hs.term = 7;
-        hs.vote = 3;
+        let hs = HardState {
+            term: 7,
+            vote: 3,
+            ..HardState::default()
+        };
         disk.save_hard_state(&hs).expect("saved");
         let back = read_hard_state(dir.path()).expect("read");
         assert_eq!((back.term, back.vote), (7, 3));

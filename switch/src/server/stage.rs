@@ -631,11 +631,12 @@ impl Stage {
         if index <= store.base().index {
             return None;
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = store.entry(index)?.term;
-        meta.set_conf_state(store.conf_state_at(index));
-        Some(meta)
+        Some(SnapshotMetadata {
+            index,
+            term: store.entry(index)?.term,
+            conf_state: Some(store.conf_state_at(index)).into(),
+            ..SnapshotMetadata::default()
+        })
     }
 }
 

@@ -327,8 +327,7 @@ impl Cluster {
 /// The digest of the last "ledger stage stopped" line of a log.
 pub fn last_digest(log: &str) -> Option<String> {
     log.lines()
-        .filter(|l| l.contains("ledger stage stopped"))
-        .next_back()?
+        .rfind(|l| l.contains("ledger stage stopped"))?
         .split_whitespace()
         .find_map(|w| w.strip_prefix("digest="))
         .map(str::to_owned)

@@ -700,9 +700,7 @@ impl Node {
         };
         for e in entries {
             match e.get_entry_type() {
-                EntryType::EntryNormal if e.index > self.applied => {
-                    apply_entry(&mut self.core, e)?
-                }
+                EntryType::EntryNormal if e.index > self.applied => apply_entry(&mut self.core, e)?,
                 EntryType::EntryNormal => {}
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     if e.index > self.conf_applied {
@@ -757,8 +755,10 @@ impl Node {
         self.serving()?;
         let mut cc = ConfChangeV2::default();
         let mut change = |node_id, ty| {
-            let mut single = ConfChangeSingle::default();
-            single.node_id = node_id;
+            let mut single = ConfChangeSingle {
+                node_id,
+                ..ConfChangeSingle::default()
+            };
             single.set_change_type(ty);
             cc.mut_changes().push(single);
         };

@@ -160,10 +160,13 @@ impl Record {
                 }
                 let mut entries: Vec<Entry> = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let mut e = Entry::default();
-                    e.term = r.u64("term")?;
+                    let term = r.u64("term")?;
                     let index_at = r.at;
-                    e.index = r.u64("index")?;
+                    let mut e = Entry {
+                        term,
+                        index: r.u64("index")?,
+                        ..Entry::default()
+                    };
                     let expected = entries.last().map_or(e.index.max(1), |p| p.index + 1);
                     if e.index != expected {
                         return Err(RecordError::Bad {
@@ -320,11 +323,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8, term as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8, term as u8].into(),
+            ..Entry::default()
+        }
     }
 
     #[test]

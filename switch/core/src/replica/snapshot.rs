@@ -89,10 +89,12 @@ pub fn decode(
             in_file: file_index,
         });
     }
-    let mut meta = SnapshotMetadata::default();
-    meta.index = index;
-    meta.term = term;
-    meta.set_conf_state(conf);
+    let meta = SnapshotMetadata {
+        index,
+        term,
+        conf_state: Some(conf).into(),
+        ..SnapshotMetadata::default()
+    };
     Ok((meta, &bytes[32 + conf_len..]))
 }
 
@@ -111,9 +113,11 @@ mod tests {
             learners in prop::collection::vec(1u64..10, 0..3),
             core in prop::collection::vec(any::<u8>(), 0..64),
         ) {
-            let mut meta = SnapshotMetadata::default();
-            meta.index = index;
-            meta.term = term;
+            let mut meta = SnapshotMetadata {
+                index,
+                term,
+                ..SnapshotMetadata::default()
+            };
             meta.mut_conf_state().voters = voters;
             meta.mut_conf_state().learners = learners;
             let bytes = encode(&meta, &core);
