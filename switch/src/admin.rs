@@ -54,7 +54,7 @@ pub fn run(target: Target, action: Action) -> anyhow::Result<()> {
     runtime.block_on(call(target, action))
 }
 
-fn request_id() -> u128 {
+pub(crate) fn request_id() -> u128 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -98,10 +98,36 @@ async fn call(target: Target, action: Action) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to the switch at the target's address (or the configuration's), trusting it as
-/// the target says, as the target's identity.
-async fn connect(target: &Target) -> anyhow::Result<Client> {
+/// Connects to the switch at the target's address (or the configuration's; for a cluster,
+/// to its leader, whichever member that is), trusting it as the target says, as the target's
+/// identity.
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<Client> {
     let config = &target.config;
+    if let (None, Some(cluster)) = (&target.address, &config.cluster) {
+        let targets: Vec<String> = cluster
+            .members
+            .iter()
+            .map(|m| m.client_address.to_string())
+            .collect();
+        let trust = trust(target)?;
+        let identity = identity(target)?;
+        let (client, _) = Client::connect_leader(
+            &targets,
+            &trust,
+            identity.as_ref(),
+            target.timeout,
+            target.timeout,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "finding the cluster's leader among {} (--timeout-secs {})",
+                targets.join(", "),
+                target.timeout.as_secs_f64()
+            )
+        })?;
+        return Ok(client);
+    }
     let address = target.address.clone().unwrap_or_else(|| {
         let mut a = config.server.listen;
         if a.ip().is_unspecified() {
@@ -110,11 +136,7 @@ async fn connect(target: &Target) -> anyhow::Result<Client> {
         a.to_string()
     });
     let trust = trust(target)?;
-    let identity = match (&target.cert_file, &target.key_file) {
-        (Some(cert), Some(key)) => Some(ServerIdentity::from_pem_files(cert, key)?),
-        (None, None) => None,
-        _ => bail!("--cert and --key go together"),
-    };
+    let identity = identity(target)?;
     let timeout = target.timeout;
     Client::connect_to(&address, &trust, identity, timeout)
         .await
@@ -124,6 +146,15 @@ async fn connect(target: &Target) -> anyhow::Result<Client> {
                 timeout.as_secs_f64()
             )
         })
+}
+
+/// Who to be: `--cert` and `--key`, or no certificate.
+fn identity(target: &Target) -> anyhow::Result<Option<ServerIdentity>> {
+    Ok(match (&target.cert_file, &target.key_file) {
+        (Some(cert), Some(key)) => Some(ServerIdentity::from_pem_files(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    })
 }
 
 /// How to trust the switch: `--fingerprint`, `--ca`, or the certificate a self-signed switch

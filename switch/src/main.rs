@@ -76,6 +76,60 @@ enum ClusterCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write the files of a new member into DIR: its certificate for the link, the clients'
+    /// certificate the others have, and a configuration like `--from`'s with its own
+    /// addresses and `join = true`. Prints the entry every member's configuration needs.
+    AddMember {
+        /// A member's configuration.
+        #[arg(long)]
+        from: PathBuf,
+        /// Directory for the new member's files (`nodeID.toml`, `nodeID/`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Its id: one no member ever had.
+        #[arg(long)]
+        id: u64,
+        /// Its IP address.
+        #[arg(long)]
+        host: std::net::IpAddr,
+        #[arg(long, default_value_t = 4431)]
+        client_port: u16,
+        #[arg(long, default_value_t = 4441)]
+        replica_port: u16,
+        #[arg(long, default_value_t = 9461)]
+        http_port: u16,
+    },
+    /// Remove a member, add one, or both in one change (a lost member replaced), through the
+    /// leader, as the admin; then wait until the change is done and the added member holds
+    /// the log.
+    Change {
+        /// A member's configuration (the added member must be among its members).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        remove: Option<u64>,
+        #[arg(long)]
+        add: Option<u64>,
+        /// Seconds the change and the added member's catching up may take.
+        #[arg(long, default_value_t = 120.0)]
+        wait_secs: f64,
+        /// Seconds to wait for a connection and for each answer.
+        #[arg(long, default_value_t = switch::admin::TIMEOUT_DEFAULT.as_secs_f64())]
+        timeout_secs: f64,
+        /// Trust the members by their clients' certificate's SHA-256 fingerprint (default: the
+        /// self-signed certificate in the data directory).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Trust the members by this CA certificate (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) of the admin identity, when the members require one.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -259,6 +313,83 @@ fn cluster(command: ClusterCommand) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("switch cluster init: {}", error_line(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ClusterCommand::AddMember {
+            from,
+            dir,
+            id,
+            host,
+            client_port,
+            replica_port,
+            http_port,
+        } => {
+            let addresses = switch::cluster::init::Addresses {
+                client: std::net::SocketAddr::new(host, client_port),
+                replica: std::net::SocketAddr::new(host, replica_port),
+                http: std::net::SocketAddr::new(host, http_port),
+            };
+            match switch::cluster::init::add_member(&from, &dir, id, addresses) {
+                Ok(added) => {
+                    print!("{}", switch::cluster::init::add_instructions(&added));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switch cluster add-member: {}", error_line(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ClusterCommand::Change {
+            config,
+            remove,
+            add,
+            wait_secs,
+            timeout_secs,
+            fingerprint,
+            ca,
+            cert,
+            key,
+        } => {
+            let config = match load(Some(&config)) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let seconds = |name: &str, secs: f64| {
+                std::time::Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|t| !t.is_zero())
+                    .ok_or_else(|| {
+                        eprintln!("--{name} must be a number of seconds above 0, not {secs}");
+                        ExitCode::from(2)
+                    })
+            };
+            let (timeout, wait) = match (
+                seconds("timeout-secs", timeout_secs),
+                seconds("wait-secs", wait_secs),
+            ) {
+                (Ok(t), Ok(w)) => (t, w),
+                (Err(code), _) | (_, Err(code)) => return code,
+            };
+            let target = switch::admin::Target {
+                config,
+                address: None,
+                timeout,
+                fingerprint,
+                ca_file: ca,
+                cert_file: cert,
+                key_file: key,
+            };
+            let change = switch::cluster::change::Change { remove, add, wait };
+            match switch::cluster::change::run(target, change) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switch cluster change: {}", error_line(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }

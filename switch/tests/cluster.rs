@@ -313,3 +313,124 @@ async fn a_leader_cut_off_answers_nothing_and_rejoins_without_divergence() {
         "the replicas' ledgers differ: {digests:?}"
     );
 }
+
+/// A follower's host is lost for good (killed, its data directory gone). A new member is made
+/// with `switch cluster add-member`, listed in every configuration (SIGHUP), started, and put
+/// in the lost one's place with `switch cluster change`; it catches up by snapshot and log.
+/// Then the leader is killed too: the new member is one of the majority that carries on, and
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover() {
+    // Snapshots often, so that the new member starts from one.
+    let mut cluster = Cluster::start(3, "[snapshot]\nevery_records = 40\n");
+    let mut client = Follower::new(&cluster);
+    for r in client.call(&setup_requests(1_000_000_000)).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    let mut acked: HashMap<u128, u64> = HashMap::new();
+    let mut next = 1_000u128;
+    let mut load = async |client: &mut Follower, frames: usize, acked: &mut HashMap<u128, u64>| {
+        for _ in 0..frames {
+            let frame: Vec<Request> = (0..16)
+                .map(|k| authorize(next + k, 1 + (next + k) as u64 % 97))
+                .collect();
+            for (r, a) in frame.iter().zip(client.call(&frame).await) {
+                assert_eq!(a.code, Code::Approved, "{a:?}");
+                if let Operation::Authorize { amount, .. } = r.operation {
+                    acked.insert(r.id.0, amount.0);
+                }
+            }
+            next += 16;
+        }
+    };
+    load(&mut client, 30, &mut acked).await;
+
+    let leader = cluster.leader(LIMIT);
+    let lost = (0..3).find(|&i| i != leader).expect("a follower");
+    let lost_id = cluster.members[lost].id;
+    let new = cluster.add_member();
+    let new_id = cluster.members[new].id;
+    assert_eq!(
+        cluster.view(new).map(|v| v.role).as_deref(),
+        Some("joining"),
+        "the new member waits to be added"
+    );
+    cluster.kill(lost);
+    std::fs::remove_dir_all(&cluster.members[lost].data_dir).expect("the lost disk");
+    load(&mut client, 10, &mut acked).await;
+
+    // What the leader refuses: a member the configurations do not list, and itself.
+    let (ok, out) = cluster.change(new, &["--add", "99"]);
+    assert!(!ok && out.contains("not in this configuration"), "{out}");
+    let leader_id = cluster.members[cluster.leader(LIMIT)].id.to_string();
+    let (ok, out) = cluster.change(new, &["--remove", &leader_id]);
+    assert!(!ok && out.contains("refused"), "{out}");
+
+    let (lost_arg, new_arg) = (lost_id.to_string(), new_id.to_string());
+    let (ok, out) = cluster.change(new, &["--remove", &lost_arg, "--add", &new_arg]);
+    assert!(ok, "switch cluster change: {out}");
+    assert!(out.contains("membership change committed"), "{out}");
+    let mut voters: Vec<u64> = (0..3)
+        .filter(|&i| i != lost)
+        .map(|i| cluster.members[i].id)
+        .chain([new_id])
+        .collect();
+    voters.sort_unstable();
+    let view = cluster
+        .view(cluster.leader(LIMIT))
+        .expect("the leader's view");
+    assert_eq!(view.voters, voters, "{view:?}");
+    assert!(view.voters_outgoing.is_empty(), "{view:?}");
+    // Asked again, the change is made already.
+    let (ok, out) = cluster.change(new, &["--remove", &lost_arg, "--add", &new_arg]);
+    assert!(ok, "asked again: {out}");
+    cluster.converge(LIMIT);
+    assert_eq!(
+        cluster.view(new).map(|v| v.role).as_deref(),
+        Some("follower"),
+        "the new member follows"
+    );
+
+    // The next loss: the leader. The new member and the other old one carry on.
+    let leader = cluster.leader(LIMIT);
+    cluster.kill(leader);
+    load(&mut client, 10, &mut acked).await;
+    let after = cluster.leader(LIMIT);
+    assert_ne!(after, leader);
+    cluster.restart(leader);
+    cluster.converge(LIMIT);
+
+    // Every acknowledged authorization is held, at its amount, on the cluster as it is now.
+    let ids: Vec<u128> = acked.keys().copied().collect();
+    for (k, chunk) in ids.chunks(500).enumerate() {
+        let asks: Vec<Request> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, &of)| status(10_000_000 + (k * 500 + j) as u128, of))
+            .collect();
+        for (of, answer) in chunk.iter().zip(client.call(&asks).await) {
+            match answer.body {
+                wire::ResponseBody::TransferStatus(s)
+                    if s.state == wire::TransferState::Pending =>
+                {
+                    assert_eq!(s.amount.0, acked[of], "authorization {of}");
+                }
+                other => panic!("authorization {of} acknowledged but reads {other:?}"),
+            }
+        }
+    }
+    cluster.converge(LIMIT);
+    let digests: Vec<String> = (0..cluster.members.len())
+        .filter(|&i| i != lost)
+        .map(|i| {
+            cluster.stop(i);
+            let log = std::fs::read_to_string(&cluster.members[i].log).expect("read log");
+            common::cluster::last_digest(&log).expect("a digest at the stop")
+        })
+        .collect();
+    assert_eq!(digests.len(), 3);
+    assert!(
+        digests.windows(2).all(|d| d[0] == d[1]),
+        "the members' ledgers differ: {digests:?}"
+    );
+}

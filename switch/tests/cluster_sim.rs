@@ -195,6 +195,7 @@ fn node_config(id: u64, seed: u64, joining: bool) -> NodeConfig {
 
 impl Replica {
     fn start(&mut self, seed: u64) -> Result<(), String> {
+        self.found()?;
         let (mut core, base) = match newest_snapshot(&self.state_storage)? {
             Some((core, meta)) => (core, meta),
             None => (new_core(), SnapshotMetadata::default()),
@@ -239,6 +240,30 @@ impl Replica {
             waiting: Vec::new(),
         });
         Ok(())
+    }
+
+    /// A founding replica's first start writes the founding snapshot, as the server does.
+    fn found(&mut self) -> Result<(), String> {
+        let fresh = snapshot_file::list(&self.state_storage)
+            .map_err(|e| e.to_string())?
+            .is_empty()
+            && self
+                .wal_storage
+                .list()
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            && self.state_storage.read(HARD_STATE).is_err();
+        if !fresh || self.joining {
+            return Ok(());
+        }
+        let meta = switch::replica::snapshot::founding(&(1..=NODES).collect::<Vec<_>>());
+        let payload = switch::replica::snapshot::encode(
+            &meta,
+            &Image::take(&new_core(), meta.index).encode(),
+        );
+        snapshot_file::write(&self.state_storage, meta.index, &payload, 2)
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// Makes a snapshot of what this replica has committed and applied, the way the server
@@ -382,6 +407,8 @@ struct Sim {
     installs: u64,
     /// A member being replaced: (removed, added).
     replacing: Option<(u64, u64)>,
+    /// Replicas make snapshots now and then (off: only when a follower waits for one).
+    snapshots_on: bool,
 }
 
 impl Sim {
@@ -425,6 +452,7 @@ impl Sim {
             snapshots: 0,
             installs: 0,
             replacing: None,
+            snapshots_on: true,
         };
         for r in sim.replicas.iter_mut().filter(|r| !r.joining) {
             r.start(seed).expect("a fresh replica starts");
@@ -919,9 +947,14 @@ impl Sim {
         }
     }
 
+    /// Now and then, and whenever a follower waits for one, a replica makes a snapshot.
     fn maybe_snapshot(&mut self) {
         for k in 0..self.replicas.len() {
-            if self.rng.gen_bool(0.003) {
+            let wanted = self.replicas[k]
+                .live
+                .as_ref()
+                .is_some_and(|l| l.node.snapshot_wanted());
+            if wanted || (self.snapshots_on && self.rng.gen_bool(0.003)) {
                 let seed = self.seed;
                 match self.replicas[k].snapshot() {
                     Ok(made) => self.snapshots += u64::from(made),
@@ -1092,6 +1125,7 @@ impl Sim {
             );
         }
         // Every replica applies everything committed.
+        let mut caught_up = false;
         for _ in 0..5_000 {
             let last = self.replicas[self.leader().expect("a leader")]
                 .live
@@ -1109,10 +1143,16 @@ impl Sim {
                         .is_some_and(|l| l.node.applied() == last && l.node.committed() == last)
                 })
             {
+                caught_up = true;
                 break;
             }
             self.step();
         }
+        assert!(
+            caught_up,
+            "seed {}: a member never applied everything committed",
+            self.seed
+        );
         self.check(&finals);
         eprintln!(
             "seed {}: {} requests, {} acknowledged under faults, leaders in {} terms, {} \
@@ -1295,6 +1335,29 @@ fn a_lost_member_is_replaced_by_a_new_one() {
         eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
         let mut sim = Sim::with_spares(seed, 1);
         sim.run_replacing(4_000, Some(1_500));
+        let members: Vec<u64> = sim
+            .replicas
+            .iter()
+            .filter(|r| r.started && !r.retired)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(members.len(), 3, "seed {seed}: {members:?}");
+        assert!(
+            members.contains(&4),
+            "seed {seed}: the spare is a member: {members:?}"
+        );
+    }
+}
+
+/// The same, with no snapshot ever made: the new member learns the founding membership, not
+/// written in any entry, from the leader all the same (it must never count itself alone).
+#[test]
+fn a_member_replaced_before_any_snapshot_learns_the_founding_membership() {
+    for seed in seeds() {
+        eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
+        let mut sim = Sim::with_spares(seed, 1);
+        sim.snapshots_on = false;
+        sim.run_replacing(3_000, Some(300));
         let members: Vec<u64> = sim
             .replicas
             .iter()

@@ -443,6 +443,7 @@ async fn mutual_tls_refuses_strangers_and_confines_participants() {
     // alone (PROTOCOL.md 10.3).
     let admin_only = [
         Operation::ReloadRoutes,
+        Operation::ChangeMembership { remove: 0, add: 2 },
         Operation::ReportFile {
             window: wire::WindowId(1),
             file: 1,
@@ -706,6 +707,37 @@ async fn every_operation_answers_over_quic_and_is_counted() {
         ResponseBody::ReloadRoutes { route_count: 1 },
         "no config file: the table it started with"
     );
+    // A switch alone is a cluster of one: its membership is itself, and nothing else is listed.
+    for (i, (remove, add, code, reason)) in [
+        (0, 2, Code::InvalidTransaction, Reason::MEMBERSHIP_INVALID),
+        (1, 0, Code::InvalidTransaction, Reason::MEMBERSHIP_INVALID),
+        (0, 0, Code::InvalidTransaction, Reason::MEMBERSHIP_INVALID),
+        (2, 2, Code::InvalidTransaction, Reason::MEMBERSHIP_INVALID),
+        (0, 1, Code::Approved, Reason::NONE),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = one(
+            &stream,
+            req(
+                31_000 + i as u128,
+                Operation::ChangeMembership { remove, add },
+            ),
+        )
+        .await;
+        assert_eq!(
+            (r.code, r.reason),
+            (code, reason),
+            "remove {remove} add {add}"
+        );
+        if code == Code::Approved {
+            assert!(
+                matches!(r.body, ResponseBody::ChangeMembership { index } if index > 0),
+                "{r:?}"
+            );
+        }
+    }
     // 61: past the issuer's net debit cap (checked before its funds).
     let over_cap = one(
         &stream,

@@ -159,7 +159,10 @@ fn a_reload_names_the_sections_it_does_not_apply() {
     write_config(&config, &data, route);
     process.signal("HUP").expect("SIGHUP");
     let text = wait_for(&log, "routing table reloaded", 1);
-    assert!(!text.contains("applies [[routes]] only"), "{text}");
+    assert!(
+        !text.contains("applies [[routes]] and [[cluster.members]] only"),
+        "{text}"
+    );
 
     write_config(
         &config,
@@ -174,7 +177,7 @@ fn a_reload_names_the_sections_it_does_not_apply() {
     let text = wait_for(&log, "routing table reloaded", 2);
     let warned: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("applies [[routes]] only"))
+        .filter(|l| l.contains("applies [[routes]] and [[cluster.members]] only"))
         .collect();
     assert_eq!(warned.len(), 1, "{text}");
     assert!(warned[0].contains(" WARN "), "{}", warned[0]);

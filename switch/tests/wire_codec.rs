@@ -103,6 +103,8 @@ fn operation() -> impl Strategy<Value = Operation> {
             }
         ),
         Just(Operation::ReloadRoutes),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(remove, add)| Operation::ChangeMembership { remove, add }),
         (
             card_number(),
             account_id(),
@@ -201,6 +203,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
         movement().prop_map(ResponseBody::Fund),
         Just(ResponseBody::SetLimits),
         any::<u32>().prop_map(|route_count| ResponseBody::ReloadRoutes { route_count }),
+        any::<u64>().prop_map(|index| ResponseBody::ChangeMembership { index }),
         movement().prop_map(ResponseBody::Authorize),
         movement().prop_map(ResponseBody::Capture),
         movement().prop_map(ResponseBody::Reverse),

@@ -131,6 +131,14 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             one_request(5, 0x0105, Operation::ReloadRoutes),
         ),
         (
+            "request-change-membership",
+            one_request(
+                40,
+                0x0106,
+                Operation::ChangeMembership { remove: 3, add: 4 },
+            ),
+        ),
+        (
             "request-authorize",
             one_request(
                 6,
@@ -314,6 +322,10 @@ fn vectors() -> Vec<(&'static str, Frame)> {
         (
             "response-reload-routes",
             one_response(5, 0x0105, ResponseBody::ReloadRoutes { route_count: 1200 }),
+        ),
+        (
+            "response-change-membership",
+            one_response(40, 0x0106, ResponseBody::ChangeMembership { index: 1834 }),
         ),
         (
             "response-authorize",

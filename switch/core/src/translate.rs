@@ -14,6 +14,11 @@ use crate::wire;
 pub enum Translated {
     Core(Request),
     ReloadRoutes,
+    /// Made by the replica (the leader), not the core: `remove` and `add` are 0 for none.
+    ChangeMembership {
+        remove: u64,
+        add: u64,
+    },
     /// Served from the report files by the connection, not the core.
     ReportFile {
         window: u64,
@@ -94,6 +99,12 @@ pub fn request(r: &wire::Request) -> Translated {
             net_debit_cap: Amount(net_debit_cap.0),
         }),
         wire::Operation::ReloadRoutes => return Translated::ReloadRoutes,
+        wire::Operation::ChangeMembership { remove, add } => {
+            return Translated::ChangeMembership {
+                remove: *remove,
+                add: *add,
+            };
+        }
         wire::Operation::Authorize {
             number: n,
             merchant,

@@ -39,6 +39,12 @@ pub struct Cluster {
     /// Largest snapshot accepted from a leader.
     #[serde(default = "defaults::snapshot_bytes_max")]
     pub snapshot_bytes_max: u64,
+    /// This replica joins a running cluster rather than founding one: on its first start it
+    /// has no membership and waits, without standing for election, until the leader adds it
+    /// (`switch cluster change --add`) and sends it a snapshot. Founding members leave it
+    /// false: their first start writes the founding membership (every member listed).
+    #[serde(default)]
+    pub join: bool,
     /// Every member, this one included.
     pub members: Vec<Member>,
 }
@@ -79,6 +85,33 @@ pub mod defaults {
     }
     pub fn snapshot_bytes_max() -> u64 {
         64 << 30
+    }
+}
+
+impl Cluster {
+    /// The members as the link talks to them (ids, replica addresses, certificates); a
+    /// member whose fingerprint does not parse is left out (`check` refuses it first).
+    pub fn peers(&self) -> Vec<crate::cluster::transport::Peer> {
+        self.members
+            .iter()
+            .filter_map(|m| {
+                Some(crate::cluster::transport::Peer {
+                    id: m.id,
+                    address: m.replica_address,
+                    fingerprint: crate::tls::Fingerprint(crate::config::parse_fingerprint(
+                        &m.fingerprint_sha256,
+                    )?),
+                })
+            })
+            .collect()
+    }
+
+    /// Each member's id, client address and http address.
+    pub fn addresses(&self) -> Vec<crate::server::replication::MemberAddresses> {
+        self.members
+            .iter()
+            .map(|m| (m.id, m.client_address, m.http_address))
+            .collect()
     }
 }
 

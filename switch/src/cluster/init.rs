@@ -230,3 +230,142 @@ pub fn instructions(made: &Made) -> String {
     );
     t
 }
+
+/// What `add_member` made.
+#[derive(Debug)]
+pub struct Added {
+    /// The new member's configuration.
+    pub config: PathBuf,
+    pub id: u64,
+    /// Its `[[cluster.members]]` entry, for every other member's configuration.
+    pub entry: String,
+}
+
+/// Writes the files of a new member `id` with `addresses` under `dir`, from the configuration
+/// of a member of the cluster it joins (`from`): its own certificate for the link, the
+/// clients' certificate of the others (a self-signed cluster's), and a configuration like
+/// `from`'s with its own addresses, `join = true`, and itself among the members.
+pub fn add_member(from: &Path, dir: &Path, id: u64, addresses: Addresses) -> anyhow::Result<Added> {
+    let config = crate::config::Config::load(from)?;
+    let Some(cluster) = &config.cluster else {
+        anyhow::bail!("{} has no [cluster]", from.display());
+    };
+    anyhow::ensure!(id != 0, "0 is not a member id");
+    anyhow::ensure!(
+        !cluster.members.iter().any(|m| m.id == id),
+        "member {id} is in {} already: a new member takes an id never used before (a lost \
+         member's disk is gone with its id)",
+        from.display()
+    );
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("reading {} as TOML", from.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let node_dir = dir.join(format!("node{id}"));
+    let data_dir = node_dir.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    if config.tls.mode == crate::config::TlsMode::SelfSigned {
+        // The same certificate for clients as every other member's.
+        let (from_tls, to_tls) = (config.server.data_dir.join("tls"), data_dir.join("tls"));
+        std::fs::create_dir_all(&to_tls)
+            .with_context(|| format!("creating {}", to_tls.display()))?;
+        for name in [crate::tls::SELF_SIGNED_CERT_FILE, "server-key.der"] {
+            let bytes = std::fs::read(from_tls.join(name)).with_context(|| {
+                format!(
+                    "reading {} (the clients' certificate every member shares)",
+                    from_tls.join(name).display()
+                )
+            })?;
+            write_new(&to_tls.join(name), &bytes)?;
+        }
+    }
+    let replica = rcgen::generate_simple_self_signed(vec![format!("replica-{id}")])?;
+    let (cert, key) = (node_dir.join("replica.pem"), node_dir.join("replica.key"));
+    write_new(&cert, replica.cert.pem().as_bytes())?;
+    write_new(&key, replica.signing_key.serialize_pem().as_bytes())?;
+    let fingerprint = Fingerprint::of(replica.cert.der());
+
+    let section = |table: &mut toml::Table, name: &str| -> anyhow::Result<toml::Table> {
+        match table.remove(name) {
+            Some(toml::Value::Table(t)) => Ok(t),
+            None => Ok(toml::Table::new()),
+            Some(_) => anyhow::bail!("[{name}] is not a table"),
+        }
+    };
+    let text_of = |p: &Path| toml::Value::String(p.display().to_string());
+    let mut server = section(&mut table, "server")?;
+    server.insert("listen".into(), addresses.client.to_string().into());
+    server.insert("data_dir".into(), text_of(&data_dir));
+    table.insert("server".into(), server.into());
+    let mut metrics = section(&mut table, "metrics")?;
+    metrics.insert("listen".into(), addresses.http.to_string().into());
+    table.insert("metrics".into(), metrics.into());
+    let mut c = section(&mut table, "cluster")?;
+    c.insert("id".into(), toml::Value::Integer(i64::try_from(id)?));
+    c.insert(
+        "replica_listen".into(),
+        addresses.replica.to_string().into(),
+    );
+    c.insert("cert_file".into(), text_of(&cert));
+    c.insert("key_file".into(), text_of(&key));
+    c.insert("join".into(), true.into());
+    let mut entry = toml::Table::new();
+    entry.insert("id".into(), toml::Value::Integer(i64::try_from(id)?));
+    entry.insert(
+        "replica_address".into(),
+        addresses.replica.to_string().into(),
+    );
+    entry.insert("client_address".into(), addresses.client.to_string().into());
+    entry.insert("http_address".into(), addresses.http.to_string().into());
+    entry.insert("fingerprint_sha256".into(), fingerprint.to_string().into());
+    match c.get_mut("members") {
+        Some(toml::Value::Array(members)) => members.push(entry.clone().into()),
+        _ => anyhow::bail!("[cluster] has no members"),
+    }
+    table.insert("cluster".into(), c.into());
+    let config_path = dir.join(format!("node{id}.toml"));
+    let body = toml::to_string(&table).context("writing the configuration")?;
+    let header = format!(
+        "# Member {id}, joining the cluster of {from}; written by `switch cluster add-member`.\n\
+         # Start it with: switch serve --config {config}\n\n",
+        from = from.display(),
+        config = config_path.display()
+    );
+    write_new(&config_path, format!("{header}{body}").as_bytes())?;
+    // The new configuration must be one the switch starts from.
+    crate::config::Config::load(&config_path)?;
+    let mut members = toml::Table::new();
+    members.insert(
+        "cluster".into(),
+        toml::Value::Table(toml::Table::from_iter([(
+            "members".to_string(),
+            toml::Value::Array(vec![entry.into()]),
+        )])),
+    );
+    let entry = toml::to_string(&members).context("writing the member's entry")?;
+    Ok(Added {
+        config: config_path,
+        id,
+        entry,
+    })
+}
+
+/// What to do next once a member's files are made.
+pub fn add_instructions(added: &Added) -> String {
+    format!(
+        "Wrote member {id}: {config}\n\n\
+         1. Append its entry to every member's configuration, and reload each (kill -HUP):\n\n\
+         {entry}\n\
+         2. Start it (it waits to be added):  switch serve --config {config}\n\
+         3. Add it (and remove the member it replaces, if any):\n\n   \
+         switch cluster change --config {config} --add {id} [--remove ID]\n",
+        id = added.id,
+        config = added.config.display(),
+        entry = added.entry,
+    )
+}

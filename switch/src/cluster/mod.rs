@@ -1,7 +1,8 @@
 //! The switch as a cluster of replicas: its configuration (`config`), the files a new cluster
-//! starts from (`init`), the members' views (`status`), and the link between replicas
-//! (`transport`).
+//! or a new member starts from (`init`), the members' views (`status`), membership changes
+//! (`change`), and the link between replicas (`transport`).
 
+pub mod change;
 pub mod config;
 pub mod init;
 pub mod status;

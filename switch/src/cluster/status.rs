@@ -34,11 +34,14 @@ pub fn show(config: &Config) -> anyhow::Result<String> {
             (id, view)
         })
         .collect();
-    // The leader knows how far each member lags.
-    let lags: Vec<(u64, u64)> = views
+    // The leader knows how far each member lags, and the membership.
+    let leader = views
         .iter()
         .filter_map(|(_, v)| v.as_ref().ok())
         .find(|v| v.role == "leader")
+        .cloned();
+    let lags: Vec<(u64, u64)> = leader
+        .as_ref()
         .map(|v| v.members.iter().map(|m| (m.id, m.lag)).collect())
         .unwrap_or_default();
     for (id, view) in views {
@@ -66,10 +69,25 @@ pub fn show(config: &Config) -> anyhow::Result<String> {
             }
         }
     }
+    match leader {
+        Some(v) if v.voters_outgoing.is_empty() => {
+            let _ = writeln!(t, "voters: {:?}", v.voters);
+        }
+        Some(v) => {
+            let _ = writeln!(
+                t,
+                "voters: {:?}, leaving {:?} (a membership change is being made)",
+                v.voters, v.voters_outgoing
+            );
+        }
+        None => {
+            let _ = writeln!(t, "no member says it leads");
+        }
+    }
     Ok(t)
 }
 
-fn fetch(http: SocketAddr) -> anyhow::Result<StatusView> {
+pub(crate) fn fetch(http: SocketAddr) -> anyhow::Result<StatusView> {
     let mut stream = TcpStream::connect_timeout(&http, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;

@@ -7,8 +7,11 @@
 //! messages that member sent (`from`) to this replica (`to`). Anything else is refused.
 //!
 //! Each ordered pair of members has one connection, opened by the sender, which writes its
-//! messages on one unidirectional stream as frames: a `u32` length (little-endian), then the
-//! message in the Raft library's protobuf encoding. A snapshot goes on a stream of its own:
+//! messages on one unidirectional stream: a kind byte (1), the sender's incarnation (`u64`, new
+//! at every start of its process), then frames: a `u32` length (little-endian), then the
+//! message in the Raft library's protobuf encoding. A new incarnation from a member means it
+//! restarted: what this replica was writing to it went to a process that is gone, so its own
+//! connection to it is made anew at once rather than left to time out. A snapshot goes on a stream of its own:
 //! a header (`u64` index, `u64` file length), the snapshot file as it is on disk, then the
 //! message that announces it; the receiver keeps the file (checked, synced, renamed into
 //! place) before the message reaches Raft.
@@ -111,7 +114,8 @@ enum Outbound {
 }
 
 /// The sending side: one bounded queue per peer. The peers change with the membership
-/// (`set_peers`, on a reload of the configuration).
+/// (`set_peers`, on a reload of the configuration). A clone is the same link.
+#[derive(Clone)]
 pub struct Link {
     id: u64,
     own: Fingerprint,
@@ -123,13 +127,15 @@ pub struct Link {
     endpoint: quinn::Endpoint,
     settings: Arc<LinkSettings>,
     identity: Arc<ServerIdentity>,
+    /// New at every start of the process: tells the peers this one restarted.
+    incarnation: u64,
 }
 
 /// A peer as the link sends to it.
 struct PeerLink {
     peer: Peer,
     queue: mpsc::Sender<Outbound>,
-    /// Rung when the peer connects to this replica anew (it restarted), so that the
+    /// Rung when the peer speaks with a new incarnation (it restarted), so that the
     /// connection to it is made anew too rather than written into until it times out.
     reconnect: Arc<tokio::sync::Notify>,
 }
@@ -161,6 +167,7 @@ impl Link {
             endpoint,
             settings: Arc::new(settings),
             identity: Arc::new(identity),
+            incarnation: incarnation(),
         };
         link.set_peers(peers);
         tokio::spawn(accept_loop(
@@ -188,12 +195,15 @@ impl Link {
             let (queue, rx) = mpsc::channel(self.settings.queue_messages_max.max(1));
             let reconnect = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(send_loop(
-                self.endpoint.clone(),
-                self.settings.clone(),
-                self.identity.clone(),
+                Sender {
+                    endpoint: self.endpoint.clone(),
+                    settings: self.settings.clone(),
+                    identity: self.identity.clone(),
+                    inbox: self.inbox.clone(),
+                    incarnation: self.incarnation,
+                },
                 peer.clone(),
                 rx,
-                self.inbox.clone(),
                 reconnect.clone(),
             ));
             tracing::info!(peer = peer.id, address = %peer.address, "replica link to a member");
@@ -208,6 +218,11 @@ impl Link {
             .map(|p| p.fingerprint)
             .filter(|f| *f != self.own)
             .collect();
+    }
+
+    /// The members it talks to (itself left out).
+    pub fn peers(&self) -> Vec<Peer> {
+        self.peers.read().iter().map(|l| l.peer.clone()).collect()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -364,15 +379,36 @@ impl ClientCertVerifier for Members {
 }
 
 /// Keeps a connection to `peer` and writes its queue to it, reconnecting after a failure.
-async fn send_loop(
+/// What every sender task shares.
+struct Sender {
     endpoint: quinn::Endpoint,
     settings: Arc<LinkSettings>,
     identity: Arc<ServerIdentity>,
+    inbox: Inbox,
+    incarnation: u64,
+}
+
+/// A number no earlier start of this process had (the clock's nanoseconds and the pid).
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(48)
+}
+
+async fn send_loop(
+    sender: Sender,
     peer: Peer,
     mut queue: mpsc::Receiver<Outbound>,
-    inbox: Inbox,
     reconnect: Arc<tokio::sync::Notify>,
 ) {
+    let Sender {
+        endpoint,
+        settings,
+        identity,
+        inbox,
+        incarnation,
+    } = sender;
     let client = match client_config(&identity, &peer) {
         Ok(c) => c,
         Err(e) => {
@@ -410,12 +446,12 @@ async fn send_loop(
         backoff = Duration::from_millis(50);
         tracing::info!(peer = peer.id, address = %peer.address, "connected to replica");
         tokio::select! {
-            sent = send_on(&connection, &settings, &mut queue, &inbox, peer.id) => match sent {
+            sent = send_on(&connection, &settings, &mut queue, &inbox, (peer.id, incarnation)) => match sent {
                 Ok(()) => return,
                 Err(e) => tracing::info!(peer = peer.id, "replica connection lost: {e}"),
             },
             () = reconnect.notified() => {
-                tracing::info!(peer = peer.id, "the replica connected anew (it restarted): reconnecting to it");
+                tracing::info!(peer = peer.id, "the replica restarted: reconnecting to it");
                 connection.close(0u32.into(), b"reconnecting");
             }
         }
@@ -466,10 +502,13 @@ async fn send_on(
     settings: &LinkSettings,
     queue: &mut mpsc::Receiver<Outbound>,
     inbox: &Inbox,
-    peer: u64,
+    (peer, incarnation): (u64, u64),
 ) -> anyhow::Result<()> {
     let mut stream = connection.open_uni().await?;
-    stream.write_all(&[STREAM_MESSAGES]).await?;
+    let mut header = [0u8; 9];
+    header[0] = STREAM_MESSAGES;
+    header[1..].copy_from_slice(&incarnation.to_le_bytes());
+    stream.write_all(&header).await?;
     while let Some(outbound) = queue.recv().await {
         match outbound {
             Outbound::Message(bytes) => {
@@ -575,8 +614,11 @@ async fn accept_loop(
     inbox: Inbox,
     peers: Arc<parking_lot::RwLock<Vec<PeerLink>>>,
 ) {
+    // Each member's incarnation, as last heard.
+    let heard: Arc<parking_lot::Mutex<std::collections::HashMap<u64, u64>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
         let (settings, inbox, peers) = (settings.clone(), inbox.clone(), peers.clone());
+        let heard = heard.clone();
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(c) => c,
@@ -589,15 +631,21 @@ async fn accept_loop(
                 connection.close(1u32.into(), b"not a member");
                 return;
             };
-            // A member that connects anew has (most likely) restarted: what this replica has
-            // been writing to it went to a process that is gone.
-            if let Some(l) = peers.read().iter().find(|l| l.peer.id == from) {
-                l.reconnect.notify_one();
-            }
             while let Ok(stream) = connection.accept_uni().await {
                 let (settings, inbox) = (settings.clone(), inbox.clone());
+                let (peers, heard) = (peers.clone(), heard.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = receive(stream, from, &settings, &inbox).await {
+                    // A member heard with a new incarnation restarted: what this replica has
+                    // been writing to it went to a process that is gone.
+                    let restarted = move |incarnation: u64| {
+                        let before = heard.lock().insert(from, incarnation);
+                        if before.is_some_and(|b| b != incarnation)
+                            && let Some(l) = peers.read().iter().find(|l| l.peer.id == from)
+                        {
+                            l.reconnect.notify_one();
+                        }
+                    };
+                    if let Err(e) = receive(stream, from, &settings, &inbox, restarted).await {
                         tracing::debug!(peer = from, "replica stream ended: {e:#}");
                     }
                 });
@@ -628,15 +676,19 @@ async fn receive(
     from: u64,
     settings: &LinkSettings,
     inbox: &Inbox,
+    incarnation: impl FnOnce(u64),
 ) -> anyhow::Result<()> {
     let kind = stream.read_u8().await?;
     match kind {
-        STREAM_MESSAGES => loop {
-            let Some(message) = read_message(&mut stream, from, settings).await? else {
-                return Ok(());
-            };
-            inbox.deliver(Inbound::Message(message));
-        },
+        STREAM_MESSAGES => {
+            incarnation(stream.read_u64_le().await?);
+            loop {
+                let Some(message) = read_message(&mut stream, from, settings).await? else {
+                    return Ok(());
+                };
+                inbox.deliver(Inbound::Message(message));
+            }
+        }
         STREAM_SNAPSHOT => {
             let index = stream.read_u64_le().await?;
             let len = stream.read_u64_le().await?;

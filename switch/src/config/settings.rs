@@ -214,14 +214,12 @@ fn replica_settings(config: &Config, record_bytes_max: usize) -> ReplicaSettings
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()).rotate_left(32);
+    let joining = config.cluster.as_ref().is_some_and(|c| c.join);
     let (id, members, tick_ms, election, heartbeat, message_bytes, in_flight, queue) =
         match &config.cluster {
             Some(c) => (
                 c.id,
-                c.members
-                    .iter()
-                    .map(|m| (m.id, m.client_address, m.http_address))
-                    .collect(),
+                c.addresses(),
                 c.tick_ms,
                 c.election_ticks,
                 c.heartbeat_ticks,
@@ -243,7 +241,11 @@ fn replica_settings(config: &Config, record_bytes_max: usize) -> ReplicaSettings
     ReplicaSettings {
         node: crate::replica::NodeConfig {
             id,
-            voters: members.iter().map(|m: &(u64, _, _)| m.0).collect(),
+            voters: if joining {
+                Vec::new()
+            } else {
+                members.iter().map(|m: &(u64, _, _)| m.0).collect()
+            },
             election_ticks: election as usize,
             heartbeat_ticks: heartbeat as usize,
             message_bytes_max: message_bytes,
@@ -259,19 +261,7 @@ fn replica_settings(config: &Config, record_bytes_max: usize) -> ReplicaSettings
 
 fn link_plan(config: &Config) -> Option<LinkPlan> {
     let c = config.cluster.as_ref()?;
-    let peers = c
-        .members
-        .iter()
-        .filter_map(|m| {
-            Some(crate::cluster::transport::Peer {
-                id: m.id,
-                address: m.replica_address,
-                fingerprint: crate::tls::Fingerprint(super::parse_fingerprint(
-                    &m.fingerprint_sha256,
-                )?),
-            })
-        })
-        .collect();
+    let peers = c.peers();
     Some(LinkPlan {
         settings: crate::cluster::transport::LinkSettings {
             id: c.id,

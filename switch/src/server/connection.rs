@@ -111,6 +111,8 @@ pub struct Shared {
     draining: AtomicBool,
     /// Whether this replica leads, and where the leader is if not.
     replica: Arc<crate::server::replication::ReplicaState>,
+    /// Where membership changes go (to the ledger stage).
+    membership: crate::server::stage::membership::Desk,
 }
 
 impl Shared {
@@ -120,6 +122,7 @@ impl Shared {
         queue: Queue,
         files: Arc<Files>,
         replica: Arc<crate::server::replication::ReplicaState>,
+        membership: crate::server::stage::membership::Desk,
     ) -> Self {
         let unfinished_pool = Arc::new(Semaphore::new(
             settings
@@ -136,6 +139,7 @@ impl Shared {
             unfinished_pool,
             draining: AtomicBool::new(false),
             replica,
+            membership,
         }
     }
 

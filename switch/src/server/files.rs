@@ -1,5 +1,6 @@
 //! What the switch answers from files rather than from the ledger stage: a reload of the
-//! routing table from the configuration file (ReloadRoutes, SIGHUP), and pieces of closed
+//! routing table and of the cluster's member list from the configuration file (ReloadRoutes,
+//! SIGHUP), and pieces of closed
 //! windows' report files (ReportFile). A connection calls these in its frame's order
 //! (PROTOCOL.md, section 7), after the frame's operations before them; the disk work runs off
 //! the network threads.
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::error_line;
+use crate::cluster::transport::Link;
 use crate::codes::{Code, Reason};
 use crate::config::Config;
 use crate::routing::RouteTable;
+use crate::server::replication::ReplicaState;
 
 pub struct Files {
     /// The configuration file the switch was started from, if any.
@@ -21,6 +24,9 @@ pub struct Files {
     started: Arc<Config>,
     routes: Arc<RwLock<Arc<RouteTable>>>,
     report_dir: PathBuf,
+    /// The link to the other replicas and what the connections read of the replica: a
+    /// reload gives them the members the file lists.
+    cluster: std::sync::OnceLock<(Link, Arc<ReplicaState>)>,
 }
 
 /// A piece of a report file.
@@ -43,13 +49,33 @@ impl Files {
             started,
             routes,
             report_dir,
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
+    /// A reload also gives `link` and `replica` the members the file lists.
+    pub fn attach_cluster(&self, link: Link, replica: Arc<ReplicaState>) {
+        let _ = self.cluster.set((link, replica));
+    }
+
     /// Re-reads the routing table from the configuration file and swaps it in; how many routes
-    /// it has, or why it was not (logged). Blocks on the disk.
+    /// it has, or why it was not (logged). The cluster's member list is taken from the file
+    /// too (`reload_members`), whatever becomes of the routes. Blocks on the disk.
     pub fn reload_routes(&self) -> Result<usize, String> {
-        match read_routes(self.config_path.as_deref(), &self.started) {
+        let file = self
+            .config_path
+            .as_deref()
+            .map(|path| Config::load(path).map(|config| (path, config)));
+        if let Some(Ok((path, config))) = &file {
+            warn_of_other_changes(path, config, &self.started);
+            self.reload_members(config);
+        }
+        let table = match file {
+            Some(loaded) => loaded.and_then(|(_, config)| config.route_table("configuration")),
+            None => self.started.route_table("configuration"),
+        }
+        .map_err(|e| anyhow::anyhow!(error_line(&e)));
+        match table {
             Ok(table) => {
                 let n = table.len();
                 *self.routes.write() = Arc::new(table);
@@ -61,6 +87,45 @@ impl Files {
                 Err(format!("{e:#}"))
             }
         }
+    }
+
+    /// Takes the members `config` lists: the link talks to exactly them (a new member is
+    /// reached, one gone is let go) and accepts their certificates, and a follower names the
+    /// leader by its client address there. A list that leaves out a voter is refused (the
+    /// voter is removed from the membership first, `switch cluster change --remove`).
+    fn reload_members(&self, config: &Config) {
+        let (Some((link, replica)), Some(cluster), Some(started)) = (
+            self.cluster.get(),
+            config.cluster.as_ref(),
+            self.started.cluster.as_ref(),
+        ) else {
+            return;
+        };
+        if cluster.id != started.id {
+            return;
+        }
+        let listed: Vec<u64> = cluster.members.iter().map(|m| m.id).collect();
+        let (voters, outgoing) = replica.voters();
+        if let Some(missing) = voters.iter().chain(&outgoing).find(|v| !listed.contains(v)) {
+            tracing::error!(
+                member = missing,
+                "the cluster's members not reloaded: the file leaves out member {missing},                  a voter (remove it from the membership first: switch cluster change --remove                  {missing})"
+            );
+            return;
+        }
+        let sorted = |mut peers: Vec<crate::cluster::transport::Peer>| {
+            peers.retain(|p| p.id != cluster.id);
+            peers.sort_by_key(|p| p.id);
+            peers
+        };
+        if replica.members() == cluster.addresses()
+            && sorted(link.peers()) == sorted(cluster.peers())
+        {
+            return;
+        }
+        link.set_peers(cluster.peers());
+        replica.set_members(cluster.addresses());
+        tracing::info!(members = ?listed, "the cluster's members reloaded");
     }
 
     /// `reload_routes` on a thread that may block.
@@ -107,26 +172,22 @@ impl Files {
     }
 }
 
-/// The routing table for a reload: from the configuration file at `path`, or, for a switch
-/// started without one, from the configuration it was started with (`started`), so that a
-/// reload never wipes routes it cannot read again. Only the routes are taken from the file:
-/// if other sections differ from `started`, a warning names them (they apply at a restart).
-/// The error is one line (`error_line`).
-fn read_routes(path: Option<&Path>, started: &Config) -> anyhow::Result<RouteTable> {
-    let table = match path {
-        Some(path) => Config::load(path).and_then(|config| {
-            let changed = config.sections_differing_from(started);
-            if !changed.is_empty() {
-                tracing::warn!(
-                    file = %path.display(),
-                    "a reload applies [[routes]] only; the file's {} differ from what the \
-                     switch runs with and apply at the next restart",
-                    changed.join(", ")
-                );
-            }
-            config.route_table("configuration")
-        }),
-        None => started.route_table("configuration"),
-    };
-    table.map_err(|e| anyhow::anyhow!(error_line(&e)))
+/// A reload takes only the routes and the cluster's member list from the file (a switch
+/// started without a file reloads the routes it started with, so that a reload never wipes
+/// routes it cannot read again): if other sections differ from `started`, a warning names
+/// them (they apply at a restart).
+fn warn_of_other_changes(path: &Path, config: &Config, started: &Config) {
+    let mut compared = config.clone();
+    if let (Some(c), Some(s)) = (compared.cluster.as_mut(), started.cluster.as_ref()) {
+        c.members.clone_from(&s.members);
+    }
+    let changed = compared.sections_differing_from(started);
+    if !changed.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            "a reload applies [[routes]] and [[cluster.members]] only; the file's {} differ \
+             from what the switch runs with and apply at the next restart",
+            changed.join(", ")
+        );
+    }
 }

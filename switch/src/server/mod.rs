@@ -302,6 +302,7 @@ async fn recover<S: Storage + Clone>(
         let link = crate::cluster::transport::Link::start(plan.settings, identity, stage.inbox())
             .context("starting the link to the other replicas")?;
         tracing::info!(replica_addr = %link.local_addr(), "listening for the other replicas");
+        files.attach_cluster(link.clone(), stage.replica());
         stage.attach(link);
     }
     Ok(Recovered {
@@ -336,6 +337,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
     let (quic_addr, http_addr) = (endpoint.local_addr()?, http_listener.local_addr()?);
     let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
     let replica = stage.replica();
+    let membership = stage.membership();
     let (queue, stage_thread) = stage.spawn(routes);
     let ready = Arc::new(AtomicBool::new(true));
     let failed = queue.failed_flag();
@@ -362,6 +364,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
         queue,
         files.clone(),
         replica,
+        membership,
     ));
     let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
     reload_on_hangup(files);

@@ -215,6 +215,7 @@ pub fn recover<S: Storage>(
 ) -> anyhow::Result<Recovered> {
     let started = Instant::now();
     let restore = RestoreConfig::like(&initial);
+    found(&initial, data_dir, snapshots, storage, voters)?;
     let mut passed_over = Vec::new();
     let mut loaded = None;
     for index in snapshot_file::list(snapshots)? {
@@ -304,6 +305,34 @@ pub fn recover<S: Storage>(
     })
 }
 
+/// A founding replica's first start (no snapshot, no log, no vote): its data directory begins
+/// with the founding snapshot (`replica::snapshot::founding`), the empty ledger and the
+/// founding membership. A replica that joins (no `voters`) starts from nothing.
+fn found<S: Storage>(
+    initial: &Core,
+    data_dir: &Path,
+    snapshots: &FileStorage,
+    storage: &S,
+    voters: &[u64],
+) -> anyhow::Result<()> {
+    let fresh = snapshot_file::list(snapshots)?.is_empty()
+        && storage.list()?.is_empty()
+        && !data_dir.join(HARD_STATE_FILE).exists();
+    if !fresh || voters.is_empty() {
+        return Ok(());
+    }
+    let meta = replica::snapshot::founding(voters);
+    let image = crate::core::snapshot::Image::take(initial, meta.index).encode();
+    let payload = replica::snapshot::encode(&meta, &image);
+    snapshot_file::write(snapshots, meta.index, &payload, 1)
+        .map_err(|e| anyhow::anyhow!("writing the founding snapshot: {e}"))?;
+    tracing::info!(
+        ?voters,
+        "a founding replica: the log starts from the founding snapshot"
+    );
+    Ok(())
+}
+
 /// Where received snapshots wait, and where the link reads snapshots to send.
 pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
@@ -373,8 +402,11 @@ mod tests {
 #[derive(Debug)]
 pub struct ReplicaState {
     pub id: u64,
-    /// Every member: (id, client address, http address).
-    pub members: Vec<(u64, std::net::SocketAddr, Option<std::net::SocketAddr>)>,
+    /// Every member the configuration lists: (id, client address, http address). A reload of
+    /// the configuration (SIGHUP) changes it.
+    members: parking_lot::RwLock<Vec<MemberAddresses>>,
+    /// The voters, and during a membership change the outgoing voters too.
+    voters: parking_lot::Mutex<(Vec<u64>, Vec<u64>)>,
     is_leader: std::sync::atomic::AtomicBool,
     leader: std::sync::atomic::AtomicU64,
     term: std::sync::atomic::AtomicU64,
@@ -384,6 +416,9 @@ pub struct ReplicaState {
     /// The leader's view of each member: (id, entries it holds up to).
     progress: parking_lot::Mutex<Vec<(u64, u64)>>,
 }
+
+/// A member's id, client address and http address.
+pub type MemberAddresses = (u64, std::net::SocketAddr, Option<std::net::SocketAddr>);
 
 /// One replica's view, for `/cluster` and `switch cluster status`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -395,6 +430,12 @@ pub struct StatusView {
     pub committed: u64,
     pub applied: u64,
     pub last_index: u64,
+    /// The voters as this replica applied them; during a membership change, the outgoing
+    /// voters too (a majority of each decides until the change is done).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    #[serde(default)]
+    pub voters_outgoing: Vec<u64>,
     /// On the leader: each member's matched index and how far it lags.
     pub members: Vec<MemberView>,
 }
@@ -407,16 +448,14 @@ pub struct MemberView {
 }
 
 impl ReplicaState {
-    pub fn new(
-        id: u64,
-        members: Vec<(u64, std::net::SocketAddr, Option<std::net::SocketAddr>)>,
-    ) -> ReplicaState {
+    pub fn new(id: u64, members: Vec<MemberAddresses>) -> ReplicaState {
         // A sole replica leads from its start (it elects itself at once): its clients' first
         // requests wait for it rather than hear "not leader".
         let sole = members.len() == 1 && members.first().is_some_and(|m| m.0 == id);
         ReplicaState {
             id,
-            members,
+            members: parking_lot::RwLock::new(members),
+            voters: Default::default(),
             is_leader: std::sync::atomic::AtomicBool::new(sole),
             leader: Default::default(),
             term: Default::default(),
@@ -437,6 +476,7 @@ impl ReplicaState {
         let leader = self.leader.load(Ordering::Acquire);
         Some(
             self.members
+                .read()
                 .iter()
                 .find(|(id, _, _)| *id == leader && leader != 0)
                 .map(|(_, client, _)| *client),
@@ -458,6 +498,25 @@ impl ReplicaState {
         self.is_leader.store(role.is_leader, Ordering::Release);
         metrics::gauge!("switch_raft_term").set(role.term as f64);
         metrics::gauge!("switch_raft_leader").set(if role.is_leader { 1.0 } else { 0.0 });
+    }
+
+    /// The members the configuration lists now.
+    pub fn members(&self) -> Vec<MemberAddresses> {
+        self.members.read().clone()
+    }
+
+    /// The configuration was reloaded.
+    pub fn set_members(&self, members: Vec<MemberAddresses>) {
+        *self.members.write() = members;
+    }
+
+    /// The voters and outgoing voters, as the stage last set them.
+    pub fn voters(&self) -> (Vec<u64>, Vec<u64>) {
+        self.voters.lock().clone()
+    }
+
+    pub fn set_voters(&self, voters: (Vec<u64>, Vec<u64>)) {
+        *self.voters.lock() = voters;
     }
 
     pub fn set_progress(
@@ -488,10 +547,19 @@ impl ReplicaState {
         let is_leader = self.is_leader.load(Ordering::Acquire);
         let leader = self.leader.load(Ordering::Acquire);
         let last_index = self.last_index.load(Ordering::Acquire);
+        let (mut voters, mut voters_outgoing) = self.voters();
+        voters.sort_unstable();
+        voters_outgoing.sort_unstable();
+        let votes = voters.contains(&self.id) || voters_outgoing.contains(&self.id);
         StatusView {
             id: self.id,
             role: if is_leader {
                 "leader"
+            } else if voters.is_empty() && voters_outgoing.is_empty() {
+                // A replica that joins, before the leader has added it.
+                "joining"
+            } else if !votes {
+                "not a voter"
             } else if leader != 0 {
                 "follower"
             } else {
@@ -503,6 +571,8 @@ impl ReplicaState {
             committed: self.committed.load(Ordering::Acquire),
             applied: self.applied.load(Ordering::Acquire),
             last_index,
+            voters,
+            voters_outgoing,
             members: if is_leader {
                 self.progress
                     .lock()

@@ -310,11 +310,12 @@ impl Snapshots {
         }
     }
 
-    /// Whether a snapshot is due and none is being written. A finished write is collected
+    /// Whether a snapshot is due (or wanted `now`, whatever the cadence: a follower waits for
+    /// one) and none is being written. A finished write is collected
     /// first: what it covers is returned, for the stage to drop from memory.
-    pub fn wants_start(&mut self) -> (bool, Option<Covered>) {
+    pub fn wants_start(&mut self, now: bool) -> (bool, Option<Covered>) {
         let covered = self.reap(false);
-        (self.in_flight.is_none() && self.due(), covered)
+        (self.in_flight.is_none() && (now || self.due()), covered)
     }
 
     /// A finished write, if any (see `wants_start`).

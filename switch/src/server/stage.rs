@@ -40,6 +40,7 @@ use crate::routing::RouteTable;
 use crate::server::replication::{self, FileDisk, Mirror, ReplicaState};
 use crate::server::snapshots::{Covered, Snapshots, Target};
 
+pub mod membership;
 mod pipeline;
 use crate::server::telemetry;
 use pipeline::{BatchAnswers, Pipeline, Taken};
@@ -236,6 +237,8 @@ pub struct Stage {
     replica: Arc<ReplicaState>,
     /// Reports of windows closed by entries not yet committed, with those entries' indexes.
     reports_waiting: Vec<(u64, Arc<WindowDetails>)>,
+    /// Membership changes asked for, and the one proposed.
+    changes: membership::Changes,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -345,6 +348,7 @@ impl Stage {
             link: None,
             replica,
             reports_waiting: Vec::new(),
+            changes: membership::Changes::default(),
         })
     }
 
@@ -359,6 +363,11 @@ impl Stage {
             tx: self.inbox_tx.clone(),
             bell: self.bell.clone(),
         }
+    }
+
+    /// Where the connections hand membership changes.
+    pub fn membership(&self) -> membership::Desk {
+        self.changes.desk(self.bell.clone())
     }
 
     /// Sends this replica's messages to the others over `link`.
@@ -410,6 +419,7 @@ impl Stage {
         }
         self.node
             .persisted(self.durable_ticket.load(Ordering::Acquire));
+        self.changes.take(&mut self.node, &self.replica);
         let mut out = Output::default();
         self.node.poll(&mut out).map_err(StageError::Replica)?;
         self.carry_out(out)
@@ -439,11 +449,13 @@ impl Stage {
             self.reports_waiting.clear();
             self.pipeline
                 .deposed(Refusal::NotLeader(self.replica.leader_address()));
+            self.changes.deposed(self.replica.leader_address());
         }
         for w in out.writes {
             self.write(w)?;
         }
         self.pipeline.committed(out.committed, out.reads_confirmed);
+        self.changes.committed(&self.node, &self.replica);
         Ok(())
     }
 
@@ -595,7 +607,7 @@ impl Stage {
     /// Starts a snapshot if one is due: of the newest entry committed and applied here, built
     /// from the entries since the newest snapshot (or captured, if nothing is uncommitted).
     fn maybe_snapshot(&mut self) {
-        let (wanted, covered) = self.snapshots.wants_start();
+        let (wanted, covered) = self.snapshots.wants_start(self.node.snapshot_wanted());
         self.covered(covered);
         if !wanted {
             return;
@@ -935,6 +947,7 @@ impl StageThread {
             .progress
             .map(|p| p.iter().map(|(&id, pr)| (id, pr.matched)).collect())
             .unwrap_or_default();
+        self.stage.replica.set_voters(node.voters());
         self.stage.replica.set_progress(
             node.committed(),
             node.applied(),

@@ -370,12 +370,15 @@ const FAMILIES: &[Family] = &[
     ),
 ];
 
-/// Operations `switch_requests_total` counts: those the ledger stage answers (a reload and a
-/// report file are answered by the connection).
+/// Operations `switch_requests_total` counts: those the ledger stage answers (a reload, a
+/// report file and a membership change are answered by the connection).
 fn stage_ops() -> impl Iterator<Item = wire::Op> {
-    wire::Op::ALL
-        .into_iter()
-        .filter(|op| !matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile))
+    wire::Op::ALL.into_iter().filter(|op| {
+        !matches!(
+            op,
+            wire::Op::ReloadRoutes | wire::Op::ReportFile | wire::Op::ChangeMembership
+        )
+    })
 }
 
 /// Describes every family and registers each series known up front, at zero (gauges keep the
@@ -433,6 +436,7 @@ fn op_name(op: wire::Op) -> &'static str {
         wire::Op::Fund => "fund",
         wire::Op::SetLimits => "set_limits",
         wire::Op::ReloadRoutes => "reload_routes",
+        wire::Op::ChangeMembership => "change_membership",
         wire::Op::Authorize => "authorize",
         wire::Op::Capture => "capture",
         wire::Op::Reverse => "reverse",

@@ -287,7 +287,8 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running replica has applied everything the leader holds.
+    /// Waits until every running replica follows the leader, in its term, and has applied
+    /// everything the leader holds (an index alone could be a deposed leader's own entries).
     pub fn converge(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
@@ -298,7 +299,9 @@ impl Cluster {
                 && l.committed == l.last_index
                 && views.iter().enumerate().all(|(i, v)| {
                     self.members[i].process.is_none()
-                        || v.as_ref().is_some_and(|v| v.applied == l.last_index)
+                        || v.as_ref().is_some_and(|v| {
+                            v.applied == l.last_index && v.term == l.term && v.leader == Some(l.id)
+                        })
                 })
             {
                 return;
@@ -322,6 +325,111 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+impl Cluster {
+    /// A new member: its files made with `switch cluster add-member` from member 1's
+    /// configuration, its entry appended to every running member's configuration, each
+    /// reloaded (SIGHUP), and the new member started (it waits to be added). Returns its
+    /// index.
+    pub fn add_member(&mut self) -> usize {
+        let id = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let (client, replica, http) = (free_udp(), free_udp(), free_tcp());
+        let (ok, out) = switch_cli(&[
+            "cluster",
+            "add-member",
+            "--from",
+            &self.members[0].config.display().to_string(),
+            "--dir",
+            &self.dir.path().display().to_string(),
+            "--id",
+            &id.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--client-port",
+            &client.port().to_string(),
+            "--replica-port",
+            &replica.port().to_string(),
+            "--http-port",
+            &http.port().to_string(),
+        ]);
+        assert!(ok, "switch cluster add-member: {out}");
+        let config = self.dir.path().join(format!("node{id}.toml"));
+        let text = std::fs::read_to_string(&config).expect("the new member's configuration");
+        assert!(text.contains("join = true"), "{text}");
+        // Its entry, as add-member printed it.
+        let entry: String = out
+            .lines()
+            .skip_while(|l| !l.starts_with("[[cluster.members]]"))
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(entry.contains(&format!("id = {id}")), "{out}");
+        for m in &self.members {
+            let mut text = std::fs::read_to_string(&m.config).expect("read config");
+            text.push_str(&format!("\n{entry}"));
+            std::fs::write(&m.config, text).expect("write config");
+            if let Some(p) = &m.process {
+                let before = reloads(&m.log);
+                p.signal("HUP").expect("SIGHUP");
+                let deadline = Instant::now() + START_LIMIT;
+                while reloads(&m.log) == before {
+                    assert!(Instant::now() < deadline, "member {} did not reload", m.id);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        self.members.push(Member {
+            id,
+            config,
+            log: self.dir.path().join(format!("node{id}.log")),
+            data_dir: self.dir.path().join(format!("node{id}")).join("data"),
+            client,
+            http,
+            process: None,
+        });
+        let i = self.members.len() - 1;
+        self.restart(i);
+        i
+    }
+
+    /// `switch cluster change` with `args`, through member `via`'s configuration.
+    pub fn change(&self, via: usize, args: &[&str]) -> (bool, String) {
+        let config = self.members[via].config.display().to_string();
+        let mut all = vec![
+            "cluster",
+            "change",
+            "--config",
+            &config,
+            "--wait-secs",
+            "30",
+        ];
+        all.extend_from_slice(args);
+        switch_cli(&all)
+    }
+}
+
+/// How many times a member's log says it reloaded its members.
+fn reloads(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("the cluster's members reloaded")
+        .count()
+}
+
+/// Runs the `switch` binary with `args`: whether it succeeded, and what it printed.
+pub fn switch_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switch"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("switch runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// The digest of the last "ledger stage stopped" line of a log.

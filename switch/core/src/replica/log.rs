@@ -22,6 +22,10 @@ pub struct LogStore {
     entries: VecDeque<Entry>,
     /// The payload bytes of `entries`, for the memory bound.
     bytes: u64,
+    /// A follower needs a snapshot this store cannot give: the base is too old for what it
+    /// asked, or its membership leaves the follower out (a member added since, whom Raft will
+    /// not send a snapshot it is not in). Set by Raft's reads, cleared once the base moves.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
 }
 
 impl LogStore {
@@ -38,7 +42,14 @@ impl LogStore {
             base,
             entries: VecDeque::new(),
             bytes: 0,
+            snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether a follower waits for a snapshot newer than the base (see the field).
+    pub fn snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn base(&self) -> &SnapshotMetadata {
@@ -156,6 +167,8 @@ impl LogStore {
         }
         let conf = self.conf_state_at(index);
         self.conf_history.retain(|(at, _)| *at > index);
+        self.snapshot_wanted
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.base.index = index;
         self.base.term = term;
         self.base.set_conf_state(conf);
@@ -163,6 +176,8 @@ impl LogStore {
 
     /// Replaces the whole log by a snapshot's state (installed from the leader).
     pub fn reset(&mut self, base: SnapshotMetadata) {
+        self.snapshot_wanted
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.entries.clear();
         self.bytes = 0;
         self.conf_history.clear();
@@ -233,8 +248,19 @@ impl raft::Storage for LogStore {
 
     /// The compaction point's snapshot: its metadata, and as data only its index (the file is
     /// sent apart from the message, see the transport).
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.base.index < request_index || self.base.index == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let conf = self.base.get_conf_state();
+        let member = [
+            &conf.voters,
+            &conf.learners,
+            &conf.voters_outgoing,
+            &conf.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&to));
+        if self.base.index < request_index || self.base.index == 0 || !member {
+            self.snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -292,5 +318,39 @@ mod tests {
             .entries(3, 5, 0, GetEntriesContext::empty(false))
             .unwrap_or_default();
         assert_eq!(one.len(), 1, "at least one entry whatever the size limit");
+    }
+
+    /// Raft will not send a follower a snapshot whose membership leaves it out: a member added
+    /// after the newest snapshot waits for one that covers the change.
+    #[test]
+    fn a_member_added_since_the_snapshot_waits_for_a_newer_one() {
+        let voters = |ids: &[u64]| ConfState {
+            voters: ids.to_vec(),
+            ..ConfState::default()
+        };
+        let mut base = SnapshotMetadata {
+            index: 1,
+            term: 1,
+            ..SnapshotMetadata::default()
+        };
+        base.set_conf_state(voters(&[1, 2, 3]));
+        let mut s = LogStore::new(base, HardState::default());
+        s.append(&[entry(2, 2, b"a"), entry(3, 2, b"b"), entry(4, 2, b"c")]);
+        assert!(s.snapshot(0, 2).is_ok(), "a member gets the snapshot");
+        assert!(!s.snapshot_wanted());
+        s.set_conf_state(3, voters(&[1, 2, 4]));
+        assert!(s.snapshot(0, 4).is_err(), "member 4 is not in it");
+        assert!(s.snapshot_wanted(), "a newer snapshot is asked for");
+        s.compact(2, 2);
+        assert!(s.snapshot(0, 4).is_err(), "entry 2 is before the change");
+        s.compact(3, 2);
+        assert!(!s.snapshot_wanted());
+        let got = s.snapshot(0, 4).map(|snap| snap.get_metadata().clone());
+        assert_eq!(
+            got.map(|m| (m.index, m.get_conf_state().voters.clone())),
+            Ok((3, vec![1, 2, 4]))
+        );
+        assert!(s.snapshot(5, 4).is_err(), "a snapshot newer than any");
+        assert!(s.snapshot_wanted());
     }
 }

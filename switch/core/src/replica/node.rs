@@ -794,6 +794,13 @@ impl Node {
             .min(self.raw.raft.raft_log.applied)
     }
 
+    /// A follower waits for a snapshot newer than the newest one (a member added since it, or
+    /// one further behind than it covers): the caller makes one when it can, whatever its
+    /// cadence.
+    pub fn snapshot_wanted(&self) -> bool {
+        self.store().snapshot_wanted()
+    }
+
     /// A snapshot at `index` (with `term`) is durable: the log before it goes.
     pub fn compacted(&mut self, index: u64, term: u64) {
         if index > self.store().base().index && index <= self.snapshot_index_max() {

@@ -30,6 +30,23 @@ pub enum SnapshotMetaError {
     Index { in_payload: u64, in_file: u64 },
 }
 
+/// The entry a founding replica's log starts after: its data directory begins with a snapshot
+/// of the empty ledger at this index, with the founding membership. The membership is in no
+/// entry, so a replica that joins later must not learn it from entries: the leader holds none
+/// before this one, and sends a joining replica a snapshot first, membership and all.
+pub const FOUNDING_INDEX: u64 = 1;
+
+/// The metadata of the founding snapshot of a cluster of `voters`.
+pub fn founding(voters: &[u64]) -> SnapshotMetadata {
+    let mut meta = SnapshotMetadata {
+        index: FOUNDING_INDEX,
+        term: 1,
+        ..SnapshotMetadata::default()
+    };
+    meta.mut_conf_state().voters = voters.to_vec();
+    meta
+}
+
 /// The payload of a snapshot of entry `meta.index`.
 pub fn encode(meta: &SnapshotMetadata, core_payload: &[u8]) -> Vec<u8> {
     let conf = meta.get_conf_state().write_to_bytes().unwrap_or_default();

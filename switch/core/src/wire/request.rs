@@ -16,6 +16,7 @@ pub enum Op {
     Fund = 0x03,
     SetLimits = 0x04,
     ReloadRoutes = 0x05,
+    ChangeMembership = 0x06,
     Authorize = 0x10,
     Capture = 0x11,
     Reverse = 0x12,
@@ -31,12 +32,13 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::CreateParticipant,
         Op::CreateAccount,
         Op::Fund,
         Op::SetLimits,
         Op::ReloadRoutes,
+        Op::ChangeMembership,
         Op::Authorize,
         Op::Capture,
         Op::Reverse,
@@ -68,6 +70,7 @@ impl Op {
                 | Op::Fund
                 | Op::SetLimits
                 | Op::ReloadRoutes
+                | Op::ChangeMembership
                 | Op::CloseWindow
                 | Op::ListWindows
                 | Op::WindowReport
@@ -112,6 +115,13 @@ pub enum Operation {
         net_debit_cap: Amount,
     },
     ReloadRoutes,
+    /// Replaces a member of the cluster: removes `remove` and adds `add` in one change (joint
+    /// consensus), either of them 0 for none. The added member must be in the leader's
+    /// configuration already.
+    ChangeMembership {
+        remove: u64,
+        add: u64,
+    },
     /// Places a hold on the account `number` resolves to, in favour of `merchant`.
     Authorize {
         number: CardNumber,
@@ -182,6 +192,7 @@ impl Operation {
             Operation::Fund { .. } => Op::Fund,
             Operation::SetLimits { .. } => Op::SetLimits,
             Operation::ReloadRoutes => Op::ReloadRoutes,
+            Operation::ChangeMembership { .. } => Op::ChangeMembership,
             Operation::Authorize { .. } => Op::Authorize,
             Operation::Capture { .. } => Op::Capture,
             Operation::Reverse { .. } => Op::Reverse,
@@ -209,6 +220,7 @@ impl Request {
                 Operation::SetLimits { .. } => 8 + 2 + 8,
                 Operation::ReloadRoutes | Operation::ListWindows => 0,
                 Operation::CloseWindow { .. } => 8,
+                Operation::ChangeMembership { .. } => 8 + 8,
                 Operation::Authorize { number, .. } => 16 + 8 + 2 + 4 + 1 + number.len(),
                 Operation::Capture { .. } => 16 + 8,
                 Operation::Reverse { .. } | Operation::TransferStatus { .. } => 16,
@@ -269,6 +281,10 @@ impl Request {
                 w.u64("net_debit_cap", net_debit_cap.0);
             }
             Operation::ReloadRoutes | Operation::ListWindows => {}
+            Operation::ChangeMembership { remove, add } => {
+                w.u64("remove_id", *remove);
+                w.u64("add_id", *add);
+            }
             Operation::Authorize {
                 number,
                 merchant,
@@ -376,6 +392,10 @@ impl Request {
                 net_debit_cap: Amount(r.u64("net_debit_cap")?),
             },
             Op::ReloadRoutes => Operation::ReloadRoutes,
+            Op::ChangeMembership => Operation::ChangeMembership {
+                remove: r.u64("remove_id")?,
+                add: r.u64("add_id")?,
+            },
             Op::Authorize => Operation::Authorize {
                 merchant: AccountId(r.u128("merchant_account_id")?),
                 amount: Amount(r.u64("amount")?),

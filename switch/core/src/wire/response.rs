@@ -31,6 +31,10 @@ pub enum ResponseBody {
     ReloadRoutes {
         route_count: u32,
     },
+    ChangeMembership {
+        /// The log index of the change, committed.
+        index: u64,
+    },
     Authorize(Movement),
     Capture(Movement),
     Reverse(Movement),
@@ -132,6 +136,7 @@ impl ResponseBody {
             ResponseBody::Fund(_) => Op::Fund,
             ResponseBody::SetLimits => Op::SetLimits,
             ResponseBody::ReloadRoutes { .. } => Op::ReloadRoutes,
+            ResponseBody::ChangeMembership { .. } => Op::ChangeMembership,
             ResponseBody::Authorize(_) => Op::Authorize,
             ResponseBody::Capture(_) => Op::Capture,
             ResponseBody::Reverse(_) => Op::Reverse,
@@ -163,6 +168,7 @@ impl ResponseBody {
             Op::Fund => ResponseBody::Fund(Movement::default()),
             Op::SetLimits => ResponseBody::SetLimits,
             Op::ReloadRoutes => ResponseBody::ReloadRoutes { route_count: 0 },
+            Op::ChangeMembership => ResponseBody::ChangeMembership { index: 0 },
             Op::Authorize => ResponseBody::Authorize(Movement::default()),
             Op::Capture => ResponseBody::Capture(Movement::default()),
             Op::Reverse => ResponseBody::Reverse(Movement::default()),
@@ -284,6 +290,7 @@ impl Response {
                 | ResponseBody::CreateAccount
                 | ResponseBody::SetLimits => 0,
                 ResponseBody::ReloadRoutes { .. } => 4,
+                ResponseBody::ChangeMembership { .. } => 8,
                 ResponseBody::Fund(_)
                 | ResponseBody::Authorize(_)
                 | ResponseBody::Capture(_)
@@ -312,6 +319,7 @@ impl Response {
             | ResponseBody::CreateAccount
             | ResponseBody::SetLimits => {}
             ResponseBody::ReloadRoutes { route_count } => w.u32("route_count", *route_count),
+            ResponseBody::ChangeMembership { index } => w.u64("index", *index),
             ResponseBody::Fund(movement)
             | ResponseBody::Authorize(movement)
             | ResponseBody::Capture(movement)
@@ -381,6 +389,9 @@ impl Response {
             Op::SetLimits => ResponseBody::SetLimits,
             Op::ReloadRoutes => ResponseBody::ReloadRoutes {
                 route_count: r.u32("route_count")?,
+            },
+            Op::ChangeMembership => ResponseBody::ChangeMembership {
+                index: r.u64("index")?,
             },
             Op::Fund => ResponseBody::Fund(decode_movement(r)?),
             Op::Authorize => ResponseBody::Authorize(decode_movement(r)?),

@@ -368,8 +368,14 @@ impl Reason {
     /// The participant lacks the role the operation needs: the acquirer role to own the
     /// merchant side of a payment, the issuer role to be a route's issuer.
     pub const ROLE_MISSING: Reason = Reason(30);
+    /// A membership change the cluster cannot make: a member not in the leader's
+    /// configuration, one to remove that is not a voter, one to add that is one already, or
+    /// no voter left.
+    pub const MEMBERSHIP_INVALID: Reason = Reason(31);
+    /// A membership change is still being made: retry once it is done.
+    pub const MEMBERSHIP_CHANGING: Reason = Reason(32);
 
-    const NAMES: [&'static str; 31] = [
+    const NAMES: [&'static str; 33] = [
         "none",
         "unknown number",
         "no route",
@@ -401,6 +407,8 @@ impl Reason {
         "storage full",
         "report not ready",
         "role missing",
+        "membership invalid",
+        "membership changing",
     ];
 
     /// The listed name of this reason, if it has one.

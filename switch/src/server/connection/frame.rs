@@ -18,6 +18,10 @@ use crate::tls::Identity;
 use crate::translate::{self, Translated};
 use crate::wire;
 
+/// How long a membership change may take to commit before the asker hears 91 (a majority of
+/// the old and of the new members must have it).
+const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Answers a request frame: every request gets a response, in the frame's order, and the
 /// response frame is sent once the last is known.
 pub(super) async fn handle_frame(
@@ -144,7 +148,11 @@ impl<'a> FrameAnswers<'a> {
     /// Answers request `i`, or queues it in the segment for the ledger stage.
     async fn answer(&mut self, i: usize, r: &wire::Request) {
         let op = r.operation.op();
-        if matches!(op, wire::Op::ReloadRoutes | wire::Op::ReportFile) && !is_valid_id(r.id) {
+        if matches!(
+            op,
+            wire::Op::ReloadRoutes | wire::Op::ReportFile | wire::Op::ChangeMembership
+        ) && !is_valid_id(r.id)
+        {
             let declined =
                 wire::Response::declined(r.id, op, Code::InvalidTransaction, Reason::INVALID_ID);
             self.set(i, declined);
@@ -154,6 +162,10 @@ impl<'a> FrameAnswers<'a> {
             Translated::Core(request) => self.for_stage(i, r, request).await,
             Translated::ReloadRoutes => {
                 let response = self.reload_routes(r.id).await;
+                self.set(i, response);
+            }
+            Translated::ChangeMembership { remove, add } => {
+                let response = self.change_membership(r.id, remove, add).await;
                 self.set(i, response);
             }
             Translated::ReportFile {
@@ -223,6 +235,58 @@ impl<'a> FrameAnswers<'a> {
                 },
             },
             _ => wire::Response::declined(id, op, Code::SystemMalfunction, Reason::ROUTES_INVALID),
+        }
+    }
+
+    /// A ChangeMembership: after the frame's operations before it, made by the leader's stage
+    /// and answered once committed (or refused, or 91 if not committed in time: asked again
+    /// with the same id, a change already made is approved).
+    async fn change_membership(
+        &mut self,
+        id: wire::RequestId,
+        remove: u64,
+        add: u64,
+    ) -> wire::Response {
+        use crate::server::stage::membership::ChangeRefusal;
+        let op = wire::Op::ChangeMembership;
+        let declined = |code, reason| wire::Response::declined(id, op, code, reason);
+        if !self.who.admin {
+            return declined(Code::NotPermitted, Reason::ADMIN_REQUIRED);
+        }
+        self.run().await;
+        if self.not_leader.is_some() {
+            return declined(Code::SystemBusy, Reason::OVERLOADED);
+        }
+        let member = |m: u64| (m != 0).then_some(m);
+        let answered = match self.shared.membership.ask(member(remove), member(add)) {
+            Ok(answered) => match tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, answered).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(ChangeRefusal::Failed("the stage stopped".into())),
+                Err(_) => Err(ChangeRefusal::Busy),
+            },
+            Err(refusal) => Err(refusal),
+        };
+        match answered {
+            Ok(index) => wire::Response {
+                request_id: id,
+                code: Code::Approved,
+                reason: Reason::NONE,
+                body: wire::ResponseBody::ChangeMembership { index },
+            },
+            Err(ChangeRefusal::NotLeader(leader)) => {
+                self.not_leader = Some(leader);
+                declined(Code::SystemBusy, Reason::OVERLOADED)
+            }
+            Err(ChangeRefusal::Invalid(why)) => {
+                tracing::warn!(remove, add, "membership change refused: {why}");
+                declined(Code::InvalidTransaction, Reason::MEMBERSHIP_INVALID)
+            }
+            Err(ChangeRefusal::Changing) => declined(Code::SystemBusy, Reason::MEMBERSHIP_CHANGING),
+            Err(ChangeRefusal::Busy) => declined(Code::SystemBusy, Reason::OVERLOADED),
+            Err(ChangeRefusal::Failed(why)) => {
+                tracing::error!(remove, add, "membership change failed: {why}");
+                declined(Code::SystemMalfunction, Reason::INTERNAL)
+            }
         }
     }
 
