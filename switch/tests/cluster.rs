@@ -419,9 +419,51 @@ async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover()
             }
         }
     }
+    // A window closed through the leader: every member, the new one included, writes the same
+    // reports once the close is committed.
+    let closed = client
+        .call(&[req(
+            30_000_000,
+            Operation::CloseWindow {
+                window: wire::WindowId(0),
+            },
+        )])
+        .await;
+    let window = match &closed[0].body {
+        wire::ResponseBody::CloseWindow { window } if closed[0].code == Code::Approved => window.0,
+        other => panic!("the close: {:?} {other:?}", closed[0].code),
+    };
     cluster.converge(LIMIT);
-    let digests: Vec<String> = (0..cluster.members.len())
-        .filter(|&i| i != lost)
+    let live: Vec<usize> = (0..cluster.members.len()).filter(|&i| i != lost).collect();
+    let reports: Vec<Vec<Vec<u8>>> = live
+        .iter()
+        .map(|&i| {
+            let dir = cluster.members[i].data_dir.join("reports");
+            let paths = switch::report::paths(&dir, window);
+            let deadline = Instant::now() + LIMIT;
+            while !paths.iter().all(|p| p.exists()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {} wrote no reports of window {window}",
+                    cluster.members[i].id
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Each is written whole under another name, then renamed into place.
+            paths
+                .iter()
+                .map(|p| std::fs::read(p).expect("a report"))
+                .collect()
+        })
+        .collect();
+    assert!(
+        reports.windows(2).all(|r| r[0] == r[1]),
+        "the members' reports of window {window} differ"
+    );
+    assert!(reports[0].iter().all(|r| !r.is_empty()));
+    let digests: Vec<String> = live
+        .iter()
+        .copied()
         .map(|i| {
             cluster.stop(i);
             let log = std::fs::read_to_string(&cluster.members[i].log).expect("read log");
