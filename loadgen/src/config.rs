@@ -177,6 +177,11 @@ pub struct Common {
     /// run stops.
     #[arg(long, default_value_t = 10.0, help_heading = "Load shape")]
     pub timeout_secs: f64,
+    /// Seconds of silence from the switch (keep-alives every third of it) after which a
+    /// connection is lost. Default: 1 with several --target addresses, so that a leader that
+    /// died is left for the next one at once; else --timeout-secs.
+    #[arg(long, help_heading = "Load shape")]
+    pub silence_secs: Option<f64>,
     /// Worker threads of loadgen's own runtime (the spawned switch has its own).
     #[arg(long, default_value_t = 1, help_heading = "Load shape")]
     pub threads: usize,
@@ -325,6 +330,8 @@ pub struct Options {
     pub depth: usize,
     pub batch_max: usize,
     pub timeout: Duration,
+    /// A connection that hears nothing this long is lost (`--silence-secs`).
+    pub silence: Duration,
     /// With several targets: the longest search for a leader (see `Common::failover_secs`).
     pub failover_deadline: Duration,
     pub threads: usize,
@@ -546,13 +553,21 @@ impl Options {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
+        let timeout = Duration::from_secs_f64(positive("timeout-secs", c.timeout_secs)?);
+        let cluster = matches!(&target, Target::Remote { addrs, .. } if addrs.len() > 1);
+        let silence = match c.silence_secs {
+            Some(s) => Duration::from_secs_f64(positive("silence-secs", s)?),
+            None if cluster => timeout.min(Duration::from_secs(1)),
+            None => timeout,
+        };
         Ok(Options {
             target,
             connections: c.connections,
             streams: c.streams,
             depth: c.depth,
             batch_max: c.batch_max,
-            timeout: Duration::from_secs_f64(positive("timeout-secs", c.timeout_secs)?),
+            timeout,
+            silence,
             failover_deadline: Duration::from_secs_f64(positive("failover-secs", c.failover_secs)?),
             threads: c.threads,
             customers: c.customers,
@@ -708,6 +723,34 @@ mod tests {
 
     /// `--target` takes one address or a cluster's, comma-separated, in the order given; each
     /// must have a port, none may be empty or listed twice.
+    #[test]
+    fn a_cluster_leaves_a_silent_leader_sooner_than_a_slow_answer() {
+        let fingerprint = format!("{}ab", "ab:".repeat(31));
+        let silence = |target: &str, extra: &[&str]| {
+            let mut args = vec!["--target", target, "--fingerprint", &fingerprint];
+            args.extend_from_slice(extra);
+            args.push("max");
+            parse(&args).map(|o| (o.timeout, o.silence))
+        };
+        let secs = Duration::from_secs_f64;
+        let three = "127.0.0.1:4431,127.0.0.1:4432,127.0.0.1:4433";
+        assert_eq!(silence(three, &[]).unwrap(), (secs(10.0), secs(1.0)));
+        assert_eq!(
+            silence("127.0.0.1:4431", &[]).unwrap(),
+            (secs(10.0), secs(10.0))
+        );
+        let short = ["--timeout-secs", "0.5"];
+        assert_eq!(silence(three, &short).unwrap(), (secs(0.5), secs(0.5)));
+        let given = ["--silence-secs", "2.5"];
+        assert_eq!(
+            silence("127.0.0.1:4431", &given).unwrap(),
+            (secs(10.0), secs(2.5))
+        );
+        let zero = ["--silence-secs", "0"];
+        let e = silence(three, &zero).expect_err("zero").to_string();
+        assert!(e.contains("--silence-secs must be a number above 0"), "{e}");
+    }
+
     #[test]
     fn a_target_may_list_a_cluster() {
         let ok = |text: &str| parse_targets(text).expect(text);

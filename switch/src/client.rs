@@ -87,6 +87,26 @@ impl From<quinn::ConnectionError> for ClientError {
     }
 }
 
+/// How long a client waits. `timeout`: for a connection's handshake and for an answer.
+/// `silence`: a connection that hears nothing from the switch this long is lost (keep-alives
+/// every third of it hold an idle one open), so a switch that dies is noticed within it. A
+/// client of a cluster keeps `silence` short, to leave a dead leader quickly, while still
+/// giving a slow answer its full `timeout`. A bare `Duration` is both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub timeout: Duration,
+    pub silence: Duration,
+}
+
+impl From<Duration> for Timeouts {
+    fn from(timeout: Duration) -> Timeouts {
+        Timeouts {
+            timeout,
+            silence: timeout,
+        }
+    }
+}
+
 /// A connection to a switch.
 pub struct Client {
     endpoint: quinn::Endpoint,
@@ -247,24 +267,24 @@ impl Client {
     /// Connects to `target`, an address or a host name with a port (`localhost:4433`),
     /// within `timeout`. Every address the name resolves to is tried at once and the first
     /// whose handshake completes is kept (a name may resolve to `::1` and `127.0.0.1` while
-    /// the switch listens on one of them). The connection ends itself once `timeout` passes
-    /// without a packet from the switch (keep-alives hold an idle one open), so a switch that
-    /// dies is noticed within `timeout`: calls then fail with the reason.
+    /// the switch listens on one of them). The connection ends itself once `silence` passes
+    /// without a packet from the switch (see [`Timeouts`]): calls then fail with the reason.
     pub async fn connect_to(
         target: &str,
         trust: &Trust,
         identity: Option<ServerIdentity>,
-        timeout: Duration,
+        timeouts: impl Into<Timeouts>,
     ) -> Result<Client, ClientError> {
+        let Timeouts { timeout, silence } = timeouts.into();
         let addrs = resolve(target).await?;
         let crypto = tls::client_crypto(trust, identity)?;
         let mut config = tls::quinn_client_config(crypto)?;
         let mut transport = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(timeout)
+        let idle = quinn::IdleTimeout::try_from(silence)
             .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
         transport
             .max_idle_timeout(Some(idle))
-            .keep_alive_interval(Some((timeout / 3).max(Duration::from_millis(50))));
+            .keep_alive_interval(Some((silence / 3).max(Duration::from_millis(50))));
         config.transport_config(Arc::new(transport));
         let mut attempts = tokio::task::JoinSet::new();
         for &addr in &addrs {
@@ -324,9 +344,10 @@ impl Client {
         targets: &[String],
         trust: &Trust,
         identity: Option<&ServerIdentity>,
-        timeout: Duration,
+        timeouts: impl Into<Timeouts>,
         deadline: Duration,
     ) -> Result<(Client, String), ClientError> {
+        let timeouts = timeouts.into();
         let give_up = tokio::time::Instant::now() + deadline;
         let mut last = None;
         let mut pause = Duration::from_millis(10);
@@ -340,7 +361,7 @@ impl Client {
                     key: i.key.clone_key(),
                 });
                 probes.spawn(async move {
-                    let probed = probe_leader(&target, &trust, identity, timeout).await;
+                    let probed = probe_leader(&target, &trust, identity, timeouts).await;
                     (target, probed)
                 });
             };
@@ -608,9 +629,10 @@ async fn probe_leader(
     target: &str,
     trust: &Trust,
     identity: Option<ServerIdentity>,
-    timeout: Duration,
+    timeouts: Timeouts,
 ) -> Result<Client, ClientError> {
-    let client = Client::connect_to(target, trust, identity, timeout).await?;
+    let timeout = timeouts.timeout;
+    let client = Client::connect_to(target, trust, identity, timeouts).await?;
     let probe = client.stream().await?;
     let echo = wire::Request {
         id: wire::RequestId(u128::from(rand_id()) << 64 | 1),

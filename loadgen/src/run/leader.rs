@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use switch::client::{Client, ClientError, Stream};
+use switch::client::{Client, ClientError, Stream, Timeouts};
 use switch::tls::{ServerIdentity, Trust};
 use switch::wire::{ErrorCode, Request, Response};
 
@@ -247,6 +247,17 @@ struct Shape {
     streams: usize,
     /// The longest wait for a connection and for an answer (`--timeout-secs`).
     timeout: Duration,
+    /// Silence after which a connection is lost (`--silence-secs`).
+    silence: Duration,
+}
+
+impl Shape {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            timeout: self.timeout,
+            silence: self.silence,
+        }
+    }
 }
 
 fn clone_identity(identity: Option<&ServerIdentity>) -> Option<ServerIdentity> {
@@ -267,6 +278,7 @@ impl Link {
             connections: options.connections,
             streams: options.streams,
             timeout: options.timeout,
+            silence: options.silence,
         };
         let link_of = |clients: Vec<Client>, lanes: Vec<Stream>, leader: SocketAddr| Link {
             follow,
@@ -328,7 +340,7 @@ impl Link {
                 &to,
                 &endpoint.trust,
                 clone_identity(identity.as_ref()),
-                options.timeout,
+                shape.timeouts(),
             )
             .await
             .with_context(|| {
@@ -566,12 +578,12 @@ async fn find_leader(
     loop {
         let attempt = async {
             let (first, _) =
-                Client::connect_leader(order, trust, identity, shape.timeout, left).await?;
+                Client::connect_leader(order, trust, identity, shape.timeouts(), left).await?;
             let leader = first.connection().remote_address().to_string();
             let mut clients = vec![first];
             for _ in 1..shape.connections {
                 let identity = clone_identity(identity);
-                clients.push(Client::connect_to(&leader, trust, identity, shape.timeout).await?);
+                clients.push(Client::connect_to(&leader, trust, identity, shape.timeouts()).await?);
             }
             let mut lanes = Vec::with_capacity(shape.connections * shape.streams);
             for client in &clients {
