@@ -734,16 +734,19 @@ mod tests {
         };
         let secs = Duration::from_secs_f64;
         let three = "127.0.0.1:4431,127.0.0.1:4432,127.0.0.1:4433";
-        assert_eq!(silence(three, &[]).unwrap(), (secs(10.0), secs(1.0)));
+        assert_eq!(silence(three, &[]).expect("valid"), (secs(10.0), secs(1.0)));
         assert_eq!(
-            silence("127.0.0.1:4431", &[]).unwrap(),
+            silence("127.0.0.1:4431", &[]).expect("valid"),
             (secs(10.0), secs(10.0))
         );
         let short = ["--timeout-secs", "0.5"];
-        assert_eq!(silence(three, &short).unwrap(), (secs(0.5), secs(0.5)));
+        assert_eq!(
+            silence(three, &short).expect("valid"),
+            (secs(0.5), secs(0.5))
+        );
         let given = ["--silence-secs", "2.5"];
         assert_eq!(
-            silence("127.0.0.1:4431", &given).unwrap(),
+            silence("127.0.0.1:4431", &given).expect("valid"),
             (secs(10.0), secs(2.5))
         );
         let zero = ["--silence-secs", "0"];
