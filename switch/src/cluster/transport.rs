@@ -598,7 +598,19 @@ async fn send_snapshot(
                 inbox.deliver(Inbound::SnapshotSent { to: peer, ok: true });
             }
             Err(e) => {
-                tracing::warn!(peer, index, "sending a snapshot to replica failed: {e:#}");
+                let refused = matches!(
+                    e.downcast_ref::<quinn::WriteError>(),
+                    Some(quinn::WriteError::Stopped(code)) if *code == SNAPSHOT_REFUSED.into()
+                );
+                if refused {
+                    tracing::debug!(
+                        peer,
+                        index,
+                        "the replica has this snapshot or is receiving it"
+                    );
+                } else {
+                    tracing::warn!(peer, index, "sending a snapshot to replica failed: {e:#}");
+                }
                 inbox.deliver(Inbound::SnapshotSent {
                     to: peer,
                     ok: false,
@@ -608,6 +620,38 @@ async fn send_snapshot(
     });
 }
 
+/// The snapshots this replica is receiving, by index. A leader sends a snapshot again when the
+/// follower has not yet answered from it, which for a large one is while the first copy is
+/// still arriving or being checked: the second stream is refused rather than let two write
+/// one file (each would truncate what the other wrote).
+#[derive(Clone, Default)]
+struct Receiving(Arc<parking_lot::Mutex<HashSet<u64>>>);
+
+/// One snapshot being received; the index is free again when this is dropped.
+struct Claim {
+    receiving: Receiving,
+    index: u64,
+}
+
+impl Receiving {
+    fn claim(&self, index: u64) -> Option<Claim> {
+        self.0.lock().insert(index).then(|| Claim {
+            receiving: self.clone(),
+            index,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let was = self.receiving.0.lock().remove(&self.index);
+        debug_assert!(was, "a snapshot claim released twice");
+    }
+}
+
+/// The code a refused snapshot stream is stopped with.
+const SNAPSHOT_REFUSED: u32 = 1;
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     settings: Arc<LinkSettings>,
@@ -616,9 +660,10 @@ async fn accept_loop(
 ) {
     // Each member's incarnation, as last heard.
     let heard: Arc<parking_lot::Mutex<std::collections::HashMap<u64, u64>>> = Arc::default();
+    let receiving = Receiving::default();
     while let Some(incoming) = endpoint.accept().await {
         let (settings, inbox, peers) = (settings.clone(), inbox.clone(), peers.clone());
-        let heard = heard.clone();
+        let (heard, receiving) = (heard.clone(), receiving.clone());
         tokio::spawn(async move {
             let connection = match incoming.await {
                 Ok(c) => c,
@@ -634,6 +679,7 @@ async fn accept_loop(
             while let Ok(stream) = connection.accept_uni().await {
                 let (settings, inbox) = (settings.clone(), inbox.clone());
                 let (peers, heard) = (peers.clone(), heard.clone());
+                let receiving = receiving.clone();
                 tokio::spawn(async move {
                     // A member heard with a new incarnation restarted: what this replica has
                     // been writing to it went to a process that is gone.
@@ -645,8 +691,15 @@ async fn accept_loop(
                             l.reconnect.notify_one();
                         }
                     };
-                    if let Err(e) = receive(stream, from, &settings, &inbox, restarted).await {
-                        tracing::debug!(peer = from, "replica stream ended: {e:#}");
+                    let received = receive(stream, from, &settings, &inbox, &receiving, restarted);
+                    match received.await {
+                        Ok(()) => {}
+                        Err(Ended::Snapshot(e)) => {
+                            tracing::warn!(peer = from, "receiving a snapshot failed: {e:#}");
+                        }
+                        Err(Ended::Messages(e)) => {
+                            tracing::debug!(peer = from, "replica stream ended: {e:#}");
+                        }
                     }
                 });
             }
@@ -671,46 +724,90 @@ fn member_of(
         .map(|l| l.peer.id)
 }
 
+/// Why a stream from a replica ended early: a message stream ends whenever a connection does
+/// (said at debug), a snapshot that does not arrive is worth a warning.
+enum Ended {
+    Messages(anyhow::Error),
+    Snapshot(anyhow::Error),
+}
+
 async fn receive(
     mut stream: quinn::RecvStream,
     from: u64,
     settings: &LinkSettings,
     inbox: &Inbox,
+    receiving: &Receiving,
     incarnation: impl FnOnce(u64),
-) -> anyhow::Result<()> {
-    let kind = stream.read_u8().await?;
+) -> Result<(), Ended> {
+    let kind = stream
+        .read_u8()
+        .await
+        .map_err(|e| Ended::Messages(e.into()))?;
     match kind {
         STREAM_MESSAGES => {
-            incarnation(stream.read_u64_le().await?);
-            loop {
-                let Some(message) = read_message(&mut stream, from, settings).await? else {
-                    return Ok(());
-                };
-                inbox.deliver(Inbound::Message(message));
-            }
+            let messages = async {
+                incarnation(stream.read_u64_le().await?);
+                loop {
+                    let Some(message) = read_message(&mut stream, from, settings).await? else {
+                        return Ok(());
+                    };
+                    inbox.deliver(Inbound::Message(message));
+                }
+            };
+            messages.await.map_err(Ended::Messages)
         }
         STREAM_SNAPSHOT => {
-            let index = stream.read_u64_le().await?;
-            let len = stream.read_u64_le().await?;
-            anyhow::ensure!(
-                len <= settings.snapshot_bytes_max,
-                "a snapshot of {len} bytes from replica {from} is over the limit of {}",
-                settings.snapshot_bytes_max
-            );
-            keep_snapshot(&mut stream, index, len, settings).await?;
-            let message = read_message(&mut stream, from, settings)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("a snapshot without its message"))?;
-            anyhow::ensure!(
-                message.get_msg_type() == MessageType::MsgSnapshot
-                    && message.get_snapshot().get_metadata().index == index,
-                "the message after snapshot {index} does not announce it"
-            );
-            inbox.deliver(Inbound::Message(message));
-            Ok(())
+            let index = stream
+                .read_u64_le()
+                .await
+                .map_err(|e| Ended::Snapshot(e.into()))?;
+            let name = ledger::snapshot_file::snapshot_file_name(index);
+            let Some(claim) = receiving.claim(index) else {
+                // The copy already arriving will do; this one is not read.
+                let _ = stream.stop(SNAPSHOT_REFUSED.into());
+                return Ok(());
+            };
+            if settings.snapshot_dir.join(&name).exists() {
+                // Installed already (or being loaded): the leader has not heard yet.
+                let _ = stream.stop(SNAPSHOT_REFUSED.into());
+                return Ok(());
+            }
+            let kept = receive_snapshot(&mut stream, from, index, settings, inbox).await;
+            drop(claim);
+            kept.map_err(Ended::Snapshot)
         }
-        other => anyhow::bail!("stream kind {other} from replica {from}"),
+        other => Err(Ended::Messages(anyhow::anyhow!(
+            "stream kind {other} from replica {from}"
+        ))),
     }
+}
+
+/// The rest of a snapshot stream: its length, the file, and the message announcing it, which
+/// goes to Raft once the file is kept.
+async fn receive_snapshot(
+    stream: &mut quinn::RecvStream,
+    from: u64,
+    index: u64,
+    settings: &LinkSettings,
+    inbox: &Inbox,
+) -> anyhow::Result<()> {
+    let len = stream.read_u64_le().await?;
+    anyhow::ensure!(
+        len <= settings.snapshot_bytes_max,
+        "a snapshot of {len} bytes from replica {from} is over the limit of {}",
+        settings.snapshot_bytes_max
+    );
+    keep_snapshot(stream, index, len, settings).await?;
+    let message = read_message(stream, from, settings)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a snapshot without its message"))?;
+    anyhow::ensure!(
+        message.get_msg_type() == MessageType::MsgSnapshot
+            && message.get_snapshot().get_metadata().index == index,
+        "the message after snapshot {index} does not announce it"
+    );
+    inbox.deliver(Inbound::Message(message));
+    Ok(())
 }
 
 /// The next message of a stream, checked to come from `from` to this replica; `None` at the
@@ -782,4 +879,26 @@ async fn keep_snapshot(
         Ok(())
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_arriving_twice_at_once_is_written_by_one_stream() {
+        let receiving = Receiving::default();
+        let first = receiving.claim(7).expect("nothing is being received");
+        assert!(
+            receiving.claim(7).is_none(),
+            "a second copy of 7 while 7 arrives"
+        );
+        let other = receiving.claim(8).expect("another index is another file");
+        drop(first);
+        let again = receiving
+            .claim(7)
+            .expect("7 is free once its copy is kept or failed");
+        drop((again, other));
+        assert!(receiving.0.lock().is_empty());
+    }
 }
