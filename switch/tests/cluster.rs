@@ -481,3 +481,32 @@ async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover()
         "the members' ledgers differ: {digests:?}"
     );
 }
+
+/// An idle replica sleeps between its Raft ticks and the leader's messages. A follower's stage
+/// once also waited for the periodic work (expiry passes, window closes) that only the leader
+/// does: past its first second it never slept again, and spun on whatever core it could get.
+#[test]
+fn idle_replicas_sleep_between_ticks() {
+    let cluster = Cluster::start(3, "");
+    let leader = cluster.leader(LIMIT);
+    let wakeups = |i: usize| {
+        cluster
+            .metric(i, "switch_stage_wakeups_total")
+            .expect("the replica answers its metrics")
+    };
+    // Past the first periodic deadline ([authorization] expiry_tick_ms, 1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let before: Vec<f64> = (0..3).map(wakeups).collect();
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let secs = since.elapsed().as_secs_f64();
+    for (i, before) in before.iter().enumerate() {
+        let rate = (wakeups(i) - before) / secs;
+        // A tick every 20 ms and a wake-up per message: well under 500 a second. A spinning
+        // stage wakes hundreds of thousands of times a second.
+        assert!(
+            rate < 500.0,
+            "replica {i} (the leader is {leader}) woke {rate:.0} times a second while idle"
+        );
+    }
+}

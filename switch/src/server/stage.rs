@@ -731,6 +731,8 @@ struct StageThread {
     expiries: telemetry::Tally,
     gauges_set: Instant,
     replica_gauges_set: Instant,
+    /// `switch_stage_wakeups_total`.
+    wakeups: metrics::Counter,
     reports: ReportWriter,
     /// A job taken from the queue while waiting, not yet executed.
     held: Option<Job>,
@@ -756,6 +758,7 @@ impl StageThread {
             expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
             gauges_set: Instant::now(),
             replica_gauges_set: Instant::now(),
+            wakeups: metrics::counter!("switch_stage_wakeups_total"),
             reports,
             held: None,
         })
@@ -837,7 +840,9 @@ impl StageThread {
         Ok(())
     }
 
-    /// How long the stage may sleep: until the next Raft tick or periodic work.
+    /// How long the stage may sleep: until the next Raft tick or periodic work. Periodic
+    /// work (expiry passes, window closes) is the serving leader's: a replica that does not
+    /// serve never does it, and would never sleep if it waited for it.
     fn sleep_for(&self) -> Duration {
         let raft = self
             .stage
@@ -845,6 +850,9 @@ impl StageThread {
             .replica
             .tick
             .saturating_sub(self.raft_ticked.elapsed());
+        if self.stage.node.serving().is_err() {
+            return raft;
+        }
         let periodic = self
             .stage
             .settings
@@ -864,6 +872,7 @@ impl StageThread {
                 || !jobs.is_empty() || !inbox.is_empty() || durable.load(Ordering::Acquire) != seen,
                 Some(self.sleep_for()),
             );
+            self.wakeups.increment(1);
             match self.jobs.try_recv() {
                 Ok(job) => self.held = Some(job),
                 Err(TryRecvError::Disconnected) => return Next::Closed,

@@ -103,6 +103,13 @@ const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
+        "switch_stage_wakeups_total",
+        Counter,
+        Unit::Count,
+        "Times the ledger stage woke from waiting (for work, a message, a durable write or a tick)",
+        Series::One,
+    ),
+    family(
         "switch_raft_elections_total",
         Counter,
         Unit::Count,

@@ -270,6 +270,14 @@ impl Cluster {
         serde_json::from_str(body.trim()).ok()
     }
 
+    /// The value of metric `name` (a family without labels) on replica `i`, if it answers.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        self.members[i].process.as_ref()?;
+        let body = http_get(self.members[i].http, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// The index of the replica that leads, once one does and commits in its term.
     pub fn leader(&self, limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
