@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, START_LIMIT};
 use common::{CNY, req, setup_requests};
 use parking_lot::Mutex;
 use switch::client::{Client, ClientError};
@@ -509,4 +509,38 @@ fn idle_replicas_sleep_between_ticks() {
             "replica {i} (the leader is {leader}) woke {rate:.0} times a second while idle"
         );
     }
+}
+
+/// A replica of a cluster that lost its data, started again under its old id, refuses to start
+/// (it has forgotten the votes it gave, and voting again could elect two leaders in one term),
+/// and says how to come back: as a new member. The first start of every replica consumed the
+/// founding file `switch cluster init` left it.
+#[test]
+fn a_replica_that_lost_its_data_refuses_to_rejoin_under_its_old_id() {
+    let mut cluster = Cluster::start(3, "");
+    let leader = cluster.leader(LIMIT);
+    for m in &cluster.members {
+        assert!(
+            !m.data_dir.join("FOUNDING").exists(),
+            "replica {} founded and kept its founding file",
+            m.id
+        );
+    }
+    let lost = (leader + 1) % 3;
+    cluster.kill(lost);
+    std::fs::remove_dir_all(&cluster.members[lost].data_dir).expect("the lost disk");
+    cluster.launch(lost);
+    let mut process = cluster.members[lost].process.take().expect("launched");
+    let refused = process
+        .ready(START_LIMIT)
+        .expect_err("no start on a lost data directory");
+    let status = process.wait(LIMIT).expect("it exits");
+    assert!(!status.success(), "{refused}");
+    let log = std::fs::read_to_string(&cluster.members[lost].log).expect("its log");
+    assert!(
+        log.contains("has lost its data") && log.contains("switch cluster add-member"),
+        "{refused}\n---\n{log}"
+    );
+    let still = cluster.leader(LIMIT);
+    assert_ne!(still, lost, "the two left still lead and serve");
 }

@@ -125,6 +125,12 @@ pub fn init_at(dir: &Path, addresses: &[Addresses]) -> anyhow::Result<Made> {
             &tls_dir.join("server-key.der"),
             &client_cert.signing_key.serialize_der(),
         )?;
+        write_new(
+            &node_dir
+                .join("data")
+                .join(crate::server::replication::FOUNDING_FILE),
+            b"This replica founds its cluster at its first start (switch cluster init).\n",
+        )?;
         let replica = rcgen::generate_simple_self_signed(vec![format!("replica-{id}")])?;
         write_new(&node_dir.join("replica.pem"), replica.cert.pem().as_bytes())?;
         write_new(

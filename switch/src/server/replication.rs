@@ -28,6 +28,11 @@ pub const HARD_STATE_FILE: &str = "raft-state";
 const HARD_STATE_LEN: usize = 24;
 const HARD_STATE_MAGIC: [u8; 8] = *b"SWRAFTHS";
 
+/// Left in a founding replica's data directory by `switch cluster init`, and removed once the
+/// founding snapshot is written: an empty data directory without it belongs to a replica that
+/// lost its data, which must not found (or vote) again under its old id.
+pub const FOUNDING_FILE: &str = "FOUNDING";
+
 /// A received snapshot waits under this suffix until Raft installs it.
 pub const RECEIVED_SUFFIX: &str = ".received";
 
@@ -321,11 +326,30 @@ fn found<S: Storage>(
     if !fresh || voters.is_empty() {
         return Ok(());
     }
+    let marker = data_dir.join(FOUNDING_FILE);
+    // A cluster of one has nobody to disagree with; a member of a larger cluster that lost its
+    // data has forgotten the votes it gave, and voting again could elect two leaders in one
+    // term.
+    anyhow::ensure!(
+        voters.len() == 1 || marker.exists(),
+        "{} is empty and has no {FOUNDING_FILE} file: this replica of a cluster of {} has \
+         lost its data (or was never made by `switch cluster init`). A replica that lost its \
+         data must not rejoin under its old id, having forgotten its votes: replace it with a \
+         new member (`switch cluster add-member`, then `switch cluster change`; OPERATIONS.md, \
+         Replacing a lost member)",
+        data_dir.display(),
+        voters.len()
+    );
     let meta = replica::snapshot::founding(voters);
     let image = crate::core::snapshot::Image::take(initial, meta.index).encode();
     let payload = replica::snapshot::encode(&meta, &image);
     snapshot_file::write(snapshots, meta.index, &payload, 1)
         .map_err(|e| anyhow::anyhow!("writing the founding snapshot: {e}"))?;
+    if marker.exists() {
+        std::fs::remove_file(&marker)
+            .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+            .with_context(|| format!("removing {}", marker.display()))?;
+    }
     tracing::info!(
         ?voters,
         "a founding replica: the log starts from the founding snapshot"
