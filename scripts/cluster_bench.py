@@ -13,7 +13,8 @@ Release build of `switch` and `loadgen`; every cluster is made fresh by `switch 
    killed (SIGKILL) before `loadgen max` runs `--catchup-seconds`; it is started again after the
    load and the leader's next snapshot (which compacts the log it missed), and the time until it
    has applied everything the leader committed is measured (its own start and recovery
-   included), with the snapshot bytes the leader sent it
+   included; it held only the founding state, so it catches up as an empty replica), with the
+   snapshot bytes the leader sent it
    (switch_replica_snapshot_bytes_sent_total). `--catchup-only` runs this part alone.
 
 The raw fdatasync of the same disk is probed before and after (scripts/fsync_probe.py). Every
@@ -38,7 +39,11 @@ SWITCH = os.path.join(ROOT, "target", "release", "switch")
 LOADGEN = os.path.join(ROOT, "target", "release", "loadgen")
 # Enough remembered requests for a saturated run of --seconds, reserved at start so that map
 # growth does not weigh on one kind of run more than the other.
-EXTRA = "\n[ledger]\ntransfers_remembered_max = 6000000\npreallocate = true\n"
+def extra(remembered):
+    return f"\n[ledger]\ntransfers_remembered_max = {remembered}\npreallocate = true\n"
+
+
+EXTRA = extra(6_000_000)
 SNAPSHOTS_OFTEN = "\n[snapshot]\nevery_wal_bytes = 67108864\n"
 
 
@@ -167,6 +172,8 @@ def main():
     ap.add_argument("--paced-seconds", type=int, default=20)
     ap.add_argument("--catchup-seconds", type=int, default=10)
     ap.add_argument("--catchup-only", action="store_true")
+    ap.add_argument("--catchup-remembered", type=int, default=6_000_000,
+                    help="[ledger] transfers_remembered_max for the catch-up's cluster")
     a = ap.parse_args()
     sh(["cargo", "build", "--release", "-q", "-p", "switch", "-p", "loadgen"], cwd=ROOT)
     os.makedirs(OUT, exist_ok=True)
@@ -215,7 +222,7 @@ def comparison(a, summary):
 
 
 def catchup(a, summary):
-    c = Cluster("catchup", 3, 24600, EXTRA + SNAPSHOTS_OFTEN)
+    c = Cluster("catchup", 3, 24600, extra(a.catchup_remembered) + SNAPSHOTS_OFTEN)
     leader = c.start_all()
     lagging = next(i for i in range(1, 4) if i != leader)
     c.kill(lagging)
