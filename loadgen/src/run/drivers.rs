@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::Session;
 use super::leader::Link;
+use super::pacer::Pacer;
 use super::shared::Shared;
 use crate::config::Profile;
 use crate::cpu;
@@ -246,6 +247,7 @@ impl Session {
         let done = Arc::new(AtomicBool::new(false));
         let ticker = self.progress(Some((schedule.clone(), start, offset_secs)), done.clone());
         let mut tasks = Vec::with_capacity(lanes);
+        let pacer = Pacer::start(lanes).context("starting the pacing thread")?;
         for lane in 0..lanes {
             let shared = self.shared.clone();
             let link = self.link.clone();
@@ -257,7 +259,7 @@ impl Session {
                 lane,
                 schedule,
                 LaneCursor::new(lane as u64, lanes as u64),
-                start,
+                Clock::new(start, pacer.clone()),
                 seed,
             )));
         }
@@ -399,27 +401,56 @@ fn per_second(schedule: &Schedule) -> Vec<f64> {
         .collect()
 }
 
+/// A lane's schedule clock: seconds from `start`, kept by the pacing thread.
+struct Clock {
+    start: Instant,
+    pacer: Pacer,
+    due: Arc<Notify>,
+}
+
+impl Clock {
+    fn new(start: Instant, pacer: Pacer) -> Clock {
+        Clock {
+            start,
+            pacer,
+            due: Arc::new(Notify::new()),
+        }
+    }
+
+    fn at(&self, t: f64) -> Instant {
+        self.start + Duration::from_secs_f64(t)
+    }
+
+    /// Returns at `t` seconds from the start (on tokio's timer if the pacing thread is gone).
+    async fn until(&self, t: f64) {
+        if self.pacer.wake_at(self.at(t), &self.due) {
+            self.due.notified().await;
+        } else {
+            tokio::time::sleep_until(self.at(t).into()).await;
+        }
+    }
+}
+
 async fn open_lane(
     shared: Arc<Shared>,
     link: Arc<Link>,
     lane: usize,
     schedule: Arc<Schedule>,
     mut cursor: LaneCursor,
-    start: Instant,
+    clock: Clock,
     seed: u64,
 ) {
     let depth = shared.options.depth;
     let batch_max = shared.options.batch_max;
     let permits = Arc::new(Semaphore::new(depth));
     let mut rng = StdRng::seed_from_u64(seed);
-    let at = |t: f64| start + Duration::from_secs_f64(t);
     let mut intended = Vec::with_capacity(batch_max);
     while let Some((_, t)) = cursor.peek(&schedule) {
         if shared.state.lock().unknown.len() > UNKNOWN_MAX {
             // The switch has stopped answering; what was sent is resolved at the end.
             break;
         }
-        tokio::time::sleep_until(at(t).into()).await;
+        clock.until(t).await;
         if shared.is_lost() {
             break;
         }
@@ -431,7 +462,7 @@ async fn open_lane(
         let now = Instant::now();
         intended.clear();
         while let Some((_, t)) = cursor.peek(&schedule) {
-            let due = at(t);
+            let due = clock.at(t);
             if due > now || intended.len() == batch_max {
                 break;
             }

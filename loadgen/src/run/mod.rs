@@ -23,6 +23,7 @@
 mod drivers;
 mod flows;
 mod leader;
+mod pacer;
 mod sessions;
 mod setup;
 mod shared;
