@@ -182,6 +182,12 @@ pub struct Common {
     /// died is left for the next one at once; else --timeout-secs.
     #[arg(long, help_heading = "Load shape")]
     pub silence_secs: Option<f64>,
+    /// How the open loop keeps its schedule: `timer` (tokio's millisecond timer: a frame holds
+    /// the requests due within a millisecond and leaves up to 1 ms late) or `thread` (a pacing
+    /// thread wakes each lane when its next request is due: frames of the requests due by
+    /// then, as few as one, sent within tens of microseconds of their time).
+    #[arg(long, value_enum, default_value_t = Pacing::Timer, help_heading = "Load shape")]
+    pub pacing: Pacing,
     /// Worker threads of loadgen's own runtime (the spawned switch has its own).
     #[arg(long, default_value_t = 1, help_heading = "Load shape")]
     pub threads: usize,
@@ -322,6 +328,15 @@ pub struct Faults {
 }
 
 /// Everything a run needs, resolved and checked.
+/// How the open loop keeps its schedule (`--pacing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pacing {
+    /// tokio's millisecond timer.
+    Timer,
+    /// A pacing thread on the high-resolution timer.
+    Thread,
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: Target,
@@ -332,6 +347,8 @@ pub struct Options {
     pub timeout: Duration,
     /// A connection that hears nothing this long is lost (`--silence-secs`).
     pub silence: Duration,
+    /// How the open loop keeps its schedule (`--pacing`).
+    pub pacing: Pacing,
     /// With several targets: the longest search for a leader (see `Common::failover_secs`).
     pub failover_deadline: Duration,
     pub threads: usize,
@@ -568,6 +585,7 @@ impl Options {
             batch_max: c.batch_max,
             timeout,
             silence,
+            pacing: c.pacing,
             failover_deadline: Duration::from_secs_f64(positive("failover-secs", c.failover_secs)?),
             threads: c.threads,
             customers: c.customers,
@@ -723,6 +741,26 @@ mod tests {
 
     /// `--target` takes one address or a cluster's, comma-separated, in the order given; each
     /// must have a port, none may be empty or listed twice.
+    #[test]
+    fn the_schedule_is_kept_on_the_millisecond_timer_unless_a_thread_is_asked_for() {
+        let pacing = |extra: &[&str]| {
+            let mut args = vec!["--spawn"];
+            args.extend_from_slice(extra);
+            args.push("max");
+            parse(&args).map(|o| o.pacing)
+        };
+        assert_eq!(pacing(&[]).expect("valid"), Pacing::Timer);
+        assert_eq!(
+            pacing(&["--pacing", "thread"]).expect("valid"),
+            Pacing::Thread
+        );
+        assert_eq!(
+            pacing(&["--pacing", "timer"]).expect("valid"),
+            Pacing::Timer
+        );
+        assert!(pacing(&["--pacing", "spin"]).is_err());
+    }
+
     #[test]
     fn a_cluster_leaves_a_silent_leader_sooner_than_a_slow_answer() {
         let fingerprint = format!("{}ab", "ab:".repeat(31));

@@ -16,7 +16,7 @@ use super::Session;
 use super::leader::Link;
 use super::pacer::Pacer;
 use super::shared::Shared;
-use crate::config::Profile;
+use crate::config::{Pacing, Profile};
 use crate::cpu;
 use crate::schedule::{Festival, LaneCursor, Schedule};
 
@@ -247,7 +247,10 @@ impl Session {
         let done = Arc::new(AtomicBool::new(false));
         let ticker = self.progress(Some((schedule.clone(), start, offset_secs)), done.clone());
         let mut tasks = Vec::with_capacity(lanes);
-        let pacer = Pacer::start(lanes).context("starting the pacing thread")?;
+        let pacer = match self.options.pacing {
+            Pacing::Thread => Some(Pacer::start(lanes).context("starting the pacing thread")?),
+            Pacing::Timer => None,
+        };
         for lane in 0..lanes {
             let shared = self.shared.clone();
             let link = self.link.clone();
@@ -401,15 +404,15 @@ fn per_second(schedule: &Schedule) -> Vec<f64> {
         .collect()
 }
 
-/// A lane's schedule clock: seconds from `start`, kept by the pacing thread.
+/// A lane's schedule clock: seconds from `start`, kept by the pacing thread or tokio's timer.
 struct Clock {
     start: Instant,
-    pacer: Pacer,
+    pacer: Option<Pacer>,
     due: Arc<Notify>,
 }
 
 impl Clock {
-    fn new(start: Instant, pacer: Pacer) -> Clock {
+    fn new(start: Instant, pacer: Option<Pacer>) -> Clock {
         Clock {
             start,
             pacer,
@@ -421,9 +424,14 @@ impl Clock {
         self.start + Duration::from_secs_f64(t)
     }
 
-    /// Returns at `t` seconds from the start (on tokio's timer if the pacing thread is gone).
+    /// Returns at `t` seconds from the start (on tokio's timer without a pacing thread, or if
+    /// it is gone).
     async fn until(&self, t: f64) {
-        if self.pacer.wake_at(self.at(t), &self.due) {
+        if self
+            .pacer
+            .as_ref()
+            .is_some_and(|p| p.wake_at(self.at(t), &self.due))
+        {
             self.due.notified().await;
         } else {
             tokio::time::sleep_until(self.at(t).into()).await;
