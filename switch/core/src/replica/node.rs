@@ -619,22 +619,23 @@ impl Node {
     /// A new leader applies every entry of its log now: it will commit them all, and the
     /// batches it executes next read the state they leave.
     fn catch_up(&mut self) -> Result<(), String> {
-        let last = self.last_index();
-        while self.applied < last {
+        self.apply_through(self.last_index())
+    }
+
+    /// Applies the log's entries after `applied`, through `through`.
+    fn apply_through(&mut self, through: u64) -> Result<(), String> {
+        while self.applied < through {
+            let from = self.applied + 1;
             let entries = self
                 .raw
                 .raft
                 .raft_log
-                .entries(
-                    self.applied + 1,
-                    64 << 20,
-                    raft::GetEntriesContext::empty(false),
-                )
-                .map_err(|e| format!("reading entries from {}: {e}", self.applied + 1))?;
+                .entries(from, 64 << 20, raft::GetEntriesContext::empty(false))
+                .map_err(|e| format!("reading entries from {from}: {e}"))?;
             if entries.is_empty() {
-                return Err(format!("no entry at {}", self.applied + 1));
+                return Err(format!("no entry at {from}"));
             }
-            for e in &entries {
+            for e in entries.iter().take_while(|e| e.index <= through) {
                 apply_entry(&mut self.core, e)?;
                 self.applied = e.index;
             }
@@ -657,23 +658,8 @@ impl Node {
         self.core = core;
         self.applied = base;
         self.rebuilds += 1;
-        while self.applied < committed {
-            let entries = self
-                .raw
-                .raft
-                .raft_log
-                .entries(
-                    self.applied + 1,
-                    64 << 20,
-                    raft::GetEntriesContext::empty(false),
-                )
-                .map_err(|e| format!("rebuilding: entries from {}: {e}", self.applied + 1))?;
-            for e in entries.iter().take_while(|e| e.index <= committed) {
-                apply_entry(&mut self.core, e)?;
-                self.applied = e.index;
-            }
-        }
-        Ok(())
+        self.apply_through(committed)
+            .map_err(|e| format!("rebuilding: {e}"))
     }
 
     fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), String> {
