@@ -98,6 +98,32 @@ fn authorize(id: u128, amount: u64) -> Request {
     )
 }
 
+/// Asserts that every acknowledged authorization (id to amount) reads as a hold at its amount,
+/// from whichever replica leads; returns what they hold in all.
+async fn held_at_their_amounts(client: &mut Follower, acked: &HashMap<u128, u64>) -> u64 {
+    let ids: Vec<u128> = acked.keys().copied().collect();
+    let mut held_total = 0u64;
+    for (k, chunk) in ids.chunks(500).enumerate() {
+        let asks: Vec<Request> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, &of)| status(10_000_000 + (k * 500 + j) as u128, of))
+            .collect();
+        for (of, answer) in chunk.iter().zip(client.call(&asks).await) {
+            match answer.body {
+                wire::ResponseBody::TransferStatus(s)
+                    if s.state == wire::TransferState::Pending =>
+                {
+                    assert_eq!(s.amount.0, acked[of], "authorization {of}");
+                    held_total += s.amount.0;
+                }
+                other => panic!("authorization {of} acknowledged but reads {other:?}"),
+            }
+        }
+    }
+    held_total
+}
+
 fn status(id: u128, of: u128) -> Request {
     req(
         id,
@@ -186,26 +212,7 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
     // Every acknowledged authorization is held, once, at its amount.
     let acked = acked.lock().clone();
     assert!(acked.len() > 100, "the load ran: {}", acked.len());
-    let ids: Vec<u128> = acked.keys().copied().collect();
-    let mut held_total = 0u64;
-    for (k, chunk) in ids.chunks(500).enumerate() {
-        let asks: Vec<Request> = chunk
-            .iter()
-            .enumerate()
-            .map(|(j, &of)| status(10_000_000 + (k * 500 + j) as u128, of))
-            .collect();
-        for (of, answer) in chunk.iter().zip(client.call(&asks).await) {
-            match answer.body {
-                wire::ResponseBody::TransferStatus(s)
-                    if s.state == wire::TransferState::Pending =>
-                {
-                    assert_eq!(s.amount.0, acked[of], "authorization {of}");
-                    held_total += s.amount.0;
-                }
-                other => panic!("authorization {of} acknowledged but reads {other:?}"),
-            }
-        }
-    }
+    let held_total = held_at_their_amounts(&mut client, &acked).await;
     let balance = client
         .call(&[req(
             20_000_000,
@@ -406,24 +413,7 @@ async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover()
     cluster.converge(LIMIT);
 
     // Every acknowledged authorization is held, at its amount, on the cluster as it is now.
-    let ids: Vec<u128> = acked.keys().copied().collect();
-    for (k, chunk) in ids.chunks(500).enumerate() {
-        let asks: Vec<Request> = chunk
-            .iter()
-            .enumerate()
-            .map(|(j, &of)| status(10_000_000 + (k * 500 + j) as u128, of))
-            .collect();
-        for (of, answer) in chunk.iter().zip(client.call(&asks).await) {
-            match answer.body {
-                wire::ResponseBody::TransferStatus(s)
-                    if s.state == wire::TransferState::Pending =>
-                {
-                    assert_eq!(s.amount.0, acked[of], "authorization {of}");
-                }
-                other => panic!("authorization {of} acknowledged but reads {other:?}"),
-            }
-        }
-    }
+    held_at_their_amounts(&mut client, &acked).await;
     // A window closed through the leader: every member, the new one included, writes the same
     // reports once the close is committed.
     let closed = client
