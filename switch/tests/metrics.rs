@@ -35,6 +35,8 @@ const NOT_TRAFFIC: &[&str] = &[
     "switch_raft_applied_index",
     // The entry a new leader writes at the start of its term.
     "switch_wal_append_seconds",
+    // The ledger stage wakes for its Raft ticks, traffic or none.
+    "switch_stage_wakeups_total",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
