@@ -113,7 +113,15 @@ pub struct Client {
     connection: quinn::Connection,
 }
 
-type Answer = Result<Vec<wire::Response>, ClientError>;
+type Answer = Result<Reply, ClientError>;
+
+/// A response batch: the results, in the order of the requests, and the server's hint of how
+/// long to wait before sending again the operations it refused for overload (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub responses: Vec<wire::Response>,
+    pub retry_after_ms: u16,
+}
 
 /// The calls waiting on a stream, shared by its callers and its reader.
 #[derive(Default)]
@@ -489,8 +497,15 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
             let (id, result) = match frame {
                 wire::Frame::Responses {
                     correlation_id,
+                    retry_after_ms,
                     responses,
-                } => (correlation_id, Ok(responses)),
+                } => (
+                    correlation_id,
+                    Ok(Reply {
+                        responses,
+                        retry_after_ms,
+                    }),
+                ),
                 wire::Frame::Error {
                     correlation_id,
                     code,
@@ -566,10 +581,20 @@ impl Stream {
         &self,
         requests: &[wire::Request],
     ) -> Result<Vec<wire::Response>, ClientError> {
+        Ok(self.call_within(0, requests).await?.responses)
+    }
+
+    /// Sends a batch whose operations the server may run within `budget_ms` milliseconds of
+    /// reading it (0: the server's defaults) and waits for the whole reply.
+    pub async fn call_within(
+        &self,
+        budget_ms: u16,
+        requests: &[wire::Request],
+    ) -> Result<Reply, ClientError> {
         let mut frame = Vec::new();
         let correlation_id = self.next.fetch_add(1, Ordering::Relaxed);
-        wire::encode_request_frame(correlation_id, requests, &mut frame)?;
-        self.call_raw(correlation_id, &frame).await
+        wire::encode_request_frame_within(correlation_id, budget_ms, requests, &mut frame)?;
+        self.reply_raw(correlation_id, &frame).await
     }
 
     /// Sends bytes as they are (tests use it for malformed frames) and waits for the answer to
@@ -580,6 +605,11 @@ impl Stream {
         correlation_id: u64,
         bytes: &[u8],
     ) -> Result<Vec<wire::Response>, ClientError> {
+        Ok(self.reply_raw(correlation_id, bytes).await?.responses)
+    }
+
+    /// `call_raw`, keeping the reply's retry-after hint.
+    pub async fn reply_raw(&self, correlation_id: u64, bytes: &[u8]) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
         let mut entry = {
             let mut lane = self.lane.lock();

@@ -94,6 +94,7 @@ async fn next_request_frame(
                 if let Frame::Requests {
                     correlation_id,
                     requests,
+                    ..
                 } = frame
                 {
                     return Some((correlation_id, requests));

@@ -110,6 +110,7 @@ fn is_echo_answer(s: usize, answer: &Frame) -> bool {
         Frame::Responses {
             correlation_id,
             responses,
+            ..
         } => {
             assert_eq!(*correlation_id, s as u64 + 1, "stream {s}");
             // One answer for every echo, each for its own request, in order.

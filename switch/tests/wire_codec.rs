@@ -300,18 +300,28 @@ fn response() -> impl Strategy<Value = Response> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u64>(), prop::collection::vec(request(), 1..8)).prop_map(
-            |(correlation_id, requests)| Frame::Requests {
+        (
+            any::<u64>(),
+            any::<u16>(),
+            prop::collection::vec(request(), 1..8)
+        )
+            .prop_map(|(correlation_id, budget_ms, requests)| Frame::Requests {
                 correlation_id,
+                budget_ms,
                 requests,
-            }
-        ),
-        (any::<u64>(), prop::collection::vec(response(), 1..8)).prop_map(
-            |(correlation_id, responses)| Frame::Responses {
-                correlation_id,
-                responses,
-            }
-        ),
+            }),
+        (
+            any::<u64>(),
+            any::<u16>(),
+            prop::collection::vec(response(), 1..8)
+        )
+            .prop_map(
+                |(correlation_id, retry_after_ms, responses)| Frame::Responses {
+                    correlation_id,
+                    retry_after_ms,
+                    responses,
+                }
+            ),
         (
             any::<u64>(),
             prop::sample::select(ErrorCode::ALL.to_vec()),
@@ -526,6 +536,7 @@ proptest! {
 fn authorize(number: &str) -> Frame {
     Frame::Requests {
         correlation_id: 7,
+        budget_ms: 0,
         requests: vec![
             Request {
                 id: RequestId(1),
@@ -597,15 +608,21 @@ fn unknown_op_is_named() {
 
 #[test]
 fn header_errors_come_as_soon_as_the_header_is_there() {
-    let bytes = encode(&authorize("4111"));
-    let cases: [(usize, u8, ErrorCode, &str); 4] = [
-        (4, 2, ErrorCode::UnsupportedVersion, "version"),
-        (5, 9, ErrorCode::MalformedFrame, "kind"),
-        (6, 1, ErrorCode::MalformedFrame, "reserved"),
-        (7, 1, ErrorCode::MalformedFrame, "reserved"),
+    let requests = encode(&authorize("4111"));
+    // Only an error frame's u16 after the kind is reserved: a request batch's is its budget.
+    let error_frame = encode(&Frame::Error {
+        correlation_id: 7,
+        code: ErrorCode::BadField,
+        message: ErrorMessage::new("count").expect("short"),
+    });
+    let cases: [(&[u8], usize, u8, ErrorCode, &str); 4] = [
+        (&requests, 4, 2, ErrorCode::UnsupportedVersion, "version"),
+        (&requests, 5, 9, ErrorCode::MalformedFrame, "kind"),
+        (&error_frame, 6, 1, ErrorCode::MalformedFrame, "reserved"),
+        (&error_frame, 7, 1, ErrorCode::MalformedFrame, "reserved"),
     ];
-    for (at, value, code, field) in cases {
-        let mut damaged = bytes.clone();
+    for (bytes, at, value, code, field) in cases {
+        let mut damaged = bytes.to_vec();
         damaged[at] = value;
         for end in [HEADER_LEN, damaged.len()] {
             let error = error_of(&damaged[..end], &Limits::DEFAULT);
@@ -753,8 +770,11 @@ fn a_window_state_of_none_is_only_in_a_result_not_approved() {
 #[test]
 fn the_first_field_in_error_decides_the_code() {
     let header = |length: u32, version: u8, reserved: u16, count: u16| {
+        // A request batch, or an error frame when `reserved` is set: only an error frame's
+        // u16 after the kind must be 0.
+        let kind = if reserved == 0 { 1 } else { 3 };
         let mut bytes = length.to_le_bytes().to_vec();
-        bytes.extend([version, 1]);
+        bytes.extend([version, kind]);
         bytes.extend(reserved.to_le_bytes());
         bytes.extend(7u64.to_le_bytes());
         bytes.extend(count.to_le_bytes());

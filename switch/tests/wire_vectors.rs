@@ -36,6 +36,7 @@ fn number(digits: &str) -> CardNumber {
 fn one_request(correlation_id: u64, id: u128, operation: Operation) -> Frame {
     Frame::Requests {
         correlation_id,
+        budget_ms: 0,
         requests: vec![Request {
             id: RequestId(id),
             operation,
@@ -46,6 +47,7 @@ fn one_request(correlation_id: u64, id: u128, operation: Operation) -> Frame {
 fn one_response(correlation_id: u64, id: u128, body: ResponseBody) -> Frame {
     Frame::Responses {
         correlation_id,
+        retry_after_ms: 0,
         responses: vec![Response {
             request_id: RequestId(id),
             code: ResponseCode::Approved,
@@ -278,6 +280,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             "request-batch",
             Frame::Requests {
                 correlation_id: 19,
+                budget_ms: 250,
                 requests: vec![
                     Request {
                         id: RequestId(0x0501),
@@ -444,6 +447,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             "response-window-report-declined",
             Frame::Responses {
                 correlation_id: 16,
+                retry_after_ms: 0,
                 responses: vec![Response::declined(
                     RequestId(0x0303),
                     Op::WindowReport,
@@ -475,6 +479,7 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             "response-batch-declined",
             Frame::Responses {
                 correlation_id: 19,
+                retry_after_ms: 0,
                 responses: vec![
                     Response::declined(
                         RequestId(0x0501),
@@ -487,6 +492,27 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                         Op::Capture,
                         ResponseCode::InvalidTransaction,
                         Reason::AUTHORIZATION_NOT_FOUND,
+                    ),
+                ],
+            },
+        ),
+        (
+            "response-batch-shed",
+            Frame::Responses {
+                correlation_id: 20,
+                retry_after_ms: 40,
+                responses: vec![
+                    Response::declined(
+                        RequestId(0x0601),
+                        Op::Authorize,
+                        ResponseCode::SystemBusy,
+                        Reason::SHED,
+                    ),
+                    Response::declined(
+                        RequestId(0x0602),
+                        Op::Sale,
+                        ResponseCode::SystemBusy,
+                        Reason::DEADLINE_PASSED,
                     ),
                 ],
             },

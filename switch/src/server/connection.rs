@@ -382,6 +382,7 @@ impl StreamReading<'_> {
             wire::Frame::Requests {
                 correlation_id,
                 requests,
+                ..
             } => self.requests(correlation_id, requests, len).await,
             wire::Frame::Responses { correlation_id, .. } => {
                 metrics::counter!("switch_malformed_frames_total").increment(1);

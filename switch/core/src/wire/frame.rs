@@ -9,8 +9,9 @@ use crate::wire::types::{ErrorMessage, FieldError};
 
 /// The protocol version this codec speaks, carried in every frame.
 pub const VERSION: u8 = 1;
-/// Bytes before a frame's body: length u32, version u8, kind u8, reserved u16,
-/// correlation id u64.
+/// Bytes before a frame's body: length u32, version u8, kind u8, a u16 whose meaning is the
+/// kind's (a request batch's budget, a response batch's retry-after hint, 0 in an error
+/// frame), correlation id u64.
 pub const HEADER_LEN: usize = 16;
 /// The smallest value of the length field: the header after the length field itself.
 const LENGTH_FIELD_MIN: u32 = (HEADER_LEN - 4) as u32;
@@ -44,10 +45,16 @@ impl FrameKind {
 pub enum Frame {
     Requests {
         correlation_id: u64,
+        /// The client's budget for the frame's operations in milliseconds, counted from when
+        /// the server has read the frame; 0: none given (the server's defaults apply).
+        budget_ms: u16,
         requests: Vec<Request>,
     },
     Responses {
         correlation_id: u64,
+        /// When some operation was refused for overload: how long the client should wait
+        /// before sending it again, in milliseconds; 0 otherwise.
+        retry_after_ms: u16,
         responses: Vec<Response>,
     },
     Error {
@@ -88,38 +95,70 @@ impl WireError {
     }
 }
 
-/// Appends a request-batch frame to `out` and returns its length. On error `out` is left as
-/// it was.
+/// Appends a request-batch frame with no budget to `out` and returns its length. On error
+/// `out` is left as it was.
 pub fn encode_request_frame(
     correlation_id: u64,
+    requests: &[Request],
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    encode_request_frame_within(correlation_id, 0, requests, out)
+}
+
+/// Appends a request-batch frame whose operations have `budget_ms` milliseconds (0: no budget)
+/// to `out` and returns its length. On error `out` is left as it was.
+pub fn encode_request_frame_within(
+    correlation_id: u64,
+    budget_ms: u16,
     requests: &[Request],
     out: &mut Vec<u8>,
 ) -> Result<usize, EncodeError> {
     let body_len: usize = requests.iter().map(Request::encoded_len).sum();
     out.reserve(HEADER_LEN + 2 + body_len);
     let start = out.len();
-    let len = encode_requests(&mut Writer::new(out, None), correlation_id, requests)?;
+    let len = encode_requests(
+        &mut Writer::new(out, None),
+        correlation_id,
+        budget_ms,
+        requests,
+    )?;
     read_back(&out[start..], |frame| {
-        matches!(frame, Frame::Requests { correlation_id: c, requests: r }
-            if *c == correlation_id && r == requests)
+        matches!(frame, Frame::Requests { correlation_id: c, budget_ms: b, requests: r }
+            if *c == correlation_id && *b == budget_ms && r == requests)
     });
     Ok(len)
 }
 
-/// Appends a response-batch frame to `out` and returns its length. On error `out` is left as
-/// it was.
+/// Appends a response-batch frame with no retry-after hint to `out` and returns its length.
+/// On error `out` is left as it was.
 pub fn encode_response_frame(
     correlation_id: u64,
+    responses: &[Response],
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    encode_response_frame_retry(correlation_id, 0, responses, out)
+}
+
+/// Appends a response-batch frame carrying a retry-after hint of `retry_after_ms` (0: none)
+/// to `out` and returns its length. On error `out` is left as it was.
+pub fn encode_response_frame_retry(
+    correlation_id: u64,
+    retry_after_ms: u16,
     responses: &[Response],
     out: &mut Vec<u8>,
 ) -> Result<usize, EncodeError> {
     let body_len: usize = responses.iter().map(Response::encoded_len).sum();
     out.reserve(HEADER_LEN + 2 + body_len);
     let start = out.len();
-    let len = encode_responses(&mut Writer::new(out, None), correlation_id, responses)?;
+    let len = encode_responses(
+        &mut Writer::new(out, None),
+        correlation_id,
+        retry_after_ms,
+        responses,
+    )?;
     read_back(&out[start..], |frame| {
-        matches!(frame, Frame::Responses { correlation_id: c, responses: r }
-            if *c == correlation_id && r == responses)
+        matches!(frame, Frame::Responses { correlation_id: c, retry_after_ms: h, responses: r }
+            if *c == correlation_id && *h == retry_after_ms && r == responses)
     });
     Ok(len)
 }
@@ -168,12 +207,14 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<usize, EncodeErr
     match frame {
         Frame::Requests {
             correlation_id,
+            budget_ms,
             requests,
-        } => encode_request_frame(*correlation_id, requests, out),
+        } => encode_request_frame_within(*correlation_id, *budget_ms, requests, out),
         Frame::Responses {
             correlation_id,
+            retry_after_ms,
             responses,
-        } => encode_response_frame(*correlation_id, responses, out),
+        } => encode_response_frame_retry(*correlation_id, *retry_after_ms, responses, out),
         Frame::Error {
             correlation_id,
             code,
@@ -198,12 +239,14 @@ pub fn annotate_frame(frame: &Frame) -> Result<Vec<AnnotatedField>, EncodeError>
     match frame {
         Frame::Requests {
             correlation_id,
+            budget_ms,
             requests,
-        } => encode_requests(&mut w, *correlation_id, requests)?,
+        } => encode_requests(&mut w, *correlation_id, *budget_ms, requests)?,
         Frame::Responses {
             correlation_id,
+            retry_after_ms,
             responses,
-        } => encode_responses(&mut w, *correlation_id, responses)?,
+        } => encode_responses(&mut w, *correlation_id, *retry_after_ms, responses)?,
         Frame::Error {
             correlation_id,
             code,
@@ -228,9 +271,15 @@ pub fn annotate_frame(frame: &Frame) -> Result<Vec<AnnotatedField>, EncodeError>
 fn encode_requests(
     w: &mut Writer<'_>,
     correlation_id: u64,
+    budget_ms: u16,
     requests: &[Request],
 ) -> Result<usize, EncodeError> {
-    encode_with(w, FrameKind::Requests, correlation_id, |w| {
+    let header = Header {
+        kind: FrameKind::Requests,
+        field: ("budget_ms", budget_ms),
+        correlation_id,
+    };
+    encode_with(w, header, |w| {
         w.u16("count", batch_count(requests.len())?);
         for request in requests {
             request.encode(w);
@@ -242,9 +291,15 @@ fn encode_requests(
 fn encode_responses(
     w: &mut Writer<'_>,
     correlation_id: u64,
+    retry_after_ms: u16,
     responses: &[Response],
 ) -> Result<usize, EncodeError> {
-    encode_with(w, FrameKind::Responses, correlation_id, |w| {
+    let header = Header {
+        kind: FrameKind::Responses,
+        field: ("retry_after_ms", retry_after_ms),
+        correlation_id,
+    };
+    encode_with(w, header, |w| {
         w.u16("count", batch_count(responses.len())?);
         for response in responses {
             response.encode(w)?;
@@ -259,7 +314,12 @@ fn encode_error(
     code: ErrorCode,
     message: &ErrorMessage,
 ) -> Result<usize, EncodeError> {
-    encode_with(w, FrameKind::Error, correlation_id, |w| {
+    let header = Header {
+        kind: FrameKind::Error,
+        field: ("reserved", 0),
+        correlation_id,
+    };
+    encode_with(w, header, |w| {
         w.u16("error_code", code.as_u16());
         w.bytes_u8("message_len", "message", message.as_str().as_bytes());
         Ok(())
@@ -273,18 +333,24 @@ fn batch_count(len: usize) -> Result<u16, EncodeError> {
     u16::try_from(len).map_err(|_| EncodeError::BatchTooLong { len })
 }
 
+/// A frame's header after its length: the kind's u16 field goes by its name in the kind.
+struct Header {
+    kind: FrameKind,
+    field: (&'static str, u16),
+    correlation_id: u64,
+}
+
 /// Writes the header, then the body, then the length; undoes everything on error.
 fn encode_with(
     w: &mut Writer<'_>,
-    kind: FrameKind,
-    correlation_id: u64,
+    header: Header,
     body: impl FnOnce(&mut Writer<'_>) -> Result<(), EncodeError>,
 ) -> Result<usize, EncodeError> {
     w.u32("length", 0);
     w.u8("version", VERSION);
-    w.u8("kind", kind.as_u8());
-    w.u16("reserved", 0);
-    w.u64("correlation_id", correlation_id);
+    w.u8("kind", header.kind.as_u8());
+    w.u16(header.field.0, header.field.1);
+    w.u64("correlation_id", header.correlation_id);
     let result = body(w).and_then(|()| {
         let len = w.written();
         let length = len
@@ -352,14 +418,16 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
         return Ok(None);
     };
     let mut r = Reader::new(frame, frame_len);
-    let (kind, correlation_id) = read_header(&mut r)?;
+    let (kind, field, correlation_id) = read_header(&mut r)?;
     let frame = match kind {
         FrameKind::Requests => Frame::Requests {
             correlation_id,
+            budget_ms: field,
             requests: read_batch(&mut r, limits, REQUEST_PREFIX_LEN, Request::decode)?,
         },
         FrameKind::Responses => Frame::Responses {
             correlation_id,
+            retry_after_ms: field,
             responses: read_batch(&mut r, limits, RESPONSE_PREFIX_LEN, Response::decode)?,
         },
         FrameKind::Error => {
@@ -397,13 +465,14 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
     Ok(Some((frame, frame_len)))
 }
 
-/// Reads and checks the header after the length; records the correlation id in the reader
-/// first, so every later error carries it.
-fn read_header(r: &mut Reader<'_>) -> Result<(FrameKind, u64), WireError> {
+/// Reads and checks the header after the length, and gives the kind, the kind's u16 field
+/// (an error frame's must be 0) and the correlation id; records the correlation id in the
+/// reader first, so every later error carries it.
+fn read_header(r: &mut Reader<'_>) -> Result<(FrameKind, u16, u64), WireError> {
     r.u32("length")?;
     let version = r.u8("version")?;
     let kind = r.u8("kind")?;
-    let reserved = r.u16("reserved")?;
+    let field = r.u16("reserved")?;
     let correlation_id = r.u64("correlation_id")?;
     r.correlation_id = Some(correlation_id);
     if version != VERSION {
@@ -411,14 +480,14 @@ fn read_header(r: &mut Reader<'_>) -> Result<(FrameKind, u64), WireError> {
     }
     let kind = FrameKind::from_u8(kind)
         .ok_or_else(|| r.error_at(5, "kind", WireErrorKind::UnknownFrameKind { kind }))?;
-    if reserved != 0 {
+    if kind == FrameKind::Error && field != 0 {
         return Err(r.error_at(
             6,
             "reserved",
-            WireErrorKind::ReservedNotZero { value: reserved },
+            WireErrorKind::ReservedNotZero { value: field },
         ));
     }
-    Ok((kind, correlation_id))
+    Ok((kind, field, correlation_id))
 }
 
 fn read_batch<T>(

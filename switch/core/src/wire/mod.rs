@@ -23,7 +23,8 @@ pub use error::{
 };
 pub use frame::{
     AnnotatedField, Frame, FrameKind, HEADER_LEN, VERSION, annotate_frame, decode_frame,
-    encode_error_frame, encode_frame, encode_request_frame, encode_response_frame, frame_header,
+    encode_error_frame, encode_frame, encode_request_frame, encode_request_frame_within,
+    encode_response_frame, encode_response_frame_retry, frame_header,
 };
 pub use limits::{
     BATCH_LEN_MAX_DEFAULT, FRAME_LEN_MAX_DEFAULT, FRAME_LEN_MAX_LIMIT,

@@ -374,8 +374,15 @@ impl Reason {
     pub const MEMBERSHIP_INVALID: Reason = Reason(31);
     /// A membership change is still being made: retry once it is done.
     pub const MEMBERSHIP_CHANGING: Reason = Reason(32);
+    /// The operation's deadline (the frame's budget, or the server's default for the
+    /// operation) passed before the switch got to it: nothing was done.
+    pub const DEADLINE_PASSED: Reason = Reason(33);
+    /// Shed for overload: the ledger stage's queueing delay is over its target, and new
+    /// payments give way to operations on money already held. Nothing was done; the
+    /// response frame's retry-after hint says when to send it again.
+    pub const SHED: Reason = Reason(34);
 
-    const NAMES: [&'static str; 33] = [
+    const NAMES: [&'static str; 35] = [
         "none",
         "unknown number",
         "no route",
@@ -409,6 +416,8 @@ impl Reason {
         "role missing",
         "membership invalid",
         "membership changing",
+        "deadline passed",
+        "shed",
     ];
 
     /// The listed name of this reason, if it has one.
