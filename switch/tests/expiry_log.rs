@@ -95,6 +95,72 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
 }
 
+/// The expiry pass runs once a tick, however often the stage is idle: at a few hundred
+/// requests a second the stage sleeps between any two, and a pass at each wake-up would log an
+/// entry (and its fdatasync, which the next request waits behind) for every hold just due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
+    const TICK_MS: u64 = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("switch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+             [tls]\nanonymous_participant = 3\n\n\
+             [authorization]\nexpiry_tick_ms = {TICK_MS}\n\n\
+             [[routes]]\nprefix = \"62\"\nissuer = 2\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("write the configuration");
+    let log = dir.path().join("switch.log");
+    let mut process = common::serve(&config, &log).expect("spawn the switch");
+    let ready = process.ready(LIMIT).expect("the switch serves");
+    let client = tokio::time::timeout(
+        LIMIT,
+        Client::connect(ready.quic, &Trust::Fingerprint(ready.fingerprint), None),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let stream = client.stream().await.expect("stream");
+    for r in call(&stream, &setup_requests(1_000_000)).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    // One-second holds one at a time, 10 ms apart, for 2.4 s: from the first second on, every
+    // wake-up of the stage finds a hold that fell due since the one before.
+    const HOLDS: u128 = 240;
+    let passes_before = metric(ready.http, "switch_expiry_passes_total");
+    let started = Instant::now();
+    for i in 0..HOLDS {
+        for r in call(&stream, &[hold(5_000 + i)]).await {
+            assert_eq!(r.code, Code::Approved, "{r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let passes = metric(ready.http, "switch_expiry_passes_total") - passes_before;
+    let ticks = started.elapsed().as_millis() as u64 / TICK_MS + 1;
+    assert!(
+        (1..=ticks).contains(&passes),
+        "{passes} expiry passes logged in {:?} with a tick of {TICK_MS} ms",
+        started.elapsed()
+    );
+    client.close().await;
+    process.signal("TERM").expect("SIGTERM");
+    let status = process.wait(LIMIT).expect("the switch stops in time");
+    assert!(status.success(), "the switch exited with {status}");
+}
+
+/// The value of a counter or gauge with no labels.
+fn metric(http: SocketAddr, name: &str) -> u64 {
+    http_get(http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 fn hold(id: u128) -> wire::Request {
     req(
         id,

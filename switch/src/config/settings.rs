@@ -32,8 +32,7 @@ pub struct StageSettings {
     pub queue_depth_max: usize,
     /// Requests a batch takes, at most (`[limits] batch_len_max`, at least 1).
     pub batch_len_max: usize,
-    /// How often due holds are expired when the stage is busy; it also expires them whenever
-    /// it is idle (`[authorization] expiry_tick_ms`).
+    /// How often due holds are expired, busy or idle (`[authorization] expiry_tick_ms`).
     pub expiry_tick: Duration,
     /// The open window closes every this many nanoseconds; 0: only on request (`[clearing]
     /// close_every_seconds`).

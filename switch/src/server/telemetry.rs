@@ -278,6 +278,13 @@ const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
+        "switch_expiry_passes_total",
+        Counter,
+        Unit::Count,
+        "Expiry passes that found holds due, each one log entry: at most one per [authorization] expiry_tick_ms",
+        Series::One,
+    ),
+    family(
         "switch_holds_live",
         Gauge,
         Unit::Count,
