@@ -202,6 +202,9 @@ impl Queue {
     }
 }
 
+/// At most one line that shedding started this often (`switch_shedding` says when exactly).
+const SHEDDING_LINE_EVERY: Duration = Duration::from_secs(10);
+
 /// At most one `authorization holds expired` line this often (the counter is exact).
 const EXPIRY_LINE_EVERY: Duration = Duration::from_secs(10);
 
@@ -274,6 +277,8 @@ pub struct Stage {
     shedder: Shedder,
     /// What the connections read of `shedder`.
     signal: Arc<Signal>,
+    /// Shedding can start and stop many times a second: one line per period says how often.
+    shedding_starts: telemetry::Tally,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -388,6 +393,7 @@ impl Stage {
             changes: membership::Changes::default(),
             shedder,
             signal,
+            shedding_starts: telemetry::Tally::new(SHEDDING_LINE_EVERY),
         })
     }
 
@@ -580,13 +586,10 @@ impl Stage {
         if let (Some(newest), Some(oldest)) = (newest, oldest) {
             metrics::histogram!("switch_queue_delay_seconds")
                 .record(at.saturating_duration_since(oldest).as_secs_f64());
-            if self
+            let changed = self
                 .shedder
-                .observe(at, at.saturating_duration_since(newest))
-            {
-                shedding_changed(&self.shedder);
-            }
-            self.signal.publish(&self.shedder);
+                .observe(at, at.saturating_duration_since(newest));
+            self.publish_shedding(changed, at);
         }
         let mut items = Vec::with_capacity(count);
         let mut answers = Vec::with_capacity(jobs.len());
@@ -627,6 +630,25 @@ impl Stage {
             });
         }
         Screened { items, answers }
+    }
+
+    /// Tells the connections whether new payments are shed, and, if that `changed`, the
+    /// metrics and (at most once per `SHEDDING_LINE_EVERY`) the log.
+    fn publish_shedding(&mut self, changed: bool, now: Instant) {
+        self.signal.publish(&self.shedder);
+        if !changed {
+            return;
+        }
+        let on = self.shedder.shedding();
+        metrics::gauge!("switch_shedding").set(if on { 1.0 } else { 0.0 });
+        if let Some(times) = self.shedding_starts.count(u64::from(on), now) {
+            tracing::warn!(
+                times,
+                retry_after_ms = self.shedder.retry_after().as_millis() as u64,
+                "the ledger stage's queueing delay stayed over its target: shedding new \
+                 payments (times it started since the last such line)"
+            );
+        }
     }
 
     /// Executes a batch on the leader; its answers leave once its entry (and whatever it read
@@ -778,22 +800,6 @@ fn is_new_payment(request: &crate::core::Request) -> bool {
         request,
         crate::core::Request::Authorize { .. } | crate::core::Request::Sale { .. }
     )
-}
-
-/// `switch_shedding`, and a line for the operator, when shedding starts or stops.
-fn shedding_changed(shedder: &Shedder) {
-    let on = shedder.shedding();
-    metrics::gauge!("switch_shedding").set(if on { 1.0 } else { 0.0 });
-    if on {
-        tracing::warn!(
-            retry_after_ms = shedder.retry_after().as_millis() as u64,
-            "the ledger stage's queueing delay stayed over its target: shedding new payments"
-        );
-    } else {
-        tracing::info!(
-            "the ledger stage's queueing delay is under its target: payments taken again"
-        );
-    }
 }
 
 /// How many entries an entries record holds (the count after its type and commit index).
@@ -1182,10 +1188,9 @@ impl StageThread {
 
     /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
     fn idle(&mut self) -> Result<(), StageError> {
-        if self.stage.shedder.idle(Instant::now()) {
-            shedding_changed(&self.stage.shedder);
-            self.stage.signal.publish(&self.stage.shedder);
-        }
+        let now = Instant::now();
+        let changed = self.stage.shedder.idle(now);
+        self.stage.publish_shedding(changed, now);
         self.stage.snapshots.batch(0);
         self.maybe_snapshot();
         Ok(())
