@@ -32,6 +32,8 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub clearing: Clearing,
+    pub deadlines: Deadlines,
+    pub overload: Overload,
     pub identities: Vec<Identity>,
     pub routes: Vec<RouteConfig>,
     /// Replicas of this switch; none: a cluster of one.
@@ -181,6 +183,172 @@ pub struct Authorization {
     pub expiry_seconds_max: u32,
     /// How often holds that are due are expired.
     pub expiry_tick_ms: u32,
+}
+
+/// Each operation's deadline when its frame's `budget_ms` is 0, in milliseconds from the frame
+/// being read; 0: none (PROTOCOL.md 8.1). Signed so that a negative value is refused by name
+/// rather than by the parser. Only the operations the ledger stage runs have one.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deadlines {
+    pub create_participant_ms: i64,
+    pub create_account_ms: i64,
+    pub fund_ms: i64,
+    pub set_limits_ms: i64,
+    pub authorize_ms: i64,
+    pub capture_ms: i64,
+    pub reverse_ms: i64,
+    pub sale_ms: i64,
+    pub refund_ms: i64,
+    pub balance_inquiry_ms: i64,
+    pub transfer_status_ms: i64,
+    pub close_window_ms: i64,
+    pub list_windows_ms: i64,
+    pub window_report_ms: i64,
+    pub echo_ms: i64,
+}
+
+/// The most a deadline may be: what a frame's `budget_ms` can say.
+pub const DEADLINE_MS_MAX: i64 = u16::MAX as i64;
+
+impl Deadlines {
+    /// Each key with its operation and value.
+    pub fn by_op(&self) -> [(&'static str, crate::wire::Op, i64); 15] {
+        use crate::wire::Op;
+        [
+            (
+                "deadlines.create_participant_ms",
+                Op::CreateParticipant,
+                self.create_participant_ms,
+            ),
+            (
+                "deadlines.create_account_ms",
+                Op::CreateAccount,
+                self.create_account_ms,
+            ),
+            ("deadlines.fund_ms", Op::Fund, self.fund_ms),
+            ("deadlines.set_limits_ms", Op::SetLimits, self.set_limits_ms),
+            ("deadlines.authorize_ms", Op::Authorize, self.authorize_ms),
+            ("deadlines.capture_ms", Op::Capture, self.capture_ms),
+            ("deadlines.reverse_ms", Op::Reverse, self.reverse_ms),
+            ("deadlines.sale_ms", Op::Sale, self.sale_ms),
+            ("deadlines.refund_ms", Op::Refund, self.refund_ms),
+            (
+                "deadlines.balance_inquiry_ms",
+                Op::BalanceInquiry,
+                self.balance_inquiry_ms,
+            ),
+            (
+                "deadlines.transfer_status_ms",
+                Op::TransferStatus,
+                self.transfer_status_ms,
+            ),
+            (
+                "deadlines.close_window_ms",
+                Op::CloseWindow,
+                self.close_window_ms,
+            ),
+            (
+                "deadlines.list_windows_ms",
+                Op::ListWindows,
+                self.list_windows_ms,
+            ),
+            (
+                "deadlines.window_report_ms",
+                Op::WindowReport,
+                self.window_report_ms,
+            ),
+            ("deadlines.echo_ms", Op::Echo, self.echo_ms),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        for (key, _, value) in self.by_op() {
+            if !(0..=DEADLINE_MS_MAX).contains(&value) {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "{value}: must be between 0 (no deadline) and {DEADLINE_MS_MAX} \
+                         milliseconds (what a frame's budget can say)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            create_participant_ms: 0,
+            create_account_ms: 0,
+            fund_ms: 0,
+            set_limits_ms: 0,
+            authorize_ms: 2000,
+            capture_ms: 0,
+            reverse_ms: 0,
+            sale_ms: 2000,
+            refund_ms: 0,
+            balance_inquiry_ms: 0,
+            transfer_status_ms: 0,
+            close_window_ms: 0,
+            list_windows_ms: 0,
+            window_report_ms: 0,
+            echo_ms: 0,
+        }
+    }
+}
+
+/// Shedding new payments when the ledger stage's queueing delay stays over a target
+/// (PROTOCOL.md 8.2).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overload {
+    pub enabled: bool,
+    /// The queueing delay the stage aims to stay under.
+    pub target_ms: u32,
+    /// How long the smallest queueing delay must stay over the target before Authorize and
+    /// Sale are shed; also the shortest retry-after hint.
+    pub interval_ms: u32,
+}
+
+/// The longest `overload.interval_ms`: the retry-after hint, at least the interval, says at
+/// most a second.
+pub const OVERLOAD_INTERVAL_MS_MAX: u32 = 1000;
+
+impl Overload {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(1..=OVERLOAD_INTERVAL_MS_MAX).contains(&self.interval_ms) {
+            return Err(Invalid::new(
+                "overload.interval_ms",
+                format!(
+                    "{}: must be between 1 and {OVERLOAD_INTERVAL_MS_MAX} milliseconds",
+                    self.interval_ms
+                ),
+            ));
+        }
+        if !(1..=self.interval_ms).contains(&self.target_ms) {
+            return Err(Invalid::new(
+                "overload.target_ms",
+                format!(
+                    "{}: must be between 1 and overload.interval_ms ({}) milliseconds",
+                    self.target_ms, self.interval_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            enabled: true,
+            target_ms: 5,
+            interval_ms: 100,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -617,6 +785,8 @@ impl Config {
         self.limits.validate().map_err(at)?;
         self.server.validate().map_err(at)?;
         self.authorization.validate().map_err(at)?;
+        self.deadlines.validate().map_err(at)?;
+        self.overload.validate().map_err(at)?;
         self.tls.validate().map_err(at)?;
         validate_identities(&self.identities).map_err(at)?;
         validate_log_level(&self.log.level).map_err(|m| at(Invalid::new("log.level", m)))?;
@@ -749,6 +919,8 @@ impl Config {
             metrics,
             log,
             clearing,
+            deadlines,
+            overload,
             identities,
             routes: _,
             cluster,
@@ -765,6 +937,8 @@ impl Config {
             ("[metrics]", metrics == &other.metrics),
             ("[log]", log == &other.log),
             ("[clearing]", clearing == &other.clearing),
+            ("[deadlines]", deadlines == &other.deadlines),
+            ("[overload]", overload == &other.overload),
             ("[[identities]]", identities == &other.identities),
         ]
         .into_iter()
@@ -1028,6 +1202,18 @@ mod tests {
             ),
             ("[ledger]\nshards = 3\n", "ledger"),
             ("[server]\nio_threads = 257\n", "server.io_threads"),
+            (
+                "[deadlines]\nauthorize_ms = 65536\n",
+                "deadlines.authorize_ms",
+            ),
+            ("[deadlines]\ncapture_ms = -1\n", "deadlines.capture_ms"),
+            ("[overload]\ninterval_ms = 0\n", "overload.interval_ms"),
+            ("[overload]\ninterval_ms = 1001\n", "overload.interval_ms"),
+            ("[overload]\ntarget_ms = 0\n", "overload.target_ms"),
+            (
+                "[overload]\ntarget_ms = 200\ninterval_ms = 100\n",
+                "overload.target_ms",
+            ),
             ("[tls]\nmode = \"files\"\n", "tls.cert_file"),
             (
                 "[authorization]\ndefault_expiry_seconds = 99999999\n",

@@ -12,6 +12,7 @@ use ledger::wal::{self, WalOptions};
 
 use super::{Config, ConfigError, SnapshotMethod};
 use crate::core::CoreConfig;
+pub use crate::server::stage::overload::OverloadSettings;
 use crate::wire;
 
 /// Everything the server derives from a configuration.
@@ -49,6 +50,8 @@ pub struct StageSettings {
     /// The data directory (the replica's hard state lives there).
     pub data_dir: PathBuf,
     pub replica: ReplicaSettings,
+    /// When new payments are shed (`[overload]`).
+    pub overload: OverloadSettings,
 }
 
 /// The replica: its Raft node, its clock, and who the members are (`[cluster]`; without it, a
@@ -117,6 +120,44 @@ pub struct ConnectionSettings {
     /// Bytes a connection may have sent that the server has not read, all its streams
     /// together (QUIC's connection receive window).
     pub receive_window_bytes: u32,
+    /// Each operation's deadline when a frame gives no budget (`[deadlines]`).
+    pub deadlines: DeadlineDefaults,
+}
+
+/// Each operation's default deadline, looked up by its code without a branch per operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadlineDefaults {
+    /// Milliseconds by `Op::as_u8`; 0: none.
+    by_code_ms: [u16; Self::CODES],
+}
+
+impl DeadlineDefaults {
+    /// One past the highest operation code.
+    const CODES: usize = 0x31;
+
+    /// No operation has a deadline of its own.
+    pub const NONE: DeadlineDefaults = DeadlineDefaults {
+        by_code_ms: [0; Self::CODES],
+    };
+
+    fn from_config(deadlines: &super::Deadlines) -> Self {
+        let mut out = Self::NONE;
+        for (_, op, ms) in deadlines.by_op() {
+            if let Some(slot) = out.by_code_ms.get_mut(usize::from(op.as_u8())) {
+                // Validated to fit.
+                *slot = u16::try_from(ms).unwrap_or(0);
+            }
+        }
+        out
+    }
+
+    /// `op`'s deadline after its frame was read, if it has one.
+    pub fn of(&self, op: wire::Op) -> Option<Duration> {
+        match self.by_code_ms.get(usize::from(op.as_u8())) {
+            Some(&ms) if ms > 0 => Some(Duration::from_millis(u64::from(ms))),
+            _ => None,
+        }
+    }
 }
 
 impl Settings {
@@ -203,6 +244,11 @@ fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
             .then_some(config.ledger.transfers_remembered_max),
         data_dir: config.server.data_dir.clone(),
         replica: replica_settings(config, record_bytes_max),
+        overload: OverloadSettings {
+            enabled: config.overload.enabled,
+            target: Duration::from_millis(u64::from(config.overload.target_ms)),
+            interval: Duration::from_millis(u64::from(config.overload.interval_ms)),
+        },
     }
 }
 
@@ -312,6 +358,7 @@ fn connection_settings(config: &Config) -> ConnectionSettings {
         malformed_frames_max: l.malformed_frames_max,
         unfinished_frame_bytes_max: usize_from(l.unfinished_frame_bytes_max),
         receive_window_bytes: connection_receive_window(l.frame_bytes_max),
+        deadlines: DeadlineDefaults::from_config(&config.deadlines),
     }
 }
 
@@ -351,7 +398,9 @@ mod tests {
             expiry_tick_ms = 61\n\
             [clearing]\nclose_every_seconds = 67\nwindows_kept = 71\n\
             report_dir = \"/r\"\n\
-            [clearing.fees]\npurchase_percent = \"0.5\"\n";
+            [clearing.fees]\npurchase_percent = \"0.5\"\n\
+            [deadlines]\nauthorize_ms = 73\nsale_ms = 0\ncapture_ms = 65535\necho_ms = 79\n\
+            [overload]\nenabled = false\ntarget_ms = 83\ninterval_ms = 89\n";
         let config = Config::parse(text, "x.toml").expect("valid");
         let s = Settings::derive(&config, "x.toml").expect("derives");
 
@@ -387,6 +436,14 @@ mod tests {
         assert_eq!(stage.report_dir, PathBuf::from("/r"));
         assert_eq!(stage.wal_dir, PathBuf::from("/d/wal"));
         assert_eq!(stage.preallocate_requests, Some(19));
+        assert_eq!(
+            stage.overload,
+            OverloadSettings {
+                enabled: false,
+                target: Duration::from_millis(83),
+                interval: Duration::from_millis(89),
+            }
+        );
         let w = &stage.wal;
         assert_eq!((w.segment_size_max_bytes, w.group_size_max_bytes), (29, 31));
         assert_eq!(w.queue_depth_max, 37);
@@ -421,6 +478,12 @@ mod tests {
         assert_eq!(n.unfinished_frame_bytes_max, 5_000_000);
         // Two largest frames are under the 8 MiB floor.
         assert_eq!(n.receive_window_bytes, 8 << 20);
+        let ms = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(n.deadlines.of(wire::Op::Authorize), ms(73));
+        assert_eq!(n.deadlines.of(wire::Op::Sale), None);
+        assert_eq!(n.deadlines.of(wire::Op::Capture), ms(65_535));
+        assert_eq!(n.deadlines.of(wire::Op::Echo), ms(79));
+        assert_eq!(n.deadlines.of(wire::Op::Refund), None);
     }
 
     #[test]
@@ -431,6 +494,15 @@ mod tests {
         assert_eq!(s.stage.preallocate_requests, None);
         assert_eq!(s.stage.close_every_ns, 0);
         assert_eq!(s.stage.wal.durability, wal::Durability::Fsync);
+        // Payments have a deadline of their own, nothing else does; shedding is on.
+        for op in wire::Op::ALL {
+            let want = matches!(op, wire::Op::Authorize | wire::Op::Sale)
+                .then_some(Duration::from_millis(2000));
+            assert_eq!(s.connection.deadlines.of(op), want, "{op:?}");
+        }
+        assert!(s.stage.overload.enabled);
+        assert_eq!(s.stage.overload.target, Duration::from_millis(5));
+        assert_eq!(s.stage.overload.interval, Duration::from_millis(100));
         // A batch limit past the ledger's default makes the ledger's batches as large.
         let mut config = Config::default();
         config.limits.batch_len_max = u16::MAX;

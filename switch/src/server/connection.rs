@@ -25,7 +25,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use rustls::pki_types::CertificateDer;
@@ -113,6 +113,8 @@ pub struct Shared {
     replica: Arc<crate::server::replication::ReplicaState>,
     /// Where membership changes go (to the ledger stage).
     membership: crate::server::stage::membership::Desk,
+    /// Whether new payments are shed (the ledger stage decides).
+    overload: Arc<crate::server::stage::overload::Signal>,
 }
 
 impl Shared {
@@ -123,6 +125,7 @@ impl Shared {
         files: Arc<Files>,
         replica: Arc<crate::server::replication::ReplicaState>,
         membership: crate::server::stage::membership::Desk,
+        overload: Arc<crate::server::stage::overload::Signal>,
     ) -> Self {
         let unfinished_pool = Arc::new(Semaphore::new(
             settings
@@ -140,6 +143,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             replica,
             membership,
+            overload,
         }
     }
 
@@ -381,9 +385,15 @@ impl StreamReading<'_> {
         match frame {
             wire::Frame::Requests {
                 correlation_id,
+                budget_ms,
                 requests,
-                ..
-            } => self.requests(correlation_id, requests, len).await,
+            } => {
+                let arrival = frame::Arrival {
+                    received: Instant::now(),
+                    budget_ms,
+                };
+                self.requests(correlation_id, arrival, requests, len).await
+            }
             wire::Frame::Responses { correlation_id, .. } => {
                 metrics::counter!("switch_malformed_frames_total").increment(1);
                 let message = "clients send request batches only: a response batch is not executed";
@@ -420,6 +430,7 @@ impl StreamReading<'_> {
     async fn requests(
         &mut self,
         correlation_id: u64,
+        arrival: frame::Arrival,
         requests: Vec<wire::Request>,
         len: usize,
     ) -> ControlFlow<()> {
@@ -437,6 +448,7 @@ impl StreamReading<'_> {
         // in-flight limit bounds how many there are.
         self.frames.spawn(handle_frame(
             correlation_id,
+            arrival,
             requests,
             self.shared.clone(),
             self.state.clone(),

@@ -338,6 +338,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
     let scrape = telemetry::Scrape::new(metrics_handle, stage.wal_bytes());
     let replica = stage.replica();
     let membership = stage.membership();
+    let overload = stage.overload();
     let (queue, stage_thread) = stage.spawn(routes);
     let ready = Arc::new(AtomicBool::new(true));
     let failed = queue.failed_flag();
@@ -365,6 +366,7 @@ fn serve(recovered: Recovered, source: &str) -> anyhow::Result<Running> {
         files.clone(),
         replica,
         membership,
+        overload,
     ));
     let accept = tokio::spawn(connection::accept_loop(endpoint.clone(), shared.clone()));
     reload_on_hangup(files);

@@ -41,18 +41,49 @@ use crate::server::replication::{self, FileDisk, Mirror, ReplicaState};
 use crate::server::snapshots::{Covered, Snapshots, Target};
 
 pub mod membership;
+pub mod overload;
 mod pipeline;
 use crate::server::telemetry;
-use pipeline::{BatchAnswers, Pipeline, Taken};
+use overload::{Shedder, Signal};
+use pipeline::{BatchAnswers, JobAnswer, Pipeline, Taken};
 
 /// Consecutive requests of one frame, waiting for the stage.
 pub struct Job {
     pub items: Vec<Prepared>,
     /// Where the answer goes.
     pub answer: tokio::sync::oneshot::Sender<Answered>,
+    /// When the frame was read: the start of each item's queueing delay.
+    pub received: Instant,
+    /// Each item's deadline, in item order; empty when none has one.
+    deadlines: Vec<Option<Instant>>,
+    /// The earliest of `deadlines`: the stage looks at them one by one only once it has passed.
+    earliest: Option<Instant>,
 }
 
 impl Job {
+    /// `deadlines` holds one for each item, or is empty (none has one).
+    pub fn new(
+        items: Vec<Prepared>,
+        deadlines: Vec<Option<Instant>>,
+        received: Instant,
+        answer: tokio::sync::oneshot::Sender<Answered>,
+    ) -> Self {
+        debug_assert!(deadlines.is_empty() || deadlines.len() == items.len());
+        let earliest = deadlines.iter().flatten().min().copied();
+        let deadlines = if earliest.is_some() {
+            deadlines
+        } else {
+            Vec::new()
+        };
+        Job {
+            items,
+            answer,
+            received,
+            deadlines,
+            earliest,
+        }
+    }
+
     /// Answers every request of the job with one refusal.
     pub fn refuse(self, refusal: Refusal) {
         let _ = self.answer.send(Err(refusal));
@@ -171,6 +202,9 @@ impl Queue {
     }
 }
 
+/// At most one line that shedding started this often (`switch_shedding` says when exactly).
+const SHEDDING_LINE_EVERY: Duration = Duration::from_secs(10);
+
 /// At most one `authorization holds expired` line this often (the counter is exact).
 const EXPIRY_LINE_EVERY: Duration = Duration::from_secs(10);
 
@@ -239,6 +273,12 @@ pub struct Stage {
     reports_waiting: Vec<(u64, Arc<WindowDetails>)>,
     /// Membership changes asked for, and the one proposed.
     changes: membership::Changes,
+    /// Whether new payments are shed, from the queueing delays of the batches taken.
+    shedder: Shedder,
+    /// What the connections read of `shedder`.
+    signal: Arc<Signal>,
+    /// Shedding can start and stop many times a second: one line per period says how often.
+    shedding_starts: telemetry::Tally,
 }
 
 /// The wall clock as a ledger timestamp, never going backwards within the process.
@@ -330,6 +370,8 @@ impl Stage {
             settings.replica.members.clone(),
         ));
         let (inbox_tx, inbox) = crossbeam_channel::bounded(settings.replica.inbox_max.max(16));
+        let shedder = Shedder::new(settings.overload);
+        let signal = Arc::new(Signal::new(&shedder));
         Ok(Stage {
             pipeline: Arc::new(Pipeline::new(submitted, node.committed())),
             node,
@@ -349,7 +391,15 @@ impl Stage {
             replica,
             reports_waiting: Vec::new(),
             changes: membership::Changes::default(),
+            shedder,
+            signal,
+            shedding_starts: telemetry::Tally::new(SHEDDING_LINE_EVERY),
         })
+    }
+
+    /// Whether new payments are shed, and the retry-after hint, for the connections.
+    pub fn overload(&self) -> Arc<Signal> {
+        self.signal.clone()
     }
 
     /// What reads the size of the log's files on disk (for each scrape of `/metrics`).
@@ -399,6 +449,7 @@ impl Stage {
             failed: self.failed.clone(),
         };
         metrics::gauge!("switch_storage_failed").set(0.0);
+        metrics::gauge!("switch_shedding").set(0.0);
         let queued = queue.queued.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-stage".into())
@@ -525,15 +576,99 @@ impl Stage {
         Ok(sequence)
     }
 
-    /// Executes a batch on the leader; its answers leave once its entry (and whatever it read
-    /// from earlier ones) is committed. The stage goes on to the next batch meanwhile.
-    fn execute(&mut self, jobs: Vec<Job>, now: Timestamp, taken: Taken) -> Result<(), StageError> {
-        let mut items = Vec::with_capacity(taken.count);
+    /// Takes a batch's jobs at `at`: the queueing delays go to the shedder, and the items
+    /// whose deadline has passed, and the new payments shed, are answered 91 without reaching
+    /// the core (PROTOCOL.md 8.1, 8.2). What is left runs in the core.
+    fn screen(&mut self, jobs: Vec<Job>, at: Instant, count: usize) -> Screened {
+        // The freshest job gives the batch's smallest delay, the oldest its largest.
+        let newest = jobs.iter().map(|j| j.received).max();
+        let oldest = jobs.iter().map(|j| j.received).min();
+        if let (Some(newest), Some(oldest)) = (newest, oldest) {
+            metrics::histogram!("switch_queue_delay_seconds")
+                .record(at.saturating_duration_since(oldest).as_secs_f64());
+            let changed = self
+                .shedder
+                .observe(at, at.saturating_duration_since(newest));
+            self.publish_shedding(changed, at);
+        }
+        let mut items = Vec::with_capacity(count);
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            answers.push((job.answer, job.items.len()));
-            items.extend(job.items);
+            let expired = job.earliest.is_some_and(|d| d <= at);
+            let shed = self
+                .shedder
+                .sheds(at.saturating_duration_since(job.received));
+            let n = job.items.len();
+            if !expired && !shed {
+                items.extend(job.items);
+                answers.push(JobAnswer::whole(job.answer, n));
+                continue;
+            }
+            let mut refused = Vec::new();
+            for (i, item) in job.items.into_iter().enumerate() {
+                let passed = expired
+                    && job
+                        .deadlines
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|d| d <= at);
+                let reason = if passed {
+                    Reason::DEADLINE_PASSED
+                } else if shed && is_new_payment(&item.item.request) {
+                    Reason::SHED
+                } else {
+                    items.push(item);
+                    continue;
+                };
+                refused.push((i, Response::new(item.item.id, Code::SystemBusy, reason)));
+            }
+            answers.push(JobAnswer {
+                answer: job.answer,
+                count: n - refused.len(),
+                refused,
+            });
         }
+        Screened { items, answers }
+    }
+
+    /// Tells the connections whether new payments are shed, and, if that `changed`, the
+    /// metrics and (at most once per `SHEDDING_LINE_EVERY`) the log.
+    fn publish_shedding(&mut self, changed: bool, now: Instant) {
+        self.signal.publish(&self.shedder);
+        if !changed {
+            return;
+        }
+        let on = self.shedder.shedding();
+        metrics::gauge!("switch_shedding").set(if on { 1.0 } else { 0.0 });
+        if let Some(times) = self.shedding_starts.count(u64::from(on), now) {
+            tracing::warn!(
+                times,
+                retry_after_ms = self.shedder.retry_after().as_millis() as u64,
+                "the ledger stage's queueing delay stayed over its target: shedding new \
+                 payments (times it started since the last such line)"
+            );
+        }
+    }
+
+    /// Executes a batch on the leader; its answers leave once its entry (and whatever it read
+    /// from earlier ones) is committed. The stage goes on to the next batch meanwhile. A batch
+    /// whose every item was refused by `screen` is answered at once.
+    fn execute(
+        &mut self,
+        screened: Screened,
+        now: Timestamp,
+        taken: Taken,
+    ) -> Result<(), StageError> {
+        let Screened { items, answers } = screened;
+        if items.is_empty() {
+            drop(taken);
+            for job in answers {
+                job.hand_over(Vec::new());
+            }
+            return Ok(());
+        }
+        let executed = items.len();
         let started = Instant::now();
         let proposed = self.node.execute(items, now);
         metrics::histogram!("switch_stage_apply_seconds").record(started.elapsed().as_secs_f64());
@@ -543,7 +678,7 @@ impl Stage {
                 after,
                 read,
             }) => {
-                debug_assert_eq!(responses.len(), taken.count, "a response per request");
+                debug_assert_eq!(responses.len(), executed, "a response per request");
                 self.hold_reports(after);
                 self.pipeline.answer(BatchAnswers {
                     after,
@@ -556,16 +691,16 @@ impl Stage {
             }
             Err(Refused::Failed(e)) => {
                 drop(taken);
-                for (answer, _) in answers {
-                    let _ = answer.send(Err(Refusal::StorageFailed));
+                for job in answers {
+                    let _ = job.answer.send(Err(Refusal::StorageFailed));
                 }
                 Err(StageError::Replica(e))
             }
             Err(Refused::NotLeader { .. } | Refused::NotReady) => {
                 drop(taken);
                 let refusal = Refusal::NotLeader(self.replica.leader_address());
-                for (answer, _) in answers {
-                    let _ = answer.send(Err(refusal));
+                for job in answers {
+                    let _ = job.answer.send(Err(refusal));
                 }
                 Ok(())
             }
@@ -650,6 +785,21 @@ impl Stage {
             ..SnapshotMetadata::default()
         })
     }
+}
+
+/// A batch's items that go to the core, and each job's answer with what `Stage::screen`
+/// refused of it.
+struct Screened {
+    items: Vec<Prepared>,
+    answers: Vec<JobAnswer>,
+}
+
+/// Authorize and Sale: what is shed under overload (PROTOCOL.md 8.2).
+fn is_new_payment(request: &crate::core::Request) -> bool {
+    matches!(
+        request,
+        crate::core::Request::Authorize { .. } | crate::core::Request::Sale { .. }
+    )
 }
 
 /// How many entries an entries record holds (the count after its type and commit index).
@@ -1018,7 +1168,8 @@ impl StageThread {
             queued: self.queued.clone(),
             count,
         };
-        self.stage.execute(jobs, self.clock.now(), taken)?;
+        let screened = self.stage.screen(jobs, Instant::now(), count);
+        self.stage.execute(screened, self.clock.now(), taken)?;
         self.maybe_snapshot();
         Ok(())
     }
@@ -1042,6 +1193,9 @@ impl StageThread {
 
     /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
     fn idle(&mut self) -> Result<(), StageError> {
+        let now = Instant::now();
+        let changed = self.stage.shedder.idle(now);
+        self.stage.publish_shedding(changed, now);
         self.stage.snapshots.batch(0);
         self.maybe_snapshot();
         Ok(())

@@ -215,6 +215,38 @@ const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
+        "switch_requests_deadline_passed_total",
+        Counter,
+        Unit::Count,
+        "Requests answered 91 (reason 33) by operation: their deadline passed before the ledger \
+         stage came to them, and they were not executed",
+        Series::Custom,
+    ),
+    family(
+        "switch_requests_shed_total",
+        Counter,
+        Unit::Count,
+        "Requests answered 91 and not executed, by operation and reason: shed for overload \
+         (reason 34), deadline passed (reason 33), queue_full (the stage's queue full, or closed \
+         at shutdown: reason 22)",
+        Series::Custom,
+    ),
+    family(
+        "switch_queue_delay_seconds",
+        Histogram,
+        Unit::Seconds,
+        "Per ledger-stage batch, the queueing delay of its oldest request: from its frame being \
+         read to the stage taking it",
+        Series::One,
+    ),
+    family(
+        "switch_shedding",
+        Gauge,
+        Unit::Count,
+        "1 while new Authorize and Sale are shed because the queueing delay stayed over its target",
+        Series::One,
+    ),
+    family(
         "switch_in_flight_limit_total",
         Counter,
         Unit::Count,
@@ -424,6 +456,10 @@ pub fn register() {
         for code in wire::ResponseCode::ALL {
             requests_answered(op, code).increment(0);
         }
+        deadline_passed(op).increment(0);
+        for reason in ShedReason::ALL {
+            shed(op, reason).increment(0);
+        }
     }
     // What is running: the package version, and the commit when the build environment says.
     metrics::gauge!("switch_build_info", "version" => crate::VERSION, "commit" => crate::COMMIT)
@@ -440,6 +476,47 @@ pub fn requests_answered(op: wire::Op, code: wire::ResponseCode) -> metrics::Cou
         "op" => op_name(op),
         "code" => code.as_u8().to_string()
     )
+}
+
+/// Why a request was answered 91 and not executed, as `switch_requests_shed_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// Reason 34: a new payment under overload.
+    Shed,
+    /// Reason 33: its deadline passed.
+    Deadline,
+    /// Reason 22: the stage's queue was full (or closed for shutdown).
+    QueueFull,
+}
+
+impl ShedReason {
+    const ALL: [ShedReason; 3] = [
+        ShedReason::Shed,
+        ShedReason::Deadline,
+        ShedReason::QueueFull,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ShedReason::Shed => "shed",
+            ShedReason::Deadline => "deadline",
+            ShedReason::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// `switch_requests_shed_total{op, reason}`.
+pub fn shed(op: wire::Op, reason: ShedReason) -> metrics::Counter {
+    metrics::counter!(
+        "switch_requests_shed_total",
+        "op" => op_name(op),
+        "reason" => reason.label()
+    )
+}
+
+/// `switch_requests_deadline_passed_total{op}`.
+pub fn deadline_passed(op: wire::Op) -> metrics::Counter {
+    metrics::counter!("switch_requests_deadline_passed_total", "op" => op_name(op))
 }
 
 /// An operation as the `op` label names it.

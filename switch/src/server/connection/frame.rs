@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
@@ -22,10 +22,17 @@ use crate::wire;
 /// the old and of the new members must have it).
 const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// When a request frame was read, and the budget its header gave (0: none).
+pub(super) struct Arrival {
+    pub(super) received: Instant,
+    pub(super) budget_ms: u16,
+}
+
 /// Answers a request frame: every request gets a response, in the frame's order, and the
 /// response frame is sent once the last is known.
 pub(super) async fn handle_frame(
     correlation_id: u64,
+    arrival: Arrival,
     requests: Vec<wire::Request>,
     shared: Arc<Shared>,
     state: Arc<ConnectionState>,
@@ -38,7 +45,7 @@ pub(super) async fn handle_frame(
         return;
     }
     let admitted = Admitted::admit(&shared, &state, requests.len());
-    let mut frame = FrameAnswers::new(&shared, state.who, &requests);
+    let mut frame = FrameAnswers::new(&shared, state.who, &requests, arrival);
     for (i, r) in requests.iter().enumerate() {
         if i < admitted.count && frame.not_leader.is_none() {
             frame.answer(i, r).await;
@@ -55,7 +62,24 @@ pub(super) async fn handle_frame(
         return;
     }
     let frame_len_max = shared.settings.wire.frame_len_max as usize;
-    send_response_frame(&outbox, correlation_id, responses, budget, frame_len_max);
+    // Any result shed says when to come back (PROTOCOL.md 8.2).
+    let retry_after_ms = if responses.iter().any(is_shed) {
+        shared.overload.retry_after_ms()
+    } else {
+        0
+    };
+    send_response_frame(
+        &outbox,
+        correlation_id,
+        retry_after_ms,
+        responses,
+        budget,
+        frame_len_max,
+    );
+}
+
+fn is_shed(r: &wire::Response) -> bool {
+    r.code == Code::SystemBusy && r.reason == Reason::SHED
 }
 
 /// The requests of a frame counted in the connection's requests in flight, until the frame
@@ -110,7 +134,12 @@ struct FrameAnswers<'a> {
     /// Bytes the frame's results may take beyond their smallest forms, less what is reserved.
     result_bytes_left: usize,
     segment: Segment,
+    /// When the frame was read: the start of its operations' queueing delay and deadlines.
     received: Instant,
+    /// The frame's budget: every operation's deadline; none: each op's default.
+    budget: Option<Instant>,
+    /// New payments are refused for overload, as the stage said when the frame came.
+    shedding: bool,
     /// The routing table is reloaded at most once a frame.
     reloaded: Option<Result<usize, String>>,
     /// The stage refused a segment because this replica does not lead (any more): the whole
@@ -119,7 +148,12 @@ struct FrameAnswers<'a> {
 }
 
 impl<'a> FrameAnswers<'a> {
-    fn new(shared: &'a Shared, who: Identity, requests: &[wire::Request]) -> Self {
+    fn new(
+        shared: &'a Shared,
+        who: Identity,
+        requests: &[wire::Request],
+        arrival: Arrival,
+    ) -> Self {
         let smallest = wire::HEADER_LEN
             + 2
             + requests
@@ -133,7 +167,10 @@ impl<'a> FrameAnswers<'a> {
             answers: vec![None; requests.len()],
             result_bytes_left: frame_len_max.saturating_sub(smallest),
             segment: Segment::default(),
-            received: Instant::now(),
+            received: arrival.received,
+            budget: (arrival.budget_ms > 0)
+                .then(|| arrival.received + Duration::from_millis(u64::from(arrival.budget_ms))),
+            shedding: shared.overload.shedding(),
             reloaded: None,
             not_leader: None,
         }
@@ -148,6 +185,12 @@ impl<'a> FrameAnswers<'a> {
     /// Answers request `i`, or queues it in the segment for the ledger stage.
     async fn answer(&mut self, i: usize, r: &wire::Request) {
         let op = r.operation.op();
+        // Refused before it is queued, so that the queue stays short for what is not shed.
+        if self.shedding && matches!(op, wire::Op::Authorize | wire::Op::Sale) {
+            telemetry::shed(op, telemetry::ShedReason::Shed).increment(1);
+            self.set(i, busy(r, Reason::SHED));
+            return;
+        }
         if matches!(
             op,
             wire::Op::ReloadRoutes | wire::Op::ReportFile | wire::Op::ChangeMembership
@@ -207,7 +250,12 @@ impl<'a> FrameAnswers<'a> {
             who: self.who,
             request,
         });
-        self.segment.push(item, r.operation.op(), i, reserved);
+        let op = r.operation.op();
+        let deadline = self.budget.or_else(|| {
+            let default = self.shared.settings.deadlines.of(op)?;
+            Some(self.received + default)
+        });
+        self.segment.push(item, op, i, reserved, deadline);
         // A result that may not fit in what is left is built before anything after it:
         // whether it fits decides what room the rest has.
         if reserved < most {
@@ -375,11 +423,12 @@ impl<'a> FrameAnswers<'a> {
             items,
             asked,
             slots,
+            deadlines,
         } = std::mem::take(&mut self.segment);
         if items.is_empty() {
             return;
         }
-        let answered = ask_stage(self.shared, items).await;
+        let answered = ask_stage(self.shared, items, deadlines, self.received).await;
         if let Err(Refusal::NotLeader(leader)) = answered {
             self.not_leader = Some(leader);
         }
@@ -412,7 +461,7 @@ impl<'a> FrameAnswers<'a> {
             who: self.who,
             request: crate::core::Request::ListWindows,
         });
-        let answered = ask_stage(self.shared, vec![item]).await;
+        let answered = ask_stage(self.shared, vec![item], Vec::new(), self.received).await;
         let responses = wire_answers(answered, &[(id, wire::Op::ListWindows)], self.received);
         match responses.first().map(|r| (r.code, &r.body)) {
             // Newest first: the open window leads.
@@ -452,6 +501,7 @@ fn send_not_leader(
 fn send_response_frame(
     outbox: &Outbox,
     correlation_id: u64,
+    retry_after_ms: u16,
     mut responses: Vec<wire::Response>,
     budget: OwnedSemaphorePermit,
     frame_len_max: usize,
@@ -461,13 +511,20 @@ fn send_response_frame(
         metrics::counter!("switch_responses_too_large_total").increment(replaced as u64);
     }
     let mut frame = Vec::with_capacity(64 * responses.len());
-    if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+    if let Err(e) =
+        wire::encode_response_frame_retry(correlation_id, retry_after_ms, &responses, &mut frame)
+    {
         // A count past its field (over 65,535 positions in a report): every read-only result
         // goes, so that the frame's other answers still reach the client.
         tracing::error!("encoding a response frame: {e}");
         wire::fit_responses(&mut responses, 0);
         frame.clear();
-        if let Err(e) = wire::encode_response_frame(correlation_id, &responses, &mut frame) {
+        if let Err(e) = wire::encode_response_frame_retry(
+            correlation_id,
+            retry_after_ms,
+            &responses,
+            &mut frame,
+        ) {
             tracing::error!("encoding a response frame without read-only results: {e}");
             return;
         }
@@ -491,13 +548,23 @@ struct Segment {
     /// Per item: its place in the frame, and the bytes reserved for its result beyond its
     /// smallest form.
     slots: Vec<(usize, usize)>,
+    /// Per item: its deadline, if it has one.
+    deadlines: Vec<Option<Instant>>,
 }
 
 impl Segment {
-    fn push(&mut self, item: Prepared, op: wire::Op, slot: usize, reserved: usize) {
+    fn push(
+        &mut self,
+        item: Prepared,
+        op: wire::Op,
+        slot: usize,
+        reserved: usize,
+        deadline: Option<Instant>,
+    ) {
         self.asked.push((wire::RequestId(item.item.id.0), op));
         self.items.push(item);
         self.slots.push((slot, reserved));
+        self.deadlines.push(deadline);
     }
 
     fn reserves(&self) -> bool {
@@ -505,16 +572,22 @@ impl Segment {
     }
 }
 
-/// Queues requests for the ledger stage and waits for its answer. Counts them in the server's
-/// requests in flight meanwhile.
-async fn ask_stage(shared: &Shared, items: Vec<Prepared>) -> Answered {
+/// Queues requests for the ledger stage, each with its deadline (or none: `deadlines` empty),
+/// and waits for its answer. Counts them in the server's requests in flight meanwhile.
+async fn ask_stage(
+    shared: &Shared,
+    items: Vec<Prepared>,
+    deadlines: Vec<Option<Instant>>,
+    received: Instant,
+) -> Answered {
     let (answer, answered) = oneshot::channel();
     let count = items.len();
     shared.in_flight.fetch_add(count, Ordering::AcqRel);
     let queue = shared.queue.read().clone();
+    let job = Job::new(items, deadlines, received, answer);
     let pushed = match queue {
-        Some(queue) => queue.try_push(Job { items, answer }),
-        None => Err((Job { items, answer }, Refusal::Busy)),
+        Some(queue) => queue.try_push(job),
+        None => Err((job, Refusal::Busy)),
     };
     let answered = match pushed {
         Ok(()) => answered.await.unwrap_or(Err(Refusal::Stopped)),
@@ -536,6 +609,11 @@ fn wire_answers(
     let responses = match answered {
         Ok(responses) => responses,
         Err(refusal) => {
+            if refusal == Refusal::Busy {
+                count_per_op(asked, |op, n| {
+                    telemetry::shed(op, telemetry::ShedReason::QueueFull).increment(n);
+                });
+            }
             return asked
                 .iter()
                 .map(|&(id, op)| wire::Response::declined(id, op, refusal.code(), refusal.reason()))
@@ -553,6 +631,9 @@ fn wire_answers(
                 Some((_, _, n)) => *n += 1,
                 None => counts.push((op, r.code, 1)),
             }
+            if r.code == Code::SystemBusy {
+                count_refused_in_stage(op, r.reason);
+            }
             translate::response(op, r)
         })
         .collect();
@@ -561,6 +642,32 @@ fn wire_answers(
         telemetry::requests_answered(op, code).increment(n);
     }
     wire_responses
+}
+
+/// Calls `count` with each operation of `asked` and how many times it is there.
+fn count_per_op(asked: &[(wire::RequestId, wire::Op)], mut count: impl FnMut(wire::Op, u64)) {
+    let mut counts: Vec<(wire::Op, u64)> = Vec::new();
+    for &(_, op) in asked {
+        match counts.iter_mut().find(|(o, _)| *o == op) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((op, 1)),
+        }
+    }
+    for (op, n) in counts {
+        count(op, n);
+    }
+}
+
+/// The stage's refusals of single items: a deadline passed, or shed.
+fn count_refused_in_stage(op: wire::Op, reason: Reason) {
+    match reason {
+        Reason::DEADLINE_PASSED => {
+            telemetry::deadline_passed(op).increment(1);
+            telemetry::shed(op, telemetry::ShedReason::Deadline).increment(1);
+        }
+        Reason::SHED => telemetry::shed(op, telemetry::ShedReason::Shed).increment(1),
+        _ => {}
+    }
 }
 
 /// A ListWindows result past its smallest form: up to `WINDOWS_LISTED_MAX` window records.

@@ -20,10 +20,52 @@ use crate::core::Response;
 pub(super) struct BatchAnswers {
     pub(super) after: u64,
     pub(super) read: Option<u64>,
-    /// Each job's answer channel and how many of `responses` are its own, in order.
-    pub(super) jobs: Vec<(tokio::sync::oneshot::Sender<Answered>, usize)>,
+    /// Each job's answer and how many of `responses` are its own, in order.
+    pub(super) jobs: Vec<JobAnswer>,
     pub(super) responses: Vec<Response>,
     pub(super) taken: Taken,
+}
+
+/// Where one job's answer goes: `count` responses of its batch's, in order, with `refused`
+/// (the stage's answers to items it did not execute, by their place in the job) put back in
+/// their places.
+pub(super) struct JobAnswer {
+    pub(super) answer: tokio::sync::oneshot::Sender<Answered>,
+    pub(super) count: usize,
+    /// In ascending place order.
+    pub(super) refused: Vec<(usize, Response)>,
+}
+
+impl JobAnswer {
+    /// A job every item of which was executed.
+    pub(super) fn whole(answer: tokio::sync::oneshot::Sender<Answered>, count: usize) -> Self {
+        JobAnswer {
+            answer,
+            count,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Sends the job its responses: `executed` (its `count`, in order) and the refused ones
+    /// in their places.
+    pub(super) fn hand_over(self, executed: impl IntoIterator<Item = Response>) {
+        let responses = if self.refused.is_empty() {
+            executed.into_iter().collect()
+        } else {
+            let mut executed = executed.into_iter();
+            let mut refused = self.refused.into_iter().peekable();
+            let total = self.count + refused.len();
+            let mut out = Vec::with_capacity(total);
+            for place in 0..total {
+                match refused.next_if(|(at, _)| *at == place) {
+                    Some((_, response)) => out.push(response),
+                    None => out.extend(executed.next()),
+                }
+            }
+            out
+        };
+        let _ = self.answer.send(Ok(responses));
+    }
 }
 
 /// Requests a batch took from the queue. They count against `queue_depth_max` until their
@@ -211,12 +253,16 @@ impl BatchAnswers {
         // sends again the moment it has its answer must find the room its requests took.
         drop(taken);
         let mut responses = responses.into_iter();
-        for (answer, count) in jobs {
-            let answered = match refusal {
-                Some(refusal) => Err(refusal),
-                None => Ok(responses.by_ref().take(count).collect()),
-            };
-            let _ = answer.send(answered);
+        for job in jobs {
+            match refusal {
+                Some(refusal) => {
+                    let _ = job.answer.send(Err(refusal));
+                }
+                None => {
+                    let count = job.count;
+                    job.hand_over(responses.by_ref().take(count));
+                }
+            }
         }
     }
 }
@@ -235,26 +281,41 @@ mod tests {
         #![proptest_config(ledger::proptest_config!("switch_stage_answers.txt", 64))]
 
         /// A batch's responses go back split by job, each job getting exactly its own, in
-        /// order; after a log failure every job gets the refusal. Either way the batch's
-        /// requests have left the queue's count by the time any job hears.
+        /// order, with the ones the stage refused before executing (deadline passed, shed) in
+        /// their places; after a log failure every job gets the refusal. Either way the
+        /// batch's requests have left the queue's count by the time any job hears.
         #[test]
         fn each_job_gets_its_own_responses_or_the_refusal(
-            sizes in prop::collection::vec(0usize..6, 0..8),
+            jobs_refused in prop::collection::vec(prop::collection::vec(any::<bool>(), 0..6), 0..8),
             refusal in prop::option::of(prop_oneof![
                 Just(Refusal::StorageFull),
                 Just(Refusal::StorageFailed),
             ]),
         ) {
-            let total: usize = sizes.iter().sum();
+            // A refused item's response is told apart by its id: this bit, and its place.
+            const REFUSED: u128 = 1 << 100;
+            let total: usize = jobs_refused.iter().map(Vec::len).sum();
             let queued = Arc::new(AtomicUsize::new(total));
             let mut jobs = Vec::new();
             let mut heard = Vec::new();
-            for &n in &sizes {
+            let mut executed = 0usize;
+            for places in &jobs_refused {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                jobs.push((tx, n));
+                let refused: Vec<(usize, Response)> = places
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, refused)| **refused)
+                    .map(|(at, _)| {
+                        let id = RequestId(REFUSED | at as u128);
+                        (at, Response::new(id, Code::SystemBusy, Reason::DEADLINE_PASSED))
+                    })
+                    .collect();
+                let count = places.len() - refused.len();
+                executed += count;
+                jobs.push(JobAnswer { answer: tx, count, refused });
                 heard.push(rx);
             }
-            let responses = (0..total)
+            let responses = (0..executed)
                 .map(|i| Response::new(RequestId(i as u128), Code::Approved, Reason::NONE))
                 .collect();
             BatchAnswers {
@@ -267,16 +328,26 @@ mod tests {
             .hand_over(refusal);
             prop_assert_eq!(queued.load(Ordering::Acquire), 0);
             let mut next = 0u128;
-            for (mut rx, &n) in heard.into_iter().zip(&sizes) {
+            for (mut rx, places) in heard.into_iter().zip(&jobs_refused) {
                 match (rx.try_recv(), refusal) {
                     (Ok(Err(got)), Some(want)) => prop_assert_eq!(got, want),
                     (Ok(Ok(responses)), None) => {
                         let ids: Vec<u128> = responses.iter().map(|r| r.id.0).collect();
-                        let want: Vec<u128> = (next..next + n as u128).collect();
+                        let want: Vec<u128> = places
+                            .iter()
+                            .enumerate()
+                            .map(|(at, refused)| {
+                                if *refused {
+                                    REFUSED | at as u128
+                                } else {
+                                    next += 1;
+                                    next - 1
+                                }
+                            })
+                            .collect();
                         prop_assert_eq!(ids, want);
-                        next += n as u128;
                     }
-                    (other, _) => prop_assert!(false, "job of {} heard {:?}", n, other),
+                    (other, _) => prop_assert!(false, "job {:?} heard {:?}", places, other),
                 }
             }
         }
