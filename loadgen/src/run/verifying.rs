@@ -57,7 +57,7 @@ impl Session {
                     .map(|s| self.shared.request(s.id, &s.step))
                     .collect();
                 let (answers, _) = self.call_on_link(&requests).await.answers();
-                self.shared.process(chunk.to_vec(), answers, false, true);
+                self.shared.process(chunk.to_vec(), answers, 0, false, true);
             }
         }
         self.drain().await;
@@ -84,19 +84,17 @@ impl Session {
         for chunk in live.chunks(self.options.setup_batch) {
             let sent: Vec<Sent> = chunk
                 .iter()
-                .map(|&auth| Sent {
-                    id: self.shared.next_id(),
-                    step: Step::Reverse { auth },
-                    intended: Instant::now(),
-                    tries: FOLLOW_UP_TRIES_MAX,
+                .map(|&auth| {
+                    let id = self.shared.next_id();
+                    Sent::new(id, Step::Reverse { auth }, Instant::now(), FOLLOW_UP_TRIES_MAX)
                 })
                 .collect();
             let requests: Vec<Request> = sent
                 .iter()
                 .map(|s| self.shared.request(s.id, &s.step))
                 .collect();
-            let (answers, resent) = self.call_on_link(&requests).await.answers();
-            self.shared.process(sent, answers, false, resent);
+            let (answers, hint, resent) = self.call_on_link(&requests).await.answers_hinted();
+            self.shared.process(sent, answers, hint, false, resent);
         }
         live.len() as u64
     }
