@@ -233,7 +233,10 @@ impl Session {
                 .chain(sales.map(|s| *s.key()))
                 .collect()
         };
-        let before = self.shared.state.lock().funding_before;
+        let (before, refused) = {
+            let state = self.shared.state.lock();
+            (state.funding_before, state.abandoned.clone())
+        };
         Observed {
             customers: self.balances(&customers).await,
             merchants: self.balances(&merchants).await,
@@ -247,6 +250,7 @@ impl Session {
                     available: now.available - before.available,
                 }),
             statuses: self.statuses(&ids).await,
+            refused: self.statuses(&refused).await,
         }
     }
 }
