@@ -198,7 +198,13 @@ impl Stats {
     }
 
     /// Counts an answer; returns its latency in microseconds.
-    fn record(&mut self, op: OpKind, declined: Option<u8>, intended: Duration, now: Duration) -> u64 {
+    fn record(
+        &mut self,
+        op: OpKind,
+        declined: Option<u8>,
+        intended: Duration,
+        now: Duration,
+    ) -> u64 {
         let latency_us = now.saturating_sub(intended).as_micros().max(1) as u64;
         let o = &mut self.ops[op.index()];
         o.count += 1;

@@ -347,7 +347,10 @@ mod tests {
     #[test]
     fn a_refused_payment_the_switch_knows_is_a_mismatch() {
         let (model, mut observed) = consistent();
-        assert_eq!(compare(&model, &observed, Currency::CNY, &[], None).refused_checked, 1);
+        assert_eq!(
+            compare(&model, &observed, Currency::CNY, &[], None).refused_checked,
+            1
+        );
         let posted = SeenStatus::Posted {
             amount: 5,
             refunded: 0,

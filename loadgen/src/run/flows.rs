@@ -673,9 +673,21 @@ mod tests {
     fn a_request_asked_again_stays_unknown_after_a_91_or_a_busy_frame() {
         let shared = shared();
         shared.process(vec![capture(7, 0)], Err(Failure::Busy), 0, false, true);
-        shared.process(vec![capture(8, 0)], Ok(vec![busy_answer(8)]), 0, false, true);
+        shared.process(
+            vec![capture(8, 0)],
+            Ok(vec![busy_answer(8)]),
+            0,
+            false,
+            true,
+        );
         // Sent for the first time, the same answer is a refusal, to go again.
-        shared.process(vec![capture(9, 0)], Ok(vec![busy_answer(9)]), 0, false, false);
+        shared.process(
+            vec![capture(9, 0)],
+            Ok(vec![busy_answer(9)]),
+            0,
+            false,
+            false,
+        );
         let state = shared.state.lock();
         let unknown: Vec<u128> = state.unknown.iter().map(|s| s.id).collect();
         assert_eq!(unknown, vec![7, 8]);
@@ -705,18 +717,32 @@ mod tests {
             assert_eq!(shared.state.lock().model.auths.len(), 0);
             assert!(shared.state.lock().follow_ups.is_empty());
             // Not due yet: a slot now starts something else.
-            assert!(shared.take_waiting(&[Instant::now()], Instant::now()).is_empty());
+            assert!(
+                shared
+                    .take_waiting(&[Instant::now()], Instant::now())
+                    .is_empty()
+            );
             let taken = shared.take_waiting(&[due], due);
             assert_eq!(taken.len(), 1);
             sent = taken[0];
             assert_eq!(sent.id, id);
         }
-        shared.process(vec![sent], Ok(vec![approved_authorization(id, 500)]), 0, true, false);
+        shared.process(
+            vec![sent],
+            Ok(vec![approved_authorization(id, 500)]),
+            0,
+            true,
+            false,
+        );
         let state = shared.state.lock();
         assert_eq!(state.model.auths.len(), 1);
         assert!(state.model.auths.contains_key(&id));
         assert_eq!(state.model.customers[3].held, 500);
-        assert!(state.model.violations.is_empty(), "{:?}", state.model.violations);
+        assert!(
+            state.model.violations.is_empty(),
+            "{:?}",
+            state.model.violations
+        );
         assert_eq!(state.follow_ups.len(), 1, "its capture");
         assert!(state.retries.is_empty() && state.abandoned.is_empty());
         let stats = &shared.measure.lock().stats;
@@ -757,7 +783,10 @@ mod tests {
         assert_eq!(state.model.sales.len(), 0);
         assert_eq!(state.model.customers[2].ledger, 0);
         assert_eq!(state.abandoned, vec![id]);
-        assert!(state.follow_ups.is_empty(), "no refund of a sale never made");
+        assert!(
+            state.follow_ups.is_empty(),
+            "no refund of a sale never made"
+        );
         let stats = &shared.measure.lock().stats;
         let sale = &stats.ops[OpKind::Sale.index()];
         assert_eq!((sale.approved, sale.abandoned), (0, 1));

@@ -86,7 +86,12 @@ impl Session {
                 .iter()
                 .map(|&auth| {
                     let id = self.shared.next_id();
-                    Sent::new(id, Step::Reverse { auth }, Instant::now(), FOLLOW_UP_TRIES_MAX)
+                    Sent::new(
+                        id,
+                        Step::Reverse { auth },
+                        Instant::now(),
+                        FOLLOW_UP_TRIES_MAX,
+                    )
                 })
                 .collect();
             let requests: Vec<Request> = sent
