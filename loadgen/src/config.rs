@@ -772,6 +772,51 @@ mod tests {
         assert!(!constant.contains("--customers"), "{constant}");
     }
 
+    /// `--overload F` peaks at F times the calibration, refuses a fixed `--peak`; the budget
+    /// and the retry bounds are read as given, with sane defaults.
+    #[test]
+    fn overload_budget_and_retries_are_read() {
+        let o = parse(&["--spawn", "festival"]).expect("valid");
+        assert_eq!((o.budget_ms, o.retry.retries_max), (0, 5));
+        assert_eq!(o.retry.give_up_after, Duration::from_secs(10));
+        assert!(matches!(
+            o.profile,
+            Profile::Festival { overload: None, peak_fraction, slo_p99_ms, .. }
+                if peak_fraction == 0.8 && slo_p99_ms == 10.0
+        ));
+        let o = parse(&[
+            "--spawn",
+            "--budget-ms",
+            "250",
+            "--retries-max",
+            "2",
+            "--retry-secs-max",
+            "1.5",
+            "festival",
+            "--overload",
+            "1.5",
+            "--slo-p99-ms",
+            "7",
+        ])
+        .expect("valid");
+        assert_eq!((o.budget_ms, o.retry.retries_max), (250, 2));
+        assert_eq!(o.retry.give_up_after, Duration::from_millis(1500));
+        assert!(matches!(
+            o.profile,
+            Profile::Festival { peak: None, overload: Some(f), peak_fraction, slo_p99_ms, .. }
+                if f == 1.5 && peak_fraction == 1.5 && slo_p99_ms == 7.0
+        ));
+        for bad in [
+            &["--spawn", "festival", "--overload", "1.5", "--peak", "100"][..],
+            &["--spawn", "festival", "--overload", "1.5", "--peak-fraction", "0.5"],
+            &["--spawn", "festival", "--overload", "0"],
+            &["--spawn", "--retry-secs-max", "0", "max"],
+            &["--spawn", "--budget-ms", "70000", "max"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn a_target_may_be_a_host_name() {
         let fingerprint = format!("{}ab", "ab:".repeat(31));
