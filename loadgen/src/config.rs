@@ -808,7 +808,14 @@ mod tests {
         ));
         for bad in [
             &["--spawn", "festival", "--overload", "1.5", "--peak", "100"][..],
-            &["--spawn", "festival", "--overload", "1.5", "--peak-fraction", "0.5"],
+            &[
+                "--spawn",
+                "festival",
+                "--overload",
+                "1.5",
+                "--peak-fraction",
+                "0.5",
+            ],
             &["--spawn", "festival", "--overload", "0"],
             &["--spawn", "--retry-secs-max", "0", "max"],
             &["--spawn", "--budget-ms", "70000", "max"],

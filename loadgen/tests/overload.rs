@@ -36,7 +36,7 @@ fn verdict(op: Op, id: u128, attempt: u32) -> Option<u8> {
             (1, 1) => Some(33),
             _ => None,
         },
-        Op::Capture if n % 3 == 0 && attempt == 0 => Some(22),
+        Op::Capture if n.is_multiple_of(3) && attempt == 0 => Some(22),
         _ => None,
     }
 }
