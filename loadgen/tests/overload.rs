@@ -3,7 +3,9 @@
 //! retry-after hint, a capture with reason 22) and forwards everything else. Loadgen must send
 //! the refused requests again with the same ids after the hint, count each payment once, give
 //! up on the ones refused every time without counting them approved, and still verify every
-//! cent against the real switch behind the proxy.
+//! cent against the real switch behind the proxy. And a festival run at one and a half times
+//! the saturation it calibrates (in its own process: `profiles` measures loadgen's CPU time
+//! by thread name, which another run's threads ending beside it would upset).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use loadgen::backoff::Refusal;
 use loadgen::config::{Options, Profile, Target, TrustSource};
 use loadgen::mix::OpKind;
 use loadgen::run::{Endpoint, Session, Spawned};
+use loadgen::schedule::Festival;
 use parking_lot::Mutex;
 use switch::client::{Client, Stream};
 use switch::tls::{self, ServerIdentity, Trust};
@@ -326,4 +329,56 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     assert!(refused(OpKind::Capture, Refusal::Overloaded) > 0);
     // The budget went with the load's frames.
     assert!(seen.budgets.contains(&1500), "{:?}", seen.budgets);
+}
+
+/// `--overload 1.5`: the peak is one and a half times what the calibration measured with the
+/// mix, and the report gives the peak's goodput as a share of it. Today's switch sheds
+/// nothing: the peak queues, and every cent still verifies.
+#[test]
+fn an_overload_festival_peaks_above_the_calibrated_saturation() {
+    let shape = Festival {
+        peak: 1.0,
+        baseline: 0.1,
+        pre_spike: 0.3,
+        baseline_secs: 0.5,
+        ramp_secs: 0.3,
+        spike_secs: 0.2,
+        plateau_secs: 1.0,
+        decay_secs: 0.5,
+    };
+    let mut o = Options::spawn_defaults(Profile::Festival {
+        peak: None,
+        peak_fraction: 1.5,
+        calibrate_secs: 0.5,
+        overload: Some(1.5),
+        slo_p99_ms: 10.0,
+        shape,
+    });
+    o.customers = 30;
+    o.merchants = 3;
+    o.connections = 1;
+    o.streams = 2;
+    o.depth = 4;
+    o.batch_max = 16;
+    o.expire_secs = 1;
+    o.progress = false;
+    o.out = None;
+    o.seed = 11;
+    o.timeout = std::time::Duration::from_secs(30);
+    let outcome = loadgen::run::run(o).expect("the run completes");
+    let r = &outcome.report;
+    assert!(r.passed(), "{}", r.table());
+    let calibration = r.profile.calibration_rate.expect("calibrated");
+    let f = r.profile.festival.as_ref().expect("a festival");
+    assert!(
+        (f.peak - 1.5 * calibration).abs() < 1e-6,
+        "{} {calibration}",
+        f.peak
+    );
+    assert_eq!(r.profile.overload, Some(1.5));
+    let peak = r.peak.as_ref().expect("the peak judged");
+    assert_eq!(peak.saturation_rate, Some(calibration));
+    let share = peak.goodput_of_saturation.expect("a share");
+    assert!(share > 0.0 && share < 3.0, "{share}");
+    assert!(r.table().contains("x saturation"), "{}", r.table());
 }

@@ -98,48 +98,6 @@ fn a_short_festival_follows_its_curve_and_writes_its_report() {
     assert_eq!(r.exit_code(), 0);
 }
 
-/// `--overload 1.5`: the peak is one and a half times what the calibration measured with the
-/// mix, and the report gives the peak's goodput as a share of it. Today's switch sheds
-/// nothing: the peak queues, and every cent still verifies.
-#[test]
-fn an_overload_festival_peaks_above_the_calibrated_saturation() {
-    let shape = Festival {
-        peak: 1.0,
-        baseline: 0.1,
-        pre_spike: 0.3,
-        baseline_secs: 0.5,
-        ramp_secs: 0.3,
-        spike_secs: 0.2,
-        plateau_secs: 1.0,
-        decay_secs: 0.5,
-    };
-    let mut o = options(Profile::Festival {
-        peak: None,
-        peak_fraction: 1.5,
-        calibrate_secs: 0.5,
-        overload: Some(1.5),
-        slo_p99_ms: 10.0,
-        shape,
-    });
-    o.timeout = std::time::Duration::from_secs(30);
-    let outcome = loadgen::run::run(o).expect("the run completes");
-    let r = &outcome.report;
-    assert!(r.passed(), "{}", r.table());
-    let calibration = r.profile.calibration_rate.expect("calibrated");
-    let f = r.profile.festival.as_ref().expect("a festival");
-    assert!(
-        (f.peak - 1.5 * calibration).abs() < 1e-6,
-        "{} {calibration}",
-        f.peak
-    );
-    assert_eq!(r.profile.overload, Some(1.5));
-    let peak = r.peak.as_ref().expect("the peak judged");
-    assert_eq!(peak.saturation_rate, Some(calibration));
-    let share = peak.goodput_of_saturation.expect("a share");
-    assert!(share > 0.0 && share < 3.0, "{share}");
-    assert!(r.table().contains("x saturation"), "{}", r.table());
-}
-
 #[test]
 fn step_stops_where_the_slo_breaks() {
     // An SLO no run can meet: the first step breaks it, and no rate held.

@@ -250,7 +250,9 @@ impl Shared {
                 } else if state.retries.peek().is_some_and(|r| r.due <= now) {
                     let Some(r) = state.retries.pop() else { break };
                     retried.push(r.request.step.op());
-                    sent.push(r.request.sent(at));
+                    // Timed from the slot, or from when it fell due if the slot was earlier
+                    // (a lane behind its schedule).
+                    sent.push(r.request.sent(at.max(r.due)));
                 } else {
                     break;
                 }
