@@ -793,14 +793,14 @@ fn peak_lines(p: &PeakReport, overload: Option<f64>) -> String {
         .goodput_of_saturation
         .map_or(String::new(), |g| format!(" = {g:.2} of saturation"));
     let recovery = match p.recovery_secs {
-        Some(s) => format!("{s:.1} s"),
+        Some(s) => format!("{s:.1} s after the peak"),
         None => "not within the run".to_string(),
     };
     let _ = writeln!(
         out,
         "peak ({} {:.0}-{:.0} s): offered {offered}; goodput {:.0}/s{share}; admitted p99 {}; \
          {} refused; captures/reversals refused while authorizations were admitted: {}\n  \
-         quiet p99 {}, SLO p99 {} ms: back under {:.2} ms after the peak in {recovery}",
+         quiet p99 {}, SLO p99 {} ms: back under {:.2} ms {recovery}",
         p.phase,
         p.start_secs,
         p.end_secs,
