@@ -4,7 +4,9 @@
 //!
 //! Rates are drawn over the whole seconds of the run only: the last second is usually partial,
 //! and its count, drawn as a rate, would look like a collapse. The festival's phases are shaded
-//! bands; a step run's SLO is a horizontal line on the latency chart.
+//! bands, named; the SLO of a step or festival run is a horizontal line on the latency chart.
+//! Latency lines are the admitted requests'; refusals get their own p99 line and goodput its
+//! own rate line when the switch refused anything.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -143,6 +145,16 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
         .draw_series(LineSeries::new(achieved, GREEN.stroke_width(2)))?
         .label("achieved")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
+    if series.iter().any(|s| s.refused > 0) {
+        let goodput = rate_points(series, |s| Some(s.approved as f64));
+        let color = RGBColor(0, 110, 60);
+        rates
+            .draw_series(DashedLineSeries::new(goodput, 6, 4, color.stroke_width(2)))?
+            .label("goodput (approved)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
     rates
         .configure_series_labels()
         .label_font(("sans-serif", 14))
@@ -153,12 +165,16 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
     let slo = report.profile.slo_p99_ms;
     let latency_max = series
         .iter()
-        .filter_map(|s| s.p999_ms)
+        .flat_map(|s| [s.admitted_p999_ms, s.refused_p99_ms])
+        .flatten()
         .chain(slo)
         .fold(1.0, f64::max)
         * 1.1;
     let mut latency = ChartBuilder::on(&bottom)
-        .caption("latency from intended send time (ms)", ("sans-serif", 20))
+        .caption(
+            "latency of admitted requests from intended send time (ms)",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(80)
@@ -184,12 +200,19 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report) -
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    let lines: [Line; 3] = [
-        ("p50", GREEN, |s| s.p50_ms),
-        ("p99", RGBColor(230, 140, 0), |s| s.p99_ms),
-        ("p99.9", RED, |s| s.p999_ms),
+    // The admitted requests' latency (all of them when nothing was refused), and the
+    // refusals' p99 apart when there were any: a quick refusal is not a quick payment.
+    let refusals = series.iter().any(|s| s.refused > 0);
+    let lines: [Line; 4] = [
+        ("p50", GREEN, |s| s.admitted_p50_ms),
+        ("p99", RGBColor(230, 140, 0), |s| s.admitted_p99_ms),
+        ("p99.9", RED, |s| s.admitted_p999_ms),
+        ("refused p99", RGBColor(120, 120, 120), |s| s.refused_p99_ms),
     ];
     for (name, color, get) in lines {
+        if name.starts_with("refused") && !refusals {
+            continue;
+        }
         latency
             .draw_series(LineSeries::new(
                 series
@@ -226,6 +249,7 @@ mod tests {
             p99_ms: Some(2.0),
             p999_ms: Some(3.0),
             max_ms: Some(4.0),
+            ..SecondReport::default()
         }
     }
 

@@ -96,6 +96,15 @@ pub struct FestivalArgs {
     /// With `--peak auto`: seconds of calibration.
     #[arg(long, default_value_t = 3.0)]
     pub calibrate_secs: f64,
+    /// Overload festival: the peak is this multiple of the saturation the calibration
+    /// measures (1.5: half as much again as the switch can take), and the report judges how
+    /// the switch held the peak. Instead of `--peak` and `--peak-fraction`.
+    #[arg(long, conflicts_with = "peak_fraction")]
+    pub overload: Option<f64>,
+    /// The p99 latency objective, milliseconds: the chart's SLO line, and what the peak's
+    /// recovery is measured against.
+    #[arg(long, default_value_t = 10.0)]
+    pub slo_p99_ms: f64,
     /// Baseline rate as a share of the peak.
     #[arg(long, default_value_t = 0.1)]
     pub baseline: f64,
@@ -191,6 +200,18 @@ pub struct Common {
     /// Worker threads of loadgen's own runtime (the spawned switch has its own).
     #[arg(long, default_value_t = 1, help_heading = "Load shape")]
     pub threads: usize,
+    /// Budget of every frame of the load, milliseconds: the switch does not start an operation
+    /// this long after it read its frame (answers 91, reason 33). 0: none, the switch's
+    /// defaults apply.
+    #[arg(long, default_value_t = 0, help_heading = "Load shape")]
+    pub budget_ms: u16,
+    /// Times a request refused as busy (91 with reason 22, 33 or 34, or a frame refused with
+    /// error 8) is sent again, same request id, before loadgen gives it up as refused.
+    #[arg(long, default_value_t = 5, help_heading = "Load shape")]
+    pub retries_max: u8,
+    /// Seconds after its first refusal past which a refused request is not sent again.
+    #[arg(long, default_value_t = 10.0, help_heading = "Load shape")]
+    pub retry_secs_max: f64,
 
     /// Customer accounts (cards).
     #[arg(long, default_value_t = 1000, help_heading = "Workload")]
@@ -288,8 +309,15 @@ pub enum Profile {
     Festival {
         /// `None`: calibrate.
         peak: Option<f64>,
+        /// With calibration: the peak as a share of the saturation measured (`--overload`
+        /// sets it above 1).
         peak_fraction: f64,
         calibrate_secs: f64,
+        /// `--overload`: the peak's multiple of saturation, and the run is judged as an
+        /// overload.
+        overload: Option<f64>,
+        /// The p99 objective, milliseconds (`--slo-p99-ms`).
+        slo_p99_ms: f64,
         /// The shape, with rates as shares of the peak.
         shape: Festival,
     },
@@ -352,6 +380,10 @@ pub struct Options {
     /// With several targets: the longest search for a leader (see `Common::failover_secs`).
     pub failover_deadline: Duration,
     pub threads: usize,
+    /// Budget of each frame of the load, milliseconds; 0 for none (`--budget-ms`).
+    pub budget_ms: u16,
+    /// How requests refused as busy are sent again (`--retries-max`, `--retry-secs-max`).
+    pub retry: crate::backoff::RetryPolicy,
     pub customers: u64,
     pub merchants: u64,
     pub currency: Currency,
@@ -527,6 +559,10 @@ impl Options {
                 steps_max: steps_max.max(1),
             },
             ProfileCommand::Festival(f) => {
+                let overload = f.overload.map(|o| positive("overload", o)).transpose()?;
+                if overload.is_some() && f.peak != "auto" {
+                    bail!("--overload sets the peak from the calibration: leave out --peak");
+                }
                 let peak = if f.peak == "auto" {
                     None
                 } else {
@@ -549,8 +585,13 @@ impl Options {
                 }
                 Profile::Festival {
                     peak,
-                    peak_fraction: positive("peak-fraction", f.peak_fraction)?,
+                    peak_fraction: match overload {
+                        Some(o) => o,
+                        None => positive("peak-fraction", f.peak_fraction)?,
+                    },
                     calibrate_secs: positive("calibrate-secs", f.calibrate_secs)?,
+                    overload,
+                    slo_p99_ms: positive("slo-p99-ms", f.slo_p99_ms)?,
                     shape: Festival {
                         peak: 1.0,
                         baseline: share("baseline", f.baseline)?,
@@ -588,6 +629,14 @@ impl Options {
             pacing: c.pacing,
             failover_deadline: Duration::from_secs_f64(positive("failover-secs", c.failover_secs)?),
             threads: c.threads,
+            budget_ms: c.budget_ms,
+            retry: crate::backoff::RetryPolicy {
+                retries_max: c.retries_max,
+                give_up_after: Duration::from_secs_f64(positive(
+                    "retry-secs-max",
+                    c.retry_secs_max,
+                )?),
+            },
             customers: c.customers,
             merchants: c.merchants,
             currency,
@@ -721,6 +770,58 @@ mod tests {
             .to_string();
         assert!(constant.contains("--rate"), "{constant}");
         assert!(!constant.contains("--customers"), "{constant}");
+    }
+
+    /// `--overload F` peaks at F times the calibration, refuses a fixed `--peak`; the budget
+    /// and the retry bounds are read as given, with sane defaults.
+    #[test]
+    fn overload_budget_and_retries_are_read() {
+        let o = parse(&["--spawn", "festival"]).expect("valid");
+        assert_eq!((o.budget_ms, o.retry.retries_max), (0, 5));
+        assert_eq!(o.retry.give_up_after, Duration::from_secs(10));
+        assert!(matches!(
+            o.profile,
+            Profile::Festival { overload: None, peak_fraction, slo_p99_ms, .. }
+                if peak_fraction == 0.8 && slo_p99_ms == 10.0
+        ));
+        let o = parse(&[
+            "--spawn",
+            "--budget-ms",
+            "250",
+            "--retries-max",
+            "2",
+            "--retry-secs-max",
+            "1.5",
+            "festival",
+            "--overload",
+            "1.5",
+            "--slo-p99-ms",
+            "7",
+        ])
+        .expect("valid");
+        assert_eq!((o.budget_ms, o.retry.retries_max), (250, 2));
+        assert_eq!(o.retry.give_up_after, Duration::from_millis(1500));
+        assert!(matches!(
+            o.profile,
+            Profile::Festival { peak: None, overload: Some(f), peak_fraction, slo_p99_ms, .. }
+                if f == 1.5 && peak_fraction == 1.5 && slo_p99_ms == 7.0
+        ));
+        for bad in [
+            &["--spawn", "festival", "--overload", "1.5", "--peak", "100"][..],
+            &[
+                "--spawn",
+                "festival",
+                "--overload",
+                "1.5",
+                "--peak-fraction",
+                "0.5",
+            ],
+            &["--spawn", "festival", "--overload", "0"],
+            &["--spawn", "--retry-secs-max", "0", "max"],
+            &["--spawn", "--budget-ms", "70000", "max"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

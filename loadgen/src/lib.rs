@@ -1,5 +1,6 @@
 //! `loadgen`: a festival-peak load generator for the switch that verifies every cent.
 //!
+//! - `backoff`: which answers are refusals (busy: nothing done) and when to send them again;
 //! - `config`: the command line and the resolved options;
 //! - `schedule`: when each open-loop request is due (constant, festival curve);
 //! - `mix`: what is sent (payment flows, Zipf skew, hot merchant, amounts);
@@ -9,6 +10,7 @@
 //! - `run`: the engine (spawn or connect, setup, profiles, verification);
 //! - `zipf`: YCSB's zipfian generator, shared with the benchmarks.
 
+pub mod backoff;
 pub mod chart;
 pub mod config;
 pub mod cpu;

@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::backoff::Refusal;
 use crate::config::{Options, Target};
 use crate::cpu;
 use crate::mix::OpKind;
 use crate::run::ProfileResult;
-use crate::stats::Stats;
+use crate::stats::{Second, Stats};
 use crate::verify::{Verification, money};
 
 /// One operation's line.
@@ -34,10 +36,97 @@ pub struct OpReport {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Approved operations per second over the measured time.
+    pub goodput: f64,
+    /// Refusals (counted in `declined` under 91 too): nothing was done.
+    pub refused: RefusedCounts,
+    /// Refused requests sent again, and those given up.
+    pub retries: u64,
+    pub abandoned: u64,
+    /// Latency of the requests the switch executed (approved or declined), and of its
+    /// refusals.
+    pub admitted_latency: Percentiles,
+    pub refused_latency: Percentiles,
+}
+
+/// Refusals by why.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RefusedCounts {
+    /// 91, reason 34.
+    pub shed: u64,
+    /// 91, reason 33.
+    pub deadline_passed: u64,
+    /// 91, reason 22, or a frame refused with error 8.
+    pub overloaded: u64,
+}
+
+impl RefusedCounts {
+    fn of(counts: [u64; 3]) -> RefusedCounts {
+        RefusedCounts {
+            shed: counts[Refusal::Shed.index()],
+            deadline_passed: counts[Refusal::DeadlinePassed.index()],
+            overloaded: counts[Refusal::Overloaded.index()],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.shed + self.deadline_passed + self.overloaded
+    }
+}
+
+/// Latency percentiles, milliseconds; null with no sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let q = |q: f64| (!h.is_empty()).then(|| ms(h.value_at_quantile(q)));
+        Percentiles {
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+        }
+    }
+}
+
+/// A festival's peak (its plateau): how the switch held it, and how soon it was back.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeakReport {
+    /// The phase judged, and the whole seconds of it measured.
+    pub phase: String,
+    pub start_secs: f64,
+    pub end_secs: f64,
+    /// The rate offered at the peak, and the saturation the calibration measured (null with
+    /// `--peak R`).
+    pub offered_rate: f64,
+    pub saturation_rate: Option<f64>,
+    /// Approvals per second during the peak, and as a share of the saturation.
+    pub goodput_rate: f64,
+    pub goodput_of_saturation: Option<f64>,
+    /// p99 of the admitted requests intended during the peak.
+    pub admitted_p99_ms: Option<f64>,
+    /// Refusals read during the peak.
+    pub refused: u64,
+    /// Captures and reversals refused in the peak's seconds in which any authorization was
+    /// admitted: 0 when the switch sheds new payments before the money already held.
+    pub captures_reversals_refused_while_authorizing: u64,
+    /// p99 of the admitted requests of the baseline phase (the quiet figure).
+    pub quiet_p99_ms: Option<f64>,
+    pub slo_p99_ms: f64,
+    /// The larger of the SLO and the quiet figure: a second is recovered when its admitted
+    /// p99 is at most this.
+    pub recovery_threshold_ms: f64,
+    /// From the end of the peak to the start of the first second after which every second
+    /// is recovered; 0 if none after the peak went over; null if the run ended before.
+    pub recovery_secs: Option<f64>,
 }
 
 /// One second of the time series.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SecondReport {
     pub second: u64,
     /// Open loop: the schedule's rate in this second; closed loop: null.
@@ -53,6 +142,20 @@ pub struct SecondReport {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub max_ms: Option<f64>,
+    /// Approvals read in this second (goodput), refusals read, refused requests sent again.
+    pub approved: u64,
+    pub refused: u64,
+    pub retries: u64,
+    /// Authorizations admitted, and captures and reversals refused, read in this second.
+    pub authorizations_admitted: u64,
+    pub captures_reversals_refused: u64,
+    /// Latency of the admitted and of the refused requests intended in this second.
+    pub admitted_p50_ms: Option<f64>,
+    pub admitted_p99_ms: Option<f64>,
+    pub admitted_p999_ms: Option<f64>,
+    pub refused_p50_ms: Option<f64>,
+    pub refused_p99_ms: Option<f64>,
+    pub refused_p999_ms: Option<f64>,
 }
 
 /// How much CPU loadgen itself spent per request, against the switch it spawned.
@@ -125,6 +228,8 @@ pub struct Report {
     pub follow_ups_dropped: u64,
     /// Against a cluster; `null` against one switch.
     pub cluster: Option<ClusterReport>,
+    /// Festival: how the peak was held; `null` otherwise.
+    pub peak: Option<PeakReport>,
     /// `null` when verification was skipped.
     pub verification: Option<Verification>,
     /// Set when most answered requests were declined for a reason that means the switch is
@@ -196,17 +301,26 @@ fn ms(us: u64) -> f64 {
 
 fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f64) -> OpReport {
     let mut h = crate::stats::OpStats::default().latency_us;
-    let (mut count, mut approved, mut errors) = (0, 0, 0);
+    let mut refused_h = h.clone();
+    let (mut count, mut approved, mut errors, mut retries, mut abandoned) = (0, 0, 0, 0, 0);
+    let mut refused = [0u64; 3];
     let mut declined = BTreeMap::new();
     for o in ops {
         h.add(&o.latency_us).ok();
+        refused_h.add(&o.refused_latency_us).ok();
         count += o.count;
         approved += o.approved;
         errors += o.errors;
+        retries += o.retries;
+        abandoned += o.abandoned;
+        for (total, n) in refused.iter_mut().zip(o.refused) {
+            *total += n;
+        }
         for (code, n) in &o.declined {
             *declined.entry(format!("{code:02}")).or_default() += n;
         }
     }
+    let admitted_h = crate::stats::admitted(&h, Some(&refused_h));
     let q = |q: f64| {
         if h.is_empty() {
             0.0
@@ -226,7 +340,99 @@ fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f
         p99_ms: q(0.99),
         p999_ms: q(0.999),
         max_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
+        goodput: approved as f64 / elapsed_secs.max(1e-9),
+        refused: RefusedCounts::of(refused),
+        retries,
+        abandoned,
+        admitted_latency: Percentiles::of(&admitted_h),
+        refused_latency: Percentiles::of(&refused_h),
     }
+}
+
+/// The whole seconds of `[start, end)` on the series' clock, or, if it holds none, the
+/// seconds it overlaps.
+fn seconds_of(start: f64, end: f64, len: usize) -> std::ops::Range<usize> {
+    let whole = (start.max(0.0).ceil() as usize)..(end.max(0.0).floor() as usize);
+    let range = if whole.is_empty() {
+        (start.max(0.0).floor() as usize)..(end.max(0.0).ceil() as usize)
+    } else {
+        whole
+    };
+    range.start.min(len)..range.end.min(len)
+}
+
+/// p99 of the admitted requests intended in `seconds`.
+fn admitted_p99(seconds: &[Second]) -> Option<f64> {
+    let mut h: Option<Histogram<u64>> = None;
+    for s in seconds {
+        let a = s.admitted_latency_us();
+        match &mut h {
+            Some(h) => {
+                h.add(&a).ok();
+            }
+            None => h = Some(a),
+        }
+    }
+    h.filter(|h| !h.is_empty())
+        .map(|h| ms(h.value_at_quantile(0.99)))
+}
+
+/// A festival's peak, judged from the per-second measurements (see `PeakReport`).
+pub fn peak_report(profile: &ProfileResult, seconds: &[Second]) -> Option<PeakReport> {
+    let festival = profile.festival.as_ref()?;
+    let plateau = profile.phases.iter().find(|p| p.name == "plateau")?;
+    let slo_p99_ms = profile.slo_p99_ms?;
+    let during = seconds_of(plateau.start_secs, plateau.end_secs, seconds.len());
+    let peak = &seconds[during.clone()];
+    let n = peak.len().max(1) as f64;
+    let goodput_rate = peak.iter().map(|s| s.approved).sum::<u64>() as f64 / n;
+    let saturation_rate = profile.calibration_rate;
+    let quiet_p99_ms = profile
+        .phases
+        .iter()
+        .find(|p| p.name == "baseline")
+        .and_then(|b| admitted_p99(&seconds[seconds_of(b.start_secs, b.end_secs, seconds.len())]));
+    let recovery_threshold_ms = quiet_p99_ms.map_or(slo_p99_ms, |q| q.max(slo_p99_ms));
+    // The last second after the peak over the threshold; recovered from the next one on.
+    let after = (plateau.end_secs.max(0.0).floor() as usize).min(seconds.len());
+    let p99s: Vec<(usize, f64)> = seconds
+        .iter()
+        .enumerate()
+        .skip(after)
+        .filter_map(|(i, s)| admitted_p99(std::slice::from_ref(s)).map(|p| (i, p)))
+        .collect();
+    let last_over = p99s
+        .iter()
+        .rev()
+        .find(|&&(_, p)| p > recovery_threshold_ms)
+        .map(|&(i, _)| i);
+    let recovery_secs = match last_over {
+        None => Some(0.0),
+        Some(i) if Some(i) == p99s.last().map(|&(i, _)| i) => None,
+        Some(i) => Some((i as f64 + 1.0 - plateau.end_secs).max(0.0)),
+    };
+    Some(PeakReport {
+        phase: plateau.name.clone(),
+        start_secs: during.start as f64,
+        end_secs: during.end as f64,
+        offered_rate: festival.peak,
+        saturation_rate,
+        goodput_rate,
+        goodput_of_saturation: saturation_rate
+            .filter(|&r| r > 0.0)
+            .map(|r| goodput_rate / r),
+        admitted_p99_ms: admitted_p99(peak),
+        refused: peak.iter().map(|s| s.refused).sum(),
+        captures_reversals_refused_while_authorizing: peak
+            .iter()
+            .filter(|s| s.authorizations_admitted > 0)
+            .map(|s| s.captures_reversals_refused)
+            .sum(),
+        quiet_p99_ms,
+        slo_p99_ms,
+        recovery_threshold_ms,
+        recovery_secs,
+    })
 }
 
 impl Report {
@@ -255,6 +461,12 @@ impl Report {
                 let covered_secs = (elapsed - i as f64).clamp(0.0, 1.0);
                 let h = &s.latency_us;
                 let q = |q: f64| (!h.is_empty()).then(|| ms(h.value_at_quantile(q)));
+                let admitted = Percentiles::of(&s.admitted_latency_us());
+                let refused = s
+                    .refused_latency_us
+                    .as_ref()
+                    .map(Percentiles::of)
+                    .unwrap_or_default();
                 SecondReport {
                     second: i as u64,
                     target_rate: open_loop
@@ -266,6 +478,17 @@ impl Report {
                     p99_ms: q(0.99),
                     p999_ms: q(0.999),
                     max_ms: (!h.is_empty()).then(|| ms(h.max())),
+                    approved: s.approved,
+                    refused: s.refused,
+                    retries: s.retries,
+                    authorizations_admitted: s.authorizations_admitted,
+                    captures_reversals_refused: s.captures_reversals_refused,
+                    admitted_p50_ms: admitted.p50_ms,
+                    admitted_p99_ms: admitted.p99_ms,
+                    admitted_p999_ms: admitted.p999_ms,
+                    refused_p50_ms: refused.p50_ms,
+                    refused_p99_ms: refused.p99_ms,
+                    refused_p999_ms: refused.p999_ms,
                 }
             })
             .collect();
@@ -280,7 +503,9 @@ impl Report {
                 switch_cpu_us_per_request: spawned.then(|| per(c.other_ns)),
             }
         });
+        let peak = peak_report(&profile, &stats.seconds);
         Report {
+            peak,
             profile,
             target: match &options.target {
                 Target::Spawn { no_fsync, .. } => format!(
@@ -387,6 +612,7 @@ impl Report {
                 o.max_ms
             );
         }
+        out.push_str(&self.refusal_lines());
         if let Some(r) = p.calibration_rate {
             let _ = writeln!(out, "\ncalibration (closed loop): {r:.0} requests/s");
         }
@@ -403,6 +629,9 @@ impl Report {
                 f.plateau_secs,
                 f.decay_secs
             );
+        }
+        if let Some(peak) = &self.peak {
+            out.push_str(&peak_lines(peak, p.overload));
         }
         if let Some(r) = p.saturation_rate {
             let _ = writeln!(out, "\nsaturation (closed loop): {r:.0} requests/s");
@@ -492,6 +721,54 @@ impl Report {
         out
     }
 
+    /// Goodput, and when the switch refused anything, the refusals, retries and the admitted
+    /// and refused latencies per operation.
+    fn refusal_lines(&self) -> String {
+        let mut out = String::new();
+        let t = &self.totals;
+        let _ = writeln!(out, "\ngoodput: {:.0} approved operations/s", t.goodput);
+        if t.refused.total() == 0 && t.retries == 0 {
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "refused",
+            "shed",
+            "deadline",
+            "overload",
+            "retries",
+            "given up",
+            "adm p50",
+            "adm p99",
+            "adm p99.9",
+            "ref p99",
+            "ref p99.9"
+        );
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        for o in self.ops.iter().chain(std::iter::once(&self.totals)) {
+            if o.count == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                o.op,
+                o.refused.shed,
+                o.refused.deadline_passed,
+                o.refused.overloaded,
+                o.retries,
+                o.abandoned,
+                ms(o.admitted_latency.p50_ms),
+                ms(o.admitted_latency.p99_ms),
+                ms(o.admitted_latency.p999_ms),
+                ms(o.refused_latency.p99_ms),
+                ms(o.refused_latency.p999_ms)
+            );
+        }
+        out
+    }
+
     /// Writes `report.json`, `chart.png` and `chart.svg` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -502,6 +779,40 @@ impl Report {
         paths.extend(crate::chart::draw(self, dir)?);
         Ok(paths)
     }
+}
+
+/// The table's lines about a festival's peak.
+fn peak_lines(p: &PeakReport, overload: Option<f64>) -> String {
+    let mut out = String::new();
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+    let offered = match (overload, p.saturation_rate) {
+        (Some(o), Some(s)) => format!("{:.0}/s ({o} x saturation {s:.0}/s)", p.offered_rate),
+        _ => format!("{:.0}/s", p.offered_rate),
+    };
+    let share = p
+        .goodput_of_saturation
+        .map_or(String::new(), |g| format!(" = {g:.2} of saturation"));
+    let recovery = match p.recovery_secs {
+        Some(s) => format!("{s:.1} s after the peak"),
+        None => "not within the run".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "peak ({} {:.0}-{:.0} s): offered {offered}; goodput {:.0}/s{share}; admitted p99 {}; \
+         {} refused; captures/reversals refused while authorizations were admitted: {}\n  \
+         quiet p99 {}, SLO p99 {} ms: back under {:.2} ms {recovery}",
+        p.phase,
+        p.start_secs,
+        p.end_secs,
+        p.goodput_rate,
+        ms(p.admitted_p99_ms),
+        p.refused,
+        p.captures_reversals_refused_while_authorizing,
+        ms(p.quiet_p99_ms),
+        p.slo_p99_ms,
+        p.recovery_threshold_ms
+    );
+    out
 }
 
 /// The table's lines about a cluster's leaders and failovers.
@@ -591,6 +902,210 @@ mod tests {
         let r = report(100, 92);
         assert!(r.misconfiguration.is_none());
         assert_eq!(r.exit_code(), 0);
+    }
+
+    /// Records an answer of `op` intended at `second` + 0.1 s, read `latency_ms` later.
+    fn answer(
+        stats: &mut Stats,
+        op: OpKind,
+        refused: Option<Refusal>,
+        second: u64,
+        latency_ms: u64,
+    ) {
+        let intended = Duration::from_millis(second * 1000 + 100);
+        let now = intended + Duration::from_millis(latency_ms);
+        match refused {
+            Some(why) => stats.refused(op, why, intended, now),
+            None => stats.answered(op, None, intended, now),
+        }
+    }
+
+    /// Refusals are counted by why and apart from the admitted requests' latency: slow
+    /// approvals and quick refusals each keep their own percentiles, in the table, the JSON
+    /// and each second; goodput counts approvals only.
+    #[test]
+    fn admitted_and_refused_requests_are_reported_apart() {
+        let mut stats = Stats::default();
+        for i in 0..100 {
+            answer(&mut stats, OpKind::Sale, None, i % 2, 40);
+            answer(&mut stats, OpKind::Authorize, Some(Refusal::Shed), i % 2, 1);
+        }
+        for _ in 0..7 {
+            answer(&mut stats, OpKind::Capture, Some(Refusal::Overloaded), 1, 2);
+        }
+        answer(
+            &mut stats,
+            OpKind::Authorize,
+            Some(Refusal::DeadlinePassed),
+            1,
+            3,
+        );
+        stats.retried(OpKind::Authorize, Duration::from_millis(1500));
+        stats.abandoned(OpKind::Authorize);
+        let options = Options::spawn_defaults(Profile::Constant {
+            rate: 100.0,
+            duration_secs: 2.0,
+        });
+        let profile = ProfileResult {
+            profile: "constant".into(),
+            elapsed_secs: 2.0,
+            ..ProfileResult::default()
+        };
+        let r = Report::new(&options, profile, &stats, None, None, true, 0);
+        let t = &r.totals;
+        assert_eq!((t.count, t.approved), (208, 100));
+        assert_eq!(t.goodput, 50.0);
+        assert_eq!(t.declined.get("91"), Some(&108));
+        assert_eq!(
+            (
+                t.refused.shed,
+                t.refused.deadline_passed,
+                t.refused.overloaded
+            ),
+            (100, 1, 7)
+        );
+        assert_eq!((t.retries, t.abandoned), (1, 1));
+        let near = |v: Option<f64>, ms: f64| v.is_some_and(|v| (v - ms).abs() < ms * 0.01);
+        assert!(
+            near(t.admitted_latency.p50_ms, 40.0),
+            "{:?}",
+            t.admitted_latency
+        );
+        assert!(
+            near(t.admitted_latency.p99_ms, 40.0),
+            "{:?}",
+            t.admitted_latency
+        );
+        assert!(
+            near(t.refused_latency.p50_ms, 1.0),
+            "{:?}",
+            t.refused_latency
+        );
+        assert!(
+            near(t.refused_latency.p999_ms, 3.0),
+            "{:?}",
+            t.refused_latency
+        );
+        let sale = &r.ops[OpKind::Sale.index()];
+        assert_eq!(sale.refused.total(), 0);
+        assert_eq!(sale.refused_latency, Percentiles::default());
+        let authorize = &r.ops[OpKind::Authorize.index()];
+        assert_eq!(authorize.admitted_latency, Percentiles::default());
+        assert_eq!(authorize.goodput, 0.0);
+        // Each second: 50 approvals; the second also 54 refusals, 7 of them captures.
+        let s1 = &r.series[1];
+        assert_eq!((s1.approved, s1.refused, s1.retries), (50, 58, 1));
+        assert_eq!(s1.captures_reversals_refused, 7);
+        assert!(near(s1.admitted_p99_ms, 40.0), "{s1:?}");
+        assert!(near(s1.refused_p50_ms, 1.0), "{s1:?}");
+        assert_eq!(r.series[0].refused_p999_ms.map(|v| v < 1.1), Some(true));
+        let table = r.table();
+        assert!(
+            table.contains("goodput: 50 approved operations/s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("authorize       100        1        0        1        1"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("JSON")).expect("JSON");
+        assert_eq!(json["totals"]["refused"]["shed"], 100);
+        assert_eq!(json["series"][1]["approved"], 50);
+        assert!(json["peak"].is_null());
+    }
+
+    /// A festival's peak: goodput as a share of the calibration, admitted p99, captures and
+    /// reversals refused only in the seconds that admitted authorizations, and the time from
+    /// the end of the peak until every later second is back under the SLO (or the quiet
+    /// figure, if higher).
+    #[test]
+    fn a_festival_peak_is_judged_from_its_seconds() {
+        let festival = |phases: &[(&str, f64, f64)]| ProfileResult {
+            profile: "festival".into(),
+            festival: Some(crate::schedule::Festival::around(300.0)),
+            calibration_rate: Some(200.0),
+            slo_p99_ms: Some(10.0),
+            phases: phases
+                .iter()
+                .map(|&(name, start_secs, end_secs)| crate::run::Phase {
+                    name: name.into(),
+                    start_secs,
+                    end_secs,
+                })
+                .collect(),
+            ..ProfileResult::default()
+        };
+        let phases = [
+            ("baseline", 0.0, 2.0),
+            ("plateau", 2.0, 5.0),
+            ("decay", 5.0, 9.0),
+        ];
+        // Admitted p99 of each second: quiet, slow at the peak and just after, then quiet.
+        let p99_ms = [1, 1, 30, 30, 30, 20, 20, 2, 2];
+        let mut stats = Stats::default();
+        for (second, &ms) in p99_ms.iter().enumerate() {
+            for _ in 0..100 {
+                answer(&mut stats, OpKind::Sale, None, second as u64, ms);
+            }
+        }
+        for second in 2..5 {
+            for _ in 0..40 {
+                answer(&mut stats, OpKind::Sale, Some(Refusal::Shed), second, 1);
+            }
+        }
+        // Second 3 admits an authorization and refuses 2 captures; second 4 refuses 5
+        // reversals but admits no authorization.
+        answer(&mut stats, OpKind::Authorize, None, 3, 30);
+        for (second, op, n) in [(3, OpKind::Capture, 2), (4, OpKind::Reverse, 5)] {
+            for _ in 0..n {
+                answer(&mut stats, op, Some(Refusal::Overloaded), second, 1);
+            }
+        }
+        let peak = peak_report(&festival(&phases), &stats.seconds).expect("a festival");
+        assert_eq!((peak.start_secs, peak.end_secs), (2.0, 5.0));
+        assert!(
+            (peak.goodput_rate - 301.0 / 3.0).abs() < 1e-9,
+            "{}",
+            peak.goodput_rate
+        );
+        assert_eq!(peak.goodput_of_saturation, Some(peak.goodput_rate / 200.0));
+        assert_eq!(peak.refused, 127);
+        assert_eq!(peak.captures_reversals_refused_while_authorizing, 2);
+        assert!(
+            peak.admitted_p99_ms.is_some_and(|p| (p - 30.0).abs() < 0.5),
+            "{peak:?}"
+        );
+        assert!(
+            peak.quiet_p99_ms.is_some_and(|p| (p - 1.0).abs() < 0.05),
+            "{peak:?}"
+        );
+        assert_eq!(peak.recovery_threshold_ms, 10.0);
+        assert_eq!(peak.recovery_secs, Some(2.0));
+        // A run that ends still over the line has not recovered; one never over it, at once.
+        let mut late = stats.clone();
+        answer(&mut late, OpKind::Sale, None, 8, 50);
+        answer(&mut late, OpKind::Sale, None, 8, 50);
+        let peak = peak_report(&festival(&phases), &late.seconds).expect("a festival");
+        assert_eq!(peak.recovery_secs, None);
+        let mut calm = Stats::default();
+        for second in 0..9 {
+            answer(&mut calm, OpKind::Sale, None, second, 3);
+        }
+        let peak = peak_report(&festival(&phases), &calm.seconds).expect("a festival");
+        assert_eq!(peak.recovery_secs, Some(0.0));
+        assert_eq!(peak.captures_reversals_refused_while_authorizing, 0);
+        // A quiet figure above the SLO is the line instead.
+        let mut noisy = stats.clone();
+        for _ in 0..50 {
+            answer(&mut noisy, OpKind::Sale, None, 0, 25);
+        }
+        let peak = peak_report(&festival(&phases), &noisy.seconds).expect("a festival");
+        assert!(peak.recovery_threshold_ms > 24.0, "{peak:?}");
+        assert_eq!(peak.recovery_secs, Some(0.0));
+        // Not a festival: no peak.
+        let constant = ProfileResult::default();
+        assert!(peak_report(&constant, &stats.seconds).is_none());
     }
 
     /// Against one switch the report has no cluster part (`null` in the JSON); against a

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::backoff::Refusal;
 use crate::mix::OpKind;
 
 /// Latencies are recorded in microseconds, up to a minute.
@@ -27,6 +28,14 @@ pub struct OpStats {
     pub declined: BTreeMap<u8, u64>,
     /// Requests with no usable answer (time-out, connection lost, malformed answer).
     pub errors: u64,
+    /// Refusals (also counted in `declined` as 91), by `Refusal::index`.
+    pub refused: [u64; 3],
+    /// Latency of the refusals (a subset of `latency_us`: the rest is the admitted requests').
+    pub refused_latency_us: Histogram<u64>,
+    /// Refused requests sent again.
+    pub retries: u64,
+    /// Refused requests given up (not sent again: they did nothing).
+    pub abandoned: u64,
 }
 
 impl Default for OpStats {
@@ -37,8 +46,29 @@ impl Default for OpStats {
             approved: 0,
             declined: BTreeMap::new(),
             errors: 0,
+            refused: [0; 3],
+            refused_latency_us: histogram(3),
+            retries: 0,
+            abandoned: 0,
         }
     }
+}
+
+impl OpStats {
+    /// Latency of the requests the switch admitted (executed, approved or declined).
+    pub fn admitted_latency_us(&self) -> Histogram<u64> {
+        admitted(&self.latency_us, Some(&self.refused_latency_us))
+    }
+}
+
+/// `all` without `refused` (recorded in both).
+pub fn admitted(all: &Histogram<u64>, refused: Option<&Histogram<u64>>) -> Histogram<u64> {
+    let mut h = all.clone();
+    if let Some(r) = refused {
+        // Every refused value was recorded in `all` too, so the subtraction cannot go below 0.
+        let _ = h.subtract(r);
+    }
+    h
 }
 
 /// One second of the run.
@@ -51,6 +81,20 @@ pub struct Second {
     pub errors: u64,
     /// Latency of the requests scheduled in this second.
     pub latency_us: Histogram<u64>,
+    /// Approvals read in this second (goodput).
+    pub approved: u64,
+    /// Refusals read in this second.
+    pub refused: u64,
+    /// Refused requests sent again in this second.
+    pub retries: u64,
+    /// Latency of the refusals among the requests scheduled in this second (made at the
+    /// first refusal: a run without any keeps none).
+    pub refused_latency_us: Option<Histogram<u64>>,
+    /// Authorizations admitted (executed), and captures and reversals refused, read in this
+    /// second: a switch that sheds new payments first refuses none of the second while it
+    /// admits any of the first.
+    pub authorizations_admitted: u64,
+    pub captures_reversals_refused: u64,
 }
 
 impl Default for Second {
@@ -61,7 +105,20 @@ impl Default for Second {
             errors: 0,
             // Two digits keep an hour of seconds small.
             latency_us: histogram(2),
+            approved: 0,
+            refused: 0,
+            retries: 0,
+            refused_latency_us: None,
+            authorizations_admitted: 0,
+            captures_reversals_refused: 0,
         }
+    }
+}
+
+impl Second {
+    /// Latency of the admitted requests scheduled in this second.
+    pub fn admitted_latency_us(&self) -> Histogram<u64> {
+        admitted(&self.latency_us, self.refused_latency_us.as_ref())
     }
 }
 
@@ -116,6 +173,38 @@ impl Stats {
         intended: Duration,
         now: Duration,
     ) {
+        self.record(op, declined, intended, now);
+        if op == OpKind::Authorize {
+            self.second(now).authorizations_admitted += 1;
+        }
+    }
+
+    /// A refusal (91 for overload, deadline or shedding; a busy frame): nothing was done.
+    pub fn refused(&mut self, op: OpKind, why: Refusal, intended: Duration, now: Duration) {
+        let code = switch::wire::ResponseCode::SystemBusy.as_u8();
+        let latency_us = self.record(op, Some(code), intended, now);
+        let o = &mut self.ops[op.index()];
+        o.refused[why.index()] += 1;
+        o.refused_latency_us.saturating_record(latency_us);
+        self.second(intended)
+            .refused_latency_us
+            .get_or_insert_with(|| histogram(2))
+            .saturating_record(latency_us);
+        let second = self.second(now);
+        second.refused += 1;
+        if matches!(op, OpKind::Capture | OpKind::Reverse) {
+            second.captures_reversals_refused += 1;
+        }
+    }
+
+    /// Counts an answer; returns its latency in microseconds.
+    fn record(
+        &mut self,
+        op: OpKind,
+        declined: Option<u8>,
+        intended: Duration,
+        now: Duration,
+    ) -> u64 {
         let latency_us = now.saturating_sub(intended).as_micros().max(1) as u64;
         let o = &mut self.ops[op.index()];
         o.count += 1;
@@ -129,7 +218,23 @@ impl Stats {
         self.second(intended)
             .latency_us
             .saturating_record(latency_us);
-        self.second(now).answered += 1;
+        let second = self.second(now);
+        second.answered += 1;
+        if declined.is_none() {
+            second.approved += 1;
+        }
+        latency_us
+    }
+
+    /// A refused request sent again at `now`.
+    pub fn retried(&mut self, op: OpKind, now: Duration) {
+        self.ops[op.index()].retries += 1;
+        self.second(now).retries += 1;
+    }
+
+    /// A refused request given up.
+    pub fn abandoned(&mut self, op: OpKind) {
+        self.ops[op.index()].abandoned += 1;
     }
 
     pub fn error(&mut self, op: OpKind, now: Duration) {
@@ -148,6 +253,12 @@ impl Stats {
 
     pub fn answered_total(&self) -> u64 {
         self.ops.iter().map(|o| o.count - o.errors).sum()
+    }
+
+    /// Answers the switch executed (approved or declined), refusals left out.
+    pub fn admitted_total(&self) -> u64 {
+        let refused: u64 = self.ops.iter().flat_map(|o| o.refused).sum();
+        self.answered_total() - refused
     }
 
     pub fn errors_total(&self) -> u64 {

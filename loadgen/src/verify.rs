@@ -44,6 +44,9 @@ pub struct Observed {
     /// shared with every other run and client that funds the issuer's accounts.
     pub funding: Option<Seen>,
     pub statuses: HashMap<u128, Option<SeenStatus>>,
+    /// Authorizations and sales refused as busy and given up: a refusal did nothing, so the
+    /// switch must not know them.
+    pub refused: HashMap<u128, Option<SeenStatus>>,
 }
 
 /// The verdict.
@@ -67,6 +70,9 @@ pub struct Verification {
     /// Payments whose status the switch no longer knew: at most the run's payments past
     /// `switch_remembers`.
     pub statuses_forgotten: u64,
+    /// Authorizations and sales refused as busy and given up whose status was read: each
+    /// must be unknown to the switch.
+    pub refused_checked: u64,
     /// Every discrepancy, one line each; empty when `passed`.
     pub mismatches: Vec<String>,
 }
@@ -188,6 +194,20 @@ pub fn compare(
         statuses.check("sale", *id, expected);
     }
     let forgotten = statuses.forgotten;
+    let mut refused: Vec<(&u128, &Option<SeenStatus>)> = observed.refused.iter().collect();
+    refused.sort_by_key(|&(id, _)| *id);
+    for (id, seen) in refused {
+        match seen {
+            Some(SeenStatus::NotFound) => {}
+            None => mismatches.push(format!(
+                "payment {id:#x} (refused as busy, given up): status could not be read"
+            )),
+            Some(other) => mismatches.push(format!(
+                "payment {id:#x} was refused as busy and given up, so it did nothing, but the \
+                 switch has it {other:?}"
+            )),
+        }
+    }
     if forgotten > allowed {
         mismatches.push(format!(
             "the switch no longer knows {forgotten} of the run's {} payments, more than the \
@@ -208,6 +228,7 @@ pub fn compare(
         cleanup_reversals: 0,
         switch_remembers: remembers,
         statuses_forgotten: forgotten,
+        refused_checked: observed.refused.len() as u64,
         mismatches,
     }
 }
@@ -275,6 +296,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            refused: [(7, Some(SeenStatus::NotFound))].into_iter().collect(),
         };
         (model, observed)
     }
@@ -320,6 +342,30 @@ mod tests {
         assert!(v.mismatches.iter().any(|m| m.contains("available balance")));
     }
 
+    /// A payment refused as busy and given up did nothing: the switch knowing it (the refusal
+    /// was not true), or its status unread, fails verification.
+    #[test]
+    fn a_refused_payment_the_switch_knows_is_a_mismatch() {
+        let (model, mut observed) = consistent();
+        assert_eq!(
+            compare(&model, &observed, Currency::CNY, &[], None).refused_checked,
+            1
+        );
+        let posted = SeenStatus::Posted {
+            amount: 5,
+            refunded: 0,
+        };
+        observed.refused.insert(7, Some(posted));
+        observed.refused.insert(8, Some(SeenStatus::Pending));
+        observed.refused.insert(9, None);
+        let v = compare(&model, &observed, Currency::CNY, &[], None);
+        assert!(!v.passed);
+        assert_eq!(v.refused_checked, 3);
+        assert_eq!(v.mismatches.len(), 3, "{:?}", v.mismatches);
+        assert!(v.mismatches[0].contains("payment 0x7 was refused as busy and given up"));
+        assert!(v.mismatches[2].contains("0x9 (refused as busy, given up): status could not"));
+    }
+
     /// `sales` sales of 1 minor unit each, and the switch's honest account of them.
     fn paid(sales: u64) -> (Model, Observed) {
         let mut model = Model::new(1, 1);
@@ -345,6 +391,7 @@ mod tests {
             merchants: vec![seen(paid)],
             funding: seen(-1000),
             statuses,
+            refused: HashMap::new(),
         };
         (model, observed)
     }

@@ -35,6 +35,8 @@ fn a_short_festival_follows_its_curve_and_writes_its_report() {
         peak: Some(400.0),
         peak_fraction: 0.8,
         calibrate_secs: 1.0,
+        overload: None,
+        slo_p99_ms: 10.0,
         shape,
     }))
     .expect("the run completes");
@@ -82,6 +84,17 @@ fn a_short_festival_follows_its_curve_and_writes_its_report() {
             "no {name} band"
         );
     }
+    // The SLO line is drawn, and the peak judged (no calibration: no share of saturation).
+    assert!(svg.contains("SLO p99 10 ms"), "no SLO line");
+    assert_eq!(json["profile"]["slo_p99_ms"], 10.0);
+    assert_eq!(json["peak"]["phase"], "plateau");
+    assert!(json["peak"]["goodput_of_saturation"].is_null());
+    assert!(
+        json["peak"]["goodput_rate"]
+            .as_f64()
+            .is_some_and(|g| g > 0.0)
+    );
+    assert!(table.contains("peak (plateau"), "{table}");
     assert_eq!(r.exit_code(), 0);
 }
 

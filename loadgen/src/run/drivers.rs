@@ -30,15 +30,17 @@ pub struct ProfileResult {
     pub profile: String,
     /// Seconds of load (excluding setup and verification).
     pub elapsed_secs: f64,
-    /// Closed loop (`max`, festival calibration): answers per second.
+    /// Closed loop (`max`, festival calibration): answers per second, refusals not counted.
     pub saturation_rate: Option<f64>,
+    /// Festival `--overload`: the peak as a multiple of the calibration's rate.
+    pub overload: Option<f64>,
     /// Festival: the peak the curve was drawn to, and the calibration it came from.
     pub festival: Option<Festival>,
     pub calibration_rate: Option<f64>,
     /// Step: each rate tried, and the highest that held the SLO.
     pub steps: Vec<StepResult>,
     pub highest_rate_held: Option<f64>,
-    /// Step: the p99 latency objective, milliseconds.
+    /// Step, festival: the p99 latency objective, milliseconds.
     pub slo_p99_ms: Option<f64>,
     /// Target rate per second (open loop), from the schedule(s) run.
     pub target_per_second: Vec<f64>,
@@ -84,8 +86,12 @@ impl Session {
                 peak,
                 peak_fraction,
                 calibrate_secs,
+                overload,
+                slo_p99_ms,
                 shape,
             } => {
+                result.overload = overload;
+                result.slo_p99_ms = Some(slo_p99_ms);
                 let peak = match peak {
                     Some(p) => p,
                     None => {
@@ -276,13 +282,14 @@ impl Session {
     }
 
     /// Closed loop for `secs`: every lane keeps `depth` frames of `batch_max` in flight.
-    /// Returns answers per second and the elapsed time.
+    /// Returns answers per second (the requests the switch executed: refusals, which did
+    /// nothing, do not count) and the elapsed time.
     async fn closed_loop(&self, secs: f64) -> anyhow::Result<(f64, f64)> {
         let done = Arc::new(AtomicBool::new(false));
         let ticker = self.progress(None, done.clone());
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(secs);
-        let before = self.shared.measure.lock().stats.answered_total();
+        let before = self.shared.measure.lock().stats.admitted_total();
         let mut tasks = Vec::new();
         for lane in 0..self.link.lanes() {
             for d in 0..self.options.depth {
@@ -300,42 +307,48 @@ impl Session {
             t.await.context("a closed-loop worker failed")?;
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let answered = self.shared.measure.lock().stats.answered_total() - before;
+        let answered = self.shared.measure.lock().stats.admitted_total() - before;
         self.drain().await;
         done.store(true, Ordering::Release);
         let _ = ticker.await;
         Ok((answered as f64 / elapsed.max(1e-9), elapsed))
     }
 
-    /// Sends waiting follow-ups until none is left, as fast as the pipelines allow.
+    /// Sends waiting follow-ups, and refused requests as they fall due, until none is left,
+    /// as fast as the pipelines allow.
     pub(super) async fn drain(&self) {
+        let budget_ms = self.options.budget_ms;
         while !self.shared.is_lost() {
             let mut tasks = Vec::new();
             for lane in 0..self.link.lanes() {
                 for _ in 0..self.options.depth {
-                    let n = {
-                        let state = self.shared.state.lock();
-                        state.follow_ups.len().min(self.options.batch_max)
-                    };
-                    if n == 0 {
+                    let now = Instant::now();
+                    let sent = self
+                        .shared
+                        .take_waiting(&vec![now; self.options.batch_max], now);
+                    if sent.is_empty() {
                         break;
                     }
-                    let now = Instant::now();
-                    let intended = vec![now; n];
-                    let mut rng = StdRng::seed_from_u64(0);
-                    let (sent, requests) = self.shared.build(&intended, &mut rng);
-                    // Only follow-ups: `build` takes them first and there were `n`.
+                    let intended: Vec<Instant> = sent.iter().map(|s| s.intended).collect();
                     self.shared.scheduled(&intended);
+                    let requests = self.shared.requests(&sent);
                     let shared = self.shared.clone();
                     let link = self.link.clone();
                     tasks.push(tokio::spawn(async move {
-                        let (answers, resent) = link.call(lane, &requests).await.answers();
-                        shared.process(sent, answers, true, resent);
+                        let called = link.call_within(lane, budget_ms, &requests).await;
+                        let (answers, hint, resent) = called.answers_hinted();
+                        shared.process(sent, answers, hint, true, resent);
                     }));
                 }
             }
             if tasks.is_empty() {
-                return;
+                // Nothing to send now: wait for the next refused request to fall due (the
+                // retry policy bounds how long), or stop if none is waiting.
+                match self.shared.next_retry_due() {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => return,
+                }
+                continue;
             }
             for t in tasks {
                 let _ = t.await;
@@ -482,8 +495,10 @@ async fn open_lane(
         let shared = shared.clone();
         let link = link.clone();
         tokio::spawn(async move {
-            let (answers, resent) = link.call(lane, &requests).await.answers();
-            shared.process(sent, answers, true, resent);
+            let budget_ms = shared.options.budget_ms;
+            let called = link.call_within(lane, budget_ms, &requests).await;
+            let (answers, hint, resent) = called.answers_hinted();
+            shared.process(sent, answers, hint, true, resent);
             drop(permit);
         });
     }
@@ -504,9 +519,12 @@ async fn closed_worker(
         let intended = vec![Instant::now(); n];
         let (sent, requests) = shared.build(&intended, &mut rng);
         shared.scheduled(&intended);
-        let (answers, resent) = link.call(lane, &requests).await.answers();
+        let called = link
+            .call_within(lane, shared.options.budget_ms, &requests)
+            .await;
+        let (answers, hint, resent) = called.answers_hinted();
         let failed = answers.is_err();
-        shared.process(sent, answers, true, resent);
+        shared.process(sent, answers, hint, true, resent);
         if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {
             return;
         }

@@ -12,11 +12,15 @@ use switch::wire::{
 
 use super::sessions::Failure;
 use super::shared::{Shared, State};
+use crate::backoff::Refusal;
 use crate::mix::{Flow, OpKind};
 
 /// How many times a follow-up answered "busy" (91/96) is sent again before it is left to
 /// the end-of-run cleanup.
 pub(super) const FOLLOW_UP_TRIES_MAX: u8 = 5;
+
+/// Payments refused and given up whose status verification reads back (all are counted).
+pub(super) const ABANDONED_KEPT_MAX: usize = 100_000;
 
 /// One step of a flow, with what the model needs to apply its answer.
 #[derive(Clone, Copy, Debug)]
@@ -69,14 +73,75 @@ pub(super) struct Sent {
     pub(super) step: Step,
     pub(super) intended: Instant,
     pub(super) tries: u8,
+    /// Times it was sent again after a refusal, and when it was first refused.
+    pub(super) retries: u8,
+    pub(super) refused_since: Option<Instant>,
 }
 
-/// A follow-up waiting for a slot.
+impl Sent {
+    /// A request sent for the first time.
+    pub(super) fn new(id: u128, step: Step, intended: Instant, tries: u8) -> Sent {
+        Sent {
+            id,
+            step,
+            intended,
+            tries,
+            retries: 0,
+            refused_since: None,
+        }
+    }
+}
+
+/// A follow-up waiting for a slot, or a refused request waiting to be sent again.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct FollowUp {
     pub(super) id: u128,
     pub(super) step: Step,
     pub(super) tries: u8,
+    pub(super) retries: u8,
+    pub(super) refused_since: Option<Instant>,
+}
+
+impl FollowUp {
+    fn sent(self, intended: Instant) -> Sent {
+        Sent {
+            id: self.id,
+            step: self.step,
+            intended,
+            tries: self.tries,
+            retries: self.retries,
+            refused_since: self.refused_since,
+        }
+    }
+}
+
+/// A refused request waiting until `due` to be sent again; the heap of them pops the
+/// earliest first.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retry {
+    pub(super) due: Instant,
+    pub(super) request: FollowUp,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Retry {}
+
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Retry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` pops its greatest, the earliest due here.
+        (other.due, other.request.id).cmp(&(self.due, self.request.id))
+    }
 }
 
 impl Shared {
@@ -153,48 +218,72 @@ impl Shared {
         }
     }
 
-    /// One frame for the slots intended at `intended`: waiting follow-ups first, then new flows.
+    /// One frame for the slots intended at `intended`: waiting follow-ups first, then refused
+    /// requests due to go again, then new flows.
     pub(super) fn build(
         &self,
         intended: &[Instant],
         rng: &mut StdRng,
     ) -> (Vec<Sent>, Vec<Request>) {
+        let mut sent = self.take_waiting(intended, Instant::now());
+        for &at in &intended[sent.len()..] {
+            sent.push(Sent::new(self.next_id(), self.new_flow(rng), at, 0));
+        }
+        let requests = self.requests(&sent);
+        (sent, requests)
+    }
+
+    pub(super) fn requests(&self, sent: &[Sent]) -> Vec<Request> {
+        sent.iter().map(|s| self.request(s.id, &s.step)).collect()
+    }
+
+    /// Waiting follow-ups, then refused requests due by `now`, for the first of the slots
+    /// `intended`; counts the requests sent again.
+    pub(super) fn take_waiting(&self, intended: &[Instant], now: Instant) -> Vec<Sent> {
         let mut sent = Vec::with_capacity(intended.len());
+        let mut retried = Vec::new();
         {
             let mut state = self.state.lock();
             for &at in intended {
-                let Some(f) = state.follow_ups.pop_front() else {
+                if let Some(f) = state.follow_ups.pop_front() {
+                    sent.push(f.sent(at));
+                } else if state.retries.peek().is_some_and(|r| r.due <= now) {
+                    let Some(r) = state.retries.pop() else { break };
+                    retried.push(r.request.step.op());
+                    // Timed from the slot, or from when it fell due if the slot was earlier
+                    // (a lane behind its schedule).
+                    sent.push(r.request.sent(at.max(r.due)));
+                } else {
                     break;
-                };
-                sent.push(Sent {
-                    id: f.id,
-                    step: f.step,
-                    intended: at,
-                    tries: f.tries,
-                });
+                }
             }
         }
-        for &at in &intended[sent.len()..] {
-            sent.push(Sent {
-                id: self.next_id(),
-                step: self.new_flow(rng),
-                intended: at,
-                tries: 0,
-            });
+        if !retried.is_empty() {
+            let mut m = self.measure.lock();
+            let at = now.saturating_duration_since(m.origin);
+            for op in retried {
+                m.stats.retried(op, at);
+            }
         }
-        let requests = sent.iter().map(|s| self.request(s.id, &s.step)).collect();
-        (sent, requests)
+        sent
+    }
+
+    /// When the earliest refused request is due to go again; `None` if none waits.
+    pub(super) fn next_retry_due(&self) -> Option<Instant> {
+        self.state.lock().retries.peek().map(|r| r.due)
     }
 
     /// Applies a frame's answers (or its failure) to the model and the measurements.
     /// `resent`: the frame asks again for requests whose outcome is unknown (at the end of the
     /// run, or after a failover). A 91 (or a frame refused as busy) then says only that this
     /// attempt did not run, not that the first one did not: they stay unknown, to be asked
-    /// again (and count as errors if measured).
+    /// again (and count as errors if measured). Sent for the first time, a request refused
+    /// as busy (`Refusal`) did nothing and goes again after the frame's `retry_after_ms`.
     pub(super) fn process(
         &self,
         sent: Vec<Sent>,
         result: Result<Vec<Response>, Failure>,
+        retry_after_ms: u16,
         measured: bool,
         resent: bool,
     ) {
@@ -214,11 +303,14 @@ impl Shared {
             Ok(r) if r.len() == sent.len() => r,
             Err(Failure::Busy) if !resent => {
                 for s in sent {
-                    let code = self.busy(&mut state, &s);
                     if measured {
+                        let why = Refusal::Overloaded;
                         measure
                             .stats
-                            .answered(s.step.op(), Some(code), at(s.intended), at(now));
+                            .refused(s.step.op(), why, at(s.intended), at(now));
+                    }
+                    if !self.refused(&mut state, s, 0, now) && measured {
+                        measure.stats.abandoned(s.step.op());
                     }
                 }
                 return;
@@ -246,6 +338,17 @@ impl Shared {
                     measure.stats.error(s.step.op(), at(now));
                 }
                 self.unknown(&mut state, s);
+                continue;
+            }
+            if let Some(why) = Refusal::of(r.code, r.reason).filter(|_| r.request_id.0 == s.id) {
+                if measured {
+                    measure
+                        .stats
+                        .refused(s.step.op(), why, at(s.intended), at(now));
+                }
+                if !self.refused(&mut state, s, retry_after_ms, now) && measured {
+                    measure.stats.abandoned(s.step.op());
+                }
                 continue;
             }
             let verdict = if r.request_id.0 == s.id {
@@ -284,7 +387,46 @@ impl Shared {
             state.follow_ups_dropped += 1;
             return;
         }
-        state.follow_ups.push_back(FollowUp { id, step, tries });
+        state.follow_ups.push_back(FollowUp {
+            id,
+            step,
+            tries,
+            retries: 0,
+            refused_since: None,
+        });
+    }
+
+    /// A request refused as busy at `now` (nothing done, nothing remembered): it waits to go
+    /// again with the same id, after `hint_ms` and a random part, while the retry policy
+    /// allows. Returns false if it is given up instead: then it stays refused, and a payment
+    /// is listed so that verification can check the switch does not know it.
+    pub(super) fn refused(&self, state: &mut State, s: Sent, hint_ms: u16, now: Instant) -> bool {
+        let since = s.refused_since.unwrap_or(now);
+        let retry = self.options.retry;
+        let due = retry.next(s.retries, since, now, hint_ms, &mut state.rng);
+        match due {
+            Some(due) if state.retries.len() < self.follow_ups_max => {
+                state.retries.push(Retry {
+                    due,
+                    request: FollowUp {
+                        id: s.id,
+                        step: s.step,
+                        tries: s.tries,
+                        retries: s.retries.saturating_add(1),
+                        refused_since: Some(since),
+                    },
+                });
+                true
+            }
+            _ => {
+                if matches!(s.step, Step::Authorize { .. } | Step::Sale { .. })
+                    && state.abandoned.len() < ABANDONED_KEPT_MAX
+                {
+                    state.abandoned.push(s.id);
+                }
+                false
+            }
+        }
     }
 
     /// A request not executed and not remembered (answered 91, or its frame refused as
@@ -431,14 +573,18 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
-    use switch::wire::{Op, Reason, RequestId, Response, ResponseCode};
+    use switch::wire::{
+        Amount, Movement, Op, Reason, RequestId, Response, ResponseBody, ResponseCode,
+    };
 
     use super::super::sessions::Failure;
     use super::super::shared::Shared;
     use super::{Sent, Step};
+    use crate::backoff::{HINT_MIN_MS, Refusal};
     use crate::config::{Options, Profile};
+    use crate::mix::{Flow, OpKind};
 
     fn shared() -> Shared {
         Shared::new(Arc::new(Options::spawn_defaults(Profile::Constant {
@@ -448,43 +594,78 @@ mod tests {
     }
 
     fn capture(id: u128, tries: u8) -> Sent {
-        Sent {
-            id,
-            step: Step::Capture {
-                auth: 1,
-                amount: 100,
-            },
-            intended: Instant::now(),
-            tries,
-        }
+        let step = Step::Capture {
+            auth: 1,
+            amount: 100,
+        };
+        Sent::new(id, step, Instant::now(), tries)
+    }
+
+    fn authorize(id: u128, flow: Flow) -> Sent {
+        let step = Step::Authorize {
+            flow,
+            customer: 3,
+            merchant: 1,
+            amount: 500,
+        };
+        Sent::new(id, step, Instant::now(), 0)
     }
 
     fn busy_answer(id: u128) -> Response {
-        Response::declined(
-            RequestId(id),
-            Op::Capture,
-            ResponseCode::SystemBusy,
-            Reason(22),
-        )
+        refusal(id, Op::Capture, 22)
     }
 
-    /// A frame refused as busy ran none of its requests: each counts as 91, and a capture
-    /// goes again as a follow-up, as after a 91 answer.
+    fn refusal(id: u128, op: Op, reason: u8) -> Response {
+        Response::declined(RequestId(id), op, ResponseCode::SystemBusy, Reason(reason))
+    }
+
+    fn approved_authorization(id: u128, amount: u64) -> Response {
+        Response {
+            request_id: RequestId(id),
+            code: ResponseCode::Approved,
+            reason: Reason::NONE,
+            body: ResponseBody::Authorize(Movement {
+                amount: Amount(amount),
+                ..Movement::default()
+            }),
+        }
+    }
+
+    /// The refused requests waiting to go again: (id, retries, due).
+    fn waiting(shared: &Shared) -> Vec<(u128, u8, Instant)> {
+        let state = shared.state.lock();
+        let mut w: Vec<_> = state
+            .retries
+            .iter()
+            .map(|r| (r.request.id, r.request.retries, r.due))
+            .collect();
+        w.sort_by_key(|&(id, ..)| id);
+        w
+    }
+
+    /// A frame refused as busy ran none of its requests: each counts as 91 (overloaded), and
+    /// goes again, same id, after the least wait, as after a 91 answer.
     #[test]
     fn a_busy_frame_counts_as_91_for_each_request() {
         let shared = shared();
+        let before = Instant::now();
         shared.process(
             vec![capture(7, 0), capture(8, 0)],
             Err(Failure::Busy),
+            0,
             true,
             false,
         );
+        let w = waiting(&shared);
+        assert_eq!(w.iter().map(|&(id, ..)| id).collect::<Vec<_>>(), vec![7, 8]);
+        let least = Duration::from_millis(u64::from(HINT_MIN_MS));
+        assert!(w.iter().all(|&(_, n, due)| n == 1 && due >= before + least));
         let state = shared.state.lock();
-        assert!(state.unknown.is_empty());
-        let again: Vec<u128> = state.follow_ups.iter().map(|f| f.id).collect();
-        assert_eq!(again, vec![7, 8]);
+        assert!(state.unknown.is_empty() && state.follow_ups.is_empty());
         let stats = &shared.measure.lock().stats;
         assert_eq!(stats.by_code().get("91"), Some(&2));
+        let capture = &stats.ops[OpKind::Capture.index()];
+        assert_eq!(capture.refused[Refusal::Overloaded.index()], 2);
         assert_eq!(stats.errors_total(), 0);
     }
 
@@ -493,14 +674,124 @@ mod tests {
     #[test]
     fn a_request_asked_again_stays_unknown_after_a_91_or_a_busy_frame() {
         let shared = shared();
-        shared.process(vec![capture(7, 0)], Err(Failure::Busy), false, true);
-        shared.process(vec![capture(8, 0)], Ok(vec![busy_answer(8)]), false, true);
-        // Sent for the first time, the same answer is a decline.
-        shared.process(vec![capture(9, 0)], Ok(vec![busy_answer(9)]), false, false);
+        shared.process(vec![capture(7, 0)], Err(Failure::Busy), 0, false, true);
+        shared.process(
+            vec![capture(8, 0)],
+            Ok(vec![busy_answer(8)]),
+            0,
+            false,
+            true,
+        );
+        // Sent for the first time, the same answer is a refusal, to go again.
+        shared.process(
+            vec![capture(9, 0)],
+            Ok(vec![busy_answer(9)]),
+            0,
+            false,
+            false,
+        );
         let state = shared.state.lock();
         let unknown: Vec<u128> = state.unknown.iter().map(|s| s.id).collect();
         assert_eq!(unknown, vec![7, 8]);
-        let again: Vec<u128> = state.follow_ups.iter().map(|f| f.id).collect();
+        drop(state);
+        let again: Vec<u128> = waiting(&shared).iter().map(|&(id, ..)| id).collect();
         assert_eq!(again, vec![9]);
+    }
+
+    /// An authorization shed twice, then approved: it goes again with the same id, each time
+    /// no sooner than the frame's hint, is held once in the model, counted approved once
+    /// with its two refusals and two retries, and only then is its capture queued.
+    #[test]
+    fn a_refused_then_retried_then_approved_request_counts_once() {
+        let shared = shared();
+        let id = shared.next_id();
+        let mut sent = authorize(id, Flow::AuthCapture);
+        for (round, reason) in [(1u8, 34u8), (2, 33)] {
+            let before = Instant::now();
+            let answer = refusal(id, Op::Authorize, reason);
+            shared.process(vec![sent], Ok(vec![answer]), 200, true, false);
+            let w = waiting(&shared);
+            assert_eq!(w.len(), 1);
+            let (again, retries, due) = w[0];
+            assert_eq!((again, retries), (id, round));
+            assert!(due >= before + Duration::from_millis(200), "{round}");
+            // Nothing is held and no capture waits while the authorization is refused.
+            assert_eq!(shared.state.lock().model.auths.len(), 0);
+            assert!(shared.state.lock().follow_ups.is_empty());
+            // Not due yet: a slot now starts something else.
+            assert!(
+                shared
+                    .take_waiting(&[Instant::now()], Instant::now())
+                    .is_empty()
+            );
+            let taken = shared.take_waiting(&[due], due);
+            assert_eq!(taken.len(), 1);
+            sent = taken[0];
+            assert_eq!(sent.id, id);
+        }
+        shared.process(
+            vec![sent],
+            Ok(vec![approved_authorization(id, 500)]),
+            0,
+            true,
+            false,
+        );
+        let state = shared.state.lock();
+        assert_eq!(state.model.auths.len(), 1);
+        assert!(state.model.auths.contains_key(&id));
+        assert_eq!(state.model.customers[3].held, 500);
+        assert!(
+            state.model.violations.is_empty(),
+            "{:?}",
+            state.model.violations
+        );
+        assert_eq!(state.follow_ups.len(), 1, "its capture");
+        assert!(state.retries.is_empty() && state.abandoned.is_empty());
+        let stats = &shared.measure.lock().stats;
+        let a = &stats.ops[OpKind::Authorize.index()];
+        assert_eq!((a.count, a.approved, a.retries, a.abandoned), (3, 1, 2, 0));
+        assert_eq!(a.refused, [1, 1, 0]);
+        assert_eq!(a.refused_latency_us.len(), 2);
+        assert_eq!(a.admitted_latency_us().len(), 1);
+    }
+
+    /// A sale refused every time is sent again `--retries-max` times, then given up: never
+    /// in the model, listed for verification, and counted abandoned, not approved.
+    #[test]
+    fn a_refused_and_abandoned_request_is_not_approved() {
+        let shared = shared();
+        let retries_max = shared.options.retry.retries_max;
+        let id = shared.next_id();
+        let step = Step::Sale {
+            flow: Flow::Refund,
+            customer: 2,
+            merchant: 0,
+            amount: 700,
+        };
+        let mut sent = Sent::new(id, step, Instant::now(), 0);
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let answer = refusal(id, Op::Sale, 34);
+            shared.process(vec![sent], Ok(vec![answer]), 0, true, false);
+            let Some(&(_, _, due)) = waiting(&shared).first() else {
+                break;
+            };
+            sent = shared.take_waiting(&[due], due)[0];
+            assert!(sends <= retries_max + 1, "sent {sends} times");
+        }
+        assert_eq!(sends, retries_max + 1);
+        let state = shared.state.lock();
+        assert_eq!(state.model.sales.len(), 0);
+        assert_eq!(state.model.customers[2].ledger, 0);
+        assert_eq!(state.abandoned, vec![id]);
+        assert!(
+            state.follow_ups.is_empty(),
+            "no refund of a sale never made"
+        );
+        let stats = &shared.measure.lock().stats;
+        let sale = &stats.ops[OpKind::Sale.index()];
+        assert_eq!((sale.approved, sale.abandoned), (0, 1));
+        assert_eq!(sale.refused[Refusal::Shed.index()], u64::from(sends));
     }
 }

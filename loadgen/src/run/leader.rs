@@ -88,6 +88,9 @@ impl CallError {
 /// A call's outcome.
 pub(super) struct Called {
     pub(super) result: Result<Vec<Response>, CallError>,
+    /// The answer's hint of when to send again what it refused for overload, milliseconds
+    /// (0: none, or no answer).
+    pub(super) retry_after_ms: u16,
     /// The requests went more than once (after a failover): an earlier attempt may have run
     /// them, so an answer saying this attempt did not run (91, a busy frame) says nothing of
     /// the earlier one.
@@ -99,6 +102,13 @@ impl Called {
     pub(super) fn answers(self) -> (Result<Vec<Response>, Failure>, bool) {
         let answers = self.result.map_err(|e| e.failure());
         (answers, self.resent)
+    }
+
+    /// `answers`, with the retry-after hint.
+    pub(super) fn answers_hinted(self) -> (Result<Vec<Response>, Failure>, u16, bool) {
+        let hint = self.retry_after_ms;
+        let (answers, resent) = self.answers();
+        (answers, hint, resent)
     }
 }
 
@@ -373,24 +383,36 @@ impl Link {
     /// Sends `requests` as one frame on lane `lane` and waits at most the timeout for the
     /// answers; against a cluster, sends them again to the leader until a leader answers.
     pub(super) async fn call(&self, lane: usize, requests: &[Request]) -> Called {
+        self.call_within(lane, 0, requests).await
+    }
+
+    /// `call`, the frame carrying a budget of `budget_ms` milliseconds (0: none).
+    pub(super) async fn call_within(
+        &self,
+        lane: usize,
+        budget_ms: u16,
+        requests: &[Request],
+    ) -> Called {
         let mut resent = false;
         let mut first_failure: Option<Instant> = None;
         loop {
             let Some((generation, stream)) = self.lane(lane) else {
                 return Called {
                     result: Err(CallError::Client(ClientError::Closed)),
+                    retry_after_ms: 0,
                     resent,
                 };
             };
             let sent_at = Instant::now();
-            let error = match tokio::time::timeout(self.shape.timeout, stream.call(requests)).await
-            {
-                Ok(Ok(responses)) => {
+            let call = stream.call_within(budget_ms, requests);
+            let error = match tokio::time::timeout(self.shape.timeout, call).await {
+                Ok(Ok(reply)) => {
                     if generation > 0 {
                         self.record.lock().answered(generation, Instant::now());
                     }
                     return Called {
-                        result: Ok(responses),
+                        result: Ok(reply.responses),
+                        retry_after_ms: reply.retry_after_ms,
                         resent,
                     };
                 }
@@ -400,6 +422,7 @@ impl Link {
             let Some(named) = self.follow.then(|| error.follows_leader()).flatten() else {
                 return Called {
                     result: Err(error),
+                    retry_after_ms: 0,
                     resent,
                 };
             };
@@ -415,12 +438,14 @@ impl Link {
                 let _ = self.gave_up.set(reason.clone());
                 return Called {
                     result: Err(CallError::NoLeader(reason)),
+                    retry_after_ms: 0,
                     resent,
                 };
             }
             if let Err(reason) = self.failover(generation, named).await {
                 return Called {
                     result: Err(CallError::NoLeader(reason)),
+                    retry_after_ms: 0,
                     resent,
                 };
             }

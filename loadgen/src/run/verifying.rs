@@ -57,7 +57,7 @@ impl Session {
                     .map(|s| self.shared.request(s.id, &s.step))
                     .collect();
                 let (answers, _) = self.call_on_link(&requests).await.answers();
-                self.shared.process(chunk.to_vec(), answers, false, true);
+                self.shared.process(chunk.to_vec(), answers, 0, false, true);
             }
         }
         self.drain().await;
@@ -84,19 +84,22 @@ impl Session {
         for chunk in live.chunks(self.options.setup_batch) {
             let sent: Vec<Sent> = chunk
                 .iter()
-                .map(|&auth| Sent {
-                    id: self.shared.next_id(),
-                    step: Step::Reverse { auth },
-                    intended: Instant::now(),
-                    tries: FOLLOW_UP_TRIES_MAX,
+                .map(|&auth| {
+                    let id = self.shared.next_id();
+                    Sent::new(
+                        id,
+                        Step::Reverse { auth },
+                        Instant::now(),
+                        FOLLOW_UP_TRIES_MAX,
+                    )
                 })
                 .collect();
             let requests: Vec<Request> = sent
                 .iter()
                 .map(|s| self.shared.request(s.id, &s.step))
                 .collect();
-            let (answers, resent) = self.call_on_link(&requests).await.answers();
-            self.shared.process(sent, answers, false, resent);
+            let (answers, hint, resent) = self.call_on_link(&requests).await.answers_hinted();
+            self.shared.process(sent, answers, hint, false, resent);
         }
         live.len() as u64
     }
@@ -235,7 +238,10 @@ impl Session {
                 .chain(sales.map(|s| *s.key()))
                 .collect()
         };
-        let before = self.shared.state.lock().funding_before;
+        let (before, refused) = {
+            let state = self.shared.state.lock();
+            (state.funding_before, state.abandoned.clone())
+        };
         Observed {
             customers: self.balances(&customers).await,
             merchants: self.balances(&merchants).await,
@@ -249,6 +255,7 @@ impl Session {
                     available: now.available - before.available,
                 }),
             statuses: self.statuses(&ids).await,
+            refused: self.statuses(&refused).await,
         }
     }
 }
