@@ -175,9 +175,11 @@ pub struct Common {
     /// Streams per connection; each is one lane.
     #[arg(long, default_value_t = 4, help_heading = "Load shape")]
     pub streams: usize,
-    /// Frames in flight per stream (pipelining depth).
-    #[arg(long, default_value_t = 8, help_heading = "Load shape")]
-    pub depth: usize,
+    /// Frames in flight per stream (pipelining depth) [default: 8 in a closed loop (`max`, a
+    /// festival's calibration), 64 in an open loop, so that a switch past its capacity, not
+    /// loadgen, holds the queue, and sheds]
+    #[arg(long, help_heading = "Load shape")]
+    pub depth: Option<usize>,
     /// Most requests in one frame: requests due at the same moment share a frame.
     #[arg(long, default_value_t = 64, help_heading = "Load shape")]
     pub batch_max: usize,
@@ -365,12 +367,20 @@ pub enum Pacing {
     Thread,
 }
 
+/// `--depth` when not given, in a closed loop and in an open one.
+const CLOSED_DEPTH: usize = 8;
+const OPEN_DEPTH: usize = 64;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: Target,
     pub connections: usize,
     pub streams: usize,
+    /// Frames in flight per lane in a closed loop.
     pub depth: usize,
+    /// Frames in flight per lane in an open loop: a bound on what waits at the switch, not a
+    /// pace, so above what the switch may hold at its queueing-delay target.
+    pub open_depth: usize,
     pub batch_max: usize,
     pub timeout: Duration,
     /// A connection that hears nothing this long is lost (`--silence-secs`).
@@ -522,7 +532,7 @@ impl Options {
         for (name, v) in [
             ("connections", c.connections),
             ("streams", c.streams),
-            ("depth", c.depth),
+            ("depth", c.depth.unwrap_or(CLOSED_DEPTH)),
             ("batch-max", c.batch_max),
             ("setup-batch", c.setup_batch),
             ("threads", c.threads),
@@ -622,7 +632,8 @@ impl Options {
             target,
             connections: c.connections,
             streams: c.streams,
-            depth: c.depth,
+            depth: c.depth.unwrap_or(CLOSED_DEPTH),
+            open_depth: c.depth.unwrap_or(OPEN_DEPTH),
             batch_max: c.batch_max,
             timeout,
             silence,

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::backoff::Refusal;
-use crate::config::{Options, Target};
+use crate::config::{Options, Profile, Target};
 use crate::cpu;
 use crate::mix::OpKind;
 use crate::run::ProfileResult;
@@ -210,6 +210,7 @@ pub struct Report {
     pub target: String,
     pub connections: usize,
     pub streams_per_connection: usize,
+    /// Frames in flight per lane: the closed loop's for `max`, the open loop's otherwise.
     pub depth: usize,
     pub batch_max: usize,
     pub customers: u64,
@@ -516,7 +517,10 @@ impl Report {
             },
             connections: options.connections,
             streams_per_connection: options.streams,
-            depth: options.depth,
+            depth: match options.profile {
+                Profile::Max { .. } => options.depth,
+                _ => options.open_depth,
+            },
             batch_max: options.batch_max,
             customers: options.customers,
             merchants: options.merchants,

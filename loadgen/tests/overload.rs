@@ -236,6 +236,7 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     spawn.connections = 1;
     spawn.streams = 2;
     spawn.depth = 4;
+    spawn.open_depth = 4;
     spawn.batch_max = 16;
     spawn.expire_secs = 1;
     spawn.progress = false;
@@ -359,6 +360,7 @@ fn an_overload_festival_peaks_above_the_calibrated_saturation() {
     o.connections = 1;
     o.streams = 2;
     o.depth = 4;
+    o.open_depth = 4;
     o.batch_max = 16;
     o.expire_secs = 1;
     o.progress = false;

@@ -11,6 +11,7 @@ fn options(profile: Profile) -> Options {
     o.connections = 1;
     o.streams = 2;
     o.depth = 4;
+    o.open_depth = 4;
     o.batch_max = 16;
     o.expire_secs = 1;
     o.progress = false;

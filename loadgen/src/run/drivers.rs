@@ -461,7 +461,7 @@ async fn open_lane(
     clock: Clock,
     seed: u64,
 ) {
-    let depth = shared.options.depth;
+    let depth = shared.options.open_depth;
     let batch_max = shared.options.batch_max;
     let permits = Arc::new(Semaphore::new(depth));
     let mut rng = StdRng::seed_from_u64(seed);

@@ -45,7 +45,8 @@ impl Options {
 
     /// Requests one connection may have in flight.
     pub fn connections_in_flight_max(&self) -> u32 {
-        let n = self.streams * self.depth * self.batch_max.max(self.setup_batch);
+        let n =
+            self.streams * self.depth.max(self.open_depth) * self.batch_max.max(self.setup_batch);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 }

@@ -98,8 +98,9 @@ impl Shared {
         let mix = Mix::new(&options.mix, options.customers, options.merchants, &mut rng);
         let run_tag = rng.gen_range(1..u64::MAX);
         let account_tag_bits: u32 = rng.gen_range(1..u32::MAX);
-        let follow_ups_max = options.lanes() * options.depth * options.batch_max
-            + options.setup_batch * RESOLVE_ROUNDS_MAX as usize;
+        let follow_ups_max =
+            options.lanes() * options.depth.max(options.open_depth) * options.batch_max
+                + options.setup_batch * RESOLVE_ROUNDS_MAX as usize;
         Shared {
             mix,
             wire_currency: Currency(options.currency.numeric()),
