@@ -268,8 +268,10 @@ impl Ledger {
         locked.forget_beyond_bound(events.len());
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         // One shard a batch grows ahead of need (see `TransferShard::grow_ahead`).
-        if let Some(shard) = locked.transfers[sequence as usize & self.mask].as_deref_mut() {
-            shard.grow_ahead(self.remembered_per_shard as usize + self.config.batch_len_max);
+        let n = sequence as usize & self.mask;
+        if let Some(shard) = locked.transfers[n].as_deref_mut() {
+            let bound = self.remembered_per_shard as usize + self.config.batch_len_max;
+            shard.grow_ahead(bound, n, self.mask + 1);
         }
         let r = applied(sequence, &outcomes);
         drop(locked);

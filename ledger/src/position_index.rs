@@ -23,6 +23,21 @@ use std::hash::BuildHasher;
 const EMPTY: u64 = 0;
 const SLOTS_MIN: usize = 16;
 
+/// Whether part `part` of `parts` that fill evenly (the shards of a ledger, the parts of a
+/// remembered map), holding `len` of room for `capacity` before it must grow, grows ahead of
+/// need now. Each part has its own point, spread from half to three quarters of its capacity:
+/// parts that fill evenly reach one point together, and if they all doubled then, the whole
+/// structure's worth of copying would fall within a few batches, a stall at a peak. Spread
+/// this way it is drawn out over a quarter of the fill, seconds at a peak instead of a
+/// fraction of one. Below half full the margin left before the insert that would grow the
+/// part anyway is a quarter of its capacity or more.
+pub fn grows_ahead(len: usize, capacity: usize, part: usize, parts: usize) -> bool {
+    let parts = parts.max(1);
+    let part = part % parts;
+    // len / capacity > (2 + part / parts) / 4, in integers.
+    (len as u128) * 4 * (parts as u128) > (capacity as u128) * (2 * parts as u128 + part as u128)
+}
+
 /// See the module documentation.
 pub struct PositionIndex<S = foldhash::fast::RandomState> {
     /// A power of two in length (or empty); at most three quarters full, so that a probe

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::position_index::PositionIndex;
+use crate::position_index::{PositionIndex, grows_ahead};
 
 use crate::currency::Currency;
 use crate::outcome::Outcome;
@@ -333,19 +333,23 @@ impl TransferShard {
         looked
     }
 
-    /// Grows the index and the ring ahead of need once they are three-quarters full, but not
-    /// past room for `bound` records (the shard forgets beyond it).
+    /// Grows the index and the ring ahead of need, shard `shard` of `shards` at its own point
+    /// between half and three quarters full (`position_index::grows_ahead`), but not past room
+    /// for `bound` records (the shard forgets beyond it).
     ///
     /// Left alone, every shard's index and ring would double at about the same moment
     /// (uniform ids fill the shards evenly), copying the whole ledger's worth of records inside
     /// one batch: a stall of hundreds of milliseconds at a few million transfers. The caller
-    /// grows one shard per batch instead, so the same copying is spread out.
-    pub(crate) fn grow_ahead(&mut self, bound: usize) {
-        if self.index.capacity() < bound && self.index.len() * 4 > self.index.capacity() * 3 {
-            self.index.reserve(self.index.capacity());
+    /// visits one shard per batch, and each grows at its own fill, so the same copying is
+    /// spread out.
+    pub(crate) fn grow_ahead(&mut self, bound: usize, shard: usize, shards: usize) {
+        let (len, capacity) = (self.index.len(), self.index.capacity());
+        if capacity < bound && grows_ahead(len, capacity, shard, shards) {
+            self.index.reserve(capacity);
         }
-        if self.slots.capacity() < bound && self.slots.len() * 4 > self.slots.capacity() * 3 {
-            self.slots.reserve(self.slots.capacity());
+        let (len, capacity) = (self.slots.len(), self.slots.capacity());
+        if capacity < bound && grows_ahead(len, capacity, shard, shards) {
+            self.slots.reserve(capacity);
         }
     }
 
@@ -451,12 +455,61 @@ mod tests {
         for id in 701..=30_000 {
             shard.push(&posted(id));
             shard.forget_beyond(bound - 100, 1 + FORGET_LOOKS_SPARE);
-            shard.grow_ahead(bound);
+            shard.grow_ahead(bound, 0, 1);
             assert_eq!(shard.capacities(), reserved, "grew at {id}");
         }
         assert_eq!(shard.len(), bound - 100);
         assert_eq!(shard.get(TransferId(30_000)), Some(posted(30_000)));
         assert!(shard.get(TransferId(1_000)).is_none());
+    }
+
+    /// Shards filled evenly, visited one a batch as the ledger does, double at moments spread
+    /// over a quarter of their fill, not all within one round of visits: at a peak the copying
+    /// of a whole ledger's worth of records would otherwise fall within a few batches. And
+    /// every shard still grows ahead of need, never in the insert that finds it full.
+    #[test]
+    fn evenly_filled_shards_grow_ahead_at_spread_out_moments() {
+        const SHARDS: usize = 64;
+        let mut shards: Vec<TransferShard> =
+            (0..SHARDS).map(|_| TransferShard::default()).collect();
+        for shard in &mut shards {
+            shard.slots.reserve(4096);
+        }
+        let start: Vec<usize> = shards.iter().map(|s| s.slots.capacity()).collect();
+        // The record count (per shard) at which each shard's ring first grew past its start.
+        let mut grew_at: Vec<Option<usize>> = vec![None; SHARDS];
+        let mut id = 0u128;
+        for round in 0..start[0] {
+            for shard in &mut shards {
+                id += 1;
+                let before = shard.slots.capacity();
+                shard.push(&posted(id));
+                assert_eq!(shard.slots.capacity(), before, "a shard grew in an insert");
+            }
+            // One shard visited per batch of 8 inserts a shard, as a wave spreads them.
+            if round % 8 == 0 {
+                for k in 0..8 {
+                    let n = (round + k) % SHARDS;
+                    shards[n].grow_ahead(usize::MAX, n, SHARDS);
+                }
+            }
+            for (n, shard) in shards.iter().enumerate() {
+                if grew_at[n].is_none() && shard.slots.capacity() > start[n] {
+                    grew_at[n] = Some(round + 1);
+                }
+            }
+        }
+        let moments: Vec<usize> = grew_at
+            .iter()
+            .map(|m| m.expect("every shard grew"))
+            .collect();
+        let (first, last) = (moments.iter().min().copied(), moments.iter().max().copied());
+        let spread = last.unwrap_or(0) - first.unwrap_or(0);
+        assert!(
+            spread * 5 >= start[0],
+            "growth spread over {spread} records a shard of {}: {moments:?}",
+            start[0]
+        );
     }
 
     fn held(id: u128) -> TransferRecord {

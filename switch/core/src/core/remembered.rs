@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use ledger::position_index::PositionIndex;
+use ledger::position_index::{PositionIndex, grows_ahead};
 use ledger::{AccountId, Amount, Currency, ParticipantId, TransferId};
 
 use super::{Body, Core, Original, PaymentState, RequestId, Response};
@@ -277,14 +277,17 @@ impl<V> Remembered<V> {
         share.saturating_add(share / 8).saturating_add(64)
     }
 
-    /// Grows part `n` ahead of need once it is three-quarters full, so that the parts, which
-    /// fill evenly, do not all double (copying everything) in the same batch; never past
-    /// room for its share of `max`.
+    /// Grows part `n` ahead of need, each part at its own point between half and three
+    /// quarters full (`ledger::position_index::grows_ahead`), so that the parts, which fill
+    /// evenly, do not all double (copying everything) within a few batches; never past room
+    /// for its share of `max`.
     pub(super) fn grow_ahead(&mut self, n: usize) {
         let bound = self.part_bound();
-        let part = &mut self.parts[n % REMEMBERED_PARTS];
-        if part.capacity() < bound && part.len() * 4 > part.capacity() * 3 {
-            part.reserve(part.capacity());
+        let n = n % REMEMBERED_PARTS;
+        let part = &mut self.parts[n];
+        let (len, capacity) = (part.len(), part.capacity());
+        if capacity < bound && grows_ahead(len, capacity, n, REMEMBERED_PARTS) {
+            part.reserve(capacity);
         }
     }
 
