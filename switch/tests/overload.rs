@@ -174,7 +174,7 @@ async fn an_operation_reached_after_its_deadline_is_not_executed_and_not_remembe
     let text = metrics(&running).await;
     let passed = series(
         &text,
-        "switch_requests_deadline_passed_total{op=\"authorize\"}",
+        "switch_requests_shed_total{op=\"authorize\",reason=\"deadline\"}",
     );
     assert!(passed.is_some_and(|n| n >= 1.0), "{passed:?}");
     client.close().await;

@@ -215,14 +215,6 @@ const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
-        "switch_requests_deadline_passed_total",
-        Counter,
-        Unit::Count,
-        "Requests answered 91 (reason 33) by operation: their deadline passed before the ledger \
-         stage came to them, and they were not executed",
-        Series::Custom,
-    ),
-    family(
         "switch_requests_shed_total",
         Counter,
         Unit::Count,
@@ -456,7 +448,6 @@ pub fn register() {
         for code in wire::ResponseCode::ALL {
             requests_answered(op, code).increment(0);
         }
-        deadline_passed(op).increment(0);
         for reason in ShedReason::ALL {
             shed(op, reason).increment(0);
         }
@@ -512,11 +503,6 @@ pub fn shed(op: wire::Op, reason: ShedReason) -> metrics::Counter {
         "op" => op_name(op),
         "reason" => reason.label()
     )
-}
-
-/// `switch_requests_deadline_passed_total{op}`.
-pub fn deadline_passed(op: wire::Op) -> metrics::Counter {
-    metrics::counter!("switch_requests_deadline_passed_total", "op" => op_name(op))
 }
 
 /// An operation as the `op` label names it.

@@ -140,6 +140,8 @@ struct FrameAnswers<'a> {
     budget: Option<Instant>,
     /// New payments are refused for overload, as the stage said when the frame came.
     shedding: bool,
+    /// New payments this frame refused so, counted once the frame is answered.
+    shed: Tally<wire::Op>,
     /// The routing table is reloaded at most once a frame.
     reloaded: Option<Result<usize, String>>,
     /// The stage refused a segment because this replica does not lead (any more): the whole
@@ -171,6 +173,7 @@ impl<'a> FrameAnswers<'a> {
             budget: (arrival.budget_ms > 0)
                 .then(|| arrival.received + Duration::from_millis(u64::from(arrival.budget_ms))),
             shedding: shared.overload.shedding(),
+            shed: Tally::default(),
             reloaded: None,
             not_leader: None,
         }
@@ -187,7 +190,7 @@ impl<'a> FrameAnswers<'a> {
         let op = r.operation.op();
         // Refused before it is queued, so that the queue stays short for what is not shed.
         if self.shedding && matches!(op, wire::Op::Authorize | wire::Op::Sale) {
-            telemetry::shed(op, telemetry::ShedReason::Shed).increment(1);
+            self.shed.add(op, 1);
             self.set(i, busy(r, Reason::SHED));
             return;
         }
@@ -412,6 +415,9 @@ impl<'a> FrameAnswers<'a> {
         if cut > 0 {
             metrics::counter!("switch_responses_too_large_total").increment(cut as u64);
         }
+        for (op, n) in self.shed.0 {
+            telemetry::shed(op, telemetry::ShedReason::Shed).increment(n);
+        }
         (responses, self.not_leader)
     }
 
@@ -610,9 +616,13 @@ fn wire_answers(
         Ok(responses) => responses,
         Err(refusal) => {
             if refusal == Refusal::Busy {
-                count_per_op(asked, |op, n| {
+                let mut full = Tally::default();
+                for &(_, op) in asked {
+                    full.add(op, 1);
+                }
+                for (op, n) in full.0 {
                     telemetry::shed(op, telemetry::ShedReason::QueueFull).increment(n);
-                });
+                }
             }
             return asked
                 .iter()
@@ -621,52 +631,53 @@ fn wire_answers(
         }
     };
     debug_assert_eq!(responses.len(), asked.len(), "a response for each request");
-    // Counted per answer rather than per request: the counter lookup is not free.
-    let mut counts: Vec<(wire::Op, Code, u64)> = Vec::new();
+    let mut answered = Tally::default();
+    let mut refused = Tally::default();
     let wire_responses = asked
         .iter()
         .zip(&responses)
         .map(|(&(_, op), r)| {
-            match counts.iter_mut().find(|(o, c, _)| *o == op && *c == r.code) {
-                Some((_, _, n)) => *n += 1,
-                None => counts.push((op, r.code, 1)),
-            }
-            if r.code == Code::SystemBusy {
-                count_refused_in_stage(op, r.reason);
+            answered.add((op, r.code), 1);
+            // The stage's refusals of single items (PROTOCOL.md 8.1, 8.2).
+            let why = match (r.code, r.reason) {
+                (Code::SystemBusy, Reason::DEADLINE_PASSED) => {
+                    Some(telemetry::ShedReason::Deadline)
+                }
+                (Code::SystemBusy, Reason::SHED) => Some(telemetry::ShedReason::Shed),
+                _ => None,
+            };
+            if let Some(why) = why {
+                refused.add((op, why), 1);
             }
             translate::response(op, r)
         })
         .collect();
     metrics::histogram!("switch_request_seconds").record(received.elapsed().as_secs_f64());
-    for (op, code, n) in counts {
+    for ((op, code), n) in answered.0 {
         telemetry::requests_answered(op, code).increment(n);
+    }
+    for ((op, why), n) in refused.0 {
+        telemetry::shed(op, why).increment(n);
     }
     wire_responses
 }
 
-/// Calls `count` with each operation of `asked` and how many times it is there.
-fn count_per_op(asked: &[(wire::RequestId, wire::Op)], mut count: impl FnMut(wire::Op, u64)) {
-    let mut counts: Vec<(wire::Op, u64)> = Vec::new();
-    for &(_, op) in asked {
-        match counts.iter_mut().find(|(o, _)| *o == op) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((op, 1)),
-        }
-    }
-    for (op, n) in counts {
-        count(op, n);
+/// Counts by key, so that a frame looks each counter up once, not once per request: the
+/// lookup (labels hashed in the registry) costs more than the count.
+struct Tally<K>(Vec<(K, u64)>);
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally(Vec::new())
     }
 }
 
-/// The stage's refusals of single items: a deadline passed, or shed.
-fn count_refused_in_stage(op: wire::Op, reason: Reason) {
-    match reason {
-        Reason::DEADLINE_PASSED => {
-            telemetry::deadline_passed(op).increment(1);
-            telemetry::shed(op, telemetry::ShedReason::Deadline).increment(1);
+impl<K: Copy + PartialEq> Tally<K> {
+    fn add(&mut self, key: K, n: u64) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, count)) => *count += n,
+            None => self.0.push((key, n)),
         }
-        Reason::SHED => telemetry::shed(op, telemetry::ShedReason::Shed).increment(1),
-        _ => {}
     }
 }
 
