@@ -12,7 +12,10 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
+use switch::wire::Request;
+
 use super::Session;
+use super::flows::Sent;
 use super::leader::Link;
 use super::pacer::Pacer;
 use super::shared::Shared;
@@ -317,7 +320,6 @@ impl Session {
     /// Sends waiting follow-ups, and refused requests as they fall due, until none is left,
     /// as fast as the pipelines allow.
     pub(super) async fn drain(&self) {
-        let budget_ms = self.options.budget_ms;
         while !self.shared.is_lost() {
             let mut tasks = Vec::new();
             for lane in 0..self.link.lanes() {
@@ -335,9 +337,7 @@ impl Session {
                     let shared = self.shared.clone();
                     let link = self.link.clone();
                     tasks.push(tokio::spawn(async move {
-                        let called = link.call_within(lane, budget_ms, &requests).await;
-                        let (answers, hint, resent) = called.answers_hinted();
-                        shared.process(sent, answers, hint, true, resent);
+                        send(&shared, &link, lane, sent, &requests).await;
                     }));
                 }
             }
@@ -495,15 +495,31 @@ async fn open_lane(
         let shared = shared.clone();
         let link = link.clone();
         tokio::spawn(async move {
-            let budget_ms = shared.options.budget_ms;
-            let called = link.call_within(lane, budget_ms, &requests).await;
-            let (answers, hint, resent) = called.answers_hinted();
-            shared.process(sent, answers, hint, true, resent);
+            send(&shared, &link, lane, sent, &requests).await;
             drop(permit);
         });
     }
     // Every frame of this lane is answered once all permits are back.
     let _ = permits.acquire_many(depth as u32).await;
+}
+
+/// Sends `requests` (the `sent` ones) as one frame on `lane`, carrying `--budget-ms`, and
+/// applies the answers, or the failure, to the model and the measurements; says whether the
+/// call failed.
+async fn send(
+    shared: &Shared,
+    link: &Link,
+    lane: usize,
+    sent: Vec<Sent>,
+    requests: &[Request],
+) -> bool {
+    let called = link
+        .call_within(lane, shared.options.budget_ms, requests)
+        .await;
+    let (answers, hint, resent) = called.answers_hinted();
+    let failed = answers.is_err();
+    shared.process(sent, answers, hint, true, resent);
+    failed
 }
 
 async fn closed_worker(
@@ -519,12 +535,7 @@ async fn closed_worker(
         let intended = vec![Instant::now(); n];
         let (sent, requests) = shared.build(&intended, &mut rng);
         shared.scheduled(&intended);
-        let called = link
-            .call_within(lane, shared.options.budget_ms, &requests)
-            .await;
-        let (answers, hint, resent) = called.answers_hinted();
-        let failed = answers.is_err();
-        shared.process(sent, answers, hint, true, resent);
+        let failed = send(&shared, &link, lane, sent, &requests).await;
         if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {
             return;
         }

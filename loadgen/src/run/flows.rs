@@ -429,9 +429,9 @@ impl Shared {
         }
     }
 
-    /// A request not executed and not remembered (answered 91, or its frame refused as
-    /// busy): a follow-up may simply go again. Returns the code to count it under, 91.
-    pub(super) fn busy(&self, state: &mut State, s: &Sent) -> u8 {
+    /// A request not executed and not remembered (answered 91 or 96 for another reason than
+    /// overload): a follow-up may simply go again.
+    pub(super) fn busy(&self, state: &mut State, s: &Sent) {
         if matches!(
             s.step,
             Step::Capture { .. } | Step::Reverse { .. } | Step::Refund { .. }
@@ -439,7 +439,6 @@ impl Shared {
         {
             self.follow_up(state, s.step, s.id, s.tries + 1);
         }
-        ResponseCode::SystemBusy.as_u8()
     }
 
     /// A definitive answer: `Ok(None)` approved, `Ok(Some(code))` declined, `Err` unusable.
