@@ -16,37 +16,13 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("switch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-             [tls]\nanonymous_participant = 3\n\n\
-             [log]\nlevel = \"info\"\n\n\
-             [authorization]\nexpiry_tick_ms = 100\n\n\
-             [[routes]]\nprefix = \"62\"\nissuer = 2\n",
-            dir.path().join("data").display().to_string()
-        ),
-    )
-    .expect("write the configuration");
-    let log = dir.path().join("switch.log");
-    let mut process = common::serve(&config, &log).expect("spawn the switch");
-    let ready = process.ready(LIMIT).expect("the switch serves");
-    let http = ready.http;
-
-    let client = tokio::time::timeout(
-        LIMIT,
-        Client::connect(ready.quic, &Trust::Fingerprint(ready.fingerprint), None),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    let stream = client.stream().await.expect("stream");
-    for r in call(&stream, &setup_requests(1_000_000)).await {
-        assert_eq!(r.code, Code::Approved, "{r:?}");
-    }
+    let Started {
+        dir,
+        mut process,
+        http,
+        client,
+        stream,
+    } = start(100).await;
     // Waves of one-second holds, 400 ms apart: they expire on different ticks (every 100 ms),
     // so the expiry pass finds some several times within a few seconds.
     const WAVES: u128 = 4;
@@ -70,12 +46,9 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
         assert!(Instant::now() < deadline, "holds not expired in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client.close().await;
-    process.signal("TERM").expect("SIGTERM");
-    let status = process.wait(LIMIT).expect("the switch stops in time");
-    assert!(status.success(), "the switch exited with {status}");
+    stop(client, &mut process).await;
 
-    let text = std::fs::read_to_string(&log).expect("read the log");
+    let text = std::fs::read_to_string(dir.path().join(LOG)).expect("read the log");
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("authorization holds expired"))
@@ -101,6 +74,48 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
     const TICK_MS: u64 = 400;
+    let Started {
+        dir: _dir,
+        mut process,
+        http,
+        client,
+        stream,
+    } = start(TICK_MS).await;
+    // One-second holds one at a time, 10 ms apart, for 2.4 s: from the first second on, every
+    // wake-up of the stage finds a hold that fell due since the one before.
+    const HOLDS: u128 = 240;
+    let passes_before = metric(http, "switch_expiry_passes_total");
+    let started = Instant::now();
+    for i in 0..HOLDS {
+        for r in call(&stream, &[hold(5_000 + i)]).await {
+            assert_eq!(r.code, Code::Approved, "{r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let passes = metric(http, "switch_expiry_passes_total") - passes_before;
+    let ticks = started.elapsed().as_millis() as u64 / TICK_MS + 1;
+    assert!(
+        (1..=ticks).contains(&passes),
+        "{passes} expiry passes logged in {:?} with a tick of {TICK_MS} ms",
+        started.elapsed()
+    );
+    stop(client, &mut process).await;
+}
+
+/// The switch's log file, in the test's directory.
+const LOG: &str = "switch.log";
+
+/// A `switch serve` process with holds expired every `tick_ms`, and a stream to it on which
+/// the setup (participants, accounts, funding, the card's route) is done.
+struct Started {
+    dir: tempfile::TempDir,
+    process: common::process::Process,
+    http: SocketAddr,
+    client: Client,
+    stream: Stream,
+}
+
+async fn start(tick_ms: u64) -> Started {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("switch.toml");
     std::fs::write(
@@ -109,14 +124,14 @@ async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
              [tls]\nanonymous_participant = 3\n\n\
-             [authorization]\nexpiry_tick_ms = {TICK_MS}\n\n\
+             [log]\nlevel = \"info\"\n\n\
+             [authorization]\nexpiry_tick_ms = {tick_ms}\n\n\
              [[routes]]\nprefix = \"62\"\nissuer = 2\n",
             dir.path().join("data").display().to_string()
         ),
     )
     .expect("write the configuration");
-    let log = dir.path().join("switch.log");
-    let mut process = common::serve(&config, &log).expect("spawn the switch");
+    let mut process = common::serve(&config, &dir.path().join(LOG)).expect("spawn the switch");
     let ready = process.ready(LIMIT).expect("the switch serves");
     let client = tokio::time::timeout(
         LIMIT,
@@ -129,24 +144,17 @@ async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
     for r in call(&stream, &setup_requests(1_000_000)).await {
         assert_eq!(r.code, Code::Approved, "{r:?}");
     }
-    // One-second holds one at a time, 10 ms apart, for 2.4 s: from the first second on, every
-    // wake-up of the stage finds a hold that fell due since the one before.
-    const HOLDS: u128 = 240;
-    let passes_before = metric(ready.http, "switch_expiry_passes_total");
-    let started = Instant::now();
-    for i in 0..HOLDS {
-        for r in call(&stream, &[hold(5_000 + i)]).await {
-            assert_eq!(r.code, Code::Approved, "{r:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    Started {
+        dir,
+        process,
+        http: ready.http,
+        client,
+        stream,
     }
-    let passes = metric(ready.http, "switch_expiry_passes_total") - passes_before;
-    let ticks = started.elapsed().as_millis() as u64 / TICK_MS + 1;
-    assert!(
-        (1..=ticks).contains(&passes),
-        "{passes} expiry passes logged in {:?} with a tick of {TICK_MS} ms",
-        started.elapsed()
-    );
+}
+
+/// Closes the connection and stops the switch, which must exit cleanly.
+async fn stop(client: Client, process: &mut common::process::Process) {
     client.close().await;
     process.signal("TERM").expect("SIGTERM");
     let status = process.wait(LIMIT).expect("the switch stops in time");
