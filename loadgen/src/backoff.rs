@@ -38,10 +38,10 @@ impl Refusal {
         if code != ResponseCode::SystemBusy {
             return None;
         }
-        match reason.0 {
-            34 => Some(Refusal::Shed),
-            33 => Some(Refusal::DeadlinePassed),
-            22 => Some(Refusal::Overloaded),
+        match reason {
+            Reason::SHED => Some(Refusal::Shed),
+            Reason::DEADLINE_PASSED => Some(Refusal::DeadlinePassed),
+            Reason::OVERLOADED => Some(Refusal::Overloaded),
             _ => None,
         }
     }
