@@ -377,8 +377,13 @@ impl Core {
 
     /// Re-executes logged commands (recovery). Gives the same state as when they were logged.
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
+        // Read ahead as `execute_prepared` does: a follower replays every batch the leader
+        // executes, and without it waits on the remembered maps' memory once per command.
+        let ids: Vec<u128> = commands.iter().map(|c| c.id.0).collect();
+        let mut ahead = TouchAhead::default();
         let mut batch = self.begin(now, commands.len());
         for (slot, c) in commands.iter().enumerate() {
+            ahead.to(slot, &ids, |id| self.touch_remembered(id));
             // Never a repeat: the log holds only what was not remembered when it ran.
             if let Some(response) = self.remembered(c.id, c.fingerprint) {
                 batch.answers.set(slot, response);
