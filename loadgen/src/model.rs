@@ -4,23 +4,93 @@
 //! none. A request with no answer is kept aside and asked again before verification (see
 //! `run`), so that the model never guesses.
 
-use dashmap::DashMap;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::mix::Flow;
 
 /// Every approved payment of a run, by id: millions in a festival run, one insert per payment
 /// on the answer path (hence foldhash). One map of that size doubling (copying every entry)
-/// would stall the answer path, which shows as latency the switch did not cause: DashMap's
-/// shards each grow on their own, so a growth copies one shard. The model is behind the run's
-/// lock already, so the shards' own locks are never contended.
-pub type Payments<V> = DashMap<u128, V, foldhash::fast::RandomState>;
+/// would stall the answer path, which shows as latency the switch did not cause. So the map is
+/// in shards, and each shard grows ahead of need at a fill of its own: shards fill evenly, and
+/// growing at the same fill they would all copy themselves within moments of each other, a
+/// stall as long as the one map's. The model is behind the run's lock: no locks of its own.
+#[derive(Clone, Debug)]
+pub struct Payments<V> {
+    shards: Vec<HashMap<u128, V, foldhash::fast::RandomState>>,
+    /// Which shard an id is in: fixed, so that a run's growths are the same every time.
+    hasher: foldhash::fast::FixedState,
+}
 
 /// Shards of `Payments`: a growth copies a 64th of the map.
 const SHARDS: usize = 64;
+/// Room each shard starts with.
+const SHARD_START: usize = 1024;
 
-fn payments<V>() -> Payments<V> {
-    DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), SHARDS)
+impl<V> Default for Payments<V> {
+    fn default() -> Self {
+        Payments {
+            shards: (0..SHARDS)
+                .map(|_| HashMap::with_capacity_and_hasher(SHARD_START, Default::default()))
+                .collect(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
+        }
+    }
+}
+
+impl<V> Payments<V> {
+    fn shard(&self, id: u128) -> usize {
+        (self.hasher.hash_one(id) >> 58) as usize % SHARDS
+    }
+
+    pub fn contains_key(&self, id: &u128) -> bool {
+        self.shards[self.shard(*id)].contains_key(id)
+    }
+
+    pub fn get(&self, id: &u128) -> Option<&V> {
+        self.shards[self.shard(*id)].get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &u128) -> Option<&mut V> {
+        let k = self.shard(*id);
+        self.shards[k].get_mut(id)
+    }
+
+    /// Shard `k` doubles once `(64 + k) / 128` of its room is taken, before the map itself
+    /// would (at all of it): the shards' growths are spread over the time the map takes to
+    /// fill from half to whole.
+    pub fn insert(&mut self, id: u128, value: V) {
+        let k = self.shard(id);
+        let shard = &mut self.shards[k];
+        let room = shard.capacity();
+        if shard.len() >= room / 128 * (64 + k) {
+            shard.reserve(room);
+        }
+        shard.insert(id, value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(HashMap::is_empty)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u128> {
+        self.shards.iter().flat_map(HashMap::keys)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u128, &V)> {
+        self.shards.iter().flatten()
+    }
+
+    /// The capacity of each shard.
+    #[cfg(test)]
+    fn capacities(&self) -> Vec<usize> {
+        self.shards.iter().map(HashMap::capacity).collect()
+    }
 }
 
 /// What an account's balances should be, in minor units, seen from its owner.
@@ -87,8 +157,8 @@ impl Model {
             customers: vec![Expected::default(); customers],
             merchants: vec![Expected::default(); merchants],
             funded: 0,
-            auths: payments(),
-            sales: payments(),
+            auths: Payments::default(),
+            sales: Payments::default(),
             violations: Vec::new(),
         }
     }
@@ -133,7 +203,7 @@ impl Model {
 
     /// Ends a live hold; `None` if there is none to end (then the approval is a violation).
     fn release(&mut self, auth: u128, what: &str) -> Option<Auth> {
-        match self.auths.get(&auth).map(|a| *a) {
+        match self.auths.get(&auth).copied() {
             Some(a) if a.state == AuthState::Held => {
                 self.customer(a.customer).held -= i128::from(a.amount);
                 Some(a)
@@ -182,7 +252,7 @@ impl Model {
     }
 
     fn set_state(&mut self, auth: u128, state: AuthState) {
-        if let Some(mut a) = self.auths.get_mut(&auth) {
+        if let Some(a) = self.auths.get_mut(&auth) {
             a.state = state;
         }
     }
@@ -206,7 +276,7 @@ impl Model {
     }
 
     pub fn refunded(&mut self, sale: u128, amount: u64) {
-        let Some(s) = self.sales.get(&sale).map(|s| *s) else {
+        let Some(s) = self.sales.get(&sale).copied() else {
             self.violations.push(format!(
                 "refund of {amount} on sale {sale:#x} approved, but no such sale was approved"
             ));
@@ -220,7 +290,7 @@ impl Model {
         }
         self.merchant(s.merchant).ledger -= i128::from(amount);
         self.customer(s.customer).ledger += i128::from(amount);
-        if let Some(mut s) = self.sales.get_mut(&sale) {
+        if let Some(s) = self.sales.get_mut(&sale) {
             s.refunded += amount;
         }
     }
@@ -238,14 +308,49 @@ impl Model {
     pub fn live_holds(&self) -> impl Iterator<Item = (u128, Auth)> + '_ {
         self.auths
             .iter()
-            .filter(|a| a.state == AuthState::Held)
-            .map(|a| (*a.key(), *a.value()))
+            .filter(|(_, a)| a.state == AuthState::Held)
+            .map(|(&id, &a)| (id, a))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shards fill evenly, so growing at the same fill they would all copy themselves
+    /// within a few thousand inserts of each other: one stall as long as the whole map's
+    /// growth. Spread out, no short stretch of inserts holds more than a few growths.
+    #[test]
+    fn evenly_filled_shards_grow_at_spread_out_moments() {
+        const INSERTS: usize = 400_000;
+        const WINDOW: usize = INSERTS / 200;
+        let mut map = Payments::default();
+        let mut before = map.capacities();
+        let mut growths = Vec::new();
+        for i in 0..INSERTS {
+            map.insert(i as u128 * 0x9e37_79b9, ());
+            let after = map.capacities();
+            growths.extend(before.iter().zip(&after).filter(|(b, a)| a > b).map(|_| i));
+            before = after;
+        }
+        assert!(growths.len() >= 2 * SHARDS, "the map grew: {growths:?}");
+        let crowded = growths
+            .iter()
+            .map(|&at| {
+                growths
+                    .iter()
+                    .filter(|&&g| g >= at && g < at + WINDOW)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            crowded <= 8,
+            "{crowded} of {} shard growths within {WINDOW} inserts",
+            growths.len()
+        );
+        assert_eq!(map.len(), INSERTS);
+    }
 
     #[test]
     fn a_payment_lifecycle_moves_money_and_conserves_it() {

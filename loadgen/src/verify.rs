@@ -172,8 +172,7 @@ pub fn compare(
         may_forget: allowed > 0,
         forgotten: 0,
     };
-    for entry in &model.auths {
-        let (id, a) = entry.pair();
+    for (id, a) in model.auths.iter() {
         let expected = match a.state {
             AuthState::Held => SeenStatus::Pending,
             AuthState::Captured(c) => SeenStatus::Captured {
@@ -185,8 +184,7 @@ pub fn compare(
         };
         statuses.check("authorization", *id, expected);
     }
-    for entry in &model.sales {
-        let (id, s) = entry.pair();
+    for (id, s) in model.sales.iter() {
         let expected = SeenStatus::Posted {
             amount: s.amount,
             refunded: s.refunded,

@@ -285,9 +285,9 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     // Each payment the switch approved is in the model once, and nothing else is.
     let modelled: HashSet<u128> = model
         .auths
-        .iter()
-        .map(|a| *a.key())
-        .chain(model.sales.iter().map(|s| *s.key()))
+        .keys()
+        .chain(model.sales.keys())
+        .copied()
         .collect();
     assert_eq!(modelled, seen.approved);
     // Payments refused every time were given up: not in the model, read back as unknown.

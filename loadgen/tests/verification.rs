@@ -202,7 +202,7 @@ fn holds_left_to_expire_are_seen_expired() {
         model
             .auths
             .iter()
-            .all(|a| a.state == loadgen::model::AuthState::Expired)
+            .all(|(_, a)| a.state == loadgen::model::AuthState::Expired)
     );
 }
 

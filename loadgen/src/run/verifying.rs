@@ -232,11 +232,8 @@ impl Session {
             .collect();
         let ids: Vec<u128> = {
             let state = self.shared.state.lock();
-            let (auths, sales) = (state.model.auths.iter(), state.model.sales.iter());
-            auths
-                .map(|a| *a.key())
-                .chain(sales.map(|s| *s.key()))
-                .collect()
+            let (auths, sales) = (state.model.auths.keys(), state.model.sales.keys());
+            auths.chain(sales).copied().collect()
         };
         let (before, refused) = {
             let state = self.shared.state.lock();
