@@ -14,7 +14,8 @@
 //! other, each at some instant between its call and its return: batches on disjoint shards run
 //! in parallel, conflicting ones in the order they took their first common lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -281,7 +282,15 @@ impl Ledger {
     /// Voids every hold whose expiry is at or before `now` and returns them in (expiry, id)
     /// order, for the caller to log.
     pub fn expire(&self, now: Timestamp) -> Vec<Expired> {
-        self.expire_with(now, |_, _| ()).0
+        self.expire_at_most(now, usize::MAX)
+    }
+
+    /// Like `expire`, but voids at most `limit` holds: the first of the due ones in (expiry,
+    /// id) order, so that passes of `limit` until one returns fewer void the same holds in
+    /// the same order as one pass without a limit. A pass is bounded work, and a replay of
+    /// `(now, limit)` voids the same holds.
+    pub fn expire_at_most(&self, now: Timestamp, limit: usize) -> Vec<Expired> {
+        self.expire_at_most_with(now, limit, |_, _| ()).0
     }
 
     /// Like `expire`, and calls `applied(sequence, expired)` while every lock is held.
@@ -290,8 +299,17 @@ impl Ledger {
         now: Timestamp,
         applied: impl FnOnce(u64, &[Expired]) -> R,
     ) -> (Vec<Expired>, R) {
+        self.expire_at_most_with(now, usize::MAX, applied)
+    }
+
+    fn expire_at_most_with<R>(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        applied: impl FnOnce(u64, &[Expired]) -> R,
+    ) -> (Vec<Expired>, R) {
         let mut locked = self.lock_all();
-        let expired = locked.expire(now);
+        let expired = locked.expire(now, limit);
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let r = applied(sequence, &expired);
         drop(locked);
@@ -1207,17 +1225,8 @@ impl Locked<'_> {
         }
     }
 
-    fn expire(&mut self, now: Timestamp) -> Vec<Expired> {
-        let mut due: Vec<(Timestamp, TransferId)> = Vec::new();
-        for shard in self.transfers.iter().flatten() {
-            due.extend(
-                shard
-                    .expiries
-                    .range(..=(now, TransferId(u128::MAX)))
-                    .copied(),
-            );
-        }
-        due.sort_unstable();
+    fn expire(&mut self, now: Timestamp, limit: usize) -> Vec<Expired> {
+        let due = self.due(now, limit);
         let mut expired = Vec::with_capacity(due.len());
         for (expires_at, id) in due {
             let shard = self.transfer_shard(id);
@@ -1249,6 +1258,35 @@ impl Locked<'_> {
             });
         }
         expired
+    }
+
+    /// The first `limit` holds due at `now`, in (expiry, id) order: a merge of the shards'
+    /// ordered expiries that reads no more of them than it returns (and one head a shard).
+    fn due(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, TransferId)> {
+        let last = (now, TransferId(u128::MAX));
+        let mut heads: Vec<_> = self
+            .transfers
+            .iter()
+            .flatten()
+            .map(|shard| shard.expiries.range(..=last).peekable())
+            .collect();
+        let mut next: BinaryHeap<Reverse<((Timestamp, TransferId), usize)>> = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(k, head)| head.peek().map(|&&due| Reverse((due, k))))
+            .collect();
+        let mut due = Vec::new();
+        while due.len() < limit
+            && let Some(Reverse((first, k))) = next.pop()
+        {
+            due.push(first);
+            let head = &mut heads[k];
+            head.next();
+            if let Some(&&following) = head.peek() {
+                next.push(Reverse((following, k)));
+            }
+        }
+        due
     }
 
     /// Forgets the oldest resolved transfers of every shard over its bound. Live holds are

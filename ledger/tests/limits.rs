@@ -233,3 +233,67 @@ fn expire_voids_due_holds_in_expiry_order_and_only_those() {
     );
     assert_eq!(ledger.next_expiry(), Some(Timestamp(400)));
 }
+
+proptest::proptest! {
+    #![proptest_config(ledger::proptest_config!("ledger_expiry_passes.txt"))]
+
+    /// An expiry pass is bounded work: passes of at most `limit` holds, run until one voids
+    /// fewer, void exactly the holds one unbounded pass does, in the same (expiry, id) order,
+    /// and leave the same state. Replicas replay bounded passes, so the order must not depend
+    /// on how holds fall into shards.
+    #[test]
+    fn passes_of_at_most_a_limit_void_what_one_pass_does_in_the_same_order(
+        expiries in proptest::collection::vec(0u64..6, 1..200),
+        limit in 1usize..24,
+        shards in proptest::sample::select(vec![1usize, 4, 64]),
+    ) {
+        let config = Config { shards, ..Config::default() };
+        let (whole, passes) = (
+            Ledger::new(config.clone()).expect("valid"),
+            Ledger::new(config).expect("valid"),
+        );
+        // Expiry 0 is a hold without one; the others fall due at 250..=450, in steps of 50
+        // (so several share an instant, and the id decides their order).
+        let batch: Vec<Event> = expiries
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let expires_at = Timestamp(if e == 0 { 0 } else { 200 + 50 * e });
+                transfer(1000 - i as u128, TransferKind::Pending { expires_at })
+            })
+            .collect();
+        for ledger in [&whole, &passes] {
+            ledger.apply(&[account(1), account(2)], NOW).expect("ok");
+            let outcomes = ledger.apply(&batch, NOW).expect("ok");
+            proptest::prop_assert!(outcomes.iter().all(|o| *o == Outcome::Ok));
+        }
+        let now = Timestamp(400);
+        let all: Vec<(u64, u128)> =
+            whole.expire(now).iter().map(|e| (e.expires_at.0, e.id.0)).collect();
+        let mut due: Vec<(u64, u128)> = batch
+            .iter()
+            .filter_map(|event| match event.op {
+                ledger::Op::Transfer(Transfer {
+                    id,
+                    kind: TransferKind::Pending { expires_at },
+                    ..
+                }) if expires_at.0 != 0 && expires_at <= now => Some((expires_at.0, id.0)),
+                _ => None,
+            })
+            .collect();
+        due.sort_unstable();
+        proptest::prop_assert_eq!(&all, &due);
+        let mut bounded = Vec::new();
+        loop {
+            let got = passes.expire_at_most(now, limit);
+            proptest::prop_assert!(got.len() <= limit);
+            bounded.extend(got.iter().map(|e| (e.expires_at.0, e.id.0)));
+            if got.len() < limit {
+                break;
+            }
+        }
+        proptest::prop_assert_eq!(&bounded, &all);
+        proptest::prop_assert_eq!(passes.digest(), whole.digest());
+        proptest::prop_assert_eq!(passes.next_expiry(), whole.next_expiry());
+    }
+}

@@ -183,6 +183,9 @@ pub struct Authorization {
     pub expiry_seconds_max: u32,
     /// How often holds that are due are expired.
     pub expiry_tick_ms: u32,
+    /// Holds one expiry pass expires at most; more due are left to passes between the next
+    /// batches, so that the holds of a peak falling due never stop the stage for long.
+    pub expiry_pass_max: u32,
 }
 
 /// Each operation's deadline when its frame's `budget_ms` is 0, in milliseconds from the frame
@@ -542,6 +545,7 @@ impl Default for Authorization {
             default_expiry_seconds: crate::core::DEFAULT_EXPIRY_SECONDS,
             expiry_seconds_max: crate::core::EXPIRY_SECONDS_MAX_DEFAULT,
             expiry_tick_ms: 1000,
+            expiry_pass_max: 4096,
         }
     }
 }
@@ -829,6 +833,10 @@ impl Config {
             (
                 "authorization.expiry_tick_ms",
                 u64::from(self.authorization.expiry_tick_ms),
+            ),
+            (
+                "authorization.expiry_pass_max",
+                u64::from(self.authorization.expiry_pass_max),
             ),
         ] {
             if value == 0 {

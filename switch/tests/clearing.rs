@@ -174,9 +174,9 @@ impl Harness {
     }
 
     fn expire(&mut self, now: Timestamp) {
-        if self.core.expire(now) {
+        if self.core.expire(now, None) {
             let mut bytes = Vec::new();
-            SwitchRecord::encode_expire(now, &mut bytes);
+            SwitchRecord::encode_expire(now, None, &mut bytes);
             self.journal.push(bytes);
         }
     }
@@ -186,8 +186,8 @@ impl Harness {
         for bytes in &self.journal {
             match SwitchRecord::decode(bytes).expect("journal decodes") {
                 SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-                SwitchRecord::Expire { now } => {
-                    core.expire(now);
+                SwitchRecord::Expire { now, at_most } => {
+                    core.expire(now, at_most);
                 }
             }
         }
@@ -792,8 +792,8 @@ fn recover(storage: &SimStorage) -> (Core, wal::Resume) {
     let recovered = wal::recover(storage, &RecoverOptions::default(), |_, payload| {
         match SwitchRecord::decode(payload)? {
             SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-            SwitchRecord::Expire { now } => {
-                core.expire(now);
+            SwitchRecord::Expire { now, at_most } => {
+                core.expire(now, at_most);
             }
         }
         Ok::<(), switch::journal::JournalError>(())

@@ -332,8 +332,8 @@ fn switch_apply(core: &mut Core, e: &raft::eraftpb::Entry) {
     }
     match SwitchRecord::decode(&e.data).expect("a journal record") {
         SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-        SwitchRecord::Expire { now } => {
-            core.expire(now);
+        SwitchRecord::Expire { now, at_most } => {
+            core.expire(now, at_most);
         }
     }
 }

@@ -22,7 +22,7 @@ async fn expired_holds_are_summed_up_in_at_most_one_line_per_period() {
         http,
         client,
         stream,
-    } = start(100).await;
+    } = start(100, 4096).await;
     // Waves of one-second holds, 400 ms apart: they expire on different ticks (every 100 ms),
     // so the expiry pass finds some several times within a few seconds.
     const WAVES: u128 = 4;
@@ -80,7 +80,7 @@ async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
         http,
         client,
         stream,
-    } = start(TICK_MS).await;
+    } = start(TICK_MS, 4096).await;
     // One-second holds one at a time, 10 ms apart, for 2.4 s: from the first second on, every
     // wake-up of the stage finds a hold that fell due since the one before.
     const HOLDS: u128 = 240;
@@ -102,10 +102,67 @@ async fn an_expiry_pass_runs_once_a_tick_however_often_the_stage_is_idle() {
     stop(client, &mut process).await;
 }
 
+/// A pass expires at most `expiry_pass_max` holds, and when more are due the next passes
+/// follow between batches, not a tick apart: the holds of a peak falling due together are
+/// expired in many short passes, none of which stops the stage for long, and all of them soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_due_together_expire_in_bounded_passes_that_do_not_wait_for_the_tick() {
+    const TICK_MS: u64 = 3_000;
+    const PASS_MAX: u64 = 8;
+    const HOLDS: u128 = 100;
+    let Started {
+        dir: _dir,
+        mut process,
+        http,
+        client,
+        stream,
+    } = start(TICK_MS, PASS_MAX as u32).await;
+    let passes_before = metric(http, "switch_expiry_passes_total");
+    // One frame: every hold falls due at the same instant, one second from now.
+    let holds: Vec<wire::Request> = (0..HOLDS).map(|i| hold(9_000 + i)).collect();
+    for r in call(&stream, &holds).await {
+        assert_eq!(r.code, Code::Approved, "{r:?}");
+    }
+    let deadline = Instant::now() + LIMIT;
+    let mut first_seen = None;
+    while metric(http, "switch_holds_expired_total") < HOLDS as u64 {
+        if first_seen.is_none() && metric(http, "switch_holds_expired_total") > 0 {
+            first_seen = Some(Instant::now());
+        }
+        assert!(Instant::now() < deadline, "holds not expired in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = first_seen.map_or(Duration::ZERO, |at| at.elapsed());
+    let passes = metric(http, "switch_expiry_passes_total") - passes_before;
+    assert!(
+        passes >= (HOLDS as u64).div_ceil(PASS_MAX),
+        "{HOLDS} holds expired in {passes} passes of at most {PASS_MAX}"
+    );
+    // A pass a tick would take 13 ticks (39 s); following passes take milliseconds.
+    assert!(
+        took < Duration::from_millis(TICK_MS),
+        "the passes after the first took {took:?}, a tick is {TICK_MS} ms"
+    );
+    // The switch's own view agrees: nothing is held on the card any more.
+    let inquiry = req(
+        9_999,
+        Operation::BalanceInquiry {
+            target: wire::BalanceTarget::Account(AccountId(100)),
+        },
+    );
+    match &call(&stream, &[inquiry]).await[0].body {
+        wire::ResponseBody::BalanceInquiry(b) => {
+            assert_eq!(b.ledger, b.available, "holds left on the card: {b:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    stop(client, &mut process).await;
+}
+
 /// The switch's log file, in the test's directory.
 const LOG: &str = "switch.log";
 
-/// A `switch serve` process with holds expired every `tick_ms`, and a stream to it on which
+/// A `switch serve` process with holds expired every `tick_ms`, at most `pass_max` a pass, and a stream to it on which
 /// the setup (participants, accounts, funding, the card's route) is done.
 struct Started {
     dir: tempfile::TempDir,
@@ -115,7 +172,7 @@ struct Started {
     stream: Stream,
 }
 
-async fn start(tick_ms: u64) -> Started {
+async fn start(tick_ms: u64, pass_max: u32) -> Started {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("switch.toml");
     std::fs::write(
@@ -125,7 +182,7 @@ async fn start(tick_ms: u64) -> Started {
              [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
              [tls]\nanonymous_participant = 3\n\n\
              [log]\nlevel = \"info\"\n\n\
-             [authorization]\nexpiry_tick_ms = {tick_ms}\n\n\
+             [authorization]\nexpiry_tick_ms = {tick_ms}\nexpiry_pass_max = {pass_max}\n\n\
              [[routes]]\nprefix = \"62\"\nissuer = 2\n",
             dir.path().join("data").display().to_string()
         ),

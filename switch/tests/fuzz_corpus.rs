@@ -173,7 +173,14 @@ fn switch_records() -> Vec<(String, Vec<u8>)> {
                 commands: payments,
             },
         ),
-        ("expire", SwitchRecord::Expire { now }),
+        ("expire", SwitchRecord::Expire { now, at_most: None }),
+        (
+            "expire-at-most",
+            SwitchRecord::Expire {
+                now,
+                at_most: Some(4096),
+            },
+        ),
     ] {
         let mut bytes = Vec::new();
         record.encode(&mut bytes);

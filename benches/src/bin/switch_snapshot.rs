@@ -229,8 +229,8 @@ fn main() -> anyhow::Result<()> {
         for bytes in &journal {
             match SwitchRecord::decode(bytes)? {
                 SwitchRecord::Batch { now, commands } => replayed.replay(&commands, now),
-                SwitchRecord::Expire { now } => {
-                    replayed.expire(now);
+                SwitchRecord::Expire { now, at_most } => {
+                    replayed.expire(now, at_most);
                 }
             }
         }

@@ -24,13 +24,17 @@ pub enum SwitchRecord {
         now: Timestamp,
         commands: Vec<Logged>,
     },
+    /// An expiry pass: every hold due at `now`, or with `at_most`, the first that many of
+    /// them in (expiry, id) order.
     Expire {
         now: Timestamp,
+        at_most: Option<u32>,
     },
 }
 
 const RECORD_BATCH: u8 = 0x81;
 const RECORD_EXPIRE: u8 = 0x82;
+const RECORD_EXPIRE_AT_MOST: u8 = 0x83;
 
 const C_CREATE_PARTICIPANT: u8 = 1;
 const C_CREATE_ACCOUNT: u8 = 2;
@@ -439,19 +443,30 @@ impl SwitchRecord {
         );
     }
 
-    pub fn encode_expire(now: Timestamp, out: &mut Vec<u8>) {
+    /// An unbounded pass is written as it was before passes had a bound, so logs of either
+    /// kind read the same.
+    pub fn encode_expire(now: Timestamp, at_most: Option<u32>, out: &mut Vec<u8>) {
         let start = out.len();
-        codec::put_u8(out, RECORD_EXPIRE);
-        codec::put_u64(out, now.0);
+        match at_most {
+            None => {
+                codec::put_u8(out, RECORD_EXPIRE);
+                codec::put_u64(out, now.0);
+            }
+            Some(limit) => {
+                codec::put_u8(out, RECORD_EXPIRE_AT_MOST);
+                codec::put_u64(out, now.0);
+                codec::put_u32(out, limit);
+            }
+        }
         read_back(&out[start..], |record| {
-            *record == SwitchRecord::Expire { now }
+            *record == SwitchRecord::Expire { now, at_most }
         });
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             SwitchRecord::Batch { now, commands } => Self::encode_batch(*now, commands, out),
-            SwitchRecord::Expire { now } => Self::encode_expire(*now, out),
+            SwitchRecord::Expire { now, at_most } => Self::encode_expire(*now, *at_most, out),
         }
     }
 
@@ -471,6 +486,11 @@ impl SwitchRecord {
             }
             RECORD_EXPIRE => SwitchRecord::Expire {
                 now: Timestamp(r.u64("now")?),
+                at_most: None,
+            },
+            RECORD_EXPIRE_AT_MOST => SwitchRecord::Expire {
+                now: Timestamp(r.u64("now")?),
+                at_most: Some(r.u32("at most")?),
             },
             tag => {
                 return Err(JournalError::Bad {
@@ -517,8 +537,8 @@ fn decode_logged(r: &mut Reader<'_>) -> Result<Logged, JournalError> {
 pub fn replay(core: &mut crate::core::Core, payload: &[u8]) -> Result<(), JournalError> {
     match SwitchRecord::decode(payload)? {
         SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-        SwitchRecord::Expire { now } => {
-            core.expire(now);
+        SwitchRecord::Expire { now, at_most } => {
+            core.expire(now, at_most);
         }
     }
     Ok(())

@@ -35,6 +35,8 @@ pub struct StageSettings {
     pub batch_len_max: usize,
     /// How often due holds are expired, busy or idle (`[authorization] expiry_tick_ms`).
     pub expiry_tick: Duration,
+    /// Holds a pass expires at most (`[authorization] expiry_pass_max`).
+    pub expiry_pass_max: u32,
     /// The open window closes every this many nanoseconds; 0: only on request (`[clearing]
     /// close_every_seconds`).
     pub close_every_ns: u64,
@@ -230,6 +232,7 @@ fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
         queue_depth_max: usize_from(u64::from(l.queue_depth_max)),
         batch_len_max: usize::from(l.batch_len_max).max(1),
         expiry_tick: Duration::from_millis(u64::from(config.authorization.expiry_tick_ms)),
+        expiry_pass_max: config.authorization.expiry_pass_max,
         close_every_ns: config
             .clearing
             .close_every_seconds
@@ -395,7 +398,7 @@ mod tests {
             on_shutdown = false\ndefer_above_requests_per_second = 47\ndefer_at_most = 2\n\
             method = \"capture\"\n\
             [authorization]\ndefault_expiry_seconds = 53\nexpiry_seconds_max = 59\n\
-            expiry_tick_ms = 61\n\
+            expiry_tick_ms = 61\nexpiry_pass_max = 62\n\
             [clearing]\nclose_every_seconds = 67\nwindows_kept = 71\n\
             report_dir = \"/r\"\n\
             [clearing.fees]\npurchase_percent = \"0.5\"\n\
@@ -432,6 +435,7 @@ mod tests {
         let stage = &s.stage;
         assert_eq!((stage.queue_depth_max, stage.batch_len_max), (13, 100));
         assert_eq!(stage.expiry_tick, Duration::from_millis(61));
+        assert_eq!(stage.expiry_pass_max, 62);
         assert_eq!(stage.close_every_ns, 67_000_000_000);
         assert_eq!(stage.report_dir, PathBuf::from("/r"));
         assert_eq!(stage.wal_dir, PathBuf::from("/d/wal"));

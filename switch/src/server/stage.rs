@@ -877,8 +877,11 @@ struct StageThread {
     ticked: Instant,
     /// When Raft was last ticked.
     raft_ticked: Instant,
-    /// The expiry pass runs whenever the queue is empty: many times a second under load.
+    /// Holds expired since the last `authorization holds expired` line.
     expiries: telemetry::Tally,
+    /// The last expiry pass expired as many holds as a pass may: more may be due, and the
+    /// next pass runs after the next batch rather than at the next tick.
+    expiry_behind: bool,
     gauges_set: Instant,
     replica_gauges_set: Instant,
     /// `switch_stage_wakeups_total`.
@@ -906,6 +909,7 @@ impl StageThread {
             ticked: Instant::now(),
             raft_ticked: Instant::now(),
             expiries: telemetry::Tally::new(EXPIRY_LINE_EVERY),
+            expiry_behind: false,
             gauges_set: Instant::now(),
             replica_gauges_set: Instant::now(),
             wakeups: metrics::counter!("switch_stage_wakeups_total"),
@@ -952,10 +956,16 @@ impl StageThread {
             // Once a tick, busy or idle. Not at every idle wake-up: at a few thousand requests a
             // second the stage is idle between any two, and a pass each time would log an
             // expiry entry (with its fdatasync, which the next request waits behind) for
-            // every hold that fell due since the last.
-            if self.ticked.elapsed() >= self.stage.settings.expiry_tick
-                && let Err(e) = self.periodic()
-            {
+            // every hold that fell due since the last. Between ticks only while a bounded
+            // pass left holds due: one pass between two batches.
+            let periodic = if self.ticked.elapsed() >= self.stage.settings.expiry_tick {
+                self.periodic()
+            } else if self.expiry_behind {
+                self.expire_due().and_then(|()| self.stage.drive())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = periodic {
                 self.refuse(first.into_iter().collect(), &e);
                 return Err(self.fail_stop(&e));
             }
@@ -1006,6 +1016,9 @@ impl StageThread {
             .saturating_sub(self.raft_ticked.elapsed());
         if self.stage.node.serving().is_err() {
             return raft;
+        }
+        if self.expiry_behind {
+            return Duration::ZERO;
         }
         let periodic = self
             .stage
@@ -1086,11 +1099,20 @@ impl StageThread {
         {
             self.close_on_schedule(now)?;
         }
-        let expired = match self.stage.node.expire(now) {
+        self.expire_due()?;
+        self.stage.drive()
+    }
+
+    /// One expiry pass on the leader: the holds due now, at most `expiry_pass_max` of them.
+    fn expire_due(&mut self) -> Result<(), StageError> {
+        let now = self.clock.now();
+        let at_most = self.stage.settings.expiry_pass_max;
+        let expired = match self.stage.node.expire(now, Some(at_most)) {
             Ok(Some((holds, _))) => holds,
             Ok(None) | Err(Refused::NotLeader { .. } | Refused::NotReady) => 0,
             Err(Refused::Failed(e)) => return Err(StageError::Replica(e)),
         };
+        self.expiry_behind = expired >= at_most as usize;
         if let Some(holds) = self.expiries.count(expired as u64, Instant::now()) {
             tracing::info!(
                 holds,
@@ -1101,7 +1123,7 @@ impl StageThread {
             metrics::counter!("switch_holds_expired_total").increment(expired as u64);
             metrics::counter!("switch_expiry_passes_total").increment(1);
         }
-        self.stage.drive()
+        Ok(())
     }
 
     fn set_replica_gauges(&self) {

@@ -305,7 +305,7 @@ const FAMILIES: &[Family] = &[
         "switch_expiry_passes_total",
         Counter,
         Unit::Count,
-        "Expiry passes that found holds due, each one log entry: at most one per [authorization] expiry_tick_ms",
+        "Expiry passes that found holds due, each one log entry of at most [authorization] expiry_pass_max holds: one per expiry_tick_ms, and one between batches while more are due",
         Series::One,
     ),
     family(

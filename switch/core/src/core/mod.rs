@@ -394,9 +394,10 @@ impl Core {
         self.end(batch);
     }
 
-    /// Expires due holds through the ledger; true if anything expired (and must be logged).
-    pub fn expire(&mut self, now: Timestamp) -> bool {
-        self.expire_holds(now) > 0
+    /// Expires due holds through the ledger (with `at_most`, the first that many in (expiry,
+    /// id) order); true if anything expired (and must be logged).
+    pub fn expire(&mut self, now: Timestamp, at_most: Option<u32>) -> bool {
+        self.expire_holds(now, at_most) > 0
     }
 
     fn begin(&mut self, now: Timestamp, len: usize) -> Batch {

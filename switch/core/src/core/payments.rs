@@ -441,11 +441,12 @@ impl Core {
     }
 
     /// `expire`, returning how many holds expired.
-    pub fn expire_holds(&mut self, now: Timestamp) -> usize {
+    pub fn expire_holds(&mut self, now: Timestamp, at_most: Option<u32>) -> usize {
         if self.ledger.next_expiry().is_none_or(|at| at > now) {
             return 0;
         }
-        let expired = self.ledger.expire(now);
+        let limit = at_most.map_or(usize::MAX, |n| n as usize);
+        let expired = self.ledger.expire_at_most(now, limit);
         for e in &expired {
             if let Some(original) = self.originals.get_mut(&e.id.0) {
                 // The ledger expires live holds only, whose authorizations are held here.

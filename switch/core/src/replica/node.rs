@@ -344,15 +344,20 @@ impl Node {
         self.execute(items.into_iter().map(Prepared::new).collect(), now)
     }
 
-    /// Expires due holds on the leader; returns the entry that logs it, if any expired.
-    pub fn expire(&mut self, now: Timestamp) -> Result<Option<(usize, u64)>, Refused> {
+    /// Expires due holds on the leader, at most `at_most` of them; returns how many and the
+    /// entry that logs it, if any expired.
+    pub fn expire(
+        &mut self,
+        now: Timestamp,
+        at_most: Option<u32>,
+    ) -> Result<Option<(usize, u64)>, Refused> {
         self.serving()?;
-        let expired = self.core.expire_holds(now);
+        let expired = self.core.expire_holds(now, at_most);
         if expired == 0 {
             return Ok(None);
         }
-        let mut payload = Vec::with_capacity(9);
-        SwitchRecord::encode_expire(now, &mut payload);
+        let mut payload = Vec::with_capacity(13);
+        SwitchRecord::encode_expire(now, at_most, &mut payload);
         Ok(Some((expired, self.propose(payload)?)))
     }
 

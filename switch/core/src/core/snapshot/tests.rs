@@ -83,8 +83,8 @@ fn replay(core: &mut Core, records: &[Vec<u8>]) {
     for bytes in records {
         match SwitchRecord::decode(bytes).expect("journal decodes") {
             SwitchRecord::Batch { now, commands } => core.replay(&commands, now),
-            SwitchRecord::Expire { now } => {
-                core.expire(now);
+            SwitchRecord::Expire { now, at_most } => {
+                core.expire(now, at_most);
             }
         }
     }
@@ -223,9 +223,9 @@ impl Run {
 impl Core {
     /// Expires due holds and logs the pass, as the server's tick does.
     fn expire_logged(&mut self, now: Timestamp, journal: &mut Vec<Vec<u8>>) {
-        if self.expire(now) {
+        if self.expire(now, None) {
             let mut bytes = Vec::new();
-            SwitchRecord::encode_expire(now, &mut bytes);
+            SwitchRecord::encode_expire(now, None, &mut bytes);
             journal.push(bytes);
         }
     }
