@@ -362,7 +362,7 @@ impl Core {
         let mut room = CloseRoom::new(self);
         let mut logged = Vec::new();
         for (slot, prepared) in items.into_iter().enumerate() {
-            ahead.to(slot, &ids, |id| self.touch_remembered(id));
+            ahead.to(slot, &ids, |&id| id, |id| self.touch_remembered(id));
             let Some(command) = self.admit(&mut batch, &mut room, slot, prepared) else {
                 continue;
             };
@@ -379,11 +379,10 @@ impl Core {
     pub fn replay(&mut self, commands: &[Logged], now: Timestamp) {
         // Read ahead as `execute_prepared` does: a follower replays every batch the leader
         // executes, and without it waits on the remembered maps' memory once per command.
-        let ids: Vec<u128> = commands.iter().map(|c| c.id.0).collect();
         let mut ahead = TouchAhead::default();
         let mut batch = self.begin(now, commands.len());
         for (slot, c) in commands.iter().enumerate() {
-            ahead.to(slot, &ids, |id| self.touch_remembered(id));
+            ahead.to(slot, commands, |c| c.id.0, |id| self.touch_remembered(id));
             // Never a repeat: the log holds only what was not remembered when it ran.
             if let Some(response) = self.remembered(c.id, c.fingerprint) {
                 batch.answers.set(slot, response);
@@ -660,7 +659,7 @@ impl Core {
         };
         let mut ahead = TouchAhead::default();
         for (k, planned) in wave.planned.drain(..).enumerate() {
-            ahead.to(k, &ids, |id| self.touch_remembered(id));
+            ahead.to(k, &ids, |&id| id, |id| self.touch_remembered(id));
             let outcome = deciding(&outcomes[planned.events.clone()]);
             let Planned {
                 slot,

@@ -388,14 +388,21 @@ pub(super) struct TouchAhead {
 pub(super) const TOUCH_AHEAD: usize = 64;
 
 impl TouchAhead {
-    /// At request `at` of `ids`: once every request read ahead is reached, reads the next.
-    pub(super) fn to(&mut self, at: usize, ids: &[u128], mut touch: impl FnMut(u128) -> usize) {
+    /// At request `at` of `requests` (each one's id by `id`): once every request read ahead
+    /// is reached, reads the next.
+    pub(super) fn to<T>(
+        &mut self,
+        at: usize,
+        requests: &[T],
+        id: impl Fn(&T) -> u128,
+        mut touch: impl FnMut(u128) -> usize,
+    ) {
         if at < self.next {
             return;
         }
-        let end = (at + TOUCH_AHEAD).min(ids.len());
-        for &id in &ids[at.min(end)..end] {
-            self.read += touch(id);
+        let end = (at + TOUCH_AHEAD).min(requests.len());
+        for r in &requests[at.min(end)..end] {
+            self.read += touch(id(r));
         }
         self.next = end;
     }
