@@ -9,6 +9,8 @@
 //! `[ledger] preallocate` does at start. With `--capture-lag N`, each batch also captures, in
 //! full, as many authorizations as it makes, those made N authorizations before (lookups of
 //! old, uncached holds, as a festival's captures are); rates are then per request.
+//! With `--replay`, a second core then replays every logged record through `journal::replay`,
+//! as a follower applies the leader's entries, and the replay's CPU is reported too.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,6 +56,9 @@ struct Args {
     /// Also capture the authorizations made this many authorizations before (0: none).
     #[arg(long, default_value_t = 0)]
     capture_lag: u64,
+    /// Keep every batch's log record, then replay them all into a second core (a follower).
+    #[arg(long)]
+    replay: bool,
 }
 
 fn card_number(i: u64) -> String {
@@ -144,9 +149,6 @@ fn main() -> anyhow::Result<()> {
     let mut config = switch::config::Config::default();
     config.ledger.pending_max = 50_000_000;
     config.ledger.transfers_remembered_max = args.remembered;
-    let ledger = Arc::new(Ledger::new(switch::config::settings::ledger_config(
-        &config,
-    ))?);
     let routes = RouteTable::new(vec![Route {
         prefix: "62".into(),
         issuer: ISSUER,
@@ -158,17 +160,26 @@ fn main() -> anyhow::Result<()> {
         requests_remembered_max: usize::try_from(args.remembered)?,
         ..CoreConfig::default()
     };
-    let mut core = Core::new(ledger, core_config, Arc::new(routes));
-    setup(&mut core)?;
-    if args.preallocate {
-        let started = Instant::now();
-        let bytes = core.preallocate();
-        println!(
-            "preallocated_mib={} in {:.1} s",
-            bytes >> 20,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    let routes = Arc::new(routes);
+    let new_core = || -> anyhow::Result<Core> {
+        let ledger = Arc::new(Ledger::new(switch::config::settings::ledger_config(
+            &config,
+        ))?);
+        let mut core = Core::new(ledger, core_config.clone(), routes.clone());
+        setup(&mut core)?;
+        if args.preallocate {
+            let started = Instant::now();
+            let bytes = core.preallocate();
+            println!(
+                "preallocated_mib={} in {:.1} s",
+                bytes >> 20,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(core)
+    };
+    let mut core = new_core()?;
+    let mut records: Vec<Vec<u8>> = Vec::new();
 
     let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut approved, mut applied, mut busy) = (0u64, 0u64, 0f64);
@@ -196,6 +207,9 @@ fn main() -> anyhow::Result<()> {
         payload.clear();
         SwitchRecord::encode_batch(now, &executed.logged, &mut payload);
         let took = started.elapsed();
+        if args.replay {
+            records.push(payload.clone());
+        }
         busy += took.as_secs_f64();
         times.saturating_record(took.as_micros() as u64);
         applied += n;
@@ -229,5 +243,28 @@ fn main() -> anyhow::Result<()> {
         times.value_at_quantile(0.99),
         times.max()
     );
+    if args.replay {
+        let mut follower = new_core()?;
+        let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let started = Instant::now();
+        for record in &records {
+            let one = Instant::now();
+            switch::journal::replay(&mut follower, record)?;
+            times.saturating_record(one.elapsed().as_micros() as u64);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            follower.ledger().digest() == core.ledger().digest(),
+            "the replayed ledger differs from the executed one"
+        );
+        println!(
+            "replayed_{what}s/s={:.0} us_per_replayed_{what}={:.2} record_us p50={} p99={} max={}",
+            applied as f64 / secs,
+            secs * 1e6 / applied as f64,
+            times.value_at_quantile(0.5),
+            times.value_at_quantile(0.99),
+            times.max()
+        );
+    }
     Ok(())
 }
