@@ -746,9 +746,10 @@ impl Locked<'_> {
         while start < events.len() {
             if start >= touched {
                 touched = (start + TOUCH_AHEAD).min(events.len());
-                read ^= events[start..touched]
+                read += events[start..touched]
                     .iter()
-                    .fold(0, |read, e| read ^ self.touch(e));
+                    .map(|e| self.touch(e))
+                    .sum::<usize>();
             }
             let end = events[start..]
                 .iter()
@@ -773,8 +774,8 @@ impl Locked<'_> {
         outcomes
     }
 
-    /// Reads the index entries applying `event` will start from (see `PositionIndex::touch`);
-    /// returns what it read, to be kept.
+    /// Reads the index entries applying `event` will probe and write (see
+    /// `PositionIndex::touch`); returns how many.
     fn touch(&self, event: &Event) -> usize {
         let Op::Transfer(t) = &event.op else {
             return 0;
@@ -784,7 +785,7 @@ impl Locked<'_> {
                 .as_deref()
                 .map_or(0, |shard| shard.touch(id))
         };
-        touch(t.id) ^ t.kind.pending_id().map_or(0, touch)
+        touch(t.id) + t.kind.pending_id().map_or(0, touch)
     }
 
     fn apply_chain(

@@ -245,7 +245,7 @@ impl TransferShard {
         self.slot(id).map(Slot::unpack)
     }
 
-    /// Reads where looking `id` up and inserting it will start (see `PositionIndex::touch`).
+    /// Reads what looking `id` up and inserting it will (see `PositionIndex::touch`).
     pub(crate) fn touch(&self, id: TransferId) -> usize {
         self.index.touch(id.0)
     }

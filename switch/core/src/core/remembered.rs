@@ -402,7 +402,7 @@ impl TouchAhead {
         }
         let end = (at + TOUCH_AHEAD).min(requests.len());
         for r in &requests[at.min(end)..end] {
-            self.read ^= touch(id(r));
+            self.read += touch(id(r));
         }
         self.next = end;
     }
@@ -452,9 +452,9 @@ impl Core {
     }
 
     /// Reads the index entries of the remembered maps that looking `id` up and remembering it
-    /// will start from (see `TouchAhead`); returns what it read, to be kept.
+    /// will probe and write (see `TouchAhead`).
     pub(super) fn touch_remembered(&self, id: u128) -> usize {
-        self.responses.touch(id) ^ self.originals.touch(id)
+        self.responses.touch(id) + self.originals.touch(id)
     }
 
     pub(super) fn grow_ahead(&mut self) {
