@@ -17,6 +17,11 @@ Release build of `switch` and `loadgen`; every cluster is made fresh by `switch 
    snapshot bytes the leader sent it
    (switch_replica_snapshot_bytes_sent_total). `--catchup-only` runs this part alone.
 
+`--paced R1,R2,...` instead runs only `loadgen constant` at each rate against a fresh cluster of
+three, once for each `--cluster-line` set given with `--variants`, alternating (for an A/B of a
+`[cluster]` setting: `--paced 40000,95000 --variants "messages_in_flight_max = 2" --variants
+"messages_in_flight_max = 256" --rounds 2`).
+
 The raw fdatasync of the same disk is probed before and after (scripts/fsync_probe.py). Every
 loadgen run verifies every cent at the end; a failed verification fails this script. The
 summary goes to stdout and target/cluster-bench/summary.json.
@@ -54,7 +59,7 @@ def sh(args, **kw):
 class Cluster:
     """`n` replicas from `switch cluster init`, as processes of this script."""
 
-    def __init__(self, name, n, base_port, extra=EXTRA):
+    def __init__(self, name, n, base_port, extra=EXTRA, cluster_lines=""):
         self.dir = os.path.join(OUT, name)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(os.path.dirname(self.dir), exist_ok=True)
@@ -69,8 +74,12 @@ class Cluster:
         words = init.stdout.split()
         self.fingerprint = words[words.index("--fingerprint") + 1]
         for i in range(1, n + 1):
-            with open(self.config(i), "a") as f:
-                f.write(extra)
+            with open(self.config(i)) as f:
+                text = f.read()
+            if cluster_lines:
+                text = text.replace("[cluster]\n", "[cluster]\n" + cluster_lines + "\n", 1)
+            with open(self.config(i), "w") as f:
+                f.write(text + extra)
         self.procs = {}
 
     def config(self, i):
@@ -172,6 +181,9 @@ def main():
     ap.add_argument("--paced-seconds", type=int, default=20)
     ap.add_argument("--catchup-seconds", type=int, default=10)
     ap.add_argument("--catchup-only", action="store_true")
+    ap.add_argument("--paced", help="rates (comma-separated): only paced runs of three")
+    ap.add_argument("--variants", action="append", default=None,
+                    help="lines for every replica's [cluster] section, one run each (--paced)")
     ap.add_argument("--catchup-remembered", type=int, default=6_000_000,
                     help="[ledger] transfers_remembered_max for the catch-up's cluster")
     a = ap.parse_args()
@@ -182,11 +194,14 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     summary["commit"] = commit
 
-    if not a.catchup_only:
-        comparison(a, summary)
-    catchup(a, summary)
+    if a.paced:
+        paced_variants(a, summary)
+    else:
+        if not a.catchup_only:
+            comparison(a, summary)
+        catchup(a, summary)
     summary["fsync_after"] = probe("after")
-    name = "catchup.json" if a.catchup_only else "summary.json"
+    name = "paced.json" if a.paced else "catchup.json" if a.catchup_only else "summary.json"
     with open(os.path.join(OUT, name), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"wrote {os.path.join(OUT, name)}")
@@ -219,6 +234,24 @@ def comparison(a, summary):
         print(f"half of saturation {kind:5} at {rate}/s: p50 {paced[kind]['p50_ms']:.2f} ms, "
               f"p99 {paced[kind]['p99_ms']:.2f} ms", flush=True)
     summary["half"] = paced
+
+
+def paced_variants(a, summary):
+    rates = [int(r) for r in a.paced.split(",")]
+    variants = a.variants or [""]
+    runs = []
+    for r in range(a.rounds):
+        for rate in rates:
+            for v in variants:
+                c = Cluster("paced", 3, 24600, cluster_lines=v)
+                c.start_all()
+                res = loadgen(c, "paced", "constant", "--rate", str(rate),
+                              "--duration", str(a.paced_seconds))
+                c.stop()
+                runs.append({"round": r, "rate": rate, "variant": v, **res})
+                print(f"round {r} three at {rate}/s [{v or 'defaults'}]: "
+                      f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms", flush=True)
+    summary["paced"] = runs
 
 
 def catchup(a, summary):
