@@ -43,7 +43,7 @@ impl<V> Default for Payments<V> {
 
 impl<V> Payments<V> {
     fn shard(&self, id: u128) -> usize {
-        (self.hasher.hash_one(id) >> 58) as usize % SHARDS
+        (self.hasher.hash_one(id) % SHARDS as u64) as usize
     }
 
     pub fn contains_key(&self, id: &u128) -> bool {
