@@ -311,8 +311,8 @@ pub struct Overload {
     pub enabled: bool,
     /// The queueing delay the stage aims to stay under.
     pub target_ms: u32,
-    /// How long the smallest queueing delay must stay over the target before Authorize and
-    /// Sale are shed; also the shortest retry-after hint.
+    /// How long the queueing delay at the head of the stage's queue must stay over the
+    /// target before Authorize and Sale are shed; also the shortest retry-after hint.
     pub interval_ms: u32,
 }
 

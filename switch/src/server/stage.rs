@@ -580,15 +580,9 @@ impl Stage {
     /// whose deadline has passed, and the new payments shed, are answered 91 without reaching
     /// the core (PROTOCOL.md 8.1, 8.2). What is left runs in the core.
     fn screen(&mut self, jobs: Vec<Job>, at: Instant, count: usize) -> Screened {
-        // The freshest job gives the batch's smallest delay, the oldest its largest.
-        let newest = jobs.iter().map(|j| j.received).max();
-        let oldest = jobs.iter().map(|j| j.received).min();
-        if let (Some(newest), Some(oldest)) = (newest, oldest) {
-            metrics::histogram!("switch_queue_delay_seconds")
-                .record(at.saturating_duration_since(oldest).as_secs_f64());
-            let changed = self
-                .shedder
-                .observe(at, at.saturating_duration_since(newest));
+        if let Some(oldest) = overload::head_delay(at, jobs.iter().map(|j| j.received)) {
+            metrics::histogram!("switch_queue_delay_seconds").record(oldest.as_secs_f64());
+            let changed = self.shedder.observe(at, oldest);
             self.publish_shedding(changed, at);
         }
         let mut items = Vec::with_capacity(count);
@@ -1216,7 +1210,8 @@ impl StageThread {
     /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
     fn idle(&mut self) -> Result<(), StageError> {
         let now = Instant::now();
-        let changed = self.stage.shedder.idle(now);
+        // An empty queue has no standing delay.
+        let changed = self.stage.shedder.observe(now, Duration::ZERO);
         self.stage.publish_shedding(changed, now);
         self.stage.snapshots.batch(0);
         self.maybe_snapshot();

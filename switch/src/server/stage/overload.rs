@@ -1,8 +1,8 @@
 //! When the ledger stage sheds new payments (PROTOCOL.md 8.2), decided from queueing delays in
 //! the manner of CoDel: the smallest delay over an interval is the queue's standing delay, the
 //! part that does not drain. Sans-IO: time is an argument, so the rule is tested without a
-//! clock; the stage feeds it each batch's smallest delay and publishes the verdict in a
-//! `Signal` the connections read.
+//! clock; the stage feeds it each batch's delay (`head_delay`: the wait of its oldest job) and
+//! publishes the verdict in a `Signal` the connections read.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ pub struct OverloadSettings {
     pub enabled: bool,
     /// A queueing delay at or above this is "above the target".
     pub target: Duration,
-    /// How long the smallest delay must stay above the target before shedding starts; also the
-    /// smallest retry-after hint. At most `RETRY_AFTER_MAX` (validated).
+    /// How long the batches' delays must stay above the target before shedding starts; also
+    /// the smallest retry-after hint. At most `RETRY_AFTER_MAX` (validated).
     pub interval: Duration,
 }
 
@@ -26,12 +26,22 @@ pub struct OverloadSettings {
 #[derive(Clone, Debug)]
 pub struct Shedder {
     settings: OverloadSettings,
-    /// Since when every batch's smallest delay has been above the target (none: the last one
+    /// Since when every batch's delay has been above the target (none: the last one
     /// was under it, or the stage was idle).
     above_since: Option<Instant>,
     shedding: bool,
+    /// When shedding last stopped: for `RECENT_INTERVALS` intervals after, a delay above the
+    /// target starts it again at once.
+    stopped_at: Option<Instant>,
     retry_after: Duration,
 }
+
+/// How long, in intervals, the shedder remembers that it was shedding (as CoDel remembers a
+/// recent dropping state): a queue that comes back above the target that soon is the same
+/// overload coming back as soon as shedding stopped, not a burst to wait out. Without it, each
+/// stop would let the queue grow for a whole interval before shedding again, and the payments
+/// admitted meanwhile would wait that long.
+pub const RECENT_INTERVALS: u32 = 16;
 
 impl Shedder {
     pub fn new(settings: OverloadSettings) -> Self {
@@ -39,12 +49,14 @@ impl Shedder {
             settings,
             above_since: None,
             shedding: false,
+            stopped_at: None,
             retry_after: settings.interval.min(RETRY_AFTER_MAX),
         }
     }
 
-    /// A batch taken at `now`, whose freshest item waited `min_delay` in the queue. Returns
-    /// whether shedding changed.
+    /// A batch taken at `now`, whose oldest item waited `min_delay` in the queue (the
+    /// smallest such delay over an interval is the standing delay). Returns whether shedding
+    /// changed.
     pub fn observe(&mut self, now: Instant, min_delay: Duration) -> bool {
         if !self.settings.enabled {
             return false;
@@ -52,10 +64,17 @@ impl Shedder {
         let was = self.shedding;
         if min_delay < self.settings.target {
             self.above_since = None;
+            if self.shedding {
+                self.stopped_at = Some(now);
+            }
             self.shedding = false;
         } else {
             let since = *self.above_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= self.settings.interval {
+            let recent = self.settings.interval.saturating_mul(RECENT_INTERVALS);
+            let recently_shedding = self
+                .stopped_at
+                .is_some_and(|at| now.saturating_duration_since(at) < recent);
+            if recently_shedding || now.saturating_duration_since(since) >= self.settings.interval {
                 self.shedding = true;
             }
             // Twice the standing delay: about when a queue kept from growing has drained it.
@@ -65,11 +84,6 @@ impl Shedder {
             );
         }
         was != self.shedding
-    }
-
-    /// Nothing was queued at `now`: an empty queue has no standing delay.
-    pub fn idle(&mut self, now: Instant) -> bool {
-        self.observe(now, Duration::ZERO)
     }
 
     pub fn shedding(&self) -> bool {
@@ -86,6 +100,17 @@ impl Shedder {
     pub fn retry_after(&self) -> Duration {
         self.retry_after
     }
+}
+
+/// The delay a batch taken at `at` shows the shedder: the wait of its oldest job (the head of
+/// the queue), given when each job was `received`; `None` for an empty batch. Not the
+/// freshest job's: the stage takes everything queued at once, so however far behind it is,
+/// the last job in was queued a moment ago, and a rule fed that would never see the queue.
+pub fn head_delay(at: Instant, received: impl IntoIterator<Item = Instant>) -> Option<Duration> {
+    received
+        .into_iter()
+        .min()
+        .map(|oldest| at.saturating_duration_since(oldest))
 }
 
 /// What the connections read of the shedder: whether new payments are shed, and the hint a
@@ -142,29 +167,48 @@ mod tests {
         }
     }
 
-    /// The rule stated plainly over the whole history of (time in ms, smallest delay): after
-    /// the last observation, shedding iff it ends a run of observations at or above the target
-    /// (back to the last one under it, or the start) whose first is at least an interval
-    /// before it.
+    /// The rule stated over the whole history of (time in ms, oldest delay), run by run: a
+    /// run is a stretch of observations at or above the target, ended by one under it. A run
+    /// sheds from its first observation that is a whole interval after the run's first, or at
+    /// once if it began within `RECENT_INTERVALS` intervals of the end of a run that was
+    /// shedding when it ended. Returns whether the last observation leaves it shedding.
     fn model(history: &[(u64, Duration)], target: Duration, interval_ms: u64) -> bool {
-        let Some(&(now, _)) = history.last() else {
-            return false;
-        };
-        let first_above = history
-            .iter()
-            .rev()
-            .take_while(|(_, delay)| *delay >= target)
-            .last();
-        first_above.is_some_and(|&(first, _)| now - first >= interval_ms)
+        let recent_ms = interval_ms * u64::from(RECENT_INTERVALS);
+        let mut stopped_at: Option<u64> = None;
+        let mut i = 0;
+        let mut shedding = false;
+        while i < history.len() {
+            if history[i].1 < target {
+                i += 1;
+                continue;
+            }
+            let first = history[i].0;
+            let end = history[i..]
+                .iter()
+                .position(|(_, d)| *d < target)
+                .map_or(history.len(), |n| i + n);
+            let recently = stopped_at.is_some_and(|at| first - at < recent_ms);
+            let run = &history[i..end];
+            shedding = recently || run.iter().any(|&(t, _)| t - first >= interval_ms);
+            if end < history.len() {
+                if shedding {
+                    stopped_at = Some(history[end].0);
+                }
+                shedding = false;
+            }
+            i = end;
+        }
+        shedding
     }
 
     proptest! {
         #![proptest_config(ledger::proptest_config!("switch_overload_shedder.txt", 256))]
 
-        /// Enter after a whole interval above the target, leave at the first batch under it;
-        /// the hint is twice the delay seen above the target, within [interval, 1 s].
+        /// Enter after a whole interval above the target (or at once, soon after shedding
+        /// stopped), leave at the first batch under it; the hint is twice the delay seen above
+        /// the target, within [interval, 1 s].
         #[test]
-        fn sheds_exactly_when_the_smallest_delay_stayed_above_the_target_an_interval(
+        fn sheds_exactly_when_the_head_of_the_queue_stayed_above_the_target_an_interval(
             target_ms in 1u64..20,
             interval_ms in 1u64..300,
             steps in prop::collection::vec(
@@ -217,13 +261,13 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_stage_forgets_the_delay_it_saw_before() {
+    fn an_idle_stage_forgets_the_delay_it_saw_before_but_not_that_it_was_shedding() {
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
         let mut shedder = Shedder::new(settings(5, 100));
         shedder.observe(at(0), Duration::from_millis(50));
         assert!(!shedder.shedding(), "not a whole interval yet");
-        shedder.idle(at(50));
+        shedder.observe(at(50), Duration::ZERO);
         shedder.observe(at(150), Duration::from_millis(50));
         assert!(!shedder.shedding(), "the idle moment broke the run");
         shedder.observe(at(250), Duration::from_millis(50));
@@ -234,8 +278,33 @@ mod tests {
         assert_eq!(shedder.retry_after(), Duration::from_millis(100));
         shedder.observe(at(260), Duration::from_millis(700));
         assert_eq!(shedder.retry_after(), RETRY_AFTER_MAX);
-        assert!(shedder.idle(at(261)), "an empty queue ends shedding");
+        assert!(
+            shedder.observe(at(261), Duration::ZERO),
+            "an empty queue ends shedding"
+        );
         assert!(!shedder.shedding());
+        // The overload is back as soon as shedding stopped: no new interval to wait out.
+        assert!(shedder.observe(at(300), Duration::from_millis(6)));
+        assert!(shedder.observe(at(301), Duration::ZERO));
+        // Sixteen intervals after it stopped, a queue above the target is a new one.
+        let later = 301 + 100 * u64::from(RECENT_INTERVALS);
+        assert!(!shedder.observe(at(later), Duration::from_millis(6)));
+        assert!(!shedder.observe(at(later + 99), Duration::from_millis(6)));
+        assert!(shedder.observe(at(later + 100), Duration::from_millis(6)));
+    }
+
+    #[test]
+    fn a_batch_shows_the_wait_of_its_oldest_job_however_fresh_the_others() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_millis(30);
+        let received = [t0 + Duration::from_millis(29), t0, at];
+        assert_eq!(head_delay(at, received), Some(Duration::from_millis(30)));
+        assert_eq!(head_delay(at, []), None);
+        // A job stamped after `at` (clocks of two threads) waited nothing, not a negative time.
+        assert_eq!(
+            head_delay(t0, [t0 + Duration::from_millis(1)]),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
