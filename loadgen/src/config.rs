@@ -214,6 +214,12 @@ pub struct Common {
     /// Seconds after its first refusal past which a refused request is not sent again.
     #[arg(long, default_value_t = 10.0, help_heading = "Load shape")]
     pub retry_secs_max: f64,
+    /// Client-side throttling of new payments while the switch sheds them: over the last
+    /// second, loadgen refuses a new authorization or sale itself with probability
+    /// max(0, (asked - K x admitted) / (asked + 1)), so that a shedding switch is sent about
+    /// K times what it admits rather than every refusal's cost. 0: off; otherwise at least 1.
+    #[arg(long, default_value_t = 0.0, help_heading = "Load shape")]
+    pub throttle_k: f64,
 
     /// Customer accounts (cards).
     #[arg(long, default_value_t = 1000, help_heading = "Workload")]
@@ -394,6 +400,8 @@ pub struct Options {
     pub budget_ms: u16,
     /// How requests refused as busy are sent again (`--retries-max`, `--retry-secs-max`).
     pub retry: crate::backoff::RetryPolicy,
+    /// Client-side throttling's K, 0 for off (`--throttle-k`, `throttle`).
+    pub throttle_k: f64,
     pub customers: u64,
     pub merchants: u64,
     pub currency: Currency,
@@ -413,6 +421,14 @@ pub struct Options {
     pub progress: bool,
     pub seed: u64,
     pub faults: Faults,
+}
+
+fn throttle_k(k: f64) -> anyhow::Result<f64> {
+    if k == 0.0 || (k.is_finite() && k >= 1.0) {
+        Ok(k)
+    } else {
+        anyhow::bail!("--throttle-k must be 0 (off) or at least 1, not {k}")
+    }
 }
 
 fn positive(name: &str, value: f64) -> anyhow::Result<f64> {
@@ -648,6 +664,7 @@ impl Options {
                     c.retry_secs_max,
                 )?),
             },
+            throttle_k: throttle_k(c.throttle_k)?,
             customers: c.customers,
             merchants: c.merchants,
             currency,
@@ -783,12 +800,13 @@ mod tests {
         assert!(!constant.contains("--customers"), "{constant}");
     }
 
-    /// `--overload F` peaks at F times the calibration, refuses a fixed `--peak`; the budget
-    /// and the retry bounds are read as given, with sane defaults.
+    /// `--overload F` peaks at F times the calibration, refuses a fixed `--peak`; the budget,
+    /// the retry bounds and the throttle are read as given, with sane defaults.
     #[test]
     fn overload_budget_and_retries_are_read() {
         let o = parse(&["--spawn", "festival"]).expect("valid");
         assert_eq!((o.budget_ms, o.retry.retries_max), (0, 5));
+        assert_eq!(o.throttle_k, 0.0, "no throttling unless asked");
         assert_eq!(o.retry.give_up_after, Duration::from_secs(10));
         assert!(matches!(
             o.profile,
@@ -803,6 +821,8 @@ mod tests {
             "2",
             "--retry-secs-max",
             "1.5",
+            "--throttle-k",
+            "1.25",
             "festival",
             "--overload",
             "1.5",
@@ -812,6 +832,7 @@ mod tests {
         .expect("valid");
         assert_eq!((o.budget_ms, o.retry.retries_max), (250, 2));
         assert_eq!(o.retry.give_up_after, Duration::from_millis(1500));
+        assert_eq!(o.throttle_k, 1.25);
         assert!(matches!(
             o.profile,
             Profile::Festival { peak: None, overload: Some(f), peak_fraction, slo_p99_ms, .. }
@@ -830,6 +851,9 @@ mod tests {
             &["--spawn", "festival", "--overload", "0"],
             &["--spawn", "--retry-secs-max", "0", "max"],
             &["--spawn", "--budget-ms", "70000", "max"],
+            // Below 1 the throttle would refuse payments the switch admits.
+            &["--spawn", "--throttle-k", "0.9", "max"],
+            &["--spawn", "--throttle-k", "NaN", "max"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

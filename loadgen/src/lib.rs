@@ -20,5 +20,6 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod stats;
+pub mod throttle;
 pub mod verify;
 pub mod zipf;

@@ -43,6 +43,8 @@ pub struct OpReport {
     /// Refused requests sent again, and those given up.
     pub retries: u64,
     pub abandoned: u64,
+    /// New payments loadgen refused itself (`--throttle-k`), never sent: not in `count`.
+    pub throttled: u64,
     /// Latency of the requests the switch executed (approved or declined), and of its
     /// refusals.
     pub admitted_latency: Percentiles,
@@ -109,8 +111,9 @@ pub struct PeakReport {
     pub goodput_of_saturation: Option<f64>,
     /// p99 of the admitted requests intended during the peak.
     pub admitted_p99_ms: Option<f64>,
-    /// Refusals read during the peak.
+    /// Refusals read during the peak, and new payments loadgen refused itself then.
     pub refused: u64,
+    pub throttled: u64,
     /// Captures and reversals refused in the peak's seconds in which any authorization was
     /// admitted: 0 when the switch sheds new payments before the money already held.
     pub captures_reversals_refused_while_authorizing: u64,
@@ -142,10 +145,12 @@ pub struct SecondReport {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub max_ms: Option<f64>,
-    /// Approvals read in this second (goodput), refusals read, refused requests sent again.
+    /// Approvals read in this second (goodput), refusals read, refused requests sent again,
+    /// new payments refused by loadgen itself.
     pub approved: u64,
     pub refused: u64,
     pub retries: u64,
+    pub throttled: u64,
     /// Authorizations admitted, and captures and reversals refused, read in this second.
     pub authorizations_admitted: u64,
     pub captures_reversals_refused: u64,
@@ -304,6 +309,7 @@ fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f
     let mut h = crate::stats::OpStats::default().latency_us;
     let mut refused_h = h.clone();
     let (mut count, mut approved, mut errors, mut retries, mut abandoned) = (0, 0, 0, 0, 0);
+    let mut throttled = 0;
     let mut refused = [0u64; 3];
     let mut declined = BTreeMap::new();
     for o in ops {
@@ -314,6 +320,7 @@ fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f
         errors += o.errors;
         retries += o.retries;
         abandoned += o.abandoned;
+        throttled += o.throttled;
         for (total, n) in refused.iter_mut().zip(o.refused) {
             *total += n;
         }
@@ -345,6 +352,7 @@ fn op_report(name: &'static str, ops: &[&crate::stats::OpStats], elapsed_secs: f
         refused: RefusedCounts::of(refused),
         retries,
         abandoned,
+        throttled,
         admitted_latency: Percentiles::of(&admitted_h),
         refused_latency: Percentiles::of(&refused_h),
     }
@@ -424,6 +432,7 @@ pub fn peak_report(profile: &ProfileResult, seconds: &[Second]) -> Option<PeakRe
             .map(|r| goodput_rate / r),
         admitted_p99_ms: admitted_p99(peak),
         refused: peak.iter().map(|s| s.refused).sum(),
+        throttled: peak.iter().map(|s| s.throttled).sum(),
         captures_reversals_refused_while_authorizing: peak
             .iter()
             .filter(|s| s.authorizations_admitted > 0)
@@ -482,6 +491,7 @@ impl Report {
                     approved: s.approved,
                     refused: s.refused,
                     retries: s.retries,
+                    throttled: s.throttled,
                     authorizations_admitted: s.authorizations_admitted,
                     captures_reversals_refused: s.captures_reversals_refused,
                     admitted_p50_ms: admitted.p50_ms,
@@ -731,16 +741,17 @@ impl Report {
         let mut out = String::new();
         let t = &self.totals;
         let _ = writeln!(out, "\ngoodput: {:.0} approved operations/s", t.goodput);
-        if t.refused.total() == 0 && t.retries == 0 {
+        if t.refused.total() == 0 && t.retries == 0 && t.throttled == 0 {
             return out;
         }
         let _ = writeln!(
             out,
-            "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "refused",
             "shed",
             "deadline",
             "overload",
+            "throttled",
             "retries",
             "given up",
             "adm p50",
@@ -756,11 +767,12 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 o.op,
                 o.refused.shed,
                 o.refused.deadline_passed,
                 o.refused.overloaded,
+                o.throttled,
                 o.retries,
                 o.abandoned,
                 ms(o.admitted_latency.p50_ms),
@@ -803,7 +815,7 @@ fn peak_lines(p: &PeakReport, overload: Option<f64>) -> String {
     let _ = writeln!(
         out,
         "peak ({} {:.0}-{:.0} s): offered {offered}; goodput {:.0}/s{share}; admitted p99 {}; \
-         {} refused; captures/reversals refused while authorizations were admitted: {}\n  \
+         {} refused, {} throttled; captures/reversals refused while authorizations were admitted: {}\n  \
          quiet p99 {}, SLO p99 {} ms: back under {:.2} ms {recovery}",
         p.phase,
         p.start_secs,
@@ -811,6 +823,7 @@ fn peak_lines(p: &PeakReport, overload: Option<f64>) -> String {
         p.goodput_rate,
         ms(p.admitted_p99_ms),
         p.refused,
+        p.throttled,
         p.captures_reversals_refused_while_authorizing,
         ms(p.quiet_p99_ms),
         p.slo_p99_ms,
@@ -946,6 +959,11 @@ mod tests {
         );
         stats.retried(OpKind::Authorize, Duration::from_millis(1500));
         stats.abandoned(OpKind::Authorize);
+        // Three refused by loadgen itself (and given up): counted apart, never answered.
+        for _ in 0..3 {
+            stats.throttled(OpKind::Authorize, Duration::from_millis(1200));
+            stats.abandoned(OpKind::Authorize);
+        }
         let options = Options::spawn_defaults(Profile::Constant {
             rate: 100.0,
             duration_secs: 2.0,
@@ -968,7 +986,7 @@ mod tests {
             ),
             (100, 1, 7)
         );
-        assert_eq!((t.retries, t.abandoned), (1, 1));
+        assert_eq!((t.retries, t.abandoned, t.throttled), (1, 4, 3));
         let near = |v: Option<f64>, ms: f64| v.is_some_and(|v| (v - ms).abs() < ms * 0.01);
         assert!(
             near(t.admitted_latency.p50_ms, 40.0),
@@ -999,6 +1017,7 @@ mod tests {
         // Each second: 50 approvals; the second also 54 refusals, 7 of them captures.
         let s1 = &r.series[1];
         assert_eq!((s1.approved, s1.refused, s1.retries), (50, 58, 1));
+        assert_eq!((r.series[0].throttled, s1.throttled), (0, 3));
         assert_eq!(s1.captures_reversals_refused, 7);
         assert!(near(s1.admitted_p99_ms, 40.0), "{s1:?}");
         assert!(near(s1.refused_p50_ms, 1.0), "{s1:?}");
@@ -1009,12 +1028,13 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("authorize       100        1        0        1        1"),
+            table.contains("authorize       100        1        0         3        1        4"),
             "{table}"
         );
         let json: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&r).expect("JSON")).expect("JSON");
         assert_eq!(json["totals"]["refused"]["shed"], 100);
+        assert_eq!(json["totals"]["throttled"], 3);
         assert_eq!(json["series"][1]["approved"], 50);
         assert!(json["peak"].is_null());
     }

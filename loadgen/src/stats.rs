@@ -36,6 +36,8 @@ pub struct OpStats {
     pub retries: u64,
     /// Refused requests given up (not sent again: they did nothing).
     pub abandoned: u64,
+    /// New payments refused by loadgen itself (`--throttle-k`), never sent: not in `count`.
+    pub throttled: u64,
 }
 
 impl Default for OpStats {
@@ -50,6 +52,7 @@ impl Default for OpStats {
             refused_latency_us: histogram(3),
             retries: 0,
             abandoned: 0,
+            throttled: 0,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct Second {
     pub refused: u64,
     /// Refused requests sent again in this second.
     pub retries: u64,
+    /// New payments refused by loadgen itself in this second.
+    pub throttled: u64,
     /// Latency of the refusals among the requests scheduled in this second (made at the
     /// first refusal: a run without any keeps none).
     pub refused_latency_us: Option<Histogram<u64>>,
@@ -108,6 +113,7 @@ impl Default for Second {
             approved: 0,
             refused: 0,
             retries: 0,
+            throttled: 0,
             refused_latency_us: None,
             authorizations_admitted: 0,
             captures_reversals_refused: 0,
@@ -230,6 +236,12 @@ impl Stats {
     pub fn retried(&mut self, op: OpKind, now: Duration) {
         self.ops[op.index()].retries += 1;
         self.second(now).retries += 1;
+    }
+
+    /// A new payment refused by loadgen itself at `now` (never sent).
+    pub fn throttled(&mut self, op: OpKind, now: Duration) {
+        self.ops[op.index()].throttled += 1;
+        self.second(now).throttled += 1;
     }
 
     /// A refused request given up.

@@ -28,6 +28,10 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// The hint the proxy sends with a shed payment.
 const HINT_MS: u16 = 20;
 
+/// What the proxy answers an attempt of a request in place of the switch (a reason with 91),
+/// if it does: by the request's operation, its id and how many times it came before.
+type Verdict = fn(Op, u128, u32) -> Option<u8>;
+
 /// What the proxy does with an attempt of a request, by the low bits of its id (loadgen
 /// numbers its requests in order) and how many times it came before.
 fn verdict(op: Op, id: u128, attempt: u32) -> Option<u8> {
@@ -65,7 +69,7 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(upstream: SocketAddr, trust: Trust) -> Proxy {
+    fn start(upstream: SocketAddr, trust: Trust, verdict: Verdict) -> Proxy {
         let generated =
             rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
         let identity = ServerIdentity {
@@ -98,7 +102,7 @@ impl Proxy {
                         let Ok(stream) = client.stream().await else {
                             return;
                         };
-                        tokio::spawn(relay(send, recv, stream, seen.clone()));
+                        tokio::spawn(relay(send, recv, stream, seen.clone(), verdict));
                     }
                     client.close().await;
                 });
@@ -120,6 +124,7 @@ async fn relay(
     mut recv: quinn::RecvStream,
     upstream: Stream,
     seen: Arc<Mutex<Seen>>,
+    verdict: Verdict,
 ) {
     let send = Arc::new(tokio::sync::Mutex::new(send));
     let mut buf = Vec::new();
@@ -225,8 +230,8 @@ async fn relay(
     }
 }
 
-#[test]
-fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
+/// The options of the runs through the proxy: a small constant load on an in-process switch.
+fn spawn_options() -> Options {
     let mut spawn = Options::spawn_defaults(Profile::Constant {
         rate: 300.0,
         duration_secs: 1.5,
@@ -245,7 +250,21 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     spawn.budget_ms = 1500;
     spawn.retry.retries_max = 3;
     spawn.retry.give_up_after = Duration::from_secs(5);
-    let spawned = Spawned::start(&spawn).expect("the switch starts");
+    spawn
+}
+
+/// Runs `spawn`'s profile through a proxy answering as `verdict` says in front of a switch it
+/// starts, then verifies against the switch; returns what loadgen and the proxy saw.
+fn through_proxy(
+    spawn: &Options,
+    verdict: Verdict,
+) -> (
+    loadgen::verify::Verification,
+    loadgen::stats::Stats,
+    loadgen::model::Model,
+    Seen,
+) {
+    let spawned = Spawned::start(spawn).expect("the switch starts");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("loadgen")
@@ -253,9 +272,9 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
         .build()
         .expect("a runtime");
     let upstream_trust = spawned.endpoint().trust;
-    let (verification, stats, model, seen) = runtime.block_on(async {
+    let seen = runtime.block_on(async {
         tokio::time::timeout(LIMIT, async {
-            let proxy = Proxy::start(spawned.addr, upstream_trust);
+            let proxy = Proxy::start(spawned.addr, upstream_trust, verdict);
             let mut options = spawn.clone();
             options.target = Target::Remote {
                 addrs: vec![proxy.addr.to_string()],
@@ -280,6 +299,13 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     });
     drop(runtime);
     spawned.stop().expect("the switch stops cleanly");
+    seen
+}
+
+#[test]
+fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
+    let spawn = spawn_options();
+    let (verification, stats, model, seen) = through_proxy(&spawn, verdict);
 
     assert!(verification.passed, "{:#?}", verification.mismatches);
     // Each payment the switch approved is in the model once, and nothing else is.
@@ -330,6 +356,63 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     assert!(refused(OpKind::Capture, Refusal::Overloaded) > 0);
     // The budget went with the load's frames.
     assert!(seen.budgets.contains(&1500), "{:?}", seen.budgets);
+}
+
+/// A proxy that keeps refusing four new payments in five (shed, reason 34) and captures never.
+fn mostly_shed(op: Op, id: u128, _attempt: u32) -> Option<u8> {
+    (matches!(op, Op::Authorize | Op::Sale) && !(id as u64).is_multiple_of(5)).then_some(34)
+}
+
+/// `--throttle-k`: against a switch that sheds most new payments, loadgen refuses new payments
+/// itself instead of sending them all (so the switch is spared most of those refusals), never
+/// a capture, reversal or refund; what it refused it gives up, having done nothing, and the
+/// run still verifies every cent.
+#[test]
+fn a_throttled_client_refuses_new_payments_itself_and_still_verifies() {
+    let mut spawn = spawn_options();
+    spawn.throttle_k = 1.1;
+    let (verification, stats, model, seen) = through_proxy(&spawn, mostly_shed);
+
+    assert!(verification.passed, "{:#?}", verification.mismatches);
+    let op = |k: OpKind| &stats.ops[k.index()];
+    let payments = [OpKind::Authorize, OpKind::Sale];
+    let throttled: u64 = payments.iter().map(|&k| op(k).throttled).sum();
+    let sent: u64 = seen
+        .attempts
+        .values()
+        .filter(|(op, _)| *op != Op::Capture)
+        .map(|(_, times)| times.len() as u64)
+        .sum();
+    // Once the first refusals are in, most new payments stay here. (A switch that sheds four
+    // in five whatever it is sent is past what any K tolerates: 1 - 1/K of what it is sent.
+    // A real one sheds less as it is sent less; `throttle`'s own tests model that.)
+    assert!(throttled > sent, "{throttled} throttled, {sent} sent");
+    for k in [
+        OpKind::Capture,
+        OpKind::Reverse,
+        OpKind::Refund,
+        OpKind::Balance,
+    ] {
+        assert_eq!(op(k).throttled, 0, "{k:?}");
+    }
+    // What the switch approved is what the model holds; a throttled payment never reached
+    // the proxy, so every payment given up (throttled, or refused every time) is one the
+    // proxy never forwarded or never saw, and verification read each back as unknown.
+    let modelled: HashSet<u128> = model
+        .auths
+        .keys()
+        .chain(model.sales.keys())
+        .copied()
+        .collect();
+    assert_eq!(modelled, seen.approved);
+    let given_up: u64 = payments.iter().map(|&k| op(k).abandoned).sum();
+    // (A payment the proxy refused may be throttled when it goes again: counted once.)
+    let refused_by_proxy = seen.never_forwarded.len() as u64;
+    assert!(
+        (throttled..=throttled + refused_by_proxy).contains(&given_up),
+        "{given_up} given up, {throttled} throttled, {refused_by_proxy} refused by the proxy"
+    );
+    assert_eq!(verification.refused_checked, given_up);
 }
 
 /// `--overload 1.5`: the peak is one and a half times what the calibration measured with the

@@ -249,6 +249,7 @@ impl Session {
     async fn open_loop(&self, schedule: &Schedule, offset_secs: f64) -> anyhow::Result<f64> {
         let schedule = Arc::new(schedule.clone());
         let lanes = self.link.lanes();
+        self.shared.state.lock().throttle.reset();
         let start = Instant::now() + Duration::from_millis(20);
         let start_secs = start
             .saturating_duration_since(self.shared.measure.lock().origin)
@@ -490,8 +491,12 @@ async fn open_lane(
             intended.push(due);
             cursor.advance();
         }
-        let (sent, requests) = shared.build(&intended, &mut rng);
+        let (sent, requests) = shared.build(&intended, &mut rng, true);
         shared.scheduled(&intended);
+        if sent.is_empty() {
+            // Every slot was a new payment refused here (throttled).
+            continue;
+        }
         let shared = shared.clone();
         let link = link.clone();
         tokio::spawn(async move {
@@ -533,7 +538,7 @@ async fn closed_worker(
     let n = shared.options.batch_max;
     while Instant::now() < deadline && !shared.is_lost() {
         let intended = vec![Instant::now(); n];
-        let (sent, requests) = shared.build(&intended, &mut rng);
+        let (sent, requests) = shared.build(&intended, &mut rng, false);
         shared.scheduled(&intended);
         let failed = send(&shared, &link, lane, sent, &requests).await;
         if failed && shared.state.lock().unknown.len() > UNKNOWN_MAX {

@@ -54,6 +54,11 @@ pub(super) enum Step {
 }
 
 impl Step {
+    /// A new authorization or sale: what a shedding switch refuses, and the throttle too.
+    pub(super) fn is_new_payment(&self) -> bool {
+        matches!(self, Step::Authorize { .. } | Step::Sale { .. })
+    }
+
     pub(super) fn op(&self) -> OpKind {
         match self {
             Step::Authorize { .. } => OpKind::Authorize,
@@ -219,18 +224,57 @@ impl Shared {
     }
 
     /// One frame for the slots intended at `intended`: waiting follow-ups first, then refused
-    /// requests due to go again, then new flows.
+    /// requests due to go again, then new flows. With `throttled` (the open loop), new
+    /// payments the throttle refuses are left out (`throttle`): the frame may be empty.
     pub(super) fn build(
         &self,
         intended: &[Instant],
         rng: &mut StdRng,
+        throttled: bool,
     ) -> (Vec<Sent>, Vec<Request>) {
-        let mut sent = self.take_waiting(intended, Instant::now());
+        let now = Instant::now();
+        let mut sent = self.take_waiting(intended, now);
         for &at in &intended[sent.len()..] {
             sent.push(Sent::new(self.next_id(), self.new_flow(rng), at, 0));
         }
+        if throttled {
+            self.throttle(&mut sent, now);
+        }
         let requests = self.requests(&sent);
         (sent, requests)
+    }
+
+    /// Takes out of `sent` the new payments the throttle refuses at `now`: each counts as
+    /// throttled and is given up at once, having done nothing (sent again, it would be one
+    /// more request for the throttle to refuse while the switch is still shedding: retries
+    /// of what the client refused itself would multiply the load it is there to cut).
+    fn throttle(&self, sent: &mut Vec<Sent>, now: Instant) {
+        let mut state = self.state.lock();
+        if !state.throttle.enabled() {
+            return;
+        }
+        let state = &mut *state;
+        let mut throttled = Vec::new();
+        sent.retain(|s| {
+            let admit = !s.step.is_new_payment() || state.throttle.admit(now, &mut state.rng);
+            if !admit {
+                throttled.push(*s);
+            }
+            admit
+        });
+        if throttled.is_empty() {
+            return;
+        }
+        let mut measure = self.measure.lock();
+        let at = now.saturating_duration_since(measure.origin);
+        for s in throttled {
+            let op = s.step.op();
+            measure.stats.throttled(op, at);
+            measure.stats.abandoned(op);
+            if state.abandoned.len() < ABANDONED_KEPT_MAX {
+                state.abandoned.push(s.id);
+            }
+        }
     }
 
     pub(super) fn requests(&self, sent: &[Sent]) -> Vec<Request> {
@@ -303,6 +347,9 @@ impl Shared {
             Ok(r) if r.len() == sent.len() => r,
             Err(Failure::Busy) if !resent => {
                 for s in sent {
+                    if s.step.is_new_payment() {
+                        state.throttle.answered(now, false);
+                    }
                     if measured {
                         let why = Refusal::Overloaded;
                         measure
@@ -341,6 +388,9 @@ impl Shared {
                 continue;
             }
             if let Some(why) = Refusal::of(r.code, r.reason).filter(|_| r.request_id.0 == s.id) {
+                if s.step.is_new_payment() {
+                    state.throttle.answered(now, false);
+                }
                 if measured {
                     measure
                         .stats
@@ -356,6 +406,9 @@ impl Shared {
             } else {
                 Err(())
             };
+            if verdict.is_ok() && s.step.is_new_payment() {
+                state.throttle.answered(now, true);
+            }
             match verdict {
                 Ok(declined) if measured => {
                     measure
@@ -419,9 +472,7 @@ impl Shared {
                 true
             }
             _ => {
-                if matches!(s.step, Step::Authorize { .. } | Step::Sale { .. })
-                    && state.abandoned.len() < ABANDONED_KEPT_MAX
-                {
+                if s.step.is_new_payment() && state.abandoned.len() < ABANDONED_KEPT_MAX {
                     state.abandoned.push(s.id);
                 }
                 false

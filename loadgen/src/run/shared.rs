@@ -16,6 +16,7 @@ use crate::config::Options;
 use crate::mix::Mix;
 use crate::model::Model;
 use crate::stats::Stats;
+use crate::throttle::Throttle;
 use crate::verify::Seen;
 
 /// Rounds of asking again for requests that got no answer.
@@ -38,6 +39,8 @@ pub(super) struct State {
     pub(super) funding_before: Seen,
     pub(super) sales_approved: u64,
     pub(super) follow_ups_dropped: u64,
+    /// New payments refused here while the switch sheds (`--throttle-k`).
+    pub(super) throttle: Throttle,
 }
 
 /// The measurements, under a lock of their own, and when measuring began.
@@ -128,6 +131,7 @@ impl Shared {
                 funding_before: Seen::default(),
                 sales_approved: 0,
                 follow_ups_dropped: 0,
+                throttle: Throttle::new(options.throttle_k, Instant::now()),
             }),
             measure: Mutex::new(Measure {
                 stats: Stats::default(),
