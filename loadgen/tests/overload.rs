@@ -302,6 +302,16 @@ fn through_proxy(
     seen
 }
 
+/// The authorizations and sales the model holds: the ones the switch approved.
+fn modelled_payments(model: &loadgen::model::Model) -> HashSet<u128> {
+    model
+        .auths
+        .keys()
+        .chain(model.sales.keys())
+        .copied()
+        .collect()
+}
+
 #[test]
 fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
     let spawn = spawn_options();
@@ -309,12 +319,7 @@ fn refused_payments_go_again_after_the_hint_count_once_and_verify() {
 
     assert!(verification.passed, "{:#?}", verification.mismatches);
     // Each payment the switch approved is in the model once, and nothing else is.
-    let modelled: HashSet<u128> = model
-        .auths
-        .keys()
-        .chain(model.sales.keys())
-        .copied()
-        .collect();
+    let modelled = modelled_payments(&model);
     assert_eq!(modelled, seen.approved);
     // Payments refused every time were given up: not in the model, read back as unknown.
     let abandoned = seen.never_forwarded.len() as u64;
@@ -398,12 +403,7 @@ fn a_throttled_client_refuses_new_payments_itself_and_still_verifies() {
     // What the switch approved is what the model holds; a throttled payment never reached
     // the proxy, so every payment given up (throttled, or refused every time) is one the
     // proxy never forwarded or never saw, and verification read each back as unknown.
-    let modelled: HashSet<u128> = model
-        .auths
-        .keys()
-        .chain(model.sales.keys())
-        .copied()
-        .collect();
+    let modelled = modelled_payments(&model);
     assert_eq!(modelled, seen.approved);
     let given_up: u64 = payments.iter().map(|&k| op(k).abandoned).sum();
     // (A payment the proxy refused may be throttled when it goes again: counted once.)
