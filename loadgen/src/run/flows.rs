@@ -249,10 +249,11 @@ impl Shared {
     /// more request for the throttle to refuse while the switch is still shedding: retries
     /// of what the client refused itself would multiply the load it is there to cut).
     fn throttle(&self, sent: &mut Vec<Sent>, now: Instant) {
-        let mut state = self.state.lock();
-        if !state.throttle.enabled() {
+        // Off (the default), no lock is taken for it.
+        if self.options.throttle_k == 0.0 {
             return;
         }
+        let mut state = self.state.lock();
         let state = &mut *state;
         let mut throttled = Vec::new();
         sent.retain(|s| {
@@ -271,9 +272,7 @@ impl Shared {
             let op = s.step.op();
             measure.stats.throttled(op, at);
             measure.stats.abandoned(op);
-            if state.abandoned.len() < ABANDONED_KEPT_MAX {
-                state.abandoned.push(s.id);
-            }
+            Self::give_up(state, &s);
         }
     }
 
@@ -472,11 +471,18 @@ impl Shared {
                 true
             }
             _ => {
-                if s.step.is_new_payment() && state.abandoned.len() < ABANDONED_KEPT_MAX {
-                    state.abandoned.push(s.id);
-                }
+                Self::give_up(state, &s);
                 false
             }
+        }
+    }
+
+    /// A request refused and not sent again: it did nothing, and an authorization or sale is
+    /// listed (the first `ABANDONED_KEPT_MAX`) so that verification checks the switch does
+    /// not know it.
+    fn give_up(state: &mut State, s: &Sent) {
+        if s.step.is_new_payment() && state.abandoned.len() < ABANDONED_KEPT_MAX {
+            state.abandoned.push(s.id);
         }
     }
 

@@ -54,15 +54,15 @@ impl Shedder {
         }
     }
 
-    /// A batch taken at `now`, whose oldest item waited `min_delay` in the queue (the
+    /// A batch taken at `now`, whose oldest item waited `delay` in the queue (the
     /// smallest such delay over an interval is the standing delay). Returns whether shedding
     /// changed.
-    pub fn observe(&mut self, now: Instant, min_delay: Duration) -> bool {
+    pub fn observe(&mut self, now: Instant, delay: Duration) -> bool {
         if !self.settings.enabled {
             return false;
         }
         let was = self.shedding;
-        if min_delay < self.settings.target {
+        if delay < self.settings.target {
             self.above_since = None;
             if self.shedding {
                 self.stopped_at = Some(now);
@@ -78,7 +78,7 @@ impl Shedder {
                 self.shedding = true;
             }
             // Twice the standing delay: about when a queue kept from growing has drained it.
-            self.retry_after = min_delay.saturating_mul(2).clamp(
+            self.retry_after = delay.saturating_mul(2).clamp(
                 self.settings.interval,
                 RETRY_AFTER_MAX.max(self.settings.interval),
             );
