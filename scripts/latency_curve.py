@@ -13,7 +13,8 @@ frames of one request, and at those rates their per-frame cost, not the switch's
 would be measured. `--half-saturation R`
 adds a point at R (half of `loadgen max`'s figure measured the same hour). Prints one
 Markdown row per point: authorize p50 / p99 / p99.9, fdatasync p50 / p99, the margin
-p99 - fdatasync p99, and the switch's CPU per request. Exits 1 if a run failed its
+p99 - fdatasync p99, and the switch's CPU per request; then, per point, the switch's threads:
+CPU, time waiting for a CPU and times scheduled, per request. Exits 1 if a run failed its
 verification.
 """
 import argparse
@@ -70,6 +71,7 @@ def main():
           "| p99 - fdatasync p99 ms | switch CPU µs/request | verified |")
     print("|---:|---|---:|---:|---:|---|---:|---:|:-:|")
     failed = False
+    threads = []
     for rate in rates:
         sync_p50, sync_p99 = fsync_probe(a.probe_count)
         pacing = "timer" if rate >= a.timer_from else "thread"
@@ -80,6 +82,13 @@ def main():
               f"{auth['p999_ms']:.2f} | {sync_p50:.2f} / {sync_p99:.2f} | "
               f"{auth['p99_ms'] - sync_p99:+.2f} | {cost['switch_cpu_us_per_request']:.1f} | "
               f"{'yes' if passed else 'NO'} |", flush=True)
+        threads.append((rate, cost.get("switch_threads", [])))
+    print("\nThe switch's threads, per request: µs on a CPU / µs waiting for one / times scheduled")
+    for rate, ts in threads:
+        cells = ", ".join(f"{t['name']} {t['cpu_us_per_request']:.1f} / "
+                          f"{t['waiting_us_per_request']:.1f} / {t['scheduled_per_request']:.2f}"
+                          for t in ts)
+        print(f"- {rate:,}/s: {cells}")
     sys.exit(1 if failed else 0)
 
 

@@ -172,6 +172,21 @@ pub struct SelfCost {
     /// Only with `--spawn` (the switch's threads are then in this process).
     pub switch_cpu_secs: Option<f64>,
     pub switch_cpu_us_per_request: Option<f64>,
+    /// Only with `--spawn`: the switch's threads by name (a runtime's workers summed), most
+    /// CPU first. Empty otherwise.
+    pub switch_threads: Vec<ThreadCost>,
+}
+
+/// One thread name's share of a run, per answered request.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadCost {
+    pub name: String,
+    /// Time on a CPU.
+    pub cpu_us_per_request: f64,
+    /// Time runnable but waiting for a CPU: what the machine's other threads cost this one.
+    pub waiting_us_per_request: f64,
+    /// Times put on a CPU (wake-ups and preemptions).
+    pub scheduled_per_request: f64,
 }
 
 /// Against a cluster (several targets): its leaders and the failovers the run rode through.
@@ -275,6 +290,23 @@ pub fn code_name(code: u8) -> &'static str {
 }
 
 /// Says so when most of the answered requests were declined for a misconfiguration.
+/// Per answered request, most CPU first.
+fn thread_costs(others: &BTreeMap<String, cpu::Sched>, requests: u64) -> Vec<ThreadCost> {
+    let per = |n: u64| n as f64 / requests.max(1) as f64;
+    let mut costs: Vec<ThreadCost> = others
+        .iter()
+        .filter(|(_, s)| s.run_ns > 0)
+        .map(|(name, s)| ThreadCost {
+            name: name.clone(),
+            cpu_us_per_request: per(s.run_ns) / 1000.0,
+            waiting_us_per_request: per(s.wait_ns) / 1000.0,
+            scheduled_per_request: per(s.slices),
+        })
+        .collect();
+    costs.sort_by(|a, b| b.cpu_us_per_request.total_cmp(&a.cpu_us_per_request));
+    costs
+}
+
 fn misconfiguration(totals: &OpReport) -> Option<String> {
     let answered = totals.count.saturating_sub(totals.errors);
     let declined: Vec<(&str, u64)> = MISCONFIGURATION_CODES
@@ -512,6 +544,11 @@ impl Report {
                 loadgen_cpu_us_per_request: per(c.loadgen_ns),
                 switch_cpu_secs: spawned.then(|| c.other_ns as f64 / 1e9),
                 switch_cpu_us_per_request: spawned.then(|| per(c.other_ns)),
+                switch_threads: if spawned {
+                    thread_costs(&c.others, requests)
+                } else {
+                    Vec::new()
+                },
             }
         });
         let peak = peak_report(&profile, &stats.seconds);
@@ -682,6 +719,22 @@ impl Report {
                 let _ = write!(out, "; switch CPU: {s:.2} s, {per:.2} us per request");
             }
             let _ = writeln!(out);
+            if !c.switch_threads.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "switch threads, per request: us on a CPU / us waiting for one / times scheduled"
+                );
+                for t in &c.switch_threads {
+                    let _ = writeln!(
+                        out,
+                        "  {:<16} {:>8.2} {:>8.2} {:>6.2}",
+                        t.name,
+                        t.cpu_us_per_request,
+                        t.waiting_us_per_request,
+                        t.scheduled_per_request
+                    );
+                }
+            }
         }
         if let Some(c) = &self.cluster {
             out.push_str(&cluster_lines(c));

@@ -148,4 +148,26 @@ fn max_finds_a_saturation_rate() {
     assert!(r.series.iter().all(|s| s.target_rate.is_none()));
     let cost = r.self_cost.as_ref().expect("measured on Linux");
     assert!(cost.loadgen_cpu_us_per_request > 0.0);
+    // The spawned switch's threads, by name: the network, the stage and the log writer all
+    // did work, and loadgen's own threads are not among them.
+    let threads: Vec<&str> = cost
+        .switch_threads
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for name in ["ledger-stage", "wal-writer", "switch-io"] {
+        assert!(threads.contains(&name), "{name} missing from {threads:?}");
+    }
+    assert!(!threads.iter().any(|t| t.starts_with("loadgen")));
+    assert!(
+        cost.switch_threads
+            .iter()
+            .all(|t| t.scheduled_per_request > 0.0)
+    );
+    assert!(
+        cost.switch_threads
+            .iter()
+            .all(|t| t.cpu_us_per_request > 0.0)
+    );
+    assert!(r.table().contains("switch threads, per request"));
 }

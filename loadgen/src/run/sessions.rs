@@ -141,7 +141,7 @@ impl Session {
 
     /// CPU time of loadgen's threads and of the others since the profile began.
     pub fn cpu_since_start(&self) -> Option<cpu::Split> {
-        let (a, b) = (self.cpu_at_start?, cpu::split()?);
+        let (a, b) = (self.cpu_at_start.as_ref()?, cpu::split()?);
         Some(b.since(a))
     }
 
