@@ -159,6 +159,20 @@ const FAMILIES: &[Family] = &[
         Series::One,
     ),
     family(
+        "switch_http_refused_total",
+        Counter,
+        Unit::Count,
+        "Connections to this HTTP endpoint closed at once: every slot was taken",
+        Series::One,
+    ),
+    family(
+        "switch_http_accept_failed_total",
+        Counter,
+        Unit::Count,
+        "Failed accepts on this HTTP endpoint (out of file descriptors, say)",
+        Series::One,
+    ),
+    family(
         "switch_replica_refused_total",
         Counter,
         Unit::Count,
