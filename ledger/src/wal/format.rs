@@ -31,7 +31,8 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // The largest number is no segment: the one after it could not be named.
+    digits.parse().ok().filter(|&n| n < u64::MAX)
 }
 
 /// Why bytes on disk are not a valid segment header or record.
@@ -85,6 +86,9 @@ pub enum Corruption {
         expected: u64,
         found: u64,
     },
+    /// A record with the largest sequence number, which no writer reaches: nothing could
+    /// follow it.
+    SequenceExhausted,
 }
 
 impl Corruption {
@@ -94,6 +98,7 @@ impl Corruption {
         !matches!(
             self,
             Corruption::Sequence { .. }
+                | Corruption::SequenceExhausted
                 | Corruption::RecordOverMaximum { .. }
                 | Corruption::SegmentNumber { .. }
                 | Corruption::FirstSequence { .. }
@@ -151,6 +156,13 @@ impl fmt::Display for Corruption {
             Corruption::Unwritten => f.write_str("zeros where a record would start (unwritten)"),
             Corruption::Sequence { expected, found } => {
                 write!(f, "record has sequence {found}, expected {expected}")
+            }
+            Corruption::SequenceExhausted => {
+                write!(
+                    f,
+                    "record has sequence {}, which no writer reaches",
+                    u64::MAX
+                )
             }
         }
     }
@@ -303,9 +315,11 @@ mod tests {
             Some(42)
         );
         assert_eq!(
-            parse_segment_file_name(&segment_file_name(u64::MAX)),
-            Some(u64::MAX)
+            parse_segment_file_name(&segment_file_name(u64::MAX - 1)),
+            Some(u64::MAX - 1)
         );
+        // Recovery names the segment after the last one: the largest number has none.
+        assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), None);
         for bad in [
             "42.wal",
             "0000000000000000042.wal",

@@ -533,6 +533,8 @@ impl Scan<'_> {
                             expected,
                             found: header.sequence,
                         }
+                    } else if expected == u64::MAX {
+                        Corruption::SequenceExhausted
                     } else {
                         let len = header.len_bytes as usize;
                         let record = reader.get(offset, RECORD_HEADER_LEN + len)?;
@@ -817,7 +819,48 @@ impl<S: Storage> Window<'_, S> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::first_nonzero;
+    use super::*;
+    use crate::storage::{AppendFile, SimStorage};
+    use crate::wal::format::{SegmentHeader, encode_record, segment_file_name};
+
+    /// A segment whose checksums hold but whose record has the largest sequence number (only a
+    /// forged file has one): refused as corruption, never wrapped around to sequence 0.
+    #[test]
+    fn a_record_with_the_largest_sequence_is_corruption() {
+        let storage = SimStorage::new();
+        let mut file = storage.create(&segment_file_name(1)).expect("create");
+        let header = SegmentHeader {
+            segment: 1,
+            first_sequence: u64::MAX - 1,
+        };
+        let mut bytes = header.encode().to_vec();
+        encode_record(&mut bytes, 1, u64::MAX - 1, b"last but one");
+        encode_record(&mut bytes, 1, u64::MAX, b"last");
+        encode_record(&mut bytes, 1, 0, b"after the last");
+        file.append(&bytes).expect("append");
+        file.sync_data().expect("sync");
+        let mut applied = Vec::new();
+        let options = RecoverOptions {
+            missing_prefix_allowed: true,
+            ..RecoverOptions::default()
+        };
+        let err = recover(&storage, &options, |sequence, _| {
+            applied.push(sequence);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .expect_err("the record after the largest sequence is refused");
+        assert_eq!(applied, vec![u64::MAX - 1], "{err}");
+        assert!(
+            matches!(
+                err,
+                RecoveryError::Corrupt {
+                    reason: Corruption::SequenceExhausted,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     proptest! {
         #![proptest_config(crate::proptest_config!("wal_first_nonzero.txt"))]

@@ -1130,6 +1130,13 @@ fn decode_pairs(r: &mut Reader<'_>) -> Result<HashMap<PairKey, PairTotals>, Snap
             refunds: r.u128("refunds")?,
             refund_count: r.u64("refund count")?,
         };
+        if totals.purchases > TOTAL_MAX
+            || totals.refunds > TOTAL_MAX
+            || totals.purchase_count > COUNT_MAX
+            || totals.refund_count > COUNT_MAX
+        {
+            return Err(r.bad(at, "pair totals out of range".into()));
+        }
         if pairs.insert(key, totals).is_some() {
             return Err(r.bad(at, "pair repeated".into()));
         }
@@ -1162,17 +1169,32 @@ fn encode_clearing(c: &Clearing) -> Vec<u8> {
     out
 }
 
+/// The largest total of amounts (and, either way, net position) a snapshot may hold. Sums of
+/// `u64` amounts in `u128` (and `i128`) never overflow from real traffic, nor from this bound
+/// on (2^62 more transfers of the largest amount fit), and converting between the two is
+/// exact; a file with more is corrupt or forged, and refused rather than left to wrap.
+const TOTAL_MAX: u128 = 1 << 126;
+/// The largest transfer count a snapshot may hold, for the same reason.
+const COUNT_MAX: u64 = 1 << 62;
+
 fn decode_clearing(mut r: Reader<'_>, kept: usize) -> Result<Clearing, SnapshotError> {
     let mut c = Clearing::new(kept);
     let at = r.at();
     let id = r.u64("open window")?;
-    if id == 0 {
-        return Err(r.bad(at, "open window 0".into()));
+    if id == 0 || id == u64::MAX {
+        // 0 is no window, and the largest id has no next one for the close to open.
+        return Err(r.bad(at, format!("open window {id}")));
+    }
+    let opened_at = ledger::Timestamp(r.u64("opened at")?);
+    let at = r.at();
+    let transfer_count = r.u64("transfer count")?;
+    if transfer_count > COUNT_MAX {
+        return Err(r.bad(at, "transfer count out of range".into()));
     }
     c.open = OpenWindow {
         id,
-        opened_at: ledger::Timestamp(r.u64("opened at")?),
-        transfer_count: r.u64("transfer count")?,
+        opened_at,
+        transfer_count,
         cleared: decode_pairs(&mut r)?,
         moved: decode_pairs(&mut r)?,
     };
@@ -1184,6 +1206,9 @@ fn decode_clearing(mut r: Reader<'_>, kept: usize) -> Result<Clearing, SnapshotE
             net: r.i128("net")?,
             held: r.u128("held")?,
         };
+        if e.held > TOTAL_MAX || e.net.unsigned_abs() > TOTAL_MAX {
+            return Err(r.bad(at, "exposure out of range".into()));
+        }
         if c.exposure.insert(key, e).is_some() {
             return Err(r.bad(at, "exposure repeated".into()));
         }

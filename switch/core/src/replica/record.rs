@@ -167,8 +167,11 @@ impl Record {
                         index: r.u64("index")?,
                         ..Entry::default()
                     };
-                    let expected = entries.last().map_or(e.index.max(1), |p| p.index + 1);
-                    if e.index != expected {
+                    let expected = match entries.last() {
+                        None => Some(e.index.max(1)),
+                        Some(p) => p.index.checked_add(1),
+                    };
+                    if Some(e.index) != expected {
                         return Err(RecordError::Bad {
                             offset: index_at,
                             what: "index",
@@ -353,6 +356,13 @@ mod tests {
             Record::decode(&gap).is_err(),
             "entries of a record follow one another"
         );
+        // Nothing follows the largest index: refused, not wrapped to 0 (or a panic).
+        let mut past_the_end = Vec::new();
+        encode_entries(&[entry(u64::MAX, 3), entry(0, 3)], 5, &mut past_the_end);
+        assert!(matches!(
+            Record::decode(&past_the_end),
+            Err(RecordError::Bad { what: "index", .. })
+        ));
         bytes.clear();
         encode_reset(9, 4, &mut bytes);
         assert_eq!(

@@ -566,3 +566,78 @@ proptest! {
         }
     }
 }
+
+/// Clearing totals a snapshot may hold are bounded so that sums of amounts can never wrap:
+/// a file past the bounds (forged, since its checksum holds) is refused, one at them restores.
+#[test]
+fn clearing_totals_past_their_bounds_are_refused() {
+    use crate::clearing::{Clearing, Exposure};
+    use ledger::clearing::{PairKey, PairTotals};
+
+    let decode = |c: &Clearing| {
+        let bytes = super::encode_clearing(c);
+        let r =
+            super::Reader::section(ledger::codec::Reader::new(&bytes), super::section::CLEARING);
+        super::decode_clearing(r, c.kept)
+    };
+    let key = PairKey {
+        currency: Currency::CNY,
+        acquirer: ACQUIRER.participant,
+        issuer: ISSUER,
+    };
+    let at_bounds = || {
+        let mut c = Clearing::new(4);
+        c.open.id = u64::MAX - 1;
+        c.open.transfer_count = super::COUNT_MAX;
+        c.open.cleared.insert(
+            key,
+            PairTotals {
+                purchases: super::TOTAL_MAX,
+                purchase_count: super::COUNT_MAX,
+                refunds: super::TOTAL_MAX,
+                refund_count: super::COUNT_MAX,
+            },
+        );
+        c.exposure.insert(
+            (ISSUER, Currency::CNY),
+            Exposure {
+                net: -(super::TOTAL_MAX as i128),
+                held: super::TOTAL_MAX,
+            },
+        );
+        c
+    };
+    assert!(decode(&at_bounds()).is_ok());
+    let past: [fn(&mut Clearing); 6] = [
+        |c| c.open.id = u64::MAX,
+        |c| c.open.transfer_count += 1,
+        |c| {
+            for t in c.open.cleared.values_mut() {
+                t.purchases += 1;
+            }
+        },
+        |c| {
+            for t in c.open.cleared.values_mut() {
+                t.refund_count += 1;
+            }
+        },
+        |c| {
+            for e in c.exposure.values_mut() {
+                e.net -= 1;
+            }
+        },
+        |c| {
+            for e in c.exposure.values_mut() {
+                e.held += 1;
+            }
+        },
+    ];
+    for (i, change) in past.iter().enumerate() {
+        let mut c = at_bounds();
+        change(&mut c);
+        assert!(
+            matches!(decode(&c), Err(SnapshotError::Malformed { .. })),
+            "change {i} passed"
+        );
+    }
+}
