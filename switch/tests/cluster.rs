@@ -412,8 +412,23 @@ async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover()
     load(&mut client, 10, &mut acked).await;
     let after = cluster.leader(LIMIT);
     assert_ne!(after, leader);
+    // What a reception cut short by the kill would leave: the restart removes it, as nothing
+    // announces it to Raft any more.
+    let snapshots = switch::server::replication::snapshot_dir(&cluster.members[leader].data_dir);
+    let leftovers = ["received", "receiving"].map(|suffix| {
+        snapshots.join(format!(
+            "{}.{suffix}",
+            ledger::snapshot_file::snapshot_file_name(u64::MAX - 1)
+        ))
+    });
+    for path in &leftovers {
+        std::fs::write(path, b"half a snapshot").expect("a leftover");
+    }
     cluster.restart(leader);
     cluster.converge(LIMIT);
+    for path in &leftovers {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
 
     // Every acknowledged authorization is held, at its amount, on the cluster as it is now.
     held_at_their_amounts(&mut client, &acked).await;
@@ -459,6 +474,22 @@ async fn a_lost_member_is_replaced_by_a_new_one_that_carries_the_next_failover()
         "the members' reports of window {window} differ"
     );
     assert!(reports[0].iter().all(|r| !r.is_empty()));
+    // The new member started from a snapshot: installed under its own name, nothing left
+    // under a reception's.
+    for &i in &live {
+        let dir = switch::server::replication::snapshot_dir(&cluster.members[i].data_dir);
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("the snapshot directory")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.ends_with(".received") || n.ends_with(".receiving")),
+            "member {}: {names:?}",
+            cluster.members[i].id
+        );
+    }
     let digests: Vec<String> = live
         .iter()
         .copied()

@@ -35,6 +35,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::server::replication::ReplicaState;
 use crate::tls::{self, Fingerprint, ServerIdentity, Trust};
 
 /// The ALPN protocol id of the link between replicas.
@@ -90,6 +91,9 @@ pub enum Inbound {
 pub struct Inbox {
     pub tx: crossbeam_channel::Sender<Inbound>,
     pub bell: Arc<Bell>,
+    /// The replica's published state: its committed index says which snapshots it can no
+    /// longer install.
+    pub replica: Arc<ReplicaState>,
 }
 
 impl Inbox {
@@ -157,6 +161,16 @@ impl Link {
             .map_err(|e| anyhow::anyhow!("binding the replica address {}: {e}", settings.listen))?;
         let local = endpoint.local_addr()?;
         let peers = settings.peers.clone();
+        // Snapshots received before a restart were announced by messages lost with it: Raft
+        // will not install them.
+        let removed =
+            crate::server::replication::discard_received(&settings.snapshot_dir, |_| true)
+                .map_err(|e| {
+                    anyhow::anyhow!("removing snapshots received before the start: {e}")
+                })?;
+        if removed > 0 {
+            tracing::info!(removed, "removed snapshots received before the start");
+        }
         let link = Link {
             id: settings.id,
             own,
@@ -620,32 +634,36 @@ async fn send_snapshot(
     });
 }
 
-/// The snapshots this replica is receiving, by index. A leader sends a snapshot again when the
-/// follower has not yet answered from it, which for a large one is while the first copy is
-/// still arriving or being checked: the second stream is refused rather than let two write
-/// one file (each would truncate what the other wrote).
+/// The snapshot this replica is receiving: one at a time. A leader sends a snapshot again when
+/// the follower has not yet answered from it, which for a large one is while the first copy
+/// is still arriving or being checked: the second stream is refused rather than let two write
+/// one file (each would truncate what the other wrote). Another index is refused too, so that
+/// at most one snapshot's bytes are in flight to the disk (and, checked, in memory).
 #[derive(Clone, Default)]
-struct Receiving(Arc<parking_lot::Mutex<HashSet<u64>>>);
+struct Receiving(Arc<parking_lot::Mutex<Option<u64>>>);
 
-/// One snapshot being received; the index is free again when this is dropped.
+/// The snapshot being received; another may come once this is dropped.
 struct Claim {
     receiving: Receiving,
-    index: u64,
 }
 
 impl Receiving {
     fn claim(&self, index: u64) -> Option<Claim> {
-        self.0.lock().insert(index).then(|| Claim {
+        let mut current = self.0.lock();
+        if current.is_some() {
+            return None;
+        }
+        *current = Some(index);
+        Some(Claim {
             receiving: self.clone(),
-            index,
         })
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let was = self.receiving.0.lock().remove(&self.index);
-        debug_assert!(was, "a snapshot claim released twice");
+        let was = self.receiving.0.lock().take();
+        debug_assert!(was.is_some(), "a snapshot claim released twice");
     }
 }
 
@@ -763,16 +781,32 @@ async fn receive(
                 .map_err(|e| Ended::Snapshot(e.into()))?;
             let name = ledger::snapshot_file::snapshot_file_name(index);
             let Some(claim) = receiving.claim(index) else {
-                // The copy already arriving will do; this one is not read.
+                // The copy already arriving will do (or, for another index, the leader sends
+                // again after this one); this one is not read.
                 let _ = stream.stop(SNAPSHOT_REFUSED.into());
                 return Ok(());
             };
-            if settings.snapshot_dir.join(&name).exists() {
-                // Installed already (or being loaded): the leader has not heard yet.
+            let committed = inbox.replica.committed();
+            if index <= committed || settings.snapshot_dir.join(&name).exists() {
+                // Raft installs no snapshot at or below the committed index; one under its own
+                // name is installed already (or being loaded): the leader has not heard yet.
                 let _ = stream.stop(SNAPSHOT_REFUSED.into());
                 return Ok(());
             }
+            // What earlier receptions left: any half-received file (this is the only one
+            // arriving), and received ones Raft can no longer install.
+            let dir = settings.snapshot_dir.clone();
+            let discarded = tokio::task::spawn_blocking(move || {
+                crate::server::replication::discard_received(&dir, |i| i <= committed)
+            })
+            .await;
+            if let Ok(Err(e)) = discarded {
+                tracing::warn!("removing snapshots received earlier: {e}");
+            }
             let kept = receive_snapshot(&mut stream, from, index, settings, inbox).await;
+            if kept.is_err() {
+                discard(settings, index).await;
+            }
             drop(claim);
             kept.map_err(Ended::Snapshot)
         }
@@ -806,8 +840,24 @@ async fn receive_snapshot(
             && message.get_snapshot().get_metadata().index == index,
         "the message after snapshot {index} does not announce it"
     );
-    inbox.deliver(Inbound::Message(message));
+    anyhow::ensure!(
+        inbox.deliver(Inbound::Message(message)),
+        "snapshot {index} kept, but the ledger stage's inbox was full: dropped"
+    );
     Ok(())
+}
+
+/// Removes what a reception of snapshot `index` left, half received or received: the leader
+/// sends it again.
+async fn discard(settings: &LinkSettings, index: u64) {
+    let dir = settings.snapshot_dir.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::server::replication::discard_received(&dir, |i| i == index)
+    })
+    .await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(index, "removing a snapshot not received whole: {e}");
+    }
 }
 
 /// The next message of a stream, checked to come from `from` to this replica; `None` at the
@@ -849,7 +899,8 @@ async fn keep_snapshot(
     settings: &LinkSettings,
 ) -> anyhow::Result<()> {
     let name = ledger::snapshot_file::snapshot_file_name(index);
-    let tmp = settings.snapshot_dir.join(format!("{name}.receiving"));
+    let receiving = format!("{name}{}", crate::server::replication::RECEIVING_SUFFIX);
+    let tmp = settings.snapshot_dir.join(&receiving);
     let mut file = tokio::fs::File::create(&tmp).await?;
     let mut left = len;
     let mut buf = vec![0u8; 1 << 20];
@@ -867,14 +918,13 @@ async fn keep_snapshot(
     let dir = settings.snapshot_dir.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let storage = ledger::storage::FileStorage::open(&dir)?;
-        let tmp_name = format!("{name}.receiving");
-        let bytes = ledger::storage::Storage::read(&storage, &tmp_name)?;
+        let bytes = ledger::storage::Storage::read(&storage, &receiving)?;
         ledger::snapshot_file::check(&bytes, index)
             .map_err(|e| anyhow::anyhow!("snapshot {index} from the leader: {e}"))?;
         // Kept aside until Raft installs it (`replication::FileDisk::install_snapshot`): a
         // snapshot under its own name is one this replica's log starts from.
         let received = format!("{name}{}", crate::server::replication::RECEIVED_SUFFIX);
-        ledger::storage::Storage::rename(&storage, &tmp_name, &received)?;
+        ledger::storage::Storage::rename(&storage, &receiving, &received)?;
         ledger::storage::Storage::sync_dir(&storage)?;
         Ok(())
     })
@@ -886,19 +936,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_snapshot_arriving_twice_at_once_is_written_by_one_stream() {
+    fn one_snapshot_is_received_at_a_time() {
         let receiving = Receiving::default();
         let first = receiving.claim(7).expect("nothing is being received");
         assert!(
             receiving.claim(7).is_none(),
             "a second copy of 7 while 7 arrives"
         );
-        let other = receiving.claim(8).expect("another index is another file");
+        assert!(
+            receiving.claim(8).is_none(),
+            "another snapshot while 7 arrives"
+        );
         drop(first);
-        let again = receiving
-            .claim(7)
-            .expect("7 is free once its copy is kept or failed");
-        drop((again, other));
-        assert!(receiving.0.lock().is_empty());
+        let next = receiving
+            .claim(8)
+            .expect("free once the copy of 7 is kept or failed");
+        drop(next);
+        assert!(receiving.0.lock().is_none());
     }
 }

@@ -362,9 +362,76 @@ pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
+/// A snapshot arriving from the leader is written under this suffix, then renamed to
+/// `RECEIVED_SUFFIX` once it is whole and checked.
+pub const RECEIVING_SUFFIX: &str = ".receiving";
+
+/// Removes the snapshots received (or half received) from a leader in `dir` whose index
+/// `stale` says Raft will never install: at a start, all of them (the message announcing each
+/// was in memory only); while running, those at or below the committed index (Raft installs
+/// no snapshot there). Returns how many went. Other files are left alone.
+pub fn discard_received(dir: &Path, stale: impl Fn(u64) -> bool) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = [RECEIVED_SUFFIX, RECEIVING_SUFFIX]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .and_then(snapshot_file::parse_snapshot_file_name);
+        if let Some(index) = index
+            && stale(index)
+        {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only received and half-received snapshots that `stale` names go: never a snapshot
+    /// under its own name, a temporary one, or anything else.
+    #[test]
+    fn discarding_received_snapshots_keeps_every_other_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let name = snapshot_file::snapshot_file_name;
+        let files = [
+            (format!("{}{RECEIVED_SUFFIX}", name(5)), true),
+            (format!("{}{RECEIVING_SUFFIX}", name(6)), true),
+            (format!("{}{RECEIVED_SUFFIX}", name(9)), false),
+            (format!("{}{RECEIVING_SUFFIX}", name(12)), false),
+            (name(5), false),
+            (format!("{}.tmp", name(5)), false),
+            ("5.snap.received".to_owned(), false),
+            ("LOCK".to_owned(), false),
+        ];
+        for (file, _) in &files {
+            std::fs::write(dir.path().join(file), b"x").expect("write");
+        }
+        let removed = discard_received(dir.path(), |i| i <= 8).expect("discard");
+        assert_eq!(removed, 2);
+        for (file, goes) in &files {
+            assert_eq!(!dir.path().join(file).exists(), *goes, "{file}");
+        }
+        assert_eq!(discard_received(dir.path(), |_| true).expect("discard"), 2);
+        assert_eq!(
+            discard_received(&dir.path().join("absent"), |_| true).expect("no directory"),
+            0
+        );
+    }
 
     /// The mirror keeps what the log holds: an entry written again replaces what followed it,
     /// and a snapshot's coverage stops at the first entry after it.
@@ -472,6 +539,12 @@ pub struct MemberView {
 }
 
 impl ReplicaState {
+    /// The committed index as the ledger stage last published it (every 100 ms, between its
+    /// rounds, so after installing any snapshot it was handed): never ahead of the replica's.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn new(id: u64, members: Vec<MemberAddresses>) -> ReplicaState {
         // A sole replica leads from its start (it elects itself at once): its clients' first
         // requests wait for it rather than hear "not leader".

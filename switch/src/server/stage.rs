@@ -412,6 +412,7 @@ impl Stage {
         Inbox {
             tx: self.inbox_tx.clone(),
             bell: self.bell.clone(),
+            replica: self.replica.clone(),
         }
     }
 
