@@ -57,6 +57,44 @@ fn logged(id: u128, participant: u64, admin: bool, command: Command) -> Logged {
     }
 }
 
+/// A replica's log records: runs of each entry type (the normal ones holding switch records),
+/// and a reset.
+fn replica_records() -> Vec<(String, Vec<u8>)> {
+    use raft::eraftpb::{Entry, EntryType};
+    use switch::replica::record::{encode_entries, encode_reset};
+    let entry = |index: u64, term: u64, kind: EntryType, data: Vec<u8>| {
+        let mut e = Entry {
+            index,
+            term,
+            data: data.into(),
+            ..Entry::default()
+        };
+        e.set_entry_type(kind);
+        e
+    };
+    let payloads: Vec<Vec<u8>> = switch_records().into_iter().map(|(_, b)| b).take(3).collect();
+    let run: Vec<Entry> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| entry(41 + i as u64, 3, EntryType::EntryNormal, p.clone()))
+        .chain([
+            entry(44, 3, EntryType::EntryConfChange, vec![8, 1, 16, 4]),
+            entry(45, 4, EntryType::EntryConfChangeV2, Vec::new()),
+        ])
+        .collect();
+    let mut entries = Vec::new();
+    encode_entries(&run, 40, &mut entries);
+    let mut one = Vec::new();
+    encode_entries(&run[..1], 0, &mut one);
+    let mut reset = Vec::new();
+    encode_reset(1_000, 7, &mut reset);
+    vec![
+        ("entries".into(), entries),
+        ("one-entry".into(), one),
+        ("reset".into(), reset),
+    ]
+}
+
 /// Records holding every command.
 fn switch_records() -> Vec<(String, Vec<u8>)> {
     let now = Timestamp(1_794_355_200_000_000_000);
@@ -204,6 +242,7 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             seeds
         }
         "switch_record" => switch_records(),
+        "replica_record" => replica_records(),
         _ => unreachable!("no such target {target}"),
     }
 }
@@ -211,9 +250,10 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
 /// A fuzz target's name and its check.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 2] = [
+const TARGETS: [Target; 3] = [
     ("wire_frames", fuzz_check::wire_frames),
     ("switch_record", fuzz_check::switch_record),
+    ("replica_record", fuzz_check::replica_record),
 ];
 
 #[test]
@@ -244,6 +284,12 @@ fn seeds_decode() {
     }
     for (name, bytes) in seeds("switch_record") {
         assert!(SwitchRecord::decode(&bytes).is_ok(), "record {name}");
+    }
+    for (name, bytes) in seeds("replica_record") {
+        assert!(
+            switch::replica::record::Record::decode(&bytes).is_ok(),
+            "replica record {name}"
+        );
     }
 }
 

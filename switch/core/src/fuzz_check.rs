@@ -6,6 +6,7 @@
 //! back differently. Anything a peer or a file can send must give a value or a typed error.
 
 use crate::journal::SwitchRecord;
+use crate::replica::record::{self, Record};
 use crate::translate;
 use crate::wire::{self, Frame, Limits};
 
@@ -84,4 +85,25 @@ pub fn switch_record(data: &[u8]) {
     record.encode(&mut encoded);
     let again = SwitchRecord::decode(&encoded).expect("a re-encoded record decodes");
     assert_eq!(record, again, "a record changed through encode and decode");
+}
+
+/// A replica's log payload (a run of Raft entries, or a reset after a snapshot): whatever
+/// decodes re-encodes to exactly the bytes it came from (the layout has one spelling), and
+/// the entries of a run follow one another.
+pub fn replica_record(data: &[u8]) {
+    let Ok(decoded) = Record::decode(data) else {
+        return;
+    };
+    let mut encoded = Vec::with_capacity(data.len());
+    match &decoded {
+        Record::Entries { entries, commit } => {
+            assert!(
+                entries.windows(2).all(|w| w[0].index.checked_add(1) == Some(w[1].index)),
+                "entries that do not follow one another"
+            );
+            record::encode_entries(entries, *commit, &mut encoded);
+        }
+        Record::Reset { index, term } => record::encode_reset(*index, *term, &mut encoded),
+    }
+    assert_eq!(encoded, data, "a record re-encoded to other bytes");
 }
