@@ -72,7 +72,11 @@ fn replica_records() -> Vec<(String, Vec<u8>)> {
         e.set_entry_type(kind);
         e
     };
-    let payloads: Vec<Vec<u8>> = switch_records().into_iter().map(|(_, b)| b).take(3).collect();
+    let payloads: Vec<Vec<u8>> = switch_records()
+        .into_iter()
+        .map(|(_, b)| b)
+        .take(3)
+        .collect();
     let run: Vec<Entry> = payloads
         .iter()
         .enumerate()

@@ -145,7 +145,14 @@ impl PartialOrd for Retry {
 impl Ord for Retry {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // Reversed: `BinaryHeap` pops its greatest, the earliest due here.
-        (other.due, other.request.id).cmp(&(self.due, self.request.id))
+        other.order().cmp(&self.order())
+    }
+}
+
+impl Retry {
+    /// The order they go again in: the earliest due first, then the lowest id.
+    pub(super) fn order(&self) -> (Instant, u128) {
+        (self.due, self.request.id)
     }
 }
 
@@ -290,8 +297,7 @@ impl Shared {
             for &at in intended {
                 if let Some(f) = state.follow_ups.pop_front() {
                     sent.push(f.sent(at));
-                } else if state.retries.peek().is_some_and(|r| r.due <= now) {
-                    let Some(r) = state.retries.pop() else { break };
+                } else if let Some(r) = state.retries.pop_due(now) {
                     retried.push(r.request.step.op());
                     // Timed from the slot, or from when it fell due if the slot was earlier
                     // (a lane behind its schedule).
@@ -313,7 +319,7 @@ impl Shared {
 
     /// When the earliest refused request is due to go again; `None` if none waits.
     pub(super) fn next_retry_due(&self) -> Option<Instant> {
-        self.state.lock().retries.peek().map(|r| r.due)
+        self.state.lock().retries.next_due()
     }
 
     /// Applies a frame's answers (or its failure) to the model and the measurements.

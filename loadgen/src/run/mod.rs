@@ -17,13 +17,15 @@
 //! leader: reconnect, send again, count the failovers), `sessions` (a run's link, calls
 //! outside the schedule, a lost connection), `shared` (what every lane shares: ids,
 //! accounts, model, measurements), `flows` (what a flow sends and how its answers update the
-//! model), `setup`, `drivers` (the profiles: open loop, closed loop, step; the drain and the
-//! progress line) and `verifying` (the end of the run).
+//! model), `retries` (refused requests waiting to go again), `setup`, `drivers` (the profiles:
+//! open loop, closed loop, step; the drain and the progress line), `pacer` (the open loop's
+//! pacing thread) and `verifying` (the end of the run).
 
 mod drivers;
 mod flows;
 mod leader;
 mod pacer;
+mod retries;
 mod sessions;
 mod setup;
 mod shared;

@@ -1,7 +1,7 @@
 //! What every lane of a run shares: the run's tags and accounts, the model and the follow-ups
 //! under one lock, the measurements under another, and whether the connection was lost.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -11,7 +11,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switch::wire::{AccountId, CardNumber, Currency};
 
-use super::flows::{FollowUp, Retry, Sent};
+use super::flows::{FollowUp, Sent};
+use super::retries::Retries;
 use crate::config::Options;
 use crate::mix::Mix;
 use crate::model::Model;
@@ -28,7 +29,7 @@ pub(super) struct State {
     pub(super) model: Model,
     pub(super) follow_ups: VecDeque<FollowUp>,
     /// Requests refused as busy, waiting to go again (bounded like the follow-ups).
-    pub(super) retries: BinaryHeap<Retry>,
+    pub(super) retries: Retries,
     /// Authorizations and sales refused and given up (the first `ABANDONED_KEPT_MAX`): the
     /// switch must not know them.
     pub(super) abandoned: Vec<u128>,
@@ -124,7 +125,7 @@ impl Shared {
             state: Mutex::new(State {
                 model: Model::new(options.customers as usize, options.merchants as usize),
                 follow_ups: VecDeque::new(),
-                retries: BinaryHeap::new(),
+                retries: Retries::new(Instant::now()),
                 abandoned: Vec::new(),
                 unknown: Vec::new(),
                 rng: StdRng::seed_from_u64(rng.r#gen()),

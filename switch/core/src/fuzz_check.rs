@@ -98,7 +98,9 @@ pub fn replica_record(data: &[u8]) {
     match &decoded {
         Record::Entries { entries, commit } => {
             assert!(
-                entries.windows(2).all(|w| w[0].index.checked_add(1) == Some(w[1].index)),
+                entries
+                    .windows(2)
+                    .all(|w| w[0].index.checked_add(1) == Some(w[1].index)),
                 "entries that do not follow one another"
             );
             record::encode_entries(entries, *commit, &mut encoded);
