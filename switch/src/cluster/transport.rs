@@ -793,8 +793,8 @@ async fn receive(
                 let _ = stream.stop(SNAPSHOT_REFUSED.into());
                 return Ok(());
             }
-            // What earlier receptions left: any half-received file (this is the only one
-            // arriving), and received ones Raft can no longer install.
+            // What earlier receptions left that Raft can no longer install. (A failed one
+            // removes its own files; a start removes them all.)
             let dir = settings.snapshot_dir.clone();
             let discarded = tokio::task::spawn_blocking(move || {
                 crate::server::replication::discard_received(&dir, |i| i <= committed)
