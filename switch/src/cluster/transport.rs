@@ -620,7 +620,8 @@ async fn send_snapshot(
                     tracing::debug!(
                         peer,
                         index,
-                        "the replica has this snapshot or is receiving it"
+                        "the replica refused the snapshot: it has it, is receiving one, or has \
+                         committed past it"
                     );
                 } else {
                     tracing::warn!(peer, index, "sending a snapshot to replica failed: {e:#}");
