@@ -289,7 +289,6 @@ pub fn code_name(code: u8) -> &'static str {
     }
 }
 
-/// Says so when most of the answered requests were declined for a misconfiguration.
 /// Per answered request, most CPU first.
 fn thread_costs(others: &BTreeMap<String, cpu::Sched>, requests: u64) -> Vec<ThreadCost> {
     let per = |n: u64| n as f64 / requests.max(1) as f64;
@@ -307,6 +306,7 @@ fn thread_costs(others: &BTreeMap<String, cpu::Sched>, requests: u64) -> Vec<Thr
     costs
 }
 
+/// Says so when most of the answered requests were declined for a misconfiguration.
 fn misconfiguration(totals: &OpReport) -> Option<String> {
     let answered = totals.count.saturating_sub(totals.errors);
     let declined: Vec<(&str, u64)> = MISCONFIGURATION_CODES
@@ -542,8 +542,8 @@ impl Report {
                 requests,
                 loadgen_cpu_secs: c.loadgen_ns as f64 / 1e9,
                 loadgen_cpu_us_per_request: per(c.loadgen_ns),
-                switch_cpu_secs: spawned.then(|| c.other_ns as f64 / 1e9),
-                switch_cpu_us_per_request: spawned.then(|| per(c.other_ns)),
+                switch_cpu_secs: spawned.then(|| c.other_ns() as f64 / 1e9),
+                switch_cpu_us_per_request: spawned.then(|| per(c.other_ns())),
                 switch_threads: if spawned {
                     thread_costs(&c.others, requests)
                 } else {
