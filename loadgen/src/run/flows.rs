@@ -120,33 +120,11 @@ impl FollowUp {
     }
 }
 
-/// A refused request waiting until `due` to be sent again; the heap of them pops the
-/// earliest first.
+/// A refused request waiting until `due` to be sent again (`retries::Retries`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Retry {
     pub(super) due: Instant,
     pub(super) request: FollowUp,
-}
-
-impl PartialEq for Retry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-
-impl Eq for Retry {}
-
-impl PartialOrd for Retry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Retry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Reversed: `BinaryHeap` pops its greatest, the earliest due here.
-        other.order().cmp(&self.order())
-    }
 }
 
 impl Retry {

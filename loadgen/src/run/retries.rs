@@ -57,14 +57,12 @@ impl Retries {
         if first.get().front().is_none_or(|r| r.due > now) {
             return None;
         }
-        let retry = first.get_mut().pop_front();
+        let retry = first.get_mut().pop_front()?;
         if first.get().is_empty() {
             first.remove();
         }
-        if retry.is_some() {
-            self.len -= 1;
-        }
-        retry
+        self.len -= 1;
+        Some(retry)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -84,6 +82,7 @@ impl Retries {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use std::time::Duration;
 
@@ -108,36 +107,38 @@ mod tests {
     proptest! {
         #![proptest_config(ledger::proptest_config!("loadgen_retries.txt"))]
 
-        /// Against a binary heap ordered the same way: the same requests come out in the same
-        /// order, none before it is due, and the length and the next due time agree after
-        /// every step.
+        /// Against a binary heap of (due, id), earliest first: the same requests come out in
+        /// the same order, none before it is due, and the length and the next due time agree
+        /// after every step.
         #[test]
         fn pops_what_a_heap_pops(
             steps in prop::collection::vec((any::<bool>(), 0u64..20_000, 0u128..50), 1..400),
         ) {
             let base = Instant::now();
             let mut queue = Retries::new(base);
-            let mut heap: BinaryHeap<Retry> = BinaryHeap::new();
+            let mut heap: BinaryHeap<Reverse<(Instant, u128)>> = BinaryHeap::new();
             let mut now_us = 0u64;
             for (push, value, id) in steps {
                 if push {
                     // Due from a little before the clock (late) to 20 ms after it.
                     let due_us = (now_us + value).saturating_sub(1_000);
-                    queue.push(retry(base, due_us, id));
-                    heap.push(retry(base, due_us, id));
+                    let r = retry(base, due_us, id);
+                    queue.push(r);
+                    heap.push(Reverse(r.order()));
                 } else {
                     now_us += value / 4;
                     let now = base + Duration::from_micros(now_us);
-                    let expected = heap.peek().is_some_and(|r| r.due <= now).then(|| heap.pop());
-                    let got = queue.pop_due(now);
-                    prop_assert_eq!(
-                        got.map(|r| (r.due, r.request.id)),
-                        expected.flatten().map(|r| (r.due, r.request.id))
-                    );
+                    let expected = heap
+                        .peek()
+                        .is_some_and(|Reverse((due, _))| *due <= now)
+                        .then(|| heap.pop())
+                        .flatten()
+                        .map(|Reverse(key)| key);
+                    prop_assert_eq!(queue.pop_due(now).map(|r| r.order()), expected);
                 }
                 prop_assert_eq!(queue.len(), heap.len());
                 prop_assert_eq!(queue.is_empty(), heap.is_empty());
-                prop_assert_eq!(queue.next_due(), heap.peek().map(|r| r.due));
+                prop_assert_eq!(queue.next_due(), heap.peek().map(|Reverse((due, _))| *due));
                 prop_assert_eq!(queue.iter().count(), heap.len());
             }
         }
