@@ -796,17 +796,11 @@ async fn receive(
             }
             // What earlier receptions left that Raft can no longer install. (A failed one
             // removes its own files; a start removes them all.)
-            let dir = settings.snapshot_dir.clone();
-            let discarded = tokio::task::spawn_blocking(move || {
-                crate::server::replication::discard_received(&dir, |i| i <= committed)
-            })
-            .await;
-            if let Ok(Err(e)) = discarded {
-                tracing::warn!("removing snapshots received earlier: {e}");
-            }
+            discard(settings, move |i| i <= committed).await;
             let kept = receive_snapshot(&mut stream, from, index, settings, inbox).await;
             if kept.is_err() {
-                discard(settings, index).await;
+                // The leader sends it again.
+                discard(settings, move |i| i == index).await;
             }
             drop(claim);
             kept.map_err(Ended::Snapshot)
@@ -848,16 +842,16 @@ async fn receive_snapshot(
     Ok(())
 }
 
-/// Removes what a reception of snapshot `index` left, half received or received: the leader
-/// sends it again.
-async fn discard(settings: &LinkSettings, index: u64) {
+/// Removes the received and half-received snapshots whose index is `stale`, off the network
+/// threads (`replication::discard_received`).
+async fn discard(settings: &LinkSettings, stale: impl Fn(u64) -> bool + Send + 'static) {
     let dir = settings.snapshot_dir.clone();
     let removed = tokio::task::spawn_blocking(move || {
-        crate::server::replication::discard_received(&dir, |i| i == index)
+        crate::server::replication::discard_received(&dir, stale)
     })
     .await;
     if let Ok(Err(e)) = removed {
-        tracing::warn!(index, "removing a snapshot not received whole: {e}");
+        tracing::warn!("removing snapshots received from a leader: {e}");
     }
 }
 
