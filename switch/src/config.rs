@@ -55,6 +55,10 @@ pub const IO_THREADS_MAX: u16 = 256;
 /// The deepest ledger-stage queue a config may ask for, in requests: a slot for each is
 /// allocated at start (about 80 bytes).
 pub const QUEUE_DEPTH_MAX_LIMIT: u32 = 1 << 20;
+/// `limits.stage_batch_len_max` unless configured: a batch of 2,048 requests is about 5 ms of
+/// the stage's work at its peak, so that shedding (`[overload]`) sees a growing queue within
+/// that, and each request waits for fewer others in its batch (BENCHMARKS.md).
+pub const STAGE_BATCH_LEN_MAX_DEFAULT: u16 = 2048;
 /// The most `limits.unfinished_frame_bytes_max` may be.
 pub const UNFINISHED_FRAME_BYTES_MAX_LIMIT: u64 = 1 << 40;
 
@@ -95,6 +99,8 @@ pub struct Tls {
 pub struct Limits {
     pub frame_bytes_max: u32,
     pub batch_len_max: u16,
+    /// Requests the ledger stage takes into one batch, at most (a frame is never split).
+    pub stage_batch_len_max: u16,
     pub connections_max: u32,
     pub streams_per_connection_max: u32,
     pub in_flight_per_connection_max: u32,
@@ -484,11 +490,26 @@ impl Default for Tls {
     }
 }
 
+impl Limits {
+    /// What a stage batch is filled to, for the size of its log record: the stage takes
+    /// frames until it holds `stage_batch_len_max` requests and never splits one, so a batch
+    /// holds fewer than `stage_batch_len_max + batch_len_max`, at most twice this.
+    pub fn batch_bound(&self) -> u16 {
+        self.batch_len_max.max(self.stage_batch_len_max)
+    }
+
+    /// What the window closes in one batch may log beside the batch's other commands.
+    pub fn closes_logged_bytes_max(&self) -> usize {
+        crate::core::closes_logged_bytes_max(self.batch_bound())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             frame_bytes_max: 1 << 20,
             batch_len_max: 8190,
+            stage_batch_len_max: STAGE_BATCH_LEN_MAX_DEFAULT,
             connections_max: 1024,
             streams_per_connection_max: 64,
             in_flight_per_connection_max: 65_536,
@@ -810,6 +831,10 @@ impl Config {
         for (key, value) in [
             ("limits.frame_bytes_max", u64::from(l.frame_bytes_max)),
             ("limits.batch_len_max", u64::from(l.batch_len_max)),
+            (
+                "limits.stage_batch_len_max",
+                u64::from(l.stage_batch_len_max),
+            ),
             ("limits.connections_max", u64::from(l.connections_max)),
             (
                 "limits.streams_per_connection_max",
@@ -868,18 +893,18 @@ impl Config {
         }
         // A close carries the fee schedule in the log: one must fit in a batch's record
         // beside a full batch of other commands.
-        let batch_len_max = self.limits.batch_len_max;
+        let bound = self.limits.batch_bound();
         let close =
             crate::journal::logged_len(&crate::core::Command::CloseWindow { window: 0, fees });
-        let closes_bytes_max = crate::core::closes_logged_bytes_max(batch_len_max);
+        let closes_bytes_max = self.limits.closes_logged_bytes_max();
         if close > closes_bytes_max {
             return Err(invalid(
                 "clearing.fees.issuer",
                 format!(
-                    "a window close would log {close} bytes with these fees, and a batch of \
-                     limits.batch_len_max = {batch_len_max} requests leaves room for \
-                     {closes_bytes_max} in a log record: fewer issuer entries, or a smaller \
-                     limits.batch_len_max"
+                    "a window close would log {close} bytes with these fees, and a batch \
+                     filled to {bound} requests (the larger of limits.batch_len_max and \
+                     limits.stage_batch_len_max) leaves room for {closes_bytes_max} in a log \
+                     record: fewer issuer entries, or smaller limits"
                 ),
             ));
         }
@@ -1189,6 +1214,10 @@ mod tests {
         for (text, key) in [
             ("[limits]\nqueue_depth_max = 0\n", "limits.queue_depth_max"),
             (
+                "[limits]\nstage_batch_len_max = 0\n",
+                "limits.stage_batch_len_max",
+            ),
+            (
                 "[limits]\nqueue_depth_max = 1048577\n",
                 "limits.queue_depth_max",
             ),
@@ -1248,9 +1277,14 @@ mod tests {
         .expect_err("a full batch's answers do not fit");
         // A close logs the fee schedule: it must fit in a record beside a full batch.
         let batch: u16 = 30_000;
-        let fees = |issuers: usize| {
-            let mut text =
-                format!("[limits]\nframe_bytes_max = 8388608\nbatch_len_max = {batch}\n");
+        let limits_for = |frame: u16, stage: u16| {
+            format!(
+                "[limits]\nframe_bytes_max = 8388608\nbatch_len_max = {frame}\n\
+                 stage_batch_len_max = {stage}\n"
+            )
+        };
+        let with_fees = |limits: String, issuers: usize| {
+            let mut text = limits;
             for p in 1..=issuers {
                 text.push_str(&format!(
                     "[[clearing.fees.issuer]]\nparticipant = {p}\npurchase_percent = \"0.5\"\n"
@@ -1258,6 +1292,7 @@ mod tests {
             }
             Config::parse(&text, "x.toml")
         };
+        let fees = |issuers| with_fees(limits_for(batch, 1), issuers);
         let close_len = |issuers| {
             let config = fees(issuers).expect("valid");
             let fees = Arc::new(config.fee_schedule("x.toml").expect("valid"));
@@ -1271,6 +1306,10 @@ mod tests {
             Ok(_) => panic!("{} issuer rates do not fit", fitting + 1),
             Err(e) => assert!(e.to_string().contains("clearing.fees.issuer"), "{e}"),
         }
+        // The stage's batch bound counts as well when it is the larger: its batches fill to it.
+        assert!(with_fees(limits_for(100, batch), fitting).is_ok());
+        assert!(with_fees(limits_for(100, batch), fitting + 1).is_err());
+        assert!(with_fees(limits_for(100, 100), fitting + 1).is_ok());
         let err = Config::parse("[wal]\ndurability = \"sometimes\"\n", "x.toml")
             .expect_err("bad enum")
             .to_string();

@@ -31,7 +31,8 @@ pub struct StageSettings {
     /// Requests the stage holds at most, queued or waiting for the log (`[limits]
     /// queue_depth_max`).
     pub queue_depth_max: usize,
-    /// Requests a batch takes, at most (`[limits] batch_len_max`, at least 1).
+    /// Requests a batch takes, at most, but for the last frame, which is never split
+    /// (`[limits] stage_batch_len_max`, at least 1).
     pub batch_len_max: usize,
     /// How often due holds are expired, busy or idle (`[authorization] expiry_tick_ms`).
     pub expiry_tick: Duration,
@@ -201,7 +202,7 @@ fn core_config(config: &Config, origin: &str) -> Result<CoreConfig, ConfigError>
         requests_remembered_max: usize_from(config.ledger.transfers_remembered_max),
         fees: Arc::new(config.fee_schedule(origin)?),
         windows_kept: usize_from(u64::from(config.clearing.windows_kept)),
-        closes_logged_bytes_max: crate::core::closes_logged_bytes_max(config.limits.batch_len_max),
+        closes_logged_bytes_max: config.limits.closes_logged_bytes_max(),
         participants_max: usize_from(config.ledger.participants_max),
     })
 }
@@ -230,7 +231,7 @@ fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
     let record_bytes_max = wal.record_size_max_bytes as usize;
     StageSettings {
         queue_depth_max: usize_from(u64::from(l.queue_depth_max)),
-        batch_len_max: usize::from(l.batch_len_max).max(1),
+        batch_len_max: usize::from(l.stage_batch_len_max).max(1),
         expiry_tick: Duration::from_millis(u64::from(config.authorization.expiry_tick_ms)),
         expiry_pass_max: config.authorization.expiry_pass_max,
         close_every_ns: config
@@ -388,7 +389,7 @@ mod tests {
             [server]\ndata_dir = \"/d\"\n\
             [limits]\nframe_bytes_max = 2000000\nbatch_len_max = 100\nconnections_max = 7\n\
             streams_per_connection_max = 9\nin_flight_per_connection_max = 11\n\
-            queue_depth_max = 13\nmalformed_frames_max = 3\n\
+            queue_depth_max = 13\nmalformed_frames_max = 3\nstage_batch_len_max = 37\n\
             unfinished_frame_bytes_max = 5000000\n\
             [ledger]\nshards = 4\naccounts_max = 17\ntransfers_remembered_max = 19\n\
             pending_max = 5\nparticipants_max = 23\npreallocate = true\n\
@@ -433,7 +434,7 @@ mod tests {
         );
 
         let stage = &s.stage;
-        assert_eq!((stage.queue_depth_max, stage.batch_len_max), (13, 100));
+        assert_eq!((stage.queue_depth_max, stage.batch_len_max), (13, 37));
         assert_eq!(stage.expiry_tick, Duration::from_millis(61));
         assert_eq!(stage.expiry_pass_max, 62);
         assert_eq!(stage.close_every_ns, 67_000_000_000);

@@ -789,6 +789,25 @@ struct Screened {
     answers: Vec<JobAnswer>,
 }
 
+/// `first` and what `next` gives after it, in order, until they hold at least `bound`
+/// requests or `next` has nothing more; and how many requests they hold. A job is never
+/// split, so only the last one taken can take the batch to or past `bound`.
+fn fill_batch<J>(
+    first: J,
+    mut next: impl FnMut() -> Option<J>,
+    len: impl Fn(&J) -> usize,
+    bound: usize,
+) -> (Vec<J>, usize) {
+    let mut count = len(&first);
+    let mut jobs = vec![first];
+    while count < bound {
+        let Some(job) = next() else { break };
+        count += len(&job);
+        jobs.push(job);
+    }
+    (jobs, count)
+}
+
 /// Authorize and Sale: what is shed under overload (PROTOCOL.md 8.2).
 fn is_new_payment(request: &crate::core::Request) -> bool {
     matches!(
@@ -1194,18 +1213,12 @@ impl StageThread {
     /// `first` and the jobs queued behind it, until the batch holds `batch_len_max` requests
     /// (a job is never split, so the last may take it past); and how many requests.
     fn take_batch(&self, first: Job) -> (Vec<Job>, usize) {
-        let mut count = first.items.len();
-        let mut jobs = vec![first];
-        while count < self.stage.settings.batch_len_max {
-            match self.jobs.try_recv() {
-                Ok(job) => {
-                    count += job.items.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        (jobs, count)
+        fill_batch(
+            first,
+            || self.jobs.try_recv().ok(),
+            |job| job.items.len(),
+            self.stage.settings.batch_len_max,
+        )
     }
 
     /// Nothing queued: the snapshot cadence hears of the idle tick, and a snapshot may start.
@@ -1390,4 +1403,32 @@ fn report_failure(error: &WalError, failed: &AtomicU8) {
         "write-ahead log failed; no further acknowledgements until a restart recovers the \
          log: {error}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::fill_batch;
+
+    proptest! {
+        /// A batch takes queued jobs in order, whole, and stops at the first that takes it to
+        /// the bound: below the bound before its last job, nothing left queued unless it
+        /// reached the bound, and never more than the bound plus one job.
+        #[test]
+        fn a_batch_fills_to_its_bound_with_whole_jobs_in_order(
+            lens in prop::collection::vec(1usize..100, 1..60),
+            bound in 1usize..400,
+        ) {
+            let mut queue = lens.iter().copied().enumerate().skip(1);
+            let (jobs, count) = fill_batch((0, lens[0]), || queue.next(), |j| j.1, bound);
+            let taken: Vec<usize> = jobs.iter().map(|j| j.0).collect();
+            prop_assert_eq!(taken, (0..jobs.len()).collect::<Vec<_>>());
+            prop_assert_eq!(count, jobs.iter().map(|j| j.1).sum::<usize>());
+            let before_last = count - jobs[jobs.len() - 1].1;
+            prop_assert!(jobs.len() == 1 || before_last < bound);
+            prop_assert!(count >= bound || jobs.len() == lens.len());
+            prop_assert!(count < bound + lens.iter().max().copied().unwrap_or(0));
+        }
+    }
 }

@@ -356,13 +356,13 @@ pub struct CoreConfig {
     pub participants_max: usize,
 }
 
-/// What the closes of a batch may log, for batches of up to `batch_len_max` requests a frame:
-/// the ledger stage takes frames until it holds `batch_len_max` requests, so a batch holds
-/// fewer than twice that many, each taking at most `journal::logged_len_max` bytes besides.
-pub fn closes_logged_bytes_max(batch_len_max: u16) -> usize {
+/// What the closes of a batch may log, for frames of at most `bound` requests that the ledger
+/// stage takes until it holds at least `bound` (it never splits a frame): a batch holds fewer
+/// than twice `bound` requests, each taking at most `journal::logged_len_max` bytes besides.
+pub fn closes_logged_bytes_max(bound: u16) -> usize {
     (ledger::wal::RECORD_SIZE_MAX_DEFAULT as usize)
         .saturating_sub(crate::journal::BATCH_HEADER_LEN)
-        .saturating_sub(2 * usize::from(batch_len_max) * crate::journal::logged_len_max())
+        .saturating_sub(2 * usize::from(bound) * crate::journal::logged_len_max())
 }
 
 /// `participants_max` unless configured.

@@ -104,8 +104,8 @@ impl Shedder {
 
 /// The delay a batch taken at `at` shows the shedder: the wait of its oldest job (the head of
 /// the queue), given when each job was `received`; `None` for an empty batch. Not the
-/// freshest job's: the stage takes everything queued at once, so however far behind it is,
-/// the last job in was queued a moment ago, and a rule fed that would never see the queue.
+/// freshest job's: when the stage takes all that is queued, however far behind it is, the
+/// last job in was queued a moment ago, and a rule fed that would never see the queue.
 pub fn head_delay(at: Instant, received: impl IntoIterator<Item = Instant>) -> Option<Duration> {
     received
         .into_iter()
