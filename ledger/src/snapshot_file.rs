@@ -272,6 +272,98 @@ pub fn check(bytes: &[u8], sequence: u64) -> Result<(), SnapshotCorruption> {
     decode(bytes, sequence).map(|_| ())
 }
 
+/// Checks a snapshot file named for `sequence` as its bytes arrive, in order, without holding
+/// them: what `check` finds in the whole file, `finish` finds once everything was given to
+/// `update`. A header that is not this snapshot's (magic, version, sequence), and bytes past
+/// the length it declares, are refused as soon as they arrive, so a receiver stops early.
+#[derive(Clone, Debug)]
+pub struct StreamCheck {
+    sequence: u64,
+    header: [u8; SNAPSHOT_HEADER_LEN],
+    header_len: usize,
+    /// The payload's length, once the header is whole.
+    payload_len: u64,
+    /// Payload bytes so far.
+    seen: u64,
+    crc: u32,
+}
+
+impl StreamCheck {
+    pub fn new(sequence: u64) -> Self {
+        StreamCheck {
+            sequence,
+            header: [0; SNAPSHOT_HEADER_LEN],
+            header_len: 0,
+            payload_len: 0,
+            seen: 0,
+            crc: 0,
+        }
+    }
+
+    /// The file's next bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) -> Result<(), SnapshotCorruption> {
+        if self.header_len < SNAPSHOT_HEADER_LEN {
+            let n = bytes.len().min(SNAPSHOT_HEADER_LEN - self.header_len);
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len < SNAPSHOT_HEADER_LEN {
+                return Ok(());
+            }
+            self.check_header()?;
+        }
+        self.seen = self.seen.saturating_add(bytes.len() as u64);
+        if self.seen > self.payload_len {
+            return Err(SnapshotCorruption::Length {
+                payload_len_bytes: self.payload_len,
+                actual_bytes: self.seen,
+            });
+        }
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        Ok(())
+    }
+
+    fn check_header(&mut self) -> Result<(), SnapshotCorruption> {
+        let h = &self.header;
+        let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+        if h[0..8] != SNAPSHOT_MAGIC {
+            return Err(SnapshotCorruption::BadMagic);
+        }
+        let version = u32_at(8);
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotCorruption::UnsupportedVersion { version });
+        }
+        let in_header = u64_at(12);
+        if in_header != self.sequence {
+            return Err(SnapshotCorruption::Sequence { in_header });
+        }
+        self.payload_len = u64_at(20);
+        self.crc = crc32c::crc32c(&h[0..28]);
+        Ok(())
+    }
+
+    /// Whether the bytes given make the whole snapshot file.
+    pub fn finish(self) -> Result<(), SnapshotCorruption> {
+        if self.header_len < SNAPSHOT_HEADER_LEN {
+            return Err(SnapshotCorruption::HeaderTruncated {
+                len_bytes: self.header_len as u64,
+            });
+        }
+        if self.seen != self.payload_len {
+            return Err(SnapshotCorruption::Length {
+                payload_len_bytes: self.payload_len,
+                actual_bytes: self.seen,
+            });
+        }
+        let in_header = u32::from_le_bytes(self.header[28..32].try_into().expect("4 bytes"));
+        if self.crc != in_header {
+            return Err(SnapshotCorruption::Checksum);
+        }
+        Ok(())
+    }
+}
+
 /// Loads the newest valid snapshot, passing over (and reporting) newer invalid ones.
 /// I/O errors are errors; invalid contents are rejections.
 pub fn load_newest<S: Storage>(storage: &S) -> Result<Loaded, StorageError> {
@@ -338,6 +430,54 @@ mod tests {
         }
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len], 9).is_err(), "length {len}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config!("ledger_snapshot_stream_check.txt"))]
+
+        /// Checking a file as it arrives, in pieces cut anywhere, agrees with checking it
+        /// whole: on sound files, on files with any bytes changed, cut short or run on, and
+        /// on files named for another sequence.
+        #[test]
+        fn checking_as_it_arrives_agrees_with_checking_it_whole(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            changes in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255),
+                0..3,
+            ),
+            cut in proptest::option::of(proptest::prelude::any::<proptest::sample::Index>()),
+            extra in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3),
+            named in 8u64..11,
+            pieces in proptest::collection::vec(1usize..64, 1..12),
+        ) {
+            let mut bytes = encode_header(9, &payload).to_vec();
+            bytes.extend_from_slice(&payload);
+            for (at, xor) in &changes {
+                let i = at.index(bytes.len());
+                bytes[i] ^= xor;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            bytes.extend_from_slice(&extra);
+            let whole = check(&bytes, named);
+            let mut stream = StreamCheck::new(named);
+            let mut rest = &bytes[..];
+            let mut refused = Ok(());
+            for len in pieces.iter().cycle() {
+                if rest.is_empty() || refused.is_err() {
+                    break;
+                }
+                let (piece, after) = rest.split_at((*len).min(rest.len()));
+                refused = stream.update(piece);
+                rest = after;
+            }
+            let streamed = refused.and_then(|()| stream.finish());
+            proptest::prop_assert_eq!(whole.is_ok(), streamed.is_ok(), "{:?} {:?}", whole, streamed);
+            if changes.is_empty() && cut.is_none() && extra.is_empty() && named == 9 {
+                proptest::prop_assert!(streamed.is_ok());
+            }
         }
     }
 

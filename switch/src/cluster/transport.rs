@@ -885,8 +885,9 @@ async fn read_message(
     Ok(Some(message))
 }
 
-/// Writes a snapshot file from the stream under a temporary name, checks it reads back whole,
-/// syncs it and renames it into place.
+/// Writes a snapshot file from the stream under a temporary name, checking it as it arrives
+/// (`snapshot_file::StreamCheck`: a header that is not snapshot `index`'s stops the reception
+/// at once, and nothing is held but a piece at a time), syncs it and renames it into place.
 async fn keep_snapshot(
     stream: &mut quinn::RecvStream,
     index: u64,
@@ -897,6 +898,8 @@ async fn keep_snapshot(
     let receiving = format!("{name}{}", crate::server::replication::RECEIVING_SUFFIX);
     let tmp = settings.snapshot_dir.join(&receiving);
     let mut file = tokio::fs::File::create(&tmp).await?;
+    let mut check = ledger::snapshot_file::StreamCheck::new(index);
+    let bad = |e| anyhow::anyhow!("snapshot {index} from the leader: {e}");
     let mut left = len;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
@@ -905,17 +908,16 @@ async fn keep_snapshot(
             .read(&mut buf[..want])
             .await?
             .ok_or_else(|| anyhow::anyhow!("snapshot {index} ended after {} bytes", len - left))?;
+        check.update(&buf[..n]).map_err(bad)?;
         file.write_all(&buf[..n]).await?;
         left -= n as u64;
     }
+    check.finish().map_err(bad)?;
     file.sync_all().await?;
     drop(file);
     let dir = settings.snapshot_dir.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let storage = ledger::storage::FileStorage::open(&dir)?;
-        let bytes = ledger::storage::Storage::read(&storage, &receiving)?;
-        ledger::snapshot_file::check(&bytes, index)
-            .map_err(|e| anyhow::anyhow!("snapshot {index} from the leader: {e}"))?;
         // Kept aside until Raft installs it (`replication::FileDisk::install_snapshot`): a
         // snapshot under its own name is one this replica's log starts from.
         let received = format!("{name}{}", crate::server::replication::RECEIVED_SUFFIX);

@@ -1412,6 +1412,8 @@ mod tests {
     use super::fill_batch;
 
     proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_stage_batch_fill.txt"))]
+
         /// A batch takes queued jobs in order, whole, and stops at the first that takes it to
         /// the bound: below the bound before its last job, nothing left queued unless it
         /// reached the bound, and never more than the bound plus one job.
