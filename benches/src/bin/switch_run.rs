@@ -107,8 +107,9 @@ struct Args {
     /// timer, which wakes on whole milliseconds, so frames leave in bunches a millisecond apart.
     #[arg(long, value_enum, default_value_t = Pacing::TokioTimer)]
     pacing: Pacing,
-    /// Requests the ledger stage takes at once, at most (`[limits] batch_len_max`).
-    #[arg(long, default_value_t = switch::config::Config::default().limits.batch_len_max)]
+    /// Requests the ledger stage takes into one batch, at most (`[limits]
+    /// stage_batch_len_max`; frames are never split).
+    #[arg(long, default_value_t = switch::config::Config::default().limits.stage_batch_len_max)]
     batch: u16,
     /// A snapshot is due after this many MiB of log (`[snapshot] every_wal_bytes`).
     #[arg(long, default_value_t = switch::config::Config::default().snapshot.every_wal_bytes >> 20)]
@@ -308,7 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.ledger.pending_max = 50_000_000;
     config.ledger.transfers_remembered_max = args.remembered;
     config.ledger.preallocate = args.preallocate;
-    config.limits.batch_len_max = args.batch;
+    config.limits.stage_batch_len_max = args.batch;
     config.snapshot.every_wal_bytes = args.snapshot_every_mib.saturating_mul(1 << 20);
     config.snapshot.defer_above_requests_per_second = args.snapshot_defer_above;
     config.snapshot.method = match args.snapshot_method {
