@@ -286,6 +286,8 @@ pub struct StreamCheck {
     /// Payload bytes so far.
     seen: u64,
     crc: u32,
+    /// The first refusal: every later call gives it again.
+    refused: Option<SnapshotCorruption>,
 }
 
 impl StreamCheck {
@@ -297,11 +299,23 @@ impl StreamCheck {
             payload_len: 0,
             seen: 0,
             crc: 0,
+            refused: None,
         }
     }
 
-    /// The file's next bytes.
-    pub fn update(&mut self, mut bytes: &[u8]) -> Result<(), SnapshotCorruption> {
+    /// The file's next bytes. Once it refused the file, it refuses it for good.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<(), SnapshotCorruption> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
+        let result = self.take(bytes);
+        if let Err(e) = &result {
+            self.refused = Some(e.clone());
+        }
+        result
+    }
+
+    fn take(&mut self, mut bytes: &[u8]) -> Result<(), SnapshotCorruption> {
         if self.header_len < SNAPSHOT_HEADER_LEN {
             let n = bytes.len().min(SNAPSHOT_HEADER_LEN - self.header_len);
             self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
@@ -345,6 +359,9 @@ impl StreamCheck {
 
     /// Whether the bytes given make the whole snapshot file.
     pub fn finish(self) -> Result<(), SnapshotCorruption> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
         if self.header_len < SNAPSHOT_HEADER_LEN {
             return Err(SnapshotCorruption::HeaderTruncated {
                 len_bytes: self.header_len as u64,
@@ -474,6 +491,16 @@ mod tests {
                 rest = after;
             }
             let streamed = refused.and_then(|()| stream.finish());
+            // A header that is not this snapshot's is refused at its last byte, and for good.
+            if changes.is_empty() && named != 9 && bytes.len() >= SNAPSHOT_HEADER_LEN {
+                let mut early = StreamCheck::new(named);
+                proptest::prop_assert_eq!(
+                    early.update(&bytes[..SNAPSHOT_HEADER_LEN]),
+                    Err(SnapshotCorruption::Sequence { in_header: 9 })
+                );
+                proptest::prop_assert!(early.update(&bytes[SNAPSHOT_HEADER_LEN..]).is_err());
+                proptest::prop_assert!(early.finish().is_err());
+            }
             proptest::prop_assert_eq!(whole.is_ok(), streamed.is_ok(), "{:?} {:?}", whole, streamed);
             if changes.is_empty() && cut.is_none() && extra.is_empty() && named == 9 {
                 proptest::prop_assert!(streamed.is_ok());

@@ -490,6 +490,21 @@ impl Default for Tls {
     }
 }
 
+/// The largest a batch's bound may be (the larger of `limits.batch_len_max` and
+/// `limits.stage_batch_len_max`): a log record holds a batch's commands, fewer than twice the
+/// bound, each at most `journal::logged_len_max` bytes, and beside them at least one window
+/// close with the smallest fee schedule.
+pub fn batch_bound_max() -> u16 {
+    let smallest_close = crate::journal::logged_len(&crate::core::Command::CloseWindow {
+        window: 0,
+        fees: Arc::new(FeeSchedule::default()),
+    });
+    let room = (ledger::wal::RECORD_SIZE_MAX_DEFAULT as usize)
+        .saturating_sub(crate::journal::BATCH_HEADER_LEN)
+        .saturating_sub(smallest_close);
+    u16::try_from(room / (2 * crate::journal::logged_len_max())).unwrap_or(u16::MAX)
+}
+
 impl Limits {
     /// What a stage batch is filled to, for the size of its log record: the stage takes
     /// frames until it holds `stage_batch_len_max` requests and never splits one, so a batch
@@ -613,7 +628,8 @@ impl Invalid {
 
 impl Limits {
     /// The frame limit's range (a full batch's answers must fit in a frame), the pool for
-    /// unfinished frames, and the queue's depth.
+    /// unfinished frames, the batch bound (a full batch's record must hold a close), and the
+    /// queue's depth.
     fn validate(&self) -> Result<(), Invalid> {
         let frame_max = crate::wire::FRAME_LEN_MAX_LIMIT;
         if self.frame_bytes_max < 64 || self.frame_bytes_max > frame_max {
@@ -645,6 +661,22 @@ impl Limits {
                     "must be between limits.frame_bytes_max ({} bytes), so that a largest frame \
                      can be received, and {UNFINISHED_FRAME_BYTES_MAX_LIMIT} bytes (1 TiB)",
                     self.frame_bytes_max
+                ),
+            ));
+        }
+        let bound_max = batch_bound_max();
+        if self.batch_bound() > bound_max {
+            let key = if self.stage_batch_len_max > self.batch_len_max {
+                "limits.stage_batch_len_max"
+            } else {
+                "limits.batch_len_max"
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "must be at most {bound_max} requests: a batch fills to the larger of \
+                     limits.batch_len_max and limits.stage_batch_len_max, and its log record \
+                     must hold up to twice that many commands and a window close"
                 ),
             ));
         }
@@ -1305,6 +1337,24 @@ mod tests {
         match fees(fitting + 1) {
             Ok(_) => panic!("{} issuer rates do not fit", fitting + 1),
             Err(e) => assert!(e.to_string().contains("clearing.fees.issuer"), "{e}"),
+        }
+        // Past the largest bound, whichever key sets it is named, fees or none.
+        let bound_max = batch_bound_max();
+        assert!((8190..u16::MAX).contains(&bound_max), "{bound_max}");
+        let big_frames = |frame: u16, stage: u16| {
+            format!(
+                "[limits]\nframe_bytes_max = 67108864\nbatch_len_max = {frame}\n\
+                 stage_batch_len_max = {stage}\n"
+            )
+        };
+        Config::parse(&big_frames(bound_max, 1), "x.toml").expect("the largest frame bound");
+        Config::parse(&big_frames(1, bound_max), "x.toml").expect("the largest stage bound");
+        for (text, key) in [
+            (big_frames(bound_max + 1, 1), "limits.batch_len_max"),
+            (big_frames(1, bound_max + 1), "limits.stage_batch_len_max"),
+        ] {
+            let err = Config::parse(&text, "x.toml").expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
         }
         // The stage's batch bound counts as well when it is the larger: its batches fill to it.
         assert!(with_fees(limits_for(100, batch), fitting).is_ok());

@@ -33,7 +33,7 @@ pub struct StageSettings {
     pub queue_depth_max: usize,
     /// Requests a batch takes, at most, but for the last frame, which is never split
     /// (`[limits] stage_batch_len_max`, at least 1).
-    pub batch_len_max: usize,
+    pub stage_batch_len_max: usize,
     /// How often due holds are expired, busy or idle (`[authorization] expiry_tick_ms`).
     pub expiry_tick: Duration,
     /// Holds a pass expires at most (`[authorization] expiry_pass_max`).
@@ -179,8 +179,9 @@ impl Settings {
     }
 }
 
-/// The ledger's own configuration. Its batches hold a stage batch: at least the ledger's
-/// default, and `[limits] batch_len_max` if larger.
+/// The ledger's own configuration. Its batches are a stage batch's waves, which the core cuts
+/// at the ledger's bound: at least the ledger's default, and `[limits] batch_len_max` if
+/// larger.
 pub fn ledger_config(config: &Config) -> ledger::Config {
     let l = &config.ledger;
     ledger::Config {
@@ -231,7 +232,7 @@ fn stage_settings(config: &Config, wal: WalOptions) -> StageSettings {
     let record_bytes_max = wal.record_size_max_bytes as usize;
     StageSettings {
         queue_depth_max: usize_from(u64::from(l.queue_depth_max)),
-        batch_len_max: usize::from(l.stage_batch_len_max).max(1),
+        stage_batch_len_max: usize::from(l.stage_batch_len_max).max(1),
         expiry_tick: Duration::from_millis(u64::from(config.authorization.expiry_tick_ms)),
         expiry_pass_max: config.authorization.expiry_pass_max,
         close_every_ns: config
@@ -434,7 +435,7 @@ mod tests {
         );
 
         let stage = &s.stage;
-        assert_eq!((stage.queue_depth_max, stage.batch_len_max), (13, 37));
+        assert_eq!((stage.queue_depth_max, stage.stage_batch_len_max), (13, 37));
         assert_eq!(stage.expiry_tick, Duration::from_millis(61));
         assert_eq!(stage.expiry_pass_max, 62);
         assert_eq!(stage.close_every_ns, 67_000_000_000);

@@ -1210,14 +1210,14 @@ impl StageThread {
         Ok(())
     }
 
-    /// `first` and the jobs queued behind it, until the batch holds `batch_len_max` requests
+    /// `first` and the jobs queued behind it, until the batch holds `stage_batch_len_max` requests
     /// (a job is never split, so the last may take it past); and how many requests.
     fn take_batch(&self, first: Job) -> (Vec<Job>, usize) {
         fill_batch(
             first,
             || self.jobs.try_recv().ok(),
             |job| job.items.len(),
-            self.stage.settings.batch_len_max,
+            self.stage.settings.stage_batch_len_max,
         )
     }
 
