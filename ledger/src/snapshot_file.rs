@@ -123,36 +123,75 @@ fn encode_header(sequence: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_LEN] {
     header
 }
 
-/// Checks a whole snapshot file named for `sequence`; returns its payload.
+/// A snapshot file header's fields, read from the offsets `encode_header` writes them at.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    sequence: u64,
+    payload_len: u64,
+    crc: u32,
+    /// The checksum of the header's first 28 bytes, which the payload's continues.
+    crc_of_fields: u32,
+}
+
+impl Header {
+    fn parse(h: &[u8; SNAPSHOT_HEADER_LEN]) -> Header {
+        let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+        Header {
+            magic: h[0..8].try_into().expect("8 bytes"),
+            version: u32_at(8),
+            sequence: u64_at(12),
+            payload_len: u64_at(20),
+            crc: u32_at(28),
+            crc_of_fields: crc32c::crc32c(&h[0..28]),
+        }
+    }
+
+    fn check_magic(&self) -> Result<(), SnapshotCorruption> {
+        match self.magic == SNAPSHOT_MAGIC {
+            true => Ok(()),
+            false => Err(SnapshotCorruption::BadMagic),
+        }
+    }
+
+    /// Whether this build reads it, and it is the file of snapshot `sequence`.
+    fn check_version_and_sequence(&self, sequence: u64) -> Result<(), SnapshotCorruption> {
+        if self.version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotCorruption::UnsupportedVersion {
+                version: self.version,
+            });
+        }
+        if self.sequence != sequence {
+            return Err(SnapshotCorruption::Sequence {
+                in_header: self.sequence,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a whole snapshot file named for `sequence`; returns its payload. The checksum is
+/// checked before the version and sequence, so that a damaged header reads as damage.
 fn decode(bytes: &[u8], sequence: u64) -> Result<&[u8], SnapshotCorruption> {
     let Some((header, payload)) = bytes.split_first_chunk::<SNAPSHOT_HEADER_LEN>() else {
         return Err(SnapshotCorruption::HeaderTruncated {
             len_bytes: bytes.len() as u64,
         });
     };
-    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-    if header[0..8] != SNAPSHOT_MAGIC {
-        return Err(SnapshotCorruption::BadMagic);
-    }
-    let payload_len_bytes = u64_at(20);
-    if payload_len_bytes != payload.len() as u64 {
+    let header = Header::parse(header);
+    header.check_magic()?;
+    if header.payload_len != payload.len() as u64 {
         return Err(SnapshotCorruption::Length {
-            payload_len_bytes,
+            payload_len_bytes: header.payload_len,
             actual_bytes: payload.len() as u64,
         });
     }
-    if crc32c::crc32c_append(crc32c::crc32c(&header[0..28]), payload) != u32_at(28) {
+    if crc32c::crc32c_append(header.crc_of_fields, payload) != header.crc {
         return Err(SnapshotCorruption::Checksum);
     }
-    let version = u32_at(8);
-    if version != SNAPSHOT_FORMAT_VERSION {
-        return Err(SnapshotCorruption::UnsupportedVersion { version });
-    }
-    let in_header = u64_at(12);
-    if in_header != sequence {
-        return Err(SnapshotCorruption::Sequence { in_header });
-    }
+    header.check_version_and_sequence(sequence)?;
     Ok(payload)
 }
 
@@ -279,11 +318,11 @@ pub fn check(bytes: &[u8], sequence: u64) -> Result<(), SnapshotCorruption> {
 #[derive(Clone, Debug)]
 pub struct StreamCheck {
     sequence: u64,
-    header: [u8; SNAPSHOT_HEADER_LEN],
+    /// The header's bytes so far, until it is whole and parsed.
+    header_bytes: [u8; SNAPSHOT_HEADER_LEN],
     header_len: usize,
-    /// The payload's length, once the header is whole.
-    payload_len: u64,
-    /// Payload bytes so far.
+    header: Option<Header>,
+    /// Payload bytes so far, and their checksum continuing the header's.
     seen: u64,
     crc: u32,
     /// The first refusal: every later call gives it again.
@@ -294,9 +333,9 @@ impl StreamCheck {
     pub fn new(sequence: u64) -> Self {
         StreamCheck {
             sequence,
-            header: [0; SNAPSHOT_HEADER_LEN],
+            header_bytes: [0; SNAPSHOT_HEADER_LEN],
             header_len: 0,
-            payload_len: 0,
+            header: None,
             seen: 0,
             crc: 0,
             refused: None,
@@ -316,44 +355,34 @@ impl StreamCheck {
     }
 
     fn take(&mut self, mut bytes: &[u8]) -> Result<(), SnapshotCorruption> {
-        if self.header_len < SNAPSHOT_HEADER_LEN {
-            let n = bytes.len().min(SNAPSHOT_HEADER_LEN - self.header_len);
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-            self.header_len += n;
-            bytes = &bytes[n..];
-            if self.header_len < SNAPSHOT_HEADER_LEN {
-                return Ok(());
+        let header = match self.header {
+            Some(header) => header,
+            None => {
+                let n = bytes.len().min(SNAPSHOT_HEADER_LEN - self.header_len);
+                self.header_bytes[self.header_len..self.header_len + n]
+                    .copy_from_slice(&bytes[..n]);
+                self.header_len += n;
+                bytes = &bytes[n..];
+                if self.header_len < SNAPSHOT_HEADER_LEN {
+                    return Ok(());
+                }
+                // Refused before the payload: a receiver stops at once.
+                let header = Header::parse(&self.header_bytes);
+                header.check_magic()?;
+                header.check_version_and_sequence(self.sequence)?;
+                self.header = Some(header);
+                self.crc = header.crc_of_fields;
+                header
             }
-            self.check_header()?;
-        }
+        };
         self.seen = self.seen.saturating_add(bytes.len() as u64);
-        if self.seen > self.payload_len {
+        if self.seen > header.payload_len {
             return Err(SnapshotCorruption::Length {
-                payload_len_bytes: self.payload_len,
+                payload_len_bytes: header.payload_len,
                 actual_bytes: self.seen,
             });
         }
         self.crc = crc32c::crc32c_append(self.crc, bytes);
-        Ok(())
-    }
-
-    fn check_header(&mut self) -> Result<(), SnapshotCorruption> {
-        let h = &self.header;
-        let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-        if h[0..8] != SNAPSHOT_MAGIC {
-            return Err(SnapshotCorruption::BadMagic);
-        }
-        let version = u32_at(8);
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotCorruption::UnsupportedVersion { version });
-        }
-        let in_header = u64_at(12);
-        if in_header != self.sequence {
-            return Err(SnapshotCorruption::Sequence { in_header });
-        }
-        self.payload_len = u64_at(20);
-        self.crc = crc32c::crc32c(&h[0..28]);
         Ok(())
     }
 
@@ -362,19 +391,18 @@ impl StreamCheck {
         if let Some(refused) = self.refused {
             return Err(refused);
         }
-        if self.header_len < SNAPSHOT_HEADER_LEN {
+        let Some(header) = self.header else {
             return Err(SnapshotCorruption::HeaderTruncated {
                 len_bytes: self.header_len as u64,
             });
-        }
-        if self.seen != self.payload_len {
+        };
+        if self.seen != header.payload_len {
             return Err(SnapshotCorruption::Length {
-                payload_len_bytes: self.payload_len,
+                payload_len_bytes: header.payload_len,
                 actual_bytes: self.seen,
             });
         }
-        let in_header = u32::from_le_bytes(self.header[28..32].try_into().expect("4 bytes"));
-        if self.crc != in_header {
+        if self.crc != header.crc {
             return Err(SnapshotCorruption::Checksum);
         }
         Ok(())
