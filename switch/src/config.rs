@@ -495,14 +495,18 @@ impl Default for Tls {
 /// bound, each at most `journal::logged_len_max` bytes, and beside them at least one window
 /// close with the smallest fee schedule.
 pub fn batch_bound_max() -> u16 {
-    let smallest_close = crate::journal::logged_len(&crate::core::Command::CloseWindow {
-        window: 0,
-        fees: Arc::new(FeeSchedule::default()),
-    });
     let room = (ledger::wal::RECORD_SIZE_MAX_DEFAULT as usize)
         .saturating_sub(crate::journal::BATCH_HEADER_LEN)
-        .saturating_sub(smallest_close);
+        .saturating_sub(smallest_close_len());
     u16::try_from(room / (2 * crate::journal::logged_len_max())).unwrap_or(u16::MAX)
+}
+
+/// What a window close logs with no fees configured: any close logs at least this.
+fn smallest_close_len() -> usize {
+    crate::journal::logged_len(&crate::core::Command::CloseWindow {
+        window: 0,
+        fees: Arc::new(FeeSchedule::default()),
+    })
 }
 
 impl Limits {
@@ -1341,6 +1345,10 @@ mod tests {
         // Past the largest bound, whichever key sets it is named, fees or none.
         let bound_max = batch_bound_max();
         assert!((8190..u16::MAX).contains(&bound_max), "{bound_max}");
+        // The largest: a close fits beside a batch filled to it, and not to one more.
+        let room = crate::core::closes_logged_bytes_max;
+        assert!(room(bound_max) >= smallest_close_len());
+        assert!(room(bound_max + 1) < smallest_close_len());
         let big_frames = |frame: u16, stage: u16| {
             format!(
                 "[limits]\nframe_bytes_max = 67108864\nbatch_len_max = {frame}\n\
