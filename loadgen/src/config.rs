@@ -189,8 +189,8 @@ pub struct Common {
     #[arg(long, default_value_t = 10.0, help_heading = "Load shape")]
     pub timeout_secs: f64,
     /// Seconds of silence from the switch (keep-alives every third of it) after which a
-    /// connection is lost. Default: 1 with several --target addresses, so that a leader that
-    /// died is left for the next one at once; else --timeout-secs.
+    /// connection is lost. Default: 0.25 with several --target addresses, so that a leader
+    /// that died is left for the next one at once; else --timeout-secs.
     #[arg(long, help_heading = "Load shape")]
     pub silence_secs: Option<f64>,
     /// How the open loop keeps its schedule: `timer` (tokio's millisecond timer: a frame holds
@@ -376,6 +376,10 @@ pub enum Pacing {
 /// `--depth` when not given, in a closed loop and in an open one.
 const CLOSED_DEPTH: usize = 8;
 const OPEN_DEPTH: usize = 64;
+/// `--silence-secs` against a cluster unless given: a dead leader is left about this long
+/// after its last packet (keep-alives every third of it), which is under the election that
+/// follows, while a live switch at its peak is never this silent.
+const CLUSTER_SILENCE: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -641,7 +645,7 @@ impl Options {
         let cluster = matches!(&target, Target::Remote { addrs, .. } if addrs.len() > 1);
         let silence = match c.silence_secs {
             Some(s) => Duration::from_secs_f64(positive("silence-secs", s)?),
-            None if cluster => timeout.min(Duration::from_secs(1)),
+            None if cluster => timeout.min(CLUSTER_SILENCE),
             None => timeout,
         };
         Ok(Options {
@@ -908,15 +912,19 @@ mod tests {
         };
         let secs = Duration::from_secs_f64;
         let three = "127.0.0.1:4431,127.0.0.1:4432,127.0.0.1:4433";
-        assert_eq!(silence(three, &[]).expect("valid"), (secs(10.0), secs(1.0)));
+        assert_eq!(
+            silence(three, &[]).expect("valid"),
+            (secs(10.0), secs(0.25))
+        );
         assert_eq!(
             silence("127.0.0.1:4431", &[]).expect("valid"),
             (secs(10.0), secs(10.0))
         );
-        let short = ["--timeout-secs", "0.5"];
+        // A timeout shorter than the cluster's silence is both.
+        let short = ["--timeout-secs", "0.2"];
         assert_eq!(
             silence(three, &short).expect("valid"),
-            (secs(0.5), secs(0.5))
+            (secs(0.2), secs(0.2))
         );
         let given = ["--silence-secs", "2.5"];
         assert_eq!(
