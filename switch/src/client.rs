@@ -344,10 +344,11 @@ impl Client {
 
     /// Connects to the replica that leads a cluster (or to the one switch of a cluster of
     /// one). `targets` are its replicas' client addresses; all are asked at once, each with an
-    /// Echo, and a replica that does not lead names the leader, which is asked next if it was
-    /// not already. A replica that is down costs nothing but its own attempt. During an
-    /// election nobody leads: the round starts again after a short pause, until `deadline`.
-    /// Returns the connection and the target it reached.
+    /// Echo, and a replica that does not lead names the leader, which is asked at once. A
+    /// replica that answered without leading (during an election nobody leads) is asked again
+    /// on its own after a pause that doubles from 10 ms up to 50 ms, and one that is down
+    /// holds up no one: its attempt runs out beside the others. One attempt per replica at a
+    /// time, until `deadline`. Returns the connection and the target it reached.
     pub async fn connect_leader(
         targets: &[String],
         trust: &Trust,
@@ -358,59 +359,56 @@ impl Client {
         let timeouts = timeouts.into();
         let give_up = tokio::time::Instant::now() + deadline;
         let mut last = None;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            let mut asked: Vec<String> = Vec::new();
-            let mut probes = tokio::task::JoinSet::new();
-            let spawn = |probes: &mut tokio::task::JoinSet<_>, target: String| {
-                let trust = trust.clone();
-                let identity = identity.map(|i| ServerIdentity {
-                    chain: i.chain.clone(),
-                    key: i.key.clone_key(),
-                });
-                probes.spawn(async move {
-                    let probed = probe_leader(&target, &trust, identity, timeouts).await;
-                    (target, probed)
-                });
-            };
-            for target in targets {
-                asked.push(target.clone());
+        let mut asking = Asking::default();
+        let mut probes = tokio::task::JoinSet::new();
+        let spawn = |probes: &mut tokio::task::JoinSet<_>, target: String| {
+            let trust = trust.clone();
+            let identity = identity.map(|i| ServerIdentity {
+                chain: i.chain.clone(),
+                key: i.key.clone_key(),
+            });
+            probes.spawn(async move {
+                let probed = probe_leader(&target, &trust, identity, timeouts).await;
+                (target, probed)
+            });
+        };
+        for target in targets {
+            if asking.ask_now(target) {
                 spawn(&mut probes, target.clone());
             }
-            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
-            let round = tokio::time::timeout(left, async {
-                while let Some(done) = probes.join_next().await {
-                    let Ok((target, probed)) = done else {
+        }
+        loop {
+            let wake = asking.next_due().map_or(give_up, |due| due.min(give_up));
+            tokio::select! {
+                done = probes.join_next(), if !probes.is_empty() => {
+                    let Some(Ok((target, probed))) = done else {
                         continue;
                     };
-                    match probed {
-                        Ok(client) => return Some((client, target)),
-                        Err(e) => {
-                            if let Some(Some(leader)) = e.not_leader() {
-                                let leader = leader.to_string();
-                                if !asked.contains(&leader) {
-                                    asked.push(leader.clone());
-                                    spawn(&mut probes, leader);
-                                }
-                            }
-                            last = Some(e);
-                        }
+                    let e = match probed {
+                        Ok(client) => return Ok((client, target)),
+                        Err(e) => e,
+                    };
+                    if let Some(Some(leader)) = e.not_leader()
+                        && asking.ask_now(&leader.to_string())
+                    {
+                        spawn(&mut probes, leader.to_string());
+                    }
+                    asking.answered(&target, tokio::time::Instant::now());
+                    last = Some(e);
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= give_up {
+                        return Err(last.unwrap_or(ClientError::TimedOut {
+                            target: targets.join(","),
+                            timeout: deadline,
+                        }));
+                    }
+                    for target in asking.due(now) {
+                        spawn(&mut probes, target);
                     }
                 }
-                None
-            })
-            .await;
-            if let Ok(Some(found)) = round {
-                return Ok(found);
             }
-            if tokio::time::Instant::now() >= give_up {
-                return Err(last.unwrap_or(ClientError::TimedOut {
-                    target: targets.join(","),
-                    timeout: deadline,
-                }));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -680,6 +678,77 @@ async fn probe_leader(
     }
 }
 
+/// The first pause before a replica that answered without leading is asked again, and the
+/// longest (the pause doubles from one to the other).
+const PROBE_PAUSE_FIRST: Duration = Duration::from_millis(10);
+const PROBE_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// The replicas `connect_leader` asks: at most one attempt each at a time, and when each that
+/// answered without leading is due to be asked again.
+#[derive(Debug, Default)]
+struct Asking {
+    replicas: HashMap<String, Replica>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    /// `None` while an attempt is under way.
+    due: Option<tokio::time::Instant>,
+    /// The pause after its next answer.
+    pause: Duration,
+}
+
+impl Asking {
+    /// Whether `target` is to be asked now (its attempt then counts as under way): yes unless
+    /// an attempt is already under way. A replica waiting for its pause is asked at once.
+    fn ask_now(&mut self, target: &str) -> bool {
+        match self.replicas.get_mut(target) {
+            Some(Replica { due: None, .. }) => false,
+            Some(r) => {
+                r.due = None;
+                true
+            }
+            None => {
+                self.replicas.insert(
+                    target.to_string(),
+                    Replica {
+                        due: None,
+                        pause: PROBE_PAUSE_FIRST,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// `target`'s attempt ended without a leader: it is due again after its pause, which
+    /// doubles for the next time.
+    fn answered(&mut self, target: &str, now: tokio::time::Instant) {
+        if let Some(r) = self.replicas.get_mut(target) {
+            r.due = Some(now + r.pause);
+            r.pause = (r.pause * 2).min(PROBE_PAUSE_MAX);
+        }
+    }
+
+    /// The earliest time a replica is due to be asked again.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.replicas.values().filter_map(|r| r.due).min()
+    }
+
+    /// The replicas due at `now`, each counted as asked.
+    fn due(&mut self, now: tokio::time::Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (target, r) in &mut self.replicas {
+            if r.due.is_some_and(|d| d <= now) {
+                r.due = None;
+                due.push(target.clone());
+            }
+        }
+        due.sort();
+        due
+    }
+}
+
 /// A number that differs between calls and processes, for probe request ids.
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -709,5 +778,98 @@ mod tests {
             let bind: SocketAddr = bind.parse().expect("literal");
             assert_eq!(bind_address(target), bind, "for {target}");
         }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A replica is named (as leader, or as a target at the start).
+        Name(u8),
+        /// A replica's attempt ends without a leader (if one is under way).
+        Answer(u8),
+        /// Time passes, in milliseconds, and the due replicas are asked.
+        Pass(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..4).prop_map(Step::Name),
+            (0u8..4).prop_map(Step::Answer),
+            any::<u8>().prop_map(Step::Pass),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of each replica (an attempt under way, or the time it is due and
+        /// its next pause): never two attempts at once, a named replica that waits is asked at
+        /// once, one that answered is asked again exactly when its pause is over, and the
+        /// pause doubles from 10 ms to at most 50 ms.
+        #[test]
+        fn each_replica_is_asked_once_at_a_time_and_again_after_its_pause(
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let t0 = tokio::time::Instant::now();
+            let mut now = t0;
+            let mut asking = Asking::default();
+            // The model: per replica, (under way, due, next pause).
+            let mut model: HashMap<String, (bool, tokio::time::Instant, Duration)> =
+                HashMap::new();
+            for s in steps {
+                match s {
+                    Step::Name(r) => {
+                        let target = format!("r{r}");
+                        let expect = match model.get_mut(&target) {
+                            Some((under_way, ..)) if *under_way => false,
+                            Some(m) => { m.0 = true; true }
+                            None => {
+                                model.insert(target.clone(), (true, now, PROBE_PAUSE_FIRST));
+                                true
+                            }
+                        };
+                        proptest::prop_assert_eq!(asking.ask_now(&target), expect);
+                    }
+                    Step::Answer(r) => {
+                        let target = format!("r{r}");
+                        if let Some(m) = model.get_mut(&target).filter(|m| m.0) {
+                            *m = (false, now + m.2, (m.2 * 2).min(PROBE_PAUSE_MAX));
+                            asking.answered(&target, now);
+                        }
+                    }
+                    Step::Pass(ms) => {
+                        now += Duration::from_millis(u64::from(ms));
+                        let mut expect: Vec<String> = model
+                            .iter_mut()
+                            .filter(|(_, m)| !m.0 && m.1 <= now)
+                            .map(|(t, m)| { m.0 = true; t.clone() })
+                            .collect();
+                        expect.sort();
+                        proptest::prop_assert_eq!(asking.due(now), expect);
+                    }
+                }
+                let next = model.values().filter(|m| !m.0).map(|m| m.1).min();
+                proptest::prop_assert_eq!(asking.next_due(), next);
+                for m in model.values() {
+                    proptest::prop_assert!(m.2 >= PROBE_PAUSE_FIRST && m.2 <= PROBE_PAUSE_MAX);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pause_doubles_up_to_its_cap() {
+        let now = tokio::time::Instant::now();
+        let mut asking = Asking::default();
+        assert!(asking.ask_now("a"));
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            asking.answered("a", now);
+            seen.push(asking.next_due().expect("waiting") - now);
+            assert_eq!(
+                asking.due(now + Duration::from_secs(1)),
+                vec!["a".to_string()]
+            );
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![10, 20, 40, 50, 50]);
     }
 }
