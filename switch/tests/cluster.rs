@@ -19,14 +19,17 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, START_LIMIT};
 use common::{CNY, req, setup_requests};
 use parking_lot::Mutex;
-use switch::client::{Client, ClientError};
+use switch::client::{Client, ClientError, Timeouts};
 use switch::codes::Code;
 use switch::tls::Trust;
 use switch::wire::{self, AccountId, Amount, CardNumber, Operation, Request};
 
 const LIMIT: Duration = Duration::from_secs(20);
 /// How long a request may go unanswered before the client looks for another leader.
-const ANSWER_TIMEOUT: Duration = Duration::from_millis(400);
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a connection may hear nothing at all (keep-alives every third of it) before the
+/// client looks for another leader: a killed leader is left this soon, a slow answer is not.
+const SILENCE: Duration = Duration::from_millis(150);
 
 /// A client that follows the leader: a request that meets a replica that does not lead, a
 /// lost connection or no answer in time goes again, unchanged, to whichever replica leads.
@@ -59,7 +62,10 @@ impl Follower {
                     &self.targets,
                     &self.trust,
                     None,
-                    ANSWER_TIMEOUT,
+                    Timeouts {
+                        timeout: ANSWER_TIMEOUT,
+                        silence: SILENCE,
+                    },
                     LIMIT,
                 )
                 .await
@@ -148,11 +154,13 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
         assert_eq!(r.code, Code::Approved, "{r:?}");
     }
     // Load: frames of authorizations, each answered (by whichever replica leads) before the
-    // next; every approved one is remembered with its amount.
+    // next; every approved one is remembered with its amount, and when each frame was
+    // answered with how many were acknowledged by then.
     let acked: Arc<Mutex<HashMap<u128, u64>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
-        let (acked, stop) = (acked.clone(), stop.clone());
+        let (acked, answered, stop) = (acked.clone(), answered.clone(), stop.clone());
         let mut client = Follower::new(&cluster);
         tokio::spawn(async move {
             let mut next = 1_000u128;
@@ -164,12 +172,15 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
                 let sent = Instant::now();
                 let answers = client.call(&frame).await;
                 longest = longest.max(sent.elapsed());
+                let mut acked = acked.lock();
                 for (r, a) in frame.iter().zip(answers) {
                     assert_eq!(a.code, Code::Approved, "{a:?}");
                     if let Operation::Authorize { amount, .. } = r.operation {
-                        acked.lock().insert(r.id.0, amount.0);
+                        acked.insert(r.id.0, amount.0);
                     }
                 }
+                answered.lock().push((Instant::now(), acked.len()));
+                drop(acked);
                 next += 16;
             }
             longest
@@ -180,32 +191,55 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let mut failovers = Vec::new();
+    let mut rejoins = Vec::new();
+    let mut teardowns = Vec::new();
     for cycle in 0..kills {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let leader = cluster.leader(LIMIT);
-        let before = acked.lock().len();
+        let before = {
+            let acked = acked.lock();
+            answered.lock().clear();
+            acked.len()
+        };
         // From the signal, not from the reaping: a large process takes a while to be torn
         // down, and the others stop hearing from it the moment it is killed.
         let killed = Instant::now();
         cluster.kill(leader);
-        // A new leader answers: the load goes on.
+        let reaped = killed.elapsed();
+        // A new leader answers: the load goes on. Two more frames than were acknowledged at
+        // the kill (one may have been the old leader's), timed by the load when it had them,
+        // not when this loop looks (after the reaping, which can take longer).
         let deadline = killed + LIMIT;
-        while acked.lock().len() <= before + 32 {
+        let failover = loop {
+            let again = answered
+                .lock()
+                .iter()
+                .find(|&&(_, n)| n > before + 32)
+                .map(|&(at, _)| at.saturating_duration_since(killed));
+            if let Some(failover) = again {
+                break failover;
+            }
             assert!(
                 Instant::now() < deadline,
                 "cycle {cycle}: no answer after the kill"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        failovers.push(killed.elapsed());
+        };
+        failovers.push(failover);
+        teardowns.push(reaped);
         eprintln!(
-            "cycle {cycle}: leader {} killed; answers again after {:?}",
+            "cycle {cycle}: leader {} killed (reaped after {reaped:?}); answers again after \
+             {failover:?}",
             leader + 1,
-            killed.elapsed()
         );
         let new_leader = cluster.leader(LIMIT);
         assert_ne!(new_leader, leader, "a new leader");
+        // The killed replica comes back and catches up to where the cluster stood when it
+        // came back before the next kill: each kill is of a leader in a cluster of three, not
+        // a second failure while a member is still recovering.
+        let committed = cluster.view(new_leader).map_or(0, |v| v.committed);
         cluster.restart(leader);
+        rejoins.push(cluster.caught_up(leader, new_leader, committed, LIMIT));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Release);
@@ -237,27 +271,49 @@ async fn a_cluster_rides_through_leader_kills_and_loses_nothing_acknowledged() {
         digests.windows(2).all(|d| d[0] == d[1]),
         "the replicas' ledgers differ: {digests:?}"
     );
-    report(kills, acked.len(), &failovers, &digests[0]);
+    report(
+        kills,
+        acked.len(),
+        &failovers,
+        &teardowns,
+        &rejoins,
+        &digests[0],
+    );
 }
 
-/// Writes what the run saw to `CLUSTER_REPORT`, if set.
-fn report(kills: usize, acknowledged: usize, failovers: &[Duration], digest: &str) {
+/// Writes what the run saw to `CLUSTER_REPORT`, if set: each failover (from the kill to the
+/// next acknowledged answer), each killed leader's teardown (from the signal to the reaping:
+/// the kernel freeing its memory on the cores the others share here) and each rejoin (from
+/// the restart to caught up).
+fn report(
+    kills: usize,
+    acknowledged: usize,
+    failovers: &[Duration],
+    teardowns: &[Duration],
+    rejoins: &[Duration],
+    digest: &str,
+) {
     let Ok(path) = std::env::var("CLUSTER_REPORT") else {
         return;
     };
-    let mut ms: Vec<f64> = failovers.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
+    let summary = |times: &[Duration]| {
+        let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        serde_json::json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "each": ms })
     };
     let report = serde_json::json!({
         "leader_kills": kills,
         "acknowledged_authorizations": acknowledged,
         "lost": 0,
         "replicas_digest": digest,
-        "failover_ms": { "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "each": ms },
+        "failover_ms": summary(failovers),
+        "teardown_ms": summary(teardowns),
+        "rejoin_ms": summary(rejoins),
     });
     std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json"))
         .expect("write the report");

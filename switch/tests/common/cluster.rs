@@ -295,6 +295,27 @@ impl Cluster {
         }
     }
 
+    /// Waits until replica `i` follows leader `leader` and has applied at least `index`;
+    /// returns how long that took.
+    pub fn caught_up(&self, i: usize, leader: usize, index: u64, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let leader_id = self.members[leader].id;
+        loop {
+            if self
+                .view(i)
+                .is_some_and(|v| v.leader == Some(leader_id) && v.applied >= index)
+            {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "replica {} did not catch up to {index} within {limit:?}",
+                self.members[i].id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until every running replica follows the leader, in its term, and has applied
     /// everything the leader holds (an index alone could be a deposed leader's own entries).
     pub fn converge(&self, limit: Duration) {
