@@ -13,9 +13,10 @@ frames of one request, and at those rates their per-frame cost, not the switch's
 would be measured. `--half-saturation R`
 adds a point at R (half of `loadgen max`'s figure measured the same hour). Prints one
 Markdown row per point: authorize p50 / p99 / p99.9, fdatasync p50 / p99, the margin
-p99 - fdatasync p99, and the switch's CPU per request; then, per point, the switch's threads:
-CPU, time waiting for a CPU and times scheduled, per request. Exits 1 if a run failed its
-verification.
+p99 - fdatasync p99, the switch's CPU per request and, beside it, the CPU the probe spent
+per append and fdatasync (the floor for a log that syncs each request alone); then, per
+point, the switch's threads: CPU, time waiting for a CPU and times scheduled, per request.
+Exits 1 if a run failed its verification.
 """
 import argparse
 import json
@@ -34,7 +35,8 @@ def fsync_probe(count):
         check=True, capture_output=True, text=True,
     ).stdout
     got = dict(re.findall(r"(p50|p99)=([0-9.]+)ms", out))
-    return float(got["p50"]), float(got["p99"])
+    cpu = float(re.search(r"cpu=([0-9.]+)us/sync", out).group(1))
+    return float(got["p50"]), float(got["p99"]), cpu
 
 
 def run_point(loadgen, rate, pacing, duration, out, spawn_config):
@@ -68,12 +70,12 @@ def main():
     if a.half_saturation:
         rates.append(a.half_saturation)
     print("| rate/s | pacing | authorize p50 ms | p99 ms | p99.9 ms | fdatasync p50 / p99 ms "
-          "| p99 - fdatasync p99 ms | switch CPU µs/request | verified |")
-    print("|---:|---|---:|---:|---:|---|---:|---:|:-:|")
+          "| p99 - fdatasync p99 ms | switch CPU µs/request | fdatasync CPU µs/sync | verified |")
+    print("|---:|---|---:|---:|---:|---|---:|---:|---:|:-:|")
     failed = False
     threads = []
     for rate in rates:
-        sync_p50, sync_p99 = fsync_probe(a.probe_count)
+        sync_p50, sync_p99, sync_cpu = fsync_probe(a.probe_count)
         pacing = "timer" if rate >= a.timer_from else "thread"
         auth, cost, passed = run_point(
             a.loadgen, rate, pacing, a.duration, os.path.join(a.out, str(rate)), a.spawn_config)
@@ -81,6 +83,7 @@ def main():
         print(f"| {rate:,} | {pacing} | {auth['p50_ms']:.2f} | {auth['p99_ms']:.2f} | "
               f"{auth['p999_ms']:.2f} | {sync_p50:.2f} / {sync_p99:.2f} | "
               f"{auth['p99_ms'] - sync_p99:+.2f} | {cost['switch_cpu_us_per_request']:.1f} | "
+              f"{sync_cpu:.1f} | "
               f"{'yes' if passed else 'NO'} |", flush=True)
         threads.append((rate, cost.get("switch_threads", [])))
     print("\nThe switch's threads, per request: µs on a CPU / µs waiting for one / times scheduled")
