@@ -458,10 +458,13 @@ struct Serving {
     lock: lock::DataDirLock,
 }
 
+/// The longest a stopping switch waits for its connections to finish closing.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(2);
+
 impl Serving {
     /// No new connections; what is in flight drains (ten seconds at most), the stage answers
-    /// what it holds and syncs its log, the connections close, and the data directory is
-    /// released.
+    /// what it holds and syncs its log, the connections close (`CLOSE_WAIT_MAX` at most), and
+    /// the data directory is released.
     async fn stop(self) -> anyhow::Result<()> {
         let Serving {
             ready,
@@ -489,7 +492,18 @@ impl Serving {
             quinn::VarInt::from_u32(crate::wire::AppErrorCode::ShuttingDown.as_u32()),
             b"shutting down",
         );
-        endpoint.wait_idle().await;
+        // The closes reach the clients that are there at once. A connection whose client
+        // vanished mid-handshake would hold this for three of its backed-off probe timeouts,
+        // which after a few seconds of silence is minutes: the wait is bounded.
+        if tokio::time::timeout(CLOSE_WAIT_MAX, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                "connections still closing after {} s; stopping without them",
+                CLOSE_WAIT_MAX.as_secs()
+            );
+        }
         // Only now may another switch take the directory: the stage and its log are done.
         drop(lock);
         result
