@@ -624,3 +624,51 @@ fn a_replica_that_lost_its_data_refuses_to_rejoin_under_its_old_id() {
     let still = cluster.leader(LIMIT);
     assert_ne!(still, lost, "the two left still lead and serve");
 }
+
+/// Finding the leader leaves nothing open on the replicas that do not lead: each one asked
+/// answers "not leader" and its connection is closed, not left for the replica to time out
+/// (60 s), holding one of its `connections_max` slots, after every leader search of every
+/// client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_search_leaves_no_connection_open_on_the_followers() {
+    let cluster = Cluster::start(3, "");
+    let leader = cluster.leader(LIMIT);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let (client, _) = Client::connect_leader(
+            &cluster.targets(),
+            &Trust::Fingerprint(cluster.fingerprint),
+            None,
+            Timeouts {
+                timeout: ANSWER_TIMEOUT,
+                silence: Duration::from_secs(30),
+            },
+            LIMIT,
+        )
+        .await
+        .expect("a leader");
+        clients.push(client);
+    }
+    let connections = |i: usize| {
+        cluster
+            .metric(i, "switch_connections")
+            .expect("the replica answers its metrics")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open: Vec<f64> = (0..3).map(connections).collect();
+        let followers_clear = (0..3).filter(|&i| i != leader).all(|i| open[i] == 0.0);
+        if followers_clear {
+            assert_eq!(
+                open[leader], 5.0,
+                "the five clients stay with the leader: {open:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "5 s after the searches the followers still hold connections: {open:?} (leader {leader})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
