@@ -388,10 +388,11 @@ impl Client {
                         Ok(client) => return Ok((client, target)),
                         Err(e) => e,
                     };
-                    if let Some(Some(leader)) = e.not_leader()
-                        && asking.ask_now(&leader.to_string())
-                    {
-                        spawn(&mut probes, leader.to_string());
+                    if let Some(Some(leader)) = e.not_leader() {
+                        let leader = leader.to_string();
+                        if asking.ask_now(&leader) {
+                            spawn(&mut probes, leader);
+                        }
                     }
                     asking.answered(&target, tokio::time::Instant::now());
                     last = Some(e);
@@ -808,8 +809,7 @@ mod tests {
         fn each_replica_is_asked_once_at_a_time_and_again_after_its_pause(
             steps in proptest::collection::vec(step(), 1..200),
         ) {
-            let t0 = tokio::time::Instant::now();
-            let mut now = t0;
+            let mut now = tokio::time::Instant::now();
             let mut asking = Asking::default();
             // The model: per replica, (under way, due, next pause).
             let mut model: HashMap<String, (bool, tokio::time::Instant, Duration)> =
