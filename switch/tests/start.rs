@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod common;
 use common::process::{Process, Ready};
+use switch::server::lock::LockError;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -227,7 +228,14 @@ async fn in_one_process_a_data_directory_is_served_once() {
         .expect("another directory");
     let refused = match start(a.path()).await.expect("in time") {
         Ok(_) => panic!("a second server on the same directory started"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // Typed, as the restart below tells it from other failures.
+            assert!(
+                matches!(e.downcast_ref(), Some(LockError::Held { .. })),
+                "{e:#}"
+            );
+            e.to_string()
+        }
     };
     assert!(
         refused.contains(&format!(
@@ -246,7 +254,10 @@ async fn in_one_process_a_data_directory_is_served_once() {
     let again = loop {
         match start(a.path()).await.expect("in time") {
             Ok(again) => break again,
-            Err(e) if Instant::now() < retry_until && e.to_string().contains("is in use") => {
+            Err(e)
+                if Instant::now() < retry_until
+                    && matches!(e.downcast_ref(), Some(LockError::Held { .. })) =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("served again: {e:#}"),
