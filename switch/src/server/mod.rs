@@ -492,9 +492,9 @@ impl Serving {
             quinn::VarInt::from_u32(crate::wire::AppErrorCode::ShuttingDown.as_u32()),
             b"shutting down",
         );
-        // The closes reach the clients that are there at once. A connection whose client
-        // vanished mid-handshake would hold this for three of its backed-off probe timeouts,
-        // which after a few seconds of silence is minutes: the wait is bounded.
+        // The closes reach the clients that are there at once. A connection whose client has
+        // vanished keeps backing off its probe timeout, and quinn counts it closed only after
+        // three of them: after seconds of silence, minutes. The wait is bounded.
         if tokio::time::timeout(CLOSE_WAIT_MAX, endpoint.wait_idle())
             .await
             .is_err()
