@@ -801,6 +801,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_client_asking.txt"))]
+
         /// Against a model of each replica (an attempt under way, or the time it is due and
         /// its next pause): never two attempts at once, a named replica that waits is asked at
         /// once, one that answered is asked again exactly when its pause is over, and the
