@@ -396,12 +396,17 @@ struct Sim {
     requests: BTreeMap<u128, Sent>,
     /// Not yet executed anywhere (or refused before execution): to send.
     unsent: VecDeque<u128>,
+    /// The founding requests not yet sent, and the one sent last: each goes once the one
+    /// before it is acknowledged, as an operator's would (an account is funded once it
+    /// exists), and payments only after them all.
+    setup: VecDeque<u128>,
+    setup_sent: Option<u128>,
     next_id: u128,
     acked_terms: HashMap<u64, u64>,
     /// Authorizations acknowledged approved and not yet followed up.
     open_auths: Vec<(u128, u64)>,
     /// What acknowledged answers say each authorization has become.
-    known: HashMap<u128, PaymentState>,
+    known: BTreeMap<u128, PaymentState>,
     crashes: u64,
     rebuilds: u64,
     acked_under_faults: usize,
@@ -444,10 +449,12 @@ impl Sim {
             faults: true,
             requests: BTreeMap::new(),
             unsent: VecDeque::new(),
+            setup: VecDeque::new(),
+            setup_sent: None,
             next_id: 1_000,
             acked_terms: HashMap::new(),
             open_auths: Vec::new(),
-            known: HashMap::new(),
+            known: BTreeMap::new(),
             crashes: 0,
             rebuilds: 0,
             acked_under_faults: 0,
@@ -566,7 +573,29 @@ impl Sim {
         }
     }
 
+    /// Sends the next founding request once the last is acknowledged; says whether any is
+    /// still to send or unanswered.
+    fn feed_setup(&mut self) -> bool {
+        if self
+            .setup_sent
+            .is_some_and(|id| self.requests[&id].acked.is_none())
+        {
+            return true;
+        }
+        self.setup_sent = self.setup.pop_front();
+        if let Some(id) = self.setup_sent {
+            self.unsent.push_back(id);
+        }
+        self.setup_sent.is_some()
+    }
+
     fn setup(&mut self) {
+        let before = self.unsent.len();
+        self.setup_requests();
+        self.setup = self.unsent.split_off(before);
+    }
+
+    fn setup_requests(&mut self) {
         for (p, name, roles) in [(2, "issuer", 1), (3, "acquirer", 2)] {
             self.add(Op::Setup(Request::CreateParticipant(CreateParticipant {
                 participant: ParticipantId(p),
@@ -1047,9 +1076,11 @@ impl Sim {
                 self.push_membership(change);
             }
             self.maybe_snapshot();
+            let setting_up = self.feed_setup();
             if self.rng.gen_bool(0.3) {
                 let n = self.rng.gen_range(1..4);
-                if self.requests.values().filter(|s| s.acked.is_none()).count() < 12 {
+                if !setting_up && self.requests.values().filter(|s| s.acked.is_none()).count() < 12
+                {
                     for _ in 0..n {
                         self.random_op();
                     }
@@ -1064,6 +1095,8 @@ impl Sim {
     /// Faults stop; every replica runs; every request is asked (again) until answered.
     fn settle(&mut self) {
         self.faults = false;
+        // What is left of the founding requests goes first, in order, with the rest.
+        self.setup.clear();
         for r in &mut self.replicas {
             r.paused_until = r.paused_until.min(self.now_ms + 1);
         }
@@ -1213,6 +1246,14 @@ impl Sim {
             let last = finals
                 .get(id)
                 .unwrap_or_else(|| panic!("seed {seed}: request {id} has no final answer"));
+            if matches!(sent.op, Op::Setup(_)) {
+                assert_eq!(
+                    last.code,
+                    Code::Approved,
+                    "seed {seed}: founding request {id} ({:?}) was refused",
+                    sent.op
+                );
+            }
             if let Some(acked) = &sent.acked
                 && !matches!(sent.op, Op::Status { .. })
             {
