@@ -281,7 +281,17 @@ impl Rebuilt {
     fn push_entry(&mut self, entry: Entry) -> Result<(), String> {
         let index = entry.index;
         if index <= self.base.index {
-            // Covered by the snapshot (written before it was taken).
+            // Covered by the snapshot (written before it was taken). Written, it overrode
+            // every entry after it: whatever is held after the snapshot came before it in the
+            // journal and is not the log any more (a follower's stale tail, overwritten by a
+            // leader and then covered by a snapshot, must not come back).
+            if !self.entries.is_empty() && self.applied > self.base.index {
+                return Err(format!(
+                    "entry {index} replaces entries already known final (applied up to {})",
+                    self.applied
+                ));
+            }
+            self.entries.clear();
             return Ok(());
         }
         if index > self.last() + 1 {
@@ -390,6 +400,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ledger::proptest_config!("switch_replica_record.txt", 256, "/../../"))]
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = Record::decode(&bytes);
@@ -397,10 +409,14 @@ mod tests {
 
         /// A log written the way Raft writes it (appends that override a tail from some index
         /// on, commit indexes only rising and never past what is held) reads back as the log
-        /// that was held in memory, and every entry handed to `apply` is one of the final log.
+        /// that was held in memory, and every entry handed to `apply` is one of the final log;
+        /// so does it after a snapshot at any committed entry (`snapshot_at`, a share of the
+        /// final commit index), with or without the records wholly behind it.
         #[test]
         fn the_journal_rebuilds_the_log(
             steps in prop::collection::vec((0u64..4, 1usize..4, 0u64..3), 1..60),
+            snapshot_at in 0u64..=4,
+            pruned in any::<bool>(),
         ) {
             let mut held: Vec<Entry> = Vec::new();
             let mut records = Vec::new();
@@ -419,7 +435,23 @@ mod tests {
                 records.push(Record::Entries { entries: run, commit });
                 commit = (commit + commit_step).min(held.len() as u64);
             }
-            let mut rebuilt = Rebuilt::new(SnapshotMetadata::default());
+            let base = commit * snapshot_at / 4;
+            if pruned {
+                // Pruning drops only the oldest records, and only those wholly behind the
+                // snapshot.
+                let behind = records
+                    .iter()
+                    .take_while(|r| matches!(r, Record::Entries { entries, .. }
+                        if entries.iter().all(|e| e.index <= base)))
+                    .count();
+                records.drain(..behind);
+            }
+            let mut rebuilt = Rebuilt::new(SnapshotMetadata {
+                index: base,
+                term: base.checked_sub(1).map_or(0, |i| held[i as usize].term),
+                ..SnapshotMetadata::default()
+            });
+            let held = held.split_off(base as usize);
             let mut applied = Vec::new();
             for r in records {
                 rebuilt
@@ -431,7 +463,7 @@ mod tests {
             }
             prop_assert_eq!(&rebuilt.entries, &held);
             prop_assert_eq!(&applied[..], &held[..applied.len()]);
-            prop_assert_eq!(rebuilt.applied, applied.len() as u64);
+            prop_assert_eq!(rebuilt.applied, base + applied.len() as u64);
         }
     }
 }
