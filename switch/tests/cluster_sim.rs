@@ -1348,6 +1348,13 @@ fn status_of(core: &Core, id: u128) -> Option<(PaymentState, u64)> {
     }
 }
 
+/// Seeds that once found a bug: every run replays them first.
+const FOUND: &[u64] = &[
+    // A leader paused with applied entries not yet committed, deposed by an append that
+    // replaced them and committed the new leader's at the same indexes: it kept its own.
+    2019317985009046802,
+];
+
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("CLUSTER_SIM_SEED") {
         return vec![seed.parse().expect("CLUSTER_SIM_SEED is a number")];
@@ -1357,7 +1364,11 @@ fn seeds() -> Vec<u64> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let base: u64 = rand::thread_rng().r#gen();
-    (0..runs).map(|i| base.wrapping_add(i)).collect()
+    FOUND
+        .iter()
+        .copied()
+        .chain((0..runs).map(|i| base.wrapping_add(i)))
+        .collect()
 }
 
 #[test]

@@ -609,7 +609,10 @@ impl Node {
             out.deposed = true;
             self.read_wanted = None;
             self.term_start = u64::MAX;
-            if self.applied > self.committed.max(self.raw.raft.raft_log.committed) {
+            // What this leader applied past what it saw committed is its own speculation.
+            // Not against Raft's commit index now: the message that deposed it may have
+            // replaced those entries and committed the new leader's at the same indexes.
+            if self.applied > self.committed {
                 self.rebuild()?;
             }
         }
