@@ -215,6 +215,9 @@ impl Replica {
             },
         )
         .map_err(|e| format!("replica {} recovery: {e}", self.id))?;
+        rebuilt
+            .check()
+            .map_err(|e| format!("replica {} recovery: {e}", self.id))?;
         let wal = Wal::open(
             self.wal_storage.clone(),
             WalOptions::default(),
