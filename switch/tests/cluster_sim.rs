@@ -2,7 +2,8 @@
 //! (`SimStorage`, which loses what was not synced when a replica crashes) and a simulated network
 //! that drops, delays, reorders and duplicates messages and cuts links, all driven by one seed.
 //! A failing seed is printed and replays exactly: `CLUSTER_SIM_SEED=<seed> cargo test -p switch
-//! --test cluster_sim`.
+//! --test cluster_sim`. `CLUSTER_SIM_RUNS` sets how many seeds a run draws (6), and
+//! `CLUSTER_SIM_STEPS` how many simulated milliseconds of faults the main test runs (4,000).
 //!
 //! Every run checks, after the faults stop and the cluster settles:
 //! - every acknowledged answer is the answer a repeat of its request gets at the end (the request
@@ -1374,6 +1375,13 @@ const FOUND: &[u64] = &[
     2019317985009046802,
 ];
 
+fn steps() -> u64 {
+    std::env::var("CLUSTER_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4_000)
+}
+
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("CLUSTER_SIM_SEED") {
         return vec![seed.parse().expect("CLUSTER_SIM_SEED is a number")];
@@ -1395,7 +1403,7 @@ fn a_cluster_under_faults_loses_nothing_acknowledged() {
     for seed in seeds() {
         eprintln!("cluster simulation seed {seed} (CLUSTER_SIM_SEED={seed} replays it)");
         let mut sim = Sim::new(seed);
-        sim.run(4_000);
+        sim.run(steps());
     }
 }
 
