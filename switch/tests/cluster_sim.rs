@@ -11,6 +11,7 @@
 //! - the balances of every account are what the final status of every payment adds up to, and
 //!   money is conserved (debits equal credits, pending and posted);
 //! - every replica's ledger digest is the same;
+//! - (all along) the entry committed at an index is the same on every replica;
 //! - no two replicas acknowledged answers in the same term.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -173,6 +174,8 @@ struct Live {
     wal: Wal,
     pending: VecDeque<switch::replica::Write>,
     waiting: Vec<Waiting>,
+    /// Its committed entries up to here were checked against the cluster's.
+    checked: u64,
 }
 
 fn node_config(id: u64, seed: u64, joining: bool) -> NodeConfig {
@@ -244,6 +247,7 @@ impl Replica {
             wal,
             pending: VecDeque::new(),
             waiting: Vec::new(),
+            checked: 0,
         });
         Ok(())
     }
@@ -407,6 +411,9 @@ struct Sim {
     setup_sent: Option<u128>,
     next_id: u128,
     acked_terms: HashMap<u64, u64>,
+    /// The term of the entry committed at each index, as the first replica that committed it
+    /// held it.
+    committed_terms: BTreeMap<u64, u64>,
     /// Authorizations acknowledged approved and not yet followed up.
     open_auths: Vec<(u128, u64)>,
     /// What acknowledged answers say each authorization has become.
@@ -457,6 +464,7 @@ impl Sim {
             setup_sent: None,
             next_id: 1_000,
             acked_terms: HashMap::new(),
+            committed_terms: BTreeMap::new(),
             open_auths: Vec::new(),
             known: BTreeMap::new(),
             crashes: 0,
@@ -809,6 +817,22 @@ impl Sim {
         if let Err(e) = live.node.poll(&mut out) {
             panic!("seed {}: replica {id} failed: {e}", self.seed);
         }
+        // Raft's safety: the entry committed at an index is the same on every replica.
+        let committed = live.node.committed().min(live.node.last_index());
+        let store = live.node.store();
+        for index in (live.checked + 1).max(store.base().index + 1)..=committed {
+            let Some(e) = store.entry(index) else {
+                break;
+            };
+            let term = *self.committed_terms.entry(index).or_insert(e.term);
+            assert_eq!(
+                term, e.term,
+                "seed {}: replica {id} committed entry {index} of term {}, another replica \
+                 one of term {term}",
+                self.seed, e.term
+            );
+        }
+        live.checked = live.checked.max(committed);
         live.pending.extend(out.writes.drain(..));
         if out.deposed {
             // Whatever waited may or may not commit: its outcome is unknown, to be asked again.
