@@ -284,7 +284,7 @@ pub fn recover<S: Storage>(
     if let Some(truncation) = &recovered.truncation {
         tracing::warn!("{truncation}");
     }
-    rebuilt.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    rebuilt.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
     let hard_state = read_hard_state(data_dir)?;
     tracing::info!(
         snapshot = snapshot_file.as_deref().unwrap_or("none"),

@@ -278,11 +278,24 @@ impl Rebuilt {
         }
     }
 
-    /// Checks the log rebuilt from the whole journal: a Raft log never runs back in term. A
-    /// journal that rebuilds to one that does is refused rather than served: such a replica
-    /// could vote for a candidate that lacks a committed entry. (Checked once every record is
-    /// read: a stale tail may be held until a later record overwrites it.)
-    pub fn check(&self) -> Result<(), String> {
+    /// Finishes the log rebuilt from the whole journal (once every record is read: a stale
+    /// tail may be held until a later record overwrites it). A snapshot installed from the
+    /// leader replaces the whole log, and is kept before the journal records it (the reset
+    /// record): after a crash between the two, the newest snapshot is the leader's and the
+    /// journal still holds the replaced log after it, whose first entry is of an older term
+    /// than the snapshot's. Those entries are dropped, as the install dropped them. Any other
+    /// log that runs back in term is refused rather than served: such a replica could vote
+    /// for a candidate that lacks a committed entry. Nothing dropped was applied (entries are
+    /// applied only once a record says they are committed, and the replaced log's were not).
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self
+            .entries
+            .first()
+            .is_some_and(|e| e.term < self.base.term && self.applied == self.base.index)
+        {
+            self.entries.clear();
+            self.commit = self.base.index;
+        }
         let mut term = self.base.term;
         for e in &self.entries {
             if e.term < term {
@@ -419,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_that_runs_back_in_term_is_refused() {
+    fn a_replaced_log_after_the_snapshot_is_dropped_and_any_other_running_back_in_term_refused() {
         let base = SnapshotMetadata {
             index: 2,
             term: 3,
@@ -430,20 +443,21 @@ mod tests {
             for entries in records {
                 rebuilt.push(Record::Entries { entries, commit: 0 }, &mut |_| Ok(()))?;
             }
-            rebuilt.check()
+            rebuilt.finish().map(|()| rebuilt.entries)
         };
-        // A stale tail held alone after the snapshot: what the journal rebuilt before the fix
-        // of entries covered by the snapshot.
-        assert!(rebuild(vec![vec![entry(3, 2), entry(4, 2)]]).is_err());
+        // The log a snapshot from the leader replaced, the crash before the journal said so:
+        // dropped.
+        assert_eq!(rebuild(vec![vec![entry(3, 2), entry(4, 2)]]), Ok(vec![]));
+        // Anything else that runs back in term: refused.
         assert!(rebuild(vec![vec![entry(3, 3), entry(4, 5), entry(5, 4)]]).is_err());
         // The same tail, overwritten from behind the snapshot: nothing of it is left.
         assert_eq!(
             rebuild(vec![vec![entry(2, 2), entry(3, 2)], vec![entry(2, 3)]]),
-            Ok(())
+            Ok(vec![])
         );
         assert_eq!(
             rebuild(vec![vec![entry(3, 3), entry(4, 4)], vec![entry(4, 5)]]),
-            Ok(())
+            Ok(vec![entry(3, 3), entry(4, 5)])
         );
     }
 
@@ -509,7 +523,7 @@ mod tests {
                     })
                     .map_err(TestCaseError::fail)?;
             }
-            prop_assert_eq!(rebuilt.check(), Ok(()));
+            prop_assert_eq!(rebuilt.finish(), Ok(()));
             prop_assert_eq!(&rebuilt.entries, &held);
             prop_assert_eq!(&applied[..], &held[..applied.len()]);
             prop_assert_eq!(rebuilt.applied, base + applied.len() as u64);
