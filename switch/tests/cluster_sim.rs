@@ -818,18 +818,20 @@ impl Sim {
             panic!("seed {}: replica {id} failed: {e}", self.seed);
         }
         // Raft's safety: the entry committed at an index is the same on every replica.
+        // (Entries a snapshot covers are not held: those are not checked.)
         let committed = live.node.committed().min(live.node.last_index());
         let store = live.node.store();
         for index in (live.checked + 1).max(store.base().index + 1)..=committed {
-            let Some(e) = store.entry(index) else {
-                break;
-            };
-            let term = *self.committed_terms.entry(index).or_insert(e.term);
+            let term = store
+                .entry(index)
+                .map(|e| e.term)
+                .unwrap_or_else(|| panic!("seed {}: replica {id} lacks entry {index}", self.seed));
+            let first = *self.committed_terms.entry(index).or_insert(term);
             assert_eq!(
-                term, e.term,
-                "seed {}: replica {id} committed entry {index} of term {}, another replica \
-                 one of term {term}",
-                self.seed, e.term
+                first, term,
+                "seed {}: replica {id} committed entry {index} of term {term}, another replica \
+                 one of term {first}",
+                self.seed
             );
         }
         live.checked = live.checked.max(committed);

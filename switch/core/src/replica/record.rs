@@ -286,7 +286,8 @@ impl Rebuilt {
     /// than the snapshot's. Those entries are dropped, as the install dropped them. Any other
     /// log that runs back in term is refused rather than served: such a replica could vote
     /// for a candidate that lacks a committed entry. Nothing dropped was applied (entries are
-    /// applied only once a record says they are committed, and the replaced log's were not).
+    /// applied only once a record says they are committed, and the replaced log's were not),
+    /// so the commit index, which every record applies up to, is the snapshot's too.
     pub fn finish(&mut self) -> Result<(), String> {
         if self
             .entries
@@ -294,7 +295,6 @@ impl Rebuilt {
             .is_some_and(|e| e.term < self.base.term && self.applied == self.base.index)
         {
             self.entries.clear();
-            self.commit = self.base.index;
         }
         let mut term = self.base.term;
         for e in &self.entries {
