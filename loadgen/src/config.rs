@@ -126,6 +126,10 @@ pub struct FestivalArgs {
     /// Seconds from the peak back to the baseline.
     #[arg(long, default_value_t = 10.0)]
     pub decay_secs: f64,
+    /// Seconds at the baseline rate after the decay (with a short decay, the quiet seconds in
+    /// which the peak's after-effects show).
+    #[arg(long, default_value_t = 0.0)]
+    pub tail_secs: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -608,6 +612,7 @@ impl Options {
                     ("spike-secs", f.spike_secs),
                     ("plateau-secs", f.plateau_secs),
                     ("decay-secs", f.decay_secs),
+                    ("tail-secs", f.tail_secs),
                 ] {
                     if !v.is_finite() || v < 0.0 {
                         bail!("--{name} must be at least 0, not {v}");
@@ -631,6 +636,7 @@ impl Options {
                         spike_secs: f.spike_secs,
                         plateau_secs: f.plateau_secs,
                         decay_secs: f.decay_secs,
+                        tail_secs: f.tail_secs,
                     },
                 }
             }

@@ -126,6 +126,13 @@ pub struct PeakReport {
     /// From the end of the peak to the start of the first second after which every second
     /// is recovered; 0 if none after the peak went over; null if the run ended before.
     pub recovery_secs: Option<f64>,
+    /// When the offered rate fell back to the saturation, on the time series' clock: part way
+    /// down the decay at `--overload`; the end of the plateau without a calibration, or when
+    /// the peak is not above it.
+    pub overload_end_secs: f64,
+    /// As `recovery_secs`, from `overload_end_secs`: how long the overload's after-effects
+    /// lasted once the load was one the switch can take.
+    pub recovery_after_overload_secs: Option<f64>,
 }
 
 /// One second of the time series.
@@ -434,24 +441,10 @@ pub fn peak_report(profile: &ProfileResult, seconds: &[Second]) -> Option<PeakRe
         .find(|p| p.name == "baseline")
         .and_then(|b| admitted_p99(&seconds[seconds_of(b.start_secs, b.end_secs, seconds.len())]));
     let recovery_threshold_ms = quiet_p99_ms.map_or(slo_p99_ms, |q| q.max(slo_p99_ms));
-    // The last second after the peak over the threshold; recovered from the next one on.
-    let after = (plateau.end_secs.max(0.0).floor() as usize).min(seconds.len());
-    let p99s: Vec<(usize, f64)> = seconds
-        .iter()
-        .enumerate()
-        .skip(after)
-        .filter_map(|(i, s)| admitted_p99(std::slice::from_ref(s)).map(|p| (i, p)))
-        .collect();
-    let last_over = p99s
-        .iter()
-        .rev()
-        .find(|&&(_, p)| p > recovery_threshold_ms)
-        .map(|&(i, _)| i);
-    let recovery_secs = match last_over {
-        None => Some(0.0),
-        Some(i) if Some(i) == p99s.last().map(|&(i, _)| i) => None,
-        Some(i) => Some((i as f64 + 1.0 - plateau.end_secs).max(0.0)),
-    };
+    let recovery_secs = recovery_from(plateau.end_secs, seconds, recovery_threshold_ms);
+    let overload_end_secs = overload_end(profile, plateau.end_secs);
+    let recovery_after_overload_secs =
+        recovery_from(overload_end_secs, seconds, recovery_threshold_ms);
     Some(PeakReport {
         phase: plateau.name.clone(),
         start_secs: during.start as f64,
@@ -474,7 +467,53 @@ pub fn peak_report(profile: &ProfileResult, seconds: &[Second]) -> Option<PeakRe
         slo_p99_ms,
         recovery_threshold_ms,
         recovery_secs,
+        overload_end_secs,
+        recovery_after_overload_secs,
     })
+}
+
+/// From `from_secs` to the start of the first second after which every second's admitted
+/// p99 is at most `threshold_ms`: 0 if none from the second holding `from_secs` on is over
+/// it, none if the last second with answers still is.
+fn recovery_from(from_secs: f64, seconds: &[Second], threshold_ms: f64) -> Option<f64> {
+    let after = (from_secs.max(0.0).floor() as usize).min(seconds.len());
+    let p99s: Vec<(usize, f64)> = seconds
+        .iter()
+        .enumerate()
+        .skip(after)
+        .filter_map(|(i, s)| admitted_p99(std::slice::from_ref(s)).map(|p| (i, p)))
+        .collect();
+    let last_over = p99s
+        .iter()
+        .rev()
+        .find(|&&(_, p)| p > threshold_ms)
+        .map(|&(i, _)| i);
+    match last_over {
+        None => Some(0.0),
+        Some(i) if Some(i) == p99s.last().map(|&(i, _)| i) => None,
+        Some(i) => Some((i as f64 + 1.0 - from_secs).max(0.0)),
+    }
+}
+
+/// When a festival's offered rate, going down the decay, reaches the calibrated saturation
+/// (`plateau_end` when there is none, or the peak is not above it; the decay's end when even
+/// the baseline is above it).
+fn overload_end(profile: &ProfileResult, plateau_end: f64) -> f64 {
+    let (Some(f), Some(saturation)) = (profile.festival.as_ref(), profile.calibration_rate) else {
+        return plateau_end;
+    };
+    let Some(decay) = profile.phases.iter().find(|p| p.name == "decay") else {
+        return plateau_end;
+    };
+    if f.peak <= saturation {
+        return plateau_end;
+    }
+    if f.baseline >= saturation {
+        return decay.end_secs;
+    }
+    // The decay is a straight line from the peak to the baseline.
+    let share = (f.peak - saturation) / (f.peak - f.baseline);
+    decay.start_secs + share * (decay.end_secs - decay.start_secs)
 }
 
 impl Report {
@@ -861,10 +900,16 @@ fn peak_lines(p: &PeakReport, overload: Option<f64>) -> String {
     let share = p
         .goodput_of_saturation
         .map_or(String::new(), |g| format!(" = {g:.2} of saturation"));
-    let recovery = match p.recovery_secs {
-        Some(s) => format!("{s:.1} s after the peak"),
+    let after = |secs: Option<f64>| match secs {
+        Some(s) => format!("{s:.1} s"),
         None => "not within the run".to_string(),
     };
+    let recovery = format!(
+        "{} after the peak, {} after the offered rate fell to the saturation (at {:.1} s)",
+        after(p.recovery_secs),
+        after(p.recovery_after_overload_secs),
+        p.overload_end_secs
+    );
     let _ = writeln!(
         out,
         "peak ({} {:.0}-{:.0} s): offered {offered}; goodput {:.0}/s{share}; admitted p99 {}; \
@@ -1159,6 +1204,21 @@ mod tests {
         );
         assert_eq!(peak.recovery_threshold_ms, 10.0);
         assert_eq!(peak.recovery_secs, Some(2.0));
+        // The decay (5 to 9 s, 300/s down to 30/s) reaches the saturation, 200/s, at
+        // 5 + 4 * 100/270 s; second 6 is the last over the line.
+        let overload_end = 5.0 + 4.0 * 100.0 / 270.0;
+        assert!(
+            (peak.overload_end_secs - overload_end).abs() < 1e-9,
+            "{peak:?}"
+        );
+        let after = peak.recovery_after_overload_secs.expect("recovered");
+        assert!((after - (7.0 - overload_end)).abs() < 1e-9, "{peak:?}");
+        // Without a calibration, the overload ends with the plateau.
+        let mut uncalibrated = festival(&phases);
+        uncalibrated.calibration_rate = None;
+        let peak = peak_report(&uncalibrated, &stats.seconds).expect("a festival");
+        assert_eq!(peak.overload_end_secs, 5.0);
+        assert_eq!(peak.recovery_after_overload_secs, Some(2.0));
         // A run that ends still over the line has not recovered; one never over it, at once.
         let mut late = stats.clone();
         answer(&mut late, OpKind::Sale, None, 8, 50);

@@ -204,6 +204,9 @@ pub struct Festival {
     pub spike_secs: f64,
     pub plateau_secs: f64,
     pub decay_secs: f64,
+    /// Seconds at the baseline after the decay: quiet seconds in which to see the peak's
+    /// after-effects.
+    pub tail_secs: f64,
 }
 
 impl Festival {
@@ -218,17 +221,28 @@ impl Festival {
             spike_secs: 1.0,
             plateau_secs: 10.0,
             decay_secs: 10.0,
+            tail_secs: 0.0,
         }
     }
 
     pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
-        Schedule::new(vec![
+        let mut segments = vec![
             Segment::new("baseline", self.baseline_secs, self.baseline, self.baseline),
             Segment::new("ramp", self.ramp_secs, self.baseline, self.pre_spike),
             Segment::new("spike", self.spike_secs, self.pre_spike, self.peak),
             Segment::new("plateau", self.plateau_secs, self.peak, self.peak),
             Segment::new("decay", self.decay_secs, self.peak, self.baseline),
-        ])
+        ];
+        // A phase of its own only when asked for.
+        if self.tail_secs > 0.0 {
+            segments.push(Segment::new(
+                "tail",
+                self.tail_secs,
+                self.baseline,
+                self.baseline,
+            ));
+        }
+        Schedule::new(segments)
     }
 }
 
@@ -370,6 +384,7 @@ mod tests {
                 spike_secs: ss,
                 plateau_secs: ps,
                 decay_secs: ds,
+                tail_secs: ds / 2.0,
             })
     }
 

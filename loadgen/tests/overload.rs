@@ -429,6 +429,7 @@ fn an_overload_festival_peaks_above_the_calibrated_saturation() {
         spike_secs: 0.2,
         plateau_secs: 1.0,
         decay_secs: 0.5,
+        tail_secs: 0.5,
     };
     let mut o = Options::spawn_defaults(Profile::Festival {
         peak: None,
@@ -466,4 +467,19 @@ fn an_overload_festival_peaks_above_the_calibrated_saturation() {
     let share = peak.goodput_of_saturation.expect("a share");
     assert!(share > 0.0 && share < 3.0, "{share}");
     assert!(r.table().contains("x saturation"), "{}", r.table());
+    // The overload ends a third of the way down the decay (1.5 to 1 of 1.5 to 0.15 times the
+    // saturation), and the tail runs at the baseline after it.
+    let phase = |name: &str| {
+        let p = r.profile.phases.iter().find(|p| p.name == name);
+        p.map(|p| (p.start_secs, p.end_secs)).expect(name)
+    };
+    let (decay_start, decay_end) = phase("decay");
+    let expected = decay_start + (0.5 / 1.35) * (decay_end - decay_start);
+    assert!(
+        (peak.overload_end_secs - expected).abs() < 1e-6,
+        "{} {expected}",
+        peak.overload_end_secs
+    );
+    let (tail_start, tail_end) = phase("tail");
+    assert!((tail_start - decay_end).abs() < 1e-9 && (tail_end - tail_start - 0.5).abs() < 1e-9);
 }

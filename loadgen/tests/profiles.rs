@@ -31,6 +31,7 @@ fn a_short_festival_follows_its_curve_and_writes_its_report() {
         spike_secs: 0.2,
         plateau_secs: 1.0,
         decay_secs: 0.8,
+        tail_secs: 0.0,
     };
     let outcome = loadgen::run::run(options(Profile::Festival {
         peak: Some(400.0),
