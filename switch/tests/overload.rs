@@ -366,3 +366,126 @@ async fn under_overload_new_payments_are_shed_and_holds_are_still_captured_and_r
     client.close().await;
     running.shutdown().await.expect("clean shutdown");
 }
+
+/// New payments in new-payment batches (kind 4, PROTOCOL.md 3.4): under a forced overload
+/// some batches are refused whole, unread (error 8 with a retry-after hint, which the client
+/// hands back as every operation shed), while request batches of balance inquiries on another
+/// stream keep being answered. Nothing refused unread moved money or is remembered: the card
+/// holds exactly what was approved, and a refused payment sent again later runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_overload_new_payment_batches_are_refused_unread() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = loopback_config(dir.path());
+    config.overload.target_ms = 1;
+    config.overload.interval_ms = 5;
+    let running = start(config).await;
+    let client = connect(&running).await;
+    let control = client.stream().await.expect("stream");
+    setup(&control).await;
+    let before = balance(&control, 10, 100).await;
+
+    const LOADERS: u128 = 6;
+    const FRAMES_PER_LOADER: u128 = 40;
+    const PER_FRAME: u128 = 500;
+    let mut loaders = tokio::task::JoinSet::new();
+    for l in 0..LOADERS {
+        let stream = client.stream().await.expect("stream");
+        loaders.spawn(async move {
+            let mut frames = Vec::new();
+            for f in 0..FRAMES_PER_LOADER {
+                let base = (1 << 80) | (l << 40) | (f << 20);
+                let requests: Vec<Request> =
+                    (0..PER_FRAME).map(|i| authorize(base | i, 1)).collect();
+                let got = tokio::time::timeout(LIMIT, stream.call_new_payments(0, &requests))
+                    .await
+                    .expect("answered in time")
+                    .expect("answered");
+                frames.push((requests, got));
+            }
+            frames
+        });
+    }
+    // Inquiries meanwhile, in request batches: never shed, whatever the load.
+    let mut inquiries = 0;
+    while !loaders.is_empty() && inquiries < 200 {
+        let got = reply(&control, 0, &[inquiry(1_000 + inquiries, 100)]).await;
+        assert_eq!(got.responses[0].code, Code::Approved, "{got:?}");
+        assert_eq!(got.retry_after_ms, 0);
+        inquiries += 1;
+    }
+
+    let (mut shed, mut approved) = (0u64, 0u64);
+    let mut a_shed_one = None;
+    while let Some(frames) = loaders.join_next().await {
+        for (requests, got) in frames.expect("loader") {
+            let any_shed = got
+                .responses
+                .iter()
+                .any(|r| is(r, Code::SystemBusy, Reason::SHED));
+            assert_eq!(any_shed, got.retry_after_ms > 0, "{}", got.retry_after_ms);
+            assert!(got.retry_after_ms <= 1000);
+            assert_eq!(got.responses.len(), requests.len());
+            for (request, r) in requests.iter().zip(&got.responses) {
+                assert_eq!(r.request_id, request.id);
+                match (r.code, r.reason) {
+                    (Code::Approved, _) => approved += 1,
+                    (Code::SystemBusy, Reason::SHED) => {
+                        shed += 1;
+                        a_shed_one = Some(request.clone());
+                    }
+                    (Code::SystemBusy, Reason::DEADLINE_PASSED) => {}
+                    _ => panic!("{request:?}: {r:?}"),
+                }
+            }
+        }
+    }
+    let text = metrics(&running).await;
+    let frames_unread = series(&text, "switch_frames_shed_total").unwrap_or(0.0);
+    let unread = series(
+        &text,
+        "switch_requests_shed_total{op=\"authorize_or_sale\",reason=\"unread\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        frames_unread > 0.0,
+        "a 1 ms target under this load refuses batches unread"
+    );
+    // A batch's count is read with its header when it came in the same read (nearly always).
+    assert!(
+        unread <= frames_unread * PER_FRAME as f64 && unread > 0.0,
+        "{unread}"
+    );
+    assert!(shed as f64 >= unread, "{shed} shed, {unread} unread");
+    assert!(approved > 0, "not everything shed");
+
+    // Money: the card holds what was approved, and nothing else moved.
+    assert_eq!(
+        balance(&control, 20, 100).await,
+        (before.0 - approved as i128, before.1)
+    );
+    // Not remembered: sent again once the load is gone, it runs.
+    let retried = a_shed_one.expect("one was shed");
+    let deadline = Instant::now() + LIMIT;
+    let again = loop {
+        let got = tokio::time::timeout(
+            LIMIT,
+            control.call_new_payments(0, std::slice::from_ref(&retried)),
+        )
+        .await
+        .expect("answered in time")
+        .expect("answered");
+        let r = got.responses[0].clone();
+        if !is(&r, Code::SystemBusy, Reason::SHED) || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.code, Code::Approved, "{again:?}");
+    assert_eq!(
+        balance(&control, 22, 100).await,
+        (before.0 - approved as i128 - 1, before.1),
+        "executed now"
+    );
+    client.close().await;
+    running.shutdown().await.expect("clean shutdown");
+}
