@@ -45,10 +45,6 @@ pub enum ClientError {
         code: wire::ErrorCode,
         message: String,
     },
-    #[error(
-        "new payments are shed: the batch was refused unread; send it again after {retry_after_ms} ms"
-    )]
-    Shed { retry_after_ms: u16 },
     #[error("the stream closed before the answer arrived")]
     Closed,
     #[error("undecodable response frame, the stream is abandoned: {0}")]
@@ -511,17 +507,8 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
                 ),
                 wire::Frame::Error {
                     correlation_id,
-                    code: wire::ErrorCode::ServerBusy,
-                    retry_after_ms,
-                    ..
-                } if retry_after_ms > 0 => {
-                    (correlation_id, Err(ClientError::Shed { retry_after_ms }))
-                }
-                wire::Frame::Error {
-                    correlation_id,
                     code,
                     message,
-                    ..
                 } => (
                     correlation_id,
                     Err(ClientError::ErrorFrame {
@@ -529,7 +516,7 @@ async fn read_responses(mut recv: quinn::RecvStream, lane: Arc<Mutex<Lane>>) {
                         message: message.as_str().to_string(),
                     }),
                 ),
-                wire::Frame::Requests { .. } | wire::Frame::NewPayments { .. } => continue,
+                wire::Frame::Requests { .. } => continue,
             };
             let waiting = lane.lock().pending.remove(&id);
             if let Some(waiting) = waiting {
@@ -607,37 +594,6 @@ impl Stream {
         let correlation_id = self.next.fetch_add(1, Ordering::Relaxed);
         wire::encode_request_frame_within(correlation_id, budget_ms, requests, &mut frame)?;
         self.reply_raw(correlation_id, &frame).await
-    }
-
-    /// Sends a batch of new payments (every request an Authorize or a Sale) as a new-payment
-    /// batch, which a shedding switch refuses whole before reading it: that answer comes back
-    /// as each request answered 91, reason 34 (shed), with the switch's retry-after hint, as
-    /// if it had refused them one by one.
-    pub async fn call_new_payments(
-        &self,
-        budget_ms: u16,
-        requests: &[wire::Request],
-    ) -> Result<Reply, ClientError> {
-        let mut frame = Vec::new();
-        let correlation_id = self.next.fetch_add(1, Ordering::Relaxed);
-        wire::encode_new_payments_frame_within(correlation_id, budget_ms, requests, &mut frame)?;
-        match self.reply_raw(correlation_id, &frame).await {
-            Err(ClientError::Shed { retry_after_ms }) => Ok(Reply {
-                responses: requests
-                    .iter()
-                    .map(|r| {
-                        wire::Response::declined(
-                            r.id,
-                            r.operation.op(),
-                            crate::codes::Code::SystemBusy,
-                            crate::codes::Reason::SHED,
-                        )
-                    })
-                    .collect(),
-                retry_after_ms,
-            }),
-            other => other,
-        }
     }
 
     /// Sends bytes as they are (tests use it for malformed frames) and waits for the answer to

@@ -169,13 +169,6 @@ fn request() -> impl Strategy<Value = Request> {
     (request_id(), operation()).prop_map(|(id, operation)| Request { id, operation })
 }
 
-/// An Authorize or a Sale: what a new-payment batch holds.
-fn new_payment() -> impl Strategy<Value = Request> {
-    request().prop_filter("a new payment", |r| {
-        switch::wire::is_new_payment(r.operation.op())
-    })
-}
-
 fn movement() -> impl Strategy<Value = Movement> {
     (any::<u128>(), amount(), currency()).prop_map(|(transfer, amount, currency)| Movement {
         transfer: TransferId(transfer),
@@ -332,29 +325,12 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u64>(),
             prop::sample::select(ErrorCode::ALL.to_vec()),
-            bounded_string(ErrorMessage::LEN_MAX),
-            any::<u16>(),
+            bounded_string(ErrorMessage::LEN_MAX)
         )
-            .prop_map(|(correlation_id, code, message, hint)| Frame::Error {
+            .prop_map(|(correlation_id, code, message)| Frame::Error {
                 correlation_id,
                 code,
                 message: ErrorMessage::new(message).expect("message within bound"),
-                // Only a busy answer carries a hint.
-                retry_after_ms: if code == ErrorCode::ServerBusy {
-                    hint
-                } else {
-                    0
-                },
-            }),
-        (
-            any::<u64>(),
-            any::<u16>(),
-            prop::collection::vec(new_payment(), 1..8)
-        )
-            .prop_map(|(correlation_id, budget_ms, requests)| Frame::NewPayments {
-                correlation_id,
-                budget_ms,
-                requests,
             }),
     ]
 }
@@ -467,7 +443,7 @@ proptest! {
 
         // encoded_len predicts the frame's size.
         let predicted = match &frame {
-            Frame::Requests { requests, .. } | Frame::NewPayments { requests, .. } => {
+            Frame::Requests { requests, .. } => {
                 Some(HEADER_LEN + 2 + requests.iter().map(Request::encoded_len).sum::<usize>())
             }
             Frame::Responses { responses, .. } => {
@@ -638,7 +614,6 @@ fn header_errors_come_as_soon_as_the_header_is_there() {
         correlation_id: 7,
         code: ErrorCode::BadField,
         message: ErrorMessage::new("count").expect("short"),
-        retry_after_ms: 0,
     });
     let cases: [(&[u8], usize, u8, ErrorCode, &str); 4] = [
         (&requests, 4, 2, ErrorCode::UnsupportedVersion, "version"),
@@ -649,17 +624,7 @@ fn header_errors_come_as_soon_as_the_header_is_there() {
     for (bytes, at, value, code, field) in cases {
         let mut damaged = bytes.to_vec();
         damaged[at] = value;
-        // An error frame's u16 is judged with its code, the two bytes after the header.
-        let first = if field == "reserved" {
-            assert_eq!(
-                decode_frame(&damaged[..HEADER_LEN + 1], &Limits::DEFAULT),
-                Ok(None)
-            );
-            HEADER_LEN + 2
-        } else {
-            HEADER_LEN
-        };
-        for end in [first, damaged.len()] {
+        for end in [HEADER_LEN, damaged.len()] {
             let error = error_of(&damaged[..end], &Limits::DEFAULT);
             assert_eq!((error.code(), error.field), (code, field), "byte {at}");
             assert_eq!(error.correlation_id, Some(7));
@@ -670,69 +635,6 @@ fn header_errors_come_as_soon_as_the_header_is_there() {
             Ok(None)
         );
     }
-}
-
-/// A busy answer (error 8) may carry a retry-after hint; any other error frame's u16 is
-/// reserved. A new-payment batch holds only Authorize and Sale: anything else in it is refused
-/// by the encoder and, naming the operation, by the decoder (code 6, the frame skippable).
-#[test]
-fn new_payment_batches_hold_new_payments_and_only_busy_answers_carry_a_hint() {
-    let hinted = |code| Frame::Error {
-        correlation_id: 3,
-        code,
-        message: ErrorMessage::new("x").expect("short"),
-        retry_after_ms: 40,
-    };
-    let busy = encode(&hinted(ErrorCode::ServerBusy));
-    assert_eq!(
-        decode_frame(&busy, &Limits::DEFAULT),
-        Ok(Some((hinted(ErrorCode::ServerBusy), busy.len())))
-    );
-    let mut out = Vec::new();
-    assert!(encode_frame(&hinted(ErrorCode::BadField), &mut out).is_err());
-    assert!(out.is_empty());
-    let mut not_busy = busy.clone();
-    not_busy[HEADER_LEN] = ErrorCode::BadField.as_u16() as u8;
-    let error = error_of(&not_busy, &Limits::DEFAULT);
-    assert_eq!(
-        (error.code(), error.field),
-        (ErrorCode::MalformedFrame, "reserved")
-    );
-
-    let capture = Request {
-        id: RequestId(2),
-        operation: Operation::Capture {
-            authorization: RequestId(1),
-            amount: Amount(5),
-        },
-    };
-    let Frame::Requests { requests: auth, .. } = authorize("4111") else {
-        panic!("a request batch");
-    };
-    let mixed = Frame::NewPayments {
-        correlation_id: 9,
-        budget_ms: 0,
-        requests: vec![auth[1].clone(), capture],
-    };
-    assert!(matches!(
-        encode_frame(&mixed, &mut out),
-        Err(switch::wire::EncodeError::NotANewPayment { index: 1 })
-    ));
-    assert!(out.is_empty());
-    // The same operations as a request batch, relabelled kind 4.
-    let Frame::NewPayments { requests, .. } = &mixed else {
-        unreachable!()
-    };
-    let mut bytes = encode(&Frame::Requests {
-        correlation_id: 9,
-        budget_ms: 0,
-        requests: requests.clone(),
-    });
-    bytes[5] = 4;
-    let error = error_of(&bytes, &Limits::DEFAULT);
-    assert_eq!(error.code(), ErrorCode::BadField);
-    assert!(error.to_string().contains("0x11"), "{error}");
-    assert_eq!(error.frame_len, Some(bytes.len()), "a reader can skip it");
 }
 
 #[test]

@@ -303,34 +303,6 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             },
         ),
         (
-            "new-payment-batch",
-            Frame::NewPayments {
-                correlation_id: 21,
-                budget_ms: 250,
-                requests: vec![
-                    Request {
-                        id: RequestId(0x0701),
-                        operation: Operation::Authorize {
-                            number: number("4111111111111111"),
-                            merchant: AccountId(0x9001),
-                            amount: Amount(999),
-                            currency: CNY,
-                            expiry_secs: 600,
-                        },
-                    },
-                    Request {
-                        id: RequestId(0x0702),
-                        operation: Operation::Sale {
-                            number: number(PAN),
-                            merchant: AccountId(0x9001),
-                            amount: Amount(500),
-                            currency: CNY,
-                        },
-                    },
-                ],
-            },
-        ),
-        (
             "response-create-participant",
             one_response(1, 0x0101, ResponseBody::CreateParticipant),
         ),
@@ -554,7 +526,6 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                     "frame offset 66 (batch item 0): number: not ASCII digits 0-9",
                 )
                 .expect("short"),
-                retry_after_ms: 0,
             },
         ),
         (
@@ -566,7 +537,6 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                     "frame offset 0: length: frame of 2097152 bytes exceeds the limit of 1048576",
                 )
                 .expect("short"),
-                retry_after_ms: 0,
             },
         ),
         (
@@ -576,16 +546,6 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                 code: ErrorCode::ServerBusy,
                 message: ErrorMessage::new(switch::server::connection::SERVER_BUSY_MESSAGE)
                     .expect("short"),
-                retry_after_ms: 0,
-            },
-        ),
-        (
-            "error-new-payments-shed",
-            Frame::Error {
-                correlation_id: 21,
-                code: ErrorCode::ServerBusy,
-                message: ErrorMessage::new(switch::wire::SHED_MESSAGE).expect("short"),
-                retry_after_ms: 40,
             },
         ),
         (
@@ -596,7 +556,6 @@ fn vectors() -> Vec<(&'static str, Frame)> {
                 message: switch::wire::not_leader_message(Some(
                     "127.0.0.1:4432".parse().expect("an address"),
                 )),
-                retry_after_ms: 0,
             },
         ),
     ]
@@ -796,17 +755,10 @@ fn vectors_cover_every_message() {
     let mut request_ops = BTreeSet::new();
     let mut response_ops = BTreeSet::new();
     let mut error_frames = 0;
-    let mut new_payment_batches = 0;
-    let mut retry_hints = 0;
     for (_, frame) in vectors() {
         match frame {
             Frame::Requests { requests, .. } => {
                 request_ops.extend(requests.iter().map(|r| r.operation.op()));
-            }
-            Frame::NewPayments { .. } => new_payment_batches += 1,
-            Frame::Error { retry_after_ms, .. } if retry_after_ms > 0 => {
-                error_frames += 1;
-                retry_hints += 1;
             }
             Frame::Responses { responses, .. } => {
                 response_ops.extend(responses.iter().map(|r| r.body.op()));
@@ -818,11 +770,6 @@ fn vectors_cover_every_message() {
     assert_eq!(request_ops, all, "a request vector for every op");
     assert_eq!(response_ops, all, "a response vector for every op");
     assert!(error_frames > 0, "an error frame vector");
-    assert!(new_payment_batches > 0, "a new-payment batch vector");
-    assert!(
-        retry_hints > 0,
-        "a vector of a new-payment batch refused unread"
-    );
 }
 
 #[test]

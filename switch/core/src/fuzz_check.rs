@@ -69,7 +69,7 @@ fn check_frame(frame: &Frame, bytes: &[u8], limits: &Limits) {
             "the header of a {cut}-byte prefix"
         );
     }
-    if let Frame::Requests { requests, .. } | Frame::NewPayments { requests, .. } = frame {
+    if let Frame::Requests { requests, .. } = frame {
         for request in requests {
             let _ = translate::request(request);
         }

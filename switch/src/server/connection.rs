@@ -360,8 +360,6 @@ impl StreamReading<'_> {
                 return ControlFlow::Break(());
             }
             let pool = &self.shared.unfinished_pool;
-            // While new payments are shed, a new-payment batch costs nothing but its bytes.
-            reader.refuse_new_payments(self.shared.overload.shedding());
             match reader.next(|bytes| Reservation::try_take(pool, bytes)) {
                 Incoming::NeedBytes => return ControlFlow::Continue(()),
                 Incoming::Frame { frame, len } => self.frame(frame, len).await?,
@@ -377,11 +375,6 @@ impl StreamReading<'_> {
                     return ControlFlow::Break(());
                 }
                 Incoming::Refused { correlation_id, .. } => self.busy(correlation_id).await?,
-                Incoming::Shed {
-                    correlation_id,
-                    count,
-                    ..
-                } => self.shed(correlation_id, count).await?,
             }
         }
     }
@@ -391,11 +384,6 @@ impl StreamReading<'_> {
     async fn frame(&mut self, frame: wire::Frame, len: usize) -> ControlFlow<()> {
         match frame {
             wire::Frame::Requests {
-                correlation_id,
-                budget_ms,
-                requests,
-            }
-            | wire::Frame::NewPayments {
                 correlation_id,
                 budget_ms,
                 requests,
@@ -419,7 +407,6 @@ impl StreamReading<'_> {
                 correlation_id,
                 code,
                 message,
-                ..
             } => {
                 // Not answered: no error ping-pong.
                 metrics::counter!("switch_malformed_frames_total").increment(1);
@@ -487,28 +474,6 @@ impl StreamReading<'_> {
             correlation_id,
             wire::ErrorCode::ServerBusy,
             &wire::ErrorMessage::truncated(SERVER_BUSY_MESSAGE),
-            &mut frame,
-        );
-        let _ = self.outbox.send(Outgoing {
-            frame,
-            budget: Some(budget),
-            last: None,
-        });
-        ControlFlow::Continue(())
-    }
-
-    /// A new-payment batch refused unread while new payments are shed: answered error 8 with
-    /// the retry-after hint (PROTOCOL.md 8.2); nothing in it ran or is remembered.
-    async fn shed(&mut self, correlation_id: u64, count: Option<u16>) -> ControlFlow<()> {
-        crate::server::telemetry::shed_unread(count.unwrap_or(0));
-        let cost = u32::try_from(FRAME_OVERHEAD_BYTES).unwrap_or(u32::MAX);
-        let Ok(budget) = self.state.unwritten.clone().acquire_many_owned(cost).await else {
-            return ControlFlow::Break(());
-        };
-        let mut frame = Vec::new();
-        wire::encode_shed_frame(
-            correlation_id,
-            self.shared.overload.retry_after_ms(),
             &mut frame,
         );
         let _ = self.outbox.send(Outgoing {

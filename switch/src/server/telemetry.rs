@@ -234,17 +234,8 @@ const FAMILIES: &[Family] = &[
         Unit::Count,
         "Requests answered 91 and not executed, by operation and reason: shed for overload \
          (reason 34), deadline passed (reason 33), queue_full (the stage's queue full, or closed \
-         at shutdown: reason 22); and op authorize_or_sale, reason unread: the operations of \
-         new-payment batches refused whole, unread, while shedding (error 8)",
+         at shutdown: reason 22)",
         Series::Custom,
-    ),
-    family(
-        "switch_frames_shed_total",
-        Counter,
-        Unit::Count,
-        "New-payment batches (frame kind 4) refused whole, unread, while shedding: answered \
-         with error 8 and a retry-after hint",
-        Series::One,
     ),
     family(
         "switch_queue_delay_seconds",
@@ -475,9 +466,6 @@ pub fn register() {
             shed(op, reason).increment(0);
         }
     }
-    let (frames, requests) = shed_unread_counters();
-    frames.increment(0);
-    requests.increment(0);
     // What is running: the package version, and the commit when the build environment says.
     metrics::gauge!("switch_build_info", "version" => crate::VERSION, "commit" => crate::COMMIT)
         .set(1.0);
@@ -520,25 +508,6 @@ impl ShedReason {
             ShedReason::QueueFull => "queue_full",
         }
     }
-}
-
-/// A new-payment batch of `count` operations refused unread: `switch_frames_shed_total`, and
-/// `switch_requests_shed_total{op="authorize_or_sale", reason="unread"}`.
-pub fn shed_unread(count: u16) {
-    let (frames, requests) = shed_unread_counters();
-    frames.increment(1);
-    requests.increment(u64::from(count));
-}
-
-fn shed_unread_counters() -> (metrics::Counter, metrics::Counter) {
-    (
-        metrics::counter!("switch_frames_shed_total"),
-        metrics::counter!(
-            "switch_requests_shed_total",
-            "op" => "authorize_or_sale",
-            "reason" => "unread"
-        ),
-    )
 }
 
 /// `switch_requests_shed_total{op, reason}`.

@@ -65,10 +65,6 @@ pub enum WireErrorKind {
     BatchTooLarge { count: u16, max: u16 },
     #[error("operation code {op:#04x} is unknown")]
     UnknownOp { op: u8 },
-    #[error(
-        "operation {op:#04x} is not a new payment (Authorize or Sale): not in a new-payment batch"
-    )]
-    NotANewPayment { op: u8 },
     #[error(transparent)]
     Field(#[from] FieldError),
 }
@@ -85,9 +81,7 @@ impl WireErrorKind {
             WireErrorKind::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             WireErrorKind::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             WireErrorKind::UnknownOp { .. } => ErrorCode::UnknownOp,
-            WireErrorKind::EmptyBatch
-            | WireErrorKind::Field(_)
-            | WireErrorKind::NotANewPayment { .. } => ErrorCode::BadField,
+            WireErrorKind::EmptyBatch | WireErrorKind::Field(_) => ErrorCode::BadField,
         }
     }
 }
@@ -104,10 +98,6 @@ pub enum EncodeError {
     ListTooLong { field: &'static str, len: usize },
     #[error("frame of {len} bytes does not fit the u32 length")]
     FrameTooLong { len: usize },
-    #[error("request {index} of a new-payment batch is not an Authorize or a Sale")]
-    NotANewPayment { index: usize },
-    #[error("an error frame carries a retry-after hint only with code 8 (server busy)")]
-    RetryAfterNotBusy,
 }
 
 /// The code of an error frame: why the receiver rejected a frame.

@@ -26,18 +26,10 @@ pub enum FrameKind {
     Responses = 2,
     /// Either direction: the frame named by the correlation id was rejected.
     Error = 3,
-    /// Client to server: a batch of new payments only (Authorize, Sale), which the server may
-    /// refuse whole, unread, while it sheds (PROTOCOL.md 8.2).
-    NewPayments = 4,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 4] = [
-        FrameKind::Requests,
-        FrameKind::Responses,
-        FrameKind::Error,
-        FrameKind::NewPayments,
-    ];
+    pub const ALL: [FrameKind; 3] = [FrameKind::Requests, FrameKind::Responses, FrameKind::Error];
 
     pub const fn as_u8(self) -> u8 {
         self as u8
@@ -70,16 +62,6 @@ pub enum Frame {
         correlation_id: u64,
         code: ErrorCode,
         message: ErrorMessage,
-        /// With code 8 (server busy) for a new-payment batch refused unread: how long to
-        /// wait before sending it again, in milliseconds. 0 otherwise.
-        retry_after_ms: u16,
-    },
-    /// A request batch whose every operation is an Authorize or a Sale.
-    NewPayments {
-        correlation_id: u64,
-        /// As a request batch's.
-        budget_ms: u16,
-        requests: Vec<Request>,
     },
 }
 
@@ -89,7 +71,6 @@ impl Frame {
             Frame::Requests { .. } => FrameKind::Requests,
             Frame::Responses { .. } => FrameKind::Responses,
             Frame::Error { .. } => FrameKind::Error,
-            Frame::NewPayments { .. } => FrameKind::NewPayments,
         }
     }
 
@@ -97,8 +78,7 @@ impl Frame {
         match *self {
             Frame::Requests { correlation_id, .. }
             | Frame::Responses { correlation_id, .. }
-            | Frame::Error { correlation_id, .. }
-            | Frame::NewPayments { correlation_id, .. } => correlation_id,
+            | Frame::Error { correlation_id, .. } => correlation_id,
         }
     }
 }
@@ -111,7 +91,6 @@ impl WireError {
             correlation_id: self.correlation_id.unwrap_or(0),
             code: self.code(),
             message: ErrorMessage::truncated(&self.to_string()),
-            retry_after_ms: 0,
         }
     }
 }
@@ -137,52 +116,14 @@ pub fn encode_request_frame_within(
     let body_len: usize = requests.iter().map(Request::encoded_len).sum();
     out.reserve(HEADER_LEN + 2 + body_len);
     let start = out.len();
-    let len = encode_batch(
+    let len = encode_requests(
         &mut Writer::new(out, None),
-        FrameKind::Requests,
         correlation_id,
         budget_ms,
         requests,
     )?;
     read_back(&out[start..], |frame| {
         matches!(frame, Frame::Requests { correlation_id: c, budget_ms: b, requests: r }
-            if *c == correlation_id && *b == budget_ms && r == requests)
-    });
-    Ok(len)
-}
-
-/// Whether a new-payment batch may hold an operation: only new payments.
-pub fn is_new_payment(op: crate::wire::Op) -> bool {
-    matches!(op, crate::wire::Op::Authorize | crate::wire::Op::Sale)
-}
-
-/// Appends a new-payment batch (kind 4) whose operations have `budget_ms` milliseconds (0: no
-/// budget) to `out` and returns its length; every request must be an Authorize or a Sale. On
-/// error `out` is left as it was.
-pub fn encode_new_payments_frame_within(
-    correlation_id: u64,
-    budget_ms: u16,
-    requests: &[Request],
-    out: &mut Vec<u8>,
-) -> Result<usize, EncodeError> {
-    if let Some(index) = requests
-        .iter()
-        .position(|r| !is_new_payment(r.operation.op()))
-    {
-        return Err(EncodeError::NotANewPayment { index });
-    }
-    let body_len: usize = requests.iter().map(Request::encoded_len).sum();
-    out.reserve(HEADER_LEN + 2 + body_len);
-    let start = out.len();
-    let len = encode_batch(
-        &mut Writer::new(out, None),
-        FrameKind::NewPayments,
-        correlation_id,
-        budget_ms,
-        requests,
-    )?;
-    read_back(&out[start..], |frame| {
-        matches!(frame, Frame::NewPayments { correlation_id: c, budget_ms: b, requests: r }
             if *c == correlation_id && *b == budget_ms && r == requests)
     });
     Ok(len)
@@ -229,47 +170,15 @@ pub fn encode_error_frame(
     message: &ErrorMessage,
     out: &mut Vec<u8>,
 ) -> usize {
-    encode_error_frame_retry(correlation_id, code, message, 0, out)
-}
-
-/// The answer to a new-payment batch refused unread while the server sheds: error 8 (server
-/// busy) carrying `retry_after_ms` (at least 1).
-pub fn encode_shed_frame(correlation_id: u64, retry_after_ms: u16, out: &mut Vec<u8>) -> usize {
-    encode_error_frame_retry(
-        correlation_id,
-        ErrorCode::ServerBusy,
-        &ErrorMessage::truncated(SHED_MESSAGE),
-        retry_after_ms.max(1),
-        out,
-    )
-}
-
-/// The message of a new-payment batch refused unread.
-pub const SHED_MESSAGE: &str =
-    "new payments are shed: nothing in this frame ran; send it again after retry_after_ms";
-
-/// An error frame carrying `retry_after_ms`, which must be 0 unless `code` is 8.
-fn encode_error_frame_retry(
-    correlation_id: u64,
-    code: ErrorCode,
-    message: &ErrorMessage,
-    retry_after_ms: u16,
-    out: &mut Vec<u8>,
-) -> usize {
-    let retry_after_ms = if code == ErrorCode::ServerBusy {
-        retry_after_ms
-    } else {
-        0
-    };
     let start = out.len();
     let mut w = Writer::new(out, None);
-    let encoded = encode_error(&mut w, correlation_id, code, message, retry_after_ms);
+    let encoded = encode_error(&mut w, correlation_id, code, message);
     // An error frame is at most a few hundred bytes: nothing in it can overflow.
     assert!(encoded.is_ok(), "error frame failed to encode: {encoded:?}");
     let len = w.written();
     read_back(&out[start..], |frame| {
-        matches!(frame, Frame::Error { correlation_id: c, code: k, message: m, retry_after_ms: h }
-            if *c == correlation_id && *k == code && m == message && *h == retry_after_ms)
+        matches!(frame, Frame::Error { correlation_id: c, code: k, message: m }
+            if *c == correlation_id && *k == code && m == message)
     });
     len
 }
@@ -310,24 +219,7 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<usize, EncodeErr
             correlation_id,
             code,
             message,
-            retry_after_ms,
-        } => {
-            if *retry_after_ms != 0 && *code != ErrorCode::ServerBusy {
-                return Err(EncodeError::RetryAfterNotBusy);
-            }
-            Ok(encode_error_frame_retry(
-                *correlation_id,
-                *code,
-                message,
-                *retry_after_ms,
-                out,
-            ))
-        }
-        Frame::NewPayments {
-            correlation_id,
-            budget_ms,
-            requests,
-        } => encode_new_payments_frame_within(*correlation_id, *budget_ms, requests, out),
+        } => Ok(encode_error_frame(*correlation_id, *code, message, out)),
     }
 }
 
@@ -349,24 +241,7 @@ pub fn annotate_frame(frame: &Frame) -> Result<Vec<AnnotatedField>, EncodeError>
             correlation_id,
             budget_ms,
             requests,
-        } => encode_batch(
-            &mut w,
-            FrameKind::Requests,
-            *correlation_id,
-            *budget_ms,
-            requests,
-        )?,
-        Frame::NewPayments {
-            correlation_id,
-            budget_ms,
-            requests,
-        } => encode_batch(
-            &mut w,
-            FrameKind::NewPayments,
-            *correlation_id,
-            *budget_ms,
-            requests,
-        )?,
+        } => encode_requests(&mut w, *correlation_id, *budget_ms, requests)?,
         Frame::Responses {
             correlation_id,
             retry_after_ms,
@@ -376,8 +251,7 @@ pub fn annotate_frame(frame: &Frame) -> Result<Vec<AnnotatedField>, EncodeError>
             correlation_id,
             code,
             message,
-            retry_after_ms,
-        } => encode_error(&mut w, *correlation_id, *code, message, *retry_after_ms)?,
+        } => encode_error(&mut w, *correlation_id, *code, message)?,
     };
     let ends = trace
         .iter()
@@ -394,15 +268,14 @@ pub fn annotate_frame(frame: &Frame) -> Result<Vec<AnnotatedField>, EncodeError>
         .collect())
 }
 
-fn encode_batch(
+fn encode_requests(
     w: &mut Writer<'_>,
-    kind: FrameKind,
     correlation_id: u64,
     budget_ms: u16,
     requests: &[Request],
 ) -> Result<usize, EncodeError> {
     let header = Header {
-        kind,
+        kind: FrameKind::Requests,
         field: ("budget_ms", budget_ms),
         correlation_id,
     };
@@ -440,11 +313,10 @@ fn encode_error(
     correlation_id: u64,
     code: ErrorCode,
     message: &ErrorMessage,
-    retry_after_ms: u16,
 ) -> Result<usize, EncodeError> {
     let header = Header {
         kind: FrameKind::Error,
-        field: ("retry_after_ms", retry_after_ms),
+        field: ("reserved", 0),
         correlation_id,
     };
     encode_with(w, header, |w| {
@@ -505,20 +377,6 @@ pub fn frame_header(buf: &[u8]) -> Option<(usize, u64)> {
     Some((frame_len, u64::from_le_bytes(*correlation_id)))
 }
 
-/// The length (its prefix included) and the correlation id of the new-payment batch at the
-/// start of `buf`, once its 16-byte header is there and acceptable under `limits`: for a
-/// server that refuses such a frame unread. `None` for anything else, or too few bytes
-/// (`decode_frame` then judges the frame as usual).
-pub fn new_payments_header(buf: &[u8], limits: &Limits) -> Option<(usize, u64)> {
-    let header = buf.first_chunk::<HEADER_LEN>()?;
-    let length = u32::from_le_bytes(*header.first_chunk::<4>()?);
-    let acceptable = length >= LENGTH_FIELD_MIN
-        && u64::from(length) + 4 <= u64::from(limits.frame_len_max)
-        && header[4] == VERSION
-        && header[5] == FrameKind::NewPayments.as_u8();
-    acceptable.then(|| frame_header(buf)).flatten()
-}
-
 /// Decodes the frame at the start of `buf`.
 ///
 /// Returns `Ok(None)` while `buf` holds only a prefix of an acceptable frame, and
@@ -555,15 +413,7 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
-    let (kind, field, _) = read_header(&mut Reader::new(header, frame_len))?;
-    // An error frame's u16 depends on its code, two bytes on: judged as soon as they are here.
-    if kind == FrameKind::Error
-        && let Some(head) = buf.get(..HEADER_LEN + 2)
-    {
-        let mut r = Reader::new(head, frame_len);
-        read_header(&mut r)?;
-        error_code(&mut r, field)?;
-    }
+    read_header(&mut Reader::new(header, frame_len))?;
     let Some(frame) = buf.get(..frame_len) else {
         return Ok(None);
     };
@@ -575,33 +425,23 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
             budget_ms: field,
             requests: read_batch(&mut r, limits, REQUEST_PREFIX_LEN, Request::decode)?,
         },
-        FrameKind::NewPayments => {
-            let at = r.pos();
-            let requests = read_batch(&mut r, limits, REQUEST_PREFIX_LEN, Request::decode)?;
-            if let Some(op) = requests
-                .iter()
-                .map(|q| q.operation.op())
-                .find(|&op| !is_new_payment(op))
-            {
-                return Err(r.error_at(
-                    at,
-                    "operations",
-                    WireErrorKind::NotANewPayment { op: op.as_u8() },
-                ));
-            }
-            Frame::NewPayments {
-                correlation_id,
-                budget_ms: field,
-                requests,
-            }
-        }
         FrameKind::Responses => Frame::Responses {
             correlation_id,
             retry_after_ms: field,
             responses: read_batch(&mut r, limits, RESPONSE_PREFIX_LEN, Response::decode)?,
         },
         FrameKind::Error => {
-            let code = error_code(&mut r, field)?;
+            let code_at = r.pos();
+            let code = r.u16("error_code")?;
+            let code = ErrorCode::from_u16(code).ok_or_else(|| {
+                r.error_at(
+                    code_at,
+                    "error_code",
+                    WireErrorKind::Field(FieldError::UnknownValue {
+                        value: u64::from(code),
+                    }),
+                )
+            })?;
             let message = r.bytes_u8("message_len", "message", ErrorMessage::LEN_MAX, |bytes| {
                 let message = std::str::from_utf8(bytes).map_err(|_| FieldError::InvalidUtf8)?;
                 ErrorMessage::new(message)
@@ -610,7 +450,6 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
                 correlation_id,
                 code,
                 message,
-                retry_after_ms: field,
             }
         }
     };
@@ -624,30 +463,6 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)
         ));
     }
     Ok(Some((frame, frame_len)))
-}
-
-/// Reads an error frame's code, and checks the header's u16 against it: a retry-after hint
-/// for a busy answer (code 8), reserved (0) in every other error frame.
-fn error_code(r: &mut Reader<'_>, field: u16) -> Result<ErrorCode, WireError> {
-    let code_at = r.pos();
-    let value = r.u16("error_code")?;
-    // The u16 comes first in the frame: a hint beside any code but 8 is its error.
-    if field != 0 && value != ErrorCode::ServerBusy.as_u16() {
-        return Err(r.error_at(
-            6,
-            "reserved",
-            WireErrorKind::ReservedNotZero { value: field },
-        ));
-    }
-    ErrorCode::from_u16(value).ok_or_else(|| {
-        r.error_at(
-            code_at,
-            "error_code",
-            WireErrorKind::Field(FieldError::UnknownValue {
-                value: u64::from(value),
-            }),
-        )
-    })
 }
 
 /// Reads and checks the header after the length, and gives the kind, the kind's u16 field
@@ -665,6 +480,13 @@ fn read_header(r: &mut Reader<'_>) -> Result<(FrameKind, u16, u64), WireError> {
     }
     let kind = FrameKind::from_u8(kind)
         .ok_or_else(|| r.error_at(5, "kind", WireErrorKind::UnknownFrameKind { kind }))?;
+    if kind == FrameKind::Error && field != 0 {
+        return Err(r.error_at(
+            6,
+            "reserved",
+            WireErrorKind::ReservedNotZero { value: field },
+        ));
+    }
     Ok((kind, field, correlation_id))
 }
 

@@ -22,11 +22,9 @@ pub use error::{
     not_leader_message,
 };
 pub use frame::{
-    AnnotatedField, Frame, FrameKind, HEADER_LEN, SHED_MESSAGE, VERSION, annotate_frame,
-    decode_frame, encode_error_frame, encode_frame, encode_new_payments_frame_within,
-    encode_request_frame, encode_request_frame_within, encode_response_frame,
-    encode_response_frame_retry, encode_shed_frame, frame_header, is_new_payment,
-    new_payments_header,
+    AnnotatedField, Frame, FrameKind, HEADER_LEN, VERSION, annotate_frame, decode_frame,
+    encode_error_frame, encode_frame, encode_request_frame, encode_request_frame_within,
+    encode_response_frame, encode_response_frame_retry, frame_header,
 };
 pub use limits::{
     BATCH_LEN_MAX_DEFAULT, FRAME_LEN_MAX_DEFAULT, FRAME_LEN_MAX_LIMIT,

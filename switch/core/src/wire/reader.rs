@@ -14,7 +14,7 @@
 //! said how long that is.
 
 use crate::wire::error::WireError;
-use crate::wire::frame::{Frame, HEADER_LEN, decode_frame, frame_header, new_payments_header};
+use crate::wire::frame::{Frame, HEADER_LEN, decode_frame, frame_header};
 use crate::wire::limits::Limits;
 
 /// Room a read is given beyond what the buffer holds; what the buffer keeps between frames.
@@ -36,14 +36,6 @@ pub enum Incoming {
     Refused {
         correlation_id: u64,
         frame_len: usize,
-    },
-    /// A new-payment batch while new payments are refused (`refuse_new_payments`): thrown away
-    /// as it arrives, nothing in it decoded. `count`: its operation count, if it came with
-    /// the header.
-    Shed {
-        correlation_id: u64,
-        frame_len: usize,
-        count: Option<u16>,
     },
     /// Nothing more until more bytes arrive.
     NeedBytes,
@@ -71,8 +63,6 @@ pub struct FrameReader<H> {
     /// it was not whole: its length, and the hold on its room (`None`: not held).
     front: Option<(usize, Option<H>)>,
     lost: bool,
-    /// New-payment batches are refused unread (the server sheds).
-    refusing: bool,
 }
 
 impl<H> FrameReader<H> {
@@ -84,14 +74,7 @@ impl<H> FrameReader<H> {
             skip: 0,
             front: None,
             lost: false,
-            refusing: false,
         }
-    }
-
-    /// From now on, new-payment batches whose header has not been read yet are refused unread
-    /// (`Incoming::Shed`), or no longer.
-    pub fn refuse_new_payments(&mut self, refusing: bool) {
-        self.refusing = refusing;
     }
 
     /// Bytes to throw away as they arrive before anything else is read: while it is not 0,
@@ -134,25 +117,6 @@ impl<H> FrameReader<H> {
             return Incoming::NeedBytes;
         }
         let rest = self.buf.get(self.consumed..).unwrap_or_default();
-        // A frame already held (its header seen earlier) is read whole whatever happens since.
-        if self.refusing
-            && self.front.is_none()
-            && let Some((frame_len, correlation_id)) = new_payments_header(rest, &self.limits)
-        {
-            let count = rest
-                .get(HEADER_LEN..HEADER_LEN + 2)
-                .and_then(|b| b.try_into().ok())
-                .map(u16::from_le_bytes);
-            let here = frame_len.min(rest.len());
-            self.take(here);
-            self.skip = frame_len - here;
-            self.compact();
-            return Incoming::Shed {
-                correlation_id,
-                frame_len,
-                count,
-            };
-        }
         match decode_frame(rest, &self.limits) {
             Ok(Some((frame, len))) => {
                 self.take(len);
@@ -477,7 +441,6 @@ mod tests {
                         Incoming::Refused { correlation_id, .. } => {
                             out.told.push(Told::Refused(correlation_id))
                         }
-                        Incoming::Shed { .. } => panic!("new payments are not refused here"),
                     }
                     // A hold goes as soon as its frame is done with.
                     assert_eq!(live.get(), 0, "held past its frame");
@@ -637,109 +600,6 @@ mod tests {
             let r = run(&s, &cuts, &decisions);
             check(&s, &r, &decisions)?;
         }
-    }
-
-    /// A new-payment batch while new payments are refused is thrown away unread wherever the
-    /// stream is cut, with its count when that came with its header; the frames around it are
-    /// read as ever. Not refusing, it is read like any batch; and one already held when the
-    /// refusal starts is read whole.
-    #[test]
-    fn new_payment_batches_are_shed_unread_while_refused() {
-        let payment = |id: u128| Request {
-            id: RequestId(id),
-            operation: Operation::Sale {
-                number: crate::wire::CardNumber::new("6200000000000001").expect("digits"),
-                merchant: crate::wire::AccountId(0x9001),
-                amount: crate::wire::Amount(500),
-                currency: crate::wire::Currency(156),
-            },
-        };
-        let new_payments: Vec<Request> = (1..=40).map(payment).collect();
-        let mut bytes = encode(
-            &Piece::Echoes {
-                count: 2,
-                payload_len: 5,
-            },
-            1,
-        );
-        let shed_at = bytes.len();
-        crate::wire::encode_new_payments_frame_within(2, 0, &new_payments, &mut bytes)
-            .expect("encodes");
-        let shed_end = bytes.len();
-        bytes.extend(encode(
-            &Piece::Echoes {
-                count: 1,
-                payload_len: 0,
-            },
-            3,
-        ));
-        let read = |cut: usize, refusing: bool, refuse_from: usize| {
-            let mut reader = FrameReader::<()>::new(LIMITS);
-            let mut told = Vec::new();
-            let mut at = 0;
-            for end in [cut, bytes.len()] {
-                while at < end {
-                    if reader.skipping() > 0 {
-                        let n = reader.skipping().min(end - at);
-                        reader.skipped(n);
-                        at += n;
-                        continue;
-                    }
-                    let buf = reader.read_buffer();
-                    let n = (buf.capacity() - buf.len()).min(end - at);
-                    buf.extend_from_slice(&bytes[at..at + n]);
-                    at += n;
-                    loop {
-                        reader.refuse_new_payments(refusing && at >= refuse_from);
-                        match reader.next(|_| Some(())) {
-                            Incoming::NeedBytes => break,
-                            other => told.push(other),
-                        }
-                    }
-                }
-            }
-            told
-        };
-        for cut in 0..=bytes.len() {
-            let told = read(cut, true, 0);
-            assert_eq!(told.len(), 3, "cut at {cut}: {told:?}");
-            assert!(
-                matches!(&told[0], Incoming::Frame { frame, .. } if frame.correlation_id() == 1)
-            );
-            // The count is known unless a read ended between the header and it.
-            let count =
-                (!(shed_at + HEADER_LEN..shed_at + HEADER_LEN + 2).contains(&cut)).then_some(40);
-            assert_eq!(
-                told[1],
-                Incoming::Shed {
-                    correlation_id: 2,
-                    frame_len: shed_end - shed_at,
-                    count,
-                },
-                "cut at {cut}"
-            );
-            assert!(
-                matches!(&told[2], Incoming::Frame { frame, .. } if frame.correlation_id() == 3)
-            );
-            let told = read(cut, false, 0);
-            assert!(
-                matches!(&told[1], Incoming::Frame { frame: Frame::NewPayments { requests, .. }, .. }
-                    if *requests == new_payments),
-                "cut at {cut}: {told:?}"
-            );
-        }
-        // The header came and was held before the refusal started: the frame is read whole.
-        let held = read(shed_at + HEADER_LEN + 5, true, shed_at + HEADER_LEN + 6);
-        assert!(
-            matches!(
-                &held[1],
-                Incoming::Frame {
-                    frame: Frame::NewPayments { .. },
-                    ..
-                }
-            ),
-            "{held:?}"
-        );
     }
 
     /// A header that claims the largest frame, then a trickle: the buffer grows with what
