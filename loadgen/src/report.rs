@@ -1219,6 +1219,14 @@ mod tests {
         let peak = peak_report(&uncalibrated, &stats.seconds).expect("a festival");
         assert_eq!(peak.overload_end_secs, 5.0);
         assert_eq!(peak.recovery_after_overload_secs, Some(2.0));
+        // A peak at or under the saturation ends no overload after the plateau; a baseline
+        // still above it, only at the decay's end.
+        for (saturation, end) in [(300.0, 5.0), (400.0, 5.0), (30.0, 9.0), (20.0, 9.0)] {
+            let mut calibrated = festival(&phases);
+            calibrated.calibration_rate = Some(saturation);
+            let peak = peak_report(&calibrated, &stats.seconds).expect("a festival");
+            assert_eq!(peak.overload_end_secs, end, "saturation {saturation}");
+        }
         // A run that ends still over the line has not recovered; one never over it, at once.
         let mut late = stats.clone();
         answer(&mut late, OpKind::Sale, None, 8, 50);
