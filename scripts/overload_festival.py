@@ -56,9 +56,9 @@ def start_switch(round_dir, preallocate):
     with open(path, "w") as f:
         f.write(config(data_dir, preallocate))
     log_path = os.path.join(round_dir, "switch.log")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(["taskset", "-c", "0", SWITCH, "serve", "--config", path],
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["taskset", "-c", "0", SWITCH, "serve", "--config", path],
+                                stdout=log, stderr=subprocess.STDOUT)
     give_up = time.monotonic() + 120
     while time.monotonic() < give_up:
         if proc.poll() is not None:
@@ -67,6 +67,9 @@ def start_switch(round_dir, preallocate):
             for line in f:
                 if line.startswith("ready "):
                     fields = dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+                    if "fingerprint" not in fields:
+                        proc.kill()
+                        sys.exit(f"the switch's ready line names no fingerprint: {line.strip()}")
                     return proc, fields["fingerprint"]
         time.sleep(0.2)
     proc.kill()
