@@ -17,6 +17,11 @@ Release build of `switch` and `loadgen`; every cluster is made fresh by `switch 
    snapshot bytes the leader sent it
    (switch_replica_snapshot_bytes_sent_total). `--catchup-only` runs this part alone.
 
+`--switch PATH` (repeatable) alternates switch binaries instead of running the one built here
+(for an A/B of two builds: `--switch A --switch B`): the saturation rounds run every binary's
+cluster of one and of three in turn, with a ratio per binary, and `--paced` runs each rate
+with each binary. Without it, the current tree is built and run.
+
 `--paced R1,R2,...` instead runs only `loadgen constant` at each rate against a fresh cluster of
 three, once for each `--cluster-line` set given with `--variants`, alternating (for an A/B of a
 `[cluster]` setting: `--paced 40000,95000 --variants "messages_in_flight_max = 2" --variants
@@ -59,7 +64,8 @@ def sh(args, **kw):
 class Cluster:
     """`n` replicas from `switch cluster init`, as processes of this script."""
 
-    def __init__(self, name, n, base_port, extra=EXTRA, cluster_lines=""):
+    def __init__(self, name, n, base_port, extra=EXTRA, cluster_lines="", switch=SWITCH):
+        self.switch = switch
         self.dir = os.path.join(OUT, name)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(os.path.dirname(self.dir), exist_ok=True)
@@ -67,7 +73,7 @@ class Cluster:
         self.client_ports = [base_port + i for i in range(n)]
         self.http_ports = [base_port + 40 + i for i in range(n)]
         init = subprocess.run(
-            [SWITCH, "cluster", "init", "--dir", self.dir, "--replicas", str(n),
+            [self.switch, "cluster", "init", "--dir", self.dir, "--replicas", str(n),
              "--client-port", str(base_port), "--replica-port", str(base_port + 20),
              "--http-port", str(base_port + 40)],
             check=True, capture_output=True, text=True)
@@ -87,7 +93,7 @@ class Cluster:
 
     def start(self, i):
         log = open(os.path.join(self.dir, f"node{i}.log"), "a")
-        self.procs[i] = subprocess.Popen([SWITCH, "serve", "--config", self.config(i)],
+        self.procs[i] = subprocess.Popen([self.switch, "serve", "--config", self.config(i)],
                                          stdout=log, stderr=log)
 
     def start_all(self):
@@ -186,8 +192,11 @@ def main():
                     help="lines for every replica's [cluster] section, one run each (--paced)")
     ap.add_argument("--catchup-remembered", type=int, default=6_000_000,
                     help="[ledger] transfers_remembered_max for the catch-up's cluster")
+    ap.add_argument("--switch", action="append", default=None, metavar="PATH",
+                    help="a switch binary to run (repeatable: alternated); default: build one")
     a = ap.parse_args()
     sh(["cargo", "build", "--release", "-q", "-p", "switch", "-p", "loadgen"], cwd=ROOT)
+    a.switches = a.switch or [SWITCH]
     os.makedirs(OUT, exist_ok=True)
     summary = {"cores": os.cpu_count(), "fsync_before": probe("before")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -208,10 +217,12 @@ def main():
 
 
 def comparison(a, summary):
+    if len(a.switches) > 1:
+        return comparison_of_builds(a, summary)
     sat = {k: [] for k in KINDS}
     for r in range(a.rounds):
         for kind, (n, port) in KINDS.items():
-            c = Cluster(f"sat{r}-{kind}", n, port)
+            c = Cluster(f"sat{r}-{kind}", n, port, switch=a.switches[0])
             c.start_all()
             res = loadgen(c, f"sat{r}-{kind}", "max", "--duration", str(a.seconds))
             c.stop()
@@ -226,7 +237,7 @@ def comparison(a, summary):
     paced = {}
     for kind, (n, port) in KINDS.items():
         rate = int(med[kind] / 2)
-        c = Cluster(f"half-{kind}", n, port)
+        c = Cluster(f"half-{kind}", n, port, switch=a.switches[0])
         c.start_all()
         paced[kind] = loadgen(c, f"half-{kind}", "constant", "--rate", str(rate),
                               "--duration", str(a.paced_seconds))
@@ -236,6 +247,28 @@ def comparison(a, summary):
     summary["half"] = paced
 
 
+def comparison_of_builds(a, summary):
+    """Saturation of one and of three for each binary in turn; a ratio per binary."""
+    sat = {b: {k: [] for k in KINDS} for b in a.switches}
+    for r in range(a.rounds):
+        for b in a.switches:
+            for kind, (n, port) in KINDS.items():
+                c = Cluster(f"sat{r}-{kind}", n, port, switch=b)
+                c.start_all()
+                res = loadgen(c, f"sat{r}-{kind}", "max", "--duration", str(a.seconds))
+                c.stop()
+                sat[b][kind].append(res["saturation"])
+                print(f"saturation {kind:5} round {r} [{b}]: {res['saturation']:.0f}/s "
+                      f"(p99 {res['p99_ms']:.1f} ms)", flush=True)
+    summary["saturation_by_switch"] = {}
+    for b in a.switches:
+        med = {k: statistics.median(v) for k, v in sat[b].items()}
+        summary["saturation_by_switch"][b] = {"each": sat[b], "median": med,
+                                              "ratio": med["three"] / med["one"]}
+        print(f"saturation median [{b}]: one {med['one']:.0f}/s, three {med['three']:.0f}/s, "
+              f"ratio {med['three'] / med['one']:.2f}", flush=True)
+
+
 def paced_variants(a, summary):
     rates = [int(r) for r in a.paced.split(",")]
     variants = a.variants or [""]
@@ -243,19 +276,24 @@ def paced_variants(a, summary):
     for r in range(a.rounds):
         for rate in rates:
             for v in variants:
-                c = Cluster("paced", 3, 24600, cluster_lines=v)
-                c.start_all()
-                res = loadgen(c, "paced", "constant", "--rate", str(rate),
-                              "--duration", str(a.paced_seconds))
-                c.stop()
-                runs.append({"round": r, "rate": rate, "variant": v, **res})
-                print(f"round {r} three at {rate}/s [{v or 'defaults'}]: "
-                      f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms", flush=True)
+                for b in a.switches:
+                    c = Cluster("paced", 3, 24600, cluster_lines=v, switch=b)
+                    c.start_all()
+                    res = loadgen(c, "paced", "constant", "--rate", str(rate),
+                                  "--duration", str(a.paced_seconds))
+                    c.stop()
+                    runs.append({"round": r, "rate": rate, "variant": v, "switch": b, **res})
+                    label = v or "defaults"
+                    if len(a.switches) > 1:
+                        label += f", {b}"
+                    print(f"round {r} three at {rate}/s [{label}]: "
+                          f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms", flush=True)
     summary["paced"] = runs
 
 
 def catchup(a, summary):
-    c = Cluster("catchup", 3, 24600, extra(a.catchup_remembered) + SNAPSHOTS_OFTEN)
+    c = Cluster("catchup", 3, 24600, extra(a.catchup_remembered) + SNAPSHOTS_OFTEN,
+                switch=a.switches[0])
     leader = c.start_all()
     lagging = next(i for i in range(1, 4) if i != leader)
     c.kill(lagging)

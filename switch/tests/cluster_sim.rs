@@ -176,6 +176,8 @@ struct Live {
     waiting: Vec<Waiting>,
     /// Its committed entries up to here were checked against the cluster's.
     checked: u64,
+    /// Its log on disk ends at this entry: no answer to an append claims more.
+    durable: u64,
 }
 
 fn node_config(id: u64, seed: u64, joining: bool) -> NodeConfig {
@@ -242,12 +244,14 @@ impl Replica {
             rebuilt.applied,
             &switch::replica::logger(self.id),
         )?;
+        let durable = node.last_index();
         self.live = Some(Live {
             node,
             wal,
             pending: VecDeque::new(),
             waiting: Vec::new(),
             checked: 0,
+            durable,
         });
         Ok(())
     }
@@ -764,6 +768,20 @@ impl Sim {
 
     fn send(&mut self, from: u64, message: Message) {
         use protobuf::Message as _;
+        // A replica tells the leader it holds entries only once they are on its disk.
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgAppendResponse
+            && !message.reject
+            && let Some(live) = &self.replicas[(from - 1) as usize].live
+        {
+            assert!(
+                message.index <= live.durable,
+                "seed {}: replica {from} answered an append through {} with its log durable \
+                 through {}",
+                self.seed,
+                message.index,
+                live.durable
+            );
+        }
         let to = message.to;
         let bytes = message.write_to_bytes().expect("a message encodes");
         let file = (message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot).then(|| {
@@ -836,6 +854,10 @@ impl Sim {
         }
         live.checked = live.checked.max(committed);
         live.pending.extend(out.writes.drain(..));
+        // The writes handed over, the committed entries are applied (as the stage does).
+        if let Err(e) = live.node.apply() {
+            panic!("seed {}: replica {id} failed applying: {e}", self.seed);
+        }
         if out.deposed {
             // Whatever waited may or may not commit: its outcome is unknown, to be asked again.
             for w in live.waiting.drain(..) {
@@ -926,16 +948,31 @@ impl Sim {
     }
 
     fn sync(&mut self, k: usize) {
+        let id = self.replicas[k].id;
         let Some(live) = self.replicas[k].live.as_mut() else {
             return;
         };
+        let mut durable = Vec::new();
         while let Some(w) = live.pending.pop_front() {
             for r in w.records {
+                // A reset empties the log after a snapshot; entries may replace its tail.
+                live.durable = match switch::replica::record::Record::decode(&r) {
+                    Ok(switch::replica::record::Record::Reset { index, .. }) => index,
+                    Ok(switch::replica::record::Record::Entries { entries, .. }) => {
+                        entries.last().map_or(live.durable, |e| e.index)
+                    }
+                    Err(e) => panic!("seed {}: replica {id} wrote a bad record: {e}", self.seed),
+                };
                 live.wal
                     .append(r)
                     .expect("the simulated disk does not fail");
             }
+            // Once durable, what waited for the write leaves (as from the log writer's thread).
+            durable.extend(w.messages);
             live.node.persisted(w.ticket);
+        }
+        for m in durable {
+            self.send(id, m);
         }
     }
 

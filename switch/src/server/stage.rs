@@ -281,6 +281,14 @@ pub struct Stage {
     shedding_starts: telemetry::Tally,
 }
 
+/// What the last record of a write does once durable: sends the messages that waited for the
+/// write, tells the replica the ticket, and, for a sole replica, commits through `commits`.
+struct Durable {
+    ticket: u64,
+    commits: Option<u64>,
+    messages: Vec<raft::eraftpb::Message>,
+}
+
 /// The wall clock as a ledger timestamp, never going backwards within the process.
 struct Clock {
     last: u64,
@@ -474,7 +482,9 @@ impl Stage {
         self.changes.take(&mut self.node, &self.replica);
         let mut out = Output::default();
         self.node.poll(&mut out).map_err(StageError::Replica)?;
-        self.carry_out(out)
+        self.carry_out(out)?;
+        // With the writes on their way: a follower applies while its log syncs.
+        self.node.apply().map_err(StageError::Replica)
     }
 
     /// Does what `poll` asked, in order: messages, writes, commits, role changes.
@@ -511,14 +521,21 @@ impl Stage {
         Ok(())
     }
 
-    /// Hands a write's records to the log; the last one's durability tells the replica.
+    /// Hands a write's records to the log; the last one's durability sends the messages that
+    /// waited for it (from the log writer's thread: a follower's answer to an append does not
+    /// wait for this thread) and tells the replica.
     fn write(&mut self, w: Write) -> Result<(), StageError> {
         let n = w.records.len();
         let mut next_index = w.first_index;
+        let mut messages = Some(w.messages);
         for (k, record) in w.records.into_iter().enumerate() {
             let is_reset = k == 0 && w.reset.is_some();
             let entries = if is_reset { 0 } else { entries_in(&record) };
-            let last = (k + 1 == n).then_some((w.ticket, w.commits));
+            let last = (k + 1 == n).then(|| Durable {
+                ticket: w.ticket,
+                commits: w.commits,
+                messages: messages.take().unwrap_or_default(),
+            });
             let sequence = self.submit(record, last).map_err(StageError::Log)?;
             if is_reset {
                 self.mirror.reset();
@@ -540,13 +557,9 @@ impl Stage {
     }
 
     /// Hands a record to the log (after waiting for room in its queue) and returns its
-    /// sequence. For the last record of a write, its durability is told to the replica (and,
-    /// for a sole replica, commits its entries at once).
-    fn submit(
-        &mut self,
-        payload: Vec<u8>,
-        last: Option<(u64, Option<u64>)>,
-    ) -> Result<u64, WalError> {
+    /// sequence. For the last record of a write, its durability sends the write's messages and
+    /// is told to the replica (and, for a sole replica, commits its entries at once).
+    fn submit(&mut self, payload: Vec<u8>, last: Option<Durable>) -> Result<u64, WalError> {
         self.wait_for_log_queue()?;
         let permit = match self.wal.reserve() {
             Ok(permit) => permit,
@@ -559,15 +572,26 @@ impl Stage {
         let (pipeline, failed, started) =
             (self.pipeline.clone(), self.failed.clone(), Instant::now());
         let (durable_ticket, bell) = (self.durable_ticket.clone(), self.bell.clone());
+        let link = last
+            .as_ref()
+            .filter(|l| !l.messages.is_empty())
+            .and_then(|_| self.link.clone());
         let sequence = permit.submit(
             payload,
             Box::new(move |result| {
                 metrics::histogram!("switch_wal_append_seconds")
                     .record(started.elapsed().as_secs_f64());
                 let ok = result.is_ok();
-                pipeline.done(result, last.and_then(|(_, commits)| commits), &failed);
-                if let (true, Some((ticket, _))) = (ok, last) {
-                    durable_ticket.fetch_max(ticket, Ordering::AcqRel);
+                pipeline.done(result, last.as_ref().and_then(|l| l.commits), &failed);
+                if let (true, Some(last)) = (ok, last) {
+                    // Before the ticket: whatever the stage releases for a later ready goes
+                    // after these.
+                    if let Some(link) = &link {
+                        for m in last.messages {
+                            link.send(m);
+                        }
+                    }
+                    durable_ticket.fetch_max(last.ticket, Ordering::AcqRel);
                     bell.ring();
                 }
             }),

@@ -7,6 +7,12 @@
 //! entries once committed, with the same replay code as recovery. A leader that loses its
 //! leadership with applied entries not yet committed rebuilds its core from the newest snapshot
 //! and the committed log: nothing uncommitted survives it.
+//!
+//! A follower's critical path is the leader's append, its own fdatasync, its answer. So a write
+//! carries the messages that wait for it (`Write::messages`: the caller sends them as soon as
+//! the write is durable, without coming back here), and the entries committed meanwhile are
+//! applied by `apply` after the caller has handed the writes over, beside the fdatasync rather
+//! than ahead of it.
 
 use std::collections::VecDeque;
 
@@ -51,7 +57,8 @@ pub trait Disk {
     fn load_base(&mut self) -> Result<(Core, u64), String>;
 }
 
-/// Journal records to write in order. Once all are durable, `Node::persisted(ticket)`.
+/// Journal records to write in order. Once all are durable: send `messages`, then
+/// `Node::persisted(ticket)`.
 #[derive(Debug)]
 pub struct Write {
     pub ticket: u64,
@@ -64,6 +71,10 @@ pub struct Write {
     /// For a sole replica: the entries written are committed as soon as they are durable (no
     /// other vote is needed), so answers may leave then without waiting for `poll`.
     pub commits: Option<u64>,
+    /// Messages that may leave once these records (and every earlier write) are durable, and
+    /// not before: a follower's answers to the leader's appends. Sent by whoever learns of the
+    /// durability first; `poll` does not hand them out again.
+    pub messages: Vec<Message>,
 }
 
 /// This replica's place in the cluster.
@@ -129,8 +140,12 @@ pub struct Node {
     durable_ticket: u64,
     /// Readies in order, each with the write it waits for.
     unpersisted: VecDeque<(u64, u64)>,
-    /// Messages to send once their ready is persisted, by ready number.
+    /// Messages to send once their ready is persisted, by ready number (those of a ready that
+    /// wrote nothing: the others go with their write).
     held: VecDeque<(u64, Vec<Message>)>,
+    /// Committed entries Raft handed out that `apply` has yet to apply (normal entries only,
+    /// from readies with no snapshot and no change of role).
+    unapplied: Vec<Entry>,
     saved: (u64, u64),
     next_read: u64,
     read_wanted: Option<u64>,
@@ -224,6 +239,7 @@ impl Node {
             durable_ticket: 0,
             unpersisted: VecDeque::new(),
             held: VecDeque::new(),
+            unapplied: Vec::new(),
             saved,
             next_read: 1,
             read_wanted: None,
@@ -464,8 +480,9 @@ impl Node {
         self.raw.raft.set_randomized_election_timeout(timeout);
     }
 
-    /// Does what Raft has ready: fills `out` with messages to send and records to write, and
-    /// applies what was committed. Call after every input.
+    /// Does what Raft has ready: fills `out` with messages to send and records to write (with
+    /// the messages that wait for them), and notes what was committed for `apply`, which the
+    /// caller calls once the writes are handed over. Call after every input.
     pub fn poll(&mut self, out: &mut Output) -> Result<(), String> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -480,6 +497,9 @@ impl Node {
     }
 
     fn poll_inner(&mut self, out: &mut Output) -> Result<(), String> {
+        // What an earlier poll left for `apply`, first: every ready below starts from a core
+        // that holds all that was committed before it.
+        self.apply_unapplied()?;
         if let Some(n) = self.read_wanted.take() {
             self.raw.read_index(n.to_le_bytes().to_vec());
         }
@@ -487,6 +507,10 @@ impl Node {
         while self.raw.has_ready() {
             let before = (self.raw.raft.term, self.raw.raft.state);
             let mut rd = self.raw.ready();
+            // Applying may wait for `apply` only in a ready that changes nothing else the
+            // state depends on: no new role (a new leader catches up, a deposed one rebuilds),
+            // no snapshot, no membership change among the entries.
+            let mut defer_apply = rd.ss().is_none() && rd.snapshot().is_empty();
             if let Some(ss) = rd.ss() {
                 let (leader, state) = (ss.leader_id, ss.raft_state);
                 self.role_changed(leader, state, out)?;
@@ -521,7 +545,10 @@ impl Node {
                 }
                 self.raw.mut_store().append(&entries);
             }
+            let persisted_messages = rd.take_persisted_messages();
+            let mut held = Vec::new();
             let needs = if records.is_empty() {
+                held = persisted_messages;
                 self.next_ticket - 1
             } else {
                 let ticket = self.next_ticket;
@@ -535,32 +562,77 @@ impl Node {
                     first_index,
                     records,
                     commits,
+                    messages: persisted_messages,
                 });
                 ticket
             };
             let committed = rd.take_committed_entries();
-            let applied_through = self.apply_committed(&committed)?;
+            defer_apply &= committed
+                .iter()
+                .all(|e| e.get_entry_type() == EntryType::EntryNormal);
+            let applied_through = if defer_apply {
+                self.unapplied.extend(committed);
+                None
+            } else {
+                let mut entries = std::mem::take(&mut self.unapplied);
+                entries.extend(committed);
+                self.apply_committed(&entries)?
+            };
             for rs in rd.take_read_states() {
                 if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
                     self.reads_confirmed = self.reads_confirmed.max(u64::from_le_bytes(bytes));
                 }
             }
-            let persisted_messages = rd.take_persisted_messages();
             self.unpersisted.push_back((rd.number(), needs));
-            if !persisted_messages.is_empty() {
-                self.held.push_back((rd.number(), persisted_messages));
+            if !held.is_empty() {
+                self.held.push_back((rd.number(), held));
             }
             self.raw.advance_append_async(rd);
             // Only now, with the ready handed back: telling Raft what is applied may append
             // (the entry that leaves a joint membership).
             if let Some(index) = applied_through {
-                self.raw.advance_apply_to(index);
+                self.advance_applied(index);
             }
             self.after_change(before);
             self.release_persisted(out);
         }
         self.committed = self.committed.max(self.raw.raft.raft_log.committed);
         Ok(())
+    }
+
+    /// Applies the committed entries the last `poll` left: call once its writes are handed
+    /// over (they need not be durable). `poll` applies them first if this was not called.
+    pub fn apply(&mut self) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.apply_unapplied();
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn apply_unapplied(&mut self) -> Result<(), String> {
+        if self.unapplied.is_empty() {
+            return Ok(());
+        }
+        let mut entries = std::mem::take(&mut self.unapplied);
+        let last = self.apply_committed(&entries)?;
+        entries.clear();
+        self.unapplied = entries;
+        if let Some(index) = last {
+            self.advance_applied(index);
+        }
+        Ok(())
+    }
+
+    /// Tells Raft the entries through `index` are applied (never backwards: an installed
+    /// snapshot may have moved Raft's applied index past entries applied late).
+    fn advance_applied(&mut self, index: u64) {
+        if index > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(index);
+        }
     }
 
     /// Tells Raft which readies the journal has made durable, and sends what waited for them.
@@ -582,7 +654,7 @@ impl Node {
         {
             // Raft leaves its applied index where it was; the state is the snapshot's now.
             self.installed = None;
-            self.raw.advance_apply_to(index);
+            self.advance_applied(index);
         }
         while self.held.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, messages)) = self.held.pop_front() {
