@@ -584,8 +584,8 @@ impl Default for Authorization {
         Authorization {
             default_expiry_seconds: crate::core::DEFAULT_EXPIRY_SECONDS,
             expiry_seconds_max: crate::core::EXPIRY_SECONDS_MAX_DEFAULT,
-            expiry_tick_ms: 1000,
-            expiry_pass_max: 4096,
+            expiry_tick_ms: 100,
+            expiry_pass_max: 512,
         }
     }
 }

@@ -574,7 +574,7 @@ fn idle_replicas_sleep_between_ticks() {
             .metric(i, "switch_stage_wakeups_total")
             .expect("the replica answers its metrics")
     };
-    // Past the first periodic deadline ([authorization] expiry_tick_ms, 1 s).
+    // Past the first periodic deadlines ([authorization] expiry_tick_ms, 100 ms).
     std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<f64> = (0..3).map(wakeups).collect();
     let since = Instant::now();
