@@ -527,14 +527,14 @@ impl Stage {
     fn write(&mut self, w: Write) -> Result<(), StageError> {
         let n = w.records.len();
         let mut next_index = w.first_index;
-        let mut messages = Some(w.messages);
+        let mut messages = w.messages;
         for (k, record) in w.records.into_iter().enumerate() {
             let is_reset = k == 0 && w.reset.is_some();
             let entries = if is_reset { 0 } else { entries_in(&record) };
             let last = (k + 1 == n).then(|| Durable {
                 ticket: w.ticket,
                 commits: w.commits,
-                messages: messages.take().unwrap_or_default(),
+                messages: std::mem::take(&mut messages),
             });
             let sequence = self.submit(record, last).map_err(StageError::Log)?;
             if is_reset {

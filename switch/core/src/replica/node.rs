@@ -545,11 +545,11 @@ impl Node {
                 }
                 self.raw.mut_store().append(&entries);
             }
+            // A ready that writes nothing holds its messages until the last write is durable;
+            // the others' go with their write.
             let persisted_messages = rd.take_persisted_messages();
-            let mut held = Vec::new();
-            let needs = if records.is_empty() {
-                held = persisted_messages;
-                self.next_ticket - 1
+            let (needs, held) = if records.is_empty() {
+                (self.next_ticket - 1, persisted_messages)
             } else {
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
@@ -564,7 +564,7 @@ impl Node {
                     commits,
                     messages: persisted_messages,
                 });
-                ticket
+                (ticket, Vec::new())
             };
             let committed = rd.take_committed_entries();
             defer_apply &= committed
