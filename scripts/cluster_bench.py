@@ -217,22 +217,33 @@ def main():
 
 
 def comparison(a, summary):
-    if len(a.switches) > 1:
-        return comparison_of_builds(a, summary)
-    sat = {k: [] for k in KINDS}
+    """Saturation of one and of three, alternated, for each binary in turn (a ratio each);
+    with a single binary, then half of each one's saturation."""
+    several = len(a.switches) > 1
+    sat = {b: {k: [] for k in KINDS} for b in a.switches}
     for r in range(a.rounds):
-        for kind, (n, port) in KINDS.items():
-            c = Cluster(f"sat{r}-{kind}", n, port, switch=a.switches[0])
-            c.start_all()
-            res = loadgen(c, f"sat{r}-{kind}", "max", "--duration", str(a.seconds))
-            c.stop()
-            sat[kind].append(res["saturation"])
-            print(f"saturation {kind:5} round {r}: {res['saturation']:.0f}/s "
-                  f"(p99 {res['p99_ms']:.1f} ms)", flush=True)
-    med = {k: statistics.median(v) for k, v in sat.items()}
-    summary["saturation"] = {"each": sat, "median": med, "ratio": med["three"] / med["one"]}
-    print(f"saturation median: one {med['one']:.0f}/s, three {med['three']:.0f}/s, "
-          f"ratio {med['three'] / med['one']:.2f}", flush=True)
+        for b in a.switches:
+            label = f" [{b}]" if several else ""
+            for kind, (n, port) in KINDS.items():
+                c = Cluster(f"sat{r}-{kind}", n, port, switch=b)
+                c.start_all()
+                res = loadgen(c, f"sat{r}-{kind}", "max", "--duration", str(a.seconds))
+                c.stop()
+                sat[b][kind].append(res["saturation"])
+                print(f"saturation {kind:5} round {r}{label}: {res['saturation']:.0f}/s "
+                      f"(p99 {res['p99_ms']:.1f} ms)", flush=True)
+    by_switch = {}
+    for b in a.switches:
+        med = {k: statistics.median(v) for k, v in sat[b].items()}
+        by_switch[b] = {"each": sat[b], "median": med, "ratio": med["three"] / med["one"]}
+        label = f" [{b}]" if several else ""
+        print(f"saturation median{label}: one {med['one']:.0f}/s, three {med['three']:.0f}/s, "
+              f"ratio {med['three'] / med['one']:.2f}", flush=True)
+    if several:
+        summary["saturation_by_switch"] = by_switch
+        return
+    summary["saturation"] = by_switch[a.switches[0]]
+    med = summary["saturation"]["median"]
 
     paced = {}
     for kind, (n, port) in KINDS.items():
@@ -245,28 +256,6 @@ def comparison(a, summary):
         print(f"half of saturation {kind:5} at {rate}/s: p50 {paced[kind]['p50_ms']:.2f} ms, "
               f"p99 {paced[kind]['p99_ms']:.2f} ms", flush=True)
     summary["half"] = paced
-
-
-def comparison_of_builds(a, summary):
-    """Saturation of one and of three for each binary in turn; a ratio per binary."""
-    sat = {b: {k: [] for k in KINDS} for b in a.switches}
-    for r in range(a.rounds):
-        for b in a.switches:
-            for kind, (n, port) in KINDS.items():
-                c = Cluster(f"sat{r}-{kind}", n, port, switch=b)
-                c.start_all()
-                res = loadgen(c, f"sat{r}-{kind}", "max", "--duration", str(a.seconds))
-                c.stop()
-                sat[b][kind].append(res["saturation"])
-                print(f"saturation {kind:5} round {r} [{b}]: {res['saturation']:.0f}/s "
-                      f"(p99 {res['p99_ms']:.1f} ms)", flush=True)
-    summary["saturation_by_switch"] = {}
-    for b in a.switches:
-        med = {k: statistics.median(v) for k, v in sat[b].items()}
-        summary["saturation_by_switch"][b] = {"each": sat[b], "median": med,
-                                              "ratio": med["three"] / med["one"]}
-        print(f"saturation median [{b}]: one {med['one']:.0f}/s, three {med['three']:.0f}/s, "
-              f"ratio {med['three'] / med['one']:.2f}", flush=True)
 
 
 def paced_variants(a, summary):
